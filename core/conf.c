@@ -1,0 +1,616 @@
+/*
+ * conf.c — lockstep configuration: a value per property of the LK__PROPS table,
+ * validated on set, plus kafka.* properties passed through to (and validated by)
+ * librdkafka. Also the .properties file loader and the generated reference.
+ */
+#define _GNU_SOURCE
+#include "conf_int.h"
+#include "util_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    lk__prop_type_t type;
+    const char *def;
+    int64_t min, max;
+    const char *values;
+    int required;
+    const char *doc;
+} lk__prop_t;
+
+static const lk__prop_t props[LK__P_COUNT] = {
+#define LK__PROP_ROW(id, name, type, def, min, max, values, req, doc)                       \
+    {name, type, def, min, max, values, req, doc},
+    LK__PROPS(LK__PROP_ROW)
+#undef LK__PROP_ROW
+};
+
+struct lk_conf {
+    char *val[LK__P_COUNT]; /* NULL: default */
+    int64_t ival[LK__P_COUNT];
+    char **kkeys, **kvals; /* kafka.* without the prefix, in the order set */
+    size_t kcount, kcap;
+    rd_kafka_conf_t *kscratch; /* validates kafka.* values */
+};
+
+static const char *type_name(lk__prop_type_t t) {
+    switch (t) {
+    case LK__PT_STR: return "string";
+    case LK__PT_IDENT: return "identifier";
+    case LK__PT_INT: return "integer";
+    case LK__PT_BYTES: return "bytes";
+    case LK__PT_BOOL: return "boolean";
+    case LK__PT_ENUM: return "enum";
+    }
+    return "?";
+}
+
+int lk__parse_bytes(const char *s, int64_t *out) {
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || v < 0)
+        return -1;
+    int shift = 0;
+    switch (toupper((unsigned char)*end)) {
+    case '\0': break;
+    case 'K': shift = 10; end++; break;
+    case 'M': shift = 20; end++; break;
+    case 'G': shift = 30; end++; break;
+    case 'T': shift = 40; end++; break;
+    default: return -1;
+    }
+    if (shift && (*end == 'i' || *end == 'I'))
+        end++;
+    if (shift && (*end == 'b' || *end == 'B'))
+        end++;
+    if (*end)
+        return -1;
+    if (shift && v > (INT64_MAX >> shift))
+        return -1;
+    *out = (int64_t)v << shift;
+    return 0;
+}
+
+static int parse_int(const char *s, int64_t *out) {
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int64_t *out) {
+    if (!strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "yes")) {
+        *out = 1;
+        return 0;
+    }
+    if (!strcasecmp(s, "false") || !strcmp(s, "0") || !strcasecmp(s, "no")) {
+        *out = 0;
+        return 0;
+    }
+    return -1;
+}
+
+static int enum_index(const char *values, const char *s) {
+    size_t n = strlen(s);
+    int i = 0;
+    for (const char *p = values; p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, s, n))
+            return i;
+        p = bar ? bar + 1 : NULL;
+    }
+    return -1;
+}
+
+/* Validate value for prop; on success *ival holds the numeric value (enum index). */
+static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t *ival,
+                                 char *errstr, size_t errstr_size) {
+    size_t len = strlen(value);
+    *ival = 0;
+    switch (p->type) {
+    case LK__PT_IDENT:
+        for (const char *c = value; *c; c++)
+            if (!isalnum((unsigned char)*c) && *c != '.' && *c != '_' && *c != '-') {
+                lk__fmt(errstr, errstr_size,
+                        "%s: invalid character '%c' in \"%s\" (allowed: letters, digits, "
+                        "'.', '_', '-')",
+                        p->name, *c, value);
+                return LK_CONF_INVALID;
+            }
+        /* fallthrough */
+    case LK__PT_STR:
+        if ((int64_t)len < p->min || (int64_t)len > p->max) {
+            lk__fmt(errstr, errstr_size, "%s: length %zu out of range (%lld..%lld characters)",
+                    p->name, len, (long long)p->min, (long long)p->max);
+            return LK_CONF_INVALID;
+        }
+        return LK_CONF_OK;
+    case LK__PT_INT:
+    case LK__PT_BYTES:
+        if ((p->type == LK__PT_INT ? parse_int(value, ival) : lk__parse_bytes(value, ival))) {
+            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not %s", p->name, value,
+                    p->type == LK__PT_INT ? "an integer"
+                                          : "a size (a number with optional K, M, G or T)");
+            return LK_CONF_INVALID;
+        }
+        if (*ival < p->min || *ival > p->max) {
+            lk__fmt(errstr, errstr_size, "%s: %s out of range (%lld..%lld)", p->name, value,
+                    (long long)p->min, (long long)p->max);
+            return LK_CONF_INVALID;
+        }
+        return LK_CONF_OK;
+    case LK__PT_BOOL:
+        if (parse_bool(value, ival)) {
+            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not a boolean (true or false)",
+                    p->name, value);
+            return LK_CONF_INVALID;
+        }
+        return LK_CONF_OK;
+    case LK__PT_ENUM: {
+        int i = enum_index(p->values, value);
+        if (i < 0) {
+            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not one of %s", p->name, value,
+                    p->values);
+            return LK_CONF_INVALID;
+        }
+        *ival = i;
+        return LK_CONF_OK;
+    }
+    }
+    return LK_CONF_INVALID;
+}
+
+lk_conf_t *lk_conf_new(void) {
+    lk_conf_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    for (int i = 0; i < LK__P_COUNT; i++) {
+        char e[256];
+        if (props[i].def[0] && check_value(&props[i], props[i].def, &c->ival[i], e, sizeof e))
+            abort(); /* a bad default in the table is a programming error */
+    }
+    return c;
+}
+
+void lk_conf_destroy(lk_conf_t *c) {
+    if (!c)
+        return;
+    for (int i = 0; i < LK__P_COUNT; i++)
+        free(c->val[i]);
+    for (size_t i = 0; i < c->kcount; i++) {
+        free(c->kkeys[i]);
+        free(c->kvals[i]);
+    }
+    free(c->kkeys);
+    free(c->kvals);
+    if (c->kscratch)
+        rd_kafka_conf_destroy(c->kscratch);
+    free(c);
+}
+
+static int kafka_put(lk_conf_t *c, const char *key, const char *value) {
+    for (size_t i = 0; i < c->kcount; i++)
+        if (!strcmp(c->kkeys[i], key)) {
+            char *v = strdup(value);
+            if (!v)
+                return -1;
+            free(c->kvals[i]);
+            c->kvals[i] = v;
+            return 0;
+        }
+    if (c->kcount == c->kcap) {
+        size_t cap = c->kcap ? c->kcap * 2 : 8;
+        char **k = realloc(c->kkeys, cap * sizeof *k);
+        if (!k)
+            return -1;
+        c->kkeys = k;
+        char **v = realloc(c->kvals, cap * sizeof *v);
+        if (!v)
+            return -1;
+        c->kvals = v;
+        c->kcap = cap;
+    }
+    c->kkeys[c->kcount] = strdup(key);
+    c->kvals[c->kcount] = strdup(value);
+    if (!c->kkeys[c->kcount] || !c->kvals[c->kcount]) {
+        free(c->kkeys[c->kcount]);
+        free(c->kvals[c->kcount]);
+        return -1;
+    }
+    c->kcount++;
+    return 0;
+}
+
+lk_conf_t *lk_conf_dup(const lk_conf_t *src) {
+    lk_conf_t *c = lk_conf_new();
+    if (!c)
+        return NULL;
+    for (int i = 0; i < LK__P_COUNT; i++) {
+        c->ival[i] = src->ival[i];
+        if (src->val[i] && !(c->val[i] = strdup(src->val[i])))
+            goto fail;
+    }
+    for (size_t i = 0; i < src->kcount; i++)
+        if (kafka_put(c, src->kkeys[i], src->kvals[i]))
+            goto fail;
+    return c;
+fail:
+    lk_conf_destroy(c);
+    return NULL;
+}
+
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return 1000;
+    size_t row[65];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t prev = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cur = row[j];
+            size_t sub = prev + (a[i - 1] != b[j - 1]);
+            size_t del = row[j] + 1, ins = row[j - 1] + 1;
+            row[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            prev = cur;
+        }
+    }
+    return row[lb];
+}
+
+static int find_prop(const char *key) {
+    for (int i = 0; i < LK__P_COUNT; i++)
+        if (!strcmp(props[i].name, key))
+            return i;
+    return -1;
+}
+
+lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char *errstr,
+                          size_t errstr_size) {
+    if (!c || !key || !value) {
+        lk__fmt(errstr, errstr_size, "lk_conf_set: NULL argument");
+        return LK_CONF_INVALID;
+    }
+    if (!strncmp(key, "kafka.", 6)) {
+        const char *kkey = key + 6;
+        if (!c->kscratch && !(c->kscratch = rd_kafka_conf_new())) {
+            lk__fmt(errstr, errstr_size, "out of memory");
+            return LK_CONF_INVALID;
+        }
+        char kerr[512] = "";
+        rd_kafka_conf_res_t r = rd_kafka_conf_set(c->kscratch, kkey, value, kerr, sizeof kerr);
+        if (r == RD_KAFKA_CONF_UNKNOWN) {
+            lk__fmt(errstr, errstr_size, "%s: unknown librdkafka property \"%s\": %s", key,
+                    kkey, kerr);
+            return LK_CONF_UNKNOWN;
+        }
+        if (r != RD_KAFKA_CONF_OK) {
+            lk__fmt(errstr, errstr_size, "%s: %s", key, kerr);
+            return LK_CONF_INVALID;
+        }
+        if (kafka_put(c, kkey, value)) {
+            lk__fmt(errstr, errstr_size, "out of memory");
+            return LK_CONF_INVALID;
+        }
+        return LK_CONF_OK;
+    }
+    int i = find_prop(key);
+    if (i < 0) {
+        int best = -1;
+        size_t bestd = (size_t)-1;
+        for (int j = 0; j < LK__P_COUNT; j++) {
+            size_t d = edit_distance(key, props[j].name);
+            if (d < bestd) {
+                bestd = d;
+                best = j;
+            }
+        }
+        size_t keylen = strlen(key);
+        if (best >= 0 && bestd <= 3 + keylen / 6)
+            lk__fmt(errstr, errstr_size,
+                    "unknown property \"%s\" (did you mean \"%s\"?); see lockstep --help", key,
+                    props[best].name);
+        else
+            lk__fmt(errstr, errstr_size,
+                    "unknown property \"%s\"; librdkafka properties take the prefix "
+                    "\"kafka.\"; see lockstep --help",
+                    key);
+        return LK_CONF_UNKNOWN;
+    }
+    int64_t iv;
+    lk_conf_res_t r = check_value(&props[i], value, &iv, errstr, errstr_size);
+    if (r != LK_CONF_OK)
+        return r;
+    char *copy = strdup(value);
+    if (!copy) {
+        lk__fmt(errstr, errstr_size, "out of memory");
+        return LK_CONF_INVALID;
+    }
+    free(c->val[i]);
+    c->val[i] = copy;
+    c->ival[i] = iv;
+    return LK_CONF_OK;
+}
+
+const char *lk_conf_get(const lk_conf_t *c, const char *key) {
+    if (!c || !key)
+        return NULL;
+    if (!strncmp(key, "kafka.", 6)) {
+        for (size_t i = 0; i < c->kcount; i++)
+            if (!strcmp(c->kkeys[i], key + 6))
+                return c->kvals[i];
+        return NULL;
+    }
+    int i = find_prop(key);
+    return i < 0 ? NULL : lk__conf_str(c, (lk__prop_id_t)i);
+}
+
+const char *lk__conf_str(const lk_conf_t *c, lk__prop_id_t id) {
+    return c->val[id] ? c->val[id] : props[id].def;
+}
+
+int64_t lk__conf_int(const lk_conf_t *c, lk__prop_id_t id) {
+    return c->ival[id];
+}
+
+int lk__conf_bool(const lk_conf_t *c, lk__prop_id_t id) {
+    return c->ival[id] != 0;
+}
+
+size_t lk__conf_kafka_count(const lk_conf_t *c) {
+    return c->kcount;
+}
+
+void lk__conf_kafka_get(const lk_conf_t *c, size_t i, const char **key, const char **value) {
+    *key = c->kkeys[i];
+    *value = c->kvals[i];
+}
+
+int lk__conf_is_secret(const char *key) {
+    static const char *const marks[] = {"password", "secret", "ssl.key.pem",
+                                        "ssl_key",  "sasl.oauthbearer.config",
+                                        "sasl.jaas", "ssl.keystore.location"};
+    for (size_t i = 0; i < LK_ARRAY_SIZE(marks); i++)
+        if (strstr(key, marks[i]))
+            return 1;
+    return 0;
+}
+
+lk_err_t lk_conf_validate(const lk_conf_t *c, char *errstr, size_t errstr_size) {
+    for (int i = 0; i < LK__P_COUNT; i++)
+        if (props[i].required && !lk__conf_str(c, (lk__prop_id_t)i)[0])
+            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                           "%s is required: %s", props[i].name, props[i].doc);
+    return LK_OK;
+}
+
+void lk_conf_foreach(const lk_conf_t *c, int redact,
+                     void (*cb)(const char *key, const char *value, void *opaque),
+                     void *opaque) {
+    for (int i = 0; i < LK__P_COUNT; i++) {
+        const char *v = lk__conf_str(c, (lk__prop_id_t)i);
+        if (!v[0])
+            continue;
+        cb(props[i].name, redact && lk__conf_is_secret(props[i].name) ? "[redacted]" : v,
+           opaque);
+    }
+    for (size_t i = 0; i < c->kcount; i++) {
+        char key[512];
+        lk__fmt(key, sizeof key, "kafka.%s", c->kkeys[i]);
+        cb(key, redact && lk__conf_is_secret(c->kkeys[i]) ? "[redacted]" : c->kvals[i],
+           opaque);
+    }
+}
+
+/* ---- .properties files ---- */
+
+static void put_utf8(char **o, unsigned cp) {
+    char *p = *o;
+    if (cp < 0x80) {
+        *p++ = (char)cp;
+    } else if (cp < 0x800) {
+        *p++ = (char)(0xC0 | (cp >> 6));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *p++ = (char)(0xE0 | (cp >> 12));
+        *p++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    }
+    *o = p;
+}
+
+/* Unescape [s, e) into out (at least e - s + 1 bytes). */
+static int unescape(const char *s, const char *e, char *out) {
+    char *o = out;
+    while (s < e) {
+        if (*s != '\\' || s + 1 >= e) {
+            *o++ = *s++;
+            continue;
+        }
+        s++;
+        switch (*s) {
+        case 't': *o++ = '\t'; s++; break;
+        case 'n': *o++ = '\n'; s++; break;
+        case 'r': *o++ = '\r'; s++; break;
+        case 'f': *o++ = '\f'; s++; break;
+        case 'u': {
+            unsigned cp = 0;
+            int k;
+            for (k = 1; k <= 4 && s + k < e && isxdigit((unsigned char)s[k]); k++)
+                cp = cp * 16 +
+                     (unsigned)(isdigit((unsigned char)s[k]) ? s[k] - '0'
+                                                             : (tolower((unsigned char)s[k]) - 'a' + 10));
+            if (k != 5)
+                return -1;
+            put_utf8(&o, cp);
+            s += 5;
+            break;
+        }
+        default: *o++ = *s++; break;
+        }
+    }
+    *o = '\0';
+    return 0;
+}
+
+lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
+                                size_t errstr_size) {
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        lk__fmt(errstr, errstr_size, "%s: cannot open: %s", path, strerror(errno));
+        return LK_CONF_INVALID;
+    }
+    lk_conf_res_t res = LK_CONF_OK;
+    char *line = NULL, *logical = NULL;
+    size_t cap = 0, llen = 0;
+    int lineno = 0, startline = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, fp)) >= 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        const char *s = line;
+        if (!logical) {
+            while (*s == ' ' || *s == '\t' || *s == '\f')
+                s++;
+            if (*s == '\0' || *s == '#' || *s == '!')
+                continue;
+            startline = lineno;
+        } else {
+            while (*s == ' ' || *s == '\t' || *s == '\f')
+                s++;
+        }
+        size_t sl = strlen(s);
+        size_t bs = 0; /* trailing backslashes: an odd count continues the line */
+        while (bs < sl && s[sl - 1 - bs] == '\\')
+            bs++;
+        int cont = bs % 2 == 1;
+        if (cont)
+            sl--;
+        char *nl = realloc(logical, llen + sl + 1);
+        if (!nl) {
+            lk__fmt(errstr, errstr_size, "%s: out of memory", path);
+            res = LK_CONF_INVALID;
+            break;
+        }
+        logical = nl;
+        memcpy(logical + llen, s, sl);
+        llen += sl;
+        logical[llen] = '\0';
+        if (cont)
+            continue;
+        /* split key / value */
+        char *k = logical, *p = logical;
+        while (*p && *p != '=' && *p != ':' && *p != ' ' && *p != '\t' && *p != '\f') {
+            if (*p == '\\' && p[1])
+                p++;
+            p++;
+        }
+        char *kend = p;
+        while (*p == ' ' || *p == '\t' || *p == '\f')
+            p++;
+        if (*p == '=' || *p == ':')
+            p++;
+        while (*p == ' ' || *p == '\t' || *p == '\f')
+            p++;
+        char *key = malloc((size_t)(kend - k) + 1), *val = malloc(strlen(p) + 1);
+        if (!key || !val || unescape(k, kend, key) || unescape(p, p + strlen(p), val)) {
+            lk__fmt(errstr, errstr_size, "%s:%d: bad escape sequence", path, startline);
+            free(key);
+            free(val);
+            res = LK_CONF_INVALID;
+            break;
+        }
+        char e[1024];
+        res = lk_conf_set(c, key, val, e, sizeof e);
+        free(key);
+        free(val);
+        if (res != LK_CONF_OK) {
+            lk__fmt(errstr, errstr_size, "%s:%d: %s", path, startline, e);
+            break;
+        }
+        free(logical);
+        logical = NULL;
+        llen = 0;
+    }
+    if (res == LK_CONF_OK && ferror(fp)) {
+        lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(errno));
+        res = LK_CONF_INVALID;
+    }
+    free(logical);
+    free(line);
+    fclose(fp);
+    return res;
+}
+
+static void range_text(const lk__prop_t *p, char *buf, size_t size) {
+    switch (p->type) {
+    case LK__PT_INT:
+    case LK__PT_BYTES:
+        lk__fmt(buf, size, "%lld .. %lld", (long long)p->min, (long long)p->max);
+        break;
+    case LK__PT_ENUM: lk__fmt(buf, size, "%s", p->values); break;
+    case LK__PT_BOOL: lk__fmt(buf, size, "true|false"); break;
+    default: lk__fmt(buf, size, "%s", ""); break;
+    }
+}
+
+void lk_conf_print_reference(FILE *fp, int markdown) {
+    if (markdown) {
+        fprintf(fp, "| Property | Type | Default | Range / values | Description |\n");
+        fprintf(fp, "|---|---|---|---|---|\n");
+    }
+    for (int i = 0; i < LK__P_COUNT; i++) {
+        const lk__prop_t *p = &props[i];
+        char range[128];
+        range_text(p, range, sizeof range);
+        if (markdown) {
+            fprintf(fp, "| `%s` | %s | %s | %s | %s%s |\n", p->name, type_name(p->type),
+                    p->required ? "*(required)*" : p->def[0] ? p->def : "", range,
+                    p->doc, "");
+        } else {
+            fprintf(fp, "  %s (%s%s%s%s%s)\n", p->name, type_name(p->type),
+                    p->required ? ", required" : "", p->def[0] ? ", default " : "", p->def,
+                    range[0] ? "" : "");
+            if (range[0])
+                fprintf(fp, "      range: %s\n", range);
+            /* wrap the doc at ~76 columns */
+            const char *d = p->doc;
+            while (*d) {
+                size_t len = strlen(d);
+                size_t cut = len;
+                if (len > 72) {
+                    cut = 72;
+                    while (cut > 0 && d[cut] != ' ')
+                        cut--;
+                    if (cut == 0)
+                        cut = 72;
+                }
+                fprintf(fp, "      %.*s\n", (int)cut, d);
+                d += cut;
+                while (*d == ' ')
+                    d++;
+            }
+        }
+    }
+    if (markdown)
+        fprintf(fp, "| `kafka.*` | | | | Passed to librdkafka without the prefix "
+                    "(see librdkafka's CONFIGURATION.md), e.g. `kafka.bootstrap.servers`, "
+                    "`kafka.security.protocol`, `kafka.sasl.password` (never stored in the "
+                    "checkpoint). |\n");
+    else
+        fprintf(fp, "  kafka.*\n      Passed to librdkafka without the prefix, e.g.\n"
+                    "      kafka.bootstrap.servers=host:9092. Secrets are never stored.\n");
+}

@@ -1,0 +1,137 @@
+/*
+ * util.c — internal helpers: error formatting, clocks, durable writes and logging.
+ * The durable write follows Redis' rdbSave: temp file, fsync, rename, fsync dir.
+ */
+#define _GNU_SOURCE
+#include "util_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int lk__log_level = LK_LOG_INFO;
+
+void lk__fmt(char *buf, size_t size, const char *fmt, ...) {
+    if (!buf || size == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+lk_err_t lk__err(lk_err_t err, char *errstr, size_t errstr_size, const char *fmt, ...) {
+    if (errstr && errstr_size > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errstr, errstr_size, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}
+
+int64_t lk__mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t lk__mono_ms(void) {
+    return lk__mono_ns() / 1000000;
+}
+
+int64_t lk__wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *lk__strdup(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+int lk__fsync_dir(const char *path) {
+    char *copy = strdup(path);
+    if (!copy)
+        return -1;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) /* path is a file: sync its directory */
+        fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
+                                char *errstr, size_t errstr_size) {
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "path too long: %s", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create %s: %s", tmp,
+                       strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot write %s: %s", tmp,
+                           strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot fsync %s: %s", tmp,
+                       strerror(e));
+    }
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot rename %s to %s: %s", tmp,
+                       path, strerror(e));
+    }
+    if (lk__fsync_dir(path) != 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot fsync directory of %s: %s",
+                       path, strerror(errno));
+    return LK_OK;
+}
+
+void lk__log(int level, const char *fmt, ...) {
+    static const char *names[] = {"EMERG", "ALERT", "CRIT", "ERROR",
+                                  "WARN",  "NOTICE", "INFO", "DEBUG"};
+    if (level > lk__log_level)
+        return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[32];
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "%s.%03ldZ %s lockstep: %s\n", when, ts.tv_nsec / 1000000,
+            names[level < 0 ? 0 : level > 7 ? 7 : level], msg);
+}

@@ -1,0 +1,59 @@
+/*
+ * util_int.h — small internal helpers shared by every module: bounded error
+ * formatting, monotonic and wall clocks, durable file writes (temp, fsync, rename,
+ * fsync dir), and logging to stderr.
+ */
+#ifndef LK_UTIL_INT_H
+#define LK_UTIL_INT_H
+
+#include "lockstep.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#define LK__PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define LK__PRINTF(fmt, args)
+#endif
+
+/** Format into errstr (if non-NULL and errstr_size > 0) and return err. */
+lk_err_t lk__err(lk_err_t err, char *errstr, size_t errstr_size, const char *fmt, ...)
+    LK__PRINTF(4, 5);
+
+/** snprintf that never overflows and tolerates a NULL/zero-sized buffer. */
+void lk__fmt(char *buf, size_t size, const char *fmt, ...) LK__PRINTF(3, 4);
+
+/** Milliseconds on the monotonic clock. */
+int64_t lk__mono_ms(void);
+/** Nanoseconds on the monotonic clock. */
+int64_t lk__mono_ns(void);
+/** Milliseconds since the Unix epoch. */
+int64_t lk__wall_ms(void);
+
+/** strdup that returns NULL for NULL. */
+char *lk__strdup(const char *s);
+
+/**
+ * Durably replace path with data: write path.tmp, fsync it, rename over path, fsync
+ * the directory. A crash leaves either the old or the new content, never a mix.
+ */
+lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
+                                char *errstr, size_t errstr_size);
+
+/** fsync the directory holding path (or path itself if it is a directory). */
+int lk__fsync_dir(const char *dir);
+
+/** Log levels, as syslog. */
+enum { LK_LOG_ERR = 3, LK_LOG_WARNING = 4, LK_LOG_NOTICE = 5, LK_LOG_INFO = 6, LK_LOG_DEBUG = 7 };
+
+/** Current log threshold (messages above it are dropped); default LK_LOG_INFO. */
+extern int lk__log_level;
+
+/** Log one line to stderr: "%timestamp LEVEL lockstep: message". */
+void lk__log(int level, const char *fmt, ...) LK__PRINTF(2, 3);
+
+#define LK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * codec.c — msgpack encoding and defensive decoding for checkpoint values (see
+ * codec_int.h). Every accessor checks types, so a corrupt value is reported, never
+ * dereferenced blindly.
+ */
+#include "codec_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int buf_write(void *data, const char *p, size_t n) {
+    lk__buf_t *b = data;
+    if (b->oom)
+        return -1;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) {
+            b->oom = 1;
+            return -1;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void lk__buf_init(lk__buf_t *b) {
+    memset(b, 0, sizeof *b);
+    msgpack_packer_init(&b->pk, b, buf_write);
+}
+
+void lk__buf_reset(lk__buf_t *b) {
+    b->len = 0;
+    b->oom = 0;
+}
+
+void lk__buf_free(lk__buf_t *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void lk__pack_array(lk__buf_t *b, size_t n) { msgpack_pack_array(&b->pk, n); }
+void lk__pack_map(lk__buf_t *b, size_t n) { msgpack_pack_map(&b->pk, n); }
+void lk__pack_i64(lk__buf_t *b, int64_t v) { msgpack_pack_int64(&b->pk, v); }
+
+void lk__pack_strn(lk__buf_t *b, const char *s, size_t n) {
+    msgpack_pack_str(&b->pk, n);
+    msgpack_pack_str_body(&b->pk, s, n);
+}
+
+void lk__pack_str(lk__buf_t *b, const char *s) { lk__pack_strn(b, s, strlen(s)); }
+
+void lk__pack_bin_or_nil(lk__buf_t *b, const void *p, size_t n) {
+    if (!p) {
+        msgpack_pack_nil(&b->pk);
+        return;
+    }
+    msgpack_pack_bin(&b->pk, n);
+    msgpack_pack_bin_body(&b->pk, p, n);
+}
+
+void lk__zone_init(lk__zone_t *z) { msgpack_zone_init(z, 1024); }
+void lk__zone_destroy(lk__zone_t *z) { msgpack_zone_destroy(z); }
+void lk__zone_clear(lk__zone_t *z) { msgpack_zone_clear(z); }
+void *lk__zone_alloc(lk__zone_t *z, size_t n) { return msgpack_zone_malloc(z, n); }
+
+int lk__unpack(lk__zone_t *z, const void *data, size_t len, lk__obj_t *out) {
+    size_t off = 0;
+    msgpack_unpack_return r = msgpack_unpack(data, len, &off, z, out);
+    return r == MSGPACK_UNPACK_SUCCESS && off == len ? 0 : -1;
+}
+
+size_t lk__arr_len(const lk__obj_t *o) {
+    return o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : (size_t)-1;
+}
+
+const lk__obj_t *lk__arr_at(const lk__obj_t *o, size_t i) {
+    if (o->type != MSGPACK_OBJECT_ARRAY || i >= o->via.array.size)
+        return NULL;
+    return &o->via.array.ptr[i];
+}
+
+int lk__arr_i64(const lk__obj_t *o, size_t i, int64_t *v) {
+    const lk__obj_t *e = lk__arr_at(o, i);
+    if (!e)
+        return 0;
+    if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (e->via.u64 > (uint64_t)INT64_MAX)
+            return 0;
+        *v = (int64_t)e->via.u64;
+        return 1;
+    }
+    if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        *v = e->via.i64;
+        return 1;
+    }
+    return 0;
+}
+
+int lk__arr_str(const lk__obj_t *o, size_t i, const char **p, size_t *n) {
+    const lk__obj_t *e = lk__arr_at(o, i);
+    if (!e || e->type != MSGPACK_OBJECT_STR)
+        return 0;
+    *p = e->via.str.ptr;
+    *n = e->via.str.size;
+    return 1;
+}
+
+int lk__arr_bin_or_nil(const lk__obj_t *o, size_t i, const void **p, size_t *n) {
+    const lk__obj_t *e = lk__arr_at(o, i);
+    if (!e)
+        return 0;
+    if (e->type == MSGPACK_OBJECT_NIL) {
+        *p = NULL;
+        *n = 0;
+        return 1;
+    }
+    if (e->type != MSGPACK_OBJECT_BIN)
+        return 0;
+    /* an empty bin may have a NULL pointer; callers read NULL as "absent" */
+    *p = e->via.bin.ptr ? e->via.bin.ptr : "";
+    *n = e->via.bin.size;
+    return 1;
+}
+
+int lk__map_len(const lk__obj_t *o, size_t *n) {
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return 0;
+    *n = o->via.map.size;
+    return 1;
+}
+
+int lk__map_str_at(const lk__obj_t *o, size_t i, const char **k, size_t *kl, const char **v,
+                   size_t *vl) {
+    if (o->type != MSGPACK_OBJECT_MAP || i >= o->via.map.size)
+        return 0;
+    const msgpack_object_kv *kv = &o->via.map.ptr[i];
+    if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR)
+        return 0;
+    *k = kv->key.via.str.ptr;
+    *kl = kv->key.via.str.size;
+    *v = kv->val.via.str.ptr;
+    *vl = kv->val.via.str.size;
+    return 1;
+}

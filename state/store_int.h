@@ -1,0 +1,258 @@
+/*
+ * store_int.h — the checkpoint store: one LMDB environment per checkpoint.dir holding
+ * everything a running application must not lose. One write transaction per batch puts
+ * offsets, keyed state, outbox records, accumulators and the batch record; its commit is
+ * the checkpoint. The store knows nothing about Kafka: topics and partitions are just
+ * names and numbers here.
+ *
+ * Named databases: meta, offsets, batches, outbox, fences, acc, and state.<uid> per
+ * stateful operator. Values are msgpack arrays whose first element is the record's
+ * version. Keys are byte strings (big-endian integers where order matters).
+ *
+ * Threading: a store handle may be used from several threads, but at most one write
+ * transaction is open at a time (LMDB's rule) and a transaction is used by one thread.
+ */
+#ifndef LK_STORE_INT_H
+#define LK_STORE_INT_H
+
+#include "lockstep.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** Version of the checkpoint layout. Bumped when old builds cannot read new files. */
+#define LK_CHECKPOINT_FORMAT 1
+/** The magic string in the meta header. */
+#define LK_CHECKPOINT_MAGIC "lockstep-checkpoint"
+
+typedef struct lk_store lk_store_t;
+typedef struct lk_store_txn lk_store_txn_t;
+
+typedef struct lk_store_opts {
+    const char *dir;          /**< checkpoint.dir */
+    const char *app_id;       /**< must match an existing checkpoint's app.id */
+    int readonly;             /**< inspect: no lock, no writes; the checkpoint must exist */
+    int sync_interval;        /**< 0: fsync every commit; 1: group commit */
+    int64_t sync_interval_ms; /**< group-commit interval */
+    size_t map_size;          /**< initial map size; grows when full */
+    uint64_t batch_history;   /**< batch records kept */
+    const lk_conf_t *conf;    /**< effective config recorded in meta (secrets redacted); may be NULL */
+} lk_store_opts_t;
+
+/** Fill opts from a validated configuration (dir, app.id, sync, map size, history). */
+void lk__store_opts_from_conf(lk_store_opts_t *opts, const lk_conf_t *conf);
+
+/**
+ * Open or create a checkpoint.
+ *
+ * A missing or empty directory is created as a new checkpoint (not when readonly).
+ * Refused without modifying the checkpoint's data: a path that is not a checkpoint
+ * (LK_ERR_NOT_CHECKPOINT), another app.id (LK_ERR_APP_MISMATCH), a newer format
+ * (LK_ERR_FORMAT_TOO_NEW), an unreadable meta or data file (LK_ERR_CORRUPT), a
+ * checkpoint held by another open handle, in this process or another
+ * (LK_ERR_LOCKED, naming the holder's pid).
+ */
+lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *opts, char *errstr,
+                        size_t errstr_size);
+
+/** Close; a write transaction still open is aborted. NULL is a no-op. */
+void lk__store_close(lk_store_t *s);
+
+/** app.id and format version recorded in meta; valid until close. */
+const char *lk__store_app_id(const lk_store_t *s);
+int lk__store_format(const lk_store_t *s);
+int64_t lk__store_created_ms(const lk_store_t *s);
+const char *lk__store_dir(const lk_store_t *s);
+
+/** Current map size in bytes (grows on MDB_MAP_FULL). */
+size_t lk__store_map_size(const lk_store_t *s);
+
+/** Id of the last committed batch record (0 if none), and of the last durable one. */
+uint64_t lk__store_committed_batch(const lk_store_t *s);
+uint64_t lk__store_durable_batch(const lk_store_t *s);
+
+/** Force committed checkpoints to disk (needed only with sync_interval). */
+lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size);
+
+/** Sticky fatal state (MDB_PANIC): non-zero and a message once the store is unusable. */
+int lk__store_fatal(const lk_store_t *s, const char **msg);
+
+/* ---- transactions ---- */
+
+/** Begin a transaction. Only one write transaction may be open at a time. */
+lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, char *errstr,
+                             size_t errstr_size);
+
+/**
+ * Commit (write: atomically and, with per-batch sync, durably; read: just ends it).
+ * MDB_MAP_FULL grows the map and replays the transaction. The txn is freed either way.
+ */
+lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+
+/** Abort and free. NULL is a no-op. */
+void lk__store_txn_abort(lk_store_txn_t *t);
+
+/* ---- offsets: (topic, partition) -> next offset to read ---- */
+
+lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
+                              int64_t offset, char *errstr, size_t errstr_size);
+/** LK_ERR_NOT_FOUND if the partition has no committed offset. */
+lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
+                              int64_t *offset);
+/** Visit every offset in (topic, partition) order; a non-zero return stops. */
+lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
+                                   int (*cb)(const char *topic, int32_t partition,
+                                             int64_t offset, void *opaque),
+                                   void *opaque);
+
+/* ---- batch records ---- */
+
+typedef struct lk_range {
+    const char *topic;
+    int32_t partition;
+    int64_t from, until; /**< [from, until) */
+} lk_range_t;
+
+typedef struct lk_batch_rec {
+    uint64_t id;
+    int64_t batch_time_ms;  /**< from the plan; reused on replay */
+    int64_t commit_wall_ms; /**< wall clock at commit (informational) */
+    uint64_t records_in, records_out;
+    size_t nranges;
+    lk_range_t *ranges;
+} lk_batch_rec_t;
+
+/** Put batch record b (also prunes records beyond the history bound). */
+lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
+                             size_t errstr_size);
+/** The newest batch record; strings and ranges valid until the txn ends. */
+lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out);
+lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out);
+/** Number of batch records kept. */
+size_t lk__store_batch_count(lk_store_txn_t *t);
+
+/* ---- outbox: output waiting for delivery, per sink and batch ---- */
+
+typedef struct lk_header {
+    const char *name;
+    const void *value;
+    size_t value_len;
+} lk_header_t;
+
+typedef struct lk_out_record {
+    int32_t partition; /**< output partition; -1: chosen by the sink (key hash) */
+    const void *key;
+    size_t key_len; /**< key NULL: no key */
+    const void *value;
+    size_t value_len; /**< value NULL: tombstone */
+    int64_t timestamp_ms;
+    size_t nheaders;
+    const lk_header_t *headers;
+} lk_out_record_t;
+
+/** Append a record to sink's outbox for batch (records keep their append order). */
+lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t batch,
+                                 const lk_out_record_t *r, char *errstr, size_t errstr_size);
+/** Smallest batch id with records for sink; LK_ERR_NOT_FOUND when empty. */
+lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch);
+/** Visit sink's records of one batch in order; pointers valid during the callback. */
+lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
+                                  int (*cb)(const lk_out_record_t *r, void *opaque),
+                                  void *opaque);
+/** Delete sink's records of every batch <= batch (acknowledge delivery). */
+lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batch,
+                              char *errstr, size_t errstr_size);
+
+typedef struct lk_outbox_stat {
+    const char *sink; /**< valid until the txn ends */
+    uint64_t batches, records, bytes;
+    uint64_t first_batch, last_batch;
+} lk_outbox_stat_t;
+/** Visit outbox statistics per sink. */
+lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
+                                int (*cb)(const lk_outbox_stat_t *st, void *opaque),
+                                void *opaque);
+/** Total bytes of outbox records (kept in memory; for outbox.max.bytes). */
+uint64_t lk__store_outbox_bytes(const lk_store_t *s);
+
+/* ---- fences: the last batch each sink delivered ---- */
+
+lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch,
+                             char *errstr, size_t errstr_size);
+lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch);
+lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
+                                  int (*cb)(const char *sink, uint64_t batch,
+                                            int64_t wall_ms, void *opaque),
+                                  void *opaque);
+
+/* ---- accumulators ---- */
+
+lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta,
+                           char *errstr, size_t errstr_size);
+lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value);
+lk_err_t lk__store_acc_foreach(lk_store_txn_t *t,
+                               int (*cb)(const char *name, int64_t value, void *opaque),
+                               void *opaque);
+
+/* ---- keyed state per operator ---- */
+
+/** Handle of a state.<uid> database; valid until the store closes. */
+typedef int lk_state_db_t;
+
+/**
+ * Open (creating when missing) the state database of operator uid. Must not be called
+ * while a write transaction is open.
+ */
+lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
+                              char *errstr, size_t errstr_size);
+/** Value of key; *val valid until the next write in t or the end of t. */
+lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                             size_t klen, const void **val, size_t *vlen,
+                             int64_t *updated_ms);
+lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                             size_t klen, const void *val, size_t vlen, int64_t updated_ms,
+                             char *errstr, size_t errstr_size);
+/** Delete key; deleting a missing key is not an error. */
+lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                             size_t klen, char *errstr, size_t errstr_size);
+lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
+                                 int (*cb)(const void *key, size_t klen, const void *val,
+                                           size_t vlen, int64_t updated_ms, void *opaque),
+                                 void *opaque);
+
+typedef struct lk_state_stat {
+    const char *uid; /**< valid during the callback */
+    uint64_t entries;
+    uint64_t bytes; /**< pages used by the database, in bytes */
+} lk_state_stat_t;
+/** Visit statistics of every state.<uid> database in the checkpoint. */
+lk_err_t lk__store_state_stats(lk_store_txn_t *t,
+                               int (*cb)(const lk_state_stat_t *st, void *opaque),
+                               void *opaque);
+
+/* ---- topology ---- */
+
+typedef struct lk_topo_op {
+    const char *uid;
+    const char *kind;
+    int32_t schema_version; /**< state schema version; 0 for stateless operators */
+    const char *params;     /**< canonical text of the operator's parameters */
+} lk_topo_op_t;
+
+lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size_t n,
+                                char *errstr, size_t errstr_size);
+/** Recorded topology; *ops allocated for the txn's lifetime. 0 ops if none recorded. */
+lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n);
+
+/** Visit the effective configuration recorded in meta (secrets already redacted). */
+lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
+                                  int (*cb)(const char *key, const char *value, void *opaque),
+                                  void *opaque);
+
+/* ---- inspect ---- */
+
+/** Write a description of the checkpoint (text or JSON) to fp. */
+lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
+                           size_t errstr_size);
+
+#endif
