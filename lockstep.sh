@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# lockstep.sh — one entry point for a new machine: installs the Debian packages that are
+# missing (.ci/packages), configures and builds, then runs what was asked for.
+#
+#   ./lockstep.sh demo       build, then run the demo
+#   ./lockstep.sh test       build with -Werror, run the test suite (ctest)
+#   ./lockstep.sh asan       build with ASan+UBSan, run the unit tests
+#   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
+#   ./lockstep.sh build      only build (into ./build)
+#   ./lockstep.sh bench      build, run the benchmarks
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+need_packages() {
+  local missing=()
+  while read -r pkg; do
+    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$pkg")
+  done < .ci/packages
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  echo "lockstep.sh: installing missing packages: ${missing[*]}" >&2
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null; then sudo=(sudo); else
+      echo "lockstep.sh: run as root or install: apt-get install -y ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build() { # build DIR [cmake args...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DLK_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j "$JOBS"
+}
+
+cmd=${1:-help}
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  demo)
+    need_packages
+    build build
+    demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/lockstep-demo.XXXXXX")
+    trap 'rm -rf "$demo_dir"' EXIT
+    ./build/lockstep_sample_checkpoint "$demo_dir/checkpoint"
+    ./build/lockstep checkpoint inspect "$demo_dir/checkpoint"
+    ;;
+  test)
+    need_packages
+    build build
+    ./build/lockstep config --markdown > build/config-reference.md
+    if ! awk '/<!-- config-reference:begin -->/{f=1;next}/<!-- config-reference:end -->/{f=0}f' README.md |
+        diff -u - build/config-reference.md; then
+      echo "lockstep.sh: README.md's configuration reference is stale; regenerate it with" >&2
+      echo "  ./build/lockstep config --markdown  (between the config-reference markers)" >&2
+      exit 1
+    fi
+    ctest --test-dir build --output-on-failure -j "$JOBS" "$@"
+    ;;
+  asan)
+    need_packages
+    build build-asan -DLK_SANITIZE=ON -DLK_BUILD_BENCH=OFF
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L unit "$@"
+    ;;
+  valgrind)
+    need_packages
+    build build
+    status=0
+    for t in build/tests/unit_*; do
+      [[ -x "$t" ]] || continue
+      echo "valgrind: $t"
+      LK_UNDER_VALGRIND=1 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        --error-exitcode=99 --trace-children=yes "$t" --jobs 1 >/dev/null 2>build/valgrind.log || {
+        status=1; cat build/valgrind.log; }
+    done
+    exit $status
+    ;;
+  build)
+    need_packages
+    build build
+    ;;
+  bench)
+    need_packages
+    build build
+    ./build/bench_store "$@"
+    ;;
+  *)
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    [[ "$cmd" == help || "$cmd" == --help || "$cmd" == -h ]] || exit 2
+    ;;
+esac
