@@ -43,7 +43,47 @@ typedef enum {
     X(CHECKPOINT_BATCH_HISTORY, "checkpoint.batch.history", LK__PT_INT, "1000", 1,         \
       10000000, NULL, 0, "How many batch records (plans) the checkpoint keeps.")           \
     X(LOG_LEVEL, "log.level", LK__PT_ENUM, "info", 0, 0, "error|warning|notice|info|debug", \
-      0, "Least severe log level written to stderr.")
+      0, "Least severe log level written to stderr.")                                      \
+    X(BATCH_INTERVAL_MS, "batch.interval.ms", LK__PT_INT, "1000", 0, 86400000, NULL, 0,    \
+      "Time between batch starts. A batch that finds no new input still commits nothing " \
+      "and waits. 0: back to back.")                                                       \
+    X(MAX_RECORDS_PER_PARTITION, "max.records.per.partition", LK__PT_INT, "100000", 1,     \
+      1000000000, NULL, 0,                                                                 \
+      "Cap of offsets planned per partition per batch (rate limit); applies to every "     \
+      "batch, including the first after an outage.")                                       \
+    X(MAX_BYTES_PER_BATCH, "max.bytes.per.batch", LK__PT_BYTES, "64M", 1024,               \
+      (int64_t)1 << 40, NULL, 0,                                                           \
+      "Cap of input bytes per batch: fetching stops at this size and the batch's ranges " \
+      "end where it stopped.")                                                             \
+    X(AUTO_OFFSET_RESET, "auto.offset.reset", LK__PT_ENUM, "earliest", 0, 0,               \
+      "earliest|latest", 0,                                                                \
+      "Where to start a topic that has no offsets in the checkpoint. Partitions added "    \
+      "later to a topic already being read always start at the earliest offset.")          \
+    X(ON_DATA_LOSS, "on.data.loss", LK__PT_ENUM, "fail", 0, 0, "fail|skip", 0,             \
+      "When offsets to read no longer exist in Kafka (retention deleted them): 'fail' "    \
+      "stops with an error; 'skip' logs, counts (accumulator lockstep.data.loss.skipped) " \
+      "and continues at the earliest offset.")                                             \
+    X(FETCH_TIMEOUT_MS, "fetch.timeout.ms", LK__PT_INT, "30000", 100, 86400000, NULL, 0,   \
+      "Longest wait for a batch's planned ranges before the batch is abandoned and "       \
+      "planned again (nothing is committed).")                                             \
+    X(RETRY_BACKOFF_MS, "retry.backoff.ms", LK__PT_INT, "200", 1, 600000, NULL, 0,         \
+      "First wait after a failed batch (broker unreachable); doubles up to "               \
+      "retry.backoff.max.ms.")                                                             \
+    X(RETRY_BACKOFF_MAX_MS, "retry.backoff.max.ms", LK__PT_INT, "10000", 1, 3600000, NULL, \
+      0, "Longest wait between retries of a failed batch.")                                \
+    X(STATE_TTL_MS, "state.ttl.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,         \
+      "Default state TTL of update_state_by_key operators, in batch time: a key with no "  \
+      "new value for this long expires. 0: never.")                                        \
+    X(STOP_GRACEFULLY, "stop.gracefully.on.shutdown", LK__PT_BOOL, "true", 0, 0, NULL, 0,  \
+      "SIGTERM/SIGINT finish and commit the batch in flight, then stop (a second signal "  \
+      "stops at once). false: the signals are left to the application.")                  \
+    X(TOPOLOGY_ALLOW_STATE_DROP, "topology.allow.state.drop", LK__PT_BOOL, "false", 0, 0,  \
+      NULL, 0,                                                                             \
+      "Start even though a stateful operator in the checkpoint is gone from the pipeline " \
+      "(its state stays in the checkpoint, unused). Default: refuse, naming the operator.") \
+    X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
+      "Longest time a graceful stop spends finishing the batch in flight and draining "    \
+      "sinks.")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,

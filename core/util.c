@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,3 +136,28 @@ void lk__log(int level, const char *fmt, ...) {
     fprintf(stderr, "%s.%03ldZ %s lockstep: %s\n", when, ts.tv_nsec / 1000000,
             names[level < 0 ? 0 : level > 7 ? 7 : level], msg);
 }
+
+#ifndef LK_NO_FAULTPOINTS
+void lk__faultpoint(const char *name) {
+    static int init;
+    static char want[128];
+    static long want_hit, hits;
+    if (!init) {
+        const char *e = getenv("LOCKSTEP_FAULTPOINT");
+        if (e) {
+            lk__fmt(want, sizeof want, "%s", e);
+            char *at = strchr(want, '@');
+            want_hit = at ? strtol(at + 1, NULL, 10) : 1;
+            if (at)
+                *at = '\0';
+        }
+        init = 1;
+    }
+    if (!want[0] || strcmp(want, name))
+        return;
+    if (++hits < want_hit)
+        return;
+    lk__log(LK_LOG_NOTICE, "fault point %s (hit %ld): SIGKILL", name, hits);
+    raise(SIGKILL);
+}
+#endif

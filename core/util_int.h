@@ -54,6 +54,17 @@ extern int lk__log_level;
 /** Log one line to stderr: "%timestamp LEVEL lockstep: message". */
 void lk__log(int level, const char *fmt, ...) LK__PRINTF(2, 3);
 
+/**
+ * Fault points for crash tests: when LOCKSTEP_FAULTPOINT names this point ("name", or
+ * "name@N" for its N-th hit), the process kills itself with SIGKILL right there.
+ * Compiled in unless LK_NO_FAULTPOINTS is defined (CMake option LK_FAULTPOINTS=OFF).
+ */
+#ifdef LK_NO_FAULTPOINTS
+#define lk__faultpoint(name) ((void)0)
+#else
+void lk__faultpoint(const char *name);
+#endif
+
 #define LK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -191,6 +191,232 @@ LK_EXPORT void lk_conf_foreach(const lk_conf_t *conf, int redact,
                                void (*cb)(const char *key, const char *value, void *opaque),
                                void *opaque);
 
+
+/*
+ * ---------------------------------------------------------------------------
+ * Pipelines
+ *
+ * A pipeline is defined by a callback that runs on every start. Each operator has a
+ * uid, unique in the pipeline and stable across versions of the code: the checkpoint
+ * matches state to operators by uid (and state schema version), never by position.
+ *
+ * Records are byte strings (key, value). Everything a callback receives is valid only
+ * during the call; everything it emits is copied. Callbacks run on the thread that
+ * called lk_context_run(), inside the batch's checkpoint transaction.
+ * ---------------------------------------------------------------------------
+ */
+
+/** The application: configuration, checkpoint, Kafka clients, pipeline. Opaque. */
+typedef struct lk_context lk_context_t;
+/** The pipeline being defined (valid only during the define callback). */
+typedef struct lk_pipeline lk_pipeline_t;
+/** A stream of records inside a pipeline (valid only during the define callback). */
+typedef struct lk_stream lk_stream_t;
+/** The batch being processed, handed to every operator callback. */
+typedef struct lk_batch lk_batch_t;
+/** A broadcast value (see lk_broadcast()). */
+typedef struct lk_broadcast lk_broadcast_t;
+
+/** A record flowing through a pipeline. */
+typedef struct lk_record {
+    const void *key;     /**< NULL: no key */
+    size_t key_len;
+    const void *value;   /**< NULL: tombstone (deleted key) */
+    size_t value_len;
+    int64_t timestamp_ms; /**< Kafka timestamp of the input; batch time for derived records */
+    const char *topic;    /**< input topic, NULL for derived records */
+    int32_t partition;    /**< input partition, -1 for derived records */
+    int64_t offset;       /**< input offset, -1 for derived records */
+} lk_record_t;
+
+/** A byte string. */
+typedef struct lk_bytes {
+    const void *data;
+    size_t len;
+} lk_bytes_t;
+
+/** Builds the pipeline; called once per lk_context_get_or_create(). */
+typedef void(lk_define_fn)(lk_pipeline_t *p, void *opaque);
+/** map / flat_map: emit with lk_emit() (map: exactly once, flat_map: any number). */
+typedef void(lk_map_fn)(lk_batch_t *b, const lk_record_t *in, void *opaque);
+/** filter: non-zero keeps the record. */
+typedef int(lk_filter_fn)(lk_batch_t *b, const lk_record_t *in, void *opaque);
+/**
+ * reduce_by_key: combine two values of one key into *out (allocate it with lk_alloc()
+ * or point it at a or b). Must be associative and commutative.
+ */
+typedef void(lk_reduce_fn)(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                           const lk_bytes_t *v, lk_bytes_t *out, void *opaque);
+/**
+ * update_state_by_key: called once per batch for each key with new values (in input
+ * order), and for each key whose state expired (state TTL: nvalues == 0 and
+ * lk_batch_state_expiring() is true). state is NULL for a new key. Set *new_state
+ * (data from lk_alloc(), or pointing at state or a value) to keep state, or
+ * new_state->data = NULL to delete the key. Emitted downstream: (key, new state), or a
+ * tombstone when the key is deleted or expires.
+ */
+typedef void(lk_update_fn)(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *values,
+                           size_t nvalues, const lk_bytes_t *state, lk_bytes_t *new_state,
+                           void *opaque);
+/** foreach_batch: all records of the batch reaching this operator, in order. */
+typedef void(lk_foreach_batch_fn)(lk_batch_t *b, const lk_record_t *records, size_t n,
+                                  void *opaque);
+
+/**
+ * @brief Input stream reading Kafka topics with read_committed isolation.
+ * @param p      the pipeline.
+ * @param topics one topic or a comma-separated list.
+ * @returns the stream; on a bad argument the pipeline records the error and
+ *          lk_context_get_or_create() fails with it.
+ */
+LK_EXPORT lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics);
+
+/** @brief One output record per input record (lk_emit() exactly once). */
+LK_EXPORT lk_stream_t *lk_map(lk_stream_t *in, const char *uid, lk_map_fn *fn, void *opaque);
+/** @brief Zero or more output records per input record. */
+LK_EXPORT lk_stream_t *lk_flat_map(lk_stream_t *in, const char *uid, lk_map_fn *fn,
+                                   void *opaque);
+/** @brief Keep the records for which fn returns non-zero. */
+LK_EXPORT lk_stream_t *lk_filter(lk_stream_t *in, const char *uid, lk_filter_fn *fn,
+                                 void *opaque);
+/**
+ * @brief Combine the values of each key within one batch (not across batches; use
+ * lk_update_state_by_key() for that). Emits one record per key at the end of the batch.
+ */
+LK_EXPORT lk_stream_t *lk_reduce_by_key(lk_stream_t *in, const char *uid, lk_reduce_fn *fn,
+                                        void *opaque);
+/**
+ * @brief Keyed state kept in the checkpoint across batches (Spark's updateStateByKey /
+ * mapWithState). State is read and written inside the batch's transaction, so it is
+ * exact across crashes and restarts.
+ * @param schema_version version of the state's byte format (>= 1); changing it on a
+ *        checkpoint with state is refused at start unless migrated.
+ */
+LK_EXPORT lk_stream_t *lk_update_state_by_key(lk_stream_t *in, const char *uid,
+                                              int schema_version, lk_update_fn *fn,
+                                              void *opaque);
+/**
+ * @brief Expire keys of an update_state_by_key operator that received no value for
+ * ttl_ms of batch time (overrides the state.ttl.ms property). 0 disables expiry.
+ */
+LK_EXPORT void lk_state_ttl(lk_stream_t *stateful, int64_t ttl_ms);
+/**
+ * @brief Hand every batch's records to fn, before the batch commits. At-least-once: a
+ * batch interrupted by a crash is processed again, so fn may see it twice. For
+ * exactly-once output use a sink.
+ */
+LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
+                                void *opaque);
+/**
+ * @brief Capture the stream's records in the checkpoint's outbox under sink name
+ * sink_name, in the batch's transaction; sinks deliver the outbox.
+ */
+LK_EXPORT void lk_to_outbox(lk_stream_t *in, const char *sink_name);
+
+/**
+ * @brief Declare a broadcast value: build(opaque) runs at start (and so again after
+ * every restart); destroy (may be NULL) frees it when the context is destroyed.
+ */
+LK_EXPORT lk_broadcast_t *lk_broadcast(lk_pipeline_t *p, const char *name,
+                                       void *(*build)(void *opaque),
+                                       void (*destroy)(void *value), void *opaque);
+/** @brief The broadcast's value, as built at start. */
+LK_EXPORT void *lk_broadcast_value(const lk_broadcast_t *bc);
+
+/** @brief Record the first error found while defining the pipeline. */
+LK_EXPORT void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- inside operator callbacks ---- */
+
+/**
+ * @brief Emit a record downstream. Key and value are copied. value NULL is a tombstone.
+ * @returns LK_OK, or LK_ERR_NOMEM.
+ */
+LK_EXPORT lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *value,
+                           size_t value_len);
+/** @brief Memory valid until the batch ends (freed at once afterwards). */
+LK_EXPORT void *lk_alloc(lk_batch_t *b, size_t size);
+/** @brief The batch's id (1, 2, ...). */
+LK_EXPORT uint64_t lk_batch_id(const lk_batch_t *b);
+/** @brief The batch's time: planned once, the same if the batch is processed again. */
+LK_EXPORT int64_t lk_batch_time_ms(const lk_batch_t *b);
+/** @brief In an update function: non-zero when called for an expiring key. */
+LK_EXPORT int lk_batch_state_expiring(const lk_batch_t *b);
+/**
+ * @brief Add to a named accumulator. Committed with the batch, so accumulators are
+ * exact across crashes and restarts (unlike Spark's).
+ */
+LK_EXPORT lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t delta);
+
+/*
+ * ---------------------------------------------------------------------------
+ * Context
+ * ---------------------------------------------------------------------------
+ */
+
+/**
+ * @brief Create the application, restoring it from checkpoint.dir if a checkpoint
+ * exists (Spark's getOrCreate).
+ *
+ * define runs first. With an existing checkpoint, the pipeline is checked against the
+ * recorded topology: same uids reuse their state; new operators start empty; a removed
+ * stateful operator, a changed operator kind or a changed state schema version is
+ * refused with a message naming the operator.
+ *
+ * @param conf   configuration; copied (the caller keeps ownership of conf).
+ * @param define builds the pipeline.
+ * @param opaque passed to define.
+ * @returns a context owned by the caller, or NULL with errstr set. Errors include
+ *          invalid configuration, LK_ERR_LOCKED (checkpoint in use), LK_ERR_TOPOLOGY,
+ *          and every refusal of the checkpoint store.
+ */
+LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
+                                                 void *opaque, char *errstr,
+                                                 size_t errstr_size);
+
+/**
+ * @brief Run batches until lk_context_stop() or, with stop.gracefully.on.shutdown=true,
+ * SIGTERM/SIGINT: the first signal finishes the batch in flight and commits; a second
+ * one abandons it at once (nothing of it is kept, so it is processed again on restart).
+ * @returns LK_OK after a stop (graceful or not); otherwise the error that stopped the
+ *          application (message via lk_context_errstr()).
+ */
+LK_EXPORT lk_err_t lk_context_run(lk_context_t *ctx);
+
+/**
+ * @brief Run exactly one batch (plan, fetch, process, commit). For tests and
+ * embedding in an external loop.
+ * @returns LK_OK, or the error (see lk_context_errstr()).
+ */
+LK_EXPORT lk_err_t lk_context_run_once(lk_context_t *ctx);
+
+/**
+ * @brief Ask lk_context_run() to return: graceful finishes and commits the batch in
+ * flight; otherwise the batch in flight is abandoned. Thread-safe and
+ * async-signal-safe.
+ */
+LK_EXPORT void lk_context_stop(lk_context_t *ctx, int graceful);
+
+/** @brief The message of the last error; valid until the next call on ctx. */
+LK_EXPORT const char *lk_context_errstr(const lk_context_t *ctx);
+
+/**
+ * @brief Current value of an accumulator as committed in the checkpoint.
+ * @returns LK_OK, LK_ERR_NOT_FOUND.
+ */
+LK_EXPORT lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name,
+                                          int64_t *value);
+
+/** @brief Id of the last committed batch (0 before the first). */
+LK_EXPORT uint64_t lk_context_last_batch(const lk_context_t *ctx);
+
+/** @brief Stop, close Kafka clients and the checkpoint, free. NULL is a no-op. */
+LK_EXPORT void lk_context_destroy(lk_context_t *ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,10 @@ enum { DB_META, DB_OFFSETS, DB_BATCHES, DB_OUTBOX, DB_FENCES, DB_ACC, DB_FIXED_C
 static const char *const db_names[DB_FIXED_COUNT] = {"meta",   "offsets", "batches",
                                                      "outbox", "fences",  "acc"};
 #define MAX_DBS 1024 /* fixed databases + state databases */
+/* LMDB's maximum key size (MDB_MAXKEYSIZE, what mdb_env_get_maxkeysize() answers for
+ * Debian's liblmdb). Keys are checked before LMDB sees them: LMDB would answer
+ * MDB_BAD_VALSIZE, and a failed write aborts the whole batch transaction. */
+#define MAX_KEY 511
 
 typedef struct {
     char *uid;
@@ -81,6 +85,8 @@ struct lk_store_txn {
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
 };
+
+static const char plan_key[] = "pending-plan"; /* meta key of the pending plan */
 
 enum { OP_PUT = 1, OP_DEL = 2 };
 typedef struct {
@@ -201,6 +207,11 @@ static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k
     lk_err_t e = txn_check(t, errstr, errstr_size);
     if (e)
         return e;
+    /* Refuse a key LMDB cannot hold here, leaving the transaction usable (an LMDB error
+     * below aborts it, losing every earlier write of the batch). */
+    if (k->mv_size == 0 || k->mv_size > MAX_KEY)
+        return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
+                       "%s: key of %zu bytes (1..%d allowed)", what, k->mv_size, MAX_KEY);
     for (;;) {
         int rc = op == OP_PUT ? mdb_put(t->txn, dbi, k, v, 0) : mdb_del(t->txn, dbi, k, NULL);
         if (rc == MDB_NOTFOUND && op == OP_DEL)
@@ -237,6 +248,8 @@ static lk_err_t txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t 
 static int txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v) {
     if (!t->txn)
         return EINVAL;
+    if (klen == 0 || klen > MAX_KEY) /* cannot have been stored (see txn_write) */
+        return MDB_NOTFOUND;
     MDB_val k = {klen, (void *)key};
     return mdb_get(t->txn, dbi, &k, v);
 }
@@ -556,6 +569,19 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
     s->map_size = info.me_mapsize; /* an existing file may already be larger */
+    /* LMDB writes data.mdb at mdb_env_open, before our first commit: a process killed
+     * in between leaves an environment in which nothing was ever committed. It holds
+     * nothing, so create the checkpoint in it; refusing it as "not a checkpoint" would
+     * make the directory unusable forever after one badly timed kill. */
+    if (!creating && info.me_last_txnid == 0) {
+        if (o->readonly) {
+            err = lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
+                          "%s is not a lockstep checkpoint (empty LMDB environment)",
+                          s->dir);
+            goto fail;
+        }
+        creating = 1;
+    }
 
     /* 4. Existing checkpoint: validate in a read txn, before any write. */
     MDB_txn *txn = NULL;
@@ -789,7 +815,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
 
 static size_t offset_key(unsigned char *k, size_t cap, const char *topic, int32_t partition) {
     size_t tl = strlen(topic);
-    if (tl + 5 > cap)
+    if (tl + 5 > cap || tl + 5 > MAX_KEY) /* cap alone allowed a 512-byte key */
         return 0;
     memcpy(k, topic, tl);
     k[tl] = 0;
@@ -889,6 +915,9 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     if (err)
         return err;
     t->batch_id = b->id;
+    if ((err = txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
+                       errstr_size, "clearing the batch plan")))
+        return err;
     /* prune history: delete records with id <= b->id - history */
     if (b->id <= t->s->batch_history)
         return LK_OK;
@@ -997,7 +1026,7 @@ size_t lk__store_batch_count(lk_store_txn_t *t) {
 static size_t outbox_key(unsigned char *k, size_t cap, const char *sink, uint64_t batch,
                          uint32_t seq) {
     size_t sl = strlen(sink);
-    if (sl + 13 > cap)
+    if (sl + 13 > cap || sl + 13 > MAX_KEY) /* cap alone allowed a 512-byte key */
         return 0;
     memcpy(k, sink, sl);
     k[sl] = 0;
@@ -1425,6 +1454,8 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
                              int64_t *updated_ms) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return LK_ERR_INVALID_ARG;
+    if (klen == 0 || klen > MAX_KEY) /* the same limit as state_put */
+        return LK_ERR_TOO_LARGE;
     MDB_val v;
     int rc = txn_get(t, t->s->states[db].dbi, key, klen, &v);
     if (rc == MDB_NOTFOUND)
@@ -1439,9 +1470,9 @@ lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *ke
                              char *errstr, size_t errstr_size) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
-    if (klen == 0 || klen > 511)
+    if (klen == 0 || klen > MAX_KEY)
         return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
-                       "state key of %zu bytes (1..511 allowed)", klen);
+                       "state key of %zu bytes (1..%d allowed)", klen, MAX_KEY);
     lk__buf_reset(&t->buf);
     lk__pack_array(&t->buf, 3);
     lk__pack_i64(&t->buf, 1);
@@ -1622,4 +1653,104 @@ lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
             break;
     }
     return LK_OK;
+}
+
+lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *after,
+                              size_t after_len, size_t max,
+                              int (*cb)(const void *, size_t, const void *, size_t, int64_t,
+                                        void *),
+                              void *opaque, size_t *visited) {
+    *visited = 0;
+    MDB_cursor *c;
+    if (db < 0 || (size_t)db >= t->s->nstates || !t->txn ||
+        mdb_cursor_open(t->txn, t->s->states[db].dbi, &c))
+        return LK_ERR_STORE;
+    MDB_val k = {after_len, (void *)after}, v;
+    int rc = after ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc == 0 && after && k.mv_size == after_len && !memcmp(k.mv_data, after, after_len))
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT); /* strictly after */
+    lk_err_t err = LK_OK;
+    for (; rc == 0 && *visited < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        const void *val;
+        size_t vlen;
+        int64_t upd;
+        if (!decode_state(t, &v, &val, &vlen, &upd)) {
+            err = LK_ERR_CORRUPT;
+            break;
+        }
+        (*visited)++;
+        if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
+            break;
+    }
+    mdb_cursor_close(c);
+    return err;
+}
+
+
+lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
+                            size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
+    if (err)
+        return err;
+    lk__buf_t *buf = &t->buf;
+    lk__buf_reset(buf);
+    lk__pack_array(buf, 7);
+    lk__pack_i64(buf, 1);
+    lk__pack_i64(buf, (int64_t)plan->id);
+    lk__pack_i64(buf, plan->batch_time_ms);
+    lk__pack_i64(buf, lk__wall_ms());
+    lk__pack_i64(buf, 0);
+    lk__pack_i64(buf, 0);
+    lk__pack_array(buf, plan->nranges);
+    for (size_t i = 0; i < plan->nranges; i++) {
+        lk__pack_array(buf, 4);
+        lk__pack_str(buf, plan->ranges[i].topic);
+        lk__pack_i64(buf, plan->ranges[i].partition);
+        lk__pack_i64(buf, plan->ranges[i].from);
+        lk__pack_i64(buf, plan->ranges[i].until);
+    }
+    err = buf->oom ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
+                   : txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
+                             buf->len, errstr, errstr_size, "writing the batch plan");
+    if (err) {
+        lk__store_txn_abort(t);
+        return err;
+    }
+    /* The plan need not be durable: without fsync it costs a page write, not a sync. */
+    if (!s->sync_interval)
+        mdb_env_set_flags(s->env, MDB_NOSYNC, 1);
+    err = lk__store_txn_commit(t, errstr, errstr_size);
+    if (!s->sync_interval)
+        mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+    return err;
+}
+
+lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
+    MDB_val v;
+    int rc = txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v);
+    if (rc == MDB_NOTFOUND)
+        return LK_ERR_NOT_FOUND;
+    if (rc)
+        return LK_ERR_STORE;
+    return decode_batch(t, &v, out);
+}
+
+lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
+                              size_t errstr_size) {
+    lk_err_t err = txn_check(t, errstr, errstr_size);
+    if (err)
+        return err;
+    lk__buf_t *b = &t->buf;
+    lk__buf_reset(b);
+    cfg_acc_t a = {b, 0};
+    lk_conf_foreach(conf, 1, count_cfg, &a);
+    lk__pack_array(b, 2);
+    lk__pack_i64(b, 1);
+    lk__pack_map(b, a.n);
+    lk_conf_foreach(conf, 1, pack_cfg, &a);
+    if (b->oom)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    return txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr, errstr_size,
+                   "writing meta config");
 }

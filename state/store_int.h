@@ -36,7 +36,9 @@ typedef struct lk_store_opts {
     int64_t sync_interval_ms; /**< group-commit interval */
     size_t map_size;          /**< initial map size; grows when full */
     uint64_t batch_history;   /**< batch records kept */
-    const lk_conf_t *conf;    /**< effective config recorded in meta (secrets redacted); may be NULL */
+    const lk_conf_t *conf;    /**< effective config recorded in meta at open (secrets
+                                   redacted); NULL: the caller records it later with
+                                   lk__store_config_put(), e.g. after its own checks */
 } lk_store_opts_t;
 
 /** Fill opts from a validated configuration (dir, app.id, sync, map size, history). */
@@ -230,6 +232,31 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t,
                                int (*cb)(const lk_state_stat_t *st, void *opaque),
                                void *opaque);
 
+/**
+ * Visit up to max entries of a state database in key order, starting strictly after
+ * (after, after_len) or at the first key when after is NULL. *visited counts the
+ * entries visited. Used for incremental TTL sweeps.
+ */
+lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *after,
+                              size_t after_len, size_t max,
+                              int (*cb)(const void *key, size_t klen, const void *val,
+                                        size_t vlen, int64_t updated_ms, void *opaque),
+                              void *opaque, size_t *visited);
+
+/* ---- pending plan ---- */
+
+/**
+ * Record the plan of the batch about to be processed (ranges and batch time), so that
+ * a batch interrupted before its commit is processed again with the same ranges and
+ * the same batch time. Committed with its own, unsynced transaction: losing it in an
+ * OS crash only means the batch is planned afresh. lk__store_batch_put() of the same
+ * id removes it.
+ */
+lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
+                            size_t errstr_size);
+/** The pending plan, if any (LK_ERR_NOT_FOUND); valid until the txn ends. */
+lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out);
+
 /* ---- topology ---- */
 
 typedef struct lk_topo_op {
@@ -243,6 +270,10 @@ lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size
                                 char *errstr, size_t errstr_size);
 /** Recorded topology; *ops allocated for the txn's lifetime. 0 ops if none recorded. */
 lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n);
+
+/** Record the effective configuration in meta (secrets redacted). */
+lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
+                              size_t errstr_size);
 
 /** Visit the effective configuration recorded in meta (secrets already redacted). */
 lk_err_t lk__store_config_foreach(lk_store_txn_t *t,

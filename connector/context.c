@@ -1,0 +1,468 @@
+/*
+ * context.c — the application and its batch loop (DESIGN.md, "The batch protocol"):
+ * getOrCreate (define the pipeline, open or create the checkpoint, check the topology),
+ * then per batch: plan (or reuse a pending plan), fetch, process inside one LMDB write
+ * transaction, and commit offsets + state + outbox + accumulators + batch record
+ * together. Also graceful stop on SIGTERM/SIGINT and retry with backoff.
+ */
+#define _GNU_SOURCE
+#include "lockstep.h"
+#include "pipeline_int.h"
+#include "receiver_int.h"
+#include "../core/conf_int.h"
+#include "../core/util_int.h"
+#include "../state/store_int.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct lk_context {
+    lk_conf_t *conf;
+    lk_pipeline_t *pipeline;
+    lk_store_t *store;
+    lk_receiver_t *receiver;
+    lk_batch_t batch;
+    int64_t last_batch_time_ms;
+    int has_ttl;
+    int64_t default_ttl_ms;
+    volatile sig_atomic_t stop_graceful; /* finish the batch in flight, then return */
+    volatile sig_atomic_t stop_now;      /* abandon the batch in flight */
+    int fatal;
+    char errstr[1024];
+};
+
+/* The context whose lk_context_run() owns SIGTERM/SIGINT. */
+static lk_context_t *volatile signal_ctx;
+
+static lk_err_t fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
+static lk_err_t fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->errstr, sizeof ctx->errstr, fmt, ap);
+    va_end(ap);
+    return e;
+}
+
+const char *lk_context_errstr(const lk_context_t *ctx) {
+    return ctx ? ctx->errstr : "";
+}
+
+uint64_t lk_context_last_batch(const lk_context_t *ctx) {
+    return ctx && ctx->store ? lk__store_committed_batch(ctx->store) : 0;
+}
+
+/* Check the pipeline against the recorded topology, then record the new one. */
+static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_size) {
+    lk_pipeline_t *p = ctx->pipeline;
+    lk_topo_op_t *now = calloc(p->nstages ? p->nstages : 1, sizeof *now);
+    if (!now)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    size_t nnow = lk__pipeline_topology(p, now, p->nstages);
+    lk_store_txn_t *t;
+    lk_err_t err = lk__store_txn_begin(ctx->store, 1, &t, errstr, errstr_size);
+    if (err) {
+        free(now);
+        return err;
+    }
+    lk_topo_op_t *old;
+    size_t nold;
+    if ((err = lk__store_topology_get(t, &old, &nold))) {
+        err = lk__err(err, errstr, errstr_size, "checkpoint %s: topology unreadable: %s",
+                      lk__store_dir(ctx->store), lk_err_str(err));
+        goto out;
+    }
+    int allow_drop = lk__conf_bool(ctx->conf, LK__P_TOPOLOGY_ALLOW_STATE_DROP);
+    for (size_t i = 0; i < nold && !err; i++) {
+        const lk_topo_op_t *o = &old[i];
+        const lk_topo_op_t *n = NULL;
+        for (size_t j = 0; j < nnow; j++)
+            if (!strcmp(now[j].uid, o->uid))
+                n = &now[j];
+        if (!n) {
+            if (o->schema_version > 0 && !allow_drop)
+                err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                              "operator '%s' (%s, state schema v%d) is in the checkpoint but "
+                              "not in the pipeline: its state would be orphaned. Keep the "
+                              "operator, or set topology.allow.state.drop=true to leave its "
+                              "state unused",
+                              o->uid, o->kind, (int)o->schema_version);
+            else if (o->schema_version > 0)
+                lk__log(LK_LOG_WARNING,
+                        "operator '%s' removed; its state stays in the checkpoint, unused "
+                        "(topology.allow.state.drop=true)",
+                        o->uid);
+            continue;
+        }
+        if (strcmp(n->kind, o->kind))
+            err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                          "operator '%s' was a %s and is now a %s; give the new operator a "
+                          "new uid",
+                          o->uid, o->kind, n->kind);
+        else if (n->schema_version != o->schema_version)
+            err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                          "operator '%s' (%s): state schema version changed from v%d to v%d; "
+                          "the checkpoint holds v%d state. Keep v%d, or use a new uid to "
+                          "start from empty state",
+                          o->uid, o->kind, (int)o->schema_version, (int)n->schema_version,
+                          (int)o->schema_version, (int)o->schema_version);
+    }
+    if (!err)
+        for (size_t j = 0; j < nnow; j++) {
+            int known = 0;
+            for (size_t i = 0; i < nold && !known; i++)
+                known = !strcmp(now[j].uid, old[i].uid);
+            if (!known && nold)
+                lk__log(LK_LOG_NOTICE, "new operator '%s' (%s)%s", now[j].uid, now[j].kind,
+                        now[j].schema_version ? ": starts with empty state" : "");
+        }
+    if (!err)
+        err = lk__store_topology_put(t, now, nnow, errstr, errstr_size);
+    if (!err) /* recorded only once the checks passed: a refused start writes nothing */
+        err = lk__store_config_put(t, ctx->conf, errstr, errstr_size);
+out:
+    if (err) {
+        lk__store_txn_abort(t);
+    } else {
+        err = lk__store_txn_commit(t, errstr, errstr_size);
+    }
+    free(now);
+    return err;
+}
+
+lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
+                                       void *opaque, char *errstr, size_t errstr_size) {
+    if (!conf || !define) {
+        lk__fmt(errstr, errstr_size, "lk_context_get_or_create: conf and define are required");
+        return NULL;
+    }
+    if (lk_conf_validate(conf, errstr, errstr_size))
+        return NULL;
+    lk_context_t *ctx = calloc(1, sizeof *ctx);
+    if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new())) {
+        lk__fmt(errstr, errstr_size, "out of memory");
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    static const int levels[] = {LK_LOG_ERR, LK_LOG_WARNING, LK_LOG_NOTICE, LK_LOG_INFO,
+                                 LK_LOG_DEBUG};
+    lk__log_level = levels[lk__conf_int(conf, LK__P_LOG_LEVEL)];
+    ctx->default_ttl_ms = lk__conf_int(conf, LK__P_STATE_TTL_MS);
+
+    define(ctx->pipeline, opaque);
+    lk_pipeline_t *p = ctx->pipeline;
+    if (p->failed) {
+        lk__fmt(errstr, errstr_size, "pipeline: %s", p->err);
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    const char *topics[256];
+    size_t ntopics = lk__pipeline_topics(p, topics, LK_ARRAY_SIZE(topics));
+    if (ntopics == 0) {
+        lk__fmt(errstr, errstr_size, "pipeline: no input (add lk_kafka_stream)");
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    lk_store_opts_t o;
+    lk__store_opts_from_conf(&o, ctx->conf);
+    o.conf = NULL; /* recorded with the topology, after its checks */
+    lk_err_t e = lk__store_open(&ctx->store, &o, errstr, errstr_size);
+    if (!e)
+        e = check_topology(ctx, errstr, errstr_size);
+    if (!e)
+        e = lk__pipeline_open_state(p, ctx->store, errstr, errstr_size);
+    if (!e)
+        e = lk__pipeline_build_broadcasts(p, errstr, errstr_size);
+    if (!e)
+        e = lk__receiver_new(&ctx->receiver, ctx->conf, topics, ntopics, errstr, errstr_size);
+    if (e) {
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    ctx->has_ttl = lk__pipeline_has_ttl(p, ctx->default_ttl_ms);
+    lk_store_txn_t *t;
+    if (lk__store_txn_begin(ctx->store, 0, &t, NULL, 0) == LK_OK) {
+        lk_batch_rec_t last;
+        if (lk__store_batch_last(t, &last) == LK_OK) {
+            ctx->last_batch_time_ms = last.batch_time_ms;
+            lk__log(LK_LOG_INFO, "restored checkpoint %s at batch %llu", o.dir,
+                    (unsigned long long)last.id);
+        } else {
+            lk__log(LK_LOG_INFO, "created checkpoint %s", o.dir);
+        }
+        lk__store_txn_abort(t);
+    }
+    return ctx;
+}
+
+void lk_context_destroy(lk_context_t *ctx) {
+    if (!ctx)
+        return;
+    if (signal_ctx == ctx)
+        signal_ctx = NULL;
+    lk__receiver_destroy(ctx->receiver);
+    if (ctx->pipeline)
+        lk__batch_reset(&ctx->batch, ctx->pipeline);
+    lk__batch_free(&ctx->batch);
+    lk__pipeline_destroy(ctx->pipeline);
+    lk__store_close(ctx->store);
+    lk_conf_destroy(ctx->conf);
+    free(ctx);
+}
+
+void lk_context_stop(lk_context_t *ctx, int graceful) {
+    if (!ctx)
+        return;
+    if (graceful)
+        ctx->stop_graceful = 1;
+    else
+        ctx->stop_now = 1;
+}
+
+lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);
+    if (e)
+        return e;
+    e = lk__store_acc_get(t, name, value);
+    lk__store_txn_abort(t);
+    return e;
+}
+
+typedef struct {
+    lk_store_txn_t *t;
+} lookup_ctx_t;
+
+static int lookup_offset(const char *topic, int32_t partition, int64_t *off, void *o) {
+    lookup_ctx_t *l = o;
+    return lk__store_offset_get(l->t, topic, partition, off) == LK_OK ? 0 : -1;
+}
+
+/* Plan batch `id`: reuse its pending plan if the last run left one, else plan afresh. */
+static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64_t *time_ms,
+                           int *replay) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);
+    if (e)
+        return e;
+    lk_batch_rec_t pending;
+    *replay = 0;
+    if (lk__store_plan_get(t, &pending) == LK_OK && pending.id == id &&
+        lk__receiver_use_plan(ctx->receiver, pending.ranges, pending.nranges, f, NULL, 0) ==
+            LK_OK) {
+        *time_ms = pending.batch_time_ms;
+        *replay = 1;
+        lk__log(LK_LOG_INFO, "batch %llu: processing again with its recorded plan",
+                (unsigned long long)id);
+        lk__store_txn_abort(t);
+        return LK_OK;
+    }
+    lookup_ctx_t l = {t};
+    e = lk__receiver_plan(ctx->receiver, lookup_offset, &l, f, ctx->errstr, sizeof ctx->errstr);
+    lk__store_txn_abort(t);
+    /* batch time: the wall clock at planning, strictly increasing */
+    int64_t now = lk__wall_ms();
+    *time_ms = now > ctx->last_batch_time_ms ? now : ctx->last_batch_time_ms + 1;
+    return e;
+}
+
+static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                                   lk__fetch_t *f) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
+    if (e)
+        return e;
+    lk_batch_t *b = &ctx->batch;
+    lk__batch_begin(b, ctx->pipeline, id, time_ms, t, ctx->default_ttl_ms);
+    lk__faultpoint("mid-processing");
+    for (size_t i = 0; i < f->nranges && !b->err; i++) {
+        lk__range_msgs_t *rm = &f->ranges[i];
+        for (size_t j = 0; j < rm->n && !b->err; j++) {
+            rd_kafka_message_t *m = rm->msgs[j];
+            rd_kafka_timestamp_type_t tt;
+            int64_t ts = rd_kafka_message_timestamp(m, &tt);
+            lk_record_t r = {m->key, m->key_len, m->payload, m->len,
+                             ts >= 0 ? ts : time_ms, rm->range.topic, rm->range.partition,
+                             m->offset};
+            lk__batch_push_input(b, ctx->pipeline, &r);
+        }
+        if (ctx->stop_now)
+            break;
+    }
+    if (!b->err)
+        lk__batch_end(b, ctx->pipeline);
+    if (b->err) {
+        e = fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
+        goto abort;
+    }
+    if (ctx->stop_now) {
+        e = fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
+                 (unsigned long long)id);
+        goto abort;
+    }
+    lk_range_t *ranges = lk__arena_alloc(&b->arena, (f->nranges ? f->nranges : 1) * sizeof *ranges);
+    if (!ranges) {
+        e = fail(ctx, LK_ERR_NOMEM, "out of memory");
+        goto abort;
+    }
+    for (size_t i = 0; i < f->nranges && !e; i++) {
+        ranges[i] = f->ranges[i].range;
+        e = lk__store_offset_put(t, ranges[i].topic, ranges[i].partition, ranges[i].until,
+                                 ctx->errstr, sizeof ctx->errstr);
+    }
+    if (!e && f->data_loss_skipped)
+        e = lk__store_acc_add(t, "lockstep.data.loss.skipped", (int64_t)f->data_loss_skipped,
+                              ctx->errstr, sizeof ctx->errstr);
+    lk_batch_rec_t rec = {id, time_ms, 0, f->records, b->records_out, f->nranges, ranges};
+    if (!e)
+        e = lk__store_batch_put(t, &rec, ctx->errstr, sizeof ctx->errstr);
+    if (e)
+        goto abort;
+    e = lk__store_txn_commit(t, ctx->errstr, sizeof ctx->errstr);
+    lk__batch_reset(b, ctx->pipeline);
+    if (!e) {
+        ctx->last_batch_time_ms = time_ms;
+        lk__faultpoint("after-checkpoint-commit");
+    }
+    return e;
+abort:
+    lk__store_txn_abort(t);
+    lk__batch_reset(b, ctx->pipeline);
+    return e;
+}
+
+/* One batch. *idle is set when there was nothing to do (nothing committed). */
+static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
+    *idle = 0;
+    if (ctx->fatal)
+        return fail(ctx, LK_ERR_FATAL, "%s", ctx->errstr);
+    uint64_t id = lk__store_committed_batch(ctx->store) + 1;
+    lk__fetch_t f;
+    int64_t time_ms;
+    int replay;
+    lk_err_t e = plan_batch(ctx, id, &f, &time_ms, &replay);
+    if (e)
+        return e;
+    lk__faultpoint("after-plan");
+    int empty = 1;
+    for (size_t i = 0; i < f.nranges; i++)
+        empty &= f.ranges[i].range.from >= f.ranges[i].range.until;
+    if (empty && !f.data_loss_skipped && !ctx->has_ttl) {
+        lk__fetch_clear(&f);
+        *idle = 1;
+        return LK_OK;
+    }
+    e = lk__receiver_fetch(ctx->receiver, &f, !replay, &ctx->stop_now, ctx->errstr,
+                           sizeof ctx->errstr);
+    if (!e && !replay) {
+        lk_range_t *ranges = malloc((f.nranges ? f.nranges : 1) * sizeof *ranges);
+        if (!ranges)
+            e = fail(ctx, LK_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; !e && i < f.nranges; i++)
+            ranges[i] = f.ranges[i].range;
+        lk_batch_rec_t plan = {id, time_ms, 0, 0, 0, f.nranges, ranges};
+        if (!e)
+            e = lk__store_plan_put(ctx->store, &plan, ctx->errstr, sizeof ctx->errstr);
+        free(ranges);
+    }
+    if (!e)
+        e = process_and_commit(ctx, id, time_ms, &f);
+    if (e)
+        lk__receiver_invalidate(ctx->receiver);
+    lk__fetch_clear(&f);
+    const char *msg;
+    if (lk__store_fatal(ctx->store, &msg)) {
+        ctx->fatal = 1;
+        return fail(ctx, LK_ERR_FATAL, "%s", msg);
+    }
+    return e;
+}
+
+lk_err_t lk_context_run_once(lk_context_t *ctx) {
+    int idle;
+    return run_batch(ctx, &idle);
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    lk_context_t *ctx = signal_ctx;
+    if (!ctx)
+        return;
+    if (ctx->stop_graceful)
+        ctx->stop_now = 1;
+    ctx->stop_graceful = 1;
+}
+
+/* Sleep up to ms, waking early when a stop is requested. */
+static void nap(lk_context_t *ctx, int64_t ms) {
+    int64_t end = lk__mono_ms() + ms;
+    while (!ctx->stop_graceful && !ctx->stop_now) {
+        int64_t left = end - lk__mono_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int retriable(lk_err_t e) {
+    return e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT || e == LK_ERR_IO;
+}
+
+lk_err_t lk_context_run(lk_context_t *ctx) {
+    struct sigaction sa, old_term, old_int;
+    int own_signals = lk__conf_bool(ctx->conf, LK__P_STOP_GRACEFULLY);
+    if (own_signals) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        signal_ctx = ctx;
+        sigaction(SIGTERM, &sa, &old_term);
+        sigaction(SIGINT, &sa, &old_int);
+    }
+    int64_t interval = lk__conf_int(ctx->conf, LK__P_BATCH_INTERVAL_MS);
+    int64_t backoff0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
+    int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
+    int64_t backoff = backoff0;
+    lk_err_t result = LK_OK;
+    while (!ctx->stop_graceful && !ctx->stop_now) {
+        int64_t started = lk__mono_ms();
+        int idle;
+        lk_err_t e = run_batch(ctx, &idle);
+        if (e) {
+            if (ctx->stop_now && e == LK_ERR_TIMED_OUT)
+                break; /* abandoned by the stop: nothing was committed */
+            if (!retriable(e)) {
+                lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
+                result = e;
+                break;
+            }
+            lk__log(LK_LOG_WARNING, "batch failed, retrying in %lld ms: %s",
+                    (long long)backoff, ctx->errstr);
+            nap(ctx, backoff);
+            backoff = backoff * 2 > backoff_max ? backoff_max : backoff * 2;
+            continue;
+        }
+        backoff = backoff0;
+        int64_t elapsed = lk__mono_ms() - started;
+        if (idle || elapsed < interval)
+            nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
+    }
+    if (ctx->stop_graceful && !ctx->stop_now && !result) {
+        char err[256];
+        if (lk__store_sync(ctx->store, err, sizeof err))
+            lk__log(LK_LOG_WARNING, "final sync: %s", err);
+        lk__faultpoint("during-graceful-stop");
+        lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
+                (unsigned long long)lk__store_committed_batch(ctx->store));
+    }
+    if (own_signals) {
+        sigaction(SIGTERM, &old_term, NULL);
+        sigaction(SIGINT, &old_int, NULL);
+        signal_ctx = NULL;
+    }
+    return result;
+}

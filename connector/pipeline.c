@@ -1,0 +1,836 @@
+/*
+ * pipeline.c — defining pipelines (the lk_map / lk_update_state_by_key ... API) and
+ * executing one batch through them. Records are pushed depth-first from the sources;
+ * keyed stages (reduce_by_key, update_state_by_key) and foreach_batch collect during the
+ * batch and flush at its end, in definition order, so a stage's output reaches stages
+ * defined after it before they flush.
+ */
+#define _GNU_SOURCE
+#include "pipeline_int.h"
+#include "../core/util_int.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- arena ---- */
+
+struct lk__arena_chunk {
+    lk__arena_chunk_t *next;
+    size_t used, cap;
+    max_align_t data[];
+};
+
+void *lk__arena_alloc(lk__arena_t *a, size_t n) {
+    n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+    if (!a->head || a->head->cap - a->head->used < n) {
+        size_t cap = 64 * 1024;
+        while (cap < n)
+            cap *= 2;
+        lk__arena_chunk_t *c = malloc(sizeof *c + cap);
+        if (!c)
+            return NULL;
+        c->cap = cap;
+        c->used = 0;
+        c->next = a->head;
+        a->head = c;
+        a->total += cap;
+    }
+    void *p = (char *)a->head->data + a->head->used;
+    a->head->used += n;
+    return p;
+}
+
+void lk__arena_reset(lk__arena_t *a) {
+    /* keep the newest chunk for the next batch, free the rest */
+    if (!a->head)
+        return;
+    lk__arena_chunk_t *c = a->head->next;
+    while (c) {
+        lk__arena_chunk_t *n = c->next;
+        a->total -= c->cap;
+        free(c);
+        c = n;
+    }
+    a->head->next = NULL;
+    a->head->used = 0;
+}
+
+void lk__arena_free(lk__arena_t *a) {
+    lk__arena_reset(a);
+    free(a->head);
+    a->head = NULL;
+    a->total = 0;
+}
+
+/* ---- key -> values table ---- */
+
+static uint64_t hash_bytes(const void *p, size_t n) {
+    const unsigned char *c = p;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= c[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static void kv_clear(lk__kv_t *kv) {
+    if (kv->slots)
+        memset(kv->slots, 0, kv->cap * sizeof *kv->slots);
+    kv->count = 0;
+    kv->norder = 0;
+}
+
+static void kv_free(lk__kv_t *kv) {
+    free(kv->slots);
+    free(kv->order);
+    memset(kv, 0, sizeof *kv);
+}
+
+static int kv_grow(lk__kv_t *kv) {
+    size_t cap = kv->cap ? kv->cap * 2 : 1024;
+    lk__kv_entry_t **s = calloc(cap, sizeof *s);
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < kv->norder; i++) {
+        lk__kv_entry_t *e = kv->order[i];
+        size_t j = e->hash & (cap - 1);
+        while (s[j])
+            j = (j + 1) & (cap - 1);
+        s[j] = e;
+    }
+    free(kv->slots);
+    kv->slots = s;
+    kv->cap = cap;
+    return 0;
+}
+
+/* Find or create the entry of key; key bytes copied into the arena. */
+static lk__kv_entry_t *kv_get(lk__kv_t *kv, lk__arena_t *a, const void *key, size_t klen,
+                              int *created) {
+    if ((kv->count + 1) * 2 > kv->cap && kv_grow(kv))
+        return NULL;
+    uint64_t h = hash_bytes(key, klen);
+    size_t j = h & (kv->cap - 1);
+    while (kv->slots[j]) {
+        lk__kv_entry_t *e = kv->slots[j];
+        if (e->hash == h && e->key.len == klen && !memcmp(e->key.data, key, klen)) {
+            *created = 0;
+            return e;
+        }
+        j = (j + 1) & (kv->cap - 1);
+    }
+    lk__kv_entry_t *e = lk__arena_alloc(a, sizeof *e);
+    void *kc = lk__arena_alloc(a, klen ? klen : 1);
+    if (!e || !kc)
+        return NULL;
+    memcpy(kc, key, klen);
+    memset(e, 0, sizeof *e);
+    e->key = (lk_bytes_t){kc, klen};
+    e->hash = h;
+    if (kv->norder == kv->caporder) {
+        size_t cap = kv->caporder ? kv->caporder * 2 : 1024;
+        lk__kv_entry_t **o = realloc(kv->order, cap * sizeof *o);
+        if (!o)
+            return NULL;
+        kv->order = o;
+        kv->caporder = cap;
+    }
+    kv->order[kv->norder++] = e;
+    kv->slots[j] = e;
+    kv->count++;
+    *created = 1;
+    return e;
+}
+
+/* ---- definition ---- */
+
+const char *lk__stage_kind_name(lk__stage_kind_t k) {
+    switch (k) {
+    case LK__ST_SOURCE: return "kafka_stream";
+    case LK__ST_MAP: return "map";
+    case LK__ST_FLAT_MAP: return "flat_map";
+    case LK__ST_FILTER: return "filter";
+    case LK__ST_REDUCE: return "reduce_by_key";
+    case LK__ST_UPDATE: return "update_state_by_key";
+    case LK__ST_FOREACH: return "foreach_batch";
+    case LK__ST_OUTBOX: return "outbox";
+    }
+    return "?";
+}
+
+lk_pipeline_t *lk__pipeline_new(void) {
+    return calloc(1, sizeof(lk_pipeline_t));
+}
+
+static void stage_free(lk_stream_t *s) {
+    free(s->uid);
+    free(s->children);
+    for (size_t i = 0; i < s->ntopics; i++)
+        free(s->topics[i]);
+    free(s->topics);
+    free(s->params);
+    kv_free(&s->kv);
+    free(s->recs);
+    free(s->scan_key);
+    free(s);
+}
+
+void lk__pipeline_destroy(lk_pipeline_t *p) {
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nstages; i++)
+        stage_free(p->stages[i]);
+    free(p->stages);
+    for (size_t i = 0; i < p->nbcs; i++) {
+        lk_broadcast_t *b = p->bcs[i];
+        if (b->destroy && b->value)
+            b->destroy(b->value);
+        free(b->name);
+        free(b);
+    }
+    free(p->bcs);
+    free(p);
+}
+
+void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...) {
+    if (!p || p->failed)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    va_end(ap);
+    p->failed = 1;
+}
+
+static int uid_ok(lk_pipeline_t *p, const char *uid) {
+    if (!uid || !uid[0]) {
+        lk_pipeline_fail(p, "an operator has no uid");
+        return 0;
+    }
+    if (strlen(uid) > 200) {
+        lk_pipeline_fail(p, "operator uid '%.40s...' is longer than 200 characters", uid);
+        return 0;
+    }
+    for (size_t i = 0; i < p->nstages; i++)
+        if (!strcmp(p->stages[i]->uid, uid)) {
+            lk_pipeline_fail(p, "operator uid '%s' is used twice; uids must be unique", uid);
+            return 0;
+        }
+    return 1;
+}
+
+static lk_stream_t *add_stage(lk_pipeline_t *p, lk_stream_t *parent, lk__stage_kind_t kind,
+                              const char *uid, const char *params) {
+    if (!p || p->failed)
+        return NULL;
+    if (!uid_ok(p, uid))
+        return NULL;
+    lk_stream_t *s = calloc(1, sizeof *s);
+    lk_stream_t **st = realloc(p->stages, (p->nstages + 1) * sizeof *st);
+    if (!s || !st) {
+        free(s);
+        if (st)
+            p->stages = st;
+        lk_pipeline_fail(p, "out of memory");
+        return NULL;
+    }
+    p->stages = st;
+    s->p = p;
+    s->kind = kind;
+    s->uid = strdup(uid);
+    s->params = strdup(params ? params : "");
+    s->db = -1;
+    if (parent) {
+        lk_stream_t **c = realloc(parent->children, (parent->nchildren + 1) * sizeof *c);
+        if (!c) {
+            stage_free(s);
+            lk_pipeline_fail(p, "out of memory");
+            return NULL;
+        }
+        parent->children = c;
+        c[parent->nchildren++] = s;
+        s->parent = parent;
+    }
+    p->stages[p->nstages++] = s;
+    return s;
+}
+
+/* A stage derived from `in`: checks in and fn, then adds. */
+static lk_stream_t *derive(lk_stream_t *in, lk__stage_kind_t kind, const char *uid,
+                           const void *fn, void *opaque, const char *what) {
+    if (!in)
+        return NULL; /* the pipeline already records why */
+    if (!fn) {
+        lk_pipeline_fail(in->p, "%s '%s': no function given", what, uid ? uid : "");
+        return NULL;
+    }
+    lk_stream_t *s = add_stage(in->p, in, kind, uid, NULL);
+    if (s)
+        s->opaque = opaque;
+    return s;
+}
+
+lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
+    if (!p || p->failed)
+        return NULL;
+    if (!topics || !topics[0]) {
+        lk_pipeline_fail(p, "lk_kafka_stream: no topic given");
+        return NULL;
+    }
+    char uid[600], params[600];
+    lk__fmt(uid, sizeof uid, "kafka:%s", topics);
+    lk__fmt(params, sizeof params, "topics=%s", topics);
+    lk_stream_t *s = add_stage(p, NULL, LK__ST_SOURCE, uid, params);
+    if (!s)
+        return NULL;
+    char *copy = strdup(topics);
+    for (char *save = NULL, *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        for (const char *c = t; *c; c++)
+            if (!(*c >= 'a' && *c <= 'z') && !(*c >= 'A' && *c <= 'Z') &&
+                !(*c >= '0' && *c <= '9') && *c != '.' && *c != '_' && *c != '-') {
+                lk_pipeline_fail(p, "lk_kafka_stream: invalid topic name '%s'", t);
+                free(copy);
+                return NULL;
+            }
+        char **n = realloc(s->topics, (s->ntopics + 1) * sizeof *n);
+        if (!n) {
+            free(copy);
+            lk_pipeline_fail(p, "out of memory");
+            return NULL;
+        }
+        s->topics = n;
+        s->topics[s->ntopics++] = strdup(t);
+    }
+    free(copy);
+    if (!s->ntopics) {
+        lk_pipeline_fail(p, "lk_kafka_stream: no topic in '%s'", topics);
+        return NULL;
+    }
+    return s;
+}
+
+lk_stream_t *lk_map(lk_stream_t *in, const char *uid, lk_map_fn *fn, void *opaque) {
+    lk_stream_t *s = derive(in, LK__ST_MAP, uid, (const void *)fn, opaque, "map");
+    if (s)
+        s->fn.map = fn;
+    return s;
+}
+
+lk_stream_t *lk_flat_map(lk_stream_t *in, const char *uid, lk_map_fn *fn, void *opaque) {
+    lk_stream_t *s = derive(in, LK__ST_FLAT_MAP, uid, (const void *)fn, opaque, "flat_map");
+    if (s)
+        s->fn.map = fn;
+    return s;
+}
+
+lk_stream_t *lk_filter(lk_stream_t *in, const char *uid, lk_filter_fn *fn, void *opaque) {
+    lk_stream_t *s = derive(in, LK__ST_FILTER, uid, (const void *)fn, opaque, "filter");
+    if (s)
+        s->fn.filter = fn;
+    return s;
+}
+
+lk_stream_t *lk_reduce_by_key(lk_stream_t *in, const char *uid, lk_reduce_fn *fn,
+                              void *opaque) {
+    lk_stream_t *s = derive(in, LK__ST_REDUCE, uid, (const void *)fn, opaque, "reduce_by_key");
+    if (s)
+        s->fn.reduce = fn;
+    return s;
+}
+
+lk_stream_t *lk_update_state_by_key(lk_stream_t *in, const char *uid, int schema_version,
+                                    lk_update_fn *fn, void *opaque) {
+    if (in && schema_version < 1) {
+        lk_pipeline_fail(in->p, "update_state_by_key '%s': schema_version must be >= 1",
+                         uid ? uid : "");
+        return NULL;
+    }
+    lk_stream_t *s =
+        derive(in, LK__ST_UPDATE, uid, (const void *)fn, opaque, "update_state_by_key");
+    if (s) {
+        s->fn.update = fn;
+        s->schema_version = schema_version;
+    }
+    return s;
+}
+
+void lk_state_ttl(lk_stream_t *s, int64_t ttl_ms) {
+    if (!s)
+        return;
+    if (s->kind != LK__ST_UPDATE || ttl_ms < 0) {
+        lk_pipeline_fail(s->p, "lk_state_ttl('%s'): %s", s->uid,
+                         ttl_ms < 0 ? "negative TTL" : "not an update_state_by_key operator");
+        return;
+    }
+    s->ttl_ms = ttl_ms;
+    s->ttl_set = 1;
+}
+
+void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
+                      void *opaque) {
+    lk_stream_t *s = derive(in, LK__ST_FOREACH, uid, (const void *)fn, opaque, "foreach_batch");
+    if (s)
+        s->fn.foreach = fn;
+}
+
+void lk_to_outbox(lk_stream_t *in, const char *sink_name) {
+    if (!in)
+        return;
+    if (!sink_name || !sink_name[0]) {
+        lk_pipeline_fail(in->p, "lk_to_outbox: no sink name");
+        return;
+    }
+    char params[300];
+    lk__fmt(params, sizeof params, "sink=%s", sink_name);
+    add_stage(in->p, in, LK__ST_OUTBOX, sink_name, params);
+}
+
+lk_broadcast_t *lk_broadcast(lk_pipeline_t *p, const char *name, void *(*build)(void *),
+                             void (*destroy)(void *), void *opaque) {
+    if (!p || p->failed)
+        return NULL;
+    if (!name || !build) {
+        lk_pipeline_fail(p, "lk_broadcast: name and build function are required");
+        return NULL;
+    }
+    lk_broadcast_t *b = calloc(1, sizeof *b);
+    lk_broadcast_t **n = realloc(p->bcs, (p->nbcs + 1) * sizeof *n);
+    if (!b || !n) {
+        free(b);
+        if (n)
+            p->bcs = n;
+        lk_pipeline_fail(p, "out of memory");
+        return NULL;
+    }
+    p->bcs = n;
+    b->name = strdup(name);
+    b->build = build;
+    b->destroy = destroy;
+    b->opaque = opaque;
+    p->bcs[p->nbcs++] = b;
+    return b;
+}
+
+void *lk_broadcast_value(const lk_broadcast_t *bc) {
+    return bc ? bc->value : NULL;
+}
+
+lk_err_t lk__pipeline_build_broadcasts(lk_pipeline_t *p, char *errstr, size_t errstr_size) {
+    for (size_t i = 0; i < p->nbcs; i++) {
+        lk_broadcast_t *b = p->bcs[i];
+        if (!(b->value = b->build(b->opaque)))
+            return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                           "broadcast '%s': build function returned NULL", b->name);
+    }
+    return LK_OK;
+}
+
+size_t lk__pipeline_topology(const lk_pipeline_t *p, lk_topo_op_t *out, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < p->nstages && n < cap; i++) {
+        const lk_stream_t *s = p->stages[i];
+        out[n++] = (lk_topo_op_t){s->uid, lk__stage_kind_name(s->kind), s->schema_version,
+                                  s->params};
+    }
+    return n;
+}
+
+size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < p->nstages; i++) {
+        const lk_stream_t *s = p->stages[i];
+        for (size_t t = 0; s->kind == LK__ST_SOURCE && t < s->ntopics; t++) {
+            size_t j;
+            for (j = 0; j < n && strcmp(out[j], s->topics[t]); j++)
+                ;
+            if (j == n && n < cap)
+                out[n++] = s->topics[t];
+        }
+    }
+    return n;
+}
+
+lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *st, char *errstr,
+                                 size_t errstr_size) {
+    for (size_t i = 0; i < p->nstages; i++)
+        if (p->stages[i]->kind == LK__ST_UPDATE) {
+            lk_err_t e =
+                lk__store_state_open(st, p->stages[i]->uid, &p->stages[i]->db, errstr, errstr_size);
+            if (e)
+                return e;
+        }
+    return LK_OK;
+}
+
+static int64_t stage_ttl(const lk_stream_t *s, int64_t def) {
+    return s->ttl_set ? s->ttl_ms : def;
+}
+
+int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t def) {
+    for (size_t i = 0; i < p->nstages; i++)
+        if (p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0)
+            return 1;
+    return 0;
+}
+
+/* ---- execution ---- */
+
+static void batch_fail(lk_batch_t *b, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
+static void batch_fail(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
+    if (b->err)
+        return;
+    b->err = e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
+    va_end(ap);
+}
+
+static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r);
+
+static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
+    for (size_t i = 0; i < s->nchildren && !b->err; i++)
+        process(b, s->children[i], r);
+}
+
+static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
+    if (!p)
+        return NULL;
+    void *c = lk__arena_alloc(&b->arena, n ? n : 1);
+    if (c)
+        memcpy(c, p, n);
+    return c;
+}
+
+static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
+    lk_stream_t *saved = b->cur;
+    switch (s->kind) {
+    case LK__ST_SOURCE:
+        break;
+    case LK__ST_MAP:
+    case LK__ST_FLAT_MAP: {
+        size_t saved_emitted = s->emitted;
+        s->emitted = 0;
+        b->cur = s;
+        s->fn.map(b, r, s->opaque);
+        b->cur = saved;
+        if (s->kind == LK__ST_MAP && s->emitted != 1 && !b->err)
+            batch_fail(b, LK_ERR_STATE,
+                       "map '%s' emitted %zu records for one input; a map emits exactly one "
+                       "(use flat_map for zero or more)",
+                       s->uid, s->emitted);
+        s->emitted = saved_emitted;
+        break;
+    }
+    case LK__ST_FILTER:
+        b->cur = s;
+        if (s->fn.filter(b, r, s->opaque))
+            deliver(b, s, r);
+        b->cur = saved;
+        break;
+    case LK__ST_REDUCE:
+    case LK__ST_UPDATE: {
+        if (!r->key) {
+            batch_fail(b, LK_ERR_INVALID_ARG, "%s '%s' received a record without a key",
+                       lk__stage_kind_name(s->kind), s->uid);
+            break;
+        }
+        int created;
+        lk__kv_entry_t *e = kv_get(&s->kv, &b->arena, r->key, r->key_len, &created);
+        if (!e) {
+            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            break;
+        }
+        lk_bytes_t v = {r->value ? copy_bytes(b, r->value, r->value_len) : NULL, r->value_len};
+        if (r->value && !v.data) {
+            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            break;
+        }
+        if (s->kind == LK__ST_REDUCE) {
+            if (created) {
+                e->acc = v;
+            } else {
+                lk_bytes_t out = {NULL, 0};
+                b->cur = s;
+                s->fn.reduce(b, &e->key, &e->acc, &v, &out, s->opaque);
+                b->cur = saved;
+                e->acc = out;
+            }
+        } else {
+            if (e->nvals == e->capvals) {
+                size_t cap = e->capvals ? e->capvals * 2 : 4;
+                lk_bytes_t *nv = lk__arena_alloc(&b->arena, cap * sizeof *nv);
+                if (!nv) {
+                    batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                    break;
+                }
+                if (e->nvals)
+                    memcpy(nv, e->vals, e->nvals * sizeof *nv);
+                e->vals = nv;
+                e->capvals = cap;
+            }
+            e->vals[e->nvals++] = v;
+        }
+        break;
+    }
+    case LK__ST_FOREACH: {
+        if (s->nrecs == s->caprecs) {
+            size_t cap = s->caprecs ? s->caprecs * 2 : 256;
+            lk_record_t *n = realloc(s->recs, cap * sizeof *n);
+            if (!n) {
+                batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                break;
+            }
+            s->recs = n;
+            s->caprecs = cap;
+        }
+        s->recs[s->nrecs++] = *r; /* record bytes live in the arena or the input messages */
+        break;
+    }
+    case LK__ST_OUTBOX: {
+        lk_out_record_t o = {-1, r->key, r->key_len, r->value, r->value_len,
+                             r->timestamp_ms, 0, NULL};
+        lk_err_t e = lk__store_outbox_append(b->txn, s->uid, b->id, &o, b->errstr,
+                                             sizeof b->errstr);
+        if (e && !b->err)
+            b->err = e;
+        b->records_out++;
+        break;
+    }
+    }
+}
+
+lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *value,
+                 size_t value_len) {
+    if (!b || !b->cur)
+        return LK_ERR_STATE;
+    if (b->err)
+        return b->err;
+    lk_record_t r = {copy_bytes(b, key, key_len), key_len, copy_bytes(b, value, value_len),
+                     value_len, b->time_ms, NULL, -1, -1};
+    if ((key && !r.key) || (value && !r.value)) {
+        batch_fail(b, LK_ERR_NOMEM, "out of memory emitting from '%s'", b->cur->uid);
+        return LK_ERR_NOMEM;
+    }
+    b->cur->emitted++;
+    deliver(b, b->cur, &r);
+    return b->err;
+}
+
+void *lk_alloc(lk_batch_t *b, size_t size) {
+    return b ? lk__arena_alloc(&b->arena, size) : NULL;
+}
+
+uint64_t lk_batch_id(const lk_batch_t *b) { return b->id; }
+int64_t lk_batch_time_ms(const lk_batch_t *b) { return b->time_ms; }
+int lk_batch_state_expiring(const lk_batch_t *b) { return b->expiring; }
+
+lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t delta) {
+    if (!b || !name || !name[0])
+        return LK_ERR_INVALID_ARG;
+    lk_err_t e = lk__store_acc_add(b->txn, name, delta, b->errstr, sizeof b->errstr);
+    if (e && !b->err)
+        b->err = e;
+    return e;
+}
+
+void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_ms,
+                     lk_store_txn_t *txn, int64_t default_ttl_ms) {
+    (void)p;
+    b->id = id;
+    b->time_ms = time_ms;
+    b->txn = txn;
+    b->cur = NULL;
+    b->err = LK_OK;
+    b->errstr[0] = 0;
+    b->records_out = 0;
+    b->expiring = 0;
+    b->default_ttl_ms = default_ttl_ms;
+}
+
+void lk__batch_push_input(lk_batch_t *b, lk_pipeline_t *p, const lk_record_t *r) {
+    for (size_t i = 0; i < p->nstages && !b->err; i++) {
+        lk_stream_t *s = p->stages[i];
+        if (s->kind != LK__ST_SOURCE)
+            continue;
+        for (size_t t = 0; t < s->ntopics; t++)
+            if (!strcmp(s->topics[t], r->topic)) {
+                b->cur = s;
+                deliver(b, s, r);
+                b->cur = NULL;
+                break;
+            }
+    }
+}
+
+/* Write the update's result for one key and emit it downstream. */
+static void apply_update(lk_batch_t *b, lk_stream_t *s, const lk_bytes_t *key,
+                         const lk_bytes_t *vals, size_t nvals) {
+    const void *old;
+    size_t oldlen;
+    int64_t upd;
+    lk_err_t e = lk__store_state_get(b->txn, s->db, key->data, key->len, &old, &oldlen, &upd);
+    if (e && e != LK_ERR_NOT_FOUND) {
+        batch_fail(b, e, "update_state_by_key '%s': reading state: %s", s->uid, lk_err_str(e));
+        return;
+    }
+    lk_bytes_t state = {NULL, 0}, *statep = NULL;
+    if (e == LK_OK) {
+        /* the state value lives in an LMDB page, valid only until the next write */
+        state.data = copy_bytes(b, old, oldlen);
+        state.len = oldlen;
+        statep = &state;
+    }
+    lk_bytes_t next = {NULL, 0};
+    lk_stream_t *saved = b->cur;
+    b->cur = s;
+    s->fn.update(b, key, vals, nvals, statep, &next, s->opaque);
+    b->cur = saved;
+    if (b->err)
+        return;
+    if (b->expiring || !next.data) {
+        e = lk__store_state_del(b->txn, s->db, key->data, key->len, b->errstr, sizeof b->errstr);
+        next.data = NULL;
+        next.len = 0;
+    } else {
+        e = lk__store_state_put(b->txn, s->db, key->data, key->len, next.data, next.len,
+                                b->time_ms, b->errstr, sizeof b->errstr);
+    }
+    if (e) {
+        if (!b->err)
+            b->err = e;
+        return;
+    }
+    if (!statep && !next.data)
+        return; /* nothing existed and nothing does: no change to report */
+    lk_record_t r = {key->data, key->len, next.data, next.len, b->time_ms, NULL, -1, -1};
+    deliver(b, s, &r);
+}
+
+typedef struct {
+    lk_bytes_t *keys;
+    size_t n, cap;
+    lk_batch_t *b;
+    int64_t cutoff;
+    lk__kv_t *fresh;
+    void *last;
+    size_t lastlen;
+} expiry_scan_t;
+
+#define LK__TTL_SCAN_PER_BATCH 10000
+
+static int expiry_cb(const void *key, size_t klen, const void *val, size_t vlen, int64_t upd,
+                     void *o) {
+    (void)val;
+    (void)vlen;
+    expiry_scan_t *x = o;
+    x->last = (void *)key;
+    x->lastlen = klen;
+    if (upd < x->cutoff) {
+        if (x->n == x->cap) {
+            size_t cap = x->cap ? x->cap * 2 : 64;
+            lk_bytes_t *n = realloc(x->keys, cap * sizeof *n);
+            if (!n)
+                return 1;
+            x->keys = n;
+            x->cap = cap;
+        }
+        x->keys[x->n++] = (lk_bytes_t){copy_bytes(x->b, key, klen), klen};
+    }
+    return 0;
+}
+
+/* Expire idle keys: a bounded slice of the state per batch, resuming where the last
+ * batch stopped, so the cost per batch does not grow with the state. */
+static void expire_state(lk_batch_t *b, lk_stream_t *s, int64_t ttl) {
+    expiry_scan_t x = {.b = b, .cutoff = b->time_ms - ttl};
+    size_t visited = 0;
+    lk_err_t e = lk__store_state_scan(b->txn, s->db, s->scan_key, s->scan_klen,
+                                      LK__TTL_SCAN_PER_BATCH, expiry_cb, &x, &visited);
+    if (e) {
+        free(x.keys);
+        batch_fail(b, e, "update_state_by_key '%s': scanning state for expiry", s->uid);
+        return;
+    }
+    /* next batch resumes after the last key visited, or from the start */
+    free(s->scan_key);
+    s->scan_key = NULL;
+    s->scan_klen = 0;
+    if (visited == LK__TTL_SCAN_PER_BATCH && x.last) {
+        s->scan_key = malloc(x.lastlen ? x.lastlen : 1);
+        if (s->scan_key) { /* the scan resumes strictly after this key */
+            memcpy(s->scan_key, x.last, x.lastlen);
+            s->scan_klen = x.lastlen;
+        }
+    }
+    b->expiring = 1;
+    for (size_t i = 0; i < x.n && !b->err; i++) {
+        /* keys with values in this batch were just updated: they are not idle */
+        lk__kv_entry_t *fresh = NULL;
+        if (s->kv.cap) {
+            uint64_t h = hash_bytes(x.keys[i].data, x.keys[i].len);
+            for (size_t j = h & (s->kv.cap - 1); s->kv.slots[j]; j = (j + 1) & (s->kv.cap - 1))
+                if (s->kv.slots[j]->hash == h && s->kv.slots[j]->key.len == x.keys[i].len &&
+                    !memcmp(s->kv.slots[j]->key.data, x.keys[i].data, x.keys[i].len)) {
+                    fresh = s->kv.slots[j];
+                    break;
+                }
+        }
+        if (!fresh)
+            apply_update(b, s, &x.keys[i], NULL, 0);
+    }
+    b->expiring = 0;
+    free(x.keys);
+}
+
+lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p) {
+    for (size_t i = 0; i < p->nstages && !b->err; i++) {
+        lk_stream_t *s = p->stages[i];
+        switch (s->kind) {
+        case LK__ST_REDUCE:
+            for (size_t k = 0; k < s->kv.norder && !b->err; k++) {
+                lk__kv_entry_t *e = s->kv.order[k];
+                lk_record_t r = {e->key.data, e->key.len, e->acc.data, e->acc.len,
+                                 b->time_ms,  NULL,       -1,          -1};
+                b->cur = s;
+                deliver(b, s, &r);
+                b->cur = NULL;
+            }
+            break;
+        case LK__ST_UPDATE: {
+            for (size_t k = 0; k < s->kv.norder && !b->err; k++) {
+                lk__kv_entry_t *e = s->kv.order[k];
+                apply_update(b, s, &e->key, e->vals, e->nvals);
+            }
+            int64_t ttl = stage_ttl(s, b->default_ttl_ms);
+            if (ttl > 0 && !b->err)
+                expire_state(b, s, ttl);
+            break;
+        }
+        case LK__ST_FOREACH:
+            b->cur = s;
+            s->fn.foreach(b, s->recs, s->nrecs, s->opaque);
+            b->cur = NULL;
+            break;
+        default:
+            break;
+        }
+    }
+    return b->err;
+}
+
+void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p) {
+    for (size_t i = 0; i < p->nstages; i++) {
+        kv_clear(&p->stages[i]->kv);
+        p->stages[i]->nrecs = 0;
+    }
+    lk__arena_reset(&b->arena);
+    b->txn = NULL;
+    b->cur = NULL;
+}
+
+void lk__batch_free(lk_batch_t *b) {
+    lk__arena_free(&b->arena);
+}

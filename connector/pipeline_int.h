@@ -1,0 +1,142 @@
+/*
+ * pipeline_int.h — the pipeline as the driver sees it: stages in definition order
+ * (which is a topological order, since a stage can only be built from an existing one),
+ * their topology records for the checkpoint, and the per-batch execution engine that
+ * pushes input records through the stages inside one checkpoint transaction.
+ */
+#ifndef LK_PIPELINE_INT_H
+#define LK_PIPELINE_INT_H
+
+#include "lockstep.h"
+#include "../state/store_int.h"
+
+typedef enum {
+    LK__ST_SOURCE,
+    LK__ST_MAP,
+    LK__ST_FLAT_MAP,
+    LK__ST_FILTER,
+    LK__ST_REDUCE,
+    LK__ST_UPDATE,
+    LK__ST_FOREACH,
+    LK__ST_OUTBOX,
+} lk__stage_kind_t;
+
+/** Kind names as recorded in the checkpoint's topology (stable strings). */
+const char *lk__stage_kind_name(lk__stage_kind_t k);
+
+/** A bump allocator whose memory lives until the batch ends. */
+typedef struct lk__arena_chunk lk__arena_chunk_t;
+typedef struct {
+    lk__arena_chunk_t *head;
+    size_t total;
+} lk__arena_t;
+void *lk__arena_alloc(lk__arena_t *a, size_t n);
+void lk__arena_reset(lk__arena_t *a);
+void lk__arena_free(lk__arena_t *a);
+
+/** Per-key accumulation of reduce_by_key / update_state_by_key within a batch. */
+typedef struct lk__kv_entry {
+    lk_bytes_t key;
+    uint64_t hash;
+    lk_bytes_t acc;   /* reduce: the combined value */
+    lk_bytes_t *vals; /* update: the values, in input order */
+    size_t nvals, capvals;
+} lk__kv_entry_t;
+
+typedef struct {
+    lk__kv_entry_t **slots; /* open addressing */
+    size_t cap, count;
+    lk__kv_entry_t **order; /* insertion order */
+    size_t norder, caporder;
+} lk__kv_t;
+
+struct lk_stream {
+    lk_pipeline_t *p;
+    lk__stage_kind_t kind;
+    char *uid;
+    lk_stream_t *parent;
+    lk_stream_t **children;
+    size_t nchildren;
+    union {
+        lk_map_fn *map;
+        lk_filter_fn *filter;
+        lk_reduce_fn *reduce;
+        lk_update_fn *update;
+        lk_foreach_batch_fn *foreach;
+    } fn;
+    void *opaque;
+    int schema_version;
+    int64_t ttl_ms;
+    int ttl_set;
+    char **topics; /* source */
+    size_t ntopics;
+    char *params; /* canonical parameters, for the topology */
+    /* runtime */
+    lk_state_db_t db;
+    lk__kv_t kv;
+    lk_record_t *recs; /* foreach */
+    size_t nrecs, caprecs;
+    size_t emitted;   /* map: emissions during the current call */
+    void *scan_key;   /* TTL sweep position (malloc'ed), NULL: from the start */
+    size_t scan_klen;
+};
+
+struct lk_broadcast {
+    char *name;
+    void *(*build)(void *);
+    void (*destroy)(void *);
+    void *opaque;
+    void *value;
+};
+
+struct lk_pipeline {
+    lk_stream_t **stages;
+    size_t nstages;
+    lk_broadcast_t **bcs;
+    size_t nbcs;
+    char err[512];
+    int failed;
+};
+
+struct lk_batch {
+    uint64_t id;
+    int64_t time_ms;
+    lk_store_txn_t *txn;
+    lk__arena_t arena;
+    lk_stream_t *cur; /* stage whose callback is running (where lk_emit goes) */
+    int expiring;
+    lk_err_t err; /* first error inside callbacks: the batch fails */
+    char errstr[512];
+    uint64_t records_out;
+    int64_t default_ttl_ms;
+};
+
+lk_pipeline_t *lk__pipeline_new(void);
+void lk__pipeline_destroy(lk_pipeline_t *p);
+
+/** Topology records for the checkpoint (arrays owned by p's stages). */
+size_t lk__pipeline_topology(const lk_pipeline_t *p, lk_topo_op_t *out, size_t cap);
+
+/** Distinct input topics of all sources (pointers into p). */
+size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap);
+
+/** Open the state databases of stateful stages. */
+lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *s, char *errstr,
+                                 size_t errstr_size);
+
+/** Build broadcasts (at start). */
+lk_err_t lk__pipeline_build_broadcasts(lk_pipeline_t *p, char *errstr, size_t errstr_size);
+
+/** Execution of one batch: begin, push every input record, end (flushes stages). */
+void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_ms,
+                     lk_store_txn_t *txn, int64_t default_ttl_ms);
+void lk__batch_push_input(lk_batch_t *b, lk_pipeline_t *p, const lk_record_t *r);
+lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p);
+/** Release per-batch memory (after commit or abort). */
+void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p);
+void lk__batch_free(lk_batch_t *b);
+
+/** Non-zero if some stateful stage expires keys (batches must run to advance time). */
+int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t default_ttl_ms);
+
+#endif

@@ -1,0 +1,539 @@
+/*
+ * receiver.c — the pull-based Kafka receiver (see receiver_int.h).
+ *
+ * One consumer, no group membership, no offset commits. Every known partition is
+ * assigned; for each, `cursor` is the offset from which everything received so far is
+ * contiguous: messages polled beyond a range's end are held for the next batch, and
+ * finished partitions are paused so held data stays small. When a batch starts where
+ * the cursor stands, prefetched data is reused; otherwise the partition is sought to
+ * the range start (after an abandoned batch, a restart, or a data-loss skip).
+ */
+#define _GNU_SOURCE
+#include "receiver_int.h"
+#include "../core/conf_int.h"
+#include "../core/util_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LK__KAFKA_TIMEOUT_MS 5000
+
+typedef struct {
+    const char *topic; /* points into r->topics */
+    int32_t partition;
+    int64_t cursor; /* -1: unknown, seek before use */
+    rd_kafka_message_t **held;
+    size_t nheld, capheld;
+    int paused;
+    long range; /* index into the current fetch, -1: none */
+    int done;
+} part_t;
+
+struct lk_receiver {
+    rd_kafka_t *rk;
+    char **topics;
+    rd_kafka_topic_t **rkts;
+    size_t ntopics;
+    part_t *parts;
+    size_t nparts, capparts;
+    int assigned; /* the assignment matches parts[] */
+    int64_t max_records, max_bytes, fetch_timeout_ms;
+    int auto_latest, skip_loss;
+    int64_t last_err_log_ms;
+};
+
+static void drop_held(part_t *p) {
+    for (size_t i = 0; i < p->nheld; i++)
+        rd_kafka_message_destroy(p->held[i]);
+    p->nheld = 0;
+}
+
+static int hold(part_t *p, rd_kafka_message_t *m) {
+    if (p->nheld == p->capheld) {
+        size_t cap = p->capheld ? p->capheld * 2 : 64;
+        rd_kafka_message_t **n = realloc(p->held, cap * sizeof *n);
+        if (!n)
+            return -1;
+        p->held = n;
+        p->capheld = cap;
+    }
+    p->held[p->nheld++] = m;
+    return 0;
+}
+
+static part_t *find_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+    for (size_t i = 0; i < r->nparts; i++)
+        if (r->parts[i].partition == partition && !strcmp(r->parts[i].topic, topic))
+            return &r->parts[i];
+    return NULL;
+}
+
+static part_t *add_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+    if (r->nparts == r->capparts) {
+        size_t cap = r->capparts ? r->capparts * 2 : 16;
+        part_t *n = realloc(r->parts, cap * sizeof *n);
+        if (!n)
+            return NULL;
+        r->parts = n;
+        r->capparts = cap;
+    }
+    part_t *p = &r->parts[r->nparts++];
+    memset(p, 0, sizeof *p);
+    p->topic = topic;
+    p->partition = partition;
+    p->cursor = -1;
+    p->range = -1;
+    r->assigned = 0; /* a new partition must join the assignment */
+    return p;
+}
+
+static const char *own_topic(lk_receiver_t *r, const char *topic) {
+    for (size_t i = 0; i < r->ntopics; i++)
+        if (!strcmp(r->topics[i], topic))
+            return r->topics[i];
+    return NULL;
+}
+
+lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
+                          size_t ntopics, char *errstr, size_t errstr_size) {
+    *out = NULL;
+    if (ntopics == 0)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "the pipeline reads no topic (add lk_kafka_stream)");
+    lk_receiver_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    r->max_records = lk__conf_int(conf, LK__P_MAX_RECORDS_PER_PARTITION);
+    r->max_bytes = lk__conf_int(conf, LK__P_MAX_BYTES_PER_BATCH);
+    r->fetch_timeout_ms = lk__conf_int(conf, LK__P_FETCH_TIMEOUT_MS);
+    r->auto_latest = lk__conf_int(conf, LK__P_AUTO_OFFSET_RESET) == 1;
+    r->skip_loss = lk__conf_int(conf, LK__P_ON_DATA_LOSS) == 1;
+
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    char kerr[512];
+    size_t n = lk__conf_kafka_count(conf);
+    int has_group = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        if (!strcmp(k, "group.id"))
+            has_group = 1;
+        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(kc);
+            free(r);
+            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "kafka.%s: %s", k, kerr);
+        }
+    }
+    /* What exactly-once needs of the consumer, whatever kafka.* says. */
+    static const char *const fixed[][2] = {
+        {"enable.auto.commit", "false"},      {"enable.auto.offset.store", "false"},
+        {"isolation.level", "read_committed"}, {"enable.partition.eof", "true"},
+        {"auto.offset.reset", "error"},
+    };
+    for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
+        rd_kafka_conf_set(kc, fixed[i][0], fixed[i][1], kerr, sizeof kerr);
+    /* assign() needs a group id, though the receiver never joins or commits */
+    if (!has_group)
+        rd_kafka_conf_set(kc, "group.id", lk__conf_str(conf, LK__P_APP_ID), kerr, sizeof kerr);
+    r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
+    if (!r->rk) {
+        free(r);
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot create the consumer: %s",
+                       kerr);
+    }
+    r->topics = calloc(ntopics, sizeof *r->topics);
+    r->rkts = calloc(ntopics, sizeof *r->rkts);
+    if (!r->topics || !r->rkts) {
+        lk__receiver_destroy(r);
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    }
+    for (size_t i = 0; i < ntopics; i++) {
+        r->topics[i] = strdup(topics[i]);
+        r->rkts[i] = rd_kafka_topic_new(r->rk, topics[i], NULL);
+        r->ntopics++;
+        if (!r->topics[i] || !r->rkts[i]) {
+            lk__receiver_destroy(r);
+            return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot create topic handle %s",
+                           topics[i]);
+        }
+    }
+    *out = r;
+    return LK_OK;
+}
+
+void lk__receiver_destroy(lk_receiver_t *r) {
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nparts; i++) {
+        drop_held(&r->parts[i]);
+        free(r->parts[i].held);
+    }
+    free(r->parts);
+    for (size_t i = 0; i < r->ntopics; i++)
+        if (r->rkts[i])
+            rd_kafka_topic_destroy(r->rkts[i]);
+    if (r->rk) {
+        rd_kafka_consumer_close(r->rk);
+        rd_kafka_destroy(r->rk);
+    }
+    for (size_t i = 0; i < r->ntopics; i++)
+        free(r->topics[i]);
+    free(r->topics);
+    free(r->rkts);
+    free(r);
+}
+
+void lk__receiver_invalidate(lk_receiver_t *r) {
+    for (size_t i = 0; i < r->nparts; i++) {
+        drop_held(&r->parts[i]);
+        r->parts[i].cursor = -1;
+    }
+}
+
+void lk__fetch_clear(lk__fetch_t *f) {
+    for (size_t i = 0; i < f->nranges; i++) {
+        for (size_t j = 0; j < f->ranges[i].n; j++)
+            rd_kafka_message_destroy(f->ranges[i].msgs[j]);
+        free(f->ranges[i].msgs);
+    }
+    free(f->ranges);
+    memset(f, 0, sizeof *f);
+}
+
+static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, int64_t from,
+                          int64_t until, size_t *cap) {
+    if (f->nranges == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        lk__range_msgs_t *n = realloc(f->ranges, c * sizeof *n);
+        if (!n)
+            return LK_ERR_NOMEM;
+        f->ranges = n;
+        *cap = c;
+    }
+    lk__range_msgs_t *rm = &f->ranges[f->nranges++];
+    memset(rm, 0, sizeof *rm);
+    rm->range = (lk_range_t){topic, partition, from, until};
+    return LK_OK;
+}
+
+lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
+                           lk__fetch_t *f, char *errstr, size_t errstr_size) {
+    memset(f, 0, sizeof *f);
+    size_t cap = 0;
+    lk_err_t err = LK_OK;
+    for (size_t t = 0; t < r->ntopics && !err; t++) {
+        const char *topic = r->topics[t];
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t ke = rd_kafka_metadata(r->rk, 0, r->rkts[t], &md, LK__KAFKA_TIMEOUT_MS);
+        if (ke) {
+            err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                          "cannot read metadata of topic %s: %s", topic, rd_kafka_err2str(ke));
+            break;
+        }
+        if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt == 0) {
+            rd_kafka_resp_err_t te = md->topic_cnt == 1 ? md->topics[0].err
+                                                        : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+            err = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "input topic %s: %s", topic,
+                          te ? rd_kafka_err2str(te) : "no partitions");
+            rd_kafka_metadata_destroy(md);
+            break;
+        }
+        /* A topic with offsets in the checkpoint is being read: partitions new to it
+         * start at the earliest offset. auto.offset.reset decides only for new topics. */
+        int known_topic = 0;
+        for (int i = 0; i < md->topics[0].partition_cnt && !known_topic; i++) {
+            int64_t o;
+            known_topic = lookup(topic, md->topics[0].partitions[i].id, &o, opaque) == 0;
+        }
+        for (int i = 0; i < md->topics[0].partition_cnt && !err; i++) {
+            int32_t pid = md->topics[0].partitions[i].id;
+            int64_t low, high, from;
+            ke = rd_kafka_query_watermark_offsets(r->rk, topic, pid, &low, &high,
+                                                  LK__KAFKA_TIMEOUT_MS);
+            if (ke) {
+                err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                              "cannot read offsets of %s[%d]: %s", topic, pid,
+                              rd_kafka_err2str(ke));
+                break;
+            }
+            int found = lookup(topic, pid, &from, opaque) == 0;
+            if (!found) {
+                from = known_topic || !r->auto_latest ? low : high;
+                if (known_topic)
+                    lk__log(LK_LOG_NOTICE, "new partition %s[%d]: reading from offset %lld",
+                            topic, pid, (long long)from);
+            }
+            if (from < low || from > high) {
+                const char *why = from < low ? "below the log start" : "beyond the log end";
+                if (!r->skip_loss) {
+                    err = lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
+                                  "%s[%d]: checkpointed offset %lld is %s (log %lld..%lld): "
+                                  "%lld records were deleted before they were read; set "
+                                  "on.data.loss=skip to continue at %lld",
+                                  topic, pid, (long long)from, why, (long long)low,
+                                  (long long)high,
+                                  (long long)(from < low ? low - from : 0), (long long)low);
+                    break;
+                }
+                uint64_t lost = from < low ? (uint64_t)(low - from) : 0;
+                lk__log(LK_LOG_WARNING,
+                        "%s[%d]: checkpointed offset %lld is %s (log %lld..%lld); "
+                        "on.data.loss=skip: continuing at %lld, %llu offsets skipped",
+                        topic, pid, (long long)from, why, (long long)low, (long long)high,
+                        (long long)low, (unsigned long long)lost);
+                f->data_loss_skipped += lost;
+                from = low;
+            }
+            int64_t until = high - from > r->max_records ? from + r->max_records : high;
+            const char *own = own_topic(r, topic);
+            if (!find_part(r, own, pid) && !add_part(r, own, pid)) {
+                err = LK_ERR_NOMEM;
+                break;
+            }
+            if (add_range(f, own, pid, from, until, &cap)) {
+                err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+                break;
+            }
+        }
+        rd_kafka_metadata_destroy(md);
+    }
+    if (err)
+        lk__fetch_clear(f);
+    return err;
+}
+
+lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_t n,
+                               lk__fetch_t *f, char *errstr, size_t errstr_size) {
+    memset(f, 0, sizeof *f);
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *own = own_topic(r, ranges[i].topic);
+        if (!own) /* the topic left the pipeline: the plan cannot be reused */
+            return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
+                           "pending plan reads topic %s, no longer an input", ranges[i].topic);
+        if ((!find_part(r, own, ranges[i].partition) && !add_part(r, own, ranges[i].partition)) ||
+            add_range(f, own, ranges[i].partition, ranges[i].from, ranges[i].until, &cap)) {
+            lk__fetch_clear(f);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        }
+    }
+    return LK_OK;
+}
+
+static rd_kafka_topic_partition_list_t *plist(size_t n) {
+    return rd_kafka_topic_partition_list_new((int)(n ? n : 1));
+}
+
+static void set_paused(lk_receiver_t *r, part_t *p, int pause) {
+    if (p->paused == pause)
+        return;
+    rd_kafka_topic_partition_list_t *l = plist(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
+    if (pause)
+        rd_kafka_pause_partitions(r->rk, l);
+    else
+        rd_kafka_resume_partitions(r->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    p->paused = pause;
+}
+
+static void mark_done(lk_receiver_t *r, part_t *p) {
+    p->done = 1;
+    set_paused(r, p, 1);
+}
+
+/* Append m to the range of its partition, or hold it for the next batch. */
+static void take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
+    lk__range_msgs_t *rm = &f->ranges[p->range];
+    if (m->offset < rm->range.from) { /* stale: from before a seek */
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if (p->done || m->offset >= rm->range.until) {
+        if (m->offset >= rm->range.until && !p->done)
+            mark_done(r, p);
+        if (hold(p, m))
+            rd_kafka_message_destroy(m), p->cursor = -1;
+        return;
+    }
+    if (rm->n == rm->cap) {
+        size_t cap = rm->cap ? rm->cap * 2 : 256;
+        rd_kafka_message_t **n = realloc(rm->msgs, cap * sizeof *n);
+        if (!n) {
+            rd_kafka_message_destroy(m);
+            p->cursor = -1;
+            return;
+        }
+        rm->msgs = n;
+        rm->cap = cap;
+    }
+    rm->msgs[rm->n++] = m;
+    f->records++;
+    f->bytes += m->len + m->key_len;
+    if (m->offset + 1 >= rm->range.until)
+        mark_done(r, p);
+}
+
+/* Make the consumer deliver every planned partition from its range start. */
+static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t errstr_size) {
+    for (size_t i = 0; i < r->nparts; i++)
+        r->parts[i].range = -1;
+    for (size_t i = 0; i < f->nranges; i++) {
+        part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+        p->range = (long)i;
+        p->done = 0;
+    }
+    rd_kafka_resp_err_t ke;
+    if (!r->assigned) {
+        /* (re)assign everything, each partition at its range start */
+        rd_kafka_topic_partition_list_t *l = plist(r->nparts);
+        for (size_t i = 0; i < r->nparts; i++) {
+            part_t *p = &r->parts[i];
+            drop_held(p);
+            p->paused = 0;
+            if (p->range < 0) {
+                p->cursor = -1;
+                continue;
+            }
+            rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+                f->ranges[p->range].range.from;
+            p->cursor = f->ranges[p->range].range.from;
+        }
+        ke = rd_kafka_assign(r->rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (ke)
+            return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot assign partitions: %s",
+                           rd_kafka_err2str(ke));
+        r->assigned = 1;
+    } else {
+        rd_kafka_topic_partition_list_t *l = plist(f->nranges);
+        for (size_t i = 0; i < f->nranges; i++) {
+            part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+            if (p->cursor == f->ranges[i].range.from)
+                continue;
+            drop_held(p);
+            rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+                f->ranges[i].range.from;
+            p->cursor = f->ranges[i].range.from;
+        }
+        if (l->cnt) {
+            rd_kafka_error_t *e = rd_kafka_seek_partitions(r->rk, l, LK__KAFKA_TIMEOUT_MS);
+            int bad = 0;
+            for (int i = 0; i < l->cnt; i++)
+                bad |= l->elems[i].err != 0;
+            rd_kafka_topic_partition_list_destroy(l);
+            if (e || bad) {
+                char msg[256];
+                lk__fmt(msg, sizeof msg, "%s", e ? rd_kafka_error_string(e) : "partition error");
+                if (e)
+                    rd_kafka_error_destroy(e);
+                r->assigned = 0;
+                lk__receiver_invalidate(r);
+                return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot seek: %s", msg);
+            }
+        } else {
+            rd_kafka_topic_partition_list_destroy(l);
+        }
+    }
+    /* Held messages first; then fetch whatever is still missing. */
+    for (size_t i = 0; i < f->nranges; i++) {
+        part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+        rd_kafka_message_t **held = p->held;
+        size_t nheld = p->nheld;
+        p->held = NULL;
+        p->nheld = p->capheld = 0;
+        if (f->ranges[i].range.from >= f->ranges[i].range.until)
+            p->done = 1;
+        for (size_t j = 0; j < nheld; j++)
+            take(r, f, p, held[j]);
+        free(held);
+        set_paused(r, p, p->done);
+    }
+    return LK_OK;
+}
+
+lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
+                            volatile sig_atomic_t *abort, char *errstr, size_t errstr_size) {
+    lk_err_t err = position(r, f, errstr, errstr_size);
+    if (err)
+        return err;
+    int64_t deadline = lk__mono_ms() + r->fetch_timeout_ms;
+    for (;;) {
+        size_t pending = 0;
+        for (size_t i = 0; i < f->nranges; i++) {
+            part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+            pending += !p->done;
+        }
+        if (!pending)
+            break;
+        if (cap_bytes && f->bytes >= (uint64_t)r->max_bytes) {
+            /* batch full: end every unfinished range where fetching stopped */
+            for (size_t i = 0; i < f->nranges; i++) {
+                lk__range_msgs_t *rm = &f->ranges[i];
+                part_t *p = find_part(r, rm->range.topic, rm->range.partition);
+                if (p->done)
+                    continue;
+                rm->range.until = rm->n ? rm->msgs[rm->n - 1]->offset + 1 : rm->range.from;
+                mark_done(r, p);
+            }
+            break;
+        }
+        if ((abort && *abort) || lk__mono_ms() > deadline) {
+            lk__receiver_invalidate(r);
+            return lk__err(LK_ERR_TIMED_OUT, errstr, errstr_size,
+                           abort && *abort ? "fetch abandoned (stop requested)"
+                                           : "fetch timed out after %lld ms with %zu of %zu "
+                                             "partitions incomplete (fetch.timeout.ms)",
+                           (long long)r->fetch_timeout_ms, pending, f->nranges);
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(r->rk, 100);
+        if (!m)
+            continue;
+        const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
+        part_t *p = topic ? find_part(r, topic, m->partition) : NULL;
+        if (m->err) {
+            rd_kafka_resp_err_t ke = m->err;
+            if (ke == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                if (p && p->range >= 0 && !p->done &&
+                    m->offset >= f->ranges[p->range].range.until)
+                    mark_done(r, p);
+            } else if (ke == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+                       ke == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+                char msg[512];
+                lk__fmt(msg, sizeof msg, "%s", rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+                lk__receiver_invalidate(r);
+                return lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
+                               "%s[%d]: offsets to read no longer exist: %s",
+                               topic ? topic : "?", (int)(p ? p->partition : -1), msg);
+            } else {
+                char fatal[512];
+                if (rd_kafka_fatal_error(r->rk, fatal, sizeof fatal)) {
+                    rd_kafka_message_destroy(m);
+                    lk__receiver_invalidate(r);
+                    return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                                   "consumer fatal error: %s", fatal);
+                }
+                int64_t now = lk__mono_ms();
+                if (now - r->last_err_log_ms > 5000) {
+                    lk__log(LK_LOG_WARNING, "consumer: %s (retrying until fetch.timeout.ms)",
+                            rd_kafka_message_errstr(m));
+                    r->last_err_log_ms = now;
+                }
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (!p || p->range < 0) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        take(r, f, p, m);
+    }
+    for (size_t i = 0; i < f->nranges; i++) {
+        part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+        if (p->cursor >= 0)
+            p->cursor = f->ranges[i].range.until;
+    }
+    return LK_OK;
+}

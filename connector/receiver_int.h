@@ -1,0 +1,70 @@
+/*
+ * receiver_int.h — the pull-based Kafka receiver (like Spark's direct stream): plans a
+ * batch as exact offset ranges [from, until) per partition, capped per partition and
+ * per batch, and fetches exactly those ranges with assign + seek. It never commits
+ * offsets to Kafka: the checkpoint is the only record of progress.
+ */
+#ifndef LK_RECEIVER_INT_H
+#define LK_RECEIVER_INT_H
+
+#include "lockstep.h"
+#include "../state/store_int.h"
+
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+
+typedef struct lk_receiver lk_receiver_t;
+
+/** Messages of one planned range, in offset order. */
+typedef struct lk__range_msgs {
+    lk_range_t range; /**< topic points into the receiver */
+    rd_kafka_message_t **msgs;
+    size_t n, cap;
+} lk__range_msgs_t;
+
+/** A planned and fetched batch. */
+typedef struct lk__fetch {
+    lk__range_msgs_t *ranges;
+    size_t nranges;
+    uint64_t records, bytes;
+    uint64_t data_loss_skipped; /**< offsets skipped under on.data.loss=skip */
+} lk__fetch_t;
+
+/** Looks up the checkpointed next offset; returns 0 and sets *off if known. */
+typedef int(lk__offset_lookup_fn)(const char *topic, int32_t partition, int64_t *off,
+                                  void *opaque);
+
+lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
+                          size_t ntopics, char *errstr, size_t errstr_size);
+void lk__receiver_destroy(lk_receiver_t *r);
+
+/**
+ * Plan a batch: discover partitions (new ones included), read watermarks, and set each
+ * range to [checkpointed offset, min(end, from + max.records.per.partition)).
+ * A checkpointed offset below the log start is data loss: LK_ERR_DATA_LOSS, or with
+ * on.data.loss=skip a logged, counted jump to the log start.
+ * Errors: LK_ERR_KAFKA (broker unreachable, unknown topic: retriable), LK_ERR_DATA_LOSS.
+ */
+lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
+                           lk__fetch_t *f, char *errstr, size_t errstr_size);
+
+/** Use a given plan (a pending plan being processed again) instead of planning. */
+lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_t n,
+                               lk__fetch_t *f, char *errstr, size_t errstr_size);
+
+/**
+ * Fetch exactly the planned ranges. With cap_bytes set, stops once max.bytes.per.batch
+ * is reached and shrinks the ranges to what was fetched. Returns early with
+ * LK_ERR_TIMED_OUT after fetch.timeout.ms or when *abort becomes non-zero (the fetch is
+ * then abandoned; nothing of it is used).
+ */
+lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
+                            volatile sig_atomic_t *abort, char *errstr, size_t errstr_size);
+
+/** Release the fetched messages and ranges. */
+void lk__fetch_clear(lk__fetch_t *f);
+
+/** Forget consumer positions (after an abandoned batch): the next fetch seeks. */
+void lk__receiver_invalidate(lk_receiver_t *r);
+
+#endif
