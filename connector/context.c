@@ -343,9 +343,11 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     lk__fetch_t f;
     int64_t time_ms;
     int replay;
+    int64_t t0 = lk__mono_ns();
     lk_err_t e = plan_batch(ctx, id, &f, &time_ms, &replay);
     if (e)
         return e;
+    int64_t t1 = lk__mono_ns();
     lk__faultpoint("after-plan");
     int empty = 1;
     for (size_t i = 0; i < f.nranges; i++)
@@ -368,10 +370,18 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             e = lk__store_plan_put(ctx->store, &plan, ctx->errstr, sizeof ctx->errstr);
         free(ranges);
     }
+    int64_t t2 = lk__mono_ns();
     if (!e)
         e = process_and_commit(ctx, id, time_ms, &f);
     if (e)
         lk__receiver_invalidate(ctx->receiver);
+    else
+        lk__log(LK_LOG_DEBUG,
+                "batch %llu: %zu ranges, %llu records; plan %.1f ms, fetch %.1f ms, "
+                "process+commit %.1f ms",
+                (unsigned long long)id, f.nranges, (unsigned long long)f.records,
+                (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
+                (double)(lk__mono_ns() - t2) / 1e6);
     lk__fetch_clear(&f);
     const char *msg;
     if (lk__store_fatal(ctx->store, &msg)) {

@@ -30,9 +30,11 @@ typedef struct {
 } part_t;
 
 struct lk_receiver {
-    rd_kafka_t *rk;
+    rd_kafka_t *rk;      /* fetches */
+    rd_kafka_t *planner; /* metadata and watermarks: its own connections, so planning
+                          * never queues behind the fetcher's long-poll requests */
     char **topics;
-    rd_kafka_topic_t **rkts;
+    rd_kafka_topic_t **prkts; /* topic handles of the planner */
     size_t ntopics;
     part_t *parts;
     size_t nparts, capparts;
@@ -94,6 +96,42 @@ static const char *own_topic(lk_receiver_t *r, const char *topic) {
     return NULL;
 }
 
+/* A consumer with kafka.* applied and what exactly-once needs on top. The fetching
+ * one gets a group id: assign() needs one, though the receiver never joins a group
+ * or commits. */
+static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr,
+                                size_t errstr_size) {
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    char kerr[512];
+    size_t n = lk__conf_kafka_count(conf);
+    int has_group = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        if (!strcmp(k, "group.id"))
+            has_group = 1;
+        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(kc);
+            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
+            return NULL;
+        }
+    }
+    static const char *const fixed[][2] = {
+        {"enable.auto.commit", "false"},      {"enable.auto.offset.store", "false"},
+        {"isolation.level", "read_committed"}, {"enable.partition.eof", "true"},
+        {"auto.offset.reset", "error"},
+    };
+    for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
+        rd_kafka_conf_set(kc, fixed[i][0], fixed[i][1], kerr, sizeof kerr);
+    if (fetcher && !has_group)
+        rd_kafka_conf_set(kc, "group.id", lk__conf_str(conf, LK__P_APP_ID), kerr, sizeof kerr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
+    if (!rk)
+        lk__fmt(errstr, errstr_size, "cannot create the %s consumer: %s",
+                fetcher ? "fetching" : "planning", kerr);
+    return rk;
+}
+
 lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
                           size_t ntopics, char *errstr, size_t errstr_size) {
     *out = NULL;
@@ -109,49 +147,22 @@ lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char
     r->auto_latest = lk__conf_int(conf, LK__P_AUTO_OFFSET_RESET) == 1;
     r->skip_loss = lk__conf_int(conf, LK__P_ON_DATA_LOSS) == 1;
 
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    char kerr[512];
-    size_t n = lk__conf_kafka_count(conf);
-    int has_group = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *k, *v;
-        lk__conf_kafka_get(conf, i, &k, &v);
-        if (!strcmp(k, "group.id"))
-            has_group = 1;
-        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(kc);
-            free(r);
-            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "kafka.%s: %s", k, kerr);
-        }
-    }
-    /* What exactly-once needs of the consumer, whatever kafka.* says. */
-    static const char *const fixed[][2] = {
-        {"enable.auto.commit", "false"},      {"enable.auto.offset.store", "false"},
-        {"isolation.level", "read_committed"}, {"enable.partition.eof", "true"},
-        {"auto.offset.reset", "error"},
-    };
-    for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
-        rd_kafka_conf_set(kc, fixed[i][0], fixed[i][1], kerr, sizeof kerr);
-    /* assign() needs a group id, though the receiver never joins or commits */
-    if (!has_group)
-        rd_kafka_conf_set(kc, "group.id", lk__conf_str(conf, LK__P_APP_ID), kerr, sizeof kerr);
-    r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
-    if (!r->rk) {
-        free(r);
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot create the consumer: %s",
-                       kerr);
+    if (!(r->rk = new_consumer(conf, 1, errstr, errstr_size)) ||
+        !(r->planner = new_consumer(conf, 0, errstr, errstr_size))) {
+        lk__receiver_destroy(r);
+        return LK_ERR_KAFKA;
     }
     r->topics = calloc(ntopics, sizeof *r->topics);
-    r->rkts = calloc(ntopics, sizeof *r->rkts);
-    if (!r->topics || !r->rkts) {
+    r->prkts = calloc(ntopics, sizeof *r->prkts);
+    if (!r->topics || !r->prkts) {
         lk__receiver_destroy(r);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     }
     for (size_t i = 0; i < ntopics; i++) {
         r->topics[i] = strdup(topics[i]);
-        r->rkts[i] = rd_kafka_topic_new(r->rk, topics[i], NULL);
+        r->prkts[i] = rd_kafka_topic_new(r->planner, topics[i], NULL);
         r->ntopics++;
-        if (!r->topics[i] || !r->rkts[i]) {
+        if (!r->topics[i] || !r->prkts[i]) {
             lk__receiver_destroy(r);
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot create topic handle %s",
                            topics[i]);
@@ -170,16 +181,18 @@ void lk__receiver_destroy(lk_receiver_t *r) {
     }
     free(r->parts);
     for (size_t i = 0; i < r->ntopics; i++)
-        if (r->rkts[i])
-            rd_kafka_topic_destroy(r->rkts[i]);
+        if (r->prkts[i])
+            rd_kafka_topic_destroy(r->prkts[i]);
     if (r->rk) {
         rd_kafka_consumer_close(r->rk);
         rd_kafka_destroy(r->rk);
     }
+    if (r->planner)
+        rd_kafka_destroy(r->planner);
     for (size_t i = 0; i < r->ntopics; i++)
         free(r->topics[i]);
     free(r->topics);
-    free(r->rkts);
+    free(r->prkts);
     free(r);
 }
 
@@ -224,7 +237,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
     for (size_t t = 0; t < r->ntopics && !err; t++) {
         const char *topic = r->topics[t];
         const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t ke = rd_kafka_metadata(r->rk, 0, r->rkts[t], &md, LK__KAFKA_TIMEOUT_MS);
+        rd_kafka_resp_err_t ke = rd_kafka_metadata(r->planner, 0, r->prkts[t], &md, LK__KAFKA_TIMEOUT_MS);
         if (ke) {
             err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                           "cannot read metadata of topic %s: %s", topic, rd_kafka_err2str(ke));
@@ -248,7 +261,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
         for (int i = 0; i < md->topics[0].partition_cnt && !err; i++) {
             int32_t pid = md->topics[0].partitions[i].id;
             int64_t low, high, from;
-            ke = rd_kafka_query_watermark_offsets(r->rk, topic, pid, &low, &high,
+            ke = rd_kafka_query_watermark_offsets(r->planner, topic, pid, &low, &high,
                                                   LK__KAFKA_TIMEOUT_MS);
             if (ke) {
                 err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,

@@ -77,5 +77,8 @@ lk_conf_t *mu_conf(mu_cluster_t *c, const char *app, const char *dir) {
     mu_set(conf, "log.level", "warning");
     mu_set(conf, "kafka.log_level", "3");
     mu_set(conf, "checkpoint.map.size", "4M");
+    /* The mock answers a fetch long-poll only when fetch.wait.max.ms expires, not when
+     * data arrives (a real broker answers at once): keep the poll short. */
+    mu_set(conf, "kafka.fetch.wait.max.ms", "10");
     return conf;
 }
