@@ -352,7 +352,10 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     int empty = 1;
     for (size_t i = 0; i < f.nranges; i++)
         empty &= f.ranges[i].range.from >= f.ranges[i].range.until;
-    if (empty && !f.data_loss_skipped && !ctx->has_ttl) {
+    /* Nothing to read and nothing to record: skip the commit. A partition seen for the
+     * first time is recorded even when empty, or "latest" would move on every plan and
+     * skip what arrives in between. */
+    if (empty && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
         lk__fetch_clear(&f);
         *idle = 1;
         return LK_OK;
@@ -443,8 +446,13 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         int idle;
         lk_err_t e = run_batch(ctx, &idle);
         if (e) {
-            if (ctx->stop_now && e == LK_ERR_TIMED_OUT)
-                break; /* abandoned by the stop: nothing was committed */
+            if (ctx->stop_now) {
+                /* abandoned by an immediate stop: nothing of it was committed */
+                lk__log(LK_LOG_NOTICE, "stopped at once; batch %llu abandoned, it will be "
+                        "processed again on restart",
+                        (unsigned long long)lk__store_committed_batch(ctx->store) + 1);
+                break;
+            }
             if (!retriable(e)) {
                 lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
                 result = e;

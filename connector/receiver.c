@@ -271,6 +271,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
             }
             int found = lookup(topic, pid, &from, opaque) == 0;
             if (!found) {
+                f->new_partitions++;
                 from = known_topic || !r->auto_latest ? low : high;
                 if (known_topic)
                     lk__log(LK_LOG_NOTICE, "new partition %s[%d]: reading from offset %lld",

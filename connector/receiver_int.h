@@ -28,6 +28,8 @@ typedef struct lk__fetch {
     size_t nranges;
     uint64_t records, bytes;
     uint64_t data_loss_skipped; /**< offsets skipped under on.data.loss=skip */
+    size_t new_partitions;      /**< partitions without a checkpointed offset: their start
+                                     must be committed even if the batch reads nothing */
 } lk__fetch_t;
 
 /** Looks up the checkpointed next offset; returns 0 and sets *off if known. */

@@ -1,0 +1,114 @@
+/*
+ * wc_runner.c — a word count application for process-level tests (SIGTERM, SIGKILL):
+ * reads topic "lines", counts words in update_state_by_key "word-counts", counts lines
+ * in the accumulator "lines", and optionally sleeps in each batch to widen the window
+ * in which a signal lands mid-batch.
+ *   usage: wc_runner BOOTSTRAPS CHECKPOINT_DIR [SLOW_MS] [key=value ...]
+ * Exit status: 0 after a stop, 1 on error (message on stderr).
+ */
+#define _GNU_SOURCE
+#include "lockstep.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static long slow_ms;
+
+static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    const char *p = in->value, *end = p + in->value_len;
+    while (p < end) {
+        while (p < end && *p == ' ')
+            p++;
+        const char *w = p;
+        while (p < end && *p != ' ')
+            p++;
+        if (p > w)
+            lk_emit(b, w, (size_t)(p - w), "1", 1);
+    }
+    lk_accumulator_add(b, "lines", 1);
+}
+
+static void add_counts(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
+                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
+    (void)key;
+    (void)vals;
+    (void)opaque;
+    int64_t c = 0;
+    if (state)
+        memcpy(&c, state->data, sizeof c);
+    c += (int64_t)n;
+    int64_t *out = lk_alloc(b, sizeof *out);
+    *out = c;
+    next->data = out;
+    next->len = sizeof *out;
+}
+
+static void slow(lk_batch_t *b, const lk_record_t *r, size_t n, void *opaque) {
+    (void)b;
+    (void)r;
+    (void)n;
+    (void)opaque;
+    if (slow_ms > 0) {
+        struct timespec ts = {slow_ms / 1000, (slow_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0)
+            ; /* a signal must not shorten the batch: the test wants it mid-batch */
+    }
+}
+
+static void define(lk_pipeline_t *p, void *opaque) {
+    (void)opaque;
+    lk_stream_t *lines = lk_kafka_stream(p, "lines");
+    lk_foreach_batch(lines, "slow", slow, NULL);
+    lk_stream_t *words = lk_flat_map(lines, "split-words", split_words, NULL);
+    lk_update_state_by_key(words, "word-counts", 1, add_counts, NULL);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s BOOTSTRAPS CHECKPOINT_DIR [SLOW_MS] [key=value ...]\n",
+                argv[0]);
+        return 2;
+    }
+    slow_ms = argc > 3 ? atol(argv[3]) : 0;
+    char err[1024];
+    lk_conf_t *conf = lk_conf_new();
+    const char *base[][2] = {{"app.id", "wc"},
+                             {"checkpoint.dir", argv[2]},
+                             {"kafka.bootstrap.servers", argv[1]},
+                             {"kafka.fetch.wait.max.ms", "10"},
+                             {"kafka.log_level", "3"},
+                             {"batch.interval.ms", "0"},
+                             {"max.records.per.partition", "20"},
+                             {"log.level", "warning"}};
+    for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+        if (lk_conf_set(conf, base[i][0], base[i][1], err, sizeof err) != LK_CONF_OK) {
+            fprintf(stderr, "wc_runner: %s\n", err);
+            return 1;
+        }
+    for (int i = 4; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq)
+            continue;
+        *eq = 0;
+        if (lk_conf_set(conf, argv[i], eq + 1, err, sizeof err) != LK_CONF_OK) {
+            fprintf(stderr, "wc_runner: %s\n", err);
+            return 1;
+        }
+    }
+    lk_context_t *ctx = lk_context_get_or_create(conf, define, NULL, err, sizeof err);
+    lk_conf_destroy(conf);
+    if (!ctx) {
+        fprintf(stderr, "wc_runner: %s\n", err);
+        return 1;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    lk_err_t e = lk_context_run(ctx);
+    if (e)
+        fprintf(stderr, "wc_runner: %s (%s)\n", lk_context_errstr(ctx), lk_err_name(e));
+    lk_context_destroy(ctx);
+    return e ? 1 : 0;
+}
