@@ -4,7 +4,7 @@
 #
 #   ./lockstep.sh demo       build, then run the demo
 #   ./lockstep.sh test       build with -Werror, run the test suite (ctest)
-#   ./lockstep.sh asan       build with ASan+UBSan, run the unit tests
+#   ./lockstep.sh asan       build with ASan+UBSan, run the test suite
 #   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
 #   ./lockstep.sh build      only build (into ./build)
 #   ./lockstep.sh bench      build, run the benchmarks
@@ -66,7 +66,7 @@ case "$cmd" in
     need_packages
     build build-asan -DLK_SANITIZE=ON -DLK_BUILD_BENCH=OFF
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L unit "$@"
+      ctest --test-dir build-asan --output-on-failure -j "$JOBS" "$@"
     ;;
   valgrind)
     need_packages

@@ -251,3 +251,37 @@ Test(operators, definition_errors) {
     }
     lk_conf_destroy(conf);
 }
+
+/* ---- several input topics ---- */
+
+static void tag_topic(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    lk_emit(b, in->topic, strlen(in->topic), in->value, in->value_len);
+}
+
+static void define_multi(lk_pipeline_t *p, void *opaque) {
+    obs_t *o = opaque;
+    lk_stream_t *ab = lk_kafka_stream(p, "in,second");
+    lk_foreach_batch(lk_map(ab, "tag-ab", tag_topic, NULL), "observe-ab", observe, o);
+    lk_stream_t *c = lk_kafka_stream(p, "third");
+    lk_foreach_batch(lk_map(c, "tag-c", tag_topic, NULL), "observe-c", observe, o);
+}
+
+Test(operators, several_input_topics) {
+    mu_topic(&cl, "second", 2);
+    mu_topic(&cl, "third", 1);
+    mu_produce(&cl, "in", 0, NULL, "1");
+    mu_produce(&cl, "second", 1, NULL, "2");
+    mu_produce(&cl, "third", 0, NULL, "3");
+    mu_flush(&cl);
+    obs_t o = {0};
+    lk_conf_t *conf = mu_conf(&cl, "multi", dir);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_multi, &o, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    /* ranges are processed in plan order: topics as listed, partitions ascending */
+    cr_assert_str_eq(o.out, "in=1;second=2;third=3;");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
