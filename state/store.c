@@ -212,6 +212,10 @@ static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k
     if (k->mv_size == 0 || k->mv_size > MAX_KEY)
         return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
                        "%s: key of %zu bytes (1..%d allowed)", what, k->mv_size, MAX_KEY);
+    /* the replay log records lengths as 32 bits */
+    if (v && v->mv_size > UINT32_MAX)
+        return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
+                       "%s: value of %zu bytes (at most %u)", what, v->mv_size, UINT32_MAX);
     for (;;) {
         int rc = op == OP_PUT ? mdb_put(t->txn, dbi, k, v, 0) : mdb_del(t->txn, dbi, k, NULL);
         if (rc == MDB_NOTFOUND && op == OP_DEL)
@@ -313,8 +317,8 @@ static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
             return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot lock %s: %s", p,
                            strerror(e));
         return lk__err(LK_ERR_LOCKED, errstr, errstr_size,
-                       "checkpoint %s is in use by another process (pid %ld%s); stop it "
-                       "first, one process per checkpoint",
+                       "checkpoint %s is in use (held by pid %ld%s); one process per "
+                       "checkpoint: stop the other one first",
                        s->dir, pid, pid == (long)getpid() ? ", this process" : "");
     }
     char pidtxt[32];
@@ -1526,14 +1530,24 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
         return LK_ERR_STORE;
     MDB_val k, v;
     /* named databases are keys of the main database; collect names first */
-    char names[64][512];
-    size_t n = 0;
+    char (*names)[512] = NULL;
+    size_t n = 0, cap = 0;
     MDB_val start = {6, "state."};
     k = start;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && n < 64;
+    lk_err_t err = LK_OK;
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6) || k.mv_size >= 512)
             break;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char (*nn)[512] = realloc(names, cap * sizeof *names);
+            if (!nn) {
+                err = LK_ERR_NOMEM;
+                break;
+            }
+            names = nn;
+        }
         memcpy(names[n], k.mv_data, k.mv_size);
         names[n][k.mv_size] = 0;
         n++;
@@ -1552,7 +1566,8 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
         if (cb(&ss, opaque))
             break;
     }
-    return LK_OK;
+    free(names);
+    return err;
 }
 
 /* ---- topology and config in meta ---- */

@@ -116,3 +116,83 @@ int tu_run(const char *cmd, char **out) {
         free(buf);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
+
+lk_err_t tu_open_opts(lk_store_t **out, const char *dir, const char *app, size_t map_size,
+                      uint64_t batch_history, char *err, size_t err_size) {
+    lk_store_opts_t o = {.dir = dir, .app_id = app, .map_size = map_size,
+                         .batch_history = batch_history};
+    if (err && err_size)
+        err[0] = '\0';
+    return lk__store_open(out, &o, err, err_size);
+}
+
+lk_store_txn_t *tu_begin(lk_store_t *s, int write) {
+    lk_store_txn_t *t = NULL;
+    char err[512] = "";
+    lk_err_t e = lk__store_txn_begin(s, write, &t, err, sizeof err);
+    cr_assert_eq(e, LK_OK, "txn_begin(write=%d): %s (%s)", write, err, lk_err_name(e));
+    return t;
+}
+
+void tu_commit(lk_store_txn_t *t) {
+    char err[512] = "";
+    lk_err_t e = lk__store_txn_commit(t, err, sizeof err);
+    cr_assert_eq(e, LK_OK, "txn_commit: %s (%s)", err, lk_err_name(e));
+}
+
+const char *tu_path(char *buf, size_t size, const char *dir, const char *name) {
+    snprintf(buf, size, "%s/%s", dir, name);
+    return buf;
+}
+
+void tu_write_file(const char *path, const void *data, size_t len) {
+    FILE *fp = fopen(path, "wb");
+    cr_assert_not_null(fp, "fopen %s", path);
+    cr_assert_eq(fwrite(data, 1, len, fp), len, "write %s", path);
+    cr_assert_eq(fclose(fp), 0, "close %s", path);
+}
+
+int tu_dir_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+int tu_file_contains(const char *path, const void *needle, size_t len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return 0;
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+    while (buf && (r = fread(buf + n, 1, cap - n, fp)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    fclose(fp);
+    int found = buf && memmem(buf, n, needle, len) != NULL;
+    free(buf);
+    return found;
+}
+
+void tu_fill(void *buf, size_t len, uint64_t seed) {
+    unsigned char *p = buf;
+    uint64_t x = seed * 0x9E3779B97F4A7C15ULL + 1;
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (unsigned char)(x >> 24);
+    }
+}

@@ -25,4 +25,23 @@ lk_store_t *tu_open(const char *dir, const char *app);
 /** Run a shell command, capture stdout into a malloc'ed string; returns exit status. */
 int tu_run(const char *cmd, char **out);
 
+/** Open with explicit options (map size 0 and history 0 mean the defaults); returns the
+ * result of lk__store_open, *out is set on success. */
+lk_err_t tu_open_opts(lk_store_t **out, const char *dir, const char *app, size_t map_size,
+                      uint64_t batch_history, char *err, size_t err_size);
+/** Begin a transaction; asserts success. */
+lk_store_txn_t *tu_begin(lk_store_t *s, int write);
+/** Commit a transaction; asserts success. */
+void tu_commit(lk_store_txn_t *t);
+/** "dir/name" into buf; returns buf. */
+const char *tu_path(char *buf, size_t size, const char *dir, const char *name);
+/** Create or replace a file with the given bytes; asserts success. */
+void tu_write_file(const char *path, const void *data, size_t len);
+/** Number of directory entries other than "." and ".." (-1 if it cannot be read). */
+int tu_dir_entries(const char *dir);
+/** Non-zero if the file at path contains the byte string needle. */
+int tu_file_contains(const char *path, const void *needle, size_t len);
+/** Fill buf with deterministic pseudo-random bytes from seed. */
+void tu_fill(void *buf, size_t len, uint64_t seed);
+
 #endif
