@@ -82,7 +82,8 @@ case "$cmd" in
       echo "valgrind: $name"
       LK_TEST_KILLS=20 valgrind --trace-children=yes --child-silent-after-fork=yes \
         --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
-        --log-file="$logs/$name.%p.log" "$t" --jobs 1 >/dev/null 2>&1 || status=1
+        --log-file="$logs/$name.%p.log" "$t" --jobs 1 >"$logs/$name.out" 2>&1 ||
+        { status=1; echo "valgrind: $name failed:"; tail -30 "$logs/$name.out"; }
     done
     bad=$(grep -L "ERROR SUMMARY: 0 errors" "$logs"/*.log || true)
     if [[ -n "$bad" ]]; then

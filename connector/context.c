@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,12 @@ struct lk_context {
     int64_t last_batch_time_ms;
     int has_ttl;
     int64_t default_ttl_ms;
-    volatile sig_atomic_t stop_graceful; /* finish the batch in flight, then return */
-    volatile sig_atomic_t stop_now;      /* abandon the batch in flight */
+    /* lock-free atomics: set from signal handlers and other threads */
+    atomic_int stop_graceful; /* finish the batch in flight, then return */
+    atomic_int stop_now;      /* abandon the batch in flight */
+    int64_t graceful_seen_ms; /* when the loop first saw stop_graceful, 0: not yet */
+    int64_t shutdown_timeout_ms;
+    int skip_loss;
     int fatal;
     char errstr[1024];
 };
@@ -151,6 +156,8 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
                                  LK_LOG_DEBUG};
     lk__log_level = levels[lk__conf_int(conf, LK__P_LOG_LEVEL)];
     ctx->default_ttl_ms = lk__conf_int(conf, LK__P_STATE_TTL_MS);
+    ctx->shutdown_timeout_ms = lk__conf_int(conf, LK__P_SHUTDOWN_TIMEOUT_MS);
+    ctx->skip_loss = lk__conf_int(conf, LK__P_ON_DATA_LOSS) == 1;
 
     define(ctx->pipeline, opaque);
     lk_pipeline_t *p = ctx->pipeline;
@@ -217,9 +224,9 @@ void lk_context_stop(lk_context_t *ctx, int graceful) {
     if (!ctx)
         return;
     if (graceful)
-        ctx->stop_graceful = 1;
+        atomic_store(&ctx->stop_graceful, 1);
     else
-        ctx->stop_now = 1;
+        atomic_store(&ctx->stop_now, 1);
 }
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
@@ -254,6 +261,7 @@ static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64
         lk__receiver_use_plan(ctx->receiver, pending.ranges, pending.nranges, f, NULL, 0) ==
             LK_OK) {
         *time_ms = pending.batch_time_ms;
+        f->data_loss_skipped = pending.records_out; /* see run_batch */
         *replay = 1;
         lk__log(LK_LOG_INFO, "batch %llu: processing again with its recorded plan",
                 (unsigned long long)id);
@@ -288,17 +296,19 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
                              ts >= 0 ? ts : time_ms, rm->range.topic, rm->range.partition,
                              m->offset};
             lk__batch_push_input(b, ctx->pipeline, &r);
+            if (atomic_load(&ctx->stop_now))
+                break;
         }
-        if (ctx->stop_now)
+        if (atomic_load(&ctx->stop_now))
             break;
     }
-    if (!b->err)
+    if (!b->err && !atomic_load(&ctx->stop_now))
         lk__batch_end(b, ctx->pipeline);
     if (b->err) {
         e = fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
         goto abort;
     }
-    if (ctx->stop_now) {
+    if (atomic_load(&ctx->stop_now)) {
         e = fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
                  (unsigned long long)id);
         goto abort;
@@ -322,6 +332,8 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     if (e)
         goto abort;
     e = lk__store_txn_commit(t, ctx->errstr, sizeof ctx->errstr);
+    if (!e)
+        lk__pipeline_committed(ctx->pipeline);
     lk__batch_reset(b, ctx->pipeline);
     if (!e) {
         ctx->last_batch_time_ms = time_ms;
@@ -334,7 +346,21 @@ abort:
     return e;
 }
 
-/* One batch. *idle is set when there was nothing to do (nothing committed). */
+/* Abandon a fetch: an immediate stop, or a graceful one that has waited longer than
+ * shutdown.timeout.ms for the batch in flight. */
+static int should_abandon(void *opaque) {
+    lk_context_t *ctx = opaque;
+    if (atomic_load(&ctx->stop_now))
+        return 1;
+    if (!atomic_load(&ctx->stop_graceful))
+        return 0;
+    int64_t now = lk__mono_ms();
+    if (!ctx->graceful_seen_ms)
+        ctx->graceful_seen_ms = now;
+    return now - ctx->graceful_seen_ms > ctx->shutdown_timeout_ms;
+}
+
+/* One batch. *idle is set when it read no input (whether or not it committed). */
 static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     *idle = 0;
     if (ctx->fatal)
@@ -355,20 +381,30 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     /* Nothing to read and nothing to record: skip the commit. A partition seen for the
      * first time is recorded even when empty, or "latest" would move on every plan and
      * skip what arrives in between. */
-    if (empty && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
+    /* A replayed plan is always committed: skipping it would find it again forever. */
+    *idle = empty;
+    if (empty && !replay && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
         lk__fetch_clear(&f);
-        *idle = 1;
         return LK_OK;
     }
-    e = lk__receiver_fetch(ctx->receiver, &f, !replay, &ctx->stop_now, ctx->errstr,
+    e = lk__receiver_fetch(ctx->receiver, &f, !replay, should_abandon, ctx, ctx->errstr,
                            sizeof ctx->errstr);
+    if (e == LK_ERR_DATA_LOSS && replay) {
+        /* The recorded plan reads offsets that are gone: plan afresh, where the data
+         * loss policy applies. */
+        char err[256];
+        if (lk__store_plan_clear(ctx->store, err, sizeof err))
+            lk__log(LK_LOG_WARNING, "cannot clear the batch plan: %s", err);
+    }
     if (!e && !replay) {
         lk_range_t *ranges = malloc((f.nranges ? f.nranges : 1) * sizeof *ranges);
         if (!ranges)
             e = fail(ctx, LK_ERR_NOMEM, "out of memory");
         for (size_t i = 0; !e && i < f.nranges; i++)
             ranges[i] = f.ranges[i].range;
-        lk_batch_rec_t plan = {id, time_ms, 0, 0, 0, f.nranges, ranges};
+        /* a plan's records_out carries the offsets skipped for data loss, so a replay
+         * counts them too */
+        lk_batch_rec_t plan = {id, time_ms, 0, 0, f.data_loss_skipped, f.nranges, ranges};
         if (!e)
             e = lk__store_plan_put(ctx->store, &plan, ctx->errstr, sizeof ctx->errstr);
         free(ranges);
@@ -404,15 +440,15 @@ static void on_signal(int sig) {
     lk_context_t *ctx = signal_ctx;
     if (!ctx)
         return;
-    if (ctx->stop_graceful)
-        ctx->stop_now = 1;
-    ctx->stop_graceful = 1;
+    if (atomic_load(&ctx->stop_graceful))
+        atomic_store(&ctx->stop_now, 1);
+    atomic_store(&ctx->stop_graceful, 1);
 }
 
 /* Sleep up to ms, waking early when a stop is requested. */
 static void nap(lk_context_t *ctx, int64_t ms) {
     int64_t end = lk__mono_ms() + ms;
-    while (!ctx->stop_graceful && !ctx->stop_now) {
+    while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
         int64_t left = end - lk__mono_ms();
         if (left <= 0)
             break;
@@ -421,8 +457,10 @@ static void nap(lk_context_t *ctx, int64_t ms) {
     }
 }
 
-static int retriable(lk_err_t e) {
-    return e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT || e == LK_ERR_IO;
+static int retriable(const lk_context_t *ctx, lk_err_t e) {
+    /* with on.data.loss=skip, input deleted after planning is skipped when re-planned */
+    return e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT || e == LK_ERR_IO ||
+           (e == LK_ERR_DATA_LOSS && ctx->skip_loss);
 }
 
 lk_err_t lk_context_run(lk_context_t *ctx) {
@@ -441,19 +479,21 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
     int64_t backoff = backoff0;
     lk_err_t result = LK_OK;
-    while (!ctx->stop_graceful && !ctx->stop_now) {
+    while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
         int64_t started = lk__mono_ms();
         int idle;
         lk_err_t e = run_batch(ctx, &idle);
         if (e) {
-            if (ctx->stop_now) {
+            if (atomic_load(&ctx->stop_now) ||
+                (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
                 /* abandoned by an immediate stop: nothing of it was committed */
-                lk__log(LK_LOG_NOTICE, "stopped at once; batch %llu abandoned, it will be "
+                lk__log(LK_LOG_NOTICE, "stopped; batch %llu abandoned (%s), it will be "
                         "processed again on restart",
-                        (unsigned long long)lk__store_committed_batch(ctx->store) + 1);
+                        (unsigned long long)lk__store_committed_batch(ctx->store) + 1,
+                        ctx->errstr);
                 break;
             }
-            if (!retriable(e)) {
+            if (!retriable(ctx, e)) {
                 lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
                 result = e;
                 break;
@@ -469,7 +509,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         if (idle || elapsed < interval)
             nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
     }
-    if (ctx->stop_graceful && !ctx->stop_now && !result) {
+    if (atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now) && !result) {
         char err[256];
         if (lk__store_sync(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "final sync: %s", err);

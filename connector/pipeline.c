@@ -174,6 +174,7 @@ static void stage_free(lk_stream_t *s) {
     kv_free(&s->kv);
     free(s->recs);
     free(s->scan_key);
+    free(s->scan_next);
     free(s);
 }
 
@@ -712,6 +713,7 @@ static void apply_update(lk_batch_t *b, lk_stream_t *s, const lk_bytes_t *key,
 typedef struct {
     lk_bytes_t *keys;
     size_t n, cap;
+    int oom;
     lk_batch_t *b;
     int64_t cutoff;
     lk__kv_t *fresh;
@@ -733,11 +735,14 @@ static int expiry_cb(const void *key, size_t klen, const void *val, size_t vlen,
             size_t cap = x->cap ? x->cap * 2 : 64;
             lk_bytes_t *n = realloc(x->keys, cap * sizeof *n);
             if (!n)
-                return 1;
+                return x->oom = 1;
             x->keys = n;
             x->cap = cap;
         }
-        x->keys[x->n++] = (lk_bytes_t){copy_bytes(x->b, key, klen), klen};
+        void *k = copy_bytes(x->b, key, klen);
+        if (!k)
+            return x->oom = 1;
+        x->keys[x->n++] = (lk_bytes_t){k, klen};
     }
     return 0;
 }
@@ -749,21 +754,27 @@ static void expire_state(lk_batch_t *b, lk_stream_t *s, int64_t ttl) {
     size_t visited = 0;
     lk_err_t e = lk__store_state_scan(b->txn, s->db, s->scan_key, s->scan_klen,
                                       LK__TTL_SCAN_PER_BATCH, expiry_cb, &x, &visited);
-    if (e) {
+    if (e || x.oom) {
         free(x.keys);
-        batch_fail(b, e, "update_state_by_key '%s': scanning state for expiry", s->uid);
+        batch_fail(b, e ? e : LK_ERR_NOMEM,
+                   "update_state_by_key '%s': scanning state for expiry", s->uid);
         return;
     }
-    /* next batch resumes after the last key visited, or from the start */
-    free(s->scan_key);
-    s->scan_key = NULL;
-    s->scan_klen = 0;
+    /* The next batch resumes strictly after the last key visited, or from the start;
+     * applied only if this batch commits (lk__pipeline_committed). */
+    free(s->scan_next);
+    s->scan_next = NULL;
+    s->scan_next_len = 0;
+    s->scan_pending = 1;
     if (visited == LK__TTL_SCAN_PER_BATCH && x.last) {
-        s->scan_key = malloc(x.lastlen ? x.lastlen : 1);
-        if (s->scan_key) { /* the scan resumes strictly after this key */
-            memcpy(s->scan_key, x.last, x.lastlen);
-            s->scan_klen = x.lastlen;
+        s->scan_next = malloc(x.lastlen ? x.lastlen : 1);
+        if (!s->scan_next) {
+            free(x.keys);
+            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            return;
         }
+        memcpy(s->scan_next, x.last, x.lastlen);
+        s->scan_next_len = x.lastlen;
     }
     b->expiring = 1;
     for (size_t i = 0; i < x.n && !b->err; i++) {
@@ -821,10 +832,28 @@ lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p) {
     return b->err;
 }
 
+void lk__pipeline_committed(lk_pipeline_t *p) {
+    for (size_t i = 0; i < p->nstages; i++) {
+        lk_stream_t *s = p->stages[i];
+        if (!s->scan_pending)
+            continue;
+        free(s->scan_key);
+        s->scan_key = s->scan_next;
+        s->scan_klen = s->scan_next_len;
+        s->scan_next = NULL;
+        s->scan_next_len = 0;
+        s->scan_pending = 0;
+    }
+}
+
 void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p) {
     for (size_t i = 0; i < p->nstages; i++) {
-        kv_clear(&p->stages[i]->kv);
-        p->stages[i]->nrecs = 0;
+        lk_stream_t *s = p->stages[i];
+        kv_clear(&s->kv);
+        s->nrecs = 0;
+        free(s->scan_next); /* a batch that did not commit does not move the sweep */
+        s->scan_next = NULL;
+        s->scan_pending = 0;
     }
     lk__arena_reset(&b->arena);
     b->txn = NULL;

@@ -79,6 +79,9 @@ struct lk_stream {
     size_t emitted;   /* map: emissions during the current call */
     void *scan_key;   /* TTL sweep position (malloc'ed), NULL: from the start */
     size_t scan_klen;
+    void *scan_next;  /* the position after this batch's sweep, applied at commit */
+    size_t scan_next_len;
+    int scan_pending;
 };
 
 struct lk_broadcast {
@@ -135,6 +138,9 @@ lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p);
 /** Release per-batch memory (after commit or abort). */
 void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p);
 void lk__batch_free(lk_batch_t *b);
+
+/** The batch committed: keep what must outlive it (TTL sweep positions). */
+void lk__pipeline_committed(lk_pipeline_t *p);
 
 /** Non-zero if some stateful stage expires keys (batches must run to advance time). */
 int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t default_ttl_ms);

@@ -277,8 +277,19 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
                     lk__log(LK_LOG_NOTICE, "new partition %s[%d]: reading from offset %lld",
                             topic, pid, (long long)from);
             }
-            if (from < low || from > high) {
-                const char *why = from < low ? "below the log start" : "beyond the log end";
+            if (from > high) {
+                /* The log was truncated or the topic recreated: which of its records
+                 * were processed cannot be told, so no policy may guess. */
+                err = lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
+                              "%s[%d]: checkpointed offset %lld is beyond the log end %lld: "
+                              "the topic was recreated or its log truncated, and which "
+                              "records were already processed cannot be told; reset this "
+                              "partition's offset explicitly",
+                              topic, pid, (long long)from, (long long)high);
+                break;
+            }
+            if (from < low) {
+                const char *why = "below the log start";
                 if (!r->skip_loss) {
                     err = lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
                                   "%s[%d]: checkpointed offset %lld is %s (log %lld..%lld): "
@@ -286,10 +297,10 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
                                   "on.data.loss=skip to continue at %lld",
                                   topic, pid, (long long)from, why, (long long)low,
                                   (long long)high,
-                                  (long long)(from < low ? low - from : 0), (long long)low);
+                                  (long long)(low - from), (long long)low);
                     break;
                 }
-                uint64_t lost = from < low ? (uint64_t)(low - from) : 0;
+                uint64_t lost = (uint64_t)(low - from);
                 lk__log(LK_LOG_WARNING,
                         "%s[%d]: checkpointed offset %lld is %s (log %lld..%lld); "
                         "on.data.loss=skip: continuing at %lld, %llu offsets skipped",
@@ -356,27 +367,29 @@ static void mark_done(lk_receiver_t *r, part_t *p) {
     set_paused(r, p, 1);
 }
 
-/* Append m to the range of its partition, or hold it for the next batch. */
-static void take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
+/* Append m to the range of its partition, or hold it for the next batch. -1: out of
+ * memory with m inside the range (the batch must fail: committing it would skip m). */
+static int take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
     lk__range_msgs_t *rm = &f->ranges[p->range];
     if (m->offset < rm->range.from) { /* stale: from before a seek */
         rd_kafka_message_destroy(m);
-        return;
+        return 0;
     }
     if (p->done || m->offset >= rm->range.until) {
         if (m->offset >= rm->range.until && !p->done)
             mark_done(r, p);
-        if (hold(p, m))
-            rd_kafka_message_destroy(m), p->cursor = -1;
-        return;
+        if (hold(p, m)) { /* losing a held message only costs a seek next batch */
+            rd_kafka_message_destroy(m);
+            p->cursor = -1;
+        }
+        return 0;
     }
     if (rm->n == rm->cap) {
         size_t cap = rm->cap ? rm->cap * 2 : 256;
         rd_kafka_message_t **n = realloc(rm->msgs, cap * sizeof *n);
         if (!n) {
             rd_kafka_message_destroy(m);
-            p->cursor = -1;
-            return;
+            return -1;
         }
         rm->msgs = n;
         rm->cap = cap;
@@ -386,6 +399,7 @@ static void take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t
     f->bytes += m->len + m->key_len;
     if (m->offset + 1 >= rm->range.until)
         mark_done(r, p);
+    return 0;
 }
 
 /* Make the consumer deliver every planned partition from its range start. */
@@ -404,7 +418,9 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
         for (size_t i = 0; i < r->nparts; i++) {
             part_t *p = &r->parts[i];
             drop_held(p);
-            p->paused = 0;
+            /* assign() keeps a pause the application set: count every partition as
+             * paused so that the resume below is really sent */
+            p->paused = 1;
             if (p->range < 0) {
                 p->cursor = -1;
                 continue;
@@ -458,16 +474,25 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
         p->nheld = p->capheld = 0;
         if (f->ranges[i].range.from >= f->ranges[i].range.until)
             p->done = 1;
+        int oom = 0;
         for (size_t j = 0; j < nheld; j++)
-            take(r, f, p, held[j]);
+            if (oom)
+                rd_kafka_message_destroy(held[j]);
+            else
+                oom = take(r, f, p, held[j]) != 0;
         free(held);
+        if (oom) {
+            lk__receiver_invalidate(r);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
+        }
         set_paused(r, p, p->done);
     }
     return LK_OK;
 }
 
 lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
-                            volatile sig_atomic_t *abort, char *errstr, size_t errstr_size) {
+                            int (*abandon)(void *opaque), void *opaque, char *errstr,
+                            size_t errstr_size) {
     lk_err_t err = position(r, f, errstr, errstr_size);
     if (err)
         return err;
@@ -492,10 +517,11 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
             }
             break;
         }
-        if ((abort && *abort) || lk__mono_ms() > deadline) {
+        int abandoned = abandon && abandon(opaque);
+        if (abandoned || lk__mono_ms() > deadline) {
             lk__receiver_invalidate(r);
             return lk__err(LK_ERR_TIMED_OUT, errstr, errstr_size,
-                           abort && *abort ? "fetch abandoned (stop requested)"
+                           abandoned ? "fetch abandoned (stop requested)"
                                            : "fetch timed out after %lld ms with %zu of %zu "
                                              "partitions incomplete (fetch.timeout.ms)",
                            (long long)r->fetch_timeout_ms, pending, f->nranges);
@@ -542,7 +568,10 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
             rd_kafka_message_destroy(m);
             continue;
         }
-        take(r, f, p, m);
+        if (take(r, f, p, m)) {
+            lk__receiver_invalidate(r);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
+        }
     }
     for (size_t i = 0; i < f->nranges; i++) {
         part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);

@@ -11,7 +11,6 @@
 #include "../state/store_int.h"
 
 #include <librdkafka/rdkafka.h>
-#include <signal.h>
 
 typedef struct lk_receiver lk_receiver_t;
 
@@ -57,11 +56,13 @@ lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_
 /**
  * Fetch exactly the planned ranges. With cap_bytes set, stops once max.bytes.per.batch
  * is reached and shrinks the ranges to what was fetched. Returns early with
- * LK_ERR_TIMED_OUT after fetch.timeout.ms or when *abort becomes non-zero (the fetch is
- * then abandoned; nothing of it is used).
+ * LK_ERR_TIMED_OUT after fetch.timeout.ms or when abandon(opaque) returns non-zero (the
+ * fetch is then abandoned; nothing of it is used). LK_ERR_DATA_LOSS when offsets of a
+ * range no longer exist; LK_ERR_NOMEM.
  */
 lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
-                            volatile sig_atomic_t *abort, char *errstr, size_t errstr_size);
+                            int (*abandon)(void *opaque), void *opaque, char *errstr,
+                            size_t errstr_size);
 
 /** Release the fetched messages and ranges. */
 void lk__fetch_clear(lk__fetch_t *f);

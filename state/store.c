@@ -1769,3 +1769,17 @@ lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *er
     return txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr, errstr_size,
                    "writing meta config");
 }
+
+lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
+    if (err)
+        return err;
+    err = txn_del(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr, errstr_size,
+                  "clearing the batch plan");
+    if (err) {
+        lk__store_txn_abort(t);
+        return err;
+    }
+    return lk__store_txn_commit(t, errstr, errstr_size);
+}

@@ -254,6 +254,8 @@ lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *a
  */
 lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
                             size_t errstr_size);
+/** Drop the pending plan (its input no longer exists: the batch is planned afresh). */
+lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size);
 /** The pending plan, if any (LK_ERR_NOT_FOUND); valid until the txn ends. */
 lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out);
 

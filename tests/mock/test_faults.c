@@ -339,3 +339,64 @@ Test(faults, sigterm_finishes_the_batch_in_flight) {
     cr_assert_eq(offset_of(1), 150);
     check_consistent();
 }
+
+/* ---- regressions: a crashed batch must never stall the application ---- */
+
+static void run_runner_until_fault(const char *fault, const char *extra_conf) {
+    const char *runner = getenv("LK_WC_RUNNER");
+    cr_assert_not_null(runner, "LK_WC_RUNNER is not set (run through ctest)");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "LOCKSTEP_FAULTPOINT=%s '%s' '%s' '%s' 0 %s >/dev/null 2>&1", fault,
+             runner, cl.bootstraps, dir, extra_conf);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGKILL,
+              "runner should die at fault point %s (status %d)", fault, st);
+}
+
+static void define_count_two(lk_pipeline_t *p, void *o) {
+    (void)o;
+    lk_foreach_batch(lk_kafka_stream(p, "lines,extra"), "count", count, NULL);
+}
+
+Test(faults, empty_first_plan_replayed_after_crash_still_progresses) {
+    mu_topic(&cl, "lines", 2);
+    produce_wc(10);
+    /* latest: the first plan is empty; the crash leaves it recorded */
+    run_runner_until_fault("mid-processing@1", "auto.offset.reset=latest");
+    lk_conf_t *conf = mu_conf(&cl, "wc", dir);
+    mu_set(conf, "auto.offset.reset", "latest");
+    mu_set(conf, "topology.allow.state.drop", "true");
+    lk_context_t *ctx = open_count(conf);
+    seen = 0;
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(lk_context_last_batch(ctx), 1, "the replayed empty plan is committed");
+    produce_wc(6);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(seen, 6, "input after the start is read");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
+
+Test(faults, reassignment_after_replay_resumes_paused_partitions) {
+    mu_topic(&cl, "lines", 2);
+    mu_topic(&cl, "extra", 1);
+    produce_wc(60); /* the runner reads 20 per partition per batch */
+    run_runner_until_fault("mid-processing@2", "");
+    lk_conf_t *conf = mu_conf(&cl, "wc", dir);
+    mu_set(conf, "topology.allow.state.drop", "true");
+    mu_set(conf, "fetch.timeout.ms", "3000");
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_count_two, NULL, (char[512]){0}, 512);
+    cr_assert_not_null(ctx);
+    seen = 0;
+    /* the replay reads lines only and pauses its partitions when done ... */
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(seen, 20);
+    /* ... the next plan adds extra's partition: a new assignment must resume them */
+    produce_wc(4);
+    mu_produce(&cl, "extra", 0, NULL, "x");
+    mu_flush(&cl);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(seen, 20 + 4 + 1);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}

@@ -300,7 +300,7 @@ Test(store_atomicity, sigkill_never_leaves_a_mixed_checkpoint) {
     /* the kill window: 0..30 ms, longer where opening and the first commit are slow
      * (sanitizers, valgrind), so that most kills still land between commits */
     uint32_t first_us = time_to_first_commit();
-    uint32_t window_us = first_us * 3 > 30000 ? first_us * 3 : 30000;
+    uint32_t window_us = first_us * 6 > 30000 ? first_us * 6 : 30000;
     cr_log_info("sigkill test: reopen and first commit take %u us; kill window %u us",
                 first_us, window_us);
     uint64_t start = verify(-1), last = start;
@@ -336,10 +336,13 @@ Test(store_atomicity, sigkill_never_leaves_a_mixed_checkpoint) {
     cr_log_info("sigkill test: %d kills in %lld ms, reached batch %llu, %d rounds made "
                 "progress", kills, (long long)ms, (unsigned long long)last, progressed);
     /* Real progress: batches are committed between kills, and many kills land after a
-     * commit (not only during open). */
+     * commit (not only during open). A round progresses with probability about
+     * 7/8 * 5/6 (one round in 8 is killed early on purpose; the window is 6x the time to
+     * the first commit), so a quarter of the rounds is > 4 sigma below the mean even for
+     * the 20 rounds run under valgrind, while a child that stops committing fails. */
     cr_assert_geq(last - start, (uint64_t)kills, "only %llu batches committed in %d rounds",
                   (unsigned long long)(last - start), kills);
-    cr_assert_geq(progressed, kills / 2, "only %d of %d rounds committed a batch", progressed,
+    cr_assert_geq(progressed, kills / 4, "only %d of %d rounds committed a batch", progressed,
                   kills);
 }
 
