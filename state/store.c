@@ -891,9 +891,8 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
 
 /* ---- batch records ---- */
 
-lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
-                             size_t errstr_size) {
-    lk__buf_t *buf = &t->buf;
+/* Encode a batch record (also the pending plan's format); -1 when out of memory. */
+static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b) {
     lk__buf_reset(buf);
     lk__pack_array(buf, 7);
     lk__pack_i64(buf, 1);
@@ -910,7 +909,13 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
         lk__pack_i64(buf, b->ranges[i].from);
         lk__pack_i64(buf, b->ranges[i].until);
     }
-    if (buf->oom)
+    return buf->oom ? -1 : 0;
+}
+
+lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
+                             size_t errstr_size) {
+    lk__buf_t *buf = &t->buf;
+    if (encode_batch(buf, b))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     unsigned char k[8];
     be64(k, b->id);
@@ -1709,23 +1714,7 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
     if (err)
         return err;
     lk__buf_t *buf = &t->buf;
-    lk__buf_reset(buf);
-    lk__pack_array(buf, 7);
-    lk__pack_i64(buf, 1);
-    lk__pack_i64(buf, (int64_t)plan->id);
-    lk__pack_i64(buf, plan->batch_time_ms);
-    lk__pack_i64(buf, lk__wall_ms());
-    lk__pack_i64(buf, 0);
-    lk__pack_i64(buf, 0);
-    lk__pack_array(buf, plan->nranges);
-    for (size_t i = 0; i < plan->nranges; i++) {
-        lk__pack_array(buf, 4);
-        lk__pack_str(buf, plan->ranges[i].topic);
-        lk__pack_i64(buf, plan->ranges[i].partition);
-        lk__pack_i64(buf, plan->ranges[i].from);
-        lk__pack_i64(buf, plan->ranges[i].until);
-    }
-    err = buf->oom ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
+    err = encode_batch(buf, plan) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
                    : txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
                              buf->len, errstr, errstr_size, "writing the batch plan");
     if (err) {

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
+#include "wc_ops.h"
 #include "mockutil.h"
 #include "state/store_int.h"
 #include "testutil.h"
@@ -39,36 +40,6 @@ typedef struct {
     int drop_counts;    /* removes the counts operator */
 } wc_t;
 
-static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
-    (void)opaque;
-    const char *p = in->value, *end = p + in->value_len;
-    while (p < end) {
-        while (p < end && *p == ' ')
-            p++;
-        const char *w = p;
-        while (p < end && *p != ' ')
-            p++;
-        if (p > w)
-            lk_emit(b, w, (size_t)(p - w), "1", 1);
-    }
-    lk_accumulator_add(b, "lines", 1);
-}
-
-static void add_counts(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
-                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
-    (void)key;
-    (void)vals;
-    (void)opaque;
-    int64_t c = 0;
-    if (state)
-        memcpy(&c, state->data, sizeof c);
-    c += (int64_t)n;
-    int64_t *out = lk_alloc(b, sizeof *out);
-    *out = c;
-    next->data = out;
-    next->len = sizeof *out;
-}
-
 static void count_input(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
     (void)b;
     (void)recs;
@@ -81,14 +52,14 @@ static void define_wc(lk_pipeline_t *p, void *opaque) {
     wc_t *wc = opaque;
     lk_stream_t *lines = lk_kafka_stream(p, "lines");
     lk_foreach_batch(lines, "observe-input", count_input, wc);
-    lk_stream_t *words = lk_flat_map(lines, "split-words", split_words, NULL);
+    lk_stream_t *words = lk_flat_map(lines, "split-words", wc_split_words, NULL);
     if (!wc->drop_counts) {
         lk_stream_t *counts = lk_update_state_by_key(
-            words, "word-counts", wc->schema_version ? wc->schema_version : 1, add_counts, NULL);
+            words, "word-counts", wc->schema_version ? wc->schema_version : 1, wc_add_counts, NULL);
         lk_to_outbox(counts, "counts-out");
     }
     if (wc->extra_operator)
-        lk_update_state_by_key(words, "word-counts-v2", 1, add_counts, NULL);
+        lk_update_state_by_key(words, "word-counts-v2", 1, wc_add_counts, NULL);
 }
 
 static lk_context_t *open_wc(lk_conf_t *conf, wc_t *wc) {

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
+#include "wc_ops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,36 +16,6 @@
 #include <time.h>
 
 static long slow_ms;
-
-static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
-    (void)opaque;
-    const char *p = in->value, *end = p + in->value_len;
-    while (p < end) {
-        while (p < end && *p == ' ')
-            p++;
-        const char *w = p;
-        while (p < end && *p != ' ')
-            p++;
-        if (p > w)
-            lk_emit(b, w, (size_t)(p - w), "1", 1);
-    }
-    lk_accumulator_add(b, "lines", 1);
-}
-
-static void add_counts(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
-                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
-    (void)key;
-    (void)vals;
-    (void)opaque;
-    int64_t c = 0;
-    if (state)
-        memcpy(&c, state->data, sizeof c);
-    c += (int64_t)n;
-    int64_t *out = lk_alloc(b, sizeof *out);
-    *out = c;
-    next->data = out;
-    next->len = sizeof *out;
-}
 
 static void slow(lk_batch_t *b, const lk_record_t *r, size_t n, void *opaque) {
     (void)b;
@@ -62,8 +33,8 @@ static void define(lk_pipeline_t *p, void *opaque) {
     (void)opaque;
     lk_stream_t *lines = lk_kafka_stream(p, "lines");
     lk_foreach_batch(lines, "slow", slow, NULL);
-    lk_stream_t *words = lk_flat_map(lines, "split-words", split_words, NULL);
-    lk_update_state_by_key(words, "word-counts", 1, add_counts, NULL);
+    lk_stream_t *words = lk_flat_map(lines, "split-words", wc_split_words, NULL);
+    lk_update_state_by_key(words, "word-counts", 1, wc_add_counts, NULL);
 }
 
 int main(int argc, char **argv) {
