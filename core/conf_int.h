@@ -45,8 +45,8 @@ typedef enum {
     X(LOG_LEVEL, "log.level", LK__PT_ENUM, "info", 0, 0, "error|warning|notice|info|debug", \
       0, "Least severe log level written to stderr.")                                      \
     X(BATCH_INTERVAL_MS, "batch.interval.ms", LK__PT_INT, "1000", 0, 86400000, NULL, 0,    \
-      "Time between batch starts. A batch that finds no new input still commits nothing " \
-      "and waits. 0: back to back.")                                                       \
+      "Time between batch starts. A batch that finds no new input commits nothing (unless " \
+      "state TTL must advance or a partition is new) and waits. 0: back to back.")                                                       \
     X(MAX_RECORDS_PER_PARTITION, "max.records.per.partition", LK__PT_INT, "100000", 1,     \
       1000000000, NULL, 0,                                                                 \
       "Cap of offsets planned per partition per batch (rate limit); applies to every "     \
@@ -82,8 +82,8 @@ typedef enum {
       "Start even though a stateful operator in the checkpoint is gone from the pipeline " \
       "(its state stays in the checkpoint, unused). Default: refuse, naming the operator.") \
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
-      "Longest time a graceful stop spends finishing the batch in flight and draining "    \
-      "sinks.")
+      "Longest time a graceful stop waits for the input of the batch in flight; past it "   \
+      "the batch is abandoned (and processed again on the next start).")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,

@@ -380,8 +380,10 @@ LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_defin
 
 /**
  * @brief Run batches until lk_context_stop() or, with stop.gracefully.on.shutdown=true,
- * SIGTERM/SIGINT: the first signal finishes the batch in flight and commits; a second
- * one abandons it at once (nothing of it is kept, so it is processed again on restart).
+ * SIGTERM/SIGINT: the first signal finishes the batch in flight and commits (waiting at
+ * most shutdown.timeout.ms for its input); a second one abandons it at the next record
+ * (nothing of it is kept, so it is processed again on restart). A batch that fails for
+ * a retriable reason (broker unreachable, fetch timeout) is retried with backoff.
  * @returns LK_OK after a stop (graceful or not); otherwise the error that stopped the
  *          application (message via lk_context_errstr()).
  */
@@ -396,8 +398,8 @@ LK_EXPORT lk_err_t lk_context_run_once(lk_context_t *ctx);
 
 /**
  * @brief Ask lk_context_run() to return: graceful finishes and commits the batch in
- * flight; otherwise the batch in flight is abandoned. Thread-safe and
- * async-signal-safe.
+ * flight; otherwise the batch in flight is abandoned at the next record (a callback
+ * already running is not interrupted). Thread-safe and async-signal-safe.
  */
 LK_EXPORT void lk_context_stop(lk_context_t *ctx, int graceful);
 
