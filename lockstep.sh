@@ -75,6 +75,8 @@ case "$cmd" in
     # code on, so every process writes its own log and each must report 0 errors.
     logs=build/valgrind
     rm -rf "$logs"; mkdir -p "$logs"
+    # what ctest would set for the tests (tests/CMakeLists.txt)
+    export LK_CLI=$PWD/build/lockstep LK_SAMPLE=$PWD/build/lockstep_sample_checkpoint
     status=0
     for t in build/tests/unit_*; do
       [[ -x "$t" ]] || continue
