@@ -11,6 +11,7 @@
 #include "receiver_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "../sink/sink_int.h"
 #include "../state/store_int.h"
 
 #include <errno.h>
@@ -36,6 +37,11 @@ struct lk_context {
     int64_t graceful_seen_ms; /* when the loop first saw stop_graceful, 0: not yet */
     int64_t shutdown_timeout_ms;
     int skip_loss;
+    lk_sink_t **sinks;
+    size_t nsinks;
+    int64_t sink_retry_ms;     /* sinks are not tried again before this (backoff) */
+    int64_t sink_backoff_ms;
+    int backpressure_logged;
     int fatal;
     char errstr[1024];
 };
@@ -58,6 +64,35 @@ const char *lk_context_errstr(const lk_context_t *ctx) {
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
     return ctx && ctx->store ? lk__store_committed_batch(ctx->store) : 0;
+}
+
+typedef struct {
+    lk_pipeline_t *p;
+    char *errstr;
+    size_t errstr_size;
+    lk_err_t err;
+} orphan_ctx_t;
+
+static int check_orphan(const lk_outbox_stat_t *st, void *o) {
+    orphan_ctx_t *c = o;
+    for (size_t i = 0; i < c->p->nstages; i++)
+        if (c->p->stages[i]->kind == LK__ST_OUTBOX && !strcmp(c->p->stages[i]->uid, st->sink))
+            return 0;
+    c->err = lk__err(LK_ERR_TOPOLOGY, c->errstr, c->errstr_size,
+                     "sink '%s' has %llu undelivered batches (%llu..%llu) in the checkpoint's "
+                     "outbox but is not in the pipeline: keep the sink until it has "
+                     "delivered them",
+                     st->sink, (unsigned long long)st->batches,
+                     (unsigned long long)st->first_batch, (unsigned long long)st->last_batch);
+    return 1;
+}
+
+/* Undelivered output must not be stranded by removing its sink. */
+static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk_store_txn_t *t, char *errstr,
+                                      size_t errstr_size) {
+    orphan_ctx_t c = {ctx->pipeline, errstr, errstr_size, LK_OK};
+    lk_err_t e = lk__store_outbox_stats(t, check_orphan, &c);
+    return c.err ? c.err : e;
 }
 
 /* Check the pipeline against the recorded topology, then record the new one. */
@@ -107,6 +142,14 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
                           "operator '%s' was a %s and is now a %s; give the new operator a "
                           "new uid",
                           o->uid, o->kind, n->kind);
+        else if (!strncmp(o->kind, "to_", 3) && strcmp(n->params, o->params) &&
+                 lk__store_outbox_first_batch(t, o->uid, &(uint64_t){0}) == LK_OK)
+            /* pending output was captured for the old target */
+            err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                          "sink '%s' changed (%s -> %s) while it has undelivered output in "
+                          "the checkpoint; let it deliver with the old settings first, or "
+                          "give the new sink a new uid",
+                          o->uid, o->params, n->params);
         else if (n->schema_version != o->schema_version)
             err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
                           "operator '%s' (%s): state schema version changed from v%d to v%d; "
@@ -115,6 +158,8 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
                           o->uid, o->kind, (int)o->schema_version, (int)n->schema_version,
                           (int)o->schema_version, (int)o->schema_version);
     }
+    if (!err)
+        err = check_orphaned_outbox(ctx, t, errstr, errstr_size);
     if (!err)
         for (size_t j = 0; j < nnow; j++) {
             int known = 0;
@@ -136,6 +181,70 @@ out:
     }
     free(now);
     return err;
+}
+
+static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) {
+    lk_pipeline_t *p = ctx->pipeline;
+    ctx->sinks = calloc(p->nstages ? p->nstages : 1, sizeof *ctx->sinks);
+    if (!ctx->sinks)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    for (size_t i = 0; i < p->nstages; i++) {
+        lk_stream_t *st = p->stages[i];
+        if (st->kind != LK__ST_OUTBOX)
+            continue;
+        lk_sink_t *s = lk__sink_new(st->sink_ops, st->uid, st->target, st->format,
+                                    lk__conf_str(ctx->conf, LK__P_APP_ID));
+        if (!s)
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        ctx->sinks[ctx->nsinks++] = s;
+        char why[768];
+        lk_err_t e = s->ops->open(s, ctx->conf, why, sizeof why);
+        if (e)
+            return lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name,
+                           s->ops->kind, s->target, why);
+    }
+    return LK_OK;
+}
+
+/*
+ * Deliver what is durable in the outbox. Retriable sink errors are logged and retried
+ * later with their own backoff (input keeps flowing until outbox.max.bytes); fenced or
+ * fatal ones stop the application.
+ */
+static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
+    if (!ctx->nsinks || (!force && lk__mono_ms() < ctx->sink_retry_ms))
+        return LK_OK;
+    uint64_t upto = lk__store_durable_batch(ctx->store);
+    lk_err_t first = LK_OK;
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        size_t n;
+        char err[1024];
+        lk_err_t e = lk__sink_drain(ctx->sinks[i], ctx->store, upto, &n, err, sizeof err);
+        if (!e)
+            continue;
+        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE) {
+            ctx->fatal = 1;
+            return fail(ctx, e, "%s", err);
+        }
+        if (!first) {
+            first = e;
+            fail(ctx, e, "%s", err);
+        }
+    }
+    if (first) {
+        int64_t b0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
+        int64_t bmax = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
+        ctx->sink_backoff_ms = ctx->sink_backoff_ms ? ctx->sink_backoff_ms * 2 : b0;
+        if (ctx->sink_backoff_ms > bmax)
+            ctx->sink_backoff_ms = bmax;
+        ctx->sink_retry_ms = lk__mono_ms() + ctx->sink_backoff_ms;
+        lk__log(LK_LOG_WARNING, "%s (retrying in %lld ms; the output waits in the outbox)",
+                ctx->errstr, (long long)ctx->sink_backoff_ms);
+    } else {
+        ctx->sink_backoff_ms = 0;
+        ctx->sink_retry_ms = 0;
+    }
+    return first;
 }
 
 lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
@@ -185,6 +294,8 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
         e = lk__pipeline_build_broadcasts(p, errstr, errstr_size);
     if (!e)
         e = lk__receiver_new(&ctx->receiver, ctx->conf, topics, ntopics, errstr, errstr_size);
+    if (!e)
+        e = open_sinks(ctx, errstr, errstr_size);
     if (e) {
         lk_context_destroy(ctx);
         return NULL;
@@ -211,6 +322,9 @@ void lk_context_destroy(lk_context_t *ctx) {
     if (signal_ctx == ctx)
         signal_ctx = NULL;
     lk__receiver_destroy(ctx->receiver);
+    for (size_t i = 0; i < ctx->nsinks; i++)
+        lk__sink_destroy(ctx->sinks[i]);
+    free(ctx->sinks);
     if (ctx->pipeline)
         lk__batch_reset(&ctx->batch, ctx->pipeline);
     lk__batch_free(&ctx->batch);
@@ -365,6 +479,20 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     *idle = 0;
     if (ctx->fatal)
         return fail(ctx, LK_ERR_FATAL, "%s", ctx->errstr);
+    lk_err_t se = drain_sinks(ctx, 0);
+    if (ctx->fatal)
+        return se;
+    uint64_t pending_bytes = lk__store_outbox_bytes(ctx->store);
+    if (pending_bytes > (uint64_t)lk__conf_int(ctx->conf, LK__P_OUTBOX_MAX_BYTES)) {
+        if (!ctx->backpressure_logged)
+            lk__log(LK_LOG_WARNING, "outbox holds %llu bytes (over outbox.max.bytes): no new "
+                    "batch until the sinks deliver; input waits in Kafka",
+                    (unsigned long long)pending_bytes);
+        ctx->backpressure_logged = 1;
+        *idle = 1;
+        return LK_OK;
+    }
+    ctx->backpressure_logged = 0;
     uint64_t id = lk__store_committed_batch(ctx->store) + 1;
     lk__fetch_t f;
     int64_t time_ms;
@@ -427,6 +555,11 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         ctx->fatal = 1;
         return fail(ctx, LK_ERR_FATAL, "%s", msg);
     }
+    if (!e) {
+        se = drain_sinks(ctx, 1);
+        if (ctx->fatal)
+            return se;
+    }
     return e;
 }
 
@@ -449,6 +582,18 @@ static void on_signal(int sig) {
 static void nap(lk_context_t *ctx, int64_t ms) {
     int64_t end = lk__mono_ms() + ms;
     while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
+        int64_t left = end - lk__mono_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Sleep up to ms; only an immediate stop wakes it (used while a graceful stop drains). */
+static void nap_ms(lk_context_t *ctx, int64_t ms) {
+    int64_t end = lk__mono_ms() + ms;
+    while (!atomic_load(&ctx->stop_now)) {
         int64_t left = end - lk__mono_ms();
         if (left <= 0)
             break;
@@ -505,6 +650,13 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             continue;
         }
         backoff = backoff0;
+        if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
+            /* group commit: nothing new to do, so make the last batches durable now and
+             * let the sinks deliver them */
+            char err[256];
+            if (lk__store_sync(ctx->store, err, sizeof err) == LK_OK)
+                drain_sinks(ctx, 1);
+        }
         int64_t elapsed = lk__mono_ms() - started;
         if (idle || elapsed < interval)
             nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
@@ -514,6 +666,20 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         if (lk__store_sync(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "final sync: %s", err);
         lk__faultpoint("during-graceful-stop");
+        /* deliver what is pending, for at most shutdown.timeout.ms */
+        int64_t until = lk__mono_ms() + ctx->shutdown_timeout_ms;
+        while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
+               !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
+            if (drain_sinks(ctx, 1) == LK_OK)
+                break;
+            nap_ms(ctx, ctx->sink_backoff_ms < until - lk__mono_ms()
+                            ? ctx->sink_backoff_ms : until - lk__mono_ms());
+        }
+        if (lk__store_outbox_bytes(ctx->store) > 0)
+            lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "
+                    "delivered on the next start");
+        if (ctx->fatal)
+            result = LK_ERR_FATAL;
         lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
                 (unsigned long long)lk__store_committed_batch(ctx->store));
     }

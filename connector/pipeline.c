@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "pipeline_int.h"
 #include "../core/util_int.h"
+#include "../sink/sink_int.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -171,6 +172,8 @@ static void stage_free(lk_stream_t *s) {
         free(s->topics[i]);
     free(s->topics);
     free(s->params);
+    free(s->target);
+    free(s->format);
     kv_free(&s->kv);
     free(s->recs);
     free(s->scan_key);
@@ -376,16 +379,62 @@ void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
         s->fn.foreach = fn;
 }
 
-void lk_to_outbox(lk_stream_t *in, const char *sink_name) {
+static void add_sink(lk_stream_t *in, const char *uid, const lk__sink_ops_t *ops,
+                     const char *target, const char *format) {
     if (!in)
         return;
-    if (!sink_name || !sink_name[0]) {
-        lk_pipeline_fail(in->p, "lk_to_outbox: no sink name");
+    if (!target || !target[0]) {
+        lk_pipeline_fail(in->p, "sink '%s': no %s given", uid ? uid : "",
+                         ops == &lk__sink_files_ops ? "directory" : "topic");
         return;
     }
-    char params[300];
-    lk__fmt(params, sizeof params, "sink=%s", sink_name);
-    add_stage(in->p, in, LK__ST_OUTBOX, sink_name, params);
+    if (uid && (strlen(uid) > 180 || strpbrk(uid, " \t/"))) {
+        /* the uid becomes part of a transactional.id and of key names */
+        lk_pipeline_fail(in->p, "sink uid '%s': at most 180 characters, no spaces or '/'",
+                         uid);
+        return;
+    }
+    char params[1200];
+    if (format && format[0])
+        lk__fmt(params, sizeof params, "target=%s,format=%s", target, format);
+    else
+        lk__fmt(params, sizeof params, "target=%s", target);
+    lk_stream_t *s = add_stage(in->p, in, LK__ST_OUTBOX, uid, params);
+    if (!s)
+        return;
+    s->sink_ops = ops;
+    s->target = strdup(target);
+    s->format = format ? strdup(format) : NULL;
+    if (!s->target || (format && !s->format))
+        lk_pipeline_fail(in->p, "out of memory");
+}
+
+void lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
+    add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
+}
+
+void lk_to_files(lk_stream_t *in, const char *uid, const char *dir, const char *format) {
+    if (in && (!format || (strcmp(format, "jsonl") && strcmp(format, "lines")))) {
+        lk_pipeline_fail(in->p, "sink '%s': file format '%s' is not jsonl or lines",
+                         uid ? uid : "", format ? format : "(null)");
+        return;
+    }
+    add_sink(in, uid, &lk__sink_files_ops, dir, format);
+}
+
+void lk_to_stdout(lk_stream_t *in, const char *uid) {
+    add_sink(in, uid, &lk__sink_stdout_ops, "stdout", NULL);
+}
+
+const char *lk__stage_name(const lk_stream_t *s) {
+    if (s->kind == LK__ST_OUTBOX && s->sink_ops) {
+        if (s->sink_ops == &lk__sink_kafka_ops)
+            return "to_kafka";
+        if (s->sink_ops == &lk__sink_files_ops)
+            return "to_files";
+        return "to_stdout";
+    }
+    return lk__stage_kind_name(s->kind);
 }
 
 lk_broadcast_t *lk_broadcast(lk_pipeline_t *p, const char *name, void *(*build)(void *),
@@ -432,8 +481,7 @@ size_t lk__pipeline_topology(const lk_pipeline_t *p, lk_topo_op_t *out, size_t c
     size_t n = 0;
     for (size_t i = 0; i < p->nstages && n < cap; i++) {
         const lk_stream_t *s = p->stages[i];
-        out[n++] = (lk_topo_op_t){s->uid, lk__stage_kind_name(s->kind), s->schema_version,
-                                  s->params};
+        out[n++] = (lk_topo_op_t){s->uid, lk__stage_name(s), s->schema_version, s->params};
     }
     return n;
 }

@@ -23,6 +23,8 @@ typedef enum {
 
 /** Kind names as recorded in the checkpoint's topology (stable strings). */
 const char *lk__stage_kind_name(lk__stage_kind_t k);
+/** The kind name of a stage ("to_kafka" etc. for sinks). */
+const char *lk__stage_name(const lk_stream_t *s);
 
 /** A bump allocator whose memory lives until the batch ends. */
 typedef struct lk__arena_chunk lk__arena_chunk_t;
@@ -71,6 +73,8 @@ struct lk_stream {
     char **topics; /* source */
     size_t ntopics;
     char *params; /* canonical parameters, for the topology */
+    const struct lk__sink_ops *sink_ops; /* outbox stages: the sink kind delivering it */
+    char *target, *format;               /* the sink's topic or directory, file format */
     /* runtime */
     lk_state_db_t db;
     lk__kv_t kv;

@@ -81,6 +81,17 @@ typedef enum {
       NULL, 0,                                                                             \
       "Start even though a stateful operator in the checkpoint is gone from the pipeline " \
       "(its state stays in the checkpoint, unused). Default: refuse, naming the operator.") \
+    X(OUTBOX_MAX_BYTES, "outbox.max.bytes", LK__PT_BYTES, "256M", 4096, (int64_t)1 << 40,  \
+      NULL, 0,                                                                             \
+      "Bound of undelivered output in the checkpoint: above it, no new batch is planned "  \
+      "(input stays in Kafka) until the sinks catch up.")                                  \
+    X(SINK_KAFKA_SEND_OFFSETS, "sink.kafka.send.offsets", LK__PT_BOOL, "true", 0, 0, NULL, \
+      0, "Kafka sinks also commit the input offsets of each batch for group <app.id> in "   \
+      "its transaction, so standard lag tools show the application's progress.")          \
+    X(SINK_KAFKA_TIMEOUT_MS, "sink.kafka.timeout.ms", LK__PT_INT, "30000", 100, 3600000,   \
+      NULL, 0,                                                                             \
+      "Timeout of Kafka sink operations (init, commit and abort of transactions, reading " \
+      "the progress topic).")                                                              \
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
       "Longest time a graceful stop waits for the input of the batch in flight; past it "   \
       "the batch is abandoned (and processed again on the next start).")

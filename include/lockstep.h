@@ -307,11 +307,37 @@ LK_EXPORT void lk_state_ttl(lk_stream_t *stateful, int64_t ttl_ms);
  */
 LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
                                 void *opaque);
-/**
- * @brief Capture the stream's records in the checkpoint's outbox under sink name
- * sink_name, in the batch's transaction; sinks deliver the outbox.
+/*
+ * Sinks. Each captures the stream's records in the checkpoint's outbox, in the batch's
+ * transaction, and delivers them after the checkpoint is durable, oldest batch first.
+ * The uid names the sink in the checkpoint (outbox, fence) and, for Kafka, its
+ * transactional.id (<app.id>.<uid>): keep it stable across versions of the code.
  */
-LK_EXPORT void lk_to_outbox(lk_stream_t *in, const char *sink_name);
+
+/**
+ * @brief Exactly-once delivery to a Kafka topic: one Kafka transaction per batch holding
+ * the batch's records and a progress record in the compacted topic <app.id>.progress
+ * (created if missing). A record's partition is chosen by its key's hash (murmur2, as
+ * Java clients do). Every record carries the headers lockstep.app, lockstep.sink,
+ * lockstep.batch and lockstep.attempt (provenance). A newer instance with the same
+ * app.id and uid fences older ones.
+ */
+LK_EXPORT void lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
+/**
+ * @brief Exactly-once delivery to files: one file per (output partition, batch),
+ * <dir>/<partition>/<app.id>-<batch:020>.<ext>, written to a temporary name, fsynced,
+ * renamed into place and the directory fsynced. The final name is the fence: a batch
+ * delivered again rewrites the same name with the same bytes.
+ * @param format "jsonl" (one JSON object per record: key, value, timestamp) or "lines"
+ *               (the value as one line).
+ */
+LK_EXPORT void lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
+                           const char *format);
+/**
+ * @brief Print records to stdout as "key<TAB>value" lines, for demos and debugging.
+ * At-least-once: a batch interrupted by a crash may be printed again.
+ */
+LK_EXPORT void lk_to_stdout(lk_stream_t *in, const char *uid);
 
 /**
  * @brief Declare a broadcast value: build(opaque) runs at start (and so again after

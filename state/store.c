@@ -1722,12 +1722,7 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
         return err;
     }
     /* The plan need not be durable: without fsync it costs a page write, not a sync. */
-    if (!s->sync_interval)
-        mdb_env_set_flags(s->env, MDB_NOSYNC, 1);
-    err = lk__store_txn_commit(t, errstr, errstr_size);
-    if (!s->sync_interval)
-        mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
-    return err;
+    return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
 }
 
 lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
@@ -1771,4 +1766,14 @@ lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
         return err;
     }
     return lk__store_txn_commit(t, errstr, errstr_size);
+}
+
+lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+    lk_store_t *s = t->s;
+    if (s->sync_interval) /* the environment never syncs on commit anyway */
+        return lk__store_txn_commit(t, errstr, errstr_size);
+    mdb_env_set_flags(s->env, MDB_NOSYNC, 1);
+    lk_err_t err = lk__store_txn_commit(t, errstr, errstr_size);
+    mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+    return err;
 }

@@ -91,6 +91,13 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
  */
 lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_size);
 
+/**
+ * Commit without fsync (whatever checkpoint.sync says): for records whose loss in an OS
+ * crash is harmless (pending plans, sink acknowledgements). The next synced commit
+ * makes it durable too.
+ */
+lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+
 /** Abort and free. NULL is a no-op. */
 void lk__store_txn_abort(lk_store_txn_t *t);
 

@@ -18,15 +18,17 @@
 #include <sys/wait.h>
 
 static mu_cluster_t cl;
-static char dir[256];
+static char dir[256], outdir[256];
 
 static void setup(void) {
     mu_start(&cl, 1);
     tu_tmpdir(dir, sizeof dir);
+    tu_tmpdir(outdir, sizeof outdir);
 }
 static void teardown(void) {
     mu_stop(&cl);
     tu_rmrf(dir);
+    tu_rmrf(outdir);
 }
 TestSuite(driver, .init = setup, .fini = teardown, .timeout = 120);
 
@@ -56,7 +58,7 @@ static void define_wc(lk_pipeline_t *p, void *opaque) {
     if (!wc->drop_counts) {
         lk_stream_t *counts = lk_update_state_by_key(
             words, "word-counts", wc->schema_version ? wc->schema_version : 1, wc_add_counts, NULL);
-        lk_to_outbox(counts, "counts-out");
+        lk_to_files(counts, "counts-out", outdir, "jsonl");
     }
     if (wc->extra_operator)
         lk_update_state_by_key(words, "word-counts-v2", 1, wc_add_counts, NULL);

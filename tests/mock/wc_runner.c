@@ -3,7 +3,9 @@
  * reads topic "lines", counts words in update_state_by_key "word-counts", counts lines
  * in the accumulator "lines", and optionally sleeps in each batch to widen the window
  * in which a signal lands mid-batch.
- *   usage: wc_runner BOOTSTRAPS CHECKPOINT_DIR [SLOW_MS] [key=value ...]
+ * The counts go to a sink when asked: sink=kafka:TOPIC, sink=files:DIR (jsonl) or
+ * sink=stdout (uid "counts-out").
+ *   usage: wc_runner BOOTSTRAPS CHECKPOINT_DIR [SLOW_MS] [sink=...] [key=value ...]
  * Exit status: 0 after a stop, 1 on error (message on stderr).
  */
 #define _GNU_SOURCE
@@ -16,6 +18,7 @@
 #include <time.h>
 
 static long slow_ms;
+static const char *sink_spec;
 
 static void slow(lk_batch_t *b, const lk_record_t *r, size_t n, void *opaque) {
     (void)b;
@@ -34,7 +37,17 @@ static void define(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *lines = lk_kafka_stream(p, "lines");
     lk_foreach_batch(lines, "slow", slow, NULL);
     lk_stream_t *words = lk_flat_map(lines, "split-words", wc_split_words, NULL);
-    lk_update_state_by_key(words, "word-counts", 1, wc_add_counts, NULL);
+    lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, wc_add_counts, NULL);
+    if (!sink_spec)
+        return;
+    if (!strncmp(sink_spec, "kafka:", 6))
+        lk_to_kafka(counts, "counts-out", sink_spec + 6);
+    else if (!strncmp(sink_spec, "files:", 6))
+        lk_to_files(counts, "counts-out", sink_spec + 6, "jsonl");
+    else if (!strcmp(sink_spec, "stdout"))
+        lk_to_stdout(counts, "counts-out");
+    else
+        lk_pipeline_fail(p, "wc_runner: unknown sink '%s'", sink_spec);
 }
 
 int main(int argc, char **argv) {
@@ -63,6 +76,10 @@ int main(int argc, char **argv) {
         char *eq = strchr(argv[i], '=');
         if (!eq)
             continue;
+        if (!strncmp(argv[i], "sink=", 5)) {
+            sink_spec = argv[i] + 5;
+            continue;
+        }
         *eq = 0;
         if (lk_conf_set(conf, argv[i], eq + 1, err, sizeof err) != LK_CONF_OK) {
             fprintf(stderr, "wc_runner: %s\n", err);

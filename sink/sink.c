@@ -1,0 +1,235 @@
+/*
+ * sink.c — delivery of the outbox through a sink kind (see sink_int.h): the transaction
+ * state machine, recovery of a sink's fence, and draining batches oldest first, each
+ * atomically, acknowledging each in the checkpoint.
+ *
+ * Acknowledgements are committed without fsync: losing one in an OS crash only means
+ * the batch is delivered again, which the sink's fence (Kafka's progress record) or
+ * its idempotence (files rewritten under the same name with the same bytes) absorbs.
+ */
+#define _GNU_SOURCE
+#include "sink_int.h"
+#include "../core/util_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+const char *lk__txn_state_name(lk__txn_state_t s) {
+    switch (s) {
+#define LK__TXN_NAME(n)                                                                    \
+    case LK__TXN_##n:                                                                      \
+        return #n;
+        LK__TXN_STATES(LK__TXN_NAME)
+#undef LK__TXN_NAME
+    }
+    return "?";
+}
+
+/* allowed[from] is the set of states reachable from `from` (bit per state) */
+#define BIT(s) (1u << LK__TXN_##s)
+static const unsigned allowed[] = {
+    [LK__TXN_READY] = BIT(BEGUN) | BIT(FATAL),
+    [LK__TXN_BEGUN] = BIT(PRODUCED) | BIT(READY) /* abort */ | BIT(FATAL),
+    [LK__TXN_PRODUCED] = BIT(COMMITTED) | BIT(READY) /* abort */ | BIT(FATAL),
+    [LK__TXN_COMMITTED] = BIT(READY) /* acknowledged */ | BIT(FATAL),
+    [LK__TXN_FATAL] = 0,
+};
+
+lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
+                             size_t errstr_size) {
+    if (!(allowed[s->state] & (1u << to)))
+        return lk__err(s->state == LK__TXN_FATAL ? LK_ERR_FATAL : LK_ERR_STATE, errstr,
+                       errstr_size, "sink '%s': transaction state %s cannot go to %s%s%s",
+                       s->name, lk__txn_state_name(s->state), lk__txn_state_name(to),
+                       s->state == LK__TXN_FATAL ? ": " : "", s->fatal_msg);
+    lk__log(LK_LOG_DEBUG, "sink '%s' batch %llu: %s -> %s", s->name,
+            (unsigned long long)s->batch, lk__txn_state_name(s->state), lk__txn_state_name(to));
+    s->state = to;
+    return LK_OK;
+}
+
+lk_sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
+                        const char *format, const char *app_id) {
+    lk_sink_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ops = ops;
+    s->name = strdup(name);
+    s->target = strdup(target ? target : "");
+    s->format = strdup(format ? format : "");
+    s->app_id = strdup(app_id);
+    if (!s->name || !s->target || !s->format || !s->app_id) {
+        lk__sink_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+void lk__sink_destroy(lk_sink_t *s) {
+    if (!s)
+        return;
+    if (s->ops && s->ops->close)
+        s->ops->close(s);
+    free(s->name);
+    free(s->target);
+    free(s->format);
+    free(s->app_id);
+    free(s);
+}
+
+/* Acknowledge: the outbox of batches <= batch goes, the fence records batch. */
+static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+                            size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 1, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    if ((e = lk__store_outbox_ack(t, s->name, batch, errstr, errstr_size)) ||
+        (e = lk__store_fence_put(t, s->name, batch, errstr, errstr_size))) {
+        lk__store_txn_abort(t);
+        return e;
+    }
+    return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
+}
+
+/* Fail the delivery in progress: undo it and return to READY, or stay FATAL. */
+static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
+    if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED)
+        s->ops->abort(s);
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
+        lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", errstr ? errstr : "");
+        lk__sink_transition(s, LK__TXN_FATAL, NULL, 0);
+        s->recovered = 0;
+    } else if (s->state != LK__TXN_READY && s->state != LK__TXN_FATAL) {
+        s->state = LK__TXN_READY; /* aborted: allowed from BEGUN/PRODUCED */
+        s->recovered = 0;         /* reconnect and re-read the fence before retrying */
+    }
+    return e;
+}
+
+lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
+    if (s->state == LK__TXN_FATAL)
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size, "sink '%s' stopped: %s", s->name,
+                       s->fatal_msg);
+    if (s->recovered)
+        return LK_OK;
+    uint64_t fence = 0;
+    char why[768] = "";
+    lk_err_t e = s->ops->recover(s, &fence, why, sizeof why);
+    if (e) {
+        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
+            lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", why);
+            s->state = LK__TXN_FATAL;
+        }
+        return lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name, s->ops->kind,
+                       s->target, why);
+    }
+    /* batches the external system already holds leave the outbox */
+    lk_store_txn_t *t;
+    uint64_t first = 0;
+    if ((e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size)))
+        return e;
+    int pending = lk__store_outbox_first_batch(t, s->name, &first) == LK_OK;
+    lk__store_txn_abort(t);
+    if (fence && pending && first <= fence) {
+        lk__log(LK_LOG_INFO, "sink '%s': batches up to %llu were already delivered; "
+                "dropping them from the outbox", s->name, (unsigned long long)fence);
+        if ((e = acknowledge(s, store, fence, errstr, errstr_size)))
+            return e;
+    }
+    s->recovered = 1;
+    return LK_OK;
+}
+
+static void new_attempt(lk_sink_t *s) {
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != sizeof r)
+        r = (uint64_t)lk__mono_ns() ^ ((uint64_t)getpid() << 32);
+    snprintf(s->attempt, sizeof s->attempt, "%016llx", (unsigned long long)r);
+}
+
+typedef struct {
+    lk_sink_t *s;
+    lk_err_t err;
+    char *errstr;
+    size_t errstr_size;
+} write_ctx_t;
+
+static int write_one(const lk_out_record_t *r, void *o) {
+    write_ctx_t *w = o;
+    w->err = w->s->ops->write(w->s, r, w->errstr, w->errstr_size);
+    return w->err != LK_OK;
+}
+
+/* Deliver one batch atomically. */
+static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+                        size_t errstr_size) {
+    char why[768] = "";
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 0, &t, why, sizeof why);
+    if (e)
+        return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: %s", s->name,
+                       (unsigned long long)batch, why);
+    s->batch = batch;
+    new_attempt(s);
+    lk__faultpoint("before-sink-produce");
+    if (!(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
+        !(e = s->ops->begin(s, batch, why, sizeof why))) {
+        write_ctx_t w = {s, LK_OK, why, sizeof why};
+        lk_err_t fe = lk__store_outbox_foreach(t, s->name, batch, write_one, &w);
+        e = w.err ? w.err
+            : fe  ? lk__err(fe, why, sizeof why, "reading the outbox: %s", lk_err_str(fe))
+                  : LK_OK;
+    }
+    if (!e)
+        e = lk__sink_transition(s, LK__TXN_PRODUCED, why, sizeof why);
+    if (!e) {
+        lk__faultpoint("after-sink-produce");
+        lk_batch_rec_t rec;
+        int have = lk__store_batch_get(t, batch, &rec) == LK_OK;
+        e = s->ops->commit(s, have ? &rec : NULL, why, sizeof why);
+    }
+    lk__store_txn_abort(t);
+    if (!e)
+        e = lk__sink_transition(s, LK__TXN_COMMITTED, why, sizeof why);
+    if (e) {
+        lk__err(e, errstr, errstr_size, "sink '%s' (%s %s) batch %llu: %s", s->name,
+                s->ops->kind, s->target, (unsigned long long)batch, why);
+        return fail_delivery(s, e, errstr);
+    }
+    lk__faultpoint("after-sink-commit");
+    if ((e = acknowledge(s, store, batch, why, sizeof why))) {
+        /* delivered but not acknowledged: the fence makes the retry harmless */
+        s->state = LK__TXN_READY;
+        return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: acknowledging: %s",
+                       s->name, (unsigned long long)batch, why);
+    }
+    return lk__sink_transition(s, LK__TXN_READY, errstr, errstr_size);
+}
+
+lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *delivered,
+                        char *errstr, size_t errstr_size) {
+    *delivered = 0;
+    lk_err_t e = lk__sink_recover(s, store, errstr, errstr_size);
+    if (e)
+        return e;
+    for (;;) {
+        lk_store_txn_t *t;
+        uint64_t first;
+        if ((e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size)))
+            return e;
+        e = lk__store_outbox_first_batch(t, s->name, &first);
+        lk__store_txn_abort(t);
+        if (e == LK_ERR_NOT_FOUND || (e == LK_OK && first > upto))
+            return LK_OK;
+        if (e)
+            return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
+                           s->name, lk_err_str(e));
+        if ((e = deliver(s, store, first, errstr, errstr_size)))
+            return e;
+        (*delivered)++;
+    }
+}

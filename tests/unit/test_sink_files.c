@@ -1,0 +1,655 @@
+/*
+ * test_sink_files.c — the file and stdout sinks driven by sink.c's delivery: exact file
+ * names and bytes (jsonl with base64 for bytes that are not UTF-8, null keys and
+ * tombstones; lines), output partitions, acknowledgement (outbox emptied, fence set),
+ * delivery of batches <= upto only and oldest first; crashes at the fault points
+ * before-sink-produce, after-sink-produce, during-file-rename and after-sink-commit in
+ * a forked child, after which recovery delivers every batch exactly once with identical
+ * bytes; I/O failures (a file where a directory must be, a full disk via /dev/full, a
+ * target below a regular file) refused with LK_ERR_IO naming sink, batch and path while
+ * the outbox keeps the batch; stale temporary files removed at recovery; the transaction
+ * state validator; the stdout sink's lines.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+#include "core/util_int.h"
+#include "sink/sink_int.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define APP "app"
+#define SINK "files-out"
+
+static char dirbuf[4096];
+static const char *dir;
+static char ckpt[1024], out[1024];
+
+static void setup(void) {
+    dir = tu_tmpdir(dirbuf, sizeof dirbuf);
+    tu_path(ckpt, sizeof ckpt, dir, "ckpt");
+    tu_path(out, sizeof out, dir, "out");
+    lk__log_level = LK_LOG_WARNING;
+}
+static void teardown(void) { tu_rmrf(dirbuf); }
+
+TestSuite(sink_files, .init = setup, .fini = teardown, .timeout = 120);
+
+static char E[1024];
+#define ES E, sizeof E
+#define CHECK(expr)                                                                      \
+    do {                                                                                 \
+        E[0] = '\0';                                                                     \
+        lk_err_t e_ = (expr);                                                            \
+        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
+    } while (0)
+
+/* ---- helpers ---- */
+
+/* A record; NULL key/value as given, lengths from strlen unless given (binary). */
+static lk_out_record_t rec(int32_t p, const char *k, const char *v, int64_t ts) {
+    return (lk_out_record_t){.partition = p, .key = k, .key_len = k ? strlen(k) : 0,
+                             .value = v, .value_len = v ? strlen(v) : 0, .timestamp_ms = ts};
+}
+
+static void commit_batch(lk_store_t *st, const char *sink, uint64_t id,
+                         const lk_out_record_t *r, size_t n) {
+    lk_store_txn_t *t = tu_begin(st, 1);
+    for (size_t i = 0; i < n; i++)
+        CHECK(lk__store_outbox_append(t, sink, id, &r[i], ES));
+    lk_batch_rec_t b = {.id = id, .batch_time_ms = (int64_t)id * 1000, .records_out = n};
+    CHECK(lk__store_batch_put(t, &b, ES));
+    tu_commit(t);
+}
+
+static lk_sink_t *sink_new(const lk__sink_ops_t *ops, const char *target, const char *format) {
+    lk_sink_t *s = lk__sink_new(ops, SINK, target, format, APP);
+    cr_assert_not_null(s);
+    CHECK(s->ops->open(s, NULL, ES));
+    return s;
+}
+
+static size_t drain(lk_sink_t *s, lk_store_t *st, uint64_t upto) {
+    size_t n = 99;
+    CHECK(lk__sink_drain(s, st, upto, &n, ES));
+    return n;
+}
+
+/* First outbox batch of the sink, 0 if empty. */
+static uint64_t outbox_first(lk_store_t *st) {
+    lk_store_txn_t *t = tu_begin(st, 0);
+    uint64_t first = 0;
+    lk_err_t e = lk__store_outbox_first_batch(t, SINK, &first);
+    lk__store_txn_abort(t);
+    cr_assert(e == LK_OK || e == LK_ERR_NOT_FOUND, "%s", lk_err_name(e));
+    return e ? 0 : first;
+}
+
+/* The sink's fence, 0 if none. */
+static uint64_t fence(lk_store_t *st) {
+    lk_store_txn_t *t = tu_begin(st, 0);
+    uint64_t b = 0;
+    lk_err_t e = lk__store_fence_get(t, SINK, &b);
+    lk__store_txn_abort(t);
+    cr_assert(e == LK_OK || e == LK_ERR_NOT_FOUND, "%s", lk_err_name(e));
+    return e ? 0 : b;
+}
+
+/* "<out>/<p>/app-<batch:020>.<ext>" */
+static const char *fname(char *buf, size_t size, int p, uint64_t batch, const char *ext) {
+    snprintf(buf, size, "%s/%d/" APP "-%020llu.%s", out, p, (unsigned long long)batch, ext);
+    return buf;
+}
+
+/* Whole file, malloc'ed (NULL if unreadable). */
+static char *slurp(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    size_t cap = 4096, n = 0, r;
+    char *buf = malloc(cap);
+    while ((r = fread(buf + n, 1, cap - n, fp)) > 0)
+        if ((n += r) == cap)
+            buf = realloc(buf, cap *= 2);
+    fclose(fp);
+    *len = n;
+    return buf;
+}
+
+static void assert_bytes(const char *path, const char *want, size_t want_len) {
+    size_t len = 0;
+    char *got = slurp(path, &len);
+    cr_assert_not_null(got, "%s is missing", path);
+    cr_assert(len == want_len && !memcmp(got, want, len),
+              "%s: got %zu bytes:\n%.*s\nwant %zu bytes:\n%.*s", path, len, (int)len, got,
+              want_len, (int)want_len, want);
+    free(got);
+}
+#define ASSERT_FILE(path, lit) assert_bytes(path, lit, sizeof lit - 1)
+
+static int exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* Number of files named *.tmp below path (recursively). */
+static int count_tmp(const char *path) {
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        size_t l = strlen(e->d_name);
+        n += l > 4 && !strcmp(e->d_name + l - 4, ".tmp");
+        n += count_tmp(p);
+    }
+    closedir(d);
+    return n;
+}
+
+/* ---- the mixed batch: partitions 0 (and -1 → 0) and 3, null key, tombstone, binary ---- */
+
+static const lk_header_t hdr = {"h", "hv", 2};
+
+static size_t mixed(lk_out_record_t *r) {
+    size_t n = 0;
+    r[n] = rec(0, "k1", "v1", 1000);
+    r[n].nheaders = 1, r[n++].headers = &hdr; /* headers are not written */
+    r[n++] = rec(-1, NULL, "no key", 1001);
+    r[n++] = rec(3, "gone", NULL, 1002);
+    r[n++] = (lk_out_record_t){.partition = 0, .key = "\xff\x00\x01", .key_len = 3,
+                               .value = "\x80" "abc", .value_len = 4, .timestamp_ms = 1003};
+    r[n++] = rec(3, "q", "say \"hi\"\n\t\xc3\xbc", 1700000000123LL);
+    r[n++] = (lk_out_record_t){.partition = 0, .key = "a\0b", .key_len = 3, .value = "",
+                               .value_len = 0, .timestamp_ms = -7};
+    r[n++] = rec(0, "bad", "\xc3\x28", 5);
+    return n;
+}
+
+#define MIXED_JSONL_P0                                                                   \
+    "{\"key\":\"k1\",\"value\":\"v1\",\"timestamp\":1000}\n"                               \
+    "{\"key\":null,\"value\":\"no key\",\"timestamp\":1001}\n"                             \
+    "{\"key_base64\":\"/wAB\",\"value_base64\":\"gGFiYw==\",\"timestamp\":1003}\n"         \
+    "{\"key\":\"a\\u0000b\",\"value\":\"\",\"timestamp\":-7}\n"                            \
+    "{\"key\":\"bad\",\"value_base64\":\"wyg=\",\"timestamp\":5}\n"
+#define MIXED_JSONL_P3                                                                   \
+    "{\"key\":\"gone\",\"value\":null,\"timestamp\":1002}\n"                               \
+    "{\"key\":\"q\",\"value\":\"say \\\"hi\\\"\\n\\t\xc3\xbc\",\"timestamp\":1700000000123}\n"
+#define MIXED_LINES_P0 "v1\nno key\n\x80" "abc\n\n\xc3\x28\n"
+#define MIXED_LINES_P3 "say \"hi\"\n\t\xc3\xbc\n"
+
+static void commit_mixed(lk_store_t *st, uint64_t id) {
+    lk_out_record_t r[16];
+    commit_batch(st, SINK, id, r, mixed(r));
+}
+
+/* ---- formats, partitions, acknowledgement ---- */
+
+Test(sink_files, jsonl_exact_names_and_bytes) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    commit_mixed(st, 1);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 1), 1);
+    char p[4096];
+    ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"), MIXED_JSONL_P3);
+    cr_assert_eq(tu_dir_entries(out), 2, "only partitions 0 and 3");
+    cr_assert_eq(tu_dir_entries(tu_path(p, sizeof p, out, "0")), 1);
+    cr_assert_eq(tu_dir_entries(tu_path(p, sizeof p, out, "3")), 1);
+    cr_assert_eq(outbox_first(st), 0, "the outbox is acknowledged");
+    cr_assert_eq(fence(st), 1);
+    cr_assert_eq(s->state, LK__TXN_READY);
+    cr_assert_eq(lk__store_outbox_bytes(st), 0);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+Test(sink_files, lines_exact_names_and_bytes) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    commit_mixed(st, 1);
+    /* partition 5 holds only a tombstone: no file (and no directory) for it */
+    lk_out_record_t r[] = {rec(5, "x", NULL, 1), rec(0, "y", "2nd batch", 2)};
+    commit_batch(st, SINK, 2, r, 2);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "lines");
+    cr_assert_eq(drain(s, st, 2), 2);
+    char p[4096];
+    ASSERT_FILE(fname(p, sizeof p, 0, 1, "txt"), MIXED_LINES_P0);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "txt"), MIXED_LINES_P3);
+    ASSERT_FILE(fname(p, sizeof p, 0, 2, "txt"), "2nd batch\n");
+    cr_assert_not(exists(fname(p, sizeof p, 5, 2, "txt")));
+    cr_assert_eq(tu_dir_entries(out), 2, "only partitions 0 and 3");
+    cr_assert_eq(tu_dir_entries(tu_path(p, sizeof p, out, "0")), 2);
+    cr_assert_eq(outbox_first(st), 0);
+    cr_assert_eq(fence(st), 2);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+Test(sink_files, batch_for_one_partition_writes_only_its_directory) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_out_record_t r[] = {rec(3, "a", "1", 10), rec(3, "b", "2", 11)};
+    commit_batch(st, SINK, 1, r, 2);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 1), 1);
+    char p[4096];
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"),
+                "{\"key\":\"a\",\"value\":\"1\",\"timestamp\":10}\n"
+                "{\"key\":\"b\",\"value\":\"2\",\"timestamp\":11}\n");
+    cr_assert_eq(tu_dir_entries(out), 1);
+    cr_assert_not(exists(tu_path(p, sizeof p, out, "0")));
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+/* A files sink that records the order of the batches it begins. */
+static uint64_t begun[16];
+static size_t nbegun;
+static lk_err_t recording_begin(lk_sink_t *s, uint64_t batch, char *errstr,
+                                size_t errstr_size) {
+    cr_assert_lt(nbegun, LK_ARRAY_SIZE(begun));
+    begun[nbegun++] = batch;
+    return lk__sink_files_ops.begin(s, batch, errstr, errstr_size);
+}
+
+Test(sink_files, delivers_only_up_to_upto_oldest_first) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    /* committed out of order: delivery order must come from the batch ids */
+    lk_out_record_t r3 = rec(0, "k", "three", 3), r1 = rec(0, "k", "one", 1),
+                    r2 = rec(1, "k", "two", 2), other = rec(0, "k", "other sink", 1);
+    commit_batch(st, SINK, 3, &r3, 1);
+    commit_batch(st, SINK, 1, &r1, 1);
+    commit_batch(st, SINK, 2, &r2, 1);
+    commit_batch(st, "another-sink", 4, &other, 1);
+    lk__sink_ops_t ops = lk__sink_files_ops;
+    ops.begin = recording_begin;
+    lk_sink_t *s = sink_new(&ops, out, "lines");
+    char p[4096];
+
+    cr_assert_eq(drain(s, st, 0), 0, "nothing is durable yet");
+    cr_assert_eq(nbegun, 0);
+    cr_assert_eq(outbox_first(st), 1);
+
+    cr_assert_eq(drain(s, st, 2), 2);
+    cr_assert_eq(nbegun, 2);
+    cr_assert_eq(begun[0], 1);
+    cr_assert_eq(begun[1], 2);
+    ASSERT_FILE(fname(p, sizeof p, 0, 1, "txt"), "one\n");
+    ASSERT_FILE(fname(p, sizeof p, 1, 2, "txt"), "two\n");
+    cr_assert_not(exists(fname(p, sizeof p, 0, 3, "txt")), "batch 3 > upto");
+    cr_assert_eq(outbox_first(st), 3);
+    cr_assert_eq(fence(st), 2);
+
+    cr_assert_eq(drain(s, st, 100), 1);
+    cr_assert_eq(nbegun, 3);
+    cr_assert_eq(begun[2], 3);
+    ASSERT_FILE(fname(p, sizeof p, 0, 3, "txt"), "three\n");
+    cr_assert_eq(outbox_first(st), 0);
+    cr_assert_eq(fence(st), 3);
+    cr_assert_eq(drain(s, st, 100), 0);
+    cr_assert_eq(nbegun, 3);
+
+    /* the other sink's outbox is untouched */
+    lk_store_txn_t *t = tu_begin(st, 0);
+    uint64_t first = 0;
+    cr_assert_eq(lk__store_outbox_first_batch(t, "another-sink", &first), LK_OK);
+    cr_assert_eq(first, 4);
+    lk__store_txn_abort(t);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+/* ---- crashes at fault points ---- */
+
+/* Fork a child that drains the sink up to batch 10 with LOCKSTEP_FAULTPOINT=point; it
+ * must die of SIGKILL. The parent must not hold the store open (flock). */
+static void crash_child(const char *point, const char *format) {
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork");
+    if (pid == 0) {
+        setenv("LOCKSTEP_FAULTPOINT", point, 1); /* before the child's first fault point */
+        char err[1024];
+        lk_store_t *st;
+        if (tu_open_opts(&st, ckpt, APP, 0, 0, err, sizeof err)) {
+            fprintf(stderr, "child: open: %s\n", err);
+            _exit(10);
+        }
+        lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, format, APP);
+        if (!s || s->ops->open(s, NULL, err, sizeof err))
+            _exit(11);
+        size_t n;
+        lk_err_t e = lk__sink_drain(s, st, 10, &n, err, sizeof err);
+        fprintf(stderr, "child: drain returned %s (%s) without reaching %s\n",
+                lk_err_name(e), err, point);
+        _exit(12);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+              "child should die at %s: status 0x%x", point, status);
+}
+
+/* Batches 1 (mixed) and 2 in the outbox; the store is closed afterwards. */
+static void prepare_two_batches(void) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    commit_mixed(st, 1);
+    lk_out_record_t r = rec(0, "z", "last", 2000);
+    commit_batch(st, SINK, 2, &r, 1);
+    lk__store_close(st);
+}
+
+#define BATCH2_JSONL "{\"key\":\"z\",\"value\":\"last\",\"timestamp\":2000}\n"
+
+/* Recover in the parent and check both batches exactly once with the expected bytes. */
+static void recover_and_check(void) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 2);
+    char p[4096];
+    cr_assert_eq(count_tmp(out), 0, "no temporary file is left");
+    ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"), MIXED_JSONL_P3);
+    ASSERT_FILE(fname(p, sizeof p, 0, 2, "jsonl"), BATCH2_JSONL);
+    cr_assert_eq(tu_dir_entries(out), 2);
+    cr_assert_eq(tu_dir_entries(tu_path(p, sizeof p, out, "0")), 2);
+    cr_assert_eq(tu_dir_entries(tu_path(p, sizeof p, out, "3")), 1);
+    cr_assert_eq(outbox_first(st), 0);
+    cr_assert_eq(fence(st), 2);
+    cr_assert_eq(drain(s, st, 10), 0, "nothing is delivered twice");
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+static void assert_batch1_pending(void) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    cr_assert_eq(outbox_first(st), 1, "the outbox still holds batch 1");
+    cr_assert_eq(fence(st), 0);
+    lk__store_close(st);
+}
+
+Test(sink_files, crash_before_sink_produce) {
+    prepare_two_batches();
+    crash_child("before-sink-produce", "jsonl");
+    cr_assert_eq(tu_dir_entries(out), 0, "recover created the directory; nothing else");
+    assert_batch1_pending();
+    recover_and_check();
+}
+
+Test(sink_files, crash_after_sink_produce) {
+    prepare_two_batches();
+    crash_child("after-sink-produce", "jsonl");
+    char p[4096], tmp[4200];
+    cr_assert_eq(count_tmp(out), 2, "temporary files of partitions 0 and 3");
+    cr_assert_not(exists(fname(p, sizeof p, 0, 1, "jsonl")));
+    snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 3, 1, "jsonl"));
+    cr_assert(exists(tmp), "%s", tmp);
+    assert_batch1_pending();
+    recover_and_check();
+}
+
+Test(sink_files, crash_during_file_rename) {
+    prepare_two_batches();
+    crash_child("during-file-rename", "jsonl");
+    char p[4096], tmp[4200];
+    cr_assert_eq(count_tmp(out), 2);
+    /* the temporary files are complete (fsynced before the renames); no final name */
+    snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 0, 1, "jsonl"));
+    ASSERT_FILE(tmp, MIXED_JSONL_P0);
+    cr_assert_not(exists(p));
+    snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 3, 1, "jsonl"));
+    ASSERT_FILE(tmp, MIXED_JSONL_P3);
+    cr_assert_not(exists(p));
+    assert_batch1_pending();
+    recover_and_check();
+}
+
+Test(sink_files, crash_after_sink_commit_rewrites_identical_bytes) {
+    prepare_two_batches();
+    crash_child("after-sink-commit", "jsonl");
+    char p0[4096], p3[4096];
+    fname(p0, sizeof p0, 0, 1, "jsonl");
+    fname(p3, sizeof p3, 3, 1, "jsonl");
+    cr_assert_eq(count_tmp(out), 0);
+    ASSERT_FILE(p0, MIXED_JSONL_P0);
+    ASSERT_FILE(p3, MIXED_JSONL_P3);
+    size_t l0, l3;
+    char *before0 = slurp(p0, &l0), *before3 = slurp(p3, &l3);
+    struct stat st0;
+    cr_assert_eq(stat(p0, &st0), 0);
+    assert_batch1_pending(); /* delivered, not acknowledged */
+    recover_and_check();
+    struct stat st1;
+    cr_assert_eq(stat(p0, &st1), 0);
+    cr_assert_neq(st0.st_ino, st1.st_ino, "batch 1 was delivered again (a new file)");
+    assert_bytes(p0, before0, l0);
+    assert_bytes(p3, before3, l3);
+    free(before0);
+    free(before3);
+}
+
+/* ---- I/O failures ---- */
+
+static void assert_io_error(lk_sink_t *s, lk_store_t *st, const char *path,
+                            const char *why) {
+    size_t n = 99;
+    E[0] = '\0';
+    lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
+    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", E, lk_err_name(e));
+    cr_assert_eq(n, 0);
+    cr_assert(strstr(E, "sink '" SINK "'"), "names the sink: %s", E);
+    cr_assert(strstr(E, "batch 1"), "names the batch: %s", E);
+    cr_assert(strstr(E, path), "names %s: %s", path, E);
+    cr_assert(strstr(E, why), "says '%s': %s", why, E);
+    cr_assert_eq(s->state, LK__TXN_READY, "a failed delivery is retriable");
+    cr_assert_eq(outbox_first(st), 1, "the outbox keeps the batch");
+    cr_assert_eq(fence(st), 0);
+    cr_assert_eq(count_tmp(out), 0, "abort removes temporary files");
+}
+
+Test(sink_files, io_error_file_where_partition_directory_must_be) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 0); /* recovered: creates out */
+    char p[4096];
+    tu_write_file(tu_path(p, sizeof p, out, "0"), "x", 1);
+    commit_mixed(st, 1);
+    assert_io_error(s, st, p, "partition 0");
+    cr_assert(strstr(E, "Not a directory"), "%s", E);
+    cr_assert_not(exists(fname(p, sizeof p, 3, 1, "jsonl")), "no partial batch");
+    /* fixed: delivered */
+    unlink(tu_path(p, sizeof p, out, "0"));
+    cr_assert_eq(drain(s, st, 10), 1);
+    ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"), MIXED_JSONL_P3);
+    cr_assert_eq(outbox_first(st), 0);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+Test(sink_files, io_error_disk_full) {
+    if (access("/dev/full", W_OK) != 0) {
+        teardown(); /* .fini does not run for a skipped test */
+        cr_skip_test("no writable /dev/full");
+    }
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 0);
+    /* the temporary file of partition 3 is a full disk */
+    char p[4096], tmp[4200];
+    mkdir(tu_path(p, sizeof p, out, "3"), 0755);
+    snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 3, 1, "jsonl"));
+    cr_assert_eq(symlink("/dev/full", tmp), 0);
+    commit_mixed(st, 1);
+    assert_io_error(s, st, tmp, "No space left on device");
+    cr_assert(strstr(E, "partition 3"), "%s", E);
+    cr_assert_not(exists(fname(p, sizeof p, 0, 1, "jsonl")), "no partial batch");
+    cr_assert_eq(drain(s, st, 10), 1);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"), MIXED_JSONL_P3);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+Test(sink_files, io_error_directory_below_a_regular_file) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    char file[4096], target[4200];
+    tu_write_file(tu_path(file, sizeof file, dir, "plain-file"), "x", 1);
+    snprintf(target, sizeof target, "%s/sub/dir", file);
+    commit_mixed(st, 1);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
+    size_t n = 99;
+    E[0] = '\0';
+    lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
+    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", E, lk_err_name(e));
+    cr_assert_eq(n, 0);
+    cr_assert(strstr(E, "sink '" SINK "'") && strstr(E, target) && strstr(E, "Not a directory"),
+              "%s", E);
+    cr_assert_eq(outbox_first(st), 1);
+    cr_assert_eq(s->state, LK__TXN_READY);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+/* ---- recovery, open, the state machine ---- */
+
+Test(sink_files, recover_creates_directory_and_removes_only_our_temporary_files) {
+    char target[4200], p[4300];
+    snprintf(target, sizeof target, "%s/a/b/c", dir);
+    /* creates a/b/c */
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 0);
+    struct stat sb;
+    cr_assert(stat(target, &sb) == 0 && S_ISDIR(sb.st_mode));
+    lk__sink_destroy(s);
+
+    /* stale files of an interrupted delivery, and files that are not ours */
+    static const char *mine[] = {"2/app-00000000000000000007.jsonl.tmp",
+                                 "10/app-00000000000000000001.txt.tmp"};
+    static const char *keep[] = {"2/app-00000000000000000006.jsonl",
+                                 "2/other-00000000000000000007.jsonl.tmp",
+                                 "2/apple-00000000000000000007.jsonl.tmp",
+                                 "notapartition/app-00000000000000000001.jsonl.tmp",
+                                 "app-00000000000000000001.jsonl.tmp"};
+    snprintf(p, sizeof p, "%s/2", target), mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/10", target), mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/notapartition", target), mkdir(p, 0755);
+    for (size_t i = 0; i < LK_ARRAY_SIZE(mine); i++)
+        tu_write_file((snprintf(p, sizeof p, "%s/%s", target, mine[i]), p), "partial", 7);
+    for (size_t i = 0; i < LK_ARRAY_SIZE(keep); i++)
+        tu_write_file((snprintf(p, sizeof p, "%s/%s", target, keep[i]), p), "keep", 4);
+
+    s = sink_new(&lk__sink_files_ops, target, "jsonl");
+    uint64_t f = 42;
+    CHECK(s->ops->recover(s, &f, ES));
+    cr_assert_eq(f, 0, "files report no fence: the outbox acknowledgement is the fence");
+    for (size_t i = 0; i < LK_ARRAY_SIZE(mine); i++)
+        cr_assert_not(exists((snprintf(p, sizeof p, "%s/%s", target, mine[i]), p)), "%s", p);
+    for (size_t i = 0; i < LK_ARRAY_SIZE(keep); i++)
+        cr_assert(exists((snprintf(p, sizeof p, "%s/%s", target, keep[i]), p)), "%s", p);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
+    lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, "csv", APP);
+    E[0] = '\0';
+    cr_assert_eq(s->ops->open(s, NULL, ES), LK_ERR_INVALID_ARG);
+    cr_assert(strstr(E, SINK) && strstr(E, "csv"), "%s", E);
+    lk__sink_destroy(s);
+    s = lk__sink_new(&lk__sink_files_ops, SINK, "", "lines", APP);
+    cr_assert_eq(s->ops->open(s, NULL, ES), LK_ERR_INVALID_ARG);
+    cr_assert(strstr(E, SINK), "%s", E);
+    lk__sink_destroy(s);
+    cr_assert_str_eq(lk__sink_files_ops.kind, "files");
+    cr_assert_eq(lk__sink_files_ops.exactly_once, 1);
+    cr_assert_str_eq(lk__sink_stdout_ops.kind, "stdout");
+    cr_assert_eq(lk__sink_stdout_ops.exactly_once, 0);
+}
+
+Test(sink_files, transition_validator_and_sticky_fatal) {
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(s->state, LK__TXN_READY);
+    E[0] = '\0';
+    cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
+    cr_assert(strstr(E, "READY") && strstr(E, "COMMITTED") && strstr(E, SINK), "%s", E);
+    cr_assert_eq(s->state, LK__TXN_READY, "a refused transition leaves the state");
+    cr_assert_eq(lk__sink_transition(s, LK__TXN_PRODUCED, ES), LK_ERR_STATE);
+    /* the legal cycle */
+    CHECK(lk__sink_transition(s, LK__TXN_BEGUN, ES));
+    cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
+    cr_assert(strstr(E, "BEGUN") && strstr(E, "COMMITTED"), "%s", E);
+    CHECK(lk__sink_transition(s, LK__TXN_PRODUCED, ES));
+    CHECK(lk__sink_transition(s, LK__TXN_COMMITTED, ES));
+    cr_assert_eq(lk__sink_transition(s, LK__TXN_BEGUN, ES), LK_ERR_STATE);
+    CHECK(lk__sink_transition(s, LK__TXN_READY, ES));
+    /* FATAL is sticky */
+    CHECK(lk__sink_transition(s, LK__TXN_FATAL, ES));
+    static const lk__txn_state_t all[] = {LK__TXN_READY, LK__TXN_BEGUN, LK__TXN_PRODUCED,
+                                          LK__TXN_COMMITTED, LK__TXN_FATAL};
+    for (size_t i = 0; i < LK_ARRAY_SIZE(all); i++) {
+        lk_err_t e = lk__sink_transition(s, all[i], ES);
+        cr_assert(e == LK_ERR_FATAL, "FATAL -> %s: %s", lk__txn_state_name(all[i]),
+                  lk_err_name(e));
+        cr_assert(strstr(E, "FATAL"), "%s", E);
+        cr_assert_eq(s->state, LK__TXN_FATAL);
+    }
+    /* and a FATAL sink delivers nothing */
+    lk_store_t *st = tu_open(ckpt, APP);
+    commit_mixed(st, 1);
+    size_t n = 99;
+    cr_assert_eq(lk__sink_drain(s, st, 10, &n, ES), LK_ERR_FATAL);
+    cr_assert_eq(n, 0);
+    cr_assert_eq(outbox_first(st), 1);
+    cr_assert_eq(tu_dir_entries(out), -1, "not even recovered");
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+/* ---- stdout ---- */
+
+Test(sink_files, stdout_prints_key_tab_value) {
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_out_record_t r[] = {rec(0, "k1", "v1", 1), rec(2, "gone", NULL, 2),
+                           rec(-1, NULL, "no key", 3)};
+    commit_batch(st, SINK, 1, r, 3);
+    lk_out_record_t r2 = rec(0, "k2", "v2", 4);
+    commit_batch(st, SINK, 2, &r2, 1);
+    lk_sink_t *s = sink_new(&lk__sink_stdout_ops, "stdout", NULL);
+    uint64_t f = 42;
+    CHECK(s->ops->recover(s, &f, ES));
+    cr_assert_eq(f, 0);
+
+    char path[4096];
+    tu_path(path, sizeof path, dir, "stdout.txt");
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    cr_assert(saved >= 0 && fd >= 0);
+    dup2(fd, STDOUT_FILENO);
+    close(fd);
+    size_t n = 99;
+    lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    cr_assert_eq(e, LK_OK, "%s", E);
+    cr_assert_eq(n, 2);
+    ASSERT_FILE(path, "k1\tv1\ngone\t(deleted)\n\tno key\nk2\tv2\n");
+    cr_assert_eq(outbox_first(st), 0);
+    cr_assert_eq(fence(st), 2);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
