@@ -7,6 +7,7 @@
 #   ./lockstep.sh asan       build with ASan+UBSan, run the test suite
 #   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
 #   ./lockstep.sh build      only build (into ./build)
+#   ./lockstep.sh docs       regenerate README.md's configuration reference
 #   ./lockstep.sh bench      build, run the benchmarks
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -56,8 +57,7 @@ case "$cmd" in
     ./build/lockstep config --markdown > build/config-reference.md
     if ! awk '/<!-- config-reference:begin -->/{f=1;next}/<!-- config-reference:end -->/{f=0}f' README.md |
         diff -u - build/config-reference.md; then
-      echo "lockstep.sh: README.md's configuration reference is stale; regenerate it with" >&2
-      echo "  ./build/lockstep config --markdown  (between the config-reference markers)" >&2
+      echo "lockstep.sh: README.md's configuration reference is stale; run ./lockstep.sh docs" >&2
       exit 1
     fi
     ctest --test-dir build --output-on-failure -j "$JOBS" "$@"
@@ -99,13 +99,24 @@ case "$cmd" in
     need_packages
     build build
     ;;
+  docs)
+    need_packages
+    build build
+    ./build/lockstep config --markdown > build/config-reference.md
+    awk -v ref=build/config-reference.md '
+      /<!-- config-reference:begin -->/ { print; while ((getline l < ref) > 0) print l; skip=1; next }
+      /<!-- config-reference:end -->/ { skip=0 }
+      !skip' README.md > build/README.md.new
+    mv build/README.md.new README.md
+    echo "README.md: configuration reference regenerated"
+    ;;
   bench)
     need_packages
     build build
     ./build/bench_store "$@"
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     [[ "$cmd" == help || "$cmd" == --help || "$cmd" == -h ]] || exit 2
     ;;
 esac
