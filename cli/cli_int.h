@@ -12,5 +12,33 @@ int lk__cli_has_help(int argc, char **argv);
 
 /** `lockstep checkpoint inspect|export|reset-offsets ...` */
 int lk__cli_checkpoint(int argc, char **argv);
+/** `lockstep run ...` */
+int lk__cli_run(int argc, char **argv);
+/** `lockstep mock-broker ...` */
+int lk__cli_mock_broker(int argc, char **argv);
+/** `lockstep demo ...` */
+int lk__cli_demo(int argc, char **argv);
+
+/** The pipeline `lockstep run` runs: built-in (pipeline=) or a plugin (pipeline.plugin=). */
+typedef struct lk__cli_define {
+    void *builtin; /* built-in pipeline settings */
+    void *dl;      /* the plugin's dlopen handle */
+    lk_plugin_define_fn *plugin;
+    const lk_conf_t *conf;
+} lk__cli_define_t;
+
+/** Choose and check the pipeline the configuration asks for. */
+lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errstr,
+                        size_t errstr_size);
+/** The define callback and its opaque for lk_context_get_or_create(). */
+lk_define_fn *lk__cli_define_fn(lk__cli_define_t *def, void **opaque);
+void lk__cli_define_free(lk__cli_define_t *def);
+
+/**
+ * Read -c FILE and -X key=value options (kcat style) into conf, in order; other
+ * arguments are left for the caller (*rest, *nrest). Exit status on error (2), else 0.
+ */
+int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage, char **rest,
+                      int *nrest);
 
 #endif

@@ -16,7 +16,15 @@ static void usage(FILE *fp) {
             "lockstep %s — exactly-once Kafka stream processor\n"
             "\n"
             "Usage:\n"
+            "  lockstep run [-c FILE]... [-X key=value]...  run a pipeline exactly-once\n"
+            "  lockstep demo                              word count on an embedded Kafka\n"
+            "  lockstep mock-broker [--topic T:N]...      run an embedded Kafka\n"
             "  lockstep checkpoint inspect DIR [--json]   describe a checkpoint\n"
+            "  lockstep checkpoint export DIR [--operator UID] [--output FILE]\n"
+            "                                             keyed state as JSON lines\n"
+            "  lockstep checkpoint reset-offsets DIR --app-id ID --topic T\n"
+            "      [--partition P]... (--to N | --delete) [--yes]\n"
+            "                                             move input offsets (stopped app)\n"
             "  lockstep config [--markdown]               list configuration properties\n"
             "  lockstep --version | --help\n"
             "\n"
@@ -62,6 +70,12 @@ int main(int argc, char **argv) {
         printf("lockstep %s\n", lk_version_str());
         return 0;
     }
+    if (!strcmp(cmd, "run"))
+        return lk__cli_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "mock-broker"))
+        return lk__cli_mock_broker(argc - 2, argv + 2);
+    if (!strcmp(cmd, "demo"))
+        return lk__cli_demo(argc - 2, argv + 2);
     if (!strcmp(cmd, "checkpoint"))
         return lk__cli_checkpoint(argc - 2, argv + 2);
     if (!strcmp(cmd, "config"))

@@ -42,6 +42,10 @@ struct lk_context {
     int64_t sink_retry_ms;     /* sinks are not tried again before this (backoff) */
     int64_t sink_backoff_ms;
     int backpressure_logged;
+    void (*progress_cb)(const lk_progress_t *p, void *opaque);
+    void *progress_opaque;
+    double last_commit_ms;     /* of the last process_and_commit */
+    uint64_t last_records_out;
     int fatal;
     char errstr[1024];
 };
@@ -60,6 +64,44 @@ static lk_err_t fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) {
 
 const char *lk_context_errstr(const lk_context_t *ctx) {
     return ctx ? ctx->errstr : "";
+}
+
+void lk_context_on_progress(lk_context_t *ctx, void (*cb)(const lk_progress_t *p, void *opaque),
+                            void *opaque) {
+    if (!ctx)
+        return;
+    ctx->progress_cb = cb;
+    ctx->progress_opaque = opaque;
+}
+
+/* Tell the progress callback what the committed batch f did. */
+static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                            const lk__fetch_t *f, const double ms[5]) {
+    if (!ctx->progress_cb)
+        return;
+    const char *topics[64];
+    int64_t lag[64];
+    size_t nt = 0;
+    int64_t total = 0;
+    for (size_t i = 0; i < f->nranges; i++) {
+        int64_t l = f->ranges[i].high - f->ranges[i].range.until;
+        if (l < 0)
+            l = 0;
+        total += l;
+        size_t t;
+        for (t = 0; t < nt && strcmp(topics[t], f->ranges[i].range.topic); t++)
+            ;
+        if (t == nt && nt < LK_ARRAY_SIZE(topics)) {
+            topics[nt] = f->ranges[i].range.topic;
+            lag[nt++] = 0;
+        }
+        if (t < nt)
+            lag[t] += l;
+    }
+    lk_progress_t p = {id,        time_ms, f->records, f->bytes, ctx->last_records_out,
+                       ms[0],     ms[1],   ms[2],      ms[3],    ms[4],
+                       lk__store_outbox_bytes(ctx->store), total, nt, topics, lag};
+    ctx->progress_cb(&p, ctx->progress_opaque);
 }
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
@@ -445,7 +487,10 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
         e = lk__store_batch_put(t, &rec, ctx->errstr, sizeof ctx->errstr);
     if (e)
         goto abort;
+    ctx->last_records_out = b->records_out;
+    int64_t commit_start = lk__mono_ns();
     e = lk__store_txn_commit(t, ctx->errstr, sizeof ctx->errstr);
+    ctx->last_commit_ms = (double)(lk__mono_ns() - commit_start) / 1e6;
     if (!e)
         lk__pipeline_committed(ctx->pipeline);
     lk__batch_reset(b, ctx->pipeline);
@@ -538,8 +583,10 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         free(ranges);
     }
     int64_t t2 = lk__mono_ns();
+    uint64_t committed_before = lk__store_committed_batch(ctx->store);
     if (!e)
         e = process_and_commit(ctx, id, time_ms, &f);
+    int64_t t3 = lk__mono_ns();
     if (e)
         lk__receiver_invalidate(ctx->receiver);
     else
@@ -549,17 +596,27 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
                 (unsigned long long)id, f.nranges, (unsigned long long)f.records,
                 (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
                 (double)(lk__mono_ns() - t2) / 1e6);
-    lk__fetch_clear(&f);
+    lk__fetch_release_messages(&f); /* the ranges stay for the progress report */
     const char *msg;
     if (lk__store_fatal(ctx->store, &msg)) {
+        lk__fetch_clear(&f);
         ctx->fatal = 1;
         return fail(ctx, LK_ERR_FATAL, "%s", msg);
     }
     if (!e) {
         se = drain_sinks(ctx, 1);
-        if (ctx->fatal)
+        if (ctx->fatal) {
+            lk__fetch_clear(&f);
             return se;
+        }
+        if (lk__store_committed_batch(ctx->store) != committed_before) {
+            double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
+                            (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
+                            (double)(lk__mono_ns() - t3) / 1e6};
+            report_progress(ctx, id, time_ms, &f, ms);
+        }
     }
+    lk__fetch_clear(&f);
     return e;
 }
 

@@ -379,20 +379,20 @@ void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
         s->fn.foreach = fn;
 }
 
-static void add_sink(lk_stream_t *in, const char *uid, const lk__sink_ops_t *ops,
-                     const char *target, const char *format) {
+static lk_stream_t *add_sink(lk_stream_t *in, const char *uid, const lk__sink_ops_t *ops,
+                             const char *target, const char *format) {
     if (!in)
-        return;
+        return NULL;
     if (!target || !target[0]) {
         lk_pipeline_fail(in->p, "sink '%s': no %s given", uid ? uid : "",
                          ops == &lk__sink_files_ops ? "directory" : "topic");
-        return;
+        return NULL;
     }
     if (uid && (strlen(uid) > 180 || strpbrk(uid, " \t/"))) {
         /* the uid becomes part of a transactional.id and of key names */
         lk_pipeline_fail(in->p, "sink uid '%s': at most 180 characters, no spaces or '/'",
                          uid);
-        return;
+        return NULL;
     }
     char params[1200];
     if (format && format[0])
@@ -401,29 +401,50 @@ static void add_sink(lk_stream_t *in, const char *uid, const lk__sink_ops_t *ops
         lk__fmt(params, sizeof params, "target=%s", target);
     lk_stream_t *s = add_stage(in->p, in, LK__ST_OUTBOX, uid, params);
     if (!s)
-        return;
+        return NULL;
     s->sink_ops = ops;
     s->target = strdup(target);
     s->format = format ? strdup(format) : NULL;
     if (!s->target || (format && !s->format))
         lk_pipeline_fail(in->p, "out of memory");
+    return s;
 }
 
-void lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
-    add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
+lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
+    return add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
 }
 
-void lk_to_files(lk_stream_t *in, const char *uid, const char *dir, const char *format) {
+lk_stream_t *lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
+                         const char *format) {
     if (in && (!format || (strcmp(format, "jsonl") && strcmp(format, "lines")))) {
         lk_pipeline_fail(in->p, "sink '%s': file format '%s' is not jsonl or lines",
                          uid ? uid : "", format ? format : "(null)");
-        return;
+        return NULL;
     }
-    add_sink(in, uid, &lk__sink_files_ops, dir, format);
+    return add_sink(in, uid, &lk__sink_files_ops, dir, format);
 }
 
-void lk_to_stdout(lk_stream_t *in, const char *uid) {
-    add_sink(in, uid, &lk__sink_stdout_ops, "stdout", NULL);
+lk_stream_t *lk_to_stdout(lk_stream_t *in, const char *uid) {
+    return add_sink(in, uid, &lk__sink_stdout_ops, "stdout", NULL);
+}
+
+void lk_sink_keep_partition(lk_stream_t *sink) {
+    if (!sink)
+        return;
+    if (sink->kind != LK__ST_OUTBOX) {
+        lk_pipeline_fail(sink->p, "lk_sink_keep_partition('%s'): not a sink", sink->uid);
+        return;
+    }
+    sink->keep_partition = 1;
+    /* part of the sink's identity: records already in the outbox were partitioned
+     * the other way */
+    char *params = NULL;
+    if (asprintf(&params, "%s,partition=keep", sink->params) < 0) {
+        lk_pipeline_fail(sink->p, "out of memory");
+        return;
+    }
+    free(sink->params);
+    sink->params = params;
 }
 
 const char *lk__stage_name(const lk_stream_t *s) {
@@ -639,8 +660,8 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         break;
     }
     case LK__ST_OUTBOX: {
-        lk_out_record_t o = {-1, r->key, r->key_len, r->value, r->value_len,
-                             r->timestamp_ms, 0, NULL};
+        lk_out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
+                             r->value, r->value_len, r->timestamp_ms, 0, NULL};
         lk_err_t e = lk__store_outbox_append(b->txn, s->uid, b->id, &o, b->errstr,
                                              sizeof b->errstr);
         if (e && !b->err)
@@ -666,6 +687,18 @@ lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *val
     b->cur->emitted++;
     deliver(b, b->cur, &r);
     return b->err;
+}
+
+void lk_batch_fail(lk_batch_t *b, const char *fmt, ...) {
+    if (!b || b->err)
+        return;
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    batch_fail(b, LK_ERR_INVALID_ARG, "%s%s%s", b->cur ? b->cur->uid : "",
+               b->cur ? ": " : "", msg);
 }
 
 void *lk_alloc(lk_batch_t *b, size_t size) {

@@ -75,6 +75,7 @@ struct lk_stream {
     char *params; /* canonical parameters, for the topology */
     const struct lk__sink_ops *sink_ops; /* outbox stages: the sink kind delivering it */
     char *target, *format;               /* the sink's topic or directory, file format */
+    int keep_partition;                  /* write to the input's partition */
     /* runtime */
     lk_state_db_t db;
     lk__kv_t kv;

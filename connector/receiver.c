@@ -203,18 +203,24 @@ void lk__receiver_invalidate(lk_receiver_t *r) {
     }
 }
 
-void lk__fetch_clear(lk__fetch_t *f) {
+void lk__fetch_release_messages(lk__fetch_t *f) {
     for (size_t i = 0; i < f->nranges; i++) {
         for (size_t j = 0; j < f->ranges[i].n; j++)
             rd_kafka_message_destroy(f->ranges[i].msgs[j]);
         free(f->ranges[i].msgs);
+        f->ranges[i].msgs = NULL;
+        f->ranges[i].n = f->ranges[i].cap = 0;
     }
+}
+
+void lk__fetch_clear(lk__fetch_t *f) {
+    lk__fetch_release_messages(f);
     free(f->ranges);
     memset(f, 0, sizeof *f);
 }
 
 static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, int64_t from,
-                          int64_t until, size_t *cap) {
+                          int64_t until, int64_t high, size_t *cap) {
     if (f->nranges == *cap) {
         size_t c = *cap ? *cap * 2 : 16;
         lk__range_msgs_t *n = realloc(f->ranges, c * sizeof *n);
@@ -226,6 +232,7 @@ static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, 
     lk__range_msgs_t *rm = &f->ranges[f->nranges++];
     memset(rm, 0, sizeof *rm);
     rm->range = (lk_range_t){topic, partition, from, until};
+    rm->high = high;
     return LK_OK;
 }
 
@@ -315,7 +322,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
                 err = LK_ERR_NOMEM;
                 break;
             }
-            if (add_range(f, own, pid, from, until, &cap)) {
+            if (add_range(f, own, pid, from, until, high, &cap)) {
                 err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
                 break;
             }
@@ -337,7 +344,8 @@ lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_
             return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
                            "pending plan reads topic %s, no longer an input", ranges[i].topic);
         if ((!find_part(r, own, ranges[i].partition) && !add_part(r, own, ranges[i].partition)) ||
-            add_range(f, own, ranges[i].partition, ranges[i].from, ranges[i].until, &cap)) {
+            add_range(f, own, ranges[i].partition, ranges[i].from, ranges[i].until,
+                      ranges[i].until, &cap)) {
             lk__fetch_clear(f);
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         }
@@ -362,9 +370,17 @@ static void set_paused(lk_receiver_t *r, part_t *p, int pause) {
     p->paused = pause;
 }
 
+/* Pausing is a last resort: librdkafka 2.0.2's broker thread notices a resume only at
+ * its next I/O wakeup, up to a second later, which would stall every batch. A finished
+ * partition is paused only once it holds more than a batch's worth for the next one. */
+static void hold_back_if_full(lk_receiver_t *r, part_t *p) {
+    if (p->nheld > (size_t)r->max_records)
+        set_paused(r, p, 1);
+}
+
 static void mark_done(lk_receiver_t *r, part_t *p) {
     p->done = 1;
-    set_paused(r, p, 1);
+    hold_back_if_full(r, p);
 }
 
 /* Append m to the range of its partition, or hold it for the next batch. -1: out of
@@ -382,6 +398,7 @@ static int take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t 
             rd_kafka_message_destroy(m);
             p->cursor = -1;
         }
+        hold_back_if_full(r, p);
         return 0;
     }
     if (rm->n == rm->cap) {
@@ -418,9 +435,8 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
         for (size_t i = 0; i < r->nparts; i++) {
             part_t *p = &r->parts[i];
             drop_held(p);
-            /* assign() keeps a pause the application set: count every partition as
-             * paused so that the resume below is really sent */
-            p->paused = 1;
+            /* assign() keeps a pause the application set: count a partition we paused
+             * as still paused so that the resume below is really sent */
             if (p->range < 0) {
                 p->cursor = -1;
                 continue;
@@ -485,7 +501,8 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
             lk__receiver_invalidate(r);
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
         }
-        set_paused(r, p, p->done);
+        if (!p->done || p->nheld <= (size_t)r->max_records)
+            set_paused(r, p, 0);
     }
     return LK_OK;
 }

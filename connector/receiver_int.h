@@ -17,6 +17,7 @@ typedef struct lk_receiver lk_receiver_t;
 /** Messages of one planned range, in offset order. */
 typedef struct lk__range_msgs {
     lk_range_t range; /**< topic points into the receiver */
+    int64_t high;     /**< log end when planned (lag = high - until); until if unknown */
     rd_kafka_message_t **msgs;
     size_t n, cap;
 } lk__range_msgs_t;
@@ -66,6 +67,8 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
 
 /** Release the fetched messages and ranges. */
 void lk__fetch_clear(lk__fetch_t *f);
+/** Release the fetched messages only; the ranges stay for reporting. */
+void lk__fetch_release_messages(lk__fetch_t *f);
 
 /** Forget consumer positions (after an abandoned batch): the next fetch seeks. */
 void lk__receiver_invalidate(lk_receiver_t *r);

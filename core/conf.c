@@ -35,6 +35,8 @@ struct lk_conf {
     int64_t ival[LK__P_COUNT];
     char **kkeys, **kvals; /* kafka.* without the prefix, in the order set */
     size_t kcount, kcap;
+    char **pkeys, **pvals; /* plugin.* with the prefix: the plugin's own settings */
+    size_t pcount, pcap;
     rd_kafka_conf_t *kscratch; /* validates kafka.* values */
 };
 
@@ -193,42 +195,58 @@ void lk_conf_destroy(lk_conf_t *c) {
     }
     free(c->kkeys);
     free(c->kvals);
+    for (size_t i = 0; i < c->pcount; i++) {
+        free(c->pkeys[i]);
+        free(c->pvals[i]);
+    }
+    free(c->pkeys);
+    free(c->pvals);
     if (c->kscratch)
         rd_kafka_conf_destroy(c->kscratch);
     free(c);
 }
 
-static int kafka_put(lk_conf_t *c, const char *key, const char *value) {
-    for (size_t i = 0; i < c->kcount; i++)
-        if (!strcmp(c->kkeys[i], key)) {
+/* Set key in an ordered key/value list (kafka.* or plugin.*). */
+static int list_put(char ***keys, char ***vals, size_t *count, size_t *cap, const char *key,
+                    const char *value) {
+    for (size_t i = 0; i < *count; i++)
+        if (!strcmp((*keys)[i], key)) {
             char *v = strdup(value);
             if (!v)
                 return -1;
-            free(c->kvals[i]);
-            c->kvals[i] = v;
+            free((*vals)[i]);
+            (*vals)[i] = v;
             return 0;
         }
-    if (c->kcount == c->kcap) {
-        size_t cap = c->kcap ? c->kcap * 2 : 8;
-        char **k = realloc(c->kkeys, cap * sizeof *k);
+    if (*count == *cap) {
+        size_t n = *cap ? *cap * 2 : 8;
+        char **k = realloc(*keys, n * sizeof *k);
         if (!k)
             return -1;
-        c->kkeys = k;
-        char **v = realloc(c->kvals, cap * sizeof *v);
+        *keys = k;
+        char **v = realloc(*vals, n * sizeof *v);
         if (!v)
             return -1;
-        c->kvals = v;
-        c->kcap = cap;
+        *vals = v;
+        *cap = n;
     }
-    c->kkeys[c->kcount] = strdup(key);
-    c->kvals[c->kcount] = strdup(value);
-    if (!c->kkeys[c->kcount] || !c->kvals[c->kcount]) {
-        free(c->kkeys[c->kcount]);
-        free(c->kvals[c->kcount]);
+    (*keys)[*count] = strdup(key);
+    (*vals)[*count] = strdup(value);
+    if (!(*keys)[*count] || !(*vals)[*count]) {
+        free((*keys)[*count]);
+        free((*vals)[*count]);
         return -1;
     }
-    c->kcount++;
+    (*count)++;
     return 0;
+}
+
+static int kafka_put(lk_conf_t *c, const char *key, const char *value) {
+    return list_put(&c->kkeys, &c->kvals, &c->kcount, &c->kcap, key, value);
+}
+
+static int plugin_put(lk_conf_t *c, const char *key, const char *value) {
+    return list_put(&c->pkeys, &c->pvals, &c->pcount, &c->pcap, key, value);
 }
 
 lk_conf_t *lk_conf_dup(const lk_conf_t *src) {
@@ -242,6 +260,9 @@ lk_conf_t *lk_conf_dup(const lk_conf_t *src) {
     }
     for (size_t i = 0; i < src->kcount; i++)
         if (kafka_put(c, src->kkeys[i], src->kvals[i]))
+            goto fail;
+    for (size_t i = 0; i < src->pcount; i++)
+        if (plugin_put(c, src->pkeys[i], src->pvals[i]))
             goto fail;
     return c;
 fail:
@@ -306,6 +327,13 @@ lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char
         }
         return LK_CONF_OK;
     }
+    if (!strncmp(key, "plugin.", 7) && key[7]) {
+        if (plugin_put(c, key, value)) {
+            lk__fmt(errstr, errstr_size, "out of memory");
+            return LK_CONF_INVALID;
+        }
+        return LK_CONF_OK;
+    }
     int i = find_prop(key);
     if (i < 0) {
         int best = -1;
@@ -351,6 +379,12 @@ const char *lk_conf_get(const lk_conf_t *c, const char *key) {
         for (size_t i = 0; i < c->kcount; i++)
             if (!strcmp(c->kkeys[i], key + 6))
                 return c->kvals[i];
+        return NULL;
+    }
+    if (!strncmp(key, "plugin.", 7)) {
+        for (size_t i = 0; i < c->pcount; i++)
+            if (!strcmp(c->pkeys[i], key))
+                return c->pvals[i];
         return NULL;
     }
     int i = find_prop(key);
@@ -412,6 +446,9 @@ void lk_conf_foreach(const lk_conf_t *c, int redact,
         cb(key, redact && lk__conf_is_secret(c->kkeys[i]) ? "[redacted]" : c->kvals[i],
            opaque);
     }
+    for (size_t i = 0; i < c->pcount; i++)
+        cb(c->pkeys[i], redact && lk__conf_is_secret(c->pkeys[i]) ? "[redacted]" : c->pvals[i],
+           opaque);
 }
 
 /* ---- .properties files ---- */

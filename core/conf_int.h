@@ -92,6 +92,41 @@ typedef enum {
       NULL, 0,                                                                             \
       "Timeout of Kafka sink operations (init, commit and abort of transactions, reading " \
       "the progress topic).")                                                              \
+    X(PIPELINE, "pipeline", LK__PT_ENUM, "", 0, 0,                                         \
+      "wordcount|count-by-key|sum-by-key|copy", 0,                                         \
+      "lockstep run: the built-in pipeline (unless pipeline.plugin is set). wordcount: "    \
+      "running counts of the words of each input value; count-by-key / sum-by-key: "      \
+      "running count or sum per key.field of JSON input; copy: input to output as is.")    \
+    X(PIPELINE_PLUGIN, "pipeline.plugin", LK__PT_STR, "", 0, 4000, NULL, 0,                \
+      "lockstep run: a shared object exporting lk_plugin_define (see lockstep.h) that "    \
+      "defines the pipeline instead of a built-in one.")                                   \
+    X(INPUT_TOPICS, "input.topics", LK__PT_STR, "", 0, 4000, NULL, 0,                      \
+      "lockstep run: comma-separated input topics of the built-in pipeline.")             \
+    X(OUTPUT_TOPIC, "output.topic", LK__PT_STR, "", 0, 249, NULL, 0,                       \
+      "lockstep run: Kafka topic the built-in pipeline writes to (exactly-once).")        \
+    X(OUTPUT_DIR, "output.dir", LK__PT_STR, "", 0, 4000, NULL, 0,                          \
+      "lockstep run: directory the built-in pipeline writes files to (exactly-once); "     \
+      "with output.topic, both are written.")                                              \
+    X(OUTPUT_FORMAT, "output.format", LK__PT_ENUM, "jsonl", 0, 0, "jsonl|lines", 0,        \
+      "lockstep run: format of output.dir files.")                                         \
+    X(OUTPUT_PARTITION, "output.partition", LK__PT_ENUM, "hash", 0, 0, "hash|keep", 0,     \
+      "lockstep run: output partition by key hash, or the input record's partition "      \
+      "(copy).")                                                                           \
+    X(KEY_FIELD, "key.field", LK__PT_STR, "", 0, 200, NULL, 0,                             \
+      "lockstep run: JSON field (top level) holding the key, for count-by-key and "        \
+      "sum-by-key.")                                                                       \
+    X(VALUE_FIELD, "value.field", LK__PT_STR, "", 0, 200, NULL, 0,                         \
+      "lockstep run: JSON field holding the number to add, for sum-by-key.")              \
+    X(ERRORS_TOLERANCE, "errors.tolerance", LK__PT_ENUM, "all", 0, 0, "all|none", 0,       \
+      "lockstep run: malformed input (bad JSON, missing field, non-numeric value): "      \
+      "'all' counts it (accumulator errors.malformed) and sends it to errors.deadletter; " \
+      "'none' stops the application at the first one, committing nothing of its batch.")  \
+    X(ERRORS_DEADLETTER, "errors.deadletter", LK__PT_STR, "", 0, 4000, NULL, 0,            \
+      "lockstep run: where malformed input goes, exactly-once: a Kafka topic, or "        \
+      "file:DIR for files. Empty: only counted.")                                          \
+    X(PROGRESS_LOG, "progress.log", LK__PT_STR, "", 0, 4000, NULL, 0,                      \
+      "lockstep run: append one JSON line per committed batch (records, durations, lag, "  \
+      "outbox) to this file. On a terminal a live status line is shown as well.")        \
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
       "Longest time a graceful stop waits for the input of the batch in flight; past it "   \
       "the batch is abandoned (and processed again on the next start).")

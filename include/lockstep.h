@@ -322,7 +322,7 @@ LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_bat
  * lockstep.batch and lockstep.attempt (provenance). A newer instance with the same
  * app.id and uid fences older ones.
  */
-LK_EXPORT void lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
+LK_EXPORT lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
 /**
  * @brief Exactly-once delivery to files: one file per (output partition, batch),
  * <dir>/<partition>/<app.id>-<batch:020>.<ext>, written to a temporary name, fsynced,
@@ -331,13 +331,19 @@ LK_EXPORT void lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
  * @param format "jsonl" (one JSON object per record: key, value, timestamp) or "lines"
  *               (the value as one line).
  */
-LK_EXPORT void lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
-                           const char *format);
+LK_EXPORT lk_stream_t *lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
+                                   const char *format);
 /**
  * @brief Print records to stdout as "key<TAB>value" lines, for demos and debugging.
  * At-least-once: a batch interrupted by a crash may be printed again.
  */
-LK_EXPORT void lk_to_stdout(lk_stream_t *in, const char *uid);
+LK_EXPORT lk_stream_t *lk_to_stdout(lk_stream_t *in, const char *uid);
+/**
+ * @brief Make a sink (the stream returned by lk_to_kafka() / lk_to_files()) write each
+ * record to the partition its input came from, instead of choosing by key hash. Records
+ * made by operators (no input partition) still go by key hash.
+ */
+LK_EXPORT void lk_sink_keep_partition(lk_stream_t *sink);
 
 /**
  * @brief Declare a broadcast value: build(opaque) runs at start (and so again after
@@ -348,6 +354,17 @@ LK_EXPORT lk_broadcast_t *lk_broadcast(lk_pipeline_t *p, const char *name,
                                        void (*destroy)(void *value), void *opaque);
 /** @brief The broadcast's value, as built at start. */
 LK_EXPORT void *lk_broadcast_value(const lk_broadcast_t *bc);
+
+/**
+ * A pipeline plugin for `lockstep run` (pipeline.plugin=./libmine.so) exports
+ *     void lk_plugin_define(lk_pipeline_t *p, const lk_conf_t *conf);
+ * which defines the pipeline like a define callback. conf is the application's
+ * configuration; properties "plugin.*" are accepted unchecked for the plugin's own
+ * settings (read them with lk_conf_get()).
+ */
+typedef void(lk_plugin_define_fn)(lk_pipeline_t *p, const lk_conf_t *conf);
+/** The symbol a plugin exports. */
+#define LK_PLUGIN_DEFINE_SYMBOL "lk_plugin_define"
 
 /** @brief Record the first error found while defining the pipeline. */
 LK_EXPORT void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...)
@@ -364,6 +381,17 @@ LK_EXPORT void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...)
  */
 LK_EXPORT lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *value,
                            size_t value_len);
+/**
+ * @brief Fail the batch from inside a callback: nothing of it is committed and
+ * lk_context_run() stops with LK_ERR_INVALID_ARG and this message (for input the
+ * application must not skip, e.g. errors.tolerance=none).
+ */
+LK_EXPORT void lk_batch_fail(lk_batch_t *b, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
 /** @brief Memory valid until the batch ends (freed at once afterwards). */
 LK_EXPORT void *lk_alloc(lk_batch_t *b, size_t size);
 /** @brief The batch's id (1, 2, ...). */
@@ -438,6 +466,28 @@ LK_EXPORT const char *lk_context_errstr(const lk_context_t *ctx);
  */
 LK_EXPORT lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name,
                                           int64_t *value);
+
+/** What a committed batch did (Spark's StreamingQueryProgress is the model). */
+typedef struct lk_progress {
+    uint64_t batch;
+    int64_t batch_time_ms;
+    uint64_t records_in, bytes_in, records_out;
+    double plan_ms, fetch_ms, process_ms, commit_ms; /**< durations of the phases */
+    double deliver_ms;     /**< sinks delivering after the commit */
+    uint64_t outbox_bytes; /**< undelivered output after delivery */
+    int64_t lag;           /**< input offsets behind the log end when planned */
+    size_t ntopics;
+    const char *const *topics; /**< input topics ... */
+    const int64_t *topic_lag;  /**< ... and each one's lag */
+} lk_progress_t;
+
+/**
+ * @brief Call cb after every committed batch (from the thread running the batches).
+ * The struct and its arrays are valid during the call only.
+ */
+LK_EXPORT void lk_context_on_progress(lk_context_t *ctx,
+                                      void (*cb)(const lk_progress_t *p, void *opaque),
+                                      void *opaque);
 
 /** @brief Id of the last committed batch (0 before the first). */
 LK_EXPORT uint64_t lk_context_last_batch(const lk_context_t *ctx);

@@ -1777,3 +1777,61 @@ lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t e
     mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
     return err;
 }
+
+/* ---- maintenance ---- */
+
+lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
+                              char *errstr, size_t errstr_size) {
+    unsigned char k[512];
+    size_t kl = offset_key(k, sizeof k, topic, partition);
+    if (!kl)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
+    return txn_del(t, t->s->dbi[DB_OFFSETS], k, kl, errstr, errstr_size,
+                   "deleting an offset");
+}
+
+lk_err_t lk__store_plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+    return txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
+                   errstr_size, "clearing the batch plan");
+}
+
+lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
+                                     int (*cb)(const void *, size_t, const void *, size_t,
+                                               int64_t, void *),
+                                     void *opaque) {
+    if (!t->txn)
+        return LK_ERR_STATE;
+    char name[512];
+    if (strlen(uid) + 6 >= sizeof name || !uid[0])
+        return LK_ERR_NOT_FOUND;
+    lk__fmt(name, sizeof name, "state.%s", uid);
+    MDB_dbi dbi;
+    /* In a read txn a handle opened here is closed again when the txn ends. */
+    int rc = mdb_dbi_open(t->txn, name, 0, &dbi);
+    if (rc == MDB_NOTFOUND)
+        return LK_ERR_NOT_FOUND;
+    if (rc)
+        return rc == MDB_INCOMPATIBLE ? LK_ERR_CORRUPT : LK_ERR_STORE;
+    MDB_cursor *c;
+    if (mdb_cursor_open(t->txn, dbi, &c))
+        return LK_ERR_STORE;
+    MDB_val k, v;
+    lk_err_t err = LK_OK;
+    int rc2;
+    for (rc2 = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc2 == 0;
+         rc2 = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        const void *val;
+        size_t vlen;
+        int64_t upd;
+        if (!decode_state(t, &v, &val, &vlen, &upd)) {
+            err = LK_ERR_CORRUPT;
+            break;
+        }
+        if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
+            break;
+    }
+    if (!err && rc2 && rc2 != MDB_NOTFOUND)
+        err = LK_ERR_STORE;
+    mdb_cursor_close(c);
+    return err;
+}

@@ -295,4 +295,35 @@ lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
 lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
                            size_t errstr_size);
 
+/* ---- maintenance (the `lockstep checkpoint` commands) ---- */
+
+/**
+ * Delete the committed offset of (topic, partition): the next start treats the partition
+ * as new (see the receiver: earliest offset when the topic has other partitions in the
+ * checkpoint, else auto.offset.reset). Deleting a missing offset is not an error.
+ */
+lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
+                              char *errstr, size_t errstr_size);
+
+/**
+ * Drop the pending plan inside write transaction t (lk__store_plan_clear() does it in a
+ * transaction of its own), so that it goes together with the offset changes that make
+ * it stale. No pending plan is not an error.
+ */
+lk_err_t lk__store_plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+
+/**
+ * Visit the entries of operator uid's state database in key order inside t, without
+ * lk__store_state_open(): the database is looked up in t itself, so one read
+ * transaction sees every operator's state as of one commit (a consistent export, also
+ * of a checkpoint another process is writing). LK_ERR_NOT_FOUND if the checkpoint has
+ * no state for uid. A non-zero return of cb stops the visit. Like every LMDB database
+ * lookup, it must not run concurrently with lk__store_state_open() or another lookup
+ * on the same store.
+ */
+lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
+                                     int (*cb)(const void *key, size_t klen, const void *val,
+                                               size_t vlen, int64_t updated_ms, void *opaque),
+                                     void *opaque);
+
 #endif

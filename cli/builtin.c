@@ -1,0 +1,333 @@
+/*
+ * builtin.c — the pipelines `lockstep run` offers without writing code (pipeline=...):
+ * wordcount, count-by-key, sum-by-key (keys and numbers from JSON fields) and copy, all
+ * exactly-once to output.topic and/or output.dir. Malformed input (bad JSON, missing
+ * field, non-numeric value) never crashes anything: it is counted in the accumulator
+ * errors.malformed and sent to errors.deadletter, or, with errors.tolerance=none, stops
+ * the application with a message naming the record's topic, partition and offset.
+ */
+#define _GNU_SOURCE
+#include "cli_int.h"
+#include "../core/conf_int.h"
+#include "../core/util_int.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- wordcount ---- */
+
+static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
+    char word[256];
+    while (p < end) {
+        while (p < end && !isalnum(*p) && *p < 0x80)
+            p++;
+        size_t n = 0;
+        /* a word: letters and digits, ASCII lower-cased; UTF-8 bytes kept as they are */
+        while (p < end && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
+            if (n < sizeof word)
+                word[n++] = (char)tolower(*p);
+            p++;
+        }
+        while (n > 0 && word[n - 1] == '\'')
+            n--;
+        if (n > 0)
+            lk_emit(b, word, n, "", 0);
+    }
+}
+
+/* state: int64 count (8 bytes) */
+static void add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
+                      const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
+    (void)key;
+    (void)vals;
+    (void)opaque;
+    int64_t c = 0;
+    if (state && state->len == sizeof c)
+        memcpy(&c, state->data, sizeof c);
+    c += (int64_t)n;
+    int64_t *out = lk_alloc(b, sizeof *out);
+    if (!out)
+        return;
+    *out = c;
+    *next = (lk_bytes_t){out, sizeof *out};
+}
+
+/* state: double sum (8 bytes); values are the text of numbers */
+static void add_sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
+                    const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
+    (void)key;
+    (void)opaque;
+    double sum = 0;
+    if (state && state->len == sizeof sum)
+        memcpy(&sum, state->data, sizeof sum);
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, vals[i].data, sizeof v);
+        sum += v;
+    }
+    double *out = lk_alloc(b, sizeof *out);
+    if (!out)
+        return;
+    *out = sum;
+    *next = (lk_bytes_t){out, sizeof *out};
+}
+
+static void format_count(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    char text[32];
+    int64_t c = 0;
+    if (in->value_len == sizeof c)
+        memcpy(&c, in->value, sizeof c);
+    int n = snprintf(text, sizeof text, "%lld", (long long)c);
+    lk_emit(b, in->key, in->key_len, in->value ? text : NULL, in->value ? (size_t)n : 0);
+}
+
+static void format_sum(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    char text[40];
+    double s = 0;
+    if (in->value_len == sizeof s)
+        memcpy(&s, in->value, sizeof s);
+    /* integers print as integers; %.17g round-trips any double */
+    int n = s == floor(s) && fabs(s) < 1e15 ? snprintf(text, sizeof text, "%.0f", s)
+                                            : snprintf(text, sizeof text, "%.17g", s);
+    lk_emit(b, in->key, in->key_len, in->value ? text : NULL, in->value ? (size_t)n : 0);
+}
+
+/* ---- JSON input ---- */
+
+typedef struct lk__builtin {
+    int kind; /* index in the pipeline enum */
+    const char *key_field, *value_field;
+    int tolerance_none;
+} builtin_t;
+
+enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
+
+/* Key and number of a JSON record; NULL on malformed input, with *why set. */
+static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **key,
+                     size_t *klen, double *num, const char **why) {
+    json_error_t je;
+    json_t *doc = in->value ? json_loadb(in->value, in->value_len, 0, &je) : NULL;
+    if (!doc) {
+        *why = in->value ? "not JSON" : "no value";
+        return NULL;
+    }
+    json_t *k = json_is_object(doc) ? json_object_get(doc, bt->key_field) : NULL;
+    if (json_is_string(k)) {
+        *key = json_string_value(k);
+        *klen = json_string_length(k);
+    } else if (json_is_integer(k)) {
+        /* keep the number's text as the key: 7 and "7" are the same key */
+        static _Thread_local char buf[32];
+        *klen = (size_t)snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(k));
+        *key = buf;
+    } else {
+        *why = !json_is_object(doc) ? "not a JSON object" : k ? "key field is not a string or integer"
+                                                             : "key field missing";
+        json_decref(doc);
+        return NULL;
+    }
+    if (*klen == 0 || *klen > 500) {
+        *why = "key empty or longer than 500 bytes";
+        json_decref(doc);
+        return NULL;
+    }
+    if (bt->kind == P_SUM_BY_KEY) {
+        json_t *v = json_object_get(doc, bt->value_field);
+        if (!json_is_number(v)) {
+            *why = v ? "value field is not a number" : "value field missing";
+            json_decref(doc);
+            return NULL;
+        }
+        *num = json_number_value(v);
+    }
+    return doc;
+}
+
+static int well_formed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    const builtin_t *bt = opaque;
+    const char *key, *why;
+    size_t klen;
+    double num;
+    json_t *doc = parse(bt, in, &key, &klen, &num, &why);
+    if (doc) {
+        json_decref(doc);
+        return 1;
+    }
+    if (bt->tolerance_none)
+        lk_batch_fail(b, "malformed record at %s[%d] offset %lld: %s (errors.tolerance=none)",
+                      in->topic ? in->topic : "?", (int)in->partition, (long long)in->offset,
+                      why);
+    return 0;
+}
+
+static int malformed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    if (well_formed(b, in, opaque))
+        return 0;
+    lk_accumulator_add(b, "errors.malformed", 1);
+    return 1;
+}
+
+static void extract(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    const builtin_t *bt = opaque;
+    const char *key, *why;
+    size_t klen;
+    double num = 0;
+    json_t *doc = parse(bt, in, &key, &klen, &num, &why); /* well formed: filtered */
+    if (!doc) {
+        lk_batch_fail(b, "record changed between parses"); /* cannot happen */
+        return;
+    }
+    lk_emit(b, key, klen, &num, sizeof num);
+    json_decref(doc);
+}
+
+/* ---- definition ---- */
+
+static void add_sinks(lk_pipeline_t *p, lk_stream_t *out, const lk_conf_t *conf) {
+    int keep = lk__conf_int(conf, LK__P_OUTPUT_PARTITION) == 1;
+    const char *topic = lk__conf_str(conf, LK__P_OUTPUT_TOPIC);
+    const char *dir = lk__conf_str(conf, LK__P_OUTPUT_DIR);
+    if (topic[0]) {
+        lk_stream_t *s = lk_to_kafka(out, "to-kafka", topic);
+        if (keep)
+            lk_sink_keep_partition(s);
+    }
+    if (dir[0]) {
+        lk_stream_t *s = lk_to_files(out, "to-files", dir, lk__conf_str(conf, LK__P_OUTPUT_FORMAT));
+        if (keep)
+            lk_sink_keep_partition(s);
+    }
+    if (!topic[0] && !dir[0])
+        lk_pipeline_fail(p, "no output: set output.topic and/or output.dir");
+}
+
+typedef struct {
+    const lk_conf_t *conf;
+    builtin_t bt;
+} define_ctx_t;
+
+static void define_builtin(lk_pipeline_t *p, void *opaque) {
+    define_ctx_t *d = opaque;
+    const lk_conf_t *conf = d->conf;
+    const char *topics = lk__conf_str(conf, LK__P_INPUT_TOPICS);
+    if (!topics[0]) {
+        lk_pipeline_fail(p, "input.topics is required by pipeline=%s",
+                         lk__conf_str(conf, LK__P_PIPELINE));
+        return;
+    }
+    lk_stream_t *in = lk_kafka_stream(p, topics);
+    lk_stream_t *out = NULL;
+    switch (d->bt.kind) {
+    case P_WORDCOUNT: {
+        lk_stream_t *words = lk_flat_map(in, "split-words", split_words, NULL);
+        lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, add_count, NULL);
+        out = lk_map(counts, "format-counts", format_count, NULL);
+        break;
+    }
+    case P_COUNT_BY_KEY:
+    case P_SUM_BY_KEY: {
+        const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
+        lk_stream_t *bad = lk_filter(in, "malformed", malformed, &d->bt);
+        if (dl[0] && !strncmp(dl, "file:", 5))
+            lk_to_files(bad, "deadletter", dl + 5, "jsonl");
+        else if (dl[0])
+            lk_to_kafka(bad, "deadletter", dl);
+        /* with no dead letter sink the filter still counts them (errors.malformed) */
+        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
+        lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
+        int sum = d->bt.kind == P_SUM_BY_KEY;
+        lk_stream_t *agg = lk_update_state_by_key(kv, sum ? "sums" : "counts", 1,
+                                                  sum ? add_sum : add_count, NULL);
+        out = lk_map(agg, sum ? "format-sums" : "format-counts", sum ? format_sum : format_count,
+                     NULL);
+        break;
+    }
+    case P_COPY:
+        out = in;
+        break;
+    }
+    add_sinks(p, out, conf);
+}
+
+lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errstr,
+                        size_t errstr_size) {
+    memset(def, 0, sizeof *def);
+    const char *plugin = lk__conf_str(conf, LK__P_PIPELINE_PLUGIN);
+    const char *name = lk__conf_str(conf, LK__P_PIPELINE);
+    if (plugin[0] && name[0])
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "set pipeline or pipeline.plugin, not both");
+    if (plugin[0]) {
+        def->dl = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+        if (!def->dl)
+            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                           "pipeline.plugin: cannot load %s: %s", plugin, dlerror());
+        void *sym = dlsym(def->dl, LK_PLUGIN_DEFINE_SYMBOL);
+        if (!sym) {
+            lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                    "pipeline.plugin: %s exports no %s (see lockstep.h)", plugin,
+                    LK_PLUGIN_DEFINE_SYMBOL);
+            dlclose(def->dl);
+            def->dl = NULL;
+            return LK_ERR_CONF_INVALID;
+        }
+        /* object-to-function pointer conversion, as dlsym requires */
+        memcpy(&def->plugin, &sym, sizeof sym);
+        def->conf = conf;
+        return LK_OK;
+    }
+    if (!name[0])
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "no pipeline: set pipeline=wordcount|count-by-key|sum-by-key|copy or "
+                       "pipeline.plugin=./libmine.so");
+    define_ctx_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    d->conf = conf;
+    d->bt.kind = (int)lk__conf_int(conf, LK__P_PIPELINE);
+    d->bt.key_field = lk__conf_str(conf, LK__P_KEY_FIELD);
+    d->bt.value_field = lk__conf_str(conf, LK__P_VALUE_FIELD);
+    d->bt.tolerance_none = lk__conf_int(conf, LK__P_ERRORS_TOLERANCE) == 1;
+    if ((d->bt.kind == P_COUNT_BY_KEY || d->bt.kind == P_SUM_BY_KEY) && !d->bt.key_field[0]) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "key.field is required by pipeline=%s", name);
+    }
+    if (d->bt.kind == P_SUM_BY_KEY && !d->bt.value_field[0]) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "value.field is required by pipeline=sum-by-key");
+    }
+    def->builtin = d;
+    return LK_OK;
+}
+
+static void define_plugin(lk_pipeline_t *p, void *opaque) {
+    lk__cli_define_t *def = opaque;
+    def->plugin(p, def->conf);
+}
+
+lk_define_fn *lk__cli_define_fn(lk__cli_define_t *def, void **opaque) {
+    if (def->plugin) {
+        *opaque = def;
+        return define_plugin;
+    }
+    *opaque = def->builtin;
+    return define_builtin;
+}
+
+void lk__cli_define_free(lk__cli_define_t *def) {
+    free(def->builtin);
+    if (def->dl)
+        dlclose(def->dl);
+    memset(def, 0, sizeof *def);
+}
