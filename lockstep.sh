@@ -46,10 +46,7 @@ case "$cmd" in
   demo)
     need_packages
     build build
-    demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/lockstep-demo.XXXXXX")
-    trap 'rm -rf "$demo_dir"' EXIT
-    ./build/lockstep_sample_checkpoint "$demo_dir/checkpoint"
-    ./build/lockstep checkpoint inspect "$demo_dir/checkpoint"
+    ./build/lockstep demo "$@"
     ;;
   test)
     need_packages
