@@ -2,17 +2,58 @@
  * mock_broker.c — `lockstep mock-broker`: librdkafka's mock cluster (real Kafka protocol
  * on loopback) as a standalone process, for tests and local development. Prints its
  * bootstrap address, then runs until SIGTERM/SIGINT. All data lives in memory.
+ * Commands on stdin inject broker faults (for tests and chaos runs):
+ *   down [ID]                   take broker ID (default: all) down
+ *   up [ID]                     bring it back
+ *   error APIKEY ERRCODE COUNT  fail the next COUNT requests of APIKEY with ERRCODE
+ *   clear                       forget injected errors
+ * Each command is answered "ok" or "error: ..." on stdout.
  */
 #define _GNU_SOURCE
 #include "cli_int.h"
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Run one stdin command against the cluster. */
+static void command(rd_kafka_mock_cluster_t *mc, int brokers, char *line) {
+    char verb[16] = "";
+    long a = -1, b = 0, c = 0;
+    int n = sscanf(line, "%15s %ld %ld %ld", verb, &a, &b, &c);
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (n >= 1 && (!strcmp(verb, "down") || !strcmp(verb, "up"))) {
+        for (int id = 1; id <= brokers; id++)
+            if (n < 2 || id == a) {
+                e = verb[0] == 'd' ? rd_kafka_mock_broker_set_down(mc, id)
+                                   : rd_kafka_mock_broker_set_up(mc, id);
+                if (e)
+                    break;
+            }
+    } else if (n == 4 && !strcmp(verb, "error") && a >= 0 && c > 0) {
+        for (long i = 0; i < c; i++)
+            rd_kafka_mock_push_request_errors(mc, (int16_t)a, 1, (rd_kafka_resp_err_t)b);
+    } else if (n >= 1 && !strcmp(verb, "clear")) {
+        for (int16_t api = 0; api <= 70; api++)
+            rd_kafka_mock_clear_request_errors(mc, api);
+    } else if (n >= 1) {
+        printf("error: unknown command '%s' (down [ID], up [ID], error APIKEY ERRCODE COUNT, "
+               "clear)\n", verb);
+        fflush(stdout);
+        return;
+    } else {
+        return;
+    }
+    printf(e ? "error: %s\n" : "ok\n", rd_kafka_err2str(e));
+    fflush(stdout);
+}
 
 static const char usage[] =
     "Usage: lockstep mock-broker [--brokers N] [--topic NAME:PARTITIONS]...\n"
@@ -24,7 +65,11 @@ static const char usage[] =
     "\n"
     "  --brokers N               number of brokers (1..9, default 1)\n"
     "  --topic NAME:PARTITIONS   create a topic (may repeat); unknown topics are\n"
-    "                            created on first use with 4 partitions\n";
+    "                            created on first use with 4 partitions\n"
+    "\n"
+    "Commands on stdin inject faults: 'down [ID]', 'up [ID]' (broker ID, default all),\n"
+    "'error APIKEY ERRCODE COUNT' (fail the next COUNT requests of a Kafka API, e.g.\n"
+    "'error 26 15 3': EndTxn with COORDINATOR_NOT_AVAILABLE), 'clear'.\n";
 
 int lk__cli_mock_broker(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
@@ -91,8 +136,30 @@ int lk__cli_mock_broker(int argc, char **argv) {
     if (!rc) {
         printf("bootstrap.servers=%s\n", rd_kafka_mock_cluster_bootstraps(mc));
         fflush(stdout);
-        int sig;
-        sigwait(&set, &sig);
+        /* until a signal; stdin commands meanwhile (EOF on stdin just ends them) */
+        int stdin_open = 1;
+        char line[256];
+        size_t len = 0;
+        for (;;) {
+            struct timespec tick = {0, 50 * 1000000L};
+            if (sigtimedwait(&set, NULL, &tick) > 0)
+                break;
+            struct pollfd pfd = {STDIN_FILENO, POLLIN, 0};
+            while (stdin_open && poll(&pfd, 1, 0) > 0) {
+                ssize_t r = read(STDIN_FILENO, line + len, 1);
+                if (r <= 0) {
+                    stdin_open = 0;
+                    break;
+                }
+                if (line[len] == '\n' || len == sizeof line - 2) {
+                    line[len] = 0;
+                    command(mc, brokers, line);
+                    len = 0;
+                } else {
+                    len++;
+                }
+            }
+        }
     }
     rd_kafka_mock_cluster_destroy(mc);
     rd_kafka_destroy(rk);
