@@ -73,12 +73,52 @@ class Runner:
         topics = ["lines:4", "events:3", "counts:4", "copy-out:4", "kv-counts:3", "dlq:1",
                   "wc.progress:1", "cp.progress:1", "kv.progress:1"]
         cmd = [self.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
-        self.broker = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True)
         line = self.broker.stdout.readline().strip()
         if not line.startswith("bootstrap.servers="):
             raise SystemExit(f"chaos: mock-broker did not start: {line!r}")
         self.bootstrap = line.split("=", 1)[1]
         log(f"mock broker at {self.bootstrap}")
+
+    def broker_command(self, cmd):
+        """A fault command to the mock broker (see `lockstep mock-broker --help`)."""
+        self.broker.stdin.write(cmd + "\n")
+        self.broker.stdin.flush()
+        answer = self.broker.stdout.readline().strip()
+        if answer != "ok":
+            raise SystemExit(f"chaos: mock-broker refused '{cmd}': {answer}")
+
+    def broker_faults(self, app):
+        """The broker goes away mid-run and comes back; then transaction requests fail
+        for a while. The application must ride both out and stop gracefully."""
+        if not self.broker:
+            log("broker faults: restart the real broker while this runs "
+                "(docker compose restart kafka) to test them there")
+            return
+        self.produce(400, 200)
+        proc = self.start(app)
+        time.sleep(1.5)
+        self.broker_command("down")
+        log(f"{app}: broker down")
+        time.sleep(3)
+        self.broker_command("up")
+        log(f"{app}: broker up")
+        time.sleep(3)
+        self.produce(200, 100)
+        self.broker_command("error 26 15 5")   # EndTxn: COORDINATOR_NOT_AVAILABLE x5
+        self.broker_command("error 24 51 3")   # AddPartitionsToTxn: CONCURRENT_TRANSACTIONS
+        time.sleep(3)
+        self.broker_command("clear")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "timeout"
+        if rc != 0:
+            self.problems.append(f"{app}: after the broker faults, the graceful stop exited "
+                                 f"{rc} (see {self.work}/{app}.stderr)")
 
     def produce(self, nlines, nevents):
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
@@ -372,6 +412,8 @@ class Runner:
             # fresh input, so that every point is reached in this run
             self.produce(200, 100)
             self.kill_at_fault_point(app, fault)
+        for app in apps:
+            self.broker_faults(app)
         log(f"{self.kills} kills; draining")
         lines_per_part = collections.Counter(p for p, _, _ in self.expected_lines)
         events_per_part = collections.Counter(p for p, _ in self.expected_events)
