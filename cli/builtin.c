@@ -307,6 +307,18 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "value.field is required by pipeline=sum-by-key");
     }
+    /* Checked here too, not only when the pipeline is defined: a failed definition
+     * makes `run` exit 1 (could not start), but these are configuration errors (2). */
+    if (!lk__conf_str(conf, LK__P_INPUT_TOPICS)[0]) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "input.topics is required by pipeline=%s", name);
+    }
+    if (!lk__conf_str(conf, LK__P_OUTPUT_TOPIC)[0] && !lk__conf_str(conf, LK__P_OUTPUT_DIR)[0]) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "no output: set output.topic and/or output.dir (pipeline=%s)", name);
+    }
     def->builtin = d;
     return LK_OK;
 }

@@ -135,17 +135,19 @@ int lk__cli_run(int argc, char **argv) {
         return 0;
     }
     lk_conf_t *conf = lk_conf_new();
-    char *rest[64];
-    int nrest;
-    int rc = lk__cli_conf_args(conf, argc < 64 ? argc : 64, argv, run_usage, rest, &nrest);
+    /* rest holds up to argc arguments: a fixed 64 used to drop every argument after
+     * the 64th silently (settings ignored, errors not reported) */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int nrest = 0;
+    int rc = rest ? lk__cli_conf_args(conf, argc, argv, run_usage, rest, &nrest) : 1;
+    if (!rc && nrest) {
+        fprintf(stderr, "lockstep run: unexpected argument '%s'\n\n%s", rest[0], run_usage);
+        rc = 2;
+    }
+    free(rest);
     if (rc) {
         lk_conf_destroy(conf);
         return rc;
-    }
-    if (nrest) {
-        fprintf(stderr, "lockstep run: unexpected argument '%s'\n\n%s", rest[0], run_usage);
-        lk_conf_destroy(conf);
-        return 2;
     }
     char err[1024];
     lk__cli_define_t def;

@@ -49,6 +49,38 @@ def log(msg):
     print(f"chaos: {msg}", flush=True)
 
 
+def read_topic(bootstrap, topic):
+    """Every record of topic, read_committed, from its start to its end."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-checker",
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions.keys())
+    tps = []
+    for p in parts:
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        if hi > lo:
+            tps.append(TopicPartition(topic, p, lo))
+    c.assign(tps)
+    pending = len(tps)
+    out = []
+    deadline = time.time() + 60
+    while pending and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                pending -= 1
+                continue
+            raise SystemExit(f"chaos: reading {topic}: {m.error()}")
+        out.append(m)
+    c.close()
+    if pending:
+        raise SystemExit(f"chaos: could not read {topic} to its end")
+    return out
+
+
 class Runner:
     def __init__(self, args):
         self.args = args
@@ -242,34 +274,7 @@ class Runner:
     # ---- the independent reader ----
 
     def read_topic(self, topic):
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "chaos-checker",
-                      "isolation.level": "read_committed", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "fetch.wait.max.ms": 10})
-        md = c.list_topics(topic, timeout=10)
-        parts = list(md.topics[topic].partitions.keys())
-        tps = []
-        for p in parts:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                tps.append(TopicPartition(topic, p, lo))
-        c.assign(tps)
-        pending = len(tps)
-        out = []
-        deadline = time.time() + 60
-        while pending and time.time() < deadline:
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending -= 1
-                    continue
-                raise SystemExit(f"chaos: reading {topic}: {m.error()}")
-            out.append(m)
-        c.close()
-        if pending:
-            raise SystemExit(f"chaos: could not read {topic} to its end")
-        return out
+        return read_topic(self.bootstrap, topic)
 
     def committed_records(self, app, topic, sink):
         """Records of the attempts that committed, per batch; and the count of others."""

@@ -1,0 +1,1040 @@
+/*
+ * test_cli_run.c — `lockstep run` end to end, as a user runs it: real processes only.
+ * A `lockstep mock-broker` process is the Kafka cluster; this test produces known input
+ * with librdkafka, starts `lockstep run -X ...` in the background, waits (bounded) until
+ * progress.log says every input record was committed, stops it with SIGTERM and checks
+ * exit status 0, then checks the EXACT output: Kafka topics read with a read_committed
+ * consumer (the latest value per key by the lockstep.batch header) and the files under
+ * output.dir/<partition>/<app>-<batch>.jsonl.
+ *
+ * Covered: every built-in pipeline (wordcount, count-by-key, sum-by-key, copy with
+ * output.partition=keep to a topic and to files), the example plugin with a plugin.*
+ * setting, malformed input (dead letters to a topic and to files, the accumulator
+ * errors.malformed, errors.tolerance=none stopping at the bad record without moving
+ * its offset), progress.log fields and the live progress line on a terminal (a pty),
+ * examples/wordcount.properties with -c, configuration errors (exit 2, naming the key
+ * and the reason), `mock-broker` arguments and `lockstep demo`.
+ *
+ * The mock cluster shows aborted transactional records to read_committed consumers,
+ * but nothing here crashes, so no transaction is aborted and a plain read is exact.
+ * Paths come from ctest: LK_CLI (the lockstep binary), LK_PLUGIN (the example plugin),
+ * LK_SOURCE_DIR (the source tree, for examples/).
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pty.h>
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char tmp[256];
+static const char *cli;
+static pid_t broker_pid, run_pid;
+static int run_tty = -1; /* >= 0: the next run's stdout is a terminal; this is its master */
+static const char *run_conf_file; /* -c FILE before every -X of the next run */
+static char bootstraps[600];
+static rd_kafka_t *producer, *consumer;
+
+static const char *cli_path(void) {
+    const char *p = getenv("LK_CLI");
+    cr_assert_not_null(p, "LK_CLI is not set (run through ctest)");
+    return p;
+}
+
+static void setup(void) {
+    tu_tmpdir(tmp, sizeof tmp);
+    cli = cli_path();
+}
+
+static void stop_child(pid_t *pid) {
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        *pid = 0;
+    }
+}
+
+static void teardown(void) {
+    stop_child(&run_pid);
+    if (producer) {
+        rd_kafka_flush(producer, 5000);
+        rd_kafka_destroy(producer);
+        producer = NULL;
+    }
+    if (consumer) {
+        rd_kafka_consumer_close(consumer);
+        rd_kafka_destroy(consumer);
+        consumer = NULL;
+    }
+    if (broker_pid > 0) {
+        kill(broker_pid, SIGTERM);
+        waitpid(broker_pid, NULL, 0);
+        broker_pid = 0;
+    }
+    tu_rmrf(tmp);
+}
+
+TestSuite(cli_run, .init = setup, .fini = teardown, .timeout = 120);
+
+static const char *path(const char *name) {
+    static char bufs[8][512];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", tmp, name);
+    return b;
+}
+
+static char *slurp(const char *file) {
+    FILE *fp = fopen(file, "r");
+    if (!fp)
+        return strdup("");
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&buf, &n);
+    char chunk[4096];
+    size_t k;
+    while ((k = fread(chunk, 1, sizeof chunk, fp)) > 0)
+        fwrite(chunk, 1, k, m);
+    fclose(fp);
+    fclose(m);
+    return buf;
+}
+
+/* printf into one of a pool of static buffers (for -X key=value arguments) */
+static const char *fmt(const char *f, ...) {
+    static char bufs[16][700];
+    static int next;
+    char *b = bufs[next++ % 16];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(b, sizeof bufs[0], f, ap);
+    va_end(ap);
+    return b;
+}
+
+/* ---- processes ---- */
+
+/* `lockstep mock-broker --topic T:N ...`; reads its bootstrap line. */
+static void broker_start(const char *const *topics) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    const char *argv[32] = {cli, "mock-broker"};
+    int n = 2;
+    for (int i = 0; topics[i]; i++) {
+        argv[n++] = "--topic";
+        argv[n++] = topics[i];
+    }
+    argv[n] = NULL;
+    broker_pid = fork();
+    cr_assert_neq(broker_pid, -1);
+    if (broker_pid == 0) {
+        int null = open("/dev/null", O_RDONLY); /* no fault commands on stdin */
+        dup2(null, 0);
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execv(cli, (char **)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *fp = fdopen(fds[0], "r");
+    char line[600] = "";
+    cr_assert_not_null(fgets(line, sizeof line, fp), "mock-broker printed nothing");
+    fclose(fp);
+    cr_assert(!strncmp(line, "bootstrap.servers=", 18), "mock-broker printed: %s", line);
+    line[strcspn(line, "\n")] = 0;
+    snprintf(bootstraps, sizeof bootstraps, "%s", line + 18);
+}
+
+/* `lockstep run` with the common settings and the given key=value settings; stdout and
+ * stderr go to files in tmp. */
+static pid_t run_start_v(const char *app, const char *const *kv) {
+    static char ckpt[700], boot[700], appid[100], plog[700];
+    snprintf(appid, sizeof appid, "app.id=%s", app);
+    snprintf(ckpt, sizeof ckpt, "checkpoint.dir=%s", path("ckpt"));
+    snprintf(boot, sizeof boot, "kafka.bootstrap.servers=%s", bootstraps);
+    snprintf(plog, sizeof plog, "progress.log=%s", path("progress.log"));
+    const char *common[] = {appid, ckpt, boot, plog, "kafka.fetch.wait.max.ms=10",
+                            "batch.interval.ms=0", "log.level=warning", "kafka.log_level=3",
+                            "checkpoint.map.size=4M", "sink.kafka.timeout.ms=10000"};
+    const char *argv[80] = {cli, "run"};
+    int n = 2;
+    if (run_conf_file) {
+        argv[n++] = "-c";
+        argv[n++] = run_conf_file;
+    }
+    for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
+        argv[n++] = "-X";
+        argv[n++] = common[i];
+    }
+    for (int i = 0; kv[i]; i++) {
+        argv[n++] = "-X";
+        argv[n++] = kv[i];
+    }
+    argv[n] = NULL;
+    int tty = -1;
+    if (run_tty >= 0)
+        cr_assert_eq(openpty(&run_tty, &tty, NULL, NULL, NULL), 0, "openpty: %s", strerror(errno));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int o = tty >= 0 ? tty : open(path("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(path("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(cli, (char **)argv);
+        _exit(127);
+    }
+    if (tty >= 0)
+        close(tty);
+    return pid;
+}
+
+/* What the run wrote to its terminal (after it exited). */
+static char *tty_output(void) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&buf, &n);
+    char chunk[4096];
+    ssize_t k;
+    while ((k = read(run_tty, chunk, sizeof chunk)) > 0) /* EIO once drained */
+        fwrite(chunk, 1, (size_t)k, m);
+    fclose(m);
+    close(run_tty);
+    run_tty = -1;
+    return buf;
+}
+
+#define RUN_START(app, ...) (run_pid = run_start_v(app, (const char *const[]){__VA_ARGS__, NULL}))
+
+/* Exit status of pid within seconds (128+signal if killed); fails the test on timeout. */
+static int wait_exit(pid_t *pid, int seconds) {
+    for (int i = 0; i < seconds * 100; i++) {
+        int st;
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+            *pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(10000);
+    }
+    stop_child(pid);
+    cr_assert_fail("process did not exit within %d s", seconds);
+    return -1;
+}
+
+/* ---- progress.log ---- */
+
+typedef struct {
+    int lines;
+    long long input_rows, output_rows;
+    long long last_outbox, last_lag;
+    long long last_batch;
+} progress_sum_t;
+
+/* Parse progress.log; when check, every line must have the documented fields. */
+static progress_sum_t progress_read(int check) {
+    progress_sum_t s = {0};
+    char *text = slurp(path("progress.log"));
+    char *save = NULL;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_error_t je;
+        json_t *d = json_loads(l, 0, &je);
+        if (!d) {
+            cr_assert(!check, "progress.log line is not JSON (%s): %s", je.text, l);
+            continue; /* a line being written */
+        }
+        json_t *batch = json_object_get(d, "batch"), *in = json_object_get(d, "numInputRows"),
+               *out = json_object_get(d, "numOutputRows"),
+               *ob = json_object_get(d, "outboxBytes"), *lag = json_object_get(d, "lag");
+        if (check) {
+            static const char *const ints[] = {"batch", "batchTime", "timestamp",
+                                               "numInputRows", "inputBytes", "numOutputRows",
+                                               "outboxBytes"};
+            for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+                cr_assert(json_is_integer(json_object_get(d, ints[i])), "%s in %s", ints[i], l);
+            cr_assert(json_is_number(json_object_get(d, "inputRowsPerSecond")), "%s", l);
+            json_t *dur = json_object_get(d, "durationMs");
+            static const char *const phases[] = {"plan", "fetch", "process", "commit",
+                                                 "deliver"};
+            for (size_t i = 0; i < 5; i++) {
+                json_t *v = json_object_get(dur, phases[i]);
+                cr_assert(json_is_number(v) && json_number_value(v) >= 0, "durationMs.%s in %s",
+                          phases[i], l);
+            }
+            cr_assert(json_is_integer(json_object_get(lag, "total")), "lag.total in %s", l);
+            cr_assert_eq(json_integer_value(batch), s.last_batch + 1,
+                         "one line per committed batch, in order: %s", l);
+            cr_assert_gt(json_integer_value(json_object_get(d, "batchTime")), 1600000000000LL);
+            cr_assert(json_integer_value(in) == 0 || json_integer_value(json_object_get(d, "inputBytes")) > 0,
+                      "%s", l);
+        }
+        s.lines++;
+        s.last_batch = json_integer_value(batch);
+        s.input_rows += json_integer_value(in);
+        s.output_rows += json_integer_value(out);
+        s.last_outbox = json_integer_value(ob);
+        s.last_lag = json_integer_value(json_object_get(lag, "total"));
+        json_decref(d);
+    }
+    free(text);
+    return s;
+}
+
+/* Wait (bounded) until progress.log counts `rows` input records and nothing is left to
+ * deliver; the run process must still be running. */
+static void wait_input(long long rows) {
+    progress_sum_t s = {0};
+    for (int i = 0; i < 3000; i++) {
+        s = progress_read(0);
+        if (s.input_rows >= rows && s.last_outbox == 0)
+            return;
+        int st;
+        if (waitpid(run_pid, &st, WNOHANG) == run_pid) {
+            run_pid = 0;
+            char *err = slurp(path("stderr.txt"));
+            cr_assert_fail("lockstep run exited early (status %d): %s", st, err);
+        }
+        usleep(10000);
+    }
+    cr_assert_fail("progress.log: %lld of %lld input records after 30 s", s.input_rows, rows);
+}
+
+/* SIGTERM, then exit status 0 (a graceful stop). */
+static void run_stop(void) {
+    kill(run_pid, SIGTERM);
+    int rc = wait_exit(&run_pid, 30);
+    char *err = slurp(path("stderr.txt"));
+    cr_assert_eq(rc, 0, "lockstep run exit status %d after SIGTERM; stderr: %s", rc, err);
+    cr_assert(!strstr(err, "runtime error") && !strstr(err, "Sanitizer"), "%s", err);
+    free(err);
+}
+
+/* ---- producing and reading Kafka ---- */
+
+static void produce(const char *topic, int partition, const char *key, const char *value) {
+    if (!producer) {
+        char err[512];
+        rd_kafka_conf_t *c = rd_kafka_conf_new();
+        rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
+        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
+        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
+        producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+        cr_assert_not_null(producer, "%s", err);
+    }
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_END);
+    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+}
+
+static void flush_input(void) {
+    cr_assert_eq(rd_kafka_flush(producer, 30000), 0, "flush");
+}
+
+typedef struct {
+    int32_t partition;
+    int64_t offset, batch;
+    char *key; /* NULL: no key */
+    char *value;
+} rec_t;
+
+typedef struct {
+    rec_t r[512];
+    size_t n;
+} recs_t;
+
+static void recs_free(recs_t *rs) {
+    for (size_t i = 0; i < rs->n; i++) {
+        free(rs->r[i].key);
+        free(rs->r[i].value);
+    }
+    rs->n = 0;
+}
+
+/* Every record of topic, partition by partition in offset order, read_committed. */
+static void read_topic(const char *topic, recs_t *rs) {
+    char err[512];
+    if (!consumer) {
+        rd_kafka_conf_t *c = rd_kafka_conf_new();
+        rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
+        rd_kafka_conf_set(c, "group.id", "test-cli-run", err, sizeof err);
+        rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
+        rd_kafka_conf_set(c, "enable.partition.eof", "true", err, sizeof err);
+        rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
+        rd_kafka_conf_set(c, "fetch.wait.max.ms", "10", err, sizeof err);
+        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
+        consumer = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+        cr_assert_not_null(consumer, "%s", err);
+    }
+    memset(rs, 0, sizeof *rs);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(consumer, topic, NULL);
+    const struct rd_kafka_metadata *md;
+    cr_assert_eq(rd_kafka_metadata(consumer, 0, rkt, &md, 5000), 0, "metadata %s", topic);
+    rd_kafka_topic_destroy(rkt);
+    int np = md->topics[0].partition_cnt;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    int pending = 0;
+    for (int i = 0; i < np; i++) {
+        int32_t p = md->topics[0].partitions[i].id;
+        int64_t lo, hi;
+        cr_assert_eq(rd_kafka_query_watermark_offsets(consumer, topic, p, &lo, &hi, 5000), 0);
+        if (hi > lo) {
+            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
+            pending++;
+        }
+    }
+    rd_kafka_metadata_destroy(md);
+    cr_assert_eq(rd_kafka_assign(consumer, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    recs_t *unsorted = calloc(1, sizeof *unsorted);
+    for (int polls = 0; pending > 0 && polls < 2000; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 10);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            pending--;
+        } else {
+            cr_assert_eq(m->err, 0, "reading %s: %s", topic, rd_kafka_message_errstr(m));
+            cr_assert_lt(unsorted->n, sizeof unsorted->r / sizeof *unsorted->r);
+            rec_t *r = &unsorted->r[unsorted->n++];
+            r->partition = m->partition;
+            r->offset = m->offset;
+            r->key = m->key ? strndup(m->key, m->key_len) : NULL;
+            r->value = strndup(m->payload ? m->payload : "", m->len);
+            rd_kafka_headers_t *h;
+            const void *v;
+            size_t n;
+            char b[32] = "";
+            if (!rd_kafka_message_headers(m, &h) &&
+                !rd_kafka_header_get_last(h, "lockstep.batch", &v, &n) && n < sizeof b)
+                memcpy(b, v, n);
+            r->batch = b[0] ? atoll(b) : -1;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
+    rd_kafka_assign(consumer, NULL);
+    /* partition, then offset order */
+    for (int32_t p = 0; p < 64; p++)
+        for (size_t i = 0; i < unsorted->n; i++)
+            if (unsorted->r[i].partition == p)
+                rs->r[rs->n++] = unsorted->r[i];
+    cr_assert_eq(rs->n, unsorted->n);
+    for (size_t i = 1; i < rs->n; i++)
+        if (rs->r[i].partition == rs->r[i - 1].partition)
+            cr_assert_gt(rs->r[i].offset, rs->r[i - 1].offset);
+    free(unsorted);
+}
+
+/* ---- key → value tables, compared as sorted "key=value" text ---- */
+
+typedef struct {
+    char key[64], value[64];
+    int64_t batch;
+} kv_t;
+
+typedef struct {
+    kv_t e[128];
+    size_t n;
+} table_t;
+
+static void table_put(table_t *t, const char *key, const char *value, int64_t batch) {
+    for (size_t i = 0; i < t->n; i++)
+        if (!strcmp(t->e[i].key, key)) {
+            if (batch >= t->e[i].batch) {
+                snprintf(t->e[i].value, sizeof t->e[i].value, "%s", value);
+                t->e[i].batch = batch;
+            }
+            return;
+        }
+    cr_assert_lt(t->n, sizeof t->e / sizeof *t->e);
+    kv_t *e = &t->e[t->n++];
+    snprintf(e->key, sizeof e->key, "%s", key);
+    snprintf(e->value, sizeof e->value, "%s", value);
+    e->batch = batch;
+}
+
+static int kv_cmp(const void *a, const void *b) {
+    return strcmp(((const kv_t *)a)->key, ((const kv_t *)b)->key);
+}
+
+/* "k1=v1 k2=v2 ..." sorted by key; static storage, two buffers. */
+static const char *table_text(table_t *t) {
+    static char bufs[2][8192];
+    static int next;
+    char *b = bufs[next++ % 2];
+    qsort(t->e, t->n, sizeof *t->e, kv_cmp);
+    size_t off = 0;
+    b[0] = 0;
+    for (size_t i = 0; i < t->n && off < sizeof bufs[0] - 1; i++)
+        off += (size_t)snprintf(b + off, sizeof bufs[0] - off, "%s%s=%s", i ? " " : "",
+                                t->e[i].key, t->e[i].value);
+    return b;
+}
+
+/* The latest value of each key in a Kafka sink's output (by the lockstep.batch header). */
+static void kafka_latest(const char *topic, table_t *t) {
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic(topic, rs);
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < rs->n; i++) {
+        cr_assert_gt(rs->r[i].batch, 0, "record without the lockstep.batch header");
+        cr_assert_not_null(rs->r[i].key);
+        table_put(t, rs->r[i].key, rs->r[i].value, rs->r[i].batch);
+    }
+    recs_free(rs);
+    free(rs);
+}
+
+/* ---- files under DIR/<partition>/, one .jsonl per batch ---- */
+
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Records of the files of one partition directory, in batch (file name) order. Returns
+ * the number of files; missing directory: 0. */
+static int read_files(const char *dir, int partition, recs_t *rs) {
+    char pdir[700];
+    snprintf(pdir, sizeof pdir, "%s/%d", dir, partition);
+    memset(rs, 0, sizeof *rs);
+    DIR *d = opendir(pdir);
+    if (!d)
+        return 0;
+    char *names[256];
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        size_t len = strlen(de->d_name);
+        cr_assert(len > 6 && !strcmp(de->d_name + len - 6, ".jsonl"), "unexpected file %s/%s",
+                  pdir, de->d_name);
+        cr_assert_lt(n, 256);
+        names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, name_cmp);
+    for (int i = 0; i < n; i++) {
+        char file[1000];
+        snprintf(file, sizeof file, "%s/%s", pdir, names[i]);
+        char *text = slurp(file);
+        char *save = NULL;
+        for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+            json_error_t je;
+            json_t *o = json_loads(l, 0, &je);
+            cr_assert_not_null(o, "%s: not JSON: %s", file, l);
+            json_t *k = json_object_get(o, "key"), *v = json_object_get(o, "value");
+            cr_assert(json_is_string(k) || json_is_null(k), "%s: key in %s", file, l);
+            cr_assert(json_is_string(v), "%s: value in %s", file, l);
+            cr_assert(json_is_integer(json_object_get(o, "timestamp")), "%s: %s", file, l);
+            cr_assert_lt(rs->n, sizeof rs->r / sizeof *rs->r);
+            rec_t *r = &rs->r[rs->n++];
+            r->partition = partition;
+            r->batch = i + 1; /* file order = batch order */
+            r->key = json_is_string(k) ? strdup(json_string_value(k)) : NULL;
+            r->value = strdup(json_string_value(v));
+            json_decref(o);
+        }
+        free(text);
+        free(names[i]);
+    }
+    return n;
+}
+
+static int partition_dirs(const char *dir) {
+    int n = tu_dir_entries(dir);
+    return n < 0 ? 0 : n;
+}
+
+/* Latest value per key of files in DIR/0 (records made by operators go to partition 0). */
+static void files_latest(const char *dir, table_t *t) {
+    cr_assert_eq(partition_dirs(dir), 1, "%s: derived records go to partition 0 only", dir);
+    recs_t *rs = calloc(1, sizeof *rs);
+    cr_assert_gt(read_files(dir, 0, rs), 0, "no files in %s/0", dir);
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < rs->n; i++)
+        table_put(t, rs->r[i].key, rs->r[i].value, rs->r[i].batch);
+    recs_free(rs);
+    free(rs);
+}
+
+/* ---- `lockstep checkpoint inspect --json` ---- */
+
+static json_t *inspect(void) {
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", cli, path("ckpt"));
+    cr_assert_eq(tu_run(cmd, &out), 0, "%s: %s", cmd, out);
+    json_error_t je;
+    json_t *d = json_loads(out, 0, &je);
+    cr_assert_not_null(d, "inspect --json: %s: %s", je.text, out);
+    free(out);
+    return d;
+}
+
+static int64_t acc_of(json_t *doc, const char *name) {
+    json_t *v = json_object_get(json_object_get(doc, "accumulators"), name);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+static int64_t offset_of(json_t *doc, const char *topic, int partition) {
+    json_t *a = json_object_get(doc, "offsets"), *o;
+    size_t i;
+    json_array_foreach(a, i, o) {
+        if (!strcmp(json_string_value(json_object_get(o, "topic")), topic) &&
+            json_integer_value(json_object_get(o, "partition")) == partition)
+            return json_integer_value(json_object_get(o, "offset"));
+    }
+    return -1;
+}
+
+/* ---- built-in pipelines ---- */
+
+static const char *const wc_lines[] = {
+    "The quick brown fox",   "jumps over the lazy dog", "THE DOG sleeps; the fox runs!",
+    "a b c a b a",           "Don't stop",              "over, and over, and OVER",
+};
+
+/* the built-in word splitting for plain ASCII text: letters, digits and ', lower-cased,
+ * trailing ' dropped */
+static void count_words(table_t *t, const char *line, long min_len, int by_length) {
+    const char *p = line;
+    while (*p) {
+        while (*p && !(isalnum((unsigned char)*p)))
+            p++;
+        char w[64];
+        size_t n = 0;
+        while (*p && (isalnum((unsigned char)*p) || (!by_length && *p == '\''))) {
+            w[n++] = (char)tolower((unsigned char)*p);
+            p++;
+        }
+        while (n && w[n - 1] == '\'')
+            n--;
+        w[n] = 0;
+        if (!n || (long)n < min_len)
+            continue;
+        char key[64];
+        if (by_length)
+            snprintf(key, sizeof key, "%zu", n);
+        else
+            snprintf(key, sizeof key, "%s", w);
+        size_t i;
+        for (i = 0; i < t->n && strcmp(t->e[i].key, key); i++)
+            ;
+        long long c = i < t->n ? atoll(t->e[i].value) : 0;
+        char v[32];
+        snprintf(v, sizeof v, "%lld", c + 1);
+        table_put(t, key, v, 0);
+    }
+}
+
+Test(cli_run, wordcount_to_topic_and_files) {
+    /* examples/wordcount.properties (the README's): input.topics=lines,
+     * output.topic=word-counts; app.id, checkpoint.dir and the brokers overridden */
+    const char *src = getenv("LK_SOURCE_DIR");
+    cr_assert_not_null(src, "LK_SOURCE_DIR is not set (run through ctest)");
+    run_conf_file = fmt("%s/examples/wordcount.properties", src);
+    broker_start((const char *const[]){"lines:2", "word-counts:3", NULL});
+    table_t want = {0};
+    int n = 0;
+    for (int round = 0; round < 5; round++)
+        for (size_t i = 0; i < sizeof wc_lines / sizeof *wc_lines; i++, n++) {
+            produce("lines", n % 2, NULL, wc_lines[i]);
+            count_words(&want, wc_lines[i], 1, 0);
+        }
+    flush_input();
+    run_tty = 0; /* stdout on a terminal: the live progress line */
+    RUN_START("wc", fmt("output.dir=%s", path("files")));
+    wait_input(n);
+    run_stop();
+    cr_assert_str_eq(table_text(&want),
+                     "a=15 and=10 b=10 brown=5 c=5 dog=10 don't=5 fox=10 jumps=5 lazy=5 over=20 "
+                     "quick=5 runs=5 sleeps=5 stop=5 the=20",
+                     "the test's own count");
+    table_t got;
+    kafka_latest("word-counts", &got);
+    cr_assert_str_eq(table_text(&got), table_text(&want), "Kafka output (latest per key)");
+    files_latest(path("files"), &got);
+    cr_assert_str_eq(table_text(&got), table_text(&want), "files (latest per key)");
+    json_t *doc = inspect();
+    cr_assert_eq(offset_of(doc, "lines", 0), n / 2);
+    cr_assert_eq(offset_of(doc, "lines", 1), n / 2);
+    cr_assert_str_eq(json_string_value(json_object_get(doc, "app_id")), "wc");
+    cr_assert_eq(progress_read(1).input_rows, n);
+    json_decref(doc);
+    char *out = tty_output();
+    cr_assert(strstr(out, "\r\033[Kbatch 1 | in ") && strstr(out, "rec/s | lag lines 0") &&
+                  strstr(out, "| outbox 0 B"),
+              "live progress line on a terminal: %s", out);
+    cr_assert_eq(out[strlen(out) - 1], '\n', "the line is ended at exit");
+    free(out);
+}
+
+/* A multiset of records as sorted "key|value" lines (key "-" for none). */
+static const char *recs_text(const recs_t *rs) {
+    static char bufs[2][8192];
+    static int next;
+    char *b = bufs[next++ % 2];
+    char *lines[512];
+    for (size_t i = 0; i < rs->n; i++)
+        cr_assert(asprintf(&lines[i], "%s|%s", rs->r[i].key ? rs->r[i].key : "-",
+                           rs->r[i].value) > 0);
+    qsort(lines, rs->n, sizeof *lines, name_cmp);
+    size_t off = 0;
+    b[0] = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        off += (size_t)snprintf(b + off, sizeof bufs[0] - off, "%s\n", lines[i]);
+        free(lines[i]);
+    }
+    return b;
+}
+
+Test(cli_run, count_by_key_dead_letters_to_a_topic_and_progress_log) {
+    broker_start((const char *const[]){"in:2", "out:3", "dead:1", NULL});
+    static const char *const in[2][6][2] = {
+        {{NULL, "{\"user\":\"alice\"}"},
+         {"b1", "{\"user\":\"bob\",\"x\":1}"},
+         {"k1", "not json"},
+         {NULL, "{\"user\":\"alice\"}"},
+         {"k2", "{\"name\":\"carol\"}"},
+         {NULL, "{\"user\":7}"}},
+        {{NULL, "{\"user\":\"bob\"}"},
+         {NULL, "[1,2]"},
+         {NULL, "{\"user\":\"alice\"}"},
+         {NULL, "{\"user\":7}"},
+         {"k3", "{\"user\":\"\"}"},
+         {"k4", "{\"user\":true}"}},
+    };
+    for (int i = 0; i < 6; i++)
+        for (int p = 0; p < 2; p++)
+            produce("in", p, in[p][i][0], in[p][i][1]);
+    flush_input();
+    RUN_START("cbk", "pipeline=count-by-key", "key.field=user", "input.topics=in",
+              "output.topic=out", "errors.deadletter=dead");
+    wait_input(12);
+    run_stop();
+
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got), "7=2 alice=3 bob=2");
+    recs_t *dead = calloc(1, sizeof *dead);
+    read_topic("dead", dead);
+    cr_assert_str_eq(recs_text(dead),
+                     "-|[1,2]\n"
+                     "k1|not json\n"
+                     "k2|{\"name\":\"carol\"}\n"
+                     "k3|{\"user\":\"\"}\n"
+                     "k4|{\"user\":true}\n",
+                     "dead letters: the malformed input records as they were");
+    for (size_t i = 0; i < dead->n; i++)
+        cr_assert_gt(dead->r[i].batch, 0, "dead letters carry provenance headers");
+    recs_free(dead);
+    free(dead);
+
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), 5);
+    cr_assert_eq(offset_of(doc, "in", 0), 6);
+    cr_assert_eq(offset_of(doc, "in", 1), 6);
+    json_decref(doc);
+
+    progress_sum_t s = progress_read(1);
+    cr_assert_eq(s.input_rows, 12, "numInputRows adds up to the input records");
+    cr_assert_geq(s.lines, 1);
+    cr_assert_eq(s.last_outbox, 0);
+    cr_assert_eq(s.last_lag, 0);
+    cr_assert_geq(s.output_rows, 3 + 5, "counts and dead letters");
+    char *out = slurp(path("stdout.txt"));
+    cr_assert_str_eq(out, "", "no progress line when stdout is not a terminal");
+    free(out);
+}
+
+Test(cli_run, sum_by_key_integer_and_decimal_dead_letters_to_files) {
+    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    static const char *const in[2][7] = {
+        {"{\"k\":\"a\",\"v\":1}", "{\"k\":\"a\",\"v\":2}", "{\"k\":\"b\",\"v\":0.5}",
+         "{\"k\":\"c\",\"v\":-1.5}", "{\"k\":\"a\",\"v\":\"3\"}", "{\"k\":\"b\"}",
+         "{\"k\":\"e\",\"v\":0.1}"},
+        {"{\"k\":\"a\",\"v\":3}", "{\"k\":\"b\",\"v\":0.25}", "{\"k\":\"c\",\"v\":0.25}",
+         "{\"k\":\"d\",\"v\":1e3}", "{bad json", "{\"v\":1}", "{\"k\":\"e\",\"v\":0.2}"},
+    };
+    for (int i = 0; i < 7; i++)
+        for (int p = 0; p < 2; p++)
+            produce("in", p, NULL, in[p][i]);
+    flush_input();
+    RUN_START("sbk", "pipeline=sum-by-key", "key.field=k", "value.field=v", "input.topics=in",
+              "output.topic=out", fmt("errors.deadletter=file:%s", path("dead")));
+    wait_input(14);
+    run_stop();
+
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got), "a=6 b=0.75 c=-1.25 d=1000 e=0.30000000000000004",
+                     "integer sums print as integers, others round-trip (%%.17g)");
+    cr_assert_eq(partition_dirs(path("dead")), 1);
+    recs_t *dead = calloc(1, sizeof *dead);
+    cr_assert_gt(read_files(path("dead"), 0, dead), 0);
+    cr_assert_str_eq(recs_text(dead),
+                     "-|{\"k\":\"a\",\"v\":\"3\"}\n"
+                     "-|{\"k\":\"b\"}\n"
+                     "-|{\"v\":1}\n"
+                     "-|{bad json\n");
+    recs_free(dead);
+    free(dead);
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), 4);
+    json_decref(doc);
+    cr_assert_eq(progress_read(1).input_rows, 14);
+}
+
+Test(cli_run, copy_keeps_partition_key_and_value_to_topic_and_files) {
+    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    recs_t *want = calloc(1, sizeof *want);
+    for (int i = 0; i < 20; i++) {
+        int p = i % 3 == 0 ? 1 : 0;
+        char k[16], v[64];
+        snprintf(k, sizeof k, "key-%d", i);
+        snprintf(v, sizeof v, i % 4 ? "value %d" : "{\"json\":%d, \"not parsed\":true}", i);
+        const char *key = i == 7 ? NULL : k; /* a record without key stays without */
+        produce("in", p, key, v);
+        want->r[want->n++] = (rec_t){p, 0, 0, key ? strdup(key) : NULL, strdup(v)};
+    }
+    flush_input();
+    RUN_START("copy", "pipeline=copy", "input.topics=in", "output.topic=out",
+              "output.partition=keep", fmt("output.dir=%s", path("files")));
+    wait_input(20);
+    run_stop();
+
+    recs_t *got = calloc(1, sizeof *got);
+    read_topic("out", got);
+    cr_assert_eq(got->n, want->n, "Kafka: every record once");
+    /* partition by partition in input order: same partition, key and value */
+    size_t g = 0;
+    for (int32_t p = 0; p < 2; p++)
+        for (size_t i = 0; i < want->n; i++) {
+            if (want->r[i].partition != p)
+                continue;
+            const rec_t *x = &got->r[g++], *w = &want->r[i];
+            cr_assert_eq(x->partition, p, "record %zu: partition %d, not %d", i, x->partition, p);
+            cr_assert_str_eq(x->value, w->value);
+            cr_assert((!x->key && !w->key) || (x->key && w->key && !strcmp(x->key, w->key)),
+                      "record %zu: key %s, not %s", i, x->key ? x->key : "(none)",
+                      w->key ? w->key : "(none)");
+        }
+    recs_free(got);
+
+    cr_assert_eq(partition_dirs(path("files")), 2, "files: the input partitions 0 and 1");
+    for (int32_t p = 0; p < 2; p++) {
+        cr_assert_gt(read_files(path("files"), p, got), 0);
+        size_t k = 0;
+        for (size_t i = 0; i < want->n; i++) {
+            if (want->r[i].partition != p)
+                continue;
+            cr_assert_lt(k, got->n);
+            const rec_t *x = &got->r[k++], *w = &want->r[i];
+            cr_assert_str_eq(x->value, w->value);
+            cr_assert((!x->key && !w->key) || (x->key && w->key && !strcmp(x->key, w->key)),
+                      "files[%d]: key %s, not %s", p, x->key ? x->key : "null",
+                      w->key ? w->key : "null");
+        }
+        cr_assert_eq(k, got->n, "files[%d]: nothing more", p);
+        recs_free(got);
+    }
+    recs_free(want);
+    free(want);
+    free(got);
+}
+
+Test(cli_run, plugin_counts_word_lengths_with_its_own_setting) {
+    const char *plugin = getenv("LK_PLUGIN");
+    cr_assert_not_null(plugin, "LK_PLUGIN is not set (run through ctest)");
+    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    table_t want = {0};
+    int n = 0;
+    for (int round = 0; round < 3; round++)
+        for (size_t i = 0; i < sizeof wc_lines / sizeof *wc_lines; i++, n++) {
+            produce("in", n % 2, NULL, wc_lines[i]);
+            count_words(&want, wc_lines[i], 3, 1);
+        }
+    flush_input();
+    RUN_START("lengths", fmt("pipeline.plugin=%s", plugin), "plugin.min.length=3",
+              "input.topics=in", "output.topic=out", fmt("output.dir=%s", path("files")));
+    wait_input(n);
+    run_stop();
+    cr_assert_str_eq(table_text(&want), "3=33 4=21 5=9 6=3", "the test's own count");
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got), table_text(&want), "Kafka output");
+    files_latest(path("files"), &got);
+    cr_assert_str_eq(table_text(&got), table_text(&want), "files");
+}
+
+Test(cli_run, tolerance_none_stops_at_the_bad_record_and_keeps_its_offset) {
+    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    for (int p = 0; p < 2; p++)
+        for (int i = 0; i < 2; i++)
+            produce("in", p, NULL, "{\"user\":\"alice\"}");
+    flush_input();
+    RUN_START("strict", "pipeline=count-by-key", "key.field=user", "input.topics=in",
+              "output.topic=out", "errors.tolerance=none");
+    wait_input(4);
+    /* the next batch holds a malformed record at in[0] offset 2 */
+    produce("in", 1, NULL, "{\"user\":\"bob\"}");
+    produce("in", 0, NULL, "{\"user\":\"bob\"");
+    produce("in", 0, NULL, "{\"user\":\"bob\"}");
+    flush_input();
+    int rc = wait_exit(&run_pid, 30);
+    char *err = slurp(path("stderr.txt"));
+    cr_assert_eq(rc, 1, "exit status %d; stderr: %s", rc, err);
+    cr_assert(strstr(err, "malformed record at in[0] offset 2") &&
+                  strstr(err, "errors.tolerance=none"),
+              "stderr names topic, partition and offset: %s", err);
+    free(err);
+    json_t *doc = inspect();
+    cr_assert_eq(offset_of(doc, "in", 0), 2, "the offset did not move past the bad record");
+    cr_assert_eq(offset_of(doc, "in", 1), 2, "nothing of the failed batch is committed");
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "last_batch"), "id")),
+                 progress_read(1).last_batch);
+    json_decref(doc);
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got), "alice=4", "only the committed batches' output");
+}
+
+/* ---- configuration errors: exit status 2 and a message naming key and reason ---- */
+
+static void expect_run(int want_rc, const char *args, const char *const *needles) {
+    char cmd[4000], *out;
+    snprintf(cmd, sizeof cmd, "'%s' run %s 2>&1", cli, args);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, want_rc, "exit status %d, not %d: run %s\n%s", rc, want_rc, args, out);
+    for (int i = 0; needles[i]; i++)
+        cr_assert(strstr(out, needles[i]), "run %s\nexpected \"%s\" in:\n%s", args, needles[i],
+                  out);
+    free(out);
+}
+
+#define EXPECT_RUN(rc, args, ...) expect_run(rc, args, (const char *const[]){__VA_ARGS__, NULL})
+
+Test(cli_run, configuration_errors_exit_2_naming_key_and_reason) {
+    const char *ck = path("ckpt");
+    char base[1500], full[2500];
+    snprintf(base, sizeof base,
+             "-X app.id=cfg -X checkpoint.dir='%s' -X kafka.bootstrap.servers=127.0.0.1:1", ck);
+    EXPECT_RUN(2, "-X app.idd=x", "unknown property \"app.idd\"", "did you mean \"app.id\"");
+    EXPECT_RUN(2, "-X batch.interval.ms=-5", "batch.interval.ms", "out of range (0..86400000)");
+    EXPECT_RUN(2, "-X output.partition=random", "output.partition",
+               "\"random\" is not one of hash|keep");
+    EXPECT_RUN(2, "-X kafka.acks=bogus", "kafka.acks", "Invalid value");
+    EXPECT_RUN(2, "-X app.id", "-X takes key=value, not 'app.id'");
+    EXPECT_RUN(2, "-X =x", "-X takes key=value");
+    EXPECT_RUN(2, "-X", "-X needs an argument");
+    EXPECT_RUN(2, "stray", "unexpected argument 'stray'");
+    /* the last of many arguments still counts (it used to be dropped after the 64th) */
+    char many[2000] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(many, " -X log.level=info");
+    strcat(many, " -X app.idd=x");
+    EXPECT_RUN(2, many, "unknown property \"app.idd\"");
+    snprintf(full, sizeof full, "-X checkpoint.dir='%s' -X kafka.bootstrap.servers=x -X pipeline=copy", ck);
+    EXPECT_RUN(2, full, "app.id is required");
+    EXPECT_RUN(2, "-X app.id=a -X kafka.bootstrap.servers=x -X pipeline=copy",
+               "checkpoint.dir is required");
+    snprintf(full, sizeof full, "-X app.id=a -X checkpoint.dir='%s' -X pipeline=copy", ck);
+    EXPECT_RUN(2, full, "kafka.bootstrap.servers is required");
+    EXPECT_RUN(2, base, "no pipeline: set pipeline=wordcount|count-by-key|sum-by-key|copy");
+    snprintf(full, sizeof full, "%s -X pipeline=copy -X pipeline.plugin=/x.so", base);
+    EXPECT_RUN(2, full, "set pipeline or pipeline.plugin, not both");
+    snprintf(full, sizeof full, "%s -X pipeline=count-by-key -X input.topics=i -X output.topic=o",
+             base);
+    EXPECT_RUN(2, full, "key.field is required by pipeline=count-by-key");
+    snprintf(full, sizeof full,
+             "%s -X pipeline=sum-by-key -X key.field=k -X input.topics=i -X output.topic=o", base);
+    EXPECT_RUN(2, full, "value.field is required by pipeline=sum-by-key");
+    snprintf(full, sizeof full, "%s -X pipeline=copy -X input.topics=i", base);
+    EXPECT_RUN(2, full, "no output: set output.topic and/or output.dir");
+    snprintf(full, sizeof full, "%s -X pipeline=wordcount -X output.topic=o", base);
+    EXPECT_RUN(2, full, "input.topics is required by pipeline=wordcount");
+    snprintf(full, sizeof full, "%s -X pipeline.plugin=/nonexistent/libmine.so", base);
+    EXPECT_RUN(2, full, "pipeline.plugin: cannot load /nonexistent/libmine.so",
+               "No such file or directory");
+    /* a shared object that is not a plugin */
+    snprintf(full, sizeof full, "%s -X pipeline.plugin=libm.so.6", base);
+    EXPECT_RUN(2, full, "pipeline.plugin: libm.so.6 exports no lk_plugin_define");
+    /* the plugin refuses its own setting: the pipeline cannot be defined (exit 1) */
+    const char *plugin = getenv("LK_PLUGIN");
+    cr_assert_not_null(plugin);
+    snprintf(full, sizeof full,
+             "%s -X pipeline.plugin='%s' -X input.topics=i -X output.topic=o "
+             "-X plugin.min.length=0",
+             base, plugin);
+    EXPECT_RUN(1, full, "plugin.min.length: expected 1 .. 1000, not '0'");
+    cr_assert_eq(access(ck, F_OK), -1, "no checkpoint is created by a refused configuration");
+
+    /* -c FILE: errors name file:line */
+    const char *props = path("app.properties");
+    FILE *fp = fopen(props, "w");
+    fprintf(fp, "# a comment\napp.id = cfg\n\n! another comment\npipeline=\\uZZZZ\n");
+    fclose(fp);
+    snprintf(full, sizeof full, "-c '%s'", props);
+    EXPECT_RUN(2, full, fmt("%s:5: bad escape sequence", props));
+    fp = fopen(props, "w");
+    fprintf(fp, "app.id=cfg\ninput.topics=a,\\\n  b\nchekpoint.dir=/tmp/x\n");
+    fclose(fp);
+    EXPECT_RUN(2, full, fmt("%s:4: unknown property \"chekpoint.dir\"", props),
+               "did you mean \"checkpoint.dir\"");
+    snprintf(full, sizeof full, "-c '%s'", path("missing.properties"));
+    EXPECT_RUN(2, full, fmt("%s: cannot open", path("missing.properties")));
+    EXPECT_RUN(2, "-c", "-c needs an argument");
+
+    EXPECT_RUN(0, "--help", "Usage: lockstep run", "-X key=value");
+    cr_assert_eq(access(ck, F_OK), -1);
+}
+
+Test(cli_run, mock_broker_arguments) {
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "'%s' mock-broker --help", cli);
+    cr_assert_eq(tu_run(cmd, &out), 0);
+    cr_assert(strstr(out, "Usage: lockstep mock-broker"), "%s", out);
+    free(out);
+    static const char *const bad[] = {"--topic in", "--topic in:0", "--topic :3", "--topic in:x",
+                                      "--topic in:3x", "--brokers 0", "--brokers 10", "--topic",
+                                      "--bogus"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "'%s' mock-broker %s 2>&1 </dev/null", cli, bad[i]);
+        int rc = tu_run(cmd, &out);
+        cr_assert_eq(rc, 2, "mock-broker %s: exit status %d\n%s", bad[i], rc, out);
+        cr_assert(strstr(out, "lockstep mock-broker: "), "%s", out);
+        cr_assert(!strstr(out, "bootstrap.servers=127"), "mock-broker %s started: %s", bad[i], out);
+        free(out);
+    }
+    /* a good one starts, prints its address and stops on SIGTERM with status 0 */
+    broker_start((const char *const[]){"a:1", "b:12", NULL});
+    cr_assert(strstr(bootstraps, "127.0.0.1:"), "%s", bootstraps);
+    kill(broker_pid, SIGTERM);
+    cr_assert_eq(wait_exit(&broker_pid, 10), 0);
+}
+
+Test(cli_run, demo_verifies) {
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "'%s' demo --lines 2000 2>&1", cli);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, 0, "demo exit status %d\n%s", rc, out);
+    cr_assert(strstr(out, "verified"), "%s", out);
+    free(out);
+}
