@@ -7,6 +7,7 @@
 #include "../core/util_int.h"
 #include "cli_int.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,9 @@ static int cmd_config(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* A file size limit (ulimit -f) must fail writes with EFBIG, reported and retried
+     * like a full disk, not kill the process. */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;

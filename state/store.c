@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 enum { DB_META, DB_OFFSETS, DB_BATCHES, DB_OUTBOX, DB_FENCES, DB_ACC, DB_FIXED_COUNT };
@@ -104,9 +105,21 @@ static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
                 mdb_strerror(rc));
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
     }
-    lk_err_t e = (rc == ENOSPC || rc == EIO || rc == EDQUOT) ? LK_ERR_IO
+    lk_err_t e = (rc == ENOSPC || rc == EIO || rc == EDQUOT || rc == EFBIG) ? LK_ERR_IO
                  : (rc == MDB_CORRUPTED || rc == MDB_INVALID) ? LK_ERR_CORRUPT
                                                               : LK_ERR_STORE;
+    if (e == LK_ERR_IO) {
+        /* LMDB reports a short write as EIO: say what it most likely means */
+        struct statvfs fs;
+        char space[96] = "";
+        if (statvfs(s->dir, &fs) == 0)
+            lk__fmt(space, sizeof space, "; %llu MiB free there",
+                    (unsigned long long)((uint64_t)fs.f_bavail * fs.f_frsize >> 20));
+        return lk__err(e, errstr, errstr_size,
+                       "checkpoint %s: %s: %s (disk full, a file size limit reached, or the "
+                       "device failing%s); nothing of the batch was kept, it is retried",
+                       s->dir, what, mdb_strerror(rc), space);
+    }
     return lk__err(e, errstr, errstr_size, "checkpoint %s: %s: %s", s->dir, what,
                    mdb_strerror(rc));
 }
