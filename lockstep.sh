@@ -8,7 +8,8 @@
 #   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
 #   ./lockstep.sh build      only build (into ./build)
 #   ./lockstep.sh docs       regenerate README.md's configuration reference
-#   ./lockstep.sh bench      build, run the benchmarks
+#   ./lockstep.sh bench      build, run bench/run (end to end, against baselines)
+#   ./lockstep.sh bench-store  build, run bench_store (checkpoint store vs raw LMDB)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -110,10 +111,15 @@ case "$cmd" in
   bench)
     need_packages
     build build
+    /usr/bin/python3 bench/run "$@"
+    ;;
+  bench-store)
+    need_packages
+    build build
     ./build/bench_store "$@"
     ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     [[ "$cmd" == help || "$cmd" == --help || "$cmd" == -h ]] || exit 2
     ;;
 esac

@@ -101,6 +101,7 @@ class Runner:
     def start_broker(self):
         if self.bootstrap:
             log(f"using the broker at {self.bootstrap}")
+            self.prepare_real_topics()
             return
         topics = ["lines:4", "events:3", "counts:4", "copy-out:4", "kv-counts:3", "dlq:1",
                   "wc.progress:1", "cp.progress:1", "kv.progress:1"]
@@ -151,6 +152,47 @@ class Runner:
         if rc != 0:
             self.problems.append(f"{app}: after the broker faults, the graceful stop exited "
                                  f"{rc} (see {self.work}/{app}.stderr)")
+
+    # Real broker only (--bootstrap; the mock path above is unchanged). Creates the topics
+    # the mock gets from `mock-broker --topic` (minus <app>.progress, which lockstep creates
+    # itself, compacted, as in production) with the same partition counts: the producer
+    # writes lines to explicit partitions 0..3 and cp checks output.partition=keep, so a
+    # broker-auto-created topic (one partition) would not do. Refuses topics that already
+    # hold records or have other partition counts: the checker counts everything it reads,
+    # and a stale <app>.progress record would be taken as a sink fence by the fresh
+    # checkpoints. Start from an empty broker (docker compose down -v).
+    REAL_TOPICS = {"lines": 4, "events": 3, "counts": 4, "copy-out": 4, "kv-counts": 3,
+                   "dlq": 1}
+
+    def prepare_real_topics(self):
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        have = admin.list_topics(timeout=30).topics
+        new = [NewTopic(t, n, 1) for t, n in self.REAL_TOPICS.items() if t not in have]
+        for t, f in (admin.create_topics(new) if new else {}).items():
+            try:
+                f.result(30)
+                log(f"created topic {t}")
+            except Exception as e:  # created meanwhile (compose's topics service): checked below
+                err = e.args[0] if e.args else None
+                if not (isinstance(err, KafkaError) and
+                        err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise SystemExit(f"chaos: cannot create topic {t}: {e!r}")
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "chaos-checker"})
+        md = c.list_topics(timeout=30).topics
+        for t in list(self.REAL_TOPICS) + ["wc.progress", "cp.progress", "kv.progress"]:
+            if t not in md:
+                continue  # a progress topic lockstep has not created yet
+            parts = md[t].partitions
+            if t in self.REAL_TOPICS and len(parts) != self.REAL_TOPICS[t]:
+                raise SystemExit(f"chaos: topic {t} has {len(parts)} partitions, "
+                                 f"{self.REAL_TOPICS[t]} needed")
+            for p in parts:
+                if c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] > 0:
+                    raise SystemExit(f"chaos: topic {t} already holds records (an earlier "
+                                     f"run?); start from an empty broker "
+                                     f"(docker compose down -v)")
+        c.close()
 
     def produce(self, nlines, nevents):
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})

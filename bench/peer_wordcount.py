@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""peer_wordcount.py — the peer of `lockstep run pipeline=wordcount` in bench/run: the
+same exactly-once word count written the way a user would without lockstep, with
+confluent_kafka (Debian's python3-confluent-kafka, librdkafka 2.0.2).
+
+  consumer   isolation.level=read_committed, enable.auto.commit=false, assigned every
+             partition of the input topic from offset 0 (the mock cluster does not store
+             group offsets anyway, see probe/mock/FINDINGS.md)
+  producer   transactional.id, one transaction per batch of --batch messages:
+             produce the updated count of every word the batch touched, then
+             send_offsets_to_transaction(positions, group metadata), commit
+  state      a dict word -> count, in memory
+
+Its recovery story is weaker than lockstep's, and the benchmark does not charge it for
+that: the state lives only in this process's memory. Output and input offsets are
+committed together (so Kafka never holds half a batch), but after a crash the dict is
+gone; the restarted process resumes at the committed offsets with empty counts and
+publishes wrong (too small) totals, unless it first rebuilds the dict from a changelog
+topic — which it does not have (it would need a compacted changelog written in the same
+transaction and replayed on start: the work of a stream processor). lockstep keeps the
+state in its checkpoint, committed with the offsets, and recovers it by opening a file.
+
+Prints one JSON line: records, batches, steady_seconds (from the end of the first
+batch's commit to the end of the last: librdkafka 2.0.2's ~1 s stall on the first
+fetch and first transaction is excluded, as for every case of bench/run), total_seconds.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--batch", type=int, default=20000, help="messages per transaction")
+    ap.add_argument("--txn-id", default="peer-wordcount")
+    ap.add_argument("--timeout", type=float, default=300)
+    a = ap.parse_args()
+
+    group = a.txn_id
+    consumer = Consumer({
+        "bootstrap.servers": a.bootstrap,
+        "group.id": group,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "log_level": 3,
+    })
+    producer = Producer({
+        "bootstrap.servers": a.bootstrap,
+        "transactional.id": a.txn_id,
+        "linger.ms": 5,
+        "log_level": 3,
+    })
+    t0 = time.monotonic()
+    md = consumer.list_topics(a.input, timeout=10)
+    parts = sorted(md.topics[a.input].partitions)
+    high = {}
+    for p in parts:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(a.input, p), timeout=10)
+        high[p] = hi
+    expected = sum(high.values())
+    consumer.assign([TopicPartition(a.input, p, 0) for p in parts])
+    producer.init_transactions(30)
+
+    counts = {}
+    seen = 0
+    batches = 0
+    t_first = None
+    deadline = t0 + a.timeout
+    while seen < expected:
+        if time.monotonic() > deadline:
+            sys.exit(f"peer_wordcount: timed out after {seen} of {expected} records")
+        msgs = []
+        while len(msgs) < a.batch and seen + len(msgs) < expected:
+            got = consumer.consume(num_messages=min(10000, a.batch - len(msgs)), timeout=0.5)
+            for m in got:
+                if m.error():
+                    raise KafkaException(m.error())
+            msgs.extend(got)
+            if time.monotonic() > deadline:
+                break
+        if not msgs:
+            continue
+        producer.begin_transaction()
+        touched = {}
+        for m in msgs:
+            for w in split_words(m.value()):
+                c = counts.get(w, 0) + 1
+                counts[w] = c
+                touched[w] = c
+        for w, c in touched.items():
+            while True:
+                try:
+                    producer.produce(a.output, key=w.encode(), value=str(c).encode())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                             consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(30)
+        seen += len(msgs)
+        batches += 1
+        if t_first is None:
+            t_first = time.monotonic()
+            first_records = len(msgs)
+    t_end = time.monotonic()
+    print(json.dumps({"records": seen, "batches": batches, "words": len(counts),
+                      "warmup_records": first_records,
+                      "steady_seconds": t_end - t_first, "total_seconds": t_end - t0}),
+          flush=True)
+    consumer.close()
+
+
+def split_words(value):
+    """The words of a line, the way a user would split them. bench/run's input is
+    lower-case words separated by single spaces, for which this and lockstep's
+    tokenizer (letters and digits, lower-cased) agree; a stricter tokenizer in Python
+    would only make the peer slower."""
+    return value.decode().split()
+
+
+if __name__ == "__main__":
+    main()
