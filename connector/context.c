@@ -522,8 +522,9 @@ static int should_abandon(void *opaque) {
 /* One batch. *idle is set when it read no input (whether or not it committed). */
 static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     *idle = 0;
-    if (ctx->fatal)
-        return fail(ctx, LK_ERR_FATAL, "%s", ctx->errstr);
+    if (ctx->fatal) /* ctx->errstr still says why; formatting it into itself (vsnprintf
+                     * with overlapping buffers) is undefined and lost the message */
+        return LK_ERR_FATAL;
     lk_err_t se = drain_sinks(ctx, 0);
     if (ctx->fatal)
         return se;

@@ -2,11 +2,13 @@
  * receiver.c — the pull-based Kafka receiver (see receiver_int.h).
  *
  * One consumer, no group membership, no offset commits. Every known partition is
- * assigned; for each, `cursor` is the offset from which everything received so far is
- * contiguous: messages polled beyond a range's end are held for the next batch, and
- * finished partitions are paused so held data stays small. When a batch starts where
- * the cursor stands, prefetched data is reused; otherwise the partition is sought to
- * the range start (after an abandoned batch, a restart, or a data-loss skip).
+ * assigned and read from its own queue, and only while its range needs records, so
+ * librdkafka's read-ahead waits in its queue for the next batch and nothing is paused.
+ * For each partition, `cursor` is the offset from which everything received so far is
+ * contiguous: a batch starting where the cursor stands reuses what was read ahead;
+ * otherwise the partition is sought to the range start (after an abandoned batch, a
+ * restart, or a data-loss skip). Records received past a range after a gap (compacted
+ * records, transaction markers) are held for the next batch.
  */
 #define _GNU_SOURCE
 #include "receiver_int.h"
@@ -22,9 +24,9 @@ typedef struct {
     const char *topic; /* points into r->topics */
     int32_t partition;
     int64_t cursor; /* -1: unknown, seek before use */
-    rd_kafka_message_t **held;
+    rd_kafka_message_t **held; /* received past the last range (after a gap) */
     size_t nheld, capheld;
-    int paused;
+    rd_kafka_queue_t *queue;   /* the partition's own message queue */
     long range; /* index into the current fetch, -1: none */
     int done;
 } part_t;
@@ -104,12 +106,14 @@ static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
     char kerr[512];
     size_t n = lk__conf_kafka_count(conf);
-    int has_group = 0;
+    int has_group = 0, has_queued = 0;
     for (size_t i = 0; i < n; i++) {
         const char *k, *v;
         lk__conf_kafka_get(conf, i, &k, &v);
         if (!strcmp(k, "group.id"))
             has_group = 1;
+        if (!strcmp(k, "queued.max.messages.kbytes"))
+            has_queued = 1;
         if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
             rd_kafka_conf_destroy(kc);
             lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
@@ -123,6 +127,10 @@ static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr
     };
     for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
         rd_kafka_conf_set(kc, fixed[i][0], fixed[i][1], kerr, sizeof kerr);
+    /* With a queue per partition, librdkafka's read-ahead bound applies per partition:
+     * its 64 MiB default times many partitions is too much to hold by default. */
+    if (fetcher && !has_queued)
+        rd_kafka_conf_set(kc, "queued.max.messages.kbytes", "8192", kerr, sizeof kerr);
     if (fetcher && !has_group)
         rd_kafka_conf_set(kc, "group.id", lk__conf_str(conf, LK__P_APP_ID), kerr, sizeof kerr);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
@@ -178,6 +186,8 @@ void lk__receiver_destroy(lk_receiver_t *r) {
     for (size_t i = 0; i < r->nparts; i++) {
         drop_held(&r->parts[i]);
         free(r->parts[i].held);
+        if (r->parts[i].queue)
+            rd_kafka_queue_destroy(r->parts[i].queue);
     }
     free(r->parts);
     for (size_t i = 0; i < r->ntopics; i++)
@@ -357,48 +367,41 @@ static rd_kafka_topic_partition_list_t *plist(size_t n) {
     return rd_kafka_topic_partition_list_new((int)(n ? n : 1));
 }
 
-static void set_paused(lk_receiver_t *r, part_t *p, int pause) {
-    if (p->paused == pause)
-        return;
-    rd_kafka_topic_partition_list_t *l = plist(1);
-    rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
-    if (pause)
-        rd_kafka_pause_partitions(r->rk, l);
-    else
-        rd_kafka_resume_partitions(r->rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    p->paused = pause;
-}
-
-/* Pausing is a last resort: librdkafka 2.0.2's broker thread notices a resume only at
- * its next I/O wakeup, up to a second later, which would stall every batch. A finished
- * partition is paused only once it holds more than a batch's worth for the next one. */
-static void hold_back_if_full(lk_receiver_t *r, part_t *p) {
-    if (p->nheld > (size_t)r->max_records)
-        set_paused(r, p, 1);
-}
-
-static void mark_done(lk_receiver_t *r, part_t *p) {
+static void mark_done(part_t *p) {
     p->done = 1;
-    hold_back_if_full(r, p);
 }
 
-/* Append m to the range of its partition, or hold it for the next batch. -1: out of
+/* Each partition is read from its own queue, and only while its range needs records, so
+ * librdkafka's read-ahead (queued.max.messages.kbytes per partition) bounds what waits
+ * in memory and no partition is ever paused (librdkafka 2.0.2 notices a resume only at
+ * its next I/O wakeup, up to a second later). */
+static lk_err_t open_queue(lk_receiver_t *r, part_t *p, char *errstr, size_t errstr_size) {
+    if (p->queue)
+        return LK_OK;
+    p->queue = rd_kafka_queue_get_partition(r->rk, p->topic, p->partition);
+    if (!p->queue)
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "no queue for %s[%d]", p->topic,
+                       (int)p->partition);
+    rd_kafka_queue_forward(p->queue, NULL); /* its messages stay on its own queue */
+    return LK_OK;
+}
+
+/* Append m to the range of its partition, or hold it for the next batch (a record past
+ * the range, after a gap of compacted records or transaction markers). -1: out of
  * memory with m inside the range (the batch must fail: committing it would skip m). */
-static int take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
+static int take(lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
     lk__range_msgs_t *rm = &f->ranges[p->range];
     if (m->offset < rm->range.from) { /* stale: from before a seek */
         rd_kafka_message_destroy(m);
         return 0;
     }
     if (p->done || m->offset >= rm->range.until) {
-        if (m->offset >= rm->range.until && !p->done)
-            mark_done(r, p);
+        if (m->offset >= rm->range.until)
+            mark_done(p);
         if (hold(p, m)) { /* losing a held message only costs a seek next batch */
             rd_kafka_message_destroy(m);
             p->cursor = -1;
         }
-        hold_back_if_full(r, p);
         return 0;
     }
     if (rm->n == rm->cap) {
@@ -415,12 +418,13 @@ static int take(lk_receiver_t *r, lk__fetch_t *f, part_t *p, rd_kafka_message_t 
     f->records++;
     f->bytes += m->len + m->key_len;
     if (m->offset + 1 >= rm->range.until)
-        mark_done(r, p);
+        mark_done(p);
     return 0;
 }
 
 /* Make the consumer deliver every planned partition from its range start. */
-static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t errstr_size) {
+static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *errstr,
+                         size_t errstr_size) {
     for (size_t i = 0; i < r->nparts; i++)
         r->parts[i].range = -1;
     for (size_t i = 0; i < f->nranges; i++) {
@@ -435,8 +439,6 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
         for (size_t i = 0; i < r->nparts; i++) {
             part_t *p = &r->parts[i];
             drop_held(p);
-            /* assign() keeps a pause the application set: count a partition we paused
-             * as still paused so that the resume below is really sent */
             if (p->range < 0) {
                 p->cursor = -1;
                 continue;
@@ -451,6 +453,13 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot assign partitions: %s",
                            rd_kafka_err2str(ke));
         r->assigned = 1;
+        for (size_t i = 0; i < r->nparts; i++) {
+            lk_err_t e = r->parts[i].range >= 0
+                             ? open_queue(r, &r->parts[i], errstr, errstr_size)
+                             : LK_OK;
+            if (e)
+                return e;
+        }
     } else {
         rd_kafka_topic_partition_list_t *l = plist(f->nranges);
         for (size_t i = 0; i < f->nranges; i++) {
@@ -492,17 +501,53 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
             p->done = 1;
         int oom = 0;
         for (size_t j = 0; j < nheld; j++)
-            if (oom)
+            if (oom) {
                 rd_kafka_message_destroy(held[j]);
-            else
-                oom = take(r, f, p, held[j]) != 0;
+            } else if (cap_bytes && f->bytes >= (uint64_t)r->max_bytes) {
+                /* the batch is already full: these wait for the next one */
+                if (hold(p, held[j])) {
+                    rd_kafka_message_destroy(held[j]);
+                    p->cursor = -1;
+                }
+            } else {
+                oom = take(f, p, held[j]) != 0;
+            }
         free(held);
         if (oom) {
             lk__receiver_invalidate(r);
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
         }
-        if (!p->done || p->nheld <= (size_t)r->max_records)
-            set_paused(r, p, 0);
+    }
+    return LK_OK;
+}
+
+/* Handle an event (not a message) from a partition or the consumer: 0 to go on. */
+static lk_err_t on_event(lk_receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m,
+                         char *errstr, size_t errstr_size) {
+    const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
+    part_t *p = topic ? find_part(r, topic, m->partition) : NULL;
+    rd_kafka_resp_err_t ke = m->err;
+    if (ke == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        if (p && p->range >= 0 && !p->done && m->offset >= f->ranges[p->range].range.until)
+            mark_done(p);
+        return LK_OK;
+    }
+    if (ke == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || ke == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        lk__receiver_invalidate(r);
+        return lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
+                       "%s[%d]: offsets to read no longer exist: %s", topic ? topic : "?",
+                       (int)(p ? p->partition : -1), rd_kafka_message_errstr(m));
+    }
+    char fatal[512];
+    if (rd_kafka_fatal_error(r->rk, fatal, sizeof fatal)) {
+        lk__receiver_invalidate(r);
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size, "consumer fatal error: %s", fatal);
+    }
+    int64_t now = lk__mono_ms();
+    if (now - r->last_err_log_ms > 5000) {
+        lk__log(LK_LOG_WARNING, "consumer: %s (retrying until fetch.timeout.ms)",
+                rd_kafka_message_errstr(m));
+        r->last_err_log_ms = now;
     }
     return LK_OK;
 }
@@ -510,19 +555,77 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, char *errstr, size_t 
 lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
                             int (*abandon)(void *opaque), void *opaque, char *errstr,
                             size_t errstr_size) {
-    lk_err_t err = position(r, f, errstr, errstr_size);
+    lk_err_t err = position(r, f, cap_bytes, errstr, errstr_size);
     if (err)
         return err;
     int64_t deadline = lk__mono_ms() + r->fetch_timeout_ms;
+    rd_kafka_message_t *msgs[1024];
     for (;;) {
         size_t pending = 0;
-        for (size_t i = 0; i < f->nranges; i++) {
-            part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
-            pending += !p->done;
+        part_t *wait_on = NULL;
+        /* max.bytes.per.batch reached, possibly already by held records: then nothing
+         * more may be taken from a queue, or a partition whose held records were put
+         * off would skip past them */
+        int full = cap_bytes && f->bytes >= (uint64_t)r->max_bytes;
+        for (size_t i = 0; i < f->nranges && !err; i++) {
+            lk__range_msgs_t *rm = &f->ranges[i];
+            part_t *p = find_part(r, rm->range.topic, rm->range.partition);
+            if (p->done)
+                continue;
+            if (full) {
+                pending++;
+                continue;
+            }
+            /* ask for no more than the range still needs: without gaps, nothing past it */
+            int64_t last = rm->n ? rm->msgs[rm->n - 1]->offset + 1 : rm->range.from;
+            int64_t want = rm->range.until - last;
+            if (want > (int64_t)LK_ARRAY_SIZE(msgs))
+                want = LK_ARRAY_SIZE(msgs);
+            if (want < 1)
+                want = 1;
+            ssize_t n = rd_kafka_consume_batch_queue(p->queue, 0, msgs, (size_t)want);
+            for (ssize_t j = 0; j < n; j++) {
+                if (err || msgs[j]->err) {
+                    if (!err)
+                        err = on_event(r, f, msgs[j], errstr, errstr_size);
+                    rd_kafka_message_destroy(msgs[j]);
+                } else if (full) {
+                    /* past the byte cap: the range ends before it, the next batch
+                     * starts with it */
+                    if (hold(p, msgs[j])) {
+                        rd_kafka_message_destroy(msgs[j]);
+                        p->cursor = -1;
+                    }
+                } else if (take(f, p, msgs[j])) {
+                    lk__receiver_invalidate(r);
+                    err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
+                } else if (cap_bytes && f->bytes >= (uint64_t)r->max_bytes) {
+                    full = 1;
+                }
+            }
+            if (!p->done) {
+                pending++;
+                if (!wait_on)
+                    wait_on = p;
+            }
+        }
+        if (err)
+            return err;
+        /* consumer-wide events (broker errors) arrive on the consumer queue */
+        rd_kafka_message_t *ev;
+        while ((ev = rd_kafka_consumer_poll(r->rk, 0))) {
+            if (!ev->err) { /* a partition without its own queue yet: not planned */
+                rd_kafka_message_destroy(ev);
+                continue;
+            }
+            err = on_event(r, f, ev, errstr, errstr_size);
+            rd_kafka_message_destroy(ev);
+            if (err)
+                return err;
         }
         if (!pending)
             break;
-        if (cap_bytes && f->bytes >= (uint64_t)r->max_bytes) {
+        if (full || (cap_bytes && f->bytes >= (uint64_t)r->max_bytes)) {
             /* batch full: end every unfinished range where fetching stopped */
             for (size_t i = 0; i < f->nranges; i++) {
                 lk__range_msgs_t *rm = &f->ranges[i];
@@ -530,7 +633,7 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
                 if (p->done)
                     continue;
                 rm->range.until = rm->n ? rm->msgs[rm->n - 1]->offset + 1 : rm->range.from;
-                mark_done(r, p);
+                mark_done(p);
             }
             break;
         }
@@ -539,56 +642,23 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
             lk__receiver_invalidate(r);
             return lk__err(LK_ERR_TIMED_OUT, errstr, errstr_size,
                            abandoned ? "fetch abandoned (stop requested)"
-                                           : "fetch timed out after %lld ms with %zu of %zu "
-                                             "partitions incomplete (fetch.timeout.ms)",
+                                     : "fetch timed out after %lld ms with %zu of %zu "
+                                       "partitions incomplete (fetch.timeout.ms)",
                            (long long)r->fetch_timeout_ms, pending, f->nranges);
         }
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(r->rk, 100);
-        if (!m)
-            continue;
-        const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
-        part_t *p = topic ? find_part(r, topic, m->partition) : NULL;
-        if (m->err) {
-            rd_kafka_resp_err_t ke = m->err;
-            if (ke == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                if (p && p->range >= 0 && !p->done &&
-                    m->offset >= f->ranges[p->range].range.until)
-                    mark_done(r, p);
-            } else if (ke == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
-                       ke == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
-                char msg[512];
-                lk__fmt(msg, sizeof msg, "%s", rd_kafka_message_errstr(m));
-                rd_kafka_message_destroy(m);
+        /* nothing ready: wait briefly on one partition that still needs records */
+        ssize_t n = rd_kafka_consume_batch_queue(wait_on->queue, 10, msgs, 1);
+        for (ssize_t j = 0; j < n && !err; j++) {
+            if (msgs[j]->err) {
+                err = on_event(r, f, msgs[j], errstr, errstr_size);
+                rd_kafka_message_destroy(msgs[j]);
+            } else if (take(f, wait_on, msgs[j])) {
                 lk__receiver_invalidate(r);
-                return lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
-                               "%s[%d]: offsets to read no longer exist: %s",
-                               topic ? topic : "?", (int)(p ? p->partition : -1), msg);
-            } else {
-                char fatal[512];
-                if (rd_kafka_fatal_error(r->rk, fatal, sizeof fatal)) {
-                    rd_kafka_message_destroy(m);
-                    lk__receiver_invalidate(r);
-                    return lk__err(LK_ERR_FATAL, errstr, errstr_size,
-                                   "consumer fatal error: %s", fatal);
-                }
-                int64_t now = lk__mono_ms();
-                if (now - r->last_err_log_ms > 5000) {
-                    lk__log(LK_LOG_WARNING, "consumer: %s (retrying until fetch.timeout.ms)",
-                            rd_kafka_message_errstr(m));
-                    r->last_err_log_ms = now;
-                }
+                err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
             }
-            rd_kafka_message_destroy(m);
-            continue;
         }
-        if (!p || p->range < 0) {
-            rd_kafka_message_destroy(m);
-            continue;
-        }
-        if (take(r, f, p, m)) {
-            lk__receiver_invalidate(r);
-            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
-        }
+        if (err)
+            return err;
     }
     for (size_t i = 0; i < f->nranges; i++) {
         part_t *p = find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);

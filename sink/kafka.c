@@ -19,6 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A transactional call that timed out keeps running inside librdkafka: it must be called
+ * again to finish (it is resumable), and until then librdkafka refuses every other
+ * transactional call ("Conflicting commit_transaction API call is already in
+ * progress"). */
+typedef enum { PENDING_NONE, PENDING_COMMIT, PENDING_ABORT } pending_t;
+
 typedef struct {
     rd_kafka_t *producer;
     rd_kafka_t *reader; /* reads the progress topic (read_committed) */
@@ -26,6 +32,10 @@ typedef struct {
     int inited; /* init_transactions done */
     int send_offsets;
     int timeout_ms;
+    pending_t pending;       /* a timed-out commit or abort to finish first */
+    uint64_t pending_batch;  /* the batch of a pending commit */
+    int fence_known;         /* fence is what Kafka holds (read once per producer) */
+    uint64_t fence;
 } kafka_sink_t;
 
 /* Map a transactional API error; the message says which class it is. */
@@ -248,6 +258,44 @@ static lk_err_t read_fence(lk_sink_t *s, uint64_t *fence, char *errstr, size_t e
     }
 }
 
+/*
+ * Finish a commit or abort that timed out by calling it again (resuming it). A resumed
+ * commit that succeeds delivered its batch: the fence moves to it directly, since a
+ * read_committed reader may not see its progress record at once (the coordinator writes
+ * the commit markers after answering). Until it is finished nothing else can be done with
+ * this producer, and the batch's outcome is unknown.
+ */
+static lk_err_t finish_pending(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    kafka_sink_t *k = s->impl;
+    while (k->pending != PENDING_NONE) {
+        int commit = k->pending == PENDING_COMMIT;
+        rd_kafka_error_t *e = commit ? rd_kafka_commit_transaction(k->producer, k->timeout_ms)
+                                     : rd_kafka_abort_transaction(k->producer, k->timeout_ms);
+        if (!e) {
+            if (commit) {
+                lk__log(LK_LOG_NOTICE, "sink '%s': the timed-out commit of batch %llu completed",
+                        s->name, (unsigned long long)k->pending_batch);
+                if (k->pending_batch > k->fence)
+                    k->fence = k->pending_batch;
+            }
+            k->pending = PENDING_NONE;
+            break;
+        }
+        if (rd_kafka_error_is_retriable(e))
+            return txn_error(e, commit ? "resuming commit_transaction" : "resuming abort_transaction",
+                             errstr, errstr_size);
+        if (commit && rd_kafka_error_txn_requires_abort(e)) {
+            rd_kafka_error_destroy(e);
+            k->pending = PENDING_ABORT;
+            continue;
+        }
+        k->pending = PENDING_NONE;
+        return txn_error(e, commit ? "resuming commit_transaction" : "resuming abort_transaction",
+                         errstr, errstr_size);
+    }
+    return LK_OK;
+}
+
 static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
                               size_t errstr_size) {
     kafka_sink_t *k = s->impl;
@@ -258,9 +306,25 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
             return txn_error(e, "init_transactions", errstr, errstr_size);
         k->inited = 1;
     }
-    lk_err_t r = ensure_progress_topic(k, errstr, errstr_size);
+    lk_err_t r = finish_pending(s, errstr, errstr_size);
     if (!r)
-        r = read_fence(s, fence, errstr, errstr_size);
+        r = ensure_progress_topic(k, errstr, errstr_size);
+    /* The progress topic is read once per producer. Afterwards this producer knows what it
+     * committed: every failed delivery was aborted or its commit finished (finish_pending),
+     * and another instance writing would have fenced it. Reading again after an abort
+     * could only add what an aborted transaction left, which read_committed hides on a
+     * broker, but the mock cluster shows (probe/mock/FINDINGS.md, Q2). */
+    if (!r && !k->fence_known) {
+        uint64_t f = 0;
+        r = read_fence(s, &f, errstr, errstr_size);
+        if (!r) {
+            if (f > k->fence)
+                k->fence = f;
+            k->fence_known = 1;
+        }
+    }
+    if (!r)
+        *fence = k->fence;
     if (!r)
         lk__log(LK_LOG_INFO, "sink '%s': topic %s holds batches up to %llu", s->name,
                 s->target, (unsigned long long)*fence);
@@ -270,6 +334,11 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
 static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
     (void)batch;
     kafka_sink_t *k = s->impl;
+    if (k->pending != PENDING_NONE) /* recover() finishes it first */
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                       "the %s of batch %llu has not finished yet",
+                       k->pending == PENDING_COMMIT ? "commit" : "abort",
+                       (unsigned long long)k->pending_batch);
     rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
     return e ? txn_error(e, "begin_transaction", errstr, errstr_size) : LK_OK;
 }
@@ -356,13 +425,20 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     }
     for (int tries = 0;; tries++) {
         rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, k->timeout_ms);
-        if (!e)
+        if (!e) {
+            k->fence = s->batch;
             return LK_OK;
+        }
         if (rd_kafka_error_is_retriable(e) && tries < 3) {
             lk__log(LK_LOG_WARNING, "sink '%s' batch %llu: commit_transaction: %s; retrying",
                     s->name, (unsigned long long)s->batch, rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
             continue;
+        }
+        if (rd_kafka_error_is_retriable(e)) {
+            /* still running: it cannot be aborted, only finished (see finish_pending) */
+            k->pending = PENDING_COMMIT;
+            k->pending_batch = s->batch;
         }
         return txn_error(e, "commit_transaction", errstr, errstr_size);
     }
@@ -370,6 +446,8 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
 
 static void kafka_abort(lk_sink_t *s) {
     kafka_sink_t *k = s->impl;
+    if (k->pending != PENDING_NONE)
+        return; /* a timed-out commit: finished by recover(), which learns its outcome */
     for (int tries = 0; tries < 3; tries++) {
         rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, k->timeout_ms);
         if (!e)
@@ -380,6 +458,10 @@ static void kafka_abort(lk_sink_t *s) {
         rd_kafka_error_destroy(e);
         if (!retriable)
             return;
+        if (tries == 2) {
+            k->pending = PENDING_ABORT; /* still running: recover() finishes it */
+            k->pending_batch = s->batch;
+        }
     }
 }
 

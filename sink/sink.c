@@ -202,8 +202,11 @@ static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *e
     }
     lk__faultpoint("after-sink-commit");
     if ((e = acknowledge(s, store, batch, why, sizeof why))) {
-        /* delivered but not acknowledged: the fence makes the retry harmless */
+        /* delivered but not acknowledged: the fence makes the retry harmless, provided
+         * the sink recovers (learns its fence) before the retry. Without that the next
+         * drain would deliver the batch a second time. */
         s->state = LK__TXN_READY;
+        s->recovered = 0;
         return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: acknowledging: %s",
                        s->name, (unsigned long long)batch, why);
     }

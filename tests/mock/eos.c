@@ -155,6 +155,7 @@ void eos_read(const char *bootstraps, const char *app, const char *sink, const c
     snprintf(progress, sizeof progress, "%s.progress", app);
     prog_ctx_t p = {app, sink, c, 0};
     read_all(rk, progress, on_progress, &p);
+    r->progress_records = p.seen;
     for (uint64_t b = 1; b < EOS_MAX_BATCHES; b++)
         if (c[b].batch) {
             if (!r->first)

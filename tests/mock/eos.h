@@ -21,6 +21,9 @@
 
 typedef struct {
     uint64_t batches;      /* distinct batches with a progress record */
+    uint64_t progress_records; /* progress records of the sink, of every attempt: more
+                                  than batches means a batch was committed twice, or (on
+                                  the mock only) an aborted attempt's record is visible */
     uint64_t first, last;  /* their range */
     uint64_t gaps;         /* batch ids missing in [first, last] */
     uint64_t records;      /* records of committed attempts */
