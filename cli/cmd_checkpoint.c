@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "cli_int.h"
+#include "../core/json_int.h"
 #include "../core/util_int.h"
 #include "../state/store_int.h"
 
@@ -196,55 +197,6 @@ static const char export_help[] =
     "  --output FILE    write FILE instead of stdout, durably: FILE.tmp is written,\n"
     "                   synced and renamed to FILE, so FILE is complete or untouched\n";
 
-/* Text: valid UTF-8 (checked by json_stringn) without control characters other than
- * tab, newline and carriage return. */
-static int is_text_bytes(const unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if ((p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' && p[i] != '\r') || p[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
-static char *base64(const unsigned char *in, size_t n) {
-    static const char tbl[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        *o++ = tbl[v >> 18 & 63];
-        *o++ = tbl[v >> 12 & 63];
-        *o++ = tbl[v >> 6 & 63];
-        *o++ = tbl[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0);
-        *o++ = tbl[v >> 18 & 63];
-        *o++ = tbl[v >> 12 & 63];
-        *o++ = i + 1 < n ? tbl[v >> 6 & 63] : '=';
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-/* obj[name] = the bytes as a string when text, else obj[name_base64]; NULL: null. */
-static int set_bytes(json_t *obj, const char *name, const void *p, size_t n) {
-    if (!p)
-        return json_object_set_new(obj, name, json_null());
-    json_t *v = is_text_bytes(p, n) ? json_stringn(p, n) : NULL; /* NULL: not UTF-8 */
-    if (v)
-        return json_object_set_new(obj, name, v);
-    char *enc = base64(p, n), b64name[32];
-    if (!enc)
-        return -1;
-    lk__fmt(b64name, sizeof b64name, "%s_base64", name);
-    int rc = json_object_set_new(obj, b64name, json_string(enc));
-    free(enc);
-    return rc;
-}
 
 typedef struct {
     FILE *fp;
@@ -261,7 +213,7 @@ static int export_entry(const void *key, size_t klen, const void *val, size_t vl
     iso_time(updated_ms, when, sizeof when);
     json_t *o = json_object();
     if (!o || json_object_set_new(o, "operator", json_string(x->uid)) ||
-        set_bytes(o, "key", key, klen) || set_bytes(o, "value", val, vlen) ||
+        lk__json_set_bytes(o, "key", key, klen, 1) || lk__json_set_bytes(o, "value", val, vlen, 1) ||
         json_object_set_new(o, "updated", json_string(when))) {
         json_decref(o);
         x->failed = 1;

@@ -32,6 +32,7 @@
  */
 #define _GNU_SOURCE
 #include "sink_int.h"
+#include "../core/json_int.h"
 #include "../core/util_int.h"
 
 #include <dirent.h>
@@ -117,50 +118,6 @@ static int mkdir_p(const char *path) {
     int err = errno;
     free(p);
     errno = err;
-    return rc;
-}
-
-/* ---- encoding ---- */
-
-static char *base64(const unsigned char *in, size_t n) {
-    static const char tbl[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        *o++ = tbl[v >> 18 & 63];
-        *o++ = tbl[v >> 12 & 63];
-        *o++ = tbl[v >> 6 & 63];
-        *o++ = tbl[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0);
-        *o++ = tbl[v >> 18 & 63];
-        *o++ = tbl[v >> 12 & 63];
-        *o++ = i + 1 < n ? tbl[v >> 6 & 63] : '=';
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-/* Set obj[name] (or obj[name_base64]) from bytes; NULL bytes: null. 0 on success. */
-static int set_bytes(json_t *obj, const char *name, const void *p, size_t n) {
-    json_t *v;
-    char b64name[32];
-    if (!p)
-        return json_object_set_new(obj, name, json_null());
-    if ((v = json_stringn(p, n))) /* NULL when not valid UTF-8 */
-        return json_object_set_new(obj, name, v);
-    char *enc = base64(p, n);
-    if (!enc)
-        return -1;
-    lk__fmt(b64name, sizeof b64name, "%s_base64", name);
-    int rc = json_object_set_new(obj, b64name, json_string(enc));
-    free(enc);
     return rc;
 }
 
@@ -365,8 +322,8 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
         return LK_OK;
     }
     json_t *obj = json_object();
-    int bad = !obj || set_bytes(obj, "key", r->key, r->key_len) ||
-              set_bytes(obj, "value", r->value, r->value_len) ||
+    int bad = !obj || lk__json_set_bytes(obj, "key", r->key, r->key_len, 0) ||
+              lk__json_set_bytes(obj, "value", r->value, r->value_len, 0) ||
               json_object_set_new(obj, "timestamp", json_integer(r->timestamp_ms));
     if (bad) {
         json_decref(obj);
