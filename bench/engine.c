@@ -37,6 +37,8 @@
 #include <lmdb.h>
 #include <limits.h>
 #include <stdio.h>
+#include "cli/cli_int.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -47,60 +49,14 @@
 #define TOPIC "lines"
 #define MAX_ROUNDS 32
 
-/* ---- the built-in wordcount (same code as cli/builtin.c, which keeps it static) ---- */
-
-static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
-    (void)opaque;
-    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
-    char word[256];
-    while (p < end) {
-        while (p < end && !isalnum(*p) && *p < 0x80)
-            p++;
-        size_t n = 0;
-        while (p < end && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
-            if (n < sizeof word)
-                word[n++] = (char)tolower(*p);
-            p++;
-        }
-        while (n > 0 && word[n - 1] == '\'')
-            n--;
-        if (n > 0)
-            lk_emit(b, word, n, "", 0);
-    }
-}
-
-static void add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
-                      const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
-    (void)key;
-    (void)vals;
-    (void)opaque;
-    int64_t c = 0;
-    if (state && state->len == sizeof c)
-        memcpy(&c, state->data, sizeof c);
-    c += (int64_t)n;
-    int64_t *out = lk_alloc(b, sizeof *out);
-    if (!out)
-        return;
-    *out = c;
-    *next = (lk_bytes_t){out, sizeof *out};
-}
-
-static void format_count(lk_batch_t *b, const lk_record_t *in, void *opaque) {
-    (void)opaque;
-    char text[32];
-    int64_t c = 0;
-    if (in->value_len == sizeof c)
-        memcpy(&c, in->value, sizeof c);
-    int n = snprintf(text, sizeof text, "%lld", (long long)c);
-    lk_emit(b, in->key, in->key_len, in->value ? text : NULL, in->value ? (size_t)n : 0);
-}
+/* ---- the built-in wordcount: the very operators of cli/builtin.c ---- */
 
 static void define_wordcount(lk_pipeline_t *p, void *opaque) {
     (void)opaque;
     lk_stream_t *in = lk_kafka_stream(p, TOPIC);
-    lk_stream_t *words = lk_flat_map(in, "split-words", split_words, NULL);
-    lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, add_count, NULL);
-    lk_stream_t *out = lk_map(counts, "format-counts", format_count, NULL);
+    lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
+    lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
+    lk_stream_t *out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
     lk_to_kafka(out, "to-kafka", "word-counts");
 }
 

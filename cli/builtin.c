@@ -21,7 +21,7 @@
 
 /* ---- wordcount ---- */
 
-static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
     char word[256];
@@ -43,7 +43,7 @@ static void split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
 }
 
 /* state: int64 count (8 bytes) */
-static void add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
+void lk__wc_add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
     (void)key;
     (void)vals;
@@ -79,7 +79,7 @@ static void add_sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals
     *next = (lk_bytes_t){out, sizeof *out};
 }
 
-static void format_count(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+void lk__wc_format_count(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     char text[32];
     int64_t c = 0;
@@ -228,9 +228,9 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *out = NULL;
     switch (d->bt.kind) {
     case P_WORDCOUNT: {
-        lk_stream_t *words = lk_flat_map(in, "split-words", split_words, NULL);
-        lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, add_count, NULL);
-        out = lk_map(counts, "format-counts", format_count, NULL);
+        lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
+        lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
+        out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;
     }
     case P_COUNT_BY_KEY:
@@ -246,8 +246,8 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
         lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
         int sum = d->bt.kind == P_SUM_BY_KEY;
         lk_stream_t *agg = lk_update_state_by_key(kv, sum ? "sums" : "counts", 1,
-                                                  sum ? add_sum : add_count, NULL);
-        out = lk_map(agg, sum ? "format-sums" : "format-counts", sum ? format_sum : format_count,
+                                                  sum ? add_sum : lk__wc_add_count, NULL);
+        out = lk_map(agg, sum ? "format-sums" : "format-counts", sum ? format_sum : lk__wc_format_count,
                      NULL);
         break;
     }

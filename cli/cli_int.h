@@ -19,6 +19,12 @@ int lk__cli_mock_broker(int argc, char **argv);
 /** `lockstep demo ...` */
 int lk__cli_demo(int argc, char **argv);
 
+/** The built-in word count's operators (shared with bench/engine.c). */
+void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque);
+void lk__wc_add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
+                      const lk_bytes_t *state, lk_bytes_t *next, void *opaque);
+void lk__wc_format_count(lk_batch_t *b, const lk_record_t *in, void *opaque);
+
 /** The pipeline `lockstep run` runs: built-in (pipeline=) or a plugin (pipeline.plugin=). */
 typedef struct lk__cli_define {
     void *builtin; /* built-in pipeline settings */
