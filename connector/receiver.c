@@ -447,19 +447,24 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
                 f->ranges[p->range].range.from;
             p->cursor = f->ranges[p->range].range.from;
         }
+        /* Every queue is opened and un-forwarded BEFORE assign: assign starts fetching
+         * and forwards a partition's queue to the consumer queue unless the application
+         * already took it over, and a record landing there would be missed. */
+        for (size_t i = 0; i < r->nparts; i++) {
+            lk_err_t e = r->parts[i].range >= 0
+                             ? open_queue(r, &r->parts[i], errstr, errstr_size)
+                             : LK_OK;
+            if (e) {
+                rd_kafka_topic_partition_list_destroy(l);
+                return e;
+            }
+        }
         ke = rd_kafka_assign(r->rk, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (ke)
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "cannot assign partitions: %s",
                            rd_kafka_err2str(ke));
         r->assigned = 1;
-        for (size_t i = 0; i < r->nparts; i++) {
-            lk_err_t e = r->parts[i].range >= 0
-                             ? open_queue(r, &r->parts[i], errstr, errstr_size)
-                             : LK_OK;
-            if (e)
-                return e;
-        }
     } else {
         rd_kafka_topic_partition_list_t *l = plist(f->nranges);
         for (size_t i = 0; i < f->nranges; i++) {
@@ -614,9 +619,20 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
         /* consumer-wide events (broker errors) arrive on the consumer queue */
         rd_kafka_message_t *ev;
         while ((ev = rd_kafka_consumer_poll(r->rk, 0))) {
-            if (!ev->err) { /* a partition without its own queue yet: not planned */
+            if (!ev->err) {
+                /* every assigned partition has its own queue: a record here means one
+                 * did not, and skipping it could lose input. Fail the batch instead. */
+                char where[300];
+                lk__fmt(where, sizeof where, "%s[%d] offset %lld",
+                        ev->rkt ? rd_kafka_topic_name(ev->rkt) : "?", (int)ev->partition,
+                        (long long)ev->offset);
                 rd_kafka_message_destroy(ev);
-                continue;
+                r->assigned = 0;
+                lk__receiver_invalidate(r);
+                return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                               "a record of %s arrived outside its partition queue; the "
+                               "batch is planned again",
+                               where);
             }
             err = on_event(r, f, ev, errstr, errstr_size);
             rd_kafka_message_destroy(ev);

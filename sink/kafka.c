@@ -45,14 +45,16 @@ static lk_err_t txn_error(rd_kafka_error_t *e, const char *what, char *errstr,
     int fatal = rd_kafka_error_is_fatal(e);
     int abortable = rd_kafka_error_txn_requires_abort(e);
     int retriable = rd_kafka_error_is_retriable(e);
-    lk_err_t r = !fatal ? LK_ERR_KAFKA
-                 : (code == RD_KAFKA_RESP_ERR__FENCED ||
-                    code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-                    code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
-                     ? LK_ERR_FENCED
-                     : LK_ERR_FATAL;
+    int fenced = code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+                 code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+    /* An error librdkafka marks neither retriable, abortable nor fatal is treated as
+     * fatal (rdkafka.h): retrying on a guess could deliver a batch twice. */
+    lk_err_t r = fatal ? (fenced ? LK_ERR_FENCED : LK_ERR_FATAL)
+                 : abortable || retriable ? LK_ERR_KAFKA
+                                          : LK_ERR_FATAL;
     lk__fmt(errstr, errstr_size, "%s: %s (%s)%s", what, rd_kafka_error_string(e),
-            fatal ? "fatal" : abortable ? "transaction aborted" : retriable ? "retriable" : "error",
+            fatal ? "fatal" : abortable ? "transaction aborted" : retriable ? "retriable"
+                                                                : "unclassified, treated as fatal",
             r == LK_ERR_FENCED ? "; another instance with the same transactional.id took over"
                                : "");
     rd_kafka_error_destroy(e);
@@ -210,8 +212,10 @@ static lk_err_t read_fence(lk_sink_t *s, uint64_t *fence, char *errstr, size_t e
         return LK_OK;
     /* Each batch adds one record per sink: the last one of this sink is near the end.
      * Widen the window backwards until it is found or the log start is reached. */
+    int resets = 0;
     for (int64_t window = 1024;; window *= 8) {
         int64_t start = hi - window > lo ? hi - window : lo;
+        int reset = 0;
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(l, k->progress_topic, 0)->offset = start;
         ke = rd_kafka_assign(k->reader, l);
@@ -235,10 +239,8 @@ static lk_err_t read_fence(lk_sink_t *s, uint64_t *fence, char *errstr, size_t e
             if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 done = m->offset >= hi;
             } else if (m->err) {
-                if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
-                    lo = start + 1; /* compaction or retention moved the start: retry */
-                    done = 1;
-                }
+                if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET)
+                    reset = done = 1; /* retention moved the log start past `start` */
             } else {
                 if (m->key && m->key_len == strlen(s->name) &&
                     !memcmp(m->key, s->name, m->key_len)) {
@@ -251,6 +253,17 @@ static lk_err_t read_fence(lk_sink_t *s, uint64_t *fence, char *errstr, size_t e
             rd_kafka_message_destroy(m);
         }
         rd_kafka_assign(k->reader, NULL);
+        if (reset) {
+            /* read the same window again from the new log start: what was read is not
+             * known to be complete */
+            int64_t nhi;
+            if (++resets > 5 || rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
+                                                                 &lo, &nhi, k->timeout_ms))
+                return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                               "reading %s: its log start keeps moving", k->progress_topic);
+            window /= 8;
+            continue;
+        }
         if (found || start <= lo) {
             *fence = found;
             return LK_OK;
