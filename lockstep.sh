@@ -74,7 +74,7 @@ case "$cmd" in
     logs=build/valgrind
     rm -rf "$logs"; mkdir -p "$logs"
     # what ctest would set for the tests (tests/CMakeLists.txt)
-    export LK_CLI=$PWD/build/lockstep LK_SAMPLE=$PWD/build/lockstep_sample_checkpoint
+    export LK_CLI=$PWD/build/lockstep
     status=0
     for t in build/tests/unit_*; do
       [[ -x "$t" ]] || continue
