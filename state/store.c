@@ -1514,17 +1514,18 @@ lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *ke
                    "deleting state");
 }
 
-lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
-                                 int (*cb)(const void *, size_t, const void *, size_t,
-                                           int64_t, void *),
-                                 void *opaque) {
+/* Visit every entry of a state database in key order (a non-zero cb stops). */
+static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
+                                  int (*cb)(const void *, size_t, const void *, size_t,
+                                            int64_t, void *),
+                                  void *opaque) {
     MDB_cursor *c;
-    if (db < 0 || (size_t)db >= t->s->nstates || !t->txn ||
-        mdb_cursor_open(t->txn, t->s->states[db].dbi, &c))
+    if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
         return LK_ERR_STORE;
     MDB_val k, v;
     lk_err_t err = LK_OK;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         const void *val;
         size_t vlen;
@@ -1536,8 +1537,19 @@ lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
         if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
             break;
     }
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = LK_ERR_STORE;
     mdb_cursor_close(c);
     return err;
+}
+
+lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
+                                 int (*cb)(const void *, size_t, const void *, size_t,
+                                           int64_t, void *),
+                                 void *opaque) {
+    if (db < 0 || (size_t)db >= t->s->nstates)
+        return LK_ERR_STORE;
+    return foreach_state_dbi(t, t->s->states[db].dbi, cb, opaque);
 }
 
 lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_t *, void *),
@@ -1825,26 +1837,5 @@ lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
         return LK_ERR_NOT_FOUND;
     if (rc)
         return rc == MDB_INCOMPATIBLE ? LK_ERR_CORRUPT : LK_ERR_STORE;
-    MDB_cursor *c;
-    if (mdb_cursor_open(t->txn, dbi, &c))
-        return LK_ERR_STORE;
-    MDB_val k, v;
-    lk_err_t err = LK_OK;
-    int rc2;
-    for (rc2 = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc2 == 0;
-         rc2 = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        const void *val;
-        size_t vlen;
-        int64_t upd;
-        if (!decode_state(t, &v, &val, &vlen, &upd)) {
-            err = LK_ERR_CORRUPT;
-            break;
-        }
-        if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
-            break;
-    }
-    if (!err && rc2 && rc2 != MDB_NOTFOUND)
-        err = LK_ERR_STORE;
-    mdb_cursor_close(c);
-    return err;
+    return foreach_state_dbi(t, dbi, cb, opaque);
 }
