@@ -76,6 +76,11 @@ int lk__unpack(lk__zone_t *z, const void *data, size_t len, lk__obj_t *out) {
     return r == MSGPACK_UNPACK_SUCCESS && off == len ? 0 : -1;
 }
 
+int lk__unpack_next(lk__zone_t *z, const void *data, size_t len, size_t *off, lk__obj_t *out) {
+    msgpack_unpack_return r = msgpack_unpack(data, len, off, z, out);
+    return r == MSGPACK_UNPACK_SUCCESS || r == MSGPACK_UNPACK_EXTRA_BYTES ? 0 : -1;
+}
+
 size_t lk__arr_len(const lk__obj_t *o) {
     return o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : (size_t)-1;
 }

@@ -40,6 +40,9 @@ void *lk__zone_alloc(lk__zone_t *z, size_t n);
 
 /** Decode exactly one object filling [data, data+len); 0 on success. */
 int lk__unpack(lk__zone_t *z, const void *data, size_t len, lk__obj_t *out);
+/** Decode the object at *off in [data, data+len) and advance *off past it; 0 on success
+ * (more objects may follow). */
+int lk__unpack_next(lk__zone_t *z, const void *data, size_t len, size_t *off, lk__obj_t *out);
 
 /** Array length, or (size_t)-1 if o is not an array. */
 size_t lk__arr_len(const lk__obj_t *o);

@@ -66,11 +66,17 @@ struct lk_store {
     pthread_rwlock_t resize_lock;
 };
 
+/* Outbox records of one (sink, batch) appended in this txn. They are packed into a chunk
+ * buffer and written as one LMDB value per OUTBOX_CHUNK_BYTES: one put (and later one
+ * delete) per chunk instead of per record. */
 typedef struct {
     char *sink;
     uint64_t batch;
-    uint32_t next_seq;
+    uint32_t next_seq; /* key sequence number of the next chunk */
+    lk__buf_t chunk;   /* packed records not yet written */
 } seq_slot_t;
+
+#define OUTBOX_CHUNK_BYTES (32 * 1024)
 
 struct lk_store_txn {
     lk_store_t *s;
@@ -81,7 +87,7 @@ struct lk_store_txn {
     lk__buf_t buf;        /* encoding scratch */
     lk__zone_t zone;      /* decoded objects valid until the txn ends */
     lk__zone_t tmp;       /* decoded objects valid for one call */
-    seq_slot_t *seqs;
+    seq_slot_t **seqs; /* each slot allocated alone: its chunk buffer must not move */
     size_t nseqs;
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
@@ -771,11 +777,16 @@ static void txn_free(lk_store_txn_t *t) {
     lk__buf_free(&t->buf);
     lk__zone_destroy(&t->zone);
     lk__zone_destroy(&t->tmp);
-    for (size_t i = 0; i < t->nseqs; i++)
-        free(t->seqs[i].sink);
+    for (size_t i = 0; i < t->nseqs; i++) {
+        free(t->seqs[i]->sink);
+        lk__buf_free(&t->seqs[i]->chunk);
+        free(t->seqs[i]);
+    }
     free(t->seqs);
     free(t);
 }
+
+static lk_err_t outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size);
 
 void lk__store_txn_abort(lk_store_txn_t *t) {
     if (!t)
@@ -794,6 +805,8 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
         return LK_OK;
     }
     lk_err_t err = txn_check(t, errstr, errstr_size);
+    if (!err)
+        err = outbox_flush(t, errstr, errstr_size);
     if (err) {
         lk__store_txn_abort(t);
         return err;
@@ -1059,8 +1072,8 @@ static size_t outbox_key(unsigned char *k, size_t cap, const char *sink, uint64_
 
 static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch) {
     for (size_t i = 0; i < t->nseqs; i++)
-        if (t->seqs[i].batch == batch && !strcmp(t->seqs[i].sink, sink))
-            return &t->seqs[i];
+        if (t->seqs[i]->batch == batch && !strcmp(t->seqs[i]->sink, sink))
+            return t->seqs[i];
     /* first append for (sink, batch) in this txn: continue after existing records */
     unsigned char k[512];
     size_t kl = outbox_key(k, sizeof k, sink, batch + 1, 0);
@@ -1076,17 +1089,51 @@ static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch)
             next = rd32((unsigned char *)kk.mv_data + kl - 4) + 1;
         mdb_cursor_close(c);
     }
-    seq_slot_t *n = realloc(t->seqs, (t->nseqs + 1) * sizeof *n);
+    seq_slot_t **n = realloc(t->seqs, (t->nseqs + 1) * sizeof *n);
     if (!n)
         return NULL;
     t->seqs = n;
-    seq_slot_t *slot = &t->seqs[t->nseqs];
-    if (!(slot->sink = strdup(sink)))
+    seq_slot_t *slot = calloc(1, sizeof *slot);
+    if (!slot || !(slot->sink = strdup(sink))) {
+        free(slot);
         return NULL;
+    }
     slot->batch = batch;
     slot->next_seq = next;
-    t->nseqs++;
+    lk__buf_init(&slot->chunk);
+    t->seqs[t->nseqs++] = slot;
     return slot;
+}
+
+/* Write the pending chunk of slot as the value of key (sink, batch, next_seq). */
+static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
+                            size_t errstr_size) {
+    if (!slot->chunk.len)
+        return LK_OK;
+    if (slot->chunk.oom)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    unsigned char k[512];
+    size_t kl = outbox_key(k, sizeof k, slot->sink, slot->batch, slot->next_seq);
+    if (!kl)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
+    lk_err_t err = txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, slot->chunk.data, slot->chunk.len,
+                           errstr, errstr_size, "appending to the outbox");
+    if (err)
+        return err;
+    slot->next_seq++;
+    lk__buf_reset(&slot->chunk);
+    return LK_OK;
+}
+
+/* Write every pending chunk: before a commit, and before anything reads the outbox in
+ * this txn. */
+static lk_err_t outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+    for (size_t i = 0; i < t->nseqs; i++) {
+        lk_err_t err = chunk_write(t, t->seqs[i], errstr, errstr_size);
+        if (err)
+            return err;
+    }
+    return LK_OK;
 }
 
 lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t batch,
@@ -1094,15 +1141,14 @@ lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t b
     lk_err_t err = txn_check(t, errstr, errstr_size);
     if (err)
         return err;
+    if (strlen(sink) + 13 > MAX_KEY)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
     seq_slot_t *slot = seq_slot(t, sink, batch);
     if (!slot)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    unsigned char k[512];
-    size_t kl = outbox_key(k, sizeof k, sink, batch, slot->next_seq);
-    if (!kl)
-        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
-    lk__buf_t *b = &t->buf;
-    lk__buf_reset(b);
+    /* a chunk is a sequence of records, each [1, partition, key, value, ts, headers] */
+    lk__buf_t *b = &slot->chunk;
+    size_t before = b->len;
     lk__pack_array(b, 6);
     lk__pack_i64(b, 1);
     lk__pack_i64(b, r->partition);
@@ -1117,16 +1163,15 @@ lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t b
     }
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    err = txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, b->data, b->len, errstr, errstr_size,
-                  "appending to the outbox");
-    if (err)
-        return err;
-    slot->next_seq++;
-    t->outbox_delta += (int64_t)b->len;
-    return LK_OK;
+    t->outbox_delta += (int64_t)(b->len - before);
+    return b->len >= OUTBOX_CHUNK_BYTES ? chunk_write(t, slot, errstr, errstr_size) : LK_OK;
 }
 
 lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
+    char ferr[256];
+    lk_err_t ferr_code = outbox_flush(t, ferr, sizeof ferr);
+    if (ferr_code)
+        return ferr_code;
     unsigned char k[512];
     size_t kl = outbox_key(k, sizeof k, sink, 0, 0);
     MDB_cursor *c;
@@ -1143,12 +1188,13 @@ lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint6
     return err;
 }
 
-static int decode_out(lk_store_txn_t *t, const MDB_val *v, lk_out_record_t *r,
-                      lk_header_t *hbuf, size_t hcap, size_t *nh) {
+/* Decode the record at *off of a chunk and advance *off past it. */
+static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
+                      lk_header_t *hbuf, size_t hcap) {
     lk__obj_t o;
     int64_t part, ts;
     lk__zone_clear(&t->tmp);
-    if (lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) || !lk__arr_i64(&o, 1, &part) ||
+    if (lk__unpack_next(&t->tmp, v->mv_data, v->mv_size, off, &o) || !lk__arr_i64(&o, 1, &part) ||
         !lk__arr_bin_or_nil(&o, 2, &r->key, &r->key_len) ||
         !lk__arr_bin_or_nil(&o, 3, &r->value, &r->value_len) || !lk__arr_i64(&o, 4, &ts))
         return 0;
@@ -1170,7 +1216,6 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, lk_out_record_t *r,
         nm[nl] = 0;
         hbuf[i].name = nm;
     }
-    *nh = n;
     r->partition = (int32_t)part;
     r->timestamp_ms = ts;
     r->headers = hbuf;
@@ -1178,28 +1223,45 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, lk_out_record_t *r,
     return 1;
 }
 
+/* Records in one chunk value; (size_t)-1 if it does not decode. */
+static size_t chunk_records(lk_store_txn_t *t, const MDB_val *v) {
+    size_t n = 0, off = 0;
+    lk__obj_t o;
+    while (off < v->mv_size) {
+        lk__zone_clear(&t->tmp);
+        if (lk__unpack_next(&t->tmp, v->mv_data, v->mv_size, &off, &o))
+            return (size_t)-1;
+        n++;
+    }
+    return n;
+}
+
 lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
                                   int (*cb)(const lk_out_record_t *, void *), void *opaque) {
+    char ferr[256];
+    lk_err_t err = outbox_flush(t, ferr, sizeof ferr);
+    if (err)
+        return err;
     unsigned char k[512];
     size_t kl = outbox_key(k, sizeof k, sink, batch, 0);
     MDB_cursor *c;
     if (!kl || !t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;
     MDB_val kk = {kl, k}, vv;
-    lk_err_t err = LK_OK;
     lk_header_t hbuf[64];
-    for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0;
+    int stop = 0;
+    for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
          rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
-        lk_out_record_t r;
-        size_t nh;
-        if (!decode_out(t, &vv, &r, hbuf, LK_ARRAY_SIZE(hbuf), &nh)) {
-            err = LK_ERR_CORRUPT;
-            break;
+        for (size_t off = 0; off < vv.mv_size && !stop;) {
+            lk_out_record_t r;
+            if (!decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
+                err = LK_ERR_CORRUPT;
+                break;
+            }
+            stop = cb(&r, opaque);
         }
-        if (cb(&r, opaque))
-            break;
     }
     mdb_cursor_close(c);
     return err;
@@ -1208,6 +1270,8 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
 lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batch,
                               char *errstr, size_t errstr_size) {
     lk_err_t err = txn_check(t, errstr, errstr_size);
+    if (!err)
+        err = outbox_flush(t, errstr, errstr_size);
     if (err)
         return err;
     unsigned char k[512];
@@ -1247,6 +1311,10 @@ lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batc
 
 lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
                                 int (*cb)(const lk_outbox_stat_t *, void *), void *opaque) {
+    char ferr[256];
+    lk_err_t err = outbox_flush(t, ferr, sizeof ferr);
+    if (err)
+        return err;
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;
@@ -1275,14 +1343,19 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         if (st.records == 0 || batch != st.last_batch)
             st.batches++;
         st.last_batch = batch;
-        st.records++;
+        size_t n = chunk_records(t, &v);
+        if (n == (size_t)-1) {
+            err = LK_ERR_CORRUPT;
+            goto out;
+        }
+        st.records += n;
         st.bytes += v.mv_size;
     }
     if (have)
         cb(&st, opaque);
 out:
     mdb_cursor_close(c);
-    return LK_OK;
+    return err;
 }
 
 /* ---- fences ---- */

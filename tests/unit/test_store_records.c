@@ -566,6 +566,85 @@ Test(store_records, outbox_many_records_keep_order_and_ack_in_rounds) {
     lk__store_close(s);
 }
 
+/* Records are stored in chunks of about 32 KiB: appends to one batch across several txns
+ * continue after the chunks already there, reads in the appending txn see the records not
+ * yet written as a chunk, and order, counts and bytes hold across chunk boundaries. */
+typedef struct {
+    uint64_t batch;
+    int next, stop_at;
+} seq_check_t;
+
+static int check_seq(const lk_out_record_t *r, void *o) {
+    seq_check_t *c = o;
+    char want[256];
+    int n = snprintf(want, sizeof want, "%llu:%06d:%0200d", (unsigned long long)c->batch,
+                     c->next, 0);
+    cr_assert_eq(r->value_len, (size_t)n, "record %d: length %zu", c->next, r->value_len);
+    cr_assert_eq(memcmp(r->value, want, (size_t)n), 0, "record %d out of order", c->next);
+    c->next++;
+    return c->next == c->stop_at;
+}
+
+static void append_seq(lk_store_txn_t *t, uint64_t batch, int from, int to) {
+    for (int i = from; i < to; i++) {
+        char v[256];
+        int n = snprintf(v, sizeof v, "%llu:%06d:%0200d", (unsigned long long)batch, i, 0);
+        lk_out_record_t r = {.partition = i % 3, .value = v, .value_len = (size_t)n};
+        CHECK(lk__store_outbox_append(t, "chunky", batch, &r, ES));
+    }
+}
+
+Test(store_records, outbox_chunks_span_txns_and_keep_order) {
+    lk_store_t *s = tu_open(dir, "app");
+    lk_store_txn_t *t = tu_begin(s, 1);
+    append_seq(t, 7, 0, 1000); /* ~220 KB: several chunks and a partial one */
+    seq_check_t c = {7, 0, -1};
+    OK(lk__store_outbox_foreach(t, "chunky", 7, check_seq, &c));
+    cr_assert_eq(c.next, 1000, "the appending txn sees %d of 1000 records", c.next);
+    append_seq(t, 7, 1000, 1010); /* appending after a read continues the same batch */
+    tu_commit(t);
+    uint64_t bytes1 = lk__store_outbox_bytes(s);
+
+    t = tu_begin(s, 1);
+    append_seq(t, 7, 1010, 1500);
+    append_seq(t, 8, 0, 5);
+    tu_commit(t);
+    cr_assert_gt(lk__store_outbox_bytes(s), bytes1);
+
+    s = reopen(s, "app");
+    t = tu_begin(s, 0);
+    c = (seq_check_t){7, 0, -1};
+    OK(lk__store_outbox_foreach(t, "chunky", 7, check_seq, &c));
+    cr_assert_eq(c.next, 1500);
+    c = (seq_check_t){7, 0, 777};
+    OK(lk__store_outbox_foreach(t, "chunky", 7, check_seq, &c));
+    cr_assert_eq(c.next, 777, "a callback's stop must end the walk inside a chunk");
+    c = (seq_check_t){8, 0, -1};
+    OK(lk__store_outbox_foreach(t, "chunky", 8, check_seq, &c));
+    cr_assert_eq(c.next, 5);
+    stat_rows_t st = {0};
+    OK(lk__store_outbox_stats(t, collect_stat, &st));
+    cr_assert_eq(st.n, 1);
+    cr_assert_eq(st.rows[0].st.records, 1505, "stats count records, not chunks");
+    cr_assert_eq(st.rows[0].st.batches, 2);
+    cr_assert_eq(st.rows[0].st.bytes, lk__store_outbox_bytes(s));
+    lk__store_txn_abort(t);
+
+    t = tu_begin(s, 1);
+    CHECK(lk__store_outbox_ack(t, "chunky", 7, ES));
+    tu_commit(t);
+    t = tu_begin(s, 0);
+    uint64_t first;
+    OK(lk__store_outbox_first_batch(t, "chunky", &first));
+    cr_assert_eq(first, 8);
+    lk__store_txn_abort(t);
+    t = tu_begin(s, 1);
+    CHECK(lk__store_outbox_ack(t, "chunky", 8, ES));
+    tu_commit(t);
+    cr_assert_eq(lk__store_outbox_bytes(s), 0);
+    lk__store_close(s);
+}
+
 /* ---- fences ---- */
 
 typedef struct {
