@@ -656,7 +656,14 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             s->recs = n;
             s->caprecs = cap;
         }
-        s->recs[s->nrecs++] = *r; /* record bytes live in the arena or the input messages */
+        lk_record_t *kept = &s->recs[s->nrecs];
+        *kept = *r; /* input records' bytes live until the batch ends; emitted ones may not */
+        if ((r->key && !(kept->key = copy_bytes(b, r->key, r->key_len))) ||
+            (r->value && !(kept->value = copy_bytes(b, r->value, r->value_len)))) {
+            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            break;
+        }
+        s->nrecs++;
         break;
     }
     case LK__ST_OUTBOX: {
@@ -678,12 +685,9 @@ lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *val
         return LK_ERR_STATE;
     if (b->err)
         return b->err;
-    lk_record_t r = {copy_bytes(b, key, key_len), key_len, copy_bytes(b, value, value_len),
-                     value_len, b->time_ms, NULL, -1, -1};
-    if ((key && !r.key) || (value && !r.value)) {
-        batch_fail(b, LK_ERR_NOMEM, "out of memory emitting from '%s'", b->cur->uid);
-        return LK_ERR_NOMEM;
-    }
+    /* no copy: downstream runs before this returns, and every stage that keeps bytes
+     * past that (reduce, update, foreach, the outbox) copies them itself */
+    lk_record_t r = {key, key_len, value, value_len, b->time_ms, NULL, -1, -1};
     b->cur->emitted++;
     deliver(b, b->cur, &r);
     return b->err;

@@ -376,8 +376,10 @@ LK_EXPORT void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...)
 /* ---- inside operator callbacks ---- */
 
 /**
- * @brief Emit a record downstream. Key and value are copied. value NULL is a tombstone.
- * @returns LK_OK, or LK_ERR_NOMEM.
+ * @brief Emit a record downstream. value NULL is a tombstone. The caller's key and value
+ * buffers may be reused as soon as this returns: downstream operators run before it
+ * returns, and whatever they keep they copy.
+ * @returns LK_OK, or the batch's error once it has failed (e.g. LK_ERR_NOMEM).
  */
 LK_EXPORT lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *value,
                            size_t value_len);
