@@ -14,7 +14,10 @@
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -22,6 +25,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* librdkafka 2.0.2's mock broker leaves Nagle's algorithm on for the connections it accepts;
+ * a real Kafka broker turns it off (socket.tcp.no.delay). With it on, a small response
+ * written while an earlier one is still unacknowledged waits for the client's delayed ACK,
+ * 40 ms on Linux: every transaction commit paid it (the last produce before EndTxn is
+ * small), for lockstep and for any other client alike. Defining accept() here interposes
+ * on librdkafka's call (the executable's symbols come first in the dynamic lookup), so every
+ * mock connection in this binary, `lockstep mock-broker` and `lockstep demo`, gets
+ * TCP_NODELAY like a real broker's. Nothing else in lockstep accepts connections. */
+int accept(int fd, struct sockaddr *addr, socklen_t *addrlen) {
+    int s = accept4(fd, addr, addrlen, 0);
+    if (s >= 0) {
+        int one = 1;
+        (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on non-TCP sockets */
+    }
+    return s;
+}
 
 /* Run one stdin command against the cluster. */
 static void command(rd_kafka_mock_cluster_t *mc, int brokers, char *line) {
