@@ -41,7 +41,15 @@ def main():
     ap.add_argument("--batch", type=int, default=20000, help="messages per transaction")
     ap.add_argument("--txn-id", default="peer-wordcount")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("-X", dest="consumer_conf", action="append", default=[],
+                    metavar="KEY=VALUE", help="extra librdkafka property for the consumer")
     a = ap.parse_args()
+    extra = {}
+    for kv in a.consumer_conf:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            sys.exit(f"peer_wordcount: -X takes KEY=VALUE, not {kv!r}")
+        extra[k] = v
 
     group = a.txn_id
     consumer = Consumer({
@@ -51,6 +59,7 @@ def main():
         "enable.auto.commit": False,
         "enable.partition.eof": False,
         "log_level": 3,
+        **extra,
     })
     producer = Producer({
         "bootstrap.servers": a.bootstrap,
