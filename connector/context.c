@@ -15,6 +15,7 @@
 #include "../state/store_int.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -46,6 +47,22 @@ struct lk_context {
     void *progress_opaque;
     double last_commit_ms;     /* of the last process_and_commit */
     uint64_t last_records_out;
+    /* delivery overlapped with the next batch (lk_context_run with sink.overlap): a
+     * thread delivers batch dl_batch for the sinks marked in dl_mine while the loop
+     * writes the next batch; the loop joins it and acknowledges after that commit */
+    int overlap;
+    int dl_running;
+    pthread_t dl_thread;
+    uint64_t dl_batch;
+    unsigned char *dl_mine;
+    lk_err_t *dl_err;
+    char (*dl_errstr)[1024];
+    int64_t dl_started_ns, dl_done_ns;
+    /* the progress report of batch dl_batch, held back until its delivery is settled */
+    int dl_report;
+    lk_progress_t dl_progress;
+    char **dl_topics;
+    int64_t *dl_lag;
     int fatal;
     char errstr[1024];
 };
@@ -74,13 +91,10 @@ void lk_context_on_progress(lk_context_t *ctx, void (*cb)(const lk_progress_t *p
     ctx->progress_opaque = opaque;
 }
 
-/* Tell the progress callback what the committed batch f did. */
-static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                            const lk__fetch_t *f, const double ms[5]) {
-    if (!ctx->progress_cb)
-        return;
-    const char *topics[64];
-    int64_t lag[64];
+/* What the committed batch f did; topics point into f. */
+static lk_progress_t progress_of(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                                 const lk__fetch_t *f, const double ms[5],
+                                 const char **topics, int64_t *lag, size_t cap) {
     size_t nt = 0;
     int64_t total = 0;
     for (size_t i = 0; i < f->nranges; i++) {
@@ -91,17 +105,64 @@ static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
         size_t t;
         for (t = 0; t < nt && strcmp(topics[t], f->ranges[i].range.topic); t++)
             ;
-        if (t == nt && nt < LK_ARRAY_SIZE(topics)) {
+        if (t == nt && nt < cap) {
             topics[nt] = f->ranges[i].range.topic;
             lag[nt++] = 0;
         }
         if (t < nt)
             lag[t] += l;
     }
-    lk_progress_t p = {id,        time_ms, f->records, f->bytes, ctx->last_records_out,
-                       ms[0],     ms[1],   ms[2],      ms[3],    ms[4],
-                       lk__store_outbox_bytes(ctx->store), total, nt, topics, lag};
+    return (lk_progress_t){id,        time_ms, f->records, f->bytes, ctx->last_records_out,
+                           ms[0],     ms[1],   ms[2],      ms[3],    ms[4],
+                           lk__store_outbox_bytes(ctx->store), total, nt, topics, lag};
+}
+
+/* Tell the progress callback what the committed batch f did. */
+static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                            const lk__fetch_t *f, const double ms[5]) {
+    if (!ctx->progress_cb)
+        return;
+    const char *topics[64];
+    int64_t lag[64];
+    lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
     ctx->progress_cb(&p, ctx->progress_opaque);
+}
+
+static void drop_deferred_report(lk_context_t *ctx) {
+    for (size_t i = 0; ctx->dl_topics && i < ctx->dl_progress.ntopics; i++)
+        free(ctx->dl_topics[i]);
+    free(ctx->dl_topics);
+    free(ctx->dl_lag);
+    ctx->dl_topics = NULL;
+    ctx->dl_lag = NULL;
+    ctx->dl_report = 0;
+}
+
+/* Hold the report of the batch being delivered until the delivery is settled, so that
+ * its line says what the batch did with its delivery included. Reported at once if the
+ * copy fails. */
+static void defer_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                           const lk__fetch_t *f, const double ms[5]) {
+    if (!ctx->progress_cb)
+        return;
+    const char *topics[64];
+    int64_t lag[64];
+    lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
+    ctx->dl_topics = calloc(p.ntopics ? p.ntopics : 1, sizeof *ctx->dl_topics);
+    ctx->dl_lag = malloc((p.ntopics ? p.ntopics : 1) * sizeof *ctx->dl_lag);
+    int ok = ctx->dl_topics && ctx->dl_lag;
+    for (size_t i = 0; ok && i < p.ntopics; i++)
+        ok = (ctx->dl_topics[i] = strdup(topics[i])) != NULL;
+    ctx->dl_progress = p;
+    if (!ok) {
+        drop_deferred_report(ctx);
+        ctx->progress_cb(&p, ctx->progress_opaque);
+        return;
+    }
+    memcpy(ctx->dl_lag, lag, p.ntopics * sizeof *lag);
+    ctx->dl_progress.topics = (const char *const *)ctx->dl_topics;
+    ctx->dl_progress.topic_lag = ctx->dl_lag;
+    ctx->dl_report = 1;
 }
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
@@ -227,8 +288,12 @@ out:
 
 static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) {
     lk_pipeline_t *p = ctx->pipeline;
-    ctx->sinks = calloc(p->nstages ? p->nstages : 1, sizeof *ctx->sinks);
-    if (!ctx->sinks)
+    size_t cap = p->nstages ? p->nstages : 1;
+    ctx->sinks = calloc(cap, sizeof *ctx->sinks);
+    ctx->dl_mine = calloc(cap, sizeof *ctx->dl_mine);
+    ctx->dl_err = calloc(cap, sizeof *ctx->dl_err);
+    ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
+    if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_err || !ctx->dl_errstr)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     for (size_t i = 0; i < p->nstages; i++) {
         lk_stream_t *st = p->stages[i];
@@ -253,26 +318,22 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
  * later with their own backoff (input keeps flowing until outbox.max.bytes); fenced or
  * fatal ones stop the application.
  */
-static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
-    if (!ctx->nsinks || (!force && lk__mono_ms() < ctx->sink_retry_ms))
-        return LK_OK;
-    uint64_t upto = lk__store_durable_batch(ctx->store);
-    lk_err_t first = LK_OK;
-    for (size_t i = 0; i < ctx->nsinks; i++) {
-        size_t n;
-        char err[1024];
-        lk_err_t e = lk__sink_drain(ctx->sinks[i], ctx->store, upto, &n, err, sizeof err);
-        if (!e)
-            continue;
-        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE) {
-            ctx->fatal = 1;
-            return fail(ctx, e, "%s", err);
-        }
-        if (!first) {
-            first = e;
-            fail(ctx, e, "%s", err);
-        }
+/* A sink failed with e (message err): fenced or fatal errors stop the application; the
+ * first retriable one is kept in *first for the backoff. */
+static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE) {
+        ctx->fatal = 1;
+        return fail(ctx, e, "%s", err);
     }
+    if (!*first) {
+        *first = e;
+        fail(ctx, e, "%s", err);
+    }
+    return LK_OK;
+}
+
+/* After a round of deliveries: back off after a retriable failure, else reset. */
+static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
     if (first) {
         int64_t b0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
         int64_t bmax = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
@@ -287,6 +348,122 @@ static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
         ctx->sink_retry_ms = 0;
     }
     return first;
+}
+
+static void *delivery_thread(void *o) {
+    lk_context_t *ctx = o;
+    for (size_t i = 0; i < ctx->nsinks; i++)
+        if (ctx->dl_mine[i])
+            ctx->dl_err[i] = lk__sink_deliver_unacked(ctx->sinks[i], ctx->store, ctx->dl_batch,
+                                                      ctx->dl_errstr[i],
+                                                      sizeof ctx->dl_errstr[i]);
+    ctx->dl_done_ns = lk__mono_ns();
+    return NULL;
+}
+
+/* Wait for the delivery in flight, then acknowledge what it delivered (on this thread:
+ * acknowledgements are checkpoint writes). Errors as for drain_sinks. */
+static lk_err_t finish_delivery(lk_context_t *ctx) {
+    if (!ctx->dl_running)
+        return LK_OK;
+    pthread_join(ctx->dl_thread, NULL);
+    ctx->dl_running = 0;
+    lk_err_t first = LK_OK, fatal = LK_OK;
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        if (!ctx->dl_mine[i])
+            continue;
+        ctx->dl_mine[i] = 0;
+        lk_err_t e = ctx->dl_err[i];
+        if (!e)
+            e = lk__sink_acknowledge(ctx->sinks[i], ctx->store, ctx->dl_errstr[i],
+                                     sizeof ctx->dl_errstr[i]);
+        if (e && !fatal && sink_failed(ctx, e, ctx->dl_errstr[i], &first))
+            fatal = e; /* fenced or fatal */
+    }
+    if (ctx->dl_report) {
+        if (!fatal && ctx->progress_cb) {
+            ctx->dl_progress.deliver_ms = (double)(ctx->dl_done_ns - ctx->dl_started_ns) / 1e6;
+            ctx->dl_progress.outbox_bytes = lk__store_outbox_bytes(ctx->store);
+            ctx->progress_cb(&ctx->dl_progress, ctx->progress_opaque);
+        }
+        drop_deferred_report(ctx);
+    }
+    return fatal ? fatal : sinks_backoff(ctx, first);
+}
+
+/*
+ * Deliver what is durable in the outbox, synchronously (after the delivery in flight,
+ * if any, which an unforced call leaves running). Retriable sink errors are logged and
+ * retried later with their own backoff (input keeps flowing until outbox.max.bytes);
+ * fenced or fatal ones stop the application.
+ */
+static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
+    if (!ctx->nsinks)
+        return LK_OK;
+    if (ctx->dl_running) {
+        if (!force)
+            return LK_OK;
+        lk_err_t e = finish_delivery(ctx);
+        if (e)
+            return e;
+    }
+    if (!force && lk__mono_ms() < ctx->sink_retry_ms)
+        return LK_OK;
+    uint64_t upto = lk__store_durable_batch(ctx->store);
+    lk_err_t first = LK_OK;
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        size_t n;
+        char err[1024];
+        lk_err_t e = lk__sink_drain(ctx->sinks[i], ctx->store, upto, &n, err, sizeof err);
+        if (e && sink_failed(ctx, e, err, &first))
+            return e; /* fenced or fatal */
+    }
+    return sinks_backoff(ctx, first);
+}
+
+/*
+ * After a batch's commit with sink.overlap: acknowledge the previous batch's delivery,
+ * then hand this batch to the delivery thread, which runs while the loop plans, reads,
+ * processes and commits the next one. Only the steady case goes there: every sink
+ * recovered, the batch durable, and no older batch waiting in any outbox; anything
+ * else (a backlog after an outage, group commit, a sink to recover) drains
+ * synchronously as without overlap.
+ */
+static lk_err_t drain_overlapped(lk_context_t *ctx) {
+    lk_err_t e = finish_delivery(ctx);
+    if (e || ctx->fatal || !ctx->nsinks)
+        return e;
+    if (lk__mono_ms() < ctx->sink_retry_ms)
+        return LK_OK;
+    uint64_t k = lk__store_committed_batch(ctx->store);
+    if (lk__store_durable_batch(ctx->store) != k)
+        return drain_sinks(ctx, 1);
+    int any = 0;
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        lk_sink_t *s = ctx->sinks[i];
+        char err[1024];
+        uint64_t first = 0;
+        ctx->dl_mine[i] = 0;
+        if (!s->recovered || s->state != LK__TXN_READY)
+            return drain_sinks(ctx, 1);
+        e = lk__sink_first_pending(s, ctx->store, &first, err, sizeof err);
+        if (e == LK_ERR_NOT_FOUND)
+            continue;
+        if (e || first != k)
+            return drain_sinks(ctx, 1);
+        ctx->dl_mine[i] = 1;
+        any = 1;
+    }
+    if (!any)
+        return LK_OK;
+    ctx->dl_batch = k;
+    ctx->dl_started_ns = lk__mono_ns();
+    if (pthread_create(&ctx->dl_thread, NULL, delivery_thread, ctx)) {
+        memset(ctx->dl_mine, 0, ctx->nsinks * sizeof *ctx->dl_mine);
+        return drain_sinks(ctx, 1);
+    }
+    ctx->dl_running = 1;
+    return LK_OK;
 }
 
 lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
@@ -363,10 +540,15 @@ void lk_context_destroy(lk_context_t *ctx) {
         return;
     if (signal_ctx == ctx)
         signal_ctx = NULL;
+    ctx->progress_cb = NULL; /* the callback's owner may be going away too */
+    finish_delivery(ctx);
     lk__receiver_destroy(ctx->receiver);
     for (size_t i = 0; i < ctx->nsinks; i++)
         lk__sink_destroy(ctx->sinks[i]);
     free(ctx->sinks);
+    free(ctx->dl_mine);
+    free(ctx->dl_err);
+    free(ctx->dl_errstr);
     if (ctx->pipeline)
         lk__batch_reset(&ctx->batch, ctx->pipeline);
     lk__batch_free(&ctx->batch);
@@ -605,7 +787,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         return fail(ctx, LK_ERR_FATAL, "%s", msg);
     }
     if (!e) {
-        se = drain_sinks(ctx, 1);
+        se = ctx->overlap ? drain_overlapped(ctx) : drain_sinks(ctx, 1);
         if (ctx->fatal) {
             lk__fetch_clear(&f);
             return se;
@@ -614,7 +796,10 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
                             (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
                             (double)(lk__mono_ns() - t3) / 1e6};
-            report_progress(ctx, id, time_ms, &f, ms);
+            if (ctx->dl_running && ctx->dl_batch == id)
+                defer_progress(ctx, id, time_ms, &f, ms);
+            else
+                report_progress(ctx, id, time_ms, &f, ms);
         }
     }
     lk__fetch_clear(&f);
@@ -682,10 +867,21 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
     int64_t backoff = backoff0;
     lk_err_t result = LK_OK;
+    ctx->overlap = lk__conf_bool(ctx->conf, LK__P_SINK_OVERLAP);
     while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
         int64_t started = lk__mono_ms();
         int idle;
         lk_err_t e = run_batch(ctx, &idle);
+        if (e && !ctx->fatal && ctx->dl_running) {
+            /* the batch failed: settle the delivery in flight before waiting to retry,
+             * keeping the batch's error as the one reported unless that was fatal */
+            char why[sizeof ctx->errstr];
+            memcpy(why, ctx->errstr, sizeof why);
+            if (finish_delivery(ctx) && ctx->fatal)
+                e = LK_ERR_FATAL;
+            else
+                memcpy(ctx->errstr, why, sizeof why);
+        }
         if (e) {
             if (atomic_load(&ctx->stop_now) ||
                 (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
@@ -708,6 +904,8 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             continue;
         }
         backoff = backoff0;
+        if (idle && ctx->dl_running)
+            drain_sinks(ctx, 1); /* nothing to overlap with: acknowledge it now */
         if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
             /* group commit: nothing new to do, so make the last batches durable now and
              * let the sinks deliver them */
@@ -741,6 +939,9 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
                 (unsigned long long)lk__store_committed_batch(ctx->store));
     }
+    if (finish_delivery(ctx) && !result && ctx->fatal)
+        result = LK_ERR_FATAL;
+    ctx->overlap = 0;
     if (own_signals) {
         sigaction(SIGTERM, &old_term, NULL);
         sigaction(SIGINT, &old_int, NULL);

@@ -85,6 +85,11 @@ typedef enum {
       NULL, 0,                                                                             \
       "Bound of undelivered output in the checkpoint: above it, no new batch is planned "  \
       "(input stays in Kafka) until the sinks catch up.")                                  \
+    X(SINK_OVERLAP, "sink.overlap", LK__PT_BOOL, "true", 0, 0, NULL, 0,                    \
+      "Deliver a batch's output on a delivery thread while the next batch is read, "       \
+      "processed and committed (lk_context_run only). Each sink still delivers batches "    \
+      "one at a time, in order, each in its own transaction; false delivers every batch "  \
+      "before the next one starts.")                                                      \
     X(SINK_KAFKA_SEND_OFFSETS, "sink.kafka.send.offsets", LK__PT_BOOL, "true", 0, 0, NULL, \
       0, "Kafka sinks also commit the input offsets of each batch for group <app.id> in "   \
       "its transaction, so standard lag tools show the application's progress.")          \

@@ -9,6 +9,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,24 +140,30 @@ void lk__log(int level, const char *fmt, ...) {
 }
 
 #ifndef LK_NO_FAULTPOINTS
-void lk__faultpoint(const char *name) {
-    static int init;
-    static char want[128];
-    static long want_hit, hits;
-    if (!init) {
-        const char *e = getenv("LOCKSTEP_FAULTPOINT");
-        if (e) {
-            lk__fmt(want, sizeof want, "%s", e);
-            char *at = strchr(want, '@');
-            want_hit = at ? strtol(at + 1, NULL, 10) : 1;
-            if (at)
-                *at = '\0';
-        }
-        init = 1;
+static char fault_want[128];
+static long fault_want_hit;
+static atomic_long fault_hits;
+
+static void fault_init(void) {
+    const char *e = getenv("LOCKSTEP_FAULTPOINT");
+    if (e) {
+        lk__fmt(fault_want, sizeof fault_want, "%s", e);
+        char *at = strchr(fault_want, '@');
+        fault_want_hit = at ? strtol(at + 1, NULL, 10) : 1;
+        if (at)
+            *at = '\0';
     }
+}
+
+/* Called from the batch loop and from the delivery thread. */
+void lk__faultpoint(const char *name) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fault_init);
+    const char *want = fault_want;
     if (!want[0] || strcmp(want, name))
         return;
-    if (++hits < want_hit)
+    long hits = atomic_fetch_add(&fault_hits, 1) + 1;
+    if (hits < fault_want_hit)
         return;
     lk__log(LK_LOG_NOTICE, "fault point %s (hit %ld): SIGKILL", name, hits);
     raise(SIGKILL);

@@ -164,9 +164,11 @@ static int write_one(const lk_out_record_t *r, void *o) {
     return w->err != LK_OK;
 }
 
-/* Deliver one batch atomically. */
-static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
-                        size_t errstr_size) {
+/* Deliver one batch atomically, leaving it COMMITTED (not yet acknowledged) on success.
+ * Touches the checkpoint only through a read transaction, so it may run on a delivery
+ * thread while the batch loop writes the next batch. */
+static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
+                                char *errstr, size_t errstr_size) {
     char why[768] = "";
     lk_store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, why, sizeof why);
@@ -201,16 +203,49 @@ static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *e
         return fail_delivery(s, e, errstr);
     }
     lk__faultpoint("after-sink-commit");
-    if ((e = acknowledge(s, store, batch, why, sizeof why))) {
+    return LK_OK;
+}
+
+lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, char *errstr,
+                              size_t errstr_size) {
+    char why[768] = "";
+    lk_err_t e = acknowledge(s, store, s->batch, why, sizeof why);
+    if (e) {
         /* delivered but not acknowledged: the fence makes the retry harmless, provided
          * the sink recovers (learns its fence) before the retry. Without that the next
          * drain would deliver the batch a second time. */
         s->state = LK__TXN_READY;
         s->recovered = 0;
         return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: acknowledging: %s",
-                       s->name, (unsigned long long)batch, why);
+                       s->name, (unsigned long long)s->batch, why);
     }
     return lk__sink_transition(s, LK__TXN_READY, errstr, errstr_size);
+}
+
+lk_err_t lk__sink_deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
+                                  char *errstr, size_t errstr_size) {
+    return deliver_unacked(s, store, batch, errstr, errstr_size);
+}
+
+/* Deliver one batch atomically and acknowledge it. */
+static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+                        size_t errstr_size) {
+    lk_err_t e = deliver_unacked(s, store, batch, errstr, errstr_size);
+    return e ? e : lk__sink_acknowledge(s, store, errstr, errstr_size);
+}
+
+lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
+                                char *errstr, size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    e = lk__store_outbox_first_batch(t, s->name, batch);
+    lk__store_txn_abort(t);
+    if (e && e != LK_ERR_NOT_FOUND)
+        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s", s->name,
+                       lk_err_str(e));
+    return e;
 }
 
 lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *delivered,
@@ -220,17 +255,12 @@ lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *
     if (e)
         return e;
     for (;;) {
-        lk_store_txn_t *t;
         uint64_t first;
-        if ((e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size)))
-            return e;
-        e = lk__store_outbox_first_batch(t, s->name, &first);
-        lk__store_txn_abort(t);
+        e = lk__sink_first_pending(s, store, &first, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (e == LK_OK && first > upto))
             return LK_OK;
         if (e)
-            return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
-                           s->name, lk_err_str(e));
+            return e;
         if ((e = deliver(s, store, first, errstr, errstr_size)))
             return e;
         (*delivered)++;

@@ -332,7 +332,7 @@ static void run_until_delivered(lk_context_t *ctx) {
 
 /* Run wc_runner (sink=kafka:counts) with LOCKSTEP_FAULTPOINT=fault; it must die by
  * SIGKILL at that point within 30 s. */
-static void run_runner_until_killed(const char *fault, const char *cap) {
+static void run_runner_until_killed(const char *fault, const char *cap, int overlap) {
     const char *runner = getenv("LK_WC_RUNNER");
     cr_assert_not_null(runner, "LK_WC_RUNNER is not set (run through ctest)");
     /* environment and arguments built before fork: the child only execs */
@@ -350,7 +350,8 @@ static void run_runner_until_killed(const char *fault, const char *cap) {
     snprintf(capv, sizeof capv, "max.records.per.partition=%s", cap);
     env[m++] = fp;
     char *argv[] = {(char *)runner, (char *)cl.bootstraps, dir, "0", "sink=kafka:counts",
-                    "sink.kafka.timeout.ms=10000", capv, NULL};
+                    "sink.kafka.timeout.ms=10000", capv,
+                    overlap ? "sink.overlap=true" : "sink.overlap=false", NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
@@ -382,29 +383,52 @@ typedef enum { BEFORE_PRODUCE, AFTER_PRODUCE, AFTER_SINK_COMMIT, AFTER_CKPT_COMM
  * Kill wc_runner at a step of batch `at`'s delivery (60 lines, 20 per partition per
  * batch: batches 1 and 2), check that the crash left what that step must leave, then
  * restart in this process and check that every batch is in Kafka exactly once.
+ *
+ * Without overlap each step leaves one exact state. With sink.overlap the batch loop
+ * may have committed batch at+1 while batch at was being delivered, and batch at-1 may
+ * be delivered but not yet acknowledged when batch at commits; what must hold then is
+ * that nothing is acknowledged beyond the fence, the checkpoint is at most one batch
+ * ahead of the delivery, and Kafka holds exactly the batches the step implies.
  */
-static void crash_then_restart(const char *fault, step_t step, uint64_t at) {
+static void crash_then_restart(const char *fault, step_t step, uint64_t at, int overlap) {
     sim_init(20, 6, 3);
     sim_produce(60);
-    run_runner_until_killed(fault, "20");
+    run_runner_until_killed(fault, "20", overlap);
 
-    /* what the crash left: batch `at` is committed in the checkpoint, not acknowledged */
     ckpt_t c = peek();
-    cr_assert_eq(c.last, at, "%s: last committed batch %llu", fault, (unsigned long long)c.last);
-    cr_assert_eq(c.outbox_first, at, "%s: batch %llu must wait in the outbox", fault,
-                 (unsigned long long)at);
-    cr_assert_eq(c.fence, at - 1);
     eos_report_t r;
     eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
-    if (step == AFTER_SINK_COMMIT) {
-        /* Kafka has it although the checkpoint does not know: the restart must not
-         * deliver it again */
-        cr_assert_eq(r.batches, at, "%s: Kafka holds %llu batches", fault,
-                     (unsigned long long)r.batches);
+    uint64_t in_kafka = step == AFTER_SINK_COMMIT ? at : at - 1;
+    if (!overlap) {
+        /* batch `at` is committed in the checkpoint, not acknowledged */
+        cr_assert_eq(c.last, at, "%s: last committed batch %llu", fault,
+                     (unsigned long long)c.last);
+        cr_assert_eq(c.outbox_first, at, "%s: batch %llu must wait in the outbox", fault,
+                     (unsigned long long)at);
+        cr_assert_eq(c.fence, at - 1);
+    } else if (step == AFTER_CKPT_COMMIT) {
+        /* batch at-1 was in flight or delivered but unacknowledged */
+        cr_assert_eq(c.last, at, "%s: last committed batch %llu", fault,
+                     (unsigned long long)c.last);
+        cr_assert(c.fence >= at - 2 && c.fence <= at - 1, "%s: fence %llu", fault,
+                  (unsigned long long)c.fence);
+        cr_assert_eq(c.outbox_first, c.fence + 1, "%s: outbox starts at %llu, fence %llu",
+                     fault, (unsigned long long)c.outbox_first, (unsigned long long)c.fence);
+        in_kafka = r.batches; /* at-2 or at-1: whether the delivery had committed */
+        cr_assert(r.batches >= at - 2 && r.batches <= at - 1, "%s: Kafka holds %llu batches",
+                  fault, (unsigned long long)r.batches);
     } else {
-        cr_assert_eq(r.batches, at - 1, "%s: Kafka holds %llu batches", fault,
-                     (unsigned long long)r.batches);
+        /* the fault is on the delivery thread: the loop may be one batch ahead */
+        cr_assert(c.last == at || c.last == at + 1, "%s: last committed batch %llu", fault,
+                  (unsigned long long)c.last);
+        cr_assert_eq(c.fence, at - 1, "%s: fence %llu", fault, (unsigned long long)c.fence);
+        cr_assert_eq(c.outbox_first, at, "%s: batch %llu must wait in the outbox", fault,
+                     (unsigned long long)at);
     }
+    /* with AFTER_SINK_COMMIT, Kafka has it although the checkpoint does not know: the
+     * restart must not deliver it again */
+    cr_assert_eq(r.batches, in_kafka, "%s: Kafka holds %llu batches", fault,
+                 (unsigned long long)r.batches);
     /* After the produce step the dead attempt's records were handed to librdkafka; some
      * may have reached the broker before the kill, in a transaction never committed. The
      * mock shows them (a real broker hides them, and the restart's init_transactions
@@ -424,25 +448,42 @@ static void crash_then_restart(const char *fault, step_t step, uint64_t at) {
 }
 
 Test(sink_kafka, crash_before_sink_produce) {
-    crash_then_restart("before-sink-produce", BEFORE_PRODUCE, 1);
+    crash_then_restart("before-sink-produce", BEFORE_PRODUCE, 1, 0);
 }
 Test(sink_kafka, crash_before_sink_produce_of_batch_2) {
-    crash_then_restart("before-sink-produce@2", BEFORE_PRODUCE, 2);
+    crash_then_restart("before-sink-produce@2", BEFORE_PRODUCE, 2, 0);
 }
 Test(sink_kafka, crash_after_sink_produce) {
-    crash_then_restart("after-sink-produce", AFTER_PRODUCE, 1);
+    crash_then_restart("after-sink-produce", AFTER_PRODUCE, 1, 0);
 }
 Test(sink_kafka, crash_after_sink_produce_of_batch_2) {
-    crash_then_restart("after-sink-produce@2", AFTER_PRODUCE, 2);
+    crash_then_restart("after-sink-produce@2", AFTER_PRODUCE, 2, 0);
 }
 Test(sink_kafka, crash_after_sink_commit) {
-    crash_then_restart("after-sink-commit", AFTER_SINK_COMMIT, 1);
+    crash_then_restart("after-sink-commit", AFTER_SINK_COMMIT, 1, 0);
 }
 Test(sink_kafka, crash_after_sink_commit_of_batch_2) {
-    crash_then_restart("after-sink-commit@2", AFTER_SINK_COMMIT, 2);
+    crash_then_restart("after-sink-commit@2", AFTER_SINK_COMMIT, 2, 0);
 }
 Test(sink_kafka, crash_after_checkpoint_commit_before_delivery) {
-    crash_then_restart("after-checkpoint-commit@2", AFTER_CKPT_COMMIT, 2);
+    crash_then_restart("after-checkpoint-commit@2", AFTER_CKPT_COMMIT, 2, 0);
+}
+
+/* the same crashes with delivery overlapped with the next batch (sink.overlap) */
+Test(sink_kafka, overlapped_crash_before_sink_produce) {
+    crash_then_restart("before-sink-produce", BEFORE_PRODUCE, 1, 1);
+}
+Test(sink_kafka, overlapped_crash_after_sink_produce) {
+    crash_then_restart("after-sink-produce", AFTER_PRODUCE, 1, 1);
+}
+Test(sink_kafka, overlapped_crash_after_sink_commit) {
+    crash_then_restart("after-sink-commit", AFTER_SINK_COMMIT, 1, 1);
+}
+Test(sink_kafka, overlapped_crash_after_sink_commit_of_batch_2) {
+    crash_then_restart("after-sink-commit@2", AFTER_SINK_COMMIT, 2, 1);
+}
+Test(sink_kafka, overlapped_crash_after_checkpoint_commit_before_delivery) {
+    crash_then_restart("after-checkpoint-commit@2", AFTER_CKPT_COMMIT, 2, 1);
 }
 
 /* ---- 2. fencing ---- */
@@ -519,7 +560,7 @@ Test(sink_kafka, broker_down_during_delivery_loses_nothing) {
     sim_init(20, 6, 3);
     sim_produce(60); /* batches 1 (20+20) and 2 (10+10) */
     /* batch 1 is processed and committed; its delivery has not happened */
-    run_runner_until_killed("after-checkpoint-commit", "20");
+    run_runner_until_killed("after-checkpoint-commit", "20", 1);
     ckpt_t c = peek();
     cr_assert_eq(c.last, 1);
     cr_assert_eq(c.outbox_first, 1);
