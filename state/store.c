@@ -1531,8 +1531,57 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
     return LK_OK;
 }
 
+/* The envelope as lk__store_state_put writes it: fixarray(3), 1, updated_ms (any msgpack
+ * integer form), bin8/16/32. Read without msgpack's general decoder; 0 when the value has
+ * another shape (the general path then decides). */
+static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
+                             int64_t *updated_ms) {
+    const unsigned char *p = v->mv_data, *end = p + v->mv_size;
+    if (v->mv_size < 4 || p[0] != 0x93 || p[1] != 0x01)
+        return 0;
+    p += 2;
+    int64_t upd;
+    if (*p <= 0x7f) {
+        upd = *p++;
+    } else if (*p == 0xce && end - p >= 5) {
+        upd = (int64_t)(((uint64_t)p[1] << 24) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 8) |
+                        p[4]);
+        p += 5;
+    } else if ((*p == 0xcf || *p == 0xd3) && end - p >= 9) {
+        uint64_t u = rd64(p + 1);
+        if (*p == 0xcf && u > INT64_MAX)
+            return 0;
+        upd = (int64_t)u;
+        p += 9;
+    } else {
+        return 0;
+    }
+    size_t n;
+    if (end - p >= 2 && *p == 0xc4) {
+        n = p[1];
+        p += 2;
+    } else if (end - p >= 3 && *p == 0xc5) {
+        n = ((size_t)p[1] << 8) | p[2];
+        p += 3;
+    } else if (end - p >= 5 && *p == 0xc6) {
+        n = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+        p += 5;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - p) != n)
+        return 0;
+    *val = p;
+    *vlen = n;
+    if (updated_ms)
+        *updated_ms = upd;
+    return 1;
+}
+
 static int decode_state(lk_store_txn_t *t, const MDB_val *v, const void **val, size_t *vlen,
                         int64_t *updated_ms) {
+    if (decode_state_fast(v, val, vlen, updated_ms))
+        return 1;
     lk__obj_t o;
     int64_t upd;
     lk__zone_clear(&t->tmp);

@@ -868,6 +868,47 @@ Test(store_records, keyed_state_round_trip) {
     lk__store_close(s);
 }
 
+/* Every msgpack form of the envelope's time and value length reads back exactly (the
+ * store reads its own envelope without msgpack's general decoder when it can). */
+Test(store_records, state_envelope_forms_round_trip) {
+    static const int64_t times[] = {0,          1,          127,        128,       255,
+                                    256,        65535,      65536,      0x12345678, INT32_MAX, (int64_t)1 << 32,
+                                    1795293000000LL, INT64_MAX, -1,     -33,       INT64_MIN};
+    static const size_t lens[] = {0, 1, 255, 256, 65535, 65536, 70000};
+    lk_store_t *s = tu_open(dir, "app");
+    lk_state_db_t db;
+    CHECK(lk__store_state_open(s, "forms", &db, ES));
+    char *val = malloc(70000);
+    cr_assert_not_null(val);
+    for (size_t i = 0; i < 70000; i++)
+        val[i] = (char)(i * 7 + 3);
+    lk_store_txn_t *t = tu_begin(s, 1);
+    for (size_t i = 0; i < LK_ARRAY_SIZE(times); i++)
+        for (size_t j = 0; j < LK_ARRAY_SIZE(lens); j++) {
+            char key[32];
+            int kl = snprintf(key, sizeof key, "k%zu-%zu", i, j);
+            CHECK(lk__store_state_put(t, db, key, (size_t)kl, val, lens[j], times[i], ES));
+        }
+    tu_commit(t);
+    t = tu_begin(s, 0);
+    for (size_t i = 0; i < LK_ARRAY_SIZE(times); i++)
+        for (size_t j = 0; j < LK_ARRAY_SIZE(lens); j++) {
+            char key[32];
+            int kl = snprintf(key, sizeof key, "k%zu-%zu", i, j);
+            const void *v;
+            size_t vl;
+            int64_t upd;
+            OK(lk__store_state_get(t, db, key, (size_t)kl, &v, &vl, &upd));
+            cr_assert_eq(upd, times[i], "%s: time %lld, want %lld", key, (long long)upd,
+                         (long long)times[i]);
+            cr_assert_eq(vl, lens[j], "%s: %zu bytes, want %zu", key, vl, lens[j]);
+            cr_assert_eq(memcmp(v, val, vl), 0, "%s: value bytes differ", key);
+        }
+    lk__store_txn_abort(t);
+    free(val);
+    lk__store_close(s);
+}
+
 Test(store_records, state_key_length_limits) {
     lk_store_t *s = tu_open(dir, "app");
     lk_state_db_t db;
