@@ -73,7 +73,10 @@ static uint64_t hash_bytes(const void *p, size_t n) {
         h ^= c[i];
         h *= 1099511628211ULL;
     }
-    return h ^ (h >> 29);
+    /* FNV's low bits, which pick the slot, mix poorly: finish like murmur3's fmix64 */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    return h ^ (h >> 33);
 }
 
 static void kv_clear(lk__kv_t *kv) {
@@ -91,20 +94,32 @@ static void kv_free(lk__kv_t *kv) {
 
 static int kv_grow(lk__kv_t *kv) {
     size_t cap = kv->cap ? kv->cap * 2 : 1024;
-    lk__kv_entry_t **s = calloc(cap, sizeof *s);
+    lk__kv_slot_t *s = calloc(cap, sizeof *s);
     if (!s)
         return -1;
     for (size_t i = 0; i < kv->norder; i++) {
         lk__kv_entry_t *e = kv->order[i];
         size_t j = e->hash & (cap - 1);
-        while (s[j])
+        while (s[j].e)
             j = (j + 1) & (cap - 1);
-        s[j] = e;
+        s[j] = (lk__kv_slot_t){e->hash, e};
     }
     free(kv->slots);
     kv->slots = s;
     kv->cap = cap;
     return 0;
+}
+
+/* The slot of key (hash h): its entry, or the empty slot where it would go. */
+static lk__kv_slot_t *kv_slot(const lk__kv_t *kv, const void *key, size_t klen, uint64_t h) {
+    size_t j = h & (kv->cap - 1);
+    for (;;) {
+        lk__kv_slot_t *sl = &kv->slots[j];
+        if (!sl->e || (sl->hash == h && sl->e->key.len == klen &&
+                       !memcmp(sl->e->key.data, key, klen)))
+            return sl;
+        j = (j + 1) & (kv->cap - 1);
+    }
 }
 
 /* Find or create the entry of key; key bytes copied into the arena. */
@@ -113,14 +128,10 @@ static lk__kv_entry_t *kv_get(lk__kv_t *kv, lk__arena_t *a, const void *key, siz
     if ((kv->count + 1) * 2 > kv->cap && kv_grow(kv))
         return NULL;
     uint64_t h = hash_bytes(key, klen);
-    size_t j = h & (kv->cap - 1);
-    while (kv->slots[j]) {
-        lk__kv_entry_t *e = kv->slots[j];
-        if (e->hash == h && e->key.len == klen && !memcmp(e->key.data, key, klen)) {
-            *created = 0;
-            return e;
-        }
-        j = (j + 1) & (kv->cap - 1);
+    lk__kv_slot_t *sl = kv_slot(kv, key, klen, h);
+    if (sl->e) {
+        *created = 0;
+        return sl->e;
     }
     lk__kv_entry_t *e = lk__arena_alloc(a, sizeof *e);
     void *kc = lk__arena_alloc(a, klen ? klen : 1);
@@ -139,7 +150,7 @@ static lk__kv_entry_t *kv_get(lk__kv_t *kv, lk__arena_t *a, const void *key, siz
         kv->caporder = cap;
     }
     kv->order[kv->norder++] = e;
-    kv->slots[j] = e;
+    *sl = (lk__kv_slot_t){h, e};
     kv->count++;
     *created = 1;
     return e;
@@ -865,15 +876,10 @@ static void expire_state(lk_batch_t *b, lk_stream_t *s, int64_t ttl) {
     for (size_t i = 0; i < x.n && !b->err; i++) {
         /* keys with values in this batch were just updated: they are not idle */
         lk__kv_entry_t *fresh = NULL;
-        if (s->kv.cap) {
-            uint64_t h = hash_bytes(x.keys[i].data, x.keys[i].len);
-            for (size_t j = h & (s->kv.cap - 1); s->kv.slots[j]; j = (j + 1) & (s->kv.cap - 1))
-                if (s->kv.slots[j]->hash == h && s->kv.slots[j]->key.len == x.keys[i].len &&
-                    !memcmp(s->kv.slots[j]->key.data, x.keys[i].data, x.keys[i].len)) {
-                    fresh = s->kv.slots[j];
-                    break;
-                }
-        }
+        if (s->kv.cap)
+            fresh = kv_slot(&s->kv, x.keys[i].data, x.keys[i].len,
+                            hash_bytes(x.keys[i].data, x.keys[i].len))
+                        ->e;
         if (!fresh)
             apply_update(b, s, &x.keys[i], NULL, 0);
     }

@@ -46,7 +46,12 @@ typedef struct lk__kv_entry {
 } lk__kv_entry_t;
 
 typedef struct {
-    lk__kv_entry_t **slots; /* open addressing */
+    uint64_t hash; /* kept beside the pointer: a probe compares it without a cache miss */
+    lk__kv_entry_t *e;
+} lk__kv_slot_t;
+
+typedef struct {
+    lk__kv_slot_t *slots; /* open addressing */
     size_t cap, count;
     lk__kv_entry_t **order; /* insertion order */
     size_t norder, caporder;
