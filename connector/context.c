@@ -458,7 +458,14 @@ static lk_err_t drain_overlapped(lk_context_t *ctx) {
         return LK_OK;
     ctx->dl_batch = k;
     ctx->dl_started_ns = lk__mono_ns();
-    if (pthread_create(&ctx->dl_thread, NULL, delivery_thread, ctx)) {
+    /* signals stay with the batch loop: SIGTERM/SIGINT are its to handle, and an
+     * interrupted write in a sink would fail a delivery for nothing */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&ctx->dl_thread, NULL, delivery_thread, ctx);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
         memset(ctx->dl_mine, 0, ctx->nsinks * sizeof *ctx->dl_mine);
         return drain_sinks(ctx, 1);
     }

@@ -164,6 +164,26 @@ static int write_one(const lk_out_record_t *r, void *o) {
     return w->err != LK_OK;
 }
 
+/* A copy of b in one allocation (ranges and topic names included); free() frees it. */
+static lk_batch_rec_t *batch_rec_copy(const lk_batch_rec_t *b) {
+    size_t size = sizeof *b + b->nranges * sizeof *b->ranges;
+    for (size_t i = 0; i < b->nranges; i++)
+        size += strlen(b->ranges[i].topic) + 1;
+    lk_batch_rec_t *c = malloc(size);
+    if (!c)
+        return NULL;
+    *c = *b;
+    c->ranges = (lk_range_t *)(c + 1);
+    char *names = (char *)(c->ranges + b->nranges);
+    for (size_t i = 0; i < b->nranges; i++) {
+        size_t n = strlen(b->ranges[i].topic) + 1;
+        c->ranges[i] = b->ranges[i];
+        c->ranges[i].topic = memcpy(names, b->ranges[i].topic, n);
+        names += n;
+    }
+    return c;
+}
+
 /* Deliver one batch atomically, leaving it COMMITTED (not yet acknowledged) on success.
  * Touches the checkpoint only through a read transaction, so it may run on a delivery
  * thread while the batch loop writes the next batch. */
@@ -188,13 +208,18 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     }
     if (!e)
         e = lk__sink_transition(s, LK__TXN_PRODUCED, why, sizeof why);
+    lk_batch_rec_t rec, *recp = NULL;
+    if (!e && lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
+        e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
+    /* the records are in the producer's hands now (copied): end the read transaction
+     * before the commit, which may wait on Kafka for long, so as not to hold back the
+     * checkpoint's page reuse or a map growth */
+    lk__store_txn_abort(t);
     if (!e) {
         lk__faultpoint("after-sink-produce");
-        lk_batch_rec_t rec;
-        int have = lk__store_batch_get(t, batch, &rec) == LK_OK;
-        e = s->ops->commit(s, have ? &rec : NULL, why, sizeof why);
+        e = s->ops->commit(s, recp, why, sizeof why);
     }
-    lk__store_txn_abort(t);
+    free(recp);
     if (!e)
         e = lk__sink_transition(s, LK__TXN_COMMITTED, why, sizeof why);
     if (e) {

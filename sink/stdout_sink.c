@@ -39,12 +39,14 @@ static lk_err_t stdout_write(lk_sink_t *s, const lk_out_record_t *r, char *errst
                              size_t errstr_size) {
     (void)s;
     errno = 0;
+    flockfile(stdout); /* one line whole: the delivery thread writes beside the loop's */
     int bad = (r->key_len && fwrite(r->key, 1, r->key_len, stdout) != r->key_len) ||
-              putchar('\t') == EOF ||
+              putchar_unlocked('\t') == EOF ||
               (r->value ? r->value_len &&
                               fwrite(r->value, 1, r->value_len, stdout) != r->value_len
                         : fputs("(deleted)", stdout) == EOF) ||
-              putchar('\n') == EOF;
+              putchar_unlocked('\n') == EOF;
+    funlockfile(stdout);
     if (bad)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot write to stdout: %s",
                        strerror(errno ? errno : EIO));

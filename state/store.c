@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -58,12 +59,16 @@ struct lk_store {
     char *app_id;
     int format;
     int64_t created_ms;
-    int fatal;
+    atomic_int fatal; /* set after fatal_msg is written; read from any thread */
     char fatal_msg[512];
     lk_store_txn_t *wtxn;
     /* readers hold it shared; map growth holds it exclusively (LMDB requires no live
      * transaction in this process while the map is resized) */
     pthread_rwlock_t resize_lock;
+    /* LMDB's environment flags are one plain word: commits toggle MDB_NOSYNC in it
+     * (lk__store_txn_commit_unsynced) while another thread (a sink's delivery) may be
+     * beginning a read transaction, which reads it */
+    pthread_mutex_t flags_lock;
 };
 
 /* Outbox records of one (sink, batch) appended in this txn. They are packed into a chunk
@@ -106,9 +111,10 @@ typedef struct {
 static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
                         const char *what) {
     if (rc == MDB_PANIC) {
+        if (!s->fatal) /* the first panic's message stays */
+            lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s: %s: LMDB panic: %s", s->dir, what,
+                    mdb_strerror(rc));
         s->fatal = 1;
-        lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s: %s: LMDB panic: %s", s->dir, what,
-                mdb_strerror(rc));
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
     }
     lk_err_t e = (rc == ENOSPC || rc == EIO || rc == EDQUOT || rc == EFBIG) ? LK_ERR_IO
@@ -360,6 +366,7 @@ static void store_free(lk_store_t *s) {
     free(s->app_id);
     free(s->dir);
     pthread_rwlock_destroy(&s->resize_lock);
+    pthread_mutex_destroy(&s->flags_lock);
     free(s);
 }
 
@@ -524,6 +531,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     s->batch_history = o->batch_history ? o->batch_history : 1000;
     s->map_size = o->map_size ? o->map_size : (size_t)256 << 20;
     pthread_rwlock_init(&s->resize_lock, NULL);
+    pthread_mutex_init(&s->flags_lock, NULL);
     lk_err_t err = LK_OK;
     if (!(s->dir = strdup(o->dir))) {
         err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -739,7 +747,9 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
         pthread_rwlock_rdlock(&s->resize_lock);
     int rc;
     for (;;) {
+        pthread_mutex_lock(&s->flags_lock);
         rc = mdb_txn_begin(s->env, NULL, write ? 0 : MDB_RDONLY, &t->txn);
+        pthread_mutex_unlock(&s->flags_lock);
         if (rc != MDB_MAP_RESIZED)
             break;
         /* another process grew the map: adopt its size */
@@ -1919,9 +1929,15 @@ lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t e
     lk_store_t *s = t->s;
     if (s->sync_interval) /* the environment never syncs on commit anyway */
         return lk__store_txn_commit(t, errstr, errstr_size);
+    /* not held across the commit: a map growth inside it waits for readers, and a
+     * reader could be waiting for this lock */
+    pthread_mutex_lock(&s->flags_lock);
     mdb_env_set_flags(s->env, MDB_NOSYNC, 1);
+    pthread_mutex_unlock(&s->flags_lock);
     lk_err_t err = lk__store_txn_commit(t, errstr, errstr_size);
+    pthread_mutex_lock(&s->flags_lock);
     mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+    pthread_mutex_unlock(&s->flags_lock);
     return err;
 }
 

@@ -124,7 +124,9 @@ Test(sink_kafka, delivers_each_batch_once_with_provenance) {
  * ====================================================================================== */
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -713,6 +715,123 @@ Test(sink_kafka, commit_timeout_is_resumed_not_abandoned) {
     lk_conf_destroy(conf);
     assert_drained();
     check_eo(1); /* the resumed attempt is the committed one, and the only one */
+}
+
+/* ---- 4b. failures on the delivery thread of lk_context_run (sink.overlap) ---- */
+
+typedef struct {
+    lk_context_t *ctx;
+    lk_err_t e;
+    atomic_int done;
+} run_thread_t;
+
+static void *run_main(void *o) {
+    run_thread_t *r = o;
+    r->e = lk_context_run(r->ctx);
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+/* lk_context_run in a thread (no signal handlers), with delivery overlapped. */
+static void run_start(run_thread_t *r, pthread_t *th, lk_conf_t *conf) {
+    mu_set(conf, "stop.gracefully.on.shutdown", "false");
+    mu_set(conf, "sink.overlap", "true");
+    r->ctx = open_wc(conf);
+    r->e = LK_OK;
+    atomic_store(&r->done, 0);
+    cr_assert_eq(pthread_create(th, NULL, run_main, r), 0);
+}
+
+/* Wait (bounded) for lk_context_run to return by itself. */
+static void run_wait(run_thread_t *r, pthread_t th) {
+    for (int i = 0; i < 3000 && !atomic_load(&r->done); i++)
+        usleep(10000);
+    cr_assert(atomic_load(&r->done), "lk_context_run did not return within 30 s");
+    pthread_join(th, NULL);
+}
+
+/* Wait (bounded) until Kafka holds what the simulation says while lk_context_run runs. */
+static void run_until_kafka_holds_all(run_thread_t *r) {
+    for (int i = 0; i < 1500 && !atomic_load(&r->done); i++) {
+        eos_report_t k;
+        eos_read(cl.bootstraps, "wc", "counts-out", "counts", &k);
+        if (k.batches == sim.batches && k.records == sim.records)
+            return;
+        usleep(20000);
+    }
+    cr_assert_fail("lk_context_run %s before Kafka held batch %llu: %s",
+                   atomic_load(&r->done) ? "returned" : "still running after 30 s",
+                   (unsigned long long)sim.batches, lk_context_errstr(r->ctx));
+}
+
+/*
+ * Deliveries failing on the delivery thread while the loop commits the next batches:
+ * an aborted transaction (abortable Produce error) and commits failing with a retriable
+ * coordinator error. The loop must settle each failed delivery, back off, redeliver
+ * from the outbox, and end with every batch in Kafka once and the outbox empty.
+ */
+Test(sink_kafka, overlapped_run_redelivers_after_failures_on_the_delivery_thread) {
+    sim_init(10, 6, 3);
+    lk_conf_t *conf = wc_conf(10);
+    sim_produce(20); /* batch 1, delivered before the faults (the first delivery is
+                      * synchronous: the sink recovers first) */
+    sim_consume();
+    run_thread_t r;
+    pthread_t th;
+    run_start(&r, &th, conf);
+    run_until_kafka_holds_all(&r);
+    sim_produce(80); /* batches 2..5, before the injection: Produce errors hit any client */
+    rd_kafka_mock_push_request_errors(cl.mc, 0 /* Produce */, 1,
+                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    rd_kafka_resp_err_t errs[] = {RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                                  RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE};
+    rd_kafka_mock_push_request_errors_array(cl.mc, 26 /* EndTxn */, 2, errs);
+    sim_consume();
+    run_until_kafka_holds_all(&r);
+    lk_context_stop(r.ctx, 1);
+    run_wait(&r, th);
+    cr_assert_eq(r.e, LK_OK, "%s (%s)", lk_context_errstr(r.ctx), lk_err_name(r.e));
+    cr_assert_eq(lk_context_last_batch(r.ctx), 5);
+    lk_context_destroy(r.ctx);
+    lk_conf_destroy(conf);
+    rd_kafka_mock_clear_request_errors(cl.mc, 0);
+    rd_kafka_mock_clear_request_errors(cl.mc, 26);
+    assert_drained();
+    check_eo(0); /* the aborted attempt's progress record may be visible on the mock */
+}
+
+/* Fenced on the delivery thread: lk_context_run stops with LK_ERR_FENCED, and nothing
+ * of the fenced batch is acknowledged. */
+Test(sink_kafka, overlapped_run_stops_when_fenced_on_the_delivery_thread) {
+    sim_init(10, 6, 3);
+    lk_conf_t *conf = wc_conf(10);
+    sim_produce(20); /* batch 1: delivered */
+    sim_consume();
+    run_thread_t r;
+    pthread_t th;
+    run_start(&r, &th, conf);
+    run_until_kafka_holds_all(&r);
+    rd_kafka_mock_push_request_errors(cl.mc, 26 /* EndTxn */, 1,
+                                      RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH);
+    sim_produce(40); /* batches 2 and 3: the first delivery after this is fenced */
+    run_wait(&r, th);
+    cr_assert_eq(r.e, LK_ERR_FENCED, "%s (%s)", lk_context_errstr(r.ctx), lk_err_name(r.e));
+    cr_assert(strstr(lk_context_errstr(r.ctx), "took over"), "%s", lk_context_errstr(r.ctx));
+    lk_context_destroy(r.ctx);
+    ckpt_t c = peek();
+    cr_assert_eq(c.fence, 1, "fence %llu: only batch 1 was delivered",
+                 (unsigned long long)c.fence);
+    cr_assert_eq(c.outbox_first, 2, "batch 2 waits in the outbox");
+    /* a new instance delivers the rest, once */
+    rd_kafka_mock_clear_request_errors(cl.mc, 26);
+    lk_context_t *ctx = open_wc(conf);
+    sim_consume();
+    run_until_delivered(ctx);
+    run_until_idle(ctx);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    assert_drained();
+    check_eo(0);
 }
 
 /* ---- 5. outbox backpressure holds the input ---- */
