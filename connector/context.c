@@ -48,17 +48,19 @@ struct lk_context {
     double last_commit_ms;     /* of the last process_and_commit */
     uint64_t last_records_out;
     /* delivery overlapped with the next batch (lk_context_run with sink.overlap): a
-     * thread delivers batch dl_batch for the sinks marked in dl_mine while the loop
-     * writes the next batch; the loop joins it and acknowledges after that commit */
+     * thread delivers the durable batches up to dl_upto for the sinks marked in dl_mine
+     * while the loop writes the next batch; the loop joins it after that commit and
+     * acknowledges the last batch each sink delivered (dl_last) */
     int overlap;
     int dl_running;
     pthread_t dl_thread;
-    uint64_t dl_batch;
+    uint64_t dl_upto;
     unsigned char *dl_mine;
+    uint64_t *dl_last;
     lk_err_t *dl_err;
     char (*dl_errstr)[1024];
     int64_t dl_started_ns, dl_done_ns;
-    /* the progress report of batch dl_batch, held back until its delivery is settled */
+    /* the progress report of batch dl_upto, held back until its delivery is settled */
     int dl_report;
     lk_progress_t dl_progress;
     char **dl_topics;
@@ -291,9 +293,10 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     size_t cap = p->nstages ? p->nstages : 1;
     ctx->sinks = calloc(cap, sizeof *ctx->sinks);
     ctx->dl_mine = calloc(cap, sizeof *ctx->dl_mine);
+    ctx->dl_last = calloc(cap, sizeof *ctx->dl_last);
     ctx->dl_err = calloc(cap, sizeof *ctx->dl_err);
     ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
-    if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_err || !ctx->dl_errstr)
+    if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_last || !ctx->dl_err || !ctx->dl_errstr)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     for (size_t i = 0; i < p->nstages; i++) {
         lk_stream_t *st = p->stages[i];
@@ -354,9 +357,9 @@ static void *delivery_thread(void *o) {
     lk_context_t *ctx = o;
     for (size_t i = 0; i < ctx->nsinks; i++)
         if (ctx->dl_mine[i])
-            ctx->dl_err[i] = lk__sink_deliver_unacked(ctx->sinks[i], ctx->store, ctx->dl_batch,
-                                                      ctx->dl_errstr[i],
-                                                      sizeof ctx->dl_errstr[i]);
+            ctx->dl_err[i] = lk__sink_deliver_upto(ctx->sinks[i], ctx->store, ctx->dl_upto,
+                                                   &ctx->dl_last[i], ctx->dl_errstr[i],
+                                                   sizeof ctx->dl_errstr[i]);
     ctx->dl_done_ns = lk__mono_ns();
     return NULL;
 }
@@ -374,9 +377,15 @@ static lk_err_t finish_delivery(lk_context_t *ctx) {
             continue;
         ctx->dl_mine[i] = 0;
         lk_err_t e = ctx->dl_err[i];
-        if (!e)
-            e = lk__sink_acknowledge(ctx->sinks[i], ctx->store, ctx->dl_errstr[i],
-                                     sizeof ctx->dl_errstr[i]);
+        char ack_err[1024];
+        lk_err_t ae = ctx->dl_last[i] ? lk__sink_acknowledge(ctx->sinks[i], ctx->store,
+                                                             ctx->dl_last[i], ack_err,
+                                                             sizeof ack_err)
+                                      : LK_OK;
+        if (!e && ae) {
+            e = ae;
+            memcpy(ctx->dl_errstr[i], ack_err, sizeof ack_err);
+        }
         if (e && !fatal && sink_failed(ctx, e, ctx->dl_errstr[i], &first))
             fatal = e; /* fenced or fatal */
     }
@@ -422,12 +431,12 @@ static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
 }
 
 /*
- * After a batch's commit with sink.overlap: acknowledge the previous batch's delivery,
- * then hand this batch to the delivery thread, which runs while the loop plans, reads,
- * processes and commits the next one. Only the steady case goes there: every sink
- * recovered, the batch durable, and no older batch waiting in any outbox; anything
- * else (a backlog after an outage, group commit, a sink to recover) drains
- * synchronously as without overlap.
+ * After a batch's commit with sink.overlap: acknowledge what the delivery thread
+ * delivered, then hand it every durable batch waiting in the outbox, to deliver while
+ * the loop plans, reads, processes and commits the next one. With checkpoint.sync=batch
+ * that is the batch just committed; with group commit, the batches the last sync made
+ * durable. A sink that must recover (first start, after an error) is drained
+ * synchronously, as without overlap.
  */
 static lk_err_t drain_overlapped(lk_context_t *ctx) {
     lk_err_t e = finish_delivery(ctx);
@@ -435,9 +444,7 @@ static lk_err_t drain_overlapped(lk_context_t *ctx) {
         return e;
     if (lk__mono_ms() < ctx->sink_retry_ms)
         return LK_OK;
-    uint64_t k = lk__store_committed_batch(ctx->store);
-    if (lk__store_durable_batch(ctx->store) != k)
-        return drain_sinks(ctx, 1);
+    uint64_t upto = lk__store_durable_batch(ctx->store);
     int any = 0;
     for (size_t i = 0; i < ctx->nsinks; i++) {
         lk_sink_t *s = ctx->sinks[i];
@@ -447,16 +454,16 @@ static lk_err_t drain_overlapped(lk_context_t *ctx) {
         if (!s->recovered || s->state != LK__TXN_READY)
             return drain_sinks(ctx, 1);
         e = lk__sink_first_pending(s, ctx->store, &first, err, sizeof err);
-        if (e == LK_ERR_NOT_FOUND)
+        if (e == LK_ERR_NOT_FOUND || (!e && first > upto))
             continue;
-        if (e || first != k)
+        if (e)
             return drain_sinks(ctx, 1);
         ctx->dl_mine[i] = 1;
         any = 1;
     }
     if (!any)
         return LK_OK;
-    ctx->dl_batch = k;
+    ctx->dl_upto = upto;
     ctx->dl_started_ns = lk__mono_ns();
     /* signals stay with the batch loop: SIGTERM/SIGINT are its to handle, and an
      * interrupted write in a sink would fail a delivery for nothing */
@@ -554,6 +561,7 @@ void lk_context_destroy(lk_context_t *ctx) {
         lk__sink_destroy(ctx->sinks[i]);
     free(ctx->sinks);
     free(ctx->dl_mine);
+    free(ctx->dl_last);
     free(ctx->dl_err);
     free(ctx->dl_errstr);
     if (ctx->pipeline)
@@ -803,7 +811,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
                             (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
                             (double)(lk__mono_ns() - t3) / 1e6};
-            if (ctx->dl_running && ctx->dl_batch == id)
+            if (ctx->dl_running && ctx->dl_upto == id)
                 defer_progress(ctx, id, time_ms, &f, ms);
             else
                 report_progress(ctx, id, time_ms, &f, ms);

@@ -486,9 +486,9 @@ typedef struct lk_progress {
 /**
  * @brief Call cb after every committed batch (from the thread running the batches).
  * The struct and its arrays are valid during the call only. With sink.overlap (the
- * default) a batch is reported once its delivery is settled, which is after the next
- * batch was committed: lk_context_stop() called from cb then stops after that next
- * batch.
+ * default) a batch whose delivery started right after its commit is reported once that
+ * delivery is settled, which is after the next batch was committed: lk_context_stop()
+ * called from cb then stops after that next batch.
  */
 LK_EXPORT void lk_context_on_progress(lk_context_t *ctx,
                                       void (*cb)(const lk_progress_t *p, void *opaque),

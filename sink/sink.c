@@ -34,7 +34,9 @@ static const unsigned allowed[] = {
     [LK__TXN_READY] = BIT(BEGUN) | BIT(FATAL),
     [LK__TXN_BEGUN] = BIT(PRODUCED) | BIT(READY) /* abort */ | BIT(FATAL),
     [LK__TXN_PRODUCED] = BIT(COMMITTED) | BIT(READY) /* abort */ | BIT(FATAL),
-    [LK__TXN_COMMITTED] = BIT(READY) /* acknowledged */ | BIT(FATAL),
+    /* BEGUN: the next batch before this one's acknowledgement (a delivery thread
+     * delivers several; the batch loop acknowledges the last of them afterwards) */
+    [LK__TXN_COMMITTED] = BIT(READY) /* acknowledged */ | BIT(BEGUN) | BIT(FATAL),
     [LK__TXN_FATAL] = 0,
 };
 
@@ -231,32 +233,55 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     return LK_OK;
 }
 
-lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, char *errstr,
+lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size) {
     char why[768] = "";
-    lk_err_t e = acknowledge(s, store, s->batch, why, sizeof why);
+    lk_err_t e = acknowledge(s, store, batch, why, sizeof why);
     if (e) {
         /* delivered but not acknowledged: the fence makes the retry harmless, provided
          * the sink recovers (learns its fence) before the retry. Without that the next
          * drain would deliver the batch a second time. */
-        s->state = LK__TXN_READY;
-        s->recovered = 0;
+        if (s->state != LK__TXN_FATAL) {
+            s->state = LK__TXN_READY;
+            s->recovered = 0;
+        }
         return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: acknowledging: %s",
-                       s->name, (unsigned long long)s->batch, why);
+                       s->name, (unsigned long long)batch, why);
     }
-    return lk__sink_transition(s, LK__TXN_READY, errstr, errstr_size);
+    /* a later batch's failure may have left the sink READY (aborted) or FATAL already */
+    return s->state == LK__TXN_COMMITTED ? lk__sink_transition(s, LK__TXN_READY, errstr, errstr_size)
+                                         : LK_OK;
 }
 
-lk_err_t lk__sink_deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
-                                  char *errstr, size_t errstr_size) {
-    return deliver_unacked(s, store, batch, errstr, errstr_size);
+lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, uint64_t *last,
+                               char *errstr, size_t errstr_size) {
+    *last = 0;
+    uint64_t from = 0;
+    for (;;) {
+        lk_store_txn_t *t;
+        uint64_t b;
+        lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
+        if (e)
+            return e;
+        e = lk__store_outbox_batch_from(t, s->name, from, &b);
+        lk__store_txn_abort(t);
+        if (e == LK_ERR_NOT_FOUND || (e == LK_OK && b > upto))
+            return LK_OK;
+        if (e)
+            return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
+                           s->name, lk_err_str(e));
+        if ((e = deliver_unacked(s, store, b, errstr, errstr_size)))
+            return e;
+        *last = b;
+        from = b + 1;
+    }
 }
 
 /* Deliver one batch atomically and acknowledge it. */
 static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                         size_t errstr_size) {
     lk_err_t e = deliver_unacked(s, store, batch, errstr, errstr_size);
-    return e ? e : lk__sink_acknowledge(s, store, errstr, errstr_size);
+    return e ? e : lk__sink_acknowledge(s, store, batch, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,

@@ -102,17 +102,19 @@ lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *
                         char *errstr, size_t errstr_size);
 
 /**
- * The two halves of one batch's delivery, for a batch loop that overlaps delivery with
- * the next batch. lk__sink_deliver_unacked delivers batch atomically and leaves the sink
- * COMMITTED; it reads the checkpoint only through a read transaction, so it may run on
- * another thread than the one writing batches (never two threads on one sink). Failures
- * are as for lk__sink_drain. The sink must be recovered and READY.
- * lk__sink_acknowledge then records the delivery of the sink's batch in the checkpoint
- * (a write transaction: the batch loop's thread) and returns the sink to READY.
+ * The two halves of delivery, for a batch loop that overlaps delivery with the next
+ * batches. lk__sink_deliver_upto delivers the sink's outbox batches with id <= upto,
+ * oldest first, each atomically, without acknowledging them; *last is the last one
+ * delivered (0: none), the sink stays COMMITTED after it. It reads the checkpoint only
+ * through read transactions, so it may run on another thread than the one writing
+ * batches (never two threads on one sink). Failures are as for lk__sink_drain, with
+ * *last still naming what was delivered before. The sink must be recovered and READY.
+ * lk__sink_acknowledge then records batches <= batch as delivered (a checkpoint write:
+ * the batch loop's thread) and returns a COMMITTED sink to READY.
  */
-lk_err_t lk__sink_deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
-                                  char *errstr, size_t errstr_size);
-lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, char *errstr,
+lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, uint64_t *last,
+                               char *errstr, size_t errstr_size);
+lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size);
 /** Oldest batch in the sink's outbox; LK_ERR_NOT_FOUND when it is empty. */
 lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,

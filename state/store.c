@@ -1178,12 +1178,17 @@ lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t b
 }
 
 lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
+    return lk__store_outbox_batch_from(t, sink, 0, batch);
+}
+
+lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
+                                     uint64_t *batch) {
     char ferr[256];
     lk_err_t ferr_code = outbox_flush(t, ferr, sizeof ferr);
     if (ferr_code)
         return ferr_code;
     unsigned char k[512];
-    size_t kl = outbox_key(k, sizeof k, sink, 0, 0);
+    size_t kl = outbox_key(k, sizeof k, sink, from, 0);
     MDB_cursor *c;
     if (!kl || !t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;

@@ -164,6 +164,9 @@ lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t b
                                  const lk_out_record_t *r, char *errstr, size_t errstr_size);
 /** Smallest batch id with records for sink; LK_ERR_NOT_FOUND when empty. */
 lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch);
+/** Smallest batch id >= from with records for sink; LK_ERR_NOT_FOUND when none. */
+lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
+                                     uint64_t *batch);
 /** Visit sink's records of one batch in order; pointers valid during the callback. */
 lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
                                   int (*cb)(const lk_out_record_t *r, void *opaque),

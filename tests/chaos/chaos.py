@@ -234,8 +234,11 @@ class Runner:
             base += ["pipeline=wordcount", "input.topics=lines", "output.topic=counts",
                      f"output.dir={self.work}/wc-files"]
         elif app == "cp":
+            # group commit: the delivery thread then delivers several durable batches
+            # per run, acknowledged together
             base += ["pipeline=copy", "input.topics=lines", "output.topic=copy-out",
-                     "output.partition=keep"]
+                     "output.partition=keep", "checkpoint.sync=interval",
+                     "checkpoint.sync.interval.ms=100"]
         else:
             base += ["pipeline=count-by-key", "input.topics=events", "key.field=user",
                      "output.topic=kv-counts", "errors.deadletter=dlq"]
