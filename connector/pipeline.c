@@ -577,9 +577,12 @@ static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
 }
 
 static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
+    static char empty[1]; /* every empty value (a word count's "1" is one) shares it */
     if (!p)
         return NULL;
-    void *c = lk__arena_alloc(&b->arena, n ? n : 1);
+    if (!n)
+        return empty;
+    void *c = lk__arena_alloc(&b->arena, n);
     if (c)
         memcpy(c, p, n);
     return c;
