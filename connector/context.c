@@ -119,17 +119,6 @@ static lk_progress_t progress_of(lk_context_t *ctx, uint64_t id, int64_t time_ms
                            lk__store_outbox_bytes(ctx->store), total, nt, topics, lag};
 }
 
-/* Tell the progress callback what the committed batch f did. */
-static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                            const lk__fetch_t *f, const double ms[5]) {
-    if (!ctx->progress_cb)
-        return;
-    const char *topics[64];
-    int64_t lag[64];
-    lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
-    ctx->progress_cb(&p, ctx->progress_opaque);
-}
-
 static void drop_deferred_report(lk_context_t *ctx) {
     for (size_t i = 0; ctx->dl_topics && i < ctx->dl_progress.ntopics; i++)
         free(ctx->dl_topics[i]);
@@ -140,31 +129,38 @@ static void drop_deferred_report(lk_context_t *ctx) {
     ctx->dl_report = 0;
 }
 
-/* Hold the report of the batch being delivered until the delivery is settled, so that
- * its line says what the batch did with its delivery included. Reported at once if the
- * copy fails. */
-static void defer_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                           const lk__fetch_t *f, const double ms[5]) {
+/* Keep a copy of p to report once the delivery in flight is settled; 0 if out of
+ * memory. */
+static int keep_report(lk_context_t *ctx, const lk_progress_t *p) {
+    ctx->dl_topics = calloc(p->ntopics ? p->ntopics : 1, sizeof *ctx->dl_topics);
+    ctx->dl_lag = malloc((p->ntopics ? p->ntopics : 1) * sizeof *ctx->dl_lag);
+    int ok = ctx->dl_topics && ctx->dl_lag;
+    for (size_t i = 0; ok && i < p->ntopics; i++)
+        ok = (ctx->dl_topics[i] = strdup(p->topics[i])) != NULL;
+    ctx->dl_progress = *p;
+    if (!ok) {
+        drop_deferred_report(ctx);
+        return 0;
+    }
+    memcpy(ctx->dl_lag, p->topic_lag, p->ntopics * sizeof *p->topic_lag);
+    ctx->dl_progress.topics = (const char *const *)ctx->dl_topics;
+    ctx->dl_progress.topic_lag = ctx->dl_lag;
+    ctx->dl_report = 1;
+    return 1;
+}
+
+/* Tell the progress callback what the committed batch f did; with defer, once the
+ * delivery in flight (the batch's own) is settled, so that its line says what the batch
+ * did with its delivery included (at once if the copy fails). */
+static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                            const lk__fetch_t *f, const double ms[5], int defer) {
     if (!ctx->progress_cb)
         return;
     const char *topics[64];
     int64_t lag[64];
     lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
-    ctx->dl_topics = calloc(p.ntopics ? p.ntopics : 1, sizeof *ctx->dl_topics);
-    ctx->dl_lag = malloc((p.ntopics ? p.ntopics : 1) * sizeof *ctx->dl_lag);
-    int ok = ctx->dl_topics && ctx->dl_lag;
-    for (size_t i = 0; ok && i < p.ntopics; i++)
-        ok = (ctx->dl_topics[i] = strdup(topics[i])) != NULL;
-    ctx->dl_progress = p;
-    if (!ok) {
-        drop_deferred_report(ctx);
+    if (!defer || !keep_report(ctx, &p))
         ctx->progress_cb(&p, ctx->progress_opaque);
-        return;
-    }
-    memcpy(ctx->dl_lag, lag, p.ntopics * sizeof *lag);
-    ctx->dl_progress.topics = (const char *const *)ctx->dl_topics;
-    ctx->dl_progress.topic_lag = ctx->dl_lag;
-    ctx->dl_report = 1;
 }
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
@@ -811,10 +807,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
                             (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
                             (double)(lk__mono_ns() - t3) / 1e6};
-            if (ctx->dl_running && ctx->dl_upto == id)
-                defer_progress(ctx, id, time_ms, &f, ms);
-            else
-                report_progress(ctx, id, time_ms, &f, ms);
+            report_progress(ctx, id, time_ms, &f, ms, ctx->dl_running && ctx->dl_upto == id);
         }
     }
     lk__fetch_clear(&f);

@@ -318,13 +318,17 @@ static void run_until_idle(lk_context_t *ctx) {
 /* Run until Kafka holds what the simulation says (sink retries have their own backoff).
  * Not just "a progress record of the last batch": on the mock an aborted attempt's
  * progress record is visible too. check_eo() asserts the details afterwards. */
+static int kafka_holds_all(void) {
+    eos_report_t r;
+    eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
+    return r.batches == sim.batches && r.records == sim.records;
+}
+
 static void run_until_delivered(lk_context_t *ctx) {
     for (int i = 0; i < 100; i++) {
         lk_err_t e = lk_context_run_once(ctx);
         cr_assert_eq(e, LK_OK, "%s (%s)", lk_context_errstr(ctx), lk_err_name(e));
-        eos_report_t r;
-        eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
-        if (r.batches == sim.batches && r.records == sim.records)
+        if (kafka_holds_all())
             return;
         usleep(20000);
     }
@@ -753,9 +757,7 @@ static void run_wait(run_thread_t *r, pthread_t th) {
 /* Wait (bounded) until Kafka holds what the simulation says while lk_context_run runs. */
 static void run_until_kafka_holds_all(run_thread_t *r) {
     for (int i = 0; i < 1500 && !atomic_load(&r->done); i++) {
-        eos_report_t k;
-        eos_read(cl.bootstraps, "wc", "counts-out", "counts", &k);
-        if (k.batches == sim.batches && k.records == sim.records)
+        if (kafka_holds_all())
             return;
         usleep(20000);
     }
