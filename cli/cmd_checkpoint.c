@@ -66,6 +66,27 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
     return 1;
 }
 
+/*
+ * A string option given at most once: 0 when argv[*i] is not `name`; 1 when its value
+ * went to *slot; -1 after a usage error ("NAME needs WHAT", "NAME given twice" plus
+ * twice_hint), whose exit status is then in *rc.
+ */
+static int opt_once(int argc, char **argv, int *i, const char *name, const char *what,
+                    const char *twice_hint, const char **slot, const char *cmd,
+                    const char *help, int *rc) {
+    const char *v;
+    int r = opt_value(argc, argv, i, name, &v);
+    if (!r)
+        return 0;
+    if (r < 0)
+        *rc = usage_err(cmd, help, "%s needs %s", name, what);
+    else if (*slot)
+        *rc = usage_err(cmd, help, "%s given twice%s", name, twice_hint);
+    else
+        *slot = v;
+    return r < 0 || *rc ? -1 : 1;
+}
+
 /* Strict decimal integer in [min, max]; 0 on success. */
 static int parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) {
     if (!s || !*s || *s == ' ' || *s == '+')
@@ -262,20 +283,13 @@ static int cmd_checkpoint_export(int argc, char **argv) {
     }
     const char *dir = NULL, *only = NULL, *output = NULL;
     for (int i = 0; i < argc; i++) {
-        const char *v;
-        int r;
-        if ((r = opt_value(argc, argv, &i, "--operator", &v))) {
+        int r, rc = 0;
+        if ((r = opt_once(argc, argv, &i, "--operator", "a UID", "", &only, "export",
+                          export_help, &rc)) ||
+            (r = opt_once(argc, argv, &i, "--output", "a FILE", "", &output, "export",
+                          export_help, &rc))) {
             if (r < 0)
-                return usage_err("export", export_help, "--operator needs a UID");
-            if (only)
-                return usage_err("export", export_help, "--operator given twice");
-            only = v;
-        } else if ((r = opt_value(argc, argv, &i, "--output", &v))) {
-            if (r < 0)
-                return usage_err("export", export_help, "--output needs a FILE");
-            if (output)
-                return usage_err("export", export_help, "--output given twice");
-            output = v;
+                return rc;
         } else if (argv[i][0] == '-') {
             return usage_err("export", export_help, "unknown option %s", argv[i]);
         } else if (!dir) {
@@ -464,21 +478,14 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     int del = 0, yes = 0;
     for (int i = 0; i < argc; i++) {
         const char *v;
-        int r;
+        int r, rc = 0;
         int64_t n;
-        if ((r = opt_value(argc, argv, &i, "--app-id", &v))) {
+        if ((r = opt_once(argc, argv, &i, "--app-id", "an ID", "", &app, "reset-offsets",
+                          reset_help, &rc)) ||
+            (r = opt_once(argc, argv, &i, "--topic", "a topic", " (one topic per run)",
+                          &topic, "reset-offsets", reset_help, &rc))) {
             if (r < 0)
-                return usage_err("reset-offsets", reset_help, "--app-id needs an ID");
-            if (app)
-                return usage_err("reset-offsets", reset_help, "--app-id given twice");
-            app = v;
-        } else if ((r = opt_value(argc, argv, &i, "--topic", &v))) {
-            if (r < 0)
-                return usage_err("reset-offsets", reset_help, "--topic needs a topic");
-            if (topic)
-                return usage_err("reset-offsets", reset_help,
-                                 "--topic given twice (one topic per run)");
-            topic = v;
+                return rc;
         } else if ((r = opt_value(argc, argv, &i, "--partition", &v))) {
             if (r < 0 || parse_i64(v, 0, INT32_MAX, &n))
                 return usage_err("reset-offsets", reset_help,
