@@ -298,16 +298,6 @@ static void on_signal(int sig) {
 
 static int64_t now_ns(void) { return lk__mono_ns(); }
 
-static void be32(unsigned char *p, uint32_t v) {
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-static void be64(unsigned char *p, uint64_t v) {
-    be32(p, (uint32_t)(v >> 32));
-    be32(p + 4, (uint32_t)v);
-}
 
 static int64_t batch_time_ms(uint64_t batch) { return 1700000000000ll + (int64_t)batch * 100; }
 
@@ -404,8 +394,8 @@ static unsigned char *rawbuf(bench_t *b, size_t need) {
 
 /*
  * One raw LMDB batch with the same keys and comparable bytes: state value = the 8-byte
- * counter; outbox key = sink\0 be64(batch) be32(seq), value = key, value, timestamp;
- * offsets key = topic\0 be32(partition), value = 8 bytes; batch record = its fields and
+ * counter; outbox key = sink\0 lk__put_be64(batch) lk__put_be32(seq), value = key, value, timestamp;
+ * offsets key = topic\0 lk__put_be32(partition), value = 8 bytes; batch record = its fields and
  * ranges as fixed-size binary. MAP_FULL: grow and redo the batch (same keys).
  */
 static int raw_batch(bench_t *b, bcase_t *c) {
@@ -439,8 +429,8 @@ again:
         unsigned char kb[64];
         size_t k = (last_key + i) % b->ks.n;
         memcpy(kb, SINK, sl + 1);
-        be64(kb + sl + 1, id);
-        be32(kb + sl + 9, (uint32_t)i);
+        lk__put_be64(kb + sl + 1, id);
+        lk__put_be32(kb + sl + 9, (uint32_t)i);
         size_t wl = b->ks.wlen[k], need = wl + b->o.value_size + 8;
         unsigned char *vb = rawbuf(b, need);
         if (!vb) {
@@ -449,7 +439,7 @@ again:
         }
         memcpy(vb, b->ks.words[k], wl);
         memcpy(vb + wl, b->value, b->o.value_size);
-        be64(vb + wl + b->o.value_size, (uint64_t)bt);
+        lk__put_be64(vb + wl + b->o.value_size, (uint64_t)bt);
         MDB_val key = {sl + 13, kb}, val = {need, vb};
         if ((rc = mdb_put(txn, c->outbox, &key, &val, 0)))
             goto fail;
@@ -458,8 +448,8 @@ again:
     for (size_t p = 0; p < b->o.partitions; p++) {
         unsigned char kb[64], vb[8];
         memcpy(kb, TOPIC, tl + 1);
-        be32(kb + tl + 1, (uint32_t)p);
-        be64(vb, (uint64_t)offset_after(b, id, p));
+        lk__put_be32(kb + tl + 1, (uint32_t)p);
+        lk__put_be64(vb, (uint64_t)offset_after(b, id, p));
         MDB_val key = {tl + 5, kb}, val = {8, vb};
         if ((rc = mdb_put(txn, c->offsets, &key, &val, 0)))
             goto fail;
@@ -471,21 +461,21 @@ again:
             rc = ENOMEM;
             goto fail;
         }
-        be64(vb, id);
-        be64(vb + 8, (uint64_t)bt);
-        be64(vb + 16, (uint64_t)lk__wall_ms());
-        be64(vb + 24, b->o.updates);
-        be64(vb + 32, b->o.outbox);
-        be64(vb + 40, b->o.partitions);
+        lk__put_be64(vb, id);
+        lk__put_be64(vb + 8, (uint64_t)bt);
+        lk__put_be64(vb + 16, (uint64_t)lk__wall_ms());
+        lk__put_be64(vb + 24, b->o.updates);
+        lk__put_be64(vb + 32, b->o.outbox);
+        lk__put_be64(vb + 40, b->o.partitions);
         q = vb + 48;
         for (size_t p = 0; p < b->o.partitions; p++) {
             memcpy(q, TOPIC, tl + 1);
-            be32(q + tl + 1, (uint32_t)p);
-            be64(q + tl + 5, (uint64_t)offset_after(b, id - 1, p));
-            be64(q + tl + 13, (uint64_t)offset_after(b, id, p));
+            lk__put_be32(q + tl + 1, (uint32_t)p);
+            lk__put_be64(q + tl + 5, (uint64_t)offset_after(b, id - 1, p));
+            lk__put_be64(q + tl + 13, (uint64_t)offset_after(b, id, p));
             q += tl + 21;
         }
-        be64(kb, id);
+        lk__put_be64(kb, id);
         MDB_val key = {8, kb}, val = {need, vb};
         if ((rc = mdb_put(txn, c->batches, &key, &val, 0)))
             goto fail;

@@ -32,6 +32,24 @@ int64_t lk__mono_ns(void);
 /** Milliseconds since the Unix epoch. */
 int64_t lk__wall_ms(void);
 
+/** Big-endian integers in keys (their byte order is their sort order in LMDB). */
+static inline void lk__put_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+static inline void lk__put_be64(unsigned char *p, uint64_t v) {
+    lk__put_be32(p, (uint32_t)(v >> 32));
+    lk__put_be32(p + 4, (uint32_t)v);
+}
+static inline uint32_t lk__get_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t lk__get_be64(const unsigned char *p) {
+    return (uint64_t)lk__get_be32(p) << 32 | lk__get_be32(p + 4);
+}
+
 /** strdup that returns NULL for NULL. */
 char *lk__strdup(const char *s);
 

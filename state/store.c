@@ -136,23 +136,6 @@ static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
                    mdb_strerror(rc));
 }
 
-static void be32(unsigned char *p, uint32_t v) {
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-static void be64(unsigned char *p, uint64_t v) {
-    be32(p, (uint32_t)(v >> 32));
-    be32(p + 4, (uint32_t)v);
-}
-static uint32_t rd32(const unsigned char *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t rd64(const unsigned char *p) {
-    return (uint64_t)rd32(p) << 32 | rd32(p + 4);
-}
-
 /* ---- the replay log and MAP_FULL handling ---- */
 
 static int log_append(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, const MDB_val *k,
@@ -498,7 +481,7 @@ static lk_err_t load_last_batch(lk_store_t *s, MDB_txn *txn) {
         return LK_ERR_STORE;
     MDB_val k, v;
     if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8)
-        s->committed_batch = s->durable_batch = rd64(k.mv_data);
+        s->committed_batch = s->durable_batch = lk__get_be64(k.mv_data);
     mdb_cursor_close(c);
     return LK_OK;
 }
@@ -859,7 +842,7 @@ static size_t offset_key(unsigned char *k, size_t cap, const char *topic, int32_
         return 0;
     memcpy(k, topic, tl);
     k[tl] = 0;
-    be32(k + tl + 1, (uint32_t)partition);
+    lk__put_be32(k + tl + 1, (uint32_t)partition);
     return tl + 5;
 }
 
@@ -918,7 +901,7 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
         char topic[512];
         memcpy(topic, kp, (size_t)(nul - kp));
         topic[nul - kp] = 0;
-        if (cb(topic, (int32_t)rd32(nul + 1), off, opaque))
+        if (cb(topic, (int32_t)lk__get_be32(nul + 1), off, opaque))
             break;
     }
     mdb_cursor_close(c);
@@ -954,7 +937,7 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     if (encode_batch(buf, b))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     unsigned char k[8];
-    be64(k, b->id);
+    lk__put_be64(k, b->id);
     lk_err_t err = txn_put(t, t->s->dbi[DB_BATCHES], k, 8, buf->data, buf->len, errstr,
                            errstr_size, "writing the batch record");
     if (err)
@@ -977,14 +960,14 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
         MDB_val kk, vv;
         for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_FIRST); rc == 0 && n < 64;
              rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
-            uint64_t id = kk.mv_size == 8 ? rd64(kk.mv_data) : 0;
+            uint64_t id = kk.mv_size == 8 ? lk__get_be64(kk.mv_data) : 0;
             if (id > cutoff)
                 break;
             ids[n++] = id;
         }
         mdb_cursor_close(c);
         for (size_t i = 0; i < n; i++) {
-            be64(k, ids[i]);
+            lk__put_be64(k, ids[i]);
             if ((err = txn_del(t, t->s->dbi[DB_BATCHES], k, 8, errstr, errstr_size,
                                "pruning batch records")))
                 return err;
@@ -1048,7 +1031,7 @@ lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
 
 lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out) {
     unsigned char k[8];
-    be64(k, id);
+    lk__put_be64(k, id);
     MDB_val v;
     int rc = txn_get(t, t->s->dbi[DB_BATCHES], k, 8, &v);
     if (rc == MDB_NOTFOUND)
@@ -1067,7 +1050,7 @@ size_t lk__store_batch_count(lk_store_txn_t *t) {
 
 /* ---- outbox ---- */
 
-/* key: sink '\0' be64(batch) be32(seq) */
+/* key: sink '\0' lk__put_be64(batch) lk__put_be32(seq) */
 static size_t outbox_key(unsigned char *k, size_t cap, const char *sink, uint64_t batch,
                          uint32_t seq) {
     size_t sl = strlen(sink);
@@ -1075,8 +1058,8 @@ static size_t outbox_key(unsigned char *k, size_t cap, const char *sink, uint64_
         return 0;
     memcpy(k, sink, sl);
     k[sl] = 0;
-    be64(k + sl + 1, batch);
-    be32(k + sl + 9, seq);
+    lk__put_be64(k + sl + 1, batch);
+    lk__put_be32(k + sl + 9, seq);
     return sl + 13;
 }
 
@@ -1095,8 +1078,8 @@ static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch)
         rc = rc == 0 ? mdb_cursor_get(c, &kk, &vv, MDB_PREV)
                      : mdb_cursor_get(c, &kk, &vv, MDB_LAST);
         if (rc == 0 && kk.mv_size == kl && !memcmp(kk.mv_data, k, kl - 12) &&
-            rd64((unsigned char *)kk.mv_data + kl - 12) == batch)
-            next = rd32((unsigned char *)kk.mv_data + kl - 4) + 1;
+            lk__get_be64((unsigned char *)kk.mv_data + kl - 12) == batch)
+            next = lk__get_be32((unsigned char *)kk.mv_data + kl - 4) + 1;
         mdb_cursor_close(c);
     }
     seq_slot_t **n = realloc(t->seqs, (t->nseqs + 1) * sizeof *n);
@@ -1196,7 +1179,7 @@ lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64
     int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE);
     lk_err_t err = LK_ERR_NOT_FOUND;
     if (rc == 0 && kk.mv_size == kl && !memcmp(kk.mv_data, k, kl - 12)) {
-        *batch = rd64((unsigned char *)kk.mv_data + kl - 12);
+        *batch = lk__get_be64((unsigned char *)kk.mv_data + kl - 12);
         err = LK_OK;
     }
     mdb_cursor_close(c);
@@ -1308,7 +1291,7 @@ lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batc
         for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && n < 256;
              rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
             if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 12) ||
-                rd64((unsigned char *)kk.mv_data + kl - 12) > batch)
+                lk__get_be64((unsigned char *)kk.mv_data + kl - 12) > batch)
                 break;
             memcpy(keys[n], kk.mv_data, kl);
             lens[n++] = kk.mv_size;
@@ -1344,7 +1327,7 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         if (k.mv_size < 13 || k.mv_size - 13 >= sizeof cur || kp[k.mv_size - 13] != 0)
             continue;
         size_t sl = k.mv_size - 13;
-        uint64_t batch = rd64(kp + sl + 1);
+        uint64_t batch = lk__get_be64(kp + sl + 1);
         if (!have || strlen(cur) != sl || memcmp(cur, kp, sl)) {
             if (have && cb(&st, opaque))
                 goto out;
@@ -1559,11 +1542,10 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
     if (*p <= 0x7f) {
         upd = *p++;
     } else if (*p == 0xce && end - p >= 5) {
-        upd = (int64_t)(((uint64_t)p[1] << 24) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 8) |
-                        p[4]);
+        upd = lk__get_be32(p + 1);
         p += 5;
     } else if ((*p == 0xcf || *p == 0xd3) && end - p >= 9) {
-        uint64_t u = rd64(p + 1);
+        uint64_t u = lk__get_be64(p + 1);
         if (*p == 0xcf && u > INT64_MAX)
             return 0;
         upd = (int64_t)u;
@@ -1579,7 +1561,7 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
         n = ((size_t)p[1] << 8) | p[2];
         p += 3;
     } else if (end - p >= 5 && *p == 0xc6) {
-        n = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+        n = lk__get_be32(p + 1);
         p += 5;
     } else {
         return 0;
@@ -1651,19 +1633,24 @@ lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *ke
                    "deleting state");
 }
 
-/* Visit every entry of a state database in key order (a non-zero cb stops). */
-static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
-                                  int (*cb)(const void *, size_t, const void *, size_t,
-                                            int64_t, void *),
-                                  void *opaque) {
+/* Visit the entries of a state database in key order, from the first one strictly after
+ * `after` (NULL: from the start), at most max of them; a non-zero cb stops. *visited
+ * counts the entries passed to cb. */
+static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after,
+                               size_t after_len, size_t max,
+                               int (*cb)(const void *, size_t, const void *, size_t, int64_t,
+                                         void *),
+                               void *opaque, size_t *visited) {
+    *visited = 0;
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
         return LK_ERR_STORE;
-    MDB_val k, v;
+    MDB_val k = {after_len, (void *)after}, v;
+    int rc = after ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc == 0 && after && k.mv_size == after_len && !memcmp(k.mv_data, after, after_len))
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT); /* strictly after */
     lk_err_t err = LK_OK;
-    int rc;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (; rc == 0 && *visited < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         const void *val;
         size_t vlen;
         int64_t upd;
@@ -1671,6 +1658,7 @@ static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
             err = LK_ERR_CORRUPT;
             break;
         }
+        (*visited)++;
         if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
             break;
     }
@@ -1678,6 +1666,15 @@ static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
         err = LK_ERR_STORE;
     mdb_cursor_close(c);
     return err;
+}
+
+/* Visit every entry of a state database in key order (a non-zero cb stops). */
+static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
+                                  int (*cb)(const void *, size_t, const void *, size_t,
+                                            int64_t, void *),
+                                  void *opaque) {
+    size_t visited;
+    return walk_state_dbi(t, dbi, NULL, 0, SIZE_MAX, cb, opaque, &visited);
 }
 
 lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
@@ -1843,31 +1840,10 @@ lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *a
                                         void *),
                               void *opaque, size_t *visited) {
     *visited = 0;
-    MDB_cursor *c;
-    if (db < 0 || (size_t)db >= t->s->nstates || !t->txn ||
-        mdb_cursor_open(t->txn, t->s->states[db].dbi, &c))
+    if (db < 0 || (size_t)db >= t->s->nstates)
         return LK_ERR_STORE;
-    MDB_val k = {after_len, (void *)after}, v;
-    int rc = after ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
-    if (rc == 0 && after && k.mv_size == after_len && !memcmp(k.mv_data, after, after_len))
-        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT); /* strictly after */
-    lk_err_t err = LK_OK;
-    for (; rc == 0 && *visited < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        const void *val;
-        size_t vlen;
-        int64_t upd;
-        if (!decode_state(t, &v, &val, &vlen, &upd)) {
-            err = LK_ERR_CORRUPT;
-            break;
-        }
-        (*visited)++;
-        if (cb(k.mv_data, k.mv_size, val, vlen, upd, opaque))
-            break;
-    }
-    mdb_cursor_close(c);
-    return err;
+    return walk_state_dbi(t, t->s->states[db].dbi, after, after_len, max, cb, opaque, visited);
 }
-
 
 lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
                             size_t errstr_size) {
