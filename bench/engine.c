@@ -30,7 +30,6 @@
 #include "core/util_int.h"
 #include "state/store_int.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -146,20 +145,9 @@ static int build_updates(const lines_t *l, size_t batch, updates_t *up) {
         for (size_t i = bi * batch; i < end; i++) {
             const unsigned char *p = (const unsigned char *)l->buf + l->off[i],
                                 *e = p + l->len[i];
-            while (p < e) {
-                while (p < e && !isalnum(*p) && *p < 0x80)
-                    p++;
-                size_t n = 0;
-                char word[256];
-                while (p < e && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
-                    if (n < sizeof word)
-                        word[n++] = (char)tolower(*p);
-                    p++;
-                }
-                while (n > 0 && word[n - 1] == '\'')
-                    n--;
-                if (!n)
-                    continue;
+            char word[256];
+            size_t n;
+            while ((n = lk__wc_next_word(&p, e, word))) {
                 uint64_t h = fnv(word, n);
                 size_t j = h & (cap - 1);
                 while (slots[j] && !(slots[j]->h == h && slots[j]->len == n &&

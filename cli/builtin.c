@@ -21,25 +21,32 @@
 
 /* ---- wordcount ---- */
 
-void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
-    (void)opaque;
-    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
-    char word[256];
-    while (p < end) {
+size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end, char word[256]) {
+    const unsigned char *p = *pp;
+    size_t n = 0;
+    while (p < end && !n) {
         while (p < end && !isalnum(*p) && *p < 0x80)
             p++;
-        size_t n = 0;
         /* a word: letters and digits, ASCII lower-cased; UTF-8 bytes kept as they are */
         while (p < end && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
-            if (n < sizeof word)
+            if (n < 256)
                 word[n++] = (char)tolower(*p);
             p++;
         }
         while (n > 0 && word[n - 1] == '\'')
             n--;
-        if (n > 0)
-            lk_emit(b, word, n, "", 0);
     }
+    *pp = p;
+    return n;
+}
+
+void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
+    char word[256];
+    size_t n;
+    while ((n = lk__wc_next_word(&p, end, word)))
+        lk_emit(b, word, n, "", 0);
 }
 
 /* state: int64 count (8 bytes) */

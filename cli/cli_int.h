@@ -20,6 +20,9 @@ int lk__cli_mock_broker(int argc, char **argv);
 int lk__cli_demo(int argc, char **argv);
 
 /** The built-in word count's operators (shared with bench/engine.c). */
+/** The next word of [*pp, end) into word (at most 256 bytes kept), *pp moved past it;
+ * 0 when no word is left. The word count's tokenizer. */
+size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end, char word[256]);
 void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque);
 void lk__wc_add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque);
