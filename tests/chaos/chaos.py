@@ -49,6 +49,17 @@ def log(msg):
     print(f"chaos: {msg}", flush=True)
 
 
+def graceful_stop(proc, timeout=60):
+    """SIGTERM, then proc's exit status, or "timeout" (proc is then killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "timeout"
+
+
 def read_topic(bootstrap, topic):
     """Every record of topic, read_committed, from its start to its end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-checker",
@@ -143,12 +154,7 @@ class Runner:
         self.broker_command("error 24 51 3")   # AddPartitionsToTxn: CONCURRENT_TRANSACTIONS
         time.sleep(3)
         self.broker_command("clear")
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "timeout"
+        rc = graceful_stop(proc)
         if rc != 0:
             self.problems.append(f"{app}: after the broker faults, the graceful stop exited "
                                  f"{rc} (see {self.work}/{app}.stderr)")
@@ -304,12 +310,7 @@ class Runner:
             done = all(offs.get(p, -1) >= n for p, n in expected_count_by_partition.items())
             if done and not doc["outbox"]:
                 break
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "timeout"
+        rc = graceful_stop(proc)
         if rc != 0:
             self.problems.append(f"{app}: graceful stop after the drain exited {rc}")
         doc = self.inspect(app)

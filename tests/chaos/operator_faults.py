@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import read_topic  # noqa: E402
+from chaos import graceful_stop, read_topic  # noqa: E402
 
 from confluent_kafka import Producer  # noqa: E402
 
@@ -93,11 +93,8 @@ def main():
         fail(f"timed out waiting for {what}")
 
     def stop(proc, what):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        rc = graceful_stop(proc)
+        if rc == "timeout":
             fail(f"{what}: no graceful stop")
         if rc != 0:
             fail(f"{what}: exited {rc}: {proc.stderr.read()}")

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import read_topic  # noqa: E402  (the same independent reader as chaos.py)
+from chaos import graceful_stop, read_topic  # noqa: E402  (the same independent reader as chaos.py)
 
 from confluent_kafka import Producer  # noqa: E402
 
@@ -79,7 +79,7 @@ def main():
 
     def run(plugin, extra=()):
         cmd = [args.lockstep, "run"]
-        for kv in [f"app.id=up", f"checkpoint.dir={ckpt}", f"kafka.bootstrap.servers={bootstrap}",
+        for kv in ["app.id=up", f"checkpoint.dir={ckpt}", f"kafka.bootstrap.servers={bootstrap}",
                    "kafka.fetch.wait.max.ms=10", "kafka.log_level=3", "batch.interval.ms=0",
                    "max.records.per.partition=100", "log.level=warning",
                    f"pipeline.plugin={plugin}", "input.topics=lines", "output.topic=counts",
@@ -97,11 +97,8 @@ def main():
         return {o["partition"]: o["offset"] for o in doc["offsets"]} if doc else {}
 
     def stop(proc, what):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        rc = graceful_stop(proc)
+        if rc == "timeout":
             fail(f"{what}: no graceful stop within 60 s")
         if rc != 0:
             fail(f"{what}: graceful stop exited {rc}: {proc.stderr.read()}")

@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include "eos.h"
+#include "mockutil.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -16,18 +17,7 @@ typedef struct {
 } committed_t;
 
 static rd_kafka_t *reader(const char *bootstraps) {
-    char err[512];
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
-    rd_kafka_conf_set(c, "group.id", "eos-checker", err, sizeof err);
-    rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
-    rd_kafka_conf_set(c, "enable.partition.eof", "true", err, sizeof err);
-    rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
-    rd_kafka_conf_set(c, "fetch.wait.max.ms", "10", err, sizeof err);
-    rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
-    cr_assert_not_null(rk, "%s", err);
-    return rk;
+    return mu_reader(bootstraps, "eos-checker");
 }
 
 /* Read all partitions of topic from the start to the end; cb per message. */

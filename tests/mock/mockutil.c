@@ -82,3 +82,18 @@ lk_conf_t *mu_conf(mu_cluster_t *c, const char *app, const char *dir) {
     mu_set(conf, "kafka.fetch.wait.max.ms", "10");
     return conf;
 }
+
+rd_kafka_t *mu_reader(const char *bootstraps, const char *group) {
+    char err[512];
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
+    rd_kafka_conf_set(c, "group.id", group, err, sizeof err);
+    rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
+    rd_kafka_conf_set(c, "enable.partition.eof", "true", err, sizeof err);
+    rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(c, "fetch.wait.max.ms", "10", err, sizeof err);
+    rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+    cr_assert_not_null(rk, "%s", err);
+    return rk;
+}

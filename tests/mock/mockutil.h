@@ -29,6 +29,9 @@ void mu_produce(mu_cluster_t *c, const char *topic, int partition, const char *k
 void mu_flush(mu_cluster_t *c);
 /** A configuration for app.id / dir on this cluster (batch.interval.ms=0). */
 lk_conf_t *mu_conf(mu_cluster_t *c, const char *app, const char *dir);
+/** A consumer for checking output: read_committed, end-of-partition events, no offset
+ * commits, short fetch waits; group (never joined) names it. Asserts on failure. */
+rd_kafka_t *mu_reader(const char *bootstraps, const char *group);
 /** Set a property, asserting success. */
 void mu_set(lk_conf_t *conf, const char *key, const char *value);
 

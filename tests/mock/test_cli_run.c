@@ -21,6 +21,7 @@
  * LK_SOURCE_DIR (the source tree, for examples/).
  */
 #define _GNU_SOURCE
+#include "mockutil.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -369,19 +370,8 @@ static void recs_free(recs_t *rs) {
 
 /* Every record of topic, partition by partition in offset order, read_committed. */
 static void read_topic(const char *topic, recs_t *rs) {
-    char err[512];
-    if (!consumer) {
-        rd_kafka_conf_t *c = rd_kafka_conf_new();
-        rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
-        rd_kafka_conf_set(c, "group.id", "test-cli-run", err, sizeof err);
-        rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
-        rd_kafka_conf_set(c, "enable.partition.eof", "true", err, sizeof err);
-        rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
-        rd_kafka_conf_set(c, "fetch.wait.max.ms", "10", err, sizeof err);
-        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
-        consumer = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
-        cr_assert_not_null(consumer, "%s", err);
-    }
+    if (!consumer)
+        consumer = mu_reader(bootstraps, "test-cli-run");
     memset(rs, 0, sizeof *rs);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(consumer, topic, NULL);
     const struct rd_kafka_metadata *md;
