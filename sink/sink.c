@@ -112,6 +112,21 @@ static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
     return e;
 }
 
+/* The oldest batch >= from in the sink's outbox; LK_ERR_NOT_FOUND when none. */
+static lk_err_t pending_from(lk_sink_t *s, lk_store_t *store, uint64_t from, uint64_t *batch,
+                             char *errstr, size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    e = lk__store_outbox_batch_from(t, s->name, from, batch);
+    lk__store_txn_abort(t);
+    if (e && e != LK_ERR_NOT_FOUND)
+        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s", s->name,
+                       lk_err_str(e));
+    return e;
+}
+
 lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
     if (s->state == LK__TXN_FATAL)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "sink '%s' stopped: %s", s->name,
@@ -130,13 +145,11 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
                        s->target, why);
     }
     /* batches the external system already holds leave the outbox */
-    lk_store_txn_t *t;
     uint64_t first = 0;
-    if ((e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size)))
+    e = pending_from(s, store, 0, &first, errstr, errstr_size);
+    if (e && e != LK_ERR_NOT_FOUND)
         return e;
-    int pending = lk__store_outbox_first_batch(t, s->name, &first) == LK_OK;
-    lk__store_txn_abort(t);
-    if (fence && pending && first <= fence) {
+    if (fence && !e && first <= fence) {
         lk__log(LK_LOG_INFO, "sink '%s': batches up to %llu were already delivered; "
                 "dropping them from the outbox", s->name, (unsigned long long)fence);
         if ((e = acknowledge(s, store, fence, errstr, errstr_size)))
@@ -258,18 +271,12 @@ lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, u
     *last = 0;
     uint64_t from = 0;
     for (;;) {
-        lk_store_txn_t *t;
         uint64_t b;
-        lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
-        if (e)
-            return e;
-        e = lk__store_outbox_batch_from(t, s->name, from, &b);
-        lk__store_txn_abort(t);
+        lk_err_t e = pending_from(s, store, from, &b, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (e == LK_OK && b > upto))
             return LK_OK;
         if (e)
-            return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
-                           s->name, lk_err_str(e));
+            return e;
         if ((e = deliver_unacked(s, store, b, errstr, errstr_size)))
             return e;
         *last = b;
@@ -286,16 +293,7 @@ static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *e
 
 lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
                                 char *errstr, size_t errstr_size) {
-    lk_store_txn_t *t;
-    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
-    if (e)
-        return e;
-    e = lk__store_outbox_first_batch(t, s->name, batch);
-    lk__store_txn_abort(t);
-    if (e && e != LK_ERR_NOT_FOUND)
-        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s", s->name,
-                       lk_err_str(e));
-    return e;
+    return pending_from(s, store, 0, batch, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *delivered,
