@@ -3,7 +3,10 @@
 # missing (.ci/packages), configures and builds, then runs what was asked for.
 #
 #   ./lockstep.sh demo       build, then run the demo
-#   ./lockstep.sh test       build with -Werror, run the test suite (ctest)
+#   ./lockstep.sh test       build with -Werror, run the test suite (ctest: the tiers unit,
+#                            mock, chaos and kafka; the kafka tier starts a real Apache
+#                            Kafka fetched from Maven Central; ctest arguments pass on,
+#                            e.g. ./lockstep.sh test -L kafka)
 #   ./lockstep.sh asan       build with ASan+UBSan, run the test suite
 #   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
 #   ./lockstep.sh build      only build (into ./build)
@@ -15,13 +18,15 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 JOBS=$(nproc 2>/dev/null || echo 2)
 
-need_packages() {
-  local missing=()
-  while read -r pkg; do
-    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
-      missing+=("$pkg")
-  done < .ci/packages
+need_packages() { # [LIST...]: .ci/packages and the lists named
+  local missing=() list
+  for list in .ci/packages "$@"; do
+    while read -r pkg; do
+      [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+      dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$pkg")
+    done < "$list"
+  done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   echo "lockstep.sh: installing missing packages: ${missing[*]}" >&2
   local sudo=()
@@ -50,7 +55,7 @@ case "$cmd" in
     ./build/lockstep demo "$@"
     ;;
   test)
-    need_packages
+    need_packages .ci/packages-kafka
     build build
     ./build/lockstep config --markdown > build/config-reference.md
     if ! awk '/<!-- config-reference:begin -->/{f=1;next}/<!-- config-reference:end -->/{f=0}f' README.md |
@@ -61,7 +66,7 @@ case "$cmd" in
     ctest --test-dir build --output-on-failure -j "$JOBS" "$@"
     ;;
   asan)
-    need_packages
+    need_packages .ci/packages-kafka
     build build-asan -DLK_SANITIZE=ON -DLK_BUILD_BENCH=OFF
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan --output-on-failure -j "$JOBS" "$@"
@@ -119,7 +124,7 @@ case "$cmd" in
     ./build/bench_store "$@"
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [[ "$cmd" == help || "$cmd" == --help || "$cmd" == -h ]] || exit 2
     ;;
 esac

@@ -9,6 +9,13 @@
  * otherwise the partition is sought to the range start (after an abandoned batch, a
  * restart, or a data-loss skip). Records received past a range after a gap (compacted
  * records, transaction markers) are held for the next batch.
+ *
+ * A range can hold no visible record at all (aborted records and transaction markers
+ * only, under read_committed). Such a range ends at the partition's end-of-partition
+ * event; but librdkafka reports the end of a partition once per offset reached, so when
+ * the previous range already took that event, `eof_at` remembers where it was: a range
+ * of a contiguous partition that ends at or before `eof_at` is complete with whatever was
+ * held for it (found on a real broker: the batch waited for fetch.timeout.ms, forever).
  */
 #define _GNU_SOURCE
 #include "receiver_int.h"
@@ -29,6 +36,7 @@ typedef struct {
     rd_kafka_queue_t *queue;   /* the partition's own message queue */
     long range; /* index into the current fetch, -1: none */
     int done;
+    int64_t eof_at; /* end-of-partition offset reported since the last seek; -1: none */
 } part_t;
 
 struct lk_receiver {
@@ -86,6 +94,7 @@ static part_t *add_part(lk_receiver_t *r, const char *topic, int32_t partition) 
     p->topic = topic;
     p->partition = partition;
     p->cursor = -1;
+    p->eof_at = -1;
     p->range = -1;
     r->assigned = 0; /* a new partition must join the assignment */
     return p;
@@ -210,6 +219,7 @@ void lk__receiver_invalidate(lk_receiver_t *r) {
     for (size_t i = 0; i < r->nparts; i++) {
         drop_held(&r->parts[i]);
         r->parts[i].cursor = -1;
+        r->parts[i].eof_at = -1;
     }
 }
 
@@ -439,6 +449,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
         for (size_t i = 0; i < r->nparts; i++) {
             part_t *p = &r->parts[i];
             drop_held(p);
+            p->eof_at = -1;
             if (p->range < 0) {
                 p->cursor = -1;
                 continue;
@@ -475,6 +486,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
             rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
                 f->ranges[i].range.from;
             p->cursor = f->ranges[i].range.from;
+            p->eof_at = -1;
         }
         if (l->cnt) {
             rd_kafka_error_t *e = rd_kafka_seek_partitions(r->rk, l, LK__KAFKA_TIMEOUT_MS);
@@ -518,6 +530,10 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
                 oom = take(f, p, held[j]) != 0;
             }
         free(held);
+        /* everything visible below eof_at was received already: what the range holds
+         * was held for it, the rest of it is invisible (see the file comment) */
+        if (!oom && p->eof_at >= f->ranges[i].range.until)
+            p->done = 1;
         if (oom) {
             lk__receiver_invalidate(r);
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory fetching");
@@ -533,6 +549,8 @@ static lk_err_t on_event(lk_receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m
     part_t *p = topic ? find_part(r, topic, m->partition) : NULL;
     rd_kafka_resp_err_t ke = m->err;
     if (ke == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        if (p)
+            p->eof_at = m->offset;
         if (p && p->range >= 0 && !p->done && m->offset >= f->ranges[p->range].range.until)
             mark_done(p);
         return LK_OK;

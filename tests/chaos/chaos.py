@@ -49,6 +49,24 @@ def log(msg):
     print(f"chaos: {msg}", flush=True)
 
 
+def watermarks(consumer, tp, timeout=30):
+    """(low, high) of tp; retried while a just-created topic has no leader yet (a real
+    broker answers NOT_LEADER_FOR_PARTITION until its metadata has propagated)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except Exception as e:  # KafkaException
+            err = e.args[0] if e.args else None
+            retriable = isinstance(err, KafkaError) and err.code() in (
+                KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                KafkaError._UNKNOWN_TOPIC)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def graceful_stop(proc, timeout=60):
     """SIGTERM, then proc's exit status, or "timeout" (proc is then killed)."""
     proc.send_signal(signal.SIGTERM)
@@ -69,7 +87,7 @@ def read_topic(bootstrap, topic):
     parts = list(md.topics[topic].partitions.keys())
     tps = []
     for p in parts:
-        lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        lo, hi = watermarks(c, TopicPartition(topic, p))
         if hi > lo:
             tps.append(TopicPartition(topic, p, lo))
     c.assign(tps)
@@ -194,7 +212,7 @@ class Runner:
                 raise SystemExit(f"chaos: topic {t} has {len(parts)} partitions, "
                                  f"{self.REAL_TOPICS[t]} needed")
             for p in parts:
-                if c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] > 0:
+                if watermarks(c, TopicPartition(t, p))[1] > 0:
                     raise SystemExit(f"chaos: topic {t} already holds records (an earlier "
                                      f"run?); start from an empty broker "
                                      f"(docker compose down -v)")

@@ -1,0 +1,366 @@
+#!/usr/bin/python3
+"""scenarios.py — what librdkafka's mock cluster cannot show, on a real Apache Kafka.
+
+    scenarios.py --lockstep BIN --bootstrap HOST:PORT SCENARIO...   (or --list)
+
+Each scenario builds its own topics and checkpoints (names carry a random suffix, so many
+run on one broker, even in parallel) and asserts the committed output exactly: read back
+read_committed by an independent consumer, every expected record once and nothing else.
+
+  open-transaction      an input transaction left open holds lockstep at the last stable
+                        offset: nothing past it is read until it commits, then all is
+  markers-aborted       transaction markers and aborted records inside and at the end of
+                        planned ranges: only committed input reaches the output, once
+  zombie-fenced         an instance frozen (SIGSTOP) while a copy of its checkpoint runs
+                        elsewhere is fenced when it wakes (SIGCONT): it stops, naming the
+                        transactional.id, and the output holds every record once
+  orphan-timeout        a kill with a transaction open: read_committed sees none of it,
+                        read_uncommitted does; the broker aborts it after
+                        transaction.timeout.ms, without any restart; a restart then
+                        delivers every record once
+  compacted-input       a compacted input topic with offset gaps is read whole, once
+  partitions-added      partitions added to the input while running are read from their
+                        start, once
+  topic-recreated       an input topic deleted and recreated with more records than the
+                        checkpointed offset is refused as data loss (never read from its
+                        middle); on.data.loss=skip reads the new topic from its start
+  record-too-large      an output topic whose max.message.bytes is 100 kB: five 30 kB
+                        records are delivered (never packed into one rejected batch); a
+                        150 kB record stops the application naming the topic and the setting
+  txn-timeout-above-max kafka.transaction.timeout.ms above the broker's
+                        transaction.max.timeout.ms stops at start with a clear message
+"""
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kt import App, Cluster, Failure, check, expect_exactly_once, log, values, wait_for  # noqa: E402
+
+
+class Scenario:
+    def __init__(self, args, name):
+        self.lockstep = args.lockstep
+        self.kafka = Cluster(args.bootstrap)
+        self.bootstrap = args.bootstrap
+        self.tag = f"{name}-{random.randrange(16**6):06x}"
+        self.work = tempfile.mkdtemp(prefix=f"lockstep-kt-{name}.")
+        self.apps = []
+
+    def topic(self, what, partitions=1, config=None):
+        name = f"{self.tag}.{what}"
+        self.kafka.create_topic(name, partitions, config)
+        return name
+
+    def app(self, suffix, props):
+        a = App(self.lockstep, self.work, f"{self.tag}-{suffix}", self.bootstrap, props)
+        self.apps.append(a)
+        return a
+
+    def copy_app(self, suffix, src, dst, **props):
+        p = {"pipeline": "copy", "input.topics": src, "output.topic": dst,
+             "output.partition": "keep"}
+        p.update({k.replace("_", "."): str(v) for k, v in props.items()})
+        return self.app(suffix, p)
+
+    def close(self, ok):
+        for a in self.apps:
+            a.kill()
+        if ok:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            for a in self.apps:
+                print(f"---- {a.stderr_path}\n{a.tail(40)}")
+            log(f"work directory kept: {self.work}")
+
+
+def records(prefix, n, partitions=1, size=0):
+    """n records spread over partitions: (partition, key, value), values unique."""
+    pad = b"." * size
+    return [(i % partitions, f"k{i}".encode(), f"{prefix}-{i}".encode() + pad)
+            for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------
+
+def open_transaction(s):
+    src, dst = s.topic("in"), s.topic("out")
+    before = records("before", 10)
+    s.kafka.produce(src, before)
+    txn = s.kafka.produce(src, records("open-txn", 5), transactional_id=f"{s.tag}-hang",
+                          commit=None)
+    after = records("after", 10)
+    s.kafka.produce(src, after)
+    lo, hi = s.kafka.watermarks(src, 0)
+    check(hi == 25, f"{src}: high watermark {hi}, 25 expected")
+    app = s.copy_app("copy", src, dst)
+    app.start()
+    # the last stable offset is 10 (the open transaction's first record)
+    app.wait_caught_up(src, {0: 10})
+    expect_exactly_once("output while the input transaction is open",
+                        values(s.kafka.read(dst)), before)
+    # Several batches later (batch.interval.ms=100) nothing past the LSO has been read.
+    time.sleep(2)
+    check(app.offsets(src).get(0) == 10,
+          f"read past the last stable offset: {app.offsets(src)}")
+    txn.commit_transaction(30)
+    app.wait_caught_up(src, {0: 26})  # 25 records + the commit marker
+    app.stop()
+    expect_exactly_once("output after the commit", values(s.kafka.read(dst)),
+                        before + records("open-txn", 5) + after)
+
+
+def markers_aborted(s):
+    src, dst = s.topic("in", 2), s.topic("out", 2)
+    want, n = [], 0
+
+    def batch(kind, count):
+        nonlocal n
+        recs = [(i % 2, f"k{n + i}".encode(), f"{kind}-{n + i}".encode()) for i in range(count)]
+        n += count
+        return recs
+
+    plan = [("plain", 3), ("commit", 4), ("abort", 4), ("plain", 2), ("commit", 7),
+            ("abort", 3), ("abort", 5), ("commit", 1), ("abort", 6)]  # ends with an abort
+    for i, (kind, count) in enumerate(plan):
+        recs = batch(kind, count * 2)
+        if kind == "plain":
+            s.kafka.produce(src, recs)
+        else:
+            s.kafka.produce(src, recs, transactional_id=f"{s.tag}-p", commit=kind == "commit")
+        if kind != "abort":
+            want += recs
+    ends = {p: s.kafka.watermarks(src, p)[1] for p in (0, 1)}
+    # small ranges: batches end inside aborted runs and at markers
+    app = s.copy_app("copy", src, dst, max_records_per_partition=3)
+    app.start()
+    app.wait_caught_up(src, ends)
+    app.stop()
+    got = s.kafka.read(dst)
+    expect_exactly_once("read_committed output", values(got), want)
+    aborted_input = [m for m in s.kafka.read(dst, "read_uncommitted")
+                     if m.value().startswith(b"abort-")]
+    check(not aborted_input, f"aborted input reached the output: {values(aborted_input)[:3]}")
+
+
+def zombie_fenced(s):
+    src, dst = s.topic("in"), s.topic("out")
+    want = records("r", 600)
+    s.kafka.produce(src, want)
+    a = s.copy_app("copy", src, dst, max_records_per_partition=20, batch_interval_ms=50)
+    a.start()
+    wait_for("the first instance to deliver 100 records",
+             lambda: a.offsets(src).get(0, 0) >= 100 and a.proc.poll() is None, 60)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        # A second instance on a copy of the checkpoint (a restore on another machine):
+        # same app.id, same checkpoint, same transactional.id.
+        copy = os.path.join(s.work, "copy-of-checkpoint")
+        os.mkdir(copy)
+        subprocess.run(["mdb_copy", a.dir, copy], check=True)
+        b = s.copy_app("copy", src, dst, max_records_per_partition=20, batch_interval_ms=50)
+        b.dir = copy
+        b.props["checkpoint.dir"] = copy
+        b.stderr_path += ".second"
+        b.start()
+        b.wait_caught_up(src, {0: 600})
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    rc = a.wait_exit(90)
+    err = a.stderr()
+    check(rc != 0, f"the zombie exited {rc} after being fenced; {a.tail()}")
+    check("fenced" in err.lower(), f"the zombie's log does not say it was fenced; {a.tail()}")
+    check(s.tag in err, f"the zombie's message does not name the transactional.id; {a.tail()}")
+    b.stop()
+    expect_exactly_once("output", values(s.kafka.read(dst)), want)
+
+
+def orphan_timeout(s):
+    src, dst = s.topic("in"), s.topic("out")
+    want = records("r", 100)
+    s.kafka.produce(src, want)
+    app = s.copy_app("copy", src, dst, kafka_transaction_timeout_ms=6000)
+    app.start(env={"LOCKSTEP_FAULTPOINT": "after-sink-produce"})
+    rc = app.wait_exit(60)
+    check(rc == -signal.SIGKILL, f"expected death at after-sink-produce, got {rc}; {app.tail()}")
+    unc = s.kafka.read(dst, "read_uncommitted")
+    check(len(unc) == 100, f"the killed attempt left {len(unc)} records, 100 expected")
+    check(not s.kafka.read(dst), "read_committed sees records of an open transaction")
+    # The broker aborts the orphan by itself once transaction.timeout.ms has passed: the
+    # abort marker is the one more offset.
+    wait_for("the broker to abort the orphaned transaction",
+             lambda: s.kafka.watermarks(dst, 0)[1] == 101, 60, 0.5)
+    check(not s.kafka.read(dst), "read_committed sees records of an aborted transaction")
+    app.start()
+    app.wait_caught_up(src, {0: 100})
+    app.stop()
+    expect_exactly_once("output", values(s.kafka.read(dst)), want)
+    unc = s.kafka.read(dst, "read_uncommitted")
+    check(len(unc) == 200, f"read_uncommitted: {len(unc)} records, 200 expected "
+                           f"(100 aborted + 100 committed)")
+
+
+def compacted_input(s):
+    src = s.topic("in", 1, {"cleanup.policy": "compact", "segment.ms": "100",
+                            "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "100",
+                            "min.compaction.lag.ms": "0"})
+    dst = s.topic("out")
+    produced = []
+    for wave in range(4):
+        recs = [(0, f"k{i}".encode(), f"w{wave}-{i}".encode()) for i in range(20)]
+        s.kafka.produce(src, recs)
+        produced += recs
+        time.sleep(0.3)  # past segment.ms: the next append rolls a new segment
+    lo, hi = s.kafka.watermarks(src, 0)
+    wait_for("the log cleaner to compact the input (offset gaps)",
+             lambda: len(s.kafka.read(src, "read_uncommitted")) < hi - lo, 90, 1.0)
+    app = s.copy_app("copy", src, dst, max_records_per_partition=7)
+    app.start()
+    app.wait_caught_up(src, {0: hi})
+    app.stop()
+    out = values(s.kafka.read(dst))
+    present = values(s.kafka.read(src, "read_uncommitted"))
+    check(len(out) == len(set(out)), "a record was copied twice")
+    check(set(out) <= set(produced), "the output holds records never produced")
+    check(set(present) <= set(out), f"records of the compacted input are missing: "
+                                    f"{sorted(set(present) - set(out))[:3]}")
+    check(len(out) < len(produced), "the input had no gaps when it was read")
+
+
+def partitions_added(s):
+    src, dst = s.topic("in", 2), s.topic("out", 4)
+    first = records("a", 100, 2)
+    s.kafka.produce(src, first)
+    app = s.copy_app("copy", src, dst)
+    app.start()
+    app.wait_caught_up(src, {0: 50, 1: 50})
+    s.kafka.add_partitions(src, 4)
+    second = records("b", 200, 4)
+    s.kafka.produce(src, second)
+    app.wait_caught_up(src, {0: 100, 1: 100, 2: 50, 3: 50}, 120)
+    app.stop()
+    expect_exactly_once("output", values(s.kafka.read(dst)), first + second)
+
+
+def topic_recreated(s):
+    src, dst = s.topic("in"), s.topic("out")
+    old = records("old", 20)
+    s.kafka.produce(src, old)
+    app = s.copy_app("copy", src, dst)
+    app.start()
+    app.wait_caught_up(src, {0: 20})
+    app.stop()
+    s.kafka.delete_topic(src)
+    s.kafka.create_topic(src, 1)
+    new = records("new", 30)
+    s.kafka.produce(src, new)
+    app.start()
+    rc = app.wait_exit(90)
+    err = app.stderr().split("---- start")[-1]
+    check(rc != 0, f"a recreated input topic was read on (exit {rc}); {app.tail()}")
+    check(f"{src}" in err and "on.data.loss" in err,
+          f"the refusal does not name the partition and on.data.loss; {app.tail()}")
+    expect_exactly_once("output after the refusal", values(s.kafka.read(dst)), old)
+    app.start({"on.data.loss": "skip"})
+    app.wait_caught_up(src, {0: 30})
+    app.stop()
+    expect_exactly_once("output after on.data.loss=skip", values(s.kafka.read(dst)), old + new)
+
+
+def record_too_large(s):
+    src = s.topic("in")
+    dst = s.topic("out", 1, {"max.message.bytes": "100000"})
+    fits = records("fits", 5, size=30000)
+    s.kafka.produce(src, fits)
+    app = s.copy_app("copy", src, dst)
+    app.start()
+    app.wait_caught_up(src, {0: 5})
+    expect_exactly_once("output", values(s.kafka.read(dst)), fits)
+    big = records("big", 1, size=150000)
+    s.kafka.produce(src, big)
+    rc = app.wait_exit(90)
+    err = app.stderr()
+    check(rc != 0, f"exit {rc} after a record the topic rejects")
+    check(dst in err and "max.message.bytes" in err,
+          f"the error names neither the topic nor max.message.bytes; {app.tail()}")
+    check(f"{src}" in err and "offset 5" in err,
+          f"the error does not name the input record ({src} offset 5); {app.tail()}")
+    expect_exactly_once("output", values(s.kafka.read(dst)), fits)
+
+
+def txn_timeout_above_max(s):
+    src, dst = s.topic("in"), s.topic("out")
+    s.kafka.produce(src, records("r", 10))
+    app = s.copy_app("copy", src, dst, kafka_transaction_timeout_ms=1000000)
+    app.start()
+    rc = app.wait_exit(60)
+    check(rc != 0, f"exit {rc}")
+    check("transaction.timeout.ms" in app.stderr(),
+          f"the error does not name transaction.timeout.ms; {app.tail()}")
+    check(not s.kafka.read(dst), "output written despite the refusal")
+
+
+SCENARIOS = {
+    "open-transaction": open_transaction,
+    "markers-aborted": markers_aborted,
+    "zombie-fenced": zombie_fenced,
+    "orphan-timeout": orphan_timeout,
+    "compacted-input": compacted_input,
+    "partitions-added": partitions_added,
+    "topic-recreated": topic_recreated,
+    "record-too-large": record_too_large,
+    "txn-timeout-above-max": txn_timeout_above_max,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lockstep", help="path of the lockstep binary")
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
+                    help="bootstrap.servers of the real broker (default $KAFKA_BOOTSTRAP)")
+    ap.add_argument("--bootstrap-file", help="read bootstrap.servers from this file "
+                    "(tests/kafka/broker.sh writes DIR/bootstrap)")
+    ap.add_argument("--list", action="store_true", help="list the scenarios")
+    ap.add_argument("scenarios", nargs="*")
+    args = ap.parse_args()
+    if args.list:
+        print("\n".join(SCENARIOS))
+        return 0
+    if args.bootstrap_file:
+        with open(args.bootstrap_file) as f:
+            args.bootstrap = f.read().strip()
+    if not args.lockstep or not args.bootstrap or not args.scenarios:
+        ap.error("--lockstep, --bootstrap (or --bootstrap-file) and a scenario are required")
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; --list shows them")
+    failed = 0
+    for name in args.scenarios:
+        s = Scenario(args, name)
+        t0 = time.monotonic()
+        ok = False
+        try:
+            SCENARIOS[name](s)
+            ok = True
+            log(f"{name}: ok ({time.monotonic() - t0:.1f}s)")
+        except Failure as e:
+            log(f"{name}: FAILED: {e}")
+        except Exception:  # an error of the scenario itself
+            log(f"{name}: ERROR:\n{traceback.format_exc()}")
+        finally:
+            s.close(ok)
+        failed += not ok
+    print(f"{len(args.scenarios) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
