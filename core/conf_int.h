@@ -19,8 +19,13 @@ typedef enum {
     LK__PT_ENUM,  /* one of the '|'-separated values */
 } lk__prop_type_t;
 
+/* Flags of a property (the `flags` column). */
+#define LK__PF_REQUIRED 1 /* must be set: lk_conf_validate() refuses a configuration without it */
+#define LK__PF_SECRET 2   /* a credential: never printed, logged or stored in the checkpoint
+                           * (as librdkafka's _RK_SENSITIVE); errors name only the key */
+
 /*
- * X(ID, name, type, default, min, max, enum values, required, doc)
+ * X(ID, name, type, default, min, max, enum values, flags, doc)
  * Append new properties where they belong; the order is the order of --help.
  */
 #define LK__PROPS(X)                                                                       \
@@ -155,7 +160,16 @@ size_t lk__conf_kafka_count(const lk_conf_t *conf);
 void lk__conf_kafka_get(const lk_conf_t *conf, size_t i, const char **key,
                         const char **value);
 
-/** Non-zero if the key (lockstep or kafka.*) holds a secret that must not be stored. */
+/**
+ * Non-zero if the key holds a secret whose value must never be printed, logged or
+ * stored: a lockstep property flagged LK__PF_SECRET; "kafka.<p>" where <p> is one of
+ * librdkafka's sensitive properties (its _RK_SENSITIVE flag: sasl.password,
+ * ssl.key.*, ssl.keystore.password, ...; not sasl.username) or names a password or
+ * secret;
+ * "plugin.<...>" where a part of the name (between '.', '_' or '-') contains token,
+ * secret, passw or credential, or ends in key (api_key, plugin.db.privatekey).
+ * @param key full property name, with its "kafka." or "plugin." prefix.
+ */
 int lk__conf_is_secret(const char *key);
 
 /** Parse "64M", "1G", "4096" into bytes; returns 0 on success. */
