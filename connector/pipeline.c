@@ -425,12 +425,64 @@ lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
     return add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
 }
 
+/* The directory a file sink writes to, for comparing sinks: the real path when it
+ * exists, else the text with repeated and trailing '/' and "./" parts removed. */
+static char *dir_identity(const char *dir) {
+    char *real = realpath(dir, NULL);
+    if (real)
+        return real;
+    char *n = malloc(strlen(dir) + 1), *o = n;
+    if (!n)
+        return NULL;
+    for (const char *c = dir; *c;) {
+        if (c[0] == '.' && c[1] == '/' && (c == dir || c[-1] == '/')) {
+            c += 2;
+            continue;
+        }
+        if (*c == '/' && o > n && o[-1] == '/') {
+            c++;
+            continue;
+        }
+        *o++ = *c++;
+    }
+    while (o > n + 1 && o[-1] == '/')
+        o--;
+    *o = '\0';
+    return n;
+}
+
 lk_stream_t *lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
                          const char *format) {
     if (in && (!format || (strcmp(format, "jsonl") && strcmp(format, "lines")))) {
         lk_pipeline_fail(in->p, "sink '%s': file format '%s' is not jsonl or lines",
                          uid ? uid : "", format ? format : "(null)");
         return NULL;
+    }
+    /* two file sinks in one directory: their files would mix (and, before file names
+     * carried the sink uid, overwrite each other), so each sink gets a directory */
+    if (in && !in->p->failed && dir && dir[0]) {
+        char *me = dir_identity(dir);
+        for (size_t i = 0; me && i < in->p->nstages; i++) {
+            const lk_stream_t *o = in->p->stages[i];
+            if (o->kind != LK__ST_OUTBOX || o->sink_ops != &lk__sink_files_ops)
+                continue;
+            char *other = dir_identity(o->target);
+            int same = other && !strcmp(me, other);
+            free(other);
+            if (same) {
+                lk_pipeline_fail(in->p, "sinks '%s' and '%s' both write files to %s; give "
+                                 "each file sink (output.dir, errors.deadletter=file:...) a "
+                                 "directory of its own",
+                                 o->uid, uid ? uid : "", dir);
+                free(me);
+                return NULL;
+            }
+        }
+        if (!me) {
+            lk_pipeline_fail(in->p, "out of memory");
+            return NULL;
+        }
+        free(me);
     }
     return add_sink(in, uid, &lk__sink_files_ops, dir, format);
 }

@@ -35,6 +35,12 @@ typedef enum {
     X(CHECKPOINT_DIR, "checkpoint.dir", LK__PT_STR, "", 1, 4000, NULL, 1,                  \
       "Directory of the LMDB checkpoint (created if missing). One application per "        \
       "directory; a second process opening it is refused.")                               \
+    X(DIR_ALLOW_SHARED, "dir.allow.shared", LK__PT_BOOL, "false", 0, 0, NULL, 0,           \
+      "Accept a checkpoint.dir or file output directory owned by another user or "        \
+      "writable by its group (a shared-group setup). Default: refuse them, since whoever " \
+      "can write there can plant links at names lockstep creates. Directories writable "  \
+      "by every user are always refused. lockstep creates directories 0700 and files "    \
+      "0600 (a stricter umask is kept).")                                                  \
     X(CHECKPOINT_SYNC, "checkpoint.sync", LK__PT_ENUM, "batch", 0, 0, "batch|interval", 0, \
       "When checkpoints reach the disk: 'batch' fsyncs every batch commit; 'interval' "    \
       "group-commits every checkpoint.sync.interval.ms. Sinks never deliver a batch "      \

@@ -302,11 +302,11 @@ static int mkdir_p(const char *path) {
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0755) && errno != EEXIST)
+            if (mkdir(tmp, 0700) && errno != EEXIST)
                 return -1;
             *p = '/';
         }
-    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+    return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
 }
 
 static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
@@ -606,8 +606,10 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         }
     }
 
-    /* 2. Single owner. */
-    if (!o->readonly && (err = take_lock(s, errstr, errstr_size)))
+    /* 2. Single owner, in a directory nobody else can plant links in (issue 15 item 8). */
+    if (!o->readonly &&
+        ((err = lk__dir_check_private(s->dir, o->conf && lk__conf_bool(o->conf, LK__P_DIR_ALLOW_SHARED) ? LK__DIR_ALLOW_SHARED : 0, errstr, errstr_size)) ||
+         (err = take_lock(s, errstr, errstr_size))))
         goto fail;
 
     /* 3. The environment. */
@@ -622,7 +624,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     }
     unsigned flags = MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0) |
                      (s->sync_interval ? MDB_NOSYNC : 0);
-    if ((rc = mdb_env_open(s->env, s->dir, flags, 0644))) {
+    if ((rc = mdb_env_open(s->env, s->dir, flags, 0600))) {
         if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
             err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                           "checkpoint %s is corrupt or not an LMDB file: %s", s->dir,
