@@ -137,7 +137,9 @@ enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
 static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **key,
                      size_t *klen, double *num, const char **why) {
     json_error_t je;
-    json_t *doc = in->value ? json_loadb(in->value, in->value_len, 0, &je) : NULL;
+    /* JSON_ALLOW_NUL: "\u0000" inside a string is valid JSON (jansson refuses it by
+     * default); keys and values are handled with their lengths, never as C strings */
+    json_t *doc = in->value ? json_loadb(in->value, in->value_len, JSON_ALLOW_NUL, &je) : NULL;
     if (!doc) {
         *why = in->value ? "not JSON" : "no value";
         return NULL;

@@ -294,10 +294,26 @@ lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
         lk_pipeline_fail(p, "lk_kafka_stream: no topic given");
         return NULL;
     }
-    char uid[600], params[600];
-    lk__fmt(uid, sizeof uid, "kafka:%s", topics);
-    lk__fmt(params, sizeof params, "topics=%s", topics);
+    /* The source's uid is "kafka:<topics>" (what checkpoints already record). A list
+     * too long for a uid (200 characters) keeps its first 160 characters and adds a hash
+     * of the whole list, so any valid list works and two lists never share a uid. The
+     * parameters keep the whole list. */
+    char uid[201];
+    if (strlen(topics) + 6 <= 200) {
+        lk__fmt(uid, sizeof uid, "kafka:%s", topics);
+    } else {
+        uint64_t h = 1469598103934665603ULL; /* FNV-1a 64 */
+        for (const unsigned char *c = (const unsigned char *)topics; *c; c++)
+            h = (h ^ *c) * 1099511628211ULL;
+        lk__fmt(uid, sizeof uid, "kafka:%.160s...#%016llx", topics, (unsigned long long)h);
+    }
+    char *params = NULL;
+    if (asprintf(&params, "topics=%s", topics) < 0) {
+        lk_pipeline_fail(p, "out of memory");
+        return NULL;
+    }
     lk_stream_t *s = add_stage(p, NULL, LK__ST_SOURCE, uid, params);
+    free(params);
     if (!s)
         return NULL;
     char *copy = strdup(topics);
