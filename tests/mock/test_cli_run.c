@@ -931,7 +931,8 @@ Test(cli_run, configuration_errors_exit_2_naming_key_and_reason) {
     EXPECT_RUN(2, "-X output.partition=random", "output.partition",
                "\"random\" is not one of hash|keep");
     EXPECT_RUN(2, "-X kafka.acks=bogus", "kafka.acks", "Invalid value");
-    EXPECT_RUN(2, "-X app.id", "-X takes key=value, not 'app.id'");
+    /* never echoed whole: the argument may be a password given without its key */
+    EXPECT_RUN(2, "-X app.id", "-X takes key=value; argument 2 has no '=' (not shown");
     EXPECT_RUN(2, "-X =x", "-X takes key=value");
     EXPECT_RUN(2, "-X", "-X needs an argument");
     EXPECT_RUN(2, "stray", "unexpected argument 'stray'");
@@ -1027,4 +1028,72 @@ Test(cli_run, demo_verifies) {
     cr_assert_eq(rc, 0, "demo exit status %d\n%s", rc, out);
     cr_assert(strstr(out, "verified"), "%s", out);
     free(out);
+}
+
+/* ---- records keep every byte (issue 15 items 16-18) ---- */
+
+Test(cli_run, sum_by_key_sums_integers_exactly_and_refuses_overflow) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    /* 2^53 + 1 is not a double: summed in doubles it became 2^53 */
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9007199254740992}");
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":1}");
+    produce("in", 0, NULL, "{\"k\":\"neg\",\"v\":-9223372036854775807}");
+    produce("in", 0, NULL, "{\"k\":\"neg\",\"v\":-1}");
+    produce("in", 0, NULL, "{\"k\":\"mix\",\"v\":1}");
+    produce("in", 0, NULL, "{\"k\":\"mix\",\"v\":0.5}");
+    /* JSON strings holding \u0000 are valid JSON (jansson refuses them by default) */
+    produce("in", 0, NULL, "{\"k\":\"nul\",\"v\":2,\"note\":\"a\\u0000b\"}");
+    flush_input();
+    RUN_START("sum64", "pipeline=sum-by-key", "key.field=k", "value.field=v", "input.topics=in",
+              "output.topic=out", fmt("errors.deadletter=file:%s", path("dead")));
+    wait_input(7);
+    /* the next batch overflows int64 for key "big" */
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9223372036854775807}");
+    flush_input();
+    int rc = wait_exit(&run_pid, 30);
+    char *err = slurp(path("stderr.txt"));
+    cr_assert_eq(rc, 1, "exit status %d; stderr: %s", rc, err);
+    cr_assert(strstr(err, "sum of key 'big' overflows 64-bit integers (9007199254740993 + "
+                          "9223372036854775807)"),
+              "%s", err);
+    free(err);
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got),
+                     "big=9007199254740993 mix=1.5 neg=-9223372036854775808 nul=2");
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), -1, "\\u0000 is not malformed (none counted)");
+    cr_assert_eq(offset_of(doc, "in", 0), 7, "nothing of the overflowing batch is committed");
+    json_decref(doc);
+}
+
+Test(cli_run, lines_format_one_record_per_line) {
+    broker_start((const char *const[]){"in:1", NULL});
+    /* a newline inside a value made two records of one (3 in, 5 out) */
+    produce("in", 0, "k1", "one\ntwo");
+    produce("in", 0, "k2", "plain");
+    produce("in", 0, "k3", "back\\slash\r\n");
+    flush_input();
+    RUN_START("lines", "pipeline=copy", "input.topics=in", "output.partition=keep",
+              fmt("output.dir=%s", path("out")), "output.format=lines");
+    wait_input(3);
+    run_stop();
+    char pdir[700];
+    snprintf(pdir, sizeof pdir, "%s/0", path("out"));
+    DIR *d = opendir(pdir);
+    cr_assert_not_null(d, "%s", pdir);
+    struct dirent *de;
+    char *text = NULL;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            cr_assert_null(text, "one batch, one file");
+            char f[1000];
+            snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
+            text = slurp(f);
+            cr_assert(strstr(de->d_name, "lines+to-files+") == de->d_name, "%s", de->d_name);
+        }
+    closedir(d);
+    cr_assert_not_null(text);
+    cr_assert_str_eq(text, "one\\ntwo\nplain\nback\\\\slash\\r\\n\n");
+    free(text);
 }
