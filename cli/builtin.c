@@ -21,32 +21,49 @@
 
 /* ---- wordcount ---- */
 
-size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end, char word[256]) {
+size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end,
+                        char word[LK__WC_WORD_MAX]) {
     const unsigned char *p = *pp;
     size_t n = 0;
     while (p < end && !n) {
         while (p < end && !isalnum(*p) && *p < 0x80)
             p++;
         /* a word: letters and digits, ASCII lower-cased; UTF-8 bytes kept as they are */
+        size_t quotes = 0; /* trailing apostrophes, not part of the word */
         while (p < end && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
-            if (n < 256)
-                word[n++] = (char)tolower(*p);
+            if (n < LK__WC_WORD_MAX)
+                word[n] = (char)tolower(*p);
+            quotes = *p == '\'' ? quotes + 1 : 0;
+            n++;
             p++;
         }
-        while (n > 0 && word[n - 1] == '\'')
-            n--;
+        n -= quotes;
     }
     *pp = p;
     return n;
 }
 
+/* Non-zero if the value holds a word the word count cannot keep (see LK__WC_WORD_MAX). */
+static int wc_has_long_word(const lk_record_t *in) {
+    if (!in->value || in->value_len <= LK__WC_WORD_MAX)
+        return 0; /* no room for one */
+    const unsigned char *p = in->value, *end = p + in->value_len;
+    char word[LK__WC_WORD_MAX];
+    size_t n;
+    while ((n = lk__wc_next_word(&p, end, word)))
+        if (n > LK__WC_WORD_MAX)
+            return 1;
+    return 0;
+}
+
 void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
-    char word[256];
+    char word[LK__WC_WORD_MAX];
     size_t n;
     while ((n = lk__wc_next_word(&p, end, word)))
-        lk_emit(b, word, n, "", 0);
+        if (n <= LK__WC_WORD_MAX) /* longer: the record was filtered out as malformed */
+            lk_emit(b, word, n, "", 0);
 }
 
 /* state: int64 count (8 bytes) */
@@ -250,10 +267,16 @@ static int well_formed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     const char *key, *why;
     size_t klen;
     num_t num;
-    json_t *doc = parse(bt, in, &key, &klen, &num, &why);
-    if (doc) {
-        json_decref(doc);
-        return 1;
+    if (bt->kind == P_WORDCOUNT) {
+        if (!wc_has_long_word(in))
+            return 1;
+        why = "a word longer than 511 bytes (the checkpoint's key limit)";
+    } else {
+        json_t *doc = parse(bt, in, &key, &klen, &num, &why);
+        if (doc) {
+            json_decref(doc);
+            return 1;
+        }
     }
     if (bt->tolerance_none)
         lk_batch_fail(b, "malformed record at %s[%d] offset %lld: %s (errors.tolerance=none)",
@@ -314,6 +337,17 @@ typedef struct {
     builtin_t bt;
 } define_ctx_t;
 
+/* The "malformed" filter and the dead letter sink behind it (errors.deadletter). */
+static void add_deadletter(lk_stream_t *in, const lk_conf_t *conf, builtin_t *bt) {
+    const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
+    lk_stream_t *bad = lk_filter(in, "malformed", malformed, bt);
+    if (dl[0] && !strncmp(dl, "file:", 5))
+        lk_to_files(bad, "deadletter", dl + 5, "jsonl");
+    else if (dl[0])
+        lk_to_kafka(bad, "deadletter", dl);
+    /* with no dead letter sink the filter still counts them (errors.malformed) */
+}
+
 static void define_builtin(lk_pipeline_t *p, void *opaque) {
     define_ctx_t *d = opaque;
     const lk_conf_t *conf = d->conf;
@@ -327,20 +361,17 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *out = NULL;
     switch (d->bt.kind) {
     case P_WORDCOUNT: {
-        lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
+        /* records with a word too long to keep: counted, dead-lettered, not split */
+        add_deadletter(in, conf, &d->bt);
+        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
+        lk_stream_t *words = lk_flat_map(good, "split-words", lk__wc_split_words, NULL);
         lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;
     }
     case P_COUNT_BY_KEY:
     case P_SUM_BY_KEY: {
-        const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
-        lk_stream_t *bad = lk_filter(in, "malformed", malformed, &d->bt);
-        if (dl[0] && !strncmp(dl, "file:", 5))
-            lk_to_files(bad, "deadletter", dl + 5, "jsonl");
-        else if (dl[0])
-            lk_to_kafka(bad, "deadletter", dl);
-        /* with no dead letter sink the filter still counts them (errors.malformed) */
+        add_deadletter(in, conf, &d->bt);
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
         lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
         int sum = d->bt.kind == P_SUM_BY_KEY;

@@ -134,7 +134,8 @@ typedef enum {
     X(VALUE_FIELD, "value.field", LK__PT_STR, "", 0, 200, NULL, 0,                         \
       "lockstep run: JSON field holding the number to add, for sum-by-key.")              \
     X(ERRORS_TOLERANCE, "errors.tolerance", LK__PT_ENUM, "all", 0, 0, "all|none", 0,       \
-      "lockstep run: malformed input (bad JSON, missing field, non-numeric value): "      \
+      "lockstep run: malformed input (bad JSON, missing field, non-numeric value; for "   \
+      "wordcount a word longer than 511 bytes): "                                          \
       "'all' counts it (accumulator errors.malformed) and sends it to errors.deadletter; " \
       "'none' stops the application at the first one, committing nothing of its batch.")  \
     X(ERRORS_DEADLETTER, "errors.deadletter", LK__PT_STR, "", 0, 4000, NULL, 0,            \

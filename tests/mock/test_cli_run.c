@@ -1097,3 +1097,56 @@ Test(cli_run, lines_format_one_record_per_line) {
     cr_assert_str_eq(text, "one\\ntwo\nplain\nback\\\\slash\\r\\n\n");
     free(text);
 }
+
+Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    /* two 300-byte words equal in their first 256 bytes: the old tokenizer cut both to
+     * 256 bytes and counted them as one word */
+    char wa[301], wb[301], bad[700];
+    memset(wa, 'a', 300);
+    memset(wb, 'a', 300);
+    wa[256] = 'x';
+    wb[256] = 'y';
+    wa[300] = wb[300] = '\0';
+    snprintf(bad, sizeof bad, "short ");
+    memset(bad + 6, 'z', 600); /* a 600-byte word: more than the checkpoint's key limit */
+    bad[606] = '\0';
+    produce("in", 0, NULL, wa);
+    produce("in", 0, NULL, wb);
+    produce("in", 0, NULL, wa);
+    produce("in", 0, NULL, bad);
+    flush_input();
+    RUN_START("wclong", "pipeline=wordcount", "input.topics=in", "output.topic=out",
+              fmt("errors.deadletter=file:%s", path("dead")));
+    wait_input(4);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    const char *va = NULL, *vb = NULL;
+    int64_t ba = -1, bb = -1;
+    for (size_t i = 0; i < rs->n; i++) {
+        cr_assert_not_null(rs->r[i].key);
+        cr_assert_neq(strcmp(rs->r[i].key, "short"), 0, "the malformed record is not counted");
+        if (!strcmp(rs->r[i].key, wa) && rs->r[i].batch > ba)
+            va = rs->r[i].value, ba = rs->r[i].batch;
+        else if (!strcmp(rs->r[i].key, wb) && rs->r[i].batch > bb)
+            vb = rs->r[i].value, bb = rs->r[i].batch;
+        else
+            cr_assert(!strcmp(rs->r[i].key, wa) || !strcmp(rs->r[i].key, wb),
+                      "unexpected word of %zu bytes", strlen(rs->r[i].key));
+    }
+    cr_assert(va && vb, "both 300-byte words counted");
+    cr_assert_str_eq(va, "2");
+    cr_assert_str_eq(vb, "1");
+    recs_free(rs);
+    free(rs);
+    recs_t *dead = calloc(1, sizeof *dead);
+    cr_assert_eq(read_files(path("dead"), 0, dead), 1);
+    cr_assert_eq(dead->n, 1);
+    cr_assert_str_eq(dead->r[0].value, bad);
+    recs_free(dead);
+    free(dead);
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), 1);
+    json_decref(doc);
+}
