@@ -751,6 +751,18 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     case LK__ST_OUTBOX: {
         lk_out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
                              r->value, r->value_len, r->timestamp_ms, 0, NULL};
+        if (r->nheaders) { /* the input's headers go out with it (copy, dead letters) */
+            lk_header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
+            if (!hs) {
+                batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                break;
+            }
+            for (size_t i = 0; i < r->nheaders; i++)
+                hs[i] = (lk_header_t){r->headers[i].name, r->headers[i].value,
+                                      r->headers[i].value_len};
+            o.headers = hs;
+            o.nheaders = r->nheaders;
+        }
         lk_err_t e = lk__store_outbox_append(b->txn, s->uid, b->id, &o, b->errstr,
                                              sizeof b->errstr);
         if (e && !b->err)

@@ -217,7 +217,25 @@ typedef struct lk_batch lk_batch_t;
 /** A broadcast value (see lk_broadcast()). */
 typedef struct lk_broadcast lk_broadcast_t;
 
-/** A record flowing through a pipeline. */
+/** What a record's timestamp_ms is (the values of librdkafka's rd_kafka_timestamp_type_t). */
+typedef enum lk_timestamp_type {
+    LK_TIMESTAMP_NOT_AVAILABLE = 0,   /**< derived record: timestamp_ms is the batch time */
+    LK_TIMESTAMP_CREATE_TIME = 1,     /**< set by the producer of the input record */
+    LK_TIMESTAMP_LOG_APPEND_TIME = 2, /**< set by the broker when it appended the record */
+} lk_timestamp_type_t;
+
+/** One Kafka header of a record. Names need not be unique; order is kept. */
+typedef struct lk_record_header {
+    const char *name;  /**< NUL-terminated */
+    const void *value; /**< NULL: a header without value (not the same as empty) */
+    size_t value_len;
+} lk_record_header_t;
+
+/**
+ * A record flowing through a pipeline. Everything it points to is valid only during the
+ * callback that receives it. Fields may be added at the end in later versions: build
+ * records with designated initializers (or let lk_emit() build them).
+ */
 typedef struct lk_record {
     const void *key;     /**< NULL: no key */
     size_t key_len;
@@ -227,6 +245,16 @@ typedef struct lk_record {
     const char *topic;    /**< input topic, NULL for derived records */
     int32_t partition;    /**< input partition, -1 for derived records */
     int64_t offset;       /**< input offset, -1 for derived records */
+    /** What timestamp_ms is: CREATE_TIME or LOG_APPEND_TIME for input records (as Kafka
+     * gives it; NOT_AVAILABLE when the input had none, timestamp_ms then being the batch
+     * time), NOT_AVAILABLE for derived records. */
+    lk_timestamp_type_t timestamp_type;
+    /** The input record's Kafka headers, in order (NULL and 0 when it had none; always
+     * for derived records). A sink fed the input stream itself (copy, dead letters)
+     * writes them with the record: Kafka sinks as headers (after lockstep's provenance
+     * headers), file sinks in jsonl's "headers" field. */
+    const lk_record_header_t *headers;
+    size_t nheaders;
 } lk_record_t;
 
 /** A byte string. */

@@ -30,15 +30,17 @@
  *
  * Formats:
  *   jsonl  one compact JSON object per line, fields in this order:
- *          {"key":K,"value":V,"timestamp":MS}
- *          K and V are JSON strings when the bytes are valid UTF-8, null when absent (no
- *          key; tombstone); bytes that are not valid UTF-8 are written as "key_base64" /
- *          "value_base64" (standard alphabet, padded) in place of "key" / "value".
- *          Headers are not written.
+ *          {"key":K,"value":V,"timestamp":MS}, then, only for a record with Kafka
+ *          headers (copy, dead letters), "headers":[{"name":N,"value":V},...] in order.
+ *          K, V and N are JSON strings when the bytes are valid UTF-8, null when absent
+ *          (no key; tombstone; a header without value); bytes that are not valid UTF-8
+ *          are written as "key_base64" / "value_base64" / "name_base64" (standard
+ *          alphabet, padded) in place of "key" / "value" / "name".
  *   lines  one line per record: the value bytes followed by '\n', with '\\' written as
  *          "\\\\", '\n' as "\\n" and '\r' as "\\r", so every record is exactly one line
- *          (unescape those three to get the bytes back); tombstones are skipped (a
- *          partition holding only tombstones gets no file).
+ *          (unescape those three to get the bytes back); keys, timestamps and headers
+ *          are not written; tombstones are skipped (a partition holding only tombstones
+ *          gets no file).
  *
  * recover() checks and creates the directory (mkdir -p, 0700) and removes the temporary
  * files a crash left behind: exactly "<app.id>+<sink uid>+<checkpoint id>-<batch:020>.
@@ -402,6 +404,18 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     int bad = !obj || lk__json_set_bytes(obj, "key", r->key, r->key_len, 0) ||
               lk__json_set_bytes(obj, "value", r->value, r->value_len, 0) ||
               json_object_set_new(obj, "timestamp", json_integer(r->timestamp_ms));
+    if (!bad && r->nheaders) { /* only when there are some: other files stay as they were */
+        json_t *hs = json_array();
+        bad = !hs || json_object_set_new(obj, "headers", hs);
+        for (size_t i = 0; !bad && i < r->nheaders; i++) {
+            json_t *h = json_object();
+            bad = !h || json_array_append_new(hs, h) ||
+                  lk__json_set_bytes(h, "name", r->headers[i].name,
+                                     strlen(r->headers[i].name), 0) ||
+                  lk__json_set_bytes(h, "value", r->headers[i].value,
+                                     r->headers[i].value_len, 0);
+        }
+    }
     if (bad) {
         json_decref(obj);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");

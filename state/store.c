@@ -1267,7 +1267,9 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
         return 0;
     const lk__obj_t *hs = lk__arr_at(&o, 5);
     size_t n = hs ? lk__arr_len(hs) : (size_t)-1;
-    if (n == (size_t)-1 || n > hcap)
+    if (n == (size_t)-1)
+        return 0;
+    if (n > hcap && !(hbuf = lk__zone_alloc(&t->tmp, n * sizeof *hbuf))) /* a copied record may carry any number of headers */
         return 0;
     for (size_t i = 0; i < n; i++) {
         const lk__obj_t *h = lk__arr_at(hs, i);

@@ -353,6 +353,8 @@ typedef struct {
     int64_t offset, batch;
     char *key; /* NULL: no key */
     char *value;
+    char *headers; /* Kafka only: "name=value;" per header other than lockstep.*, in order */
+    int64_t ts;    /* Kafka only: the timestamp */
 } rec_t;
 
 typedef struct {
@@ -364,6 +366,7 @@ static void recs_free(recs_t *rs) {
     for (size_t i = 0; i < rs->n; i++) {
         free(rs->r[i].key);
         free(rs->r[i].value);
+        free(rs->r[i].headers);
     }
     rs->n = 0;
 }
@@ -415,6 +418,16 @@ static void read_topic(const char *topic, recs_t *rs) {
                 !rd_kafka_header_get_last(h, "lockstep.batch", &v, &n) && n < sizeof b)
                 memcpy(b, v, n);
             r->batch = b[0] ? atoll(b) : -1;
+            r->ts = rd_kafka_message_timestamp(m, NULL);
+            char *text = NULL;
+            size_t tlen = 0;
+            FILE *tf = open_memstream(&text, &tlen);
+            const char *hn;
+            for (size_t i = 0; h && !rd_kafka_header_get_all(h, i, &hn, &v, &n); i++)
+                if (strncmp(hn, "lockstep.", 9))
+                    fprintf(tf, "%s=%.*s;", hn, v ? (int)n : 6, v ? (const char *)v : "<null>");
+            fclose(tf);
+            r->headers = text;
         }
         rd_kafka_message_destroy(m);
     }
@@ -1149,4 +1162,53 @@ Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
     json_t *doc = inspect();
     cr_assert_eq(acc_of(doc, "errors.malformed"), 1);
     json_decref(doc);
+}
+
+Test(cli_run, copy_keeps_headers_and_timestamp) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    rd_kafka_header_add(h, "h1", -1, "v1", -1);
+    rd_kafka_header_add(h, "h2", -1, NULL, 0);
+    rd_kafka_header_add(h, "h1", -1, "v1b", -1);
+    produce("in", 0, "k0", "warm-up"); /* creates the producer */
+    cr_assert_eq(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("in"), RD_KAFKA_V_PARTITION(0),
+                                   RD_KAFKA_V_KEY("k", 1), RD_KAFKA_V_VALUE("v", 1),
+                                   RD_KAFKA_V_TIMESTAMP(1234567), RD_KAFKA_V_HEADERS(h),
+                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                 0);
+    flush_input();
+    RUN_START("cph", "pipeline=copy", "input.topics=in", "output.topic=out",
+              "output.partition=keep", fmt("output.dir=%s", path("files")));
+    wait_input(2);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    cr_assert_eq(rs->n, 2);
+    cr_assert_str_eq(rs->r[1].key, "k");
+    cr_assert_str_eq(rs->r[1].headers, "h1=v1;h2=<null>;h1=v1b;", "headers kept, in order");
+    cr_assert_eq(rs->r[1].ts, 1234567, "timestamp kept");
+    cr_assert_str_eq(rs->r[0].headers, "");
+    recs_free(rs);
+    free(rs);
+    /* the jsonl file: headers only on the record that has some */
+    char pdir[700], *text = NULL;
+    snprintf(pdir, sizeof pdir, "%s/0", path("files"));
+    DIR *d = opendir(pdir);
+    cr_assert_not_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            char f[1000];
+            snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
+            text = slurp(f);
+        }
+    closedir(d);
+    cr_assert_not_null(text);
+    cr_assert(strstr(text, "{\"key\":\"k\",\"value\":\"v\",\"timestamp\":1234567,\"headers\":"
+                           "[{\"name\":\"h1\",\"value\":\"v1\"},{\"name\":\"h2\",\"value\":null},"
+                           "{\"name\":\"h1\",\"value\":\"v1b\"}]}\n"),
+              "%s", text);
+    cr_assert(strstr(text, "\"value\":\"warm-up\",\"timestamp\":") && !strstr(text, "up\",\"timestamp\":1234567"),
+              "%s", text);
+    free(text);
 }

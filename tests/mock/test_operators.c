@@ -345,3 +345,41 @@ Test(operators, two_file_sinks_on_one_directory_are_refused) {
               "%s", err);
     lk_conf_destroy(conf);
 }
+
+/* ---- what plugins see of a record (issue 15 item 14) ---- */
+
+static void note_type(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
+    (void)b;
+    obs_t *o = opaque;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(o->out);
+        snprintf(o->out + len, sizeof o->out - len, "%s:%d:%zu;", recs[i].topic ? "in" : "derived",
+                 (int)recs[i].timestamp_type, recs[i].nheaders);
+    }
+}
+
+static void copy_value(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    lk_emit(b, in->key, in->key_len, in->value, in->value_len);
+}
+
+static void define_types(lk_pipeline_t *p, void *opaque) {
+    lk_stream_t *in = lk_kafka_stream(p, "in");
+    lk_foreach_batch(in, "input", note_type, opaque);
+    lk_foreach_batch(lk_map(in, "derive", copy_value, NULL), "derived", note_type, opaque);
+}
+
+Test(operators, records_expose_timestamp_type_and_headers) {
+    mu_produce(&cl, "in", 0, NULL, "x");
+    mu_flush(&cl);
+    obs_t o = {0};
+    lk_conf_t *conf = mu_conf(&cl, "types", dir);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_types, &o, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    /* input: CreateTime as produced, no headers; derived: no Kafka timestamp type */
+    cr_assert_str_eq(o.out, "in:1:0;derived:0:0;");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}

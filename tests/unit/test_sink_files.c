@@ -179,7 +179,7 @@ static const lk_header_t hdr = {"h", "hv", 2};
 static size_t mixed(lk_out_record_t *r) {
     size_t n = 0;
     r[n] = rec(0, "k1", "v1", 1000);
-    r[n].nheaders = 1, r[n++].headers = &hdr; /* headers are not written */
+    r[n].nheaders = 1, r[n++].headers = &hdr; /* jsonl writes them; lines does not */
     r[n++] = rec(-1, NULL, "no key", 1001);
     r[n++] = rec(3, "gone", NULL, 1002);
     r[n++] = (lk_out_record_t){.partition = 0, .key = "\xff\x00\x01", .key_len = 3,
@@ -192,7 +192,7 @@ static size_t mixed(lk_out_record_t *r) {
 }
 
 #define MIXED_JSONL_P0                                                                   \
-    "{\"key\":\"k1\",\"value\":\"v1\",\"timestamp\":1000}\n"                               \
+    "{\"key\":\"k1\",\"value\":\"v1\",\"timestamp\":1000,\"headers\":[{\"name\":\"h\",\"value\":\"hv\"}]}\n"  \
     "{\"key\":null,\"value\":\"no key\",\"timestamp\":1001}\n"                             \
     "{\"key_base64\":\"/wAB\",\"value_base64\":\"gGFiYw==\",\"timestamp\":1003}\n"         \
     "{\"key\":\"a\\u0000b\",\"value\":\"\",\"timestamp\":-7}\n"                            \
@@ -879,5 +879,33 @@ Test(sink_files, checkpoint_directory_not_private_is_refused) {
     cr_assert_eq(sb.st_mode & 07777, 0700);
     cr_assert_eq(stat(tu_path(p, sizeof p, ckpt, "data.mdb"), &sb), 0);
     cr_assert_eq(sb.st_mode & 07777, 0600);
+    lk__store_close(st);
+}
+
+Test(sink_files, record_with_many_headers_is_delivered) {
+    /* a copied record may carry any number of headers; the outbox decoder had room for 64
+     * and called a record with more "corrupt" */
+    lk_store_t *st = tu_open(ckpt, APP);
+    lk_header_t hs[70];
+    char names[70][8];
+    for (int i = 0; i < 70; i++) {
+        snprintf(names[i], sizeof names[i], "h%d", i);
+        hs[i] = (lk_header_t){names[i], i % 2 ? "v" : NULL, i % 2};
+    }
+    lk_out_record_t r = rec(0, "k", "v", 5);
+    r.headers = hs;
+    r.nheaders = 70;
+    commit_batch(st, SINK, 1, &r, 1);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 1);
+    char p[4096];
+    size_t len;
+    char *text = slurp(fname(p, sizeof p, 0, 1, "jsonl"), &len);
+    cr_assert_not_null(text);
+    cr_assert(strstr(text, "{\"name\":\"h0\",\"value\":null},{\"name\":\"h1\",\"value\":\"v\"}"),
+              "%s", text);
+    cr_assert(strstr(text, "{\"name\":\"h69\",\"value\":\"v\"}]}\n"), "%s", text);
+    free(text);
+    lk__sink_destroy(s);
     lk__store_close(st);
 }
