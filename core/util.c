@@ -91,7 +91,7 @@ lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,
     uid_t me = geteuid();
     const char *fix = "make it private to this user (chown, chmod go-w) or choose another "
                       "directory";
-    if ((st.st_mode & S_IWOTH) && !(st.st_uid == me && (st.st_mode & S_ISVTX)))
+    if (st.st_mode & S_IWOTH) /* even sticky (/tmp): others could still plant names */
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "%s is writable by every user (mode %04o): anyone could plant links "
                        "or files in it; %s",

@@ -75,7 +75,8 @@ int lk__fsync_dir(const char *dir);
  * (lock files, temporary files) and so make it overwrite files elsewhere, or replace
  * its output. With LK__DIR_ALLOW_SHARED (property dir.allow.shared) another owner and
  * group write access are accepted, for shared-group setups; write access for everyone
- * is refused whatever the flags, except on a sticky directory owned by this user.
+ * is refused whatever the flags (a sticky bit, as on /tmp, does not stop others from
+ * creating the names lockstep is about to use).
  * @returns LK_OK; LK_ERR_IO when the path cannot be examined (with the OS error);
  *          LK_ERR_CONF_INVALID naming the path, its owner or mode, and what to do.
  */
