@@ -14,7 +14,10 @@
  * (no clocks, no attempt ids), so a batch delivered again after a crash finds its own
  * final name already there with the same bytes: that partition counts as delivered. A
  * final name holding different bytes is never overwritten: the sink stops (LK_ERR_FATAL)
- * naming the file. recover() reports fence 0: the checkpoint's outbox acknowledgement
+ * naming the file. A batch that an earlier version (whose names were
+ * <app.id>-<batch:020>.<ext>) delivered but did not acknowledge before the upgrade is
+ * found under that name with the same bytes and not written again. recover() reports
+ * fence 0: the checkpoint's outbox acknowledgement
  * is what stops redelivery, and only names carrying this checkpoint's id are ever
  * considered this sink's output. Each file appears atomically; a batch spanning several
  * partitions appears file by file, and after a crash between renames the rest appears
@@ -69,6 +72,7 @@
 typedef struct {
     int32_t partition;
     char *final; /* <dir>/<p>/<app>+<uid>+<checkpoint>-<batch>.<ext> */
+    char *legacy; /* <dir>/<p>/<app>-<batch>.<ext>: the name before checkpoint ids */
     char *tmp;   /* final + ".tmp" */
     FILE *fp;    /* open until commit closes it */
     int renamed;
@@ -151,6 +155,7 @@ static void part_discard(part_t *pt) {
         unlink(pt->tmp);
     free(pt->final);
     free(pt->tmp);
+    free(pt->legacy);
     memset(pt, 0, sizeof *pt);
 }
 
@@ -188,7 +193,9 @@ static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, part_t **out, char
     pt.final = path_fmt("%s/%d/%s+%s+%s-%020llu.%s", s->target, (int)p, s->app_id, s->name,
                         s->checkpoint_id, (unsigned long long)s->batch, ext_of(f));
     pt.tmp = pt.final ? path_fmt("%s.tmp", pt.final) : NULL;
-    if (!pdir || !pt.final || !pt.tmp) {
+    pt.legacy = path_fmt("%s/%d/%s-%020llu.%s", s->target, (int)p, s->app_id,
+                         (unsigned long long)s->batch, ext_of(f));
+    if (!pdir || !pt.final || !pt.tmp || !pt.legacy) {
         free(pdir);
         part_discard(&pt);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -472,6 +479,19 @@ static int same_bytes(const char *a, const char *b) {
  * name says so) from a delivery interrupted before its acknowledgement: with the same
  * bytes it counts as delivered; with other bytes it is left alone and the sink stops. */
 static lk_err_t place(part_t *pt, char *errstr, size_t errstr_size) {
+    /* Upgraded from a version that named files <app>-<batch>.<ext>: a batch it delivered
+     * but did not acknowledge before the upgrade is already there under that name, with
+     * the same bytes (the content does not depend on the version): not written twice. */
+    struct stat lst;
+    if (lstat(pt->legacy, &lst) == 0 && S_ISREG(lst.st_mode) &&
+        same_bytes(pt->tmp, pt->legacy) == 1) {
+        lk__log(LK_LOG_INFO, "partition %d: %s was already delivered (before the upgrade)",
+                (int)pt->partition, pt->legacy);
+        if (unlink(pt->tmp) != 0)
+            return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
+                           (int)pt->partition, pt->tmp, strerror(errno));
+        return LK_OK;
+    }
     int rc = renameat2(AT_FDCWD, pt->tmp, AT_FDCWD, pt->final, RENAME_NOREPLACE);
     if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
         /* a file system without RENAME_NOREPLACE: link() never replaces either */

@@ -909,3 +909,23 @@ Test(sink_files, record_with_many_headers_is_delivered) {
     lk__sink_destroy(s);
     lk__store_close(st);
 }
+
+Test(sink_files, batch_delivered_before_the_upgrade_is_not_written_again) {
+    /* a batch the previous version (names <app>-<batch>.<ext>) delivered but did not
+     * acknowledge before the upgrade: delivered again now, it must not appear twice */
+    lk_store_t *st = tu_open(ckpt, APP);
+    char p[4096], legacy[4200];
+    cr_assert_eq(mkdir(out, 0700), 0);
+    cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0700), 0);
+    snprintf(legacy, sizeof legacy, "%s/0/" APP "-00000000000000000001.jsonl", out);
+    tu_write_file(legacy, MIXED_JSONL_P0, strlen(MIXED_JSONL_P0));
+    commit_mixed(st, 1);
+    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    cr_assert_eq(drain(s, st, 10), 1);
+    cr_assert_not(exists(fname(p, sizeof p, 0, 1, "jsonl")), "partition 0 not written twice");
+    ASSERT_FILE(legacy, MIXED_JSONL_P0);
+    ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"), MIXED_JSONL_P3); /* not delivered before */
+    cr_assert_eq(count_tmp(out), 0);
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
