@@ -21,32 +21,49 @@
 
 /* ---- wordcount ---- */
 
-size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end, char word[256]) {
+size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end,
+                        char word[LK__WC_WORD_MAX]) {
     const unsigned char *p = *pp;
     size_t n = 0;
     while (p < end && !n) {
         while (p < end && !isalnum(*p) && *p < 0x80)
             p++;
         /* a word: letters and digits, ASCII lower-cased; UTF-8 bytes kept as they are */
+        size_t quotes = 0; /* trailing apostrophes, not part of the word */
         while (p < end && (isalnum(*p) || *p >= 0x80 || *p == '\'')) {
-            if (n < 256)
-                word[n++] = (char)tolower(*p);
+            if (n < LK__WC_WORD_MAX)
+                word[n] = (char)tolower(*p);
+            quotes = *p == '\'' ? quotes + 1 : 0;
+            n++;
             p++;
         }
-        while (n > 0 && word[n - 1] == '\'')
-            n--;
+        n -= quotes;
     }
     *pp = p;
     return n;
 }
 
+/* Non-zero if the value holds a word the word count cannot keep (see LK__WC_WORD_MAX). */
+static int wc_has_long_word(const lk_record_t *in) {
+    if (!in->value || in->value_len <= LK__WC_WORD_MAX)
+        return 0; /* no room for one */
+    const unsigned char *p = in->value, *end = p + in->value_len;
+    char word[LK__WC_WORD_MAX];
+    size_t n;
+    while ((n = lk__wc_next_word(&p, end, word)))
+        if (n > LK__WC_WORD_MAX)
+            return 1;
+    return 0;
+}
+
 void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
-    char word[256];
+    char word[LK__WC_WORD_MAX];
     size_t n;
     while ((n = lk__wc_next_word(&p, end, word)))
-        lk_emit(b, word, n, "", 0);
+        if (n <= LK__WC_WORD_MAX) /* longer: the record was filtered out as malformed */
+            lk_emit(b, word, n, "", 0);
 }
 
 /* state: int64 count (8 bytes) */
@@ -66,24 +83,88 @@ void lk__wc_add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *va
     *next = (lk_bytes_t){out, sizeof *out};
 }
 
-/* state: double sum (8 bytes); values are the text of numbers */
+/*
+ * sum-by-key numbers: a tag byte and 8 bytes, 'i' + int64 or 'd' + double (native byte
+ * order, like the count). JSON integers sum exactly in 64-bit integers; a sum that would
+ * overflow fails the batch (nothing of it is committed) naming the key, never wrapping
+ * or losing precision. Once a key has seen a number with a fraction or exponent its sum
+ * is a double, as before. State written by earlier versions is a bare 8-byte double and
+ * is read as such.
+ */
+typedef struct {
+    int is_int;
+    int64_t i;
+    double d;
+} num_t;
+
+#define NUM_BYTES 9
+
+static void num_put(unsigned char out[NUM_BYTES], const num_t *n) {
+    out[0] = n->is_int ? 'i' : 'd';
+    if (n->is_int)
+        memcpy(out + 1, &n->i, 8);
+    else
+        memcpy(out + 1, &n->d, 8);
+}
+
+/* 0 if data is not a number of either layout. */
+static int num_get(const void *data, size_t len, num_t *n) {
+    const unsigned char *p = data;
+    memset(n, 0, sizeof *n);
+    if (len == 8) { /* before integer sums: a double */
+        memcpy(&n->d, p, 8);
+        return 1;
+    }
+    if (len != NUM_BYTES || (p[0] != 'i' && p[0] != 'd'))
+        return 0;
+    n->is_int = p[0] == 'i';
+    if (n->is_int)
+        memcpy(&n->i, p + 1, 8);
+    else
+        memcpy(&n->d, p + 1, 8);
+    return 1;
+}
+
+static double num_double(const num_t *n) { return n->is_int ? (double)n->i : n->d; }
+
 static void add_sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
                     const lk_bytes_t *state, lk_bytes_t *next, void *opaque) {
-    (void)key;
     (void)opaque;
-    double sum = 0;
-    if (state && state->len == sizeof sum)
-        memcpy(&sum, state->data, sizeof sum);
-    for (size_t i = 0; i < n; i++) {
-        double v;
-        memcpy(&v, vals[i].data, sizeof v);
-        sum += v;
+    num_t sum = {.is_int = 1};
+    if (state && !num_get(state->data, state->len, &sum)) {
+        lk_batch_fail(b, "sum of key '%.*s': state of %zu bytes is not a sum", (int)key->len,
+                      (const char *)key->data, state->len);
+        return;
     }
-    double *out = lk_alloc(b, sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        num_t v;
+        if (!num_get(vals[i].data, vals[i].len, &v)) {
+            lk_batch_fail(b, "sum of key '%.*s': a value of %zu bytes is not a number",
+                          (int)key->len, (const char *)key->data, vals[i].len);
+            return;
+        }
+        if (sum.is_int && v.is_int) {
+            int64_t r;
+            if (__builtin_add_overflow(sum.i, v.i, &r)) {
+                lk_batch_fail(b, "sum of key '%.*s' overflows 64-bit integers (%lld + %lld); "
+                              "nothing of this batch is committed: remove or correct the "
+                              "record, or send such values as decimals (e.g. 1.0e19) to sum "
+                              "them as doubles",
+                              (int)(key->len > 200 ? 200 : key->len), (const char *)key->data,
+                              (long long)sum.i, (long long)v.i);
+                return;
+            }
+            sum.i = r;
+        } else {
+            sum.d = num_double(&sum) + num_double(&v);
+            sum.is_int = 0;
+        }
+    }
+    unsigned char *out = lk_alloc(b, NUM_BYTES);
     if (!out)
         return;
-    *out = sum;
-    *next = (lk_bytes_t){out, sizeof *out};
+    num_put(out, &sum);
+    *next = (lk_bytes_t){out, NUM_BYTES};
 }
 
 /* Decimal text of v at the end of buf[32]; returns where it starts (snprintf showed in
@@ -114,12 +195,15 @@ void lk__wc_format_count(lk_batch_t *b, const lk_record_t *in, void *opaque) {
 static void format_sum(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     char text[40];
-    double s = 0;
-    if (in->value_len == sizeof s)
-        memcpy(&s, in->value, sizeof s);
-    /* integers print as integers; %.17g round-trips any double */
-    int n = s == floor(s) && fabs(s) < 1e15 ? snprintf(text, sizeof text, "%.0f", s)
-                                            : snprintf(text, sizeof text, "%.17g", s);
+    num_t v = {.is_int = 1};
+    if (in->value)
+        num_get(in->value, in->value_len, &v);
+    double s = v.d;
+    /* exact integers print exactly; integral doubles as integers; %.17g round-trips any
+     * other double */
+    int n = v.is_int ? snprintf(text, sizeof text, "%lld", (long long)v.i)
+            : s == floor(s) && fabs(s) < 1e15 ? snprintf(text, sizeof text, "%.0f", s)
+                                              : snprintf(text, sizeof text, "%.17g", s);
     lk_emit(b, in->key, in->key_len, in->value ? text : NULL, in->value ? (size_t)n : 0);
 }
 
@@ -135,9 +219,11 @@ enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
 
 /* Key and number of a JSON record; NULL on malformed input, with *why set. */
 static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **key,
-                     size_t *klen, double *num, const char **why) {
+                     size_t *klen, num_t *num, const char **why) {
     json_error_t je;
-    json_t *doc = in->value ? json_loadb(in->value, in->value_len, 0, &je) : NULL;
+    /* JSON_ALLOW_NUL: "\u0000" inside a string is valid JSON (jansson refuses it by
+     * default); keys and values are handled with their lengths, never as C strings */
+    json_t *doc = in->value ? json_loadb(in->value, in->value_len, JSON_ALLOW_NUL, &je) : NULL;
     if (!doc) {
         *why = in->value ? "not JSON" : "no value";
         return NULL;
@@ -169,7 +255,9 @@ static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **ke
             json_decref(doc);
             return NULL;
         }
-        *num = json_number_value(v);
+        num->is_int = json_is_integer(v);
+        num->i = num->is_int ? (int64_t)json_integer_value(v) : 0;
+        num->d = num->is_int ? 0 : json_real_value(v);
     }
     return doc;
 }
@@ -178,11 +266,17 @@ static int well_formed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     const builtin_t *bt = opaque;
     const char *key, *why;
     size_t klen;
-    double num;
-    json_t *doc = parse(bt, in, &key, &klen, &num, &why);
-    if (doc) {
-        json_decref(doc);
-        return 1;
+    num_t num;
+    if (bt->kind == P_WORDCOUNT) {
+        if (!wc_has_long_word(in))
+            return 1;
+        why = "a word longer than 511 bytes (the checkpoint's key limit)";
+    } else {
+        json_t *doc = parse(bt, in, &key, &klen, &num, &why);
+        if (doc) {
+            json_decref(doc);
+            return 1;
+        }
     }
     if (bt->tolerance_none)
         lk_batch_fail(b, "malformed record at %s[%d] offset %lld: %s (errors.tolerance=none)",
@@ -202,13 +296,19 @@ static void extract(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     const builtin_t *bt = opaque;
     const char *key, *why;
     size_t klen;
-    double num = 0;
+    num_t num = {0};
     json_t *doc = parse(bt, in, &key, &klen, &num, &why); /* well formed: filtered */
     if (!doc) {
         lk_batch_fail(b, "record changed between parses"); /* cannot happen */
         return;
     }
-    lk_emit(b, key, klen, &num, sizeof num);
+    if (bt->kind == P_SUM_BY_KEY) {
+        unsigned char v[NUM_BYTES];
+        num_put(v, &num);
+        lk_emit(b, key, klen, v, sizeof v);
+    } else {
+        lk_emit(b, key, klen, "", 0); /* count-by-key counts values; their bytes are unused */
+    }
     json_decref(doc);
 }
 
@@ -237,6 +337,17 @@ typedef struct {
     builtin_t bt;
 } define_ctx_t;
 
+/* The "malformed" filter and the dead letter sink behind it (errors.deadletter). */
+static void add_deadletter(lk_stream_t *in, const lk_conf_t *conf, builtin_t *bt) {
+    const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
+    lk_stream_t *bad = lk_filter(in, "malformed", malformed, bt);
+    if (dl[0] && !strncmp(dl, "file:", 5))
+        lk_to_files(bad, "deadletter", dl + 5, "jsonl");
+    else if (dl[0])
+        lk_to_kafka(bad, "deadletter", dl);
+    /* with no dead letter sink the filter still counts them (errors.malformed) */
+}
+
 static void define_builtin(lk_pipeline_t *p, void *opaque) {
     define_ctx_t *d = opaque;
     const lk_conf_t *conf = d->conf;
@@ -250,20 +361,17 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *out = NULL;
     switch (d->bt.kind) {
     case P_WORDCOUNT: {
-        lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
+        /* records with a word too long to keep: counted, dead-lettered, not split */
+        add_deadletter(in, conf, &d->bt);
+        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
+        lk_stream_t *words = lk_flat_map(good, "split-words", lk__wc_split_words, NULL);
         lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;
     }
     case P_COUNT_BY_KEY:
     case P_SUM_BY_KEY: {
-        const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
-        lk_stream_t *bad = lk_filter(in, "malformed", malformed, &d->bt);
-        if (dl[0] && !strncmp(dl, "file:", 5))
-            lk_to_files(bad, "deadletter", dl + 5, "jsonl");
-        else if (dl[0])
-            lk_to_kafka(bad, "deadletter", dl);
-        /* with no dead letter sink the filter still counts them (errors.malformed) */
+        add_deadletter(in, conf, &d->bt);
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
         lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
         int sum = d->bt.kind == P_SUM_BY_KEY;

@@ -20,9 +20,16 @@ int lk__cli_mock_broker(int argc, char **argv);
 int lk__cli_demo(int argc, char **argv);
 
 /** The built-in word count's operators (shared with bench/engine.c). */
-/** The next word of [*pp, end) into word (at most 256 bytes kept), *pp moved past it;
- * 0 when no word is left. The word count's tokenizer. */
-size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end, char word[256]);
+/** Longest word the word count keeps: the checkpoint's key limit (511 bytes). A record
+ * holding a longer word is malformed (counted, dead-lettered), never truncated: two
+ * words that differ only past a cut would otherwise be counted as one. */
+#define LK__WC_WORD_MAX 511
+/** The next word of [*pp, end) into word, *pp moved past it; returns the word's whole
+ * length, 0 when no word is left. A return above LK__WC_WORD_MAX means the word was too
+ * long: word then holds only its first LK__WC_WORD_MAX bytes and must not be used. The
+ * word count's tokenizer. */
+size_t lk__wc_next_word(const unsigned char **pp, const unsigned char *end,
+                        char word[LK__WC_WORD_MAX]);
 void lk__wc_split_words(lk_batch_t *b, const lk_record_t *in, void *opaque);
 void lk__wc_add_count(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *vals, size_t n,
                       const lk_bytes_t *state, lk_bytes_t *next, void *opaque);

@@ -48,15 +48,23 @@ int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage,
                 }
             } else {
                 const char *eq = strchr(v, '=');
-                if (!eq || eq == v) {
-                    fprintf(stderr, "lockstep: -X takes key=value, not '%s'\n", v);
+                /* the argument is never echoed whole: it may hold a password */
+                if (!eq) {
+                    fprintf(stderr, "lockstep: -X takes key=value; argument %d has no '=' "
+                                    "(not shown: it may hold a secret)\n", i + 1);
+                    return 2;
+                }
+                if (eq == v) {
+                    fprintf(stderr, "lockstep: -X takes key=value; argument %d has no key "
+                                    "before '='\n", i + 1);
                     return 2;
                 }
                 char *key = strndup(v, (size_t)(eq - v));
                 lk_conf_res_t r = lk_conf_set(conf, key, eq + 1, err, sizeof err);
                 free(key);
                 if (r != LK_CONF_OK) {
-                    fprintf(stderr, "lockstep: -X %s: %s\n", v, err);
+                    /* only the key: lk_conf_set's reason never quotes a secret's value */
+                    fprintf(stderr, "lockstep: -X %.*s: %s\n", (int)(eq - v), v, err);
                     return 2;
                 }
             }

@@ -626,6 +626,34 @@ static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64
     return e;
 }
 
+/* The Kafka headers of an input message as the record's headers (batch memory). */
+static lk_err_t input_headers(lk_batch_t *b, rd_kafka_message_t *m, lk_record_t *r) {
+    rd_kafka_headers_t *hdrs;
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return LK_OK; /* none */
+    size_t n = rd_kafka_header_cnt(hdrs);
+    lk_record_header_t *hs = n ? lk__arena_alloc(&b->arena, n * sizeof *hs) : NULL;
+    if (n && !hs) {
+        lk__fmt(b->errstr, sizeof b->errstr, "out of memory for the headers of %s[%d] offset %lld",
+                rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset);
+        return b->err = LK_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        const void *val;
+        size_t size;
+        if (rd_kafka_header_get_all(hdrs, i, &name, &val, &size)) {
+            lk__fmt(b->errstr, sizeof b->errstr, "cannot read header %zu of %s[%d] offset %lld",
+                    i, rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset);
+            return b->err = LK_ERR_STATE;
+        }
+        hs[i] = (lk_record_header_t){name, val, val ? size : 0};
+    }
+    r->headers = hs;
+    r->nheaders = n;
+    return LK_OK;
+}
+
 static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                                    lk__fetch_t *f) {
     lk_store_txn_t *t;
@@ -644,6 +672,9 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
             lk_record_t r = {m->key, m->key_len, m->payload, m->len,
                              ts >= 0 ? ts : time_ms, rm->range.topic, rm->range.partition,
                              m->offset};
+            r.timestamp_type = ts >= 0 ? (lk_timestamp_type_t)tt : LK_TIMESTAMP_NOT_AVAILABLE;
+            if ((e = input_headers(b, m, &r)))
+                break;
             lk__batch_push_input(b, ctx->pipeline, &r);
             if (atomic_load(&ctx->stop_now))
                 break;

@@ -294,10 +294,26 @@ lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
         lk_pipeline_fail(p, "lk_kafka_stream: no topic given");
         return NULL;
     }
-    char uid[600], params[600];
-    lk__fmt(uid, sizeof uid, "kafka:%s", topics);
-    lk__fmt(params, sizeof params, "topics=%s", topics);
+    /* The source's uid is "kafka:<topics>" (what checkpoints already record). A list
+     * too long for a uid (200 characters) keeps its first 160 characters and adds a hash
+     * of the whole list, so any valid list works and two lists never share a uid. The
+     * parameters keep the whole list. */
+    char uid[201];
+    if (strlen(topics) + 6 <= 200) {
+        lk__fmt(uid, sizeof uid, "kafka:%s", topics);
+    } else {
+        uint64_t h = 1469598103934665603ULL; /* FNV-1a 64 */
+        for (const unsigned char *c = (const unsigned char *)topics; *c; c++)
+            h = (h ^ *c) * 1099511628211ULL;
+        lk__fmt(uid, sizeof uid, "kafka:%.160s...#%016llx", topics, (unsigned long long)h);
+    }
+    char *params = NULL;
+    if (asprintf(&params, "topics=%s", topics) < 0) {
+        lk_pipeline_fail(p, "out of memory");
+        return NULL;
+    }
     lk_stream_t *s = add_stage(p, NULL, LK__ST_SOURCE, uid, params);
+    free(params);
     if (!s)
         return NULL;
     char *copy = strdup(topics);
@@ -425,12 +441,64 @@ lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
     return add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
 }
 
+/* The directory a file sink writes to, for comparing sinks: the real path when it
+ * exists, else the text with repeated and trailing '/' and "./" parts removed. */
+static char *dir_identity(const char *dir) {
+    char *real = realpath(dir, NULL);
+    if (real)
+        return real;
+    char *n = malloc(strlen(dir) + 1), *o = n;
+    if (!n)
+        return NULL;
+    for (const char *c = dir; *c;) {
+        if (c[0] == '.' && c[1] == '/' && (c == dir || c[-1] == '/')) {
+            c += 2;
+            continue;
+        }
+        if (*c == '/' && o > n && o[-1] == '/') {
+            c++;
+            continue;
+        }
+        *o++ = *c++;
+    }
+    while (o > n + 1 && o[-1] == '/')
+        o--;
+    *o = '\0';
+    return n;
+}
+
 lk_stream_t *lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
                          const char *format) {
     if (in && (!format || (strcmp(format, "jsonl") && strcmp(format, "lines")))) {
         lk_pipeline_fail(in->p, "sink '%s': file format '%s' is not jsonl or lines",
                          uid ? uid : "", format ? format : "(null)");
         return NULL;
+    }
+    /* two file sinks in one directory: their files would mix (and, before file names
+     * carried the sink uid, overwrite each other), so each sink gets a directory */
+    if (in && !in->p->failed && dir && dir[0]) {
+        char *me = dir_identity(dir);
+        for (size_t i = 0; me && i < in->p->nstages; i++) {
+            const lk_stream_t *o = in->p->stages[i];
+            if (o->kind != LK__ST_OUTBOX || o->sink_ops != &lk__sink_files_ops)
+                continue;
+            char *other = dir_identity(o->target);
+            int same = other && !strcmp(me, other);
+            free(other);
+            if (same) {
+                lk_pipeline_fail(in->p, "sinks '%s' and '%s' both write files to %s; give "
+                                 "each file sink (output.dir, errors.deadletter=file:...) a "
+                                 "directory of its own",
+                                 o->uid, uid ? uid : "", dir);
+                free(me);
+                return NULL;
+            }
+        }
+        if (!me) {
+            lk_pipeline_fail(in->p, "out of memory");
+            return NULL;
+        }
+        free(me);
     }
     return add_sink(in, uid, &lk__sink_files_ops, dir, format);
 }
@@ -683,6 +751,18 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     case LK__ST_OUTBOX: {
         lk_out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
                              r->value, r->value_len, r->timestamp_ms, 0, NULL};
+        if (r->nheaders) { /* the input's headers go out with it (copy, dead letters) */
+            lk_header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
+            if (!hs) {
+                batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                break;
+            }
+            for (size_t i = 0; i < r->nheaders; i++)
+                hs[i] = (lk_header_t){r->headers[i].name, r->headers[i].value,
+                                      r->headers[i].value_len};
+            o.headers = hs;
+            o.nheaders = r->nheaders;
+        }
         lk_err_t e = lk__store_outbox_append(b->txn, s->uid, b->id, &o, b->errstr,
                                              sizeof b->errstr);
         if (e && !b->err)

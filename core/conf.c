@@ -9,9 +9,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -19,13 +22,13 @@ typedef struct {
     const char *def;
     int64_t min, max;
     const char *values;
-    int required;
+    int flags; /* LK__PF_* */
     const char *doc;
 } lk__prop_t;
 
 static const lk__prop_t props[LK__P_COUNT] = {
-#define LK__PROP_ROW(id, name, type, def, min, max, values, req, doc)                       \
-    {name, type, def, min, max, values, req, doc},
+#define LK__PROP_ROW(id, name, type, def, min, max, values, flags, doc)                     \
+    {name, type, def, min, max, values, flags, doc},
     LK__PROPS(LK__PROP_ROW)
 #undef LK__PROP_ROW
 };
@@ -118,6 +121,8 @@ static int enum_index(const char *values, const char *s) {
 static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t *ival,
                                  char *errstr, size_t errstr_size) {
     size_t len = strlen(value);
+    /* a secret's value never reaches a message: it would end up in logs and terminals */
+    const char *shown = p->flags & LK__PF_SECRET ? "(secret, not shown)" : value;
     *ival = 0;
     switch (p->type) {
     case LK__PT_IDENT:
@@ -126,7 +131,7 @@ static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t
                 lk__fmt(errstr, errstr_size,
                         "%s: invalid character '%c' in \"%s\" (allowed: letters, digits, "
                         "'.', '_', '-')",
-                        p->name, *c, value);
+                        p->name, *c, shown);
                 return LK_CONF_INVALID;
             }
         /* fallthrough */
@@ -140,13 +145,13 @@ static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t
     case LK__PT_INT:
     case LK__PT_BYTES:
         if ((p->type == LK__PT_INT ? parse_int(value, ival) : lk__parse_bytes(value, ival))) {
-            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not %s", p->name, value,
+            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not %s", p->name, shown,
                     p->type == LK__PT_INT ? "an integer"
                                           : "a size (a number with optional K, M, G or T)");
             return LK_CONF_INVALID;
         }
         if (*ival < p->min || *ival > p->max) {
-            lk__fmt(errstr, errstr_size, "%s: %s out of range (%lld..%lld)", p->name, value,
+            lk__fmt(errstr, errstr_size, "%s: %s out of range (%lld..%lld)", p->name, shown,
                     (long long)p->min, (long long)p->max);
             return LK_CONF_INVALID;
         }
@@ -154,14 +159,14 @@ static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t
     case LK__PT_BOOL:
         if (parse_bool(value, ival)) {
             lk__fmt(errstr, errstr_size, "%s: \"%s\" is not a boolean (true or false)",
-                    p->name, value);
+                    p->name, shown);
             return LK_CONF_INVALID;
         }
         return LK_CONF_OK;
     case LK__PT_ENUM: {
         int i = enum_index(p->values, value);
         if (i < 0) {
-            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not one of %s", p->name, value,
+            lk__fmt(errstr, errstr_size, "%s: \"%s\" is not one of %s", p->name, shown,
                     p->values);
             return LK_CONF_INVALID;
         }
@@ -318,7 +323,12 @@ lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char
             return LK_CONF_UNKNOWN;
         }
         if (r != RD_KAFKA_CONF_OK) {
-            lk__fmt(errstr, errstr_size, "%s: %s", key, kerr);
+            /* librdkafka's reason may quote the value: for a secret it is left out */
+            if (lk__conf_is_secret(key) && value[0] && strstr(kerr, value))
+                lk__fmt(errstr, errstr_size, "%s: librdkafka refused the value (not shown: "
+                        "the property holds a secret)", key);
+            else
+                lk__fmt(errstr, errstr_size, "%s: %s", key, kerr);
             return LK_CONF_INVALID;
         }
         if (kafka_put(c, kkey, value)) {
@@ -412,19 +422,65 @@ void lk__conf_kafka_get(const lk_conf_t *c, size_t i, const char **key, const ch
     *value = c->kvals[i];
 }
 
-int lk__conf_is_secret(const char *key) {
-    static const char *const marks[] = {"password", "secret", "ssl.key.pem",
-                                        "ssl_key",  "sasl.oauthbearer.config",
-                                        "sasl.jaas", "ssl.keystore.location"};
+/* librdkafka's sensitive properties (the _RK_SENSITIVE flag in rdkafka_conf.c), plus
+ * sasl.oauthbearer.client.secret (sensitive in later librdkafka versions) and
+ * ssl.keystore.location, which lockstep always kept out of the checkpoint. One
+ * deliberate difference: sasl.username stays visible (it identifies, it does not
+ * authenticate, and operators need it to diagnose an authentication failure). */
+static const char *const kafka_secrets[] = {
+    "sasl.password",         "sasl.oauthbearer.config", "sasl.oauthbearer.client.secret",
+    "ssl.key.location",      "ssl.key.password",        "ssl.key.pem",
+    "ssl_key",               "ssl.ca.pem",              "ssl.keystore.password",
+    "ssl.keystore.location",
+};
+
+/* A plugin's setting is secret when a part of its name says so: parts are separated by
+ * '.', '_' or '-'; a part containing token, secret, passw or credential, or ending in
+ * key (key, apikey, privatekey), makes the whole value secret. */
+static int plugin_part_secret(const char *p, size_t n) {
+    static const char *const marks[] = {"token", "secret", "passw", "credential"};
+    char part[128];
+    if (n >= sizeof part)
+        n = sizeof part - 1;
+    for (size_t i = 0; i < n; i++)
+        part[i] = (char)tolower((unsigned char)p[i]);
+    part[n] = '\0';
     for (size_t i = 0; i < LK_ARRAY_SIZE(marks); i++)
-        if (strstr(key, marks[i]))
+        if (strstr(part, marks[i]))
             return 1;
-    return 0;
+    return n >= 3 && !strcmp(part + n - 3, "key");
+}
+
+int lk__conf_is_secret(const char *key) {
+    if (!key)
+        return 0;
+    if (!strncmp(key, "kafka.", 6)) {
+        const char *k = key + 6;
+        for (size_t i = 0; i < LK_ARRAY_SIZE(kafka_secrets); i++)
+            if (!strcmp(k, kafka_secrets[i]))
+                return 1;
+        /* properties of newer librdkafka versions (e.g. sasl.oauthbearer.assertion.*) */
+        return strstr(k, "password") || strstr(k, "secret") || strstr(k, "private.key") ||
+               strstr(k, "jaas");
+    }
+    if (!strncmp(key, "plugin.", 7)) {
+        for (const char *p = key + 7; *p;) {
+            size_t n = strcspn(p, "._-");
+            if (n && plugin_part_secret(p, n))
+                return 1;
+            p += n;
+            if (*p)
+                p++;
+        }
+        return 0;
+    }
+    int i = find_prop(key);
+    return i >= 0 && (props[i].flags & LK__PF_SECRET);
 }
 
 lk_err_t lk_conf_validate(const lk_conf_t *c, char *errstr, size_t errstr_size) {
     for (int i = 0; i < LK__P_COUNT; i++)
-        if (props[i].required && !lk__conf_str(c, (lk__prop_id_t)i)[0])
+        if ((props[i].flags & LK__PF_REQUIRED) && !lk__conf_str(c, (lk__prop_id_t)i)[0])
             return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                            "%s is required: %s", props[i].name, props[i].doc);
     return LK_OK;
@@ -443,8 +499,7 @@ void lk_conf_foreach(const lk_conf_t *c, int redact,
     for (size_t i = 0; i < c->kcount; i++) {
         char key[512];
         lk__fmt(key, sizeof key, "kafka.%s", c->kkeys[i]);
-        cb(key, redact && lk__conf_is_secret(c->kkeys[i]) ? "[redacted]" : c->kvals[i],
-           opaque);
+        cb(key, redact && lk__conf_is_secret(key) ? "[redacted]" : c->kvals[i], opaque);
     }
     for (size_t i = 0; i < c->pcount; i++)
         cb(c->pkeys[i], redact && lk__conf_is_secret(c->pkeys[i]) ? "[redacted]" : c->pvals[i],
@@ -453,6 +508,15 @@ void lk_conf_foreach(const lk_conf_t *c, int redact,
 
 /* ---- .properties files ---- */
 
+/*
+ * Caps on what a .properties file may hold. Real files are a few kilobytes; the largest
+ * legitimate values are PEM certificates and keys (kafka.ssl.ca.pem), tens of kilobytes.
+ * Reading stops at the cap, so `-c /dev/zero` or a runaway generator fails at once with
+ * a clear message instead of growing memory without bound.
+ */
+#define CONF_FILE_MAX ((size_t)8 << 20)
+#define CONF_LINE_MAX ((size_t)1 << 20)
+
 static void put_utf8(char **o, unsigned cp) {
     char *p = *o;
     if (cp < 0x80) {
@@ -460,16 +524,40 @@ static void put_utf8(char **o, unsigned cp) {
     } else if (cp < 0x800) {
         *p++ = (char)(0xC0 | (cp >> 6));
         *p++ = (char)(0x80 | (cp & 0x3F));
-    } else {
+    } else if (cp < 0x10000) {
         *p++ = (char)(0xE0 | (cp >> 12));
+        *p++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *p++ = (char)(0xF0 | (cp >> 18));
+        *p++ = (char)(0x80 | ((cp >> 12) & 0x3F));
         *p++ = (char)(0x80 | ((cp >> 6) & 0x3F));
         *p++ = (char)(0x80 | (cp & 0x3F));
     }
     *o = p;
 }
 
-/* Unescape [s, e) into out (at least e - s + 1 bytes). */
-static int unescape(const char *s, const char *e, char *out) {
+/* The 4 hex digits of a \uXXXX escape at s (s points at the 'u'); -1 if malformed. */
+static long hex4(const char *s, const char *e) {
+    if (e - s < 5)
+        return -1;
+    long cp = 0;
+    for (int k = 1; k <= 4; k++) {
+        int c = (unsigned char)s[k];
+        if (!isxdigit(c))
+            return -1;
+        cp = cp * 16 + (isdigit(c) ? c - '0' : tolower(c) - 'a' + 10);
+    }
+    return cp;
+}
+
+/*
+ * Unescape [s, e) into out (at least e - s + 1 bytes: no escape grows). Returns NULL,
+ * or why the text cannot be a value: a malformed \u escape, \u0000 (a C string would
+ * silently end there), or a UTF-16 surrogate that is not part of a pair (Java writes
+ * characters beyond the BMP as a pair, which becomes one 4-byte UTF-8 character).
+ */
+static const char *unescape(const char *s, const char *e, char *out) {
     char *o = out;
     while (s < e) {
         if (*s != '\\' || s + 1 >= e) {
@@ -483,51 +571,177 @@ static int unescape(const char *s, const char *e, char *out) {
         case 'r': *o++ = '\r'; s++; break;
         case 'f': *o++ = '\f'; s++; break;
         case 'u': {
-            unsigned cp = 0;
-            int k;
-            for (k = 1; k <= 4 && s + k < e && isxdigit((unsigned char)s[k]); k++)
-                cp = cp * 16 +
-                     (unsigned)(isdigit((unsigned char)s[k]) ? s[k] - '0'
-                                                             : (tolower((unsigned char)s[k]) - 'a' + 10));
-            if (k != 5)
-                return -1;
-            put_utf8(&o, cp);
+            long cp = hex4(s, e);
+            if (cp < 0)
+                return "bad escape sequence (\\u takes 4 hex digits)";
+            if (cp == 0)
+                return "\\u0000 (a NUL character) is not allowed in a key or value";
             s += 5;
+            if (cp >= 0xDC00 && cp <= 0xDFFF)
+                return "bad escape sequence (a UTF-16 low surrogate without its high half)";
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                long lo = e - s >= 2 && s[0] == '\\' ? hex4(s + 1, e) : -1;
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return "bad escape sequence (a UTF-16 high surrogate without its low half)";
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                s += 6;
+            }
+            put_utf8(&o, (unsigned)cp);
             break;
         }
         default: *o++ = *s++; break;
         }
     }
     *o = '\0';
-    return 0;
+    return NULL;
+}
+
+/* The whole file, capped at CONF_FILE_MAX, refusing NUL bytes; NUL-terminated. */
+static lk_conf_res_t read_capped(const char *path, char **out, size_t *outlen, char *errstr,
+                                 size_t errstr_size) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        lk__fmt(errstr, errstr_size, "%s: cannot open: %s", path, strerror(errno));
+        return LK_CONF_INVALID;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        lk__fmt(errstr, errstr_size, "%s: is a directory, not a .properties file", path);
+        return LK_CONF_INVALID;
+    }
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > CONF_FILE_MAX) {
+        close(fd);
+        lk__fmt(errstr, errstr_size, "%s: %lld bytes is larger than the %zu MiB a "
+                "configuration file may hold", path, (long long)st.st_size, CONF_FILE_MAX >> 20);
+        return LK_CONF_INVALID;
+    }
+    size_t len = 0, cap = 0, lines = 1;
+    char *buf = NULL;
+    for (;;) {
+        if (cap - len < 65536 + 1) {
+            size_t ncap = cap ? cap * 2 : 65536 + 1;
+            char *nb = realloc(buf, ncap);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                lk__fmt(errstr, errstr_size, "%s: out of memory reading it", path);
+                return LK_CONF_INVALID;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        ssize_t r = read(fd, buf + len, 65536);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(e));
+            return LK_CONF_INVALID;
+        }
+        if (r == 0)
+            break;
+        const char *nul = memchr(buf + len, '\0', (size_t)r);
+        for (const char *p = buf + len, *end = nul ? nul : buf + len + r; p < end; p++)
+            lines += *p == '\n';
+        if (nul) {
+            free(buf);
+            close(fd);
+            lk__fmt(errstr, errstr_size, "%s:%zu: contains a NUL byte: not a text "
+                    ".properties file", path, lines);
+            return LK_CONF_INVALID;
+        }
+        len += (size_t)r;
+        if (len > CONF_FILE_MAX) {
+            free(buf);
+            close(fd);
+            lk__fmt(errstr, errstr_size, "%s: larger than the %zu MiB a configuration file "
+                    "may hold", path, CONF_FILE_MAX >> 20);
+            return LK_CONF_INVALID;
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    *out = buf;
+    *outlen = len;
+    return LK_CONF_OK;
+}
+
+static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\f'; }
+
+/* One logical line (continuations joined): split, unescape, set. */
+static lk_conf_res_t load_logical(lk_conf_t *c, const char *path, int line, char *logical,
+                                  char *errstr, size_t errstr_size) {
+    char *k = logical, *p = logical;
+    while (*p && *p != '=' && *p != ':' && !is_blank(*p)) {
+        if (*p == '\\' && p[1])
+            p++;
+        p++;
+    }
+    char *kend = p;
+    while (is_blank(*p))
+        p++;
+    if (*p == '=' || *p == ':')
+        p++;
+    while (is_blank(*p))
+        p++;
+    size_t vlen = strlen(p);
+    char *key = malloc((size_t)(kend - k) + 1), *val = malloc(vlen + 1);
+    if (!key || !val) {
+        free(key);
+        free(val);
+        lk__fmt(errstr, errstr_size, "%s:%d: out of memory", path, line);
+        return LK_CONF_INVALID;
+    }
+    const char *why = unescape(k, kend, key);
+    if (why || (why = unescape(p, p + vlen, val))) {
+        lk__fmt(errstr, errstr_size, "%s:%d: %s", path, line, why);
+        free(key);
+        free(val);
+        return LK_CONF_INVALID;
+    }
+    char e[1024];
+    lk_conf_res_t res = lk_conf_set(c, key, val, e, sizeof e);
+    if (res != LK_CONF_OK)
+        lk__fmt(errstr, errstr_size, "%s:%d: %s", path, line, e);
+    free(key);
+    free(val);
+    return res;
 }
 
 lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
                                 size_t errstr_size) {
-    FILE *fp = fopen(path, "r");
-    if (!fp) {
-        lk__fmt(errstr, errstr_size, "%s: cannot open: %s", path, strerror(errno));
+    if (!c || !path) {
+        lk__fmt(errstr, errstr_size, "lk_conf_load_file: NULL argument");
         return LK_CONF_INVALID;
     }
-    lk_conf_res_t res = LK_CONF_OK;
-    char *line = NULL, *logical = NULL;
-    size_t cap = 0, llen = 0;
+    char *text;
+    size_t len;
+    lk_conf_res_t res = read_capped(path, &text, &len, errstr, errstr_size);
+    if (res != LK_CONF_OK)
+        return res;
+    char *logical = NULL;
+    size_t llen = 0;
     int lineno = 0, startline = 0;
-    ssize_t n;
-    while ((n = getline(&line, &cap, fp)) >= 0) {
+    for (char *line = text; res == LK_CONF_OK && line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        char *next = nl ? nl + 1 : text + len;
+        size_t n = (size_t)((nl ? nl : text + len) - line);
         lineno++;
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-            line[--n] = '\0';
+        while (n > 0 && line[n - 1] == '\r')
+            n--;
+        line[n] = '\0';
         const char *s = line;
+        line = next;
+        while (is_blank(*s))
+            s++;
         if (!logical) {
-            while (*s == ' ' || *s == '\t' || *s == '\f')
-                s++;
             if (*s == '\0' || *s == '#' || *s == '!')
                 continue;
             startline = lineno;
-        } else {
-            while (*s == ' ' || *s == '\t' || *s == '\f')
-                s++;
         }
         size_t sl = strlen(s);
         size_t bs = 0; /* trailing backslashes: an odd count continues the line */
@@ -536,59 +750,40 @@ lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
         int cont = bs % 2 == 1;
         if (cont)
             sl--;
-        char *nl = realloc(logical, llen + sl + 1);
-        if (!nl) {
-            lk__fmt(errstr, errstr_size, "%s: out of memory", path);
+        if (llen + sl > CONF_LINE_MAX) {
+            lk__fmt(errstr, errstr_size, "%s:%d: line longer than the %zu KiB a property may "
+                    "take", path, startline, CONF_LINE_MAX >> 10);
             res = LK_CONF_INVALID;
             break;
         }
-        logical = nl;
+        char *nlog = realloc(logical, llen + sl + 1);
+        if (!nlog) {
+            lk__fmt(errstr, errstr_size, "%s:%d: out of memory", path, startline);
+            res = LK_CONF_INVALID;
+            break;
+        }
+        logical = nlog;
         memcpy(logical + llen, s, sl);
         llen += sl;
         logical[llen] = '\0';
         if (cont)
             continue;
-        /* split key / value */
-        char *k = logical, *p = logical;
-        while (*p && *p != '=' && *p != ':' && *p != ' ' && *p != '\t' && *p != '\f') {
-            if (*p == '\\' && p[1])
-                p++;
-            p++;
-        }
-        char *kend = p;
-        while (*p == ' ' || *p == '\t' || *p == '\f')
-            p++;
-        if (*p == '=' || *p == ':')
-            p++;
-        while (*p == ' ' || *p == '\t' || *p == '\f')
-            p++;
-        char *key = malloc((size_t)(kend - k) + 1), *val = malloc(strlen(p) + 1);
-        if (!key || !val || unescape(k, kend, key) || unescape(p, p + strlen(p), val)) {
-            lk__fmt(errstr, errstr_size, "%s:%d: bad escape sequence", path, startline);
-            free(key);
-            free(val);
-            res = LK_CONF_INVALID;
-            break;
-        }
-        char e[1024];
-        res = lk_conf_set(c, key, val, e, sizeof e);
-        free(key);
-        free(val);
-        if (res != LK_CONF_OK) {
-            lk__fmt(errstr, errstr_size, "%s:%d: %s", path, startline, e);
-            break;
-        }
+        res = load_logical(c, path, startline, logical, errstr, errstr_size);
         free(logical);
         logical = NULL;
         llen = 0;
     }
-    if (res == LK_CONF_OK && ferror(fp)) {
-        lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(errno));
+    /* A continuation into nothing: Java's Properties would keep the line without its
+     * '\', but a file cut short (a truncated copy, a lost last line) looks exactly like
+     * this, so it is refused rather than guessed at. */
+    if (res == LK_CONF_OK && logical) {
+        lk__fmt(errstr, errstr_size, "%s:%d: the last line ends with '\\' (a line "
+                "continuation) but the file ends there: remove the '\\' or add the "
+                "continued line", path, startline);
         res = LK_CONF_INVALID;
     }
     free(logical);
-    free(line);
-    fclose(fp);
+    free(text);
     return res;
 }
 
@@ -615,11 +810,11 @@ void lk_conf_print_reference(FILE *fp, int markdown) {
         range_text(p, range, sizeof range);
         if (markdown) {
             fprintf(fp, "| `%s` | %s | %s | %s | %s%s |\n", p->name, type_name(p->type),
-                    p->required ? "*(required)*" : p->def[0] ? p->def : "", range,
+                    (p->flags & LK__PF_REQUIRED) ? "*(required)*" : p->def[0] ? p->def : "", range,
                     p->doc, "");
         } else {
             fprintf(fp, "  %s (%s%s%s%s%s)\n", p->name, type_name(p->type),
-                    p->required ? ", required" : "", p->def[0] ? ", default " : "", p->def,
+                    (p->flags & LK__PF_REQUIRED) ? ", required" : "", p->def[0] ? ", default " : "", p->def,
                     range[0] ? "" : "");
             if (range[0])
                 fprintf(fp, "      range: %s\n", range);

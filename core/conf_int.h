@@ -19,8 +19,13 @@ typedef enum {
     LK__PT_ENUM,  /* one of the '|'-separated values */
 } lk__prop_type_t;
 
+/* Flags of a property (the `flags` column). */
+#define LK__PF_REQUIRED 1 /* must be set: lk_conf_validate() refuses a configuration without it */
+#define LK__PF_SECRET 2   /* a credential: never printed, logged or stored in the checkpoint
+                           * (as librdkafka's _RK_SENSITIVE); errors name only the key */
+
 /*
- * X(ID, name, type, default, min, max, enum values, required, doc)
+ * X(ID, name, type, default, min, max, enum values, flags, doc)
  * Append new properties where they belong; the order is the order of --help.
  */
 #define LK__PROPS(X)                                                                       \
@@ -30,6 +35,12 @@ typedef enum {
     X(CHECKPOINT_DIR, "checkpoint.dir", LK__PT_STR, "", 1, 4000, NULL, 1,                  \
       "Directory of the LMDB checkpoint (created if missing). One application per "        \
       "directory; a second process opening it is refused.")                               \
+    X(DIR_ALLOW_SHARED, "dir.allow.shared", LK__PT_BOOL, "false", 0, 0, NULL, 0,           \
+      "Accept a checkpoint.dir or file output directory owned by another user or "        \
+      "writable by its group (a shared-group setup). Default: refuse them, since whoever " \
+      "can write there can plant links at names lockstep creates. Directories writable "  \
+      "by every user are always refused. lockstep creates directories 0700 and files "    \
+      "0600 (a stricter umask is kept).")                                                  \
     X(CHECKPOINT_SYNC, "checkpoint.sync", LK__PT_ENUM, "batch", 0, 0, "batch|interval", 0, \
       "When checkpoints reach the disk: 'batch' fsyncs every batch commit; 'interval' "    \
       "group-commits every checkpoint.sync.interval.ms. Sinks never deliver a batch "      \
@@ -123,7 +134,8 @@ typedef enum {
     X(VALUE_FIELD, "value.field", LK__PT_STR, "", 0, 200, NULL, 0,                         \
       "lockstep run: JSON field holding the number to add, for sum-by-key.")              \
     X(ERRORS_TOLERANCE, "errors.tolerance", LK__PT_ENUM, "all", 0, 0, "all|none", 0,       \
-      "lockstep run: malformed input (bad JSON, missing field, non-numeric value): "      \
+      "lockstep run: malformed input (bad JSON, missing field, non-numeric value; for "   \
+      "wordcount a word longer than 511 bytes): "                                          \
       "'all' counts it (accumulator errors.malformed) and sends it to errors.deadletter; " \
       "'none' stops the application at the first one, committing nothing of its batch.")  \
     X(ERRORS_DEADLETTER, "errors.deadletter", LK__PT_STR, "", 0, 4000, NULL, 0,            \
@@ -155,7 +167,16 @@ size_t lk__conf_kafka_count(const lk_conf_t *conf);
 void lk__conf_kafka_get(const lk_conf_t *conf, size_t i, const char **key,
                         const char **value);
 
-/** Non-zero if the key (lockstep or kafka.*) holds a secret that must not be stored. */
+/**
+ * Non-zero if the key holds a secret whose value must never be printed, logged or
+ * stored: a lockstep property flagged LK__PF_SECRET; "kafka.<p>" where <p> is one of
+ * librdkafka's sensitive properties (its _RK_SENSITIVE flag: sasl.password,
+ * ssl.key.*, ssl.keystore.password, ...; not sasl.username) or names a password or
+ * secret;
+ * "plugin.<...>" where a part of the name (between '.', '_' or '-') contains token,
+ * secret, passw or credential, or ends in key (api_key, plugin.db.privatekey).
+ * @param key full property name, with its "kafka." or "plugin." prefix.
+ */
 int lk__conf_is_secret(const char *key);
 
 /** Parse "64M", "1G", "4096" into bytes; returns 0 on success. */

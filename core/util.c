@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,6 +72,43 @@ int lk__fsync_dir(const char *path) {
     int rc = fsync(fd);
     close(fd);
     return rc;
+}
+
+lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,
+                               size_t errstr_size) {
+    struct stat st;
+    int rc = flags & LK__DIR_NOFOLLOW ? lstat(path, &st) : stat(path, &st);
+    if (rc != 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot examine %s: %s", path,
+                       strerror(errno));
+    if (S_ISLNK(st.st_mode))
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "%s is a symbolic link where lockstep expects the directory it "
+                       "created; refusing to follow it (remove it)", path);
+    if (!S_ISDIR(st.st_mode))
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "%s is not a directory",
+                       path);
+    uid_t me = geteuid();
+    const char *fix = "make it private to this user (chown, chmod go-w) or choose another "
+                      "directory";
+    if (st.st_mode & S_IWOTH) /* even sticky (/tmp): others could still plant names */
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "%s is writable by every user (mode %04o): anyone could plant links "
+                       "or files in it; %s",
+                       path, (unsigned)(st.st_mode & 07777), fix);
+    if (flags & LK__DIR_ALLOW_SHARED)
+        return LK_OK;
+    if (st.st_uid != me)
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "%s is owned by uid %u, not by this user (uid %u); %s, or set "
+                       "dir.allow.shared=true for a shared-group setup",
+                       path, (unsigned)st.st_uid, (unsigned)me, fix);
+    if (st.st_mode & S_IWGRP)
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "%s is writable by its group (mode %04o); %s, or set "
+                       "dir.allow.shared=true for a shared-group setup",
+                       path, (unsigned)(st.st_mode & 07777), fix);
+    return LK_OK;
 }
 
 lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,

@@ -63,6 +63,26 @@ lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
 /** fsync the directory holding path (or path itself if it is a directory). */
 int lk__fsync_dir(const char *dir);
 
+/** Flags of lk__dir_check_private(). */
+#define LK__DIR_ALLOW_SHARED 1 /* accept another owner, or write access for the group */
+#define LK__DIR_NOFOLLOW 2     /* path itself must not be a symbolic link */
+
+/**
+ * Check that a directory lockstep writes into (checkpoint.dir, an output directory, a
+ * partition directory) is private: a directory (after following symbolic links unless
+ * LK__DIR_NOFOLLOW), owned by the effective user, and writable by nobody else. Someone
+ * who can write there can plant symbolic links at names lockstep is about to create
+ * (lock files, temporary files) and so make it overwrite files elsewhere, or replace
+ * its output. With LK__DIR_ALLOW_SHARED (property dir.allow.shared) another owner and
+ * group write access are accepted, for shared-group setups; write access for everyone
+ * is refused whatever the flags (a sticky bit, as on /tmp, does not stop others from
+ * creating the names lockstep is about to use).
+ * @returns LK_OK; LK_ERR_IO when the path cannot be examined (with the OS error);
+ *          LK_ERR_CONF_INVALID naming the path, its owner or mode, and what to do.
+ */
+lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,
+                               size_t errstr_size);
+
 /** Log levels, as syslog. */
 enum { LK_LOG_ERR = 3, LK_LOG_WARNING = 4, LK_LOG_NOTICE = 5, LK_LOG_INFO = 6, LK_LOG_DEBUG = 7 };
 

@@ -136,7 +136,8 @@ LK_EXPORT lk_conf_t *lk_conf_dup(const lk_conf_t *conf);
  * @param key         property name, e.g. "checkpoint.dir" or "kafka.bootstrap.servers".
  * @param value       the value as text; copied.
  * @param errstr      filled with the reason on LK_CONF_INVALID / LK_CONF_UNKNOWN; may be
- *                    NULL when errstr_size is 0.
+ *                    NULL when errstr_size is 0. It names the key and never quotes the
+ *                    value of a secret property (see lk_conf_foreach()).
  * @param errstr_size size of errstr.
  * @returns LK_CONF_OK, LK_CONF_INVALID (the reason names the accepted range or values)
  *          or LK_CONF_UNKNOWN (with a "did you mean" suggestion when one is close).
@@ -155,14 +156,21 @@ LK_EXPORT const char *lk_conf_get(const lk_conf_t *conf, const char *key);
 
 /**
  * @brief Load a Java-style .properties file (key=value, key: value or key value;
- * '#' and '!' comments; backslash line continuations and escapes). Each property goes
- * through lk_conf_set(); the first error stops the load.
+ * '#' and '!' comments; backslash line continuations and escapes \t \n \r \f \uXXXX,
+ * a UTF-16 surrogate pair giving one UTF-8 character). Each property goes through
+ * lk_conf_set(); the first error stops the load (properties before it stay set).
+ * Refused, naming the line: a NUL byte or \u0000 (a value would end there silently), a
+ * last line ending in a continuation backslash (a file cut short; Java would drop the
+ * backslash), a malformed \u escape or lone surrogate, a line (continuations joined)
+ * longer than 1 MiB; a file larger than 8 MiB is refused as a whole, without reading
+ * more than that (so /dev/zero fails at once).
  * @param conf        the configuration.
- * @param path        file to read.
- * @param errstr      on failure "path:line: reason".
+ * @param path        file to read (a regular file, a pipe or a device; not a directory).
+ * @param errstr      on failure "path:line: reason" ("path: reason" for the whole file);
+ *                    a secret's value is never quoted.
  * @param errstr_size size of errstr.
- * @returns LK_CONF_OK, LK_CONF_INVALID (also for an unreadable file or a syntax error),
- *          or LK_CONF_UNKNOWN.
+ * @returns LK_CONF_OK, LK_CONF_INVALID (also for an unreadable file, a read error, out
+ *          of memory or a syntax error), or LK_CONF_UNKNOWN.
  */
 LK_EXPORT lk_conf_res_t lk_conf_load_file(lk_conf_t *conf, const char *path, char *errstr,
                                           size_t errstr_size);
@@ -183,8 +191,10 @@ LK_EXPORT void lk_conf_print_reference(FILE *fp, int markdown);
 
 /**
  * @brief Visit every property that is set or has a default, in table order, then the
- * kafka.* properties in the order they were set. Secret values (passwords, keys,
- * secrets) are given as "[redacted]" when redact is non-zero.
+ * kafka.* and plugin.* properties in the order they were set. Secret values are given
+ * as "[redacted]" when redact is non-zero: librdkafka's sensitive properties
+ * (kafka.sasl.password, kafka.ssl.key.*, ...), lockstep properties flagged secret, and
+ * plugin.* keys naming a token, key, secret, password or credential (see README).
  * @param cb called with each key and value; both valid only during the call.
  */
 LK_EXPORT void lk_conf_foreach(const lk_conf_t *conf, int redact,
@@ -217,7 +227,25 @@ typedef struct lk_batch lk_batch_t;
 /** A broadcast value (see lk_broadcast()). */
 typedef struct lk_broadcast lk_broadcast_t;
 
-/** A record flowing through a pipeline. */
+/** What a record's timestamp_ms is (the values of librdkafka's rd_kafka_timestamp_type_t). */
+typedef enum lk_timestamp_type {
+    LK_TIMESTAMP_NOT_AVAILABLE = 0,   /**< derived record: timestamp_ms is the batch time */
+    LK_TIMESTAMP_CREATE_TIME = 1,     /**< set by the producer of the input record */
+    LK_TIMESTAMP_LOG_APPEND_TIME = 2, /**< set by the broker when it appended the record */
+} lk_timestamp_type_t;
+
+/** One Kafka header of a record. Names need not be unique; order is kept. */
+typedef struct lk_record_header {
+    const char *name;  /**< NUL-terminated */
+    const void *value; /**< NULL: a header without value (not the same as empty) */
+    size_t value_len;
+} lk_record_header_t;
+
+/**
+ * A record flowing through a pipeline. Everything it points to is valid only during the
+ * callback that receives it. Fields may be added at the end in later versions: build
+ * records with designated initializers (or let lk_emit() build them).
+ */
 typedef struct lk_record {
     const void *key;     /**< NULL: no key */
     size_t key_len;
@@ -227,6 +255,16 @@ typedef struct lk_record {
     const char *topic;    /**< input topic, NULL for derived records */
     int32_t partition;    /**< input partition, -1 for derived records */
     int64_t offset;       /**< input offset, -1 for derived records */
+    /** What timestamp_ms is: CREATE_TIME or LOG_APPEND_TIME for input records (as Kafka
+     * gives it; NOT_AVAILABLE when the input had none, timestamp_ms then being the batch
+     * time), NOT_AVAILABLE for derived records. */
+    lk_timestamp_type_t timestamp_type;
+    /** The input record's Kafka headers, in order (NULL and 0 when it had none; always
+     * for derived records). A sink fed the input stream itself (copy, dead letters)
+     * writes them with the record: Kafka sinks as headers (after lockstep's provenance
+     * headers), file sinks in jsonl's "headers" field. */
+    const lk_record_header_t *headers;
+    size_t nheaders;
 } lk_record_t;
 
 /** A byte string. */
@@ -325,11 +363,16 @@ LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_bat
 LK_EXPORT lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
 /**
  * @brief Exactly-once delivery to files: one file per (output partition, batch),
- * <dir>/<partition>/<app.id>-<batch:020>.<ext>, written to a temporary name, fsynced,
- * renamed into place and the directory fsynced. The final name is the fence: a batch
- * delivered again rewrites the same name with the same bytes.
- * @param format "jsonl" (one JSON object per record: key, value, timestamp) or "lines"
- *               (the value as one line).
+ * <dir>/<partition>/<app.id>+<uid>+<checkpoint id>-<batch:020>.<ext>, written to a
+ * temporary name (created exclusively, mode 0600, never through a symbolic link),
+ * fsynced, moved into place without replacing any file, and the directory fsynced. A
+ * batch delivered again after a crash finds its own file there with the same bytes;
+ * a file of another sink or another checkpoint is never touched. dir must be private
+ * to the user (see the property dir.allow.shared); two file sinks on one directory are
+ * refused (the pipeline fails).
+ * @param format "jsonl" (one JSON object per record: key, value, timestamp, and the
+ *               headers when the record has some) or "lines" (the value as one line,
+ *               with '\\', newline and carriage return escaped as \\\\, \\n, \\r).
  */
 LK_EXPORT lk_stream_t *lk_to_files(lk_stream_t *in, const char *uid, const char *dir,
                                    const char *format);

@@ -1,37 +1,59 @@
 /*
  * files.c — the file sink (kind "files", exactly-once): one file per (output partition,
- * batch), <dir>/<partition>/<app.id>-<batch:020>.<ext>, ext "jsonl" or "txt".
+ * batch), <dir>/<partition>/<app.id>+<sink uid>+<checkpoint id>-<batch:020>.<ext>, ext
+ * "jsonl" or "txt". The name says which application, which sink of it and which
+ * checkpoint wrote the file: two sinks of one application never write the same names
+ * (and two file sinks on one directory are refused when the pipeline is defined), and a
+ * new checkpoint under the same app.id never touches the files of an earlier one.
  *
- * A delivery streams each partition's records into "<final>.tmp" next to its final name;
- * commit flushes and fsyncs every temporary file, renames each into place and fsyncs
- * every partition directory and the top directory. The final name is the fence, and the
- * content is a pure function of the batch's outbox records (no clocks, no attempt ids),
- * so a batch delivered again after a crash rewrites the same names with the same bytes:
- * recover() therefore reports fence 0 and the checkpoint's outbox acknowledgement is
- * what stops redelivery. Each file appears atomically; a batch spanning several
+ * A delivery streams each partition's records into "<final>.tmp" next to its final name
+ * (created O_EXCL|O_NOFOLLOW, mode 0600); commit flushes and fsyncs every temporary file,
+ * moves each into place without replacing anything (renameat2 RENAME_NOREPLACE, or
+ * link()+unlink() where the file system lacks it) and fsyncs every partition directory
+ * and the top directory. The content is a pure function of the batch's outbox records
+ * (no clocks, no attempt ids), so a batch delivered again after a crash finds its own
+ * final name already there with the same bytes: that partition counts as delivered. A
+ * final name holding different bytes is never overwritten: the sink stops (LK_ERR_FATAL)
+ * naming the file. A batch that an earlier version (whose names were
+ * <app.id>-<batch:020>.<ext>) delivered but did not acknowledge before the upgrade is
+ * found under that name with the same bytes and not written again. recover() reports
+ * fence 0: the checkpoint's outbox acknowledgement
+ * is what stops redelivery, and only names carrying this checkpoint's id are ever
+ * considered this sink's output. Each file appears atomically; a batch spanning several
  * partitions appears file by file, and after a crash between renames the rest appears
  * when the batch is delivered again at restart.
+ *
+ * Directories: the top directory must be private to this user (owner, not writable by
+ * group or others) unless dir.allow.shared=true (see lk__dir_check_private); directories
+ * lockstep creates are 0700, and a partition directory that is a symbolic link or not
+ * private is refused.
  *
  * Partitioning: the output partition is the record's partition field when >= 0, else 0.
  * Files are never partitioned by hashing the key.
  *
  * Formats:
  *   jsonl  one compact JSON object per line, fields in this order:
- *          {"key":K,"value":V,"timestamp":MS}
- *          K and V are JSON strings when the bytes are valid UTF-8, null when absent (no
- *          key; tombstone); bytes that are not valid UTF-8 are written as "key_base64" /
- *          "value_base64" (standard alphabet, padded) in place of "key" / "value".
- *          Headers are not written.
- *   lines  the value bytes followed by '\n'; tombstones are skipped (a partition holding
- *          only tombstones gets no file); a value containing '\n' is written as-is and so
- *          reads back as several lines.
+ *          {"key":K,"value":V,"timestamp":MS}, then, only for a record with Kafka
+ *          headers (copy, dead letters), "headers":[{"name":N,"value":V},...] in order.
+ *          K, V and N are JSON strings when the bytes are valid UTF-8, null when absent
+ *          (no key; tombstone; a header without value); bytes that are not valid UTF-8
+ *          are written as "key_base64" / "value_base64" / "name_base64" (standard
+ *          alphabet, padded) in place of "key" / "value" / "name".
+ *   lines  one line per record: the value bytes followed by '\n', with '\\' written as
+ *          "\\\\", '\n' as "\\n" and '\r' as "\\r", so every record is exactly one line
+ *          (unescape those three to get the bytes back); keys, timestamps and headers
+ *          are not written; tombstones are skipped (a partition holding only tombstones
+ *          gets no file).
  *
- * recover() creates the directory (mkdir -p) and removes temporary files a crash left
- * behind: "<app.id>-*.tmp" in every partition directory (other applications' files are
- * left alone). open() ignores its configuration (conf may be NULL).
+ * recover() checks and creates the directory (mkdir -p, 0700) and removes the temporary
+ * files a crash left behind: exactly "<app.id>+<sink uid>+<checkpoint id>-<batch:020>.
+ * <ext>.tmp" in every partition directory (other applications', other sinks' and other
+ * checkpoints' files are left alone). open() reads dir.allow.shared from conf (NULL:
+ * false).
  */
 #define _GNU_SOURCE
 #include "sink_int.h"
+#include "../core/conf_int.h"
 #include "../core/json_int.h"
 #include "../core/util_int.h"
 
@@ -43,12 +65,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
     int32_t partition;
-    char *final; /* <dir>/<p>/<app>-<batch>.<ext> */
+    char *final; /* <dir>/<p>/<app>+<uid>+<checkpoint>-<batch>.<ext> */
+    char *legacy; /* <dir>/<p>/<app>-<batch>.<ext>: the name before checkpoint ids */
     char *tmp;   /* final + ".tmp" */
     FILE *fp;    /* open until commit closes it */
     int renamed;
@@ -56,6 +80,7 @@ typedef struct {
 
 typedef struct {
     int jsonl;
+    int dir_flags; /* LK__DIR_ALLOW_SHARED from dir.allow.shared */
     part_t *parts; /* sorted by partition */
     size_t nparts, cap;
 } files_t;
@@ -103,7 +128,7 @@ static int mkdir_p(const char *path) {
         char save = *c;
         *c = '\0';
         struct stat st;
-        if (mkdir(p, 0755) == 0)
+        if (mkdir(p, 0700) == 0)
             rc = fsync_parent(p);
         else if (errno != EEXIST || stat(p, &st) != 0)
             rc = -1;
@@ -130,6 +155,7 @@ static void part_discard(part_t *pt) {
         unlink(pt->tmp);
     free(pt->final);
     free(pt->tmp);
+    free(pt->legacy);
     memset(pt, 0, sizeof *pt);
 }
 
@@ -164,20 +190,35 @@ static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, part_t **out, char
     }
     part_t pt = {.partition = p};
     char *pdir = path_fmt("%s/%d", s->target, (int)p);
-    pt.final = path_fmt("%s/%d/%s-%020llu.%s", s->target, (int)p, s->app_id,
-                        (unsigned long long)s->batch, ext_of(f));
+    pt.final = path_fmt("%s/%d/%s+%s+%s-%020llu.%s", s->target, (int)p, s->app_id, s->name,
+                        s->checkpoint_id, (unsigned long long)s->batch, ext_of(f));
     pt.tmp = pt.final ? path_fmt("%s.tmp", pt.final) : NULL;
-    if (!pdir || !pt.final || !pt.tmp) {
+    pt.legacy = path_fmt("%s/%d/%s-%020llu.%s", s->target, (int)p, s->app_id,
+                         (unsigned long long)s->batch, ext_of(f));
+    if (!pdir || !pt.final || !pt.tmp || !pt.legacy) {
         free(pdir);
         part_discard(&pt);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     }
     lk_err_t e = LK_OK;
-    if (mkdir(pdir, 0755) != 0 && errno != EEXIST) {
+    char why[600];
+    if (mkdir(pdir, 0700) != 0 && errno != EEXIST) {
         e = lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot create directory %s: %s",
                     (int)p, pdir, strerror(errno));
+    } else if ((e = lk__dir_check_private(pdir, f->dir_flags | LK__DIR_NOFOLLOW, why,
+                                          sizeof why))) {
+        lk__err(e == LK_ERR_IO ? e : (e = LK_ERR_FATAL), errstr, errstr_size, "partition %d: %s",
+                (int)p, why);
     } else {
-        int fd = open(pt.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        /* O_EXCL|O_NOFOLLOW: never write through a link or into a file someone else made.
+         * The name is this sink's, checkpoint's and batch's own: one already there is the
+         * remains of an earlier attempt of this very delivery, and is replaced. */
+        int fd = -1;
+        for (int tries = 0; fd < 0 && tries < 2; tries++) {
+            fd = open(pt.tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (fd < 0 && (errno != EEXIST || tries || unlink(pt.tmp) != 0))
+                break;
+        }
         if (fd < 0 || !(pt.fp = fdopen(fd, "w"))) {
             int err = errno;
             if (fd >= 0) {
@@ -211,7 +252,6 @@ static lk_err_t write_failed(const part_t *pt, int err, char *errstr, size_t err
 
 static lk_err_t files_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
                            size_t errstr_size) {
-    (void)conf;
     int jsonl = !strcmp(s->format, "jsonl");
     if (!jsonl && strcmp(s->format, "lines"))
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
@@ -219,30 +259,56 @@ static lk_err_t files_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
     if (!s->target[0])
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink '%s': no directory given",
                        s->name);
+    /* the file name must fit NAME_MAX (255): "<app>+<uid>+<32 hex>-<20 digits>.jsonl.tmp" */
+    size_t name_len = strlen(s->app_id) + strlen(s->name) + 2 + LK_CHECKPOINT_ID_LEN + 1 + 20 +
+                      sizeof ".jsonl.tmp" - 1;
+    if (name_len > 255)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "sink '%s': app.id and sink uid are too long for file names (%zu + %zu "
+                       "characters; at most %d together)",
+                       s->name, strlen(s->app_id), strlen(s->name),
+                       255 - (int)(name_len - strlen(s->app_id) - strlen(s->name)));
     files_t *f = calloc(1, sizeof *f);
     if (!f)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     f->jsonl = jsonl;
+    f->dir_flags = conf && lk__conf_bool(conf, LK__P_DIR_ALLOW_SHARED) ? LK__DIR_ALLOW_SHARED : 0;
     s->impl = f;
     return LK_OK;
 }
 
-/* Remove <app>-*.tmp from one partition directory. */
+/* Non-zero if name is exactly "<prefix>-<20 digits>.<jsonl|txt>.tmp": a temporary file of
+ * this application's sink in this checkpoint, and nothing else (app "a" must not take
+ * app "a-b"'s files, sink "x" not sink "x+y"'s). */
+static int is_own_tmp(const char *name, const char *prefix, size_t plen) {
+    if (strncmp(name, prefix, plen) || name[plen] != '-')
+        return 0;
+    const char *d = name + plen + 1;
+    for (int i = 0; i < 20; i++)
+        if (d[i] < '0' || d[i] > '9')
+            return 0;
+    return !strcmp(d + 20, ".jsonl.tmp") || !strcmp(d + 20, ".txt.tmp");
+}
+
+/* Remove this sink's temporary files (see is_own_tmp) from one partition directory. */
 static lk_err_t sweep_dir(lk_sink_t *s, const char *pdir, char *errstr, size_t errstr_size) {
     DIR *d = opendir(pdir);
     if (!d)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot read directory %s: %s", pdir,
                        strerror(errno));
-    size_t alen = strlen(s->app_id);
+    char *prefix = path_fmt("%s+%s+%s", s->app_id, s->name, s->checkpoint_id);
+    if (!prefix) {
+        closedir(d);
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    }
+    size_t plen = strlen(prefix);
     lk_err_t e = LK_OK;
     int removed = 0;
     struct dirent *ent;
     while (!e && (ent = readdir(d))) {
-        size_t n = strlen(ent->d_name);
-        if (n <= alen + 5 || strncmp(ent->d_name, s->app_id, alen) ||
-            ent->d_name[alen] != '-' || strcmp(ent->d_name + n - 4, ".tmp"))
+        if (!is_own_tmp(ent->d_name, prefix, plen))
             continue;
-        char *p = path_fmt("%s/%s", pdir, ent->d_name);
+    char *p = path_fmt("%s/%s", pdir, ent->d_name);
         if (!p)
             e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         else if (unlink(p) != 0 && errno != ENOENT)
@@ -256,6 +322,7 @@ static lk_err_t sweep_dir(lk_sink_t *s, const char *pdir, char *errstr, size_t e
         free(p);
     }
     closedir(d);
+    free(prefix);
     if (!e && removed && lk__fsync_dir(pdir) != 0)
         e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot fsync directory %s: %s", pdir,
                     strerror(errno));
@@ -273,10 +340,18 @@ static int is_partition_name(const char *n) {
 
 static lk_err_t files_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
                               size_t errstr_size) {
-    *fence = 0; /* the outbox acknowledgement is the fence: redelivery rewrites the same bytes */
+    *fence = 0; /* the outbox acknowledgement is the fence: redelivery finds the same bytes */
+    files_t *f = s->impl;
+    if (!s->checkpoint_id[0])
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                       "the checkpoint has no id (format 1 opened read-only?): file names "
+                       "need it");
     if (mkdir_p(s->target) != 0)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create directory %s: %s",
                        s->target, strerror(errno));
+    lk_err_t ce = lk__dir_check_private(s->target, f->dir_flags, errstr, errstr_size);
+    if (ce)
+        return ce == LK_ERR_IO ? ce : LK_ERR_FATAL;
     DIR *d = opendir(s->target);
     if (!d)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot read directory %s: %s",
@@ -290,7 +365,7 @@ static lk_err_t files_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
         struct stat st;
         if (!pdir)
             e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-        else if (stat(pdir, &st) == 0 && S_ISDIR(st.st_mode))
+        else if (lstat(pdir, &st) == 0 && S_ISDIR(st.st_mode))
             e = sweep_dir(s, pdir, errstr, errstr_size);
         free(pdir);
     }
@@ -316,7 +391,18 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     if (e)
         return e;
     if (!f->jsonl) {
-        if ((r->value_len && fwrite(r->value, 1, r->value_len, pt->fp) != r->value_len) ||
+        /* one record, one line: a newline inside a value must not make two records */
+        const unsigned char *v = r->value, *end = v + r->value_len, *run = v;
+        int bad = 0;
+        for (; v < end && !bad; v++) {
+            const char *esc = *v == '\\' ? "\\\\" : *v == '\n' ? "\\n" : *v == '\r' ? "\\r" : NULL;
+            if (!esc)
+                continue;
+            bad = (v > run && fwrite(run, 1, (size_t)(v - run), pt->fp) != (size_t)(v - run)) ||
+                  fputs(esc, pt->fp) == EOF;
+            run = v + 1;
+        }
+        if (bad || (end > run && fwrite(run, 1, (size_t)(end - run), pt->fp) != (size_t)(end - run)) ||
             putc('\n', pt->fp) == EOF)
             return write_failed(pt, errno, errstr, errstr_size);
         return LK_OK;
@@ -325,6 +411,18 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     int bad = !obj || lk__json_set_bytes(obj, "key", r->key, r->key_len, 0) ||
               lk__json_set_bytes(obj, "value", r->value, r->value_len, 0) ||
               json_object_set_new(obj, "timestamp", json_integer(r->timestamp_ms));
+    if (!bad && r->nheaders) { /* only when there are some: other files stay as they were */
+        json_t *hs = json_array();
+        bad = !hs || json_object_set_new(obj, "headers", hs);
+        for (size_t i = 0; !bad && i < r->nheaders; i++) {
+            json_t *h = json_object();
+            bad = !h || json_array_append_new(hs, h) ||
+                  lk__json_set_bytes(h, "name", r->headers[i].name,
+                                     strlen(r->headers[i].name), 0) ||
+                  lk__json_set_bytes(h, "value", r->headers[i].value,
+                                     r->headers[i].value_len, 0);
+        }
+    }
     if (bad) {
         json_decref(obj);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -335,6 +433,93 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     json_decref(obj);
     if (rc != 0 || putc('\n', pt->fp) == EOF)
         return write_failed(pt, rc != 0 ? err : errno, errstr, errstr_size);
+    return LK_OK;
+}
+
+/* 1 if the two files hold the same bytes, 0 if not, -1 (errno) if one cannot be read. */
+static int same_bytes(const char *a, const char *b) {
+    int fa = open(a, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), fb = -1;
+    if (fa < 0 || (fb = open(b, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+        int e = errno;
+        if (fa >= 0)
+            close(fa);
+        errno = e;
+        return -1;
+    }
+    static _Thread_local char ba[65536], bb[65536];
+    int same = -1;
+    for (;;) {
+        ssize_t na = read(fa, ba, sizeof ba), nb = 0;
+        while (na > 0 && nb < na) { /* read b to the same length */
+            ssize_t r = read(fb, bb + nb, (size_t)(na - nb));
+            if (r <= 0)
+                break;
+            nb += r;
+        }
+        if (na < 0 || nb < 0)
+            break;
+        if (na != nb || memcmp(ba, bb, (size_t)na)) {
+            same = 0;
+            break;
+        }
+        if (na == 0) {
+            same = read(fb, bb, 1) == 0;
+            break;
+        }
+    }
+    int e = errno;
+    close(fa);
+    close(fb);
+    errno = e;
+    return same;
+}
+
+/* Move pt's temporary file to its final name without ever replacing a file there. A
+ * final name that exists already holds this very batch of this sink and checkpoint (the
+ * name says so) from a delivery interrupted before its acknowledgement: with the same
+ * bytes it counts as delivered; with other bytes it is left alone and the sink stops. */
+static lk_err_t place(part_t *pt, char *errstr, size_t errstr_size) {
+    /* Upgraded from a version that named files <app>-<batch>.<ext>: a batch it delivered
+     * but did not acknowledge before the upgrade is already there under that name, with
+     * the same bytes (the content does not depend on the version): not written twice. */
+    struct stat lst;
+    if (lstat(pt->legacy, &lst) == 0 && S_ISREG(lst.st_mode) &&
+        same_bytes(pt->tmp, pt->legacy) == 1) {
+        lk__log(LK_LOG_INFO, "partition %d: %s was already delivered (before the upgrade)",
+                (int)pt->partition, pt->legacy);
+        if (unlink(pt->tmp) != 0)
+            return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
+                           (int)pt->partition, pt->tmp, strerror(errno));
+        return LK_OK;
+    }
+    int rc = renameat2(AT_FDCWD, pt->tmp, AT_FDCWD, pt->final, RENAME_NOREPLACE);
+    if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
+        /* a file system without RENAME_NOREPLACE: link() never replaces either */
+        rc = link(pt->tmp, pt->final);
+        if (rc == 0 && unlink(pt->tmp) != 0)
+            return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
+                           (int)pt->partition, pt->tmp, strerror(errno));
+    }
+    if (rc == 0)
+        return LK_OK;
+    if (errno != EEXIST)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot rename %s to %s: %s",
+                       (int)pt->partition, pt->tmp, pt->final, strerror(errno));
+    int same = same_bytes(pt->tmp, pt->final);
+    if (same < 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size,
+                       "partition %d: %s exists and cannot be compared: %s", (int)pt->partition,
+                       pt->final, strerror(errno));
+    if (!same)
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                       "partition %d: %s exists with other content than this batch's output; "
+                       "refusing to overwrite it (was it edited, or copied from elsewhere?)",
+                       (int)pt->partition, pt->final);
+    lk__log(LK_LOG_INFO, "partition %d: %s was already delivered (same bytes)",
+            (int)pt->partition, pt->final);
+    if (unlink(pt->tmp) != 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
+                       (int)pt->partition, pt->tmp, strerror(errno));
     return LK_OK;
 }
 
@@ -358,10 +543,9 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     lk__faultpoint("during-file-rename");
     for (size_t i = 0; i < f->nparts; i++) {
         part_t *pt = &f->parts[i];
-        if (rename(pt->tmp, pt->final) != 0)
-            return lk__err(LK_ERR_IO, errstr, errstr_size,
-                           "partition %d: cannot rename %s to %s: %s", (int)pt->partition,
-                           pt->tmp, pt->final, strerror(errno));
+        lk_err_t e = place(pt, errstr, errstr_size);
+        if (e)
+            return e;
         pt->renamed = 1;
     }
     for (size_t i = 0; i < f->nparts; i++) {

@@ -135,6 +135,7 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
         return LK_OK;
     uint64_t fence = 0;
     char why[768] = "";
+    lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s", lk__store_checkpoint_id(store));
     lk_err_t e = s->ops->recover(s, &fence, why, sizeof why);
     if (e) {
         if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {

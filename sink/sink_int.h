@@ -68,6 +68,7 @@ struct lk_sink {
     int recovered;         /* recover() succeeded since open */
     void *impl;            /* the kind's own state */
     char fatal_msg[512];
+    char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1]; /* of the store, set by lk__sink_recover */
 };
 
 extern const lk__sink_ops_t lk__sink_kafka_ops;

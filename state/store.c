@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -58,7 +59,9 @@ struct lk_store {
     uint64_t outbox_bytes;
     char *app_id;
     int format;
+    int migrated_from; /* format before this open migrated it; 0: none */
     int64_t created_ms;
+    char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1];
     atomic_int fatal; /* set after fatal_msg is written; read from any thread */
     char fatal_msg[512];
     lk_store_txn_t *wtxn;
@@ -299,11 +302,11 @@ static int mkdir_p(const char *path) {
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0755) && errno != EEXIST)
+            if (mkdir(tmp, 0700) && errno != EEXIST)
                 return -1;
             *p = '/';
         }
-    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+    return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
 }
 
 static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
@@ -369,6 +372,40 @@ static void pack_cfg(const char *k, const char *v, void *o) {
     lk__pack_str(a->buf, v);
 }
 
+/* 1 if id is LK_CHECKPOINT_ID_LEN lowercase hex characters. */
+static int valid_checkpoint_id(const char *id, size_t n) {
+    if (n != LK_CHECKPOINT_ID_LEN)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* A fresh checkpoint id: 128 bits from getrandom(2) as hex. Two checkpoints of one app.id
+ * must never share an id, so no weaker source is used as a fallback. */
+static lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
+                                  size_t errstr_size) {
+    unsigned char raw[LK_CHECKPOINT_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return lk__err(LK_ERR_IO, errstr, errstr_size,
+                           "cannot make a checkpoint id: getrandom: %s", strerror(errno));
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[LK_CHECKPOINT_ID_LEN] = 0;
+    return LK_OK;
+}
+
 /* Read and check meta; fills s->app_id etc. Returns LK_OK or a refusal. */
 static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                            char *errstr, size_t errstr_size) {
@@ -419,6 +456,19 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                       s->dir, (int)app_len, app, want_app);
         goto out;
     }
+    if (format >= 2) {
+        /* from format 2 on the header names the checkpoint's id */
+        const char *id;
+        size_t id_len;
+        if (!lk__arr_str(&o, 5, &id, &id_len) || !valid_checkpoint_id(id, id_len)) {
+            err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                          "checkpoint %s is corrupt: meta header has no valid checkpoint id",
+                          s->dir);
+            goto out;
+        }
+        memcpy(s->checkpoint_id, id, id_len);
+        s->checkpoint_id[id_len] = 0;
+    }
     s->app_id = strndup(app, app_len);
     s->format = (int)format;
     s->created_ms = created;
@@ -429,16 +479,17 @@ out:
     return err;
 }
 
-static lk_err_t write_header(lk_store_t *s, MDB_txn *txn, const lk_store_opts_t *o,
-                             char *errstr, size_t errstr_size) {
+/* meta's header: [1, magic, format, app.id, created_ms, checkpoint id] */
+static lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
-    lk__pack_array(&b, 5);
+    lk__pack_array(&b, 6);
     lk__pack_i64(&b, 1);
     lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
     lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
-    lk__pack_str(&b, o->app_id);
-    lk__pack_i64(&b, lk__wall_ms());
+    lk__pack_str(&b, s->app_id);
+    lk__pack_i64(&b, s->created_ms);
+    lk__pack_str(&b, s->checkpoint_id);
     MDB_val k = {6, "header"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -555,8 +606,10 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         }
     }
 
-    /* 2. Single owner. */
-    if (!o->readonly && (err = take_lock(s, errstr, errstr_size)))
+    /* 2. Single owner, in a directory nobody else can plant links in (issue 15 item 8). */
+    if (!o->readonly &&
+        ((err = lk__dir_check_private(s->dir, o->conf && lk__conf_bool(o->conf, LK__P_DIR_ALLOW_SHARED) ? LK__DIR_ALLOW_SHARED : 0, errstr, errstr_size)) ||
+         (err = take_lock(s, errstr, errstr_size))))
         goto fail;
 
     /* 3. The environment. */
@@ -571,7 +624,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     }
     unsigned flags = MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0) |
                      (s->sync_interval ? MDB_NOSYNC : 0);
-    if ((rc = mdb_env_open(s->env, s->dir, flags, 0644))) {
+    if ((rc = mdb_env_open(s->env, s->dir, flags, 0600))) {
         if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
             err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                           "checkpoint %s is corrupt or not an LMDB file: %s", s->dir,
@@ -643,11 +696,25 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         goto fail;
     }
     if (creating) {
-        err = write_header(s, txn, o, errstr, errstr_size);
-        if (!err && !(s->app_id = strdup(o->app_id)))
-            err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         s->format = LK_CHECKPOINT_FORMAT;
         s->created_ms = lk__wall_ms();
+        if (!(s->app_id = strdup(o->app_id)))
+            err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        if (!err)
+            err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+        if (!err)
+            err = write_header(s, txn, errstr, errstr_size);
+    } else if (s->format < LK_CHECKPOINT_FORMAT) {
+        /* Migration, in this one transaction: a format-1 checkpoint gets its id now. */
+        err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+        if (!err)
+            err = write_header(s, txn, errstr, errstr_size);
+        if (!err) {
+            lk__log(LK_LOG_NOTICE, "checkpoint %s: migrated from format %d to %d (checkpoint id %s)",
+                    s->dir, s->format, LK_CHECKPOINT_FORMAT, s->checkpoint_id);
+            s->migrated_from = s->format;
+            s->format = LK_CHECKPOINT_FORMAT;
+        }
     }
     if (!err && o->conf)
         err = write_config(s, txn, o->conf, errstr, errstr_size);
@@ -684,6 +751,8 @@ const char *lk__store_app_id(const lk_store_t *s) { return s->app_id; }
 int lk__store_format(const lk_store_t *s) { return s->format; }
 int64_t lk__store_created_ms(const lk_store_t *s) { return s->created_ms; }
 const char *lk__store_dir(const lk_store_t *s) { return s->dir; }
+const char *lk__store_checkpoint_id(const lk_store_t *s) { return s->checkpoint_id; }
+int lk__store_migrated_from(const lk_store_t *s) { return s->migrated_from; }
 size_t lk__store_map_size(const lk_store_t *s) { return s->map_size; }
 uint64_t lk__store_committed_batch(const lk_store_t *s) { return s->committed_batch; }
 uint64_t lk__store_durable_batch(const lk_store_t *s) { return s->durable_batch; }
@@ -1198,7 +1267,9 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
         return 0;
     const lk__obj_t *hs = lk__arr_at(&o, 5);
     size_t n = hs ? lk__arr_len(hs) : (size_t)-1;
-    if (n == (size_t)-1 || n > hcap)
+    if (n == (size_t)-1)
+        return 0;
+    if (n > hcap && !(hbuf = lk__zone_alloc(&t->tmp, n * sizeof *hbuf))) /* a copied record may carry any number of headers */
         return 0;
     for (size_t i = 0; i < n; i++) {
         const lk__obj_t *h = lk__arr_at(hs, i);

@@ -20,8 +20,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/** Version of the checkpoint layout. Bumped when old builds cannot read new files. */
-#define LK_CHECKPOINT_FORMAT 1
+/**
+ * Version of the checkpoint layout. Bumped when old builds cannot read new files.
+ *  1: the first layout.
+ *  2: meta's header carries the checkpoint id. A format-1 checkpoint opened for writing is
+ *     migrated (given a fresh id) in the open's write transaction; opened read-only it is
+ *     described as it is (no id yet).
+ */
+#define LK_CHECKPOINT_FORMAT 2
+/** Length of a checkpoint id in hex characters (128 random bits). */
+#define LK_CHECKPOINT_ID_LEN 32
 /** The magic string in the meta header. */
 #define LK_CHECKPOINT_MAGIC "lockstep-checkpoint"
 
@@ -65,6 +73,22 @@ const char *lk__store_app_id(const lk_store_t *s);
 int lk__store_format(const lk_store_t *s);
 int64_t lk__store_created_ms(const lk_store_t *s);
 const char *lk__store_dir(const lk_store_t *s);
+
+/**
+ * The checkpoint's identity: 128 random bits (getrandom(2)) made when the checkpoint was
+ * created (or when a format-1 checkpoint was migrated), as LK_CHECKPOINT_ID_LEN lowercase
+ * hex characters and a NUL. Valid while s is open. Outputs name it, so that output of
+ * another checkpoint under the same app.id is recognised, never trusted or overwritten.
+ * "" only for a format-1 checkpoint opened read-only (it gets its id at its next run).
+ */
+const char *lk__store_checkpoint_id(const lk_store_t *s);
+
+/**
+ * The format this open migrated the checkpoint from (e.g. 1), or 0 when it was created by
+ * this open or already had the current format. Lets other modules treat records written
+ * before the migration (e.g. progress records without a checkpoint id) as they must.
+ */
+int lk__store_migrated_from(const lk_store_t *s);
 
 /** Current map size in bytes (grows on MDB_MAP_FULL). */
 size_t lk__store_map_size(const lk_store_t *s);

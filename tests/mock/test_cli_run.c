@@ -353,6 +353,8 @@ typedef struct {
     int64_t offset, batch;
     char *key; /* NULL: no key */
     char *value;
+    char *headers; /* Kafka only: "name=value;" per header other than lockstep.*, in order */
+    int64_t ts;    /* Kafka only: the timestamp */
 } rec_t;
 
 typedef struct {
@@ -364,6 +366,7 @@ static void recs_free(recs_t *rs) {
     for (size_t i = 0; i < rs->n; i++) {
         free(rs->r[i].key);
         free(rs->r[i].value);
+        free(rs->r[i].headers);
     }
     rs->n = 0;
 }
@@ -415,6 +418,16 @@ static void read_topic(const char *topic, recs_t *rs) {
                 !rd_kafka_header_get_last(h, "lockstep.batch", &v, &n) && n < sizeof b)
                 memcpy(b, v, n);
             r->batch = b[0] ? atoll(b) : -1;
+            r->ts = rd_kafka_message_timestamp(m, NULL);
+            char *text = NULL;
+            size_t tlen = 0;
+            FILE *tf = open_memstream(&text, &tlen);
+            const char *hn;
+            for (size_t i = 0; h && !rd_kafka_header_get_all(h, i, &hn, &v, &n); i++)
+                if (strncmp(hn, "lockstep.", 9))
+                    fprintf(tf, "%s=%.*s;", hn, v ? (int)n : 6, v ? (const char *)v : "<null>");
+            fclose(tf);
+            r->headers = text;
         }
         rd_kafka_message_destroy(m);
     }
@@ -931,7 +944,8 @@ Test(cli_run, configuration_errors_exit_2_naming_key_and_reason) {
     EXPECT_RUN(2, "-X output.partition=random", "output.partition",
                "\"random\" is not one of hash|keep");
     EXPECT_RUN(2, "-X kafka.acks=bogus", "kafka.acks", "Invalid value");
-    EXPECT_RUN(2, "-X app.id", "-X takes key=value, not 'app.id'");
+    /* never echoed whole: the argument may be a password given without its key */
+    EXPECT_RUN(2, "-X app.id", "-X takes key=value; argument 2 has no '=' (not shown");
     EXPECT_RUN(2, "-X =x", "-X takes key=value");
     EXPECT_RUN(2, "-X", "-X needs an argument");
     EXPECT_RUN(2, "stray", "unexpected argument 'stray'");
@@ -1027,4 +1041,174 @@ Test(cli_run, demo_verifies) {
     cr_assert_eq(rc, 0, "demo exit status %d\n%s", rc, out);
     cr_assert(strstr(out, "verified"), "%s", out);
     free(out);
+}
+
+/* ---- records keep every byte (issue 15 items 16-18) ---- */
+
+Test(cli_run, sum_by_key_sums_integers_exactly_and_refuses_overflow) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    /* 2^53 + 1 is not a double: summed in doubles it became 2^53 */
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9007199254740992}");
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":1}");
+    produce("in", 0, NULL, "{\"k\":\"neg\",\"v\":-9223372036854775807}");
+    produce("in", 0, NULL, "{\"k\":\"neg\",\"v\":-1}");
+    produce("in", 0, NULL, "{\"k\":\"mix\",\"v\":1}");
+    produce("in", 0, NULL, "{\"k\":\"mix\",\"v\":0.5}");
+    /* JSON strings holding \u0000 are valid JSON (jansson refuses them by default) */
+    produce("in", 0, NULL, "{\"k\":\"nul\",\"v\":2,\"note\":\"a\\u0000b\"}");
+    flush_input();
+    RUN_START("sum64", "pipeline=sum-by-key", "key.field=k", "value.field=v", "input.topics=in",
+              "output.topic=out", fmt("errors.deadletter=file:%s", path("dead")));
+    wait_input(7);
+    /* the next batch overflows int64 for key "big" */
+    produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9223372036854775807}");
+    flush_input();
+    int rc = wait_exit(&run_pid, 30);
+    char *err = slurp(path("stderr.txt"));
+    cr_assert_eq(rc, 1, "exit status %d; stderr: %s", rc, err);
+    cr_assert(strstr(err, "sum of key 'big' overflows 64-bit integers (9007199254740993 + "
+                          "9223372036854775807)"),
+              "%s", err);
+    free(err);
+    table_t got;
+    kafka_latest("out", &got);
+    cr_assert_str_eq(table_text(&got),
+                     "big=9007199254740993 mix=1.5 neg=-9223372036854775808 nul=2");
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), -1, "\\u0000 is not malformed (none counted)");
+    cr_assert_eq(offset_of(doc, "in", 0), 7, "nothing of the overflowing batch is committed");
+    json_decref(doc);
+}
+
+Test(cli_run, lines_format_one_record_per_line) {
+    broker_start((const char *const[]){"in:1", NULL});
+    /* a newline inside a value made two records of one (3 in, 5 out) */
+    produce("in", 0, "k1", "one\ntwo");
+    produce("in", 0, "k2", "plain");
+    produce("in", 0, "k3", "back\\slash\r\n");
+    flush_input();
+    RUN_START("lines", "pipeline=copy", "input.topics=in", "output.partition=keep",
+              fmt("output.dir=%s", path("out")), "output.format=lines");
+    wait_input(3);
+    run_stop();
+    char pdir[700];
+    snprintf(pdir, sizeof pdir, "%s/0", path("out"));
+    DIR *d = opendir(pdir);
+    cr_assert_not_null(d, "%s", pdir);
+    struct dirent *de;
+    char *text = NULL;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            cr_assert_null(text, "one batch, one file");
+            char f[1000];
+            snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
+            text = slurp(f);
+            cr_assert(strstr(de->d_name, "lines+to-files+") == de->d_name, "%s", de->d_name);
+        }
+    closedir(d);
+    cr_assert_not_null(text);
+    cr_assert_str_eq(text, "one\\ntwo\nplain\nback\\\\slash\\r\\n\n");
+    free(text);
+}
+
+Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    /* two 300-byte words equal in their first 256 bytes: the old tokenizer cut both to
+     * 256 bytes and counted them as one word */
+    char wa[301], wb[301], bad[700];
+    memset(wa, 'a', 300);
+    memset(wb, 'a', 300);
+    wa[256] = 'x';
+    wb[256] = 'y';
+    wa[300] = wb[300] = '\0';
+    snprintf(bad, sizeof bad, "short ");
+    memset(bad + 6, 'z', 600); /* a 600-byte word: more than the checkpoint's key limit */
+    bad[606] = '\0';
+    produce("in", 0, NULL, wa);
+    produce("in", 0, NULL, wb);
+    produce("in", 0, NULL, wa);
+    produce("in", 0, NULL, bad);
+    flush_input();
+    RUN_START("wclong", "pipeline=wordcount", "input.topics=in", "output.topic=out",
+              fmt("errors.deadletter=file:%s", path("dead")));
+    wait_input(4);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    const char *va = NULL, *vb = NULL;
+    int64_t ba = -1, bb = -1;
+    for (size_t i = 0; i < rs->n; i++) {
+        cr_assert_not_null(rs->r[i].key);
+        cr_assert_neq(strcmp(rs->r[i].key, "short"), 0, "the malformed record is not counted");
+        if (!strcmp(rs->r[i].key, wa) && rs->r[i].batch > ba)
+            va = rs->r[i].value, ba = rs->r[i].batch;
+        else if (!strcmp(rs->r[i].key, wb) && rs->r[i].batch > bb)
+            vb = rs->r[i].value, bb = rs->r[i].batch;
+        else
+            cr_assert(!strcmp(rs->r[i].key, wa) || !strcmp(rs->r[i].key, wb),
+                      "unexpected word of %zu bytes", strlen(rs->r[i].key));
+    }
+    cr_assert(va && vb, "both 300-byte words counted");
+    cr_assert_str_eq(va, "2");
+    cr_assert_str_eq(vb, "1");
+    recs_free(rs);
+    free(rs);
+    recs_t *dead = calloc(1, sizeof *dead);
+    cr_assert_eq(read_files(path("dead"), 0, dead), 1);
+    cr_assert_eq(dead->n, 1);
+    cr_assert_str_eq(dead->r[0].value, bad);
+    recs_free(dead);
+    free(dead);
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "errors.malformed"), 1);
+    json_decref(doc);
+}
+
+Test(cli_run, copy_keeps_headers_and_timestamp) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    rd_kafka_header_add(h, "h1", -1, "v1", -1);
+    rd_kafka_header_add(h, "h2", -1, NULL, 0);
+    rd_kafka_header_add(h, "h1", -1, "v1b", -1);
+    produce("in", 0, "k0", "warm-up"); /* creates the producer */
+    cr_assert_eq(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("in"), RD_KAFKA_V_PARTITION(0),
+                                   RD_KAFKA_V_KEY("k", 1), RD_KAFKA_V_VALUE("v", 1),
+                                   RD_KAFKA_V_TIMESTAMP(1234567), RD_KAFKA_V_HEADERS(h),
+                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                 0);
+    flush_input();
+    RUN_START("cph", "pipeline=copy", "input.topics=in", "output.topic=out",
+              "output.partition=keep", fmt("output.dir=%s", path("files")));
+    wait_input(2);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    cr_assert_eq(rs->n, 2);
+    cr_assert_str_eq(rs->r[1].key, "k");
+    cr_assert_str_eq(rs->r[1].headers, "h1=v1;h2=<null>;h1=v1b;", "headers kept, in order");
+    cr_assert_eq(rs->r[1].ts, 1234567, "timestamp kept");
+    cr_assert_str_eq(rs->r[0].headers, "");
+    recs_free(rs);
+    free(rs);
+    /* the jsonl file: headers only on the record that has some */
+    char pdir[700], *text = NULL;
+    snprintf(pdir, sizeof pdir, "%s/0", path("files"));
+    DIR *d = opendir(pdir);
+    cr_assert_not_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            char f[1000];
+            snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
+            text = slurp(f);
+        }
+    closedir(d);
+    cr_assert_not_null(text);
+    cr_assert(strstr(text, "{\"key\":\"k\",\"value\":\"v\",\"timestamp\":1234567,\"headers\":"
+                           "[{\"name\":\"h1\",\"value\":\"v1\"},{\"name\":\"h2\",\"value\":null},"
+                           "{\"name\":\"h1\",\"value\":\"v1b\"}]}\n"),
+              "%s", text);
+    cr_assert(strstr(text, "\"value\":\"warm-up\",\"timestamp\":") && !strstr(text, "up\",\"timestamp\":1234567"),
+              "%s", text);
+    free(text);
 }

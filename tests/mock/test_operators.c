@@ -285,3 +285,101 @@ Test(operators, several_input_topics) {
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
 }
+
+/* ---- hostile definitions (issue 15 items 9 and 19) ---- */
+
+static char long_list[2048];
+
+static void define_long_list(lk_pipeline_t *p, void *opaque) {
+    obs_t *o = opaque;
+    lk_stream_t *in = lk_kafka_stream(p, long_list);
+    lk_foreach_batch(lk_map(in, "tag", tag_topic, NULL), "observe", observe, o);
+}
+
+Test(operators, input_topic_list_longer_than_a_uid) {
+    /* 12 topics of 40 characters: 491 characters, far past the 200 of a uid (the old
+     * derivation refused any list past ~194) and well within input.topics' 4000 */
+    size_t off = 0;
+    for (int i = 0; i < 12; i++) {
+        char t[64];
+        snprintf(t, sizeof t, "a-rather-long-input-topic-name-number-%02d", i);
+        mu_topic(&cl, t, 1);
+        off += (size_t)snprintf(long_list + off, sizeof long_list - off, "%s%s", i ? "," : "", t);
+    }
+    cr_assert_eq(off, 491);
+    mu_produce(&cl, "a-rather-long-input-topic-name-number-11", 0, NULL, "x");
+    mu_flush(&cl);
+    obs_t o = {0};
+    lk_conf_t *conf = mu_conf(&cl, "long", dir);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_long_list, &o, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_str_eq(o.out, "a-rather-long-input-topic-name-number-11=x;");
+    lk_context_destroy(ctx);
+    /* the same list again: the same uid, so the checkpoint is reused (no topology error) */
+    o.out[0] = 0;
+    ctx = lk_context_get_or_create(conf, define_long_list, &o, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
+
+static void define_two_file_sinks(lk_pipeline_t *p, void *opaque) {
+    const char *out = opaque;
+    char again[512];
+    snprintf(again, sizeof again, "%s/./", out); /* the same directory, spelled otherwise */
+    lk_stream_t *in = lk_kafka_stream(p, "in");
+    lk_to_files(in, "to-files", out, "jsonl");
+    lk_to_files(in, "deadletter", again, "jsonl");
+}
+
+Test(operators, two_file_sinks_on_one_directory_are_refused) {
+    char out[400];
+    snprintf(out, sizeof out, "%s/out", dir);
+    lk_conf_t *conf = mu_conf(&cl, "clash", dir);
+    char err[1024];
+    cr_assert_null(lk_context_get_or_create(conf, define_two_file_sinks, out, err, sizeof err));
+    cr_assert(strstr(err, "sinks 'to-files' and 'deadletter' both write files to") &&
+                  strstr(err, "a directory of its own"),
+              "%s", err);
+    lk_conf_destroy(conf);
+}
+
+/* ---- what plugins see of a record (issue 15 item 14) ---- */
+
+static void note_type(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
+    (void)b;
+    obs_t *o = opaque;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(o->out);
+        snprintf(o->out + len, sizeof o->out - len, "%s:%d:%zu;", recs[i].topic ? "in" : "derived",
+                 (int)recs[i].timestamp_type, recs[i].nheaders);
+    }
+}
+
+static void copy_value(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    lk_emit(b, in->key, in->key_len, in->value, in->value_len);
+}
+
+static void define_types(lk_pipeline_t *p, void *opaque) {
+    lk_stream_t *in = lk_kafka_stream(p, "in");
+    lk_foreach_batch(in, "input", note_type, opaque);
+    lk_foreach_batch(lk_map(in, "derive", copy_value, NULL), "derived", note_type, opaque);
+}
+
+Test(operators, records_expose_timestamp_type_and_headers) {
+    mu_produce(&cl, "in", 0, NULL, "x");
+    mu_flush(&cl);
+    obs_t o = {0};
+    lk_conf_t *conf = mu_conf(&cl, "types", dir);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_types, &o, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    /* input: CreateTime as produced, no headers; derived: no Kafka timestamp type */
+    cr_assert_str_eq(o.out, "in:1:0;derived:0:0;");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}

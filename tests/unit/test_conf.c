@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static lk_conf_t *conf;
 static char err[1024];
@@ -216,4 +217,156 @@ Test(conf, parse_bytes) {
     cr_assert_eq(lk__parse_bytes("-1", &v), -1);
     cr_assert_eq(lk__parse_bytes("", &v), -1);
     cr_assert_eq(lk__parse_bytes("99999999999T", &v), -1);
+}
+
+/* ---- hostile configuration (issue 15, items 12 and 13) ---- */
+
+static const char *write_bytes(char *dir, const void *data, size_t len) {
+    static char path[4200];
+    snprintf(path, sizeof path, "%s/app.properties", dir);
+    tu_write_file(path, data, len);
+    return path;
+}
+
+Test(conf, properties_trailing_backslash_at_eof_is_refused) {
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    /* the old loader dropped the line: "app.id is required" later, for a key that was set */
+    const char *path = write_file(dir, "checkpoint.dir=/x\napp.id=abc\\");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:2: the last line ends with '\\'"), "%s", err);
+    /* with its newline too */
+    path = write_file(dir, "app.id=abc\\\n");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:1: the last line ends with '\\'"), "%s", err);
+    /* a continuation into an empty line ends the value there (as Java's Properties) */
+    path = write_file(dir, "app.id=abc\\\n\n");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_OK, "%s", err);
+    cr_assert_str_eq(lk_conf_get(conf, "app.id"), "abc");
+    /* an even number of backslashes is an escaped backslash, not a continuation */
+    path = write_file(dir, "plugin.x=a\\\\");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_OK, "%s", err);
+    cr_assert_str_eq(lk_conf_get(conf, "plugin.x"), "a\\");
+    tu_rmrf(dir);
+}
+
+Test(conf, properties_nul_byte_is_refused) {
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    /* the old loader kept "ab": the rest of the value vanished silently */
+    const char *path = write_bytes(dir, "app.id=x\nplugin.v=ab\0cd\n", 24);
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:2: contains a NUL byte"), "%s", err);
+    cr_assert_null(lk_conf_get(conf, "plugin.v"));
+    tu_rmrf(dir);
+}
+
+Test(conf, properties_escaped_nul_is_refused) {
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    const char *path = write_file(dir, "plugin.v=ab\\u0000cd\n");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:1: \\u0000 (a NUL character) is not allowed"), "%s",
+              err);
+    cr_assert_null(lk_conf_get(conf, "plugin.v"));
+    tu_rmrf(dir);
+}
+
+Test(conf, properties_surrogate_pairs_become_utf8) {
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    /* U+1F600 as Java writes it: a UTF-16 surrogate pair */
+    const char *path = write_file(dir, "plugin.v=a\\uD83D\\uDE00b\n");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_OK, "%s", err);
+    cr_assert_str_eq(lk_conf_get(conf, "plugin.v"), "a\xf0\x9f\x98\x80" "b");
+    path = write_file(dir, "plugin.v=\\uD83Dx\n");
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "high surrogate without its low half"), "%s", err);
+    tu_rmrf(dir);
+}
+
+Test(conf, properties_dev_zero_fails_fast, .timeout = 10) {
+    /* the old loader grew one line without bound (12 GB in 20 s) */
+    cr_assert_eq(lk_conf_load_file(conf, "/dev/zero", err, sizeof err), LK_CONF_INVALID);
+    cr_assert_str_eq(err, "/dev/zero:1: contains a NUL byte: not a text .properties file");
+}
+
+Test(conf, properties_line_and_file_caps) {
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    size_t n = (1 << 20) + 100;
+    char *big = malloc(n + 32);
+    cr_assert_not_null(big);
+    strcpy(big, "app.id=x\nplugin.v=");
+    memset(big + strlen(big), 'a', n);
+    big[n] = '\n';
+    const char *path = write_bytes(dir, big, n + 1);
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:2: line longer than the 1024 KiB"), "%s", err);
+    free(big);
+    /* a file larger than the cap is refused before it is read */
+    char huge[4200];
+    snprintf(huge, sizeof huge, "%s/huge.properties", dir);
+    FILE *fp = fopen(huge, "w");
+    cr_assert_not_null(fp);
+    cr_assert_eq(ftruncate(fileno(fp), (off_t)9 << 20), 0);
+    fclose(fp);
+    cr_assert_eq(lk_conf_load_file(conf, huge, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "9437184 bytes is larger than the 8 MiB"), "%s", err);
+    /* a directory is named as such */
+    cr_assert_eq(lk_conf_load_file(conf, dir, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "is a directory"), "%s", err);
+    tu_rmrf(dir);
+}
+
+Test(conf, secret_keys) {
+    const char *secret[] = {"kafka.sasl.password", "kafka.ssl.key.password",
+                            "kafka.ssl.key.pem", "kafka.ssl.keystore.password",
+                            "kafka.sasl.oauthbearer.config",
+                            "kafka.sasl.oauthbearer.client.secret", "kafka.ssl.key.location",
+                            "plugin.api.token", "plugin.db.key", "plugin.apikey",
+                            "plugin.s3.secret_access_key", "plugin.db.PASSWORD",
+                            "plugin.gcp-credentials", "plugin.x.auth_token.file"};
+    const char *open_[] = {"kafka.bootstrap.servers", "kafka.sasl.username",
+                           "kafka.ssl.certificate.location", "kafka.client.id", "app.id",
+                           "checkpoint.dir", "plugin.batch.size", "plugin.keyspace",
+                           "plugin.monkeys",
+                           "plugin.keyspace.name"};
+    for (size_t i = 0; i < sizeof secret / sizeof *secret; i++)
+        cr_assert(lk__conf_is_secret(secret[i]), "%s should be secret", secret[i]);
+    for (size_t i = 0; i < sizeof open_ / sizeof *open_; i++)
+        cr_assert(!lk__conf_is_secret(open_[i]), "%s should not be secret", open_[i]);
+}
+
+Test(conf, plugin_secrets_redacted) {
+    cr_assert_eq(lk_conf_set(conf, "plugin.api.token", "tok-123", err, sizeof err), LK_CONF_OK);
+    cr_assert_eq(lk_conf_set(conf, "plugin.db.key", "k-456", err, sizeof err), LK_CONF_OK);
+    cr_assert_eq(lk_conf_set(conf, "plugin.batch.size", "10", err, sizeof err), LK_CONF_OK);
+    char buf[8192] = "";
+    lk_conf_foreach(conf, 1, collect, buf);
+    cr_assert_null(strstr(buf, "tok-123"), "%s", buf);
+    cr_assert_null(strstr(buf, "k-456"), "%s", buf);
+    cr_assert(strstr(buf, "plugin.api.token=[redacted]\n"), "%s", buf);
+    cr_assert(strstr(buf, "plugin.db.key=[redacted]\n"), "%s", buf);
+    cr_assert(strstr(buf, "plugin.batch.size=10\n"), "%s", buf);
+    /* the plugin itself still reads the value */
+    cr_assert_str_eq(lk_conf_get(conf, "plugin.api.token"), "tok-123");
+}
+
+Test(conf, rejected_cli_argument_echoes_only_the_key) {
+    const char *cli = getenv("LK_CLI");
+    cr_assert_not_null(cli, "LK_CLI not set");
+    char cmd[4400], *out = NULL;
+    /* a typo in the key: the old message quoted the whole argument, password included */
+    snprintf(cmd, sizeof cmd, "%s run -X kafka.sasl.pasword=hunter2 2>&1", cli);
+    cr_assert_eq(tu_run(cmd, &out), 2, "%s", out);
+    cr_assert_null(strstr(out, "hunter2"), "%s", out);
+    cr_assert(strstr(out, "lockstep: -X kafka.sasl.pasword: "), "%s", out);
+    free(out);
+    out = NULL;
+    snprintf(cmd, sizeof cmd, "%s run -X hunter2 2>&1", cli);
+    cr_assert_eq(tu_run(cmd, &out), 2, "%s", out);
+    cr_assert_null(strstr(out, "hunter2"), "%s", out);
+    cr_assert(strstr(out, "has no '='"), "%s", out);
+    free(out);
 }

@@ -29,6 +29,7 @@ static void teardown(void) { tu_rmrf(dir); }
 TestSuite(store_lock, .init = setup, .fini = teardown);
 TestSuite(store_map, .init = setup, .fini = teardown);
 TestSuite(store_refuse, .init = setup, .fini = teardown);
+TestSuite(store_identity, .init = setup, .fini = teardown);
 
 static char E[1024];
 #define ES E, sizeof E
@@ -360,6 +361,8 @@ Test(store_refuse, another_app_id) {
     expect_intact("app-a");
 }
 
+#define TEST_CHECKPOINT_ID "00112233445566778899aabbccddeeff"
+
 /* Replace meta/header through raw LMDB. */
 static void put_raw_header(const void *data, size_t len) {
     MDB_env *env;
@@ -379,12 +382,14 @@ static void put_raw_header(const void *data, size_t len) {
 static void put_header(int64_t ver, const char *magic, int64_t format, const char *app) {
     lk__buf_t b;
     lk__buf_init(&b);
-    lk__pack_array(&b, 5);
+    lk__pack_array(&b, format >= 2 ? 6 : 5); /* format 2 added the checkpoint id */
     lk__pack_i64(&b, ver);
     lk__pack_str(&b, magic);
     lk__pack_i64(&b, format);
     lk__pack_str(&b, app);
     lk__pack_i64(&b, 1700000000000LL);
+    if (format >= 2)
+        lk__pack_str(&b, TEST_CHECKPOINT_ID);
     put_raw_header(b.data, b.len);
     lk__buf_free(&b);
 }
@@ -592,4 +597,91 @@ Test(store_refuse, creation_killed_before_the_first_commit) {
     s = tu_open(dir, "app");
     lk__store_close(s);
     expect_refusal(dir, "other", 0, LK_ERR_APP_MISMATCH, "\"app\"");
+}
+
+/* ---- identity ---- */
+
+static int is_checkpoint_id(const char *id) {
+    return strlen(id) == LK_CHECKPOINT_ID_LEN &&
+           strspn(id, "0123456789abcdef") == LK_CHECKPOINT_ID_LEN;
+}
+
+Test(store_identity, a_new_checkpoint_gets_a_random_id_that_stays) {
+    char p1[4200], p2[4200], id1[LK_CHECKPOINT_ID_LEN + 1];
+    tu_path(p1, sizeof p1, dir, "one");
+    tu_path(p2, sizeof p2, dir, "two");
+    lk_store_t *s = tu_open(p1, "app");
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
+              lk__store_checkpoint_id(s));
+    cr_assert_eq(lk__store_migrated_from(s), 0);
+    strcpy(id1, lk__store_checkpoint_id(s));
+    lk__store_close(s);
+    s = tu_open(p1, "app");
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "the id is kept across opens");
+    lk__store_close(s);
+    lk_store_opts_t o = {.dir = p1, .readonly = 1};
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "read-only open sees the same id");
+    lk__store_close(s);
+    /* another checkpoint of the same app.id is another checkpoint */
+    s = tu_open(p2, "app");
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)));
+    cr_assert_str_neq(lk__store_checkpoint_id(s), id1);
+    lk__store_close(s);
+}
+
+/* A checkpoint of format 1 (no id) is migrated at its first writable open: it gets an
+ * id, keeps everything else; read-only it is described as it is and left untouched. */
+Test(store_identity, format_1_is_migrated_at_the_first_writable_open) {
+    make_checkpoint("app");
+    put_header(1, LK_CHECKPOINT_MAGIC, 1, "app");
+    uint64_t before = tu_dir_digest(dir);
+    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_t *s;
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_eq(lk__store_format(s), 1);
+    cr_assert_str_eq(lk__store_checkpoint_id(s), "");
+    lk__store_close(s);
+    cr_assert_eq(tu_dir_digest(dir), before, "a read-only open migrated the checkpoint");
+
+    s = tu_open(dir, "app");
+    cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
+    cr_assert_eq(lk__store_migrated_from(s), 1);
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
+              lk__store_checkpoint_id(s));
+    cr_assert_eq(lk__store_created_ms(s), 1700000000000LL, "creation time kept");
+    char id[LK_CHECKPOINT_ID_LEN + 1];
+    strcpy(id, lk__store_checkpoint_id(s));
+    lk__store_close(s);
+    expect_intact("app");
+    s = tu_open(dir, "app");
+    cr_assert_eq(lk__store_migrated_from(s), 0, "migrated once");
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id);
+    lk__store_close(s);
+}
+
+Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
+    make_checkpoint("app");
+    lk__buf_t b;
+    lk__buf_init(&b);
+    lk__pack_array(&b, 5); /* format 2 but no id */
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
+    lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
+    lk__pack_str(&b, "app");
+    lk__pack_i64(&b, 1700000000000LL);
+    put_raw_header(b.data, b.len);
+    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
+    expect_refusal(dir, NULL, 1, LK_ERR_CORRUPT, "checkpoint id");
+    lk__buf_reset(&b);
+    lk__pack_array(&b, 6); /* an id that is not 32 lowercase hex characters */
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
+    lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
+    lk__pack_str(&b, "app");
+    lk__pack_i64(&b, 1700000000000LL);
+    lk__pack_str(&b, "00112233445566778899AABBCCDDEEFF");
+    put_raw_header(b.data, b.len);
+    lk__buf_free(&b);
+    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
 }
