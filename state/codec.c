@@ -45,6 +45,8 @@ void lk__buf_free(lk__buf_t *b) {
     b->len = b->cap = 0;
 }
 
+void lk__buf_append(lk__buf_t *b, const void *p, size_t n) { buf_write(b, p, n); }
+
 void lk__pack_array(lk__buf_t *b, size_t n) { msgpack_pack_array(&b->pk, n); }
 void lk__pack_map(lk__buf_t *b, size_t n) { msgpack_pack_map(&b->pk, n); }
 void lk__pack_i64(lk__buf_t *b, int64_t v) { msgpack_pack_int64(&b->pk, v); }

@@ -13,6 +13,7 @@
 #include "store_int.h"
 #include "codec_int.h"
 #include "../core/conf_int.h"
+#include "../core/crc32c_int.h"
 #include "../core/util_int.h"
 
 #include <dirent.h>
@@ -20,6 +21,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +101,7 @@ struct lk_store_txn {
     size_t nseqs;
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
+    char err[512];     /* what the last failed read found wrong (lk__store_txn_errstr) */
 };
 
 static const char plan_key[] = "pending-plan"; /* meta key of the pending plan */
@@ -137,6 +140,72 @@ static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
     }
     return lk__err(e, errstr, errstr_size, "checkpoint %s: %s: %s", s->dir, what,
                    mdb_strerror(rc));
+}
+
+/* ---- checksums and corruption ---- */
+
+/*
+ * From format 2 on every value carries a checksum: 4 bytes, big-endian, appended to the
+ * msgpack value: CRC32C over the value and then its key, so that a flipped byte in
+ * either (LMDB has no checksums of its own) is found when the value is read, instead of
+ * being used. A format-1 checkpoint is read without them (read-only) or migrated.
+ */
+#define CRC_LEN 4
+
+static int sealed(const lk_store_t *s) { return s->format >= 2; }
+
+static uint32_t value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
+    return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
+}
+
+/* Append the checksum of (b's content, key) to b. */
+static void seal(lk__buf_t *b, const void *key, size_t klen) {
+    unsigned char tail[CRC_LEN];
+    lk__put_be32(tail, value_crc(b->data, b->len, key, klen));
+    lk__buf_append(b, tail, CRC_LEN);
+}
+
+/* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
+ * match (or v is too short to hold one). */
+static int unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
+    if (!sealed(s))
+        return 0;
+    if (v->mv_size < CRC_LEN)
+        return -1;
+    size_t n = v->mv_size - CRC_LEN;
+    const unsigned char *p = v->mv_data;
+    if (value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
+        return -1;
+    v->mv_size = n;
+    return 0;
+}
+
+/* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
+ * retried and never read as "absent": the caller stops with this message. */
+__attribute__((format(printf, 2, 3))) static lk_err_t corrupt(lk_store_txn_t *t,
+                                                              const char *fmt, ...) {
+    char what[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    lk__fmt(t->err, sizeof t->err,
+            "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a backup, "
+            "or start a new checkpoint.dir)",
+            t->s->dir, what);
+    return LK_ERR_CORRUPT;
+}
+
+const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
+
+/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like corrupt() does. */
+static lk_err_t read_failed(lk_store_txn_t *t, int rc, const char *what) {
+    lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
+                     ? LK_ERR_CORRUPT
+                     : LK_ERR_STORE;
+    lk__fmt(t->err, sizeof t->err, "checkpoint %s: %s: %s", t->s->dir, what,
+            mdb_strerror(rc));
+    return e;
 }
 
 /* ---- the replay log and MAP_FULL handling ---- */
@@ -432,7 +501,8 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
     const char *magic, *app;
     size_t magic_len, app_len;
     int64_t ver, format, created;
-    if (lk__unpack(&z, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 0, &ver) ||
+    size_t used = 0; /* the msgpack header; from format 2 on its checksum follows */
+    if (lk__unpack_next(&z, v.mv_data, v.mv_size, &used, &o) || !lk__arr_i64(&o, 0, &ver) ||
         !lk__arr_str(&o, 1, &magic, &magic_len) || magic_len != strlen(LK_CHECKPOINT_MAGIC) ||
         memcmp(magic, LK_CHECKPOINT_MAGIC, magic_len) || !lk__arr_i64(&o, 2, &format) ||
         !lk__arr_str(&o, 3, &app, &app_len) || !lk__arr_i64(&o, 4, &created)) {
@@ -446,6 +516,17 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                       "checkpoint %s has format version %lld, newer than this build "
                       "understands (%d); upgrade lockstep to read it",
                       s->dir, (long long)format, LK_CHECKPOINT_FORMAT);
+        goto out;
+    }
+    const unsigned char *hp = v.mv_data;
+    if (format < 1 ||
+        (format >= 2 ? v.mv_size - used != CRC_LEN ||
+                           value_crc(hp, used, "header", 6) != lk__get_be32(hp + used)
+                     : v.mv_size != used)) {
+        err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                      "checkpoint %s is corrupt: meta header fails its checksum (format %lld, "
+                      "%zu bytes)",
+                      s->dir, (long long)format, v.mv_size);
         goto out;
     }
     if (want_app && want_app[0] &&
@@ -490,6 +571,7 @@ static lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t e
     lk__pack_str(&b, s->app_id);
     lk__pack_i64(&b, s->created_ms);
     lk__pack_str(&b, s->checkpoint_id);
+    seal(&b, "header", 6);
     MDB_val k = {6, "header"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -506,6 +588,7 @@ static lk_err_t write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
     lk__pack_i64(&b, 1);
     lk__pack_map(&b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
+    seal(&b, "config", 6);
     MDB_val k = {6, "config"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -535,6 +618,90 @@ static lk_err_t load_last_batch(lk_store_t *s, MDB_txn *txn) {
         s->committed_batch = s->durable_batch = lk__get_be64(k.mv_data);
     mdb_cursor_close(c);
     return LK_OK;
+}
+
+/* Append the checksum to every value of dbi (format 1 -> 2); an LMDB error code. */
+static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
+    (void)s;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc)
+        return rc;
+    lk__buf_t b;
+    lk__buf_init(&b);
+    unsigned char key[MAX_KEY];
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size > MAX_KEY) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        /* copies: the put may move the page both point into */
+        memcpy(key, k.mv_data, k.mv_size);
+        MDB_val kc = {k.mv_size, key};
+        lk__buf_reset(&b);
+        lk__buf_append(&b, v.mv_data, v.mv_size);
+        seal(&b, key, kc.mv_size);
+        if (b.oom) {
+            rc = ENOMEM;
+            break;
+        }
+        MDB_val nv = {b.len, b.data};
+        if ((rc = mdb_cursor_put(c, &kc, &nv, MDB_CURRENT)))
+            break;
+    }
+    lk__buf_free(&b);
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Format 1 -> 2: seal every value of every database (the fixed ones and each
+ * state.<uid>) inside txn. */
+static int seal_all(lk_store_t *s, MDB_txn *txn) {
+    int rc = 0;
+    for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
+        rc = seal_db(s, txn, s->dbi[i]);
+    if (rc)
+        return rc;
+    MDB_dbi main;
+    MDB_cursor *c;
+    if ((rc = mdb_dbi_open(txn, NULL, 0, &main)) || (rc = mdb_cursor_open(txn, main, &c)))
+        return rc;
+    /* named databases are keys of the main database: collect the state ones first */
+    char (*names)[MAX_KEY + 1] = NULL;
+    size_t n = 0, cap = 0;
+    MDB_val k = {6, "state."}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
+            break;
+        if (k.mv_size > MAX_KEY) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char (*nn)[MAX_KEY + 1] = realloc(names, cap * sizeof *names);
+            if (!nn) {
+                rc = ENOMEM;
+                break;
+            }
+            names = nn;
+        }
+        memcpy(names[n], k.mv_data, k.mv_size);
+        names[n++][k.mv_size] = 0;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND || rc == 0)
+        rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        MDB_dbi dbi;
+        if (!(rc = mdb_dbi_open(txn, names[i], 0, &dbi)))
+            rc = seal_db(s, txn, dbi);
+    }
+    free(names);
+    return rc;
 }
 
 void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
@@ -681,52 +848,89 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         }
     }
 
-    /* 5. Create (new checkpoint) and record the effective config. */
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
-        err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
-        goto fail;
-    }
-    for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
-        rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
-    if (rc) {
-        mdb_txn_abort(txn);
-        err = mdb_err(s, rc, errstr, errstr_size, "creating databases");
-        goto fail;
-    }
-    if (creating) {
-        s->format = LK_CHECKPOINT_FORMAT;
-        s->created_ms = lk__wall_ms();
-        if (!(s->app_id = strdup(o->app_id)))
-            err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-        if (!err)
-            err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
-        if (!err)
-            err = write_header(s, txn, errstr, errstr_size);
-    } else if (s->format < LK_CHECKPOINT_FORMAT) {
-        /* Migration, in this one transaction: a format-1 checkpoint gets its id now. */
-        err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
-        if (!err)
-            err = write_header(s, txn, errstr, errstr_size);
-        if (!err) {
-            lk__log(LK_LOG_NOTICE, "checkpoint %s: migrated from format %d to %d (checkpoint id %s)",
-                    s->dir, s->format, LK_CHECKPOINT_FORMAT, s->checkpoint_id);
-            s->migrated_from = s->format;
-            s->format = LK_CHECKPOINT_FORMAT;
+    /* 5. Create (new checkpoint) or migrate (older format), and record the effective
+     * config, in one write transaction. A migration that fills the map grows it and
+     * starts again (nothing of the failed attempt was kept). */
+    int migrating = !creating && s->format < LK_CHECKPOINT_FORMAT;
+    for (;;) {
+        if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
+            err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
+            goto fail;
         }
+        for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
+            rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
+        if (rc) {
+            mdb_txn_abort(txn);
+            err = mdb_err(s, rc, errstr, errstr_size, "creating databases");
+            goto fail;
+        }
+        int full = 0;
+        if (creating) {
+            if (!s->app_id) {
+                s->format = LK_CHECKPOINT_FORMAT;
+                s->created_ms = lk__wall_ms();
+                if (!(s->app_id = strdup(o->app_id)))
+                    err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+                if (!err)
+                    err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+            }
+            if (!err)
+                err = write_header(s, txn, errstr, errstr_size);
+        } else if (migrating) {
+            /* format 1 -> 2: every value gets its checksum, the checkpoint its id */
+            if (!s->checkpoint_id[0])
+                err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+            if (!err && (rc = seal_all(s, txn))) {
+                if (rc == MDB_MAP_FULL)
+                    full = 1;
+                else
+                    err = mdb_err(s, rc, errstr, errstr_size, "migrating to format 2");
+            }
+            if (!err && !full)
+                err = load_outbox_bytes(s, txn); /* each chunk grew by its checksum */
+            if (!err && !full)
+                err = write_header(s, txn, errstr, errstr_size);
+        }
+        if (!err && !full && o->conf)
+            err = write_config(s, txn, o->conf, errstr, errstr_size);
+        if (err || full) {
+            mdb_txn_abort(txn);
+        } else if ((rc = mdb_txn_commit(txn))) {
+            if (rc != MDB_MAP_FULL || !migrating) {
+                err = mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
+                goto fail;
+            }
+            full = 1;
+        }
+        if (err)
+            goto fail;
+        if (!full)
+            break;
+        size_t newsize = s->map_size * 2;
+        if ((rc = mdb_env_set_mapsize(s->env, newsize))) {
+            err = mdb_err(s, rc, errstr, errstr_size, "growing the map");
+            goto fail;
+        }
+        s->map_size = newsize;
     }
-    if (!err && o->conf)
-        err = write_config(s, txn, o->conf, errstr, errstr_size);
-    if (err) {
-        mdb_txn_abort(txn);
-        goto fail;
-    }
-    if ((rc = mdb_txn_commit(txn))) {
-        err = mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
-        goto fail;
+    if (migrating) {
+        lk__log(LK_LOG_NOTICE,
+                "checkpoint %s: migrated from format %d to %d (checksums added; checkpoint "
+                "id %s)",
+                s->dir, s->format, LK_CHECKPOINT_FORMAT, s->checkpoint_id);
+        s->migrated_from = s->format;
+        s->format = LK_CHECKPOINT_FORMAT;
     }
     /* What a previous process committed without fsync (group commit) becomes durable
-     * now, so durable_batch is true from the start. */
-    mdb_env_sync(s->env, 1);
+     * now, so durable_batch is true from the start. A failed sync leaves that unknown:
+     * refuse to start rather than let a sink deliver a batch that is not on disk. */
+    if ((rc = mdb_env_sync(s->env, 1))) {
+        err = lk__err(LK_ERR_IO, errstr, errstr_size,
+                      "checkpoint %s: cannot sync it to disk at open: %s; its last batches "
+                      "may not be durable, so nothing is delivered from it (check the disk)",
+                      s->dir, mdb_strerror(rc));
+        goto fail;
+    }
     s->last_sync_ms = lk__mono_ms();
     *out = s;
     return LK_OK;
@@ -919,18 +1123,34 @@ lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t part
     size_t kl = offset_key(k, sizeof k, topic, partition);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
+    if (offset < 0)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "offset %lld of %s[%d] is negative", (long long)offset, topic,
+                       (int)partition);
     lk__buf_reset(&t->buf);
     lk__pack_array(&t->buf, 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, offset);
+    seal(&t->buf, k, kl);
     return txn_put(t, t->s->dbi[DB_OFFSETS], k, kl, t->buf.data, t->buf.len, errstr,
                    errstr_size, "writing an offset");
 }
 
-static int decode_offset(lk_store_txn_t *t, const MDB_val *v, int64_t *offset) {
+/* Decode the offset stored for (topic, partition) under key k; a value that fails its
+ * checksum, does not decode or is negative is corrupt, never "no offset". */
+static lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                              const char *topic, int32_t partition, int64_t *offset) {
     lk__obj_t o;
+    if (unseal(t->s, k, &v))
+        return corrupt(t, "the offset of %s[%d] fails its checksum", topic, (int)partition);
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, offset);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, offset))
+        return corrupt(t, "the offset of %s[%d] does not decode (%zu bytes)", topic,
+                       (int)partition, v.mv_size);
+    if (*offset < 0)
+        return corrupt(t, "the offset of %s[%d] is negative (%lld)", topic, (int)partition,
+                       (long long)*offset);
+    return LK_OK;
 }
 
 lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
@@ -941,11 +1161,12 @@ lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t part
     if (!kl)
         return LK_ERR_INVALID_ARG;
     int rc = txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v);
-    if (rc == MDB_NOTFOUND)
+    if (rc == MDB_NOTFOUND) /* the only "no offset" */
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_offset(t, &v, offset) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading an offset");
+    MDB_val kv = {kl, k};
+    return decode_offset(t, &kv, v, topic, partition, offset);
 }
 
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
@@ -956,29 +1177,49 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
         return LK_ERR_STORE;
     MDB_val k, v;
     lk_err_t err = LK_OK;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        /* key: topic '\0' be32(partition); its length is checked before anything is
+         * copied (a crafted key longer than a topic can be overflowed the copy) */
         const unsigned char *kp = k.mv_data;
-        const unsigned char *nul = memchr(kp, 0, k.mv_size);
-        int64_t off;
-        if (!nul || (size_t)(nul - kp) + 5 != k.mv_size || !decode_offset(t, &v, &off)) {
-            err = LK_ERR_CORRUPT;
+        if (k.mv_size < 6 || k.mv_size > MAX_KEY) {
+            err = corrupt(t, "an offsets key of %zu bytes (6..%d possible)", k.mv_size, MAX_KEY);
             break;
         }
-        char topic[512];
+        const unsigned char *nul = memchr(kp, 0, k.mv_size);
+        if (!nul || (size_t)(nul - kp) + 5 != k.mv_size) {
+            err = corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
+                          k.mv_size);
+            break;
+        }
+        char topic[MAX_KEY + 1];
         memcpy(topic, kp, (size_t)(nul - kp));
         topic[nul - kp] = 0;
-        if (cb(topic, (int32_t)lk__get_be32(nul + 1), off, opaque))
+        uint32_t part = lk__get_be32(nul + 1);
+        if (part > INT32_MAX) {
+            err = corrupt(t, "the offsets key of topic %s has partition %lu", topic,
+                          (unsigned long)part);
+            break;
+        }
+        int64_t off;
+        if ((err = decode_offset(t, &k, v, topic, (int32_t)part, &off)))
+            break;
+        if (cb(topic, (int32_t)part, off, opaque))
             break;
     }
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = read_failed(t, rc, "reading offsets");
     mdb_cursor_close(c);
     return err;
 }
 
 /* ---- batch records ---- */
 
-/* Encode a batch record (also the pending plan's format); -1 when out of memory. */
-static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b) {
+/* Encode a batch record (also the pending plan's format), sealed for key (key, klen);
+ * -1 when out of memory. */
+static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key,
+                        size_t klen) {
     lk__buf_reset(buf);
     lk__pack_array(buf, 7);
     lk__pack_i64(buf, 1);
@@ -995,16 +1236,17 @@ static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b) {
         lk__pack_i64(buf, b->ranges[i].from);
         lk__pack_i64(buf, b->ranges[i].until);
     }
+    seal(buf, key, klen);
     return buf->oom ? -1 : 0;
 }
 
 lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__buf_t *buf = &t->buf;
-    if (encode_batch(buf, b))
-        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     unsigned char k[8];
     lk__put_be64(k, b->id);
+    if (encode_batch(buf, b, k, sizeof k))
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     lk_err_t err = txn_put(t, t->s->dbi[DB_BATCHES], k, 8, buf->data, buf->len, errstr,
                            errstr_size, "writing the batch record");
     if (err)
@@ -1043,18 +1285,29 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     return LK_OK;
 }
 
-static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t *b) {
+/* Decode the batch record or pending plan v stored under key k (what names it in a
+ * message). Every field is checked: ids positive, counts and offsets not negative,
+ * partitions in range, from <= until. */
+static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                             lk_batch_rec_t *b) {
     lk__obj_t o;
     int64_t id, bt, cw, rin, rout;
     memset(b, 0, sizeof *b);
-    if (lk__unpack(&t->zone, v->mv_data, v->mv_size, &o) || !lk__arr_i64(&o, 1, &id) ||
+    if (unseal(t->s, k, &v))
+        return corrupt(t, "%s fails its checksum", what);
+    if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, &id) ||
         !lk__arr_i64(&o, 2, &bt) || !lk__arr_i64(&o, 3, &cw) || !lk__arr_i64(&o, 4, &rin) ||
         !lk__arr_i64(&o, 5, &rout))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "%s does not decode (%zu bytes)", what, v.mv_size);
+    if (id < 1 || rin < 0 || rout < 0)
+        return corrupt(t, "%s has id %lld, %lld records in, %lld out", what, (long long)id,
+                       (long long)rin, (long long)rout);
+    if (k->mv_size == 8 && lk__get_be64(k->mv_data) != (uint64_t)id)
+        return corrupt(t, "%s holds the record of batch %lld", what, (long long)id);
     const lk__obj_t *ranges = lk__arr_at(&o, 6);
     size_t n = ranges ? lk__arr_len(ranges) : (size_t)-1;
     if (n == (size_t)-1)
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "%s has no ranges", what);
     b->ranges = lk__zone_alloc(&t->zone, (n ? n : 1) * sizeof *b->ranges);
     if (!b->ranges)
         return LK_ERR_NOMEM;
@@ -1065,7 +1318,11 @@ static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t
         int64_t p, f, u;
         if (!r || !lk__arr_str(r, 0, &topic, &tl) || !lk__arr_i64(r, 1, &p) ||
             !lk__arr_i64(r, 2, &f) || !lk__arr_i64(r, 3, &u))
-            return LK_ERR_CORRUPT;
+            return corrupt(t, "%s: range %zu does not decode", what, i);
+        if (p < 0 || p > INT32_MAX || f < 0 || u < f)
+            return corrupt(t, "%s: range %zu is %.*s[%lld] [%lld, %lld)", what, i,
+                           (int)(tl > 200 ? 200 : tl), topic, (long long)p, (long long)f,
+                           (long long)u);
         char *ts = lk__zone_alloc(&t->zone, tl + 1);
         if (!ts)
             return LK_ERR_NOMEM;
@@ -1082,6 +1339,16 @@ static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t
     return LK_OK;
 }
 
+static lk_err_t decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                                lk_batch_rec_t *out) {
+    if (k->mv_size != 8)
+        return corrupt(t, "a batches key of %zu bytes (8 expected)", k->mv_size);
+    char what[64];
+    lk__fmt(what, sizeof what, "batch record %llu",
+            (unsigned long long)lk__get_be64(k->mv_data));
+    return decode_batch(t, k, v, what, out);
+}
+
 lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_BATCHES], &c))
@@ -1092,8 +1359,8 @@ lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading the last batch record");
+    return decode_batch_at(t, &k, v, out);
 }
 
 lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out) {
@@ -1104,8 +1371,9 @@ lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading a batch record");
+    MDB_val kv = {8, k};
+    return decode_batch_at(t, &kv, v, out);
 }
 
 size_t lk__store_batch_count(lk_store_txn_t *t) {
@@ -1176,6 +1444,10 @@ static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
     size_t kl = outbox_key(k, sizeof k, slot->sink, slot->batch, slot->next_seq);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
+    seal(&slot->chunk, k, kl);
+    if (slot->chunk.oom)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    t->outbox_delta += CRC_LEN; /* outbox bytes count whole values, as at open */
     lk_err_t err = txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, slot->chunk.data, slot->chunk.len,
                            errstr, errstr_size, "appending to the outbox");
     if (err)
@@ -1253,7 +1525,8 @@ lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64
     return err;
 }
 
-/* Decode the record at *off of a chunk and advance *off past it. */
+/* Decode the record at *off of a chunk (checksum already verified and stripped) and
+ * advance *off past it; 0 when it does not decode or holds impossible values. */
 static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
                       lk_header_t *hbuf, size_t hcap) {
     lk__obj_t o;
@@ -1281,6 +1554,8 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
         nm[nl] = 0;
         hbuf[i].name = nm;
     }
+    if (part < -1 || part > INT32_MAX)
+        return 0;
     r->partition = (int32_t)part;
     r->timestamp_ms = ts;
     r->headers = hbuf;
@@ -1288,10 +1563,14 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
     return 1;
 }
 
-/* Records in one chunk value; (size_t)-1 if it does not decode. */
-static size_t chunk_records(lk_store_txn_t *t, const MDB_val *v) {
+/* Records in one chunk value read under key k; (size_t)-1 if it fails its checksum or
+ * does not decode. */
+static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
+    const MDB_val *v = &vv;
     size_t n = 0, off = 0;
     lk__obj_t o;
+    if (unseal(t->s, k, &vv))
+        return (size_t)-1;
     while (off < v->mv_size) {
         lk__zone_clear(&t->tmp);
         if (lk__unpack_next(&t->tmp, v->mv_data, v->mv_size, &off, &o))
@@ -1314,20 +1593,30 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
         return LK_ERR_STORE;
     MDB_val kk = {kl, k}, vv;
     lk_header_t hbuf[64];
-    int stop = 0;
-    for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
+    int stop = 0, rc;
+    for (rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
          rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
-        for (size_t off = 0; off < vv.mv_size && !stop;) {
+        uint32_t seq = lk__get_be32((unsigned char *)kk.mv_data + kl - 4);
+        if (unseal(t->s, &kk, &vv)) {
+            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum",
+                          (unsigned long)seq, sink, (unsigned long long)batch);
+            break;
+        }
+        for (size_t off = 0, i = 0; off < vv.mv_size && !stop; i++) {
             lk_out_record_t r;
             if (!decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
-                err = LK_ERR_CORRUPT;
+                err = corrupt(t, "record %zu of outbox chunk %lu of sink '%s' batch %llu "
+                                 "does not decode",
+                              i, (unsigned long)seq, sink, (unsigned long long)batch);
                 break;
             }
             stop = cb(&r, opaque);
         }
     }
+    if (!err && rc && rc != MDB_NOTFOUND && !stop)
+        err = read_failed(t, rc, "reading the outbox");
     mdb_cursor_close(c);
     return err;
 }
@@ -1391,8 +1680,12 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         const unsigned char *kp = k.mv_data;
-        if (k.mv_size < 13 || k.mv_size - 13 >= sizeof cur || kp[k.mv_size - 13] != 0)
-            continue;
+        if (k.mv_size < 14 || k.mv_size > MAX_KEY || kp[k.mv_size - 13] != 0 ||
+            memchr(kp, 0, k.mv_size - 13)) {
+            err = corrupt(t, "an outbox key of %zu bytes is not sink, NUL, batch, sequence",
+                          k.mv_size);
+            goto out;
+        }
         size_t sl = k.mv_size - 13;
         uint64_t batch = lk__get_be64(kp + sl + 1);
         if (!have || strlen(cur) != sl || memcmp(cur, kp, sl)) {
@@ -1408,9 +1701,12 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         if (st.records == 0 || batch != st.last_batch)
             st.batches++;
         st.last_batch = batch;
-        size_t n = chunk_records(t, &v);
+        size_t n = chunk_records(t, &k, v);
         if (n == (size_t)-1) {
-            err = LK_ERR_CORRUPT;
+            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum or "
+                             "does not decode",
+                          (unsigned long)lk__get_be32(kp + sl + 9), cur,
+                          (unsigned long long)batch);
             goto out;
         }
         st.records += n;
@@ -1432,56 +1728,74 @@ lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)batch);
     lk__pack_i64(&t->buf, lk__wall_ms());
+    seal(&t->buf, sink, strlen(sink));
     return txn_put(t, t->s->dbi[DB_FENCES], sink, strlen(sink), t->buf.data, t->buf.len,
                    errstr, errstr_size, "writing a sink fence");
 }
 
-static int decode_fence(lk_store_txn_t *t, const MDB_val *v, int64_t *batch, int64_t *wall) {
+/* Decode the fence of sink (value v under key k, already unsealed). */
+static lk_err_t decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+                             int64_t *wall) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, batch) &&
-           lk__arr_i64(&o, 2, wall);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, batch) ||
+        !lk__arr_i64(&o, 2, wall))
+        return corrupt(t, "the fence of sink '%s' does not decode (%zu bytes)", sink,
+                       v.mv_size);
+    if (*batch < 0)
+        return corrupt(t, "the fence of sink '%s' names batch %lld", sink, (long long)*batch);
+    return LK_OK;
 }
 
 lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_FENCES], sink, strlen(sink), &v);
+    size_t sl = strlen(sink);
+    int rc = txn_get(t, t->s->dbi[DB_FENCES], sink, sl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading a fence");
+    MDB_val k = {sl, (void *)sink};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the fence of sink '%s' fails its checksum", sink);
     int64_t b, w;
-    if (!decode_fence(t, &v, &b, &w))
-        return LK_ERR_CORRUPT;
-    *batch = (uint64_t)b;
-    return LK_OK;
+    lk_err_t e = decode_fence(t, sink, v, &b, &w);
+    if (!e)
+        *batch = (uint64_t)b;
+    return e;
 }
 
-/* Iterate a name-keyed database, handing each name as a C string. */
-static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi,
-                              int (*each)(lk_store_txn_t *, const char *, const MDB_val *,
-                                          void *),
+/* Iterate a name-keyed database (what: "fence", "accumulator"), handing each name as a
+ * C string and its value with the checksum verified and stripped. each returns 0 to go
+ * on, 1 to stop, or an error (its message already in t). */
+static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi, const char *what,
+                              int (*each)(lk_store_txn_t *, const char *, MDB_val, void *,
+                                          lk_err_t *),
                               void *ctx) {
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
         return LK_ERR_STORE;
     MDB_val k, v;
     lk_err_t err = LK_OK;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        char name[512];
-        if (k.mv_size >= sizeof name) {
-            err = LK_ERR_CORRUPT;
+        char name[MAX_KEY + 1];
+        if (k.mv_size == 0 || k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
+            err = corrupt(t, "a %s key of %zu bytes is not a name", what, k.mv_size);
             break;
         }
         memcpy(name, k.mv_data, k.mv_size);
         name[k.mv_size] = 0;
-        int r = each(t, name, &v, ctx);
-        if (r < 0)
-            err = LK_ERR_CORRUPT;
-        if (r)
+        if (unseal(t->s, &k, &v)) {
+            err = corrupt(t, "the %s '%s' fails its checksum", what, name);
+            break;
+        }
+        if (each(t, name, v, ctx, &err) || err)
             break;
     }
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = read_failed(t, rc, "reading");
     mdb_cursor_close(c);
     return err;
 }
@@ -1492,11 +1806,12 @@ typedef struct {
     void *opaque;
 } named_ctx_t;
 
-static int each_fence(lk_store_txn_t *t, const char *name, const MDB_val *v, void *p) {
+static int each_fence(lk_store_txn_t *t, const char *name, MDB_val v, void *p,
+                      lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t b, w;
-    if (!decode_fence(t, v, &b, &w))
-        return -1;
+    if ((*err = decode_fence(t, name, v, &b, &w)))
+        return 1;
     return c->fence_cb(name, (uint64_t)b, w, c->opaque) ? 1 : 0;
 }
 
@@ -1504,25 +1819,32 @@ lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, uint64_t, int64_t, void *),
                                   void *opaque) {
     named_ctx_t c = {cb, NULL, opaque};
-    return foreach_named(t, t->s->dbi[DB_FENCES], each_fence, &c);
+    return foreach_named(t, t->s->dbi[DB_FENCES], "fence", each_fence, &c);
 }
 
 /* ---- accumulators ---- */
 
-static int decode_acc(lk_store_txn_t *t, const MDB_val *v, int64_t *value) {
+/* Decode accumulator name's value (already unsealed). */
+static lk_err_t decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, value);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, value))
+        return corrupt(t, "the accumulator '%s' does not decode (%zu bytes)", name, v.mv_size);
+    return LK_OK;
 }
 
 lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_ACC], name, strlen(name), &v);
+    size_t nl = strlen(name);
+    int rc = txn_get(t, t->s->dbi[DB_ACC], name, nl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_acc(t, &v, value) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading an accumulator");
+    MDB_val k = {nl, (void *)name};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the accumulator '%s' fails its checksum", name);
+    return decode_acc(t, name, v, value);
 }
 
 lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, char *errstr,
@@ -1530,28 +1852,28 @@ lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, c
     int64_t cur = 0;
     lk_err_t err = lk__store_acc_get(t, name, &cur);
     if (err && err != LK_ERR_NOT_FOUND)
-        return lk__err(err, errstr, errstr_size, "reading accumulator %s: %s", name,
-                       lk_err_str(err));
+        return lk__err(err, errstr, errstr_size, "%s", t->err);
     lk__buf_reset(&t->buf);
     lk__pack_array(&t->buf, 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)((uint64_t)cur + (uint64_t)delta));
+    seal(&t->buf, name, strlen(name));
     return txn_put(t, t->s->dbi[DB_ACC], name, strlen(name), t->buf.data, t->buf.len, errstr,
                    errstr_size, "writing an accumulator");
 }
 
-static int each_acc(lk_store_txn_t *t, const char *name, const MDB_val *v, void *p) {
+static int each_acc(lk_store_txn_t *t, const char *name, MDB_val v, void *p, lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t value;
-    if (!decode_acc(t, v, &value))
-        return -1;
+    if ((*err = decode_acc(t, name, v, &value)))
+        return 1;
     return c->acc_cb(name, value, c->opaque) ? 1 : 0;
 }
 
 lk_err_t lk__store_acc_foreach(lk_store_txn_t *t, int (*cb)(const char *, int64_t, void *),
                                void *opaque) {
     named_ctx_t c = {NULL, cb, opaque};
-    return foreach_named(t, t->s->dbi[DB_ACC], each_acc, &c);
+    return foreach_named(t, t->s->dbi[DB_ACC], "accumulator", each_acc, &c);
 }
 
 /* ---- keyed state ---- */
@@ -1642,8 +1964,13 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
     return 1;
 }
 
-static int decode_state(lk_store_txn_t *t, const MDB_val *v, const void **val, size_t *vlen,
-                        int64_t *updated_ms) {
+/* Decode a state value read under key k: 1, or 0 when it fails its checksum or does
+ * not decode. */
+static int decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+                        size_t *vlen, int64_t *updated_ms) {
+    const MDB_val *v = &vv;
+    if (unseal(t->s, k, &vv))
+        return 0;
     if (decode_state_fast(v, val, vlen, updated_ms))
         return 1;
     lk__obj_t o;
@@ -1669,8 +1996,13 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_state(t, &v, val, vlen, updated_ms) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading state");
+    MDB_val k = {klen, (void *)key};
+    if (!decode_state(t, &k, v, val, vlen, updated_ms))
+        return corrupt(t, "a state value of operator '%s' (key of %zu bytes) fails its "
+                          "checksum or does not decode",
+                       t->s->states[db].uid, klen);
+    return LK_OK;
 }
 
 lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
@@ -1686,6 +2018,7 @@ lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, updated_ms);
     lk__pack_bin_or_nil(&t->buf, val ? val : "", vlen);
+    seal(&t->buf, key, klen);
     if (t->buf.oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len, errstr,
@@ -1721,8 +2054,14 @@ static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after
         const void *val;
         size_t vlen;
         int64_t upd;
-        if (!decode_state(t, &v, &val, &vlen, &upd)) {
-            err = LK_ERR_CORRUPT;
+        if (k.mv_size == 0 || k.mv_size > MAX_KEY) {
+            err = corrupt(t, "a state key of %zu bytes (1..%d possible)", k.mv_size, MAX_KEY);
+            break;
+        }
+        if (!decode_state(t, &k, v, &val, &vlen, &upd)) {
+            err = corrupt(t, "a state value (key of %zu bytes) fails its checksum or does "
+                             "not decode",
+                          k.mv_size);
             break;
         }
         (*visited)++;
@@ -1768,8 +2107,12 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
     lk_err_t err = LK_OK;
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6) || k.mv_size >= 512)
+        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
             break;
+        if (k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
+            err = corrupt(t, "a database name of %zu bytes", k.mv_size);
+            break;
+        }
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
             char (*nn)[512] = realloc(names, cap * sizeof *names);
@@ -1817,6 +2160,7 @@ lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size
         lk__pack_i64(b, ops[i].schema_version);
         lk__pack_str(b, ops[i].params ? ops[i].params : "");
     }
+    seal(b, "topology", 8);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->dbi[DB_META], "topology", 8, b->data, b->len, errstr,
@@ -1840,14 +2184,17 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading the topology");
+    MDB_val k = {8, "topology"};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the recorded topology fails its checksum");
     lk__obj_t o;
     if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded topology does not decode");
     const lk__obj_t *arr = lk__arr_at(&o, 1);
     size_t cnt = arr ? lk__arr_len(arr) : (size_t)-1;
     if (cnt == (size_t)-1)
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded topology has no operator list");
     lk_topo_op_t *out = lk__zone_alloc(&t->zone, (cnt ? cnt : 1) * sizeof *out);
     if (!out)
         return LK_ERR_NOMEM;
@@ -1857,8 +2204,9 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
         size_t ul, kl, pl;
         int64_t sv;
         if (!e || !lk__arr_str(e, 0, &uid, &ul) || !lk__arr_str(e, 1, &kind, &kl) ||
-            !lk__arr_i64(e, 2, &sv) || !lk__arr_str(e, 3, &params, &pl))
-            return LK_ERR_CORRUPT;
+            !lk__arr_i64(e, 2, &sv) || !lk__arr_str(e, 3, &params, &pl) || sv < 0 ||
+            sv > INT32_MAX)
+            return corrupt(t, "operator %zu of the recorded topology does not decode", i);
         out[i].uid = zone_strndup(&t->zone, uid, ul);
         out[i].kind = zone_strndup(&t->zone, kind, kl);
         out[i].params = zone_strndup(&t->zone, params, pl);
@@ -1878,20 +2226,23 @@ lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading the recorded configuration");
+    MDB_val key = {6, "config"};
+    if (unseal(t->s, &key, &v))
+        return corrupt(t, "the recorded configuration fails its checksum");
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded configuration does not decode");
     const lk__obj_t *m = lk__arr_at(&o, 1);
     size_t n;
     if (!m || !lk__map_len(m, &n))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded configuration is not a map");
     for (size_t i = 0; i < n; i++) {
         const char *k, *val;
         size_t kl, vl;
         if (!lk__map_str_at(m, i, &k, &kl, &val, &vl))
-            return LK_ERR_CORRUPT;
+            return corrupt(t, "entry %zu of the recorded configuration does not decode", i);
         char kb[512], vb[4096];
         lk__fmt(kb, sizeof kb, "%.*s", (int)kl, k);
         lk__fmt(vb, sizeof vb, "%.*s", (int)vl, val);
@@ -1919,7 +2270,7 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
     if (err)
         return err;
     lk__buf_t *buf = &t->buf;
-    err = encode_batch(buf, plan) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
+    err = encode_batch(buf, plan, plan_key, sizeof plan_key - 1) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
                    : txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
                              buf->len, errstr, errstr_size, "writing the batch plan");
     if (err) {
@@ -1936,8 +2287,9 @@ lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading the pending plan");
+    MDB_val kv = {sizeof plan_key - 1, (void *)plan_key};
+    return decode_batch(t, &kv, v, "the pending plan", out);
 }
 
 lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
@@ -1953,6 +2305,7 @@ lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *er
     lk__pack_i64(b, 1);
     lk__pack_map(b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
+    seal(b, "config", 6);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr, errstr_size,

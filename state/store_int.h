@@ -122,6 +122,14 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
  */
 lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size);
 
+/**
+ * What the last failed read in t found wrong, naming the record ("" if nothing failed):
+ * the getters without an errstr parameter (lk__store_offset_get, ..._fence_get,
+ * ..._outbox_foreach, ...) return LK_ERR_CORRUPT and leave the description here, for the
+ * caller's message. Valid until the next call on t or its end.
+ */
+const char *lk__store_txn_errstr(const lk_store_txn_t *t);
+
 /** Abort and free. NULL is a no-op. */
 void lk__store_txn_abort(lk_store_txn_t *t);
 
