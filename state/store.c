@@ -142,6 +142,20 @@ static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
                    mdb_strerror(rc));
 }
 
+/* A failed fsync: whether the pages reached the disk is unknown (and Linux may have
+ * dropped them from the page cache), so nothing committed since the last good sync
+ * may be called durable, ever. The store becomes unusable (sticky), with the OS error. */
+static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_size) {
+    if (!s->fatal) /* the first failure's message stays */
+        lk__fmt(s->fatal_msg, sizeof s->fatal_msg,
+                "checkpoint %s: syncing to disk failed: %s; batches after %llu may not be "
+                "durable and are not delivered; the checkpoint is unusable until restart "
+                "(check the disk)",
+                s->dir, mdb_strerror(rc), (unsigned long long)s->durable_batch);
+    s->fatal = 1;
+    return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
+}
+
 /* ---- checksums and corruption ---- */
 
 /*
@@ -511,13 +525,9 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                       s->dir, v.mv_size);
         goto out;
     }
-    if (format > LK_CHECKPOINT_FORMAT) {
-        err = lk__err(LK_ERR_FORMAT_TOO_NEW, errstr, errstr_size,
-                      "checkpoint %s has format version %lld, newer than this build "
-                      "understands (%d); upgrade lockstep to read it",
-                      s->dir, (long long)format, LK_CHECKPOINT_FORMAT);
-        goto out;
-    }
+    /* The header's layout and checksum are the same for every format from 2 on (a
+     * promise to later formats), so a flipped byte, the format number's included, is
+     * found here and not mistaken for a newer format. */
     const unsigned char *hp = v.mv_data;
     if (format < 1 ||
         (format >= 2 ? v.mv_size - used != CRC_LEN ||
@@ -527,6 +537,13 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                       "checkpoint %s is corrupt: meta header fails its checksum (format %lld, "
                       "%zu bytes)",
                       s->dir, (long long)format, v.mv_size);
+        goto out;
+    }
+    if (format > LK_CHECKPOINT_FORMAT) {
+        err = lk__err(LK_ERR_FORMAT_TOO_NEW, errstr, errstr_size,
+                      "checkpoint %s has format version %lld, newer than this build "
+                      "understands (%d); upgrade lockstep to read it",
+                      s->dir, (long long)format, LK_CHECKPOINT_FORMAT);
         goto out;
     }
     if (want_app && want_app[0] &&
@@ -944,8 +961,12 @@ void lk__store_close(lk_store_t *s) {
         return;
     if (s->wtxn)
         lk__store_txn_abort(s->wtxn);
-    if (!s->readonly && !s->fatal && s->env)
-        mdb_env_sync(s->env, 1);
+    if (!s->readonly && !s->fatal && s->env) {
+        int rc = mdb_env_sync(s->env, 1);
+        if (rc) /* close cannot fail; the next open syncs again and refuses if it fails */
+            lk__log(LK_LOG_ERR, "checkpoint %s: syncing to disk at close failed: %s", s->dir,
+                    mdb_strerror(rc));
+    }
     store_free(s);
 }
 
@@ -971,7 +992,7 @@ lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size) {
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
     int rc = mdb_env_sync(s->env, 1);
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "syncing");
+        return sync_failed(s, rc, errstr, errstr_size);
     s->durable_batch = s->committed_batch;
     s->last_sync_ms = lk__mono_ms();
     return LK_OK;
@@ -1094,7 +1115,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
     } else if (lk__mono_ms() - s->last_sync_ms >= s->sync_interval_ms) {
         int rc = mdb_env_sync(s->env, 1);
         if (rc) {
-            err = mdb_err(s, rc, errstr, errstr_size, "syncing");
+            err = sync_failed(s, rc, errstr, errstr_size);
             txn_free(t);
             return err;
         }

@@ -23,9 +23,13 @@
 /**
  * Version of the checkpoint layout. Bumped when old builds cannot read new files.
  *  1: the first layout.
- *  2: meta's header carries the checkpoint id. A format-1 checkpoint opened for writing is
- *     migrated (given a fresh id) in the open's write transaction; opened read-only it is
- *     described as it is (no id yet).
+ *  2: meta's header carries the checkpoint id, and every value a CRC32C checksum (of the
+ *     value and its key, 4 bytes big-endian, appended). A format-1 checkpoint opened for
+ *     writing is migrated (checksums added, a fresh id given) in the open's write
+ *     transaction; opened read-only it is read as it is (no id yet, no checksums).
+ * Every later format must keep meta's header as format 2 has it ([1, magic, format,
+ * app.id, created_ms, checkpoint id] and the checksum), so that an older build can tell
+ * "newer" from "corrupt".
  */
 #define LK_CHECKPOINT_FORMAT 2
 /** Length of a checkpoint id in hex characters (128 random bits). */

@@ -399,7 +399,7 @@ static void put_header(int64_t ver, const char *magic, int64_t format, const cha
     lk__pack_i64(&b, 1700000000000LL);
     if (format >= 2)
         lk__pack_str(&b, TEST_CHECKPOINT_ID);
-    if (format >= 2 && format <= LK_CHECKPOINT_FORMAT)
+    if (format >= 2)
         seal_header(&b);
     put_raw_header(b.data, b.len);
     lk__buf_free(&b);
