@@ -1138,8 +1138,20 @@ static size_t offset_key(unsigned char *k, size_t cap, const char *topic, int32_
     return tl + 5;
 }
 
+uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t vlen) {
+    return (uint64_t)lk__crc32c(0, key ? key : "", key ? klen : 0) << 32 |
+           lk__crc32c(0, value ? value : "", value ? vlen : 0);
+}
+
 lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size) {
+    return lk__store_offset_put_fp(t, topic, partition, offset, NULL, errstr, errstr_size);
+}
+
+/* value: [1, offset] or [1, offset, fp offset, fp timestamp, fp hash] */
+lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+                                 size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     if (!kl)
@@ -1148,10 +1160,19 @@ lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t part
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
                        "offset %lld of %s[%d] is negative", (long long)offset, topic,
                        (int)partition);
+    if (fp && (fp->offset < 0 || fp->offset >= offset))
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "fingerprint of %s[%d] at offset %lld, not below the offset %lld",
+                       topic, (int)partition, (long long)fp->offset, (long long)offset);
     lk__buf_reset(&t->buf);
-    lk__pack_array(&t->buf, 2);
+    lk__pack_array(&t->buf, fp ? 5 : 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, offset);
+    if (fp) {
+        lk__pack_i64(&t->buf, fp->offset);
+        lk__pack_i64(&t->buf, fp->timestamp);
+        lk__pack_i64(&t->buf, (int64_t)fp->hash);
+    }
     seal(&t->buf, k, kl);
     return txn_put(t, t->s->dbi[DB_OFFSETS], k, kl, t->buf.data, t->buf.len, errstr,
                    errstr_size, "writing an offset");
@@ -1160,7 +1181,8 @@ lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t part
 /* Decode the offset stored for (topic, partition) under key k; a value that fails its
  * checksum, does not decode or is negative is corrupt, never "no offset". */
 static lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                              const char *topic, int32_t partition, int64_t *offset) {
+                              const char *topic, int32_t partition, int64_t *offset,
+                              lk_fingerprint_t *fp, int *has_fp) {
     lk__obj_t o;
     if (unseal(t->s, k, &v))
         return corrupt(t, "the offset of %s[%d] fails its checksum", topic, (int)partition);
@@ -1171,11 +1193,31 @@ static lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
     if (*offset < 0)
         return corrupt(t, "the offset of %s[%d] is negative (%lld)", topic, (int)partition,
                        (long long)*offset);
+    if (has_fp)
+        *has_fp = 0;
+    if (lk__arr_len(&o) >= 5) {
+        lk_fingerprint_t f;
+        int64_t h;
+        if (!lk__arr_i64(&o, 2, &f.offset) || !lk__arr_i64(&o, 3, &f.timestamp) ||
+            !lk__arr_i64(&o, 4, &h) || f.offset < 0 || f.offset >= *offset)
+            return corrupt(t, "the fingerprint kept with the offset of %s[%d] is invalid",
+                           topic, (int)partition);
+        f.hash = (uint64_t)h;
+        if (fp)
+            *fp = f;
+        if (has_fp)
+            *has_fp = 1;
+    }
     return LK_OK;
 }
 
 lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset) {
+    return lk__store_offset_get_fp(t, topic, partition, offset, NULL, NULL);
+}
+
+lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     MDB_val v;
@@ -1187,7 +1229,7 @@ lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t part
     if (rc)
         return read_failed(t, rc, "reading an offset");
     MDB_val kv = {kl, k};
-    return decode_offset(t, &kv, v, topic, partition, offset);
+    return decode_offset(t, &kv, v, topic, partition, offset, fp, has_fp);
 }
 
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
@@ -1224,7 +1266,7 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
             break;
         }
         int64_t off;
-        if ((err = decode_offset(t, &k, v, topic, (int32_t)part, &off)))
+        if ((err = decode_offset(t, &k, v, topic, (int32_t)part, &off, NULL, NULL)))
             break;
         if (cb(topic, (int32_t)part, off, opaque))
             break;

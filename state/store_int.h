@@ -141,9 +141,39 @@ void lk__store_txn_abort(lk_store_txn_t *t);
 
 lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size);
-/** LK_ERR_NOT_FOUND if the partition has no committed offset. */
+/**
+ * LK_ERR_NOT_FOUND if the partition has no committed offset (and only then: a value that
+ * fails its checksum, does not decode or is negative is LK_ERR_CORRUPT, described by
+ * lk__store_txn_errstr()).
+ */
 lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset);
+
+/**
+ * The identity of the last record read from a partition, kept with its offset so that a
+ * restart can read that record back and tell the same log from a recreated one.
+ */
+typedef struct lk_fingerprint {
+    int64_t offset;    /**< offset of the record (below the partition's next offset) */
+    int64_t timestamp; /**< its timestamp in ms; -1: none */
+    uint64_t hash;     /**< lk__record_hash() of its key and value */
+} lk_fingerprint_t;
+
+/** A 64-bit hash of a record's key and value (CRC32C of each; NULL is empty). */
+uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t vlen);
+
+/**
+ * lk__store_offset_put() that also records fp, the last record read below offset (NULL:
+ * none, e.g. an offset moved by hand). Refused (LK_ERR_INVALID_ARG): a negative offset,
+ * or a fingerprint not below it.
+ */
+lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+                                 size_t errstr_size);
+
+/** lk__store_offset_get() that also returns the fingerprint: *has_fp 0 when none. */
+lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp);
 /** Visit every offset in (topic, partition) order; a non-zero return stops. */
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
                                    int (*cb)(const char *topic, int32_t partition,
