@@ -13,6 +13,9 @@
 #include "../state/store_int.h"
 
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -276,6 +279,50 @@ static lk_err_t export_to(lk_store_txn_t *t, const strlist_t *uids, FILE *fp,
     return LK_OK;
 }
 
+
+/*
+ * 1 (and err says why) if writing output would write into a checkpoint directory: the
+ * exported one (e.g. --output DIR/data.mdb replaced the checkpoint's data by its own
+ * export) or any other (a directory holding data.mdb). The output's directory is
+ * resolved (symlinks, "..") and compared, since FILE.tmp is created there and renamed
+ * over FILE.
+ */
+static int output_in_checkpoint(const char *dir, const char *output, char *err,
+                                size_t err_size) {
+    char *copy = strdup(output);
+    if (!copy)
+        return 0;
+    char *parent_real = realpath(dirname(copy), NULL);
+    free(copy);
+    char *dir_real = realpath(dir, NULL);
+    int bad = 0;
+    if (parent_real && dir_real) {
+        size_t n = strlen(dir_real);
+        if (!strncmp(parent_real, dir_real, n) && (parent_real[n] == '/' || !parent_real[n])) {
+            lk__fmt(err, err_size,
+                    "--output %s is inside the checkpoint directory %s: writing there would "
+                    "damage the checkpoint; write the export to another directory",
+                    output, dir);
+            bad = 1;
+        }
+    }
+    if (!bad && parent_real) {
+        char p[PATH_MAX + 16];
+        struct stat st;
+        lk__fmt(p, sizeof p, "%s/data.mdb", parent_real);
+        if (stat(p, &st) == 0) {
+            lk__fmt(err, err_size,
+                    "--output %s is in %s, which holds a checkpoint (data.mdb): writing there "
+                    "could damage it; write the export to another directory",
+                    output, parent_real);
+            bad = 1;
+        }
+    }
+    free(parent_real);
+    free(dir_real);
+    return bad;
+}
+
 static int cmd_checkpoint_export(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
         fputs(export_help, stdout);
@@ -302,6 +349,8 @@ static int cmd_checkpoint_export(int argc, char **argv) {
         return usage_err("export", export_help, "DIR is required");
 
     char err[2048];
+    if (output && output_in_checkpoint(dir, output, err, sizeof err))
+        return fail(LK_ERR_INVALID_ARG, err);
     lk_store_opts_t o = {.dir = dir, .readonly = 1};
     lk_store_t *s = NULL;
     lk_store_txn_t *t = NULL;
