@@ -392,6 +392,113 @@ static int mkdir_p(const char *path) {
     return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+/*
+ * LMDB maps data.mdb and trusts it: a truncated file makes it read past the end of the
+ * file (SIGBUS), a wrong page number anywhere. Before LMDB maps the file, check it
+ * against LMDB's own meta pages, whose layout is LMDB 0.9's (mdb.c: MDB_page, MDB_meta,
+ * MDB_db, on a 64-bit build): pages 0 and 1 are meta pages; after a 16-byte page header
+ * (flags at byte 10, P_META = 0x08), a meta holds magic 0xBEEFC0DE, version 1, the map
+ * address and size, the free and main databases (48 bytes each; the page size is the
+ * free database's first field, md_pad; md_root at 40), the last page number and the
+ * transaction id. Each meta must be whole and name only pages the file has.
+ */
+#define LMDB_MAGIC 0xBEEFC0DEu
+enum {
+    PAGE_HDR = 16,
+    PAGE_FLAGS = 10,
+    P_META = 0x08,
+    META_MAGIC = 0,
+    META_VERSION = 4,
+    META_MAPSIZE = 16,
+    META_DBS = 24,
+    DB_SIZE = 48,
+    DB_ROOT = 40,
+    META_LAST_PG = META_DBS + 2 * DB_SIZE,
+    META_TXNID = META_LAST_PG + 8,
+    META_END = META_TXNID + 8,
+};
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+static lk_err_t check_data_file(lk_store_t *s, char *errstr, size_t errstr_size) {
+    if (sizeof(size_t) != 8) /* the layout below is a 64-bit build's */
+        return LK_OK;
+    char p[4200];
+    lk__fmt(p, sizeof p, "%s/data.mdb", s->dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot open %s: %s", p,
+                       strerror(errno));
+    struct stat st;
+    unsigned char m[2][PAGE_HDR + META_END];
+    char why[200] = "";
+    uint64_t psize = 0;
+    if (fstat(fd, &st) != 0) {
+        lk_err_t e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot stat %s: %s", p,
+                             strerror(errno));
+        close(fd);
+        return e;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size == 0) { /* a creation killed before LMDB wrote its meta pages: it writes them */
+        close(fd);
+        return LK_OK;
+    }
+    if (pread(fd, m[0], sizeof m[0], 0) != (ssize_t)sizeof m[0]) {
+        lk__fmt(why, sizeof why, "%llu bytes, shorter than a meta page",
+                (unsigned long long)size);
+    } else {
+        psize = le32(m[0] + PAGE_HDR + META_DBS);
+        if (psize < 512 || psize > 65536 || (psize & (psize - 1)))
+            lk__fmt(why, sizeof why, "meta page 0 gives page size %llu",
+                    (unsigned long long)psize);
+        else if (size < 2 * psize ||
+                 pread(fd, m[1], sizeof m[1], (off_t)psize) != (ssize_t)sizeof m[1])
+            lk__fmt(why, sizeof why, "%llu bytes, shorter than its two meta pages",
+                    (unsigned long long)size);
+    }
+    close(fd);
+    for (int i = 0; i < 2 && !why[0]; i++) {
+        const unsigned char *mm = m[i] + PAGE_HDR;
+        uint64_t last = le64(mm + META_LAST_PG);
+        if (!(le32(m[i] + PAGE_FLAGS) & P_META) || le32(mm + META_MAGIC) != LMDB_MAGIC ||
+            le32(mm + META_VERSION) != 1) {
+            lk__fmt(why, sizeof why, "meta page %d is not an LMDB 0.9 meta page", i);
+        } else if (le32(mm + META_DBS) != psize) {
+            lk__fmt(why, sizeof why, "meta page %d gives page size %u, meta page 0 %llu", i,
+                    le32(mm + META_DBS), (unsigned long long)psize);
+        } else if (last < 1 || last >= size / psize) {
+            lk__fmt(why, sizeof why,
+                    "%llu bytes, but meta page %d says its pages go up to page %llu of %llu "
+                    "bytes",
+                    (unsigned long long)size, i, (unsigned long long)last,
+                    (unsigned long long)psize);
+        } else if (le64(mm + META_MAPSIZE) / psize <= last) {
+            lk__fmt(why, sizeof why, "meta page %d gives a map size below its last page", i);
+        } else {
+            for (int d = 0; d < 2 && !why[0]; d++) {
+                uint64_t root = le64(mm + META_DBS + d * DB_SIZE + DB_ROOT);
+                if (root != UINT64_MAX && (root < 2 || root > last))
+                    lk__fmt(why, sizeof why,
+                            "meta page %d puts a database root at page %llu (pages 2..%llu "
+                            "exist)",
+                            i, (unsigned long long)root, (unsigned long long)last);
+            }
+        }
+    }
+    if (!why[0])
+        return LK_OK;
+    return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                   "checkpoint %s is corrupt (truncated or damaged): %s has %s; refused "
+                   "before LMDB "
+                   "reads it (restore the checkpoint from a backup, or start a new "
+                   "checkpoint.dir)",
+                   s->dir, p, why);
+}
+
 static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
     char p[4200];
     lk__fmt(p, sizeof p, "%s/LOCK", s->dir);
@@ -794,7 +901,9 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     if (!o->readonly && (err = take_lock(s, errstr, errstr_size)))
         goto fail;
 
-    /* 3. The environment. */
+    /* 3. The environment, once its file passed the check against its own meta pages. */
+    if (!creating && (err = check_data_file(s, errstr, errstr_size)))
+        goto fail;
     int rc = mdb_env_create(&s->env);
     if (!rc)
         rc = mdb_env_set_maxdbs(s->env, MAX_DBS);

@@ -524,3 +524,105 @@ Test(store_integrity, a_failed_sync_at_open_refuses_the_open) {
     cr_assert_eq(lk__store_durable_batch(s), 1);
     lk__store_close(s);
 }
+
+/* ---- a truncated or damaged data file ---- */
+
+/* A checkpoint of ~50 pages, with state reaching to its last pages. */
+static off_t make_big(void) {
+    lk_store_t *s = tu_open(dir, "app");
+    lk_state_db_t db;
+    CHECK(lk__store_state_open(s, "counts", &db, ES));
+    char val[300];
+    memset(val, 'v', sizeof val);
+    for (int b = 0; b < 4; b++) {
+        lk_store_txn_t *t = tu_begin(s, 1);
+        for (int i = 0; i < 150; i++) {
+            char key[32];
+            int kl = snprintf(key, sizeof key, "key-%d-%d", b, i);
+            CHECK(lk__store_state_put(t, db, key, (size_t)kl, val, sizeof val, i, ES));
+        }
+        lk_batch_rec_t rec = {(uint64_t)b + 1, 1700000000000LL, 0, 0, 0, 0, NULL};
+        CHECK(lk__store_batch_put(t, &rec, ES));
+        tu_commit(t);
+    }
+    lk__store_close(s);
+    char p[4200];
+    struct stat st;
+    cr_assert_eq(stat(tu_path(p, sizeof p, dir, "data.mdb"), &st), 0);
+    return st.st_size;
+}
+
+static int visit_state(const void *k, size_t kl, const void *v, size_t vl, int64_t u,
+                       void *o) {
+    (void)k, (void)kl, (void)v, (void)u;
+    *(size_t *)o += vl;
+    return 0;
+}
+
+/* Open (read-only or not) and read all state: a refusal or the full content, never a
+ * crash. The refusal must say what is wrong. */
+static void expect_truncation_refused(off_t at, int readonly) {
+    lk_store_opts_t o = {.dir = dir, .app_id = readonly ? NULL : "app", .readonly = readonly,
+                         .map_size = 1 << 20};
+    lk_store_t *s = (lk_store_t *)1;
+    E[0] = 0;
+    lk_err_t e = lk__store_open(&s, &o, ES);
+    cr_assert_eq(e, LK_ERR_CORRUPT, "truncated to %lld bytes (%s): %s (%s)", (long long)at,
+                 readonly ? "read-only" : "writable", lk_err_name(e), E);
+    cr_assert_null(s);
+    cr_assert(strstr(E, "truncated or damaged") && strstr(E, "data.mdb"), "%s", E);
+}
+
+/* Truncations of data.mdb (the issue's `truncate -s 40960` among them) are refused before
+ * LMDB maps the file; the old code died of SIGBUS inside liblmdb. */
+Test(store_integrity, a_truncated_data_file_is_refused_not_mapped) {
+    off_t size = make_big();
+    cr_assert_gt(size, 40960 + 8192, "checkpoint of %lld bytes", (long long)size);
+    char p[4200];
+    tu_path(p, sizeof p, dir, "data.mdb");
+    char *orig = malloc((size_t)size);
+    int fd = open(p, O_RDONLY);
+    cr_assert_eq(pread(fd, orig, (size_t)size, 0), size);
+    close(fd);
+    const off_t cuts[] = {100, 4096, 8192, 12288, 40960, size - 4096, size - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        cr_assert_eq(truncate(p, cuts[i]), 0);
+        uint64_t before = tu_dir_digest(dir);
+        expect_truncation_refused(cuts[i], 1);
+        expect_truncation_refused(cuts[i], 0);
+        cr_assert_eq(tu_dir_digest(dir), before, "a refused open modified the checkpoint");
+        tu_write_file(p, orig, (size_t)size);
+    }
+    /* restored: everything is there */
+    lk_store_t *s = tu_open(dir, "app");
+    lk_state_db_t db;
+    CHECK(lk__store_state_open(s, "counts", &db, ES));
+    lk_store_txn_t *t = tu_begin(s, 0);
+    size_t bytes = 0;
+    cr_assert_eq(lk__store_state_foreach(t, db, visit_state, &bytes), LK_OK);
+    cr_assert_eq(bytes, 600 * 300);
+    lk__store_txn_abort(t);
+    lk__store_close(s);
+    free(orig);
+}
+
+/* A meta page naming a database root beyond the file, or not a meta page at all. */
+Test(store_integrity, a_damaged_meta_page_is_refused) {
+    off_t size = make_big();
+    char p[4200];
+    tu_path(p, sizeof p, dir, "data.mdb");
+    int fd = open(p, O_RDWR);
+    cr_assert_geq(fd, 0);
+    /* meta page 1 (at 4096): the main database's root (16 + 24 + 48 + 40) */
+    uint64_t root = (uint64_t)size / 4096 + 10;
+    cr_assert_eq(pwrite(fd, &root, 8, 4096 + 16 + 24 + 48 + 40), 8);
+    close(fd);
+    expect_truncation_refused(size, 1);
+    cr_assert(strstr(E, "meta page 1 puts a database root at page"), "%s", E);
+    fd = open(p, O_RDWR);
+    uint32_t junk = 0x12345678;
+    cr_assert_eq(pwrite(fd, &junk, 4, 16), 4); /* meta page 0's magic */
+    close(fd);
+    expect_truncation_refused(size, 0);
+    cr_assert(strstr(E, "meta page 0 is not an LMDB 0.9 meta page"), "%s", E);
+}
