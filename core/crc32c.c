@@ -6,13 +6,11 @@
  */
 #include "crc32c_int.h"
 
-#include <pthread.h>
 #include <string.h>
 
 #define POLY 0x82f63b78u /* Castagnoli, reflected */
 
 static uint32_t table[8][256];
-static pthread_once_t once = PTHREAD_ONCE_INIT;
 static uint32_t (*impl)(uint32_t, const unsigned char *, size_t);
 
 static uint32_t sw_crc(uint32_t crc, const unsigned char *p, size_t n) {
@@ -20,10 +18,10 @@ static uint32_t sw_crc(uint32_t crc, const unsigned char *p, size_t n) {
         crc = table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
         n--;
     }
-    while (n >= 8) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (n >= 8) { /* little-endian words: the low byte comes first */
         uint64_t w;
         memcpy(&w, p, 8);
-        /* little-endian words (x86, arm64): the low byte comes first */
         w ^= crc;
         crc = table[7][w & 0xff] ^ table[6][(w >> 8) & 0xff] ^ table[5][(w >> 16) & 0xff] ^
               table[4][(w >> 24) & 0xff] ^ table[3][(w >> 32) & 0xff] ^
@@ -31,6 +29,7 @@ static uint32_t sw_crc(uint32_t crc, const unsigned char *p, size_t n) {
         p += 8;
         n -= 8;
     }
+#endif
     while (n--)
         crc = table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return crc;
@@ -58,7 +57,9 @@ __attribute__((target("sse4.2"))) static uint32_t hw_crc(uint32_t crc, const uns
 #define HAVE_HW 1
 #endif
 
-static void init(void) {
+/* Run at load time (before main and before any thread), so that the hot path pays no
+ * once-guard: the checkpoint checksums every state value it reads or writes. */
+__attribute__((constructor)) static void init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
@@ -77,6 +78,5 @@ static void init(void) {
 }
 
 uint32_t lk__crc32c(uint32_t crc, const void *p, size_t n) {
-    pthread_once(&once, init);
     return ~impl(~crc, p, n);
 }
