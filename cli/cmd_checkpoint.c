@@ -272,8 +272,10 @@ static lk_err_t export_to(lk_store_txn_t *t, const strlist_t *uids, FILE *fp,
                            "'%s' is not UTF-8)", x.uid);
         if (x.failed == 2)
             return lk__err(LK_ERR_IO, err, err_size, "write error: %s", strerror(x.err));
-        if (e)
-            return lk__err(e, err, err_size, "reading the state of operator '%s'", x.uid);
+        if (e) /* the store's message names the checkpoint and what is wrong */
+            return lk__err(e, err, err_size, "reading the state of operator '%s': %s", x.uid,
+                           lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
+                                                      : lk_err_str(e));
     }
     *entries = x.entries;
     return LK_OK;
@@ -365,7 +367,8 @@ static int cmd_checkpoint_export(int argc, char **argv) {
     if ((e = lk__store_txn_begin(s, 0, &t, err, sizeof err)))
         goto out;
     if ((e = lk__store_state_stats(t, collect_uid, &uids))) {
-        lk__fmt(err, sizeof err, "checkpoint %s: cannot list the state databases", dir);
+        lk__fmt(err, sizeof err, "checkpoint %s: cannot list the state databases: %s", dir,
+                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t) : lk_err_str(e));
         goto out;
     }
     if (only) {
@@ -603,7 +606,8 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
         goto out;
     if ((e = lk__store_offsets_foreach(t, collect_offset, &c)) || c.nomem) {
         e = c.nomem ? LK_ERR_NOMEM : e;
-        lk__fmt(err, sizeof err, "checkpoint %s: cannot read the offsets", dir);
+        lk__fmt(err, sizeof err, "checkpoint %s: cannot read the offsets: %s", dir,
+                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t) : lk_err_str(e));
         goto out;
     }
     if (!c.n) {
@@ -672,7 +676,12 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     if (e)
         goto out;
     lk_batch_rec_t plan;
-    if (lk__store_plan_get(t, &plan) == LK_OK) {
+    lk_err_t pe = lk__store_plan_get(t, &plan);
+    if (pe && pe != LK_ERR_NOT_FOUND) { /* corrupt: never taken for "no plan" */
+        e = lk__err(pe, err, sizeof err, "%s", lk__store_txn_errstr(t));
+        goto out;
+    }
+    if (pe == LK_OK) {
         printf("  pending plan of batch %" PRIu64 ": dropped (it holds the old offsets)\n",
                plan.id);
         if (yes && (e = lk__store_plan_del(t, err, sizeof err)))

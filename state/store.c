@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -499,6 +500,207 @@ static lk_err_t check_data_file(lk_store_t *s, char *errstr, size_t errstr_size)
                    s->dir, p, why);
 }
 
+/*
+ * LMDB follows page numbers and node offsets without checking them: a flipped byte in a
+ * page header or a node makes it read anywhere (SIGSEGV/SIGBUS inside liblmdb). So before
+ * anything reads a checkpoint's data, every page reachable from the snapshot's meta is
+ * checked, through the map, with every read bounds-checked: page numbers within the
+ * file and each page reached once, a page's own number, its type, its node table, every
+ * node inside its page, branch children, overflow pages, named databases (their roots),
+ * and the free list's page numbers. Layout of LMDB 0.9, 64-bit (mdb.c: MDB_page,
+ * MDB_node, MDB_db). It reads what LMDB would read anyway, once.
+ */
+enum {
+    P_BRANCH = 0x01, P_LEAF = 0x02, P_OVERFLOW = 0x04,
+    F_BIGDATA = 0x01, F_SUBDATA = 0x02,
+    NODE_HDR = 8,
+};
+
+typedef struct {
+    const unsigned char *map;
+    uint64_t psize, last;
+    unsigned char *seen;
+    char why[160];
+} verify_t;
+
+/* What a tree holds, counted, to compare with its MDB_db record (whose counters
+ * mdb_stat reports, e.g. as inspect's entries and bytes). */
+typedef struct {
+    uint64_t branch, leaf, overflow, entries, depth;
+} tree_count_t;
+
+static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+static int verify_tree(verify_t *v, const unsigned char *db, int kind, const char *name);
+
+/* kind: 0 the main database (leaves name databases), 1 a named database, 2 the free
+ * list (leaves are page lists). 0: fine; -1: v->why says what is wrong. */
+static int verify_page(verify_t *v, uint64_t pgno, int depth, int kind, tree_count_t *tc) {
+    if (pgno < 2 || pgno > v->last)
+        return lk__fmt(v->why, sizeof v->why, "a page number %llu outside 2..%llu",
+                       (unsigned long long)pgno, (unsigned long long)v->last), -1;
+    if (depth > 40 || v->seen[pgno])
+        return lk__fmt(v->why, sizeof v->why, "page %llu reached twice (a loop)",
+                       (unsigned long long)pgno), -1;
+    v->seen[pgno] = 1;
+    const unsigned char *p = v->map + pgno * v->psize;
+    uint16_t flags = le16(p + PAGE_FLAGS), lower = le16(p + 12), upper = le16(p + 14);
+    if (le64(p) != pgno)
+        return lk__fmt(v->why, sizeof v->why, "page %llu says it is page %llu",
+                       (unsigned long long)pgno, (unsigned long long)le64(p)), -1;
+    int branch = (flags & ~0xc000) == P_BRANCH, leaf = (flags & ~0xc000) == P_LEAF;
+    if ((!branch && !leaf) || lower < PAGE_HDR || lower > upper || upper > v->psize ||
+        (lower & 1))
+        return lk__fmt(v->why, sizeof v->why, "page %llu has a bad header",
+                       (unsigned long long)pgno), -1;
+    size_t n = (size_t)(lower - PAGE_HDR) / 2;
+    if ((uint64_t)depth + 1 > tc->depth)
+        tc->depth = (uint64_t)depth + 1;
+    if (branch)
+        tc->branch++;
+    else
+        tc->leaf++, tc->entries += n;
+    if (branch && n < 1)
+        return lk__fmt(v->why, sizeof v->why, "branch page %llu is empty",
+                       (unsigned long long)pgno), -1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = le16(p + PAGE_HDR + 2 * i);
+        if (off < upper || off + NODE_HDR > v->psize)
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu outside the page",
+                           (unsigned long long)pgno, i), -1;
+        const unsigned char *nd = p + off;
+        uint64_t lo = le16(nd), hi = le16(nd + 2), nflags = le16(nd + 4), ks = le16(nd + 6);
+        if (off + NODE_HDR + ks > v->psize)
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu key outside the page",
+                           (unsigned long long)pgno, i), -1;
+        if (branch) {
+            if (verify_page(v, lo | hi << 16 | nflags << 32, depth + 1, kind, tc))
+                return -1;
+            continue;
+        }
+        uint64_t dsize = lo | hi << 16;
+        const unsigned char *data = nd + NODE_HDR + ks;
+        if (nflags & ~(uint64_t)(F_BIGDATA | F_SUBDATA) ||
+            ((nflags & F_SUBDATA) && (kind != 0 || (nflags & F_BIGDATA))))
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu has flags %llu",
+                           (unsigned long long)pgno, i, (unsigned long long)nflags), -1;
+        if (nflags & F_BIGDATA) {
+            if (off + NODE_HDR + ks + 8 > v->psize)
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu outside the page",
+                               (unsigned long long)pgno, i), -1;
+            uint64_t ov = le64(data);
+            if (ov < 2 || ov > v->last || v->seen[ov])
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu: overflow page %llu",
+                               (unsigned long long)pgno, i, (unsigned long long)ov), -1;
+            const unsigned char *op = v->map + ov * v->psize;
+            uint64_t pages = le32(op + 12);
+            if (le64(op) != ov || !(le16(op + PAGE_FLAGS) & P_OVERFLOW) || pages < 1 ||
+                pages > v->last - ov + 1 || dsize > pages * v->psize - PAGE_HDR)
+                return lk__fmt(v->why, sizeof v->why, "overflow page %llu is damaged",
+                               (unsigned long long)ov), -1;
+            tc->overflow += pages;
+            for (uint64_t q = ov; q < ov + pages; q++) {
+                if (v->seen[q])
+                    return lk__fmt(v->why, sizeof v->why, "page %llu reached twice",
+                                   (unsigned long long)q), -1;
+                v->seen[q] = 1;
+            }
+            data = op + PAGE_HDR;
+        } else if (off + NODE_HDR + ks + dsize > v->psize) {
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu value outside the page",
+                           (unsigned long long)pgno, i), -1;
+        }
+        if (nflags & F_SUBDATA) { /* a named database: an MDB_db */
+            if (dsize != DB_SIZE)
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu: a database record "
+                               "of %llu bytes", (unsigned long long)pgno, i,
+                               (unsigned long long)dsize), -1;
+            char name[64];
+            lk__fmt(name, sizeof name, "%.*s", (int)(ks > 40 ? 40 : ks), nd + NODE_HDR);
+            if (verify_tree(v, data, 1, name))
+                return -1;
+        } else if (kind == 2) { /* free list: a count, then page numbers */
+            if (dsize < 8 || (dsize & 7) || le64(data) != dsize / 8 - 1)
+                return lk__fmt(v->why, sizeof v->why, "a free list record is damaged"), -1;
+            for (uint64_t j = 1; j < dsize / 8; j++)
+                if (le64(data + 8 * j) < 2 || le64(data + 8 * j) > v->last)
+                    return lk__fmt(v->why, sizeof v->why, "the free list names page %llu",
+                                   (unsigned long long)le64(data + 8 * j)), -1;
+        }
+    }
+    return 0;
+}
+
+/* The tree of MDB_db record db: its pages, and its counters against what they hold. */
+static int verify_tree(verify_t *v, const unsigned char *db, int kind, const char *name) {
+    tree_count_t tc = {0, 0, 0, 0, 0};
+    uint64_t root = le64(db + DB_ROOT);
+    if (root != UINT64_MAX && verify_page(v, root, 0, kind, &tc))
+        return -1;
+    /* md_flags: lockstep creates every database without flags; LMDB's free list has
+     * integer keys (MDB_INTEGERKEY) */
+    if (le16(db + 4) != (kind == 2 ? MDB_INTEGERKEY : 0) || le16(db + 6) != tc.depth || le64(db + 8) != tc.branch ||
+        le64(db + 16) != tc.leaf || le64(db + 24) != tc.overflow ||
+        (kind != 2 && le64(db + 32) != tc.entries))
+        return lk__fmt(v->why, sizeof v->why,
+                       "database '%s' whose record does not match its pages", name),
+               -1;
+    return 0;
+}
+
+/* Check every page of the snapshot txn reads (see verify_page). */
+static lk_err_t verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+    if (sizeof(size_t) != 8)
+        return LK_OK;
+    MDB_stat st;
+    mdb_filehandle_t fd;
+    struct stat fst;
+    if (mdb_env_stat(s->env, &st) || mdb_env_get_fd(s->env, &fd) || fstat(fd, &fst))
+        return LK_OK;
+    /* LMDB does not tell where its map is (me_mapaddr is a meta field, NULL unless
+     * MDB_FIXEDMAP): map the file once more, read-only, for the check */
+    uint64_t fsize = (uint64_t)fst.st_size;
+    verify_t v = {NULL, st.ms_psize, 0, NULL, ""};
+    if (v.psize < 512 || fsize < 2 * v.psize)
+        return LK_OK; /* checked against the file before the open */
+    void *map = mmap(NULL, fsize, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "checkpoint %s: cannot map data.mdb: %s",
+                       s->dir, strerror(errno));
+    v.map = map;
+    /* the meta of this snapshot: the one with the txn's id */
+    const unsigned char *meta = NULL;
+    for (int i = 0; i < 2; i++) {
+        const unsigned char *m = v.map + i * v.psize + PAGE_HDR;
+        if (le64(m + META_TXNID) == (uint64_t)mdb_txn_id(txn))
+            meta = m;
+    }
+    int bad = 0;
+    if (meta) { /* else a snapshot another process just replaced */
+        v.last = le64(meta + META_LAST_PG);
+        if (v.last >= fsize / v.psize) {
+            lk__fmt(v.why, sizeof v.why, "pages up to %llu in %llu bytes",
+                    (unsigned long long)v.last, (unsigned long long)fsize);
+            bad = 1;
+        } else if (!(v.seen = calloc(v.last + 1, 1))) {
+            munmap(map, fsize);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        } else {
+            bad = verify_tree(&v, meta + META_DBS, 2, "(free pages)") ||
+                  verify_tree(&v, meta + META_DBS + DB_SIZE, 0, "(main)");
+        }
+    }
+    free(v.seen);
+    munmap(map, fsize);
+    if (!bad)
+        return LK_OK;
+    return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                   "checkpoint %s is corrupt (damaged): data.mdb has %s; refused before LMDB "
+                   "reads it (restore the checkpoint from a backup, or start a new "
+                   "checkpoint.dir)",
+                   s->dir, v.why);
+}
+
 static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
     char p[4200];
     lk__fmt(p, sizeof p, "%s/LOCK", s->dir);
@@ -597,24 +799,9 @@ static lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errs
 }
 
 /* Read and check meta; fills s->app_id etc. Returns LK_OK or a refusal. */
-static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
-                           char *errstr, size_t errstr_size) {
-    MDB_dbi meta;
-    int rc = mdb_dbi_open(txn, "meta", 0, &meta);
-    if (rc == MDB_NOTFOUND)
-        return lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
-                       "%s is an LMDB environment but not a lockstep checkpoint (no meta "
-                       "database)",
-                       s->dir);
-    if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "opening meta");
-    MDB_val k = {6, "header"}, v;
-    rc = mdb_get(txn, meta, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
-                       "checkpoint %s is corrupt: meta has no header", s->dir);
-    if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "reading meta");
+/* Parse and check meta's header value v (fills s->app_id etc.): LK_OK or a refusal. */
+static lk_err_t parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+                             size_t errstr_size) {
     lk__zone_t z;
     lk__zone_init(&z);
     lk__obj_t o;
@@ -682,6 +869,27 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
 out:
     lk__zone_destroy(&z);
     return err;
+}
+
+static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
+                           char *errstr, size_t errstr_size) {
+    MDB_dbi meta;
+    int rc = mdb_dbi_open(txn, "meta", 0, &meta);
+    if (rc == MDB_NOTFOUND)
+        return lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
+                       "%s is an LMDB environment but not a lockstep checkpoint (no meta "
+                       "database)",
+                       s->dir);
+    if (rc)
+        return mdb_err(s, rc, errstr, errstr_size, "opening meta");
+    MDB_val k = {6, "header"}, v;
+    rc = mdb_get(txn, meta, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                       "checkpoint %s is corrupt: meta has no header", s->dir);
+    if (rc)
+        return mdb_err(s, rc, errstr, errstr_size, "reading meta");
+    return parse_header(s, v, want_app, errstr, errstr_size);
 }
 
 /* meta's header: [1, magic, format, app.id, created_ms, checkpoint id] */
@@ -948,7 +1156,9 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             err = mdb_err(s, rc, errstr, errstr_size, "beginning a read transaction");
             goto fail;
         }
-        err = check_meta(s, txn, o->app_id, errstr, errstr_size);
+        err = verify_pages(s, txn, errstr, errstr_size);
+        if (!err)
+            err = check_meta(s, txn, o->app_id, errstr, errstr_size);
         for (int i = 0; !err && i < DB_FIXED_COUNT; i++)
             if ((rc = mdb_dbi_open(txn, db_names[i], 0, &s->dbi[i])))
                 err = rc == MDB_NOTFOUND
@@ -2348,6 +2558,8 @@ static char *zone_strndup(lk__zone_t *z, const char *s, size_t n) {
     return d;
 }
 
+static lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n);
+
 lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n) {
     *ops = NULL;
     *n = 0;
@@ -2357,6 +2569,10 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
         return LK_OK;
     if (rc)
         return read_failed(t, rc, "reading the topology");
+    return decode_topology(t, v, ops, n);
+}
+
+static lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
     MDB_val k = {8, "topology"};
     if (unseal(t->s, &k, &v))
         return corrupt(t, "the recorded topology fails its checksum");
@@ -2391,6 +2607,9 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     return LK_OK;
 }
 
+static lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
+                              int (*cb)(const char *, const char *, void *), void *opaque);
+
 lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val v;
@@ -2399,6 +2618,11 @@ lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
         return LK_OK;
     if (rc)
         return read_failed(t, rc, "reading the recorded configuration");
+    return decode_config(t, v, cb, opaque);
+}
+
+static lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
+                              int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val key = {6, "config"};
     if (unseal(t->s, &key, &v))
         return corrupt(t, "the recorded configuration fails its checksum");
@@ -2549,4 +2773,83 @@ lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
     if (rc)
         return rc == MDB_INCOMPATIBLE ? LK_ERR_CORRUPT : LK_ERR_STORE;
     return foreach_state_dbi(t, dbi, cb, opaque);
+}
+
+/* ---- the decoders on raw bytes (the fuzz target) ---- */
+
+static int no_config_cb(const char *k, const char *v, void *o) {
+    (void)k, (void)v, (void)o;
+    return 0;
+}
+
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+                          size_t klen, const void *val, size_t vlen) {
+    MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+    t->err[0] = 0;
+    switch (kind) {
+    case LK_REC_OFFSET: {
+        int64_t off;
+        lk_fingerprint_t fp;
+        int has_fp;
+        return decode_offset(t, &k, v, "topic", 0, &off, &fp, &has_fp);
+    }
+    case LK_REC_BATCH: {
+        lk_batch_rec_t b;
+        if (klen != 8)
+            return LK_ERR_INVALID_ARG;
+        return decode_batch_at(t, &k, v, &b);
+    }
+    case LK_REC_PLAN: {
+        lk_batch_rec_t b;
+        MDB_val pk = {sizeof plan_key - 1, (void *)plan_key};
+        return decode_batch(t, &pk, v, "the pending plan", &b);
+    }
+    case LK_REC_OUTBOX: {
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "outbox chunk fails its checksum");
+        lk_header_t hbuf[64];
+        for (size_t off = 0; off < v.mv_size;) {
+            lk_out_record_t r;
+            if (!decode_out(t, &v, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf)))
+                return corrupt(t, "an outbox record does not decode");
+        }
+        return LK_OK;
+    }
+    case LK_REC_FENCE: {
+        int64_t b, w;
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "fence fails its checksum");
+        return decode_fence(t, "sink", v, &b, &w);
+    }
+    case LK_REC_ACC: {
+        int64_t a;
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "accumulator fails its checksum");
+        return decode_acc(t, "acc", v, &a);
+    }
+    case LK_REC_STATE: {
+        const void *p;
+        size_t n;
+        int64_t upd;
+        return decode_state(t, &k, v, &p, &n, &upd) ? LK_OK : LK_ERR_CORRUPT;
+    }
+    case LK_REC_TOPOLOGY: {
+        lk_topo_op_t *ops;
+        size_t n;
+        return decode_topology(t, v, &ops, &n);
+    }
+    case LK_REC_CONFIG:
+        return decode_config(t, v, no_config_cb, NULL);
+    case LK_REC_HEADER: {
+        lk_store_t h;
+        memset(&h, 0, sizeof h);
+        h.dir = t->s->dir;
+        lk_err_t e = parse_header(&h, v, NULL, t->err, sizeof t->err);
+        free(h.app_id);
+        return e;
+    }
+    case LK_REC_KINDS:
+        break;
+    }
+    return LK_ERR_INVALID_ARG;
 }

@@ -395,4 +395,22 @@ lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
                                                size_t vlen, int64_t updated_ms, void *opaque),
                                      void *opaque);
 
+/* ---- decoders on raw bytes ---- */
+
+typedef enum {
+    LK_REC_OFFSET, LK_REC_BATCH, LK_REC_PLAN, LK_REC_OUTBOX, LK_REC_FENCE,
+    LK_REC_ACC, LK_REC_STATE, LK_REC_TOPOLOGY, LK_REC_CONFIG, LK_REC_HEADER,
+    LK_REC_KINDS
+} lk_store_record_t;
+
+/**
+ * Decode (val, vlen), stored under (key, klen), as the store decodes a record of kind
+ * when reading it in t (checksum included, per the store's format), and discard the
+ * result: LK_OK, LK_ERR_CORRUPT (described by lk__store_txn_errstr()), or
+ * LK_ERR_INVALID_ARG (a key of the wrong shape for kind). For the decoder fuzz target
+ * (tests/fuzz); it reads nothing from LMDB. Decoded data lives in t until it ends.
+ */
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+                          size_t klen, const void *val, size_t vlen);
+
 #endif
