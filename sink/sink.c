@@ -101,7 +101,7 @@ static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, cha
 static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
     if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED)
         s->ops->abort(s);
-    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_CORRUPT) { /* never heals */
         lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", errstr ? errstr : "");
         lk__sink_transition(s, LK__TXN_FATAL, NULL, 0);
         s->recovered = 0;
@@ -219,7 +219,9 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
         write_ctx_t w = {s, LK_OK, why, sizeof why};
         lk_err_t fe = lk__store_outbox_foreach(t, s->name, batch, write_one, &w);
         e = w.err ? w.err
-            : fe  ? lk__err(fe, why, sizeof why, "reading the outbox: %s", lk_err_str(fe))
+            : fe  ? lk__err(fe, why, sizeof why, "reading the outbox: %s",
+                            lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
+                                                       : lk_err_str(fe))
                   : LK_OK;
     }
     if (!e)

@@ -226,9 +226,13 @@ lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
         return err;
     err = LK_OK;
     json_t *doc = collect(s, t, &err);
+    char why[512];
+    lk__fmt(why, sizeof why, "%s", lk__store_txn_errstr(t));
     lk__store_txn_abort(t);
     if (err) {
         json_decref(doc);
+        if (why[0]) /* the store named the record */
+            return lk__err(err, errstr, errstr_size, "%s", why);
         return lk__err(err, errstr, errstr_size, "checkpoint %s: cannot read: %s",
                        lk__store_dir(s), lk_err_str(err));
     }
