@@ -44,6 +44,8 @@ typedef struct lk_store_opts {
     const char *dir;          /**< checkpoint.dir */
     const char *app_id;       /**< must match an existing checkpoint's app.id */
     int readonly;             /**< inspect: no lock, no writes; the checkpoint must exist */
+    int no_migrate;           /**< writable (locked) but an older format is left as it is
+                                   (a dry run): write transactions are then refused */
     int sync_interval;        /**< 0: fsync every commit; 1: group commit */
     int64_t sync_interval_ms; /**< group-commit interval */
     size_t map_size;          /**< initial map size; grows when full */
