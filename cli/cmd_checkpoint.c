@@ -598,8 +598,9 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     s = NULL;
     /* Read-write: takes the LOCK (LK_ERR_LOCKED naming the holder while the application
      * runs) and checks app.id (LK_ERR_APP_MISMATCH). Nothing is written by the open of
-     * an existing checkpoint without a configuration. */
-    lk_store_opts_t rw = {.dir = dir, .app_id = app};
+     * an existing checkpoint without a configuration; a checkpoint of an older format is
+     * migrated only when writing (--yes), so a dry run writes nothing at all. */
+    lk_store_opts_t rw = {.dir = dir, .app_id = app, .no_migrate = !yes};
     if ((e = lk__store_open(&s, &rw, err, sizeof err)))
         return fail(e, err);
     if ((e = lk__store_txn_begin(s, yes, &t, err, sizeof err)))

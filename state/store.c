@@ -1190,6 +1190,11 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
      * config, in one write transaction. A migration that fills the map grows it and
      * starts again (nothing of the failed attempt was kept). */
     int migrating = !creating && s->format < LK_CHECKPOINT_FORMAT;
+    if (migrating && o->no_migrate) { /* a dry run: the checkpoint stays as it is */
+        s->readonly = 1;              /* its writes would mix formats */
+        *out = s;
+        return LK_OK;
+    }
     for (;;) {
         if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
             err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");

@@ -44,6 +44,8 @@ typedef struct lk_store_opts {
     const char *dir;          /**< checkpoint.dir */
     const char *app_id;       /**< must match an existing checkpoint's app.id */
     int readonly;             /**< inspect: no lock, no writes; the checkpoint must exist */
+    int no_migrate;           /**< writable (locked) but an older format is left as it is
+                                   (a dry run): write transactions are then refused */
     int sync_interval;        /**< 0: fsync every commit; 1: group commit */
     int64_t sync_interval_ms; /**< group-commit interval */
     size_t map_size;          /**< initial map size; grows when full */
@@ -62,9 +64,12 @@ void lk__store_opts_from_conf(lk_store_opts_t *opts, const lk_conf_t *conf);
  * A missing or empty directory is created as a new checkpoint (not when readonly).
  * Refused without modifying the checkpoint's data: a path that is not a checkpoint
  * (LK_ERR_NOT_CHECKPOINT), another app.id (LK_ERR_APP_MISMATCH), a newer format
- * (LK_ERR_FORMAT_TOO_NEW), an unreadable meta or data file (LK_ERR_CORRUPT), a
- * checkpoint held by another open handle, in this process or another
- * (LK_ERR_LOCKED, naming the holder's pid).
+ * (LK_ERR_FORMAT_TOO_NEW), an unreadable meta or data file (LK_ERR_CORRUPT: also a
+ * data.mdb that does not match LMDB's meta pages or whose pages are damaged, checked
+ * before LMDB reads it; or a meta header failing its checksum), a checkpoint held by
+ * another open handle, in this process or another (LK_ERR_LOCKED, naming the holder's
+ * pid), a sync to disk that fails (LK_ERR_IO, with the OS error).
+ * A format-1 checkpoint opened writable is migrated (see LK_CHECKPOINT_FORMAT).
  */
 lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *opts, char *errstr,
                         size_t errstr_size);
@@ -101,10 +106,15 @@ size_t lk__store_map_size(const lk_store_t *s);
 uint64_t lk__store_committed_batch(const lk_store_t *s);
 uint64_t lk__store_durable_batch(const lk_store_t *s);
 
-/** Force committed checkpoints to disk (needed only with sync_interval). */
+/**
+ * Force committed checkpoints to disk (needed only with sync_interval). A failed sync is
+ * fatal for the store (sticky, LK_ERR_FATAL with the OS error): durable_batch never
+ * advances past the last good sync.
+ */
 lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size);
 
-/** Sticky fatal state (MDB_PANIC): non-zero and a message once the store is unusable. */
+/** Sticky fatal state (MDB_PANIC, a failed sync): non-zero and a message once the store
+ * is unusable. */
 int lk__store_fatal(const lk_store_t *s, const char **msg);
 
 /* ---- transactions ---- */

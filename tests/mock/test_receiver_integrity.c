@@ -10,11 +10,14 @@
  *  - a corrupt offset or pending plan stops the run naming the record, and is left as it
  *    was (the evidence is not overwritten);
  *  - a corrupt outbox chunk of a removed sink is reported with a message (it printed
- *    uninitialised memory).
+ *    uninitialised memory), and a wrongly shaped one stops delivery for good (it was
+ *    retried forever).
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
 #include "mockutil.h"
+#include "core/crc32c_int.h"
+#include "core/util_int.h"
 #include "state/codec_int.h"
 #include "state/store_int.h"
 #include "testutil.h"
@@ -295,5 +298,78 @@ Test(receiver_integrity, a_corrupt_outbox_chunk_is_named_at_start) {
     lk_context_t *ctx = lk_context_get_or_create(conf, define_count, NULL, e, sizeof e);
     cr_assert_null(ctx);
     cr_assert(strstr(e, "outbox chunk 0 of sink 'gone' batch 1"), "%s", e);
+    lk_conf_destroy(conf);
+}
+
+static void define_copy(lk_pipeline_t *p, void *o) {
+    (void)o;
+    lk_to_kafka(lk_kafka_stream(p, "lines"), "sink", "out");
+}
+
+/* A wrongly shaped outbox chunk with a valid checksum (a crafted checkpoint: the old code
+ * retried "Checkpoint is corrupt" forever): delivery stops the application, naming the
+ * record, and is not tried again. */
+Test(receiver_integrity, a_wrongly_shaped_outbox_chunk_stops_delivery_for_good) {
+    mu_topic(&cl, "lines", 1);
+    mu_topic(&cl, "out", 1);
+    mu_topic(&cl, "shape.progress", 1);
+    lk_conf_t *conf = mu_conf(&cl, "shape", dir);
+    lk_store_opts_t o;
+    lk__store_opts_from_conf(&o, conf);
+    lk_store_t *s;
+    char err[512];
+    cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
+    lk_store_txn_t *t;
+    cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK, "%s", err);
+    cr_assert_eq(lk__store_offset_put(t, "lines", 0, 0, err, sizeof err), LK_OK, "%s", err);
+    lk_batch_rec_t b1 = {1, 1700000000000LL, 0, 0, 1, 0, NULL};
+    cr_assert_eq(lk__store_batch_put(t, &b1, err, sizeof err), LK_OK, "%s", err);
+    cr_assert_eq(lk__store_txn_commit(t, err, sizeof err), LK_OK, "%s", err);
+    lk__store_close(s);
+    /* [1, "partition?", key, value, ts, []]: msgpack, sealed, but not an outbox record */
+    lk__buf_t b;
+    lk__buf_init(&b);
+    lk__pack_array(&b, 6);
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, "partition?");
+    lk__pack_bin_or_nil(&b, "k", 1);
+    lk__pack_bin_or_nil(&b, "v", 1);
+    lk__pack_i64(&b, 42);
+    lk__pack_array(&b, 0);
+    unsigned char key[17];
+    memcpy(key, "sink", 5);
+    memset(key + 5, 0, 12);
+    key[12] = 1; /* batch 1, chunk 0 */
+    if (LK_CHECKPOINT_FORMAT >= 2) { /* sealed as the store seals values */
+        unsigned char tail[4];
+        lk__put_be32(tail, lk__crc32c(lk__crc32c(0, b.data, b.len), key, sizeof key));
+        lk__buf_append(&b, tail, 4);
+    }
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "outbox", 0, &dbi), 0);
+    MDB_val k = {sizeof key, key}, v = {b.len, b.data};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    lk__buf_free(&b);
+
+    char e[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_copy, NULL, e, sizeof e);
+    cr_assert_not_null(ctx, "%s", e);
+    lk_err_t r = lk_context_run_once(ctx);
+    cr_assert_eq(r, LK_ERR_CORRUPT, "%s (%s)", lk_err_name(r), lk_context_errstr(ctx));
+    cr_assert(strstr(lk_context_errstr(ctx),
+                     "record 0 of outbox chunk 0 of sink 'sink' batch 1 does not decode"),
+              "%s", lk_context_errstr(ctx));
+    r = lk_context_run_once(ctx);
+    cr_assert_eq(r, LK_ERR_FATAL, "not tried again: %s (%s)", lk_err_name(r),
+                 lk_context_errstr(ctx));
+    lk_context_destroy(ctx);
     lk_conf_destroy(conf);
 }

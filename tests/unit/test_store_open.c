@@ -831,3 +831,31 @@ Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
     lk__buf_free(&b);
     expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
 }
+
+/* A dry run (reset-offsets without --yes) takes the lock but must write nothing: a
+ * format-1 checkpoint is not migrated, and a write transaction is refused. */
+Test(store_identity, no_migrate_leaves_format_1_as_it_is) {
+    make_format_1("app", 10);
+    uint64_t before = tu_dir_digest(dir);
+    lk_store_opts_t o = {.dir = dir, .app_id = "app", .no_migrate = 1, .map_size = 1 << 20};
+    lk_store_t *s;
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_eq(lk__store_format(s), 1);
+    cr_assert_str_eq(lk__store_checkpoint_id(s), "");
+    expect_format_1_content(s, 10);
+    lk_store_txn_t *t = (lk_store_txn_t *)1;
+    cr_assert_eq(lk__store_txn_begin(s, 1, &t, ES), LK_ERR_STATE);
+    /* the lock is held as by any writable open */
+    lk_store_t *s2 = (lk_store_t *)1;
+    cr_assert_eq(tu_open_opts(&s2, dir, "app", 1 << 20, 0, ES), LK_ERR_LOCKED);
+    lk__store_close(s);
+    cr_assert_eq(tu_dir_digest(dir), before, "the dry run modified the checkpoint");
+    /* a current checkpoint opens as usual with the flag */
+    s = tu_open(dir, "app");
+    cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
+    lk__store_close(s);
+    CHECK(lk__store_open(&s, &o, ES));
+    t = tu_begin(s, 1);
+    lk__store_txn_abort(t);
+    lk__store_close(s);
+}
