@@ -294,15 +294,28 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
     if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_last || !ctx->dl_err || !ctx->dl_errstr)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    lk_sink_t *kafka = NULL;
     for (size_t i = 0; i < p->nstages; i++) {
         lk_stream_t *st = p->stages[i];
         if (st->kind != LK__ST_OUTBOX)
             continue;
+        /* every Kafka output goes in one transaction of one producer: one lk_sink_t
+         * whose members are the Kafka sinks, in pipeline order */
+        if (st->sink_ops == &lk__sink_kafka_ops && kafka) {
+            if (lk__sink_add_member(kafka, st->uid, st->target))
+                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+            continue;
+        }
         lk_sink_t *s = lk__sink_new(st->sink_ops, st->uid, st->target, st->format,
                                     lk__conf_str(ctx->conf, LK__P_APP_ID));
         if (!s)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         ctx->sinks[ctx->nsinks++] = s;
+        if (st->sink_ops == &lk__sink_kafka_ops)
+            kafka = s;
+    }
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        lk_sink_t *s = ctx->sinks[i];
         char why[768];
         lk_err_t e = s->ops->open(s, ctx->conf, why, sizeof why);
         if (e)

@@ -654,7 +654,7 @@ Test(sink_kafka, produce_errors_retried_or_aborted_then_delivered_again) {
      * outbox. librdkafka 2.0.2 then fails the next transaction once with
      * OUT_OF_ORDER_SEQUENCE_NUMBER (abortable, FINDINGS Q3): the sink must converge. */
     sim_produce(20);
-    rd_kafka_mock_push_request_errors(cl.mc, 0, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    rd_kafka_mock_push_request_errors(cl.mc, 0, 1, RD_KAFKA_RESP_ERR_UNKNOWN);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
     cr_assert_eq(lk_context_last_batch(ctx), 2, "the batch is committed in the checkpoint");
     cr_assert(strstr(lk_context_errstr(ctx), "batch 2") &&
@@ -714,6 +714,10 @@ Test(sink_kafka, commit_timeout_is_resumed_not_abandoned) {
     rd_kafka_mock_clear_request_errors(cl.mc, 26);
     sim_consume();
     run_until_delivered(ctx);
+    /* Kafka may hold the batch before the sink learns it: librdkafka finishes the commit
+     * in the background, the sink resumes it after its retry backoff (at most
+     * retry.backoff.max.ms = 20 ms here), then acknowledges it */
+    usleep(25000);
     run_until_idle(ctx);
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
@@ -784,7 +788,7 @@ Test(sink_kafka, overlapped_run_redelivers_after_failures_on_the_delivery_thread
     run_until_kafka_holds_all(&r);
     sim_produce(80); /* batches 2..5, before the injection: Produce errors hit any client */
     rd_kafka_mock_push_request_errors(cl.mc, 0 /* Produce */, 1,
-                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+                                      RD_KAFKA_RESP_ERR_UNKNOWN);
     rd_kafka_resp_err_t errs[] = {RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
                                   RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE};
     rd_kafka_mock_push_request_errors_array(cl.mc, 26 /* EndTxn */, 2, errs);
