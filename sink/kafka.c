@@ -699,6 +699,66 @@ static const failed_rec_t *diverted(const kafka_sink_t *k, size_t member, uint64
     return NULL;
 }
 
+/* After a failed attempt: a permanent per-record error stops the application naming the
+ * record and the setting, or (errors.tolerance=all with a Kafka dead letter) marks the
+ * record for the dead letter topic in the next attempt. Returns the error to report. */
+static lk_err_t record_failed(lk_sink_t *s, lk_err_t e, char *errstr, size_t errstr_size) {
+    kafka_sink_t *k = s->impl;
+    const lk_batch_rec_t *b = s->batch_rec;
+    if (!k->have_failed || e == LK_ERR_FENCED || e == LK_ERR_FATAL)
+        return e;
+    failed_rec_t f = k->first_failed;
+    if (!is_permanent(f.err)) {
+        size_t n = strlen(errstr);
+        lk__fmt(errstr + n, errstr_size - n, "; %llu of %llu records not delivered, first: %s",
+                (unsigned long long)k->dr_failed, (unsigned long long)k->attempt_records,
+                f.errstr);
+        return e;
+    }
+    const char *uid = f.member == SIZE_MAX ? "(progress record)" : s->members[f.member].uid;
+    const char *topic = f.member == SIZE_MAX ? k->progress_topic : s->members[f.member].target;
+    if (f.member != SIZE_MAX && k->deadletter[0] && strcmp(topic, k->deadletter)) {
+        if (k->ndivert == k->divert_cap) {
+            size_t cap = k->divert_cap ? k->divert_cap * 2 : 8;
+            failed_rec_t *d = realloc(k->divert, cap * sizeof *d);
+            if (!d)
+                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+            k->divert = d;
+            k->divert_cap = cap;
+        }
+        k->divert[k->ndivert++] = f;
+        k->div_batch = s->batch;
+        lk__log(LK_LOG_WARNING, "sink '%s' batch %llu: record %llu of the batch for topic %s "
+                "can never be delivered (%s); errors.tolerance=all: it goes to the dead "
+                "letter topic %s in the next attempt of the batch", uid,
+                (unsigned long long)s->batch, (unsigned long long)f.index, topic, f.errstr,
+                k->deadletter);
+        return e;
+    }
+    char setting[512], input[512] = "";
+    setting_for(&f, topic, setting, sizeof setting);
+    size_t n = 0;
+    for (size_t i = 0; b && i < b->nranges && n + 1 < sizeof input; i++) {
+        lk__fmt(input + n, sizeof input - n, "%s%s[%d] offsets %lld..%lld", i ? ", " : "",
+                b->ranges[i].topic, (int)b->ranges[i].partition, (long long)b->ranges[i].from,
+                (long long)b->ranges[i].until - 1);
+        n = strlen(input);
+    }
+    char part[32];
+    if (f.partition >= 0)
+        lk__fmt(part, sizeof part, "%d", (int)f.partition);
+    else
+        lk__fmt(part, sizeof part, "(by key)");
+    return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                   "sink '%s': record %llu of batch %llu for topic %s partition %s can never be "
+                   "delivered: %s (a permanent error, not retried); the batch's input: %s; %s%s",
+                   uid, (unsigned long long)f.index, (unsigned long long)s->batch, topic,
+                   part, f.errstr, input[0] ? input : "unknown", setting,
+                   k->deadletter[0] ? ""
+                                    : "; or set errors.tolerance=all and errors.deadletter to a "
+                                      "topic to divert such records there");
+}
+
 static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
                             size_t errstr_size) {
     kafka_sink_t *k = s->impl;
@@ -739,63 +799,10 @@ static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
                            : r->value_len,
                        r->timestamp_ms, h, OPAQUE_PROGRESS, errstr, errstr_size);
     }
-    return produce(s, m->target, r->partition >= 0 ? r->partition : RD_KAFKA_PARTITION_UA,
-                   r->key, r->key_len, r->value, r->value_len, r->timestamp_ms, h,
-                   OPAQUE(s->cur, index), errstr, errstr_size);
-}
-
-/* After a failed attempt: a permanent per-record error stops the application naming the
- * record and the setting, or (errors.tolerance=all with a Kafka dead letter) marks the
- * record for the dead letter topic in the next attempt. Returns the error to report. */
-static lk_err_t record_failed(lk_sink_t *s, const lk_batch_rec_t *b, lk_err_t e,
-                              char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
-    if (!k->have_failed || e == LK_ERR_FENCED || e == LK_ERR_FATAL)
-        return e;
-    failed_rec_t f = k->first_failed;
-    if (!is_permanent(f.err)) {
-        size_t n = strlen(errstr);
-        lk__fmt(errstr + n, errstr_size - n, "; %llu of %llu records not delivered, first: %s",
-                (unsigned long long)k->dr_failed, (unsigned long long)k->attempt_records,
-                f.errstr);
-        return e;
-    }
-    const char *uid = f.member == SIZE_MAX ? "(progress record)" : s->members[f.member].uid;
-    const char *topic = f.member == SIZE_MAX ? k->progress_topic : s->members[f.member].target;
-    if (f.member != SIZE_MAX && k->deadletter[0] && strcmp(topic, k->deadletter)) {
-        if (k->ndivert == k->divert_cap) {
-            size_t cap = k->divert_cap ? k->divert_cap * 2 : 8;
-            failed_rec_t *d = realloc(k->divert, cap * sizeof *d);
-            if (!d)
-                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-            k->divert = d;
-            k->divert_cap = cap;
-        }
-        k->divert[k->ndivert++] = f;
-        k->div_batch = s->batch;
-        lk__log(LK_LOG_WARNING, "sink '%s' batch %llu: record %llu of the batch for %s[%d] can "
-                "never be delivered (%s); errors.tolerance=all: it goes to the dead letter "
-                "topic %s in the next attempt of the batch", uid, (unsigned long long)s->batch,
-                (unsigned long long)f.index, topic, (int)f.partition, f.errstr, k->deadletter);
-        return e;
-    }
-    char setting[512], input[512] = "";
-    setting_for(&f, topic, setting, sizeof setting);
-    size_t n = 0;
-    for (size_t i = 0; b && i < b->nranges && n + 1 < sizeof input; i++) {
-        lk__fmt(input + n, sizeof input - n, "%s%s[%d] offsets %lld..%lld", i ? ", " : "",
-                b->ranges[i].topic, (int)b->ranges[i].partition, (long long)b->ranges[i].from,
-                (long long)b->ranges[i].until - 1);
-        n = strlen(input);
-    }
-    return lk__err(LK_ERR_FATAL, errstr, errstr_size,
-                   "sink '%s': record %llu of batch %llu for topic %s partition %d can never be "
-                   "delivered: %s (a permanent error, not retried); the batch's input: %s; %s%s",
-                   uid, (unsigned long long)f.index, (unsigned long long)s->batch, topic,
-                   (int)f.partition, f.errstr, input[0] ? input : "unknown", setting,
-                   k->deadletter[0] ? ""
-                                    : "; or set errors.tolerance=all and errors.deadletter to a "
-                                      "topic to divert such records there");
+    lk_err_t e = produce(s, m->target, r->partition >= 0 ? r->partition : RD_KAFKA_PARTITION_UA,
+                         r->key, r->key_len, r->value, r->value_len, r->timestamp_ms, h,
+                         OPAQUE(s->cur, index), errstr, errstr_size);
+    return e ? record_failed(s, e, errstr, errstr_size) : LK_OK;
 }
 
 static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
@@ -825,7 +832,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
                    : lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     free(value);
     if (r)
-        return record_failed(s, b, r, errstr, errstr_size);
+        return record_failed(s, r, errstr, errstr_size);
     if (k->send_offsets && b && b->nranges) {
         /* standard lag tools see the application's progress as group <app.id> */
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)b->nranges);
@@ -837,7 +844,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
         rd_kafka_consumer_group_metadata_destroy(g);
         rd_kafka_topic_partition_list_destroy(l);
         if (e)
-            return record_failed(s, b, txn_error(k, e, "send_offsets_to_transaction", errstr,
+            return record_failed(s, txn_error(k, e, "send_offsets_to_transaction", errstr,
                                                  errstr_size),
                                  errstr, errstr_size);
     }
@@ -852,7 +859,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
         txn_error(k, e, "commit_transaction", errstr, errstr_size);
         return LK_ERR_TIMED_OUT;
     }
-    return record_failed(s, b, txn_error(k, e, "commit_transaction", errstr, errstr_size),
+    return record_failed(s, txn_error(k, e, "commit_transaction", errstr, errstr_size),
                          errstr, errstr_size);
 }
 

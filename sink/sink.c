@@ -394,8 +394,14 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                        (unsigned long long)batch, why);
     s->batch = batch;
     new_attempt(s);
+    /* the batch's record (its input ranges), for the commit and for errors naming the
+     * input a record came from */
+    lk_batch_rec_t rec, *recp = NULL;
+    if (lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
+        e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
+    s->batch_rec = recp;
     lk__faultpoint("before-sink-produce");
-    if (!(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
+    if (!e && !(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
         !(e = s->ops->begin(s, batch, why, sizeof why))) {
         for (size_t i = 0; i < s->nmembers; i++)
             s->members[i].records = 0;
@@ -412,9 +418,6 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     }
     if (!e)
         e = lk__sink_transition(s, LK__TXN_PRODUCED, why, sizeof why);
-    lk_batch_rec_t rec, *recp = NULL;
-    if (!e && lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
-        e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
     /* the records are in the producer's hands now (copied): end the read transaction
      * before the commit, which may wait on Kafka for long, so as not to hold back the
      * checkpoint's page reuse or a map growth */
@@ -423,6 +426,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
         lk__faultpoint("after-sink-produce");
         e = s->ops->commit(s, recp, why, sizeof why);
     }
+    s->batch_rec = NULL;
     free(recp);
     if (!e)
         e = lk__sink_transition(s, LK__TXN_COMMITTED, why, sizeof why);

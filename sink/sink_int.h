@@ -92,6 +92,8 @@ struct lk_sink {
     char *app_id;
     lk__txn_state_t state;
     uint64_t batch;        /* batch of the delivery in progress */
+    const lk_batch_rec_t *batch_rec; /* its record during begin/write/commit, NULL if
+                                        no longer kept */
     char attempt[17];      /* hex nonce of the delivery attempt (provenance) */
     int recovered;         /* recover() succeeded since open */
     unsigned settle_tries; /* calls of abort / resume_commit for the batch so far */

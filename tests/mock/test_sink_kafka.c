@@ -12,6 +12,7 @@
 #include "wc_ops.h"
 
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1016,3 +1017,237 @@ Test(sink_kafka, abort_failing_five_times_is_called_again) { endtxn_fails(5, 1);
 Test(sink_kafka, commit_failing_once_is_resumed) { endtxn_fails(1, 0); }
 Test(sink_kafka, commit_failing_twice_is_resumed) { endtxn_fails(2, 0); }
 Test(sink_kafka, commit_failing_five_times_is_resumed) { endtxn_fails(5, 0); }
+
+/* ---- 13.1: every Kafka output of a batch in one transaction ---- */
+
+static void define_two_sinks(lk_pipeline_t *p, void *o) {
+    (void)o;
+    lk_stream_t *words = lk_flat_map(lk_kafka_stream(p, "lines"), "split-words", wc_split_words, NULL);
+    lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, wc_add_counts, NULL);
+    lk_to_kafka(counts, "counts-out", "counts");
+    lk_to_kafka(counts, "counts-copy", "counts2");
+}
+
+typedef struct {
+    int records;
+    int both;  /* records naming both sinks with equal counts */
+    int other; /* records of another format or transactional id */
+} progress_count_t;
+
+static void count_progress(progress_count_t *pc) {
+    rd_kafka_t *rk = mu_reader(cl.bootstraps, "progress-count");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "wc.progress", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    cr_assert_eq(rd_kafka_assign(rk, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    memset(pc, 0, sizeof *pc);
+    for (int polls = 0; polls < 3000; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 10);
+        if (!m)
+            continue;
+        int eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
+        if (!m->err) {
+            json_error_t je;
+            json_t *d = json_loadb(m->payload, m->len, 0, &je);
+            cr_assert_not_null(d);
+            json_t *a = json_object_get(json_object_get(d, "sinks"), "counts-out"),
+                   *b = json_object_get(json_object_get(d, "sinks"), "counts-copy");
+            pc->records++;
+            if (a && b && json_integer_value(json_object_get(a, "records")) > 0 &&
+                json_integer_value(json_object_get(a, "records")) ==
+                    json_integer_value(json_object_get(b, "records")) &&
+                !strcmp(json_string_value(json_object_get(d, "task")), "wc") &&
+                m->key_len == 2 && !memcmp(m->key, "wc", 2))
+                pc->both++;
+            else
+                pc->other++;
+            json_decref(d);
+        }
+        rd_kafka_message_destroy(m);
+        if (eof)
+            break;
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+
+/*
+ * Two Kafka sinks: one transaction per batch (transactional.id = the app.id), one
+ * progress record per batch (key: the app.id) naming both sinks and their record counts.
+ * The old code ran one producer and wrote one progress record per sink: a killed
+ * producer's orphan transaction held back the progress partition's last stable offset
+ * and the other sink, reading below it, delivered a committed batch again.
+ */
+Test(sink_kafka, two_kafka_sinks_share_one_transaction_and_one_progress_record) {
+    mu_topic(&cl, "counts2", 2);
+    sim_init(10, 6, 3);
+    sim_produce(60);
+    sim_consume();
+    lk_conf_t *conf = wc_conf(10);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_two_sinks, NULL, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    run_until_idle(ctx);
+    cr_assert_eq(lk_context_last_batch(ctx), 3);
+    lk_context_destroy(ctx);
+    progress_count_t pc;
+    count_progress(&pc);
+    cr_assert_eq(pc.records, 3, "%d progress records for 3 batches (one per batch)", pc.records);
+    cr_assert_eq(pc.both, 3, "each names both sinks with their counts");
+    check_eo(1);
+    eos_report_t r;
+    eos_read(cl.bootstraps, "wc", "counts-copy", "counts2", &r);
+    cr_assert_eq(r.batches, 3);
+    cr_assert_eq(r.records, sim.records);
+    cr_assert_eq(r.foreign, 0);
+    cr_assert_eq(r.dup_keys, 0);
+    /* a restart finds both sinks' fence in the one record and delivers nothing again */
+    ctx = lk_context_get_or_create(conf, define_two_sinks, NULL, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    run_until_idle(ctx);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    count_progress(&pc);
+    cr_assert_eq(pc.records, 3);
+}
+
+/* ---- 13.4: permanent delivery errors ---- */
+
+static void define_copy(lk_pipeline_t *p, void *o) {
+    const char *topic = o;
+    lk_stream_t *s = lk_to_kafka(lk_kafka_stream(p, "lines"), "copy-out", topic);
+    if (!strcmp(topic, "one-partition"))
+        lk_sink_keep_partition(s);
+}
+
+static lk_context_t *open_copy(lk_conf_t *conf, const char *topic) {
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_copy, (void *)topic, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    return ctx;
+}
+
+/* n small keyed lines k0.. on both partitions, plus (big > 0) one of `big` bytes keyed
+ * "big" on partition 1 as its line `at`. */
+static void produce_copy_input(int n, int big, int at) {
+    static char value[8192];
+    for (int i = 0; i < n; i++) {
+        char key[16], v[32];
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(v, sizeof v, "line %d", i);
+        if (big && i == at) {
+            memset(value, 'x', (size_t)big);
+            value[big] = 0;
+            mu_produce(&cl, "lines", 1, "big", value);
+        }
+        mu_produce(&cl, "lines", i % 2, key, v);
+    }
+    mu_flush(&cl);
+}
+
+/* The error stops the application: LK_ERR_FATAL, sticky, naming what must be named. */
+static void assert_stops(lk_context_t *ctx, const char *const *must, const char *must_not) {
+    lk_err_t e = LK_OK;
+    for (int i = 0; i < 3 && e == LK_OK; i++)
+        e = lk_context_run_once(ctx);
+    const char *m = lk_context_errstr(ctx);
+    cr_assert_eq(e, LK_ERR_FATAL, "%s (%s)", m, lk_err_name(e));
+    for (; *must; must++)
+        cr_assert(strstr(m, *must), "names '%s': %s", *must, m);
+    if (must_not)
+        cr_assert(!strstr(m, must_not), "must not say '%s': %s", must_not, m);
+    cr_assert_eq(lk_context_run_once(ctx), LK_ERR_FATAL, "sticky: not retried");
+}
+
+/* A record larger than the producer's own limit: refused client-side, which the old
+ * code retried forever, blaming the broker ("Broker: Message size too large"). */
+Test(sink_kafka, record_over_the_producer_limit_stops_naming_record_and_setting) {
+    mu_topic(&cl, "copy", 2);
+    produce_copy_input(6, 3000, 3);
+    lk_conf_t *conf = wc_conf(10);
+    mu_set(conf, "kafka.message.max.bytes", "2000");
+    lk_context_t *ctx = open_copy(conf, "copy");
+    static const char *const must[] = {"sink 'copy-out'", "topic copy partition",
+                                       "lines[1] offsets 0..3", "kafka.message.max.bytes",
+                                       "errors.deadletter", NULL};
+    assert_stops(ctx, must, "Broker:");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
+
+/* The broker refuses a record as too large (topic max.message.bytes): injected. */
+Test(sink_kafka, record_refused_as_too_large_by_the_broker_stops_naming_the_topic_setting) {
+    sim_init(10, 6, 3);
+    sim_produce(20);
+    lk_conf_t *conf = wc_conf(10);
+    lk_context_t *ctx = open_wc(conf);
+    rd_kafka_mock_push_request_errors(cl.mc, 0 /* Produce */, 1,
+                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    static const char *const must[] = {"sink 'counts-out'", "batch 1", "topic counts partition",
+                                       "lines[0] offsets 0..9", "lines[1] offsets 0..9",
+                                       "max.message.bytes", "not retried", NULL};
+    assert_stops(ctx, must, "kafka.message.max.bytes");
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    rd_kafka_mock_clear_request_errors(cl.mc, 0);
+    ckpt_t c = peek();
+    cr_assert_eq(c.outbox_first, 1, "the batch waits in the outbox");
+}
+
+/* Records kept on their input partition (1) going to a topic with one partition. */
+Test(sink_kafka, unknown_output_partition_stops_naming_the_partition) {
+    mu_topic(&cl, "one-partition", 1);
+    produce_copy_input(4, 0, 0);
+    lk_conf_t *conf = wc_conf(10);
+    lk_context_t *ctx = open_copy(conf, "one-partition");
+    static const char *const must[] = {"sink 'copy-out'", "topic one-partition partition 1",
+                                       "more partitions", NULL};
+    assert_stops(ctx, must, NULL);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
+
+/* errors.tolerance=all with a Kafka dead letter: the record that can never be delivered
+ * goes to the dead letter topic with the error text, in the batch's transaction (once),
+ * and processing goes on. */
+Test(sink_kafka, permanent_error_goes_to_the_dead_letter_once_and_processing_goes_on) {
+    mu_topic(&cl, "copy", 2);
+    mu_topic(&cl, "dlq", 1);
+    produce_copy_input(10, 3000, 5);
+    lk_conf_t *conf = wc_conf(20);
+    mu_set(conf, "kafka.message.max.bytes", "2000");
+    mu_set(conf, "errors.tolerance", "all");
+    mu_set(conf, "errors.deadletter", "dlq");
+    lk_context_t *ctx = open_copy(conf, "copy");
+    eos_report_t out, dl;
+    for (int i = 0; i < 100; i++) {
+        lk_err_t e = lk_context_run_once(ctx);
+        cr_assert_eq(e, LK_OK, "%s (%s)", lk_context_errstr(ctx), lk_err_name(e));
+        eos_read(cl.bootstraps, "wc", "copy-out", "copy", &out);
+        if (out.batches == 1)
+            break;
+        usleep(20000);
+    }
+    cr_assert_eq(out.batches, 1);
+    /* more input: processing goes on */
+    produce_copy_input(4, 0, 0);
+    run_until_idle(ctx);
+    for (int i = 0; i < 100; i++) {
+        eos_read(cl.bootstraps, "wc", "copy-out", "copy", &out);
+        if (out.batches == 2)
+            break;
+        usleep(20000);
+        cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    }
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    cr_assert_eq(out.batches, 2);
+    cr_assert_eq(out.records, 14, "every small record once: %llu",
+                 (unsigned long long)out.records);
+    cr_assert_eq(out.gaps, 0);
+    eos_read(cl.bootstraps, "wc", "copy-out", "dlq", &dl);
+    cr_assert_eq(dl.records, 1, "the big record once in the dead letter topic: %llu",
+                 (unsigned long long)dl.records);
+    cr_assert_eq(dl.nkeys, 1);
+    cr_assert_str_eq(dl.keys[0], "big");
+}
