@@ -35,6 +35,10 @@ struct lk_context {
     /* lock-free atomics: set from signal handlers and other threads */
     atomic_int stop_graceful; /* finish the batch in flight, then return */
     atomic_int stop_now;      /* abandon the batch in flight */
+    /* monotonic ms by which a stop must be done, delivery included (0: no stop yet); set
+     * where the stop is requested (signal handler: clock_gettime is async-signal-safe),
+     * read by the sinks' blocking calls on any thread */
+    _Atomic int64_t stop_deadline_ms;
     int64_t graceful_seen_ms; /* when the loop first saw stop_graceful, 0: not yet */
     int64_t shutdown_timeout_ms;
     int skip_loss;
@@ -310,6 +314,8 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
                                     lk__conf_str(ctx->conf, LK__P_APP_ID));
         if (!s)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        s->abandon = &ctx->stop_now;
+        s->deadline_ms = &ctx->stop_deadline_ms;
         ctx->sinks[ctx->nsinks++] = s;
         if (st->sink_ops == &lk__sink_kafka_ops)
             kafka = s;
@@ -582,13 +588,26 @@ void lk_context_destroy(lk_context_t *ctx) {
     free(ctx);
 }
 
+/* Request a stop (also from a signal handler: only atomics and clock_gettime). A graceful
+ * stop must be done, delivery included, within shutdown.timeout.ms; an immediate one
+ * abandons what blocks at once. */
+static void request_stop(lk_context_t *ctx, int graceful) {
+    int64_t now = lk__mono_ms();
+    if (graceful) {
+        int64_t none = 0;
+        atomic_compare_exchange_strong(&ctx->stop_deadline_ms, &none,
+                                       now + ctx->shutdown_timeout_ms);
+        atomic_store(&ctx->stop_graceful, 1);
+    } else {
+        atomic_store(&ctx->stop_deadline_ms, now);
+        atomic_store(&ctx->stop_now, 1);
+    }
+}
+
 void lk_context_stop(lk_context_t *ctx, int graceful) {
     if (!ctx)
         return;
-    if (graceful)
-        atomic_store(&ctx->stop_graceful, 1);
-    else
-        atomic_store(&ctx->stop_now, 1);
+    request_stop(ctx, graceful);
 }
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
@@ -837,9 +856,8 @@ static void on_signal(int sig) {
     lk_context_t *ctx = signal_ctx;
     if (!ctx)
         return;
-    if (atomic_load(&ctx->stop_graceful))
-        atomic_store(&ctx->stop_now, 1);
-    atomic_store(&ctx->stop_graceful, 1);
+    /* the second signal stops at once */
+    request_stop(ctx, !atomic_load(&ctx->stop_graceful));
 }
 
 /* Sleep up to ms, waking early when a stop is requested. */
@@ -943,8 +961,8 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         if (lk__store_sync(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "final sync: %s", err);
         lk__faultpoint("during-graceful-stop");
-        /* deliver what is pending, for at most shutdown.timeout.ms */
-        int64_t until = lk__mono_ms() + ctx->shutdown_timeout_ms;
+        /* deliver what is pending, within shutdown.timeout.ms of the stop request */
+        int64_t until = atomic_load(&ctx->stop_deadline_ms);
         while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
                !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
             if (drain_sinks(ctx, 1) == LK_OK)

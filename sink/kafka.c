@@ -51,6 +51,7 @@ typedef struct {
 } failed_rec_t;
 
 typedef struct {
+    const lk_sink_t *owner;
     rd_kafka_t *producer;
     rd_kafka_t *reader; /* reads the progress topic (read_committed) */
     rd_kafka_t *probe;  /* read_uncommitted: its ListOffsets answers the high watermark */
@@ -81,6 +82,50 @@ static int is_fencing(rd_kafka_resp_err_t c) {
     return c == RD_KAFKA_RESP_ERR__FENCED || c == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
            c == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH ||
            c == RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+}
+
+/* ---- bounded blocking: a stop's deadline and an immediate stop (sink_int.h) ---- */
+
+static int abandoned(const lk_sink_t *s) {
+    return s->abandon && atomic_load(s->abandon);
+}
+
+/* How long a blocking call may take now: sink.kafka.timeout.ms, cut to what is left
+ * before a stop's deadline (at least 1 ms: librdkafka reads 0 as "do not wait" in some
+ * calls and as "forever" in none of those used here). */
+static int budget_ms(const lk_sink_t *s, int timeout_ms) {
+    int64_t b = timeout_ms;
+    int64_t d = s->deadline_ms ? atomic_load(s->deadline_ms) : 0;
+    if (d) {
+        int64_t left = d - lk__mono_ms();
+        if (left < b)
+            b = left;
+    }
+    return b < 1 ? 1 : (int)b;
+}
+
+static int k_budget(const kafka_sink_t *k) {
+    return budget_ms(k->owner, k->timeout_ms);
+}
+
+/* A resumable transactional call (init, commit, abort) in slices of at most 200 ms,
+ * called again after each retriable timeout (librdkafka resumes it), until it finishes,
+ * its budget ends, or the stop is immediate: a second signal is answered in well under
+ * a second even while a coordinator does not answer. */
+static rd_kafka_error_t *txn_call(lk_sink_t *s, rd_kafka_t *rk,
+                                  rd_kafka_error_t *(*fn)(rd_kafka_t *, int), int timeout_ms) {
+    int64_t end = lk__mono_ms() + budget_ms(s, timeout_ms);
+    for (;;) {
+        int64_t left = end - lk__mono_ms();
+        int slice = left > 200 ? 200 : left < 1 ? 1 : (int)left;
+        rd_kafka_error_t *e = fn(rk, slice);
+        if (!e || !rd_kafka_error_is_retriable(e) || is_fencing(rd_kafka_error_code(e)) ||
+            lk__mono_ms() >= end || abandoned(s) ||
+            (s->deadline_ms && atomic_load(s->deadline_ms) &&
+             lk__mono_ms() >= atomic_load(s->deadline_ms)))
+            return e;
+        rd_kafka_error_destroy(e);
+    }
 }
 
 /* Map a transactional API error; the message says which class it is. Fencing codes stop
@@ -261,6 +306,7 @@ static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
     if (!k)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     s->impl = k;
+    k->owner = s;
     k->send_offsets = conf ? lk__conf_bool(conf, LK__P_SINK_KAFKA_SEND_OFFSETS) : 1;
     k->timeout_ms = conf ? (int)lk__conf_int(conf, LK__P_SINK_KAFKA_TIMEOUT_MS) : 30000;
     lk__fmt(k->progress_topic, sizeof k->progress_topic, "%s.progress", s->app_id);
@@ -330,7 +376,7 @@ static void kafka_close(lk_sink_t *s) {
 static lk_err_t ensure_progress_topic(kafka_sink_t *k, char *errstr, size_t errstr_size) {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(k->reader, k->progress_topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t ke = rd_kafka_metadata(k->reader, 0, rkt, &md, k->timeout_ms);
+    rd_kafka_resp_err_t ke = rd_kafka_metadata(k->reader, 0, rkt, &md, k_budget(k));
     rd_kafka_topic_destroy(rkt);
     if (ke)
         return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "metadata of %s: %s",
@@ -352,9 +398,9 @@ static lk_err_t ensure_progress_topic(kafka_sink_t *k, char *errstr, size_t errs
     rd_kafka_queue_t *q = rd_kafka_queue_new(k->producer);
     rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     /* the timeout is within librdkafka's range (sink.kafka.timeout.ms is validated) */
-    (void)rd_kafka_AdminOptions_set_request_timeout(opt, k->timeout_ms, kerr, sizeof kerr);
+    (void)rd_kafka_AdminOptions_set_request_timeout(opt, k_budget(k), kerr, sizeof kerr);
     rd_kafka_CreateTopics(k->producer, &nt, 1, opt, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, k->timeout_ms + 1000);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, k_budget(k) + 200);
     lk_err_t r = LK_OK;
     if (!ev) {
         r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out",
@@ -388,11 +434,14 @@ static int64_t real_now_ms(void *o) {
     return lk__mono_ms();
 }
 
+/* Sleep ms in steps of 50 ms, ending early on an immediate stop. */
 static void real_sleep_ms(void *o, int64_t ms) {
-    (void)o;
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
+    kafka_sink_t *k = o;
+    int64_t end = lk__mono_ms() + ms;
+    for (int64_t left = ms; left > 0 && !abandoned(k->owner); left = end - lk__mono_ms()) {
+        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 static lk_err_t real_offsets(void *o, const char *topic, int32_t partition, int64_t *lso,
@@ -402,10 +451,10 @@ static lk_err_t real_offsets(void *o, const char *topic, int32_t partition, int6
     /* ListOffsets(latest) answers the LSO to a read_committed client and the high
      * watermark to a read_uncommitted one */
     rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, topic, partition, &lo,
-                                                              lso, k->timeout_ms);
+                                                              lso, k_budget(k));
     if (!ke)
         ke = rd_kafka_query_watermark_offsets(k->probe, topic, partition, &lo, hwm,
-                                              k->timeout_ms);
+                                              k_budget(k));
     if (ke)
         return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[%d]: %s", topic,
                        (int)partition, rd_kafka_err2str(ke));
@@ -481,7 +530,7 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
     kafka_sink_t *k = s->impl;
     int64_t lo, hi0;
     rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
-                                                              &lo, &hi0, k->timeout_ms);
+                                                              &lo, &hi0, k_budget(k));
     if (ke)
         return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[0]: %s",
                        k->progress_topic, rd_kafka_err2str(ke));
@@ -502,11 +551,11 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
         if (ke)
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "reading %s: %s",
                            k->progress_topic, rd_kafka_err2str(ke));
-        int64_t deadline = lk__mono_ms() + k->timeout_ms;
+        int64_t deadline = lk__mono_ms() + k_budget(k);
         int done = 0;
         size_t found = 0;
         while (!done) {
-            if (lk__mono_ms() > deadline) {
+            if (lk__mono_ms() > deadline || abandoned(s)) {
                 (void)rd_kafka_assign(k->reader, NULL); /* the timeout is the error */
                 return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                                "reading %s: timed out before offset %lld",
@@ -537,7 +586,7 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
              * known to be complete */
             int64_t nhi;
             if (++resets > 5 || rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
-                                                                 &lo, &nhi, k->timeout_ms))
+                                                                 &lo, &nhi, k_budget(k)))
                 return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                                "reading %s: its log start keeps moving", k->progress_topic);
             window /= 8;
@@ -555,7 +604,7 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
     kafka_sink_t *k = s->impl;
     if (!k->inited) {
         /* fences zombies with the same transactional.id and aborts their transaction */
-        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, k->timeout_ms);
+        rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_init_transactions, k->timeout_ms);
         if (e)
             return txn_error(k, e, "init_transactions", errstr, errstr_size);
         k->inited = 1;
@@ -573,7 +622,7 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
         uint64_t *f = calloc(s->nmembers, sizeof *f);
         if (!f)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-        r = lk__kafka_wait_stable(&io, k->progress_topic, 0, k->timeout_ms, &hi, errstr,
+        r = lk__kafka_wait_stable(&io, k->progress_topic, 0, k_budget(k), &hi, errstr,
                                   errstr_size);
         if (!r)
             r = read_fences(s, hi, f, errstr, errstr_size);
@@ -635,7 +684,7 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
             k->attempt_records++;
             return LK_OK; /* the headers now belong to librdkafka */
         }
-        if (ke == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        if (ke == RD_KAFKA_RESP_ERR__QUEUE_FULL && !abandoned(s)) {
             rd_kafka_poll(k->producer, 50);
             continue;
         }
@@ -840,7 +889,8 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
             rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
                 ->offset = b->ranges[i].until;
         rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
-        rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(k->producer, l, g, k->timeout_ms);
+        rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(k->producer, l, g,
+                                                                budget_ms(s, k->timeout_ms));
         rd_kafka_consumer_group_metadata_destroy(g);
         rd_kafka_topic_partition_list_destroy(l);
         if (e)
@@ -848,7 +898,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
                                                  errstr_size),
                                  errstr, errstr_size);
     }
-    rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, k->timeout_ms);
+    rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_commit_transaction, k->timeout_ms);
     if (!e) {
         k->fence = s->batch;
         return LK_OK;
@@ -868,7 +918,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
  * read_committed reader may not see its progress record at once. */
 static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_size) {
     kafka_sink_t *k = s->impl;
-    rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, k->timeout_ms);
+    rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_commit_transaction, k->timeout_ms);
     if (!e) {
         if (s->batch > k->fence)
             k->fence = s->batch;
@@ -881,7 +931,7 @@ static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_si
 
 static lk_err_t kafka_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
     kafka_sink_t *k = s->impl;
-    rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, k->timeout_ms);
+    rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_abort_transaction, k->timeout_ms);
     return e ? txn_error(k, e, "abort_transaction", errstr, errstr_size) : LK_OK;
 }
 

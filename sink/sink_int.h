@@ -14,6 +14,8 @@
 #include "lockstep.h"
 #include "../state/store_int.h"
 
+#include <stdatomic.h>
+
 /** Transaction states of a sink. */
 #define LK__TXN_STATES(X)                                                                  \
     X(READY)      /* no delivery in progress */                                            \
@@ -98,6 +100,11 @@ struct lk_sink {
     int recovered;         /* recover() succeeded since open */
     unsigned settle_tries; /* calls of abort / resume_commit for the batch so far */
     void *impl;            /* the kind's own state */
+    /* set by the owner (may be NULL): blocking calls give up when *abandon is set (an
+     * immediate stop) and end by *deadline_ms (monotonic ms, 0: none; a graceful stop's
+     * end), whatever their own timeouts; read from any thread */
+    const atomic_int *abandon;
+    const _Atomic int64_t *deadline_ms;
     char fatal_msg[512];
 };
 

@@ -7,6 +7,7 @@
 #include "eos.h"
 #include "lockstep.h"
 #include "mockutil.h"
+#include "core/util_int.h"
 #include "state/store_int.h"
 #include "testutil.h"
 #include "wc_ops.h"
@@ -1250,4 +1251,82 @@ Test(sink_kafka, permanent_error_goes_to_the_dead_letter_once_and_processing_goe
                  (unsigned long long)dl.records);
     cr_assert_eq(dl.nkeys, 1);
     cr_assert_str_eq(dl.keys[0], "big");
+}
+
+/* ---- 15.20: stopping with a stuck Kafka sink is bounded ---- */
+
+/* Start lk_context_run with delivery stuck: EndTxn answered COORDINATOR_NOT_AVAILABLE
+ * (retriable: librdkafka would wait the whole sink.kafka.timeout.ms, 30 s by default,
+ * per call); returns once batch `batch` is committed in the checkpoint and its delivery
+ * has been stuck for a while. */
+static void run_stuck(run_thread_t *r, pthread_t *th, lk_conf_t *conf, uint64_t batch) {
+    static rd_kafka_resp_err_t errs[100000];
+    for (size_t i = 0; i < sizeof errs / sizeof *errs; i++)
+        errs[i] = RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE;
+    rd_kafka_mock_push_request_errors_array(cl.mc, 26 /* EndTxn */, sizeof errs / sizeof *errs,
+                                            errs);
+    sim_produce(20);
+    run_start(r, th, conf);
+    for (int i = 0; i < 1500 && lk_context_last_batch(r->ctx) < batch; i++)
+        usleep(10000);
+    cr_assert_eq(lk_context_last_batch(r->ctx), batch, "batch %llu committed",
+                 (unsigned long long)batch);
+    usleep(500000); /* the delivery is now blocked in commit_transaction */
+    cr_assert(!atomic_load(&r->done), "still running: %s", lk_context_errstr(r->ctx));
+}
+
+/*
+ * A graceful stop returns within shutdown.timeout.ms, delivery included; a second stop
+ * (the second signal) returns within a second, abandoning the delivery (the fence makes
+ * that safe: a new instance delivers the batch once). The old code waited for the stuck
+ * commit's own timeouts: 147 s for SIGTERM, 117 s with two.
+ */
+Test(sink_kafka, stop_with_a_stuck_sink_is_bounded_and_a_second_stop_is_at_once) {
+    sim_init(10, 6, 3);
+    lk_conf_t *conf = wc_conf(10);
+    mu_set(conf, "sink.kafka.timeout.ms", "30000");
+    mu_set(conf, "shutdown.timeout.ms", "1500");
+    sim_produce(20);
+    lk_context_t *ctx = open_wc(conf);
+    sim_consume();
+    run_until_delivered(ctx); /* batch 1, and a warm producer */
+    lk_context_destroy(ctx);
+
+    run_thread_t r;
+    pthread_t th;
+    run_stuck(&r, &th, conf, 2);
+    int64_t t0 = lk__mono_ms();
+    lk_context_stop(r.ctx, 1);
+    run_wait(&r, th);
+    int64_t graceful = lk__mono_ms() - t0;
+    cr_assert_lt(graceful, 1500 + 700, "a graceful stop took %lld ms (shutdown.timeout.ms "
+                 "1500)", (long long)graceful);
+    t0 = lk__mono_ms();
+    lk_context_destroy(r.ctx);
+    cr_assert_lt(lk__mono_ms() - t0, 1000, "closing took %lld ms", (long long)(lk__mono_ms() - t0));
+    rd_kafka_mock_clear_request_errors(cl.mc, 26);
+
+    run_stuck(&r, &th, conf, 3);
+    lk_context_stop(r.ctx, 1);
+    usleep(100000);
+    t0 = lk__mono_ms();
+    lk_context_stop(r.ctx, 0); /* the second signal */
+    run_wait(&r, th);
+    int64_t second = lk__mono_ms() - t0;
+    cr_assert_lt(second, 1000, "the second stop took %lld ms", (long long)second);
+    t0 = lk__mono_ms();
+    lk_context_destroy(r.ctx);
+    cr_assert_lt(lk__mono_ms() - t0, 1000, "closing took %lld ms", (long long)(lk__mono_ms() - t0));
+    rd_kafka_mock_clear_request_errors(cl.mc, 26);
+
+    /* a new instance delivers batches 2 and 3, once */
+    ctx = open_wc(conf);
+    sim_consume();
+    run_until_delivered(ctx);
+    usleep(25000);
+    run_until_idle(ctx);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    assert_drained();
+    check_eo(0);
 }
