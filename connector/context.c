@@ -70,6 +70,8 @@ struct lk_context {
     char **dl_topics;
     int64_t *dl_lag;
     int fatal;
+    lk_err_t fatal_err; /* the first fatal error's code; errstr keeps its message */
+    unsigned sink_failures; /* retriable delivery failures in a row (for the log line) */
     char errstr[1024];
 };
 
@@ -340,8 +342,13 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
  * first retriable one is kept in *first for the backoff. */
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE) {
-        ctx->fatal = 1;
-        return fail(ctx, e, "%s", err);
+        /* the first fatal error wins, code and message together */
+        if (!ctx->fatal) {
+            ctx->fatal = 1;
+            ctx->fatal_err = e;
+            fail(ctx, e, "%s", err);
+        }
+        return ctx->fatal_err;
     }
     if (!*first) {
         *first = e;
@@ -359,11 +366,14 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
         if (ctx->sink_backoff_ms > bmax)
             ctx->sink_backoff_ms = bmax;
         ctx->sink_retry_ms = lk__mono_ms() + ctx->sink_backoff_ms;
-        lk__log(LK_LOG_WARNING, "%s (retrying in %lld ms; the output waits in the outbox)",
-                ctx->errstr, (long long)ctx->sink_backoff_ms);
+        ctx->sink_failures++;
+        lk__log(LK_LOG_WARNING, "%s (failure %u in a row; retrying in %lld ms; the output "
+                "waits in the outbox)", ctx->errstr, ctx->sink_failures,
+                (long long)ctx->sink_backoff_ms);
     } else {
         ctx->sink_backoff_ms = 0;
         ctx->sink_retry_ms = 0;
+        ctx->sink_failures = 0;
     }
     return first;
 }
@@ -570,7 +580,9 @@ void lk_context_destroy(lk_context_t *ctx) {
     if (signal_ctx == ctx)
         signal_ctx = NULL;
     ctx->progress_cb = NULL; /* the callback's owner may be going away too */
-    finish_delivery(ctx);
+    /* destroy reports nothing: a delivery that failed or was not acknowledged stays in
+     * the outbox, and the next start's recovery (the fence) settles it */
+    (void)finish_delivery(ctx);
     lk__receiver_destroy(ctx->receiver);
     for (size_t i = 0; i < ctx->nsinks; i++)
         lk__sink_destroy(ctx->sinks[i]);
@@ -826,8 +838,12 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     const char *msg;
     if (lk__store_fatal(ctx->store, &msg)) {
         lk__fetch_clear(&f);
-        ctx->fatal = 1;
-        return fail(ctx, LK_ERR_FATAL, "%s", msg);
+        if (!ctx->fatal) {
+            ctx->fatal = 1;
+            ctx->fatal_err = LK_ERR_FATAL;
+            fail(ctx, LK_ERR_FATAL, "%s", msg);
+        }
+        return ctx->fatal_err;
     }
     if (!e) {
         se = ctx->overlap ? drain_overlapped(ctx) : drain_sinks(ctx, 1);
@@ -917,7 +933,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             char why[sizeof ctx->errstr];
             memcpy(why, ctx->errstr, sizeof why);
             if (finish_delivery(ctx) && ctx->fatal)
-                e = LK_ERR_FATAL;
+                e = ctx->fatal_err;
             else
                 memcpy(ctx->errstr, why, sizeof why);
         }
@@ -943,18 +959,27 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             continue;
         }
         backoff = backoff0;
-        if (idle && ctx->dl_running)
-            drain_sinks(ctx, 1); /* nothing to overlap with: acknowledge it now */
+        /* retriable delivery errors below are logged and retried by sinks_backoff; a
+         * fatal one stops here, with its own code and message */
+        if (idle && ctx->dl_running && drain_sinks(ctx, 1) && ctx->fatal)
+            goto fatal; /* nothing to overlap with: acknowledge it now */
         if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
             /* group commit: nothing new to do, so make the last batches durable now and
              * let the sinks deliver them */
             char err[256];
-            if (lk__store_sync(ctx->store, err, sizeof err) == LK_OK)
-                drain_sinks(ctx, 1);
+            if (lk__store_sync(ctx->store, err, sizeof err))
+                lk__log(LK_LOG_WARNING, "group commit sync: %s (the sinks wait for it)", err);
+            else if (drain_sinks(ctx, 1) && ctx->fatal)
+                goto fatal;
         }
         int64_t elapsed = lk__mono_ms() - started;
         if (idle || elapsed < interval)
             nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
+        continue;
+    fatal:
+        lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(ctx->fatal_err));
+        result = ctx->fatal_err;
+        break;
     }
     if (atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now) && !result) {
         char err[256];
@@ -974,12 +999,12 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "
                     "delivered on the next start");
         if (ctx->fatal)
-            result = LK_ERR_FATAL;
+            result = ctx->fatal_err;
         lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
                 (unsigned long long)lk__store_committed_batch(ctx->store));
     }
     if (finish_delivery(ctx) && !result && ctx->fatal)
-        result = LK_ERR_FATAL;
+        result = ctx->fatal_err;
     ctx->overlap = 0;
     if (own_signals) {
         sigaction(SIGTERM, &old_term, NULL);

@@ -25,7 +25,7 @@ typedef enum {
  */
 #define LK__PROPS(X)                                                                       \
     X(APP_ID, "app.id", LK__PT_IDENT, "", 1, 200, NULL, 1,                                 \
-      "Application id: names the checkpoint owner, the Kafka transactional.id prefix and " \
+      "Application id: names the checkpoint owner, the Kafka sinks' transactional.id and " \
       "the progress topic. Letters, digits, '.', '_' and '-'.")                            \
     X(CHECKPOINT_DIR, "checkpoint.dir", LK__PT_STR, "", 1, 4000, NULL, 1,                  \
       "Directory of the LMDB checkpoint (created if missing). One application per "        \
@@ -125,16 +125,20 @@ typedef enum {
     X(ERRORS_TOLERANCE, "errors.tolerance", LK__PT_ENUM, "all", 0, 0, "all|none", 0,       \
       "lockstep run: malformed input (bad JSON, missing field, non-numeric value): "      \
       "'all' counts it (accumulator errors.malformed) and sends it to errors.deadletter; " \
-      "'none' stops the application at the first one, committing nothing of its batch.")  \
+      "'none' stops the application at the first one, committing nothing of its batch. " \
+      "Also for Kafka sinks: with 'all' and a Kafka errors.deadletter, a record that can " \
+      "never be delivered (too large, unknown partition...) goes to the dead letter.")    \
     X(ERRORS_DEADLETTER, "errors.deadletter", LK__PT_STR, "", 0, 4000, NULL, 0,            \
-      "lockstep run: where malformed input goes, exactly-once: a Kafka topic, or "        \
-      "file:DIR for files. Empty: only counted.")                                          \
+      "Where malformed input (lockstep run) and, if a Kafka topic, records a Kafka sink "   \
+      "can never deliver go, exactly-once: a Kafka topic, or file:DIR for files. Empty: "   \
+      "malformed input is only counted; undeliverable records stop the application.")     \
     X(PROGRESS_LOG, "progress.log", LK__PT_STR, "", 0, 4000, NULL, 0,                      \
       "lockstep run: append one JSON line per committed batch (records, durations, lag, "  \
       "outbox) to this file. On a terminal a live status line is shown as well.")        \
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
-      "Longest time a graceful stop waits for the input of the batch in flight; past it "   \
-      "the batch is abandoned (and processed again on the next start).")
+      "Longest time a graceful stop takes, from the signal: waiting for the input of the " \
+      "batch in flight (past it the batch is abandoned and processed again on the next "   \
+      "start) and delivering the outbox (what is left is delivered on the next start).")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,
