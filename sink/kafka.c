@@ -52,6 +52,11 @@ typedef struct {
 
 typedef struct {
     const lk_sink_t *owner;
+    const lk_conf_t *conf; /* the context's, alive as long as the sink */
+    int64_t batch_size;    /* the producer's batch.size */
+    int sized;             /* request_sizing() done */
+    rd_kafka_queue_t *dc_q; /* its answer, until applied */
+    int txn_open;          /* begin_transaction succeeded, not yet committed/aborted */
     rd_kafka_t *producer;
     rd_kafka_t *reader; /* reads the progress topic (read_committed) */
     rd_kafka_t *probe;  /* read_uncommitted: its ListOffsets answers the high watermark */
@@ -300,6 +305,142 @@ static lk_err_t client_new(rd_kafka_t **out, rd_kafka_type_t type, rd_kafka_conf
     return LK_OK;
 }
 
+/* The transactional producer; batch_size > 0 overrides batch.size. */
+static lk_err_t producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
+                             size_t errstr_size) {
+    kafka_sink_t *k = s->impl;
+    lk_err_t e;
+    rd_kafka_conf_t *pc = client_conf(k->conf, errstr, errstr_size);
+    if (!pc)
+        return LK_ERR_CONF_INVALID;
+    char bs[32];
+    lk__fmt(bs, sizeof bs, "%lld", (long long)batch_size);
+    const char *const pfixed[][2] = {{"transactional.id", k->txn_id},
+                                     {"partitioner", "murmur2_random"},
+                                     {"batch.size", bs}};
+    if ((e = conf_fixed(pc, pfixed, LK_ARRAY_SIZE(pfixed) - (batch_size > 0 ? 0 : 1),
+                        "producer", errstr, errstr_size)))
+        return e;
+    rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
+    rd_kafka_conf_set_opaque(pc, s);
+    return client_new(&k->producer, RD_KAFKA_PRODUCER, pc, "producer", errstr, errstr_size);
+}
+
+int64_t lk__kafka_batch_size(int64_t configured, const int64_t *limits, size_t n) {
+    int64_t b = configured;
+    for (size_t i = 0; i < n; i++) {
+        if (limits[i] <= 0)
+            continue; /* unknown */
+        /* batch.size counts librdkafka's framing; the broker's limit applies to the whole
+         * record batch: keep a margin for its header */
+        int64_t fit = limits[i] > 1024 ? limits[i] - 512 : limits[i] / 2;
+        if (fit < b)
+            b = fit;
+    }
+    return b < 1 ? 1 : b;
+}
+
+/* Ask for max.message.bytes of every output topic (DescribeConfigs, answered by the
+ * controller), without waiting: the answer is applied by apply_sizing() before a later
+ * transaction. librdkafka does not split a batch the broker refuses, so records each
+ * under a topic's limit would be refused together forever if the producer's batch.size
+ * were larger than the limit. */
+static void request_sizing(lk_sink_t *s) {
+    kafka_sink_t *k = s->impl;
+    size_t n = s->nmembers + 1;
+    rd_kafka_ConfigResource_t **res = calloc(n, sizeof *res);
+    char kerr[256];
+    if (!res)
+        return; /* sizing is an optimisation of batch.size: without memory, skip it */
+    for (size_t i = 0; i < n; i++)
+        res[i] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC,
+                                             i < s->nmembers ? s->members[i].target
+                                                             : k->progress_topic);
+    k->dc_q = rd_kafka_queue_new(k->reader);
+    rd_kafka_AdminOptions_t *opt =
+        rd_kafka_AdminOptions_new(k->reader, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+    /* the timeout is within librdkafka's range (sink.kafka.timeout.ms is validated) */
+    (void)rd_kafka_AdminOptions_set_request_timeout(opt, k->timeout_ms, kerr, sizeof kerr);
+    rd_kafka_DescribeConfigs(k->reader, res, n, opt, k->dc_q);
+    rd_kafka_AdminOptions_destroy(opt);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_ConfigResource_destroy(res[i]);
+    free(res);
+}
+
+/* If the answer to request_sizing() has come: where a topic's limit is below the
+ * producer's batch.size, replace the producer by one whose batches fit (between
+ * transactions: init_transactions again). A broker that does not answer (librdkafka's
+ * mock cluster has no controller) leaves batch.size as it is, with a log line. */
+static lk_err_t apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    kafka_sink_t *k = s->impl;
+    if (!k->dc_q)
+        return LK_OK;
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(k->dc_q, 0);
+    if (!ev)
+        return LK_OK; /* not yet */
+    rd_kafka_queue_destroy(k->dc_q);
+    k->dc_q = NULL;
+    size_t n = s->nmembers + 1;
+    int64_t *limits = calloc(n, sizeof *limits);
+    if (!limits) {
+        rd_kafka_event_destroy(ev);
+        return LK_OK; /* an optimisation: skip it */
+    }
+    const char *why = rd_kafka_event_error(ev) ? rd_kafka_event_error_string(ev) : NULL;
+    if (!why) {
+        size_t cnt = 0;
+        const rd_kafka_ConfigResource_t **rs =
+            rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev),
+                                                      &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            size_t cc = 0;
+            const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &cc);
+            for (size_t j = 0; j < cc; j++)
+                if (!strcmp(rd_kafka_ConfigEntry_name(ce[j]), "max.message.bytes") &&
+                    rd_kafka_ConfigEntry_value(ce[j])) {
+                    const char *name = rd_kafka_ConfigResource_name(rs[i]);
+                    for (size_t m = 0; m < n; m++)
+                        if (!strcmp(name, m < s->nmembers ? s->members[m].target
+                                                          : k->progress_topic))
+                            limits[m] = strtoll(rd_kafka_ConfigEntry_value(ce[j]), NULL, 10);
+                }
+        }
+    } else {
+        lk__log(LK_LOG_INFO, "sink '%s': cannot read the output topics' max.message.bytes "
+                "(%s); producer batches stay at batch.size %lld", s->name, why,
+                (long long)k->batch_size);
+    }
+    int64_t b = lk__kafka_batch_size(k->batch_size, limits, n);
+    size_t m = 0;
+    for (size_t i = 1; i < n; i++)
+        if (limits[i] > 0 && (limits[m] <= 0 || limits[i] < limits[m]))
+            m = i;
+    int64_t limit = limits[m];
+    free(limits);
+    rd_kafka_event_destroy(ev); /* after the last use of its strings (why) */
+    if (b >= k->batch_size)
+        return LK_OK;
+    rd_kafka_t *old = k->producer;
+    k->producer = NULL;
+    lk_err_t e = producer_new(s, b, errstr, errstr_size);
+    if (e) {
+        k->producer = old;
+        return e;
+    }
+    rd_kafka_destroy(old); /* between transactions: nothing of it is pending */
+    k->batch_size = b;
+    k->inited = 0;
+    lk__log(LK_LOG_NOTICE, "sink '%s': producer batches of at most %lld bytes: topic %s's "
+            "max.message.bytes is %lld (batch.size was larger)", s->name, (long long)b,
+            m < s->nmembers ? s->members[m].target : k->progress_topic, (long long)limit);
+    rd_kafka_error_t *ie = txn_call(s, k->producer, rd_kafka_init_transactions, k->timeout_ms);
+    if (ie)
+        return txn_error(k, ie, "init_transactions", errstr, errstr_size);
+    k->inited = 1;
+    return LK_OK;
+}
+
 static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
                            size_t errstr_size) {
     kafka_sink_t *k = calloc(1, sizeof *k);
@@ -317,17 +458,16 @@ static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
         if (dl && dl[0] && strncmp(dl, "file:", 5))
             lk__fmt(k->deadletter, sizeof k->deadletter, "%s", dl);
     }
-    lk_err_t e;
-    rd_kafka_conf_t *pc = client_conf(conf, errstr, errstr_size);
-    if (!pc)
-        return LK_ERR_CONF_INVALID;
-    const char *const pfixed[][2] = {{"transactional.id", k->txn_id},
-                                     {"partitioner", "murmur2_random"}};
-    if ((e = conf_fixed(pc, pfixed, LK_ARRAY_SIZE(pfixed), "producer", errstr, errstr_size)))
-        return e;
-    rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
-    rd_kafka_conf_set_opaque(pc, s);
-    if ((e = client_new(&k->producer, RD_KAFKA_PRODUCER, pc, "producer", errstr, errstr_size)))
+    k->conf = conf;
+    k->batch_size = 1000000; /* librdkafka's default batch.size */
+    for (size_t i = 0, n = conf ? lk__conf_kafka_count(conf) : 0; i < n; i++) {
+        const char *key, *v;
+        lk__conf_kafka_get(conf, i, &key, &v);
+        if (!strcmp(key, "batch.size"))
+            k->batch_size = strtoll(v, NULL, 10);
+    }
+    lk_err_t e = producer_new(s, 0, errstr, errstr_size);
+    if (e)
         return e;
     /* assign() needs a group id; the reader never joins the group or commits */
     char gid[600];
@@ -359,6 +499,8 @@ static void kafka_close(lk_sink_t *s) {
     kafka_sink_t *k = s->impl;
     if (!k)
         return;
+    if (k->dc_q) /* before its client */
+        rd_kafka_queue_destroy(k->dc_q);
     if (k->reader) {
         rd_kafka_consumer_close(k->reader);
         rd_kafka_destroy(k->reader);
@@ -602,6 +744,10 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
 static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
                               size_t errstr_size) {
     kafka_sink_t *k = s->impl;
+    if (!k->sized) {
+        request_sizing(s);
+        k->sized = 1;
+    }
     if (!k->inited) {
         /* fences zombies with the same transactional.id and aborts their transaction */
         rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_init_transactions, k->timeout_ms);
@@ -664,8 +810,14 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
     k->index_member = 0;
     if (k->div_batch != batch)
         k->ndivert = 0; /* diverted records belong to one batch */
+    lk_err_t r = apply_sizing(s, errstr, errstr_size);
+    if (r)
+        return r;
     rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
-    return e ? txn_error(k, e, "begin_transaction", errstr, errstr_size) : LK_OK;
+    if (e)
+        return txn_error(k, e, "begin_transaction", errstr, errstr_size);
+    k->txn_open = 1;
+    return LK_OK;
 }
 
 static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, const void *key,
@@ -901,6 +1053,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_commit_transaction, k->timeout_ms);
     if (!e) {
         k->fence = s->batch;
+        k->txn_open = 0;
         return LK_OK;
     }
     if (rd_kafka_error_is_retriable(e) && !is_fencing(rd_kafka_error_code(e))) {
@@ -922,6 +1075,7 @@ static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_si
     if (!e) {
         if (s->batch > k->fence)
             k->fence = s->batch;
+        k->txn_open = 0;
         return LK_OK;
     }
     int retriable = rd_kafka_error_is_retriable(e) && !is_fencing(rd_kafka_error_code(e));
@@ -931,8 +1085,13 @@ static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_si
 
 static lk_err_t kafka_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
     kafka_sink_t *k = s->impl;
+    if (!k->txn_open)
+        return LK_OK; /* nothing begun (e.g. begin_transaction itself failed) */
     rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_abort_transaction, k->timeout_ms);
-    return e ? txn_error(k, e, "abort_transaction", errstr, errstr_size) : LK_OK;
+    if (e)
+        return txn_error(k, e, "abort_transaction", errstr, errstr_size);
+    k->txn_open = 0;
+    return LK_OK;
 }
 
 const lk__sink_ops_t lk__sink_kafka_ops = {

@@ -187,4 +187,11 @@ lk_err_t lk__kafka_wait_stable(const lk__kafka_offsets_io_t *io, const char *top
                                int32_t partition, int64_t timeout_ms, int64_t *end,
                                char *errstr, size_t errstr_size);
 
+/**
+ * The producer's batch.size for output topics whose max.message.bytes are limits[0..n)
+ * (<= 0: unknown): configured, lowered to fit the smallest limit with a margin for the
+ * record batch header. At least 1.
+ */
+int64_t lk__kafka_batch_size(int64_t configured, const int64_t *limits, size_t n);
+
 #endif

@@ -362,3 +362,21 @@ Test(sink_txn, open_transaction_past_the_timeout_is_a_retriable_error) {
               "%s", E);
     cr_assert(strstr(E, "transaction.timeout.ms"), "%s", E);
 }
+
+/* ---- producer batches sized from the output topics' max.message.bytes ---- */
+
+/* Five 30 kB records into a topic with max.message.bytes 100000 were refused as one
+ * ~150 kB batch forever (librdkafka does not split a refused batch): the producer's
+ * batch.size must fit the smallest limit of the output topics. The mock cluster does not
+ * answer DescribeConfigs in librdkafka 2.0.2; the sizing rule is tested here, the real
+ * broker tier reads the limits for real. */
+Test(sink_txn, producer_batches_fit_the_smallest_topic_limit) {
+    const int64_t limits[] = {1048588, 100000, 0 /* unknown */, 2000000};
+    cr_assert_eq(lk__kafka_batch_size(1000000, limits, 4), 100000 - 512);
+    cr_assert_eq(lk__kafka_batch_size(50000, limits, 4), 50000, "a smaller batch.size stays");
+    cr_assert_eq(lk__kafka_batch_size(1000000, limits, 1), 1000000, "1 MiB topic: fits");
+    const int64_t tiny[] = {800};
+    cr_assert_eq(lk__kafka_batch_size(1000000, tiny, 1), 400);
+    const int64_t unknown[] = {0, -1};
+    cr_assert_eq(lk__kafka_batch_size(1000000, unknown, 2), 1000000);
+}
