@@ -13,6 +13,9 @@
 #include "../state/store_int.h"
 
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -269,11 +272,57 @@ static lk_err_t export_to(lk_store_txn_t *t, const strlist_t *uids, FILE *fp,
                            "'%s' is not UTF-8)", x.uid);
         if (x.failed == 2)
             return lk__err(LK_ERR_IO, err, err_size, "write error: %s", strerror(x.err));
-        if (e)
-            return lk__err(e, err, err_size, "reading the state of operator '%s'", x.uid);
+        if (e) /* the store's message names the checkpoint and what is wrong */
+            return lk__err(e, err, err_size, "reading the state of operator '%s': %s", x.uid,
+                           lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
+                                                      : lk_err_str(e));
     }
     *entries = x.entries;
     return LK_OK;
+}
+
+
+/*
+ * 1 (and err says why) if writing output would write into a checkpoint directory: the
+ * exported one (e.g. --output DIR/data.mdb replaced the checkpoint's data by its own
+ * export) or any other (a directory holding data.mdb). The output's directory is
+ * resolved (symlinks, "..") and compared, since FILE.tmp is created there and renamed
+ * over FILE.
+ */
+static int output_in_checkpoint(const char *dir, const char *output, char *err,
+                                size_t err_size) {
+    char *copy = strdup(output);
+    if (!copy)
+        return 0;
+    char *parent_real = realpath(dirname(copy), NULL);
+    free(copy);
+    char *dir_real = realpath(dir, NULL);
+    int bad = 0;
+    if (parent_real && dir_real) {
+        size_t n = strlen(dir_real);
+        if (!strncmp(parent_real, dir_real, n) && (parent_real[n] == '/' || !parent_real[n])) {
+            lk__fmt(err, err_size,
+                    "--output %s is inside the checkpoint directory %s: writing there would "
+                    "damage the checkpoint; write the export to another directory",
+                    output, dir);
+            bad = 1;
+        }
+    }
+    if (!bad && parent_real) {
+        char p[PATH_MAX + 16];
+        struct stat st;
+        lk__fmt(p, sizeof p, "%s/data.mdb", parent_real);
+        if (stat(p, &st) == 0) {
+            lk__fmt(err, err_size,
+                    "--output %s is in %s, which holds a checkpoint (data.mdb): writing there "
+                    "could damage it; write the export to another directory",
+                    output, parent_real);
+            bad = 1;
+        }
+    }
+    free(parent_real);
+    free(dir_real);
+    return bad;
 }
 
 static int cmd_checkpoint_export(int argc, char **argv) {
@@ -302,6 +351,8 @@ static int cmd_checkpoint_export(int argc, char **argv) {
         return usage_err("export", export_help, "DIR is required");
 
     char err[2048];
+    if (output && output_in_checkpoint(dir, output, err, sizeof err))
+        return fail(LK_ERR_INVALID_ARG, err);
     lk_store_opts_t o = {.dir = dir, .readonly = 1};
     lk_store_t *s = NULL;
     lk_store_txn_t *t = NULL;
@@ -316,7 +367,8 @@ static int cmd_checkpoint_export(int argc, char **argv) {
     if ((e = lk__store_txn_begin(s, 0, &t, err, sizeof err)))
         goto out;
     if ((e = lk__store_state_stats(t, collect_uid, &uids))) {
-        lk__fmt(err, sizeof err, "checkpoint %s: cannot list the state databases", dir);
+        lk__fmt(err, sizeof err, "checkpoint %s: cannot list the state databases: %s", dir,
+                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t) : lk_err_str(e));
         goto out;
     }
     if (only) {
@@ -554,7 +606,8 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
         goto out;
     if ((e = lk__store_offsets_foreach(t, collect_offset, &c)) || c.nomem) {
         e = c.nomem ? LK_ERR_NOMEM : e;
-        lk__fmt(err, sizeof err, "checkpoint %s: cannot read the offsets", dir);
+        lk__fmt(err, sizeof err, "checkpoint %s: cannot read the offsets: %s", dir,
+                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t) : lk_err_str(e));
         goto out;
     }
     if (!c.n) {
@@ -623,7 +676,12 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     if (e)
         goto out;
     lk_batch_rec_t plan;
-    if (lk__store_plan_get(t, &plan) == LK_OK) {
+    lk_err_t pe = lk__store_plan_get(t, &plan);
+    if (pe && pe != LK_ERR_NOT_FOUND) { /* corrupt: never taken for "no plan" */
+        e = lk__err(pe, err, sizeof err, "%s", lk__store_txn_errstr(t));
+        goto out;
+    }
+    if (pe == LK_OK) {
         printf("  pending plan of batch %" PRIu64 ": dropped (it holds the old offsets)\n",
                plan.id);
         if (yes && (e = lk__store_plan_del(t, err, sizeof err)))

@@ -199,6 +199,10 @@ static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk_store_txn_t *t, char
                                       size_t errstr_size) {
     orphan_ctx_t c = {ctx->pipeline, errstr, errstr_size, LK_OK};
     lk_err_t e = lk__store_outbox_stats(t, check_orphan, &c);
+    if (!c.err && e) /* say what is wrong (errstr was left unwritten) */
+        return lk__err(e, errstr, errstr_size, "%s", lk__store_txn_errstr(t)[0]
+                                                         ? lk__store_txn_errstr(t)
+                                                         : lk_err_str(e));
     return c.err ? c.err : e;
 }
 
@@ -341,7 +345,8 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
 /* A sink failed with e (message err): fenced or fatal errors stop the application; the
  * first retriable one is kept in *first for the backoff. */
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
-    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE) {
+    /* a corrupt checkpoint never heals by retrying */
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT) {
         /* the first fatal error wins, code and message together */
         if (!ctx->fatal) {
             ctx->fatal = 1;
@@ -636,9 +641,14 @@ typedef struct {
     lk_store_txn_t *t;
 } lookup_ctx_t;
 
-static int lookup_offset(const char *topic, int32_t partition, int64_t *off, void *o) {
+static lk_err_t lookup_offset(const char *topic, int32_t partition, int64_t *off,
+                              lk_fingerprint_t *fp, int *has_fp, void *o, char *errstr,
+                              size_t errstr_size) {
     lookup_ctx_t *l = o;
-    return lk__store_offset_get(l->t, topic, partition, off) == LK_OK ? 0 : -1;
+    lk_err_t e = lk__store_offset_get_fp(l->t, topic, partition, off, fp, has_fp);
+    if (e && e != LK_ERR_NOT_FOUND) /* corrupt is refused, never read as "no offset" */
+        return lk__err(e, errstr, errstr_size, "%s", lk__store_txn_errstr(l->t));
+    return e;
 }
 
 /* Plan batch `id`: reuse its pending plan if the last run left one, else plan afresh. */
@@ -650,18 +660,38 @@ static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64
         return e;
     lk_batch_rec_t pending;
     *replay = 0;
-    if (lk__store_plan_get(t, &pending) == LK_OK && pending.id == id &&
-        lk__receiver_use_plan(ctx->receiver, pending.ranges, pending.nranges, f, NULL, 0) ==
-            LK_OK) {
+    *time_ms = 0;
+    lookup_ctx_t l = {t};
+    e = lk__store_plan_get(t, &pending);
+    if (e && e != LK_ERR_NOT_FOUND) { /* a corrupt plan is refused, not ignored */
+        e = fail(ctx, e, "%s", lk__store_txn_errstr(t));
+        lk__store_txn_abort(t);
+        return e;
+    }
+    if (e == LK_OK && pending.id == id) {
+        e = lk__receiver_use_plan(ctx->receiver, pending.ranges, pending.nranges, lookup_offset,
+                                  &l, f, ctx->errstr, sizeof ctx->errstr);
+        if (e && e != LK_ERR_NOT_FOUND) { /* e.g. the plan reaches past the log end */
+            lk__store_txn_abort(t);
+            char err[256];
+            /* with on.data.loss=skip the retry plans afresh, where the policy applies */
+            if (e == LK_ERR_DATA_LOSS && ctx->skip_loss &&
+                lk__store_plan_clear(ctx->store, err, sizeof err))
+                lk__log(LK_LOG_WARNING, "cannot clear the batch plan: %s", err);
+            return e;
+        }
+    } else {
+        e = LK_ERR_NOT_FOUND;
+    }
+    if (e == LK_OK) {
         *time_ms = pending.batch_time_ms;
-        f->data_loss_skipped = pending.records_out; /* see run_batch */
+        f->data_loss_skipped += pending.records_out; /* see run_batch */
         *replay = 1;
         lk__log(LK_LOG_INFO, "batch %llu: processing again with its recorded plan",
                 (unsigned long long)id);
         lk__store_txn_abort(t);
         return LK_OK;
     }
-    lookup_ctx_t l = {t};
     e = lk__receiver_plan(ctx->receiver, lookup_offset, &l, f, ctx->errstr, sizeof ctx->errstr);
     lk__store_txn_abort(t);
     /* batch time: the wall clock at planning, strictly increasing */
@@ -713,8 +743,9 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     }
     for (size_t i = 0; i < f->nranges && !e; i++) {
         ranges[i] = f->ranges[i].range;
-        e = lk__store_offset_put(t, ranges[i].topic, ranges[i].partition, ranges[i].until,
-                                 ctx->errstr, sizeof ctx->errstr);
+        e = lk__store_offset_put_fp(t, ranges[i].topic, ranges[i].partition, ranges[i].until,
+                                    f->ranges[i].has_fp ? &f->ranges[i].fp : NULL,
+                                    ctx->errstr, sizeof ctx->errstr);
     }
     if (!e && f->data_loss_skipped)
         e = lk__store_acc_add(t, "lockstep.data.loss.skipped", (int64_t)f->data_loss_skipped,

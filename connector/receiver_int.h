@@ -18,6 +18,9 @@ typedef struct lk_receiver lk_receiver_t;
 typedef struct lk__range_msgs {
     lk_range_t range; /**< topic points into the receiver */
     int64_t high;     /**< log end when planned (lag = high - until); until if unknown */
+    lk_fingerprint_t fp; /**< the last record read below range.until (after the fetch: the
+                              range's last record, else the one checkpointed) */
+    int has_fp;          /**< 0: no fingerprint to record */
     rd_kafka_message_t **msgs;
     size_t n, cap;
 } lk__range_msgs_t;
@@ -32,9 +35,15 @@ typedef struct lk__fetch {
                                      must be committed even if the batch reads nothing */
 } lk__fetch_t;
 
-/** Looks up the checkpointed next offset; returns 0 and sets *off if known. */
-typedef int(lk__offset_lookup_fn)(const char *topic, int32_t partition, int64_t *off,
-                                  void *opaque);
+/**
+ * Looks up the checkpointed next offset of a partition and the fingerprint kept with it:
+ * LK_OK (*off set; *has_fp says whether *fp is), LK_ERR_NOT_FOUND (a partition new to
+ * the checkpoint), or an error with errstr filled (e.g. LK_ERR_CORRUPT: never taken for
+ * "not found").
+ */
+typedef lk_err_t(lk__offset_lookup_fn)(const char *topic, int32_t partition, int64_t *off,
+                                       lk_fingerprint_t *fp, int *has_fp, void *opaque,
+                                       char *errstr, size_t errstr_size);
 
 lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
                           size_t ntopics, char *errstr, size_t errstr_size);
@@ -45,14 +54,30 @@ void lk__receiver_destroy(lk_receiver_t *r);
  * range to [checkpointed offset, min(end, from + max.records.per.partition)).
  * A checkpointed offset below the log start is data loss: LK_ERR_DATA_LOSS, or with
  * on.data.loss=skip a logged, counted jump to the log start.
- * Errors: LK_ERR_KAFKA (broker unreachable, unknown topic: retriable), LK_ERR_DATA_LOSS.
+ *
+ * At the first plan of a partition, and again after its log start or end moved backwards
+ * or its topic was missing, the record whose fingerprint the checkpoint keeps is read back
+ * and compared. Another record there (the topic was recreated), or none where retention
+ * cannot explain it, is data loss: LK_ERR_DATA_LOSS naming the partition and both
+ * fingerprints, or with on.data.loss=skip a logged continuation at the checkpointed
+ * offset, the unread records before it counted as skipped.
+ * Errors: LK_ERR_KAFKA (broker unreachable, unknown topic: retriable), LK_ERR_TIMED_OUT
+ * (the record could not be read back in fetch.timeout.ms), LK_ERR_DATA_LOSS, and the
+ * lookup's errors (LK_ERR_CORRUPT).
  */
 lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
                            lk__fetch_t *f, char *errstr, size_t errstr_size);
 
-/** Use a given plan (a pending plan being processed again) instead of planning. */
+/**
+ * Use a given plan (a pending plan being processed again) instead of planning. The
+ * plan's ranges are checked against the log as lk__receiver_plan() checks offsets (and
+ * fingerprints are checked as there): a range reaching past the log end (the topic was
+ * recreated shorter, or its log truncated) is LK_ERR_DATA_LOSS, never fetched in vain.
+ * LK_ERR_NOT_FOUND: the plan reads a topic no longer an input (plan afresh instead).
+ */
 lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_t n,
-                               lk__fetch_t *f, char *errstr, size_t errstr_size);
+                               lk__offset_lookup_fn *lookup, void *opaque, lk__fetch_t *f,
+                               char *errstr, size_t errstr_size);
 
 /**
  * Fetch exactly the planned ranges. With cap_bytes set, stops once max.bytes.per.batch

@@ -217,7 +217,7 @@ static lk_err_t settle_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
  * make the sink FATAL. The sink re-reads nothing before the retry: recover() first
  * settles what is unfinished. Returns e (errstr already says what failed). */
 static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
-    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_CORRUPT) { /* never heals */
         go_fatal(s, errstr);
         return e;
     }
@@ -411,7 +411,9 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                 lk__store_outbox_foreach(t, s->members[s->cur].uid, batch, write_one, &w);
             e = w.err ? w.err
                 : fe  ? lk__err(fe, why, sizeof why, "reading the outbox of '%s': %s",
-                                s->members[s->cur].uid, lk_err_str(fe))
+                                s->members[s->cur].uid,
+                                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
+                                                           : lk_err_str(fe))
                       : LK_OK;
         }
         s->cur = 0;

@@ -45,6 +45,8 @@ void lk__buf_free(lk__buf_t *b) {
     b->len = b->cap = 0;
 }
 
+void lk__buf_append(lk__buf_t *b, const void *p, size_t n) { buf_write(b, p, n); }
+
 void lk__pack_array(lk__buf_t *b, size_t n) { msgpack_pack_array(&b->pk, n); }
 void lk__pack_map(lk__buf_t *b, size_t n) { msgpack_pack_map(&b->pk, n); }
 void lk__pack_i64(lk__buf_t *b, int64_t v) { msgpack_pack_int64(&b->pk, v); }
@@ -70,15 +72,89 @@ void lk__zone_destroy(lk__zone_t *z) { msgpack_zone_destroy(z); }
 void lk__zone_clear(lk__zone_t *z) { msgpack_zone_clear(z); }
 void *lk__zone_alloc(lk__zone_t *z, size_t n) { return msgpack_zone_malloc(z, n); }
 
+/*
+ * msgpack-c allocates a container's elements when it reads its header, before it knows
+ * whether they follow: 5 bytes claiming a map of 4 billion entries made it ask for
+ * 64 GiB (found by the fuzz target), and msgpack-c's C API has no size limit. So a value
+ * from the checkpoint is walked once first, without allocating: every length must fit in
+ * what is left, every container can hold at most as many elements as bytes are left, and
+ * nesting is bounded. 0 and *off past the object, or -1.
+ */
+static int plausible(const unsigned char *p, size_t len, size_t *off, int depth) {
+    if (depth > 32 || *off >= len)
+        return -1;
+    unsigned c = p[(*off)++];
+    size_t left = len - *off, n = 0, skip = 0, items = 0;
+#define NEED(k)                                                                          \
+    do {                                                                                 \
+        if (left < (k))                                                                  \
+            return -1;                                                                   \
+    } while (0)
+#define BE(k) (k == 1 ? (size_t)p[*off] : k == 2 ? (size_t)p[*off] << 8 | p[*off + 1]    \
+                                 : (size_t)p[*off] << 24 | (size_t)p[*off + 1] << 16 |   \
+                                       (size_t)p[*off + 2] << 8 | p[*off + 3])
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+        return 0;
+    if (c >= 0x80 && c <= 0x8f) {
+        items = 2 * (c & 0x0f);
+    } else if (c >= 0x90 && c <= 0x9f) {
+        items = c & 0x0f;
+    } else if (c >= 0xa0 && c <= 0xbf) {
+        skip = c & 0x1f;
+    } else {
+        switch (c) {
+        case 0xc4: case 0xd9: NEED(1); skip = BE(1); *off += 1; left -= 1; break;
+        case 0xc5: case 0xda: NEED(2); skip = BE(2); *off += 2; left -= 2; break;
+        case 0xc6: case 0xdb: NEED(4); skip = BE(4); *off += 4; left -= 4; break;
+        case 0xc7: NEED(1); skip = BE(1) + 1; *off += 1; left -= 1; break;
+        case 0xc8: NEED(2); skip = BE(2) + 1; *off += 2; left -= 2; break;
+        case 0xc9: NEED(4); skip = BE(4) + 1; *off += 4; left -= 4; break;
+        case 0xca: case 0xce: case 0xd2: skip = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+        case 0xcc: case 0xd0: skip = 1; break;
+        case 0xcd: case 0xd1: skip = 2; break;
+        case 0xd4: skip = 2; break;
+        case 0xd5: skip = 3; break;
+        case 0xd6: skip = 5; break;
+        case 0xd7: skip = 9; break;
+        case 0xd8: skip = 17; break;
+        case 0xdc: NEED(2); items = BE(2); *off += 2; left -= 2; break;
+        case 0xdd: NEED(4); items = BE(4); *off += 4; left -= 4; break;
+        case 0xde: NEED(2); items = 2 * BE(2); *off += 2; left -= 2; break;
+        case 0xdf: NEED(4); items = 2 * BE(4); *off += 4; left -= 4; break;
+        default: return -1; /* 0xc1: never used */
+        }
+    }
+#undef NEED
+#undef BE
+    if (skip) {
+        if (skip > left)
+            return -1;
+        *off += skip;
+        return 0;
+    }
+    if (items > left) /* each element takes at least a byte */
+        return -1;
+    for (n = 0; n < items; n++)
+        if (plausible(p, len, off, depth + 1))
+            return -1;
+    return 0;
+}
+
 int lk__unpack(lk__zone_t *z, const void *data, size_t len, lk__obj_t *out) {
-    size_t off = 0;
+    size_t off = 0, end = 0;
+    if (plausible(data, len, &end, 0) || end != len)
+        return -1;
     msgpack_unpack_return r = msgpack_unpack(data, len, &off, z, out);
     return r == MSGPACK_UNPACK_SUCCESS && off == len ? 0 : -1;
 }
 
 int lk__unpack_next(lk__zone_t *z, const void *data, size_t len, size_t *off, lk__obj_t *out) {
-    msgpack_unpack_return r = msgpack_unpack(data, len, off, z, out);
-    return r == MSGPACK_UNPACK_SUCCESS || r == MSGPACK_UNPACK_EXTRA_BYTES ? 0 : -1;
+    size_t end = *off;
+    if (plausible(data, len, &end, 0))
+        return -1;
+    msgpack_unpack_return r = msgpack_unpack(data, end, off, z, out);
+    return r == MSGPACK_UNPACK_SUCCESS ? 0 : -1;
 }
 
 size_t lk__arr_len(const lk__obj_t *o) {

@@ -30,6 +30,8 @@ void lk__pack_map(lk__buf_t *b, size_t n);
 void lk__pack_i64(lk__buf_t *b, int64_t v);
 void lk__pack_str(lk__buf_t *b, const char *s);
 void lk__pack_strn(lk__buf_t *b, const char *s, size_t n);
+/** Append n raw bytes (not msgpack: e.g. a checksum trailer). */
+void lk__buf_append(lk__buf_t *b, const void *p, size_t n);
 /** bin for p != NULL, nil for p == NULL. */
 void lk__pack_bin_or_nil(lk__buf_t *b, const void *p, size_t n);
 

@@ -68,6 +68,10 @@ static json_t *collect(lk_store_t *s, lk_store_txn_t *t, lk_err_t *err) {
     json_object_set_new(doc, "checkpoint", json_string(lk__store_dir(s)));
     json_object_set_new(doc, "app_id", json_string(lk__store_app_id(s)));
     json_object_set_new(doc, "format", json_integer(lk__store_format(s)));
+    /* "" (no id yet) only for a format-1 checkpoint read before its first run with this
+     * build: shown as null, not as an id */
+    const char *id = lk__store_checkpoint_id(s);
+    json_object_set_new(doc, "checkpoint_id", id[0] ? json_string(id) : json_null());
     iso_time(lk__store_created_ms(s), when, sizeof when);
     json_object_set_new(doc, "created", json_string(when));
     json_object_set_new(doc, "map_size", json_integer((json_int_t)lk__store_map_size(s)));
@@ -134,6 +138,8 @@ static void print_text(FILE *fp, json_t *d) {
     fprintf(fp, "app.id        %s\n", json_string_value(json_object_get(d, "app_id")));
     fprintf(fp, "format        %" JSON_INTEGER_FORMAT "\n",
             json_integer_value(json_object_get(d, "format")));
+    const char *id = json_string_value(json_object_get(d, "checkpoint_id"));
+    fprintf(fp, "checkpoint id %s\n", id ? id : "none yet (format 1; given one at the next run)");
     fprintf(fp, "created       %s\n", json_string_value(json_object_get(d, "created")));
     fprintf(fp, "map size      %" JSON_INTEGER_FORMAT " bytes\n",
             json_integer_value(json_object_get(d, "map_size")));
@@ -220,9 +226,13 @@ lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
         return err;
     err = LK_OK;
     json_t *doc = collect(s, t, &err);
+    char why[512];
+    lk__fmt(why, sizeof why, "%s", lk__store_txn_errstr(t));
     lk__store_txn_abort(t);
     if (err) {
         json_decref(doc);
+        if (why[0]) /* the store named the record */
+            return lk__err(err, errstr, errstr_size, "%s", why);
         return lk__err(err, errstr, errstr_size, "checkpoint %s: cannot read: %s",
                        lk__store_dir(s), lk_err_str(err));
     }

@@ -13,6 +13,7 @@
 #include "store_int.h"
 #include "codec_int.h"
 #include "../core/conf_int.h"
+#include "../core/crc32c_int.h"
 #include "../core/util_int.h"
 
 #include <dirent.h>
@@ -20,10 +21,13 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -58,7 +62,9 @@ struct lk_store {
     uint64_t outbox_bytes;
     char *app_id;
     int format;
+    int migrated_from; /* format before this open migrated it; 0: none */
     int64_t created_ms;
+    char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1];
     atomic_int fatal; /* set after fatal_msg is written; read from any thread */
     char fatal_msg[512];
     lk_store_txn_t *wtxn;
@@ -96,6 +102,7 @@ struct lk_store_txn {
     size_t nseqs;
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
+    char err[512];     /* what the last failed read found wrong (lk__store_txn_errstr) */
 };
 
 static const char plan_key[] = "pending-plan"; /* meta key of the pending plan */
@@ -134,6 +141,86 @@ static lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
     }
     return lk__err(e, errstr, errstr_size, "checkpoint %s: %s: %s", s->dir, what,
                    mdb_strerror(rc));
+}
+
+/* A failed fsync: whether the pages reached the disk is unknown (and Linux may have
+ * dropped them from the page cache), so nothing committed since the last good sync
+ * may be called durable, ever. The store becomes unusable (sticky), with the OS error. */
+static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_size) {
+    if (!s->fatal) /* the first failure's message stays */
+        lk__fmt(s->fatal_msg, sizeof s->fatal_msg,
+                "checkpoint %s: syncing to disk failed: %s; batches after %llu may not be "
+                "durable and are not delivered; the checkpoint is unusable until restart "
+                "(check the disk)",
+                s->dir, mdb_strerror(rc), (unsigned long long)s->durable_batch);
+    s->fatal = 1;
+    return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
+}
+
+/* ---- checksums and corruption ---- */
+
+/*
+ * From format 2 on every value carries a checksum: 4 bytes, big-endian, appended to the
+ * msgpack value: CRC32C over the value and then its key, so that a flipped byte in
+ * either (LMDB has no checksums of its own) is found when the value is read, instead of
+ * being used. A format-1 checkpoint is read without them (read-only) or migrated.
+ */
+#define CRC_LEN 4
+
+static int sealed(const lk_store_t *s) { return s->format >= 2; }
+
+static uint32_t value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
+    return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
+}
+
+/* Append the checksum of (b's content, key) to b. */
+static void seal(lk__buf_t *b, const void *key, size_t klen) {
+    unsigned char tail[CRC_LEN];
+    lk__put_be32(tail, value_crc(b->data, b->len, key, klen));
+    lk__buf_append(b, tail, CRC_LEN);
+}
+
+/* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
+ * match (or v is too short to hold one). */
+static int unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
+    if (!sealed(s))
+        return 0;
+    if (v->mv_size < CRC_LEN)
+        return -1;
+    size_t n = v->mv_size - CRC_LEN;
+    const unsigned char *p = v->mv_data;
+    if (value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
+        return -1;
+    v->mv_size = n;
+    return 0;
+}
+
+/* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
+ * retried and never read as "absent": the caller stops with this message. */
+__attribute__((format(printf, 2, 3))) static lk_err_t corrupt(lk_store_txn_t *t,
+                                                              const char *fmt, ...) {
+    char what[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    lk__fmt(t->err, sizeof t->err,
+            "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a backup, "
+            "or start a new checkpoint.dir)",
+            t->s->dir, what);
+    return LK_ERR_CORRUPT;
+}
+
+const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
+
+/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like corrupt() does. */
+static lk_err_t read_failed(lk_store_txn_t *t, int rc, const char *what) {
+    lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
+                     ? LK_ERR_CORRUPT
+                     : LK_ERR_STORE;
+    lk__fmt(t->err, sizeof t->err, "checkpoint %s: %s: %s", t->s->dir, what,
+            mdb_strerror(rc));
+    return e;
 }
 
 /* ---- the replay log and MAP_FULL handling ---- */
@@ -306,6 +393,314 @@ static int mkdir_p(const char *path) {
     return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+/*
+ * LMDB maps data.mdb and trusts it: a truncated file makes it read past the end of the
+ * file (SIGBUS), a wrong page number anywhere. Before LMDB maps the file, check it
+ * against LMDB's own meta pages, whose layout is LMDB 0.9's (mdb.c: MDB_page, MDB_meta,
+ * MDB_db, on a 64-bit build): pages 0 and 1 are meta pages; after a 16-byte page header
+ * (flags at byte 10, P_META = 0x08), a meta holds magic 0xBEEFC0DE, version 1, the map
+ * address and size, the free and main databases (48 bytes each; the page size is the
+ * free database's first field, md_pad; md_root at 40), the last page number and the
+ * transaction id. Each meta must be whole and name only pages the file has.
+ */
+#define LMDB_MAGIC 0xBEEFC0DEu
+enum {
+    PAGE_HDR = 16,
+    PAGE_FLAGS = 10,
+    P_META = 0x08,
+    META_MAGIC = 0,
+    META_VERSION = 4,
+    META_MAPSIZE = 16,
+    META_DBS = 24,
+    DB_SIZE = 48,
+    DB_ROOT = 40,
+    META_LAST_PG = META_DBS + 2 * DB_SIZE,
+    META_TXNID = META_LAST_PG + 8,
+    META_END = META_TXNID + 8,
+};
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+static lk_err_t check_data_file(lk_store_t *s, char *errstr, size_t errstr_size) {
+    if (sizeof(size_t) != 8) /* the layout below is a 64-bit build's */
+        return LK_OK;
+    char p[4200];
+    lk__fmt(p, sizeof p, "%s/data.mdb", s->dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot open %s: %s", p,
+                       strerror(errno));
+    struct stat st;
+    unsigned char m[2][PAGE_HDR + META_END];
+    char why[200] = "";
+    uint64_t psize = 0;
+    if (fstat(fd, &st) != 0) {
+        lk_err_t e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot stat %s: %s", p,
+                             strerror(errno));
+        close(fd);
+        return e;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size == 0) { /* a creation killed before LMDB wrote its meta pages: it writes them */
+        close(fd);
+        return LK_OK;
+    }
+    if (pread(fd, m[0], sizeof m[0], 0) != (ssize_t)sizeof m[0]) {
+        lk__fmt(why, sizeof why, "%llu bytes, shorter than a meta page",
+                (unsigned long long)size);
+    } else {
+        psize = le32(m[0] + PAGE_HDR + META_DBS);
+        if (psize < 512 || psize > 65536 || (psize & (psize - 1)))
+            lk__fmt(why, sizeof why, "meta page 0 gives page size %llu",
+                    (unsigned long long)psize);
+        else if (size < 2 * psize ||
+                 pread(fd, m[1], sizeof m[1], (off_t)psize) != (ssize_t)sizeof m[1])
+            lk__fmt(why, sizeof why, "%llu bytes, shorter than its two meta pages",
+                    (unsigned long long)size);
+    }
+    close(fd);
+    for (int i = 0; i < 2 && !why[0]; i++) {
+        const unsigned char *mm = m[i] + PAGE_HDR;
+        uint64_t last = le64(mm + META_LAST_PG);
+        if (!(le32(m[i] + PAGE_FLAGS) & P_META) || le32(mm + META_MAGIC) != LMDB_MAGIC ||
+            le32(mm + META_VERSION) != 1) {
+            lk__fmt(why, sizeof why, "meta page %d is not an LMDB 0.9 meta page", i);
+        } else if (le32(mm + META_DBS) != psize) {
+            lk__fmt(why, sizeof why, "meta page %d gives page size %u, meta page 0 %llu", i,
+                    le32(mm + META_DBS), (unsigned long long)psize);
+        } else if (last < 1 || last >= size / psize) {
+            lk__fmt(why, sizeof why,
+                    "%llu bytes, but meta page %d says its pages go up to page %llu of %llu "
+                    "bytes",
+                    (unsigned long long)size, i, (unsigned long long)last,
+                    (unsigned long long)psize);
+        } else if (le64(mm + META_MAPSIZE) / psize <= last) {
+            lk__fmt(why, sizeof why, "meta page %d gives a map size below its last page", i);
+        } else {
+            for (int d = 0; d < 2 && !why[0]; d++) {
+                uint64_t root = le64(mm + META_DBS + d * DB_SIZE + DB_ROOT);
+                if (root != UINT64_MAX && (root < 2 || root > last))
+                    lk__fmt(why, sizeof why,
+                            "meta page %d puts a database root at page %llu (pages 2..%llu "
+                            "exist)",
+                            i, (unsigned long long)root, (unsigned long long)last);
+            }
+        }
+    }
+    if (!why[0])
+        return LK_OK;
+    return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                   "checkpoint %s is corrupt (truncated or damaged): %s has %s; refused "
+                   "before LMDB "
+                   "reads it (restore the checkpoint from a backup, or start a new "
+                   "checkpoint.dir)",
+                   s->dir, p, why);
+}
+
+/*
+ * LMDB follows page numbers and node offsets without checking them: a flipped byte in a
+ * page header or a node makes it read anywhere (SIGSEGV/SIGBUS inside liblmdb). So before
+ * anything reads a checkpoint's data, every page reachable from the snapshot's meta is
+ * checked, through the map, with every read bounds-checked: page numbers within the
+ * file and each page reached once, a page's own number, its type, its node table, every
+ * node inside its page, branch children, overflow pages, named databases (their roots),
+ * and the free list's page numbers. Layout of LMDB 0.9, 64-bit (mdb.c: MDB_page,
+ * MDB_node, MDB_db). It reads what LMDB would read anyway, once.
+ */
+enum {
+    P_BRANCH = 0x01, P_LEAF = 0x02, P_OVERFLOW = 0x04,
+    F_BIGDATA = 0x01, F_SUBDATA = 0x02,
+    NODE_HDR = 8,
+};
+
+typedef struct {
+    const unsigned char *map;
+    uint64_t psize, last;
+    unsigned char *seen;
+    char why[160];
+} verify_t;
+
+/* What a tree holds, counted, to compare with its MDB_db record (whose counters
+ * mdb_stat reports, e.g. as inspect's entries and bytes). */
+typedef struct {
+    uint64_t branch, leaf, overflow, entries, depth;
+} tree_count_t;
+
+static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+static int verify_tree(verify_t *v, const unsigned char *db, int kind, const char *name);
+
+/* kind: 0 the main database (leaves name databases), 1 a named database, 2 the free
+ * list (leaves are page lists). 0: fine; -1: v->why says what is wrong. */
+static int verify_page(verify_t *v, uint64_t pgno, int depth, int kind, tree_count_t *tc) {
+    if (pgno < 2 || pgno > v->last)
+        return lk__fmt(v->why, sizeof v->why, "a page number %llu outside 2..%llu",
+                       (unsigned long long)pgno, (unsigned long long)v->last), -1;
+    if (depth > 40 || v->seen[pgno])
+        return lk__fmt(v->why, sizeof v->why, "page %llu reached twice (a loop)",
+                       (unsigned long long)pgno), -1;
+    v->seen[pgno] = 1;
+    const unsigned char *p = v->map + pgno * v->psize;
+    uint16_t flags = le16(p + PAGE_FLAGS), lower = le16(p + 12), upper = le16(p + 14);
+    if (le64(p) != pgno)
+        return lk__fmt(v->why, sizeof v->why, "page %llu says it is page %llu",
+                       (unsigned long long)pgno, (unsigned long long)le64(p)), -1;
+    int branch = (flags & ~0xc000) == P_BRANCH, leaf = (flags & ~0xc000) == P_LEAF;
+    if ((!branch && !leaf) || lower < PAGE_HDR || lower > upper || upper > v->psize ||
+        (lower & 1))
+        return lk__fmt(v->why, sizeof v->why, "page %llu has a bad header",
+                       (unsigned long long)pgno), -1;
+    size_t n = (size_t)(lower - PAGE_HDR) / 2;
+    if ((uint64_t)depth + 1 > tc->depth)
+        tc->depth = (uint64_t)depth + 1;
+    if (branch)
+        tc->branch++;
+    else
+        tc->leaf++, tc->entries += n;
+    if (branch && n < 1)
+        return lk__fmt(v->why, sizeof v->why, "branch page %llu is empty",
+                       (unsigned long long)pgno), -1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = le16(p + PAGE_HDR + 2 * i);
+        if (off < upper || off + NODE_HDR > v->psize)
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu outside the page",
+                           (unsigned long long)pgno, i), -1;
+        const unsigned char *nd = p + off;
+        uint64_t lo = le16(nd), hi = le16(nd + 2), nflags = le16(nd + 4), ks = le16(nd + 6);
+        if (off + NODE_HDR + ks > v->psize)
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu key outside the page",
+                           (unsigned long long)pgno, i), -1;
+        if (branch) {
+            if (verify_page(v, lo | hi << 16 | nflags << 32, depth + 1, kind, tc))
+                return -1;
+            continue;
+        }
+        uint64_t dsize = lo | hi << 16;
+        const unsigned char *data = nd + NODE_HDR + ks;
+        if (nflags & ~(uint64_t)(F_BIGDATA | F_SUBDATA) ||
+            ((nflags & F_SUBDATA) && (kind != 0 || (nflags & F_BIGDATA))))
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu has flags %llu",
+                           (unsigned long long)pgno, i, (unsigned long long)nflags), -1;
+        if (nflags & F_BIGDATA) {
+            if (off + NODE_HDR + ks + 8 > v->psize)
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu outside the page",
+                               (unsigned long long)pgno, i), -1;
+            uint64_t ov = le64(data);
+            if (ov < 2 || ov > v->last || v->seen[ov])
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu: overflow page %llu",
+                               (unsigned long long)pgno, i, (unsigned long long)ov), -1;
+            const unsigned char *op = v->map + ov * v->psize;
+            uint64_t pages = le32(op + 12);
+            if (le64(op) != ov || !(le16(op + PAGE_FLAGS) & P_OVERFLOW) || pages < 1 ||
+                pages > v->last - ov + 1 || dsize > pages * v->psize - PAGE_HDR)
+                return lk__fmt(v->why, sizeof v->why, "overflow page %llu is damaged",
+                               (unsigned long long)ov), -1;
+            tc->overflow += pages;
+            for (uint64_t q = ov; q < ov + pages; q++) {
+                if (v->seen[q])
+                    return lk__fmt(v->why, sizeof v->why, "page %llu reached twice",
+                                   (unsigned long long)q), -1;
+                v->seen[q] = 1;
+            }
+            data = op + PAGE_HDR;
+        } else if (off + NODE_HDR + ks + dsize > v->psize) {
+            return lk__fmt(v->why, sizeof v->why, "page %llu node %zu value outside the page",
+                           (unsigned long long)pgno, i), -1;
+        }
+        if (nflags & F_SUBDATA) { /* a named database: an MDB_db */
+            if (dsize != DB_SIZE)
+                return lk__fmt(v->why, sizeof v->why, "page %llu node %zu: a database record "
+                               "of %llu bytes", (unsigned long long)pgno, i,
+                               (unsigned long long)dsize), -1;
+            char name[64];
+            lk__fmt(name, sizeof name, "%.*s", (int)(ks > 40 ? 40 : ks), nd + NODE_HDR);
+            if (verify_tree(v, data, 1, name))
+                return -1;
+        } else if (kind == 2) { /* free list: a count, then page numbers */
+            if (dsize < 8 || (dsize & 7) || le64(data) != dsize / 8 - 1)
+                return lk__fmt(v->why, sizeof v->why, "a free list record is damaged"), -1;
+            for (uint64_t j = 1; j < dsize / 8; j++)
+                if (le64(data + 8 * j) < 2 || le64(data + 8 * j) > v->last)
+                    return lk__fmt(v->why, sizeof v->why, "the free list names page %llu",
+                                   (unsigned long long)le64(data + 8 * j)), -1;
+        }
+    }
+    return 0;
+}
+
+/* The tree of MDB_db record db: its pages, and its counters against what they hold. */
+static int verify_tree(verify_t *v, const unsigned char *db, int kind, const char *name) {
+    tree_count_t tc = {0, 0, 0, 0, 0};
+    uint64_t root = le64(db + DB_ROOT);
+    if (root != UINT64_MAX && verify_page(v, root, 0, kind, &tc))
+        return -1;
+    /* md_flags: lockstep creates every database without flags; LMDB's free list has
+     * integer keys (MDB_INTEGERKEY) */
+    if (le16(db + 4) != (kind == 2 ? MDB_INTEGERKEY : 0) || le16(db + 6) != tc.depth || le64(db + 8) != tc.branch ||
+        le64(db + 16) != tc.leaf || le64(db + 24) != tc.overflow ||
+        (kind != 2 && le64(db + 32) != tc.entries))
+        return lk__fmt(v->why, sizeof v->why,
+                       "database '%s' whose record does not match its pages", name),
+               -1;
+    return 0;
+}
+
+/* Check every page of the snapshot txn reads (see verify_page). */
+static lk_err_t verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+    if (sizeof(size_t) != 8)
+        return LK_OK;
+    MDB_stat st;
+    mdb_filehandle_t fd;
+    struct stat fst;
+    if (mdb_env_stat(s->env, &st) || mdb_env_get_fd(s->env, &fd) || fstat(fd, &fst))
+        return LK_OK;
+    /* LMDB does not tell where its map is (me_mapaddr is a meta field, NULL unless
+     * MDB_FIXEDMAP): map the file once more, read-only, for the check */
+    uint64_t fsize = (uint64_t)fst.st_size;
+    verify_t v = {NULL, st.ms_psize, 0, NULL, ""};
+    if (v.psize < 512 || fsize < 2 * v.psize)
+        return LK_OK; /* checked against the file before the open */
+    void *map = mmap(NULL, fsize, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "checkpoint %s: cannot map data.mdb: %s",
+                       s->dir, strerror(errno));
+    v.map = map;
+    /* the meta of this snapshot: the one with the txn's id */
+    const unsigned char *meta = NULL;
+    for (int i = 0; i < 2; i++) {
+        const unsigned char *m = v.map + i * v.psize + PAGE_HDR;
+        if (le64(m + META_TXNID) == (uint64_t)mdb_txn_id(txn))
+            meta = m;
+    }
+    int bad = 0;
+    if (meta) { /* else a snapshot another process just replaced */
+        v.last = le64(meta + META_LAST_PG);
+        if (v.last >= fsize / v.psize) {
+            lk__fmt(v.why, sizeof v.why, "pages up to %llu in %llu bytes",
+                    (unsigned long long)v.last, (unsigned long long)fsize);
+            bad = 1;
+        } else if (!(v.seen = calloc(v.last + 1, 1))) {
+            munmap(map, fsize);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        } else {
+            bad = verify_tree(&v, meta + META_DBS, 2, "(free pages)") ||
+                  verify_tree(&v, meta + META_DBS + DB_SIZE, 0, "(main)");
+        }
+    }
+    free(v.seen);
+    munmap(map, fsize);
+    if (!bad)
+        return LK_OK;
+    return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                   "checkpoint %s is corrupt (damaged): data.mdb has %s; refused before LMDB "
+                   "reads it (restore the checkpoint from a backup, or start a new "
+                   "checkpoint.dir)",
+                   s->dir, v.why);
+}
+
 static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
     char p[4200];
     lk__fmt(p, sizeof p, "%s/LOCK", s->dir);
@@ -369,7 +764,113 @@ static void pack_cfg(const char *k, const char *v, void *o) {
     lk__pack_str(a->buf, v);
 }
 
+/* 1 if id is LK_CHECKPOINT_ID_LEN lowercase hex characters. */
+static int valid_checkpoint_id(const char *id, size_t n) {
+    if (n != LK_CHECKPOINT_ID_LEN)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* A fresh checkpoint id: 128 bits from getrandom(2) as hex. Two checkpoints of one app.id
+ * must never share an id, so no weaker source is used as a fallback. */
+static lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
+                                  size_t errstr_size) {
+    unsigned char raw[LK_CHECKPOINT_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return lk__err(LK_ERR_IO, errstr, errstr_size,
+                           "cannot make a checkpoint id: getrandom: %s", strerror(errno));
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[LK_CHECKPOINT_ID_LEN] = 0;
+    return LK_OK;
+}
+
 /* Read and check meta; fills s->app_id etc. Returns LK_OK or a refusal. */
+/* Parse and check meta's header value v (fills s->app_id etc.): LK_OK or a refusal. */
+static lk_err_t parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+                             size_t errstr_size) {
+    lk__zone_t z;
+    lk__zone_init(&z);
+    lk__obj_t o;
+    lk_err_t err = LK_OK;
+    const char *magic, *app;
+    size_t magic_len, app_len;
+    int64_t ver, format, created;
+    size_t used = 0; /* the msgpack header; from format 2 on its checksum follows */
+    if (lk__unpack_next(&z, v.mv_data, v.mv_size, &used, &o) || !lk__arr_i64(&o, 0, &ver) ||
+        !lk__arr_str(&o, 1, &magic, &magic_len) || magic_len != strlen(LK_CHECKPOINT_MAGIC) ||
+        memcmp(magic, LK_CHECKPOINT_MAGIC, magic_len) || !lk__arr_i64(&o, 2, &format) ||
+        !lk__arr_str(&o, 3, &app, &app_len) || !lk__arr_i64(&o, 4, &created)) {
+        err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                      "checkpoint %s is corrupt: meta header is unreadable (%zu bytes)",
+                      s->dir, v.mv_size);
+        goto out;
+    }
+    /* The header's layout and checksum are the same for every format from 2 on (a
+     * promise to later formats), so a flipped byte, the format number's included, is
+     * found here and not mistaken for a newer format. */
+    const unsigned char *hp = v.mv_data;
+    if (format < 1 ||
+        (format >= 2 ? v.mv_size - used != CRC_LEN ||
+                           value_crc(hp, used, "header", 6) != lk__get_be32(hp + used)
+                     : v.mv_size != used)) {
+        err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                      "checkpoint %s is corrupt: meta header fails its checksum (format %lld, "
+                      "%zu bytes)",
+                      s->dir, (long long)format, v.mv_size);
+        goto out;
+    }
+    if (format > LK_CHECKPOINT_FORMAT) {
+        err = lk__err(LK_ERR_FORMAT_TOO_NEW, errstr, errstr_size,
+                      "checkpoint %s has format version %lld, newer than this build "
+                      "understands (%d); upgrade lockstep to read it",
+                      s->dir, (long long)format, LK_CHECKPOINT_FORMAT);
+        goto out;
+    }
+    if (want_app && want_app[0] &&
+        (strlen(want_app) != app_len || memcmp(want_app, app, app_len))) {
+        err = lk__err(LK_ERR_APP_MISMATCH, errstr, errstr_size,
+                      "checkpoint %s belongs to app.id \"%.*s\", not \"%s\"; use another "
+                      "checkpoint.dir or the matching app.id",
+                      s->dir, (int)app_len, app, want_app);
+        goto out;
+    }
+    if (format >= 2) {
+        /* from format 2 on the header names the checkpoint's id */
+        const char *id;
+        size_t id_len;
+        if (!lk__arr_str(&o, 5, &id, &id_len) || !valid_checkpoint_id(id, id_len)) {
+            err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                          "checkpoint %s is corrupt: meta header has no valid checkpoint id",
+                          s->dir);
+            goto out;
+        }
+        memcpy(s->checkpoint_id, id, id_len);
+        s->checkpoint_id[id_len] = 0;
+    }
+    s->app_id = strndup(app, app_len);
+    s->format = (int)format;
+    s->created_ms = created;
+    if (!s->app_id)
+        err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+out:
+    lk__zone_destroy(&z);
+    return err;
+}
+
 static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                            char *errstr, size_t errstr_size) {
     MDB_dbi meta;
@@ -388,57 +889,21 @@ static lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                        "checkpoint %s is corrupt: meta has no header", s->dir);
     if (rc)
         return mdb_err(s, rc, errstr, errstr_size, "reading meta");
-    lk__zone_t z;
-    lk__zone_init(&z);
-    lk__obj_t o;
-    lk_err_t err = LK_OK;
-    const char *magic, *app;
-    size_t magic_len, app_len;
-    int64_t ver, format, created;
-    if (lk__unpack(&z, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 0, &ver) ||
-        !lk__arr_str(&o, 1, &magic, &magic_len) || magic_len != strlen(LK_CHECKPOINT_MAGIC) ||
-        memcmp(magic, LK_CHECKPOINT_MAGIC, magic_len) || !lk__arr_i64(&o, 2, &format) ||
-        !lk__arr_str(&o, 3, &app, &app_len) || !lk__arr_i64(&o, 4, &created)) {
-        err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
-                      "checkpoint %s is corrupt: meta header is unreadable (%zu bytes)",
-                      s->dir, v.mv_size);
-        goto out;
-    }
-    if (format > LK_CHECKPOINT_FORMAT) {
-        err = lk__err(LK_ERR_FORMAT_TOO_NEW, errstr, errstr_size,
-                      "checkpoint %s has format version %lld, newer than this build "
-                      "understands (%d); upgrade lockstep to read it",
-                      s->dir, (long long)format, LK_CHECKPOINT_FORMAT);
-        goto out;
-    }
-    if (want_app && want_app[0] &&
-        (strlen(want_app) != app_len || memcmp(want_app, app, app_len))) {
-        err = lk__err(LK_ERR_APP_MISMATCH, errstr, errstr_size,
-                      "checkpoint %s belongs to app.id \"%.*s\", not \"%s\"; use another "
-                      "checkpoint.dir or the matching app.id",
-                      s->dir, (int)app_len, app, want_app);
-        goto out;
-    }
-    s->app_id = strndup(app, app_len);
-    s->format = (int)format;
-    s->created_ms = created;
-    if (!s->app_id)
-        err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-out:
-    lk__zone_destroy(&z);
-    return err;
+    return parse_header(s, v, want_app, errstr, errstr_size);
 }
 
-static lk_err_t write_header(lk_store_t *s, MDB_txn *txn, const lk_store_opts_t *o,
-                             char *errstr, size_t errstr_size) {
+/* meta's header: [1, magic, format, app.id, created_ms, checkpoint id] */
+static lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
-    lk__pack_array(&b, 5);
+    lk__pack_array(&b, 6);
     lk__pack_i64(&b, 1);
     lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
     lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
-    lk__pack_str(&b, o->app_id);
-    lk__pack_i64(&b, lk__wall_ms());
+    lk__pack_str(&b, s->app_id);
+    lk__pack_i64(&b, s->created_ms);
+    lk__pack_str(&b, s->checkpoint_id);
+    seal(&b, "header", 6);
     MDB_val k = {6, "header"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -455,6 +920,7 @@ static lk_err_t write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
     lk__pack_i64(&b, 1);
     lk__pack_map(&b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
+    seal(&b, "config", 6);
     MDB_val k = {6, "config"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -484,6 +950,90 @@ static lk_err_t load_last_batch(lk_store_t *s, MDB_txn *txn) {
         s->committed_batch = s->durable_batch = lk__get_be64(k.mv_data);
     mdb_cursor_close(c);
     return LK_OK;
+}
+
+/* Append the checksum to every value of dbi (format 1 -> 2); an LMDB error code. */
+static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
+    (void)s;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc)
+        return rc;
+    lk__buf_t b;
+    lk__buf_init(&b);
+    unsigned char key[MAX_KEY];
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size > MAX_KEY) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        /* copies: the put may move the page both point into */
+        memcpy(key, k.mv_data, k.mv_size);
+        MDB_val kc = {k.mv_size, key};
+        lk__buf_reset(&b);
+        lk__buf_append(&b, v.mv_data, v.mv_size);
+        seal(&b, key, kc.mv_size);
+        if (b.oom) {
+            rc = ENOMEM;
+            break;
+        }
+        MDB_val nv = {b.len, b.data};
+        if ((rc = mdb_cursor_put(c, &kc, &nv, MDB_CURRENT)))
+            break;
+    }
+    lk__buf_free(&b);
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Format 1 -> 2: seal every value of every database (the fixed ones and each
+ * state.<uid>) inside txn. */
+static int seal_all(lk_store_t *s, MDB_txn *txn) {
+    int rc = 0;
+    for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
+        rc = seal_db(s, txn, s->dbi[i]);
+    if (rc)
+        return rc;
+    MDB_dbi main;
+    MDB_cursor *c;
+    if ((rc = mdb_dbi_open(txn, NULL, 0, &main)) || (rc = mdb_cursor_open(txn, main, &c)))
+        return rc;
+    /* named databases are keys of the main database: collect the state ones first */
+    char (*names)[MAX_KEY + 1] = NULL;
+    size_t n = 0, cap = 0;
+    MDB_val k = {6, "state."}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
+            break;
+        if (k.mv_size > MAX_KEY) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char (*nn)[MAX_KEY + 1] = realloc(names, cap * sizeof *names);
+            if (!nn) {
+                rc = ENOMEM;
+                break;
+            }
+            names = nn;
+        }
+        memcpy(names[n], k.mv_data, k.mv_size);
+        names[n++][k.mv_size] = 0;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND || rc == 0)
+        rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        MDB_dbi dbi;
+        if (!(rc = mdb_dbi_open(txn, names[i], 0, &dbi)))
+            rc = seal_db(s, txn, dbi);
+    }
+    free(names);
+    return rc;
 }
 
 void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
@@ -559,7 +1109,9 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     if (!o->readonly && (err = take_lock(s, errstr, errstr_size)))
         goto fail;
 
-    /* 3. The environment. */
+    /* 3. The environment, once its file passed the check against its own meta pages. */
+    if (!creating && (err = check_data_file(s, errstr, errstr_size)))
+        goto fail;
     int rc = mdb_env_create(&s->env);
     if (!rc)
         rc = mdb_env_set_maxdbs(s->env, MAX_DBS);
@@ -604,7 +1156,9 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             err = mdb_err(s, rc, errstr, errstr_size, "beginning a read transaction");
             goto fail;
         }
-        err = check_meta(s, txn, o->app_id, errstr, errstr_size);
+        err = verify_pages(s, txn, errstr, errstr_size);
+        if (!err)
+            err = check_meta(s, txn, o->app_id, errstr, errstr_size);
         for (int i = 0; !err && i < DB_FIXED_COUNT; i++)
             if ((rc = mdb_dbi_open(txn, db_names[i], 0, &s->dbi[i])))
                 err = rc == MDB_NOTFOUND
@@ -630,38 +1184,89 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         }
     }
 
-    /* 5. Create (new checkpoint) and record the effective config. */
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
-        err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
-        goto fail;
+    /* 5. Create (new checkpoint) or migrate (older format), and record the effective
+     * config, in one write transaction. A migration that fills the map grows it and
+     * starts again (nothing of the failed attempt was kept). */
+    int migrating = !creating && s->format < LK_CHECKPOINT_FORMAT;
+    for (;;) {
+        if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
+            err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
+            goto fail;
+        }
+        for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
+            rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
+        if (rc) {
+            mdb_txn_abort(txn);
+            err = mdb_err(s, rc, errstr, errstr_size, "creating databases");
+            goto fail;
+        }
+        int full = 0;
+        if (creating) {
+            if (!s->app_id) {
+                s->format = LK_CHECKPOINT_FORMAT;
+                s->created_ms = lk__wall_ms();
+                if (!(s->app_id = strdup(o->app_id)))
+                    err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+                if (!err)
+                    err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+            }
+            if (!err)
+                err = write_header(s, txn, errstr, errstr_size);
+        } else if (migrating) {
+            /* format 1 -> 2: every value gets its checksum, the checkpoint its id */
+            if (!s->checkpoint_id[0])
+                err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+            if (!err && (rc = seal_all(s, txn))) {
+                if (rc == MDB_MAP_FULL)
+                    full = 1;
+                else
+                    err = mdb_err(s, rc, errstr, errstr_size, "migrating to format 2");
+            }
+            if (!err && !full)
+                err = load_outbox_bytes(s, txn); /* each chunk grew by its checksum */
+            if (!err && !full)
+                err = write_header(s, txn, errstr, errstr_size);
+        }
+        if (!err && !full && o->conf)
+            err = write_config(s, txn, o->conf, errstr, errstr_size);
+        if (err || full) {
+            mdb_txn_abort(txn);
+        } else if ((rc = mdb_txn_commit(txn))) {
+            if (rc != MDB_MAP_FULL || !migrating) {
+                err = mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
+                goto fail;
+            }
+            full = 1;
+        }
+        if (err)
+            goto fail;
+        if (!full)
+            break;
+        size_t newsize = s->map_size * 2;
+        if ((rc = mdb_env_set_mapsize(s->env, newsize))) {
+            err = mdb_err(s, rc, errstr, errstr_size, "growing the map");
+            goto fail;
+        }
+        s->map_size = newsize;
     }
-    for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
-        rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
-    if (rc) {
-        mdb_txn_abort(txn);
-        err = mdb_err(s, rc, errstr, errstr_size, "creating databases");
-        goto fail;
-    }
-    if (creating) {
-        err = write_header(s, txn, o, errstr, errstr_size);
-        if (!err && !(s->app_id = strdup(o->app_id)))
-            err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    if (migrating) {
+        lk__log(LK_LOG_NOTICE,
+                "checkpoint %s: migrated from format %d to %d (checksums added; checkpoint "
+                "id %s)",
+                s->dir, s->format, LK_CHECKPOINT_FORMAT, s->checkpoint_id);
+        s->migrated_from = s->format;
         s->format = LK_CHECKPOINT_FORMAT;
-        s->created_ms = lk__wall_ms();
-    }
-    if (!err && o->conf)
-        err = write_config(s, txn, o->conf, errstr, errstr_size);
-    if (err) {
-        mdb_txn_abort(txn);
-        goto fail;
-    }
-    if ((rc = mdb_txn_commit(txn))) {
-        err = mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
-        goto fail;
     }
     /* What a previous process committed without fsync (group commit) becomes durable
-     * now, so durable_batch is true from the start. */
-    mdb_env_sync(s->env, 1);
+     * now, so durable_batch is true from the start. A failed sync leaves that unknown:
+     * refuse to start rather than let a sink deliver a batch that is not on disk. */
+    if ((rc = mdb_env_sync(s->env, 1))) {
+        err = lk__err(LK_ERR_IO, errstr, errstr_size,
+                      "checkpoint %s: cannot sync it to disk at open: %s; its last batches "
+                      "may not be durable, so nothing is delivered from it (check the disk)",
+                      s->dir, mdb_strerror(rc));
+        goto fail;
+    }
     s->last_sync_ms = lk__mono_ms();
     *out = s;
     return LK_OK;
@@ -675,8 +1280,12 @@ void lk__store_close(lk_store_t *s) {
         return;
     if (s->wtxn)
         lk__store_txn_abort(s->wtxn);
-    if (!s->readonly && !s->fatal && s->env)
-        mdb_env_sync(s->env, 1);
+    if (!s->readonly && !s->fatal && s->env) {
+        int rc = mdb_env_sync(s->env, 1);
+        if (rc) /* close cannot fail; the next open syncs again and refuses if it fails */
+            lk__log(LK_LOG_ERR, "checkpoint %s: syncing to disk at close failed: %s", s->dir,
+                    mdb_strerror(rc));
+    }
     store_free(s);
 }
 
@@ -684,6 +1293,8 @@ const char *lk__store_app_id(const lk_store_t *s) { return s->app_id; }
 int lk__store_format(const lk_store_t *s) { return s->format; }
 int64_t lk__store_created_ms(const lk_store_t *s) { return s->created_ms; }
 const char *lk__store_dir(const lk_store_t *s) { return s->dir; }
+const char *lk__store_checkpoint_id(const lk_store_t *s) { return s->checkpoint_id; }
+int lk__store_migrated_from(const lk_store_t *s) { return s->migrated_from; }
 size_t lk__store_map_size(const lk_store_t *s) { return s->map_size; }
 uint64_t lk__store_committed_batch(const lk_store_t *s) { return s->committed_batch; }
 uint64_t lk__store_durable_batch(const lk_store_t *s) { return s->durable_batch; }
@@ -700,7 +1311,7 @@ lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size) {
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
     int rc = mdb_env_sync(s->env, 1);
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "syncing");
+        return sync_failed(s, rc, errstr, errstr_size);
     s->durable_batch = s->committed_batch;
     s->last_sync_ms = lk__mono_ms();
     return LK_OK;
@@ -823,7 +1434,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
     } else if (lk__mono_ms() - s->last_sync_ms >= s->sync_interval_ms) {
         int rc = mdb_env_sync(s->env, 1);
         if (rc) {
-            err = mdb_err(s, rc, errstr, errstr_size, "syncing");
+            err = sync_failed(s, rc, errstr, errstr_size);
             txn_free(t);
             return err;
         }
@@ -846,39 +1457,98 @@ static size_t offset_key(unsigned char *k, size_t cap, const char *topic, int32_
     return tl + 5;
 }
 
+uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t vlen) {
+    return (uint64_t)lk__crc32c(0, key ? key : "", key ? klen : 0) << 32 |
+           lk__crc32c(0, value ? value : "", value ? vlen : 0);
+}
+
 lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size) {
+    return lk__store_offset_put_fp(t, topic, partition, offset, NULL, errstr, errstr_size);
+}
+
+/* value: [1, offset] or [1, offset, fp offset, fp timestamp, fp hash] */
+lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+                                 size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
+    if (offset < 0)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "offset %lld of %s[%d] is negative", (long long)offset, topic,
+                       (int)partition);
+    if (fp && (fp->offset < 0 || fp->offset >= offset))
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "fingerprint of %s[%d] at offset %lld, not below the offset %lld",
+                       topic, (int)partition, (long long)fp->offset, (long long)offset);
     lk__buf_reset(&t->buf);
-    lk__pack_array(&t->buf, 2);
+    lk__pack_array(&t->buf, fp ? 5 : 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, offset);
+    if (fp) {
+        lk__pack_i64(&t->buf, fp->offset);
+        lk__pack_i64(&t->buf, fp->timestamp);
+        lk__pack_i64(&t->buf, (int64_t)fp->hash);
+    }
+    seal(&t->buf, k, kl);
     return txn_put(t, t->s->dbi[DB_OFFSETS], k, kl, t->buf.data, t->buf.len, errstr,
                    errstr_size, "writing an offset");
 }
 
-static int decode_offset(lk_store_txn_t *t, const MDB_val *v, int64_t *offset) {
+/* Decode the offset stored for (topic, partition) under key k; a value that fails its
+ * checksum, does not decode or is negative is corrupt, never "no offset". */
+static lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                              const char *topic, int32_t partition, int64_t *offset,
+                              lk_fingerprint_t *fp, int *has_fp) {
     lk__obj_t o;
+    if (unseal(t->s, k, &v))
+        return corrupt(t, "the offset of %s[%d] fails its checksum", topic, (int)partition);
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, offset);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, offset))
+        return corrupt(t, "the offset of %s[%d] does not decode (%zu bytes)", topic,
+                       (int)partition, v.mv_size);
+    if (*offset < 0)
+        return corrupt(t, "the offset of %s[%d] is negative (%lld)", topic, (int)partition,
+                       (long long)*offset);
+    if (has_fp)
+        *has_fp = 0;
+    if (lk__arr_len(&o) >= 5) {
+        lk_fingerprint_t f;
+        int64_t h;
+        if (!lk__arr_i64(&o, 2, &f.offset) || !lk__arr_i64(&o, 3, &f.timestamp) ||
+            !lk__arr_i64(&o, 4, &h) || f.offset < 0 || f.offset >= *offset)
+            return corrupt(t, "the fingerprint kept with the offset of %s[%d] is invalid",
+                           topic, (int)partition);
+        f.hash = (uint64_t)h;
+        if (fp)
+            *fp = f;
+        if (has_fp)
+            *has_fp = 1;
+    }
+    return LK_OK;
 }
 
 lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset) {
+    return lk__store_offset_get_fp(t, topic, partition, offset, NULL, NULL);
+}
+
+lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     MDB_val v;
     if (!kl)
         return LK_ERR_INVALID_ARG;
     int rc = txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v);
-    if (rc == MDB_NOTFOUND)
+    if (rc == MDB_NOTFOUND) /* the only "no offset" */
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_offset(t, &v, offset) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading an offset");
+    MDB_val kv = {kl, k};
+    return decode_offset(t, &kv, v, topic, partition, offset, fp, has_fp);
 }
 
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
@@ -889,29 +1559,49 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
         return LK_ERR_STORE;
     MDB_val k, v;
     lk_err_t err = LK_OK;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        /* key: topic '\0' be32(partition); its length is checked before anything is
+         * copied (a crafted key longer than a topic can be overflowed the copy) */
         const unsigned char *kp = k.mv_data;
-        const unsigned char *nul = memchr(kp, 0, k.mv_size);
-        int64_t off;
-        if (!nul || (size_t)(nul - kp) + 5 != k.mv_size || !decode_offset(t, &v, &off)) {
-            err = LK_ERR_CORRUPT;
+        if (k.mv_size < 6 || k.mv_size > MAX_KEY) {
+            err = corrupt(t, "an offsets key of %zu bytes (6..%d possible)", k.mv_size, MAX_KEY);
             break;
         }
-        char topic[512];
+        const unsigned char *nul = memchr(kp, 0, k.mv_size);
+        if (!nul || (size_t)(nul - kp) + 5 != k.mv_size) {
+            err = corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
+                          k.mv_size);
+            break;
+        }
+        char topic[MAX_KEY + 1];
         memcpy(topic, kp, (size_t)(nul - kp));
         topic[nul - kp] = 0;
-        if (cb(topic, (int32_t)lk__get_be32(nul + 1), off, opaque))
+        uint32_t part = lk__get_be32(nul + 1);
+        if (part > INT32_MAX) {
+            err = corrupt(t, "the offsets key of topic %s has partition %lu", topic,
+                          (unsigned long)part);
+            break;
+        }
+        int64_t off;
+        if ((err = decode_offset(t, &k, v, topic, (int32_t)part, &off, NULL, NULL)))
+            break;
+        if (cb(topic, (int32_t)part, off, opaque))
             break;
     }
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = read_failed(t, rc, "reading offsets");
     mdb_cursor_close(c);
     return err;
 }
 
 /* ---- batch records ---- */
 
-/* Encode a batch record (also the pending plan's format); -1 when out of memory. */
-static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b) {
+/* Encode a batch record (also the pending plan's format), sealed for key (key, klen);
+ * -1 when out of memory. */
+static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key,
+                        size_t klen) {
     lk__buf_reset(buf);
     lk__pack_array(buf, 7);
     lk__pack_i64(buf, 1);
@@ -928,16 +1618,17 @@ static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b) {
         lk__pack_i64(buf, b->ranges[i].from);
         lk__pack_i64(buf, b->ranges[i].until);
     }
+    seal(buf, key, klen);
     return buf->oom ? -1 : 0;
 }
 
 lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__buf_t *buf = &t->buf;
-    if (encode_batch(buf, b))
-        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     unsigned char k[8];
     lk__put_be64(k, b->id);
+    if (encode_batch(buf, b, k, sizeof k))
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     lk_err_t err = txn_put(t, t->s->dbi[DB_BATCHES], k, 8, buf->data, buf->len, errstr,
                            errstr_size, "writing the batch record");
     if (err)
@@ -976,18 +1667,29 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     return LK_OK;
 }
 
-static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t *b) {
+/* Decode the batch record or pending plan v stored under key k (what names it in a
+ * message). Every field is checked: ids positive, counts and offsets not negative,
+ * partitions in range, from <= until. */
+static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                             lk_batch_rec_t *b) {
     lk__obj_t o;
     int64_t id, bt, cw, rin, rout;
     memset(b, 0, sizeof *b);
-    if (lk__unpack(&t->zone, v->mv_data, v->mv_size, &o) || !lk__arr_i64(&o, 1, &id) ||
+    if (unseal(t->s, k, &v))
+        return corrupt(t, "%s fails its checksum", what);
+    if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, &id) ||
         !lk__arr_i64(&o, 2, &bt) || !lk__arr_i64(&o, 3, &cw) || !lk__arr_i64(&o, 4, &rin) ||
         !lk__arr_i64(&o, 5, &rout))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "%s does not decode (%zu bytes)", what, v.mv_size);
+    if (id < 1 || rin < 0 || rout < 0)
+        return corrupt(t, "%s has id %lld, %lld records in, %lld out", what, (long long)id,
+                       (long long)rin, (long long)rout);
+    if (k->mv_size == 8 && lk__get_be64(k->mv_data) != (uint64_t)id)
+        return corrupt(t, "%s holds the record of batch %lld", what, (long long)id);
     const lk__obj_t *ranges = lk__arr_at(&o, 6);
     size_t n = ranges ? lk__arr_len(ranges) : (size_t)-1;
     if (n == (size_t)-1)
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "%s has no ranges", what);
     b->ranges = lk__zone_alloc(&t->zone, (n ? n : 1) * sizeof *b->ranges);
     if (!b->ranges)
         return LK_ERR_NOMEM;
@@ -998,7 +1700,11 @@ static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t
         int64_t p, f, u;
         if (!r || !lk__arr_str(r, 0, &topic, &tl) || !lk__arr_i64(r, 1, &p) ||
             !lk__arr_i64(r, 2, &f) || !lk__arr_i64(r, 3, &u))
-            return LK_ERR_CORRUPT;
+            return corrupt(t, "%s: range %zu does not decode", what, i);
+        if (p < 0 || p > INT32_MAX || f < 0 || u < f)
+            return corrupt(t, "%s: range %zu is %.*s[%lld] [%lld, %lld)", what, i,
+                           (int)(tl > 200 ? 200 : tl), topic, (long long)p, (long long)f,
+                           (long long)u);
         char *ts = lk__zone_alloc(&t->zone, tl + 1);
         if (!ts)
             return LK_ERR_NOMEM;
@@ -1015,6 +1721,16 @@ static lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *v, lk_batch_rec_t
     return LK_OK;
 }
 
+static lk_err_t decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                                lk_batch_rec_t *out) {
+    if (k->mv_size != 8)
+        return corrupt(t, "a batches key of %zu bytes (8 expected)", k->mv_size);
+    char what[64];
+    lk__fmt(what, sizeof what, "batch record %llu",
+            (unsigned long long)lk__get_be64(k->mv_data));
+    return decode_batch(t, k, v, what, out);
+}
+
 lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_BATCHES], &c))
@@ -1025,8 +1741,8 @@ lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading the last batch record");
+    return decode_batch_at(t, &k, v, out);
 }
 
 lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out) {
@@ -1037,8 +1753,9 @@ lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading a batch record");
+    MDB_val kv = {8, k};
+    return decode_batch_at(t, &kv, v, out);
 }
 
 size_t lk__store_batch_count(lk_store_txn_t *t) {
@@ -1109,6 +1826,10 @@ static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
     size_t kl = outbox_key(k, sizeof k, slot->sink, slot->batch, slot->next_seq);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
+    seal(&slot->chunk, k, kl);
+    if (slot->chunk.oom)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    t->outbox_delta += CRC_LEN; /* outbox bytes count whole values, as at open */
     lk_err_t err = txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, slot->chunk.data, slot->chunk.len,
                            errstr, errstr_size, "appending to the outbox");
     if (err)
@@ -1186,7 +1907,8 @@ lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64
     return err;
 }
 
-/* Decode the record at *off of a chunk and advance *off past it. */
+/* Decode the record at *off of a chunk (checksum already verified and stripped) and
+ * advance *off past it; 0 when it does not decode or holds impossible values. */
 static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
                       lk_header_t *hbuf, size_t hcap) {
     lk__obj_t o;
@@ -1214,6 +1936,8 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
         nm[nl] = 0;
         hbuf[i].name = nm;
     }
+    if (part < -1 || part > INT32_MAX)
+        return 0;
     r->partition = (int32_t)part;
     r->timestamp_ms = ts;
     r->headers = hbuf;
@@ -1221,10 +1945,14 @@ static int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_r
     return 1;
 }
 
-/* Records in one chunk value; (size_t)-1 if it does not decode. */
-static size_t chunk_records(lk_store_txn_t *t, const MDB_val *v) {
+/* Records in one chunk value read under key k; (size_t)-1 if it fails its checksum or
+ * does not decode. */
+static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
+    const MDB_val *v = &vv;
     size_t n = 0, off = 0;
     lk__obj_t o;
+    if (unseal(t->s, k, &vv))
+        return (size_t)-1;
     while (off < v->mv_size) {
         lk__zone_clear(&t->tmp);
         if (lk__unpack_next(&t->tmp, v->mv_data, v->mv_size, &off, &o))
@@ -1247,20 +1975,30 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
         return LK_ERR_STORE;
     MDB_val kk = {kl, k}, vv;
     lk_header_t hbuf[64];
-    int stop = 0;
-    for (int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
+    int stop = 0, rc;
+    for (rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
          rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
-        for (size_t off = 0; off < vv.mv_size && !stop;) {
+        uint32_t seq = lk__get_be32((unsigned char *)kk.mv_data + kl - 4);
+        if (unseal(t->s, &kk, &vv)) {
+            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum",
+                          (unsigned long)seq, sink, (unsigned long long)batch);
+            break;
+        }
+        for (size_t off = 0, i = 0; off < vv.mv_size && !stop; i++) {
             lk_out_record_t r;
             if (!decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
-                err = LK_ERR_CORRUPT;
+                err = corrupt(t, "record %zu of outbox chunk %lu of sink '%s' batch %llu "
+                                 "does not decode",
+                              i, (unsigned long)seq, sink, (unsigned long long)batch);
                 break;
             }
             stop = cb(&r, opaque);
         }
     }
+    if (!err && rc && rc != MDB_NOTFOUND && !stop)
+        err = read_failed(t, rc, "reading the outbox");
     mdb_cursor_close(c);
     return err;
 }
@@ -1324,8 +2062,12 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         const unsigned char *kp = k.mv_data;
-        if (k.mv_size < 13 || k.mv_size - 13 >= sizeof cur || kp[k.mv_size - 13] != 0)
-            continue;
+        if (k.mv_size < 14 || k.mv_size > MAX_KEY || kp[k.mv_size - 13] != 0 ||
+            memchr(kp, 0, k.mv_size - 13)) {
+            err = corrupt(t, "an outbox key of %zu bytes is not sink, NUL, batch, sequence",
+                          k.mv_size);
+            goto out;
+        }
         size_t sl = k.mv_size - 13;
         uint64_t batch = lk__get_be64(kp + sl + 1);
         if (!have || strlen(cur) != sl || memcmp(cur, kp, sl)) {
@@ -1341,9 +2083,12 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         if (st.records == 0 || batch != st.last_batch)
             st.batches++;
         st.last_batch = batch;
-        size_t n = chunk_records(t, &v);
+        size_t n = chunk_records(t, &k, v);
         if (n == (size_t)-1) {
-            err = LK_ERR_CORRUPT;
+            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum or "
+                             "does not decode",
+                          (unsigned long)lk__get_be32(kp + sl + 9), cur,
+                          (unsigned long long)batch);
             goto out;
         }
         st.records += n;
@@ -1365,56 +2110,74 @@ lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)batch);
     lk__pack_i64(&t->buf, lk__wall_ms());
+    seal(&t->buf, sink, strlen(sink));
     return txn_put(t, t->s->dbi[DB_FENCES], sink, strlen(sink), t->buf.data, t->buf.len,
                    errstr, errstr_size, "writing a sink fence");
 }
 
-static int decode_fence(lk_store_txn_t *t, const MDB_val *v, int64_t *batch, int64_t *wall) {
+/* Decode the fence of sink (value v under key k, already unsealed). */
+static lk_err_t decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+                             int64_t *wall) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, batch) &&
-           lk__arr_i64(&o, 2, wall);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, batch) ||
+        !lk__arr_i64(&o, 2, wall))
+        return corrupt(t, "the fence of sink '%s' does not decode (%zu bytes)", sink,
+                       v.mv_size);
+    if (*batch < 0)
+        return corrupt(t, "the fence of sink '%s' names batch %lld", sink, (long long)*batch);
+    return LK_OK;
 }
 
 lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_FENCES], sink, strlen(sink), &v);
+    size_t sl = strlen(sink);
+    int rc = txn_get(t, t->s->dbi[DB_FENCES], sink, sl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading a fence");
+    MDB_val k = {sl, (void *)sink};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the fence of sink '%s' fails its checksum", sink);
     int64_t b, w;
-    if (!decode_fence(t, &v, &b, &w))
-        return LK_ERR_CORRUPT;
-    *batch = (uint64_t)b;
-    return LK_OK;
+    lk_err_t e = decode_fence(t, sink, v, &b, &w);
+    if (!e)
+        *batch = (uint64_t)b;
+    return e;
 }
 
-/* Iterate a name-keyed database, handing each name as a C string. */
-static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi,
-                              int (*each)(lk_store_txn_t *, const char *, const MDB_val *,
-                                          void *),
+/* Iterate a name-keyed database (what: "fence", "accumulator"), handing each name as a
+ * C string and its value with the checksum verified and stripped. each returns 0 to go
+ * on, 1 to stop, or an error (its message already in t). */
+static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi, const char *what,
+                              int (*each)(lk_store_txn_t *, const char *, MDB_val, void *,
+                                          lk_err_t *),
                               void *ctx) {
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
         return LK_ERR_STORE;
     MDB_val k, v;
     lk_err_t err = LK_OK;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        char name[512];
-        if (k.mv_size >= sizeof name) {
-            err = LK_ERR_CORRUPT;
+        char name[MAX_KEY + 1];
+        if (k.mv_size == 0 || k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
+            err = corrupt(t, "a %s key of %zu bytes is not a name", what, k.mv_size);
             break;
         }
         memcpy(name, k.mv_data, k.mv_size);
         name[k.mv_size] = 0;
-        int r = each(t, name, &v, ctx);
-        if (r < 0)
-            err = LK_ERR_CORRUPT;
-        if (r)
+        if (unseal(t->s, &k, &v)) {
+            err = corrupt(t, "the %s '%s' fails its checksum", what, name);
+            break;
+        }
+        if (each(t, name, v, ctx, &err) || err)
             break;
     }
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = read_failed(t, rc, "reading");
     mdb_cursor_close(c);
     return err;
 }
@@ -1425,11 +2188,12 @@ typedef struct {
     void *opaque;
 } named_ctx_t;
 
-static int each_fence(lk_store_txn_t *t, const char *name, const MDB_val *v, void *p) {
+static int each_fence(lk_store_txn_t *t, const char *name, MDB_val v, void *p,
+                      lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t b, w;
-    if (!decode_fence(t, v, &b, &w))
-        return -1;
+    if ((*err = decode_fence(t, name, v, &b, &w)))
+        return 1;
     return c->fence_cb(name, (uint64_t)b, w, c->opaque) ? 1 : 0;
 }
 
@@ -1437,25 +2201,32 @@ lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, uint64_t, int64_t, void *),
                                   void *opaque) {
     named_ctx_t c = {cb, NULL, opaque};
-    return foreach_named(t, t->s->dbi[DB_FENCES], each_fence, &c);
+    return foreach_named(t, t->s->dbi[DB_FENCES], "fence", each_fence, &c);
 }
 
 /* ---- accumulators ---- */
 
-static int decode_acc(lk_store_txn_t *t, const MDB_val *v, int64_t *value) {
+/* Decode accumulator name's value (already unsealed). */
+static lk_err_t decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
-    return lk__unpack(&t->tmp, v->mv_data, v->mv_size, &o) == 0 && lk__arr_i64(&o, 1, value);
+    if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, value))
+        return corrupt(t, "the accumulator '%s' does not decode (%zu bytes)", name, v.mv_size);
+    return LK_OK;
 }
 
 lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_ACC], name, strlen(name), &v);
+    size_t nl = strlen(name);
+    int rc = txn_get(t, t->s->dbi[DB_ACC], name, nl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_acc(t, &v, value) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading an accumulator");
+    MDB_val k = {nl, (void *)name};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the accumulator '%s' fails its checksum", name);
+    return decode_acc(t, name, v, value);
 }
 
 lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, char *errstr,
@@ -1463,28 +2234,28 @@ lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, c
     int64_t cur = 0;
     lk_err_t err = lk__store_acc_get(t, name, &cur);
     if (err && err != LK_ERR_NOT_FOUND)
-        return lk__err(err, errstr, errstr_size, "reading accumulator %s: %s", name,
-                       lk_err_str(err));
+        return lk__err(err, errstr, errstr_size, "%s", t->err);
     lk__buf_reset(&t->buf);
     lk__pack_array(&t->buf, 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)((uint64_t)cur + (uint64_t)delta));
+    seal(&t->buf, name, strlen(name));
     return txn_put(t, t->s->dbi[DB_ACC], name, strlen(name), t->buf.data, t->buf.len, errstr,
                    errstr_size, "writing an accumulator");
 }
 
-static int each_acc(lk_store_txn_t *t, const char *name, const MDB_val *v, void *p) {
+static int each_acc(lk_store_txn_t *t, const char *name, MDB_val v, void *p, lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t value;
-    if (!decode_acc(t, v, &value))
-        return -1;
+    if ((*err = decode_acc(t, name, v, &value)))
+        return 1;
     return c->acc_cb(name, value, c->opaque) ? 1 : 0;
 }
 
 lk_err_t lk__store_acc_foreach(lk_store_txn_t *t, int (*cb)(const char *, int64_t, void *),
                                void *opaque) {
     named_ctx_t c = {NULL, cb, opaque};
-    return foreach_named(t, t->s->dbi[DB_ACC], each_acc, &c);
+    return foreach_named(t, t->s->dbi[DB_ACC], "accumulator", each_acc, &c);
 }
 
 /* ---- keyed state ---- */
@@ -1575,8 +2346,13 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
     return 1;
 }
 
-static int decode_state(lk_store_txn_t *t, const MDB_val *v, const void **val, size_t *vlen,
-                        int64_t *updated_ms) {
+/* Decode a state value read under key k: 1, or 0 when it fails its checksum or does
+ * not decode. */
+static int decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+                        size_t *vlen, int64_t *updated_ms) {
+    const MDB_val *v = &vv;
+    if (unseal(t->s, k, &vv))
+        return 0;
     if (decode_state_fast(v, val, vlen, updated_ms))
         return 1;
     lk__obj_t o;
@@ -1602,8 +2378,13 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_state(t, &v, val, vlen, updated_ms) ? LK_OK : LK_ERR_CORRUPT;
+        return read_failed(t, rc, "reading state");
+    MDB_val k = {klen, (void *)key};
+    if (!decode_state(t, &k, v, val, vlen, updated_ms))
+        return corrupt(t, "a state value of operator '%s' (key of %zu bytes) fails its "
+                          "checksum or does not decode",
+                       t->s->states[db].uid, klen);
+    return LK_OK;
 }
 
 lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
@@ -1619,6 +2400,7 @@ lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, updated_ms);
     lk__pack_bin_or_nil(&t->buf, val ? val : "", vlen);
+    seal(&t->buf, key, klen);
     if (t->buf.oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len, errstr,
@@ -1654,8 +2436,14 @@ static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after
         const void *val;
         size_t vlen;
         int64_t upd;
-        if (!decode_state(t, &v, &val, &vlen, &upd)) {
-            err = LK_ERR_CORRUPT;
+        if (k.mv_size == 0 || k.mv_size > MAX_KEY) {
+            err = corrupt(t, "a state key of %zu bytes (1..%d possible)", k.mv_size, MAX_KEY);
+            break;
+        }
+        if (!decode_state(t, &k, v, &val, &vlen, &upd)) {
+            err = corrupt(t, "a state value (key of %zu bytes) fails its checksum or does "
+                             "not decode",
+                          k.mv_size);
             break;
         }
         (*visited)++;
@@ -1701,8 +2489,12 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
     lk_err_t err = LK_OK;
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6) || k.mv_size >= 512)
+        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
             break;
+        if (k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
+            err = corrupt(t, "a database name of %zu bytes", k.mv_size);
+            break;
+        }
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
             char (*nn)[512] = realloc(names, cap * sizeof *names);
@@ -1750,6 +2542,7 @@ lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size
         lk__pack_i64(b, ops[i].schema_version);
         lk__pack_str(b, ops[i].params ? ops[i].params : "");
     }
+    seal(b, "topology", 8);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->dbi[DB_META], "topology", 8, b->data, b->len, errstr,
@@ -1765,6 +2558,8 @@ static char *zone_strndup(lk__zone_t *z, const char *s, size_t n) {
     return d;
 }
 
+static lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n);
+
 lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n) {
     *ops = NULL;
     *n = 0;
@@ -1773,14 +2568,21 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading the topology");
+    return decode_topology(t, v, ops, n);
+}
+
+static lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
+    MDB_val k = {8, "topology"};
+    if (unseal(t->s, &k, &v))
+        return corrupt(t, "the recorded topology fails its checksum");
     lk__obj_t o;
     if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded topology does not decode");
     const lk__obj_t *arr = lk__arr_at(&o, 1);
     size_t cnt = arr ? lk__arr_len(arr) : (size_t)-1;
     if (cnt == (size_t)-1)
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded topology has no operator list");
     lk_topo_op_t *out = lk__zone_alloc(&t->zone, (cnt ? cnt : 1) * sizeof *out);
     if (!out)
         return LK_ERR_NOMEM;
@@ -1790,8 +2592,9 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
         size_t ul, kl, pl;
         int64_t sv;
         if (!e || !lk__arr_str(e, 0, &uid, &ul) || !lk__arr_str(e, 1, &kind, &kl) ||
-            !lk__arr_i64(e, 2, &sv) || !lk__arr_str(e, 3, &params, &pl))
-            return LK_ERR_CORRUPT;
+            !lk__arr_i64(e, 2, &sv) || !lk__arr_str(e, 3, &params, &pl) || sv < 0 ||
+            sv > INT32_MAX)
+            return corrupt(t, "operator %zu of the recorded topology does not decode", i);
         out[i].uid = zone_strndup(&t->zone, uid, ul);
         out[i].kind = zone_strndup(&t->zone, kind, kl);
         out[i].params = zone_strndup(&t->zone, params, pl);
@@ -1804,6 +2607,9 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     return LK_OK;
 }
 
+static lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
+                              int (*cb)(const char *, const char *, void *), void *opaque);
+
 lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val v;
@@ -1811,20 +2617,28 @@ lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return LK_ERR_STORE;
+        return read_failed(t, rc, "reading the recorded configuration");
+    return decode_config(t, v, cb, opaque);
+}
+
+static lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
+                              int (*cb)(const char *, const char *, void *), void *opaque) {
+    MDB_val key = {6, "config"};
+    if (unseal(t->s, &key, &v))
+        return corrupt(t, "the recorded configuration fails its checksum");
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded configuration does not decode");
     const lk__obj_t *m = lk__arr_at(&o, 1);
     size_t n;
     if (!m || !lk__map_len(m, &n))
-        return LK_ERR_CORRUPT;
+        return corrupt(t, "the recorded configuration is not a map");
     for (size_t i = 0; i < n; i++) {
         const char *k, *val;
         size_t kl, vl;
         if (!lk__map_str_at(m, i, &k, &kl, &val, &vl))
-            return LK_ERR_CORRUPT;
+            return corrupt(t, "entry %zu of the recorded configuration does not decode", i);
         char kb[512], vb[4096];
         lk__fmt(kb, sizeof kb, "%.*s", (int)kl, k);
         lk__fmt(vb, sizeof vb, "%.*s", (int)vl, val);
@@ -1852,7 +2666,7 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
     if (err)
         return err;
     lk__buf_t *buf = &t->buf;
-    err = encode_batch(buf, plan) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
+    err = encode_batch(buf, plan, plan_key, sizeof plan_key - 1) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
                    : txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
                              buf->len, errstr, errstr_size, "writing the batch plan");
     if (err) {
@@ -1869,8 +2683,9 @@ lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return LK_ERR_STORE;
-    return decode_batch(t, &v, out);
+        return read_failed(t, rc, "reading the pending plan");
+    MDB_val kv = {sizeof plan_key - 1, (void *)plan_key};
+    return decode_batch(t, &kv, v, "the pending plan", out);
 }
 
 lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
@@ -1886,6 +2701,7 @@ lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *er
     lk__pack_i64(b, 1);
     lk__pack_map(b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
+    seal(b, "config", 6);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr, errstr_size,
@@ -1957,4 +2773,83 @@ lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
     if (rc)
         return rc == MDB_INCOMPATIBLE ? LK_ERR_CORRUPT : LK_ERR_STORE;
     return foreach_state_dbi(t, dbi, cb, opaque);
+}
+
+/* ---- the decoders on raw bytes (the fuzz target) ---- */
+
+static int no_config_cb(const char *k, const char *v, void *o) {
+    (void)k, (void)v, (void)o;
+    return 0;
+}
+
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+                          size_t klen, const void *val, size_t vlen) {
+    MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+    t->err[0] = 0;
+    switch (kind) {
+    case LK_REC_OFFSET: {
+        int64_t off;
+        lk_fingerprint_t fp;
+        int has_fp;
+        return decode_offset(t, &k, v, "topic", 0, &off, &fp, &has_fp);
+    }
+    case LK_REC_BATCH: {
+        lk_batch_rec_t b;
+        if (klen != 8)
+            return LK_ERR_INVALID_ARG;
+        return decode_batch_at(t, &k, v, &b);
+    }
+    case LK_REC_PLAN: {
+        lk_batch_rec_t b;
+        MDB_val pk = {sizeof plan_key - 1, (void *)plan_key};
+        return decode_batch(t, &pk, v, "the pending plan", &b);
+    }
+    case LK_REC_OUTBOX: {
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "outbox chunk fails its checksum");
+        lk_header_t hbuf[64];
+        for (size_t off = 0; off < v.mv_size;) {
+            lk_out_record_t r;
+            if (!decode_out(t, &v, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf)))
+                return corrupt(t, "an outbox record does not decode");
+        }
+        return LK_OK;
+    }
+    case LK_REC_FENCE: {
+        int64_t b, w;
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "fence fails its checksum");
+        return decode_fence(t, "sink", v, &b, &w);
+    }
+    case LK_REC_ACC: {
+        int64_t a;
+        if (unseal(t->s, &k, &v))
+            return corrupt(t, "accumulator fails its checksum");
+        return decode_acc(t, "acc", v, &a);
+    }
+    case LK_REC_STATE: {
+        const void *p;
+        size_t n;
+        int64_t upd;
+        return decode_state(t, &k, v, &p, &n, &upd) ? LK_OK : LK_ERR_CORRUPT;
+    }
+    case LK_REC_TOPOLOGY: {
+        lk_topo_op_t *ops;
+        size_t n;
+        return decode_topology(t, v, &ops, &n);
+    }
+    case LK_REC_CONFIG:
+        return decode_config(t, v, no_config_cb, NULL);
+    case LK_REC_HEADER: {
+        lk_store_t h;
+        memset(&h, 0, sizeof h);
+        h.dir = t->s->dir;
+        lk_err_t e = parse_header(&h, v, NULL, t->err, sizeof t->err);
+        free(h.app_id);
+        return e;
+    }
+    case LK_REC_KINDS:
+        break;
+    }
+    return LK_ERR_INVALID_ARG;
 }

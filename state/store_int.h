@@ -20,8 +20,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/** Version of the checkpoint layout. Bumped when old builds cannot read new files. */
-#define LK_CHECKPOINT_FORMAT 1
+/**
+ * Version of the checkpoint layout. Bumped when old builds cannot read new files.
+ *  1: the first layout.
+ *  2: meta's header carries the checkpoint id, and every value a CRC32C checksum (of the
+ *     value and its key, 4 bytes big-endian, appended). A format-1 checkpoint opened for
+ *     writing is migrated (checksums added, a fresh id given) in the open's write
+ *     transaction; opened read-only it is read as it is (no id yet, no checksums).
+ * Every later format must keep meta's header as format 2 has it ([1, magic, format,
+ * app.id, created_ms, checkpoint id] and the checksum), so that an older build can tell
+ * "newer" from "corrupt".
+ */
+#define LK_CHECKPOINT_FORMAT 2
+/** Length of a checkpoint id in hex characters (128 random bits). */
+#define LK_CHECKPOINT_ID_LEN 32
 /** The magic string in the meta header. */
 #define LK_CHECKPOINT_MAGIC "lockstep-checkpoint"
 
@@ -66,6 +78,22 @@ int lk__store_format(const lk_store_t *s);
 int64_t lk__store_created_ms(const lk_store_t *s);
 const char *lk__store_dir(const lk_store_t *s);
 
+/**
+ * The checkpoint's identity: 128 random bits (getrandom(2)) made when the checkpoint was
+ * created (or when a format-1 checkpoint was migrated), as LK_CHECKPOINT_ID_LEN lowercase
+ * hex characters and a NUL. Valid while s is open. Outputs name it, so that output of
+ * another checkpoint under the same app.id is recognised, never trusted or overwritten.
+ * "" only for a format-1 checkpoint opened read-only (it gets its id at its next run).
+ */
+const char *lk__store_checkpoint_id(const lk_store_t *s);
+
+/**
+ * The format this open migrated the checkpoint from (e.g. 1), or 0 when it was created by
+ * this open or already had the current format. Lets other modules treat records written
+ * before the migration (e.g. progress records without a checkpoint id) as they must.
+ */
+int lk__store_migrated_from(const lk_store_t *s);
+
 /** Current map size in bytes (grows on MDB_MAP_FULL). */
 size_t lk__store_map_size(const lk_store_t *s);
 
@@ -98,6 +126,14 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
  */
 lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size);
 
+/**
+ * What the last failed read in t found wrong, naming the record ("" if nothing failed):
+ * the getters without an errstr parameter (lk__store_offset_get, ..._fence_get,
+ * ..._outbox_foreach, ...) return LK_ERR_CORRUPT and leave the description here, for the
+ * caller's message. Valid until the next call on t or its end.
+ */
+const char *lk__store_txn_errstr(const lk_store_txn_t *t);
+
 /** Abort and free. NULL is a no-op. */
 void lk__store_txn_abort(lk_store_txn_t *t);
 
@@ -105,9 +141,39 @@ void lk__store_txn_abort(lk_store_txn_t *t);
 
 lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size);
-/** LK_ERR_NOT_FOUND if the partition has no committed offset. */
+/**
+ * LK_ERR_NOT_FOUND if the partition has no committed offset (and only then: a value that
+ * fails its checksum, does not decode or is negative is LK_ERR_CORRUPT, described by
+ * lk__store_txn_errstr()).
+ */
 lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset);
+
+/**
+ * The identity of the last record read from a partition, kept with its offset so that a
+ * restart can read that record back and tell the same log from a recreated one.
+ */
+typedef struct lk_fingerprint {
+    int64_t offset;    /**< offset of the record (below the partition's next offset) */
+    int64_t timestamp; /**< its timestamp in ms; -1: none */
+    uint64_t hash;     /**< lk__record_hash() of its key and value */
+} lk_fingerprint_t;
+
+/** A 64-bit hash of a record's key and value (CRC32C of each; NULL is empty). */
+uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t vlen);
+
+/**
+ * lk__store_offset_put() that also records fp, the last record read below offset (NULL:
+ * none, e.g. an offset moved by hand). Refused (LK_ERR_INVALID_ARG): a negative offset,
+ * or a fingerprint not below it.
+ */
+lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+                                 size_t errstr_size);
+
+/** lk__store_offset_get() that also returns the fingerprint: *has_fp 0 when none. */
+lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp);
 /** Visit every offset in (topic, partition) order; a non-zero return stops. */
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
                                    int (*cb)(const char *topic, int32_t partition,
@@ -328,5 +394,23 @@ lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
                                      int (*cb)(const void *key, size_t klen, const void *val,
                                                size_t vlen, int64_t updated_ms, void *opaque),
                                      void *opaque);
+
+/* ---- decoders on raw bytes ---- */
+
+typedef enum {
+    LK_REC_OFFSET, LK_REC_BATCH, LK_REC_PLAN, LK_REC_OUTBOX, LK_REC_FENCE,
+    LK_REC_ACC, LK_REC_STATE, LK_REC_TOPOLOGY, LK_REC_CONFIG, LK_REC_HEADER,
+    LK_REC_KINDS
+} lk_store_record_t;
+
+/**
+ * Decode (val, vlen), stored under (key, klen), as the store decodes a record of kind
+ * when reading it in t (checksum included, per the store's format), and discard the
+ * result: LK_OK, LK_ERR_CORRUPT (described by lk__store_txn_errstr()), or
+ * LK_ERR_INVALID_ARG (a key of the wrong shape for kind). For the decoder fuzz target
+ * (tests/fuzz); it reads nothing from LMDB. Decoded data lives in t until it ends.
+ */
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+                          size_t klen, const void *val, size_t vlen);
 
 #endif

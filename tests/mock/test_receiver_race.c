@@ -35,12 +35,18 @@ static void teardown(void) {
 }
 TestSuite(receiver_race, .init = setup, .fini = teardown, .timeout = 120);
 
-static int from_zero(const char *topic, int32_t partition, int64_t *off, void *o) {
+static lk_err_t from_zero(const char *topic, int32_t partition, int64_t *off,
+                          lk_fingerprint_t *fp, int *has_fp, void *o, char *errstr,
+                          size_t errstr_size) {
     (void)topic;
     (void)partition;
     (void)o;
+    (void)fp;
+    (void)errstr;
+    (void)errstr_size;
     *off = 0;
-    return 0;
+    *has_fp = 0;
+    return LK_OK;
 }
 
 static void produce(const char *topic, int n) {
@@ -90,7 +96,7 @@ Test(receiver_race, slow_queue_setup_loses_nothing) {
     cr_assert_eq(lk__receiver_new(&r, conf, both, 2, err, sizeof err), LK_OK, "%s", err);
     lk_range_t only_in = {"in", 0, 0, 100};
     lk__fetch_t f;
-    cr_assert_eq(lk__receiver_use_plan(r, &only_in, 1, &f, err, sizeof err), LK_OK, "%s", err);
+    cr_assert_eq(lk__receiver_use_plan(r, &only_in, 1, from_zero, NULL, &f, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__receiver_fetch(r, &f, 1, NULL, NULL, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(f.ranges[0].n, 100);
     lk__fetch_clear(&f);

@@ -251,6 +251,44 @@ Test(cli_checkpoint, export_output_file) {
     free(err);
 }
 
+/* --output into a checkpoint directory is refused before anything is written: with
+ * DIR/data.mdb the export replaced the checkpoint's data by its own text. */
+Test(cli_checkpoint, export_into_a_checkpoint_directory_is_refused) {
+    build(0);
+    uint64_t before = tu_dir_digest(ck);
+    char file[4600], alias[4300], other[4300];
+    const char *targets[] = {"%s/data.mdb", "%s/state.jsonl", "%s/../ck/lock.mdb"};
+    for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+        snprintf(file, sizeof file, targets[i], ck);
+        char *err;
+        int st = run(NULL, &err, "checkpoint export '%s' --output '%s'", ck, file);
+        cr_assert_eq(st, 1, "%s: exit %d", file, st);
+        cr_assert(strstr(err, "is inside the checkpoint directory") &&
+                      strstr(err, "(LK_ERR_INVALID_ARG)"),
+                  "%s: %s", file, err);
+        free(err);
+        cr_assert_eq(tu_dir_digest(ck), before, "%s: the checkpoint was modified", file);
+    }
+    /* through a symlink to the checkpoint directory */
+    tu_path(alias, sizeof alias, base, "alias");
+    cr_assert_eq(symlink(ck, alias), 0);
+    snprintf(file, sizeof file, "%s/data.mdb", alias);
+    char *err;
+    cr_assert_eq(run(NULL, &err, "checkpoint export '%s' --output '%s'", ck, file), 1);
+    cr_assert(strstr(err, "is inside the checkpoint directory"), "%s", err);
+    free(err);
+    /* into another checkpoint's directory */
+    tu_path(other, sizeof other, base, "other");
+    lk__store_close(tu_open(other, "other-app"));
+    uint64_t other_before = tu_dir_digest(other);
+    snprintf(file, sizeof file, "%s/data.mdb", other);
+    cr_assert_eq(run(NULL, &err, "checkpoint export '%s' --output '%s'", ck, file), 1);
+    cr_assert(strstr(err, "which holds a checkpoint (data.mdb)"), "%s", err);
+    free(err);
+    cr_assert_eq(tu_dir_digest(other), other_before);
+    cr_assert_eq(tu_dir_digest(ck), before);
+}
+
 Test(cli_checkpoint, export_usage_errors) {
     build(0);
     char *out, *err;

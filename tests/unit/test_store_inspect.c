@@ -143,6 +143,7 @@ Test(store_inspect, text_output) {
     has_line(text, "checkpoint %s", dir);
     has_line(text, "app.id inspect-app");
     has_line(text, "format %d", LK_CHECKPOINT_FORMAT);
+    has_line(text, "checkpoint id %s", lk__store_checkpoint_id(s));
     has_line(text, "last batch 3 (batch time 2023-11-14T22:13:20.000Z, committed "
                    "2023-11-14T22:13:21.234Z, 10 records in, 4 out)");
     has_line(text, "orders[0] [30, 42)");
@@ -206,6 +207,10 @@ static void check_doc(json_t *doc, uint64_t obytes) {
     cr_assert_str_eq(json_string_value(get(doc, "checkpoint")), dir);
     cr_assert_str_eq(json_string_value(get(doc, "app_id")), "inspect-app");
     cr_assert_eq(json_integer_value(get(doc, "format")), LK_CHECKPOINT_FORMAT);
+    const char *cid = json_string_value(get(doc, "checkpoint_id"));
+    cr_assert(cid && strlen(cid) == LK_CHECKPOINT_ID_LEN &&
+                  strspn(cid, "0123456789abcdef") == LK_CHECKPOINT_ID_LEN,
+              "checkpoint_id: %s", cid ? cid : "(null)");
     const char *created = json_string_value(get(doc, "created"));
     cr_assert(created && strlen(created) == 24 && created[10] == 'T' && created[23] == 'Z',
               "created: %s", created ? created : "(null)");

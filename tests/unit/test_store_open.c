@@ -8,6 +8,7 @@
 #include "testutil.h"
 #include "core/util_int.h"
 #include "state/codec_int.h"
+#include "core/crc32c_int.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -29,6 +30,7 @@ static void teardown(void) { tu_rmrf(dir); }
 TestSuite(store_lock, .init = setup, .fini = teardown);
 TestSuite(store_map, .init = setup, .fini = teardown);
 TestSuite(store_refuse, .init = setup, .fini = teardown);
+TestSuite(store_identity, .init = setup, .fini = teardown);
 
 static char E[1024];
 #define ES E, sizeof E
@@ -360,6 +362,8 @@ Test(store_refuse, another_app_id) {
     expect_intact("app-a");
 }
 
+#define TEST_CHECKPOINT_ID "00112233445566778899aabbccddeeff"
+
 /* Replace meta/header through raw LMDB. */
 static void put_raw_header(const void *data, size_t len) {
     MDB_env *env;
@@ -376,15 +380,27 @@ static void put_raw_header(const void *data, size_t len) {
     mdb_env_close(env);
 }
 
+/* Append the checksum a format-2 value carries: CRC32C of the value and then the key,
+ * big-endian. */
+static void seal_header(lk__buf_t *b) {
+    unsigned char tail[4];
+    lk__put_be32(tail, lk__crc32c(lk__crc32c(0, b->data, b->len), "header", 6));
+    lk__buf_append(b, tail, 4);
+}
+
 static void put_header(int64_t ver, const char *magic, int64_t format, const char *app) {
     lk__buf_t b;
     lk__buf_init(&b);
-    lk__pack_array(&b, 5);
+    lk__pack_array(&b, format >= 2 ? 6 : 5); /* format 2 added the checkpoint id */
     lk__pack_i64(&b, ver);
     lk__pack_str(&b, magic);
     lk__pack_i64(&b, format);
     lk__pack_str(&b, app);
     lk__pack_i64(&b, 1700000000000LL);
+    if (format >= 2)
+        lk__pack_str(&b, TEST_CHECKPOINT_ID);
+    if (format >= 2)
+        seal_header(&b);
     put_raw_header(b.data, b.len);
     lk__buf_free(&b);
 }
@@ -592,4 +608,226 @@ Test(store_refuse, creation_killed_before_the_first_commit) {
     s = tu_open(dir, "app");
     lk__store_close(s);
     expect_refusal(dir, "other", 0, LK_ERR_APP_MISMATCH, "\"app\"");
+}
+
+/* ---- identity ---- */
+
+static int is_checkpoint_id(const char *id) {
+    return strlen(id) == LK_CHECKPOINT_ID_LEN &&
+           strspn(id, "0123456789abcdef") == LK_CHECKPOINT_ID_LEN;
+}
+
+Test(store_identity, a_new_checkpoint_gets_a_random_id_that_stays) {
+    char p1[4200], p2[4200], id1[LK_CHECKPOINT_ID_LEN + 1];
+    tu_path(p1, sizeof p1, dir, "one");
+    tu_path(p2, sizeof p2, dir, "two");
+    lk_store_t *s = tu_open(p1, "app");
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
+              lk__store_checkpoint_id(s));
+    cr_assert_eq(lk__store_migrated_from(s), 0);
+    strcpy(id1, lk__store_checkpoint_id(s));
+    lk__store_close(s);
+    s = tu_open(p1, "app");
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "the id is kept across opens");
+    lk__store_close(s);
+    lk_store_opts_t o = {.dir = p1, .readonly = 1};
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "read-only open sees the same id");
+    lk__store_close(s);
+    /* another checkpoint of the same app.id is another checkpoint */
+    s = tu_open(p2, "app");
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)));
+    cr_assert_str_neq(lk__store_checkpoint_id(s), id1);
+    lk__store_close(s);
+}
+
+/* A checkpoint of format 1 (no id) is migrated at its first writable open: it gets an
+ * id, keeps everything else; read-only it is described as it is and left untouched. */
+/* A checkpoint as format 1 wrote it (no checksums, no id), made with raw LMDB: an offset,
+ * batch record 9, nstate state entries of operator "op" (enough to split pages when the
+ * migration makes every value longer), an outbox chunk, a fence and an accumulator. */
+static void make_format_1(const char *app, int nstate) {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+    cr_assert_eq(mdb_env_set_mapsize(env, 64 << 20), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    lk__buf_t b;
+    lk__buf_init(&b);
+#define PUT(db, kp, kl)                                                                    \
+    do {                                                                                   \
+        cr_assert_eq(mdb_dbi_open(txn, db, MDB_CREATE, &dbi), 0);                          \
+        MDB_val k_ = {kl, (void *)(kp)}, v_ = {b.len, b.data};                             \
+        cr_assert_eq(mdb_put(txn, dbi, &k_, &v_, 0), 0);                                   \
+        lk__buf_reset(&b);                                                                 \
+    } while (0)
+    lk__pack_array(&b, 5);
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, app);
+    lk__pack_i64(&b, 1700000000000LL);
+    PUT("meta", "header", 6);
+    lk__pack_array(&b, 2);
+    lk__pack_i64(&b, 1);
+    lk__pack_i64(&b, 123);
+    PUT("offsets", "in\0\0\0\0\0", 7);
+    lk__pack_array(&b, 7);
+    lk__pack_i64(&b, 1);
+    lk__pack_i64(&b, 9);
+    lk__pack_i64(&b, 1700000000000LL);
+    lk__pack_i64(&b, 1700000000001LL);
+    lk__pack_i64(&b, 5);
+    lk__pack_i64(&b, 1);
+    lk__pack_array(&b, 1);
+    lk__pack_array(&b, 4);
+    lk__pack_str(&b, "in");
+    lk__pack_i64(&b, 0);
+    lk__pack_i64(&b, 118);
+    lk__pack_i64(&b, 123);
+    PUT("batches", "\0\0\0\0\0\0\0\x09", 8);
+    lk__pack_array(&b, 6);
+    lk__pack_i64(&b, 1);
+    lk__pack_i64(&b, -1);
+    lk__pack_bin_or_nil(&b, "key", 3);
+    lk__pack_bin_or_nil(&b, "value", 5);
+    lk__pack_i64(&b, 42);
+    lk__pack_array(&b, 0);
+    PUT("outbox", "out\0\0\0\0\0\0\0\0\x09\0\0\0\0", 16);
+    lk__pack_array(&b, 3);
+    lk__pack_i64(&b, 1);
+    lk__pack_i64(&b, 8);
+    lk__pack_i64(&b, 1700000000000LL);
+    PUT("fences", "out", 3);
+    lk__pack_array(&b, 2);
+    lk__pack_i64(&b, 1);
+    lk__pack_i64(&b, 77);
+    PUT("acc", "records", 7);
+    for (int i = 0; i < nstate; i++) {
+        char key[32];
+        int kl = snprintf(key, sizeof key, "k%06d", i);
+        lk__pack_array(&b, 3);
+        lk__pack_i64(&b, 1);
+        lk__pack_i64(&b, i);
+        lk__pack_bin_or_nil(&b, key, (size_t)kl);
+        PUT("state.op", key, (size_t)kl);
+    }
+#undef PUT
+    lk__buf_free(&b);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+static int check_out_record(const lk_out_record_t *r, void *o) {
+    cr_assert_eq(r->partition, -1);
+    cr_assert_eq(r->key_len, 3);
+    cr_assert_eq(memcmp(r->key, "key", 3), 0);
+    cr_assert_eq(r->value_len, 5);
+    cr_assert_eq(r->timestamp_ms, 42);
+    (*(int *)o)++;
+    return 0;
+}
+
+/* Everything make_format_1 wrote reads back exactly. */
+static void expect_format_1_content(lk_store_t *s, int nstate) {
+    cr_assert_eq(lk__store_committed_batch(s), 9);
+    lk_state_db_t db;
+    CHECK(lk__store_state_open(s, "op", &db, ES));
+    lk_store_txn_t *t = tu_begin(s, 0);
+    int64_t off = -1;
+    cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_OK, "%s",
+                 lk__store_txn_errstr(t));
+    cr_assert_eq(off, 123);
+    lk_batch_rec_t rec;
+    cr_assert_eq(lk__store_batch_get(t, 9, &rec), LK_OK, "%s", lk__store_txn_errstr(t));
+    cr_assert_eq(rec.records_in, 5);
+    cr_assert_eq(rec.nranges, 1);
+    cr_assert_eq(rec.ranges[0].from, 118);
+    cr_assert_eq(rec.ranges[0].until, 123);
+    uint64_t fence = 0;
+    cr_assert_eq(lk__store_fence_get(t, "out", &fence), LK_OK);
+    cr_assert_eq(fence, 8);
+    int64_t acc = 0;
+    cr_assert_eq(lk__store_acc_get(t, "records", &acc), LK_OK);
+    cr_assert_eq(acc, 77);
+    int nrec = 0;
+    cr_assert_eq(lk__store_outbox_foreach(t, "out", 9, check_out_record, &nrec), LK_OK, "%s",
+                 lk__store_txn_errstr(t));
+    cr_assert_eq(nrec, 1);
+    for (int i = 0; i < nstate; i += nstate / 7 + 1) {
+        char key[32];
+        int kl = snprintf(key, sizeof key, "k%06d", i);
+        const void *val;
+        size_t vlen;
+        int64_t upd;
+        cr_assert_eq(lk__store_state_get(t, db, key, (size_t)kl, &val, &vlen, &upd), LK_OK,
+                     "%s: %s", key, lk__store_txn_errstr(t));
+        cr_assert_eq(vlen, (size_t)kl);
+        cr_assert_eq(memcmp(val, key, vlen), 0);
+        cr_assert_eq(upd, i);
+    }
+    lk__store_txn_abort(t);
+}
+
+Test(store_identity, format_1_is_migrated_at_the_first_writable_open) {
+    enum { NSTATE = 5000 };
+    make_format_1("app", NSTATE);
+    uint64_t before = tu_dir_digest(dir);
+    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_t *s;
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_eq(lk__store_format(s), 1);
+    cr_assert_str_eq(lk__store_checkpoint_id(s), "");
+    expect_format_1_content(s, NSTATE); /* read as it is, without checksums */
+    lk__store_close(s);
+    cr_assert_eq(tu_dir_digest(dir), before, "a read-only open migrated the checkpoint");
+
+    s = tu_open(dir, "app");
+    uint64_t obytes = lk__store_outbox_bytes(s);
+    cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
+    cr_assert_eq(lk__store_migrated_from(s), 1);
+    cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
+              lk__store_checkpoint_id(s));
+    cr_assert_eq(lk__store_created_ms(s), 1700000000000LL, "creation time kept");
+    char id[LK_CHECKPOINT_ID_LEN + 1];
+    strcpy(id, lk__store_checkpoint_id(s));
+    expect_format_1_content(s, NSTATE);
+    lk__store_close(s);
+    s = tu_open(dir, "app");
+    cr_assert_eq(lk__store_migrated_from(s), 0, "migrated once");
+    cr_assert_str_eq(lk__store_checkpoint_id(s), id);
+    cr_assert_eq(lk__store_outbox_bytes(s), obytes, "outbox bytes counted with checksums");
+    expect_format_1_content(s, NSTATE); /* now checked against their checksums */
+    lk__store_close(s);
+}
+
+Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
+    make_checkpoint("app");
+    lk__buf_t b;
+    lk__buf_init(&b);
+    lk__pack_array(&b, 5); /* format 2 but no id */
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
+    lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
+    lk__pack_str(&b, "app");
+    lk__pack_i64(&b, 1700000000000LL);
+    seal_header(&b);
+    put_raw_header(b.data, b.len);
+    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
+    expect_refusal(dir, NULL, 1, LK_ERR_CORRUPT, "checkpoint id");
+    lk__buf_reset(&b);
+    lk__pack_array(&b, 6); /* an id that is not 32 lowercase hex characters */
+    lk__pack_i64(&b, 1);
+    lk__pack_str(&b, LK_CHECKPOINT_MAGIC);
+    lk__pack_i64(&b, LK_CHECKPOINT_FORMAT);
+    lk__pack_str(&b, "app");
+    lk__pack_i64(&b, 1700000000000LL);
+    lk__pack_str(&b, "00112233445566778899AABBCCDDEEFF");
+    seal_header(&b);
+    put_raw_header(b.data, b.len);
+    lk__buf_free(&b);
+    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
 }
