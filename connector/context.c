@@ -328,6 +328,12 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     }
     for (size_t i = 0; i < ctx->nsinks; i++) {
         lk_sink_t *s = ctx->sinks[i];
+        /* the checkpoint's identity: outputs carry it, recovery trusts only its own */
+        lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s",
+                lk__store_checkpoint_id(ctx->store));
+        s->checkpoint_created_ms = lk__store_created_ms(ctx->store);
+        s->checkpoint_migrated = lk__store_migrated_from(ctx->store) != 0;
+        s->adopt_output = lk__conf_bool(ctx->conf, LK__P_CHECKPOINT_ADOPT_OUTPUT);
         char why[768];
         lk_err_t e = s->ops->open(s, ctx->conf, why, sizeof why);
         if (e)
@@ -808,6 +814,14 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     }
     ctx->backpressure_logged = 0;
     uint64_t id = lk__store_committed_batch(ctx->store) + 1;
+    /* checkpoint.adopt.output: a new checkpoint's batches are numbered after the output
+     * of the checkpoint whose output it continues (its sinks recovered above) */
+    for (size_t i = 0; id == 1 && i < ctx->nsinks; i++)
+        if (ctx->sinks[i]->adopted_after >= id) {
+            id = ctx->sinks[i]->adopted_after + 1;
+            lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the adopted "
+                    "output", (unsigned long long)id);
+        }
     lk__fetch_t f;
     int64_t time_ms;
     int replay;

@@ -97,6 +97,10 @@ typedef enum {
       NULL, 0,                                                                             \
       "Timeout of Kafka sink operations (init, commit and abort of transactions, reading " \
       "the progress topic).")                                                              \
+    X(CHECKPOINT_ADOPT_OUTPUT, "checkpoint.adopt.output", LK__PT_BOOL, "false", 0, 0, NULL, \
+      0, "A checkpoint that finds Kafka output of another checkpoint under its app.id "      \
+      "(its progress records) is refused; true continues after that output instead: the "   \
+      "other checkpoint's fence is never trusted, and batch numbering continues after it.") \
     X(PIPELINE, "pipeline", LK__PT_ENUM, "", 0, 0,                                         \
       "wordcount|count-by-key|sum-by-key|copy", 0,                                         \
       "lockstep run: the built-in pipeline (unless pipeline.plugin is set). wordcount: "    \

@@ -644,31 +644,59 @@ lk_err_t lk__kafka_wait_stable(const lk__kafka_offsets_io_t *io, const char *top
 
 /* ---- the progress record ---- */
 
-/* A committed progress record: the batch it completes for member m, or 0 if it says
- * nothing about m. The per-batch format (key <app.id>, "sinks": {uid: {...}}) counts for
- * every member it lists; the per-sink format of older versions (key and "sink" = uid)
- * for that sink only. */
-static uint64_t progress_batch(const void *v, size_t len, const char *app, const char *uid) {
+/* A committed progress record, parsed: its batch (0: not a progress record of app), its
+ * checkpoint id ("" for the per-sink format of older versions, which has none). */
+typedef struct {
+    uint64_t batch;
+    char checkpoint[48];
+    json_t *doc;
+} progress_t;
+
+static int progress_parse(const rd_kafka_message_t *m, const char *app, progress_t *p) {
     json_error_t je;
-    json_t *doc = json_loadb(v, len, 0, &je);
-    if (!doc)
+    memset(p, 0, sizeof *p);
+    if (!(p->doc = json_loadb(m->payload, m->len, 0, &je)))
         return 0;
-    uint64_t batch = 0;
-    json_t *a = json_object_get(doc, "app"), *s = json_object_get(doc, "sink"),
-           *ss = json_object_get(doc, "sinks"), *b = json_object_get(doc, "batch");
-    int mine = json_is_object(ss) ? json_object_get(ss, uid) != NULL
-                                  : json_is_string(s) && !strcmp(json_string_value(s), uid);
-    if (json_is_string(a) && !strcmp(json_string_value(a), app) && mine &&
-        json_is_integer(b) && json_integer_value(b) > 0)
-        batch = (uint64_t)json_integer_value(b);
-    json_decref(doc);
-    return batch;
+    json_t *a = json_object_get(p->doc, "app"), *b = json_object_get(p->doc, "batch"),
+           *c = json_object_get(p->doc, "checkpoint");
+    if (!json_is_string(a) || strcmp(json_string_value(a), app) || !json_is_integer(b) ||
+        json_integer_value(b) <= 0) {
+        json_decref(p->doc);
+        p->doc = NULL;
+        return 0;
+    }
+    p->batch = (uint64_t)json_integer_value(b);
+    if (json_is_string(c))
+        lk__fmt(p->checkpoint, sizeof p->checkpoint, "%s", json_string_value(c));
+    return 1;
+}
+
+/* Whether progress record p names member uid: the per-batch format ("sinks": {uid: ..})
+ * every member it lists, the per-sink format of older versions ("sink": uid) one. */
+static int progress_names(const progress_t *p, const char *uid) {
+    json_t *s = json_object_get(p->doc, "sink"), *ss = json_object_get(p->doc, "sinks");
+    return json_is_object(ss) ? json_object_get(ss, uid) != NULL
+                              : json_is_string(s) && !strcmp(json_string_value(s), uid);
+}
+
+/* A record written by this checkpoint: its id, or no id (older format) and written by the
+ * lineage of a checkpoint of that format: migrated by this open, or written after the
+ * checkpoint was created (a newer checkpoint cannot have written before its creation). */
+static int progress_ours(const lk_sink_t *s, const progress_t *p, const rd_kafka_message_t *m) {
+    if (p->checkpoint[0])
+        return !strcmp(p->checkpoint, s->checkpoint_id);
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    return s->checkpoint_migrated || (ts >= 0 && ts >= s->checkpoint_created_ms);
 }
 
 /* Read the last committed progress record of every member: fences[i] for members[i].
  * The partition must be stable up to hi (lk__kafka_wait_stable). */
 static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *errstr,
                             size_t errstr_size) {
+    char foreign[48] = "";  /* the other checkpoint whose record is the last one read */
+    uint64_t foreign_batch = 0;
+    int64_t last_own = -1, last_foreign = -1;
     kafka_sink_t *k = s->impl;
     int64_t lo, hi0;
     rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
@@ -712,11 +740,20 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
                 if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET)
                     reset = done = 1; /* retention moved the log start past `start` */
             } else {
-                for (size_t i = 0; i < s->nmembers; i++) {
-                    uint64_t b = progress_batch(m->payload, m->len, s->app_id,
-                                                s->members[i].uid);
-                    if (b)
-                        fences[i] = b; /* the last one wins */
+                progress_t p;
+                if (progress_parse(m, s->app_id, &p)) {
+                    if (progress_ours(s, &p, m)) {
+                        for (size_t i = 0; i < s->nmembers; i++)
+                            if (progress_names(&p, s->members[i].uid))
+                                fences[i] = p.batch; /* the last one wins */
+                        last_own = m->offset;
+                    } else {
+                        lk__fmt(foreign, sizeof foreign, "%s",
+                                p.checkpoint[0] ? p.checkpoint : "(older format, no id)");
+                        foreign_batch = p.batch;
+                        last_foreign = m->offset;
+                    }
+                    json_decref(p.doc);
                 }
                 done = m->offset + 1 >= hi;
             }
@@ -737,8 +774,28 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
         for (size_t i = 0; i < s->nmembers; i++)
             found += fences[i] != 0;
         if (found == s->nmembers || start <= lo)
-            return LK_OK;
+            break;
     }
+    /* Output of another checkpoint after this one's (or with none of this one's): the
+     * usual "new checkpoint directory, same app.id". Its fence is never trusted. */
+    if (last_foreign > last_own) {
+        if (!s->adopt_output)
+            return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                           "%s holds output of another checkpoint (id %s, batches up to %llu) "
+                           "under app.id '%s'; this checkpoint is %s. Its fence cannot be "
+                           "trusted for this checkpoint's batches. Either give this "
+                           "checkpoint a new app.id, or set checkpoint.adopt.output=true to "
+                           "continue after the existing output (batch numbering continues "
+                           "after batch %llu)",
+                           k->progress_topic, foreign, (unsigned long long)foreign_batch,
+                           s->app_id, s->checkpoint_id[0] ? s->checkpoint_id : "(no id)",
+                           (unsigned long long)foreign_batch);
+        lk__log(LK_LOG_NOTICE, "checkpoint.adopt.output: continuing after the output of "
+                "checkpoint %s (batches up to %llu) in %s; this checkpoint is %s", foreign,
+                (unsigned long long)foreign_batch, k->progress_topic, s->checkpoint_id);
+        s->adopted_after = foreign_batch;
+    }
+    return LK_OK;
 }
 
 static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
@@ -1020,9 +1077,10 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
         json_object_set_new(sinks, s->members[i].uid,
                             json_pack("{s:s, s:I}", "topic", s->members[i].target, "records",
                                       (json_int_t)s->members[i].records));
-    json_t *doc = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "app", s->app_id, "task",
-                            k->txn_id, "batch", (json_int_t)s->batch, "attempt", s->attempt,
-                            "offsets", offsets, "sinks", sinks);
+    json_t *doc = json_pack("{s:s, s:s, s:s, s:I, s:s, s:o, s:o}", "app", s->app_id, "task",
+                            k->txn_id, "checkpoint", s->checkpoint_id, "batch",
+                            (json_int_t)s->batch, "attempt", s->attempt, "offsets", offsets,
+                            "sinks", sinks);
     char *value = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(doc);
     if (!value)

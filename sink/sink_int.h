@@ -106,6 +106,15 @@ struct lk_sink {
     const atomic_int *abandon;
     const _Atomic int64_t *deadline_ms;
     char fatal_msg[512];
+    /* checkpoint identity (set by the owner before recover): progress records carry the
+     * id; recovery trusts only records of this id (and, for a checkpoint of the older
+     * format, records without an id written since it was created) */
+    char checkpoint_id[48];
+    int64_t checkpoint_created_ms;
+    int checkpoint_migrated;  /* migrated from the format without ids by this open */
+    int adopt_output;         /* checkpoint.adopt.output */
+    uint64_t adopted_after;   /* set by recover with adopt_output: the last batch of the
+                                 other checkpoint's output (0: none found) */
 };
 
 extern const lk__sink_ops_t lk__sink_kafka_ops;

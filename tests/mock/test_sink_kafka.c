@@ -1330,3 +1330,80 @@ Test(sink_kafka, stop_with_a_stuck_sink_is_bounded_and_a_second_stop_is_at_once)
     assert_drained();
     check_eo(0);
 }
+
+/* ---- 13.5: a new checkpoint under an existing app.id ---- */
+
+static void checkpoint_id_of(const char *d, char *id, size_t size) {
+    lk_store_opts_t o = {.dir = d, .readonly = 1};
+    lk_store_t *s;
+    char err[512];
+    cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
+    snprintf(id, size, "%s", lk__store_checkpoint_id(s));
+    lk__store_close(s);
+    cr_assert_gt(strlen(id), 0);
+}
+
+/*
+ * "Start with a new checkpoint directory" under the same app.id: the old code read the
+ * old checkpoint's progress ("batches up to 3 were already delivered") and dropped the
+ * new checkpoint's batches 1..3 from its outbox: their output never reached Kafka. Now
+ * the start is refused naming both checkpoint ids and the two ways on; with
+ * checkpoint.adopt.output=true the new checkpoint delivers all its output, numbered
+ * after the old fence.
+ */
+Test(sink_kafka, new_checkpoint_under_the_same_app_id_is_refused_or_adopts_the_output) {
+    sim_init(10, 6, 3);
+    sim_produce(60);
+    lk_conf_t *conf = wc_conf(10);
+    lk_context_t *ctx = open_wc(conf);
+    run_until_idle(ctx);
+    cr_assert_eq(lk_context_last_batch(ctx), 3);
+    lk_context_destroy(ctx);
+    char old_id[64], new_id[64], dir2[256];
+    checkpoint_id_of(dir, old_id, sizeof old_id);
+
+    tu_tmpdir(dir2, sizeof dir2);
+    lk_conf_t *conf2 = mu_conf(&cl, "wc", dir2);
+    mu_set(conf2, "max.records.per.partition", "10");
+    mu_set(conf2, "sink.kafka.timeout.ms", "10000");
+    ctx = open_wc(conf2);
+    checkpoint_id_of(dir2, new_id, sizeof new_id); /* readonly: no lock */
+    cr_assert_str_neq(old_id, new_id);
+    lk_err_t e = LK_OK;
+    for (int i = 0; i < 3 && e == LK_OK; i++)
+        e = lk_context_run_once(ctx);
+    const char *m = lk_context_errstr(ctx);
+    cr_assert_eq(e, LK_ERR_FATAL, "%s (%s)", m, lk_err_name(e));
+    cr_assert(strstr(m, old_id) && strstr(m, new_id), "names both ids: %s", m);
+    cr_assert(strstr(m, "new app.id") && strstr(m, "checkpoint.adopt.output=true"),
+              "names the two ways on: %s", m);
+    cr_assert(strstr(m, "batches up to 3"), "%s", m);
+    lk_context_destroy(ctx);
+    eos_report_t r;
+    eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
+    cr_assert_eq(r.batches, 3, "nothing of the new checkpoint delivered");
+
+    /* continue after the existing output */
+    mu_set(conf2, "checkpoint.adopt.output", "true");
+    ctx = open_wc(conf2);
+    run_until_idle(ctx);
+    cr_assert_eq(lk_context_last_batch(ctx), 6, "numbered after the old fence (3)");
+    lk_context_destroy(ctx);
+    eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
+    cr_assert_eq(r.batches, 6, "the new checkpoint's three batches delivered, none dropped");
+    cr_assert_eq(r.first, 1);
+    cr_assert_eq(r.gaps, 0);
+    cr_assert_eq(r.progress_records, 6);
+    sim_consume();
+    cr_assert_eq(r.records, 2 * sim.records, "both checkpoints' output: %llu records",
+                 (unsigned long long)r.records);
+    /* a restart of the new checkpoint trusts its own fence (6) and delivers nothing */
+    ctx = open_wc(conf2);
+    run_until_idle(ctx);
+    lk_context_destroy(ctx);
+    eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
+    cr_assert_eq(r.progress_records, 6);
+    lk_conf_destroy(conf2);
+    lk_conf_destroy(conf);
+    tu_rmrf(dir2);
+}
