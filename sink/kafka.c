@@ -973,7 +973,7 @@ static lk_err_t record_failed(lk_sink_t *s, lk_err_t e, char *errstr, size_t err
                 f.errstr);
         return e;
     }
-    const char *uid = f.member == SIZE_MAX ? "(progress record)" : s->members[f.member].uid;
+    const char *uid = f.member == SIZE_MAX ? s->name : s->members[f.member].uid;
     const char *topic = f.member == SIZE_MAX ? k->progress_topic : s->members[f.member].target;
     if (f.member != SIZE_MAX && k->deadletter[0] && strcmp(topic, k->deadletter)) {
         if (k->ndivert == k->divert_cap) {
