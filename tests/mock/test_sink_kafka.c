@@ -1409,3 +1409,81 @@ Test(sink_kafka, new_checkpoint_under_the_same_app_id_is_refused_or_adopts_the_o
     lk_conf_destroy(conf);
     tu_rmrf(dir2);
 }
+
+/* A progress record in the per-sink format of older versions (no checkpoint id). */
+static void produce_legacy_progress(uint64_t batch, int64_t ts) {
+    char v[256];
+    snprintf(v, sizeof v,
+             "{\"app\":\"wc\",\"attempt\":\"0000000000000000\",\"batch\":%llu,"
+             "\"offsets\":[],\"sink\":\"counts-out\"}",
+             (unsigned long long)batch);
+    cr_assert_eq(rd_kafka_producev(cl.producer, RD_KAFKA_V_TOPIC("wc.progress"),
+                                   RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY("counts-out", 10),
+                                   RD_KAFKA_V_VALUE(v, strlen(v)), RD_KAFKA_V_TIMESTAMP(ts),
+                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                 0);
+    mu_flush(&cl);
+}
+
+/* Batches 1 and 2 committed, not delivered (the transaction coordinator is down). */
+static void two_undelivered_batches(lk_conf_t *conf) {
+    static rd_kafka_resp_err_t errs[20000];
+    for (size_t i = 0; i < sizeof errs / sizeof *errs; i++)
+        errs[i] = RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE;
+    rd_kafka_mock_push_request_errors_array(cl.mc, 22, sizeof errs / sizeof *errs, errs);
+    mu_set(conf, "sink.kafka.timeout.ms", "200");
+    lk_context_t *ctx = open_wc(conf);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(lk_context_last_batch(ctx), 2);
+    lk_context_destroy(ctx);
+    rd_kafka_mock_clear_request_errors(cl.mc, 22);
+    mu_set(conf, "sink.kafka.timeout.ms", "10000");
+    ckpt_t c = peek();
+    cr_assert_eq(c.outbox_first, 1);
+}
+
+/* An outbox left by an older version whose per-sink progress says batch 1 is in Kafka
+ * (written after this checkpoint was created: its lineage): batch 1 leaves the outbox,
+ * batch 2 is delivered once, in the per-batch format. */
+Test(sink_kafka, older_format_progress_of_this_checkpoint_migrates_the_outbox) {
+    sim_init(10, 6, 3);
+    sim_produce(40);
+    lk_conf_t *conf = wc_conf(10);
+    two_undelivered_batches(conf);
+    produce_legacy_progress(1, 0 /* now */);
+    lk_context_t *ctx = open_wc(conf);
+    run_until_idle(ctx);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    ckpt_t c = peek();
+    cr_assert_eq(c.outbox_first, 0, "outbox drained");
+    cr_assert_eq(c.fence, 2);
+    progress_count_t pc;
+    count_progress(&pc);
+    cr_assert_eq(pc.records, 2, "the legacy record and batch 2's: %d", pc.records);
+    eos_report_t r;
+    eos_read(cl.bootstraps, "wc", "counts-out", "counts", &r);
+    cr_assert_eq(r.last, 2);
+    cr_assert_eq(r.progress_records, 2);
+}
+
+/* Per-sink progress written before this checkpoint existed is another checkpoint's
+ * output: refused, never trusted (the old code dropped batch 1 as delivered). */
+Test(sink_kafka, older_format_progress_from_before_this_checkpoint_is_refused) {
+    sim_init(10, 6, 3);
+    sim_produce(40);
+    produce_legacy_progress(1, 1000000000000LL /* 2001 */);
+    lk_conf_t *conf = wc_conf(10);
+    two_undelivered_batches(conf);
+    lk_context_t *ctx = open_wc(conf);
+    lk_err_t e = lk_context_run_once(ctx);
+    cr_assert_eq(e, LK_ERR_FATAL, "%s (%s)", lk_context_errstr(ctx), lk_err_name(e));
+    cr_assert(strstr(lk_context_errstr(ctx), "(older format, no id)") &&
+                  strstr(lk_context_errstr(ctx), "checkpoint.adopt.output=true"),
+              "%s", lk_context_errstr(ctx));
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    ckpt_t c = peek();
+    cr_assert_eq(c.outbox_first, 1, "batch 1 is not dropped");
+}
