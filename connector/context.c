@@ -35,6 +35,10 @@ struct lk_context {
     /* lock-free atomics: set from signal handlers and other threads */
     atomic_int stop_graceful; /* finish the batch in flight, then return */
     atomic_int stop_now;      /* abandon the batch in flight */
+    /* monotonic ms by which a stop must be done, delivery included (0: no stop yet); set
+     * where the stop is requested (signal handler: clock_gettime is async-signal-safe),
+     * read by the sinks' blocking calls on any thread */
+    _Atomic int64_t stop_deadline_ms;
     int64_t graceful_seen_ms; /* when the loop first saw stop_graceful, 0: not yet */
     int64_t shutdown_timeout_ms;
     int skip_loss;
@@ -66,6 +70,8 @@ struct lk_context {
     char **dl_topics;
     int64_t *dl_lag;
     int fatal;
+    lk_err_t fatal_err; /* the first fatal error's code; errstr keeps its message */
+    unsigned sink_failures; /* retriable delivery failures in a row (for the log line) */
     char errstr[1024];
 };
 
@@ -298,15 +304,36 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
     if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_last || !ctx->dl_err || !ctx->dl_errstr)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    lk_sink_t *kafka = NULL;
     for (size_t i = 0; i < p->nstages; i++) {
         lk_stream_t *st = p->stages[i];
         if (st->kind != LK__ST_OUTBOX)
             continue;
+        /* every Kafka output goes in one transaction of one producer: one lk_sink_t
+         * whose members are the Kafka sinks, in pipeline order */
+        if (st->sink_ops == &lk__sink_kafka_ops && kafka) {
+            if (lk__sink_add_member(kafka, st->uid, st->target))
+                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+            continue;
+        }
         lk_sink_t *s = lk__sink_new(st->sink_ops, st->uid, st->target, st->format,
                                     lk__conf_str(ctx->conf, LK__P_APP_ID));
         if (!s)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        s->abandon = &ctx->stop_now;
+        s->deadline_ms = &ctx->stop_deadline_ms;
         ctx->sinks[ctx->nsinks++] = s;
+        if (st->sink_ops == &lk__sink_kafka_ops)
+            kafka = s;
+    }
+    for (size_t i = 0; i < ctx->nsinks; i++) {
+        lk_sink_t *s = ctx->sinks[i];
+        /* the checkpoint's identity: outputs carry it, recovery trusts only its own */
+        lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s",
+                lk__store_checkpoint_id(ctx->store));
+        s->checkpoint_created_ms = lk__store_created_ms(ctx->store);
+        s->checkpoint_migrated = lk__store_migrated_from(ctx->store) != 0;
+        s->adopt_output = lk__conf_bool(ctx->conf, LK__P_CHECKPOINT_ADOPT_OUTPUT);
         char why[768];
         lk_err_t e = s->ops->open(s, ctx->conf, why, sizeof why);
         if (e)
@@ -326,8 +353,13 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
     /* a corrupt checkpoint never heals by retrying */
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT) {
-        ctx->fatal = 1;
-        return fail(ctx, e, "%s", err);
+        /* the first fatal error wins, code and message together */
+        if (!ctx->fatal) {
+            ctx->fatal = 1;
+            ctx->fatal_err = e;
+            fail(ctx, e, "%s", err);
+        }
+        return ctx->fatal_err;
     }
     if (!*first) {
         *first = e;
@@ -345,11 +377,14 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
         if (ctx->sink_backoff_ms > bmax)
             ctx->sink_backoff_ms = bmax;
         ctx->sink_retry_ms = lk__mono_ms() + ctx->sink_backoff_ms;
-        lk__log(LK_LOG_WARNING, "%s (retrying in %lld ms; the output waits in the outbox)",
-                ctx->errstr, (long long)ctx->sink_backoff_ms);
+        ctx->sink_failures++;
+        lk__log(LK_LOG_WARNING, "%s (failure %u in a row; retrying in %lld ms; the output "
+                "waits in the outbox)", ctx->errstr, ctx->sink_failures,
+                (long long)ctx->sink_backoff_ms);
     } else {
         ctx->sink_backoff_ms = 0;
         ctx->sink_retry_ms = 0;
+        ctx->sink_failures = 0;
     }
     return first;
 }
@@ -556,7 +591,9 @@ void lk_context_destroy(lk_context_t *ctx) {
     if (signal_ctx == ctx)
         signal_ctx = NULL;
     ctx->progress_cb = NULL; /* the callback's owner may be going away too */
-    finish_delivery(ctx);
+    /* destroy reports nothing: a delivery that failed or was not acknowledged stays in
+     * the outbox, and the next start's recovery (the fence) settles it */
+    (void)finish_delivery(ctx);
     lk__receiver_destroy(ctx->receiver);
     for (size_t i = 0; i < ctx->nsinks; i++)
         lk__sink_destroy(ctx->sinks[i]);
@@ -574,13 +611,26 @@ void lk_context_destroy(lk_context_t *ctx) {
     free(ctx);
 }
 
+/* Request a stop (also from a signal handler: only atomics and clock_gettime). A graceful
+ * stop must be done, delivery included, within shutdown.timeout.ms; an immediate one
+ * abandons what blocks at once. */
+static void request_stop(lk_context_t *ctx, int graceful) {
+    int64_t now = lk__mono_ms();
+    if (graceful) {
+        int64_t none = 0;
+        atomic_compare_exchange_strong(&ctx->stop_deadline_ms, &none,
+                                       now + ctx->shutdown_timeout_ms);
+        atomic_store(&ctx->stop_graceful, 1);
+    } else {
+        atomic_store(&ctx->stop_deadline_ms, now);
+        atomic_store(&ctx->stop_now, 1);
+    }
+}
+
 void lk_context_stop(lk_context_t *ctx, int graceful) {
     if (!ctx)
         return;
-    if (graceful)
-        atomic_store(&ctx->stop_graceful, 1);
-    else
-        atomic_store(&ctx->stop_now, 1);
+    request_stop(ctx, graceful);
 }
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
@@ -795,6 +845,14 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     }
     ctx->backpressure_logged = 0;
     uint64_t id = lk__store_committed_batch(ctx->store) + 1;
+    /* checkpoint.adopt.output: a new checkpoint's batches are numbered after the output
+     * of the checkpoint whose output it continues (its sinks recovered above) */
+    for (size_t i = 0; id == 1 && i < ctx->nsinks; i++)
+        if (ctx->sinks[i]->adopted_after >= id) {
+            id = ctx->sinks[i]->adopted_after + 1;
+            lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the adopted "
+                    "output", (unsigned long long)id);
+        }
     lk__fetch_t f;
     int64_t time_ms;
     int replay;
@@ -856,8 +914,12 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     const char *msg;
     if (lk__store_fatal(ctx->store, &msg)) {
         lk__fetch_clear(&f);
-        ctx->fatal = 1;
-        return fail(ctx, LK_ERR_FATAL, "%s", msg);
+        if (!ctx->fatal) {
+            ctx->fatal = 1;
+            ctx->fatal_err = LK_ERR_FATAL;
+            fail(ctx, LK_ERR_FATAL, "%s", msg);
+        }
+        return ctx->fatal_err;
     }
     if (!e) {
         se = ctx->overlap ? drain_overlapped(ctx) : drain_sinks(ctx, 1);
@@ -886,9 +948,8 @@ static void on_signal(int sig) {
     lk_context_t *ctx = signal_ctx;
     if (!ctx)
         return;
-    if (atomic_load(&ctx->stop_graceful))
-        atomic_store(&ctx->stop_now, 1);
-    atomic_store(&ctx->stop_graceful, 1);
+    /* the second signal stops at once */
+    request_stop(ctx, !atomic_load(&ctx->stop_graceful));
 }
 
 /* Sleep up to ms, waking early when a stop is requested. */
@@ -948,7 +1009,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             char why[sizeof ctx->errstr];
             memcpy(why, ctx->errstr, sizeof why);
             if (finish_delivery(ctx) && ctx->fatal)
-                e = LK_ERR_FATAL;
+                e = ctx->fatal_err;
             else
                 memcpy(ctx->errstr, why, sizeof why);
         }
@@ -974,26 +1035,35 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             continue;
         }
         backoff = backoff0;
-        if (idle && ctx->dl_running)
-            drain_sinks(ctx, 1); /* nothing to overlap with: acknowledge it now */
+        /* retriable delivery errors below are logged and retried by sinks_backoff; a
+         * fatal one stops here, with its own code and message */
+        if (idle && ctx->dl_running && drain_sinks(ctx, 1) && ctx->fatal)
+            goto fatal; /* nothing to overlap with: acknowledge it now */
         if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
             /* group commit: nothing new to do, so make the last batches durable now and
              * let the sinks deliver them */
             char err[256];
-            if (lk__store_sync(ctx->store, err, sizeof err) == LK_OK)
-                drain_sinks(ctx, 1);
+            if (lk__store_sync(ctx->store, err, sizeof err))
+                lk__log(LK_LOG_WARNING, "group commit sync: %s (the sinks wait for it)", err);
+            else if (drain_sinks(ctx, 1) && ctx->fatal)
+                goto fatal;
         }
         int64_t elapsed = lk__mono_ms() - started;
         if (idle || elapsed < interval)
             nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
+        continue;
+    fatal:
+        lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(ctx->fatal_err));
+        result = ctx->fatal_err;
+        break;
     }
     if (atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now) && !result) {
         char err[256];
         if (lk__store_sync(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "final sync: %s", err);
         lk__faultpoint("during-graceful-stop");
-        /* deliver what is pending, for at most shutdown.timeout.ms */
-        int64_t until = lk__mono_ms() + ctx->shutdown_timeout_ms;
+        /* deliver what is pending, within shutdown.timeout.ms of the stop request */
+        int64_t until = atomic_load(&ctx->stop_deadline_ms);
         while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
                !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
             if (drain_sinks(ctx, 1) == LK_OK)
@@ -1005,12 +1075,12 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "
                     "delivered on the next start");
         if (ctx->fatal)
-            result = LK_ERR_FATAL;
+            result = ctx->fatal_err;
         lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
                 (unsigned long long)lk__store_committed_batch(ctx->store));
     }
     if (finish_delivery(ctx) && !result && ctx->fatal)
-        result = LK_ERR_FATAL;
+        result = ctx->fatal_err;
     ctx->overlap = 0;
     if (own_signals) {
         sigaction(SIGTERM, &old_term, NULL);

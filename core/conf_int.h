@@ -30,7 +30,7 @@ typedef enum {
  */
 #define LK__PROPS(X)                                                                       \
     X(APP_ID, "app.id", LK__PT_IDENT, "", 1, 200, NULL, 1,                                 \
-      "Application id: names the checkpoint owner, the Kafka transactional.id prefix and " \
+      "Application id: names the checkpoint owner, the Kafka sinks' transactional.id and " \
       "the progress topic. Letters, digits, '.', '_' and '-'.")                            \
     X(CHECKPOINT_DIR, "checkpoint.dir", LK__PT_STR, "", 1, 4000, NULL, 1,                  \
       "Directory of the LMDB checkpoint (created if missing). One application per "        \
@@ -108,6 +108,10 @@ typedef enum {
       NULL, 0,                                                                             \
       "Timeout of Kafka sink operations (init, commit and abort of transactions, reading " \
       "the progress topic).")                                                              \
+    X(CHECKPOINT_ADOPT_OUTPUT, "checkpoint.adopt.output", LK__PT_BOOL, "false", 0, 0, NULL, \
+      0, "A checkpoint that finds Kafka output of another checkpoint under its app.id "      \
+      "(its progress records) is refused; true continues after that output instead: the "   \
+      "other checkpoint's fence is never trusted, and batch numbering continues after it.") \
     X(PIPELINE, "pipeline", LK__PT_ENUM, "", 0, 0,                                         \
       "wordcount|count-by-key|sum-by-key|copy", 0,                                         \
       "lockstep run: the built-in pipeline (unless pipeline.plugin is set). wordcount: "    \
@@ -137,16 +141,20 @@ typedef enum {
       "lockstep run: malformed input (bad JSON, missing field, non-numeric value; for "   \
       "wordcount a word longer than 511 bytes): "                                          \
       "'all' counts it (accumulator errors.malformed) and sends it to errors.deadletter; " \
-      "'none' stops the application at the first one, committing nothing of its batch.")  \
+      "'none' stops the application at the first one, committing nothing of its batch. " \
+      "Also for Kafka sinks: with 'all' and a Kafka errors.deadletter, a record that can " \
+      "never be delivered (too large, unknown partition...) goes to the dead letter.")    \
     X(ERRORS_DEADLETTER, "errors.deadletter", LK__PT_STR, "", 0, 4000, NULL, 0,            \
-      "lockstep run: where malformed input goes, exactly-once: a Kafka topic, or "        \
-      "file:DIR for files. Empty: only counted.")                                          \
+      "Where malformed input (lockstep run) and, if a Kafka topic, records a Kafka sink "   \
+      "can never deliver go, exactly-once: a Kafka topic, or file:DIR for files. Empty: "   \
+      "malformed input is only counted; undeliverable records stop the application.")     \
     X(PROGRESS_LOG, "progress.log", LK__PT_STR, "", 0, 4000, NULL, 0,                      \
       "lockstep run: append one JSON line per committed batch (records, durations, lag, "  \
       "outbox) to this file. On a terminal a live status line is shown as well.")        \
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
-      "Longest time a graceful stop waits for the input of the batch in flight; past it "   \
-      "the batch is abandoned (and processed again on the next start).")
+      "Longest time a graceful stop takes, from the signal: waiting for the input of the " \
+      "batch in flight (past it the batch is abandoned and processed again on the next "   \
+      "start) and delivering the outbox (what is left is delivered on the next start).")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,

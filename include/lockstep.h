@@ -348,17 +348,34 @@ LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_bat
 /*
  * Sinks. Each captures the stream's records in the checkpoint's outbox, in the batch's
  * transaction, and delivers them after the checkpoint is durable, oldest batch first.
- * The uid names the sink in the checkpoint (outbox, fence) and, for Kafka, its
- * transactional.id (<app.id>.<uid>): keep it stable across versions of the code.
+ * The uid names the sink in the checkpoint (outbox, fence) and in Kafka's progress
+ * records: keep it stable across versions of the code.
  */
 
 /**
- * @brief Exactly-once delivery to a Kafka topic: one Kafka transaction per batch holding
- * the batch's records and a progress record in the compacted topic <app.id>.progress
- * (created if missing). A record's partition is chosen by its key's hash (murmur2, as
- * Java clients do). Every record carries the headers lockstep.app, lockstep.sink,
- * lockstep.batch and lockstep.attempt (provenance). A newer instance with the same
- * app.id and uid fences older ones.
+ * @brief Exactly-once delivery to a Kafka topic.
+ *
+ * Every Kafka sink of the application (and the Kafka dead letters) is delivered in ONE
+ * Kafka transaction per batch by ONE transactional producer (transactional.id =
+ * <app.id>: the application is one task), together with ONE progress record in partition
+ * 0 of the compacted topic <app.id>.progress (created if missing) naming the batch, the
+ * attempt, the input offsets and each sink's record count: the outputs of a batch become
+ * visible together, across topics. A newer instance with the same app.id fences older
+ * ones; any fencing answer stops the application with LK_ERR_FENCED naming the
+ * transactional.id. A record's partition is chosen by its key's hash (murmur2, as Java
+ * clients do). Every record carries the headers lockstep.app, lockstep.sink,
+ * lockstep.batch and lockstep.attempt (provenance).
+ *
+ * Delivery errors: transient ones (broker down, request timed out, an aborted
+ * transaction) retry with backoff; a commit or abort that did not finish is resumed
+ * until it completes, then the batch is delivered again if it was aborted. A permanent
+ * error of one record (too large, unknown topic or partition, invalid record or
+ * timestamp, authorization) stops the application with LK_ERR_FATAL naming the sink,
+ * topic, partition, batch input and the setting to change; with errors.tolerance=all and
+ * errors.deadletter naming a Kafka topic the record goes there instead (same
+ * transaction, header lockstep.error says why) and processing goes on.
+ * @param uid the sink's name in the checkpoint and in progress records (stable).
+ * @param topic the output topic; it must exist unless the broker creates topics.
  */
 LK_EXPORT lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic);
 /**

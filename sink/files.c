@@ -564,9 +564,11 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     return LK_OK;
 }
 
-static void files_abort(lk_sink_t *s) {
+static lk_err_t files_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    (void)errstr, (void)errstr_size;
     if (s->impl)
         discard_all(s->impl);
+    return LK_OK;
 }
 
 static void files_close(lk_sink_t *s) {

@@ -32,12 +32,16 @@ const char *lk__txn_state_name(lk__txn_state_t s) {
 #define BIT(s) (1u << LK__TXN_##s)
 static const unsigned allowed[] = {
     [LK__TXN_READY] = BIT(BEGUN) | BIT(FATAL),
-    [LK__TXN_BEGUN] = BIT(PRODUCED) | BIT(READY) /* abort */ | BIT(FATAL),
-    [LK__TXN_PRODUCED] = BIT(COMMITTED) | BIT(READY) /* abort */ | BIT(FATAL),
+    [LK__TXN_BEGUN] = BIT(PRODUCED) | BIT(ABORTING) | BIT(FATAL),
+    [LK__TXN_PRODUCED] = BIT(COMMITTED) | BIT(COMMITTING) | BIT(ABORTING) | BIT(FATAL),
     /* BEGUN: the next batch before this one's acknowledgement (a delivery thread
      * delivers several; the batch loop acknowledges the last of them afterwards) */
     [LK__TXN_COMMITTED] = BIT(READY) /* acknowledged */ | BIT(BEGUN) | BIT(FATAL),
     [LK__TXN_FATAL] = 0,
+    /* resumed: committed after all, or the commit failed and must be aborted */
+    [LK__TXN_COMMITTING] = BIT(COMMITTED) | BIT(ABORTING) | BIT(FATAL),
+    /* the abort finished: the batch waits in the outbox to be delivered again */
+    [LK__TXN_ABORTING] = BIT(READY) | BIT(FATAL),
 };
 
 lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
@@ -63,11 +67,49 @@ lk_sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char 
     s->target = strdup(target ? target : "");
     s->format = strdup(format ? format : "");
     s->app_id = strdup(app_id);
-    if (!s->name || !s->target || !s->format || !s->app_id) {
+    if (!s->name || !s->target || !s->format || !s->app_id ||
+        lk__sink_add_member(s, name, target ? target : "")) {
         lk__sink_destroy(s);
         return NULL;
     }
     return s;
+}
+
+/* "a,b" from a and b; NULL if out of memory */
+static char *joined(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *j = malloc(n);
+    if (j)
+        snprintf(j, n, "%s,%s", a, b);
+    return j;
+}
+
+lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target) {
+    lk__sink_member_t *m = realloc(s->members, (s->nmembers + 1) * sizeof *m);
+    if (!m)
+        return LK_ERR_NOMEM;
+    s->members = m;
+    m = &s->members[s->nmembers];
+    *m = (lk__sink_member_t){strdup(uid), strdup(target), 0};
+    if (!m->uid || !m->target) {
+        free(m->uid);
+        free(m->target);
+        return LK_ERR_NOMEM;
+    }
+    s->nmembers++;
+    if (s->nmembers > 1) {
+        char *n = joined(s->name, uid), *t = joined(s->target, target);
+        if (!n || !t) {
+            free(n);
+            free(t);
+            return LK_ERR_NOMEM;
+        }
+        free(s->name);
+        free(s->target);
+        s->name = n;
+        s->target = t;
+    }
+    return LK_OK;
 }
 
 void lk__sink_destroy(lk_sink_t *s) {
@@ -75,6 +117,11 @@ void lk__sink_destroy(lk_sink_t *s) {
         return;
     if (s->ops && s->ops->close)
         s->ops->close(s);
+    for (size_t i = 0; i < s->nmembers; i++) {
+        free(s->members[i].uid);
+        free(s->members[i].target);
+    }
+    free(s->members);
     free(s->name);
     free(s->target);
     free(s->format);
@@ -82,49 +129,175 @@ void lk__sink_destroy(lk_sink_t *s) {
     free(s);
 }
 
-/* Acknowledge: the outbox of batches <= batch goes, the fence records batch. */
-static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
-                            size_t errstr_size) {
+/* Acknowledge member i: its outbox of batches <= batch goes, its fence records batch. */
+static lk_err_t acknowledge_member(lk_sink_t *s, size_t i, lk_store_t *store, uint64_t batch,
+                                   char *errstr, size_t errstr_size) {
     lk_store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 1, &t, errstr, errstr_size);
     if (e)
         return e;
-    if ((e = lk__store_outbox_ack(t, s->name, batch, errstr, errstr_size)) ||
-        (e = lk__store_fence_put(t, s->name, batch, errstr, errstr_size))) {
+    if ((e = lk__store_outbox_ack(t, s->members[i].uid, batch, errstr, errstr_size)) ||
+        (e = lk__store_fence_put(t, s->members[i].uid, batch, errstr, errstr_size))) {
         lk__store_txn_abort(t);
         return e;
     }
     return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
 }
 
-/* Fail the delivery in progress: undo it and return to READY, or stay FATAL. */
+/* The oldest batch in member i's outbox; LK_ERR_NOT_FOUND when none. */
+static lk_err_t member_pending(lk_sink_t *s, lk_store_t *store, size_t i, uint64_t *batch,
+                               char *errstr, size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    e = lk__store_outbox_batch_from(t, s->members[i].uid, 0, batch);
+    lk__store_txn_abort(t);
+    if (e && e != LK_ERR_NOT_FOUND)
+        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
+                       s->members[i].uid, lk_err_str(e));
+    return e;
+}
+
+/* Acknowledge: every member's outbox of batches <= batch goes, its fence records batch
+ * (one checkpoint transaction: the members were delivered in one Kafka transaction). */
+static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+                            size_t errstr_size) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(store, 1, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    for (size_t i = 0; i < s->nmembers; i++)
+        if ((e = lk__store_outbox_ack(t, s->members[i].uid, batch, errstr, errstr_size)) ||
+            (e = lk__store_fence_put(t, s->members[i].uid, batch, errstr, errstr_size))) {
+            lk__store_txn_abort(t);
+            return e;
+        }
+    return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
+}
+
+/* Go FATAL with msg (sticky); best effort to undo an open delivery first: the error is
+ * already final, so the undo's own result cannot change anything. */
+static void go_fatal(lk_sink_t *s, const char *msg) {
+    if (s->state != LK__TXN_READY && s->state != LK__TXN_COMMITTED &&
+        s->state != LK__TXN_FATAL) {
+        char ignored[256];
+        (void)s->ops->abort(s, ignored, sizeof ignored);
+    }
+    lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", msg ? msg : "");
+    if (s->state != LK__TXN_FATAL)
+        (void)lk__sink_transition(s, LK__TXN_FATAL, NULL, 0); /* allowed from every state */
+    s->recovered = 0;
+}
+
+/* Abort the delivery in progress (state ABORTING): READY once the abort finished; a
+ * retriable failure leaves it ABORTING, to be called again by the next recover. */
+static lk_err_t settle_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    char why[768] = "";
+    s->settle_tries++;
+    lk_err_t e = s->ops->abort(s, why, sizeof why);
+    if (!e) {
+        if (s->settle_tries > 1)
+            lk__log(LK_LOG_NOTICE, "sink '%s' batch %llu: the abort finished after %u tries; "
+                    "the batch is delivered again", s->name, (unsigned long long)s->batch,
+                    s->settle_tries);
+        s->settle_tries = 0;
+        return lk__sink_transition(s, LK__TXN_READY, errstr, errstr_size);
+    }
+    lk__err(e, errstr, errstr_size, "sink '%s' (%s %s) batch %llu: abort not finished "
+            "(try %u): %s", s->name, s->ops->kind, s->target, (unsigned long long)s->batch,
+            s->settle_tries, why);
+    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL)
+        go_fatal(s, errstr);
+    return e;
+}
+
+/* Fail the delivery in progress: a commit still running goes to COMMITTING, anything
+ * else is aborted (ABORTING, READY once the abort finished); fenced or fatal errors
+ * make the sink FATAL. The sink re-reads nothing before the retry: recover() first
+ * settles what is unfinished. Returns e (errstr already says what failed). */
 static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
-    if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED)
-        s->ops->abort(s);
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_CORRUPT) { /* never heals */
-        lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", errstr ? errstr : "");
-        lk__sink_transition(s, LK__TXN_FATAL, NULL, 0);
-        s->recovered = 0;
-    } else if (s->state != LK__TXN_READY && s->state != LK__TXN_FATAL) {
-        s->state = LK__TXN_READY; /* aborted: allowed from BEGUN/PRODUCED */
-        s->recovered = 0;         /* reconnect and re-read the fence before retrying */
+        go_fatal(s, errstr);
+        return e;
+    }
+    s->recovered = 0;
+    s->settle_tries = 0;
+    if (e == LK_ERR_TIMED_OUT && s->state == LK__TXN_PRODUCED) {
+        (void)lk__sink_transition(s, LK__TXN_COMMITTING, NULL, 0); /* allowed: PRODUCED */
+        return e;
+    }
+    if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED) {
+        (void)lk__sink_transition(s, LK__TXN_ABORTING, NULL, 0); /* allowed: both */
+        char why[1024];
+        lk_err_t ae = settle_abort(s, why, sizeof why);
+        if (ae == LK_ERR_FENCED || ae == LK_ERR_FATAL)
+            return ae; /* the abort's error is the one that stops the sink */
+        if (ae)
+            lk__log(LK_LOG_WARNING, "%s", why);
     }
     return e;
 }
 
-/* The oldest batch >= from in the sink's outbox; LK_ERR_NOT_FOUND when none. */
+/* Finish what a failed delivery left unfinished: resume a commit (acknowledging its
+ * batch if it committed after all), call an abort again. LK_OK: the sink is READY. */
+static lk_err_t settle(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
+    if (s->state == LK__TXN_COMMITTING) {
+        char why[768] = "";
+        s->settle_tries++;
+        lk_err_t e = s->ops->resume_commit ? s->ops->resume_commit(s, why, sizeof why)
+                                           : LK_ERR_KAFKA;
+        if (e == LK_OK) {
+            lk__log(LK_LOG_NOTICE, "sink '%s': the unfinished commit of batch %llu completed",
+                    s->name, (unsigned long long)s->batch);
+            s->settle_tries = 0;
+            if ((e = lk__sink_transition(s, LK__TXN_COMMITTED, errstr, errstr_size)))
+                return e;
+            return lk__sink_acknowledge(s, store, s->batch, errstr, errstr_size);
+        }
+        lk__err(e, errstr, errstr_size, "sink '%s' (%s %s) batch %llu: resuming the commit "
+                "(try %u): %s", s->name, s->ops->kind, s->target, (unsigned long long)s->batch,
+                s->settle_tries, why);
+        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
+            go_fatal(s, errstr);
+            return e;
+        }
+        if (e == LK_ERR_TIMED_OUT)
+            return e;
+        lk__log(LK_LOG_WARNING, "%s; aborting it", errstr);
+        s->settle_tries = 0;
+        if ((e = lk__sink_transition(s, LK__TXN_ABORTING, errstr, errstr_size)))
+            return e;
+    }
+    if (s->state == LK__TXN_ABORTING)
+        return settle_abort(s, errstr, errstr_size);
+    return LK_OK;
+}
+
+/* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
 static lk_err_t pending_from(lk_sink_t *s, lk_store_t *store, uint64_t from, uint64_t *batch,
                              char *errstr, size_t errstr_size) {
     lk_store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
     if (e)
         return e;
-    e = lk__store_outbox_batch_from(t, s->name, from, batch);
+    lk_err_t r = LK_ERR_NOT_FOUND;
+    for (size_t i = 0; i < s->nmembers; i++) {
+        uint64_t b;
+        e = lk__store_outbox_batch_from(t, s->members[i].uid, from, &b);
+        if (e == LK_ERR_NOT_FOUND)
+            continue;
+        if (e) {
+            r = lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
+                        s->members[i].uid, lk_err_str(e));
+            break;
+        }
+        if (r == LK_ERR_NOT_FOUND || b < *batch)
+            *batch = b;
+        r = LK_OK;
+    }
     lk__store_txn_abort(t);
-    if (e && e != LK_ERR_NOT_FOUND)
-        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s", s->name,
-                       lk_err_str(e));
-    return e;
+    return r;
 }
 
 lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
@@ -133,27 +306,37 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
                        s->fatal_msg);
     if (s->recovered)
         return LK_OK;
+    lk_err_t e = settle(s, store, errstr, errstr_size);
+    if (e)
+        return e;
     uint64_t fence = 0;
     char why[768] = "";
-    lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s", lk__store_checkpoint_id(store));
-    lk_err_t e = s->ops->recover(s, &fence, why, sizeof why);
+    /* the owner sets the id before recover; a sink recovered on its own (tests) takes it
+     * from the store */
+    if (!s->checkpoint_id[0])
+        lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s", lk__store_checkpoint_id(store));
+    e = s->ops->recover(s, &fence, why, sizeof why);
     if (e) {
-        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
-            lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", why);
-            s->state = LK__TXN_FATAL;
-        }
-        return lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name, s->ops->kind,
-                       s->target, why);
-    }
-    /* batches the external system already holds leave the outbox */
-    uint64_t first = 0;
-    e = pending_from(s, store, 0, &first, errstr, errstr_size);
-    if (e && e != LK_ERR_NOT_FOUND)
+        lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name, s->ops->kind,
+                s->target, why);
+        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL)
+            go_fatal(s, errstr);
         return e;
-    if (fence && !e && first <= fence) {
+    }
+    /* batches the external system already holds leave the outbox, per member: a
+     * member may know more than the sink (the progress of an older version) */
+    for (size_t i = 0; i < s->nmembers; i++) {
+        uint64_t f = s->members[i].fence > fence ? s->members[i].fence : fence, first = 0;
+        if (!f)
+            continue;
+        e = member_pending(s, store, i, &first, errstr, errstr_size);
+        if (e == LK_ERR_NOT_FOUND || (!e && first > f))
+            continue;
+        if (e)
+            return e;
         lk__log(LK_LOG_INFO, "sink '%s': batches up to %llu were already delivered; "
-                "dropping them from the outbox", s->name, (unsigned long long)fence);
-        if ((e = acknowledge(s, store, fence, errstr, errstr_size)))
+                "dropping them from the outbox", s->members[i].uid, (unsigned long long)f);
+        if ((e = acknowledge_member(s, i, store, f, errstr, errstr_size)))
             return e;
     }
     s->recovered = 1;
@@ -177,6 +360,8 @@ typedef struct {
 static int write_one(const lk_out_record_t *r, void *o) {
     write_ctx_t *w = o;
     w->err = w->s->ops->write(w->s, r, w->errstr, w->errstr_size);
+    if (!w->err)
+        w->s->members[w->s->cur].records++;
     return w->err != LK_OK;
 }
 
@@ -213,22 +398,32 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                        (unsigned long long)batch, why);
     s->batch = batch;
     new_attempt(s);
+    /* the batch's record (its input ranges), for the commit and for errors naming the
+     * input a record came from */
+    lk_batch_rec_t rec, *recp = NULL;
+    if (lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
+        e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
+    s->batch_rec = recp;
     lk__faultpoint("before-sink-produce");
-    if (!(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
+    if (!e && !(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
         !(e = s->ops->begin(s, batch, why, sizeof why))) {
-        write_ctx_t w = {s, LK_OK, why, sizeof why};
-        lk_err_t fe = lk__store_outbox_foreach(t, s->name, batch, write_one, &w);
-        e = w.err ? w.err
-            : fe  ? lk__err(fe, why, sizeof why, "reading the outbox: %s",
-                            lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
-                                                       : lk_err_str(fe))
-                  : LK_OK;
+        for (size_t i = 0; i < s->nmembers; i++)
+            s->members[i].records = 0;
+        for (s->cur = 0; !e && s->cur < s->nmembers; s->cur++) {
+            write_ctx_t w = {s, LK_OK, why, sizeof why};
+            lk_err_t fe =
+                lk__store_outbox_foreach(t, s->members[s->cur].uid, batch, write_one, &w);
+            e = w.err ? w.err
+                : fe  ? lk__err(fe, why, sizeof why, "reading the outbox of '%s': %s",
+                                s->members[s->cur].uid,
+                                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t)
+                                                           : lk_err_str(fe))
+                      : LK_OK;
+        }
+        s->cur = 0;
     }
     if (!e)
         e = lk__sink_transition(s, LK__TXN_PRODUCED, why, sizeof why);
-    lk_batch_rec_t rec, *recp = NULL;
-    if (!e && lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
-        e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
     /* the records are in the producer's hands now (copied): end the read transaction
      * before the commit, which may wait on Kafka for long, so as not to hold back the
      * checkpoint's page reuse or a map growth */
@@ -237,6 +432,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
         lk__faultpoint("after-sink-produce");
         e = s->ops->commit(s, recp, why, sizeof why);
     }
+    s->batch_rec = NULL;
     free(recp);
     if (!e)
         e = lk__sink_transition(s, LK__TXN_COMMITTED, why, sizeof why);

@@ -14,13 +14,19 @@
 #include "lockstep.h"
 #include "../state/store_int.h"
 
+#include <stdatomic.h>
+
 /** Transaction states of a sink. */
 #define LK__TXN_STATES(X)                                                                  \
-    X(READY)     /* no delivery in progress */                                             \
-    X(BEGUN)     /* a delivery of one batch has started */                                 \
-    X(PRODUCED)  /* every record of the batch was handed to the external system */         \
-    X(COMMITTED) /* the batch is durable there; the outbox may be acknowledged */          \
-    X(FATAL)     /* fenced or unrecoverable: sticky, the sink refuses all work */
+    X(READY)      /* no delivery in progress */                                            \
+    X(BEGUN)      /* a delivery of one batch has started */                                \
+    X(PRODUCED)   /* every record of the batch was handed to the external system */        \
+    X(COMMITTED)  /* the batch is durable there; the outbox may be acknowledged */         \
+    X(FATAL)      /* fenced or unrecoverable: sticky, the sink refuses all work */         \
+    X(COMMITTING) /* the commit was sent and did not finish: its outcome is unknown until  \
+                     it is resumed (resume_commit), nothing else may be done meanwhile */  \
+    X(ABORTING)   /* the abort did not finish: it is called again (with the caller's       \
+                     backoff) until it completes; then the batch is delivered again */
 
 typedef enum {
 #define LK__TXN_ENUM(n) LK__TXN_##n,
@@ -31,6 +37,17 @@ typedef enum {
 const char *lk__txn_state_name(lk__txn_state_t s);
 
 typedef struct lk_sink lk_sink_t;
+
+/** One sink of the pipeline delivered by a lk_sink_t: the Kafka sink delivers every Kafka
+ * output of the application in one transaction, so it has one member per lk_to_kafka;
+ * the other kinds have exactly one. */
+typedef struct lk__sink_member {
+    char *uid;        /* the pipeline sink's uid: its outbox key and checkpoint fence name */
+    char *target;     /* Kafka topic or directory */
+    uint64_t records; /* records written in the delivery in progress */
+    uint64_t fence;   /* set by recover(): the last batch the external system holds for
+                         this member, if it knows more than for the whole sink (0: no) */
+} lk__sink_member_t;
 
 /** What a sink kind implements. Every operation may assume a valid state (see sink.c). */
 typedef struct lk__sink_ops {
@@ -45,39 +62,71 @@ typedef struct lk__sink_ops {
      */
     lk_err_t (*recover)(lk_sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
     lk_err_t (*begin)(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size);
+    /** Write one record of member s->members[s->cur]. */
     lk_err_t (*write)(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
                       size_t errstr_size);
     /** Make the batch durable and visible atomically; b is the batch's record (input
-     * offsets for Kafka's send_offsets_to_transaction), NULL if no longer kept. */
+     * offsets for Kafka's send_offsets_to_transaction), NULL if no longer kept.
+     * LK_ERR_TIMED_OUT: the commit was sent and is still running; its outcome is known
+     * only once resume_commit finishes it (the sink goes to COMMITTING). Other
+     * retriable errors: the delivery is aborted and done again. */
     lk_err_t (*commit)(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
                        size_t errstr_size);
-    /** Undo an open delivery (abort the transaction, remove temporary files). */
-    void (*abort)(lk_sink_t *s);
+    /** Finish a commit that returned LK_ERR_TIMED_OUT: LK_OK committed, LK_ERR_TIMED_OUT
+     * still running, LK_ERR_KAFKA it must be aborted, LK_ERR_FENCED / LK_ERR_FATAL.
+     * NULL for kinds whose commit never returns LK_ERR_TIMED_OUT. */
+    lk_err_t (*resume_commit)(lk_sink_t *s, char *errstr, size_t errstr_size);
+    /** Undo an open delivery (abort the transaction, remove temporary files). LK_OK:
+     * done; a retriable error: not finished, call again later (the sink stays ABORTING);
+     * LK_ERR_FENCED / LK_ERR_FATAL: the sink stops. */
+    lk_err_t (*abort)(lk_sink_t *s, char *errstr, size_t errstr_size);
     void (*close)(lk_sink_t *s);
 } lk__sink_ops_t;
 
 struct lk_sink {
     const lk__sink_ops_t *ops;
-    char *name;   /* the sink's uid: its outbox key and fence name */
-    char *target; /* Kafka topic or directory */
+    char *name;   /* for messages: the member's uid, or the members' uids joined by ',' */
+    char *target; /* Kafka topic or directory (joined by ',' like name) */
+    lk__sink_member_t *members;
+    size_t nmembers;
+    size_t cur;   /* the member whose records are being written */
     char *format; /* files: "jsonl" or "lines" */
     char *app_id;
     lk__txn_state_t state;
     uint64_t batch;        /* batch of the delivery in progress */
+    const lk_batch_rec_t *batch_rec; /* its record during begin/write/commit, NULL if
+                                        no longer kept */
     char attempt[17];      /* hex nonce of the delivery attempt (provenance) */
     int recovered;         /* recover() succeeded since open */
+    unsigned settle_tries; /* calls of abort / resume_commit for the batch so far */
     void *impl;            /* the kind's own state */
+    /* set by the owner (may be NULL): blocking calls give up when *abandon is set (an
+     * immediate stop) and end by *deadline_ms (monotonic ms, 0: none; a graceful stop's
+     * end), whatever their own timeouts; read from any thread */
+    const atomic_int *abandon;
+    const _Atomic int64_t *deadline_ms;
     char fatal_msg[512];
-    char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1]; /* of the store, set by lk__sink_recover */
+    /* checkpoint identity (set by the owner before recover): progress records carry the
+     * id; recovery trusts only records of this id (and, for a checkpoint of the older
+     * format, records without an id written since it was created) */
+    char checkpoint_id[48];
+    int64_t checkpoint_created_ms;
+    int checkpoint_migrated;  /* migrated from the format without ids by this open */
+    int adopt_output;         /* checkpoint.adopt.output */
+    uint64_t adopted_after;   /* set by recover with adopt_output: the last batch of the
+                                 other checkpoint's output (0: none found) */
 };
 
 extern const lk__sink_ops_t lk__sink_kafka_ops;
 extern const lk__sink_ops_t lk__sink_files_ops;
 extern const lk__sink_ops_t lk__sink_stdout_ops;
 
-/** Create a sink of a kind; not yet opened. */
+/** Create a sink of a kind with one member (name, target); not yet opened. */
 lk_sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
                         const char *format, const char *app_id);
+/** Add a member to a sink (before open; Kafka only): its outbox is delivered in the same
+ * transaction as the others'. LK_ERR_NOMEM. */
+lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target);
 void lk__sink_destroy(lk_sink_t *s);
 
 /**
@@ -88,8 +137,10 @@ lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
                              size_t errstr_size);
 
 /**
- * Recover the sink if not yet done (connect, fence, read its progress) and acknowledge
- * every outbox batch at or below its fence. Retriable errors leave it unrecovered.
+ * Recover the sink if not yet done: first settle an unfinished commit (resume it;
+ * acknowledge its batch if it committed) or abort (call it again), then connect, fence,
+ * read its progress, and acknowledge every outbox batch at or below its fence.
+ * Retriable errors leave it unrecovered (and COMMITTING / ABORTING if still so).
  */
 lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size);
 
@@ -120,5 +171,36 @@ lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, c
 /** Oldest batch in the sink's outbox; LK_ERR_NOT_FOUND when it is empty. */
 lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
                                 char *errstr, size_t errstr_size);
+
+/* ---- the Kafka sink's stable-offset wait, behind a seam (unit-tested) ---- */
+
+/** The Kafka calls the wait makes: tests replace them (the mock cluster has no last
+ * stable offset). */
+typedef struct lk__kafka_offsets_io {
+    /** Last stable offset and high watermark of topic[partition]. */
+    lk_err_t (*offsets)(void *opaque, const char *topic, int32_t partition, int64_t *lso,
+                        int64_t *hwm, char *errstr, size_t errstr_size);
+    void (*sleep_ms)(void *opaque, int64_t ms);
+    int64_t (*now_ms)(void *opaque);
+    void *opaque;
+} lk__kafka_offsets_io_t;
+
+/**
+ * Wait until no transaction is open on topic[partition] (last stable offset == high
+ * watermark), checking with backoff (100 ms doubling to 2 s) and logging each wait
+ * ("waiting for an open transaction on <topic>[<p>] ..."). *end = the high watermark to
+ * read the partition up to. LK_ERR_TIMED_OUT (retriable) after timeout_ms; the errors of
+ * io->offsets otherwise.
+ */
+lk_err_t lk__kafka_wait_stable(const lk__kafka_offsets_io_t *io, const char *topic,
+                               int32_t partition, int64_t timeout_ms, int64_t *end,
+                               char *errstr, size_t errstr_size);
+
+/**
+ * The producer's batch.size for output topics whose max.message.bytes are limits[0..n)
+ * (<= 0: unknown): configured, lowered to fit the smallest limit with a margin for the
+ * record batch header. At least 1.
+ */
+int64_t lk__kafka_batch_size(int64_t configured, const int64_t *limits, size_t n);
 
 #endif

@@ -66,8 +66,9 @@ static lk_err_t stdout_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errst
     return LK_OK;
 }
 
-static void stdout_abort(lk_sink_t *s) {
-    (void)s; /* what was printed stays printed: at-least-once */
+static lk_err_t stdout_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    (void)s, (void)errstr, (void)errstr_size; /* what was printed stays: at-least-once */
+    return LK_OK;
 }
 
 static void stdout_close(lk_sink_t *s) {

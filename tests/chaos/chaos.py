@@ -349,7 +349,7 @@ class Runner:
         committed, per_batch = {}, collections.Counter()
         for m in self.read_topic(f"{app}.progress"):
             d = json.loads(m.value())
-            if d["app"] == app and d["sink"] == sink:
+            if d["app"] == app and (sink in d.get("sinks", {}) or d.get("sink") == sink):
                 committed[d["batch"]] = d["attempt"]
                 per_batch[d["batch"]] += 1
         twice = {b: n for b, n in per_batch.items() if n > 1}

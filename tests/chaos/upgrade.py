@@ -157,7 +157,7 @@ def main():
             attempt = {}
             for m in read_topic(bootstrap, "up.progress"):
                 d = json.loads(m.value())
-                if d["sink"] == sink:
+                if sink in d.get("sinks", {}) or d.get("sink") == sink:
                     progress[d["batch"]] += 1
                     attempt[d["batch"]] = d["attempt"]
             twice = [b for b, n in progress.items() if n > 1]

@@ -72,8 +72,13 @@ static void on_progress(const rd_kafka_message_t *m, void *o) {
     json_t *d = json_loadb(m->payload, m->len, 0, &je);
     cr_assert_not_null(d, "progress record is not JSON: %s", je.text);
     json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt");
-    if (!strcmp(json_string_value(json_object_get(d, "app")), p->app) &&
-        !strcmp(json_string_value(json_object_get(d, "sink")), p->sink)) {
+    /* one record per batch naming every Kafka sink ("sinks"); older versions wrote one
+     * per sink ("sink") */
+    json_t *sinks = json_object_get(d, "sinks"), *sink = json_object_get(d, "sink");
+    int mine = json_is_object(sinks) ? json_object_get(sinks, p->sink) != NULL
+                                     : json_is_string(sink) &&
+                                           !strcmp(json_string_value(sink), p->sink);
+    if (!strcmp(json_string_value(json_object_get(d, "app")), p->app) && mine) {
         uint64_t batch = (uint64_t)json_integer_value(b);
         cr_assert(batch > 0 && batch < EOS_MAX_BATCHES, "batch %llu", (unsigned long long)batch);
         p->c[batch].batch = batch; /* the last record of a batch wins */
