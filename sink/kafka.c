@@ -158,11 +158,17 @@ static lk_err_t txn_error(kafka_sink_t *k, rd_kafka_error_t *e, const char *what
                            ? "; this principal may not use it: grant it WRITE on the "
                              "TransactionalId resource"
                            : "; another instance with the same transactional.id took over";
-    lk__fmt(errstr, errstr_size, "%s: %s (%s)%s%s%s%s", what, rd_kafka_error_string(e),
+    /* a setting the broker refuses: name lockstep's property, not only the broker's */
+    const char *hint = code == RD_KAFKA_RESP_ERR_INVALID_TRANSACTION_TIMEOUT ||
+                               fcode == RD_KAFKA_RESP_ERR_INVALID_TRANSACTION_TIMEOUT
+                           ? "; set kafka.transaction.timeout.ms at or below the broker's "
+                             "transaction.max.timeout.ms (900000 by default)"
+                           : "";
+    lk__fmt(errstr, errstr_size, "%s: %s (%s)%s%s%s%s%s", what, rd_kafka_error_string(e),
             fatal ? "fatal" : abortable ? "transaction aborted" : retriable ? "retriable"
                                                                 : "unclassified, treated as fatal",
             fenced ? "; fenced: transactional.id '" : "", fenced ? k->txn_id : "",
-            fenced ? "'" : "", fenced ? auth : "");
+            fenced ? "'" : "", fenced ? auth : "", hint);
     rd_kafka_error_destroy(e);
     return r;
 }
