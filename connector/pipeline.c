@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "pipeline_int.h"
+#include "window_int.h"
 #include "../core/util_int.h"
 #include "../sink/sink_int.h"
 
@@ -168,6 +169,7 @@ const char *lk__stage_kind_name(lk__stage_kind_t k) {
     case LK__ST_UPDATE: return "update_state_by_key";
     case LK__ST_FOREACH: return "foreach_batch";
     case LK__ST_OUTBOX: return "outbox";
+    case LK__ST_WINDOW: return "reduce_by_key_and_window";
     }
     return "?";
 }
@@ -189,6 +191,7 @@ static void stage_free(lk_stream_t *s) {
     free(s->recs);
     free(s->scan_key);
     free(s->scan_next);
+    free(s->win);
     free(s);
 }
 
@@ -285,6 +288,11 @@ static lk_stream_t *derive(lk_stream_t *in, lk__stage_kind_t kind, const char *u
     if (s)
         s->opaque = opaque;
     return s;
+}
+
+lk_stream_t *lk__stage_derive(lk_stream_t *in, lk__stage_kind_t kind, const char *uid,
+                              const void *fn, void *opaque, const char *what) {
+    return derive(in, kind, uid, fn, opaque, what);
 }
 
 lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
@@ -536,7 +544,7 @@ size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap)
 lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *st, char *errstr,
                                  size_t errstr_size) {
     for (size_t i = 0; i < p->nstages; i++)
-        if (p->stages[i]->kind == LK__ST_UPDATE) {
+        if (p->stages[i]->kind == LK__ST_UPDATE || p->stages[i]->kind == LK__ST_WINDOW) {
             lk_err_t e =
                 lk__store_state_open(st, p->stages[i]->uid, &p->stages[i]->db, errstr, errstr_size);
             if (e)
@@ -551,7 +559,8 @@ static int64_t stage_ttl(const lk_stream_t *s, int64_t def) {
 
 int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t def) {
     for (size_t i = 0; i < p->nstages; i++)
-        if (p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0)
+        if ((p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0) ||
+            p->stages[i]->kind == LK__ST_WINDOW) /* windows close with time */
             return 1;
     return 0;
 }
@@ -576,6 +585,23 @@ static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         process(b, s->children[i], r);
 }
 
+void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
+    lk_stream_t *saved = b->cur;
+    b->cur = s;
+    deliver(b, s, r);
+    b->cur = saved;
+}
+
+void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
+    if (b->err)
+        return;
+    b->err = e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
+    va_end(ap);
+}
+
 static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
     static char empty[1]; /* every empty value (a word count's "1" is one) shares it */
     if (!p)
@@ -586,6 +612,10 @@ static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
     if (c)
         memcpy(c, p, n);
     return c;
+}
+
+void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n) {
+    return copy_bytes(b, p, n);
 }
 
 static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
@@ -614,8 +644,22 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             deliver(b, s, r);
         b->cur = saved;
         break;
+    case LK__ST_WINDOW:
     case LK__ST_REDUCE:
     case LK__ST_UPDATE: {
+        unsigned char wkey[LK__WIN_KV_PREFIX + LK__WIN_MAX_KEY];
+        lk_record_t wr;
+        size_t skip = 0; /* window stages collect under (slice, key): the key starts here */
+        if (s->kind == LK__ST_WINDOW) {
+            size_t n = lk__window_kv_key(b, s, r, wkey);
+            if (!n)
+                break;
+            wr = *r;
+            wr.key = wkey;
+            wr.key_len = n;
+            r = &wr;
+            skip = LK__WIN_KV_PREFIX;
+        }
         if (!r->key) {
             batch_fail(b, LK_ERR_INVALID_ARG, "%s '%s' received a record without a key",
                        lk__stage_kind_name(s->kind), s->uid);
@@ -632,13 +676,14 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             break;
         }
-        if (s->kind == LK__ST_REDUCE) {
+        if (s->kind != LK__ST_UPDATE) {
             if (created) {
                 e->acc = v;
             } else {
                 lk_bytes_t out = {NULL, 0};
+                lk_bytes_t key = {(const char *)e->key.data + skip, e->key.len - skip};
                 b->cur = s;
-                s->fn.reduce(b, &e->key, &e->acc, &v, &out, s->opaque);
+                s->fn.reduce(b, &key, &e->acc, &v, &out, s->opaque);
                 b->cur = saved;
                 e->acc = out;
             }
@@ -918,6 +963,9 @@ lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p) {
             b->cur = s;
             s->fn.foreach(b, s->recs, s->nrecs, s->opaque);
             b->cur = NULL;
+            break;
+        case LK__ST_WINDOW:
+            lk__window_flush(b, s);
             break;
         default:
             break;

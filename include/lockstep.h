@@ -301,6 +301,64 @@ LK_EXPORT lk_stream_t *lk_update_state_by_key(lk_stream_t *in, const char *uid,
  */
 LK_EXPORT void lk_state_ttl(lk_stream_t *stateful, int64_t ttl_ms);
 /**
+ * Window filter: non-zero keeps (key, value) visible downstream; zero emits a deletion
+ * instead (once, if the key was visible). key and value are valid during the call only.
+ */
+typedef int(lk_window_filter_fn)(lk_batch_t *b, const lk_bytes_t *key,
+                                 const lk_bytes_t *value, void *opaque);
+
+/**
+ * @brief Windowed reduce over batch time (Spark's reduceByKeyAndWindow), exact across
+ * crashes and restarts.
+ *
+ * Batch time is cut into slides of slide_ms aligned on the Unix epoch; a batch belongs
+ * to the slide holding its time (lk_batch_time_ms(), recorded in the batch plan, so a
+ * batch processed again falls in the same slide). The window ending at slide boundary E
+ * holds the records of the batches with time in [E - window_ms, E). The state is one
+ * partial aggregate per (key, slide) in the operator's checkpoint database, written in
+ * the batch's transaction; slides that left the window are deleted (a range delete
+ * ordered by slide), so state stays bounded by (window_ms / slide_ms + 1) x keys.
+ *
+ * Emission: the first batch at or after boundary E emits, for every key whose windowed
+ * value changed since the previous boundary, (key, value); a key whose window became
+ * empty, or whose value filter rejects, emits a deletion (NULL value) if it was visible.
+ * Boundaries with no change emit nothing; several boundaries passed at once (idle time)
+ * are emitted in order. Emitted records carry timestamp_ms = E. A pipeline with a window
+ * operator runs a batch every batch.interval.ms even without input, so windows close on
+ * time. Input tombstones (NULL values) are not reduced: they are counted in the
+ * accumulator "<uid>.tombstones".
+ *
+ * @param in             the input stream; every record needs a key (at most 490 bytes),
+ *                       else the batch fails naming the operator.
+ * @param uid            the operator's uid (its state database is state.<uid>).
+ * @param schema_version version of the value byte format (>= 1), as for
+ *                       lk_update_state_by_key().
+ * @param window_ms      window length, a multiple of slide_ms.
+ * @param slide_ms       slide, > 0. Both must be multiples of batch.interval.ms (when
+ *                       that is > 0): lk_context_get_or_create() refuses the pipeline
+ *                       otherwise with LK_ERR_CONF_INVALID naming the operator.
+ * @param reduce         combines two values (associative and commutative; see
+ *                       lk_reduce_fn); required.
+ * @param inv_reduce     may be NULL. With it, the running value is kept and updated by
+ *                       reducing the slide entering the window and inverse-reducing the
+ *                       one leaving it (*out = a "minus" v); without it, the value is
+ *                       recomputed from the live slides of each changed key. Use it only
+ *                       for exact arithmetic (integer sums, counts): floating-point sums
+ *                       drift under an inverse function, so pass NULL for them.
+ * @param filter         may be NULL (keep everything); see lk_window_filter_fn.
+ * @param opaque         passed to reduce, inv_reduce and filter.
+ * @returns the windowed stream; NULL (the pipeline records the error) for a bad argument.
+ *          The definition (window, slide, inverse or not) is recorded in the topology: a
+ *          changed definition under the same uid is refused at start (LK_ERR_TOPOLOGY,
+ *          naming the operator and both definitions); use a new uid to start empty.
+ */
+LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
+                                                   int schema_version, int64_t window_ms,
+                                                   int64_t slide_ms, lk_reduce_fn *reduce,
+                                                   lk_reduce_fn *inv_reduce,
+                                                   lk_window_filter_fn *filter, void *opaque);
+
+/**
  * @brief Hand every batch's records to fn, before the batch commits. At-least-once: a
  * batch interrupted by a crash is processed again, so fn may see it twice. For
  * exactly-once output use a sink.

@@ -1,0 +1,497 @@
+/*
+ * window.c — windowed aggregation over batch time (Spark's reduceByKeyAndWindow), exact
+ * across crashes: slices, running values and the last closed slide live in the
+ * operator's checkpoint database and are written only inside the batch's transaction,
+ * and a batch's time comes from its recorded plan. So a batch processed again after a
+ * crash reads the same state, falls in the same slide and emits the same records; one
+ * that committed never emits again.
+ *
+ * Model: slide s holds the batches with time in [s*slide, (s+1)*slide); the window
+ * ending at boundary k (time k*slide) is slides [k-n, k-1], n = window / slide. During a
+ * batch the records are reduced per (slide, key) in the engine's per-batch table; at the
+ * end of the batch (lk__window_flush) every boundary passed since the last batch is
+ * closed in order (only boundaries where a slide enters or leaves: others change
+ * nothing), then the batch's aggregates are added to its slide. Closing boundary k
+ * touches only the keys of the slide entering (k-1) and of the one leaving (k-1-n), so
+ * its cost is proportional to those slides, not to the whole state; the leaving slide is
+ * then range-deleted.
+ */
+#define _GNU_SOURCE
+#include "window_int.h"
+#include "../core/util_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    if ((a % b) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+static const char *op_name(void) { return "reduce_by_key_and_window"; }
+
+lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
+                                         int schema_version, int64_t window_ms,
+                                         int64_t slide_ms, lk_reduce_fn *reduce,
+                                         lk_reduce_fn *inv_reduce,
+                                         lk_window_filter_fn *filter, void *opaque) {
+    if (!in)
+        return NULL;
+    const char *u = uid ? uid : "";
+    if (schema_version < 1) {
+        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1", op_name(), u);
+        return NULL;
+    }
+    if (slide_ms <= 0 || window_ms <= 0 || window_ms % slide_ms) {
+        lk_pipeline_fail(in->p,
+                         "%s '%s': window %lld ms and slide %lld ms: both must be > 0 and "
+                         "the window a multiple of the slide",
+                         op_name(), u, (long long)window_ms, (long long)slide_ms);
+        return NULL;
+    }
+    lk__window_t *w = calloc(1, sizeof *w);
+    char *params = NULL;
+    if (!w || asprintf(&params, "time=batch,window.ms=%lld,slide.ms=%lld,inverse=%s",
+                           (long long)window_ms, (long long)slide_ms,
+                           inv_reduce ? "yes" : "no") < 0) {
+        free(w);
+        lk_pipeline_fail(in->p, "out of memory");
+        return NULL;
+    }
+    lk_stream_t *s = lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)reduce, opaque,
+                                      op_name());
+    if (!s) {
+        free(w);
+        free(params);
+        return NULL;
+    }
+    *w = (lk__window_t){LK__WIN_BATCH_TIME, window_ms, slide_ms, reduce, inv_reduce, filter};
+    s->win = w;
+    s->fn.reduce = reduce;
+    s->schema_version = schema_version;
+    free(s->params);
+    s->params = params;
+    return s;
+}
+
+lk_err_t lk__window_check_conf(const lk_pipeline_t *p, int64_t interval, char *errstr,
+                               size_t errstr_size) {
+    for (size_t i = 0; i < p->nstages; i++) {
+        const lk_stream_t *s = p->stages[i];
+        if (s->kind != LK__ST_WINDOW || interval <= 0)
+            continue;
+        if (s->win->size_ms % interval || s->win->slide_ms % interval)
+            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                           "%s '%s': window %lld ms and slide %lld ms must be multiples of "
+                           "batch.interval.ms (%lld)",
+                           op_name(), s->uid, (long long)s->win->size_ms,
+                           (long long)s->win->slide_ms, (long long)interval);
+    }
+    return LK_OK;
+}
+
+/* slice numbers in the collected keys: sign bit flipped, big-endian (as in the store) */
+static void put_slice(unsigned char *p, int64_t s) {
+    lk__put_be64(p, (uint64_t)s ^ (UINT64_C(1) << 63));
+}
+static int64_t get_slice(const unsigned char *p) {
+    return (int64_t)(lk__get_be64(p) ^ (UINT64_C(1) << 63));
+}
+
+size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
+                         unsigned char *buf) {
+    if (!r->key) {
+        lk__batch_failf(b, LK_ERR_INVALID_ARG,
+                        "%s '%s' received a record without a key; key the records (e.g. "
+                        "with a map) before the window",
+                        op_name(), s->uid);
+        return 0;
+    }
+    if (r->key_len == 0 || r->key_len > LK__WIN_MAX_KEY) {
+        lk__batch_failf(b, LK_ERR_TOO_LARGE,
+                        "%s '%s' received a key of %zu bytes (1..%d allowed); shorten the "
+                        "keys (e.g. hash them) before the window",
+                        op_name(), s->uid, r->key_len, LK__WIN_MAX_KEY);
+        return 0;
+    }
+    if (!r->value) { /* nothing to reduce; counted, never silent */
+        char name[256];
+        lk__fmt(name, sizeof name, "%s.tombstones", s->uid);
+        lk_accumulator_add(b, name, 1);
+        return 0;
+    }
+    put_slice(buf, floor_div(b->time_ms, s->win->slide_ms));
+    memcpy(buf + LK__WIN_KV_PREFIX, r->key, r->key_len);
+    return LK__WIN_KV_PREFIX + r->key_len;
+}
+
+/* ---- closing boundaries ---- */
+
+typedef struct {
+    lk_batch_t *b;
+    lk_stream_t *s;
+    int64_t *slices; /* live slices (malloc'ed) */
+    size_t n, cap;
+    lk_bytes_t *keys; /* keys of one slice, bytes in the arena */
+    size_t nkeys, capkeys;
+    int64_t lo, hi; /* recomputation: the window's slices [lo, hi] */
+    lk_bytes_t acc;
+    int have;
+    uint32_t count;
+    const lk_bytes_t *key; /* recomputation: the key */
+    int oom;
+    char err[400]; /* a store call's message, before it becomes the batch's */
+} wctx_t;
+
+static int add_live(int64_t slice, void *o) {
+    wctx_t *c = o;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 16;
+        int64_t *n = realloc(c->slices, cap * sizeof *n);
+        if (!n)
+            return c->oom = 1;
+        c->slices = n;
+        c->cap = cap;
+    }
+    c->slices[c->n++] = slice;
+    return 0;
+}
+
+static int add_key(const void *key, size_t klen, void *o) {
+    wctx_t *c = o;
+    if (c->nkeys == c->capkeys) {
+        size_t cap = c->capkeys ? c->capkeys * 2 : 64;
+        lk_bytes_t *n = realloc(c->keys, cap * sizeof *n);
+        if (!n)
+            return c->oom = 1;
+        c->keys = n;
+        c->capkeys = cap;
+    }
+    void *k = lk__batch_copy(c->b, key, klen);
+    if (!k)
+        return c->oom = 1;
+    c->keys[c->nkeys++] = (lk_bytes_t){k, klen};
+    return 0;
+}
+
+static int has_slice(const wctx_t *c, int64_t slice) {
+    for (size_t i = 0; i < c->n; i++)
+        if (c->slices[i] == slice)
+            return 1;
+    return 0;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* reduce (or inverse-reduce) a and v with the user's function, as the stage */
+static lk_bytes_t call_reduce(lk_batch_t *b, lk_stream_t *s, lk_reduce_fn *fn,
+                              const lk_bytes_t *key, const lk_bytes_t *a, const lk_bytes_t *v) {
+    lk_bytes_t out = {NULL, 0};
+    lk_stream_t *saved = b->cur;
+    b->cur = s;
+    fn(b, key, a, v, &out, s->opaque);
+    b->cur = saved;
+    return out;
+}
+
+/* a copy of key's aggregate in slice (LMDB's bytes change with the next write) */
+static int slice_value(wctx_t *c, const lk_bytes_t *key, int64_t slice, lk_bytes_t *out) {
+    const void *v;
+    size_t vlen;
+    lk_err_t e = lk__wstore_slice_get(c->b->txn, c->s->db, key->data, key->len, slice, &v, &vlen);
+    if (e == LK_ERR_NOT_FOUND)
+        return 0;
+    if (e) {
+        lk__batch_failf(c->b, e, "%s '%s': reading a slice: %s", op_name(), c->s->uid,
+                        lk_err_str(e));
+        return -1;
+    }
+    out->data = lk__batch_copy(c->b, v, vlen);
+    out->len = vlen;
+    if (!out->data) {
+        lk__batch_failf(c->b, LK_ERR_NOMEM, "out of memory in '%s'", c->s->uid);
+        return -1;
+    }
+    return 1;
+}
+
+static int fold_slice(int64_t slice, const void *val, size_t vlen, void *o) {
+    wctx_t *c = o;
+    if (slice < c->lo || slice > c->hi)
+        return 0;
+    void *copy = lk__batch_copy(c->b, val, vlen);
+    if (!copy)
+        return c->oom = 1;
+    lk_bytes_t v = {copy, vlen};
+    c->count++;
+    if (!c->have) {
+        c->acc = v;
+        c->have = 1;
+        return 0;
+    }
+    /* the user's reduce may allocate (lk_alloc) but never writes to the store, so the
+     * cursor under this visit stays valid */
+    c->acc = call_reduce(c->b, c->s, c->s->win->reduce, c->key, &c->acc, &v);
+    return 0;
+}
+
+/* The new windowed value of key at boundary k; emit what changed and keep it. */
+static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered, int left) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    const lk__window_t *w = s->win;
+    int64_t n = w->size_ms / w->slide_ms;
+    lk__wvalue_t old;
+    lk_err_t e = lk__wstore_value_get(b->txn, s->db, key->data, key->len, &old);
+    if (e && e != LK_ERR_NOT_FOUND) {
+        lk__batch_failf(b, e, "%s '%s': reading a window value: %s", op_name(), s->uid,
+                        lk_err_str(e));
+        return;
+    }
+    int found = e == LK_OK;
+    lk_bytes_t prev = {NULL, 0};
+    if (found) {
+        prev.data = lk__batch_copy(b, old.val, old.len);
+        prev.len = old.len;
+        if (!prev.data && old.len) {
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            return;
+        }
+        if (!prev.data)
+            prev.data = "";
+    }
+    lk_bytes_t run = {NULL, 0};
+    uint32_t nslices = 0;
+    if (w->inv) {
+        /* Spark's incremental form: old + entering - leaving */
+        if (found) {
+            run = prev;
+            nslices = old.nslices;
+        }
+        lk_bytes_t v;
+        if (entered) {
+            if (slice_value(c, key, k - 1, &v) != 1)
+                goto lost;
+            run = found && nslices ? call_reduce(b, s, w->reduce, key, &run, &v) : v;
+            nslices++;
+        }
+        if (left) {
+            if (!found || !nslices || slice_value(c, key, k - 1 - n, &v) != 1)
+                goto lost;
+            run = call_reduce(b, s, w->inv, key, &run, &v);
+            nslices--;
+        }
+    } else {
+        /* recomputation from the live slices of the window */
+        c->lo = k - n;
+        c->hi = k - 1;
+        c->have = 0;
+        c->count = 0;
+        c->key = key;
+        e = lk__wstore_key_slices(b->txn, s->db, key->data, key->len, fold_slice, c);
+        if (e || c->oom) {
+            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(),
+                            s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+            return;
+        }
+        run = c->acc;
+        nslices = c->count;
+    }
+    if (b->err)
+        return;
+    int was_visible = found && old.visible;
+    lk_record_t r = {key->data, key->len, NULL, 0, k * w->slide_ms, NULL, -1, -1};
+    if (!nslices) {
+        /* the window of key became empty */
+        if (found && (e = lk__wstore_value_del(b->txn, s->db, key->data, key->len, b->errstr,
+                                               sizeof b->errstr))) {
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            return;
+        }
+        if (was_visible)
+            lk__stage_deliver(b, s, &r);
+        return;
+    }
+    if (!run.data)
+        run.data = "";
+    int visible = 1;
+    if (w->filter) {
+        lk_stream_t *saved = b->cur;
+        b->cur = s;
+        visible = w->filter(b, key, &run, s->opaque) != 0;
+        b->cur = saved;
+        if (b->err)
+            return;
+    }
+    int changed = visible != was_visible ||
+                  (visible && (prev.len != run.len || memcmp(prev.data, run.data, run.len)));
+    if (changed || !found || old.nslices != nslices || prev.len != run.len ||
+        memcmp(prev.data, run.data, run.len)) {
+        void *scratch = lk_alloc(b, 5 + run.len);
+        if (!scratch) {
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            return;
+        }
+        lk__wvalue_t nv = {nslices, visible, run.data, run.len};
+        if ((e = lk__wstore_value_put(b->txn, s->db, key->data, key->len, &nv, scratch,
+                                      b->time_ms, c->err, sizeof c->err))) {
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            return;
+        }
+    }
+    if (!changed)
+        return;
+    if (visible) {
+        r.value = run.data;
+        r.value_len = run.len;
+    }
+    lk__stage_deliver(b, s, &r);
+    return;
+lost:
+    if (!b->err)
+        lk__batch_failf(b, LK_ERR_CORRUPT,
+                        "%s '%s': the window state of a key is inconsistent (a slice or its "
+                        "running value is missing); the checkpoint is damaged",
+                        op_name(), s->uid);
+}
+
+static void close_boundary(wctx_t *c, int64_t k) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    int64_t n = s->win->size_ms / s->win->slide_ms;
+    int64_t enter = k - 1, leave = k - 1 - n;
+    int has_enter = has_slice(c, enter), has_leave = has_slice(c, leave);
+    lk_err_t e;
+    size_t nenter = 0;
+    c->nkeys = 0;
+    if (has_enter) {
+        if ((e = lk__wstore_slice_keys(b->txn, s->db, enter, add_key, c)) || c->oom)
+            goto fail;
+        nenter = c->nkeys;
+    }
+    if (has_leave && ((e = lk__wstore_slice_keys(b->txn, s->db, leave, add_key, c)) || c->oom))
+        goto fail;
+    for (size_t i = 0; i < c->nkeys && !b->err; i++) {
+        lk_bytes_t key = c->keys[i];
+        lk_bytes_t v;
+        if (i < nenter) {
+            int l = has_leave ? slice_value(c, &key, leave, &v) : 0;
+            if (l >= 0)
+                update_key(c, &key, k, 1, l);
+        } else {
+            /* leaving only; keys also entering were handled above */
+            int en = has_enter ? slice_value(c, &key, enter, &v) : 0;
+            if (en == 0)
+                update_key(c, &key, k, 0, 1);
+        }
+    }
+    if (!b->err && has_leave &&
+        (e = lk__wstore_expire(b->txn, s->db, leave, NULL, c->err, sizeof c->err)))
+        lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+    return;
+fail:
+    e = e ? e : LK_ERR_NOMEM;
+    lk__batch_failf(b, e, "%s '%s': reading the keys of a slice: %s", op_name(), s->uid,
+                    lk_err_str(e));
+}
+
+static void close_until(wctx_t *c, int64_t closed, int64_t now) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    int64_t n = s->win->size_ms / s->win->slide_ms;
+    lk_err_t e = lk__wstore_slices(b->txn, s->db, INT64_MIN, add_live, c);
+    if (e || c->oom) {
+        lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading live slices: %s",
+                        op_name(), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+        return;
+    }
+    /* the boundaries where something changes: a live slice enters (j+1) or leaves
+     * (j+1+n); any other boundary changes no window */
+    int64_t *ks = malloc((2 * c->n + 1) * sizeof *ks);
+    if (!ks) {
+        lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+        return;
+    }
+    size_t nk = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        int64_t cand[2] = {c->slices[i] + 1, c->slices[i] + 1 + n};
+        for (int j = 0; j < 2; j++)
+            if (cand[j] > closed && cand[j] <= now)
+                ks[nk++] = cand[j];
+    }
+    qsort(ks, nk, sizeof *ks, cmp_i64);
+    for (size_t i = 0; i < nk && !b->err; i++)
+        if (i == 0 || ks[i] != ks[i - 1])
+            close_boundary(c, ks[i]);
+    free(ks);
+}
+
+/* Add the batch's aggregates, collected per (slice, key), to the slices. */
+static void add_collected(wctx_t *c) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    for (size_t i = 0; i < s->kv.norder && !b->err; i++) {
+        lk__kv_entry_t *ent = s->kv.order[i];
+        int64_t slice = get_slice(ent->key.data);
+        lk_bytes_t key = {(const char *)ent->key.data + LK__WIN_KV_PREFIX,
+                          ent->key.len - LK__WIN_KV_PREFIX};
+        lk_bytes_t old, val = ent->acc;
+        int have = slice_value(c, &key, slice, &old);
+        if (have < 0)
+            return;
+        if (have)
+            val = call_reduce(b, s, s->win->reduce, &key, &old, &ent->acc);
+        if (b->err)
+            return;
+        lk_err_t e = lk__wstore_slice_put(b->txn, s->db, key.data, key.len, slice,
+                                          val.data ? val.data : "", val.len, have, b->time_ms,
+                                          c->err, sizeof c->err);
+        if (e)
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+    }
+}
+
+void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
+    const lk__window_t *w = s->win;
+    wctx_t cs = {.b = b, .s = s}, *c = &cs;
+    int64_t now = floor_div(b->time_ms, w->slide_ms);
+    int64_t closed;
+    lk_err_t e = lk__wstore_meta_get(b->txn, s->db, "closed", &closed);
+    if (e == LK_ERR_NOT_FOUND) {
+        closed = now; /* the first batch: no window ended before it */
+        e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
+                                sizeof b->errstr);
+        if (e) {
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            return;
+        }
+    } else if (e) {
+        lk__batch_failf(b, e, "%s '%s': reading its position in time: %s", op_name(), s->uid,
+                        lk_err_str(e));
+        return;
+    } else if (closed > now) {
+        /* batch times only grow (the plan keeps them so across restarts) */
+        lk__batch_failf(b, LK_ERR_STATE,
+                        "%s '%s': batch time %lld ms is in slide %lld, before the last "
+                        "closed slide %lld",
+                        op_name(), s->uid, (long long)b->time_ms, (long long)now,
+                        (long long)closed);
+        return;
+    }
+    if (closed < now) {
+        close_until(c, closed, now);
+        if (!b->err &&
+            (e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
+                                     sizeof b->errstr)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+    }
+    if (!b->err)
+        add_collected(c);
+    free(c->slices);
+    free(c->keys);
+}

@@ -1,0 +1,336 @@
+/*
+ * window_store.c — a window operator's database (layout in window_store_int.h), built
+ * on the store's keyed-state primitives: every write goes through lk__store_state_put /
+ * _del, so it lands in the batch's transaction and in its replay log (map growth), and
+ * reads are cursor range scans in key order. Nothing here knows about batches or
+ * watermarks; connector/window.c decides what to read and write.
+ */
+#include "window_store_int.h"
+#include "../core/util_int.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* slices are signed; flipping the sign bit makes big-endian byte order numeric order */
+static void put_slice(unsigned char *p, int64_t s) {
+    lk__put_be64(p, (uint64_t)s ^ (UINT64_C(1) << 63));
+}
+static int64_t get_slice(const unsigned char *p) {
+    return (int64_t)(lk__get_be64(p) ^ (UINT64_C(1) << 63));
+}
+
+/* 'S' be16(klen) key [be64(slice)] into k (LK__WIN_MAX_KEY + 11 bytes); returns length */
+static size_t skey(unsigned char *k, const void *key, size_t klen, const int64_t *slice) {
+    k[0] = 'S';
+    k[1] = (unsigned char)(klen >> 8);
+    k[2] = (unsigned char)klen;
+    memcpy(k + 3, key, klen);
+    if (!slice)
+        return 3 + klen;
+    put_slice(k + 3 + klen, *slice);
+    return 3 + klen + 8;
+}
+
+/* 'E' be64(slice) [be16(klen) key] */
+static size_t ekey(unsigned char *k, int64_t slice, const void *key, size_t klen) {
+    k[0] = 'E';
+    put_slice(k + 1, slice);
+    if (!key)
+        return 9;
+    k[9] = (unsigned char)(klen >> 8);
+    k[10] = (unsigned char)klen;
+    memcpy(k + 11, key, klen);
+    return 11 + klen;
+}
+
+static size_t lkey(unsigned char *k, int64_t slice) {
+    k[0] = 'L';
+    put_slice(k + 1, slice);
+    return 9;
+}
+
+static size_t vkey(unsigned char *k, const void *key, size_t klen) {
+    k[0] = 'V';
+    k[1] = (unsigned char)(klen >> 8);
+    k[2] = (unsigned char)klen;
+    memcpy(k + 3, key, klen);
+    return 3 + klen;
+}
+
+#define KEYBUF (LK__WIN_MAX_KEY + 16)
+
+static lk_err_t key_too_long(size_t klen, char *errstr, size_t errstr_size) {
+    return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
+                   "window key of %zu bytes (at most %d)", klen, LK__WIN_MAX_KEY);
+}
+
+lk_err_t lk__wstore_meta_get(lk_store_txn_t *t, lk_state_db_t db, const char *name,
+                             int64_t *v) {
+    unsigned char k[64];
+    size_t n = strlen(name);
+    if (n + 1 > sizeof k)
+        return LK_ERR_INVALID_ARG;
+    k[0] = 'M';
+    memcpy(k + 1, name, n);
+    const void *val;
+    size_t vlen;
+    lk_err_t e = lk__store_state_get(t, db, k, n + 1, &val, &vlen, NULL);
+    if (e)
+        return e;
+    if (vlen != 8)
+        return LK_ERR_CORRUPT;
+    *v = (int64_t)lk__get_be64(val);
+    return LK_OK;
+}
+
+lk_err_t lk__wstore_meta_put(lk_store_txn_t *t, lk_state_db_t db, const char *name,
+                             int64_t v, int64_t now_ms, char *errstr, size_t errstr_size) {
+    unsigned char k[64], val[8];
+    size_t n = strlen(name);
+    if (n + 1 > sizeof k)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "meta name too long");
+    k[0] = 'M';
+    memcpy(k + 1, name, n);
+    lk__put_be64(val, (uint64_t)v);
+    return lk__store_state_put(t, db, k, n + 1, val, 8, now_ms, errstr, errstr_size);
+}
+
+lk_err_t lk__wstore_slice_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                              size_t klen, int64_t slice, const void **val, size_t *vlen) {
+    if (klen > LK__WIN_MAX_KEY)
+        return LK_ERR_TOO_LARGE;
+    unsigned char k[KEYBUF];
+    return lk__store_state_get(t, db, k, skey(k, key, klen, &slice), val, vlen, NULL);
+}
+
+lk_err_t lk__wstore_slice_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                              size_t klen, int64_t slice, const void *val, size_t vlen,
+                              int known, int64_t now_ms, char *errstr, size_t errstr_size) {
+    if (klen > LK__WIN_MAX_KEY)
+        return key_too_long(klen, errstr, errstr_size);
+    unsigned char k[KEYBUF];
+    lk_err_t e = lk__store_state_put(t, db, k, skey(k, key, klen, &slice), val, vlen, now_ms,
+                                     errstr, errstr_size);
+    if (!e && !known)
+        e = lk__store_state_put(t, db, k, ekey(k, slice, key, klen), "", 0, now_ms, errstr,
+                                errstr_size);
+    if (!e && !known)
+        e = lk__store_state_put(t, db, k, lkey(k, slice), "", 0, now_ms, errstr, errstr_size);
+    return e;
+}
+
+typedef struct {
+    unsigned char prefix[KEYBUF];
+    size_t plen;
+    int (*slice_cb)(int64_t, void *);
+    int (*key_cb)(const void *, size_t, void *);
+    int (*kslice_cb)(int64_t, const void *, size_t, void *);
+    void *opaque;
+} walk_t;
+
+static int in_prefix(const walk_t *w, const void *k, size_t klen) {
+    return klen >= w->plen && !memcmp(k, w->prefix, w->plen);
+}
+
+static int each_slice(const void *k, size_t klen, const void *v, size_t vlen, int64_t upd,
+                      void *o) {
+    (void)v, (void)vlen, (void)upd;
+    walk_t *w = o;
+    if (!in_prefix(w, k, klen) || klen != 9)
+        return 1;
+    return w->slice_cb(get_slice((const unsigned char *)k + 1), w->opaque);
+}
+
+lk_err_t lk__wstore_slices(lk_store_txn_t *t, lk_state_db_t db, int64_t from,
+                           int (*cb)(int64_t slice, void *opaque), void *opaque) {
+    walk_t w = {.prefix = "L", .plen = 1, .slice_cb = cb, .opaque = opaque};
+    unsigned char after[9];
+    size_t alen = 1;
+    if (from == INT64_MIN)
+        after[0] = 'L'; /* strictly after "L": the first slice */
+    else
+        alen = lkey(after, from - 1);
+    size_t visited;
+    return lk__store_state_scan(t, db, after, alen, SIZE_MAX, each_slice, &w, &visited);
+}
+
+static int each_slice_key(const void *k, size_t klen, const void *v, size_t vlen, int64_t upd,
+                          void *o) {
+    (void)v, (void)vlen, (void)upd;
+    walk_t *w = o;
+    if (!in_prefix(w, k, klen) || klen < 11)
+        return 1;
+    return w->key_cb((const unsigned char *)k + 11, klen - 11, w->opaque);
+}
+
+lk_err_t lk__wstore_slice_keys(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
+                               int (*cb)(const void *key, size_t klen, void *opaque),
+                               void *opaque) {
+    walk_t w = {.key_cb = cb, .opaque = opaque};
+    w.plen = ekey(w.prefix, slice, NULL, 0);
+    size_t visited; /* the prefix itself is never a key: "strictly after" starts at it */
+    return lk__store_state_scan(t, db, w.prefix, w.plen, SIZE_MAX, each_slice_key, &w,
+                                &visited);
+}
+
+static int each_key_slice(const void *k, size_t klen, const void *v, size_t vlen,
+                          int64_t upd, void *o) {
+    (void)upd;
+    walk_t *w = o;
+    if (!in_prefix(w, k, klen) || klen != w->plen + 8)
+        return 1;
+    return w->kslice_cb(get_slice((const unsigned char *)k + w->plen), v, vlen, w->opaque);
+}
+
+lk_err_t lk__wstore_key_slices(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                               size_t klen,
+                               int (*cb)(int64_t slice, const void *val, size_t vlen,
+                                         void *opaque),
+                               void *opaque) {
+    if (klen > LK__WIN_MAX_KEY)
+        return LK_ERR_TOO_LARGE;
+    walk_t w = {.kslice_cb = cb, .opaque = opaque};
+    w.plen = skey(w.prefix, key, klen, NULL);
+    size_t visited;
+    return lk__store_state_scan(t, db, w.prefix, w.plen, SIZE_MAX, each_key_slice, &w,
+                                &visited);
+}
+
+/* ---- expiry ---- */
+
+typedef struct {
+    int64_t upto;
+    int64_t slice; /* the oldest live slice, if found */
+    int found;
+    /* keys of the slice being expired, copied: no write may happen during a scan */
+    unsigned char *buf;
+    size_t len, cap;
+    size_t nkeys;
+    int oom;
+} expire_t;
+
+static int first_slice(int64_t slice, void *o) {
+    expire_t *x = o;
+    if (slice <= x->upto) {
+        x->slice = slice;
+        x->found = 1;
+    }
+    return 1;
+}
+
+#define EXPIRE_CHUNK 4096 /* keys collected per scan: bounded memory for a huge slice */
+
+static int collect_key(const void *key, size_t klen, void *o) {
+    expire_t *x = o;
+    if (x->len + 2 + klen > x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 16384;
+        while (cap < x->len + 2 + klen)
+            cap *= 2;
+        unsigned char *n = realloc(x->buf, cap);
+        if (!n)
+            return x->oom = 1;
+        x->buf = n;
+        x->cap = cap;
+    }
+    x->buf[x->len] = (unsigned char)(klen >> 8);
+    x->buf[x->len + 1] = (unsigned char)klen;
+    memcpy(x->buf + x->len + 2, key, klen);
+    x->len += 2 + klen;
+    return ++x->nkeys >= EXPIRE_CHUNK;
+}
+
+lk_err_t lk__wstore_expire(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
+                           uint64_t *deleted, char *errstr, size_t errstr_size) {
+    expire_t x = {.upto = upto};
+    lk_err_t e = LK_OK;
+    uint64_t n = 0;
+    unsigned char k[KEYBUF];
+    for (;;) {
+        x.found = 0;
+        if ((e = lk__wstore_slices(t, db, INT64_MIN, first_slice, &x))) {
+            e = lk__err(e, errstr, errstr_size, "window state: reading live slices: %s",
+                        lk_err_str(e));
+            break;
+        }
+        if (!x.found)
+            break;
+        /* the slice's keys, a chunk at a time; each chunk is deleted before the next
+         * scan, which therefore starts again at the slice's first remaining key */
+        for (;;) {
+            x.len = x.nkeys = 0;
+            if ((e = lk__wstore_slice_keys(t, db, x.slice, collect_key, &x)) || x.oom) {
+                e = lk__err(e ? e : LK_ERR_NOMEM, errstr, errstr_size,
+                            "window state: reading slice keys: %s",
+                            lk_err_str(e ? e : LK_ERR_NOMEM));
+                goto out;
+            }
+            if (!x.nkeys)
+                break;
+            for (size_t off = 0; off < x.len && !e;) {
+                size_t klen = (size_t)x.buf[off] << 8 | x.buf[off + 1];
+                const unsigned char *key = x.buf + off + 2;
+                e = lk__store_state_del(t, db, k, skey(k, key, klen, &x.slice), errstr,
+                                        errstr_size);
+                if (!e)
+                    e = lk__store_state_del(t, db, k, ekey(k, x.slice, key, klen), errstr,
+                                            errstr_size);
+                n++;
+                off += 2 + klen;
+            }
+            if (e)
+                goto out;
+        }
+        if ((e = lk__store_state_del(t, db, k, lkey(k, x.slice), errstr, errstr_size)))
+            break;
+    }
+out:
+    free(x.buf);
+    if (deleted)
+        *deleted = n;
+    return e;
+}
+
+/* ---- running values ---- */
+
+lk_err_t lk__wstore_value_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                              size_t klen, lk__wvalue_t *out) {
+    if (klen > LK__WIN_MAX_KEY)
+        return LK_ERR_TOO_LARGE;
+    unsigned char k[KEYBUF];
+    const void *val;
+    size_t vlen;
+    lk_err_t e = lk__store_state_get(t, db, k, vkey(k, key, klen), &val, &vlen, NULL);
+    if (e)
+        return e;
+    if (vlen < 5)
+        return LK_ERR_CORRUPT;
+    const unsigned char *p = val;
+    out->nslices = lk__get_be32(p);
+    out->visible = p[4] != 0;
+    out->val = p + 5;
+    out->len = vlen - 5;
+    return LK_OK;
+}
+
+lk_err_t lk__wstore_value_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                              size_t klen, const lk__wvalue_t *v, void *scratch,
+                              int64_t now_ms, char *errstr, size_t errstr_size) {
+    if (klen > LK__WIN_MAX_KEY)
+        return key_too_long(klen, errstr, errstr_size);
+    unsigned char k[KEYBUF], *p = scratch;
+    lk__put_be32(p, v->nslices);
+    p[4] = v->visible ? 1 : 0;
+    if (v->len)
+        memmove(p + 5, v->val, v->len);
+    return lk__store_state_put(t, db, k, vkey(k, key, klen), p, 5 + v->len, now_ms, errstr,
+                               errstr_size);
+}
+
+lk_err_t lk__wstore_value_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                              size_t klen, char *errstr, size_t errstr_size) {
+    if (klen > LK__WIN_MAX_KEY)
+        return key_too_long(klen, errstr, errstr_size);
+    unsigned char k[KEYBUF];
+    return lk__store_state_del(t, db, k, vkey(k, key, klen), errstr, errstr_size);
+}
