@@ -170,6 +170,7 @@ const char *lk__stage_kind_name(lk__stage_kind_t k) {
     case LK__ST_FOREACH: return "foreach_batch";
     case LK__ST_OUTBOX: return "outbox";
     case LK__ST_WINDOW: return "reduce_by_key_and_window";
+    case LK__ST_SIDE: return "window_late";
     }
     return "?";
 }
@@ -191,7 +192,7 @@ static void stage_free(lk_stream_t *s) {
     free(s->recs);
     free(s->scan_key);
     free(s->scan_next);
-    free(s->win);
+    lk__window_free(s->win);
     free(s);
 }
 
@@ -585,10 +586,12 @@ static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         process(b, s->children[i], r);
 }
 
-void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
+void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int side) {
     lk_stream_t *saved = b->cur;
     b->cur = s;
-    deliver(b, s, r);
+    for (size_t i = 0; i < s->nchildren && !b->err; i++)
+        if ((s->children[i]->kind == LK__ST_SIDE) == !!side)
+            process(b, s->children[i], r);
     b->cur = saved;
 }
 
@@ -622,6 +625,11 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     lk_stream_t *saved = b->cur;
     switch (s->kind) {
     case LK__ST_SOURCE:
+        break;
+    case LK__ST_SIDE:
+        b->cur = s;
+        deliver(b, s, r);
+        b->cur = saved;
         break;
     case LK__ST_MAP:
     case LK__ST_FLAT_MAP: {
@@ -788,6 +796,7 @@ void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_
     b->time_ms = time_ms;
     b->txn = txn;
     b->cur = NULL;
+    b->input = NULL;
     b->err = LK_OK;
     b->errstr[0] = 0;
     b->records_out = 0;
@@ -803,7 +812,9 @@ void lk__batch_push_input(lk_batch_t *b, lk_pipeline_t *p, const lk_record_t *r)
         for (size_t t = 0; t < s->ntopics; t++)
             if (!strcmp(s->topics[t], r->topic)) {
                 b->cur = s;
+                b->input = r;
                 deliver(b, s, r);
+                b->input = NULL;
                 b->cur = NULL;
                 break;
             }
@@ -993,6 +1004,8 @@ void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p) {
         lk_stream_t *s = p->stages[i];
         kv_clear(&s->kv);
         s->nrecs = 0;
+        if (s->win)
+            lk__window_reset(s);
         free(s->scan_next); /* a batch that did not commit does not move the sweep */
         s->scan_next = NULL;
         s->scan_pending = 0;

@@ -21,6 +21,7 @@ typedef enum {
     LK__ST_FOREACH,
     LK__ST_OUTBOX,
     LK__ST_WINDOW, /* window.c */
+    LK__ST_SIDE,   /* a window's late records (pass-through, fed by the window only) */
 } lk__stage_kind_t;
 
 /** Kind names as recorded in the checkpoint's topology (stable strings). */
@@ -120,6 +121,7 @@ struct lk_batch {
     lk_store_txn_t *txn;
     lk__arena_t arena;
     lk_stream_t *cur; /* stage whose callback is running (where lk_emit goes) */
+    const lk_record_t *input; /* the input record being pushed, NULL at the batch's end */
     int expiring;
     lk_err_t err; /* first error inside callbacks: the batch fails */
     char errstr[512];
@@ -160,8 +162,8 @@ void lk__pipeline_committed(lk_pipeline_t *p);
 /** A stage derived from in (checks in, uid and fn); NULL with the pipeline failed. */
 lk_stream_t *lk__stage_derive(lk_stream_t *in, lk__stage_kind_t kind, const char *uid,
                               const void *fn, void *opaque, const char *what);
-/** Push r to s's children. */
-void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r);
+/** Push r to s's children: side outputs (LK__ST_SIDE) if side, else the others. */
+void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int side);
 /** Fail the batch (the first error wins). */
 void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
 /** Copy bytes into the batch's arena (NULL stays NULL; NULL also when out of memory). */

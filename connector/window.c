@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define LK__EVENT_TIME_LIMIT (INT64_C(1) << 61) /* far beyond any real time; no overflow */
+
 static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
     if ((a % b) && ((a < 0) != (b < 0)))
@@ -30,7 +32,22 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return q;
 }
 
-static const char *op_name(void) { return "reduce_by_key_and_window"; }
+/* the operator's name in messages */
+static const char *op_name(const lk_stream_t *s) {
+    return s->win && s->win->domain == LK__WIN_EVENT_TIME ? "window_by_event_time"
+                                                          : "reduce_by_key_and_window";
+}
+
+void lk__window_free(lk__window_t *w) {
+    if (w)
+        free(w->parts);
+    free(w);
+}
+
+void lk__window_reset(lk_stream_t *s) {
+    s->win->wm_loaded = 0;
+    s->win->nparts = 0;
+}
 
 lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
                                          int schema_version, int64_t window_ms,
@@ -41,14 +58,14 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
         return NULL;
     const char *u = uid ? uid : "";
     if (schema_version < 1) {
-        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1", op_name(), u);
+        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1", "reduce_by_key_and_window", u);
         return NULL;
     }
     if (slide_ms <= 0 || window_ms <= 0 || window_ms % slide_ms) {
         lk_pipeline_fail(in->p,
                          "%s '%s': window %lld ms and slide %lld ms: both must be > 0 and "
                          "the window a multiple of the slide",
-                         op_name(), u, (long long)window_ms, (long long)slide_ms);
+                         "reduce_by_key_and_window", u, (long long)window_ms, (long long)slide_ms);
         return NULL;
     }
     lk__window_t *w = calloc(1, sizeof *w);
@@ -61,13 +78,18 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
         return NULL;
     }
     lk_stream_t *s = lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)reduce, opaque,
-                                      op_name());
+                                      "reduce_by_key_and_window");
     if (!s) {
         free(w);
         free(params);
         return NULL;
     }
-    *w = (lk__window_t){LK__WIN_BATCH_TIME, window_ms, slide_ms, reduce, inv_reduce, filter};
+    *w = (lk__window_t){.domain = LK__WIN_BATCH_TIME,
+                        .size_ms = window_ms,
+                        .slide_ms = slide_ms,
+                        .reduce = reduce,
+                        .inv = inv_reduce,
+                        .filter = filter};
     s->win = w;
     s->fn.reduce = reduce;
     s->schema_version = schema_version;
@@ -76,17 +98,128 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
     return s;
 }
 
+lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schema_version,
+                                     const lk_window_spec_t *spec, lk_reduce_fn *reduce,
+                                     void *opaque) {
+    if (!in)
+        return NULL;
+    const char *u = uid ? uid : "", *what = "window_by_event_time";
+    if (schema_version < 1) {
+        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1", what, u);
+        return NULL;
+    }
+    if (!spec) {
+        lk_pipeline_fail(in->p, "%s '%s': no window spec given", what, u);
+        return NULL;
+    }
+    int64_t adv = spec->kind == LK_WINDOW_TUMBLING ? spec->size_ms : spec->advance_ms;
+    const char *kind = spec->kind == LK_WINDOW_TUMBLING  ? "tumbling"
+                       : spec->kind == LK_WINDOW_HOPPING ? "hopping"
+                                                         : NULL;
+    const char *bad = NULL;
+    if (!kind)
+        bad = "kind must be LK_WINDOW_TUMBLING or LK_WINDOW_HOPPING";
+    else if (spec->size_ms <= 0)
+        bad = "size_ms must be > 0";
+    else if (spec->kind == LK_WINDOW_TUMBLING && spec->advance_ms &&
+             spec->advance_ms != spec->size_ms)
+        bad = "a tumbling window advances by its size: leave advance_ms 0";
+    else if (spec->kind == LK_WINDOW_HOPPING && (adv <= 0 || spec->size_ms % adv))
+        bad = "a hopping window's advance_ms must be > 0 and divide size_ms";
+    else if (spec->grace_ms < 0 || spec->idle_ms < 0)
+        bad = "grace_ms and idle_ms must be >= 0";
+    else if (spec->size_ms >= LK__EVENT_TIME_LIMIT || spec->grace_ms >= LK__EVENT_TIME_LIMIT)
+        bad = "size_ms and grace_ms must be below 2^61";
+    else if (spec->emit != LK_WINDOW_EMIT_ON_CLOSE && spec->emit != LK_WINDOW_EMIT_ON_UPDATE)
+        bad = "emit must be LK_WINDOW_EMIT_ON_CLOSE or LK_WINDOW_EMIT_ON_UPDATE";
+    if (bad) {
+        lk_pipeline_fail(in->p, "%s '%s': %s", what, u, bad);
+        return NULL;
+    }
+    lk__window_t *w = calloc(1, sizeof *w);
+    char *params = NULL;
+    if (!w || asprintf(&params,
+                       "time=event,kind=%s,size.ms=%lld,advance.ms=%lld,grace.ms=%lld,"
+                       "emit=%s,event.time=%s",
+                       kind, (long long)spec->size_ms, (long long)adv,
+                       (long long)spec->grace_ms,
+                       spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
+                       spec->event_time ? "function" : "kafka") < 0) {
+        free(w);
+        lk_pipeline_fail(in->p, "out of memory");
+        return NULL;
+    }
+    lk_stream_t *s = lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)reduce, opaque, what);
+    if (!s) {
+        free(w);
+        free(params);
+        return NULL;
+    }
+    *w = (lk__window_t){.domain = LK__WIN_EVENT_TIME,
+                        .size_ms = spec->size_ms,
+                        .slide_ms = adv,
+                        .reduce = reduce,
+                        .grace_ms = spec->grace_ms,
+                        .idle_ms = spec->idle_ms,
+                        .emit = spec->emit,
+                        .event_time = spec->event_time};
+    s->win = w;
+    s->fn.reduce = reduce;
+    s->schema_version = schema_version;
+    free(s->params);
+    s->params = params;
+    return s;
+}
+
+lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid) {
+    if (!window)
+        return NULL;
+    if (window->kind != LK__ST_WINDOW || window->win->domain != LK__WIN_EVENT_TIME) {
+        lk_pipeline_fail(window->p, "lk_window_late('%s'): '%s' is not an event-time window",
+                         uid ? uid : "", window->uid);
+        return NULL;
+    }
+    /* a side output has no function: the window stage is passed as the non-NULL one */
+    return lk__stage_derive(window, LK__ST_SIDE, uid, window, NULL, "window_late");
+}
+
+lk_err_t lk_window_result_parse(const void *value, size_t len, lk_window_result_t *out) {
+    if (!value || len < 17 || !out)
+        return LK_ERR_INVALID_ARG;
+    const unsigned char *p = value;
+    out->start_ms = (int64_t)lk__get_be64(p);
+    out->end_ms = (int64_t)lk__get_be64(p + 8);
+    out->final = p[16] != 0;
+    out->value = p + 17;
+    out->value_len = len - 17;
+    return LK_OK;
+}
+
+/* The value of an event-time window's record: be64 start, be64 end, u8 final, bytes. */
+static void *frame(lk_batch_t *b, int64_t start, int64_t end, int final, const void *v,
+                   size_t vlen) {
+    unsigned char *p = lk_alloc(b, 17 + vlen);
+    if (!p)
+        return NULL;
+    lk__put_be64(p, (uint64_t)start);
+    lk__put_be64(p + 8, (uint64_t)end);
+    p[16] = (unsigned char)(final != 0);
+    if (vlen)
+        memcpy(p + 17, v, vlen);
+    return p;
+}
+
 lk_err_t lk__window_check_conf(const lk_pipeline_t *p, int64_t interval, char *errstr,
                                size_t errstr_size) {
     for (size_t i = 0; i < p->nstages; i++) {
         const lk_stream_t *s = p->stages[i];
-        if (s->kind != LK__ST_WINDOW || interval <= 0)
+        if (s->kind != LK__ST_WINDOW || s->win->domain != LK__WIN_BATCH_TIME || interval <= 0)
             continue;
         if (s->win->size_ms % interval || s->win->slide_ms % interval)
             return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                            "%s '%s': window %lld ms and slide %lld ms must be multiples of "
                            "batch.interval.ms (%lld)",
-                           op_name(), s->uid, (long long)s->win->size_ms,
+                           op_name(s), s->uid, (long long)s->win->size_ms,
                            (long long)s->win->slide_ms, (long long)interval);
     }
     return LK_OK;
@@ -100,20 +233,103 @@ static int64_t get_slice(const unsigned char *p) {
     return (int64_t)(lk__get_be64(p) ^ (UINT64_C(1) << 63));
 }
 
+/* The watermark committed before this batch (read once per batch). */
+static int load_wm(lk_batch_t *b, lk_stream_t *s) {
+    lk__window_t *w = s->win;
+    if (w->wm_loaded)
+        return 1;
+    lk_err_t e = lk__wstore_meta_get(b->txn, s->db, "wm", &w->wm);
+    if (e == LK_ERR_NOT_FOUND) {
+        w->wm = INT64_MIN;
+    } else if (e) {
+        lk__batch_failf(b, e, "%s '%s': reading the watermark: %s", op_name(s), s->uid,
+                        lk_err_str(e));
+        return 0;
+    }
+    w->wm_loaded = 1;
+    return 1;
+}
+
+
+/* Event time: the record's slice (1), or 0 when it is late (counted, sent to the side
+ * output) or an error was recorded. */
+static int event_slice(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int64_t *slice) {
+    lk__window_t *w = s->win;
+    int64_t et;
+    if (w->event_time) {
+        lk_stream_t *saved = b->cur;
+        b->cur = s;
+        et = w->event_time(b, r, s->opaque);
+        b->cur = saved;
+        if (b->err)
+            return 0;
+    } else {
+        et = b->input ? b->input->timestamp_ms : r->timestamp_ms;
+    }
+    if (et <= -LK__EVENT_TIME_LIMIT || et >= LK__EVENT_TIME_LIMIT) {
+        lk__batch_failf(b, LK_ERR_INVALID_ARG,
+                        "%s '%s': event time %lld ms is out of range (|t| < 2^61)",
+                        op_name(s), s->uid, (long long)et);
+        return 0;
+    }
+    /* the input partition's highest event time in this batch */
+    if (b->input && b->input->topic) {
+        size_t i;
+        for (i = 0; i < w->nparts; i++)
+            if (w->parts[i].partition == b->input->partition &&
+                !strcmp(w->parts[i].topic, b->input->topic))
+                break;
+        if (i == w->nparts) {
+            if (w->nparts == w->capparts) {
+                size_t cap = w->capparts ? w->capparts * 2 : 8;
+                lk__wpart_t *n = realloc(w->parts, cap * sizeof *n);
+                if (!n) {
+                    lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                    return 0;
+                }
+                w->parts = n;
+                w->capparts = cap;
+            }
+            w->parts[w->nparts++] = (lk__wpart_t){b->input->topic, b->input->partition, et};
+        } else if (et > w->parts[i].max) {
+            w->parts[i].max = et;
+        }
+    }
+    if (!load_wm(b, s))
+        return 0;
+    *slice = floor_div(et, w->slide_ms);
+    int64_t start = *slice * w->slide_ms, end = start + w->size_ms;
+    if (end > w->wm)
+        return 1;
+    /* late: every window holding et has closed. Never silent. */
+    char name[256];
+    lk__fmt(name, sizeof name, "%s.late", s->uid);
+    if (lk_accumulator_add(b, name, 1))
+        return 0;
+    void *v = frame(b, start, end, 0, r->value, r->value_len);
+    if (!v) {
+        lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+        return 0;
+    }
+    lk_record_t late = {r->key, r->key_len, v, 17 + r->value_len, et, NULL, -1, -1};
+    lk__stage_deliver(b, s, &late, 1);
+    return 0;
+}
+
 size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
                          unsigned char *buf) {
     if (!r->key) {
         lk__batch_failf(b, LK_ERR_INVALID_ARG,
                         "%s '%s' received a record without a key; key the records (e.g. "
                         "with a map) before the window",
-                        op_name(), s->uid);
+                        op_name(s), s->uid);
         return 0;
     }
     if (r->key_len == 0 || r->key_len > LK__WIN_MAX_KEY) {
         lk__batch_failf(b, LK_ERR_TOO_LARGE,
                         "%s '%s' received a key of %zu bytes (1..%d allowed); shorten the "
                         "keys (e.g. hash them) before the window",
-                        op_name(), s->uid, r->key_len, LK__WIN_MAX_KEY);
+                        op_name(s), s->uid, r->key_len, LK__WIN_MAX_KEY);
         return 0;
     }
     if (!r->value) { /* nothing to reduce; counted, never silent */
@@ -122,7 +338,13 @@ size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
         lk_accumulator_add(b, name, 1);
         return 0;
     }
-    put_slice(buf, floor_div(b->time_ms, s->win->slide_ms));
+    int64_t slice;
+    if (s->win->domain == LK__WIN_BATCH_TIME) {
+        slice = floor_div(b->time_ms, s->win->slide_ms);
+    } else if (!event_slice(b, s, r, &slice)) {
+        return 0;
+    }
+    put_slice(buf, slice);
     memcpy(buf + LK__WIN_KV_PREFIX, r->key, r->key_len);
     return LK__WIN_KV_PREFIX + r->key_len;
 }
@@ -207,7 +429,7 @@ static int slice_value(wctx_t *c, const lk_bytes_t *key, int64_t slice, lk_bytes
     if (e == LK_ERR_NOT_FOUND)
         return 0;
     if (e) {
-        lk__batch_failf(c->b, e, "%s '%s': reading a slice: %s", op_name(), c->s->uid,
+        lk__batch_failf(c->b, e, "%s '%s': reading a slice: %s", op_name(c->s), c->s->uid,
                         lk_err_str(e));
         return -1;
     }
@@ -249,7 +471,7 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
     lk__wvalue_t old;
     lk_err_t e = lk__wstore_value_get(b->txn, s->db, key->data, key->len, &old);
     if (e && e != LK_ERR_NOT_FOUND) {
-        lk__batch_failf(b, e, "%s '%s': reading a window value: %s", op_name(), s->uid,
+        lk__batch_failf(b, e, "%s '%s': reading a window value: %s", op_name(s), s->uid,
                         lk_err_str(e));
         return;
     }
@@ -295,7 +517,7 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
         c->key = key;
         e = lk__wstore_key_slices(b->txn, s->db, key->data, key->len, fold_slice, c);
         if (e || c->oom) {
-            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(),
+            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(s),
                             s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
             return;
         }
@@ -310,11 +532,11 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
         /* the window of key became empty */
         if (found && (e = lk__wstore_value_del(b->txn, s->db, key->data, key->len, b->errstr,
                                                sizeof b->errstr))) {
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
             return;
         }
         if (was_visible)
-            lk__stage_deliver(b, s, &r);
+            lk__stage_deliver(b, s, &r, 0);
         return;
     }
     if (!run.data)
@@ -340,7 +562,7 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
         lk__wvalue_t nv = {nslices, visible, run.data, run.len};
         if ((e = lk__wstore_value_put(b->txn, s->db, key->data, key->len, &nv, scratch,
                                       b->time_ms, c->err, sizeof c->err))) {
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
             return;
         }
     }
@@ -350,14 +572,14 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
         r.value = run.data;
         r.value_len = run.len;
     }
-    lk__stage_deliver(b, s, &r);
+    lk__stage_deliver(b, s, &r, 0);
     return;
 lost:
     if (!b->err)
         lk__batch_failf(b, LK_ERR_CORRUPT,
                         "%s '%s': the window state of a key is inconsistent (a slice or its "
                         "running value is missing); the checkpoint is damaged",
-                        op_name(), s->uid);
+                        op_name(s), s->uid);
 }
 
 static void close_boundary(wctx_t *c, int64_t k) {
@@ -392,11 +614,11 @@ static void close_boundary(wctx_t *c, int64_t k) {
     }
     if (!b->err && has_leave &&
         (e = lk__wstore_expire(b->txn, s->db, leave, NULL, c->err, sizeof c->err)))
-        lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+        lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
     return;
 fail:
     e = e ? e : LK_ERR_NOMEM;
-    lk__batch_failf(b, e, "%s '%s': reading the keys of a slice: %s", op_name(), s->uid,
+    lk__batch_failf(b, e, "%s '%s': reading the keys of a slice: %s", op_name(s), s->uid,
                     lk_err_str(e));
 }
 
@@ -407,7 +629,7 @@ static void close_until(wctx_t *c, int64_t closed, int64_t now) {
     lk_err_t e = lk__wstore_slices(b->txn, s->db, INT64_MIN, add_live, c);
     if (e || c->oom) {
         lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading live slices: %s",
-                        op_name(), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+                        op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
         return;
     }
     /* the boundaries where something changes: a live slice enters (j+1) or leaves
@@ -452,13 +674,225 @@ static void add_collected(wctx_t *c) {
                                           val.data ? val.data : "", val.len, have, b->time_ms,
                                           c->err, sizeof c->err);
         if (e)
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
     }
+}
+
+/* ---- event time ---- */
+
+typedef struct {
+    int64_t k; /* window index: [k*advance, k*advance + size) */
+    lk_bytes_t key;
+} wkey_t;
+
+static int cmp_wkey(const void *a, const void *b) {
+    const wkey_t *x = a, *y = b;
+    if (x->k != y->k)
+        return (x->k > y->k) - (x->k < y->k);
+    size_t n = x->key.len < y->key.len ? x->key.len : y->key.len;
+    int c = memcmp(x->key.data, y->key.data, n);
+    return c ? c : (x->key.len > y->key.len) - (x->key.len < y->key.len);
+}
+
+typedef struct {
+    wkey_t *v;
+    size_t n, cap;
+} wkeys_t;
+
+static int wkeys_add(wkeys_t *l, int64_t k, lk_bytes_t key) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        wkey_t *n = realloc(l->v, cap * sizeof *n);
+        if (!n)
+            return -1;
+        l->v = n;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (wkey_t){k, key};
+    return 0;
+}
+
+/* sort and drop duplicates */
+static void wkeys_unique(wkeys_t *l) {
+    qsort(l->v, l->n, sizeof *l->v, cmp_wkey);
+    size_t o = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (!o || cmp_wkey(&l->v[o - 1], &l->v[i]))
+            l->v[o++] = l->v[i];
+    l->n = o;
+}
+
+/* Emit key's result in window k (recomputed from its slices there). */
+static void emit_window(wctx_t *c, const lk_bytes_t *key, int64_t k, int final) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    const lk__window_t *w = s->win;
+    int64_t n = w->size_ms / w->slide_ms;
+    c->lo = k;
+    c->hi = k + n - 1;
+    c->have = 0;
+    c->count = 0;
+    c->key = key;
+    lk_err_t e = lk__wstore_key_slices(b->txn, s->db, key->data, key->len, fold_slice, c);
+    if (e || c->oom) {
+        lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(s),
+                        s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+        return;
+    }
+    if (b->err || !c->have)
+        return;
+    int64_t start = k * w->slide_ms, end = start + w->size_ms;
+    void *v = frame(b, start, end, final, c->acc.data, c->acc.len);
+    if (!v) {
+        lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+        return;
+    }
+    lk_record_t r = {key->data, key->len, v, 17 + c->acc.len, end, NULL, -1, -1};
+    lk__stage_deliver(b, s, &r, 0);
+}
+
+typedef struct {
+    int64_t now, idle;
+    int any, any_active;
+    int64_t min_active, max_all;
+} wm_scan_t;
+
+static int each_part_max(int64_t max, int64_t seen, void *o) {
+    wm_scan_t *x = o;
+    if (!x->any || max > x->max_all)
+        x->max_all = max;
+    x->any = 1;
+    if (x->idle > 0 && x->now - seen >= x->idle)
+        return 0; /* idle: does not hold the watermark back */
+    if (!x->any_active || max < x->min_active)
+        x->min_active = max;
+    x->any_active = 1;
+    return 0;
+}
+
+static void flush_event(wctx_t *c) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    lk__window_t *w = s->win;
+    int64_t n = w->size_ms / w->slide_ms;
+    if (!load_wm(b, s))
+        return;
+    int64_t wm_old = w->wm;
+    add_collected(c);
+    /* per-partition maxima, then the watermark */
+    for (size_t i = 0; i < w->nparts && !b->err; i++) {
+        int64_t max, seen;
+        lk_err_t e = lk__wstore_part_get(b->txn, s->db, w->parts[i].topic,
+                                         w->parts[i].partition, &max, &seen);
+        if (e == LK_ERR_NOT_FOUND || (!e && w->parts[i].max > max))
+            max = w->parts[i].max;
+        else if (e) {
+            lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s),
+                            s->uid, lk_err_str(e));
+            return;
+        }
+        if ((e = lk__wstore_part_put(b->txn, s->db, w->parts[i].topic, w->parts[i].partition,
+                                     max, b->time_ms, c->err, sizeof c->err)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+    }
+    if (b->err)
+        return;
+    wm_scan_t x = {.now = b->time_ms, .idle = w->idle_ms};
+    lk_err_t e = lk__wstore_parts(b->txn, s->db, each_part_max, &x);
+    if (e) {
+        lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s), s->uid,
+                        lk_err_str(e));
+        return;
+    }
+    int64_t wm_new = wm_old;
+    if (x.any) {
+        int64_t cand = (x.any_active ? x.min_active : x.max_all) - w->grace_ms;
+        if (cand > wm_new)
+            wm_new = cand;
+    }
+    wkeys_t l = {0};
+    /* on update: this batch's changes to windows that stay open */
+    for (size_t i = 0; w->emit == LK_WINDOW_EMIT_ON_UPDATE && i < s->kv.norder; i++) {
+        lk__kv_entry_t *ent = s->kv.order[i];
+        int64_t j = get_slice(ent->key.data);
+        lk_bytes_t key = {(const char *)ent->key.data + LK__WIN_KV_PREFIX,
+                          ent->key.len - LK__WIN_KV_PREFIX};
+        for (int64_t k = j - n + 1; k <= j; k++)
+            if (k * w->slide_ms + w->size_ms > wm_new && wkeys_add(&l, k, key))
+                goto oom;
+    }
+    wkeys_unique(&l);
+    for (size_t i = 0; i < l.n && !b->err; i++)
+        emit_window(c, &l.v[i].key, l.v[i].k, 0);
+    l.n = 0;
+    /* on close (both modes): the windows whose end the watermark passed in this batch */
+    if (!b->err && wm_new > wm_old) {
+        if ((e = lk__wstore_slices(b->txn, s->db, INT64_MIN, add_live, c)) || c->oom) {
+            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading live slices: %s",
+                            op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+            goto out;
+        }
+        wkeys_t ks = {0};
+        for (size_t i = 0; i < c->n; i++)
+            for (int64_t k = c->slices[i] - n + 1; k <= c->slices[i]; k++) {
+                int64_t end = k * w->slide_ms + w->size_ms;
+                if (end > wm_old && end <= wm_new && wkeys_add(&ks, k, (lk_bytes_t){"", 0})) {
+                    free(ks.v);
+                    goto oom;
+                }
+            }
+        wkeys_unique(&ks);
+        /* the keys of each closing window: those of its live slices */
+        for (size_t i = 0; i < ks.n && !b->err; i++) {
+            for (int64_t j = ks.v[i].k; j < ks.v[i].k + n; j++) {
+                if (!has_slice(c, j))
+                    continue;
+                c->nkeys = 0;
+                if ((e = lk__wstore_slice_keys(b->txn, s->db, j, add_key, c)) || c->oom) {
+                    free(ks.v);
+                    lk__batch_failf(b, e ? e : LK_ERR_NOMEM,
+                                    "%s '%s': reading the keys of a slice: %s", op_name(s),
+                                    s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+                    goto out;
+                }
+                for (size_t m = 0; m < c->nkeys; m++)
+                    if (wkeys_add(&l, ks.v[i].k, c->keys[m])) {
+                        free(ks.v);
+                        goto oom;
+                    }
+            }
+        }
+        free(ks.v);
+        wkeys_unique(&l);
+        for (size_t i = 0; i < l.n && !b->err; i++)
+            emit_window(c, &l.v[i].key, l.v[i].k, 1);
+        /* expiry: the slices no open window holds (j*advance + size <= watermark) */
+        if (!b->err &&
+            (e = lk__wstore_expire(b->txn, s->db, floor_div(wm_new - w->size_ms, w->slide_ms),
+                                   NULL, c->err, sizeof c->err)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+        if (!b->err &&
+            (e = lk__wstore_meta_put(b->txn, s->db, "wm", wm_new, b->time_ms, c->err,
+                                     sizeof c->err)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+    }
+out:
+    free(l.v);
+    return;
+oom:
+    free(l.v);
+    lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
 }
 
 void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
     const lk__window_t *w = s->win;
     wctx_t cs = {.b = b, .s = s}, *c = &cs;
+    if (w->domain == LK__WIN_EVENT_TIME) {
+        flush_event(c);
+        free(c->slices);
+        free(c->keys);
+        return;
+    }
     int64_t now = floor_div(b->time_ms, w->slide_ms);
     int64_t closed;
     lk_err_t e = lk__wstore_meta_get(b->txn, s->db, "closed", &closed);
@@ -467,11 +901,11 @@ void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
         e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
                                 sizeof b->errstr);
         if (e) {
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
             return;
         }
     } else if (e) {
-        lk__batch_failf(b, e, "%s '%s': reading its position in time: %s", op_name(), s->uid,
+        lk__batch_failf(b, e, "%s '%s': reading its position in time: %s", op_name(s), s->uid,
                         lk_err_str(e));
         return;
     } else if (closed > now) {
@@ -479,7 +913,7 @@ void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
         lk__batch_failf(b, LK_ERR_STATE,
                         "%s '%s': batch time %lld ms is in slide %lld, before the last "
                         "closed slide %lld",
-                        op_name(), s->uid, (long long)b->time_ms, (long long)now,
+                        op_name(s), s->uid, (long long)b->time_ms, (long long)now,
                         (long long)closed);
         return;
     }
@@ -488,7 +922,7 @@ void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
         if (!b->err &&
             (e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
                                      sizeof b->errstr)))
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(), s->uid, c->err);
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
     }
     if (!b->err)
         add_collected(c);

@@ -10,14 +10,30 @@
 #include "pipeline_int.h"
 #include "../state/window_store_int.h"
 
-typedef enum { LK__WIN_BATCH_TIME = 1 } lk__win_domain_t;
+typedef enum { LK__WIN_BATCH_TIME = 1, LK__WIN_EVENT_TIME = 2 } lk__win_domain_t;
+
+/** This batch's highest event time of one input partition (event time). */
+typedef struct lk__wpart {
+    const char *topic; /* the input record's topic: valid until the batch ends */
+    int32_t partition;
+    int64_t max;
+} lk__wpart_t;
 
 typedef struct lk__window {
     lk__win_domain_t domain;
     int64_t size_ms;  /**< window length */
-    int64_t slide_ms; /**< slide (batch time): one slice */
+    int64_t slide_ms; /**< batch time: the slide; event time: the advance. One slice. */
     lk_reduce_fn *reduce, *inv;
     lk_window_filter_fn *filter;
+    /* event time */
+    int64_t grace_ms, idle_ms;
+    lk_window_emit_t emit;
+    lk_event_time_fn *event_time;
+    /* per batch (lk__window_reset) */
+    int wm_loaded;
+    int64_t wm; /* the watermark as committed before this batch */
+    lk__wpart_t *parts;
+    size_t nparts, capparts;
 } lk__window_t;
 
 /** Bytes of slice prefix in front of a window stage's collected keys. */
@@ -43,5 +59,10 @@ size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
 /** End of batch: close the windows whose boundary passed, emit, expire, then add the
  * batch's collected aggregates to their slices. Errors are recorded in the batch. */
 void lk__window_flush(lk_batch_t *b, lk_stream_t *s);
+
+/** Forget the batch's per-batch data (after its commit or abort). */
+void lk__window_reset(lk_stream_t *s);
+/** Free the definition and its runtime data. */
+void lk__window_free(lk__window_t *w);
 
 #endif

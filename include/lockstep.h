@@ -358,6 +358,108 @@ LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *
                                                    lk_reduce_fn *inv_reduce,
                                                    lk_window_filter_fn *filter, void *opaque);
 
+/** Event-time window kinds (session windows are not implemented yet). */
+typedef enum lk_window_kind {
+    LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */
+    LK_WINDOW_HOPPING = 2,  /**< [k*advance, k*advance + size), size a multiple of advance */
+} lk_window_kind_t;
+
+/** When an event-time window emits. */
+typedef enum lk_window_emit {
+    LK_WINDOW_EMIT_ON_CLOSE = 0,  /**< one final result per (key, window), when it closes */
+    LK_WINDOW_EMIT_ON_UPDATE = 1, /**< every batch that changed it, then the final one */
+} lk_window_emit_t;
+
+/** The event time of a record (ms since the epoch), for lk_window_spec_t.event_time. */
+typedef int64_t(lk_event_time_fn)(lk_batch_t *b, const lk_record_t *r, void *opaque);
+
+/** The definition of an event-time window (lk_window_by_event_time()). */
+typedef struct lk_window_spec {
+    lk_window_kind_t kind;
+    int64_t size_ms;    /**< window length, > 0 */
+    int64_t advance_ms; /**< hopping: the advance, > 0, dividing size_ms; tumbling: 0 */
+    int64_t grace_ms;   /**< how far the watermark trails the event time, >= 0 */
+    int64_t idle_ms;    /**< a partition without records for idle_ms of batch time stops
+                             holding the watermark back; 0: never */
+    lk_window_emit_t emit;
+    /** NULL: the Kafka timestamp of the input record the window's record came from (of
+     * the record itself when it was made at the end of a batch, e.g. by a reduce). */
+    lk_event_time_fn *event_time;
+} lk_window_spec_t;
+
+/**
+ * The value of a record emitted by lk_window_by_event_time() (and of its late records,
+ * see lk_window_late()), as parsed by lk_window_result_parse(). The bytes are
+ * be64(start_ms) be64(end_ms) u8(final) then the aggregate (or the late record's value).
+ */
+typedef struct lk_window_result {
+    int64_t start_ms, end_ms; /**< the window [start_ms, end_ms) */
+    int final;                /**< 1: the window closed, this is its final result */
+    const void *value;        /**< points into the parsed bytes */
+    size_t value_len;
+} lk_window_result_t;
+
+/**
+ * @brief Parse the value of a record emitted by an event-time window.
+ * @param value,len the record's value.
+ * @param out       filled on success; out->value points into value.
+ * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL or shorter than 17 bytes.
+ */
+LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
+                                          lk_window_result_t *out);
+
+/**
+ * @brief Windowed reduce over event time, with a watermark, exact across crashes.
+ *
+ * Each record falls in the windows holding its event time. State is one partial
+ * aggregate per (key, advance) in the operator's checkpoint database (never one copy per
+ * record per window), with an expiry index ordered by time: slices no open window needs
+ * are range-deleted in the batch's transaction, so state stays bounded by open windows x
+ * keys.
+ *
+ * Watermark: per input partition (of the input records the window's records come from),
+ * the highest event time seen; the watermark is the lowest of them minus grace_ms, over
+ * the partitions that are not idle (no record for idle_ms of batch time; when all are
+ * idle, the highest of them minus grace_ms). It never goes back. The per-partition
+ * maxima and the watermark are written in the batch's transaction, with the offsets: a
+ * crash never moves them. A window [start, end) closes when the watermark reaches end;
+ * it then emits, for each key with data in it, exactly one final result (final = 1).
+ * With LK_WINDOW_EMIT_ON_UPDATE every batch also emits the current result (final = 0) of
+ * each open window it changed.
+ *
+ * A record whose windows all closed already is late: never silent, it is counted in the
+ * accumulator "<uid>.late" and sent to lk_window_late() of this operator if the pipeline
+ * uses it (e.g. to a sink: exactly-once dead letters).
+ *
+ * Emitted records: key = the grouping key, value as lk_window_result_t describes (parse
+ * it with lk_window_result_parse()), timestamp_ms = the window's end.
+ *
+ * @param in             the input stream; every record needs a key (at most 490 bytes).
+ * @param uid            the operator's uid.
+ * @param schema_version version of the aggregate's byte format (>= 1).
+ * @param spec           the window definition; copied. It is recorded in the topology:
+ *                       a changed definition under the same uid is refused at start
+ *                       (LK_ERR_TOPOLOGY naming the operator and both definitions).
+ * @param reduce         combines two values (associative and commutative); required.
+ * @param opaque         passed to reduce and spec->event_time.
+ * @returns the stream of results; NULL (the pipeline records why, naming the operator)
+ *          for a bad argument.
+ */
+LK_EXPORT lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid,
+                                               int schema_version, const lk_window_spec_t *spec,
+                                               lk_reduce_fn *reduce, void *opaque);
+
+/**
+ * @brief The late records of an event-time window operator, as a stream (its side
+ * output): key and value as they reached the window, the value framed like a result
+ * (lk_window_result_t: the last window the record missed, final = 0).
+ * @param window the stream returned by lk_window_by_event_time().
+ * @param uid    the uid of the side output (unique in the pipeline).
+ * @returns the stream; NULL (the pipeline records why) when window is not an event-time
+ *          window.
+ */
+LK_EXPORT lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid);
+
 /**
  * @brief Hand every batch's records to fn, before the batch commits. At-least-once: a
  * batch interrupted by a crash is processed again, so fn may see it twice. For

@@ -334,3 +334,72 @@ lk_err_t lk__wstore_value_del(lk_store_txn_t *t, lk_state_db_t db, const void *k
     unsigned char k[KEYBUF];
     return lk__store_state_del(t, db, k, vkey(k, key, klen), errstr, errstr_size);
 }
+
+/* ---- per-partition event-time maxima ---- */
+
+static size_t pkey(unsigned char *k, const char *topic, int32_t partition) {
+    size_t tl = strlen(topic);
+    k[0] = 'P';
+    k[1] = (unsigned char)(tl >> 8);
+    k[2] = (unsigned char)tl;
+    memcpy(k + 3, topic, tl);
+    lk__put_be32(k + 3 + tl, (uint32_t)partition);
+    return 3 + tl + 4;
+}
+
+lk_err_t lk__wstore_part_get(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+                             int32_t partition, int64_t *max, int64_t *seen_ms) {
+    if (strlen(topic) > 255) /* Kafka's limit is 249 */
+        return LK_ERR_INVALID_ARG;
+    unsigned char k[300];
+    const void *val;
+    size_t vlen;
+    lk_err_t e = lk__store_state_get(t, db, k, pkey(k, topic, partition), &val, &vlen, NULL);
+    if (e)
+        return e;
+    if (vlen != 16)
+        return LK_ERR_CORRUPT;
+    *max = (int64_t)lk__get_be64(val);
+    *seen_ms = (int64_t)lk__get_be64((const unsigned char *)val + 8);
+    return LK_OK;
+}
+
+lk_err_t lk__wstore_part_put(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+                             int32_t partition, int64_t max, int64_t seen_ms, char *errstr,
+                             size_t errstr_size) {
+    if (strlen(topic) > 255)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
+    unsigned char k[300], v[16];
+    lk__put_be64(v, (uint64_t)max);
+    lk__put_be64(v + 8, (uint64_t)seen_ms);
+    return lk__store_state_put(t, db, k, pkey(k, topic, partition), v, 16, seen_ms, errstr,
+                               errstr_size);
+}
+
+typedef struct {
+    int (*cb)(int64_t, int64_t, void *);
+    void *opaque;
+    int corrupt;
+} parts_t;
+
+static int each_part(const void *k, size_t klen, const void *v, size_t vlen, int64_t upd,
+                     void *o) {
+    (void)upd;
+    parts_t *p = o;
+    if (klen < 1 || *(const unsigned char *)k != 'P')
+        return 1;
+    if (vlen != 16) {
+        p->corrupt = 1;
+        return 1;
+    }
+    return p->cb((int64_t)lk__get_be64(v), (int64_t)lk__get_be64((const unsigned char *)v + 8),
+                 p->opaque);
+}
+
+lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
+                          int (*cb)(int64_t max, int64_t seen_ms, void *opaque), void *opaque) {
+    parts_t p = {cb, opaque, 0};
+    size_t visited;
+    lk_err_t e = lk__store_state_scan(t, db, "P", 1, SIZE_MAX, each_part, &p, &visited);
+    return e ? e : p.corrupt ? LK_ERR_CORRUPT : LK_OK;
+}

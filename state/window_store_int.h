@@ -14,6 +14,8 @@
  *   'L' be64(slice)                 -> empty: the slices that hold data
  *   'V' be16(klen) key              -> be32(live slices) u8(visible) value: the running
  *                                      (or last emitted) windowed value of key
+ *   'P' be16(tlen) topic be32(part)  -> be64(max event time) be64(batch time it was last
+ *                                      raised): per input partition, for the watermark
  *
  * Slices are signed (event time may precede the epoch); they are stored with the sign
  * bit flipped so that byte order is numeric order. A slice is one slide (batch-time
@@ -81,5 +83,15 @@ lk_err_t lk__wstore_value_put(lk_store_txn_t *t, lk_state_db_t db, const void *k
                               int64_t now_ms, char *errstr, size_t errstr_size);
 lk_err_t lk__wstore_value_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                               size_t klen, char *errstr, size_t errstr_size);
+
+/** Per input partition: the highest event time seen and the batch time it last grew. */
+lk_err_t lk__wstore_part_get(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+                             int32_t partition, int64_t *max, int64_t *seen_ms);
+lk_err_t lk__wstore_part_put(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+                             int32_t partition, int64_t max, int64_t seen_ms, char *errstr,
+                             size_t errstr_size);
+/** Visit every partition's (max, seen) in (topic, partition) order. */
+lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
+                          int (*cb)(int64_t max, int64_t seen_ms, void *opaque), void *opaque);
 
 #endif
