@@ -646,7 +646,8 @@ static void close_until(wctx_t *c, int64_t closed, int64_t now) {
             if (cand[j] > closed && cand[j] <= now)
                 ks[nk++] = cand[j];
     }
-    qsort(ks, nk, sizeof *ks, cmp_i64);
+    if (nk)
+        qsort(ks, nk, sizeof *ks, cmp_i64);
     for (size_t i = 0; i < nk && !b->err; i++)
         if (i == 0 || ks[i] != ks[i - 1])
             close_boundary(c, ks[i]);
@@ -714,6 +715,8 @@ static int wkeys_add(wkeys_t *l, int64_t k, lk_bytes_t key) {
 
 /* sort and drop duplicates */
 static void wkeys_unique(wkeys_t *l) {
+    if (!l->n)
+        return;
     qsort(l->v, l->n, sizeof *l->v, cmp_wkey);
     size_t o = 0;
     for (size_t i = 0; i < l->n; i++)

@@ -213,7 +213,8 @@ static void h_batch(h_t *h, int64_t time, const rec_t *recs, size_t n, int commi
         lines_t *st = &h->cap.staged[i];
         if (commit) {
             /* order within a batch is the engine's; the model's order is by key */
-            qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
+            if (st->n)
+                qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
             for (size_t j = 0; j < st->n; j++)
                 lines_add(&h->cap.committed[i], st->recs[j]);
             lines_add(&h->cap.committed[i], strdup("|"));
@@ -284,7 +285,8 @@ static lines_t model(const mbatch_t *bs, size_t nb, int filter) {
                 }
             }
         }
-        qsort(batch.recs, batch.n, sizeof *batch.recs, cmp_str);
+        if (batch.n)
+            qsort(batch.recs, batch.n, sizeof *batch.recs, cmp_str);
         for (size_t j = 0; j < batch.n; j++)
             lines_add(&out, batch.recs[j]);
         free(batch.recs);

@@ -186,7 +186,8 @@ static void h_batch(h_t *h, int64_t time, const erec_t *recs, size_t n, int comm
     for (int i = 0; i < 2 * NOPS; i++) {
         lines_t *st = &h->cap.staged[i];
         if (commit) {
-            qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
+            if (st->n)
+                qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
             for (size_t j = 0; j < st->n; j++)
                 lines_add(&h->cap.committed[i], st->recs[j]);
             lines_add(&h->cap.committed[i], strdup("|"));
@@ -424,8 +425,10 @@ static void model(const lk_window_spec_t *sp, const ebatch_t *bs, size_t nb, lin
             }
         }
         wm = wm_new;
-        qsort(out.recs, out.n, sizeof *out.recs, cmp_str);
-        qsort(lt.recs, lt.n, sizeof *lt.recs, cmp_str);
+        if (out.n)
+            qsort(out.recs, out.n, sizeof *out.recs, cmp_str);
+        if (lt.n)
+            qsort(lt.recs, lt.n, sizeof *lt.recs, cmp_str);
         for (size_t j = 0; j < out.n; j++)
             lines_add(res, out.recs[j]);
         for (size_t j = 0; j < lt.n; j++)
