@@ -286,22 +286,20 @@ static int format_number(char *buf, size_t size, const void *v, size_t len, int 
     return snprintf(buf, size, "%lld", (long long)c);
 }
 
-/* A window's result as the JSON value of the output record; a batch-time deletion (the
- * key's window emptied) stays a tombstone. */
+/* A window's result as the JSON value of the output record. A batch-time deletion (the
+ * key's window emptied) has "value":null rather than being a tombstone, so that it still
+ * names its window. */
 static void format_window(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     const builtin_t *bt = opaque;
-    if (!in->value) {
-        lk_emit(b, in->key, in->key_len, NULL, 0);
-        return;
-    }
     lk_window_result_t wr = {in->timestamp_ms - bt->window_size, in->timestamp_ms, 1,
                              in->value, in->value_len};
     if (bt->event_time && lk_window_result_parse(in->value, in->value_len, &wr)) {
         lk_batch_fail(b, "window result of %zu bytes cannot be parsed", in->value_len);
         return;
     }
-    char num[48], text[160];
-    format_number(num, sizeof num, wr.value, wr.value_len, bt->sums);
+    char num[48] = "null", text[160];
+    if (wr.value)
+        format_number(num, sizeof num, wr.value, wr.value_len, bt->sums);
     int n = snprintf(text, sizeof text,
                      "{\"window_start\":%lld,\"window_end\":%lld,\"value\":%s,\"final\":%s}",
                      (long long)wr.start_ms, (long long)wr.end_ms, num,

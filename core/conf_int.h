@@ -138,8 +138,8 @@ typedef enum {
       "0: window.size.ms (tumbling windows).")                                             \
     X(WINDOW_TIME, "window.time", LK__PT_ENUM, "batch", 0, 0, "batch|event", 0,             \
       "lockstep run: 'batch' windows over batch time (size and slide multiples of "        \
-      "batch.interval.ms; a key whose window empties is deleted); 'event' over the input " \
-      "records' Kafka timestamps with a watermark.")                                       \
+      "batch.interval.ms; a key whose window empties gets \"value\":null); 'event' over "  \
+      "the input records' Kafka timestamps with a watermark.")                            \
     X(WINDOW_GRACE_MS, "window.grace.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,   \
       "lockstep run, window.time=event: how far the watermark trails the highest event "   \
       "time; later records are late (accumulator <uid>.late, and errors.deadletter).")    \
