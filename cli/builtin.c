@@ -223,6 +223,17 @@ static void extract(lk_batch_t *b, const lk_record_t *in, void *opaque) {
 
 /* ---- windows (window.size.ms) ---- */
 
+/* wordcount's split, emitting (word, int64 1): what the window sums */
+static void split_words_one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
+    char word[256];
+    size_t n;
+    int64_t one = 1;
+    while ((n = lk__wc_next_word(&p, end, word)))
+        lk_emit(b, word, n, &one, sizeof one);
+}
+
 static void one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     (void)opaque;
     int64_t v = 1;
@@ -397,12 +408,12 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *out = NULL;
     switch (d->bt.kind) {
     case P_WORDCOUNT: {
-        lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
         if (d->bt.window_size) {
-            out = add_window(p, lk_map(words, "ones", one, NULL), conf, &d->bt,
-                             "windowed-word-counts");
+            lk_stream_t *ones = lk_flat_map(in, "split-words", split_words_one, NULL);
+            out = add_window(p, ones, conf, &d->bt, "windowed-word-counts");
             break;
         }
+        lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
         lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;

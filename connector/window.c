@@ -362,7 +362,8 @@ typedef struct {
     lk_bytes_t acc;
     int have;
     uint32_t count;
-    const lk_bytes_t *key; /* recomputation: the key */
+    int64_t marked[8]; /* slices marked live by this flush (a few per batch) */
+    size_t nmarked;
     int oom;
     char err[400]; /* a store call's message, before it becomes the batch's */
 } wctx_t;
@@ -442,24 +443,29 @@ static int slice_value(wctx_t *c, const lk_bytes_t *key, int64_t slice, lk_bytes
     return 1;
 }
 
-static int fold_slice(int64_t slice, const void *val, size_t vlen, void *o) {
-    wctx_t *c = o;
-    if (slice < c->lo || slice > c->hi)
-        return 0;
-    void *copy = lk__batch_copy(c->b, val, vlen);
-    if (!copy)
-        return c->oom = 1;
-    lk_bytes_t v = {copy, vlen};
-    c->count++;
-    if (!c->have) {
-        c->acc = v;
-        c->have = 1;
-        return 0;
+/* Reduce key's aggregates in the live slices [c->lo, c->hi], in slice order, into
+ * c->acc (c->have: any; c->count: how many). 0, or -1 with the batch failed. */
+static int fold_slices(wctx_t *c, const lk_bytes_t *key) {
+    c->have = 0;
+    c->count = 0;
+    for (size_t i = 0; i < c->n && !c->b->err; i++) {
+        if (c->slices[i] < c->lo || c->slices[i] > c->hi)
+            continue;
+        lk_bytes_t v;
+        int r = slice_value(c, key, c->slices[i], &v);
+        if (r < 0)
+            return -1;
+        if (!r)
+            continue;
+        c->count++;
+        if (!c->have) {
+            c->acc = v;
+            c->have = 1;
+        } else {
+            c->acc = call_reduce(c->b, c->s, c->s->win->reduce, key, &c->acc, &v);
+        }
     }
-    /* the user's reduce may allocate (lk_alloc) but never writes to the store, so the
-     * cursor under this visit stays valid */
-    c->acc = call_reduce(c->b, c->s, c->s->win->reduce, c->key, &c->acc, &v);
-    return 0;
+    return c->b->err ? -1 : 0;
 }
 
 /* The new windowed value of key at boundary k; emit what changed and keep it. */
@@ -512,15 +518,8 @@ static void update_key(wctx_t *c, const lk_bytes_t *key, int64_t k, int entered,
         /* recomputation from the live slices of the window */
         c->lo = k - n;
         c->hi = k - 1;
-        c->have = 0;
-        c->count = 0;
-        c->key = key;
-        e = lk__wstore_key_slices(b->txn, s->db, key->data, key->len, fold_slice, c);
-        if (e || c->oom) {
-            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(s),
-                            s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+        if (fold_slices(c, key))
             return;
-        }
         run = c->acc;
         nslices = c->count;
     }
@@ -654,6 +653,17 @@ static void close_until(wctx_t *c, int64_t closed, int64_t now) {
     free(ks);
 }
 
+/* Whether this flush marked slice live already; if not, it is noted as marked (the
+ * caller marks it). Past the small table, marking again is merely redundant. */
+static int marked(wctx_t *c, int64_t slice) {
+    for (size_t i = 0; i < c->nmarked; i++)
+        if (c->marked[i] == slice)
+            return 1;
+    if (c->nmarked < sizeof c->marked / sizeof *c->marked)
+        c->marked[c->nmarked++] = slice;
+    return 0;
+}
+
 /* Add the batch's aggregates, collected per (slice, key), to the slices. */
 static void add_collected(wctx_t *c) {
     lk_batch_t *b = c->b;
@@ -672,8 +682,10 @@ static void add_collected(wctx_t *c) {
         if (b->err)
             return;
         lk_err_t e = lk__wstore_slice_put(b->txn, s->db, key.data, key.len, slice,
-                                          val.data ? val.data : "", val.len, have, b->time_ms,
+                                          val.data ? val.data : "", val.len, b->time_ms,
                                           c->err, sizeof c->err);
+        if (!e && !have && !marked(c, slice))
+            e = lk__wstore_slice_mark(b->txn, s->db, slice, b->time_ms, c->err, sizeof c->err);
         if (e)
             lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
     }
@@ -733,16 +745,7 @@ static void emit_window(wctx_t *c, const lk_bytes_t *key, int64_t k, int final) 
     int64_t n = w->size_ms / w->slide_ms;
     c->lo = k;
     c->hi = k + n - 1;
-    c->have = 0;
-    c->count = 0;
-    c->key = key;
-    lk_err_t e = lk__wstore_key_slices(b->txn, s->db, key->data, key->len, fold_slice, c);
-    if (e || c->oom) {
-        lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading slices: %s", op_name(s),
-                        s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
-        return;
-    }
-    if (b->err || !c->have)
+    if (fold_slices(c, key) || !c->have)
         return;
     int64_t start = k * w->slide_ms, end = start + w->size_ms;
     void *v = frame(b, start, end, final, c->acc.data, c->acc.len);
@@ -782,10 +785,19 @@ static void flush_event(wctx_t *c) {
         return;
     int64_t wm_old = w->wm;
     add_collected(c);
+    if (b->err)
+        return;
+    /* the live slices, with this batch's: results are folded from them */
+    lk_err_t e = lk__wstore_slices(b->txn, s->db, INT64_MIN, add_live, c);
+    if (e || c->oom) {
+        lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading live slices: %s",
+                        op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+        return;
+    }
     /* per-partition maxima, then the watermark */
     for (size_t i = 0; i < w->nparts && !b->err; i++) {
         int64_t max, seen;
-        lk_err_t e = lk__wstore_part_get(b->txn, s->db, w->parts[i].topic,
+        e = lk__wstore_part_get(b->txn, s->db, w->parts[i].topic,
                                          w->parts[i].partition, &max, &seen);
         if (e == LK_ERR_NOT_FOUND || (!e && w->parts[i].max > max))
             max = w->parts[i].max;
@@ -801,7 +813,7 @@ static void flush_event(wctx_t *c) {
     if (b->err)
         return;
     wm_scan_t x = {.now = b->time_ms, .idle = w->idle_ms};
-    lk_err_t e = lk__wstore_parts(b->txn, s->db, each_part_max, &x);
+    e = lk__wstore_parts(b->txn, s->db, each_part_max, &x);
     if (e) {
         lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s), s->uid,
                         lk_err_str(e));
@@ -830,11 +842,6 @@ static void flush_event(wctx_t *c) {
     l.n = 0;
     /* on close (both modes): the windows whose end the watermark passed in this batch */
     if (!b->err && wm_new > wm_old) {
-        if ((e = lk__wstore_slices(b->txn, s->db, INT64_MIN, add_live, c)) || c->oom) {
-            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading live slices: %s",
-                            op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
-            goto out;
-        }
         wkeys_t ks = {0};
         for (size_t i = 0; i < c->n; i++)
             for (int64_t k = c->slices[i] - n + 1; k <= c->slices[i]; k++) {

@@ -20,21 +20,9 @@ static int64_t get_slice(const unsigned char *p) {
     return (int64_t)(lk__get_be64(p) ^ (UINT64_C(1) << 63));
 }
 
-/* 'S' be16(klen) key [be64(slice)] into k (LK__WIN_MAX_KEY + 11 bytes); returns length */
-static size_t skey(unsigned char *k, const void *key, size_t klen, const int64_t *slice) {
+/* 'S' be64(slice) [be16(klen) key] into k (LK__WIN_MAX_KEY + 11 bytes); returns length */
+static size_t skey(unsigned char *k, int64_t slice, const void *key, size_t klen) {
     k[0] = 'S';
-    k[1] = (unsigned char)(klen >> 8);
-    k[2] = (unsigned char)klen;
-    memcpy(k + 3, key, klen);
-    if (!slice)
-        return 3 + klen;
-    put_slice(k + 3 + klen, *slice);
-    return 3 + klen + 8;
-}
-
-/* 'E' be64(slice) [be16(klen) key] */
-static size_t ekey(unsigned char *k, int64_t slice, const void *key, size_t klen) {
-    k[0] = 'E';
     put_slice(k + 1, slice);
     if (!key)
         return 9;
@@ -101,23 +89,23 @@ lk_err_t lk__wstore_slice_get(lk_store_txn_t *t, lk_state_db_t db, const void *k
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
-    return lk__store_state_get(t, db, k, skey(k, key, klen, &slice), val, vlen, NULL);
+    return lk__store_state_get(t, db, k, skey(k, slice, key, klen), val, vlen, NULL);
 }
 
 lk_err_t lk__wstore_slice_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void *val, size_t vlen,
-                              int known, int64_t now_ms, char *errstr, size_t errstr_size) {
+                              int64_t now_ms, char *errstr, size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF];
-    lk_err_t e = lk__store_state_put(t, db, k, skey(k, key, klen, &slice), val, vlen, now_ms,
-                                     errstr, errstr_size);
-    if (!e && !known)
-        e = lk__store_state_put(t, db, k, ekey(k, slice, key, klen), "", 0, now_ms, errstr,
-                                errstr_size);
-    if (!e && !known)
-        e = lk__store_state_put(t, db, k, lkey(k, slice), "", 0, now_ms, errstr, errstr_size);
-    return e;
+    return lk__store_state_put(t, db, k, skey(k, slice, key, klen), val, vlen, now_ms, errstr,
+                               errstr_size);
+}
+
+lk_err_t lk__wstore_slice_mark(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
+                               int64_t now_ms, char *errstr, size_t errstr_size) {
+    unsigned char k[16];
+    return lk__store_state_put(t, db, k, lkey(k, slice), "", 0, now_ms, errstr, errstr_size);
 }
 
 typedef struct {
@@ -125,7 +113,6 @@ typedef struct {
     size_t plen;
     int (*slice_cb)(int64_t, void *);
     int (*key_cb)(const void *, size_t, void *);
-    int (*kslice_cb)(int64_t, const void *, size_t, void *);
     void *opaque;
 } walk_t;
 
@@ -168,32 +155,9 @@ lk_err_t lk__wstore_slice_keys(lk_store_txn_t *t, lk_state_db_t db, int64_t slic
                                int (*cb)(const void *key, size_t klen, void *opaque),
                                void *opaque) {
     walk_t w = {.key_cb = cb, .opaque = opaque};
-    w.plen = ekey(w.prefix, slice, NULL, 0);
+    w.plen = skey(w.prefix, slice, NULL, 0);
     size_t visited; /* the prefix itself is never a key: "strictly after" starts at it */
     return lk__store_state_scan(t, db, w.prefix, w.plen, SIZE_MAX, each_slice_key, &w,
-                                &visited);
-}
-
-static int each_key_slice(const void *k, size_t klen, const void *v, size_t vlen,
-                          int64_t upd, void *o) {
-    (void)upd;
-    walk_t *w = o;
-    if (!in_prefix(w, k, klen) || klen != w->plen + 8)
-        return 1;
-    return w->kslice_cb(get_slice((const unsigned char *)k + w->plen), v, vlen, w->opaque);
-}
-
-lk_err_t lk__wstore_key_slices(lk_store_txn_t *t, lk_state_db_t db, const void *key,
-                               size_t klen,
-                               int (*cb)(int64_t slice, const void *val, size_t vlen,
-                                         void *opaque),
-                               void *opaque) {
-    if (klen > LK__WIN_MAX_KEY)
-        return LK_ERR_TOO_LARGE;
-    walk_t w = {.kslice_cb = cb, .opaque = opaque};
-    w.plen = skey(w.prefix, key, klen, NULL);
-    size_t visited;
-    return lk__store_state_scan(t, db, w.prefix, w.plen, SIZE_MAX, each_key_slice, &w,
                                 &visited);
 }
 
@@ -270,11 +234,8 @@ lk_err_t lk__wstore_expire(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
             for (size_t off = 0; off < x.len && !e;) {
                 size_t klen = (size_t)x.buf[off] << 8 | x.buf[off + 1];
                 const unsigned char *key = x.buf + off + 2;
-                e = lk__store_state_del(t, db, k, skey(k, key, klen, &x.slice), errstr,
+                e = lk__store_state_del(t, db, k, skey(k, x.slice, key, klen), errstr,
                                         errstr_size);
-                if (!e)
-                    e = lk__store_state_del(t, db, k, ekey(k, x.slice, key, klen), errstr,
-                                            errstr_size);
                 n++;
                 off += 2 + klen;
             }

@@ -7,10 +7,10 @@
  *
  *   'M' name                        -> meta value (e.g. the last closed slide, the
  *                                      watermark, per-partition event-time maxima)
- *   'S' be16(klen) key be64(slice)  -> the key's partial aggregate in slice
- *   'E' be64(slice) be16(klen) key  -> empty: the expiry index, ordered by slice, so
- *                                      that the keys of a slice and expiry are one
- *                                      cursor range each
+ *   'S' be64(slice) be16(klen) key  -> the key's partial aggregate in slice. Ordered by
+ *                                      slice: the keys of a slice, and expiry, are one
+ *                                      cursor range each (the expiry index is the key
+ *                                      order itself: one write per aggregate)
  *   'L' be64(slice)                 -> empty: the slices that hold data
  *   'V' be16(klen) key              -> be32(live slices) u8(visible) value: the running
  *                                      (or last emitted) windowed value of key
@@ -39,11 +39,13 @@ lk_err_t lk__wstore_meta_put(lk_store_txn_t *t, lk_state_db_t db, const char *na
 /** The partial aggregate of key in slice; *val valid until the next write in t. */
 lk_err_t lk__wstore_slice_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void **val, size_t *vlen);
-/** Write key's aggregate in slice and, unless `known` (the key already had an aggregate
- * there), its expiry-index and live-slice entries. */
+/** Write key's aggregate in slice. */
 lk_err_t lk__wstore_slice_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void *val, size_t vlen,
-                              int known, int64_t now_ms, char *errstr, size_t errstr_size);
+                              int64_t now_ms, char *errstr, size_t errstr_size);
+/** Record that slice holds data (once per slice is enough; repeating it is harmless). */
+lk_err_t lk__wstore_slice_mark(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
+                               int64_t now_ms, char *errstr, size_t errstr_size);
 
 /** Visit the slices holding data, ascending, from slice `from` (inclusive); a non-zero
  * return of cb stops. No write in t may happen during the visit. */
@@ -53,16 +55,9 @@ lk_err_t lk__wstore_slices(lk_store_txn_t *t, lk_state_db_t db, int64_t from,
 lk_err_t lk__wstore_slice_keys(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
                                int (*cb)(const void *key, size_t klen, void *opaque),
                                void *opaque);
-/** Visit key's slices ascending with their aggregates (pointers valid during cb). */
-lk_err_t lk__wstore_key_slices(lk_store_txn_t *t, lk_state_db_t db, const void *key,
-                               size_t klen,
-                               int (*cb)(int64_t slice, const void *val, size_t vlen,
-                                         void *opaque),
-                               void *opaque);
-
 /**
- * Delete every slice <= upto (its aggregates, expiry-index and live-slice entries): the
- * range delete of expiry, inside t. *deleted (may be NULL) counts the aggregates removed.
+ * Delete every slice <= upto (its aggregates and live-slice entry): the range delete of
+ * expiry, inside t. *deleted (may be NULL) counts the aggregates removed.
  */
 lk_err_t lk__wstore_expire(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
                            uint64_t *deleted, char *errstr, size_t errstr_size);

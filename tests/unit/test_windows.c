@@ -445,9 +445,9 @@ Test(windows, state_bounded_by_open_slides) {
     cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
     lk__store_txn_abort(t);
     /* open slides: the last one (just added) and the NSLIDES before it, each with an
-     * aggregate and an expiry-index entry per key and a live-slice entry; a running
-     * value per key; the last closed boundary */
-    uint64_t want = (uint64_t)(NSLIDES + 1) * (2 * NKEYS + 1) + NKEYS + 1;
+     * aggregate per key and a live-slice entry; a running value per key; the last
+     * closed boundary */
+    uint64_t want = (uint64_t)(NSLIDES + 1) * (NKEYS + 1) + NKEYS + 1;
     cr_assert_eq(entries, want, "state entries %llu, expected %llu",
                  (unsigned long long)entries, (unsigned long long)want);
     /* and the last window is exact: each key 50/6 records per slide x 3 slides */

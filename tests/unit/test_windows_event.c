@@ -581,9 +581,9 @@ Test(windows_event, state_bounded_by_open_windows) {
     lk_store_txn_t *t = tu_begin(h.st, 0);
     cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
     lk__store_txn_abort(t);
-    /* 1,000 windows closed; the open one: an aggregate and an expiry-index entry per key,
-     * a live-slice entry; the partition's maximum; the watermark */
-    cr_assert_eq(entries, 2 * KEYS + 1 + 1 + 1, "state entries %llu",
+    /* 1,000 windows closed; the open one: an aggregate per key, a live-slice entry; the
+     * partition's maximum; the watermark */
+    cr_assert_eq(entries, KEYS + 1 + 1 + 1, "state entries %llu",
                  (unsigned long long)entries);
     /* every closed window emitted exactly its KEYS finals */
     size_t finals = 0;
