@@ -413,8 +413,8 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  *
  * Each record falls in the windows holding its event time. State is one partial
  * aggregate per (key, advance) in the operator's checkpoint database (never one copy per
- * record per window), with an expiry index ordered by time: slices no open window needs
- * are range-deleted in the batch's transaction, so state stays bounded by open windows x
+ * record per window), keyed by time first, so that the slices no open window needs are
+ * one range, deleted in the batch's transaction: state stays bounded by open windows x
  * keys.
  *
  * Watermark: per input partition (of the input records the window's records come from),
