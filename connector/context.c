@@ -252,8 +252,7 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
                           "the checkpoint; let it deliver with the old settings first, or "
                           "give the new sink a new uid",
                           o->uid, o->params, n->params);
-        else if (!strcmp(o->kind, lk__stage_kind_name(LK__ST_WINDOW)) &&
-                 strcmp(n->params, o->params))
+        else if (lk__window_is_kind(o->kind) && strcmp(n->params, o->params))
             /* the slices and running values mean something else under another window */
             err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
                           "operator '%s' (%s): window definition changed from %s to %s; "

@@ -468,6 +468,8 @@ void lk_sink_keep_partition(lk_stream_t *sink) {
 }
 
 const char *lk__stage_name(const lk_stream_t *s) {
+    if (s->kind == LK__ST_WINDOW)
+        return lk__window_kind(s);
     if (s->kind == LK__ST_OUTBOX && s->sink_ops) {
         if (s->sink_ops == &lk__sink_kafka_ops)
             return "to_kafka";

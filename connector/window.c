@@ -32,10 +32,16 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return q;
 }
 
-/* the operator's name in messages */
+/* the operator's name in messages and in the topology */
 static const char *op_name(const lk_stream_t *s) {
     return s->win && s->win->domain == LK__WIN_EVENT_TIME ? "window_by_event_time"
                                                           : "reduce_by_key_and_window";
+}
+
+const char *lk__window_kind(const lk_stream_t *s) { return op_name(s); }
+
+int lk__window_is_kind(const char *kind) {
+    return !strcmp(kind, "reduce_by_key_and_window") || !strcmp(kind, "window_by_event_time");
 }
 
 void lk__window_free(lk__window_t *w) {

@@ -60,6 +60,12 @@ size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
  * batch's collected aggregates to their slices. Errors are recorded in the batch. */
 void lk__window_flush(lk_batch_t *b, lk_stream_t *s);
 
+/** The operator kind recorded in the topology: "reduce_by_key_and_window" (batch time)
+ * or "window_by_event_time". */
+const char *lk__window_kind(const lk_stream_t *s);
+/** Non-zero if a recorded operator kind is a window's (its definition must not change). */
+int lk__window_is_kind(const char *kind);
+
 /** Forget the batch's per-batch data (after its commit or abort). */
 void lk__window_reset(lk_stream_t *s);
 /** Free the definition and its runtime data. */

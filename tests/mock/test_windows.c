@@ -2,7 +2,8 @@
  * test_windows.c — reduce_by_key_and_window through the real driver on the mock
  * cluster: windows close on time with no input (idle batches run), the result survives
  * a restart, a window that does not fit batch.interval.ms is refused naming the
- * operator, and a changed window definition is refused naming both definitions.
+ * operator, and a changed window definition (batch or event time, or one to the other)
+ * is refused naming both.
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
@@ -32,6 +33,8 @@ TestSuite(windows_driver, .init = setup, .fini = teardown, .timeout = 120);
 typedef struct {
     int64_t window, slide;
     int inverse;
+    int event;        /* an event-time window instead (tumbling, size = window) */
+    int64_t grace;
     char out[4096]; /* "key=count;" / "key=-;" per record, "|" after each batch with output */
 } win_t;
 
@@ -90,8 +93,12 @@ static void define(lk_pipeline_t *p, void *opaque) {
     win_t *w = opaque;
     lk_stream_t *in = lk_kafka_stream(p, "in");
     lk_stream_t *ones = lk_map(in, "ones", one, NULL);
-    lk_stream_t *win = lk_reduce_by_key_and_window(ones, "w", 1, w->window, w->slide, sum,
-                                                   w->inverse ? sub : NULL, NULL, NULL);
+    lk_window_spec_t spec = {.kind = LK_WINDOW_TUMBLING, .size_ms = w->window,
+                             .grace_ms = w->grace};
+    lk_stream_t *win = w->event ? lk_window_by_event_time(ones, "w", 1, &spec, sum, NULL)
+                                : lk_reduce_by_key_and_window(ones, "w", 1, w->window, w->slide,
+                                                              sum, w->inverse ? sub : NULL,
+                                                              NULL, NULL);
     lk_foreach_batch(win, "observe", observe, w);
 }
 
@@ -170,9 +177,32 @@ Test(windows_driver, changed_definition_refused) {
     cr_assert_null(lk_context_get_or_create(conf, define, &noinv, err, sizeof err));
     cr_assert(strstr(err, "inverse=yes to time=batch,window.ms=3000,slide.ms=1000,inverse=no"),
               "%s", err);
+    /* batch time to event time: another kind of operator */
+    win_t ev = {.window = 3000, .event = 1};
+    cr_assert_null(lk_context_get_or_create(conf, define, &ev, err, sizeof err));
+    cr_assert_str_eq(err, "operator 'w' was a reduce_by_key_and_window and is now a "
+                          "window_by_event_time; give the new operator a new uid");
     /* the same definition starts */
     ctx = lk_context_get_or_create(conf, define, &w, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);
     lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+}
+
+Test(windows_driver, changed_event_time_definition_refused) {
+    win_t w = {.window = 3000, .event = 1, .grace = 500};
+    lk_conf_t *conf = mu_conf(&cl, "win", dir);
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define, &w, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    lk_context_destroy(ctx);
+    win_t more_grace = {.window = 3000, .event = 1, .grace = 1000};
+    cr_assert_null(lk_context_get_or_create(conf, define, &more_grace, err, sizeof err));
+    cr_assert_str_eq(err, "operator 'w' (window_by_event_time): window definition changed "
+                          "from time=event,kind=tumbling,size.ms=3000,advance.ms=3000,"
+                          "grace.ms=500,emit=close,event.time=kafka to time=event,"
+                          "kind=tumbling,size.ms=3000,advance.ms=3000,grace.ms=1000,"
+                          "emit=close,event.time=kafka; keep the old definition, or give the "
+                          "new window a new uid (it starts empty)");
     lk_conf_destroy(conf);
 }
