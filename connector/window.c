@@ -121,11 +121,21 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
     int64_t adv = spec->kind == LK_WINDOW_TUMBLING ? spec->size_ms : spec->advance_ms;
     const char *kind = spec->kind == LK_WINDOW_TUMBLING  ? "tumbling"
                        : spec->kind == LK_WINDOW_HOPPING ? "hopping"
+                       : spec->kind == LK_WINDOW_SESSION ? "session"
                                                          : NULL;
+    int session = spec->kind == LK_WINDOW_SESSION;
     const char *bad = NULL;
     if (!kind)
-        bad = "kind must be LK_WINDOW_TUMBLING or LK_WINDOW_HOPPING";
-    else if (spec->size_ms <= 0)
+        bad = "kind must be LK_WINDOW_TUMBLING, LK_WINDOW_HOPPING or LK_WINDOW_SESSION";
+    else if (session && (spec->gap_ms <= 0 || spec->gap_ms >= LK__EVENT_TIME_LIMIT))
+        bad = "a session window needs gap_ms > 0 (and below 2^61)";
+    else if (session && (spec->size_ms || spec->advance_ms))
+        bad = "a session window has no size: leave size_ms and advance_ms 0";
+    else if (session && spec->emit != LK_WINDOW_EMIT_ON_CLOSE)
+        bad = "session windows emit on close only (LK_WINDOW_EMIT_ON_CLOSE)";
+    else if (!session && spec->gap_ms)
+        bad = "gap_ms is for session windows only: leave it 0";
+    else if (!session && spec->size_ms <= 0)
         bad = "size_ms must be > 0";
     else if (spec->kind == LK_WINDOW_TUMBLING && spec->advance_ms &&
              spec->advance_ms != spec->size_ms)
@@ -144,13 +154,19 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
     }
     lk__window_t *w = calloc(1, sizeof *w);
     char *params = NULL;
-    if (!w || asprintf(&params,
-                       "time=event,kind=%s,size.ms=%lld,advance.ms=%lld,grace.ms=%lld,"
-                       "emit=%s,event.time=%s",
-                       kind, (long long)spec->size_ms, (long long)adv,
-                       (long long)spec->grace_ms,
-                       spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
-                       spec->event_time ? "function" : "kafka") < 0) {
+    int n = session ? asprintf(&params,
+                               "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=close,"
+                               "event.time=%s",
+                               (long long)spec->gap_ms, (long long)spec->grace_ms,
+                               spec->event_time ? "function" : "kafka")
+                    : asprintf(&params,
+                               "time=event,kind=%s,size.ms=%lld,advance.ms=%lld,grace.ms=%lld,"
+                               "emit=%s,event.time=%s",
+                               kind, (long long)spec->size_ms, (long long)adv,
+                               (long long)spec->grace_ms,
+                               spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
+                               spec->event_time ? "function" : "kafka");
+    if (!w || n < 0) {
         free(w);
         lk_pipeline_fail(in->p, "out of memory");
         return NULL;
@@ -162,8 +178,10 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
         return NULL;
     }
     *w = (lk__window_t){.domain = LK__WIN_EVENT_TIME,
-                        .size_ms = spec->size_ms,
-                        .slide_ms = adv,
+                        .size_ms = session ? 1 : spec->size_ms, /* unused by sessions */
+                        .slide_ms = session ? 1 : adv,
+                        .session = session,
+                        .gap_ms = spec->gap_ms,
                         .reduce = reduce,
                         .grace_ms = spec->grace_ms,
                         .idle_ms = spec->idle_ms,
@@ -303,8 +321,10 @@ static int event_slice(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int6
     }
     if (!load_wm(b, s))
         return 0;
-    *slice = floor_div(et, w->slide_ms);
-    int64_t start = *slice * w->slide_ms, end = start + w->size_ms;
+    /* a session's "slice" is the event time itself; its own session is [et, et + gap) */
+    *slice = w->session ? et : floor_div(et, w->slide_ms);
+    int64_t start = w->session ? et : *slice * w->slide_ms;
+    int64_t end = start + (w->session ? w->gap_ms : w->size_ms);
     if (end > w->wm)
         return 1;
     /* late: every window holding et has closed. Never silent. */
@@ -782,6 +802,197 @@ static int each_part_max(int64_t max, int64_t seen, void *o) {
     return 0;
 }
 
+/* Commit this batch's per-partition maxima and compute the new watermark (never lower
+ * than wm_old). 0, or -1 with the batch failed. */
+static int advance_wm(wctx_t *c, int64_t wm_old, int64_t *wm_new) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    lk__window_t *w = s->win;
+    lk_err_t e;
+    for (size_t i = 0; i < w->nparts && !b->err; i++) {
+        int64_t max, seen;
+        e = lk__wstore_part_get(b->txn, s->db, w->parts[i].topic, w->parts[i].partition, &max,
+                                &seen);
+        if (e == LK_ERR_NOT_FOUND || (!e && w->parts[i].max > max)) {
+            max = w->parts[i].max;
+        } else if (e) {
+            lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s),
+                            s->uid, lk_err_str(e));
+            return -1;
+        }
+        if ((e = lk__wstore_part_put(b->txn, s->db, w->parts[i].topic, w->parts[i].partition,
+                                     max, b->time_ms, c->err, sizeof c->err)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+    }
+    if (b->err)
+        return -1;
+    wm_scan_t x = {.now = b->time_ms, .idle = w->idle_ms};
+    if ((e = lk__wstore_parts(b->txn, s->db, each_part_max, &x))) {
+        lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s), s->uid,
+                        lk_err_str(e));
+        return -1;
+    }
+    *wm_new = wm_old;
+    if (x.any) {
+        int64_t cand = (x.any_active ? x.min_active : x.max_all) - w->grace_ms;
+        if (cand > *wm_new)
+            *wm_new = cand;
+    }
+    return 0;
+}
+
+/* ---- sessions ---- */
+
+typedef struct {
+    int64_t start, end;
+    lk_bytes_t val; /* copied into the arena */
+} wsess_t;
+
+typedef struct {
+    wctx_t *c;
+    int64_t lo, hi; /* the new record's session [lo, hi) */
+    wsess_t *v;
+    size_t n, cap;
+    int oom;
+} sess_scan_t;
+
+/* the key's open sessions overlapping [lo, hi) */
+static int overlapping(int64_t start, int64_t end, const void *val, size_t vlen, void *o) {
+    sess_scan_t *x = o;
+    if (start >= x->hi)
+        return 1; /* by start: none further overlaps */
+    if (end <= x->lo)
+        return 0;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 4;
+        wsess_t *n = realloc(x->v, cap * sizeof *n);
+        if (!n)
+            return x->oom = 1;
+        x->v = n;
+        x->cap = cap;
+    }
+    void *copy = lk__batch_copy(x->c->b, val, vlen);
+    if (!copy && vlen)
+        return x->oom = 1;
+    x->v[x->n++] = (wsess_t){start, end, {copy ? copy : "", vlen}};
+    return 0;
+}
+
+typedef struct {
+    wctx_t *c;
+    wkeys_t keys; /* k = the session's start; end in ends[] */
+    int64_t *ends;
+    size_t cap;
+    int oom;
+} ending_t;
+
+static int add_ending(int64_t end, const void *key, size_t klen, int64_t start, void *o) {
+    ending_t *x = o;
+    void *k = lk__batch_copy(x->c->b, key, klen);
+    if (!k || wkeys_add(&x->keys, start, (lk_bytes_t){k, klen}))
+        return x->oom = 1;
+    if (x->keys.n > x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 64;
+        while (cap < x->keys.n)
+            cap *= 2;
+        int64_t *n = realloc(x->ends, cap * sizeof *n);
+        if (!n)
+            return x->oom = 1;
+        x->ends = n;
+        x->cap = cap;
+    }
+    x->ends[x->keys.n - 1] = end;
+    return 0;
+}
+
+/* Sessions: merge the batch's records into the open sessions, then close (emit once,
+ * delete) the sessions whose end the watermark reached. */
+static void flush_session(wctx_t *c) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    lk__window_t *w = s->win;
+    if (!load_wm(b, s))
+        return;
+    int64_t wm_old = w->wm;
+    lk_err_t e = LK_OK;
+    sess_scan_t x = {.c = c};
+    for (size_t i = 0; i < s->kv.norder && !b->err; i++) {
+        lk__kv_entry_t *ent = s->kv.order[i];
+        int64_t et = get_slice(ent->key.data);
+        lk_bytes_t key = {(const char *)ent->key.data + LK__WIN_KV_PREFIX,
+                          ent->key.len - LK__WIN_KV_PREFIX};
+        x.lo = et;
+        x.hi = et + w->gap_ms;
+        x.n = 0;
+        if ((e = lk__wstore_sessions(b->txn, s->db, key.data, key.len, overlapping, &x)) ||
+            x.oom) {
+            lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading sessions: %s",
+                            op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+            break;
+        }
+        /* the record's session, and every open one it overlaps, become one */
+        int64_t start = x.lo, end = x.hi;
+        lk_bytes_t acc = ent->acc;
+        for (size_t j = 0; j < x.n && !b->err; j++) {
+            if (x.v[j].start < start)
+                start = x.v[j].start;
+            if (x.v[j].end > end)
+                end = x.v[j].end;
+            acc = call_reduce(b, s, w->reduce, &key, &x.v[j].val, &acc);
+            if (!b->err && (e = lk__wstore_session_del(b->txn, s->db, key.data, key.len,
+                                                       x.v[j].start, x.v[j].end, c->err,
+                                                       sizeof c->err)))
+                lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+        }
+        if (!b->err && (e = lk__wstore_session_put(b->txn, s->db, key.data, key.len, start, end,
+                                                   acc.data, acc.len, b->time_ms, c->err,
+                                                   sizeof c->err)))
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+    }
+    free(x.v);
+    int64_t wm_new;
+    if (b->err || advance_wm(c, wm_old, &wm_new) || wm_new <= wm_old)
+        return;
+    /* close: every open session ending at or before the watermark, by end */
+    ending_t en = {.c = c};
+    if ((e = lk__wstore_sessions_ending(b->txn, s->db, wm_new, add_ending, &en)) || en.oom) {
+        lk__batch_failf(b, e ? e : LK_ERR_NOMEM, "%s '%s': reading sessions: %s", op_name(s),
+                        s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
+        goto out;
+    }
+    for (size_t i = 0; i < en.keys.n && !b->err; i++) {
+        const lk_bytes_t *key = &en.keys.v[i].key;
+        int64_t start = en.keys.v[i].k, end = en.ends[i];
+        const void *val;
+        size_t vlen;
+        if ((e = lk__wstore_session_get(b->txn, s->db, key->data, key->len, start, &val,
+                                        &vlen))) {
+            lk__batch_failf(b, e == LK_ERR_NOT_FOUND ? LK_ERR_CORRUPT : e,
+                            "%s '%s': a session in the by-end index is missing: %s",
+                            op_name(s), s->uid, lk_err_str(e));
+            break;
+        }
+        void *v = frame(b, start, end, 1, val, vlen);
+        if (!v) {
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            break;
+        }
+        if ((e = lk__wstore_session_del(b->txn, s->db, key->data, key->len, start, end, c->err,
+                                        sizeof c->err))) {
+            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+            break;
+        }
+        lk_record_t r = {key->data, key->len, v, 17 + vlen, end, NULL, -1, -1};
+        lk__stage_deliver(b, s, &r, 0);
+    }
+    if (!b->err && (e = lk__wstore_meta_put(b->txn, s->db, "wm", wm_new, b->time_ms, c->err,
+                                            sizeof c->err)))
+        lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+out:
+    free(en.keys.v);
+    free(en.ends);
+}
+
 static void flush_event(wctx_t *c) {
     lk_batch_t *b = c->b;
     lk_stream_t *s = c->s;
@@ -800,37 +1011,9 @@ static void flush_event(wctx_t *c) {
                         op_name(s), s->uid, lk_err_str(e ? e : LK_ERR_NOMEM));
         return;
     }
-    /* per-partition maxima, then the watermark */
-    for (size_t i = 0; i < w->nparts && !b->err; i++) {
-        int64_t max, seen;
-        e = lk__wstore_part_get(b->txn, s->db, w->parts[i].topic,
-                                         w->parts[i].partition, &max, &seen);
-        if (e == LK_ERR_NOT_FOUND || (!e && w->parts[i].max > max))
-            max = w->parts[i].max;
-        else if (e) {
-            lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s),
-                            s->uid, lk_err_str(e));
-            return;
-        }
-        if ((e = lk__wstore_part_put(b->txn, s->db, w->parts[i].topic, w->parts[i].partition,
-                                     max, b->time_ms, c->err, sizeof c->err)))
-            lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
-    }
-    if (b->err)
+    int64_t wm_new;
+    if (advance_wm(c, wm_old, &wm_new))
         return;
-    wm_scan_t x = {.now = b->time_ms, .idle = w->idle_ms};
-    e = lk__wstore_parts(b->txn, s->db, each_part_max, &x);
-    if (e) {
-        lk__batch_failf(b, e, "%s '%s': reading the event-time maxima: %s", op_name(s), s->uid,
-                        lk_err_str(e));
-        return;
-    }
-    int64_t wm_new = wm_old;
-    if (x.any) {
-        int64_t cand = (x.any_active ? x.min_active : x.max_all) - w->grace_ms;
-        if (cand > wm_new)
-            wm_new = cand;
-    }
     wkeys_t l = {0};
     /* on update: this batch's changes to windows that stay open */
     for (size_t i = 0; w->emit == LK_WINDOW_EMIT_ON_UPDATE && i < s->kv.norder; i++) {
@@ -904,7 +1087,10 @@ void lk__window_flush(lk_batch_t *b, lk_stream_t *s) {
     const lk__window_t *w = s->win;
     wctx_t cs = {.b = b, .s = s}, *c = &cs;
     if (w->domain == LK__WIN_EVENT_TIME) {
-        flush_event(c);
+        if (w->session)
+            flush_session(c);
+        else
+            flush_event(c);
         free(c->slices);
         free(c->keys);
         return;

@@ -26,6 +26,8 @@ typedef struct lk__window {
     lk_reduce_fn *reduce, *inv;
     lk_window_filter_fn *filter;
     /* event time */
+    int session;     /* session windows (gap_ms); size_ms and slide_ms unused */
+    int64_t gap_ms;
     int64_t grace_ms, idle_ms;
     lk_window_emit_t emit;
     lk_event_time_fn *event_time;

@@ -358,10 +358,12 @@ LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *
                                                    lk_reduce_fn *inv_reduce,
                                                    lk_window_filter_fn *filter, void *opaque);
 
-/** Event-time window kinds (session windows are not implemented yet). */
+/** Event-time window kinds. */
 typedef enum lk_window_kind {
     LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */
     LK_WINDOW_HOPPING = 2,  /**< [k*advance, k*advance + size), size a multiple of advance */
+    LK_WINDOW_SESSION = 3,  /**< per key, [first, last + gap) of records less than gap
+                                 apart; sessions a record bridges merge */
 } lk_window_kind_t;
 
 /** When an event-time window emits. */
@@ -376,8 +378,8 @@ typedef int64_t(lk_event_time_fn)(lk_batch_t *b, const lk_record_t *r, void *opa
 /** The definition of an event-time window (lk_window_by_event_time()). */
 typedef struct lk_window_spec {
     lk_window_kind_t kind;
-    int64_t size_ms;    /**< window length, > 0 */
-    int64_t advance_ms; /**< hopping: the advance, > 0, dividing size_ms; tumbling: 0 */
+    int64_t size_ms;    /**< window length, > 0 (session: 0) */
+    int64_t advance_ms; /**< hopping: the advance, > 0, dividing size_ms; else 0 */
     int64_t grace_ms;   /**< how far the watermark trails the event time, >= 0 */
     int64_t idle_ms;    /**< a partition without records for idle_ms of batch time stops
                              holding the watermark back; 0: never */
@@ -385,6 +387,8 @@ typedef struct lk_window_spec {
     /** NULL: the Kafka timestamp of the input record the window's record came from (of
      * the record itself when it was made at the end of a batch, e.g. by a reduce). */
     lk_event_time_fn *event_time;
+    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0.
+                         Sessions emit on close only. */
 } lk_window_spec_t;
 
 /**
@@ -411,7 +415,9 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
 /**
  * @brief Windowed reduce over event time, with a watermark, exact across crashes.
  *
- * Each record falls in the windows holding its event time. State is one partial
+ * Each record falls in the windows holding its event time (a session: the key's session
+ * it extends or bridges, else a new one; a session's state is one aggregate, kept until
+ * it closes, indexed by its end). State is one partial
  * aggregate per (key, advance) in the operator's checkpoint database (never one copy per
  * record per window), keyed by time first, so that the slices no open window needs are
  * one range, deleted in the batch's transaction: state stays bounded by open windows x
@@ -427,7 +433,8 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  * With LK_WINDOW_EMIT_ON_UPDATE every batch also emits the current result (final = 0) of
  * each open window it changed.
  *
- * A record whose windows all closed already is late: never silent, it is counted in the
+ * A record whose windows all closed already (session: whose own session [t, t + gap)
+ * would have closed) is late: never silent, it is counted in the
  * accumulator "<uid>.late" and sent to lk_window_late() of this operator if the pipeline
  * uses it (e.g. to a sink: exactly-once dead letters).
  *

@@ -364,3 +364,140 @@ lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
     lk_err_t e = lk__store_state_scan(t, db, "P", 1, SIZE_MAX, each_part, &p, &visited);
     return e ? e : p.corrupt ? LK_ERR_CORRUPT : LK_OK;
 }
+
+/* ---- sessions ---- */
+
+static size_t wkey(unsigned char *k, const void *key, size_t klen, const int64_t *start) {
+    k[0] = 'W';
+    k[1] = (unsigned char)(klen >> 8);
+    k[2] = (unsigned char)klen;
+    memcpy(k + 3, key, klen);
+    if (!start)
+        return 3 + klen;
+    put_slice(k + 3 + klen, *start);
+    return 3 + klen + 8;
+}
+
+static size_t ckey(unsigned char *k, int64_t end, const void *key, size_t klen, int64_t start) {
+    k[0] = 'C';
+    put_slice(k + 1, end);
+    k[9] = (unsigned char)(klen >> 8);
+    k[10] = (unsigned char)klen;
+    memcpy(k + 11, key, klen);
+    put_slice(k + 11 + klen, start);
+    return 19 + klen;
+}
+
+typedef struct {
+    size_t plen;
+    int (*cb)(int64_t, int64_t, const void *, size_t, void *);
+    int (*end_cb)(int64_t, const void *, size_t, int64_t, void *);
+    int64_t upto;
+    void *opaque;
+    int corrupt;
+    unsigned char prefix[KEYBUF];
+} swalk_t;
+
+static int each_session(const void *k, size_t klen, const void *v, size_t vlen, int64_t upd,
+                        void *o) {
+    (void)upd;
+    swalk_t *w = o;
+    if (klen != w->plen + 8 || memcmp(k, w->prefix, w->plen))
+        return 1;
+    if (vlen < 8) {
+        w->corrupt = 1;
+        return 1;
+    }
+    return w->cb(get_slice((const unsigned char *)k + w->plen),
+                 get_slice(v), (const unsigned char *)v + 8, vlen - 8, w->opaque);
+}
+
+lk_err_t lk__wstore_sessions(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                             size_t klen,
+                             int (*cb)(int64_t, int64_t, const void *, size_t, void *),
+                             void *opaque) {
+    if (klen > LK__WIN_MAX_KEY)
+        return LK_ERR_TOO_LARGE;
+    swalk_t w = {.cb = cb, .opaque = opaque};
+    w.plen = wkey(w.prefix, key, klen, NULL);
+    size_t visited;
+    lk_err_t e = lk__store_state_scan(t, db, w.prefix, w.plen, SIZE_MAX, each_session, &w,
+                                      &visited);
+    return e ? e : w.corrupt ? LK_ERR_CORRUPT : LK_OK;
+}
+
+lk_err_t lk__wstore_session_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, int64_t end, const void *val,
+                                size_t vlen, int64_t now_ms, char *errstr, size_t errstr_size) {
+    if (klen > LK__WIN_MAX_KEY)
+        return key_too_long(klen, errstr, errstr_size);
+    unsigned char k[KEYBUF + 16], *v = malloc(8 + vlen);
+    if (!v)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    put_slice(v, end);
+    if (vlen)
+        memcpy(v + 8, val, vlen);
+    lk_err_t e = lk__store_state_put(t, db, k, wkey(k, key, klen, &start), v, 8 + vlen, now_ms,
+                                     errstr, errstr_size);
+    free(v);
+    if (!e)
+        e = lk__store_state_put(t, db, k, ckey(k, end, key, klen, start), "", 0, now_ms, errstr,
+                                errstr_size);
+    return e;
+}
+
+lk_err_t lk__wstore_session_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, int64_t end, char *errstr,
+                                size_t errstr_size) {
+    if (klen > LK__WIN_MAX_KEY)
+        return key_too_long(klen, errstr, errstr_size);
+    unsigned char k[KEYBUF + 16];
+    lk_err_t e = lk__store_state_del(t, db, k, wkey(k, key, klen, &start), errstr, errstr_size);
+    if (!e)
+        e = lk__store_state_del(t, db, k, ckey(k, end, key, klen, start), errstr, errstr_size);
+    return e;
+}
+
+lk_err_t lk__wstore_session_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, const void **val, size_t *vlen) {
+    if (klen > LK__WIN_MAX_KEY)
+        return LK_ERR_TOO_LARGE;
+    unsigned char k[KEYBUF];
+    const void *v;
+    size_t n;
+    lk_err_t e = lk__store_state_get(t, db, k, wkey(k, key, klen, &start), &v, &n, NULL);
+    if (e)
+        return e;
+    if (n < 8)
+        return LK_ERR_CORRUPT;
+    *val = (const unsigned char *)v + 8;
+    *vlen = n - 8;
+    return LK_OK;
+}
+
+static int each_ending(const void *k, size_t klen, const void *v, size_t vlen, int64_t upd,
+                       void *o) {
+    (void)v, (void)vlen, (void)upd;
+    swalk_t *w = o;
+    const unsigned char *p = k;
+    if (klen < 19 || p[0] != 'C')
+        return 1;
+    int64_t end = get_slice(p + 1);
+    if (end > w->upto)
+        return 1;
+    size_t kl = (size_t)p[9] << 8 | p[10];
+    if (klen != 19 + kl) {
+        w->corrupt = 1;
+        return 1;
+    }
+    return w->end_cb(end, p + 11, kl, get_slice(p + 11 + kl), w->opaque);
+}
+
+lk_err_t lk__wstore_sessions_ending(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
+                                    int (*cb)(int64_t, const void *, size_t, int64_t, void *),
+                                    void *opaque) {
+    swalk_t w = {.end_cb = cb, .upto = upto, .opaque = opaque};
+    size_t visited;
+    lk_err_t e = lk__store_state_scan(t, db, "C", 1, SIZE_MAX, each_ending, &w, &visited);
+    return e ? e : w.corrupt ? LK_ERR_CORRUPT : LK_OK;
+}

@@ -16,6 +16,9 @@
  *                                      (or last emitted) windowed value of key
  *   'P' be16(tlen) topic be32(part)  -> be64(max event time) be64(batch time it was last
  *                                      raised): per input partition, for the watermark
+ *   'W' be16(klen) key be64(start)  -> be64(end) aggregate: an open session of key
+ *   'C' be64(end) be16(klen) key be64(start) -> empty: open sessions by end, so that the
+ *                                      ones the watermark closes are one cursor range
  *
  * Slices are signed (event time may precede the epoch); they are stored with the sign
  * bit flipped so that byte order is numeric order. A slice is one slide (batch-time
@@ -78,6 +81,29 @@ lk_err_t lk__wstore_value_put(lk_store_txn_t *t, lk_state_db_t db, const void *k
                               int64_t now_ms, char *errstr, size_t errstr_size);
 lk_err_t lk__wstore_value_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                               size_t klen, char *errstr, size_t errstr_size);
+
+/** Visit key's open sessions by start (pointers valid during cb; no write meanwhile). */
+lk_err_t lk__wstore_sessions(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                             size_t klen,
+                             int (*cb)(int64_t start, int64_t end, const void *val,
+                                       size_t vlen, void *opaque),
+                             void *opaque);
+/** Write an open session (and its entry in the by-end index). */
+lk_err_t lk__wstore_session_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, int64_t end, const void *val,
+                                size_t vlen, int64_t now_ms, char *errstr, size_t errstr_size);
+/** Delete an open session (and its entry in the by-end index). */
+lk_err_t lk__wstore_session_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, int64_t end, char *errstr,
+                                size_t errstr_size);
+/** The aggregate of an open session; *val valid until the next write in t. */
+lk_err_t lk__wstore_session_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+                                size_t klen, int64_t start, const void **val, size_t *vlen);
+/** Visit the open sessions with end <= upto, by end (pointers valid during cb). */
+lk_err_t lk__wstore_sessions_ending(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
+                                    int (*cb)(int64_t end, const void *key, size_t klen,
+                                              int64_t start, void *opaque),
+                                    void *opaque);
 
 /** Per input partition: the highest event time seen and the batch time it last grew. */
 lk_err_t lk__wstore_part_get(lk_store_txn_t *t, lk_state_db_t db, const char *topic,

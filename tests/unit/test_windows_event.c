@@ -222,7 +222,7 @@ static int64_t acc(h_t *h, const char *name) {
 #define ASSERT_OUT(h, i, want)                                                          \
     do {                                                                                \
         char *got_ = joined(&(h)->cap.committed[i]);                                    \
-        cr_assert_str_eq(got_, want, "output %d", i);                                   \
+        cr_assert_str_eq(got_, want, "output %d: %s", i, got_);                         \
         free(got_);                                                                     \
     } while (0)
 
@@ -294,7 +294,8 @@ Test(windows_event, definition_errors) {
         lk_window_spec_t spec;
         const char *want;
     } cases[] = {
-        {{.kind = 3, .size_ms = 1000}, "kind must be LK_WINDOW_TUMBLING or LK_WINDOW_HOPPING"},
+        {{.kind = 9, .size_ms = 1000},
+         "kind must be LK_WINDOW_TUMBLING, LK_WINDOW_HOPPING or LK_WINDOW_SESSION"},
         {{.kind = LK_WINDOW_TUMBLING, .size_ms = 0}, "size_ms must be > 0"},
         {{.kind = LK_WINDOW_TUMBLING, .size_ms = 1000, .advance_ms = 500},
          "a tumbling window advances by its size"},
@@ -592,4 +593,171 @@ Test(windows_event, state_bounded_by_open_windows) {
     cr_assert_eq(finals, 1000 * KEYS);
     h_close(&h);
     h_free(&h);
+}
+
+/* ---- session windows ---- */
+
+Test(windows_event, sessions_merge_close_once_and_count_late_records) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_SESSION, .gap_ms = 1000};
+    h_open(&h);
+    erec_t b1[] = {{0, 100, 0, 1}, {0, 600, 0, 1}};
+    h_batch(&h, 1, b1, 2, 1); /* k0 [100,1600); watermark 600 */
+    erec_t b2[] = {{0, 2000, 0, 1}};
+    h_batch(&h, 2, b2, 1, 1); /* k0 [2000,3000) apart; watermark 2000 closes [100,1600) */
+    erec_t b3[] = {{0, 1500, 0, 5}};
+    h_batch(&h, 3, b3, 1, 1); /* [1500,2500) is not late, joins [2000,3000): [1500,3000) */
+    erec_t b4[] = {{0, 900, 0, 7}};
+    h_batch(&h, 4, b4, 1, 1); /* [900,1900) would have closed: late */
+    erec_t b5[] = {{0, 2600, 1, 1}, {0, 10000, 3, 1}, {0, 11500, 3, 1}, {1, 3000, 4, 1}};
+    h_batch(&h, 5, b5, 4, 1); /* partition 1 at 3000 holds the watermark: [1500,3000) closes;
+                               * k3 has two sessions, [10000,11000) and [11500,12500) */
+    erec_t b6[] = {{0, 10900, 3, 1}, {0, 12500, 2, 1}};
+    h_batch(&h, 6, b6, 2, 1); /* [10900,11900) bridges k3's two sessions: [10000,12500);
+                               * records exactly gap apart would not (half-open) */
+    erec_t b7[] = {{0, 20000, 2, 1}, {1, 19000, 4, 1}};
+    h_batch(&h, 7, b7, 2, 1); /* watermark 19000: every session but the two new ones */
+    ASSERT_OUT(&h, 0, "|;[100,1600)k0=2 F;|;|;|;[1500,3000)k0=6 F;|;|;[10000,12500)k3=3 F;"
+                      "[12500,13500)k2=1 F;[2600,3600)k1=1 F;[3000,4000)k4=1 F;|;");
+    ASSERT_OUT(&h, NOPS, "|;|;|;late[900,1900)k0=7;|;|;|;|;");
+    cr_assert_eq(acc(&h, "tc.late"), 1);
+    /* bounded: the two open sessions (each with its by-end entry), the partitions'
+     * maxima and the watermark remain */
+    uint64_t entries = 0;
+    lk_store_txn_t *t = tu_begin(h.st, 0);
+    cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
+    lk__store_txn_abort(t);
+    cr_assert_eq(entries, 2 * 2 + 2 + 1);
+    h_close(&h);
+    h_free(&h);
+}
+
+Test(windows_event, session_definition_errors) {
+    struct {
+        lk_window_spec_t spec;
+        const char *want;
+    } cases[] = {
+        {{.kind = LK_WINDOW_SESSION}, "a session window needs gap_ms > 0"},
+        {{.kind = LK_WINDOW_SESSION, .gap_ms = 10, .size_ms = 5},
+         "a session window has no size: leave size_ms and advance_ms 0"},
+        {{.kind = LK_WINDOW_SESSION, .gap_ms = 10, .emit = LK_WINDOW_EMIT_ON_UPDATE},
+         "session windows emit on close only"},
+        {{.kind = LK_WINDOW_TUMBLING, .size_ms = 10, .gap_ms = 10},
+         "gap_ms is for session windows only"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        lk_pipeline_t *p = lk__pipeline_new();
+        cr_assert_null(lk_window_by_event_time(lk_kafka_stream(p, "in"), "ev", 1,
+                                               &cases[i].spec, sum, NULL));
+        cr_assert(strstr(p->err, cases[i].want), "case %zu: %s", i, p->err);
+        lk__pipeline_destroy(p);
+    }
+}
+
+/* The model of sessions: per key, open sessions [start, end) with their sums; a batch's
+ * accepted records merge with the ones they overlap; then the watermark closes. */
+typedef struct {
+    int key;
+    int64_t start, end, sum;
+    int open;
+} msess_t;
+
+static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *res,
+                           lines_t *late, int64_t *nlate) {
+    msess_t *ss = calloc(8192, sizeof *ss);
+    size_t nss = 0;
+    int64_t wm = INT64_MIN;
+    int have[NPARTS] = {0};
+    int64_t pmax[NPARTS];
+    *nlate = 0;
+    for (size_t i = 0; i < nb; i++) {
+        lines_t out = {0}, lt = {0};
+        for (size_t j = 0; j < bs[i].n; j++) {
+            const erec_t *r = &bs[i].recs[j];
+            if (!have[r->part] || r->et > pmax[r->part])
+                pmax[r->part] = r->et;
+            have[r->part] = 1;
+            if (r->et + gap <= wm) {
+                char *line;
+                cr_assert(asprintf(&line, "late[%lld,%lld)k%d=%lld", (long long)r->et,
+                                   (long long)(r->et + gap), r->key, (long long)r->val) > 0);
+                lines_add(&lt, line);
+                (*nlate)++;
+                continue;
+            }
+            msess_t m = {r->key, r->et, r->et + gap, r->val, 1};
+            for (size_t k = 0; k < nss; k++)
+                if (ss[k].open && ss[k].key == r->key && ss[k].start < m.end &&
+                    ss[k].end > m.start) {
+                    m.start = ss[k].start < m.start ? ss[k].start : m.start;
+                    m.end = ss[k].end > m.end ? ss[k].end : m.end;
+                    m.sum += ss[k].sum;
+                    ss[k].open = 0;
+                }
+            cr_assert_lt(nss, 8192);
+            ss[nss++] = m;
+        }
+        int64_t min = INT64_MAX;
+        for (int p = 0; p < NPARTS; p++)
+            if (have[p] && pmax[p] < min)
+                min = pmax[p];
+        if (min != INT64_MAX && min > wm)
+            wm = min;
+        for (size_t k = 0; k < nss; k++)
+            if (ss[k].open && ss[k].end <= wm) {
+                char *line;
+                cr_assert(asprintf(&line, "[%lld,%lld)k%d=%lld F", (long long)ss[k].start,
+                                   (long long)ss[k].end, ss[k].key, (long long)ss[k].sum) > 0);
+                lines_add(&out, line);
+                ss[k].open = 0;
+            }
+        if (out.n)
+            qsort(out.recs, out.n, sizeof *out.recs, cmp_str);
+        if (lt.n)
+            qsort(lt.recs, lt.n, sizeof *lt.recs, cmp_str);
+        for (size_t j = 0; j < out.n; j++)
+            lines_add(res, out.recs[j]);
+        for (size_t j = 0; j < lt.n; j++)
+            lines_add(late, lt.recs[j]);
+        free(out.recs);
+        free(lt.recs);
+        lines_add(res, strdup("|"));
+        lines_add(late, strdup("|"));
+    }
+    free(ss);
+}
+
+Test(windows_event, sessions_match_the_model_across_crashes) {
+    for (unsigned seed = 200; seed < 206; seed++) {
+        size_t nb = 150;
+        ebatch_t *bs = random_batches(seed, nb);
+        h_t h = {.nops = 1};
+        h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_SESSION, .gap_ms = 600};
+        h_open(&h);
+        srand(seed * 17);
+        for (size_t i = 0; i < nb; i++) {
+            int crashes = rand() % 3 == 0 ? 1 + rand() % 2 : 0;
+            for (int c = 0; c < crashes; c++)
+                h_batch(&h, bs[i].time, bs[i].recs, bs[i].n, 0);
+            if (rand() % 10 == 0) {
+                h_close(&h);
+                h_open(&h);
+            }
+            h_batch(&h, bs[i].time, bs[i].recs, bs[i].n, 1);
+        }
+        lines_t res = {0}, late = {0};
+        int64_t nlate;
+        model_sessions(600, bs, nb, &res, &late, &nlate);
+        cr_assert_gt(res.n - nb, 50, "seed %u: %zu sessions", seed, res.n - nb);
+        cr_assert_gt(nlate, 3, "seed %u: %lld late", seed, (long long)nlate);
+        assert_lines_eq(&h.cap.committed[0], &res, "sessions", seed);
+        assert_lines_eq(&h.cap.committed[NOPS], &late, "late", seed);
+        cr_assert_eq(acc(&h, "tc.late"), nlate);
+        lines_free(&res);
+        lines_free(&late);
+        h_close(&h);
+        h_free(&h);
+        free_batches(bs, nb);
+        tu_rmrf(dir);
+    }
 }
