@@ -130,7 +130,9 @@ typedef struct lk__builtin {
     int kind; /* index in the pipeline enum */
     const char *key_field, *value_field;
     int tolerance_none;
-    int64_t window_size; /* window.size.ms; 0: running totals */
+    int64_t window_size; /* window.size.ms */
+    int64_t window_gap;  /* window.gap.ms (session windows) */
+    int windowed;        /* either: windows instead of running totals */
     int event_time;      /* window.time=event */
     int sums;            /* window values are doubles (sum-by-key), else int64 counts */
 } builtin_t;
@@ -166,7 +168,7 @@ static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **ke
         json_decref(doc);
         return NULL;
     }
-    if (bt->window_size && *klen > LK__WIN_MAX_KEY) {
+    if (bt->windowed && *klen > LK__WIN_MAX_KEY) {
         *why = "key longer than 490 bytes (the limit of windows)";
         json_decref(doc);
         return NULL;
@@ -347,10 +349,14 @@ static lk_stream_t *add_window(lk_pipeline_t *p, lk_stream_t *kv, const lk_conf_
                                         slide ? slide : bt->window_size, add,
                                         bt->sums ? NULL : sub_i64, NULL, NULL);
     } else {
+        int hop = slide && slide != bt->window_size;
         lk_window_spec_t spec = {
-            .kind = slide && slide != bt->window_size ? LK_WINDOW_HOPPING : LK_WINDOW_TUMBLING,
+            .kind = bt->window_gap ? LK_WINDOW_SESSION
+                    : hop          ? LK_WINDOW_HOPPING
+                                   : LK_WINDOW_TUMBLING,
             .size_ms = bt->window_size,
-            .advance_ms = slide && slide != bt->window_size ? slide : 0,
+            .advance_ms = hop ? slide : 0,
+            .gap_ms = bt->window_gap,
             .grace_ms = lk__conf_int(conf, LK__P_WINDOW_GRACE_MS),
             .idle_ms = lk__conf_int(conf, LK__P_WINDOW_IDLE_MS),
             .emit = lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1 ? LK_WINDOW_EMIT_ON_UPDATE
@@ -408,7 +414,7 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
     lk_stream_t *out = NULL;
     switch (d->bt.kind) {
     case P_WORDCOUNT: {
-        if (d->bt.window_size) {
+        if (d->bt.windowed) {
             lk_stream_t *ones = lk_flat_map(in, "split-words", split_words_one, NULL);
             out = add_window(p, ones, conf, &d->bt, "windowed-word-counts");
             break;
@@ -430,7 +436,7 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
         lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
         int sum = d->bt.kind == P_SUM_BY_KEY;
-        if (d->bt.window_size) {
+        if (d->bt.windowed) {
             out = add_window(p, sum ? kv : lk_map(kv, "ones", one, NULL), conf, &d->bt,
                              sum ? "windowed-sums" : "windowed-counts");
             break;
@@ -488,6 +494,8 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
     d->bt.value_field = lk__conf_str(conf, LK__P_VALUE_FIELD);
     d->bt.tolerance_none = lk__conf_int(conf, LK__P_ERRORS_TOLERANCE) == 1;
     d->bt.window_size = lk__conf_int(conf, LK__P_WINDOW_SIZE_MS);
+    d->bt.window_gap = lk__conf_int(conf, LK__P_WINDOW_GAP_MS);
+    d->bt.windowed = d->bt.window_size || d->bt.window_gap;
     d->bt.event_time = lk__conf_int(conf, LK__P_WINDOW_TIME) == 1;
     d->bt.sums = d->bt.kind == P_SUM_BY_KEY;
     if (!d->bt.window_size && lk__conf_int(conf, LK__P_WINDOW_SLIDE_MS)) {
@@ -495,11 +503,22 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "window.slide.ms is set but window.size.ms is not");
     }
-    if (d->bt.window_size && d->bt.kind == P_COPY) {
+    const char *werr = NULL;
+    if (d->bt.window_gap && d->bt.window_size)
+        werr = "set window.size.ms (fixed windows) or window.gap.ms (sessions), not both";
+    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_TIME) != 1)
+        werr = "window.gap.ms (session windows) needs window.time=event";
+    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1)
+        werr = "session windows emit on close only: window.emit=close";
+    if (werr) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "%s", werr);
+    }
+    if (d->bt.windowed && d->bt.kind == P_COPY) {
         free(d);
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "window.size.ms applies to pipeline=wordcount, count-by-key and "
-                       "sum-by-key, not copy");
+                       "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
+                       "count-by-key and sum-by-key, not copy");
     }
     if ((d->bt.kind == P_COUNT_BY_KEY || d->bt.kind == P_SUM_BY_KEY) && !d->bt.key_field[0]) {
         free(d);

@@ -136,6 +136,9 @@ typedef enum {
     X(WINDOW_SLIDE_MS, "window.slide.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,   \
       "lockstep run: how far windows move: it divides window.size.ms (hopping windows); "  \
       "0: window.size.ms (tumbling windows).")                                             \
+    X(WINDOW_GAP_MS, "window.gap.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,       \
+      "lockstep run, window.time=event: session windows closing after this inactivity "   \
+      "gap (per key), instead of window.size.ms. 0: no sessions.")                          \
     X(WINDOW_TIME, "window.time", LK__PT_ENUM, "batch", 0, 0, "batch|event", 0,             \
       "lockstep run: 'batch' windows over batch time (size and slide multiples of "        \
       "batch.interval.ms; a key whose window empties gets \"value\":null); 'event' over "  \

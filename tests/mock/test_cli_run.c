@@ -1089,8 +1089,14 @@ Test(cli_run, window_configuration_errors) {
              "-X input.topics=i -X output.topic=o",
              path("ckpt"));
     snprintf(full, sizeof full, "%s -X pipeline=copy -X window.size.ms=1000", base);
-    EXPECT_RUN(2, full, "window.size.ms applies to pipeline=wordcount, count-by-key and "
-                        "sum-by-key, not copy");
+    EXPECT_RUN(2, full, "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
+                        "count-by-key and sum-by-key, not copy");
+    snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.gap.ms=1000", base);
+    EXPECT_RUN(2, full, "window.gap.ms (session windows) needs window.time=event");
+    snprintf(full, sizeof full,
+             "%s -X pipeline=wordcount -X window.gap.ms=1000 -X window.size.ms=1000", base);
+    EXPECT_RUN(2, full, "set window.size.ms (fixed windows) or window.gap.ms (sessions), not "
+                        "both");
     snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.slide.ms=1000", base);
     EXPECT_RUN(2, full, "window.slide.ms is set but window.size.ms is not");
     snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.time=wall", base);
@@ -1106,4 +1112,27 @@ Test(cli_run, window_configuration_errors) {
              "%s -X pipeline=wordcount -X window.size.ms=10000 -X window.slide.ms=3000", base);
     EXPECT_RUN(1, full, "'windowed-word-counts': window 10000 ms and slide 3000 ms: both must "
                         "be > 0 and the window a multiple of the slide");
+}
+
+Test(cli_run, count_by_key_session_windows) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    static const struct {
+        const char *user;
+        int64_t ts;
+    } in[] = {{"alice", 100}, {"alice", 600}, {"bob", 700}, {"alice", 5000}};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++)
+        produce_at("in", fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
+    flush_input();
+    RUN_START("wses", "pipeline=count-by-key", "key.field=user", "input.topics=in",
+              "output.topic=out", "window.time=event", "window.gap.ms=1000");
+    wait_input(5);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    cr_assert_str_eq(recs_text(rs),
+                     "alice|{\"window_start\":100,\"window_end\":1600,\"value\":2,\"final\":true}\n"
+                     "bob|{\"window_start\":700,\"window_end\":1700,\"value\":1,\"final\":true}\n",
+                     "closed sessions, once each; alice's [5000,6000) is still open");
+    recs_free(rs);
+    free(rs);
 }
