@@ -7,12 +7,13 @@ times increasing per partition, then late records far behind) and count per user
         to the dead-letter topic wev-dead
   weu   event time, tumbling windows (1 s), emit on update
   wbt   batch time, tumbling windows (1 s)
+  wses  event time, session windows (gap 500 ms)
 They are killed with SIGKILL at random instants and at named fault points while input
 flows, restarted, drained; then an independent reader (read_committed, counting only the
 delivery attempts the progress topic names) checks, record for record:
-  - wev / weu: exactly one final result per (user, window), equal to the count computed
-    here from the input; nothing else final; every late record exactly once in wev-dead
-    and counted in the accumulator windowed-counts.late of both;
+  - wev / weu / wses: exactly one final result per (user, window or session), equal to
+    the count computed here from the input; nothing else final; every late record exactly
+    once in wev-dead and counted in the accumulator windowed-counts.late of each;
   - wbt: at most one result per (user, window); the windowed values, as a step function
     over the windows (a value holds until the key's next result or deletion), add up to
     each user's number of events, and every user's last result is a deletion.
@@ -35,7 +36,7 @@ from confluent_kafka import Producer
 
 from chaos import graceful_stop, read_topic
 
-APPS = ["wev", "weu", "wbt"]
+APPS = ["wev", "weu", "wbt", "wses"]
 FAULTS = ["after-plan", "mid-processing", "after-checkpoint-commit", "before-sink-produce",
           "after-sink-produce", "after-sink-commit"]
 NPART = 3
@@ -60,8 +61,8 @@ class Runner:
         self.problems = []
 
     def start_broker(self):
-        topics = ["ev:3", "wev-out:1", "weu-out:1", "wbt-out:1", "wev-dead:1",
-                  "wev.progress:1", "weu.progress:1", "wbt.progress:1"]
+        topics = ["ev:3", "wev-out:1", "weu-out:1", "wbt-out:1", "wses-out:1", "wev-dead:1",
+                  "wev.progress:1", "weu.progress:1", "wbt.progress:1", "wses.progress:1"]
         cmd = [self.args.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
         self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True)
@@ -106,6 +107,8 @@ class Runner:
                   "errors.deadletter=wev-dead"]
         elif app == "weu":
             a += ["window.time=event", "window.size.ms=1000", "window.emit=update"]
+        elif app == "wses":
+            a += ["window.time=event", "window.gap.ms=500"]
         else:
             a += ["window.time=batch", "window.size.ms=1000"]
         return [self.args.lockstep, "run"] + sum((["-X", x] for x in a), [])
@@ -203,12 +206,33 @@ class Runner:
         out.sort(key=lambda r: (r[0], r[1].offset()))
         return out, twice
 
-    def check_event(self, app, size, slide):
+    def sessions(self, gap):
+        """Per user, the union of [t, t + gap) of its events: (user, start, end) -> count.
+        In-order partitions make it independent of how batches were cut: no event can
+        reach a session the watermark closed."""
+        by_user = collections.defaultdict(list)
+        for user, et, _ in self.events:
+            by_user[user].append(et)
+        want = collections.Counter()
+        for user, ets in by_user.items():
+            ets.sort()
+            start, end, n = ets[0], ets[0] + gap, 0
+            for et in ets:
+                if et >= end:
+                    want[(user, start, end)] = n
+                    start, n = et, 0
+                end, n = max(end, et + gap), n + 1
+            want[(user, start, end)] = n
+        return want
+
+    def check_event(self, app, size, slide, gap=0):
         want = collections.Counter()
         for user, et, _ in self.events:
             s = et // slide
             for k in range(s - size // slide + 1, s + 1):
                 want[(user, k * slide, k * slide + size)] += 1
+        if gap:
+            want = self.sessions(gap)
         recs, twice = self.committed(app, f"{app}-out", "to-kafka")
         finals = collections.Counter()
         got = {}
@@ -282,8 +306,9 @@ class Runner:
         self.phase(self.args.events, self.args.late)
         self.phase(0, 0, closers=True)
         lost = dup = 0
-        for app, size, slide in (("wev", 2000, 1000), ("weu", 1000, 1000)):
-            lo, du = self.check_event(app, size, slide)
+        for app, size, slide, gap in (("wev", 2000, 1000, 0), ("weu", 1000, 1000, 0),
+                                      ("wses", 1, 1, 500)):
+            lo, du = self.check_event(app, size, slide, gap)
             lost, dup = lost + lo, dup + du
         lo, du = self.check_dead()
         lost, dup = lost + lo, dup + du
