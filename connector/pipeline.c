@@ -563,7 +563,7 @@ static int64_t stage_ttl(const lk_stream_t *s, int64_t def) {
 int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t def) {
     for (size_t i = 0; i < p->nstages; i++)
         if ((p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0) ||
-            p->stages[i]->kind == LK__ST_WINDOW) /* windows close with time */
+            (p->stages[i]->kind == LK__ST_WINDOW && lk__window_needs_time(p->stages[i])))
             return 1;
     return 0;
 }

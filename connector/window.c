@@ -40,6 +40,10 @@ static const char *op_name(const lk_stream_t *s) {
 
 const char *lk__window_kind(const lk_stream_t *s) { return op_name(s); }
 
+int lk__window_needs_time(const lk_stream_t *s) {
+    return s->win->domain == LK__WIN_BATCH_TIME || s->win->idle_ms > 0;
+}
+
 int lk__window_is_kind(const char *kind) {
     return !strcmp(kind, "reduce_by_key_and_window") || !strcmp(kind, "window_by_event_time");
 }

@@ -68,6 +68,10 @@ const char *lk__window_kind(const lk_stream_t *s);
 /** Non-zero if a recorded operator kind is a window's (its definition must not change). */
 int lk__window_is_kind(const char *kind);
 
+/** Non-zero if the window closes with batch time passing, without input (batch-time
+ * windows; event-time ones whose partitions can go idle): batches must run then. */
+int lk__window_needs_time(const lk_stream_t *s);
+
 /** Forget the batch's per-batch data (after its commit or abort). */
 void lk__window_reset(lk_stream_t *s);
 /** Free the definition and its runtime data. */

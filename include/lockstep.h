@@ -426,7 +426,9 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  * Watermark: per input partition (of the input records the window's records come from),
  * the highest event time seen; the watermark is the lowest of them minus grace_ms, over
  * the partitions that are not idle (no record for idle_ms of batch time; when all are
- * idle, the highest of them minus grace_ms). It never goes back. The per-partition
+ * idle, the highest of them minus grace_ms). It never goes back. With idle_ms > 0 the
+ * pipeline runs a batch every batch.interval.ms even without input, so that idleness is
+ * noticed; otherwise the watermark moves with input only. The per-partition
  * maxima and the watermark are written in the batch's transaction, with the offsets: a
  * crash never moves them. A window [start, end) closes when the watermark reaches end;
  * it then emits, for each key with data in it, exactly one final result (final = 1).

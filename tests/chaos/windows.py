@@ -71,9 +71,12 @@ class Runner:
             raise SystemExit(f"windows: mock-broker did not start: {line!r}")
         self.bootstrap = line.split("=", 1)[1]
 
-    def produce(self, n, late=0, closers=False):
+    def produce(self, n, late=0, closers=False, pause=0):
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         recs = []
+        # a pause in event time (every partition): the windows and sessions before it
+        # close, so the batch has output and the sink's fault points are reached
+        self.clock = [c + pause for c in self.clock]
         for _ in range(n):
             part = self.rng.randrange(NPART)
             self.clock[part] += self.rng.randrange(40)
@@ -182,7 +185,7 @@ class Runner:
         for i, fault in enumerate(FAULTS if not closers else []):
             # fresh input, so that every point is reached (not after the closers: it
             # would all be late)
-            self.produce(60)
+            self.produce(60, pause=1000)
             self.kill_at_fault(APPS[(i + self.phases) % len(APPS)], fault)
         for app in APPS:
             self.drain(app, settle=2.5 if app == "wbt" else 0)
