@@ -10,6 +10,7 @@
 #include "cli_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "../state/window_store_int.h"
 
 #include <ctype.h>
 #include <dlfcn.h>
@@ -213,6 +214,11 @@ typedef struct lk__builtin {
     int kind; /* index in the pipeline enum */
     const char *key_field, *value_field;
     int tolerance_none;
+    int64_t window_size; /* window.size.ms */
+    int64_t window_gap;  /* window.gap.ms (session windows) */
+    int windowed;        /* either: windows instead of running totals */
+    int event_time;      /* window.time=event */
+    int sums;            /* window values are doubles (sum-by-key), else int64 counts */
 } builtin_t;
 
 enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
@@ -245,6 +251,11 @@ static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **ke
     }
     if (*klen == 0 || *klen > 500) {
         *why = "key empty or longer than 500 bytes";
+        json_decref(doc);
+        return NULL;
+    }
+    if (bt->windowed && *klen > LK__WIN_MAX_KEY) {
+        *why = "key longer than 490 bytes (the limit of windows)";
         json_decref(doc);
         return NULL;
     }
@@ -312,6 +323,161 @@ static void extract(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     json_decref(doc);
 }
 
+/* ---- windows (window.size.ms) ---- */
+
+/* wordcount's split, emitting (word, int64 1): what the window sums */
+static void split_words_one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    const unsigned char *p = in->value, *end = p + (in->value ? in->value_len : 0);
+    char word[LK__WC_WORD_MAX];
+    size_t n;
+    int64_t one = 1;
+    /* records with a word longer than LK__WC_WORD_MAX were filtered out before */
+    while ((n = lk__wc_next_word(&p, end, word)))
+        if (n <= LK__WC_WORD_MAX)
+            lk_emit(b, word, n, &one, sizeof one);
+}
+
+static void one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    int64_t v = 1;
+    lk_emit(b, in->key, in->key_len, &v, sizeof v);
+}
+
+static void add_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                    const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key, (void)opaque;
+    int64_t x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
+    if (!o)
+        return;
+    if (a->len == sizeof x)
+        memcpy(&x, a->data, sizeof x);
+    if (v->len == sizeof y)
+        memcpy(&y, v->data, sizeof y);
+    *o = x + y;
+    *out = (lk_bytes_t){o, sizeof *o};
+}
+
+static void sub_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                    const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key, (void)opaque;
+    int64_t x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
+    if (!o)
+        return;
+    if (a->len == sizeof x)
+        memcpy(&x, a->data, sizeof x);
+    if (v->len == sizeof y)
+        memcpy(&y, v->data, sizeof y);
+    *o = x - y;
+    *out = (lk_bytes_t){o, sizeof *o};
+}
+
+/* double sums: no inverse (floating-point sums drift under one; see lockstep.h) */
+static void add_f64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                    const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key, (void)opaque;
+    double x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
+    if (!o)
+        return;
+    if (a->len == sizeof x)
+        memcpy(&x, a->data, sizeof x);
+    if (v->len == sizeof y)
+        memcpy(&y, v->data, sizeof y);
+    *o = x + y;
+    *out = (lk_bytes_t){o, sizeof *o};
+}
+
+static int format_number(char *buf, size_t size, const void *v, size_t len, int dbl) {
+    if (dbl) {
+        double s = 0;
+        if (len == sizeof s)
+            memcpy(&s, v, sizeof s);
+        return s == floor(s) && fabs(s) < 1e15 ? snprintf(buf, size, "%.0f", s)
+                                               : snprintf(buf, size, "%.17g", s);
+    }
+    int64_t c = 0;
+    if (len == sizeof c)
+        memcpy(&c, v, sizeof c);
+    return snprintf(buf, size, "%lld", (long long)c);
+}
+
+/* A window's result as the JSON value of the output record. A batch-time deletion (the
+ * key's window emptied) has "value":null rather than being a tombstone, so that it still
+ * names its window. */
+static void format_window(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    const builtin_t *bt = opaque;
+    lk_window_result_t wr = {in->timestamp_ms - bt->window_size, in->timestamp_ms, 1,
+                             in->value, in->value_len};
+    if (bt->event_time && lk_window_result_parse(in->value, in->value_len, &wr)) {
+        lk_batch_fail(b, "window result of %zu bytes cannot be parsed", in->value_len);
+        return;
+    }
+    char num[48] = "null", text[160];
+    if (wr.value)
+        format_number(num, sizeof num, wr.value, wr.value_len, bt->sums);
+    int n = snprintf(text, sizeof text,
+                     "{\"window_start\":%lld,\"window_end\":%lld,\"value\":%s,\"final\":%s}",
+                     (long long)wr.start_ms, (long long)wr.end_ms, num,
+                     wr.final ? "true" : "false");
+    lk_emit(b, in->key, in->key_len, text, (size_t)n);
+}
+
+/* A late record (event time) as a dead letter: the window it missed and its value. */
+static void format_late(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    const builtin_t *bt = opaque;
+    lk_window_result_t wr;
+    if (lk_window_result_parse(in->value, in->value_len, &wr)) {
+        lk_batch_fail(b, "late record of %zu bytes cannot be parsed", in->value_len);
+        return;
+    }
+    char num[48], text[200];
+    format_number(num, sizeof num, wr.value, wr.value_len, bt->sums);
+    int n = snprintf(text, sizeof text,
+                     "{\"late\":true,\"event_time\":%lld,\"window_start\":%lld,"
+                     "\"window_end\":%lld,\"value\":%s}",
+                     (long long)in->timestamp_ms, (long long)wr.start_ms, (long long)wr.end_ms,
+                     num);
+    lk_emit(b, in->key, in->key_len, text, (size_t)n);
+}
+
+/* The windowed aggregate of kv (key, int64 1 or double) per window.* */
+static lk_stream_t *add_window(lk_pipeline_t *p, lk_stream_t *kv, const lk_conf_t *conf,
+                               builtin_t *bt, const char *uid) {
+    int64_t slide = lk__conf_int(conf, LK__P_WINDOW_SLIDE_MS);
+    lk_reduce_fn *add = bt->sums ? add_f64 : add_i64;
+    lk_stream_t *w;
+    if (!bt->event_time) {
+        w = lk_reduce_by_key_and_window(kv, uid, 1, bt->window_size,
+                                        slide ? slide : bt->window_size, add,
+                                        bt->sums ? NULL : sub_i64, NULL, NULL);
+    } else {
+        int hop = slide && slide != bt->window_size;
+        lk_window_spec_t spec = {
+            .kind = bt->window_gap ? LK_WINDOW_SESSION
+                    : hop          ? LK_WINDOW_HOPPING
+                                   : LK_WINDOW_TUMBLING,
+            .size_ms = bt->window_size,
+            .advance_ms = hop ? slide : 0,
+            .gap_ms = bt->window_gap,
+            .grace_ms = lk__conf_int(conf, LK__P_WINDOW_GRACE_MS),
+            .idle_ms = lk__conf_int(conf, LK__P_WINDOW_IDLE_MS),
+            .emit = lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1 ? LK_WINDOW_EMIT_ON_UPDATE
+                                                               : LK_WINDOW_EMIT_ON_CLOSE};
+        w = lk_window_by_event_time(kv, uid, 1, &spec, add, NULL);
+        /* late records: counted (<uid>.late) and, with a dead letter, sent there */
+        const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
+        if (w && dl[0]) {
+            lk_stream_t *late = lk_map(lk_window_late(w, "late"), "format-late", format_late, bt);
+            if (!strncmp(dl, "file:", 5))
+                lk_to_files(late, "late-deadletter", dl + 5, "jsonl");
+            else
+                lk_to_kafka(late, "late-deadletter", dl);
+        }
+    }
+    (void)p;
+    return lk_map(w, "format-window", format_window, bt);
+}
+
 /* ---- definition ---- */
 
 static void add_sinks(lk_pipeline_t *p, lk_stream_t *out, const lk_conf_t *conf) {
@@ -364,6 +530,11 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
         /* records with a word too long to keep: counted, dead-lettered, not split */
         add_deadletter(in, conf, &d->bt);
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
+        if (d->bt.windowed) {
+            lk_stream_t *ones = lk_flat_map(good, "split-words", split_words_one, NULL);
+            out = add_window(p, ones, conf, &d->bt, "windowed-word-counts");
+            break;
+        }
         lk_stream_t *words = lk_flat_map(good, "split-words", lk__wc_split_words, NULL);
         lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
@@ -375,6 +546,11 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
         lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
         int sum = d->bt.kind == P_SUM_BY_KEY;
+        if (d->bt.windowed) {
+            out = add_window(p, sum ? kv : lk_map(kv, "ones", one, NULL), conf, &d->bt,
+                             sum ? "windowed-sums" : "windowed-counts");
+            break;
+        }
         lk_stream_t *agg = lk_update_state_by_key(kv, sum ? "sums" : "counts", 1,
                                                   sum ? add_sum : lk__wc_add_count, NULL);
         out = lk_map(agg, sum ? "format-sums" : "format-counts", sum ? format_sum : lk__wc_format_count,
@@ -427,6 +603,33 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
     d->bt.key_field = lk__conf_str(conf, LK__P_KEY_FIELD);
     d->bt.value_field = lk__conf_str(conf, LK__P_VALUE_FIELD);
     d->bt.tolerance_none = lk__conf_int(conf, LK__P_ERRORS_TOLERANCE) == 1;
+    d->bt.window_size = lk__conf_int(conf, LK__P_WINDOW_SIZE_MS);
+    d->bt.window_gap = lk__conf_int(conf, LK__P_WINDOW_GAP_MS);
+    d->bt.windowed = d->bt.window_size || d->bt.window_gap;
+    d->bt.event_time = lk__conf_int(conf, LK__P_WINDOW_TIME) == 1;
+    d->bt.sums = d->bt.kind == P_SUM_BY_KEY;
+    if (!d->bt.window_size && lk__conf_int(conf, LK__P_WINDOW_SLIDE_MS)) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "window.slide.ms is set but window.size.ms is not");
+    }
+    const char *werr = NULL;
+    if (d->bt.window_gap && d->bt.window_size)
+        werr = "set window.size.ms (fixed windows) or window.gap.ms (sessions), not both";
+    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_TIME) != 1)
+        werr = "window.gap.ms (session windows) needs window.time=event";
+    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1)
+        werr = "session windows emit on close only: window.emit=close";
+    if (werr) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "%s", werr);
+    }
+    if (d->bt.windowed && d->bt.kind == P_COPY) {
+        free(d);
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
+                       "count-by-key and sum-by-key, not copy");
+    }
     if ((d->bt.kind == P_COUNT_BY_KEY || d->bt.kind == P_SUM_BY_KEY) && !d->bt.key_field[0]) {
         free(d);
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,

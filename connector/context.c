@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "lockstep.h"
 #include "pipeline_int.h"
+#include "window_int.h"
 #include "receiver_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
@@ -261,6 +262,13 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
                           "the checkpoint; let it deliver with the old settings first, or "
                           "give the new sink a new uid",
                           o->uid, o->params, n->params);
+        else if (lk__window_is_kind(o->kind) && strcmp(n->params, o->params))
+            /* the slices and running values mean something else under another window */
+            err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                          "operator '%s' (%s): window definition changed from %s to %s; "
+                          "keep the old definition, or give the new window a new uid (it "
+                          "starts empty)",
+                          o->uid, o->kind, o->params, n->params);
         else if (n->schema_version != o->schema_version)
             err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
                           "operator '%s' (%s): state schema version changed from v%d to v%d; "
@@ -548,6 +556,11 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     size_t ntopics = lk__pipeline_topics(p, topics, LK_ARRAY_SIZE(topics));
     if (ntopics == 0) {
         lk__fmt(errstr, errstr_size, "pipeline: no input (add lk_kafka_stream)");
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    if (lk__window_check_conf(p, lk__conf_int(conf, LK__P_BATCH_INTERVAL_MS), errstr,
+                              errstr_size)) {
         lk_context_destroy(ctx);
         return NULL;
     }

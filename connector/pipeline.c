@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "pipeline_int.h"
+#include "window_int.h"
 #include "../core/util_int.h"
 #include "../sink/sink_int.h"
 
@@ -168,6 +169,8 @@ const char *lk__stage_kind_name(lk__stage_kind_t k) {
     case LK__ST_UPDATE: return "update_state_by_key";
     case LK__ST_FOREACH: return "foreach_batch";
     case LK__ST_OUTBOX: return "outbox";
+    case LK__ST_WINDOW: return "reduce_by_key_and_window";
+    case LK__ST_SIDE: return "window_late";
     }
     return "?";
 }
@@ -189,6 +192,7 @@ static void stage_free(lk_stream_t *s) {
     free(s->recs);
     free(s->scan_key);
     free(s->scan_next);
+    lk__window_free(s->win);
     free(s);
 }
 
@@ -285,6 +289,11 @@ static lk_stream_t *derive(lk_stream_t *in, lk__stage_kind_t kind, const char *u
     if (s)
         s->opaque = opaque;
     return s;
+}
+
+lk_stream_t *lk__stage_derive(lk_stream_t *in, lk__stage_kind_t kind, const char *uid,
+                              const void *fn, void *opaque, const char *what) {
+    return derive(in, kind, uid, fn, opaque, what);
 }
 
 lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
@@ -527,6 +536,8 @@ void lk_sink_keep_partition(lk_stream_t *sink) {
 }
 
 const char *lk__stage_name(const lk_stream_t *s) {
+    if (s->kind == LK__ST_WINDOW)
+        return lk__window_kind(s);
     if (s->kind == LK__ST_OUTBOX && s->sink_ops) {
         if (s->sink_ops == &lk__sink_kafka_ops)
             return "to_kafka";
@@ -604,7 +615,7 @@ size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap)
 lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *st, char *errstr,
                                  size_t errstr_size) {
     for (size_t i = 0; i < p->nstages; i++)
-        if (p->stages[i]->kind == LK__ST_UPDATE) {
+        if (p->stages[i]->kind == LK__ST_UPDATE || p->stages[i]->kind == LK__ST_WINDOW) {
             lk_err_t e =
                 lk__store_state_open(st, p->stages[i]->uid, &p->stages[i]->db, errstr, errstr_size);
             if (e)
@@ -619,7 +630,8 @@ static int64_t stage_ttl(const lk_stream_t *s, int64_t def) {
 
 int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t def) {
     for (size_t i = 0; i < p->nstages; i++)
-        if (p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0)
+        if ((p->stages[i]->kind == LK__ST_UPDATE && stage_ttl(p->stages[i], def) > 0) ||
+            (p->stages[i]->kind == LK__ST_WINDOW && lk__window_needs_time(p->stages[i])))
             return 1;
     return 0;
 }
@@ -644,6 +656,25 @@ static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         process(b, s->children[i], r);
 }
 
+void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int side) {
+    lk_stream_t *saved = b->cur;
+    b->cur = s;
+    for (size_t i = 0; i < s->nchildren && !b->err; i++)
+        if ((s->children[i]->kind == LK__ST_SIDE) == !!side)
+            process(b, s->children[i], r);
+    b->cur = saved;
+}
+
+void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
+    if (b->err)
+        return;
+    b->err = e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
+    va_end(ap);
+}
+
 static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
     static char empty[1]; /* every empty value (a word count's "1" is one) shares it */
     if (!p)
@@ -656,10 +687,19 @@ static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
     return c;
 }
 
+void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n) {
+    return copy_bytes(b, p, n);
+}
+
 static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     lk_stream_t *saved = b->cur;
     switch (s->kind) {
     case LK__ST_SOURCE:
+        break;
+    case LK__ST_SIDE:
+        b->cur = s;
+        deliver(b, s, r);
+        b->cur = saved;
         break;
     case LK__ST_MAP:
     case LK__ST_FLAT_MAP: {
@@ -682,8 +722,22 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             deliver(b, s, r);
         b->cur = saved;
         break;
+    case LK__ST_WINDOW:
     case LK__ST_REDUCE:
     case LK__ST_UPDATE: {
+        unsigned char wkey[LK__WIN_KV_PREFIX + LK__WIN_MAX_KEY];
+        lk_record_t wr;
+        size_t skip = 0; /* window stages collect under (slice, key): the key starts here */
+        if (s->kind == LK__ST_WINDOW) {
+            size_t n = lk__window_kv_key(b, s, r, wkey);
+            if (!n)
+                break;
+            wr = *r;
+            wr.key = wkey;
+            wr.key_len = n;
+            r = &wr;
+            skip = LK__WIN_KV_PREFIX;
+        }
         if (!r->key) {
             batch_fail(b, LK_ERR_INVALID_ARG, "%s '%s' received a record without a key",
                        lk__stage_kind_name(s->kind), s->uid);
@@ -700,13 +754,14 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             break;
         }
-        if (s->kind == LK__ST_REDUCE) {
+        if (s->kind != LK__ST_UPDATE) {
             if (created) {
                 e->acc = v;
             } else {
                 lk_bytes_t out = {NULL, 0};
+                lk_bytes_t key = {(const char *)e->key.data + skip, e->key.len - skip};
                 b->cur = s;
-                s->fn.reduce(b, &e->key, &e->acc, &v, &out, s->opaque);
+                s->fn.reduce(b, &key, &e->acc, &v, &out, s->opaque);
                 b->cur = saved;
                 e->acc = out;
             }
@@ -823,6 +878,7 @@ void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_
     b->time_ms = time_ms;
     b->txn = txn;
     b->cur = NULL;
+    b->input = NULL;
     b->err = LK_OK;
     b->errstr[0] = 0;
     b->records_out = 0;
@@ -838,7 +894,9 @@ void lk__batch_push_input(lk_batch_t *b, lk_pipeline_t *p, const lk_record_t *r)
         for (size_t t = 0; t < s->ntopics; t++)
             if (!strcmp(s->topics[t], r->topic)) {
                 b->cur = s;
+                b->input = r;
                 deliver(b, s, r);
+                b->input = NULL;
                 b->cur = NULL;
                 break;
             }
@@ -999,6 +1057,9 @@ lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p) {
             s->fn.foreach(b, s->recs, s->nrecs, s->opaque);
             b->cur = NULL;
             break;
+        case LK__ST_WINDOW:
+            lk__window_flush(b, s);
+            break;
         default:
             break;
         }
@@ -1025,6 +1086,8 @@ void lk__batch_reset(lk_batch_t *b, lk_pipeline_t *p) {
         lk_stream_t *s = p->stages[i];
         kv_clear(&s->kv);
         s->nrecs = 0;
+        if (s->win)
+            lk__window_reset(s);
         free(s->scan_next); /* a batch that did not commit does not move the sweep */
         s->scan_next = NULL;
         s->scan_pending = 0;

@@ -9,6 +9,7 @@
 
 #include "lockstep.h"
 #include "../state/store_int.h"
+#include "../core/util_int.h"
 
 typedef enum {
     LK__ST_SOURCE,
@@ -19,6 +20,8 @@ typedef enum {
     LK__ST_UPDATE,
     LK__ST_FOREACH,
     LK__ST_OUTBOX,
+    LK__ST_WINDOW, /* window.c */
+    LK__ST_SIDE,   /* a window's late records (pass-through, fed by the window only) */
 } lk__stage_kind_t;
 
 /** Kind names as recorded in the checkpoint's topology (stable strings). */
@@ -81,6 +84,7 @@ struct lk_stream {
     const struct lk__sink_ops *sink_ops; /* outbox stages: the sink kind delivering it */
     char *target, *format;               /* the sink's topic or directory, file format */
     int keep_partition;                  /* write to the input's partition */
+    struct lk__window *win;              /* window stages: the definition (window.c) */
     /* runtime */
     lk_state_db_t db;
     lk__kv_t kv;
@@ -117,6 +121,7 @@ struct lk_batch {
     lk_store_txn_t *txn;
     lk__arena_t arena;
     lk_stream_t *cur; /* stage whose callback is running (where lk_emit goes) */
+    const lk_record_t *input; /* the input record being pushed, NULL at the batch's end */
     int expiring;
     lk_err_t err; /* first error inside callbacks: the batch fails */
     char errstr[512];
@@ -152,7 +157,20 @@ void lk__batch_free(lk_batch_t *b);
 /** The batch committed: keep what must outlive it (TTL sweep positions). */
 void lk__pipeline_committed(lk_pipeline_t *p);
 
-/** Non-zero if some stateful stage expires keys (batches must run to advance time). */
+/* ---- for operators defined in other files (window.c) ---- */
+
+/** A stage derived from in (checks in, uid and fn); NULL with the pipeline failed. */
+lk_stream_t *lk__stage_derive(lk_stream_t *in, lk__stage_kind_t kind, const char *uid,
+                              const void *fn, void *opaque, const char *what);
+/** Push r to s's children: side outputs (LK__ST_SIDE) if side, else the others. */
+void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int side);
+/** Fail the batch (the first error wins). */
+void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
+/** Copy bytes into the batch's arena (NULL stays NULL; NULL also when out of memory). */
+void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n);
+
+/** Non-zero if some stateful stage expires keys or closes windows (batches must run to
+ * advance time). */
 int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t default_ttl_ms);
 
 #endif

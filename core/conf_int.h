@@ -148,6 +148,29 @@ typedef enum {
       "Where malformed input (lockstep run) and, if a Kafka topic, records a Kafka sink "   \
       "can never deliver go, exactly-once: a Kafka topic, or file:DIR for files. Empty: "   \
       "malformed input is only counted; undeliverable records stop the application.")     \
+    X(WINDOW_SIZE_MS, "window.size.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,     \
+      "lockstep run: aggregate wordcount / count-by-key / sum-by-key per window of this "  \
+      "length instead of running totals; output values become JSON with window_start, "   \
+      "window_end, value and final. 0: no window.")                                       \
+    X(WINDOW_SLIDE_MS, "window.slide.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,   \
+      "lockstep run: how far windows move: it divides window.size.ms (hopping windows); "  \
+      "0: window.size.ms (tumbling windows).")                                             \
+    X(WINDOW_GAP_MS, "window.gap.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,       \
+      "lockstep run, window.time=event: session windows closing after this inactivity "   \
+      "gap (per key), instead of window.size.ms. 0: no sessions.")                          \
+    X(WINDOW_TIME, "window.time", LK__PT_ENUM, "batch", 0, 0, "batch|event", 0,             \
+      "lockstep run: 'batch' windows over batch time (size and slide multiples of "        \
+      "batch.interval.ms; a key whose window empties gets \"value\":null); 'event' over "  \
+      "the input records' Kafka timestamps with a watermark.")                            \
+    X(WINDOW_GRACE_MS, "window.grace.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,   \
+      "lockstep run, window.time=event: how far the watermark trails the highest event "   \
+      "time; later records are late (accumulator <uid>.late, and errors.deadletter).")    \
+    X(WINDOW_IDLE_MS, "window.idle.ms", LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, 0,     \
+      "lockstep run, window.time=event: a partition without records for this long (batch " \
+      "time) stops holding the watermark back. 0: never.")                                 \
+    X(WINDOW_EMIT, "window.emit", LK__PT_ENUM, "close", 0, 0, "close|update", 0,           \
+      "lockstep run, window.time=event: 'close' emits one final result per key and "       \
+      "window; 'update' also every batch's change to an open window.")                     \
     X(PROGRESS_LOG, "progress.log", LK__PT_STR, "", 0, 4000, NULL, 0,                      \
       "lockstep run: append one JSON line per committed batch (records, durations, lag, "  \
       "outbox) to this file. On a terminal a live status line is shown as well.")        \

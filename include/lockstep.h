@@ -339,6 +339,175 @@ LK_EXPORT lk_stream_t *lk_update_state_by_key(lk_stream_t *in, const char *uid,
  */
 LK_EXPORT void lk_state_ttl(lk_stream_t *stateful, int64_t ttl_ms);
 /**
+ * Window filter: non-zero keeps (key, value) visible downstream; zero emits a deletion
+ * instead (once, if the key was visible). key and value are valid during the call only.
+ */
+typedef int(lk_window_filter_fn)(lk_batch_t *b, const lk_bytes_t *key,
+                                 const lk_bytes_t *value, void *opaque);
+
+/**
+ * @brief Windowed reduce over batch time (Spark's reduceByKeyAndWindow), exact across
+ * crashes and restarts.
+ *
+ * Batch time is cut into slides of slide_ms aligned on the Unix epoch; a batch belongs
+ * to the slide holding its time (lk_batch_time_ms(), recorded in the batch plan, so a
+ * batch processed again falls in the same slide). The window ending at slide boundary E
+ * holds the records of the batches with time in [E - window_ms, E). The state is one
+ * partial aggregate per (key, slide) in the operator's checkpoint database, written in
+ * the batch's transaction; slides that left the window are deleted (a range delete
+ * ordered by slide), so state stays bounded by (window_ms / slide_ms + 1) x keys.
+ *
+ * Emission: the first batch at or after boundary E emits, for every key whose windowed
+ * value changed since the previous boundary, (key, value); a key whose window became
+ * empty, or whose value filter rejects, emits a deletion (NULL value) if it was visible.
+ * Boundaries with no change emit nothing; several boundaries passed at once (idle time)
+ * are emitted in order. Emitted records carry timestamp_ms = E. A pipeline with a window
+ * operator runs a batch every batch.interval.ms even without input, so windows close on
+ * time. Input tombstones (NULL values) are not reduced: they are counted in the
+ * accumulator "<uid>.tombstones".
+ *
+ * @param in             the input stream; every record needs a key (at most 490 bytes),
+ *                       else the batch fails naming the operator.
+ * @param uid            the operator's uid (its state database is state.<uid>).
+ * @param schema_version version of the value byte format (>= 1), as for
+ *                       lk_update_state_by_key().
+ * @param window_ms      window length, a multiple of slide_ms.
+ * @param slide_ms       slide, > 0. Both must be multiples of batch.interval.ms (when
+ *                       that is > 0): lk_context_get_or_create() refuses the pipeline
+ *                       otherwise with LK_ERR_CONF_INVALID naming the operator.
+ * @param reduce         combines two values (associative and commutative; see
+ *                       lk_reduce_fn); required.
+ * @param inv_reduce     may be NULL. With it, the running value is kept and updated by
+ *                       reducing the slide entering the window and inverse-reducing the
+ *                       one leaving it (*out = a "minus" v); without it, the value is
+ *                       recomputed from the live slides of each changed key. Use it only
+ *                       for exact arithmetic (integer sums, counts): floating-point sums
+ *                       drift under an inverse function, so pass NULL for them.
+ * @param filter         may be NULL (keep everything); see lk_window_filter_fn.
+ * @param opaque         passed to reduce, inv_reduce and filter.
+ * @returns the windowed stream; NULL (the pipeline records the error) for a bad argument.
+ *          The definition (window, slide, inverse or not) is recorded in the topology: a
+ *          changed definition under the same uid is refused at start (LK_ERR_TOPOLOGY,
+ *          naming the operator and both definitions); use a new uid to start empty.
+ */
+LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
+                                                   int schema_version, int64_t window_ms,
+                                                   int64_t slide_ms, lk_reduce_fn *reduce,
+                                                   lk_reduce_fn *inv_reduce,
+                                                   lk_window_filter_fn *filter, void *opaque);
+
+/** Event-time window kinds. */
+typedef enum lk_window_kind {
+    LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */
+    LK_WINDOW_HOPPING = 2,  /**< [k*advance, k*advance + size), size a multiple of advance */
+    LK_WINDOW_SESSION = 3,  /**< per key, [first, last + gap) of records less than gap
+                                 apart; sessions a record bridges merge */
+} lk_window_kind_t;
+
+/** When an event-time window emits. */
+typedef enum lk_window_emit {
+    LK_WINDOW_EMIT_ON_CLOSE = 0,  /**< one final result per (key, window), when it closes */
+    LK_WINDOW_EMIT_ON_UPDATE = 1, /**< every batch that changed it, then the final one */
+} lk_window_emit_t;
+
+/** The event time of a record (ms since the epoch), for lk_window_spec_t.event_time. */
+typedef int64_t(lk_event_time_fn)(lk_batch_t *b, const lk_record_t *r, void *opaque);
+
+/** The definition of an event-time window (lk_window_by_event_time()). */
+typedef struct lk_window_spec {
+    lk_window_kind_t kind;
+    int64_t size_ms;    /**< window length, > 0 (session: 0) */
+    int64_t advance_ms; /**< hopping: the advance, > 0, dividing size_ms; else 0 */
+    int64_t grace_ms;   /**< how far the watermark trails the event time, >= 0 */
+    int64_t idle_ms;    /**< a partition without records for idle_ms of batch time stops
+                             holding the watermark back; 0: never */
+    lk_window_emit_t emit;
+    /** NULL: the Kafka timestamp of the input record the window's record came from (of
+     * the record itself when it was made at the end of a batch, e.g. by a reduce). */
+    lk_event_time_fn *event_time;
+    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0.
+                         Sessions emit on close only. */
+} lk_window_spec_t;
+
+/**
+ * The value of a record emitted by lk_window_by_event_time() (and of its late records,
+ * see lk_window_late()), as parsed by lk_window_result_parse(). The bytes are
+ * be64(start_ms) be64(end_ms) u8(final) then the aggregate (or the late record's value).
+ */
+typedef struct lk_window_result {
+    int64_t start_ms, end_ms; /**< the window [start_ms, end_ms) */
+    int final;                /**< 1: the window closed, this is its final result */
+    const void *value;        /**< points into the parsed bytes */
+    size_t value_len;
+} lk_window_result_t;
+
+/**
+ * @brief Parse the value of a record emitted by an event-time window.
+ * @param value,len the record's value.
+ * @param out       filled on success; out->value points into value.
+ * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL or shorter than 17 bytes.
+ */
+LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
+                                          lk_window_result_t *out);
+
+/**
+ * @brief Windowed reduce over event time, with a watermark, exact across crashes.
+ *
+ * Each record falls in the windows holding its event time (a session: the key's session
+ * it extends or bridges, else a new one; a session's state is one aggregate, kept until
+ * it closes, indexed by its end). State is one partial
+ * aggregate per (key, advance) in the operator's checkpoint database (never one copy per
+ * record per window), keyed by time first, so that the slices no open window needs are
+ * one range, deleted in the batch's transaction: state stays bounded by open windows x
+ * keys.
+ *
+ * Watermark: per input partition (of the input records the window's records come from),
+ * the highest event time seen; the watermark is the lowest of them minus grace_ms, over
+ * the partitions that are not idle (no record for idle_ms of batch time; when all are
+ * idle, the highest of them minus grace_ms). It never goes back. With idle_ms > 0 the
+ * pipeline runs a batch every batch.interval.ms even without input, so that idleness is
+ * noticed; otherwise the watermark moves with input only. The per-partition
+ * maxima and the watermark are written in the batch's transaction, with the offsets: a
+ * crash never moves them. A window [start, end) closes when the watermark reaches end;
+ * it then emits, for each key with data in it, exactly one final result (final = 1).
+ * With LK_WINDOW_EMIT_ON_UPDATE every batch also emits the current result (final = 0) of
+ * each open window it changed.
+ *
+ * A record whose windows all closed already (session: whose own session [t, t + gap)
+ * would have closed) is late: never silent, it is counted in the
+ * accumulator "<uid>.late" and sent to lk_window_late() of this operator if the pipeline
+ * uses it (e.g. to a sink: exactly-once dead letters).
+ *
+ * Emitted records: key = the grouping key, value as lk_window_result_t describes (parse
+ * it with lk_window_result_parse()), timestamp_ms = the window's end.
+ *
+ * @param in             the input stream; every record needs a key (at most 490 bytes).
+ * @param uid            the operator's uid.
+ * @param schema_version version of the aggregate's byte format (>= 1).
+ * @param spec           the window definition; copied. It is recorded in the topology:
+ *                       a changed definition under the same uid is refused at start
+ *                       (LK_ERR_TOPOLOGY naming the operator and both definitions).
+ * @param reduce         combines two values (associative and commutative); required.
+ * @param opaque         passed to reduce and spec->event_time.
+ * @returns the stream of results; NULL (the pipeline records why, naming the operator)
+ *          for a bad argument.
+ */
+LK_EXPORT lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid,
+                                               int schema_version, const lk_window_spec_t *spec,
+                                               lk_reduce_fn *reduce, void *opaque);
+
+/**
+ * @brief The late records of an event-time window operator, as a stream (its side
+ * output): key and value as they reached the window, the value framed like a result
+ * (lk_window_result_t: the last window the record missed, final = 0).
+ * @param window the stream returned by lk_window_by_event_time().
+ * @param uid    the uid of the side output (unique in the pipeline).
+ * @returns the stream; NULL (the pipeline records why) when window is not an event-time
+ *          window.
+ */
+LK_EXPORT lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid);
+
+/**
  * @brief Hand every batch's records to fn, before the batch commits. At-least-once: a
  * batch interrupted by a crash is processed again, so fn may see it twice. For
  * exactly-once output use a sink.

@@ -1212,3 +1212,111 @@ Test(cli_run, copy_keeps_headers_and_timestamp) {
               "%s", text);
     free(text);
 }
+
+/* ---- windows (window.*) ---- */
+
+static void produce_at(const char *topic, const char *value, int64_t ts) {
+    if (!producer) /* produce() makes it; its record, "{}", is malformed input (dead letter) */
+        produce(topic, 0, NULL, "{}");
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_TIMESTAMP(ts),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+}
+
+Test(cli_run, count_by_key_event_time_windows_with_a_late_record) {
+    broker_start((const char *const[]){"in:1", "out:1", "dead:1", NULL});
+    static const struct {
+        const char *user;
+        int64_t ts;
+    } in[] = {{"alice", 100}, {"bob", 500}, {"alice", 900}, {"alice", 1200}, {"bob", 2500}};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++)
+        produce_at("in", fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
+    flush_input();
+    RUN_START("wev", "pipeline=count-by-key", "key.field=user", "input.topics=in",
+              "output.topic=out", "errors.deadletter=dead", "window.size.ms=1000",
+              "window.time=event");
+    wait_input(6);
+    /* after the watermark (2500) passed it: late, whatever batch it lands in */
+    produce_at("in", "{\"user\":\"alice\"}", 300);
+    flush_input();
+    wait_input(7);
+    run_stop();
+
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    cr_assert_str_eq(recs_text(rs),
+                     "alice|{\"window_start\":0,\"window_end\":1000,\"value\":2,\"final\":true}\n"
+                     "alice|{\"window_start\":1000,\"window_end\":2000,\"value\":1,\"final\":true}\n"
+                     "bob|{\"window_start\":0,\"window_end\":1000,\"value\":1,\"final\":true}\n",
+                     "one final result per closed window; [2000,3000) is still open");
+    recs_free(rs);
+    read_topic("dead", rs);
+    cr_assert_str_eq(recs_text(rs),
+                     "-|{}\n"
+                     "alice|{\"late\":true,\"event_time\":300,\"window_start\":0,"
+                     "\"window_end\":1000,\"value\":1}\n",
+                     "the late record is a dead letter, with the window it missed");
+    recs_free(rs);
+    free(rs);
+    json_t *doc = inspect();
+    cr_assert_eq(acc_of(doc, "windowed-counts.late"), 1);
+    cr_assert_eq(acc_of(doc, "errors.malformed"), 1);
+    json_decref(doc);
+}
+
+Test(cli_run, window_configuration_errors) {
+    char base[1500], full[2500];
+    snprintf(base, sizeof base,
+             "-X app.id=cfg -X checkpoint.dir='%s' -X kafka.bootstrap.servers=127.0.0.1:1 "
+             "-X input.topics=i -X output.topic=o",
+             path("ckpt"));
+    snprintf(full, sizeof full, "%s -X pipeline=copy -X window.size.ms=1000", base);
+    EXPECT_RUN(2, full, "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
+                        "count-by-key and sum-by-key, not copy");
+    snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.gap.ms=1000", base);
+    EXPECT_RUN(2, full, "window.gap.ms (session windows) needs window.time=event");
+    snprintf(full, sizeof full,
+             "%s -X pipeline=wordcount -X window.gap.ms=1000 -X window.size.ms=1000", base);
+    EXPECT_RUN(2, full, "set window.size.ms (fixed windows) or window.gap.ms (sessions), not "
+                        "both");
+    snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.slide.ms=1000", base);
+    EXPECT_RUN(2, full, "window.slide.ms is set but window.size.ms is not");
+    snprintf(full, sizeof full, "%s -X pipeline=wordcount -X window.time=wall", base);
+    EXPECT_RUN(2, full, "window.time", "\"wall\" is not one of batch|event");
+    /* refused when the pipeline is checked: the window does not fit the batch interval */
+    snprintf(full, sizeof full,
+             "%s -X pipeline=wordcount -X window.size.ms=10000 -X window.slide.ms=5000 "
+             "-X batch.interval.ms=3000",
+             base);
+    EXPECT_RUN(1, full, "reduce_by_key_and_window 'windowed-word-counts': window 10000 ms and "
+                        "slide 5000 ms must be multiples of batch.interval.ms (3000)");
+    snprintf(full, sizeof full,
+             "%s -X pipeline=wordcount -X window.size.ms=10000 -X window.slide.ms=3000", base);
+    EXPECT_RUN(1, full, "'windowed-word-counts': window 10000 ms and slide 3000 ms: both must "
+                        "be > 0 and the window a multiple of the slide");
+}
+
+Test(cli_run, count_by_key_session_windows) {
+    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    static const struct {
+        const char *user;
+        int64_t ts;
+    } in[] = {{"alice", 100}, {"alice", 600}, {"bob", 700}, {"alice", 5000}};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++)
+        produce_at("in", fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
+    flush_input();
+    RUN_START("wses", "pipeline=count-by-key", "key.field=user", "input.topics=in",
+              "output.topic=out", "window.time=event", "window.gap.ms=1000");
+    wait_input(5);
+    run_stop();
+    recs_t *rs = calloc(1, sizeof *rs);
+    read_topic("out", rs);
+    cr_assert_str_eq(recs_text(rs),
+                     "alice|{\"window_start\":100,\"window_end\":1600,\"value\":2,\"final\":true}\n"
+                     "bob|{\"window_start\":700,\"window_end\":1700,\"value\":1,\"final\":true}\n",
+                     "closed sessions, once each; alice's [5000,6000) is still open");
+    recs_free(rs);
+    free(rs);
+}

@@ -1,0 +1,356 @@
+#!/usr/bin/python3
+"""windows.py — windowed counts stay exact across crashes.
+
+Three `lockstep run` applications read the same JSON events (three partitions, event
+times increasing per partition, then late records far behind) and count per user:
+  wev   event time, hopping windows (2 s, advancing 1 s), emit on close, late records
+        to the dead-letter topic wev-dead
+  weu   event time, tumbling windows (1 s), emit on update
+  wbt   batch time, tumbling windows (1 s)
+  wses  event time, session windows (gap 500 ms)
+They are killed with SIGKILL at random instants and at named fault points while input
+flows, restarted, drained; then an independent reader (read_committed, counting only the
+delivery attempts the progress topic names) checks, record for record:
+  - wev / weu / wses: exactly one final result per (user, window or session), equal to
+    the count computed here from the input; nothing else final; every late record exactly
+    once in wev-dead and counted in the accumulator windowed-counts.late of each;
+  - wbt: at most one result per (user, window); the windowed values, as a step function
+    over the windows (a value holds until the key's next result or deletion), add up to
+    each user's number of events, and every user's last result is a deletion.
+Prints `lost=0 duplicated=0 kills=N`, exits 0, or names what is wrong and exits 1.
+"""
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from confluent_kafka import Producer
+
+from chaos import graceful_stop, read_topic
+
+APPS = ["wev", "weu", "wbt", "wses"]
+FAULTS = ["after-plan", "mid-processing", "after-checkpoint-commit", "before-sink-produce",
+          "after-sink-produce", "after-sink-commit"]
+NPART = 3
+BASE_TIME = 10_000_000
+
+
+def log(msg):
+    print(f"windows: {msg}", flush=True)
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="lockstep-windows.")
+        self.rng = random.Random(args.seed)
+        self.clock = [BASE_TIME] * NPART
+        self.counts = [0] * NPART  # records produced per partition
+        self.events = []  # (user, event time, partition), in order
+        self.late = []    # (user, event time)
+        self.kills = 0
+        self.phases = 0
+        self.problems = []
+
+    def start_broker(self):
+        topics = ["ev:3", "wev-out:1", "weu-out:1", "wbt-out:1", "wses-out:1", "wev-dead:1",
+                  "wev.progress:1", "weu.progress:1", "wbt.progress:1", "wses.progress:1"]
+        cmd = [self.args.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
+        self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True)
+        line = self.broker.stdout.readline().strip()
+        if not line.startswith("bootstrap.servers="):
+            raise SystemExit(f"windows: mock-broker did not start: {line!r}")
+        self.bootstrap = line.split("=", 1)[1]
+
+    def produce(self, n, late=0, closers=False, pause=0):
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        recs = []
+        # a pause in event time (every partition): the windows and sessions before it
+        # close, so the batch has output and the sink's fault points are reached
+        self.clock = [c + pause for c in self.clock]
+        for _ in range(n):
+            part = self.rng.randrange(NPART)
+            self.clock[part] += self.rng.randrange(40)
+            user = f"u{self.rng.randrange(12)}"
+            recs.append((part, user, self.clock[part]))
+            self.events.append((user, self.clock[part], part))
+        # late: far behind every partition's clock, each event time distinct
+        for et in self.rng.sample(range(1000), late):
+            user = f"u{self.rng.randrange(12)}"
+            recs.append((self.rng.randrange(NPART), user, et))
+            self.late.append((user, et))
+        if closers:  # one far ahead per partition: every window with data closes
+            for part in range(NPART):
+                recs.append((part, "closer", max(self.clock) + 100_000))
+        for part, user, et in recs:
+            p.produce("ev", value=json.dumps({"user": user}).encode(), partition=part,
+                      timestamp=et)
+            self.counts[part] += 1
+            p.poll(0)
+        if p.flush(30):
+            raise SystemExit("windows: input not delivered to the broker")
+
+    def app_args(self, app):
+        a = [f"app.id={app}", f"checkpoint.dir={self.work}/{app}",
+             f"kafka.bootstrap.servers={self.bootstrap}", "kafka.fetch.wait.max.ms=10",
+             "kafka.log_level=3", "batch.interval.ms=0", "max.records.per.partition=100",
+             "log.level=warning", "sink.kafka.timeout.ms=10000", "pipeline=count-by-key",
+             "input.topics=ev", "key.field=user", f"output.topic={app}-out"]
+        if app == "wev":
+            a += ["window.time=event", "window.size.ms=2000", "window.slide.ms=1000",
+                  "errors.deadletter=wev-dead"]
+        elif app == "weu":
+            a += ["window.time=event", "window.size.ms=1000", "window.emit=update"]
+        elif app == "wses":
+            a += ["window.time=event", "window.gap.ms=500"]
+        else:
+            a += ["window.time=batch", "window.size.ms=1000"]
+        return [self.args.lockstep, "run"] + sum((["-X", x] for x in a), [])
+
+    def start(self, app, fault=None):
+        env = dict(os.environ)
+        env.pop("LOCKSTEP_FAULTPOINT", None)
+        if fault:
+            env["LOCKSTEP_FAULTPOINT"] = fault
+        err = open(f"{self.work}/{app}.stderr", "a")
+        return subprocess.Popen(self.app_args(app), env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+
+    def kill_at_random(self, app):
+        proc = self.start(app)
+        time.sleep(self.rng.uniform(0.05, 2.0))
+        if proc.poll() is not None:
+            self.problems.append(f"{app} exited by itself with {proc.returncode}")
+            return
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.kills += 1
+
+    def kill_at_fault(self, app, fault):
+        proc = self.start(app, fault)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self.problems.append(f"{app}: fault point {fault} never reached")
+            return
+        if rc != -signal.SIGKILL:
+            self.problems.append(f"{app}: expected death at {fault}, got exit {rc}")
+            return
+        self.kills += 1
+
+    def inspect(self, app):
+        out = subprocess.run([self.args.lockstep, "checkpoint", "inspect", f"{self.work}/{app}",
+                              "--json"], capture_output=True, text=True)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def drain(self, app, settle=0.0):
+        """Run until the offsets reach the input's end, then `settle` seconds more (batch
+        time must pass for batch-time windows to close), until the outbox is empty."""
+        proc = self.start(app)
+        deadline = time.time() + 120
+        reached = None
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if proc.poll() is not None:
+                self.problems.append(f"{app} exited during the drain with {proc.returncode}")
+                return
+            doc = self.inspect(app)
+            if not doc:
+                continue
+            offs = {o["partition"]: o["offset"] for o in doc["offsets"] if o["topic"] == "ev"}
+            if all(offs.get(p, -1) >= n for p, n in enumerate(self.counts)):
+                reached = reached or time.time()
+                if time.time() - reached >= settle and not doc["outbox"]:
+                    break
+        rc = graceful_stop(proc)
+        if rc != 0:
+            self.problems.append(f"{app}: graceful stop after the drain exited {rc}")
+
+    def phase(self, n, late, closers=False):
+        self.phases += 1
+        self.produce(n, late, closers)
+        for i in range(self.args.kills // 2):
+            self.kill_at_random(APPS[i % len(APPS)])
+        for i, fault in enumerate(FAULTS if not closers else []):
+            # fresh input, so that every point is reached (not after the closers: it
+            # would all be late)
+            self.produce(60, pause=1000)
+            self.kill_at_fault(APPS[(i + self.phases) % len(APPS)], fault)
+        for app in APPS:
+            self.drain(app, settle=2.5 if app == "wbt" else 0)
+
+    # ---- the independent reader ----
+
+    def committed(self, app, topic, sink):
+        attempts, per_batch = {}, collections.Counter()
+        for m in read_topic(self.bootstrap, f"{app}.progress"):
+            d = json.loads(m.value())
+            if d["app"] == app and d["sink"] == sink:
+                attempts[d["batch"]] = d["attempt"]
+                per_batch[d["batch"]] += 1
+        twice = sum(n - 1 for n in per_batch.values() if n > 1)
+        out = []
+        for m in read_topic(self.bootstrap, topic):
+            h = dict(m.headers() or [])
+            b = int(h["lockstep.batch"])
+            if attempts.get(b) == h["lockstep.attempt"].decode():
+                out.append((b, m))
+        out.sort(key=lambda r: (r[0], r[1].offset()))
+        return out, twice
+
+    def sessions(self, gap):
+        """Per user, the union of [t, t + gap) of its events: (user, start, end) -> count.
+        In-order partitions make it independent of how batches were cut: no event can
+        reach a session the watermark closed."""
+        by_user = collections.defaultdict(list)
+        for user, et, _ in self.events:
+            by_user[user].append(et)
+        want = collections.Counter()
+        for user, ets in by_user.items():
+            ets.sort()
+            start, end, n = ets[0], ets[0] + gap, 0
+            for et in ets:
+                if et >= end:
+                    want[(user, start, end)] = n
+                    start, n = et, 0
+                end, n = max(end, et + gap), n + 1
+            want[(user, start, end)] = n
+        return want
+
+    def check_event(self, app, size, slide, gap=0):
+        want = collections.Counter()
+        for user, et, _ in self.events:
+            s = et // slide
+            for k in range(s - size // slide + 1, s + 1):
+                want[(user, k * slide, k * slide + size)] += 1
+        if gap:
+            want = self.sessions(gap)
+        recs, twice = self.committed(app, f"{app}-out", "to-kafka")
+        finals = collections.Counter()
+        got = {}
+        for _, m in recs:
+            d = json.loads(m.value())
+            w = (m.key().decode(), d["window_start"], d["window_end"])
+            if d["final"]:
+                finals[w] += 1
+                got[w] = d["value"]
+        dup = twice + sum(n - 1 for n in finals.values() if n > 1)
+        lost = 0
+        for w, n in want.items():
+            if got.get(w) != n:
+                self.problems.append(f"{app}: {w} final {got.get(w)}, input has {n}")
+                lost += 1
+        extra = [w for w in got if w not in want]
+        if extra:
+            self.problems.append(f"{app}: final results for windows without input: {extra[:5]}")
+            dup += len(extra)
+        doc = self.inspect(app)
+        nlate = doc["accumulators"].get("windowed-counts.late") if doc else None
+        if nlate != len(self.late):
+            self.problems.append(f"{app}: {nlate} late records counted, {len(self.late)} sent")
+        return lost, dup
+
+    def check_dead(self):
+        recs, twice = self.committed("wev", "wev-dead", "late-deadletter")
+        got = collections.Counter((m.key().decode(), json.loads(m.value())["event_time"])
+                                  for _, m in recs)
+        want = collections.Counter(self.late)
+        missing, extra = want - got, got - want
+        if missing or extra:
+            self.problems.append(f"wev dead letters: {sum(missing.values())} missing, "
+                                 f"{sum(extra.values())} extra")
+        return sum(missing.values()), sum(extra.values()) + twice
+
+    def check_batch_time(self):
+        want = collections.Counter(u for u, _, _ in self.events)
+        want.update(u for u, _ in self.late)
+        want.update(["closer"] * NPART)
+        recs, twice = self.committed("wbt", "wbt-out", "to-kafka")
+        seen = collections.Counter()
+        steps = collections.defaultdict(list)  # user -> [(window end, value or None)]
+        for _, m in recs:
+            user = m.key().decode()
+            d = json.loads(m.value())
+            seen[(user, d["window_end"])] += 1
+            steps[user].append((d["window_end"], d["value"]))  # value None: deleted
+        dup = twice + sum(n - 1 for n in seen.values() if n > 1)
+        lost = 0
+        for user, n in want.items():
+            # a window's value holds until the key's next result (tumbling: one slide
+            # per window), so the windows' values add up to the user's events
+            total, prev = 0, None
+            for end, value in steps.get(user, []):
+                if prev is not None:
+                    total += prev[1] * (end - prev[0]) // 1000
+                prev = (end, value) if value is not None else None
+            if prev is not None:
+                self.problems.append(f"wbt: '{user}' has no final deletion")
+                lost += 1
+            elif total != n:
+                self.problems.append(f"wbt: '{user}' windows add up to {total}, input has {n}")
+                lost += max(0, n - total)
+                dup += max(0, total - n)
+        return lost, dup
+
+    def run(self):
+        self.start_broker()
+        self.phase(self.args.events, 0)
+        self.phase(self.args.events, self.args.late)
+        self.phase(0, 0, closers=True)
+        lost = dup = 0
+        for app, size, slide, gap in (("wev", 2000, 1000, 0), ("weu", 1000, 1000, 0),
+                                      ("wses", 1, 1, 500)):
+            lo, du = self.check_event(app, size, slide, gap)
+            lost, dup = lost + lo, dup + du
+        lo, du = self.check_dead()
+        lost, dup = lost + lo, dup + du
+        lo, du = self.check_batch_time()
+        lost, dup = lost + lo, dup + du
+        for p in self.problems:
+            log(f"PROBLEM: {p}")
+        print(f"lost={lost} duplicated={dup} kills={self.kills}", flush=True)
+        return 0 if lost == 0 and dup == 0 and not self.problems else 1
+
+    def close(self, keep):
+        self.broker.send_signal(signal.SIGTERM)
+        self.broker.wait()
+        if keep:
+            log(f"work directory kept: {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lockstep", required=True)
+    ap.add_argument("--kills", type=int, default=18, help="random SIGKILLs per phase x2")
+    ap.add_argument("--events", type=int, default=1500, help="events per phase")
+    ap.add_argument("--late", type=int, default=60, help="late events")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.randrange(1 << 30)
+    log(f"seed {args.seed} (--seed to replay)")
+    r = Runner(args)
+    rc = 1
+    try:
+        rc = r.run()
+    finally:
+        r.close(args.keep or rc != 0)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
