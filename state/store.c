@@ -1036,6 +1036,108 @@ static int seal_all(lk_store_t *s, MDB_txn *txn) {
     return rc;
 }
 
+/*
+ * The names of the state databases. A named database is a key of LMDB's main database,
+ * which no checksum of ours covers: a damaged name would read as some other operator's
+ * state (found by the damage campaign). meta's "state-dbs" record lists the names this
+ * checkpoint created (each NUL-terminated, in key order, sealed); every open compares it
+ * with the main database. Checkpoints without the record (format 1, and format 2 before
+ * the record existed) get it at their first writable open.
+ */
+static const char state_dbs_key[] = "state-dbs";
+
+/* The "state.*" keys of the main database, each NUL-terminated, in key order. */
+static int state_names(MDB_txn *txn, lk__buf_t *out) {
+    MDB_dbi main;
+    MDB_cursor *c;
+    int rc;
+    if ((rc = mdb_dbi_open(txn, NULL, 0, &main)) || (rc = mdb_cursor_open(txn, main, &c)))
+        return rc;
+    MDB_val k = {6, "state."}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
+            break;
+        if (k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        lk__buf_append(out, k.mv_data, k.mv_size);
+        lk__buf_append(out, "", 1);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Write the "state-dbs" record from the main database's names (inside write txn). */
+static int put_state_names(lk_store_t *s, MDB_txn *txn) {
+    lk__buf_t b;
+    lk__buf_init(&b);
+    int rc = state_names(txn, &b);
+    if (!rc) {
+        seal(&b, state_dbs_key, sizeof state_dbs_key - 1);
+        MDB_val k = {sizeof state_dbs_key - 1, (void *)state_dbs_key}, v = {b.len, b.data};
+        rc = mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
+    }
+    lk__buf_free(&b);
+    return rc;
+}
+
+/* Compare the main database's state database names with the "state-dbs" record. A
+ * missing record: *absent = 1 (the caller writes it when it may). */
+static lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
+                                  size_t errstr_size) {
+    *absent = 0;
+    MDB_val k = {sizeof state_dbs_key - 1, (void *)state_dbs_key}, v;
+    int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *absent = 1;
+        return LK_OK;
+    }
+    if (rc)
+        return mdb_err(s, rc, errstr, errstr_size, "reading the state database names");
+    if (!sealed(s) || unseal(s, &k, &v))
+        return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                       "checkpoint %s is corrupt: the record of its state databases fails "
+                       "its checksum; refused (restore the checkpoint from a backup, or start "
+                       "a new checkpoint.dir)",
+                       s->dir);
+    lk__buf_t b;
+    lk__buf_init(&b);
+    rc = state_names(txn, &b);
+    lk_err_t err = LK_OK;
+    if (rc == MDB_CORRUPTED || (!rc && (b.len != v.mv_size || memcmp(b.data, v.mv_data, b.len)))) {
+        /* name the first database that is not in the record, or the first missing one */
+        const char *bad = NULL, *gone = NULL;
+        for (size_t i = 0; !rc && i < b.len && !bad; i += strlen((char *)b.data + i) + 1)
+            if (!memmem(v.mv_data, v.mv_size, (char *)b.data + i, strlen((char *)b.data + i) + 1))
+                bad = (char *)b.data + i;
+        for (size_t i = 0; !rc && !bad && i < v.mv_size && !gone;) {
+            const char *n = (const char *)v.mv_data + i;
+            size_t l = strnlen(n, v.mv_size - i);
+            if (!memmem(b.data, b.len, n, l) && l < v.mv_size - i)
+                gone = n;
+            i += l + 1;
+        }
+        char what[200];
+        if (bad)
+            lk__fmt(what, sizeof what, "a state database '%.*s' that it never created "
+                    "(a damaged database name)", 100, bad);
+        else if (gone)
+            lk__fmt(what, sizeof what, "its state database '%.*s' is missing", 100, gone);
+        else
+            lk__fmt(what, sizeof what, "a damaged state database name");
+        err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                      "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a "
+                      "backup, or start a new checkpoint.dir)",
+                      s->dir, what);
+    } else if (rc) {
+        err = mdb_err(s, rc, errstr, errstr_size, "listing the state databases");
+    }
+    lk__buf_free(&b);
+    return err;
+}
+
 void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
     memset(o, 0, sizeof *o);
     o->dir = lk__conf_str(conf, LK__P_CHECKPOINT_DIR);
@@ -1153,6 +1255,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
 
     /* 4. Existing checkpoint: validate in a read txn, before any write. */
     MDB_txn *txn = NULL;
+    int names_absent = 0; /* no "state-dbs" record yet: written below */
     if (!creating) {
         if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))) {
             err = mdb_err(s, rc, errstr, errstr_size, "beginning a read transaction");
@@ -1172,6 +1275,8 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             err = load_outbox_bytes(s, txn);
         if (!err)
             err = load_last_batch(s, txn);
+        if (!err && sealed(s))
+            err = check_state_names(s, txn, &names_absent, errstr, errstr_size);
         if (err) {
             mdb_txn_abort(txn);
             goto fail;
@@ -1233,6 +1338,13 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
                 err = load_outbox_bytes(s, txn); /* each chunk grew by its checksum */
             if (!err && !full)
                 err = write_header(s, txn, errstr, errstr_size);
+        }
+        if (!err && !full && (creating || migrating || names_absent) &&
+            (rc = put_state_names(s, txn))) {
+            if (rc == MDB_MAP_FULL && migrating)
+                full = 1;
+            else
+                err = mdb_err(s, rc, errstr, errstr_size, "recording the state databases");
         }
         if (!err && !full && o->conf)
             err = write_config(s, txn, o->conf, errstr, errstr_size);
@@ -2284,20 +2396,41 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
                        "too many stateful operators (at most %d)", MAX_DBS - DB_FIXED_COUNT);
     char name[512];
     lk__fmt(name, sizeof name, "state.%s", uid);
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, s->readonly ? MDB_RDONLY : 0, &txn);
-    if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
     MDB_dbi dbi;
-    if ((rc = mdb_dbi_open(txn, name, s->readonly ? 0 : MDB_CREATE, &dbi))) {
-        mdb_txn_abort(txn);
+    for (;;) {
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(s->env, NULL, s->readonly ? MDB_RDONLY : 0, &txn);
+        if (rc)
+            return mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
+        rc = mdb_dbi_open(txn, name, 0, &dbi);
+        if (rc == MDB_NOTFOUND && !s->readonly) {
+            /* a new database joins the record of state databases in the same txn */
+            rc = mdb_dbi_open(txn, name, MDB_CREATE, &dbi);
+            if (!rc && sealed(s))
+                rc = put_state_names(s, txn);
+        }
+        if (rc) {
+            mdb_txn_abort(txn);
+        } else if ((rc = mdb_txn_commit(txn))) {
+            if (rc != MDB_MAP_FULL)
+                return mdb_err(s, rc, errstr, errstr_size, "creating a state database");
+        } else {
+            break;
+        }
         if (rc == MDB_NOTFOUND)
             return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
                            "checkpoint %s has no state for operator '%s'", s->dir, uid);
-        return mdb_err(s, rc, errstr, errstr_size, "opening a state database");
+        if (rc != MDB_MAP_FULL)
+            return mdb_err(s, rc, errstr, errstr_size, "opening a state database");
+        /* a map too small even for a new database: grow it, as batches do */
+        size_t newsize = s->map_size * 2;
+        pthread_rwlock_wrlock(&s->resize_lock);
+        rc = mdb_env_set_mapsize(s->env, newsize);
+        pthread_rwlock_unlock(&s->resize_lock);
+        if (rc)
+            return mdb_err(s, rc, errstr, errstr_size, "growing the map");
+        s->map_size = newsize;
     }
-    if ((rc = mdb_txn_commit(txn)))
-        return mdb_err(s, rc, errstr, errstr_size, "creating a state database");
     state_db_t *n = realloc(s->states, (s->nstates + 1) * sizeof *n);
     if (!n)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
