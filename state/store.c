@@ -1138,6 +1138,45 @@ static lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char
     return err;
 }
 
+/* meta's keys are a closed set. A key is not covered by a value's checksum when nobody
+ * reads it: a damaged "topology" key read as "no topology recorded" (found by the damage
+ * campaign). Any other key in meta is a damaged one. */
+static lk_err_t check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
+                                size_t errstr_size) {
+    static const char *const known[] = {"header", "config", "topology", plan_key,
+                                        state_dbs_key};
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dbi[DB_META], &c);
+    if (rc)
+        return mdb_err(s, rc, errstr, errstr_size, "reading meta");
+    MDB_val k, v;
+    lk_err_t err = LK_OK;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && !err;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        int ok = 0;
+        for (size_t i = 0; i < LK_ARRAY_SIZE(known) && !ok; i++)
+            ok = k.mv_size == strlen(known[i]) && !memcmp(k.mv_data, known[i], k.mv_size);
+        if (!ok) {
+            char shown[64];
+            size_t n = k.mv_size < 40 ? k.mv_size : 40;
+            for (size_t i = 0; i < n; i++) {
+                unsigned char ch = ((const unsigned char *)k.mv_data)[i];
+                shown[i] = ch >= 0x20 && ch < 0x7f && ch != '\'' ? (char)ch : '?';
+            }
+            shown[n] = 0;
+            err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                          "checkpoint %s is corrupt: meta holds a record '%s' that no lockstep "
+                          "writes (a damaged key); refused (restore the checkpoint from a "
+                          "backup, or start a new checkpoint.dir)",
+                          s->dir, shown);
+        }
+    }
+    mdb_cursor_close(c);
+    if (!err && rc != MDB_NOTFOUND)
+        err = mdb_err(s, rc, errstr, errstr_size, "reading meta");
+    return err;
+}
+
 void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
     memset(o, 0, sizeof *o);
     o->dir = lk__conf_str(conf, LK__P_CHECKPOINT_DIR);
@@ -1275,6 +1314,8 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             err = load_outbox_bytes(s, txn);
         if (!err)
             err = load_last_batch(s, txn);
+        if (!err)
+            err = check_meta_keys(s, txn, errstr, errstr_size);
         if (!err && sealed(s))
             err = check_state_names(s, txn, &names_absent, errstr, errstr_size);
         if (err) {

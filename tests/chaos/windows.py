@@ -196,7 +196,9 @@ class Runner:
         attempts, per_batch = {}, collections.Counter()
         for m in read_topic(self.bootstrap, f"{app}.progress"):
             d = json.loads(m.value())
-            if d["app"] == app and d["sink"] == sink:
+            # one progress record per batch names every Kafka sink of the app ("sinks");
+            # records of older versions named one ("sink")
+            if d["app"] == app and (sink in d.get("sinks", {}) or d.get("sink") == sink):
                 attempts[d["batch"]] = d["attempt"]
                 per_batch[d["batch"]] += 1
         twice = sum(n - 1 for n in per_batch.values() if n > 1)

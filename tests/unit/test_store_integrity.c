@@ -668,3 +668,37 @@ Test(store_integrity, a_damaged_state_database_name_is_refused) {
         cr_assert(strstr(E, "'state.coents'") && strstr(E, "never created"), "%s", E);
     }
 }
+
+/* A damaged key in meta: the topology record under "topologx" read as "no topology
+ * recorded" (inspect showed an empty topology; found by tests/chaos/damage.py). meta's
+ * keys are a closed set, so a stranger there is refused. */
+Test(store_integrity, a_damaged_meta_key_is_refused) {
+    make_full();
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0);
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    char *buf = malloc((size_t)st.st_size);
+    cr_assert_eq(pread(fd, buf, (size_t)st.st_size, 0), st.st_size);
+    int flipped = 0; /* every copy: LMDB keeps stale page copies */
+    for (char *at = buf; (at = memmem(at, (size_t)st.st_size - (size_t)(at - buf),
+                                      "topology", 8));
+         at++, flipped++)
+        cr_assert_eq(pwrite(fd, "x", 1, at - buf + 7), 1);
+    cr_assert_gt(flipped, 0, "the topology key is in data.mdb");
+    close(fd);
+    free(buf);
+    for (int readonly = 0; readonly < 2; readonly++) {
+        lk_store_opts_t o = {.dir = dir, .app_id = readonly ? NULL : "app",
+                             .readonly = readonly, .map_size = 1 << 20};
+        lk_store_t *s = (lk_store_t *)1;
+        E[0] = 0;
+        lk_err_t e = lk__store_open(&s, &o, ES);
+        cr_assert_eq(e, LK_ERR_CORRUPT, "%s open: %s (%s)", readonly ? "read-only" : "writable",
+                     lk_err_name(e), E);
+        cr_assert_null(s);
+        cr_assert(strstr(E, "'topologx'") && strstr(E, "damaged key"), "%s", E);
+    }
+}
