@@ -804,7 +804,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     /* A replayed plan is always committed: skipping it would find it again forever. */
     *idle = empty;
     if (!replay)
-        lk__metrics_planned(ctx->metrics, &f);
+        lk__metrics_planned(ctx->metrics, &f, ctx->receiver);
     if (empty && !replay && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
         lk__fetch_clear(&f);
         return LK_OK;

@@ -47,6 +47,10 @@
     X(LAG, "lockstep_consumer_lag_records", "gauge", "topic, partition",                   \
       "Input records not yet processed: the log end seen by the last plan (the last "      \
       "stable offset when reading read_committed) minus the checkpointed offset.")         \
+    X(HELD_BACK, "lockstep_consumer_held_back_records", "gauge", "topic, partition",       \
+      "Input records behind an open transaction (high watermark minus last stable "        \
+      "offset): read_committed cannot read past them until the producer commits or "      \
+      "aborts. Non-zero for long: a hanging producer upstream.")                           \
     X(LAST_COMMIT, "lockstep_last_committed_batch_timestamp_seconds", "gauge", "",         \
       "Wall clock time at which the last batch was committed (from its batch record).")     \
     X(OUTBOX_BYTES, "lockstep_outbox_bytes", "gauge", "",                                  \
@@ -102,7 +106,8 @@ typedef struct {
 typedef struct {
     char *topic;
     int32_t partition;
-    int64_t high;
+    int64_t high; /* log end of the last plan: the last stable offset (read_committed) */
+    int64_t held; /* high watermark - last stable offset: behind open transactions */
 } part_high_t;
 
 struct lk_metrics {
@@ -132,12 +137,13 @@ struct lk_metrics {
 
 /* ---- the feed from the batch loop ---- */
 
-void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f) {
+void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f, lk_receiver_t *rcv) {
     if (!m)
         return;
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < f->nranges; i++) {
         const lk__range_msgs_t *r = &f->ranges[i];
+        int64_t hwm = lk__receiver_fetched_high(rcv, r->range.topic, r->range.partition);
         size_t j;
         for (j = 0; j < m->nhighs; j++)
             if (m->highs[j].partition == r->range.partition &&
@@ -153,9 +159,11 @@ void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f) {
                 continue;
             }
             m->highs = n;
-            m->highs[m->nhighs++] = (part_high_t){t, r->range.partition, r->high};
+            m->highs[m->nhighs++] = (part_high_t){t, r->range.partition, r->high, 0};
         }
         m->highs[j].high = r->high;
+        /* the cached high watermark may be older than the plan: never negative */
+        m->highs[j].held = hwm > r->high ? hwm - r->high : 0;
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -501,6 +509,15 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
         fprintf(fp, "\",partition=\"%d\"} %lld\n", (int)highs[i].partition, (long long)lag);
     }
 
+    head(fp, LK__M_HELD_BACK, om);
+    for (size_t i = 0; i < nh; i++) {
+        sample(fp, m, metric_defs[LK__M_HELD_BACK].name);
+        fputs(",topic=\"", fp);
+        label_value(fp, highs[i].topic);
+        fprintf(fp, "\",partition=\"%d\"} %lld\n", (int)highs[i].partition,
+                (long long)highs[i].held);
+    }
+
     head(fp, LK__M_LAST_COMMIT, om);
     sample(fp, m, metric_defs[LK__M_LAST_COMMIT].name);
     fputs("} ", fp);
@@ -553,9 +570,12 @@ void lk__metrics_markdown(FILE *fp) {
     fputs("| Metric | Type | Labels (besides `app`) | Description |\n"
           "|---|---|---|---|\n",
           fp);
-    for (int i = 0; i < LK__M_COUNT; i++)
-        fprintf(fp, "| `%s` | %s | %s | %s |\n", metric_defs[i].name, metric_defs[i].type,
-                metric_defs[i].labels[0] ? metric_defs[i].labels : "", metric_defs[i].help);
+    for (int i = 0; i < LK__M_COUNT; i++) {
+        fprintf(fp, "| `%s` | %s | ", metric_defs[i].name, metric_defs[i].type);
+        for (const char *c = metric_defs[i].labels; *c; c++) /* '|' would end the cell */
+            fputs(*c == '|' ? "\\|" : (char[2]){*c, 0}, fp);
+        fprintf(fp, " | %s |\n", metric_defs[i].help);
+    }
 }
 
 /* ---- the HTTP server ---- */

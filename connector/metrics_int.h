@@ -40,8 +40,9 @@ lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t 
 /** Stop serving (waits for a request in progress) and free. NULL is a no-op. */
 void lk__metrics_destroy(lk_metrics_t *m);
 
-/** A fresh plan: remember each partition's log end (lag = log end - checkpointed). */
-void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f);
+/** A fresh plan: remember each partition's log end (lag = log end - checkpointed) and
+ * the high watermark r last fetched (held back = high watermark - log end). */
+void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f, lk_receiver_t *r);
 /** A committed batch's report: phase durations and the /progress entry. */
 void lk__metrics_progress(lk_metrics_t *m, const lk_progress_t *p);
 
