@@ -67,6 +67,10 @@
     X(BATCH_ERRORS, "lockstep_batch_errors_total", "counter", "",                          \
       "Batches of this process that failed for a retriable reason (broker unreachable, "  \
       "fetch timeout) and were retried.")                                                  \
+    X(DEADLETTERED, "lockstep_records_deadlettered_total", "counter", "",                  \
+      "Input records sent to a dead letter sink (lockstep run's errors.deadletter; a "     \
+      "plugin adds to the accumulator lockstep.records.deadlettered): from the "          \
+      "checkpoint, exact across crashes.")                                                 \
     X(DATA_LOSS, "lockstep_data_loss_skipped_total", "counter", "",                        \
       "Input offsets skipped because Kafka deleted them before they were read "           \
       "(on.data.loss=skip; checkpoint accumulator lockstep.data.loss.skipped).")           \
@@ -386,7 +390,7 @@ static void sample_u64(FILE *fp, const lk_metrics_t *m, int id, uint64_t v) {
 typedef struct {
     FILE *fp;
     const lk_metrics_t *m;
-    int64_t records_in, records_out, data_loss;
+    int64_t records_in, records_out, data_loss, deadlettered;
 } acc_ctx_t;
 
 static int acc_internal(const char *name, int64_t value, void *o) {
@@ -397,6 +401,8 @@ static int acc_internal(const char *name, int64_t value, void *o) {
         a->records_out = value;
     else if (!strcmp(name, "lockstep.data.loss.skipped"))
         a->data_loss = value;
+    else if (!strcmp(name, "lockstep.records.deadlettered"))
+        a->deadlettered = value;
     return 0;
 }
 
@@ -457,7 +463,7 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
         free(highs);
         return e;
     }
-    acc_ctx_t a = {fp, m, 0, 0, 0};
+    acc_ctx_t a = {fp, m, 0, 0, 0, 0};
     lk__store_acc_foreach(t, acc_internal, &a);
 
     head(fp, LK__M_BUILD_INFO, om);
@@ -546,6 +552,8 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     sample_u64(fp, m, LK__M_SINK_ERRORS, sink_errors);
     head(fp, LK__M_BATCH_ERRORS, om);
     sample_u64(fp, m, LK__M_BATCH_ERRORS, batch_errors);
+    head(fp, LK__M_DEADLETTERED, om);
+    sample_u64(fp, m, LK__M_DEADLETTERED, (uint64_t)a.deadlettered);
     head(fp, LK__M_DATA_LOSS, om);
     sample_u64(fp, m, LK__M_DATA_LOSS, (uint64_t)a.data_loss);
 

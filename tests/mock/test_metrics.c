@@ -154,6 +154,7 @@ static void check_families(const char *parsed, int openmetrics) {
         "lockstep_last_committed_batch_timestamp_seconds gauge", "lockstep_outbox_bytes gauge",
         "lockstep_state_entries gauge", "lockstep_checkpoint_map_used_ratio gauge",
         "lockstep_fenced counter", "lockstep_data_loss_skipped counter",
+        "lockstep_records_deadlettered counter",
         "lockstep_accumulator gauge", "lockstep_healthy gauge"};
     for (size_t i = 0; i < sizeof fams / sizeof *fams; i++) {
         const char *want = fams[i];
@@ -689,6 +690,33 @@ Test(metrics, crash_does_not_double_count) {
                  4 * N_INPUT, "%s", text);
     cr_assert_eq(value_of(text, "lockstep_records_total{app=\"mc\",direction=\"in\"}"),
                  4 * N_INPUT, "%s", text);
+    free(text);
+    kill(run_pid, SIGTERM);
+    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+}
+
+Test(metrics, cli_deadletters_counted) {
+    broker_start((const char *const[]){"lines:1", "out:1", NULL});
+    static const char *const input[] = {"{\"k\":\"a\"}", "not json", "{\"k\":\"b\"}",
+                                        "{\"nokey\":1}", "{\"k\":\"a\"}"};
+    for (size_t i = 0; i < sizeof input / sizeof *input; i++)
+        produce("lines", 0, input[i]);
+    flush_input();
+    int port = free_port();
+    run_pid = run_start(port, (const char *const[]){"pipeline=count-by-key", "key.field=k",
+                                                    fmt("errors.deadletter=file:%s", path("dlq")),
+                                                    NULL});
+    char *text = scrape_until(port, "lockstep_records_total{app=\"mc\",direction=\"in\"}", 5);
+    cr_assert_eq(value_of(text, "lockstep_records_total{app=\"mc\",direction=\"in\"}"), 5,
+                 "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_records_deadlettered_total{app=\"mc\"}"), 2, "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_accumulator{app=\"mc\",name=\"errors.malformed\"}"), 2,
+                 "%s", text);
+    /* lockstep's own accumulators are metrics of their own, not lockstep_accumulator */
+    cr_assert_null(strstr(text, "name=\"lockstep."), "%s", text);
+    /* keys a and b */
+    cr_assert_eq(value_of(text, "lockstep_state_entries{app=\"mc\",operator=\"counts\"}"), 2,
+                 "%s", text);
     free(text);
     kill(run_pid, SIGTERM);
     cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
