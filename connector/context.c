@@ -537,7 +537,8 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     if (!e)
         e = open_sinks(ctx, errstr, errstr_size);
     if (!e)
-        e = lk__metrics_new(&ctx->metrics, ctx->store, ctx->conf, errstr, errstr_size);
+        e = lk__metrics_new(&ctx->metrics, ctx->store, ctx->conf, ctx->sinks, ctx->nsinks,
+                            errstr, errstr_size);
     if (e) {
         lk_context_destroy(ctx);
         return NULL;

@@ -60,6 +60,10 @@
     X(MAP_USED, "lockstep_checkpoint_map_used_ratio", "gauge", "",                         \
       "Size of the checkpoint's data file over its LMDB map size (the map grows by "       \
       "doubling when full).")                                                              \
+    X(TRANSACTIONS, "lockstep_transactions_total", "counter",                              \
+      "sink, result=committed|aborted",                                                    \
+      "Deliveries of this process per sink: Kafka transactions, or for a file sink one "   \
+      "batch's files renamed into place (committed), and deliveries undone (aborted).")    \
     X(FENCED, "lockstep_fenced_total", "counter", "",                                      \
       "Times a sink of this process was fenced by a newer instance.")                     \
     X(SINK_ERRORS, "lockstep_sink_errors_total", "counter", "",                            \
@@ -116,6 +120,8 @@ typedef struct {
 
 struct lk_metrics {
     lk_store_t *store;
+    lk_sink_t *const *sinks;
+    size_t nsinks;
     char *app;
     int64_t stall_ms;
     struct MHD_Daemon *daemon;
@@ -546,6 +552,17 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     fputs("} ", fp);
     value_double(fp, used);
 
+    head(fp, LK__M_TRANSACTIONS, om);
+    for (size_t i = 0; i < m->nsinks; i++)
+        for (int c = 0; c < 2; c++) {
+            sample(fp, m, metric_defs[LK__M_TRANSACTIONS].name);
+            fputs(",sink=\"", fp);
+            label_value(fp, m->sinks[i]->name);
+            fprintf(fp, "\",result=\"%s\"} %llu\n", c ? "aborted" : "committed",
+                    (unsigned long long)(c ? atomic_load(&m->sinks[i]->txn_aborted)
+                                           : atomic_load(&m->sinks[i]->txn_committed)));
+        }
+
     head(fp, LK__M_FENCED, om);
     sample_u64(fp, m, LK__M_FENCED, fenced);
     head(fp, LK__M_SINK_ERRORS, om);
@@ -714,7 +731,8 @@ static lk_err_t bind_listen(const char *listen_at, int *fd_out, char *errstr,
 }
 
 lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         char *errstr, size_t errstr_size) {
+                         lk_sink_t *const *sinks, size_t nsinks, char *errstr,
+                         size_t errstr_size) {
     *out = NULL;
     lk_metrics_t *m = calloc(1, sizeof *m);
     if (!m || !(m->app = strdup(lk__store_app_id(store)))) {
@@ -722,6 +740,8 @@ lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t 
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     }
     m->store = store;
+    m->sinks = sinks;
+    m->nsinks = nsinks;
     m->stall_ms = lk__conf_int(conf, LK__P_HEALTH_STALL_MS);
     pthread_mutex_init(&m->lock, NULL);
     const char *listen_at = lk__conf_str(conf, LK__P_METRICS_LISTEN);

@@ -20,6 +20,7 @@
 
 #include "lockstep.h"
 #include "receiver_int.h"
+#include "../sink/sink_int.h"
 #include "../state/store_int.h"
 
 #include <stdio.h>
@@ -33,10 +34,12 @@ typedef struct lk_metrics lk_metrics_t;
  * Create the metrics of a context over its open store; with metrics.listen set, bind
  * it (refused with LK_ERR_CONF_INVALID for a malformed address, LK_ERR_IO when the
  * address cannot be bound, e.g. the port is taken, the OS reason kept) and serve on
- * libmicrohttpd's own thread. store and conf must outlive the metrics.
+ * libmicrohttpd's own thread. store, conf and the sinks (whose transaction counters it
+ * reads) must outlive the metrics.
  */
 lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         char *errstr, size_t errstr_size);
+                         lk_sink_t *const *sinks, size_t nsinks, char *errstr,
+                         size_t errstr_size);
 /** Stop serving (waits for a request in progress) and free. NULL is a no-op. */
 void lk__metrics_destroy(lk_metrics_t *m);
 

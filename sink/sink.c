@@ -99,8 +99,10 @@ static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, cha
 
 /* Fail the delivery in progress: undo it and return to READY, or stay FATAL. */
 static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
-    if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED)
+    if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED) {
         s->ops->abort(s);
+        atomic_fetch_add(&s->txn_aborted, 1);
+    }
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
         lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", errstr ? errstr : "");
         lk__sink_transition(s, LK__TXN_FATAL, NULL, 0);
@@ -243,6 +245,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                 s->ops->kind, s->target, (unsigned long long)batch, why);
         return fail_delivery(s, e, errstr);
     }
+    atomic_fetch_add(&s->txn_committed, 1);
     lk__faultpoint("after-sink-commit");
     return LK_OK;
 }

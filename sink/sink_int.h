@@ -14,6 +14,8 @@
 #include "lockstep.h"
 #include "../state/store_int.h"
 
+#include <stdatomic.h>
+
 /** Transaction states of a sink. */
 #define LK__TXN_STATES(X)                                                                  \
     X(READY)     /* no delivery in progress */                                             \
@@ -69,6 +71,9 @@ struct lk_sink {
     void *impl;            /* the kind's own state */
     char fatal_msg[512];
     char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1]; /* of the store, set by lk__sink_recover */
+    /* deliveries committed / aborted by this process, for lockstep_transactions_total
+     * (metrics.c reads them from the HTTP thread) */
+    atomic_ullong txn_committed, txn_aborted;
 };
 
 extern const lk__sink_ops_t lk__sink_kafka_ops;

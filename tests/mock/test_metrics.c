@@ -155,6 +155,7 @@ static void check_families(const char *parsed, int openmetrics) {
         "lockstep_state_entries gauge", "lockstep_checkpoint_map_used_ratio gauge",
         "lockstep_fenced counter", "lockstep_data_loss_skipped counter",
         "lockstep_records_deadlettered counter",
+        "lockstep_transactions counter",
         "lockstep_accumulator gauge", "lockstep_healthy gauge"};
     for (size_t i = 0; i < sizeof fams / sizeof *fams; i++) {
         const char *want = fams[i];
@@ -257,6 +258,9 @@ Test(metrics, library_exact_values_and_restart) {
     cr_assert_eq(S("consumer_lag_records{app=\"mt\",topic=\"lines\",partition=\"1\"}"), 0,
                  "%s", text);
     cr_assert_eq(S("state_entries{app=\"mt\",operator=\"word-counts\"}"), 8, "%s", text);
+    /* the file sink delivered both batches, one commit each */
+    cr_assert_eq(S("transactions_total{app=\"mt\",sink=\"counts-out\",result=\"committed\"}"),
+                 2, "%s", text);
     cr_assert_eq(S("batch_duration_seconds_count{app=\"mt\",phase=\"deliver\"}"), 2, "%s", text);
     cr_assert(strstr(text, "# EOF\n") && !strcmp(strstr(text, "# EOF\n"), "# EOF\n"),
               "OpenMetrics ends with # EOF: %s", text);
@@ -564,6 +568,13 @@ Test(metrics, cli_scrape_health_progress) {
     cr_assert_eq(value_of(text, "lockstep_outbox_bytes{app=\"mc\"}"), 0, "%s", text);
     cr_assert_eq(value_of(text, "lockstep_healthy{app=\"mc\"}"), 1, "%s", text);
     cr_assert_eq(value_of(text, "lockstep_fenced_total{app=\"mc\"}"), 0, "%s", text);
+    /* the copy's Kafka sink committed one transaction per batch with output */
+    double txns = value_of(text, "lockstep_transactions_total{app=\"mc\",sink=\"to-kafka\","
+                                 "result=\"committed\"}");
+    cr_assert_gt(txns, 0, "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_transactions_total{app=\"mc\",sink=\"to-kafka\","
+                                "result=\"aborted\"}"),
+                 0, "%s", text);
     double batches = value_of(text, "lockstep_batches_total{app=\"mc\"}");
     cr_assert_gt(batches, 0, "%s", text);
     char *parsed = parse_with_prometheus_client(text, 0);
