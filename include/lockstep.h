@@ -469,9 +469,14 @@ LK_EXPORT lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t d
  * @param conf   configuration; copied (the caller keeps ownership of conf).
  * @param define builds the pipeline.
  * @param opaque passed to define.
+ * With metrics.listen set, it also starts serving /metrics, /healthz and /progress
+ * (see lk_context_metrics_write()) on a thread of its own until lk_context_destroy().
+ *
  * @returns a context owned by the caller, or NULL with errstr set. Errors include
- *          invalid configuration, LK_ERR_LOCKED (checkpoint in use), LK_ERR_TOPOLOGY,
- *          and every refusal of the checkpoint store.
+ *          invalid configuration (a malformed metrics.listen among them), LK_ERR_LOCKED
+ *          (checkpoint in use), LK_ERR_TOPOLOGY, every refusal of the checkpoint store,
+ *          and a metrics.listen address that cannot be bound (port in use: the OS's
+ *          reason is in the message).
  */
 LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
                                                  void *opaque, char *errstr,
