@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -731,4 +732,82 @@ Test(metrics, cli_deadletters_counted) {
     free(text);
     kill(run_pid, SIGTERM);
     cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+}
+
+/* ---- library: the health verdicts of lk_context_run's life ---- */
+
+static void fail_batch(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
+    (void)recs;
+    (void)opaque;
+    if (n)
+        lk_batch_fail(b, "this pipeline refuses its input");
+}
+
+static void define_failing(lk_pipeline_t *p, void *opaque) {
+    (void)opaque;
+    lk_foreach_batch(lk_kafka_stream(p, "lines"), "refuse", fail_batch, NULL);
+}
+
+static void *run_thread(void *ctx) {
+    return (void *)(intptr_t)lk_context_run(ctx);
+}
+
+Test(metrics, library_health_states) {
+    mu_cluster_t c;
+    mu_start(&c, 1);
+    mu_topic(&c, "lines", 1);
+    outdir = path("out");
+    int port = free_port();
+    lk_conf_t *conf = mu_conf(&c, "mh", path("ckpt"));
+    mu_set(conf, "metrics.listen", fmt("127.0.0.1:%d", port));
+    mu_set(conf, "stop.gracefully.on.shutdown", "false");
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_wc, NULL, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    http_t h = http_get(port, "/healthz", NULL);
+    cr_assert_eq(h.status, 503);
+    cr_assert_str_eq(h.body, "not running: the batch loop has not started\n");
+    http_free(&h);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_thread, ctx), 0);
+    char *why = health_until(port, 200, 30);
+    cr_assert_str_eq(why, "ok\n");
+    free(why);
+    lk_context_stop(ctx, 1);
+    void *rc;
+    pthread_join(th, &rc);
+    cr_assert_eq((lk_err_t)(intptr_t)rc, LK_OK, "%s", lk_context_errstr(ctx));
+    h = http_get(port, "/healthz", NULL);
+    cr_assert_eq(h.status, 503);
+    cr_assert_str_eq(h.body, "stopped: the batch loop has returned\n");
+    http_free(&h);
+    lk_context_destroy(ctx);
+    /* the port is free again once the context is gone */
+    h = http_get(port, "/healthz", NULL);
+    cr_assert_eq(h.status, 0);
+    lk_conf_destroy(conf);
+
+    /* a pipeline that fails its batch: run returns the error, /healthz says fatal */
+    mu_produce(&c, "lines", 0, NULL, "x");
+    mu_flush(&c);
+    conf = mu_conf(&c, "mf", path("ckpt2"));
+    mu_set(conf, "metrics.listen", fmt("127.0.0.1:%d", port));
+    mu_set(conf, "stop.gracefully.on.shutdown", "false");
+    ctx = lk_context_get_or_create(conf, define_failing, NULL, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    lk_err_t e = lk_context_run(ctx);
+    cr_assert_neq(e, LK_OK);
+    h = http_get(port, "/healthz", NULL);
+    cr_assert_eq(h.status, 503);
+    cr_assert(!strncmp(h.body, "fatal: ", 7) && strstr(h.body, "this pipeline refuses its input"),
+              "%s", h.body);
+    cr_assert_eq(strchr(h.body, '\n'), h.body + strlen(h.body) - 1, "one line: %s", h.body);
+    http_free(&h);
+    h = http_get(port, "/metrics", NULL);
+    cr_assert_eq(value_of(h.body, "lockstep_healthy{app=\"mf\"}"), 0, "%s", h.body);
+    cr_assert_eq(value_of(h.body, "lockstep_batches_total{app=\"mf\"}"), 0, "%s", h.body);
+    http_free(&h);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    mu_stop(&c);
 }
