@@ -116,6 +116,8 @@ typedef struct {
     int32_t partition;
     int64_t high; /* log end of the last plan: the last stable offset (read_committed) */
     int64_t held; /* high watermark - last stable offset: behind open transactions */
+    int64_t held_since_ms; /* monotonic: caught up to a held-back end since; 0: not */
+    int warned;            /* the hold was logged */
 } part_high_t;
 
 struct lk_metrics {
@@ -169,11 +171,35 @@ void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f, lk_receiver_t *r
                 continue;
             }
             m->highs = n;
-            m->highs[m->nhighs++] = (part_high_t){t, r->range.partition, r->high, 0};
+            m->highs[m->nhighs++] = (part_high_t){t, r->range.partition, r->high, 0, 0, 0};
         }
         m->highs[j].high = r->high;
         /* the cached high watermark may be older than the plan: never negative */
-        m->highs[j].held = hwm > r->high ? hwm - r->high : 0;
+        part_high_t *h = &m->highs[j];
+        h->held = hwm > r->high ? hwm - r->high : 0;
+        /* caught up to the last stable offset with records behind it for longer than
+         * health.stall.ms: say so once (Kafka shows no lag for it, and nothing else
+         * would tell of a hanging transactional producer upstream) */
+        int64_t now = lk__mono_ms();
+        if (h->held && r->range.until >= r->high) {
+            if (!h->held_since_ms)
+                h->held_since_ms = now;
+            else if (!h->warned && now - h->held_since_ms > m->stall_ms) {
+                h->warned = 1;
+                lk__log(LK_LOG_WARNING,
+                        "%s[%d]: %lld records held back behind an open transaction for %lld "
+                        "ms (offset %lld is the last stable offset): a transactional producer "
+                        "has neither committed nor aborted; read_committed waits for it",
+                        h->topic, (int)h->partition, (long long)h->held,
+                        (long long)(now - h->held_since_ms), (long long)r->high);
+            }
+        } else {
+            if (h->warned)
+                lk__log(LK_LOG_NOTICE, "%s[%d]: no longer held back by an open transaction",
+                        h->topic, (int)h->partition);
+            h->held_since_ms = 0;
+            h->warned = 0;
+        }
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -187,8 +213,7 @@ static void observe(histogram_t *h, double seconds) {
     h->sum += seconds;
 }
 
-/* The progress.log line of p (cli/cmd_run.c writes the same fields). */
-static char *progress_line(const lk_progress_t *p, int64_t now, double secs) {
+char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs) {
     char *buf = NULL;
     size_t len = 0;
     FILE *fp = open_memstream(&buf, &len);
@@ -230,7 +255,7 @@ void lk__metrics_progress(lk_metrics_t *m, const lk_progress_t *p) {
         secs = 1e-3;
     m->last_report_ms = now;
     pthread_mutex_unlock(&m->lock);
-    char *line = progress_line(p, now, secs); /* formatted outside the lock */
+    char *line = lk__metrics_progress_line(p, now, secs); /* formatted outside the lock */
     if (!line)
         return;
     pthread_mutex_lock(&m->lock);

@@ -62,6 +62,13 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int openmetrics, char *err
                            size_t errstr_size);
 /** The health verdict: 1 healthy, 0 not, with a one-line reason in why. */
 int lk__metrics_health(lk_metrics_t *m, char *why, size_t why_size);
+/**
+ * The progress.log line of p (a JSON object, no newline) at wall clock now (ms), secs
+ * since the previous report (for inputRowsPerSecond); malloc'ed, NULL if out of memory.
+ * /progress and `lockstep run`'s progress.log share it.
+ */
+char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs);
+
 /** The kept progress reports as a JSON array (the progress.log lines). */
 void lk__metrics_progress_json(lk_metrics_t *m, FILE *fp);
 

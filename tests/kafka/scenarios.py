@@ -128,7 +128,8 @@ def open_transaction(s):
     lo, hi = s.kafka.watermarks(src, 0)
     check(hi == 25, f"{src}: high watermark {hi}, 25 expected")
     port = free_port()
-    app = s.copy_app("copy", src, dst, metrics_listen=f"127.0.0.1:{port}")
+    app = s.copy_app("copy", src, dst, metrics_listen=f"127.0.0.1:{port}",
+                     health_stall_ms=1000)
     app.start()
     # the last stable offset is 10 (the open transaction's first record)
     app.wait_caught_up(src, {0: 10})
@@ -144,10 +145,15 @@ def open_transaction(s):
     held = f'lockstep_consumer_held_back_records{{app="{app.name}",topic="{src}",partition="0"}}'
     wait_for("held back 15 in /metrics",
              lambda: scrape(port).get(held) == 15 and scrape(port).get(lag) == 0, timeout=30)
+    # and the log, once the hold lasts longer than health.stall.ms
+    wait_for("the held-back warning", lambda: f"{src}[0]: 15 records held back behind an "
+             "open transaction" in app.stderr(), timeout=30)
     txn.commit_transaction(30)
     app.wait_caught_up(src, {0: 26})  # 25 records + the commit marker
     wait_for("held back 0 in /metrics after the commit",
              lambda: scrape(port).get(held) == 0 and scrape(port).get(lag) == 0, timeout=30)
+    check(f"{src}[0]: no longer held back by an open transaction" in app.stderr(),
+          "the end of the hold is not logged")
     app.stop()
     expect_exactly_once("output after the commit", values(s.kafka.read(dst)),
                         before + records("open-txn", 5) + after)
