@@ -154,7 +154,8 @@ typedef enum {
       "refused at start.")                                                                 \
     X(HEALTH_STALL_MS, "health.stall.ms", LK__PT_INT, "60000", 100, 86400000, NULL, 0,     \
       "/healthz answers 503 when no batch has committed or idled for this long (broker "   \
-      "unreachable, stuck retrying) or a sink has failed for this long.")
+      "unreachable, stuck retrying) or a sink has failed for this long. Input waiting "    \
+      "this long behind an open transaction upstream is logged as a warning.")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,
