@@ -21,8 +21,8 @@
 # .ci/packages. .ci/check-docker (run by .ci/run) fails when either drifts from .ci/packages
 # or from what build/lockstep actually links.
 ARG DEBIAN_IMAGE=debian:bookworm-slim
-ARG RUNTIME_PACKAGES="librdkafka1 liblmdb0 libmsgpackc2 libjansson4"
-ARG CHAOS_PACKAGES="python3 python3-confluent-kafka"
+ARG RUNTIME_PACKAGES="librdkafka1 liblmdb0 libmsgpackc2 libjansson4 libmicrohttpd12"
+ARG CHAOS_PACKAGES="python3 python3-confluent-kafka python3-prometheus-client"
 
 FROM ${DEBIAN_IMAGE} AS toolchain
 ARG DEBIAN_FRONTEND=noninteractive

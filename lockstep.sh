@@ -10,7 +10,7 @@
 #   ./lockstep.sh asan       build with ASan+UBSan, run the test suite
 #   ./lockstep.sh valgrind   run the unit tests under valgrind (leaks are errors)
 #   ./lockstep.sh build      only build (into ./build)
-#   ./lockstep.sh docs       regenerate README.md's configuration reference
+#   ./lockstep.sh docs       regenerate README.md's configuration and metrics references
 #   ./lockstep.sh bench      build, run bench/run (end to end, against baselines)
 #   ./lockstep.sh bench-store  build, run bench_store (checkpoint store vs raw LMDB)
 set -euo pipefail
@@ -63,6 +63,12 @@ case "$cmd" in
       echo "lockstep.sh: README.md's configuration reference is stale; run ./lockstep.sh docs" >&2
       exit 1
     fi
+    ./build/lockstep metrics --markdown > build/metrics-reference.md
+    if ! awk '/<!-- metrics-reference:begin -->/{f=1;next}/<!-- metrics-reference:end -->/{f=0}f' README.md |
+        diff -u - build/metrics-reference.md; then
+      echo "lockstep.sh: README.md's metrics reference is stale; run ./lockstep.sh docs" >&2
+      exit 1
+    fi
     ctest --test-dir build --output-on-failure -j "$JOBS" "$@"
     ;;
   asan)
@@ -111,7 +117,13 @@ case "$cmd" in
       /<!-- config-reference:end -->/ { skip=0 }
       !skip' README.md > build/README.md.new
     mv build/README.md.new README.md
-    echo "README.md: configuration reference regenerated"
+    ./build/lockstep metrics --markdown > build/metrics-reference.md
+    awk -v ref=build/metrics-reference.md '
+      /<!-- metrics-reference:begin -->/ { print; while ((getline l < ref) > 0) print l; skip=1; next }
+      /<!-- metrics-reference:end -->/ { skip=0 }
+      !skip' README.md > build/README.md.new
+    mv build/README.md.new README.md
+    echo "README.md: configuration and metrics references regenerated"
     ;;
   bench)
     need_packages

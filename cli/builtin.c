@@ -219,6 +219,7 @@ typedef struct lk__builtin {
     int windowed;        /* either: windows instead of running totals */
     int event_time;      /* window.time=event */
     int sums;            /* window values are doubles (sum-by-key), else int64 counts */
+    int deadletter; /* errors.deadletter is set */
 } builtin_t;
 
 enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
@@ -300,6 +301,9 @@ static int malformed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     if (well_formed(b, in, opaque))
         return 0;
     lk_accumulator_add(b, "errors.malformed", 1);
+    /* the metric lockstep_records_deadlettered_total (connector/metrics.c) */
+    if (((const builtin_t *)opaque)->deadletter)
+        lk_accumulator_add(b, "lockstep.records.deadlettered", 1);
     return 1;
 }
 
@@ -506,6 +510,7 @@ typedef struct {
 /* The "malformed" filter and the dead letter sink behind it (errors.deadletter). */
 static void add_deadletter(lk_stream_t *in, const lk_conf_t *conf, builtin_t *bt) {
     const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
+    bt->deadletter = dl[0] != 0;
     lk_stream_t *bad = lk_filter(in, "malformed", malformed, bt);
     if (dl[0] && !strncmp(dl, "file:", 5))
         lk_to_files(bad, "deadletter", dl + 5, "jsonl");

@@ -8,6 +8,7 @@
 #include "cli_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "../connector/metrics_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,19 +108,11 @@ static void on_progress(const lk_progress_t *p, void *opaque) {
     pr->last_ms = now;
     pr->batches++;
     if (pr->log) {
-        fprintf(pr->log,
-                "{\"batch\":%llu,\"batchTime\":%lld,\"timestamp\":%lld,\"numInputRows\":%llu,"
-                "\"inputBytes\":%llu,\"numOutputRows\":%llu,\"inputRowsPerSecond\":%.1f,"
-                "\"durationMs\":{\"plan\":%.2f,\"fetch\":%.2f,\"process\":%.2f,"
-                "\"commit\":%.2f,\"deliver\":%.2f},\"outboxBytes\":%llu,\"lag\":{\"total\":%lld",
-                (unsigned long long)p->batch, (long long)p->batch_time_ms, (long long)now,
-                (unsigned long long)p->records_in, (unsigned long long)p->bytes_in,
-                (unsigned long long)p->records_out, (double)p->records_in / secs, p->plan_ms,
-                p->fetch_ms, p->process_ms, p->commit_ms, p->deliver_ms,
-                (unsigned long long)p->outbox_bytes, (long long)p->lag);
-        for (size_t i = 0; i < p->ntopics; i++)
-            fprintf(pr->log, ",\"%s\":%lld", p->topics[i], (long long)p->topic_lag[i]);
-        fprintf(pr->log, "}}\n");
+        /* the same line as the /progress endpoint's entries (connector/metrics.c) */
+        char *line = lk__metrics_progress_line(p, now, secs);
+        if (line)
+            fprintf(pr->log, "%s\n", line);
+        free(line);
         fflush(pr->log);
     }
     if (pr->tty) {

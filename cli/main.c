@@ -6,6 +6,7 @@
 #include "lockstep.h"
 #include "../core/util_int.h"
 #include "cli_int.h"
+#include "../connector/metrics_int.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@ static void usage(FILE *fp) {
             "      [--partition P]... (--to N | --delete) [--yes]\n"
             "                                             move input offsets (stopped app)\n"
             "  lockstep config [--markdown]               list configuration properties\n"
+            "  lockstep metrics --markdown                the metrics reference (README)\n"
             "  lockstep --version | --help\n"
             "\n"
             "Run 'lockstep COMMAND --help' for a command's options.\n",
@@ -52,6 +54,17 @@ static int cmd_config(int argc, char **argv) {
         return 2;
     }
     lk_conf_print_reference(stdout, md);
+    return 0;
+}
+
+static int cmd_metrics(int argc, char **argv) {
+    if (lk__cli_has_help(argc, argv) || argc != 1 || strcmp(argv[0], "--markdown")) {
+        fputs("Usage: lockstep metrics --markdown\n\nThe Prometheus metrics lockstep serves at "
+              "/metrics (metrics.listen), as the README's Markdown table.\n",
+              lk__cli_has_help(argc, argv) ? stdout : stderr);
+        return lk__cli_has_help(argc, argv) ? 0 : 2;
+    }
+    lk__metrics_markdown(stdout);
     return 0;
 }
 
@@ -84,6 +97,8 @@ int main(int argc, char **argv) {
         return lk__cli_checkpoint(argc - 2, argv + 2);
     if (!strcmp(cmd, "config"))
         return cmd_config(argc - 2, argv + 2);
+    if (!strcmp(cmd, "metrics"))
+        return cmd_metrics(argc - 2, argv + 2);
     fprintf(stderr, "lockstep: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
+#include "metrics_int.h"
 #include "pipeline_int.h"
 #include "window_int.h"
 #include "receiver_int.h"
@@ -74,6 +75,7 @@ struct lk_context {
     lk_err_t fatal_err; /* the first fatal error's code; errstr keeps its message */
     unsigned sink_failures; /* retriable delivery failures in a row (for the log line) */
     char errstr[1024];
+    lk_metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c) */
 };
 
 /* The context whose lk_context_run() owns SIGTERM/SIGINT. */
@@ -98,6 +100,13 @@ void lk_context_on_progress(lk_context_t *ctx, void (*cb)(const lk_progress_t *p
         return;
     ctx->progress_cb = cb;
     ctx->progress_opaque = opaque;
+}
+
+/* Hand a committed batch's report to the metrics and the progress callback. */
+static void notify_progress(lk_context_t *ctx, const lk_progress_t *p) {
+    lk__metrics_progress(ctx->metrics, p);
+    if (ctx->progress_cb)
+        ctx->progress_cb(p, ctx->progress_opaque);
 }
 
 /* What the committed batch f did; topics point into f. */
@@ -161,13 +170,13 @@ static int keep_report(lk_context_t *ctx, const lk_progress_t *p) {
  * did with its delivery included (at once if the copy fails). */
 static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                             const lk__fetch_t *f, const double ms[5], int defer) {
-    if (!ctx->progress_cb)
+    if (!ctx->progress_cb && !ctx->metrics)
         return;
     const char *topics[64];
     int64_t lag[64];
     lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
     if (!defer || !keep_report(ctx, &p))
-        ctx->progress_cb(&p, ctx->progress_opaque);
+        notify_progress(ctx, &p);
 }
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
@@ -361,6 +370,7 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
     /* a corrupt checkpoint never heals by retrying */
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT) {
+        lk__metrics_sink(ctx->metrics, e, err);
         /* the first fatal error wins, code and message together */
         if (!ctx->fatal) {
             ctx->fatal = 1;
@@ -378,6 +388,7 @@ static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_e
 
 /* After a round of deliveries: back off after a retriable failure, else reset. */
 static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
+    lk__metrics_sink(ctx->metrics, first, ctx->errstr);
     if (first) {
         int64_t b0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
         int64_t bmax = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
@@ -434,10 +445,10 @@ static lk_err_t finish_delivery(lk_context_t *ctx) {
             fatal = e; /* fenced or fatal */
     }
     if (ctx->dl_report) {
-        if (!fatal && ctx->progress_cb) {
+        if (!fatal) {
             ctx->dl_progress.deliver_ms = (double)(ctx->dl_done_ns - ctx->dl_started_ns) / 1e6;
             ctx->dl_progress.outbox_bytes = lk__store_outbox_bytes(ctx->store);
-            ctx->progress_cb(&ctx->dl_progress, ctx->progress_opaque);
+            notify_progress(ctx, &ctx->dl_progress);
         }
         drop_deferred_report(ctx);
     }
@@ -578,6 +589,9 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
         e = lk__receiver_new(&ctx->receiver, ctx->conf, topics, ntopics, errstr, errstr_size);
     if (!e)
         e = open_sinks(ctx, errstr, errstr_size);
+    if (!e)
+        e = lk__metrics_new(&ctx->metrics, ctx->store, ctx->conf, ctx->sinks, ctx->nsinks,
+                            errstr, errstr_size);
     if (e) {
         lk_context_destroy(ctx);
         return NULL;
@@ -604,6 +618,8 @@ void lk_context_destroy(lk_context_t *ctx) {
     if (signal_ctx == ctx)
         signal_ctx = NULL;
     ctx->progress_cb = NULL; /* the callback's owner may be going away too */
+    lk__metrics_destroy(ctx->metrics); /* before the store it reads */
+    ctx->metrics = NULL;
     /* destroy reports nothing: a delivery that failed or was not acknowledged stays in
      * the outbox, and the next start's recovery (the fence) settles it */
     (void)finish_delivery(ctx);
@@ -800,6 +816,13 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     if (!e && f->data_loss_skipped)
         e = lk__store_acc_add(t, "lockstep.data.loss.skipped", (int64_t)f->data_loss_skipped,
                               ctx->errstr, sizeof ctx->errstr);
+    /* the metrics' record counters: committed with the batch, exact across crashes */
+    if (!e && f->records)
+        e = lk__store_acc_add(t, "lockstep.records.in", (int64_t)f->records, ctx->errstr,
+                              sizeof ctx->errstr);
+    if (!e && b->records_out)
+        e = lk__store_acc_add(t, "lockstep.records.out", (int64_t)b->records_out,
+                              ctx->errstr, sizeof ctx->errstr);
     lk_batch_rec_t rec = {id, time_ms, 0, f->records, b->records_out, f->nranges, ranges};
     if (!e)
         e = lk__store_batch_put(t, &rec, ctx->errstr, sizeof ctx->errstr);
@@ -883,6 +906,8 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
      * skip what arrives in between. */
     /* A replayed plan is always committed: skipping it would find it again forever. */
     *idle = empty;
+    if (!replay)
+        lk__metrics_planned(ctx->metrics, &f, ctx->receiver);
     if (empty && !replay && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
         lk__fetch_clear(&f);
         return LK_OK;
@@ -1012,10 +1037,12 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     int64_t backoff = backoff0;
     lk_err_t result = LK_OK;
     ctx->overlap = lk__conf_bool(ctx->conf, LK__P_SINK_OVERLAP);
+    lk__metrics_loop(ctx->metrics, 1, LK_OK, NULL);
     while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
         int64_t started = lk__mono_ms();
         int idle;
         lk_err_t e = run_batch(ctx, &idle);
+        lk__metrics_batch(ctx->metrics, e, ctx->errstr);
         if (e && !ctx->fatal && ctx->dl_running) {
             /* the batch failed: settle the delivery in flight before waiting to retry,
              * keeping the batch's error as the one reported unless that was fatal */
@@ -1095,10 +1122,19 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     if (finish_delivery(ctx) && !result && ctx->fatal)
         result = ctx->fatal_err;
     ctx->overlap = 0;
+    lk__metrics_loop(ctx->metrics, 0, result, ctx->errstr);
     if (own_signals) {
         sigaction(SIGTERM, &old_term, NULL);
         sigaction(SIGINT, &old_int, NULL);
         signal_ctx = NULL;
     }
     return result;
+}
+
+lk_err_t lk_context_metrics_write(lk_context_t *ctx, FILE *fp, int openmetrics) {
+    if (!ctx)
+        return LK_ERR_INVALID_ARG;
+    if (!fp)
+        return fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: fp is required");
+    return lk__metrics_write(ctx->metrics, fp, openmetrics, ctx->errstr, sizeof ctx->errstr);
 }

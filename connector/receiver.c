@@ -906,3 +906,11 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
     }
     return LK_OK;
 }
+
+int64_t lk__receiver_fetched_high(lk_receiver_t *r, const char *topic, int32_t partition) {
+    int64_t low, high;
+    if (!r || rd_kafka_get_watermark_offsets(r->rk, topic, partition, &low, &high) ||
+        high < 0)
+        return -1;
+    return high;
+}

@@ -95,6 +95,14 @@ void lk__fetch_clear(lk__fetch_t *f);
 /** Release the fetched messages only; the ranges stay for reporting. */
 void lk__fetch_release_messages(lk__fetch_t *f);
 
+/**
+ * The high watermark of (topic, partition) as last reported by a fetch response (no
+ * request: librdkafka's cached value), or -1 when not known yet. Unlike the planned log
+ * end (read_committed: the last stable offset) it counts records of open transactions,
+ * so the difference is input held back behind them (metrics.c). Any thread.
+ */
+int64_t lk__receiver_fetched_high(lk_receiver_t *r, const char *topic, int32_t partition);
+
 /** Forget consumer positions (after an abandoned batch): the next fetch seeks. */
 void lk__receiver_invalidate(lk_receiver_t *r);
 

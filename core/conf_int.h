@@ -177,7 +177,16 @@ typedef enum {
     X(SHUTDOWN_TIMEOUT_MS, "shutdown.timeout.ms", LK__PT_INT, "30000", 0, 3600000, NULL, 0, \
       "Longest time a graceful stop takes, from the signal: waiting for the input of the " \
       "batch in flight (past it the batch is abandoned and processed again on the next "   \
-      "start) and delivering the outbox (what is left is delivered on the next start).")
+      "start) and delivering the outbox (what is left is delivered on the next start).") \
+    X(METRICS_LISTEN, "metrics.listen", LK__PT_STR, "", 0, 300, NULL, 0,                    \
+      "HOST:PORT where lk_context_get_or_create() serves Prometheus /metrics, /healthz "   \
+      "and /progress (libmicrohttpd, its own thread), e.g. 127.0.0.1:9464. Empty: not "    \
+      "served (lk_context_metrics_write() still writes the metrics). A port in use is "    \
+      "refused at start.")                                                                 \
+    X(HEALTH_STALL_MS, "health.stall.ms", LK__PT_INT, "60000", 100, 86400000, NULL, 0,     \
+      "/healthz answers 503 when no batch has committed or idled for this long (broker "   \
+      "unreachable, stuck retrying) or a sink has failed for this long. Input waiting "    \
+      "this long behind an open transaction upstream is logged as a warning.")
 
 typedef enum {
 #define LK__PROP_ID(id, ...) LK__P_##id,

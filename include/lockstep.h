@@ -655,9 +655,14 @@ LK_EXPORT lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t d
  * @param conf   configuration; copied (the caller keeps ownership of conf).
  * @param define builds the pipeline.
  * @param opaque passed to define.
+ * With metrics.listen set, it also starts serving /metrics, /healthz and /progress
+ * (see lk_context_metrics_write()) on a thread of its own until lk_context_destroy().
+ *
  * @returns a context owned by the caller, or NULL with errstr set. Errors include
- *          invalid configuration, LK_ERR_LOCKED (checkpoint in use), LK_ERR_TOPOLOGY,
- *          and every refusal of the checkpoint store.
+ *          invalid configuration (a malformed metrics.listen among them), LK_ERR_LOCKED
+ *          (checkpoint in use), LK_ERR_TOPOLOGY, every refusal of the checkpoint store,
+ *          and a metrics.listen address that cannot be bound (port in use: the OS's
+ *          reason is in the message).
  */
 LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
                                                  void *opaque, char *errstr,
@@ -725,6 +730,30 @@ LK_EXPORT void lk_context_on_progress(lk_context_t *ctx,
 
 /** @brief Id of the last committed batch (0 before the first). */
 LK_EXPORT uint64_t lk_context_last_batch(const lk_context_t *ctx);
+
+/**
+ * @brief Write the context's metrics in the Prometheus text exposition format: the same
+ * text metrics.listen serves at /metrics, for embedders that serve it themselves.
+ *
+ * Counters of processed data (lockstep_batches_total, lockstep_records_total,
+ * lockstep_data_loss_skipped_total) and lockstep_accumulator are read from the
+ * checkpoint, so they are exact across crashes and never go backwards across restarts;
+ * phase durations, fencing and error counters describe this process only. The README's
+ * "Metrics reference" lists every metric.
+ *
+ * Threading: may be called from any thread while lk_context_run() runs on another, and
+ * from the progress callback; not concurrently with lk_context_destroy().
+ *
+ * @param ctx         the context.
+ * @param fp          where to write; not closed. Nothing is written before the checkpoint
+ *                    is read, so an error writes nothing.
+ * @param openmetrics 0: Prometheus text format 0.0.4; non-zero: OpenMetrics 1.0 text
+ *                    (ends with "# EOF").
+ * @returns LK_OK; LK_ERR_INVALID_ARG (ctx or fp NULL); LK_ERR_STORE when the checkpoint
+ *          cannot be read; LK_ERR_NOMEM; LK_ERR_IO when writing to fp failed. The message
+ *          is in lk_context_errstr().
+ */
+LK_EXPORT lk_err_t lk_context_metrics_write(lk_context_t *ctx, FILE *fp, int openmetrics);
 
 /** @brief Stop, close Kafka clients and the checkpoint, free. NULL is a no-op. */
 LK_EXPORT void lk_context_destroy(lk_context_t *ctx);

@@ -229,6 +229,7 @@ static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
     }
     if (s->state == LK__TXN_BEGUN || s->state == LK__TXN_PRODUCED) {
         (void)lk__sink_transition(s, LK__TXN_ABORTING, NULL, 0); /* allowed: both */
+        atomic_fetch_add(&s->txn_aborted, 1); /* lockstep_transactions_total */
         char why[1024];
         lk_err_t ae = settle_abort(s, why, sizeof why);
         if (ae == LK_ERR_FENCED || ae == LK_ERR_FATAL)
@@ -441,6 +442,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                 s->ops->kind, s->target, (unsigned long long)batch, why);
         return fail_delivery(s, e, errstr);
     }
+    atomic_fetch_add(&s->txn_committed, 1);
     lk__faultpoint("after-sink-commit");
     return LK_OK;
 }

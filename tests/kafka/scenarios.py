@@ -8,7 +8,9 @@ run on one broker, even in parallel) and asserts the committed output exactly: r
 read_committed by an independent consumer, every expected record once and nothing else.
 
   open-transaction      an input transaction left open holds lockstep at the last stable
-                        offset: nothing past it is read until it commits, then all is
+                        offset: nothing past it is read until it commits, then all is;
+                        /metrics shows the records held back behind it (high watermark -
+                        last stable offset) while the lag is 0
   markers-aborted       transaction markers and aborted records inside and at the end of
                         planned ranges: only committed input reaches the output, once
   zombie-fenced         an instance frozen (SIGSTOP) while a copy of its checkpoint runs
@@ -40,11 +42,13 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kt import App, Cluster, Failure, check, expect_exactly_once, log, values, wait_for  # noqa: E402
@@ -86,6 +90,28 @@ class Scenario:
             log(f"work directory kept: {self.work}")
 
 
+def free_port():
+    """A loopback port nothing listens on now (the kernel's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port):
+    """lockstep's /metrics as {series: value} ({} while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
 def records(prefix, n, partitions=1, size=0):
     """n records spread over partitions: (partition, key, value), values unique."""
     pad = b"." * size
@@ -105,7 +131,9 @@ def open_transaction(s):
     s.kafka.produce(src, after)
     lo, hi = s.kafka.watermarks(src, 0)
     check(hi == 25, f"{src}: high watermark {hi}, 25 expected")
-    app = s.copy_app("copy", src, dst)
+    port = free_port()
+    app = s.copy_app("copy", src, dst, metrics_listen=f"127.0.0.1:{port}",
+                     health_stall_ms=1000)
     app.start()
     # the last stable offset is 10 (the open transaction's first record)
     app.wait_caught_up(src, {0: 10})
@@ -115,8 +143,21 @@ def open_transaction(s):
     time.sleep(2)
     check(app.offsets(src).get(0) == 10,
           f"read past the last stable offset: {app.offsets(src)}")
+    # The metrics tell it: no lag (everything readable is read), but the 15 records from
+    # the open transaction's first one to the high watermark are held back behind it.
+    lag = f'lockstep_consumer_lag_records{{app="{app.name}",topic="{src}",partition="0"}}'
+    held = f'lockstep_consumer_held_back_records{{app="{app.name}",topic="{src}",partition="0"}}'
+    wait_for("held back 15 in /metrics",
+             lambda: scrape(port).get(held) == 15 and scrape(port).get(lag) == 0, timeout=30)
+    # and the log, once the hold lasts longer than health.stall.ms
+    wait_for("the held-back warning", lambda: f"{src}[0]: 15 records held back behind an "
+             "open transaction" in app.stderr(), timeout=30)
     txn.commit_transaction(30)
     app.wait_caught_up(src, {0: 26})  # 25 records + the commit marker
+    wait_for("held back 0 in /metrics after the commit",
+             lambda: scrape(port).get(held) == 0 and scrape(port).get(lag) == 0, timeout=30)
+    check(f"{src}[0]: no longer held back by an open transaction" in app.stderr(),
+          "the end of the hold is not logged")
     app.stop()
     expect_exactly_once("output after the commit", values(s.kafka.read(dst)),
                         before + records("open-txn", 5) + after)

@@ -171,7 +171,10 @@ static pid_t run_start_v(const char *app, const char *const *kv) {
     snprintf(plog, sizeof plog, "progress.log=%s", path("progress.log"));
     const char *common[] = {appid, ckpt, boot, plog, "kafka.fetch.wait.max.ms=10",
                             "batch.interval.ms=0", "log.level=warning", "kafka.log_level=3",
-                            "checkpoint.map.size=4M", "sink.kafka.timeout.ms=10000"};
+                            "checkpoint.map.size=4M", "sink.kafka.timeout.ms=10000",
+                            /* examples/wordcount.properties serves metrics on a fixed port,
+                             * which parallel runs would share: off here (test_metrics.c) */
+                            "metrics.listen="};
     const char *argv[80] = {cli, "run"};
     int n = 2;
     if (run_conf_file) {
