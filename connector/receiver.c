@@ -22,8 +22,12 @@
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
 
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define LK__KAFKA_TIMEOUT_MS 5000
 
@@ -192,6 +196,88 @@ lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char
     return LK_OK;
 }
 
+/*
+ * Closing a librdkafka client, bounded. librdkafka 2.0.2's rd_kafka_destroy() can wait
+ * forever for its own threads (seen on a real broker after an input topic was deleted
+ * and recreated: the application had stopped with its error, then never exited;
+ * librdkafka issues #3182, #3470 and #5434 describe the like). The close runs on a
+ * thread of its own; after DESTROY_WAIT_MS the caller goes on without it, saying so, and
+ * the client is left to its threads (freed with the process).
+ */
+#define DESTROY_WAIT_MS 10000
+
+typedef struct {
+    rd_kafka_t *rk;
+    int consumer_close;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, abandoned;
+} destroy_job_t;
+
+static void destroy_job_free(destroy_job_t *j) {
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+static void *destroy_thread(void *o) {
+    destroy_job_t *j = o;
+    sigset_t all; /* signals are for the application's threads */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    if (j->consumer_close)
+        (void)rd_kafka_consumer_close(j->rk); /* no group, no offsets: nothing to report */
+    rd_kafka_destroy(j->rk);
+    pthread_mutex_lock(&j->mu);
+    j->done = 1;
+    int abandoned = j->abandoned;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    if (abandoned)
+        destroy_job_free(j);
+    return NULL;
+}
+
+static void destroy_bounded(rd_kafka_t *rk, int consumer_close, const char *what) {
+    destroy_job_t *j = calloc(1, sizeof *j);
+    pthread_t th;
+    if (j) {
+        j->rk = rk;
+        j->consumer_close = consumer_close;
+        pthread_mutex_init(&j->mu, NULL);
+        pthread_cond_init(&j->cv, NULL);
+    }
+    if (!j || pthread_create(&th, NULL, destroy_thread, j)) { /* no thread: unbounded */
+        if (j)
+            destroy_job_free(j);
+        if (consumer_close)
+            (void)rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+        return;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* pthread_cond_timedwait's default clock */
+    until.tv_sec += DESTROY_WAIT_MS / 1000;
+    pthread_mutex_lock(&j->mu);
+    int rc = 0;
+    while (!j->done && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&j->cv, &j->mu, &until);
+    int done = j->done;
+    if (!done)
+        j->abandoned = 1;
+    pthread_mutex_unlock(&j->mu);
+    if (done) {
+        pthread_join(th, NULL);
+        destroy_job_free(j);
+        return;
+    }
+    pthread_detach(th); /* it frees the job if it ever finishes */
+    lk__log(LK_LOG_WARNING,
+            "the %s did not close within %d s (a librdkafka 2.0.2 hang); going on without "
+            "waiting for it",
+            what, DESTROY_WAIT_MS / 1000);
+}
+
 void lk__receiver_destroy(lk_receiver_t *r) {
     if (!r)
         return;
@@ -205,12 +291,10 @@ void lk__receiver_destroy(lk_receiver_t *r) {
     for (size_t i = 0; i < r->ntopics; i++)
         if (r->prkts[i])
             rd_kafka_topic_destroy(r->prkts[i]);
-    if (r->rk) {
-        rd_kafka_consumer_close(r->rk);
-        rd_kafka_destroy(r->rk);
-    }
+    if (r->rk)
+        destroy_bounded(r->rk, 1, "fetching consumer");
     if (r->planner)
-        rd_kafka_destroy(r->planner);
+        destroy_bounded(r->planner, 0, "planning consumer");
     for (size_t i = 0; i < r->ntopics; i++)
         free(r->topics[i]);
     free(r->topics);
