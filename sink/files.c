@@ -81,7 +81,7 @@ static int fsync_parent(const char *path) {
     char *slash = strrchr(copy, '/');
     const char *parent = !slash ? "." : slash == copy ? "/" : (*slash = '\0', copy);
     int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 ? -1 : fsync(fd);
+    int rc = fd < 0 ? -1 : LK__FAULT_SYS("fsync-dir", fsync(fd));
     if (fd >= 0)
         close(fd);
     free(copy);
@@ -345,9 +345,9 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     for (size_t i = 0; i < f->nparts; i++) {
         part_t *pt = &f->parts[i];
         errno = 0;
-        if (fflush(pt->fp) != 0 || ferror(pt->fp))
+        if (LK__FAULT_SYS("write", fflush(pt->fp)) != 0 || ferror(pt->fp))
             return write_failed(pt, errno, errstr, errstr_size);
-        if (fsync(fileno(pt->fp)) != 0)
+        if (LK__FAULT_SYS("fsync", fsync(fileno(pt->fp))) != 0)
             return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot fsync %s: %s",
                            (int)pt->partition, pt->tmp, strerror(errno));
         FILE *fp = pt->fp;
@@ -358,7 +358,7 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     lk__faultpoint("during-file-rename");
     for (size_t i = 0; i < f->nparts; i++) {
         part_t *pt = &f->parts[i];
-        if (rename(pt->tmp, pt->final) != 0)
+        if (LK__FAULT_SYS("rename", rename(pt->tmp, pt->final)) != 0)
             return lk__err(LK_ERR_IO, errstr, errstr_size,
                            "partition %d: cannot rename %s to %s: %s", (int)pt->partition,
                            pt->tmp, pt->final, strerror(errno));

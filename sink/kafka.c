@@ -13,6 +13,7 @@
 #include "sink_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "fault_int.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -282,8 +283,8 @@ static lk_err_t finish_pending(lk_sink_t *s, char *errstr, size_t errstr_size) {
     kafka_sink_t *k = s->impl;
     while (k->pending != PENDING_NONE) {
         int commit = k->pending == PENDING_COMMIT;
-        rd_kafka_error_t *e = commit ? rd_kafka_commit_transaction(k->producer, k->timeout_ms)
-                                     : rd_kafka_abort_transaction(k->producer, k->timeout_ms);
+        rd_kafka_error_t *e = commit ? LK__FAULT_KAFKA("commit_transaction", rd_kafka_commit_transaction(k->producer, k->timeout_ms))
+                                     : LK__FAULT_KAFKA("abort_transaction", rd_kafka_abort_transaction(k->producer, k->timeout_ms));
         if (!e) {
             if (commit) {
                 lk__log(LK_LOG_NOTICE, "sink '%s': the timed-out commit of batch %llu completed",
@@ -314,7 +315,7 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
     kafka_sink_t *k = s->impl;
     if (!k->inited) {
         /* fences zombies with the same transactional.id and aborts their transaction */
-        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, k->timeout_ms);
+        rd_kafka_error_t *e = LK__FAULT_KAFKA("init_transactions", rd_kafka_init_transactions(k->producer, k->timeout_ms));
         if (e)
             return txn_error(e, "init_transactions", errstr, errstr_size);
         k->inited = 1;
@@ -352,7 +353,7 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
                        "the %s of batch %llu has not finished yet",
                        k->pending == PENDING_COMMIT ? "commit" : "abort",
                        (unsigned long long)k->pending_batch);
-    rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
+    rd_kafka_error_t *e = LK__FAULT_KAFKA("begin_transaction", rd_kafka_begin_transaction(k->producer));
     return e ? txn_error(e, "begin_transaction", errstr, errstr_size) : LK_OK;
 }
 
@@ -360,11 +361,11 @@ static lk_err_t produce(kafka_sink_t *k, const char *topic, int32_t partition, c
                         size_t klen, const void *value, size_t vlen, int64_t ts,
                         rd_kafka_headers_t *hdrs, char *errstr, size_t errstr_size) {
     for (;;) {
-        rd_kafka_resp_err_t ke = rd_kafka_producev(
+        rd_kafka_resp_err_t ke = LK__FAULT_KAFKA_RESP("produce", rd_kafka_producev(
             k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
             RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)value, vlen),
             RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0), RD_KAFKA_V_HEADERS(hdrs),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END));
         if (!ke)
             return LK_OK; /* the headers now belong to librdkafka */
         if (ke == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -430,14 +431,14 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
             rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
                 ->offset = b->ranges[i].until;
         rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
-        rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(k->producer, l, g, k->timeout_ms);
+        rd_kafka_error_t *e = LK__FAULT_KAFKA("send_offsets_to_transaction", rd_kafka_send_offsets_to_transaction(k->producer, l, g, k->timeout_ms));
         rd_kafka_consumer_group_metadata_destroy(g);
         rd_kafka_topic_partition_list_destroy(l);
         if (e)
             return txn_error(e, "send_offsets_to_transaction", errstr, errstr_size);
     }
     for (int tries = 0;; tries++) {
-        rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, k->timeout_ms);
+        rd_kafka_error_t *e = LK__FAULT_KAFKA("commit_transaction", rd_kafka_commit_transaction(k->producer, k->timeout_ms));
         if (!e) {
             k->fence = s->batch;
             return LK_OK;
@@ -462,7 +463,7 @@ static void kafka_abort(lk_sink_t *s) {
     if (k->pending != PENDING_NONE)
         return; /* a timed-out commit: finished by recover(), which learns its outcome */
     for (int tries = 0; tries < 3; tries++) {
-        rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, k->timeout_ms);
+        rd_kafka_error_t *e = LK__FAULT_KAFKA("abort_transaction", rd_kafka_abort_transaction(k->producer, k->timeout_ms));
         if (!e)
             return;
         int retriable = rd_kafka_error_is_retriable(e);

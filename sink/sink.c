@@ -135,6 +135,7 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
         return LK_OK;
     uint64_t fence = 0;
     char why[768] = "";
+    lk__phase(LK__PH_RECOVERING);
     lk_err_t e = s->ops->recover(s, &fence, why, sizeof why);
     if (e) {
         if (e == LK_ERR_FENCED || e == LK_ERR_FATAL) {
@@ -212,6 +213,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                        (unsigned long long)batch, why);
     s->batch = batch;
     new_attempt(s);
+    lk__phase(LK__PH_DELIVERING);
     lk__faultpoint("before-sink-produce");
     if (!(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&
         !(e = s->ops->begin(s, batch, why, sizeof why))) {
@@ -231,6 +233,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
      * checkpoint's page reuse or a map growth */
     lk__store_txn_abort(t);
     if (!e) {
+        lk__phase(LK__PH_DELIVERING_COMMIT);
         lk__faultpoint("after-sink-produce");
         e = s->ops->commit(s, recp, why, sizeof why);
     }
@@ -249,6 +252,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
 lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size) {
     char why[768] = "";
+    lk__phase(LK__PH_ACKNOWLEDGING);
     lk_err_t e = acknowledge(s, store, batch, why, sizeof why);
     if (e) {
         /* delivered but not acknowledged: the fence makes the retry harmless, provided
