@@ -252,7 +252,7 @@ static fault_spec_t *fault_hit(const char *name) {
             raise(SIGKILL);
         }
         if (!fired) {
-            lk__log(LK_LOG_NOTICE, "fault point %s (hit %ld): failing with %s", name, hits,
+            lk__log(LK_LOG_WARNING, "fault point %s (hit %ld): failing with %s", name, hits,
                     f->word);
             fired = f;
         }

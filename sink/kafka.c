@@ -37,6 +37,7 @@ typedef struct {
     uint64_t pending_batch;  /* the batch of a pending commit */
     int fence_known;         /* fence is what Kafka holds (read once per producer) */
     uint64_t fence;
+    char abort_failed[512];  /* a failed abort: the transaction's state is unknown */
 } kafka_sink_t;
 
 /* Map a transactional API error; the message says which class it is. */
@@ -353,6 +354,8 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
                        "the %s of batch %llu has not finished yet",
                        k->pending == PENDING_COMMIT ? "commit" : "abort",
                        (unsigned long long)k->pending_batch);
+    if (k->abort_failed[0]) /* sticky: nothing more may be sent in an unknown transaction */
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", k->abort_failed);
     rd_kafka_error_t *e = LK__FAULT_KAFKA("begin_transaction", rd_kafka_begin_transaction(k->producer));
     return e ? txn_error(e, "begin_transaction", errstr, errstr_size) : LK_OK;
 }
@@ -469,6 +472,13 @@ static void kafka_abort(lk_sink_t *s) {
         int retriable = rd_kafka_error_is_retriable(e);
         lk__log(LK_LOG_WARNING, "sink '%s' batch %llu: abort_transaction: %s", s->name,
                 (unsigned long long)s->batch, rd_kafka_error_string(e));
+        /* _STATE: there was no transaction to abort (begin failed); anything else leaves
+         * the transaction open or unknown, so the next begin must not go ahead */
+        if (!retriable && rd_kafka_error_code(e) != RD_KAFKA_RESP_ERR__STATE)
+            lk__fmt(k->abort_failed, sizeof k->abort_failed,
+                    "abort_transaction of batch %llu failed: %s; the transaction's state is "
+                    "unknown, restart the application", (unsigned long long)s->batch,
+                    rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
         if (!retriable)
             return;
