@@ -367,6 +367,7 @@ static void *delivery_thread(void *o) {
 static lk_err_t finish_delivery(lk_context_t *ctx) {
     if (!ctx->dl_running)
         return LK_OK;
+    lk__phase(LK__PH_AWAITING_DELIVERY);
     pthread_join(ctx->dl_thread, NULL);
     ctx->dl_running = 0;
     lk_err_t first = LK_OK, fatal = LK_OK;

@@ -304,7 +304,8 @@ static pthread_once_t phase_once = PTHREAD_ONCE_INIT;
 static _Thread_local int phase_slot;
 static const char *const phase_words[] = {
     "none", "starting", "planning", "fetching", "processing", "committing",
-    "delivering", "delivering-commit", "acknowledging", "idle", "recovering", "stopping"};
+    "delivering", "delivering-commit", "acknowledging", "idle", "recovering", "stopping",
+    "awaiting-delivery"};
 
 static void phase_init(void) {
     const char *path = getenv("LOCKSTEP_PHASE_FILE");

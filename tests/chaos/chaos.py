@@ -86,7 +86,7 @@ ERROR_FAULTS = [
 ]
 PHASES = ["none", "starting", "planning", "fetching", "processing", "committing",
           "delivering", "delivering-commit", "acknowledging", "idle", "recovering",
-          "stopping"]
+          "stopping", "awaiting-delivery"]
 DELIVERING = {PHASES.index("delivering"), PHASES.index("delivering-commit")}
 WANTED = ["processing", "committing", "delivering"]
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
@@ -230,7 +230,10 @@ class Runner:
             return
         parts = dict(self.REAL_TOPICS, **self.MOCK_PARTITIONS)
         topics = [f"{t}:{n}" for t, n in parts.items()] + [f"{a}.progress:1" for a in APPS]
-        cmd = [self.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
+        # three brokers: a delivery's records and its progress record go out in separate
+        # requests, so a kill between them leaves records of an aborted attempt visible
+        cmd = [self.lockstep, "mock-broker", "--brokers", "3"] + \
+            sum((["--topic", t] for t in topics), [])
         self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True)
         line = self.broker.stdout.readline().strip()
@@ -367,6 +370,8 @@ class Runner:
                 "kafka.log_level=3", "batch.interval.ms=0", "max.records.per.partition=200",
                 "log.level=warning", "sink.kafka.timeout.ms=10000",
                 "kafka.reconnect.backoff.ms=10", "kafka.reconnect.backoff.max.ms=200",
+                # records leave at once: a kill while they are sent leaves some behind
+                "kafka.linger.ms=0",
                 "retry.backoff.ms=50", "retry.backoff.max.ms=500"]
         if app == "wc":
             base += ["pipeline=wordcount", "input.topics=lines", "output.topic=counts",
@@ -417,11 +422,19 @@ class Runner:
         if mode == "random":
             time.sleep(self.kill_rng.uniform(0.05, 2.0))
         else:
+            # delivering: while the records are being sent, before the progress record
+            # and the commit, so that the kill leaves records of an aborted attempt
+            want = PHASES.index("delivering")
             fd = os.open(self.phase_file(app), os.O_RDONLY)
             deadline = time.time() + 10
             try:
                 while time.time() < deadline and proc.poll() is None:
-                    if mode in landed(*phase_of(os.pread(fd, 2, 0))):
+                    loop, dl = phase_of(os.pread(fd, 2, 0))
+                    if mode == "delivering" and want in (loop, dl):
+                        # some records are on their way: kill within the next few ms
+                        time.sleep(self.kill_rng.uniform(0, 0.004))
+                        break
+                    if mode != "delivering" and mode in landed(loop, dl):
                         break
                     time.sleep(0.0003)
             finally:

@@ -87,9 +87,11 @@ static lk_conf_t *conf_with(const char *key, const char *value) {
     return conf;
 }
 
+/* Open the application; takes conf (the context keeps its own copy). */
 static lk_context_t *open_ctx(lk_conf_t *conf) {
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define, NULL, err, sizeof err);
+    lk_conf_destroy(conf);
     cr_assert_not_null(ctx, "%s", err);
     return ctx;
 }
