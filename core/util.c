@@ -151,7 +151,8 @@ void lk__log(int level, const char *fmt, ...) {
  *                            every call from the N-th on) fails with ERROR instead of
  *                            running; ERROR is an errno name (EIO, ENOSPC, ...), a number,
  *                            or for the librdkafka points a librdkafka error name
- * Parsed once; lk__fault_reset() parses again (tests change the variable in process).
+ * Parsed at the first hit, again in a child after fork (at its first hit: a test sets the
+ * variable in the child), and by lk__fault_reset() (tests change it in process).
  */
 typedef struct {
     char name[64];
@@ -164,7 +165,8 @@ typedef struct {
 
 static fault_spec_t fault_specs[16];
 static atomic_int fault_nspecs;
-static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+static atomic_int fault_parsed;
+static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* errno name -> value, from glibc's own table (strerrorname_np), or a plain number. */
 static int fault_decode(const char *word) {
@@ -229,15 +231,33 @@ static void fault_parse(void) {
     atomic_store(&fault_nspecs, n);
 }
 
+static void fault_after_fork(void) {
+    pthread_mutex_init(&fault_mu, NULL);
+    atomic_store(&fault_parsed, 0);
+}
+
+static void fault_ensure(int again) {
+    if (!again && atomic_load_explicit(&fault_parsed, memory_order_acquire))
+        return;
+    static int registered;
+    pthread_mutex_lock(&fault_mu);
+    if (!registered)
+        registered = pthread_atfork(NULL, NULL, fault_after_fork) == 0;
+    if (again || !atomic_load(&fault_parsed)) {
+        fault_parse();
+        atomic_store_explicit(&fault_parsed, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void lk__fault_reset(void) {
-    pthread_once(&fault_once, fault_parse);
-    fault_parse();
+    fault_ensure(1);
 }
 
 /* The spec of name that fires now (counting this hit), or NULL. A kill spec does not
  * return: kills and errors share the point names, so "fsync@3" kills at the third fsync. */
 static fault_spec_t *fault_hit(const char *name) {
-    pthread_once(&fault_once, fault_parse);
+    fault_ensure(0);
     int n = atomic_load(&fault_nspecs);
     fault_spec_t *fired = NULL;
     for (int i = 0; i < n; i++) {
@@ -294,10 +314,11 @@ int lk__fault_sys(const char *name) {
 }
 
 /*
- * The phase report (LOCKSTEP_PHASE_FILE): a 64-byte file mapped shared; byte 0 holds
- * the batch loop's phase, byte 1 the delivery thread's, bytes 16.. the same as words for
- * a human with cat. A store into the page cache per change, no system call; the page
- * outlives a SIGKILL, so the runner reads where the process died after killing it.
+ * The phase report (LOCKSTEP_PHASE_FILE): a 128-byte file mapped shared; byte 0 holds
+ * the batch loop's phase, byte 1 the delivery thread's, bytes 16..63 the same as words
+ * for a human with cat, bytes 64..79 and 80..95 the delivery attempt each is sending. A
+ * store into the page cache per change, no system call; the page outlives a SIGKILL, so
+ * the runner reads where the process died after killing it.
  */
 static unsigned char *phase_map;
 static pthread_once_t phase_once = PTHREAD_ONCE_INIT;
@@ -312,14 +333,14 @@ static void phase_init(void) {
     if (!path || !*path)
         return;
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0 || ftruncate(fd, 64) != 0) {
+    if (fd < 0 || ftruncate(fd, 128) != 0) {
         lk__log(LK_LOG_WARNING, "LOCKSTEP_PHASE_FILE %s: %s; no phase report", path,
                 strerror(errno));
         if (fd >= 0)
             close(fd);
         return;
     }
-    void *m = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *m = mmap(NULL, 128, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         lk__log(LK_LOG_WARNING, "LOCKSTEP_PHASE_FILE %s: mmap: %s; no phase report", path,
@@ -338,6 +359,15 @@ void lk__phase(int phase) {
     memcpy(word, phase_words[phase], strlen(phase_words[phase]));
     word[23] = '\n';
     __atomic_store_n(&phase_map[phase_slot], (unsigned char)phase, __ATOMIC_RELAXED);
+}
+
+void lk__phase_attempt(const char *attempt) {
+    pthread_once(&phase_once, phase_init);
+    if (!phase_map)
+        return;
+    unsigned char *a = phase_map + 64 + 16 * phase_slot;
+    memset(a, 0, 16);
+    memcpy(a, attempt, strnlen(attempt, 16));
 }
 
 void lk__phase_thread(int slot) {

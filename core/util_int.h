@@ -93,9 +93,11 @@ void lk__log(int level, const char *fmt, ...) LK__PRINTF(2, 3);
  * what a failed mdb_txn_commit leaves), else call.
  *
  * The phase report: with LOCKSTEP_PHASE_FILE set, lk__phase(LK__PH_x) records in that
- * file (64 bytes, mapped shared) what the calling thread is doing: byte 0 for the batch
+ * file (128 bytes, mapped shared) what the calling thread is doing: byte 0 for the batch
  * loop, byte 1 for the delivery thread (the one that called lk__phase_thread(1)), as a
- * LK__PH_ code; bytes 16..39 and 40..63 the same as words. Unset: nothing is written.
+ * LK__PH_ code; bytes 16..39 and 40..63 the same as words; bytes 64..79 and 80..95 the
+ * delivery attempt (lockstep.attempt header) each last began (lk__phase_attempt). Unset:
+ * nothing is written.
  */
 enum {
     LK__PH_NONE, LK__PH_STARTING, LK__PH_PLANNING, LK__PH_FETCHING, LK__PH_PROCESSING,
@@ -107,6 +109,7 @@ enum {
 #define lk__fault_reset() ((void)0)
 #define lk__phase(phase) ((void)0)
 #define lk__phase_thread(slot) ((void)0)
+#define lk__phase_attempt(attempt) ((void)0)
 #define LK__FAULT_SYS(name, call) (call)
 #define LK__FAULT_RC(name, cleanup, call) (call)
 #else
@@ -122,6 +125,8 @@ int lk__fault_rc(const char *name);
 int lk__fault_sys(const char *name);
 /** Record the calling thread's phase (LK__PH_x) in LOCKSTEP_PHASE_FILE, if set. */
 void lk__phase(int phase);
+/** Record the delivery attempt the calling thread begins (16 characters at most). */
+void lk__phase_attempt(const char *attempt);
 /** Make the calling thread report its phase in slot (0: batch loop, 1: delivery). */
 void lk__phase_thread(int slot);
 #define LK__FAULT_SYS(name, call) (lk__fault_sys(name) ? -1 : (call))

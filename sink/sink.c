@@ -213,6 +213,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                        (unsigned long long)batch, why);
     s->batch = batch;
     new_attempt(s);
+    lk__phase_attempt(s->attempt);
     lk__phase(LK__PH_DELIVERING);
     lk__faultpoint("before-sink-produce");
     if (!(e = lk__sink_transition(s, LK__TXN_BEGUN, why, sizeof why)) &&

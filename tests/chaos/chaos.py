@@ -147,6 +147,17 @@ def phase_of(raw):
     return loop, dl
 
 
+def attempt_of(raw):
+    """The delivery attempt a process died sending (the delivery thread's if it was
+    delivering, else the loop's), or None."""
+    loop, dl = phase_of(raw)
+    for slot, phase in ((1, dl), (0, loop)):
+        a = raw[64 + 16 * slot:80 + 16 * slot].rstrip(b"\0")
+        if phase in DELIVERING and a:
+            return a.decode(errors="replace")
+    return None
+
+
 def landed(loop, dl):
     """The wanted phases a kill in (loop, dl) counts for."""
     got = set()
@@ -211,6 +222,11 @@ class Runner:
         self.kill_log = collections.defaultdict(list)
         self.aborted = {}          # app -> records of aborted attempts (read_committed)
         self.aborted_uncommitted = {}  # app -> the same, read_uncommitted (real broker)
+        # app -> attempts a kill interrupted while sending (this round), and the records
+        # of those attempts found in the output: read_committed, read_uncommitted
+        self.killed_attempts = collections.defaultdict(set)
+        self.killed_seen = collections.Counter()
+        self.killed_seen_uncommitted = collections.Counter()
 
     def new_round(self):
         """A fresh broker (the mock), work directory and checkpoints."""
@@ -398,8 +414,10 @@ class Runner:
         return f"{self.work}/{app}.phase"
 
     def read_phase(self, app):
+        """(loop phase, delivery phase, attempt being sent or None) at death."""
         with open(self.phase_file(app), "rb") as f:
-            return phase_of(f.read(2))
+            raw = f.read(128)
+        return phase_of(raw) + (attempt_of(raw),)
 
     def start(self, app, fault=None):
         env = dict(os.environ)
@@ -407,7 +425,7 @@ class Runner:
         if fault:
             env["LOCKSTEP_FAULTPOINT"] = fault
         with open(self.phase_file(app), "wb") as f:  # "none" until the process says
-            f.write(bytes(64))
+            f.write(bytes(128))
         env["LOCKSTEP_PHASE_FILE"] = self.phase_file(app)
         errlog = open(f"{self.work}/{app}.stderr", "a")
         errlog.write(f"---- start{' with ' + fault if fault else ''}\n")
@@ -445,8 +463,10 @@ class Runner:
             return
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        loop, dl = self.read_phase(app)
+        loop, dl, attempt = self.read_phase(app)
         self.kill_log[app].append((mode, loop, dl))
+        if attempt:
+            self.killed_attempts[app].add(attempt)
         self.kills += 1
 
     def kill_at_fault_point(self, app, fault):
@@ -464,6 +484,9 @@ class Runner:
         if rc != -signal.SIGKILL:
             self.problems.append(f"{app}: expected death at {fault}, got exit {rc}")
             return
+        attempt = self.read_phase(app)[2]
+        if attempt:
+            self.killed_attempts[app].add(attempt)
         self.kills += 1
 
     def fail_at_fault_point(self, app, spec, says):
@@ -552,25 +575,31 @@ class Runner:
                                  f"{sorted(twice)[:10]}")
             self.duplicated_batches += sum(n - 1 for n in twice.values())
 
+        killed = self.killed_attempts[app]
+
         def split(msgs):
-            recs, foreign = [], 0
+            recs, foreign, of_killed = [], 0, 0
             for m in msgs:
                 h = dict(m.headers() or [])
                 if "lockstep.batch" not in h or "lockstep.attempt" not in h:
                     self.problems.append(f"{topic}: a record without provenance headers")
                     continue
                 batch = int(h["lockstep.batch"])
-                if committed.get(batch) == h["lockstep.attempt"].decode():
+                attempt = h["lockstep.attempt"].decode()
+                of_killed += attempt in killed
+                if committed.get(batch) == attempt:
                     recs.append((batch, m))
                 else:
                     foreign += 1
-            return recs, foreign
+            return recs, foreign, of_killed
 
-        records, foreign = split(self.read_topic(topic))
+        records, foreign, of_killed = split(self.read_topic(topic))
         self.aborted[app] = self.aborted.get(app, 0) + foreign
+        self.killed_seen[app] += of_killed
         if self.real_broker:
-            _, seen = split(self.read_topic(topic, "read_uncommitted"))
+            _, seen, of_killed = split(self.read_topic(topic, "read_uncommitted"))
             self.aborted_uncommitted[app] = self.aborted_uncommitted.get(app, 0) + seen
+            self.killed_seen_uncommitted[app] += of_killed
         batches = sorted(committed)
         gaps = (batches[-1] - batches[0] + 1 - len(batches)) if batches else 0
         return records, foreign, gaps, progress
@@ -777,19 +806,30 @@ class Runner:
                                          f"landed in {w} (10% needed)")
 
     def report_aborted(self):
+        """Records of aborted delivery attempts: of attempts no progress record names, and
+        of the attempts a kill interrupted while they were being sent (read from the
+        phase file). On a real broker init_transactions aborts an interrupted attempt:
+        its records must be visible to read_uncommitted only. The mock keeps no
+        transaction markers: there an interrupted attempt whose progress record reached
+        the broker looks committed, and recovery takes it as delivered (its fence), so
+        its records are the batch's output; they are counted, not doubled."""
+        log("records of aborted delivery attempts in the output topics:")
         for app in APPS:
-            n = self.aborted.get(app, 0)
+            n, k = self.aborted.get(app, 0), self.killed_seen[app]
             if self.real_broker:
                 u = self.aborted_uncommitted.get(app, 0)
-                log(f"  {app:4} records of aborted attempts: read_committed {n}, "
-                    f"read_uncommitted {u}")
-                if not u:
+                ku = self.killed_seen_uncommitted[app]
+                log(f"  {app:4} without a progress record: read_committed {n}, "
+                    f"read_uncommitted {u}; of deliveries killed while sending: "
+                    f"read_committed {k}, read_uncommitted {ku}")
+                if not ku:
                     self.problems.append(f"{app}: no killed delivery left records of an "
                                          f"aborted attempt (read_uncommitted)")
             else:
-                log(f"  {app:4} records of aborted attempts: {n} (visible: the mock does "
-                    f"not hide aborted transactions; not counted as output)")
-                if not n:
+                log(f"  {app:4} without a progress record: {n} (visible: the mock does not "
+                    f"hide aborted transactions; not counted as output); of deliveries "
+                    f"killed while sending: {k}")
+                if not n and not k:
                     self.problems.append(f"{app}: no killed delivery left records of an "
                                          f"aborted attempt in its output topic")
 
@@ -819,8 +859,20 @@ class Runner:
         feeder.join()
         if feeder.error:
             raise SystemExit(f"chaos: input producer: {feeder.error}")
+        # The input is what the topics hold, read back: an idempotent producer may still
+        # write a record twice across the mock's broker restarts, and a duplicated input
+        # record is input like any other.
+        produced = len(self.expected_lines), len(self.expected_events)
+        self.expected_lines = [(m.partition(), m.key().decode(), m.value().decode())
+                               for m in self.read_topic("lines")]
+        self.expected_events = [(m.partition(), m.value().decode())
+                                for m in self.read_topic("events")]
+        if produced != (len(self.expected_lines), len(self.expected_events)):
+            log(f"the input topics hold {len(self.expected_lines)} lines and "
+                f"{len(self.expected_events)} events, {produced[0]} and {produced[1]} were "
+                f"produced (the producer wrote some twice); the topics are the input")
         log(f"{self.kills} kills; {len(self.expected_lines)} lines and "
-            f"{len(self.expected_events)} events produced; draining")
+            f"{len(self.expected_events)} events; draining")
         lines_per_part = collections.Counter(p for p, _, _ in self.expected_lines)
         events_per_part = collections.Counter(p for p, _ in self.expected_events)
         for app in APPS:

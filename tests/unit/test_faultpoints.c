@@ -189,6 +189,7 @@ Test(faultpoints, phase_file_survives_sigkill) {
         lk__phase(LK__PH_PROCESSING);
         lk__phase(LK__PH_COMMITTING);
         lk__phase_thread(1);
+        lk__phase_attempt("0123456789abcdef");
         lk__phase(LK__PH_DELIVERING_COMMIT);
         raise(SIGKILL);
         _exit(0);
@@ -196,15 +197,17 @@ Test(faultpoints, phase_file_survives_sigkill) {
     int st;
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_assert(WIFSIGNALED(st));
-    unsigned char buf[64];
+    unsigned char buf[128];
     int fd = open(path, O_RDONLY);
     cr_assert_geq(fd, 0);
-    cr_assert_eq(read(fd, buf, sizeof buf), 64);
+    cr_assert_eq(read(fd, buf, sizeof buf), 128);
     close(fd);
     cr_assert_eq(buf[0], LK__PH_COMMITTING);
     cr_assert_eq(buf[1], LK__PH_DELIVERING_COMMIT);
     cr_assert_eq(memcmp(buf + 16, "committing ", 11), 0);
     cr_assert_eq(memcmp(buf + 40, "delivering-commit ", 18), 0);
+    cr_assert_eq(memcmp(buf + 64, "\0\0\0\0", 4), 0, "the loop began no delivery");
+    cr_assert_eq(memcmp(buf + 80, "0123456789abcdef", 16), 0);
 }
 
 /* No symlink is followed: a phase file that is a link is refused (no report). */
