@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 # TODO(lead): add the two-Kafka-sinks-plus-files application here (see the docstring)
 APPS = ["wc", "cp", "kv", "ov", "ttl"]
@@ -127,15 +127,13 @@ def read_topic(bootstrap, topic, isolation="read_committed"):
     out = []
     deadline = time.time() + 120
     while pending and time.time() < deadline:
-        m = c.poll(0.2)
-        if m is None:
-            continue
-        if m.error():
-            if m.error().code() == KafkaError._PARTITION_EOF:
-                pending -= 1
-                continue
-            raise SystemExit(f"chaos: reading {topic}: {m.error()}")
-        out.append(m)
+        for m in c.consume(1000, 0.2):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    pending -= 1
+                    continue
+                raise SystemExit(f"chaos: reading {topic}: {m.error()}")
+            out.append(m)
     c.close()
     if pending:
         raise SystemExit(f"chaos: could not read {topic} to its end")
@@ -230,6 +228,7 @@ class Runner:
         self.killed_attempts = collections.defaultdict(set)
         self.killed_seen = collections.Counter()
         self.killed_seen_uncommitted = collections.Counter()
+        self.adopted = collections.Counter()  # see adopted_batches
 
     def new_round(self):
         """A fresh broker (the mock), work directory and checkpoints."""
@@ -336,7 +335,15 @@ class Runner:
                 raise SystemExit(f"chaos: topic {t} has {len(parts)} partitions, "
                                  f"{self.REAL_TOPICS[t]} needed")
             for p in parts:
-                if c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] > 0:
+                for tries in range(60):  # a topic just created may have no leader yet
+                    try:
+                        hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                        break
+                    except KafkaException:
+                        if tries == 59:
+                            raise
+                        time.sleep(0.5)
+                if hi > 0:
                     raise SystemExit(f"chaos: topic {t} already holds records (an earlier "
                                      f"run?); start from an empty broker "
                                      f"(docker compose down -v)")
@@ -445,7 +452,7 @@ class Runner:
         reports the phase mode. Records the phase the process died in."""
         proc = self.start(app)
         if mode == "random":
-            time.sleep(self.kill_rng.uniform(0.05, 2.0))
+            time.sleep(self.kill_rng.uniform(0.05, 1.2))
         else:
             # delivering: while the records are being sent, before the progress record
             # and the commit, so that the kill leaves records of an aborted attempt; not
@@ -540,29 +547,36 @@ class Runner:
             return None
         return json.loads(out.stdout)
 
-    def drain(self, app, topic, expected_count_by_partition):
-        """Run app until its offsets reach the input's end and its outbox is empty."""
-        proc = self.start(app)
-        deadline = time.time() + 300
-        while time.time() < deadline:
+    def drain(self, targets):
+        """Run every application of targets [(app, input topic, records per partition)]
+        at once until its offsets reach the input's end and its outbox is empty."""
+        procs = {app: self.start(app) for app, _, _ in targets}
+        pending = {app: (topic, want) for app, topic, want in targets}
+        deadline = time.time() + 600
+        while pending and time.time() < deadline:
             time.sleep(0.5)
+            for app, (topic, want) in list(pending.items()):
+                if procs[app].poll() is not None:
+                    self.problems.append(f"{app} exited during the drain with "
+                                         f"{procs[app].returncode} (see {self.work}/{app}.stderr)")
+                    del pending[app]
+                    continue
+                doc = self.inspect(app)
+                if not doc:
+                    continue
+                offs = {o["partition"]: o["offset"] for o in doc["offsets"]
+                        if o["topic"] == topic}
+                if all(offs.get(p, -1) >= n for p, n in want.items()) and not doc["outbox"]:
+                    del pending[app]
+        for app, proc in procs.items():
             if proc.poll() is not None:
-                self.problems.append(f"{app} exited during the drain with {proc.returncode}"
-                                     f" (see {self.work}/{app}.stderr)")
-                return
-            doc = self.inspect(app)
-            if not doc:
                 continue
-            offs = {o["partition"]: o["offset"] for o in doc["offsets"] if o["topic"] == topic}
-            done = all(offs.get(p, -1) >= n for p, n in expected_count_by_partition.items())
-            if done and not doc["outbox"]:
-                break
-        rc = graceful_stop(proc)
-        if rc != 0:
-            self.problems.append(f"{app}: graceful stop after the drain exited {rc}")
-        doc = self.inspect(app)
-        if not doc or doc["outbox"]:
-            self.problems.append(f"{app}: outbox not empty after the drain")
+            rc = graceful_stop(proc)
+            if rc != 0:
+                self.problems.append(f"{app}: graceful stop after the drain exited {rc}")
+            doc = self.inspect(app)
+            if not doc or doc["outbox"]:
+                self.problems.append(f"{app}: outbox not empty after the drain")
 
     # ---- the independent reader ----
 
@@ -618,6 +632,34 @@ class Runner:
         gaps = (batches[-1] - batches[0] + 1 - len(batches)) if batches else 0
         return records, foreign, gaps, progress
 
+    def adopted_batches(self, app, progress):
+        """On the mock only: batches whose committed attempt is one a kill interrupted.
+        The mock keeps no transaction markers, so such an attempt looks committed, and
+        its progress record may have reached the broker before all its records did;
+        recovery then takes the batch as delivered (its fence). A real broker hides the
+        aborted progress record and the batch is delivered again. The output of these
+        batches cannot be checked on the mock: they are counted and reported, and their
+        missing records are not counted as lost."""
+        if self.real_broker:
+            return set()
+        killed = self.killed_attempts[app]
+        got = {b for b, d in progress.items() if d["attempt"] in killed}
+        self.adopted[app] += len(got)
+        return got
+
+    @staticmethod
+    def ranges(progress, topic):
+        """batch -> [(partition, from, until)] of topic, from the progress records."""
+        until, out = collections.Counter(), {}
+        for batch in sorted(progress):
+            out[batch] = []
+            for o in progress[batch]["offsets"]:
+                if o["topic"] == topic:
+                    p = o["partition"]
+                    out[batch].append((p, until[p], max(until[p], o["until"])))
+                    until[p] = max(until[p], o["until"])
+        return out
+
     def check_foreign(self, name, foreign):
         if foreign and self.real_broker:
             self.problems.append(f"{name}: {foreign} records of uncommitted attempts are "
@@ -670,6 +712,8 @@ class Runner:
             out[batch].append(m)
         until = collections.Counter()
         prev = collections.Counter()
+        unknown = set()  # keys whose count an adopted batch left unknown
+        adopted = self.adopted_batches("ttl", progress)
         expired = 0
         for batch in sorted(progress):
             n = collections.Counter()
@@ -689,7 +733,19 @@ class Runner:
                     dup += 1
                     self.problems.append(f"ttl batch {batch}: '{k}' written twice")
                 got[k] = None if m.value() is None else int(m.value())
+            if batch in adopted:  # not checkable on the mock: take what it shows
+                for k in n:
+                    if k not in got:
+                        unknown.add(k)
+                for k, v in got.items():
+                    prev[k] = v or 0
+                    unknown.discard(k)
+                continue
             for k, v in got.items():
+                if k in unknown:  # the first count after an adopted batch: a new base
+                    prev[k] = v or 0
+                    unknown.discard(k)
+                    continue
                 if v is None:
                     if n[k] or not prev[k]:
                         self.problems.append(f"ttl batch {batch}: '{k}' expired while "
@@ -705,7 +761,7 @@ class Runner:
                 else:
                     prev[k] = v
             for k in n:
-                if k not in got:
+                if k not in got and k not in unknown:
                     self.problems.append(f"ttl batch {batch}: '{k}' has {n[k]} events but "
                                          f"no count")
                     lost += n[k]
@@ -742,11 +798,20 @@ class Runner:
         lost, dup = lost + l, dup + d
         # copy: every input record exactly once, same partition, key and value
         want = collections.Counter(self.expected_lines)
-        recs, foreign, gaps, _ = self.committed_records("cp", "copy-out", "to-kafka")
+        recs, foreign, gaps, progress = self.committed_records("cp", "copy-out", "to-kafka")
         self.check_foreign("cp", foreign)
         got = collections.Counter((m.partition(), m.key().decode(), m.value().decode())
                                   for _, m in recs)
         missing, extra = want - got, got - want
+        adopted = self.adopted_batches("cp", progress)
+        if adopted and missing:
+            ranges = self.ranges(progress, "lines")
+            unverifiable = collections.Counter(
+                self.line_at[(p, o)] for b in adopted for p, lo, hi in ranges[b]
+                for o in range(lo, hi) if (p, o) in self.line_at)
+            log(f"cp: {sum((missing & unverifiable).values())} records of batches the mock "
+                f"shows adopted not found (see adopted_batches)")
+            missing -= unverifiable
         if missing or extra:
             self.problems.append(f"cp: {sum(missing.values())} input records missing, "
                                  f"{sum(extra.values())} extra")
@@ -827,6 +892,10 @@ class Runner:
         transaction markers: there an interrupted attempt whose progress record reached
         the broker looks committed, and recovery takes it as delivered (its fence), so
         its records are the batch's output; they are counted, not doubled."""
+        if not self.real_broker:
+            log("batches whose killed delivery the mock shows as committed (not checkable "
+                "there, see adopted_batches): " +
+                " ".join(f"{a}={self.adopted[a]}" for a in APPS))
         log("records of aborted delivery attempts in the output topics:")
         for app in APPS:
             n, k = self.aborted.get(app, 0), self.killed_seen[app]
@@ -877,8 +946,10 @@ class Runner:
         # write a record twice across the mock's broker restarts, and a duplicated input
         # record is input like any other.
         produced = len(self.expected_lines), len(self.expected_events)
-        self.expected_lines = [(m.partition(), m.key().decode(), m.value().decode())
-                               for m in self.read_topic("lines")]
+        self.line_at = {(m.partition(), m.offset()):
+                        (m.partition(), m.key().decode(), m.value().decode())
+                        for m in self.read_topic("lines")}
+        self.expected_lines = list(self.line_at.values())
         self.expected_events = [(m.partition(), m.value().decode())
                                 for m in self.read_topic("events")]
         if produced != (len(self.expected_lines), len(self.expected_events)):
@@ -889,9 +960,8 @@ class Runner:
             f"{len(self.expected_events)} events; draining")
         lines_per_part = collections.Counter(p for p, _, _ in self.expected_lines)
         events_per_part = collections.Counter(p for p, _ in self.expected_events)
-        for app in APPS:
-            topic = "events" if app in ("kv", "ttl") else "lines"
-            self.drain(app, topic, events_per_part if topic == "events" else lines_per_part)
+        self.drain([(app, "events", events_per_part) if app in ("kv", "ttl") else
+                    (app, "lines", lines_per_part) for app in APPS])
         problems = len(self.problems)
         lost, dup = self.check()
         self.lost += lost
@@ -940,12 +1010,12 @@ def main():
     ap.add_argument("--lockstep", required=True, help="path of the lockstep binary")
     ap.add_argument("--kills", type=int, default=100,
                     help="SIGKILLs, half random, half aimed at a phase (default 100)")
-    ap.add_argument("--round-kills", type=int, default=100,
-                    help="on the mock: kills per round (fresh broker; default 100)")
-    ap.add_argument("--lines-per-s", type=int, default=2400,
-                    help="input lines produced per second while killing (default 2400)")
-    ap.add_argument("--events-per-s", type=int, default=800,
-                    help="input events produced per second while killing (default 800)")
+    ap.add_argument("--round-kills", type=int, default=200,
+                    help="on the mock: kills per round (fresh broker; default 200)")
+    ap.add_argument("--lines-per-s", type=int, default=1500,
+                    help="input lines produced per second while killing (default 1500)")
+    ap.add_argument("--events-per-s", type=int, default=500,
+                    help="input events produced per second while killing (default 500)")
     ap.add_argument("--ttl-ms", type=int, default=2000,
                     help="state.ttl.ms of the ttl application (default 2000)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (printed)")
