@@ -125,9 +125,12 @@ def read_topic(bootstrap, topic, isolation="read_committed"):
     c.assign(tps)
     pending = len(tps)
     out = []
-    deadline = time.time() + 120
+    deadline = time.time() + 60  # moved on while records arrive
     while pending and time.time() < deadline:
-        for m in c.consume(1000, 0.2):
+        msgs = c.consume(1000, 0.2)
+        if msgs:
+            deadline = time.time() + 60
+        for m in msgs:
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     pending -= 1
