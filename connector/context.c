@@ -410,11 +410,13 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
 
 static void *delivery_thread(void *o) {
     lk_context_t *ctx = o;
+    lk__phase_thread(1);
     for (size_t i = 0; i < ctx->nsinks; i++)
         if (ctx->dl_mine[i])
             ctx->dl_err[i] = lk__sink_deliver_upto(ctx->sinks[i], ctx->store, ctx->dl_upto,
                                                    &ctx->dl_last[i], ctx->dl_errstr[i],
                                                    sizeof ctx->dl_errstr[i]);
+    lk__phase(LK__PH_IDLE);
     ctx->dl_done_ns = lk__mono_ns();
     return NULL;
 }
@@ -424,6 +426,7 @@ static void *delivery_thread(void *o) {
 static lk_err_t finish_delivery(lk_context_t *ctx) {
     if (!ctx->dl_running)
         return LK_OK;
+    lk__phase(LK__PH_AWAITING_DELIVERY);
     pthread_join(ctx->dl_thread, NULL);
     ctx->dl_running = 0;
     lk_err_t first = LK_OK, fatal = LK_OK;
@@ -543,6 +546,7 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     }
     if (lk_conf_validate(conf, errstr, errstr_size))
         return NULL;
+    lk__phase(LK__PH_STARTING);
     lk_context_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new())) {
         lk__fmt(errstr, errstr_size, "out of memory");
@@ -771,6 +775,7 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
         return e;
     lk_batch_t *b = &ctx->batch;
     lk__batch_begin(b, ctx->pipeline, id, time_ms, t, ctx->default_ttl_ms);
+    lk__phase(LK__PH_PROCESSING);
     lk__faultpoint("mid-processing");
     for (size_t i = 0; i < f->nranges && !b->err; i++) {
         lk__range_msgs_t *rm = &f->ranges[i];
@@ -830,6 +835,7 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
         goto abort;
     ctx->last_records_out = b->records_out;
     int64_t commit_start = lk__mono_ns();
+    lk__phase(LK__PH_COMMITTING);
     e = lk__store_txn_commit(t, ctx->errstr, sizeof ctx->errstr);
     ctx->last_commit_ms = (double)(lk__mono_ns() - commit_start) / 1e6;
     if (!e)
@@ -893,6 +899,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     int64_t time_ms;
     int replay;
     int64_t t0 = lk__mono_ns();
+    lk__phase(LK__PH_PLANNING);
     lk_err_t e = plan_batch(ctx, id, &f, &time_ms, &replay);
     if (e)
         return e;
@@ -912,6 +919,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         lk__fetch_clear(&f);
         return LK_OK;
     }
+    lk__phase(LK__PH_FETCHING);
     e = lk__receiver_fetch(ctx->receiver, &f, !replay, should_abandon, ctx, ctx->errstr,
                            sizeof ctx->errstr);
     if (e == LK_ERR_DATA_LOSS && replay) {
@@ -1089,6 +1097,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
                 goto fatal;
         }
         int64_t elapsed = lk__mono_ms() - started;
+        lk__phase(LK__PH_IDLE);
         if (idle || elapsed < interval)
             nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
         continue;
@@ -1101,6 +1110,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         char err[256];
         if (lk__store_sync(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "final sync: %s", err);
+        lk__phase(LK__PH_STOPPING);
         lk__faultpoint("during-graceful-stop");
         /* deliver what is pending, within shutdown.timeout.ms of the stop request */
         int64_t until = atomic_load(&ctx->stop_deadline_ms);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,8 +70,10 @@ int lk__fsync_dir(const char *path) {
     free(copy);
     if (fd < 0)
         return -1;
-    int rc = fsync(fd);
+    int rc = LK__FAULT_SYS("fsync-dir", fsync(fd));
+    int e = errno;
     close(fd);
+    errno = e;
     return rc;
 }
 
@@ -124,7 +127,7 @@ lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
     const char *p = data;
     size_t left = len;
     while (left > 0) {
-        ssize_t w = write(fd, p, left);
+        ssize_t w = LK__FAULT_SYS("write", write(fd, p, left));
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0) {
@@ -137,7 +140,7 @@ lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
         p += w;
         left -= (size_t)w;
     }
-    if (fsync(fd) != 0) {
+    if (LK__FAULT_SYS("fsync", fsync(fd)) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -145,7 +148,7 @@ lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
                        strerror(e));
     }
     close(fd);
-    if (rename(tmp, path) != 0) {
+    if (LK__FAULT_SYS("rename", rename(tmp, path)) != 0) {
         int e = errno;
         unlink(tmp);
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot rename %s to %s: %s", tmp,
@@ -178,32 +181,234 @@ void lk__log(int level, const char *fmt, ...) {
 }
 
 #ifndef LK_NO_FAULTPOINTS
-static char fault_want[128];
-static long fault_want_hit;
-static atomic_long fault_hits;
+/*
+ * Fault points and error injection for the crash tests, after SQLite's fault-injecting
+ * VFS: LOCKSTEP_FAULTPOINT holds comma-separated specs, each
+ *     NAME[@N]               SIGKILL at the N-th hit of NAME (default 1)
+ *     NAME=ERROR[@N][*]      the N-th call of the instrumented operation NAME (with '*':
+ *                            every call from the N-th on) fails with ERROR instead of
+ *                            running; ERROR is an errno name (EIO, ENOSPC, ...), a number,
+ *                            or for the librdkafka points a librdkafka error name
+ * Parsed at the first hit, again in a child after fork (at its first hit: a test sets the
+ * variable in the child), and by lk__fault_reset() (tests change it in process).
+ */
+typedef struct {
+    char name[64];
+    char word[48]; /* ERROR as given; empty: a kill spec */
+    int code;      /* ERROR as an errno value or number; 0: not one */
+    long nth;
+    int every;
+    atomic_long hits;
+} fault_spec_t;
 
-static void fault_init(void) {
-    const char *e = getenv("LOCKSTEP_FAULTPOINT");
-    if (e) {
-        lk__fmt(fault_want, sizeof fault_want, "%s", e);
-        char *at = strchr(fault_want, '@');
-        fault_want_hit = at ? strtol(at + 1, NULL, 10) : 1;
-        if (at)
-            *at = '\0';
+static fault_spec_t fault_specs[16];
+static atomic_int fault_nspecs;
+static atomic_int fault_parsed;
+static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* errno name -> value, from glibc's own table (strerrorname_np), or a plain number. */
+static int fault_decode(const char *word) {
+    char *end;
+    long v = strtol(word, &end, 10);
+    if (*word && !*end)
+        return (int)v;
+    for (int e = 1; e < 256; e++) {
+        const char *n = strerrorname_np(e);
+        if (n && !strcmp(n, word))
+            return e;
     }
+    return 0;
+}
+
+static void fault_parse(void) {
+    int n = 0;
+    const char *env = getenv("LOCKSTEP_FAULTPOINT");
+    char buf[1024];
+    lk__fmt(buf, sizeof buf, "%s", env ? env : "");
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok && n < (int)LK_ARRAY_SIZE(fault_specs);
+         tok = strtok_r(NULL, ",", &save)) {
+        fault_spec_t *f = &fault_specs[n];
+        memset(f->name, 0, sizeof f->name);
+        memset(f->word, 0, sizeof f->word);
+        f->code = 0;
+        f->nth = 1;
+        f->every = 0;
+        atomic_store(&f->hits, 0);
+        size_t len = strlen(tok);
+        if (len && tok[len - 1] == '*') {
+            f->every = 1;
+            tok[--len] = '\0';
+        }
+        char *at = strchr(tok, '@');
+        if (at) {
+            char *end;
+            *at = '\0';
+            f->nth = strtol(at + 1, &end, 10);
+            if (*end || f->nth < 1) {
+                lk__log(LK_LOG_ERR, "LOCKSTEP_FAULTPOINT: '%s' in '%s' is not a hit number "
+                        "(NAME[=ERROR][@N][*], N >= 1); spec ignored", at + 1, env);
+                continue;
+            }
+        }
+        char *eq = strchr(tok, '=');
+        if (eq) {
+            *eq = '\0';
+            lk__fmt(f->word, sizeof f->word, "%s", eq + 1);
+            f->code = fault_decode(f->word);
+            if (!f->word[0]) {
+                lk__log(LK_LOG_ERR, "LOCKSTEP_FAULTPOINT: '%s' names no error after '='; "
+                        "spec ignored", tok);
+                continue;
+            }
+        }
+        lk__fmt(f->name, sizeof f->name, "%s", tok);
+        if (f->name[0])
+            n++;
+    }
+    atomic_store(&fault_nspecs, n);
+}
+
+static void fault_after_fork(void) {
+    pthread_mutex_init(&fault_mu, NULL);
+    atomic_store(&fault_parsed, 0);
+}
+
+static void fault_ensure(int again) {
+    if (!again && atomic_load_explicit(&fault_parsed, memory_order_acquire))
+        return;
+    static int registered;
+    pthread_mutex_lock(&fault_mu);
+    if (!registered)
+        registered = pthread_atfork(NULL, NULL, fault_after_fork) == 0;
+    if (again || !atomic_load(&fault_parsed)) {
+        fault_parse();
+        atomic_store_explicit(&fault_parsed, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&fault_mu);
+}
+
+void lk__fault_reset(void) {
+    fault_ensure(1);
+}
+
+/* The spec of name that fires now (counting this hit), or NULL. A kill spec does not
+ * return: kills and errors share the point names, so "fsync@3" kills at the third fsync. */
+static fault_spec_t *fault_hit(const char *name) {
+    fault_ensure(0);
+    int n = atomic_load(&fault_nspecs);
+    fault_spec_t *fired = NULL;
+    for (int i = 0; i < n; i++) {
+        fault_spec_t *f = &fault_specs[i];
+        if (strcmp(f->name, name))
+            continue;
+        long hits = atomic_fetch_add(&f->hits, 1) + 1;
+        if (hits != f->nth && !(f->every && hits > f->nth))
+            continue;
+        if (!f->word[0]) {
+            lk__log(LK_LOG_NOTICE, "fault point %s (hit %ld): SIGKILL", name, hits);
+            raise(SIGKILL);
+        }
+        if (!fired) {
+            lk__log(LK_LOG_WARNING, "fault point %s (hit %ld): failing with %s", name, hits,
+                    f->word);
+            fired = f;
+        }
+    }
+    return fired;
 }
 
 /* Called from the batch loop and from the delivery thread. */
 void lk__faultpoint(const char *name) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, fault_init);
-    const char *want = fault_want;
-    if (!want[0] || strcmp(want, name))
+    (void)fault_hit(name);
+}
+
+const char *lk__fault_word(const char *name) {
+    fault_spec_t *f = fault_hit(name);
+    return f ? f->word : NULL;
+}
+
+static _Thread_local int fault_last;
+
+int lk__fault_rc_last(void) {
+    return fault_last;
+}
+
+int lk__fault_rc(const char *name) {
+    fault_spec_t *f = fault_hit(name);
+    if (!f)
+        return 0;
+    if (!f->code)
+        lk__log(LK_LOG_WARNING, "fault point %s: '%s' is not an errno name or number; "
+                "failing with EIO", name, f->word);
+    return fault_last = f->code ? f->code : EIO;
+}
+
+int lk__fault_sys(const char *name) {
+    int e = lk__fault_rc(name);
+    if (e)
+        errno = e;
+    return e != 0;
+}
+
+/*
+ * The phase report (LOCKSTEP_PHASE_FILE): a 128-byte file mapped shared; byte 0 holds
+ * the batch loop's phase, byte 1 the delivery thread's, bytes 16..63 the same as words
+ * for a human with cat, bytes 64..79 and 80..95 the delivery attempt each is sending. A
+ * store into the page cache per change, no system call; the page outlives a SIGKILL, so
+ * the runner reads where the process died after killing it.
+ */
+static unsigned char *phase_map;
+static pthread_once_t phase_once = PTHREAD_ONCE_INIT;
+static _Thread_local int phase_slot;
+static const char *const phase_words[] = {
+    "none", "starting", "planning", "fetching", "processing", "committing",
+    "delivering", "delivering-commit", "acknowledging", "idle", "recovering", "stopping",
+    "awaiting-delivery"};
+
+static void phase_init(void) {
+    const char *path = getenv("LOCKSTEP_PHASE_FILE");
+    if (!path || !*path)
         return;
-    long hits = atomic_fetch_add(&fault_hits, 1) + 1;
-    if (hits < fault_want_hit)
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 || ftruncate(fd, 128) != 0) {
+        lk__log(LK_LOG_WARNING, "LOCKSTEP_PHASE_FILE %s: %s; no phase report", path,
+                strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return;
-    lk__log(LK_LOG_NOTICE, "fault point %s (hit %ld): SIGKILL", name, hits);
-    raise(SIGKILL);
+    }
+    void *m = mmap(NULL, 128, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        lk__log(LK_LOG_WARNING, "LOCKSTEP_PHASE_FILE %s: mmap: %s; no phase report", path,
+                strerror(errno));
+        return;
+    }
+    phase_map = m;
+}
+
+void lk__phase(int phase) {
+    pthread_once(&phase_once, phase_init);
+    if (!phase_map || phase < 0 || phase >= (int)LK_ARRAY_SIZE(phase_words))
+        return;
+    unsigned char *word = phase_map + 16 + 24 * phase_slot;
+    memset(word, ' ', 23);
+    memcpy(word, phase_words[phase], strlen(phase_words[phase]));
+    word[23] = '\n';
+    __atomic_store_n(&phase_map[phase_slot], (unsigned char)phase, __ATOMIC_RELAXED);
+}
+
+void lk__phase_attempt(const char *attempt) {
+    pthread_once(&phase_once, phase_init);
+    if (!phase_map)
+        return;
+    unsigned char *a = phase_map + 64 + 16 * phase_slot;
+    memset(a, 0, 16);
+    memcpy(a, attempt, strnlen(attempt, 16));
+}
+
+void lk__phase_thread(int slot) {
+    phase_slot = slot ? 1 : 0;
 }
 #endif

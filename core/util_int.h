@@ -93,14 +93,67 @@ extern int lk__log_level;
 void lk__log(int level, const char *fmt, ...) LK__PRINTF(2, 3);
 
 /**
- * Fault points for crash tests: when LOCKSTEP_FAULTPOINT names this point ("name", or
- * "name@N" for its N-th hit), the process kills itself with SIGKILL right there.
- * Compiled in unless LK_NO_FAULTPOINTS is defined (CMake option LK_FAULTPOINTS=OFF).
+ * Fault points and error injection for crash tests (test builds only).
+ *
+ * LOCKSTEP_FAULTPOINT holds comma-separated specs:
+ *   - "NAME[@N]": the process kills itself with SIGKILL at the N-th hit (default the
+ *     first) of the named point NAME (lk__faultpoint) or instrumented operation NAME;
+ *   - "NAME=ERROR[@N][*]": the N-th call (with '*', every call from the N-th on) of the
+ *     instrumented operation NAME fails with ERROR instead of running. ERROR is an errno
+ *     name (EIO, ENOSPC, ...) or a number; for the librdkafka operations a librdkafka
+ *     error name (sink/fault_int.h).
+ * The instrumented operations are listed in the README (testing section). Hit counts are
+ * per process and shared by all threads. Compiled in unless LK_NO_FAULTPOINTS is defined
+ * (CMake option LK_FAULTPOINTS=OFF); then every macro here is the bare call, zero cost.
+ *
+ * LK__FAULT_SYS(name, call): for calls that return -1 and set errno (fsync, rename,
+ * write): -1 with errno = ERROR when the fault fires, else call.
+ * LK__FAULT_RC(name, cleanup, call): for calls that return an error code (LMDB): the
+ * code when the fault fires, after evaluating cleanup (e.g. mdb_txn_abort(txn), which is
+ * what a failed mdb_txn_commit leaves), else call.
+ *
+ * The phase report: with LOCKSTEP_PHASE_FILE set, lk__phase(LK__PH_x) records in that
+ * file (128 bytes, mapped shared) what the calling thread is doing: byte 0 for the batch
+ * loop, byte 1 for the delivery thread (the one that called lk__phase_thread(1)), as a
+ * LK__PH_ code; bytes 16..39 and 40..63 the same as words; bytes 64..79 and 80..95 the
+ * delivery attempt (lockstep.attempt header) each last began (lk__phase_attempt). Unset:
+ * nothing is written.
  */
+enum {
+    LK__PH_NONE, LK__PH_STARTING, LK__PH_PLANNING, LK__PH_FETCHING, LK__PH_PROCESSING,
+    LK__PH_COMMITTING, LK__PH_DELIVERING, LK__PH_DELIVERING_COMMIT, LK__PH_ACKNOWLEDGING,
+    LK__PH_IDLE, LK__PH_RECOVERING, LK__PH_STOPPING, LK__PH_AWAITING_DELIVERY
+};
 #ifdef LK_NO_FAULTPOINTS
 #define lk__faultpoint(name) ((void)0)
+#define lk__fault_reset() ((void)0)
+#define lk__phase(phase) ((void)0)
+#define lk__phase_thread(slot) ((void)0)
+#define lk__phase_attempt(attempt) ((void)0)
+#define LK__FAULT_SYS(name, call) (call)
+#define LK__FAULT_RC(name, cleanup, call) (call)
 #else
+/** Kill here if a kill spec names this point and hit. */
 void lk__faultpoint(const char *name);
+/** Parse LOCKSTEP_FAULTPOINT again and reset every hit count (tests). */
+void lk__fault_reset(void);
+/** Count a hit of name: NULL to run the operation, else the ERROR word to fail with. */
+const char *lk__fault_word(const char *name);
+/** Count a hit of name: 0 to run the operation, else the errno value to fail with. */
+int lk__fault_rc(const char *name);
+/** Count a hit of name: 0 to run the operation, else 1 with errno set to fail with. */
+int lk__fault_sys(const char *name);
+/** Record the calling thread's phase (LK__PH_x) in LOCKSTEP_PHASE_FILE, if set. */
+void lk__phase(int phase);
+/** Record the delivery attempt the calling thread begins (16 characters at most). */
+void lk__phase_attempt(const char *attempt);
+/** Make the calling thread report its phase in slot (0: batch loop, 1: delivery). */
+void lk__phase_thread(int slot);
+#define LK__FAULT_SYS(name, call) (lk__fault_sys(name) ? -1 : (call))
+#define LK__FAULT_RC(name, cleanup, call)                                                 \
+    (lk__fault_rc(name) ? ((void)(cleanup), lk__fault_rc_last()) : (call))
+/** The errno value of the last fault that fired on this thread. */
+int lk__fault_rc_last(void);
 #endif
 
 #define LK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

@@ -106,7 +106,7 @@ static int fsync_parent(const char *path) {
     char *slash = strrchr(copy, '/');
     const char *parent = !slash ? "." : slash == copy ? "/" : (*slash = '\0', copy);
     int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 ? -1 : fsync(fd);
+    int rc = fd < 0 ? -1 : LK__FAULT_SYS("fsync-dir", fsync(fd));
     if (fd >= 0)
         close(fd);
     free(copy);
@@ -492,7 +492,8 @@ static lk_err_t place(part_t *pt, char *errstr, size_t errstr_size) {
                            (int)pt->partition, pt->tmp, strerror(errno));
         return LK_OK;
     }
-    int rc = renameat2(AT_FDCWD, pt->tmp, AT_FDCWD, pt->final, RENAME_NOREPLACE);
+    int rc = LK__FAULT_SYS("rename",
+                           renameat2(AT_FDCWD, pt->tmp, AT_FDCWD, pt->final, RENAME_NOREPLACE));
     if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
         /* a file system without RENAME_NOREPLACE: link() never replaces either */
         rc = link(pt->tmp, pt->final);
@@ -530,9 +531,9 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     for (size_t i = 0; i < f->nparts; i++) {
         part_t *pt = &f->parts[i];
         errno = 0;
-        if (fflush(pt->fp) != 0 || ferror(pt->fp))
+        if (LK__FAULT_SYS("write", fflush(pt->fp)) != 0 || ferror(pt->fp))
             return write_failed(pt, errno, errstr, errstr_size);
-        if (fsync(fileno(pt->fp)) != 0)
+        if (LK__FAULT_SYS("fsync", fsync(fileno(pt->fp))) != 0)
             return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot fsync %s: %s",
                            (int)pt->partition, pt->tmp, strerror(errno));
         FILE *fp = pt->fp;

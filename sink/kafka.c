@@ -32,6 +32,7 @@
 #include "sink_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "fault_int.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -119,6 +120,13 @@ static int k_budget(const kafka_sink_t *k) {
  * a second even while a coordinator does not answer. */
 static rd_kafka_error_t *txn_call(lk_sink_t *s, rd_kafka_t *rk,
                                   rd_kafka_error_t *(*fn)(rd_kafka_t *, int), int timeout_ms) {
+    /* error injection (sink/fault_int.h): the fault point is named after the call */
+    const char *name = fn == rd_kafka_init_transactions     ? "init_transactions"
+                       : fn == rd_kafka_commit_transaction ? "commit_transaction"
+                                                           : "abort_transaction";
+    rd_kafka_error_t *injected = LK__FAULT_KAFKA(name, NULL);
+    if (injected)
+        return injected;
     int64_t end = lk__mono_ms() + budget_ms(s, timeout_ms);
     for (;;) {
         int64_t left = end - lk__mono_ms();
@@ -876,7 +884,8 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
     lk_err_t r = apply_sizing(s, errstr, errstr_size);
     if (r)
         return r;
-    rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
+    rd_kafka_error_t *e = LK__FAULT_KAFKA("begin_transaction",
+                                          rd_kafka_begin_transaction(k->producer));
     if (e)
         return txn_error(k, e, "begin_transaction", errstr, errstr_size);
     k->txn_open = 1;
@@ -889,12 +898,12 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
                         size_t errstr_size) {
     kafka_sink_t *k = s->impl;
     for (;;) {
-        rd_kafka_resp_err_t ke = rd_kafka_producev(
+        rd_kafka_resp_err_t ke = LK__FAULT_KAFKA_RESP("produce", rd_kafka_producev(
             k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
             RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)value, vlen),
             RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0), RD_KAFKA_V_HEADERS(hdrs),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque),
-            RD_KAFKA_V_END);
+            RD_KAFKA_V_END));
         if (!ke) {
             k->attempt_records++;
             return LK_OK; /* the headers now belong to librdkafka */
@@ -1105,8 +1114,9 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
             rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
                 ->offset = b->ranges[i].until;
         rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
-        rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(k->producer, l, g,
-                                                                budget_ms(s, k->timeout_ms));
+        rd_kafka_error_t *e = LK__FAULT_KAFKA("send_offsets_to_transaction",
+                                              rd_kafka_send_offsets_to_transaction(k->producer, l, g,
+                                                                budget_ms(s, k->timeout_ms)));
         rd_kafka_consumer_group_metadata_destroy(g);
         rd_kafka_topic_partition_list_destroy(l);
         if (e)

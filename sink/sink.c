@@ -316,6 +316,7 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
      * from the store */
     if (!s->checkpoint_id[0])
         lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s", lk__store_checkpoint_id(store));
+    lk__phase(LK__PH_RECOVERING);
     e = s->ops->recover(s, &fence, why, sizeof why);
     if (e) {
         lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name, s->ops->kind,
@@ -399,6 +400,8 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
                        (unsigned long long)batch, why);
     s->batch = batch;
     new_attempt(s);
+    lk__phase_attempt(s->attempt);
+    lk__phase(LK__PH_DELIVERING);
     /* the batch's record (its input ranges), for the commit and for errors naming the
      * input a record came from */
     lk_batch_rec_t rec, *recp = NULL;
@@ -430,6 +433,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
      * checkpoint's page reuse or a map growth */
     lk__store_txn_abort(t);
     if (!e) {
+        lk__phase(LK__PH_DELIVERING_COMMIT);
         lk__faultpoint("after-sink-produce");
         e = s->ops->commit(s, recp, why, sizeof why);
     }
@@ -450,6 +454,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
 lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size) {
     char why[768] = "";
+    lk__phase(LK__PH_ACKNOWLEDGING);
     lk_err_t e = acknowledge(s, store, batch, why, sizeof why);
     if (e) {
         /* delivered but not acknowledged: the fence makes the retry harmless, provided

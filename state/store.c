@@ -256,7 +256,7 @@ static int grow_and_replay(lk_store_txn_t *t) {
     for (;;) {
         size_t newsize = s->map_size * 2;
         pthread_rwlock_wrlock(&s->resize_lock);
-        int rc = mdb_env_set_mapsize(s->env, newsize);
+        int rc = LK__FAULT_RC("map-growth", 0, mdb_env_set_mapsize(s->env, newsize));
         pthread_rwlock_unlock(&s->resize_lock);
         if (rc)
             return rc;
@@ -1469,7 +1469,7 @@ int lk__store_fatal(const lk_store_t *s, const char **msg) {
 lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size) {
     if (s->fatal)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
-    int rc = mdb_env_sync(s->env, 1);
+    int rc = LK__FAULT_RC("mdb_env_sync", 0, mdb_env_sync(s->env, 1));
     if (rc)
         return sync_failed(s, rc, errstr, errstr_size);
     s->durable_batch = s->committed_batch;
@@ -1576,7 +1576,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
         return err;
     }
     for (;;) {
-        int rc = mdb_txn_commit(t->txn);
+        int rc = LK__FAULT_RC("mdb_txn_commit", mdb_txn_abort(t->txn), mdb_txn_commit(t->txn));
         t->txn = NULL;
         if (rc == 0)
             break;
@@ -1592,7 +1592,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
     if (!s->sync_interval) {
         s->durable_batch = s->committed_batch;
     } else if (lk__mono_ms() - s->last_sync_ms >= s->sync_interval_ms) {
-        int rc = mdb_env_sync(s->env, 1);
+        int rc = LK__FAULT_RC("mdb_env_sync", 0, mdb_env_sync(s->env, 1));
         if (rc) {
             err = sync_failed(s, rc, errstr, errstr_size);
             txn_free(t);
