@@ -215,8 +215,9 @@ static lk_err_t settle_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
 /* Fail the delivery in progress: a commit still running goes to COMMITTING, anything
  * else is aborted (ABORTING, READY once the abort finished); fenced or fatal errors
  * make the sink FATAL. The sink re-reads nothing before the retry: recover() first
- * settles what is unfinished. Returns e (errstr already says what failed). */
-static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
+ * settles what is unfinished. Returns e (errstr says what failed), or the abort's error
+ * when the abort fails for good (errstr then names the abort first). */
+static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, char *errstr, size_t errstr_size) {
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_CORRUPT) { /* never heals */
         go_fatal(s, errstr);
         return e;
@@ -232,8 +233,14 @@ static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, const char *errstr) {
         atomic_fetch_add(&s->txn_aborted, 1); /* lockstep_transactions_total */
         char why[1024];
         lk_err_t ae = settle_abort(s, why, sizeof why);
-        if (ae == LK_ERR_FENCED || ae == LK_ERR_FATAL)
-            return ae; /* the abort's error is the one that stops the sink */
+        if (ae == LK_ERR_FENCED || ae == LK_ERR_FATAL) {
+            /* the abort's error is the one that stops the sink: it leads the message,
+             * the delivery error that caused the abort follows */
+            char cause[1024];
+            lk__fmt(cause, sizeof cause, "%s", errstr ? errstr : "");
+            lk__fmt(errstr, errstr_size, "%s (aborting after: %s)", why, cause);
+            return ae;
+        }
         if (ae)
             lk__log(LK_LOG_WARNING, "%s", why);
     }
@@ -444,7 +451,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     if (e) {
         lk__err(e, errstr, errstr_size, "sink '%s' (%s %s) batch %llu: %s", s->name,
                 s->ops->kind, s->target, (unsigned long long)batch, why);
-        return fail_delivery(s, e, errstr);
+        return fail_delivery(s, e, errstr, errstr_size);
     }
     atomic_fetch_add(&s->txn_committed, 1);
     lk__faultpoint("after-sink-commit");

@@ -82,6 +82,9 @@ static lk_conf_t *conf_with(const char *key, const char *value) {
     mu_set(conf, "sink.kafka.timeout.ms", "10000");
     mu_set(conf, "retry.backoff.ms", "1");
     mu_set(conf, "retry.backoff.max.ms", "20");
+    /* with checkpoint.sync=interval every commit syncs: a sync fault fires at the first
+     * batch, however fast the batches run */
+    mu_set(conf, "checkpoint.sync.interval.ms", "1");
     if (key)
         mu_set(conf, key, value);
     return conf;
