@@ -318,6 +318,15 @@ static fault_spec_t *fault_hit(const char *name) {
     return fired;
 }
 
+int lk__faultpoint_armed(const char *name) {
+    fault_ensure(0);
+    int n = atomic_load(&fault_nspecs);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(fault_specs[i].name, name))
+            return 1;
+    return 0;
+}
+
 /* Called from the batch loop and from the delivery thread. */
 void lk__faultpoint(const char *name) {
     (void)fault_hit(name);

@@ -126,6 +126,7 @@ enum {
 };
 #ifdef LK_NO_FAULTPOINTS
 #define lk__faultpoint(name) ((void)0)
+#define lk__faultpoint_armed(name) 0
 #define lk__fault_reset() ((void)0)
 #define lk__phase(phase) ((void)0)
 #define lk__phase_thread(slot) ((void)0)
@@ -135,6 +136,8 @@ enum {
 #else
 /** Kill here if a kill spec names this point and hit. */
 void lk__faultpoint(const char *name);
+/** 1 if a spec names this point (no hit is counted): for work a point needs first. */
+int lk__faultpoint_armed(const char *name);
 /** Parse LOCKSTEP_FAULTPOINT again and reset every hit count (tests). */
 void lk__fault_reset(void);
 /** Count a hit of name: NULL to run the operation, else the ERROR word to fail with. */

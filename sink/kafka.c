@@ -1124,6 +1124,12 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
                                                  errstr_size),
                                  errstr, errstr_size);
     }
+    if (lk__faultpoint_armed("before-sink-commit")) {
+        /* the kafka tier's orphaned transaction: killed with the batch's records in the
+         * log and its transaction open (flushed first, or the kill could beat the sends) */
+        (void)rd_kafka_flush(k->producer, budget_ms(s, k->timeout_ms)); /* best effort */
+        lk__faultpoint("before-sink-commit");
+    }
     rd_kafka_error_t *e = txn_call(s, k->producer, rd_kafka_commit_transaction, k->timeout_ms);
     if (!e) {
         k->fence = s->batch;
