@@ -348,9 +348,9 @@ static void one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     lk_emit(b, in->key, in->key_len, &v, sizeof v);
 }
 
-static void add_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
-                    const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
-    (void)key, (void)opaque;
+/* a + sign * v over int64 window values (counts: far from overflowing) */
+static void combine_i64(lk_batch_t *b, const lk_bytes_t *a, const lk_bytes_t *v,
+                        lk_bytes_t *out, int64_t sign) {
     int64_t x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
     if (!o)
         return;
@@ -358,22 +358,20 @@ static void add_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
         memcpy(&x, a->data, sizeof x);
     if (v->len == sizeof y)
         memcpy(&y, v->data, sizeof y);
-    *o = x + y;
+    *o = x + sign * y;
     *out = (lk_bytes_t){o, sizeof *o};
+}
+
+static void add_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                    const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key, (void)opaque;
+    combine_i64(b, a, v, out, 1);
 }
 
 static void sub_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
                     const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
     (void)key, (void)opaque;
-    int64_t x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
-    if (!o)
-        return;
-    if (a->len == sizeof x)
-        memcpy(&x, a->data, sizeof x);
-    if (v->len == sizeof y)
-        memcpy(&y, v->data, sizeof y);
-    *o = x - y;
-    *out = (lk_bytes_t){o, sizeof *o};
+    combine_i64(b, a, v, out, -1);
 }
 
 /* double sums: no inverse (floating-point sums drift under one; see lockstep.h) */
