@@ -5,7 +5,7 @@ confluent_kafka (Debian's python3-confluent-kafka, librdkafka 2.0.2).
 
   consumer   isolation.level=read_committed, enable.auto.commit=false, assigned every
              partition of the input topic from offset 0 (the mock cluster does not store
-             group offsets anyway, see probe/mock/FINDINGS.md)
+             group offsets anyway, see docs/DESIGN.md, "The mock cluster's limits")
   producer   transactional.id, one transaction per batch of --batch messages:
              produce the updated count of every word the batch touched, then
              send_offsets_to_transaction(positions, group metadata), commit

@@ -1,5 +1,5 @@
 /*
- * context.c — the application and its batch loop (DESIGN.md, "The batch protocol"):
+ * context.c — the application and its batch loop (docs/DESIGN.md, "The batch protocol"):
  * getOrCreate (define the pipeline, open or create the checkpoint, check the topology),
  * then per batch: plan (or reuse a pending plan), fetch, process inside one LMDB write
  * transaction, and commit offsets + state + outbox + accumulators + batch record

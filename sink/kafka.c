@@ -831,8 +831,8 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
      * committed: every failed delivery was aborted or its commit finished (sink.c settles
      * them before recover), and another instance writing would have fenced it. Reading
      * again after an abort could only add what an aborted transaction left, which
-     * read_committed hides on a broker, but the mock cluster shows (probe/mock/FINDINGS.md,
-     * Q2). */
+     * read_committed hides on a broker, but the mock cluster shows (docs/DESIGN.md, "The
+     * mock cluster's limits"). */
     if (!r && !k->fence_known) {
         lk__kafka_offsets_io_t io = {real_offsets, real_sleep_ms, real_now_ms, k};
         int64_t hi = 0;

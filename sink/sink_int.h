@@ -1,6 +1,6 @@
 /*
  * sink_int.h — the sink interface: how a batch's outbox reaches an external system
- * atomically and fenced (DESIGN.md, steps 5-6 and "Recovery").
+ * atomically and fenced (docs/DESIGN.md, "The batch protocol" 5-8 and "Recovery").
  *
  * A sink kind implements the operations below; sink.c drives them through one explicit
  * transaction state machine (lk__sink_transition() is the only place states change and

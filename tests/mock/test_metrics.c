@@ -229,7 +229,7 @@ Test(metrics, library_exact_values_and_restart) {
     cr_assert_eq(S("consumer_lag_records{app=\"mt\",topic=\"lines\",partition=\"1\"}"), 0,
                  "%s", text);
     /* the mock has no transactions markers, so no last stable offset below the high
-     * watermark (DESIGN.md): the held-back gauge is there and 0; the kafka tier's open
+     * watermark (docs/DESIGN.md): the held-back gauge is there and 0; the kafka tier's open
      * transaction scenario is where it moves */
     cr_assert_eq(S("consumer_held_back_records{app=\"mt\",topic=\"lines\",partition=\"0\"}"), 0,
                  "%s", text);

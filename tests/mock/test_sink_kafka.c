@@ -498,7 +498,7 @@ Test(sink_kafka, overlapped_crash_after_checkpoint_commit_before_delivery) {
 
 /*
  * Fencing is emulated: the mock (librdkafka 2.0.2) does not fence a second producer with
- * the same transactional.id; both get a PID and both commit (probe/mock/FINDINGS.md, Q2).
+ * the same transactional.id; both get a PID and both commit (docs/DESIGN.md, "The mock cluster's limits").
  * So the broker's answer to a fenced producer is injected: INVALID_PRODUCER_EPOCH or
  * PRODUCER_FENCED, which librdkafka turns into the fatal error _FENCED. A real broker
  * fences for real: the docker-compose chaos run (issue 7) starts a second instance.
@@ -654,7 +654,7 @@ Test(sink_kafka, produce_errors_retried_or_aborted_then_delivered_again) {
     deliver_through(ctx, 0 /* Produce */, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION);
     /* abortable: the transaction is aborted and the batch delivered again from the
      * outbox. librdkafka 2.0.2 then fails the next transaction once with
-     * OUT_OF_ORDER_SEQUENCE_NUMBER (abortable, FINDINGS Q3): the sink must converge. */
+     * OUT_OF_ORDER_SEQUENCE_NUMBER (abortable; docs/DESIGN.md, "The mock cluster's limits"): the sink must converge. */
     sim_produce(20);
     rd_kafka_mock_push_request_errors(cl.mc, 0, 1, RD_KAFKA_RESP_ERR_UNKNOWN);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
@@ -922,7 +922,7 @@ Test(sink_kafka, full_outbox_holds_the_input_until_the_sink_recovers) {
  * (PRODUCER_FENCED on AddOffsetsToTxn is merely abortable): a zombie used to retry every
  * few seconds forever. Whatever the class, the application must stop with LK_ERR_FENCED
  * and name the transactional.id (the app.id: one task). The mock does not fence by
- * itself (FINDINGS Q2): the broker's answer is injected once per request kind.
+ * itself (docs/DESIGN.md, "The mock cluster's limits"): the broker's answer is injected once per request kind.
  */
 Test(sink_kafka, every_fencing_code_on_every_transactional_request_stops, .timeout = 400) {
     static const struct {
