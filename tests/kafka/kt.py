@@ -114,20 +114,37 @@ class Cluster:
     def partitions(self, topic):
         return sorted(self.admin.list_topics(topic, timeout=10).topics[topic].partitions)
 
-    def read(self, topic, isolation="read_committed", timeout=60):
-        """Every record of topic visible at this isolation level, in partition order."""
+    def read(self, topic, isolation="read_committed", timeout=60, settle=True):
+        """Every record of topic visible at this isolation level, in partition order.
+
+        read_committed ends at the last stable offset. A transaction's commit markers are
+        written by the coordinator after it answers EndTxn, so right after a commit the
+        last stable offset can still stand before the committed records: with settle, the
+        read is repeated (up to 30 s) until every partition's last stable offset reaches
+        the high watermark seen at the start, i.e. nothing is open or pending there. A
+        scenario that leaves a transaction open on purpose reads with settle=False."""
+        deadline = time.monotonic() + 30
+        while True:
+            out, settled = self._read_once(topic, isolation, timeout)
+            if settled or not settle or isolation != "read_committed" or \
+                    time.monotonic() > deadline:
+                return out
+            time.sleep(0.2)
+
+    def _read_once(self, topic, isolation, timeout):
         c = self.consumer(isolation)
         try:
-            tps = []
+            tps, highs = [], {}
             for p in self.partitions(topic):
                 lo, hi = wait_for(f"watermarks of {topic}[{p}]",
                                   lambda: self._watermarks_or_none(c, topic, p), 30)
                 if hi > lo:
                     tps.append(TopicPartition(topic, p, lo))
+                    highs[p] = hi
             if not tps:
-                return []
+                return [], True
             c.assign(tps)
-            pending, out = {tp.partition for tp in tps}, []
+            pending, out, settled = {tp.partition for tp in tps}, [], True
             deadline = time.monotonic() + timeout
             while pending:
                 if time.monotonic() > deadline:
@@ -139,11 +156,12 @@ class Cluster:
                 if m.error():
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         pending.discard(m.partition())
+                        settled &= m.offset() >= highs[m.partition()]
                         continue
                     raise Failure(f"reading {topic}: {m.error()}")
                 out.append(m)
             out.sort(key=lambda m: (m.partition(), m.offset()))
-            return out
+            return out, settled
         finally:
             c.close()
 
