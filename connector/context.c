@@ -381,7 +381,8 @@ static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_e
     }
     if (!*first) {
         *first = e;
-        fail(ctx, e, "%s", err);
+        if (!ctx->fatal) /* a fatal error's message stays the one reported */
+            fail(ctx, e, "%s", err);
     }
     return LK_OK;
 }

@@ -311,7 +311,8 @@ void lk__metrics_sink(lk_metrics_t *m, lk_err_t err, const char *why) {
     } else {
         if (err == LK_ERR_FENCED)
             m->fenced++;
-        if (err == LK_ERR_FENCED || err == LK_ERR_FATAL || err == LK_ERR_STATE)
+        if (err == LK_ERR_FENCED || err == LK_ERR_FATAL || err == LK_ERR_STATE ||
+            err == LK_ERR_CORRUPT) /* what stops the application */
             m->sink_fatal = 1;
         else
             m->sink_errors++;

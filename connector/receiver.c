@@ -716,6 +716,20 @@ static int take(lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
     return 0;
 }
 
+/* The batch is full (max.bytes.per.batch) and m, received for p, waits for the next one:
+ * if m lies inside p's range, the range ends before it, now. Later events must not find
+ * the range open: an end-of-partition event would otherwise complete it with m only held,
+ * the cursor would move past m and the next batch would drop it as stale (a loss found
+ * in review). Every visible record before m was received already (one queue per
+ * partition, in offset order), so ending the range at m is exact. */
+static void end_range_at(lk__fetch_t *f, part_t *p, const rd_kafka_message_t *m) {
+    lk__range_msgs_t *rm = &f->ranges[p->range];
+    if (m->offset >= rm->range.from && m->offset < rm->range.until) {
+        rm->range.until = m->offset;
+        mark_done(p);
+    }
+}
+
 /* Make the consumer deliver every planned partition from its range start. */
 static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *errstr,
                          size_t errstr_size) {
@@ -806,6 +820,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
                 rd_kafka_message_destroy(held[j]);
             } else if (cap_bytes && f->bytes >= (uint64_t)r->max_bytes) {
                 /* the batch is already full: these wait for the next one */
+                end_range_at(f, p, held[j]);
                 if (hold(p, held[j])) {
                     rd_kafka_message_destroy(held[j]);
                     p->cursor = -1;
@@ -899,6 +914,7 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
                 } else if (full) {
                     /* past the byte cap: the range ends before it, the next batch
                      * starts with it */
+                    end_range_at(f, p, msgs[j]);
                     if (hold(p, msgs[j])) {
                         rd_kafka_message_destroy(msgs[j]);
                         p->cursor = -1;

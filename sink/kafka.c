@@ -120,6 +120,7 @@ static int k_budget(const kafka_sink_t *k) {
  * a second even while a coordinator does not answer. */
 static rd_kafka_error_t *txn_call(lk_sink_t *s, rd_kafka_t *rk,
                                   rd_kafka_error_t *(*fn)(rd_kafka_t *, int), int timeout_ms) {
+#ifndef LK_NO_FAULTPOINTS
     /* error injection (sink/fault_int.h): the fault point is named after the call */
     const char *name = fn == rd_kafka_init_transactions     ? "init_transactions"
                        : fn == rd_kafka_commit_transaction ? "commit_transaction"
@@ -127,6 +128,7 @@ static rd_kafka_error_t *txn_call(lk_sink_t *s, rd_kafka_t *rk,
     rd_kafka_error_t *injected = LK__FAULT_KAFKA(name, NULL);
     if (injected)
         return injected;
+#endif
     int64_t end = lk__mono_ms() + budget_ms(s, timeout_ms);
     for (;;) {
         int64_t left = end - lk__mono_ms();

@@ -179,8 +179,9 @@ static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, cha
 /* Go FATAL with msg (sticky); best effort to undo an open delivery first: the error is
  * already final, so the undo's own result cannot change anything. */
 static void go_fatal(lk_sink_t *s, const char *msg) {
+    /* an abort still open is tried once more; one that just failed for good is not */
     if (s->state != LK__TXN_READY && s->state != LK__TXN_COMMITTED &&
-        s->state != LK__TXN_FATAL) {
+        s->state != LK__TXN_FATAL && s->state != LK__TXN_ABORTING) {
         char ignored[256];
         (void)s->ops->abort(s, ignored, sizeof ignored);
     }
@@ -239,6 +240,7 @@ static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, char *errstr, size_t err
             char cause[1024];
             lk__fmt(cause, sizeof cause, "%s", errstr ? errstr : "");
             lk__fmt(errstr, errstr_size, "%s (aborting after: %s)", why, cause);
+            lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s", errstr); /* what later calls say */
             return ae;
         }
         if (ae)

@@ -13,6 +13,7 @@ read_committed by an independent consumer, every expected record once and nothin
                         last stable offset) while the lag is 0
   markers-aborted       transaction markers and aborted records inside and at the end of
                         planned ranges: only committed input reaches the output, once
+  markers-aborted-bytecap  the same with max.bytes.per.batch cutting ranges in between
   zombie-fenced         an instance frozen (SIGSTOP) while a copy of its checkpoint runs
                         elsewhere is fenced when it wakes (SIGCONT): it stops, naming the
                         transactional.id, and the output holds every record once
@@ -163,13 +164,14 @@ def open_transaction(s):
                         before + records("open-txn", 5) + after)
 
 
-def markers_aborted(s):
+def markers_aborted(s, pad=0, **props):
     src, dst = s.topic("in", 2), s.topic("out", 2)
     want, n = [], 0
 
     def batch(kind, count):
         nonlocal n
-        recs = [(i % 2, f"k{n + i}".encode(), f"{kind}-{n + i}".encode()) for i in range(count)]
+        recs = [(i % 2, f"k{n + i}".encode(), f"{kind}-{n + i}".encode() + b"." * pad)
+                for i in range(count)]
         n += count
         return recs
 
@@ -185,7 +187,7 @@ def markers_aborted(s):
             want += recs
     ends = {p: s.kafka.watermarks(src, p)[1] for p in (0, 1)}
     # small ranges: batches end inside aborted runs and at markers
-    app = s.copy_app("copy", src, dst, max_records_per_partition=3)
+    app = s.copy_app("copy", src, dst, **(props or {"max_records_per_partition": 3}))
     app.start()
     app.wait_caught_up(src, ends)
     app.stop()
@@ -194,6 +196,13 @@ def markers_aborted(s):
     aborted_input = [m for m in s.kafka.read(dst, "read_uncommitted")
                      if m.value().startswith(b"abort-")]
     check(not aborted_input, f"aborted input reached the output: {values(aborted_input)[:3]}")
+
+
+def markers_aborted_bytecap(s):
+    # max.bytes.per.batch ends ranges where fetching stopped: a range cut by the byte cap
+    # just before a run of aborted records must end at the first record it could not
+    # take, even when the end of the partition is reported in the same breath
+    markers_aborted(s, pad=300, max_bytes_per_batch=1024)
 
 
 def zombie_fenced(s):
@@ -388,6 +397,7 @@ def txn_timeout_above_max(s):
 SCENARIOS = {
     "open-transaction": open_transaction,
     "markers-aborted": markers_aborted,
+    "markers-aborted-bytecap": markers_aborted_bytecap,
     "zombie-fenced": zombie_fenced,
     "orphan-timeout": orphan_timeout,
     "compacted-input": compacted_input,
