@@ -717,9 +717,15 @@ Test(sink_kafka, commit_timeout_is_resumed_not_abandoned) {
     sim_consume();
     run_until_delivered(ctx);
     /* Kafka may hold the batch before the sink learns it: librdkafka finishes the commit
-     * in the background, the sink resumes it after its retry backoff (at most
-     * retry.backoff.max.ms = 20 ms here), then acknowledges it */
-    usleep(25000);
+     * in the background, the sink resumes it after its retry backoff, then acknowledges
+     * it. Run until the checkpoint says so (read-only, beside the live context), bounded:
+     * a fixed sleep was too short on a loaded machine */
+    for (int64_t end = lk__mono_ms() + 30000; peek().outbox_first != 0;) {
+        cr_assert_lt(lk__mono_ms(), end, "batch 2 never left the outbox: %s",
+                     lk_context_errstr(ctx));
+        cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+        usleep(5000); /* the poll interval, not a wait for anything in particular */
+    }
     run_until_idle(ctx);
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
