@@ -1106,7 +1106,9 @@ static lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char
     lk__buf_init(&b);
     rc = state_names(txn, &b);
     lk_err_t err = LK_OK;
-    if (rc == MDB_CORRUPTED || (!rc && (b.len != v.mv_size || memcmp(b.data, v.mv_data, b.len)))) {
+    /* (no state database: b.data and v.mv_data may be NULL, and equal) */
+    if (rc == MDB_CORRUPTED ||
+        (!rc && (b.len != v.mv_size || (b.len && memcmp(b.data, v.mv_data, b.len))))) {
         /* name the first database that is not in the record, or the first missing one */
         const char *bad = NULL, *gone = NULL;
         for (size_t i = 0; !rc && i < b.len && !bad; i += strlen((char *)b.data + i) + 1)
@@ -1115,7 +1117,7 @@ static lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char
         for (size_t i = 0; !rc && !bad && i < v.mv_size && !gone;) {
             const char *n = (const char *)v.mv_data + i;
             size_t l = strnlen(n, v.mv_size - i);
-            if (!memmem(b.data, b.len, n, l) && l < v.mv_size - i)
+            if ((!b.len || !memmem(b.data, b.len, n, l)) && l < v.mv_size - i)
                 gone = n;
             i += l + 1;
         }
@@ -1275,6 +1277,14 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             err = mdb_err(s, rc, errstr, errstr_size, "opening the environment");
         goto fail;
     }
+    /* Reader slots of processes that died inside a read transaction (a killed
+     * `checkpoint inspect`) stay taken until someone clears them: enough of them and
+     * every transaction fails with MDB_READERS_FULL. Clear them at every open. */
+    int dead = 0;
+    (void)mdb_reader_check(s->env, &dead); /* only clears; a failure changes nothing */
+    if (dead)
+        lk__log(LK_LOG_NOTICE, "checkpoint %s: cleared %d reader slots of dead processes",
+                s->dir, dead);
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
     s->map_size = info.me_mapsize; /* an existing file may already be larger */
@@ -1499,11 +1509,18 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
     lk__zone_init(&t->tmp);
     if (!write)
         pthread_rwlock_rdlock(&s->resize_lock);
-    int rc;
+    int rc, readers_checked = 0;
     for (;;) {
         pthread_mutex_lock(&s->flags_lock);
         rc = mdb_txn_begin(s->env, NULL, write ? 0 : MDB_RDONLY, &t->txn);
         pthread_mutex_unlock(&s->flags_lock);
+        if (rc == MDB_READERS_FULL && !readers_checked) {
+            /* slots of dead readers (see lk__store_open): clear them, try once more */
+            int dead = 0;
+            readers_checked = 1;
+            if (!mdb_reader_check(s->env, &dead) && dead)
+                continue;
+        }
         if (rc != MDB_MAP_RESIZED)
             break;
         /* another process grew the map: adopt its size */

@@ -317,6 +317,21 @@ static void run_until_idle(lk_context_t *ctx) {
     cr_assert_fail("still committing batches after 30 runs");
 }
 
+/* Run until the checkpoint says every batch was delivered (read-only, beside the live
+ * context), then until idle. Kafka may hold a batch before the sink learns it: librdkafka
+ * finishes a commit in the background and the sink resumes it after its retry backoff.
+ * Bounded; a fixed sleep for the backoff was too short on a loaded CI machine. */
+static void run_until_drained(lk_context_t *ctx) {
+    for (int64_t end = lk__mono_ms() + 30000; peek().outbox_first != 0;) {
+        cr_assert_lt(lk__mono_ms(), end, "batch %llu never left the outbox: %s",
+                     (unsigned long long)peek().outbox_first, lk_context_errstr(ctx));
+        lk_err_t e = lk_context_run_once(ctx);
+        cr_assert_eq(e, LK_OK, "%s (%s)", lk_context_errstr(ctx), lk_err_name(e));
+        usleep(5000); /* the poll interval, not a wait for anything in particular */
+    }
+    run_until_idle(ctx);
+}
+
 /* Run until Kafka holds what the simulation says (sink retries have their own backoff).
  * Not just "a progress record of the last batch": on the mock an aborted attempt's
  * progress record is visible too. check_eo() asserts the details afterwards. */
@@ -720,13 +735,7 @@ Test(sink_kafka, commit_timeout_is_resumed_not_abandoned) {
      * in the background, the sink resumes it after its retry backoff, then acknowledges
      * it. Run until the checkpoint says so (read-only, beside the live context), bounded:
      * a fixed sleep was too short on a loaded machine */
-    for (int64_t end = lk__mono_ms() + 30000; peek().outbox_first != 0;) {
-        cr_assert_lt(lk__mono_ms(), end, "batch 2 never left the outbox: %s",
-                     lk_context_errstr(ctx));
-        cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
-        usleep(5000); /* the poll interval, not a wait for anything in particular */
-    }
-    run_until_idle(ctx);
+    run_until_drained(ctx);
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
     assert_drained();
@@ -999,14 +1008,12 @@ static void endtxn_fails(int n, int on_abort) {
     rd_kafka_mock_push_request_errors_array(cl.mc, 26 /* EndTxn */, (size_t)n, errs);
     sim_consume();
     run_until_delivered(ctx); /* asserts LK_OK on every run: the app keeps running */
-    usleep(25000);            /* past the sink's retry backoff (retry.backoff.max.ms) */
-    run_until_idle(ctx);
+    run_until_drained(ctx);
     /* and the next batch goes through normally */
     sim_produce(20);
     sim_consume();
     run_until_delivered(ctx);
-    usleep(25000);
-    run_until_idle(ctx);
+    run_until_drained(ctx);
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
     rd_kafka_mock_clear_request_errors(cl.mc, 0);
@@ -1331,8 +1338,7 @@ Test(sink_kafka, stop_with_a_stuck_sink_is_bounded_and_a_second_stop_is_at_once)
     ctx = open_wc(conf);
     sim_consume();
     run_until_delivered(ctx);
-    usleep(25000);
-    run_until_idle(ctx);
+    run_until_drained(ctx);
     lk_context_destroy(ctx);
     lk_conf_destroy(conf);
     assert_drained();
