@@ -34,9 +34,14 @@ Applications under test (one checkpoint each):
         with overlapped delivery (several durable batches per delivery)
   ttl   count-by-key on the field item: topic events -> topic ttl-counts with
         state.ttl.ms: idle keys expire (a tombstone) and count again from zero
-  TODO(lead): an application with two Kafka sinks and a file sink in one transaction
-  per batch, once that change is merged: add it to APPS, app_args and check() (the
-  wc checks show how a file sink is read).
+  mx    count-by-key on the field user: topic events -> topic mx-counts, malformed
+        records -> topic mx-dlq (two Kafka sinks, one transaction per batch) and the
+        counts also to files (a third sink, its own fence); overlapped delivery. In the
+        first round its checkpoint is deleted mid-run (after a kill, batches possibly
+        in flight) and recreated: the first start must refuse, naming both checkpoint
+        ids and checkpoint.adopt.output; with it the new checkpoint reads the input again
+        from the start. The old checkpoint's output stays as it was (its files are never
+        replaced), the new one's is complete and exactly once.
 
 The mock broker does not hide aborted transactions: records of an aborted delivery
 attempt are visible there. Every record names its attempt (header lockstep.attempt)
@@ -61,14 +66,14 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-# TODO(lead): add the two-Kafka-sinks-plus-files application here (see the docstring)
-APPS = ["wc", "cp", "kv", "ov", "ttl"]
+APPS = ["wc", "cp", "kv", "ov", "ttl", "mx"]
 # (fault point, application): every named kill point once; during-file-rename needs files
 FAULT_POINTS = [
     ("after-plan", "wc"), ("mid-processing", "cp"), ("after-checkpoint-commit", "kv"),
     ("before-sink-produce", "wc"), ("after-sink-produce", "cp"), ("after-sink-commit", "kv"),
     ("during-file-rename", "wc"), ("during-graceful-stop", "cp"),
     ("fsync@3", "wc"), ("mdb_txn_commit@5", "ttl"), ("commit_transaction@2", "ov"),
+    ("after-sink-produce", "mx"), ("during-file-rename", "mx"),
 ]
 # (spec, application, what the application must say): every instrumented operation
 # fails once while input flows; the application stops (sticky fatal) or retries, and
@@ -85,6 +90,7 @@ ERROR_FAULTS = [
     ("produce=_TRANSPORT@5", "cp", "producing to"),
     ("commit_transaction=_FAIL@2", "ttl", "commit_transaction"),
     ("abort_transaction=_FAIL,produce=_FAIL@3", "ov", "producing to"),
+    ("rename=EIO@2", "mx", "cannot rename"),
 ]
 PHASES = ["none", "starting", "planning", "fetching", "processing", "committing",
           "delivering", "delivering-commit", "acknowledging", "idle", "recovering",
@@ -260,6 +266,7 @@ class Runner:
         self.expected_lines = []   # (partition, key, value)
         self.expected_events = []  # (partition, value)
         self.duplicated_batches = 0
+        self.recreated = None  # mx: (old checkpoint id, new id, old files {name: bytes})
 
     # ---- broker and input ----
 
@@ -327,7 +334,7 @@ class Runner:
     # and a stale <app>.progress record would be taken as a sink fence by the fresh
     # checkpoints. Start from an empty broker (docker compose down -v).
     REAL_TOPICS = {"lines": 4, "events": 3, "counts": 4, "copy-out": 4, "kv-counts": 3,
-                   "dlq": 1, "ov-counts": 4, "ttl-counts": 3}
+                   "dlq": 1, "ov-counts": 4, "ttl-counts": 3, "mx-counts": 3, "mx-dlq": 1}
     # The mock keeps ~5 MiB per partition (older records are deleted, which the check
     # would count as lost): more partitions for the big topics there, and a budget of
     # records per partition per round (BUDGET), which the feeder does not exceed.
@@ -434,6 +441,12 @@ class Runner:
             base += ["pipeline=wordcount", "input.topics=lines", "output.topic=ov-counts",
                      "checkpoint.sync=interval", "checkpoint.sync.interval.ms=50",
                      "sink.overlap=true"]
+        elif app == "mx":
+            base += ["pipeline=count-by-key", "input.topics=events", "key.field=user",
+                     "output.topic=mx-counts", "errors.deadletter=mx-dlq",
+                     f"output.dir={self.work}/mx-files", "sink.overlap=true"]
+            if self.recreated:
+                base += ["checkpoint.adopt.output=true"]
         else:  # ttl
             base += ["pipeline=count-by-key", "input.topics=events", "key.field=item",
                      "output.topic=ttl-counts", f"state.ttl.ms={self.args.ttl_ms}"]
@@ -557,6 +570,65 @@ class Runner:
             self.problems.append(f"{app}: after {spec} the log does not say '{says}' "
                                  f"({errfile})")
         return rc
+
+    def recreate_checkpoint(self, app):
+        """The usual advice after an incompatible upgrade: delete the checkpoint and start
+        again, here under the same app.id, right after a kill. The first start must be
+        refused (another checkpoint's output is in the progress topic) naming both ids and
+        the way on; then it runs with checkpoint.adopt.output=true."""
+        # the old checkpoint must have delivered to Kafka (else there is nothing to
+        # refuse): run it until it has, then kill it with its next batches in flight
+        proc = self.start(app)
+        deadline = time.time() + 60
+        doc = None
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            doc = self.inspect(app)
+            if doc and any(f["sink"] == "to-kafka" and f["batch"] > 0
+                           for f in doc.get("fences") or []):
+                break
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        doc = self.inspect(app)
+        if not doc or not doc.get("checkpoint_id") or not any(
+                f["sink"] == "to-kafka" and f["batch"] > 0 for f in doc.get("fences") or []):
+            self.problems.append(f"{app}: no Kafka output within 60 s, nothing to recreate "
+                                 f"the checkpoint after (see {self.work}/{app}.stderr)")
+            return
+        old = doc["checkpoint_id"]
+        files = self.files_of(app)
+        shutil.rmtree(f"{self.work}/{app}")
+        errfile = f"{self.work}/{app}.stderr"
+        before = os.path.getsize(errfile)
+        proc = self.start(app)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = "still running after 60 s"
+        doc = self.inspect(app)
+        new = doc.get("checkpoint_id") if doc else None
+        with open(errfile, errors="replace") as f:
+            f.seek(before)
+            said = f.read()
+        if rc in (0, "still running after 60 s") or not new or old not in said or \
+                new not in said or "checkpoint.adopt.output" not in said:
+            self.problems.append(f"{app}: a recreated checkpoint was not refused naming both "
+                                 f"ids ({old}, {new}) and checkpoint.adopt.output: exit {rc}, "
+                                 f"said {said.strip()[-300:]!r}")
+        self.recreated = (old, new, files)
+        log(f"{app}: checkpoint {old} deleted; {new} refused ({rc}), then adopts the output")
+
+    def files_of(self, app):
+        """{relative path: content} of app's output files."""
+        out, top = {}, f"{self.work}/{app}-files"
+        for d, _, names in os.walk(top):
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(d, n), top)] = f.read()
+        return out
 
     def inspect(self, app):
         out = subprocess.run([self.lockstep, "checkpoint", "inspect", f"{self.work}/{app}",
@@ -882,7 +954,107 @@ class Runner:
         dup += sum(extra.values())
         l, d = self.check_ttl()
         lost, dup = lost + l, dup + d
+        l, d = self.check_mx(good, bad)
+        lost, dup = lost + l, dup + d
         return lost, dup + self.duplicated_batches
+
+    def check_mx(self, good, bad):
+        """Two Kafka sinks and files, across a recreated checkpoint: the new checkpoint's
+        output alone is complete and exactly once (it read the input again from the
+        start); the old one's is a part of it, never doubled, and its files untouched."""
+        lost = dup = 0
+        old, new, old_files = self.recreated or (None, None, {})
+        recs, foreign, gaps, progress = self.committed_records("mx", "mx-counts", "to-kafka")
+        self.check_foreign("mx", foreign)
+        if gaps:
+            self.problems.append(f"mx: {gaps} batches missing from the progress topic")
+            lost += gaps
+        owner = {b: d.get("checkpoint") for b, d in progress.items()}
+        if self.recreated:
+            ids = set(owner.values())
+            if ids - {old, new} or new not in ids:
+                self.problems.append(f"mx: progress records of checkpoints {sorted(ids)}, "
+                                     f"expected {old} then {new}")
+            last_old = max((b for b, c in owner.items() if c == old), default=0)
+            first_new = min((b for b, c in owner.items() if c == new), default=0)
+            if first_new <= last_old:
+                self.problems.append(f"mx: the new checkpoint's batches start at {first_new}, "
+                                     f"not after the old one's last ({last_old})")
+        mine = new if self.recreated else next(iter(set(owner.values())), None)
+        # on the mock: batches of this checkpoint whose killed delivery looks committed
+        # there (see adopted_batches); what they did not send cannot be checked
+        adopted = self.adopted_batches("mx", {b: d for b, d in progress.items()
+                                              if owner[b] == mine})
+        ranges = self.ranges({b: d for b, d in progress.items() if owner[b] == mine},
+                             "events")
+        unverifiable = collections.Counter(
+            self.event_at[(p, o)] for b in adopted for p, lo, hi in ranges[b]
+            for o in range(lo, hi) if (p, o) in self.event_at)
+        latest = {}
+        for batch, m in recs:
+            k = m.key().decode()
+            if k not in latest or batch >= latest[k][0]:
+                latest[k] = (batch, int(m.value()))
+        for k, n in good.items():
+            got = latest.get(k, (0, 0))[1]
+            if got != n and any(b > latest.get(k, (0, 0))[0] for b in adopted):
+                log(f"mx: '{k}' counted {got}, input has {n}: its last count was in a "
+                    f"batch the mock shows adopted (not checkable there)")
+            elif got != n:
+                self.problems.append(f"mx: '{k}' counted {got}, input has {n}")
+                lost += max(0, n - got)
+                dup += max(0, got - n)
+        recs, foreign, _, _ = self.committed_records("mx", "mx-dlq", "deadletter")
+        self.check_foreign("mx dead letters", foreign)
+        runs = collections.defaultdict(collections.Counter)  # checkpoint -> dead letters
+        for b, m in recs:
+            runs[owner.get(b)][m.value().decode()] += 1
+        for ckpt, got in runs.items():
+            missing, extra = bad - got, got - bad
+            if ckpt == mine and missing & unverifiable:
+                log(f"mx: {sum((missing & unverifiable).values())} dead letters of batches "
+                    f"the mock shows adopted not found (see adopted_batches)")
+                missing -= unverifiable
+            if ckpt == mine and missing or extra:
+                self.problems.append(f"mx dead letters of checkpoint {ckpt}: "
+                                     f"{sum(missing.values()) if ckpt == mine else 0} "
+                                     f"missing, {sum(extra.values())} extra")
+            lost += sum(missing.values()) if ckpt == mine else 0
+            dup += sum(extra.values())
+        if mine not in runs and bad:
+            self.problems.append(f"mx: no dead letters from checkpoint {mine}")
+            lost += sum(bad.values())
+        # files: the old checkpoint's exactly as they were; the latest count per key of
+        # this checkpoint's files (named <app>+<sink>+<checkpoint id>-<batch>) is the input's
+        files = self.files_of("mx")
+        for name, content in old_files.items():
+            if name.endswith(".tmp"):
+                continue
+            if files.get(name) != content:
+                self.problems.append(f"mx files: {name} of the old checkpoint was "
+                                     f"{'removed' if name not in files else 'changed'}")
+                lost += 1
+        counts, by_ckpt = {}, collections.Counter()
+        for name in sorted(files, key=lambda n: os.path.basename(n).rsplit("-", 1)[-1]):
+            base = os.path.basename(name)
+            if base.endswith(".tmp"):
+                if name not in old_files:
+                    self.problems.append(f"mx files: leftover temporary file {name}")
+                continue
+            ckpt = base.split("+")[2].rsplit("-", 1)[0] if base.count("+") == 2 else None
+            by_ckpt[ckpt] += 1
+            if mine and ckpt != mine:
+                continue
+            for line in files[name].decode().splitlines():
+                d = json.loads(line)
+                counts[d["key"]] = int(d["value"])
+        for k, n in good.items():
+            if counts.get(k) != n:
+                self.problems.append(f"mx files: '{k}' counted {counts.get(k)}, input has {n}")
+                lost += 1
+        log(f"mx: output files per checkpoint: {dict(by_ckpt)}; dead letters per "
+            f"checkpoint: { {c: sum(v.values()) for c, v in runs.items()} }")
+        return lost, dup
 
     # ---- where the kills landed ----
 
@@ -972,6 +1144,8 @@ class Runner:
             for _ in range(4):
                 if self.kill(app, mode):
                     break
+            if faults and i == nkills // 2:
+                self.recreate_checkpoint("mx")
             if (i + 1) % 25 == 0:
                 log(f"{self.kills} kills so far")
         if faults:
@@ -994,8 +1168,9 @@ class Runner:
                         (m.partition(), m.key().decode(), m.value().decode())
                         for m in self.read_topic("lines")}
         self.expected_lines = list(self.line_at.values())
-        self.expected_events = [(m.partition(), m.value().decode())
-                                for m in self.read_topic("events")]
+        self.event_at = {(m.partition(), m.offset()): m.value().decode()
+                         for m in self.read_topic("events")}
+        self.expected_events = [(p, v) for (p, _), v in self.event_at.items()]
         if produced != (len(self.expected_lines), len(self.expected_events)):
             log(f"the input topics hold {len(self.expected_lines)} lines and "
                 f"{len(self.expected_events)} events, {produced[0]} and {produced[1]} were "
@@ -1004,7 +1179,7 @@ class Runner:
             f"{len(self.expected_events)} events; draining")
         lines_per_part = collections.Counter(p for p, _, _ in self.expected_lines)
         events_per_part = collections.Counter(p for p, _ in self.expected_events)
-        self.drain([(app, "events", events_per_part) if app in ("kv", "ttl") else
+        self.drain([(app, "events", events_per_part) if app in ("kv", "ttl", "mx") else
                     (app, "lines", lines_per_part) for app in APPS])
         problems = len(self.problems)
         lost, dup = self.check()
