@@ -57,7 +57,9 @@
     X(OUTBOX_BYTES, "lockstep_outbox_bytes", "gauge", "",                                  \
       "Bytes of output in the checkpoint's outbox, waiting for the sinks.")               \
     X(STATE_ENTRIES, "lockstep_state_entries", "gauge", "operator",                        \
-      "Keys held in each stateful operator's state.")                                      \
+      "Entries in each stateful operator's state database: one per key for keyed "      \
+      "state; for a window, its partial aggregates per key and slice plus its "          \
+      "bookkeeping (watermark, running values, slice index).")                            \
     X(MAP_USED, "lockstep_checkpoint_map_used_ratio", "gauge", "",                         \
       "Size of the checkpoint's data file over its LMDB map size (the map grows by "       \
       "doubling when full).")                                                              \
