@@ -749,6 +749,10 @@ Test(metrics, cli_scrape_health_progress) {
     cr_assert(!strncmp(why, "stalled", 7) || !strncmp(why, "stuck retrying", 14),
               "503 reason: %s", why);
     cr_assert_eq(strchr(why, '\n'), why + strlen(why) - 1, "one line: %s", why);
+    /* not at the first failed batch: only past health.stall.ms (1500) without progress */
+    const char *since = strstr(why, " for ");
+    long long stalled_ms = since ? strtoll(since + 5, NULL, 10) : -1;
+    cr_assert_gt(stalled_ms, 1500, "503 before health.stall.ms: %s", why);
     free(why);
     broker_command("up");
     why = health_until(port, 200, 60);
