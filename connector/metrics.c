@@ -75,9 +75,10 @@
       "Batches of this process that failed for a retriable reason (broker unreachable, "  \
       "fetch timeout) and were retried.")                                                  \
     X(DEADLETTERED, "lockstep_records_deadlettered_total", "counter", "",                  \
-      "Input records sent to a dead letter sink (lockstep run's errors.deadletter; a "     \
-      "plugin adds to the accumulator lockstep.records.deadlettered): from the "          \
-      "checkpoint, exact across crashes.")                                                 \
+      "Malformed input records lockstep run sent to errors.deadletter (a plugin adds "   \
+      "its own to the accumulator lockstep.records.deadlettered): from the checkpoint, "  \
+      "exact across crashes. Late records are lockstep_late_records_total; records a "   \
+      "Kafka sink diverts because they can never be delivered are logged, not counted.")  \
     X(LATE, "lockstep_late_records_total", "counter", "operator",                          \
       "Records that arrived after every event-time window holding them had closed, per "  \
       "window operator (its accumulator <uid>.late, committed with the batch): from the "  \
