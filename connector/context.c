@@ -539,6 +539,24 @@ static lk_err_t drain_overlapped(lk_context_t *ctx) {
     return LK_OK;
 }
 
+/* The metrics (metrics.c), told which stages are event-time windows: their late
+ * records (window.c's accumulator <uid>.late) are lockstep_late_records_total{operator}. */
+static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size) {
+    const lk_pipeline_t *p = ctx->pipeline;
+    const char **late = calloc(p->nstages ? p->nstages : 1, sizeof *late);
+    if (!late)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    size_t nlate = 0;
+    for (size_t i = 0; i < p->nstages; i++)
+        if (p->stages[i]->kind == LK__ST_WINDOW &&
+            p->stages[i]->win->domain == LK__WIN_EVENT_TIME)
+            late[nlate++] = p->stages[i]->uid;
+    lk_err_t e = lk__metrics_new(&ctx->metrics, ctx->store, ctx->conf, ctx->sinks, ctx->nsinks,
+                                 late, nlate, errstr, errstr_size);
+    free(late);
+    return e;
+}
+
 lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
                                        void *opaque, char *errstr, size_t errstr_size) {
     if (!conf || !define) {
@@ -595,8 +613,7 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     if (!e)
         e = open_sinks(ctx, errstr, errstr_size);
     if (!e)
-        e = lk__metrics_new(&ctx->metrics, ctx->store, ctx->conf, ctx->sinks, ctx->nsinks,
-                            errstr, errstr_size);
+        e = open_metrics(ctx, errstr, errstr_size);
     if (e) {
         lk_context_destroy(ctx);
         return NULL;

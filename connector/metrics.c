@@ -7,8 +7,9 @@
  * The metric table (LK__METRICS) is the one place a metric is declared: it writes the
  * HELP and TYPE lines and the README's metrics reference (`lockstep metrics --markdown`).
  * Values of processed data are read from the checkpoint at scrape time (the last batch
- * id, the accumulators lockstep.records.in/out and lockstep.data.loss.skipped committed
- * with each batch), so they are exact across crashes; lag is the log end seen by the
+ * id, the accumulators lockstep.records.in/out, lockstep.records.deadlettered,
+ * lockstep.data.loss.skipped and each event-time window's <uid>.late, committed with
+ * each batch), so they are exact across crashes; lag is the log end seen by the
  * last plan minus the checkpointed offset, never Kafka's committed offsets.
  */
 #define _GNU_SOURCE
@@ -56,7 +57,9 @@
     X(OUTBOX_BYTES, "lockstep_outbox_bytes", "gauge", "",                                  \
       "Bytes of output in the checkpoint's outbox, waiting for the sinks.")               \
     X(STATE_ENTRIES, "lockstep_state_entries", "gauge", "operator",                        \
-      "Keys held in each stateful operator's state.")                                      \
+      "Entries in each stateful operator's state database: one per key for keyed "      \
+      "state; for a window, its partial aggregates per key and slice plus its "          \
+      "bookkeeping (watermark, running values, slice index).")                            \
     X(MAP_USED, "lockstep_checkpoint_map_used_ratio", "gauge", "",                         \
       "Size of the checkpoint's data file over its LMDB map size (the map grows by "       \
       "doubling when full).")                                                              \
@@ -72,15 +75,21 @@
       "Batches of this process that failed for a retriable reason (broker unreachable, "  \
       "fetch timeout) and were retried.")                                                  \
     X(DEADLETTERED, "lockstep_records_deadlettered_total", "counter", "",                  \
-      "Input records sent to a dead letter sink (lockstep run's errors.deadletter; a "     \
-      "plugin adds to the accumulator lockstep.records.deadlettered): from the "          \
-      "checkpoint, exact across crashes.")                                                 \
+      "Malformed input records lockstep run sent to errors.deadletter (a plugin adds "   \
+      "its own to the accumulator lockstep.records.deadlettered): from the checkpoint, "  \
+      "exact across crashes. Late records are lockstep_late_records_total; records a "   \
+      "Kafka sink diverts because they can never be delivered are logged, not counted.")  \
+    X(LATE, "lockstep_late_records_total", "counter", "operator",                          \
+      "Records that arrived after every event-time window holding them had closed, per "  \
+      "window operator (its accumulator <uid>.late, committed with the batch): from the "  \
+      "checkpoint, exact across crashes. Raise window.grace.ms if it grows.")              \
     X(DATA_LOSS, "lockstep_data_loss_skipped_total", "counter", "",                        \
       "Input offsets skipped because Kafka deleted them before they were read "           \
       "(on.data.loss=skip; checkpoint accumulator lockstep.data.loss.skipped).")           \
     X(ACCUMULATOR, "lockstep_accumulator", "gauge", "name",                                \
       "The application's accumulators (lk_accumulator_add) as committed in the "         \
-      "checkpoint.")                                                                       \
+      "checkpoint (lockstep's own, lockstep.* and the windows' <uid>.late, are the "     \
+      "metrics above).")                                                                       \
     X(HEALTHY, "lockstep_healthy", "gauge", "",                                            \
       "1 when /healthz answers 200, else 0.")
 
@@ -124,6 +133,8 @@ struct lk_metrics {
     lk_store_t *store;
     lk_sink_t *const *sinks;
     size_t nsinks;
+    char **late_ops; /* uids of the event-time windows: lockstep_late_records_total */
+    size_t nlate;
     char *app;
     int64_t stall_ms;
     struct MHD_Daemon *daemon;
@@ -423,11 +434,27 @@ typedef struct {
     FILE *fp;
     const lk_metrics_t *m;
     int64_t records_in, records_out, data_loss, deadlettered;
+    int64_t *late; /* per m->late_ops */
 } acc_ctx_t;
+
+/* The index in m->late_ops of the window whose late-record accumulator (<uid>.late,
+ * window.c) name is, or -1. */
+static long late_index(const lk_metrics_t *m, const char *name) {
+    size_t n = strlen(name);
+    if (n < 5 || strcmp(name + n - 5, ".late"))
+        return -1;
+    for (size_t i = 0; i < m->nlate; i++)
+        if (strlen(m->late_ops[i]) == n - 5 && !memcmp(m->late_ops[i], name, n - 5))
+            return (long)i;
+    return -1;
+}
 
 static int acc_internal(const char *name, int64_t value, void *o) {
     acc_ctx_t *a = o;
-    if (!strcmp(name, "lockstep.records.in"))
+    long li = late_index(a->m, name);
+    if (li >= 0)
+        a->late[li] = value;
+    else if (!strcmp(name, "lockstep.records.in"))
         a->records_in = value;
     else if (!strcmp(name, "lockstep.records.out"))
         a->records_out = value;
@@ -440,7 +467,8 @@ static int acc_internal(const char *name, int64_t value, void *o) {
 
 static int acc_user(const char *name, int64_t value, void *o) {
     acc_ctx_t *a = o;
-    if (!strncmp(name, "lockstep.", 9)) /* lockstep's own: exposed as metrics above */
+    /* lockstep's own and the windows' late records: exposed as metrics above */
+    if (!strncmp(name, "lockstep.", 9) || late_index(a->m, name) >= 0)
         return 0;
     sample(a->fp, a->m, metric_defs[LK__M_ACCUMULATOR].name);
     fputs(",name=\"", a->fp);
@@ -477,6 +505,8 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     int healthy = health_locked(m, why, sizeof why);
     size_t nhighs = m->nhighs;
     part_high_t *highs = malloc((nhighs ? nhighs : 1) * sizeof *highs);
+    /* late_ops is fixed at creation: no lock needed for it */
+    int64_t *late = calloc(m->nlate ? m->nlate : 1, sizeof *late);
     size_t nh = 0;
     for (size_t i = 0; highs && i < nhighs; i++) {
         highs[nh] = m->highs[i];
@@ -484,8 +514,13 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
             nh++;
     }
     pthread_mutex_unlock(&m->lock);
-    if (!highs)
+    if (!highs || !late) {
+        for (size_t i = 0; i < nh; i++)
+            free(highs[i].topic);
+        free(highs);
+        free(late);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
+    }
 
     lk_store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(m->store, 0, &t, errstr, errstr_size);
@@ -493,9 +528,10 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
         for (size_t i = 0; i < nh; i++)
             free(highs[i].topic);
         free(highs);
+        free(late);
         return e;
     }
-    acc_ctx_t a = {fp, m, 0, 0, 0, 0};
+    acc_ctx_t a = {fp, m, 0, 0, 0, 0, late};
     lk__store_acc_foreach(t, acc_internal, &a);
 
     head(fp, LK__M_BUILD_INFO, om);
@@ -597,6 +633,13 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     sample_u64(fp, m, LK__M_BATCH_ERRORS, batch_errors);
     head(fp, LK__M_DEADLETTERED, om);
     sample_u64(fp, m, LK__M_DEADLETTERED, (uint64_t)a.deadlettered);
+    head(fp, LK__M_LATE, om);
+    for (size_t i = 0; i < m->nlate; i++) { /* 0 until the window's first late record */
+        sample(fp, m, metric_defs[LK__M_LATE].name);
+        fputs(",operator=\"", fp);
+        label_value(fp, m->late_ops[i]);
+        fprintf(fp, "\"} %lld\n", (long long)late[i]);
+    }
     head(fp, LK__M_DATA_LOSS, om);
     sample_u64(fp, m, LK__M_DATA_LOSS, (uint64_t)a.data_loss);
 
@@ -611,6 +654,7 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     for (size_t i = 0; i < nh; i++)
         free(highs[i].topic);
     free(highs);
+    free(late);
     if (ferror(fp))
         return lk__err(LK_ERR_IO, errstr, errstr_size, "metrics: write failed: %s",
                        strerror(errno));
@@ -757,7 +801,8 @@ static lk_err_t bind_listen(const char *listen_at, int *fd_out, char *errstr,
 }
 
 lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         lk_sink_t *const *sinks, size_t nsinks, char *errstr,
+                         lk_sink_t *const *sinks, size_t nsinks,
+                         const char *const *late_ops, size_t nlate, char *errstr,
                          size_t errstr_size) {
     *out = NULL;
     lk_metrics_t *m = calloc(1, sizeof *m);
@@ -770,6 +815,15 @@ lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t 
     m->nsinks = nsinks;
     m->stall_ms = lk__conf_int(conf, LK__P_HEALTH_STALL_MS);
     pthread_mutex_init(&m->lock, NULL);
+    if (nlate && !(m->late_ops = calloc(nlate, sizeof *m->late_ops))) {
+        lk__metrics_destroy(m);
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    }
+    for (; m->nlate < nlate; m->nlate++)
+        if (!(m->late_ops[m->nlate] = strdup(late_ops[m->nlate]))) {
+            lk__metrics_destroy(m);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        }
     const char *listen_at = lk__conf_str(conf, LK__P_METRICS_LISTEN);
     if (listen_at[0]) {
         int fd = -1;
@@ -810,6 +864,9 @@ void lk__metrics_destroy(lk_metrics_t *m) {
     for (size_t i = 0; i < m->nhighs; i++)
         free(m->highs[i].topic);
     free(m->highs);
+    for (size_t i = 0; i < m->nlate; i++)
+        free(m->late_ops[i]);
+    free(m->late_ops);
     for (size_t i = 0; i < LK__METRICS_PROGRESS_KEEP; i++)
         free(m->progress[i]);
     pthread_mutex_destroy(&m->lock);

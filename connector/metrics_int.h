@@ -4,9 +4,9 @@
  * served by libmicrohttpd on its own thread when metrics.listen is set, and written by
  * lk_context_metrics_write() for embedders that serve it themselves.
  *
- * Counters of processed data (batches, records, data loss) are read from the checkpoint
- * at every scrape, so a crash and restart never double-counts them and they never go
- * backwards; only what describes this process (phase durations, fencing, health) is
+ * Counters of processed data (batches, records, dead letters, late records, data loss)
+ * are read from the checkpoint at every scrape, so a crash and restart never
+ * double-counts them and they never go backwards; only what describes this process (phase durations, fencing, health) is
  * kept in memory. The batch loop feeds the module with one call per phase boundary;
  * every call takes a mutex for a few stores, never I/O.
  *
@@ -35,10 +35,13 @@ typedef struct lk_metrics lk_metrics_t;
  * it (refused with LK_ERR_CONF_INVALID for a malformed address, LK_ERR_IO when the
  * address cannot be bound, e.g. the port is taken, the OS reason kept) and serve on
  * libmicrohttpd's own thread. store, conf and the sinks (whose transaction counters it
- * reads) must outlive the metrics.
+ * reads) must outlive the metrics. late_ops names the pipeline's event-time windows
+ * (copied): each gets lockstep_late_records_total{operator} from its accumulator
+ * <uid>.late. LK_ERR_NOMEM when out of memory.
  */
 lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         lk_sink_t *const *sinks, size_t nsinks, char *errstr,
+                         lk_sink_t *const *sinks, size_t nsinks,
+                         const char *const *late_ops, size_t nlate, char *errstr,
                          size_t errstr_size);
 /** Stop serving (waits for a request in progress) and free. NULL is a no-op. */
 void lk__metrics_destroy(lk_metrics_t *m);

@@ -475,7 +475,8 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  *
  * A record whose windows all closed already (session: whose own session [t, t + gap)
  * would have closed) is late: never silent, it is counted in the
- * accumulator "<uid>.late" and sent to lk_window_late() of this operator if the pipeline
+ * accumulator "<uid>.late" (lockstep_late_records_total{operator="<uid>"} in /metrics)
+ * and sent to lk_window_late() of this operator if the pipeline
  * uses it (e.g. to a sink: exactly-once dead letters).
  *
  * Emitted records: key = the grouping key, value as lk_window_result_t describes (parse
