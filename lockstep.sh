@@ -85,17 +85,21 @@ case "$cmd" in
     logs=build/valgrind
     rm -rf "$logs"; mkdir -p "$logs"
     # what ctest would set for the tests (tests/CMakeLists.txt)
-    export LK_CLI=$PWD/build/lockstep
+    export LK_CLI=$PWD/build/lockstep logs
     status=0
-    for t in build/tests/unit_*; do
-      [[ -x "$t" ]] || continue
+    # one test executable per core at a time (each runs its tests one by one)
+    vg_one() {
+      local t=$1 name
       name=$(basename "$t")
       echo "valgrind: $name"
       LK_TEST_KILLS=20 valgrind --trace-children=yes --child-silent-after-fork=yes \
         --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
         --log-file="$logs/$name.%p.log" "$t" --jobs 1 >"$logs/$name.out" 2>&1 ||
-        { status=1; echo "valgrind: $name failed:"; tail -30 "$logs/$name.out"; }
-    done
+        { echo "valgrind: $name failed:"; tail -30 "$logs/$name.out"; return 1; }
+    }
+    export -f vg_one
+    find build/tests -maxdepth 1 -name 'unit_*' -type f -perm -u+x -print0 | sort -z |
+      xargs -0 -r -n 1 -P "$JOBS" bash -c 'vg_one "$1"' _ || status=1
     bad=$(grep -L "ERROR SUMMARY: 0 errors" "$logs"/*.log || true)
     if [[ -n "$bad" ]]; then
       for f in $bad; do echo "== $f"; cat "$f"; done
