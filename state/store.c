@@ -40,8 +40,8 @@ typedef struct {
 
 /* ------------------------------------------------------------------------- */
 
-lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
-                        const char *what) {
+lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
+                           const char *what) {
     if (rc == MDB_PANIC) {
         if (!s->fatal) /* the first panic's message stays */
             lk__fmt(s->fatal_msg, sizeof s->fatal_msg, "%s: %s: LMDB panic: %s", s->dir, what,
@@ -84,29 +84,29 @@ static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_s
 
 /* ---- checksums and corruption ---- */
 
-int sealed(const lk_store_t *s) { return s->format >= 2; }
+int lk__store_sealed(const lk_store_t *s) { return s->format >= 2; }
 
-uint32_t value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
+uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
     return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
 }
 
 /* Append the checksum of (b's content, key) to b. */
-void seal(lk__buf_t *b, const void *key, size_t klen) {
+void lk__store_seal(lk__buf_t *b, const void *key, size_t klen) {
     unsigned char tail[CRC_LEN];
-    lk__put_be32(tail, value_crc(b->data, b->len, key, klen));
+    lk__put_be32(tail, lk__store_value_crc(b->data, b->len, key, klen));
     lk__buf_append(b, tail, CRC_LEN);
 }
 
 /* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
  * match (or v is too short to hold one). */
-int unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
-    if (!sealed(s))
+int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
+    if (!lk__store_sealed(s))
         return 0;
     if (v->mv_size < CRC_LEN)
         return -1;
     size_t n = v->mv_size - CRC_LEN;
     const unsigned char *p = v->mv_data;
-    if (value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
+    if (lk__store_value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
         return -1;
     v->mv_size = n;
     return 0;
@@ -114,8 +114,8 @@ int unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
 
 /* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
  * retried and never read as "absent": the caller stops with this message. */
-__attribute__((format(printf, 2, 3))) lk_err_t corrupt(lk_store_txn_t *t,
-                                                              const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
+                                                                 const char *fmt, ...) {
     char what[300];
     va_list ap;
     va_start(ap, fmt);
@@ -130,8 +130,8 @@ __attribute__((format(printf, 2, 3))) lk_err_t corrupt(lk_store_txn_t *t,
 
 const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
 
-/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like corrupt() does. */
-lk_err_t read_failed(lk_store_txn_t *t, int rc, const char *what) {
+/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like lk__store_corrupt() does. */
+lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what) {
     lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
                      ? LK_ERR_CORRUPT
                      : LK_ERR_STORE;
@@ -203,7 +203,7 @@ static int grow_and_replay(lk_store_txn_t *t) {
     }
 }
 
-lk_err_t txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
     if (t->s->fatal)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", t->s->fatal_msg);
     if (!t->write)
@@ -216,7 +216,7 @@ lk_err_t txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
 
 static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k, MDB_val *v,
                           char *errstr, size_t errstr_size, const char *what) {
-    lk_err_t e = txn_check(t, errstr, errstr_size);
+    lk_err_t e = lk__store_txn_check(t, errstr, errstr_size);
     if (e)
         return e;
     /* Refuse a key LMDB cannot hold here, leaving the transaction usable (an LMDB error
@@ -235,33 +235,33 @@ static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k
         if (rc == 0)
             break;
         if (rc != MDB_MAP_FULL) {
-            lk_err_t err = mdb_err(t->s, rc, errstr, errstr_size, what);
+            lk_err_t err = lk__store_mdb_err(t->s, rc, errstr, errstr_size, what);
             mdb_txn_abort(t->txn); /* LMDB txns are unusable after a failed write */
             t->txn = NULL;
             return err;
         }
         if ((rc = grow_and_replay(t)))
-            return mdb_err(t->s, rc, errstr, errstr_size, "growing the map");
+            return lk__store_mdb_err(t->s, rc, errstr, errstr_size, "growing the map");
     }
     if (log_append(t, op, dbi, k, v))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory (replay log)");
     return LK_OK;
 }
 
-lk_err_t txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
-                        const void *val, size_t vlen, char *errstr, size_t errstr_size,
-                        const char *what) {
+lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           const void *val, size_t vlen, char *errstr, size_t errstr_size,
+                           const char *what) {
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     return txn_write(t, OP_PUT, dbi, &k, &v, errstr, errstr_size, what);
 }
 
-lk_err_t txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
-                        char *errstr, size_t errstr_size, const char *what) {
+lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           char *errstr, size_t errstr_size, const char *what) {
     MDB_val k = {klen, (void *)key};
     return txn_write(t, OP_DEL, dbi, &k, NULL, errstr, errstr_size, what);
 }
 
-int txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v) {
+int lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v) {
     if (!t->txn)
         return EINVAL;
     if (klen == 0 || klen > MAX_KEY) /* cannot have been stored (see txn_write) */
@@ -435,7 +435,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
         goto fail;
 
     /* 3. The environment, once its file passed the check against its own meta pages. */
-    if (!creating && (err = check_data_file(s, errstr, errstr_size)))
+    if (!creating && (err = lk__store_check_data_file(s, errstr, errstr_size)))
         goto fail;
     int rc = mdb_env_create(&s->env);
     if (!rc)
@@ -443,7 +443,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     if (!rc)
         rc = mdb_env_set_mapsize(s->env, s->map_size);
     if (rc) {
-        err = mdb_err(s, rc, errstr, errstr_size, "creating the environment");
+        err = lk__store_mdb_err(s, rc, errstr, errstr_size, "creating the environment");
         goto fail;
     }
     unsigned flags = MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0) |
@@ -454,7 +454,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
                           "checkpoint %s is corrupt or not an LMDB file: %s", s->dir,
                           mdb_strerror(rc));
         else
-            err = mdb_err(s, rc, errstr, errstr_size, "opening the environment");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "opening the environment");
         goto fail;
     }
     /* Reader slots of processes that died inside a read transaction (a killed
@@ -487,33 +487,33 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     int names_absent = 0; /* no "state-dbs" record yet: written below */
     if (!creating) {
         if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))) {
-            err = mdb_err(s, rc, errstr, errstr_size, "beginning a read transaction");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "beginning a read transaction");
             goto fail;
         }
-        err = verify_pages(s, txn, errstr, errstr_size);
+        err = lk__store_verify_pages(s, txn, errstr, errstr_size);
         if (!err)
-            err = check_meta(s, txn, o->app_id, errstr, errstr_size);
+            err = lk__store_check_meta(s, txn, o->app_id, errstr, errstr_size);
         for (int i = 0; !err && i < DB_FIXED_COUNT; i++)
             if ((rc = mdb_dbi_open(txn, db_names[i], 0, &s->dbi[i])))
                 err = rc == MDB_NOTFOUND
                           ? lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                                     "checkpoint %s is corrupt: database '%s' is missing",
                                     s->dir, db_names[i])
-                          : mdb_err(s, rc, errstr, errstr_size, "opening databases");
+                          : lk__store_mdb_err(s, rc, errstr, errstr_size, "opening databases");
         if (!err)
-            err = load_outbox_bytes(s, txn);
+            err = lk__store_load_outbox_bytes(s, txn);
         if (!err)
-            err = load_last_batch(s, txn);
+            err = lk__store_load_last_batch(s, txn);
         if (!err)
-            err = check_meta_keys(s, txn, errstr, errstr_size);
-        if (!err && sealed(s))
-            err = check_state_names(s, txn, &names_absent, errstr, errstr_size);
+            err = lk__store_check_meta_keys(s, txn, errstr, errstr_size);
+        if (!err && lk__store_sealed(s))
+            err = lk__store_check_state_names(s, txn, &names_absent, errstr, errstr_size);
         if (err) {
             mdb_txn_abort(txn);
             goto fail;
         }
         if ((rc = mdb_txn_commit(txn))) { /* keeps the dbi handles */
-            err = mdb_err(s, rc, errstr, errstr_size, "opening databases");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "opening databases");
             goto fail;
         }
         if (o->readonly) {
@@ -533,14 +533,14 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
     }
     for (;;) {
         if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
-            err = mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "beginning a write transaction");
             goto fail;
         }
         for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
             rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
         if (rc) {
             mdb_txn_abort(txn);
-            err = mdb_err(s, rc, errstr, errstr_size, "creating databases");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "creating databases");
             goto fail;
         }
         int full = 0;
@@ -551,39 +551,40 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
                 if (!(s->app_id = strdup(o->app_id)))
                     err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
                 if (!err)
-                    err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+                    err = lk__store_new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
             }
             if (!err)
-                err = write_header(s, txn, errstr, errstr_size);
+                err = lk__store_write_header(s, txn, errstr, errstr_size);
         } else if (migrating) {
             /* format 1 -> 2: every value gets its checksum, the checkpoint its id */
             if (!s->checkpoint_id[0])
-                err = new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
-            if (!err && (rc = seal_all(s, txn))) {
+                err = lk__store_new_checkpoint_id(s->checkpoint_id, errstr, errstr_size);
+            if (!err && (rc = lk__store_seal_all(s, txn))) {
                 if (rc == MDB_MAP_FULL)
                     full = 1;
                 else
-                    err = mdb_err(s, rc, errstr, errstr_size, "migrating to format 2");
+                    err = lk__store_mdb_err(s, rc, errstr, errstr_size, "migrating to format 2");
             }
             if (!err && !full)
-                err = load_outbox_bytes(s, txn); /* each chunk grew by its checksum */
+                err = lk__store_load_outbox_bytes(s, txn); /* each chunk grew by its checksum */
             if (!err && !full)
-                err = write_header(s, txn, errstr, errstr_size);
+                err = lk__store_write_header(s, txn, errstr, errstr_size);
         }
         if (!err && !full && (creating || migrating || names_absent) &&
-            (rc = put_state_names(s, txn))) {
+            (rc = lk__store_put_state_names(s, txn))) {
             if (rc == MDB_MAP_FULL && migrating)
                 full = 1;
             else
-                err = mdb_err(s, rc, errstr, errstr_size, "recording the state databases");
+                err = lk__store_mdb_err(s, rc, errstr, errstr_size,
+                                        "recording the state databases");
         }
         if (!err && !full && o->conf)
-            err = write_config(s, txn, o->conf, errstr, errstr_size);
+            err = lk__store_write_config(s, txn, o->conf, errstr, errstr_size);
         if (err || full) {
             mdb_txn_abort(txn);
         } else if ((rc = mdb_txn_commit(txn))) {
             if (rc != MDB_MAP_FULL || !migrating) {
-                err = mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
+                err = lk__store_mdb_err(s, rc, errstr, errstr_size, "initialising the checkpoint");
                 goto fail;
             }
             full = 1;
@@ -594,7 +595,7 @@ lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr
             break;
         size_t newsize = s->map_size * 2;
         if ((rc = mdb_env_set_mapsize(s->env, newsize))) {
-            err = mdb_err(s, rc, errstr, errstr_size, "growing the map");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "growing the map");
             goto fail;
         }
         s->map_size = newsize;
@@ -721,7 +722,7 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
         lk__zone_destroy(&t->zone);
         lk__zone_destroy(&t->tmp);
         free(t);
-        return mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
+        return lk__store_mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
     }
     if (write)
         s->wtxn = t;
@@ -764,9 +765,9 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
         txn_free(t);
         return LK_OK;
     }
-    lk_err_t err = txn_check(t, errstr, errstr_size);
+    lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (!err)
-        err = outbox_flush(t, errstr, errstr_size);
+        err = lk__store_outbox_flush(t, errstr, errstr_size);
     if (err) {
         lk__store_txn_abort(t);
         return err;
@@ -777,7 +778,7 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
         if (rc == 0)
             break;
         if (rc != MDB_MAP_FULL || (rc = grow_and_replay(t))) {
-            err = mdb_err(s, rc, errstr, errstr_size, "committing");
+            err = lk__store_mdb_err(s, rc, errstr, errstr_size, "committing");
             txn_free(t);
             return err;
         }

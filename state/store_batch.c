@@ -58,26 +58,27 @@ lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t p
         lk__pack_i64(&t->buf, fp->timestamp);
         lk__pack_i64(&t->buf, (int64_t)fp->hash);
     }
-    seal(&t->buf, k, kl);
-    return txn_put(t, t->s->dbi[DB_OFFSETS], k, kl, t->buf.data, t->buf.len, errstr,
-                   errstr_size, "writing an offset");
+    lk__store_seal(&t->buf, k, kl);
+    return lk__store_txn_put(t, t->s->dbi[DB_OFFSETS], k, kl, t->buf.data, t->buf.len, errstr,
+                             errstr_size, "writing an offset");
 }
 
 /* Decode the offset stored for (topic, partition) under key k; a value that fails its
  * checksum, does not decode or is negative is corrupt, never "no offset". */
-lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                              const char *topic, int32_t partition, int64_t *offset,
-                              lk_fingerprint_t *fp, int *has_fp) {
+lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                                 const char *topic, int32_t partition, int64_t *offset,
+                                 lk_fingerprint_t *fp, int *has_fp) {
     lk__obj_t o;
-    if (unseal(t->s, k, &v))
-        return corrupt(t, "the offset of %s[%d] fails its checksum", topic, (int)partition);
+    if (lk__store_unseal(t->s, k, &v))
+        return lk__store_corrupt(t, "the offset of %s[%d] fails its checksum", topic,
+                                 (int)partition);
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, offset))
-        return corrupt(t, "the offset of %s[%d] does not decode (%zu bytes)", topic,
-                       (int)partition, v.mv_size);
+        return lk__store_corrupt(t, "the offset of %s[%d] does not decode (%zu bytes)", topic,
+                                 (int)partition, v.mv_size);
     if (*offset < 0)
-        return corrupt(t, "the offset of %s[%d] is negative (%lld)", topic, (int)partition,
-                       (long long)*offset);
+        return lk__store_corrupt(t, "the offset of %s[%d] is negative (%lld)", topic,
+                                 (int)partition, (long long)*offset);
     if (has_fp)
         *has_fp = 0;
     if (lk__arr_len(&o) >= 5) {
@@ -85,8 +86,8 @@ lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
         int64_t h;
         if (!lk__arr_i64(&o, 2, &f.offset) || !lk__arr_i64(&o, 3, &f.timestamp) ||
             !lk__arr_i64(&o, 4, &h) || f.offset < 0 || f.offset >= *offset)
-            return corrupt(t, "the fingerprint kept with the offset of %s[%d] is invalid",
-                           topic, (int)partition);
+            return lk__store_corrupt(t, "the fingerprint kept with the offset of %s[%d] is invalid",
+                                     topic, (int)partition);
         f.hash = (uint64_t)h;
         if (fp)
             *fp = f;
@@ -108,13 +109,13 @@ lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t p
     MDB_val v;
     if (!kl)
         return LK_ERR_INVALID_ARG;
-    int rc = txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v);
     if (rc == MDB_NOTFOUND) /* the only "no offset" */
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading an offset");
+        return lk__store_read_failed(t, rc, "reading an offset");
     MDB_val kv = {kl, k};
-    return decode_offset(t, &kv, v, topic, partition, offset, fp, has_fp);
+    return lk__store_decode_offset(t, &kv, v, topic, partition, offset, fp, has_fp);
 }
 
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
@@ -132,13 +133,14 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
          * copied (a crafted key longer than a topic can be overflowed the copy) */
         const unsigned char *kp = k.mv_data;
         if (k.mv_size < 6 || k.mv_size > MAX_KEY) {
-            err = corrupt(t, "an offsets key of %zu bytes (6..%d possible)", k.mv_size, MAX_KEY);
+            err = lk__store_corrupt(t, "an offsets key of %zu bytes (6..%d possible)",
+                                    k.mv_size, MAX_KEY);
             break;
         }
         const unsigned char *nul = memchr(kp, 0, k.mv_size);
         if (!nul || (size_t)(nul - kp) + 5 != k.mv_size) {
-            err = corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
-                          k.mv_size);
+            err = lk__store_corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
+                                    k.mv_size);
             break;
         }
         char topic[MAX_KEY + 1];
@@ -146,18 +148,18 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
         topic[nul - kp] = 0;
         uint32_t part = lk__get_be32(nul + 1);
         if (part > INT32_MAX) {
-            err = corrupt(t, "the offsets key of topic %s has partition %lu", topic,
-                          (unsigned long)part);
+            err = lk__store_corrupt(t, "the offsets key of topic %s has partition %lu", topic,
+                                    (unsigned long)part);
             break;
         }
         int64_t off;
-        if ((err = decode_offset(t, &k, v, topic, (int32_t)part, &off, NULL, NULL)))
+        if ((err = lk__store_decode_offset(t, &k, v, topic, (int32_t)part, &off, NULL, NULL)))
             break;
         if (cb(topic, (int32_t)part, off, opaque))
             break;
     }
     if (!err && rc && rc != MDB_NOTFOUND)
-        err = read_failed(t, rc, "reading offsets");
+        err = lk__store_read_failed(t, rc, "reading offsets");
     mdb_cursor_close(c);
     return err;
 }
@@ -184,7 +186,7 @@ static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key
         lk__pack_i64(buf, b->ranges[i].from);
         lk__pack_i64(buf, b->ranges[i].until);
     }
-    seal(buf, key, klen);
+    lk__store_seal(buf, key, klen);
     return buf->oom ? -1 : 0;
 }
 
@@ -195,13 +197,13 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     lk__put_be64(k, b->id);
     if (encode_batch(buf, b, k, sizeof k))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    lk_err_t err = txn_put(t, t->s->dbi[DB_BATCHES], k, 8, buf->data, buf->len, errstr,
-                           errstr_size, "writing the batch record");
+    lk_err_t err = lk__store_txn_put(t, t->s->dbi[DB_BATCHES], k, 8, buf->data, buf->len, errstr,
+                                     errstr_size, "writing the batch record");
     if (err)
         return err;
     t->batch_id = b->id;
-    if ((err = txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
-                       errstr_size, "clearing the batch plan")))
+    if ((err = lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
+                                 errstr_size, "clearing the batch plan")))
         return err;
     /* prune history: delete records with id <= b->id - history */
     if (b->id <= t->s->batch_history)
@@ -225,8 +227,8 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
         mdb_cursor_close(c);
         for (size_t i = 0; i < n; i++) {
             lk__put_be64(k, ids[i]);
-            if ((err = txn_del(t, t->s->dbi[DB_BATCHES], k, 8, errstr, errstr_size,
-                               "pruning batch records")))
+            if ((err = lk__store_txn_del(t, t->s->dbi[DB_BATCHES], k, 8, errstr, errstr_size,
+                                         "pruning batch records")))
                 return err;
         }
     } while (n == 64);
@@ -236,26 +238,26 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
 /* Decode the batch record or pending plan v stored under key k (what names it in a
  * message). Every field is checked: ids positive, counts and offsets not negative,
  * partitions in range, from <= until. */
-lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
-                             lk_batch_rec_t *b) {
+lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                                lk_batch_rec_t *b) {
     lk__obj_t o;
     int64_t id, bt, cw, rin, rout;
     memset(b, 0, sizeof *b);
-    if (unseal(t->s, k, &v))
-        return corrupt(t, "%s fails its checksum", what);
+    if (lk__store_unseal(t->s, k, &v))
+        return lk__store_corrupt(t, "%s fails its checksum", what);
     if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, &id) ||
         !lk__arr_i64(&o, 2, &bt) || !lk__arr_i64(&o, 3, &cw) || !lk__arr_i64(&o, 4, &rin) ||
         !lk__arr_i64(&o, 5, &rout))
-        return corrupt(t, "%s does not decode (%zu bytes)", what, v.mv_size);
+        return lk__store_corrupt(t, "%s does not decode (%zu bytes)", what, v.mv_size);
     if (id < 1 || rin < 0 || rout < 0)
-        return corrupt(t, "%s has id %lld, %lld records in, %lld out", what, (long long)id,
-                       (long long)rin, (long long)rout);
+        return lk__store_corrupt(t, "%s has id %lld, %lld records in, %lld out", what,
+                                 (long long)id, (long long)rin, (long long)rout);
     if (k->mv_size == 8 && lk__get_be64(k->mv_data) != (uint64_t)id)
-        return corrupt(t, "%s holds the record of batch %lld", what, (long long)id);
+        return lk__store_corrupt(t, "%s holds the record of batch %lld", what, (long long)id);
     const lk__obj_t *ranges = lk__arr_at(&o, 6);
     size_t n = ranges ? lk__arr_len(ranges) : (size_t)-1;
     if (n == (size_t)-1)
-        return corrupt(t, "%s has no ranges", what);
+        return lk__store_corrupt(t, "%s has no ranges", what);
     b->ranges = lk__zone_alloc(&t->zone, (n ? n : 1) * sizeof *b->ranges);
     if (!b->ranges)
         return LK_ERR_NOMEM;
@@ -266,11 +268,11 @@ lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char
         int64_t p, f, u;
         if (!r || !lk__arr_str(r, 0, &topic, &tl) || !lk__arr_i64(r, 1, &p) ||
             !lk__arr_i64(r, 2, &f) || !lk__arr_i64(r, 3, &u))
-            return corrupt(t, "%s: range %zu does not decode", what, i);
+            return lk__store_corrupt(t, "%s: range %zu does not decode", what, i);
         if (p < 0 || p > INT32_MAX || f < 0 || u < f)
-            return corrupt(t, "%s: range %zu is %.*s[%lld] [%lld, %lld)", what, i,
-                           (int)(tl > 200 ? 200 : tl), topic, (long long)p, (long long)f,
-                           (long long)u);
+            return lk__store_corrupt(t, "%s: range %zu is %.*s[%lld] [%lld, %lld)", what, i,
+                                     (int)(tl > 200 ? 200 : tl), topic, (long long)p, (long long)f,
+                                     (long long)u);
         char *ts = lk__zone_alloc(&t->zone, tl + 1);
         if (!ts)
             return LK_ERR_NOMEM;
@@ -287,14 +289,14 @@ lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char
     return LK_OK;
 }
 
-lk_err_t decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                                lk_batch_rec_t *out) {
+lk_err_t lk__store_decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                                   lk_batch_rec_t *out) {
     if (k->mv_size != 8)
-        return corrupt(t, "a batches key of %zu bytes (8 expected)", k->mv_size);
+        return lk__store_corrupt(t, "a batches key of %zu bytes (8 expected)", k->mv_size);
     char what[64];
     lk__fmt(what, sizeof what, "batch record %llu",
             (unsigned long long)lk__get_be64(k->mv_data));
-    return decode_batch(t, k, v, what, out);
+    return lk__store_decode_batch(t, k, v, what, out);
 }
 
 lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
@@ -307,21 +309,21 @@ lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading the last batch record");
-    return decode_batch_at(t, &k, v, out);
+        return lk__store_read_failed(t, rc, "reading the last batch record");
+    return lk__store_decode_batch_at(t, &k, v, out);
 }
 
 lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out) {
     unsigned char k[8];
     lk__put_be64(k, id);
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_BATCHES], k, 8, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_BATCHES], k, 8, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading a batch record");
+        return lk__store_read_failed(t, rc, "reading a batch record");
     MDB_val kv = {8, k};
-    return decode_batch_at(t, &kv, v, out);
+    return lk__store_decode_batch_at(t, &kv, v, out);
 }
 
 size_t lk__store_batch_count(lk_store_txn_t *t) {
@@ -340,8 +342,8 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
         return err;
     lk__buf_t *buf = &t->buf;
     err = encode_batch(buf, plan, plan_key, sizeof plan_key - 1) ? lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory")
-                   : txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
-                             buf->len, errstr, errstr_size, "writing the batch plan");
+                   : lk__store_txn_put(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, buf->data,
+                                       buf->len, errstr, errstr_size, "writing the batch plan");
     if (err) {
         lk__store_txn_abort(t);
         return err;
@@ -352,13 +354,13 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
 
 lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading the pending plan");
+        return lk__store_read_failed(t, rc, "reading the pending plan");
     MDB_val kv = {sizeof plan_key - 1, (void *)plan_key};
-    return decode_batch(t, &kv, v, "the pending plan", out);
+    return lk__store_decode_batch(t, &kv, v, "the pending plan", out);
 }
 
 lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
@@ -366,8 +368,8 @@ lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
     lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
     if (err)
         return err;
-    err = txn_del(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr, errstr_size,
-                  "clearing the batch plan");
+    err = lk__store_txn_del(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr, errstr_size,
+                            "clearing the batch plan");
     if (err) {
         lk__store_txn_abort(t);
         return err;
@@ -382,11 +384,11 @@ lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t part
     size_t kl = offset_key(k, sizeof k, topic, partition);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
-    return txn_del(t, t->s->dbi[DB_OFFSETS], k, kl, errstr, errstr_size,
-                   "deleting an offset");
+    return lk__store_txn_del(t, t->s->dbi[DB_OFFSETS], k, kl, errstr, errstr_size,
+                             "deleting an offset");
 }
 
 lk_err_t lk__store_plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
-    return txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
-                   errstr_size, "clearing the batch plan");
+    return lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
+                             errstr_size, "clearing the batch plan");
 }

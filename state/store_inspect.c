@@ -17,7 +17,7 @@ static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
     const MDB_val *v = &vv;
     size_t n = 0, off = 0;
     lk__obj_t o;
-    if (unseal(t->s, k, &vv))
+    if (lk__store_unseal(t->s, k, &vv))
         return (size_t)-1;
     while (off < v->mv_size) {
         lk__zone_clear(&t->tmp);
@@ -31,7 +31,7 @@ static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
 lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
                                 int (*cb)(const lk_outbox_stat_t *, void *), void *opaque) {
     char ferr[256];
-    lk_err_t err = outbox_flush(t, ferr, sizeof ferr);
+    lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
     if (err)
         return err;
     MDB_cursor *c;
@@ -47,8 +47,8 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         const unsigned char *kp = k.mv_data;
         if (k.mv_size < 14 || k.mv_size > MAX_KEY || kp[k.mv_size - 13] != 0 ||
             memchr(kp, 0, k.mv_size - 13)) {
-            err = corrupt(t, "an outbox key of %zu bytes is not sink, NUL, batch, sequence",
-                          k.mv_size);
+            err = lk__store_corrupt(
+                t, "an outbox key of %zu bytes is not sink, NUL, batch, sequence", k.mv_size);
             goto out;
         }
         size_t sl = k.mv_size - 13;
@@ -68,10 +68,11 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
         st.last_batch = batch;
         size_t n = chunk_records(t, &k, v);
         if (n == (size_t)-1) {
-            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum or "
-                             "does not decode",
-                          (unsigned long)lk__get_be32(kp + sl + 9), cur,
-                          (unsigned long long)batch);
+            err = lk__store_corrupt(t,
+                                    "outbox chunk %lu of sink '%s' batch %llu fails its "
+                                    "checksum or does not decode",
+                                    (unsigned long)lk__get_be32(kp + sl + 9), cur,
+                                    (unsigned long long)batch);
             goto out;
         }
         st.records += n;
@@ -101,7 +102,7 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
         if (k.mv_size < 6 || memcmp(k.mv_data, "state.", 6))
             break;
         if (k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
-            err = corrupt(t, "a database name of %zu bytes", k.mv_size);
+            err = lk__store_corrupt(t, "a database name of %zu bytes", k.mv_size);
             break;
         }
         if (n == cap) {
@@ -150,60 +151,60 @@ lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void 
         int64_t off;
         lk_fingerprint_t fp;
         int has_fp;
-        return decode_offset(t, &k, v, "topic", 0, &off, &fp, &has_fp);
+        return lk__store_decode_offset(t, &k, v, "topic", 0, &off, &fp, &has_fp);
     }
     case LK_REC_BATCH: {
         lk_batch_rec_t b;
         if (klen != 8)
             return LK_ERR_INVALID_ARG;
-        return decode_batch_at(t, &k, v, &b);
+        return lk__store_decode_batch_at(t, &k, v, &b);
     }
     case LK_REC_PLAN: {
         lk_batch_rec_t b;
         MDB_val pk = {sizeof plan_key - 1, (void *)plan_key};
-        return decode_batch(t, &pk, v, "the pending plan", &b);
+        return lk__store_decode_batch(t, &pk, v, "the pending plan", &b);
     }
     case LK_REC_OUTBOX: {
-        if (unseal(t->s, &k, &v))
-            return corrupt(t, "outbox chunk fails its checksum");
+        if (lk__store_unseal(t->s, &k, &v))
+            return lk__store_corrupt(t, "outbox chunk fails its checksum");
         lk_header_t hbuf[64];
         for (size_t off = 0; off < v.mv_size;) {
             lk_out_record_t r;
-            if (!decode_out(t, &v, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf)))
-                return corrupt(t, "an outbox record does not decode");
+            if (!lk__store_decode_out(t, &v, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf)))
+                return lk__store_corrupt(t, "an outbox record does not decode");
         }
         return LK_OK;
     }
     case LK_REC_FENCE: {
         int64_t b, w;
-        if (unseal(t->s, &k, &v))
-            return corrupt(t, "fence fails its checksum");
-        return decode_fence(t, "sink", v, &b, &w);
+        if (lk__store_unseal(t->s, &k, &v))
+            return lk__store_corrupt(t, "fence fails its checksum");
+        return lk__store_decode_fence(t, "sink", v, &b, &w);
     }
     case LK_REC_ACC: {
         int64_t a;
-        if (unseal(t->s, &k, &v))
-            return corrupt(t, "accumulator fails its checksum");
-        return decode_acc(t, "acc", v, &a);
+        if (lk__store_unseal(t->s, &k, &v))
+            return lk__store_corrupt(t, "accumulator fails its checksum");
+        return lk__store_decode_acc(t, "acc", v, &a);
     }
     case LK_REC_STATE: {
         const void *p;
         size_t n;
         int64_t upd;
-        return decode_state(t, &k, v, &p, &n, &upd) ? LK_OK : LK_ERR_CORRUPT;
+        return lk__store_decode_state(t, &k, v, &p, &n, &upd) ? LK_OK : LK_ERR_CORRUPT;
     }
     case LK_REC_TOPOLOGY: {
         lk_topo_op_t *ops;
         size_t n;
-        return decode_topology(t, v, &ops, &n);
+        return lk__store_decode_topology(t, v, &ops, &n);
     }
     case LK_REC_CONFIG:
-        return decode_config(t, v, no_config_cb, NULL);
+        return lk__store_decode_config(t, v, no_config_cb, NULL);
     case LK_REC_HEADER: {
         lk_store_t h;
         memset(&h, 0, sizeof h);
         h.dir = t->s->dir;
-        lk_err_t e = parse_header(&h, v, NULL, t->err, sizeof t->err);
+        lk_err_t e = lk__store_parse_header(&h, v, NULL, t->err, sizeof t->err);
         free(h.app_id);
         return e;
     }

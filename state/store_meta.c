@@ -42,8 +42,8 @@ static int valid_checkpoint_id(const char *id, size_t n) {
 
 /* A fresh checkpoint id: 128 bits from getrandom(2) as hex. Two checkpoints of one app.id
  * must never share an id, so no weaker source is used as a fallback. */
-lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
-                                  size_t errstr_size) {
+lk_err_t lk__store_new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
+                                     size_t errstr_size) {
     unsigned char raw[LK_CHECKPOINT_ID_LEN / 2];
     size_t got = 0;
     while (got < sizeof raw) {
@@ -66,8 +66,8 @@ lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
 
 /* Read and check meta; fills s->app_id etc. Returns LK_OK or a refusal. */
 /* Parse and check meta's header value v (fills s->app_id etc.): LK_OK or a refusal. */
-lk_err_t parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
-                             size_t errstr_size) {
+lk_err_t lk__store_parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+                                size_t errstr_size) {
     lk__zone_t z;
     lk__zone_init(&z);
     lk__obj_t o;
@@ -91,7 +91,7 @@ lk_err_t parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errs
     const unsigned char *hp = v.mv_data;
     if (format < 1 ||
         (format >= 2 ? v.mv_size - used != CRC_LEN ||
-                           value_crc(hp, used, "header", 6) != lk__get_be32(hp + used)
+                           lk__store_value_crc(hp, used, "header", 6) != lk__get_be32(hp + used)
                      : v.mv_size != used)) {
         err = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                       "checkpoint %s is corrupt: meta header fails its checksum (format %lld, "
@@ -137,8 +137,8 @@ out:
     return err;
 }
 
-lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
-                           char *errstr, size_t errstr_size) {
+lk_err_t lk__store_check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
+                              char *errstr, size_t errstr_size) {
     MDB_dbi meta;
     int rc = mdb_dbi_open(txn, "meta", 0, &meta);
     if (rc == MDB_NOTFOUND)
@@ -147,19 +147,19 @@ lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
                        "database)",
                        s->dir);
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "opening meta");
+        return lk__store_mdb_err(s, rc, errstr, errstr_size, "opening meta");
     MDB_val k = {6, "header"}, v;
     rc = mdb_get(txn, meta, &k, &v);
     if (rc == MDB_NOTFOUND)
         return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                        "checkpoint %s is corrupt: meta has no header", s->dir);
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "reading meta");
-    return parse_header(s, v, want_app, errstr, errstr_size);
+        return lk__store_mdb_err(s, rc, errstr, errstr_size, "reading meta");
+    return lk__store_parse_header(s, v, want_app, errstr, errstr_size);
 }
 
 /* meta's header: [1, magic, format, app.id, created_ms, checkpoint id] */
-lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
     lk__pack_array(&b, 6);
@@ -169,15 +169,15 @@ lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_s
     lk__pack_str(&b, s->app_id);
     lk__pack_i64(&b, s->created_ms);
     lk__pack_str(&b, s->checkpoint_id);
-    seal(&b, "header", 6);
+    lk__store_seal(&b, "header", 6);
     MDB_val k = {6, "header"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
-    return rc ? mdb_err(s, rc, errstr, errstr_size, "writing meta header") : LK_OK;
+    return rc ? lk__store_mdb_err(s, rc, errstr, errstr_size, "writing meta header") : LK_OK;
 }
 
-lk_err_t write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
-                             char *errstr, size_t errstr_size) {
+lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
+                                char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
     cfg_acc_t a = {&b, 0};
@@ -186,14 +186,14 @@ lk_err_t write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
     lk__pack_i64(&b, 1);
     lk__pack_map(&b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
-    seal(&b, "config", 6);
+    lk__store_seal(&b, "config", 6);
     MDB_val k = {6, "config"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
-    return rc ? mdb_err(s, rc, errstr, errstr_size, "writing meta config") : LK_OK;
+    return rc ? lk__store_mdb_err(s, rc, errstr, errstr_size, "writing meta config") : LK_OK;
 }
 
-lk_err_t load_outbox_bytes(lk_store_t *s, MDB_txn *txn) {
+lk_err_t lk__store_load_outbox_bytes(lk_store_t *s, MDB_txn *txn) {
     MDB_cursor *c;
     if (mdb_cursor_open(txn, s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;
@@ -207,7 +207,7 @@ lk_err_t load_outbox_bytes(lk_store_t *s, MDB_txn *txn) {
     return LK_OK;
 }
 
-lk_err_t load_last_batch(lk_store_t *s, MDB_txn *txn) {
+lk_err_t lk__store_load_last_batch(lk_store_t *s, MDB_txn *txn) {
     MDB_cursor *c;
     if (mdb_cursor_open(txn, s->dbi[DB_BATCHES], &c))
         return LK_ERR_STORE;
@@ -240,7 +240,7 @@ static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
         MDB_val kc = {k.mv_size, key};
         lk__buf_reset(&b);
         lk__buf_append(&b, v.mv_data, v.mv_size);
-        seal(&b, key, kc.mv_size);
+        lk__store_seal(&b, key, kc.mv_size);
         if (b.oom) {
             rc = ENOMEM;
             break;
@@ -256,7 +256,7 @@ static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
 
 /* Format 1 -> 2: seal every value of every database (the fixed ones and each
  * state.<uid>) inside txn. */
-int seal_all(lk_store_t *s, MDB_txn *txn) {
+int lk__store_seal_all(lk_store_t *s, MDB_txn *txn) {
     int rc = 0;
     for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
         rc = seal_db(s, txn, s->dbi[i]);
@@ -336,12 +336,12 @@ static int state_names(MDB_txn *txn, lk__buf_t *out) {
 }
 
 /* Write the "state-dbs" record from the main database's names (inside write txn). */
-int put_state_names(lk_store_t *s, MDB_txn *txn) {
+int lk__store_put_state_names(lk_store_t *s, MDB_txn *txn) {
     lk__buf_t b;
     lk__buf_init(&b);
     int rc = state_names(txn, &b);
     if (!rc) {
-        seal(&b, state_dbs_key, sizeof state_dbs_key - 1);
+        lk__store_seal(&b, state_dbs_key, sizeof state_dbs_key - 1);
         MDB_val k = {sizeof state_dbs_key - 1, (void *)state_dbs_key}, v = {b.len, b.data};
         rc = mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     }
@@ -351,8 +351,8 @@ int put_state_names(lk_store_t *s, MDB_txn *txn) {
 
 /* Compare the main database's state database names with the "state-dbs" record. A
  * missing record: *absent = 1 (the caller writes it when it may). */
-lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
-                                  size_t errstr_size) {
+lk_err_t lk__store_check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
+                                     size_t errstr_size) {
     *absent = 0;
     MDB_val k = {sizeof state_dbs_key - 1, (void *)state_dbs_key}, v;
     int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
@@ -361,8 +361,8 @@ lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errst
         return LK_OK;
     }
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "reading the state database names");
-    if (!sealed(s) || unseal(s, &k, &v))
+        return lk__store_mdb_err(s, rc, errstr, errstr_size, "reading the state database names");
+    if (!lk__store_sealed(s) || lk__store_unseal(s, &k, &v))
         return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                        "checkpoint %s is corrupt: the record of its state databases fails "
                        "its checksum; refused (restore the checkpoint from a backup, or start "
@@ -400,7 +400,7 @@ lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errst
                       "backup, or start a new checkpoint.dir)",
                       s->dir, what);
     } else if (rc) {
-        err = mdb_err(s, rc, errstr, errstr_size, "listing the state databases");
+        err = lk__store_mdb_err(s, rc, errstr, errstr_size, "listing the state databases");
     }
     lk__buf_free(&b);
     return err;
@@ -409,14 +409,14 @@ lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errst
 /* meta's keys are a closed set. A key is not covered by a value's checksum when nobody
  * reads it: a damaged "topology" key read as "no topology recorded" (found by the damage
  * campaign). Any other key in meta is a damaged one. */
-lk_err_t check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
-                                size_t errstr_size) {
+lk_err_t lk__store_check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
+                                   size_t errstr_size) {
     static const char *const known[] = {"header", "config", "topology", plan_key,
                                         state_dbs_key};
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, s->dbi[DB_META], &c);
     if (rc)
-        return mdb_err(s, rc, errstr, errstr_size, "reading meta");
+        return lk__store_mdb_err(s, rc, errstr, errstr_size, "reading meta");
     MDB_val k, v;
     lk_err_t err = LK_OK;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && !err;
@@ -441,7 +441,7 @@ lk_err_t check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
     }
     mdb_cursor_close(c);
     if (!err && rc != MDB_NOTFOUND)
-        err = mdb_err(s, rc, errstr, errstr_size, "reading meta");
+        err = lk__store_mdb_err(s, rc, errstr, errstr_size, "reading meta");
     return err;
 }
 
@@ -461,11 +461,11 @@ lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size
         lk__pack_i64(b, ops[i].schema_version);
         lk__pack_str(b, ops[i].params ? ops[i].params : "");
     }
-    seal(b, "topology", 8);
+    lk__store_seal(b, "topology", 8);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    return txn_put(t, t->s->dbi[DB_META], "topology", 8, b->data, b->len, errstr,
-                   errstr_size, "writing the topology");
+    return lk__store_txn_put(t, t->s->dbi[DB_META], "topology", 8, b->data, b->len, errstr,
+                             errstr_size, "writing the topology");
 }
 
 static char *zone_strndup(lk__zone_t *z, const char *s, size_t n) {
@@ -481,25 +481,25 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     *ops = NULL;
     *n = 0;
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_META], "topology", 8, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], "topology", 8, &v);
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return read_failed(t, rc, "reading the topology");
-    return decode_topology(t, v, ops, n);
+        return lk__store_read_failed(t, rc, "reading the topology");
+    return lk__store_decode_topology(t, v, ops, n);
 }
 
-lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
+lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
     MDB_val k = {8, "topology"};
-    if (unseal(t->s, &k, &v))
-        return corrupt(t, "the recorded topology fails its checksum");
+    if (lk__store_unseal(t->s, &k, &v))
+        return lk__store_corrupt(t, "the recorded topology fails its checksum");
     lk__obj_t o;
     if (lk__unpack(&t->zone, v.mv_data, v.mv_size, &o))
-        return corrupt(t, "the recorded topology does not decode");
+        return lk__store_corrupt(t, "the recorded topology does not decode");
     const lk__obj_t *arr = lk__arr_at(&o, 1);
     size_t cnt = arr ? lk__arr_len(arr) : (size_t)-1;
     if (cnt == (size_t)-1)
-        return corrupt(t, "the recorded topology has no operator list");
+        return lk__store_corrupt(t, "the recorded topology has no operator list");
     lk_topo_op_t *out = lk__zone_alloc(&t->zone, (cnt ? cnt : 1) * sizeof *out);
     if (!out)
         return LK_ERR_NOMEM;
@@ -511,7 +511,7 @@ lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_
         if (!e || !lk__arr_str(e, 0, &uid, &ul) || !lk__arr_str(e, 1, &kind, &kl) ||
             !lk__arr_i64(e, 2, &sv) || !lk__arr_str(e, 3, &params, &pl) || sv < 0 ||
             sv > INT32_MAX)
-            return corrupt(t, "operator %zu of the recorded topology does not decode", i);
+            return lk__store_corrupt(t, "operator %zu of the recorded topology does not decode", i);
         out[i].uid = zone_strndup(&t->zone, uid, ul);
         out[i].kind = zone_strndup(&t->zone, kind, kl);
         out[i].params = zone_strndup(&t->zone, params, pl);
@@ -527,32 +527,33 @@ lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_
 lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val v;
-    int rc = txn_get(t, t->s->dbi[DB_META], "config", 6, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], "config", 6, &v);
     if (rc == MDB_NOTFOUND)
         return LK_OK;
     if (rc)
-        return read_failed(t, rc, "reading the recorded configuration");
-    return decode_config(t, v, cb, opaque);
+        return lk__store_read_failed(t, rc, "reading the recorded configuration");
+    return lk__store_decode_config(t, v, cb, opaque);
 }
 
-lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
-                              int (*cb)(const char *, const char *, void *), void *opaque) {
+lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,
+                                 int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val key = {6, "config"};
-    if (unseal(t->s, &key, &v))
-        return corrupt(t, "the recorded configuration fails its checksum");
+    if (lk__store_unseal(t->s, &key, &v))
+        return lk__store_corrupt(t, "the recorded configuration fails its checksum");
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o))
-        return corrupt(t, "the recorded configuration does not decode");
+        return lk__store_corrupt(t, "the recorded configuration does not decode");
     const lk__obj_t *m = lk__arr_at(&o, 1);
     size_t n;
     if (!m || !lk__map_len(m, &n))
-        return corrupt(t, "the recorded configuration is not a map");
+        return lk__store_corrupt(t, "the recorded configuration is not a map");
     for (size_t i = 0; i < n; i++) {
         const char *k, *val;
         size_t kl, vl;
         if (!lk__map_str_at(m, i, &k, &kl, &val, &vl))
-            return corrupt(t, "entry %zu of the recorded configuration does not decode", i);
+            return lk__store_corrupt(
+                t, "entry %zu of the recorded configuration does not decode", i);
         char kb[512], vb[4096];
         lk__fmt(kb, sizeof kb, "%.*s", (int)kl, k);
         lk__fmt(vb, sizeof vb, "%.*s", (int)vl, val);
@@ -565,7 +566,7 @@ lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
 
 lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
                               size_t errstr_size) {
-    lk_err_t err = txn_check(t, errstr, errstr_size);
+    lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (err)
         return err;
     lk__buf_t *b = &t->buf;
@@ -576,9 +577,9 @@ lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *er
     lk__pack_i64(b, 1);
     lk__pack_map(b, a.n);
     lk_conf_foreach(conf, 1, pack_cfg, &a);
-    seal(b, "config", 6);
+    lk__store_seal(b, "config", 6);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    return txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr, errstr_size,
-                   "writing meta config");
+    return lk__store_txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr,
+                             errstr_size, "writing meta config");
 }

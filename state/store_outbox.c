@@ -72,12 +72,13 @@ static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
     size_t kl = outbox_key(k, sizeof k, slot->sink, slot->batch, slot->next_seq);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "sink name too long");
-    seal(&slot->chunk, k, kl);
+    lk__store_seal(&slot->chunk, k, kl);
     if (slot->chunk.oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     t->outbox_delta += CRC_LEN; /* outbox bytes count whole values, as at open */
-    lk_err_t err = txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, slot->chunk.data, slot->chunk.len,
-                           errstr, errstr_size, "appending to the outbox");
+    lk_err_t err = lk__store_txn_put(t, t->s->dbi[DB_OUTBOX], k, kl, slot->chunk.data,
+                                     slot->chunk.len, errstr, errstr_size,
+                                     "appending to the outbox");
     if (err)
         return err;
     slot->next_seq++;
@@ -87,7 +88,7 @@ static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
 
 /* Write every pending chunk: before a commit, and before anything reads the outbox in
  * this txn. */
-lk_err_t outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
     for (size_t i = 0; i < t->nseqs; i++) {
         lk_err_t err = chunk_write(t, t->seqs[i], errstr, errstr_size);
         if (err)
@@ -98,7 +99,7 @@ lk_err_t outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
 
 lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t batch,
                                  const lk_out_record_t *r, char *errstr, size_t errstr_size) {
-    lk_err_t err = txn_check(t, errstr, errstr_size);
+    lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (err)
         return err;
     if (strlen(sink) + 13 > MAX_KEY)
@@ -134,7 +135,7 @@ lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint6
 lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
                                      uint64_t *batch) {
     char ferr[256];
-    lk_err_t ferr_code = outbox_flush(t, ferr, sizeof ferr);
+    lk_err_t ferr_code = lk__store_outbox_flush(t, ferr, sizeof ferr);
     if (ferr_code)
         return ferr_code;
     unsigned char k[512];
@@ -155,8 +156,8 @@ lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64
 
 /* Decode the record at *off of a chunk (checksum already verified and stripped) and
  * advance *off past it; 0 when it does not decode or holds impossible values. */
-int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
-                      lk_header_t *hbuf, size_t hcap) {
+int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
+                         lk_header_t *hbuf, size_t hcap) {
     lk__obj_t o;
     int64_t part, ts;
     lk__zone_clear(&t->tmp);
@@ -197,7 +198,7 @@ int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t
 lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
                                   int (*cb)(const lk_out_record_t *, void *), void *opaque) {
     char ferr[256];
-    lk_err_t err = outbox_flush(t, ferr, sizeof ferr);
+    lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
     if (err)
         return err;
     unsigned char k[512];
@@ -213,33 +214,35 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
         uint32_t seq = lk__get_be32((unsigned char *)kk.mv_data + kl - 4);
-        if (unseal(t->s, &kk, &vv)) {
-            err = corrupt(t, "outbox chunk %lu of sink '%s' batch %llu fails its checksum",
-                          (unsigned long)seq, sink, (unsigned long long)batch);
+        if (lk__store_unseal(t->s, &kk, &vv)) {
+            err = lk__store_corrupt(t,
+                                    "outbox chunk %lu of sink '%s' batch %llu fails its checksum",
+                                    (unsigned long)seq, sink, (unsigned long long)batch);
             break;
         }
         for (size_t off = 0, i = 0; off < vv.mv_size && !stop; i++) {
             lk_out_record_t r;
-            if (!decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
-                err = corrupt(t, "record %zu of outbox chunk %lu of sink '%s' batch %llu "
-                                 "does not decode",
-                              i, (unsigned long)seq, sink, (unsigned long long)batch);
+            if (!lk__store_decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
+                err = lk__store_corrupt(t,
+                                        "record %zu of outbox chunk %lu of sink '%s' batch "
+                                        "%llu does not decode",
+                                        i, (unsigned long)seq, sink, (unsigned long long)batch);
                 break;
             }
             stop = cb(&r, opaque);
         }
     }
     if (!err && rc && rc != MDB_NOTFOUND && !stop)
-        err = read_failed(t, rc, "reading the outbox");
+        err = lk__store_read_failed(t, rc, "reading the outbox");
     mdb_cursor_close(c);
     return err;
 }
 
 lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batch,
                               char *errstr, size_t errstr_size) {
-    lk_err_t err = txn_check(t, errstr, errstr_size);
+    lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (!err)
-        err = outbox_flush(t, errstr, errstr_size);
+        err = lk__store_outbox_flush(t, errstr, errstr_size);
     if (err)
         return err;
     unsigned char k[512];
@@ -269,8 +272,8 @@ lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batc
         }
         mdb_cursor_close(c);
         for (size_t i = 0; i < n && !err; i++)
-            err = txn_del(t, t->s->dbi[DB_OUTBOX], keys[i], lens[i], errstr, errstr_size,
-                          "acknowledging outbox records");
+            err = lk__store_txn_del(t, t->s->dbi[DB_OUTBOX], keys[i], lens[i], errstr, errstr_size,
+                                    "acknowledging outbox records");
         free(keys);
         if (err || n < 256)
             return err;
@@ -286,38 +289,39 @@ lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)batch);
     lk__pack_i64(&t->buf, lk__wall_ms());
-    seal(&t->buf, sink, strlen(sink));
-    return txn_put(t, t->s->dbi[DB_FENCES], sink, strlen(sink), t->buf.data, t->buf.len,
-                   errstr, errstr_size, "writing a sink fence");
+    lk__store_seal(&t->buf, sink, strlen(sink));
+    return lk__store_txn_put(t, t->s->dbi[DB_FENCES], sink, strlen(sink), t->buf.data, t->buf.len,
+                             errstr, errstr_size, "writing a sink fence");
 }
 
 /* Decode the fence of sink (value v under key k, already unsealed). */
-lk_err_t decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
-                             int64_t *wall) {
+lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+                                int64_t *wall) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, batch) ||
         !lk__arr_i64(&o, 2, wall))
-        return corrupt(t, "the fence of sink '%s' does not decode (%zu bytes)", sink,
-                       v.mv_size);
+        return lk__store_corrupt(t, "the fence of sink '%s' does not decode (%zu bytes)", sink,
+                                 v.mv_size);
     if (*batch < 0)
-        return corrupt(t, "the fence of sink '%s' names batch %lld", sink, (long long)*batch);
+        return lk__store_corrupt(t, "the fence of sink '%s' names batch %lld", sink,
+                                 (long long)*batch);
     return LK_OK;
 }
 
 lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
     size_t sl = strlen(sink);
-    int rc = txn_get(t, t->s->dbi[DB_FENCES], sink, sl, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_FENCES], sink, sl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading a fence");
+        return lk__store_read_failed(t, rc, "reading a fence");
     MDB_val k = {sl, (void *)sink};
-    if (unseal(t->s, &k, &v))
-        return corrupt(t, "the fence of sink '%s' fails its checksum", sink);
+    if (lk__store_unseal(t->s, &k, &v))
+        return lk__store_corrupt(t, "the fence of sink '%s' fails its checksum", sink);
     int64_t b, w;
-    lk_err_t e = decode_fence(t, sink, v, &b, &w);
+    lk_err_t e = lk__store_decode_fence(t, sink, v, &b, &w);
     if (!e)
         *batch = (uint64_t)b;
     return e;
@@ -340,20 +344,20 @@ static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi, const char *what,
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         char name[MAX_KEY + 1];
         if (k.mv_size == 0 || k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
-            err = corrupt(t, "a %s key of %zu bytes is not a name", what, k.mv_size);
+            err = lk__store_corrupt(t, "a %s key of %zu bytes is not a name", what, k.mv_size);
             break;
         }
         memcpy(name, k.mv_data, k.mv_size);
         name[k.mv_size] = 0;
-        if (unseal(t->s, &k, &v)) {
-            err = corrupt(t, "the %s '%s' fails its checksum", what, name);
+        if (lk__store_unseal(t->s, &k, &v)) {
+            err = lk__store_corrupt(t, "the %s '%s' fails its checksum", what, name);
             break;
         }
         if (each(t, name, v, ctx, &err) || err)
             break;
     }
     if (!err && rc && rc != MDB_NOTFOUND)
-        err = read_failed(t, rc, "reading");
+        err = lk__store_read_failed(t, rc, "reading");
     mdb_cursor_close(c);
     return err;
 }
@@ -368,7 +372,7 @@ static int each_fence(lk_store_txn_t *t, const char *name, MDB_val v, void *p,
                       lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t b, w;
-    if ((*err = decode_fence(t, name, v, &b, &w)))
+    if ((*err = lk__store_decode_fence(t, name, v, &b, &w)))
         return 1;
     return c->fence_cb(name, (uint64_t)b, w, c->opaque) ? 1 : 0;
 }
@@ -383,26 +387,27 @@ lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
 /* ---- accumulators ---- */
 
 /* Decode accumulator name's value (already unsealed). */
-lk_err_t decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
+lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, value))
-        return corrupt(t, "the accumulator '%s' does not decode (%zu bytes)", name, v.mv_size);
+        return lk__store_corrupt(t, "the accumulator '%s' does not decode (%zu bytes)", name,
+                                 v.mv_size);
     return LK_OK;
 }
 
 lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value) {
     MDB_val v;
     size_t nl = strlen(name);
-    int rc = txn_get(t, t->s->dbi[DB_ACC], name, nl, &v);
+    int rc = lk__store_txn_get(t, t->s->dbi[DB_ACC], name, nl, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading an accumulator");
+        return lk__store_read_failed(t, rc, "reading an accumulator");
     MDB_val k = {nl, (void *)name};
-    if (unseal(t->s, &k, &v))
-        return corrupt(t, "the accumulator '%s' fails its checksum", name);
-    return decode_acc(t, name, v, value);
+    if (lk__store_unseal(t->s, &k, &v))
+        return lk__store_corrupt(t, "the accumulator '%s' fails its checksum", name);
+    return lk__store_decode_acc(t, name, v, value);
 }
 
 lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, char *errstr,
@@ -415,15 +420,15 @@ lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, c
     lk__pack_array(&t->buf, 2);
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, (int64_t)((uint64_t)cur + (uint64_t)delta));
-    seal(&t->buf, name, strlen(name));
-    return txn_put(t, t->s->dbi[DB_ACC], name, strlen(name), t->buf.data, t->buf.len, errstr,
-                   errstr_size, "writing an accumulator");
+    lk__store_seal(&t->buf, name, strlen(name));
+    return lk__store_txn_put(t, t->s->dbi[DB_ACC], name, strlen(name), t->buf.data,
+                             t->buf.len, errstr, errstr_size, "writing an accumulator");
 }
 
 static int each_acc(lk_store_txn_t *t, const char *name, MDB_val v, void *p, lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t value;
-    if ((*err = decode_acc(t, name, v, &value)))
+    if ((*err = lk__store_decode_acc(t, name, v, &value)))
         return 1;
     return c->acc_cb(name, value, c->opaque) ? 1 : 0;
 }

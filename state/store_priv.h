@@ -107,66 +107,67 @@ static const char plan_key[] = "pending-plan"; /* meta key of the pending plan *
 #define CRC_LEN 4
 
 /* store.c */
-lk_err_t mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size, const char *what);
-int sealed(const lk_store_t *s);
-uint32_t value_crc(const void *val, size_t vlen, const void *key, size_t klen);
-void seal(lk__buf_t *b, const void *key, size_t klen);
-int unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v);
-__attribute__((format(printf, 2, 3))) lk_err_t corrupt(lk_store_txn_t *t, const char *fmt,
-                                                       ...);
-lk_err_t read_failed(lk_store_txn_t *t, int rc, const char *what);
-lk_err_t txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size);
-lk_err_t txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
-                 const void *val, size_t vlen, char *errstr, size_t errstr_size,
-                 const char *what);
-lk_err_t txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
-                 char *errstr, size_t errstr_size, const char *what);
-int txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v);
+lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
+                           const char *what);
+int lk__store_sealed(const lk_store_t *s);
+uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen);
+void lk__store_seal(lk__buf_t *b, const void *key, size_t klen);
+int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v);
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t, const char *fmt,
+                                                                 ...);
+lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what);
+lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           const void *val, size_t vlen, char *errstr, size_t errstr_size,
+                           const char *what);
+lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           char *errstr, size_t errstr_size, const char *what);
+int lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v);
 
 /* store_verify.c */
-lk_err_t check_data_file(lk_store_t *s, char *errstr, size_t errstr_size);
-lk_err_t verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
 
 /* store_meta.c */
-lk_err_t new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
-                           size_t errstr_size);
-lk_err_t parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
-                      size_t errstr_size);
-lk_err_t check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app, char *errstr,
-                    size_t errstr_size);
-lk_err_t write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
-lk_err_t write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf, char *errstr,
-                      size_t errstr_size);
-lk_err_t load_outbox_bytes(lk_store_t *s, MDB_txn *txn);
-lk_err_t load_last_batch(lk_store_t *s, MDB_txn *txn);
-int seal_all(lk_store_t *s, MDB_txn *txn);
-int put_state_names(lk_store_t *s, MDB_txn *txn);
-lk_err_t check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
-                           size_t errstr_size);
-lk_err_t check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
-lk_err_t decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n);
-lk_err_t decode_config(lk_store_txn_t *t, MDB_val v,
-                       int (*cb)(const char *, const char *, void *), void *opaque);
+lk_err_t lk__store_new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
+                                     size_t errstr_size);
+lk_err_t lk__store_parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+                                size_t errstr_size);
+lk_err_t lk__store_check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app, char *errstr,
+                              size_t errstr_size);
+lk_err_t lk__store_write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf, char *errstr,
+                                size_t errstr_size);
+lk_err_t lk__store_load_outbox_bytes(lk_store_t *s, MDB_txn *txn);
+lk_err_t lk__store_load_last_batch(lk_store_t *s, MDB_txn *txn);
+int lk__store_seal_all(lk_store_t *s, MDB_txn *txn);
+int lk__store_put_state_names(lk_store_t *s, MDB_txn *txn);
+lk_err_t lk__store_check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
+                                     size_t errstr_size);
+lk_err_t lk__store_check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n);
+lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,
+                                 int (*cb)(const char *, const char *, void *), void *opaque);
 
 /* store_batch.c */
-lk_err_t decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *topic,
-                       int32_t partition, int64_t *offset, lk_fingerprint_t *fp,
-                       int *has_fp);
-lk_err_t decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
-                      lk_batch_rec_t *b);
-lk_err_t decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                         lk_batch_rec_t *out);
+lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *topic,
+                                 int32_t partition, int64_t *offset, lk_fingerprint_t *fp,
+                                 int *has_fp);
+lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                                lk_batch_rec_t *b);
+lk_err_t lk__store_decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+                                   lk_batch_rec_t *out);
 
 /* store_outbox.c */
-lk_err_t outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size);
-int decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
-               lk_header_t *hbuf, size_t hcap);
-lk_err_t decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
-                      int64_t *wall);
-lk_err_t decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value);
+lk_err_t lk__store_outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
+                         lk_header_t *hbuf, size_t hcap);
+lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+                                int64_t *wall);
+lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value);
 
 /* store_state.c */
-int decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
-                 size_t *vlen, int64_t *updated_ms);
+int lk__store_decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+                           size_t *vlen, int64_t *updated_ms);
 
 #endif

@@ -33,19 +33,19 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
         MDB_txn *txn;
         int rc = mdb_txn_begin(s->env, NULL, s->readonly ? MDB_RDONLY : 0, &txn);
         if (rc)
-            return mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
+            return lk__store_mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
         rc = mdb_dbi_open(txn, name, 0, &dbi);
         if (rc == MDB_NOTFOUND && !s->readonly) {
             /* a new database joins the record of state databases in the same txn */
             rc = mdb_dbi_open(txn, name, MDB_CREATE, &dbi);
-            if (!rc && sealed(s))
-                rc = put_state_names(s, txn);
+            if (!rc && lk__store_sealed(s))
+                rc = lk__store_put_state_names(s, txn);
         }
         if (rc) {
             mdb_txn_abort(txn);
         } else if ((rc = mdb_txn_commit(txn))) {
             if (rc != MDB_MAP_FULL)
-                return mdb_err(s, rc, errstr, errstr_size, "creating a state database");
+                return lk__store_mdb_err(s, rc, errstr, errstr_size, "creating a state database");
         } else {
             break;
         }
@@ -53,14 +53,14 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
             return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
                            "checkpoint %s has no state for operator '%s'", s->dir, uid);
         if (rc != MDB_MAP_FULL)
-            return mdb_err(s, rc, errstr, errstr_size, "opening a state database");
+            return lk__store_mdb_err(s, rc, errstr, errstr_size, "opening a state database");
         /* a map too small even for a new database: grow it, as batches do */
         size_t newsize = s->map_size * 2;
         pthread_rwlock_wrlock(&s->resize_lock);
         rc = mdb_env_set_mapsize(s->env, newsize);
         pthread_rwlock_unlock(&s->resize_lock);
         if (rc)
-            return mdb_err(s, rc, errstr, errstr_size, "growing the map");
+            return lk__store_mdb_err(s, rc, errstr, errstr_size, "growing the map");
         s->map_size = newsize;
     }
     state_db_t *n = realloc(s->states, (s->nstates + 1) * sizeof *n);
@@ -122,10 +122,10 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
 
 /* Decode a state value read under key k: 1, or 0 when it fails its checksum or does
  * not decode. */
-int decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
-                        size_t *vlen, int64_t *updated_ms) {
+int lk__store_decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+                           size_t *vlen, int64_t *updated_ms) {
     const MDB_val *v = &vv;
-    if (unseal(t->s, k, &vv))
+    if (lk__store_unseal(t->s, k, &vv))
         return 0;
     if (decode_state_fast(v, val, vlen, updated_ms))
         return 1;
@@ -148,16 +148,17 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     if (klen == 0 || klen > MAX_KEY) /* the same limit as state_put */
         return LK_ERR_TOO_LARGE;
     MDB_val v;
-    int rc = txn_get(t, t->s->states[db].dbi, key, klen, &v);
+    int rc = lk__store_txn_get(t, t->s->states[db].dbi, key, klen, &v);
     if (rc == MDB_NOTFOUND)
         return LK_ERR_NOT_FOUND;
     if (rc)
-        return read_failed(t, rc, "reading state");
+        return lk__store_read_failed(t, rc, "reading state");
     MDB_val k = {klen, (void *)key};
-    if (!decode_state(t, &k, v, val, vlen, updated_ms))
-        return corrupt(t, "a state value of operator '%s' (key of %zu bytes) fails its "
-                          "checksum or does not decode",
-                       t->s->states[db].uid, klen);
+    if (!lk__store_decode_state(t, &k, v, val, vlen, updated_ms))
+        return lk__store_corrupt(t,
+                                 "a state value of operator '%s' (key of %zu bytes) fails "
+                                 "its checksum or does not decode",
+                                 t->s->states[db].uid, klen);
     return LK_OK;
 }
 
@@ -174,19 +175,19 @@ lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, updated_ms);
     lk__pack_bin_or_nil(&t->buf, val ? val : "", vlen);
-    seal(&t->buf, key, klen);
+    lk__store_seal(&t->buf, key, klen);
     if (t->buf.oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    return txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len, errstr,
-                   errstr_size, "writing state");
+    return lk__store_txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len, errstr,
+                             errstr_size, "writing state");
 }
 
 lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
                              size_t klen, char *errstr, size_t errstr_size) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
-    return txn_del(t, t->s->states[db].dbi, key, klen, errstr, errstr_size,
-                   "deleting state");
+    return lk__store_txn_del(t, t->s->states[db].dbi, key, klen, errstr, errstr_size,
+                             "deleting state");
 }
 
 /* Visit the entries of a state database in key order, from the first one strictly after
@@ -211,13 +212,15 @@ static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after
         size_t vlen;
         int64_t upd;
         if (k.mv_size == 0 || k.mv_size > MAX_KEY) {
-            err = corrupt(t, "a state key of %zu bytes (1..%d possible)", k.mv_size, MAX_KEY);
+            err = lk__store_corrupt(t, "a state key of %zu bytes (1..%d possible)", k.mv_size,
+                                    MAX_KEY);
             break;
         }
-        if (!decode_state(t, &k, v, &val, &vlen, &upd)) {
-            err = corrupt(t, "a state value (key of %zu bytes) fails its checksum or does "
-                             "not decode",
-                          k.mv_size);
+        if (!lk__store_decode_state(t, &k, v, &val, &vlen, &upd)) {
+            err = lk__store_corrupt(t,
+                                    "a state value (key of %zu bytes) fails its checksum or "
+                                    "does not decode",
+                                    k.mv_size);
             break;
         }
         (*visited)++;
@@ -241,7 +244,7 @@ static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
 
 lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
                                  int (*cb)(const void *, size_t, const void *, size_t,
-                                           int64_t, void *),
+                                 int64_t, void *),
                                  void *opaque) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return LK_ERR_STORE;
@@ -251,7 +254,7 @@ lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
 lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *after,
                               size_t after_len, size_t max,
                               int (*cb)(const void *, size_t, const void *, size_t, int64_t,
-                                        void *),
+                              void *),
                               void *opaque, size_t *visited) {
     *visited = 0;
     if (db < 0 || (size_t)db >= t->s->nstates)
@@ -260,7 +263,7 @@ lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *a
 }
 lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
                                      int (*cb)(const void *, size_t, const void *, size_t,
-                                               int64_t, void *),
+                                     int64_t, void *),
                                      void *opaque) {
     if (!t->txn)
         return LK_ERR_STATE;

@@ -48,7 +48,7 @@ static uint32_t le32(const unsigned char *p) {
 }
 static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
 
-lk_err_t check_data_file(lk_store_t *s, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size) {
     if (sizeof(size_t) != 8) /* the layout below is a 64-bit build's */
         return LK_OK;
     char p[4200];
@@ -273,7 +273,7 @@ static int verify_tree(verify_t *v, const unsigned char *db, int kind, const cha
 }
 
 /* Check every page of the snapshot txn reads (see verify_page). */
-lk_err_t verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     if (sizeof(size_t) != 8)
         return LK_OK;
     MDB_stat st;
