@@ -709,6 +709,11 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
             pthread_rwlock_unlock(&s->resize_lock);
         pthread_rwlock_wrlock(&s->resize_lock);
         rc = mdb_env_set_mapsize(s->env, 0);
+        if (!rc) { /* and know it: lk__store_map_size, and a later growth doubles it */
+            MDB_envinfo info;
+            mdb_env_info(s->env, &info);
+            s->map_size = info.me_mapsize;
+        }
         pthread_rwlock_unlock(&s->resize_lock);
         if (!write)
             pthread_rwlock_rdlock(&s->resize_lock);

@@ -30,30 +30,36 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
     lk__fmt(name, sizeof name, "state.%s", uid);
     MDB_dbi dbi;
     for (;;) {
-        MDB_txn *txn;
-        int rc = mdb_txn_begin(s->env, NULL, s->readonly ? MDB_RDONLY : 0, &txn);
-        if (rc)
-            return lk__store_mdb_err(s, rc, errstr, errstr_size, "beginning a transaction");
-        rc = mdb_dbi_open(txn, name, 0, &dbi);
+        /* Begun like every transaction (lk__store_txn_begin): a map another process grew
+         * is adopted (MDB_MAP_RESIZED) and dead readers' slots are cleared. */
+        lk_store_txn_t *t;
+        lk_err_t err = lk__store_txn_begin(s, !s->readonly, &t, errstr, errstr_size);
+        if (err)
+            return err;
+        int rc = mdb_dbi_open(t->txn, name, 0, &dbi);
         if (rc == MDB_NOTFOUND && !s->readonly) {
             /* a new database joins the record of state databases in the same txn */
-            rc = mdb_dbi_open(txn, name, MDB_CREATE, &dbi);
+            rc = mdb_dbi_open(t->txn, name, MDB_CREATE, &dbi);
             if (!rc && lk__store_sealed(s))
-                rc = lk__store_put_state_names(s, txn);
+                rc = lk__store_put_state_names(s, t->txn);
         }
-        if (rc) {
-            mdb_txn_abort(txn);
-        } else if ((rc = mdb_txn_commit(txn))) {
-            if (rc != MDB_MAP_FULL)
-                return lk__store_mdb_err(s, rc, errstr, errstr_size, "creating a state database");
-        } else {
+        int committing = !rc;
+        if (committing) {
+            /* LMDB's commit, not lk__store_txn_commit: nothing here is in the replay log,
+             * and committing (even a read txn) keeps the database handle */
+            rc = mdb_txn_commit(t->txn);
+            t->txn = NULL;
+        }
+        lk__store_txn_abort(t); /* aborts what is left, frees t */
+        if (!rc)
             break;
-        }
         if (rc == MDB_NOTFOUND)
             return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
                            "checkpoint %s has no state for operator '%s'", s->dir, uid);
         if (rc != MDB_MAP_FULL)
-            return lk__store_mdb_err(s, rc, errstr, errstr_size, "opening a state database");
+            return lk__store_mdb_err(s, rc, errstr, errstr_size,
+                                     committing ? "creating a state database"
+                                                : "opening a state database");
         /* a map too small even for a new database: grow it, as batches do */
         size_t newsize = s->map_size * 2;
         pthread_rwlock_wrlock(&s->resize_lock);
