@@ -1,14 +1,17 @@
 /*
  * store_batch.c — what a batch commits about its input: the offsets (each with the
  * fingerprint of the last record read), the batch records (with history pruning) and the
- * pending plan recorded before a batch is read. DESIGN.md, The batch protocol (items 2
- * and 4) and The checkpoint.
+ * pending plan recorded before a batch is read; and the rules of `checkpoint
+ * reset-offsets` (offsets moved or forgotten, the pending plan dropped with them).
+ * DESIGN.md, The batch protocol (items 2 and 4) and The checkpoint.
  */
 #define _GNU_SOURCE
 #include "store_priv.h"
 #include "../core/crc32c_int.h"
 #include "../core/util_int.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- offsets ---- */
@@ -378,7 +381,7 @@ lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
 }
 /* ---- maintenance ---- */
 
-lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
+static lk_err_t offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
                               char *errstr, size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
@@ -388,7 +391,142 @@ lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t part
                              "deleting an offset");
 }
 
-lk_err_t lk__store_plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+static lk_err_t plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
     return lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
                              errstr_size, "clearing the batch plan");
+}
+
+/* The offsets of one topic, and the list of topics with offsets for the message that
+ * names them when the topic has none. */
+typedef struct {
+    const char *topic;
+    lk__offset_change_t *v;
+    size_t n, cap;
+    char topics[1024]; /* "a, b, c" (cut when long) */
+    size_t tlen, ntopics;
+    char last[MAX_KEY + 1];
+    int nomem;
+} reset_ctx_t;
+
+static int reset_collect(const char *topic, int32_t partition, int64_t offset, void *o) {
+    reset_ctx_t *c = o;
+    if (!c->ntopics || strcmp(c->last, topic)) { /* keys are in topic order */
+        if (c->tlen < sizeof c->topics)
+            c->tlen += (size_t)snprintf(c->topics + c->tlen, sizeof c->topics - c->tlen,
+                                        "%s%s", c->ntopics ? ", " : "", topic);
+        c->ntopics++;
+        lk__fmt(c->last, sizeof c->last, "%s", topic);
+    }
+    if (strcmp(topic, c->topic))
+        return 0;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 16;
+        lk__offset_change_t *nv = realloc(c->v, cap * sizeof *nv);
+        if (!nv) {
+            c->nomem = 1;
+            return 1;
+        }
+        c->v = nv;
+        c->cap = cap;
+    }
+    c->v[c->n++] = (lk__offset_change_t){partition, offset, -1};
+    return 0;
+}
+
+/* Keep the changes r asks for of c's offsets (all without r->partitions), each with its
+ * new offset. The offsets came in key order, which is partition order, and stay in it
+ * whatever the order of the request. */
+static lk_err_t reset_select(lk_store_t *s, const lk__offset_reset_t *r, reset_ctx_t *c,
+                             char *errstr, size_t errstr_size) {
+    for (size_t w = 0; w < r->npartitions; w++) {
+        size_t j = 0;
+        while (j < c->n && c->v[j].partition != r->partitions[w])
+            j++;
+        if (j == c->n) {
+            char list[1024] = "";
+            size_t len = 0;
+            for (size_t k = 0; k < c->n && len < sizeof list; k++)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%s%d", k ? ", " : "",
+                                        (int)c->v[k].partition);
+            return lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
+                           "checkpoint %s has no offset for %s[%d]; partitions of %s with "
+                           "offsets: %s",
+                           s->dir, r->topic, (int)r->partitions[w], r->topic, list);
+        }
+    }
+    size_t n = 0;
+    for (size_t k = 0; k < c->n; k++) {
+        int asked = !r->npartitions;
+        for (size_t w = 0; w < r->npartitions && !asked; w++)
+            asked = r->partitions[w] == c->v[k].partition;
+        if (asked) {
+            c->v[n] = c->v[k];
+            c->v[n++].to = r->to;
+        }
+    }
+    c->n = n;
+    return LK_OK;
+}
+
+lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
+                                 lk__offset_change_t **changes, size_t *nchanges,
+                                 uint64_t *plan, char *errstr, size_t errstr_size) {
+    *changes = NULL;
+    *nchanges = 0;
+    *plan = 0;
+    if (r->to < -1)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
+                       "offset %lld: the next offset to read is 0 or more",
+                       (long long)r->to);
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(s, r->write, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    reset_ctx_t c = {.topic = r->topic};
+    if ((e = lk__store_offsets_foreach(t, reset_collect, &c)) || c.nomem) {
+        e = c.nomem ? LK_ERR_NOMEM : e;
+        lk__err(e, errstr, errstr_size, "checkpoint %s: cannot read the offsets: %s", s->dir,
+                t->err[0] ? t->err : lk_err_str(e));
+        goto out;
+    }
+    if (!c.n) {
+        e = lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
+                    "checkpoint %s has no offsets for topic '%s'; %s%s", s->dir, r->topic,
+                    c.ntopics ? "topics with offsets: " : "it has no offsets at all",
+                    c.topics);
+        goto out;
+    }
+    if ((e = reset_select(s, r, &c, errstr, errstr_size)))
+        goto out;
+    for (size_t k = 0; k < c.n && r->write && !e; k++)
+        e = r->to < 0 ? offset_del(t, r->topic, c.v[k].partition, errstr, errstr_size)
+                      : lk__store_offset_put(t, r->topic, c.v[k].partition, r->to, errstr,
+                                             errstr_size);
+    if (e)
+        goto out;
+    /* the pending plan holds the old offsets: replayed, it would undo the change */
+    lk_batch_rec_t p;
+    lk_err_t pe = lk__store_plan_get(t, &p);
+    if (pe && pe != LK_ERR_NOT_FOUND) { /* corrupt: never taken for "no plan" */
+        e = lk__err(pe, errstr, errstr_size, "%s", t->err);
+        goto out;
+    }
+    if (pe == LK_OK) {
+        *plan = p.id;
+        if (r->write && (e = plan_del(t, errstr, errstr_size)))
+            goto out;
+    }
+    if (r->write) {
+        e = lk__store_txn_commit(t, errstr, errstr_size);
+        t = NULL;
+    }
+out:
+    lk__store_txn_abort(t);
+    if (e) {
+        free(c.v);
+        return e;
+    }
+    *changes = c.v;
+    *nchanges = c.n;
+    return LK_OK;
 }
