@@ -35,13 +35,6 @@ static void usage(FILE *fp) {
             lk_version_str());
 }
 
-int lk__cli_has_help(int argc, char **argv) {
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-            return 1;
-    return 0;
-}
-
 static int cmd_config(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
         puts("Usage: lockstep config [--markdown]\n\nList every configuration property "
