@@ -5,7 +5,7 @@
 #   ctest --test-dir build-fuzz -L fuzz -R checkpoint --output-on-failure
 # or by hand: build-fuzz/tests/fuzz_checkpoint -max_total_time=60 NEW_DIR \
 #               tests/fuzz/corpus/checkpoint
-# Whatever the option, the target is also built with a replay main() that runs the seed
+# Whatever the option, the target is also built with replay.c's main(), which runs the seed
 # corpus as a unit test, so it always compiles and the seeds stay green under ASan.
 option(LK_BUILD_FUZZ "Build the libFuzzer targets (needs clang)" OFF)
 
@@ -20,7 +20,8 @@ set(LK_FUZZ_CHECKPOINT_SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_checkpoint.c
 set(LK_FUZZ_CHECKPOINT_LIBS PkgConfig::LMDB PkgConfig::MSGPACK PkgConfig::JANSSON
   PkgConfig::RDKAFKA Threads::Threads)
 
-add_executable(fuzz_checkpoint_replay ${LK_FUZZ_CHECKPOINT_SOURCES})
+add_executable(fuzz_checkpoint_replay ${LK_FUZZ_CHECKPOINT_SOURCES}
+  ${CMAKE_CURRENT_LIST_DIR}/replay.c)
 target_include_directories(fuzz_checkpoint_replay PRIVATE ${PROJECT_SOURCE_DIR}/include
   ${PROJECT_SOURCE_DIR})
 target_compile_options(fuzz_checkpoint_replay PRIVATE ${LK_WARNINGS})
@@ -37,7 +38,6 @@ if(LK_BUILD_FUZZ)
   add_executable(fuzz_checkpoint ${LK_FUZZ_CHECKPOINT_SOURCES})
   target_include_directories(fuzz_checkpoint PRIVATE ${PROJECT_SOURCE_DIR}/include
     ${PROJECT_SOURCE_DIR})
-  target_compile_definitions(fuzz_checkpoint PRIVATE LK_FUZZ_LIBFUZZER)
   target_compile_options(fuzz_checkpoint PRIVATE -g -fsanitize=fuzzer,address,undefined
     -fno-sanitize-recover=undefined)
   target_link_options(fuzz_checkpoint PRIVATE -fsanitize=fuzzer,address,undefined)
