@@ -124,14 +124,10 @@ typedef struct {
 } strlist_t;
 
 static int strlist_add(strlist_t *l, const char *s) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv)
-            return -1;
-        l->v = nv;
-        l->cap = cap;
-    }
+    char **nv = lk__vec_reserve(l->v, &l->cap, l->n + 1, sizeof *nv, 16);
+    if (!nv)
+        return -1;
+    l->v = nv;
     if (!(l->v[l->n] = strdup(s)))
         return -1;
     l->n++;

@@ -147,14 +147,10 @@ static int log_append(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, const MDB_val 
     log_hdr_t h = {op, dbi, (uint32_t)k->mv_size, v ? (uint32_t)v->mv_size : 0};
     size_t need = sizeof h + h.klen + h.vlen;
     if (t->log_len + need > t->log_cap) {
-        size_t cap = t->log_cap ? t->log_cap : 4096;
-        while (cap < t->log_len + need)
-            cap *= 2;
-        char *n = realloc(t->log, cap);
+        char *n = lk__vec_reserve(t->log, &t->log_cap, t->log_len + need, 1, 4096);
         if (!n)
             return -1;
         t->log = n;
-        t->log_cap = cap;
     }
     char *p = t->log + t->log_len;
     memcpy(p, &h, sizeof h);

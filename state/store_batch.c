@@ -419,16 +419,12 @@ static int reset_collect(const char *topic, int32_t partition, int64_t offset, v
     }
     if (strcmp(topic, c->topic))
         return 0;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 16;
-        lk__offset_change_t *nv = realloc(c->v, cap * sizeof *nv);
-        if (!nv) {
-            c->nomem = 1;
-            return 1;
-        }
-        c->v = nv;
-        c->cap = cap;
+    lk__offset_change_t *nv = lk__vec_reserve(c->v, &c->cap, c->n + 1, sizeof *nv, 16);
+    if (!nv) {
+        c->nomem = 1;
+        return 1;
     }
+    c->v = nv;
     c->v[c->n++] = (lk__offset_change_t){partition, offset, -1};
     return 0;
 }

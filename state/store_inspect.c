@@ -105,15 +105,12 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
             err = lk__store_corrupt(t, "a database name of %zu bytes", k.mv_size);
             break;
         }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char (*nn)[512] = realloc(names, cap * sizeof *names);
-            if (!nn) {
-                err = LK_ERR_NOMEM;
-                break;
-            }
-            names = nn;
+        char (*nn)[512] = lk__vec_reserve(names, &cap, n + 1, sizeof *names, 16);
+        if (!nn) {
+            err = LK_ERR_NOMEM;
+            break;
         }
+        names = nn;
         memcpy(names[n], k.mv_data, k.mv_size);
         names[n][k.mv_size] = 0;
         n++;

@@ -278,15 +278,12 @@ int lk__store_seal_all(lk_store_t *s, MDB_txn *txn) {
             rc = MDB_CORRUPTED;
             break;
         }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char (*nn)[MAX_KEY + 1] = realloc(names, cap * sizeof *names);
-            if (!nn) {
-                rc = ENOMEM;
-                break;
-            }
-            names = nn;
+        char (*nn)[MAX_KEY + 1] = lk__vec_reserve(names, &cap, n + 1, sizeof *names, 16);
+        if (!nn) {
+            rc = ENOMEM;
+            break;
         }
+        names = nn;
         memcpy(names[n], k.mv_data, k.mv_size);
         names[n++][k.mv_size] = 0;
     }

@@ -45,7 +45,7 @@ static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch)
             next = lk__get_be32((unsigned char *)kk.mv_data + kl - 4) + 1;
         mdb_cursor_close(c);
     }
-    seq_slot_t **n = realloc(t->seqs, (t->nseqs + 1) * sizeof *n);
+    seq_slot_t **n = lk__vec_reserve(t->seqs, &t->seqs_cap, t->nseqs + 1, sizeof *n, 4);
     if (!n)
         return NULL;
     t->seqs = n;

@@ -45,7 +45,7 @@ struct lk_store {
     int readonly;
     MDB_dbi dbi[DB_FIXED_COUNT];
     state_db_t *states;
-    size_t nstates;
+    size_t nstates, states_cap;
     size_t map_size;
     int sync_interval;
     int64_t sync_interval_ms, last_sync_ms;
@@ -91,7 +91,7 @@ struct lk_store_txn {
     lk__zone_t zone;      /* decoded objects valid until the txn ends */
     lk__zone_t tmp;       /* decoded objects valid for one call */
     seq_slot_t **seqs; /* each slot allocated alone: its chunk buffer must not move */
-    size_t nseqs;
+    size_t nseqs, seqs_cap;
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
     char err[512];     /* what the last failed read found wrong (lk__store_txn_errstr) */

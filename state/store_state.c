@@ -69,7 +69,7 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
             return lk__store_mdb_err(s, rc, errstr, errstr_size, "growing the map");
         s->map_size = newsize;
     }
-    state_db_t *n = realloc(s->states, (s->nstates + 1) * sizeof *n);
+    state_db_t *n = lk__vec_reserve(s->states, &s->states_cap, s->nstates + 1, sizeof *n, 8);
     if (!n)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     s->states = n;
