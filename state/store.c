@@ -257,13 +257,37 @@ lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size
     return txn_write(t, OP_DEL, dbi, &k, NULL, errstr, errstr_size, what);
 }
 
-int lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v) {
+lk_err_t lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           MDB_val *v, const char *what) {
     if (!t->txn)
-        return EINVAL;
+        return lk__store_read_failed(t, EINVAL, what);
     if (klen == 0 || klen > MAX_KEY) /* cannot have been stored (see txn_write) */
-        return MDB_NOTFOUND;
+        return LK_ERR_NOT_FOUND;
     MDB_val k = {klen, (void *)key};
-    return mdb_get(t->txn, dbi, &k, v);
+    int rc = mdb_get(t->txn, dbi, &k, v);
+    if (rc == MDB_NOTFOUND) /* the only "absent" */
+        return LK_ERR_NOT_FOUND;
+    return rc ? lk__store_read_failed(t, rc, what) : LK_OK;
+}
+
+lk_err_t lk__store_walk(lk_store_txn_t *t, MDB_dbi dbi, const char *reading,
+                        int (*each)(lk_store_txn_t *, const MDB_val *, MDB_val, void *,
+                                    lk_err_t *),
+                        void *ctx) {
+    MDB_cursor *c;
+    if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
+        return LK_ERR_STORE;
+    MDB_val k, v;
+    lk_err_t err = LK_OK;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        if (each(t, &k, v, ctx, &err) || err)
+            break;
+    if (!err && rc && rc != MDB_NOTFOUND)
+        err = lk__store_read_failed(t, rc, reading);
+    mdb_cursor_close(c);
+    return err;
 }
 
 /* ---- open / close ---- */

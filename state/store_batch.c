@@ -112,59 +112,56 @@ lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t p
     MDB_val v;
     if (!kl)
         return LK_ERR_INVALID_ARG;
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v);
-    if (rc == MDB_NOTFOUND) /* the only "no offset" */
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading an offset");
+    lk_err_t e = lk__store_txn_get(t, t->s->dbi[DB_OFFSETS], k, kl, &v,
+                                   "reading an offset");
+    if (e) /* LK_ERR_NOT_FOUND: the only "no offset" */
+        return e;
     MDB_val kv = {kl, k};
     return lk__store_decode_offset(t, &kv, v, topic, partition, offset, fp, has_fp);
+}
+
+typedef struct {
+    int (*cb)(const char *, int32_t, int64_t, void *);
+    void *opaque;
+} offsets_walk_t;
+
+static int each_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
+                       lk_err_t *err) {
+    offsets_walk_t *w = p;
+    /* key: topic '\0' be32(partition); its length is checked before anything is
+     * copied (a crafted key longer than a topic can be overflowed the copy) */
+    const unsigned char *kp = k->mv_data;
+    if (k->mv_size < 6 || k->mv_size > MAX_KEY) {
+        *err = lk__store_corrupt(t, "an offsets key of %zu bytes (6..%d possible)", k->mv_size,
+                                 MAX_KEY);
+        return 1;
+    }
+    const unsigned char *nul = memchr(kp, 0, k->mv_size);
+    if (!nul || (size_t)(nul - kp) + 5 != k->mv_size) {
+        *err = lk__store_corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
+                                 k->mv_size);
+        return 1;
+    }
+    char topic[MAX_KEY + 1];
+    memcpy(topic, kp, (size_t)(nul - kp));
+    topic[nul - kp] = 0;
+    uint32_t part = lk__get_be32(nul + 1);
+    if (part > INT32_MAX) {
+        *err = lk__store_corrupt(t, "the offsets key of topic %s has partition %lu", topic,
+                                 (unsigned long)part);
+        return 1;
+    }
+    int64_t off;
+    if ((*err = lk__store_decode_offset(t, k, v, topic, (int32_t)part, &off, NULL, NULL)))
+        return 1;
+    return w->cb(topic, (int32_t)part, off, w->opaque) ? 1 : 0;
 }
 
 lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
                                    int (*cb)(const char *, int32_t, int64_t, void *),
                                    void *opaque) {
-    MDB_cursor *c;
-    if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OFFSETS], &c))
-        return LK_ERR_STORE;
-    MDB_val k, v;
-    lk_err_t err = LK_OK;
-    int rc;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        /* key: topic '\0' be32(partition); its length is checked before anything is
-         * copied (a crafted key longer than a topic can be overflowed the copy) */
-        const unsigned char *kp = k.mv_data;
-        if (k.mv_size < 6 || k.mv_size > MAX_KEY) {
-            err = lk__store_corrupt(t, "an offsets key of %zu bytes (6..%d possible)",
-                                    k.mv_size, MAX_KEY);
-            break;
-        }
-        const unsigned char *nul = memchr(kp, 0, k.mv_size);
-        if (!nul || (size_t)(nul - kp) + 5 != k.mv_size) {
-            err = lk__store_corrupt(t, "an offsets key of %zu bytes is not topic, NUL, partition",
-                                    k.mv_size);
-            break;
-        }
-        char topic[MAX_KEY + 1];
-        memcpy(topic, kp, (size_t)(nul - kp));
-        topic[nul - kp] = 0;
-        uint32_t part = lk__get_be32(nul + 1);
-        if (part > INT32_MAX) {
-            err = lk__store_corrupt(t, "the offsets key of topic %s has partition %lu", topic,
-                                    (unsigned long)part);
-            break;
-        }
-        int64_t off;
-        if ((err = lk__store_decode_offset(t, &k, v, topic, (int32_t)part, &off, NULL, NULL)))
-            break;
-        if (cb(topic, (int32_t)part, off, opaque))
-            break;
-    }
-    if (!err && rc && rc != MDB_NOTFOUND)
-        err = lk__store_read_failed(t, rc, "reading offsets");
-    mdb_cursor_close(c);
-    return err;
+    offsets_walk_t w = {cb, opaque};
+    return lk__store_walk(t, t->s->dbi[DB_OFFSETS], "reading offsets", each_offset, &w);
 }
 
 /* ---- batch records ---- */
@@ -320,11 +317,10 @@ lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out
     unsigned char k[8];
     lk__put_be64(k, id);
     MDB_val v;
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_BATCHES], k, 8, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading a batch record");
+    lk_err_t e = lk__store_txn_get(t, t->s->dbi[DB_BATCHES], k, 8, &v,
+                                   "reading a batch record");
+    if (e)
+        return e;
     MDB_val kv = {8, k};
     return lk__store_decode_batch_at(t, &kv, v, out);
 }
@@ -357,11 +353,10 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
 
 lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
     MDB_val v;
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading the pending plan");
+    lk_err_t e = lk__store_txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v,
+                                   "reading the pending plan");
+    if (e)
+        return e;
     MDB_val kv = {sizeof plan_key - 1, (void *)plan_key};
     return lk__store_decode_batch(t, &kv, v, "the pending plan", out);
 }

@@ -474,16 +474,18 @@ static char *zone_strndup(lk__zone_t *z, const char *s, size_t n) {
     return d;
 }
 
+/* The value of meta's key in t (lk__store_txn_get). */
+static lk_err_t meta_get(lk_store_txn_t *t, const char *key, const char *reading, MDB_val *v) {
+    return lk__store_txn_get(t, t->s->dbi[DB_META], key, strlen(key), v, reading);
+}
+
 lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n) {
     *ops = NULL;
     *n = 0;
     MDB_val v;
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], "topology", 8, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_OK;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading the topology");
-    return lk__store_decode_topology(t, v, ops, n);
+    lk_err_t e = meta_get(t, "topology", "reading the topology", &v);
+    /* none recorded (a checkpoint before its first start): no operators */
+    return e == LK_ERR_NOT_FOUND ? LK_OK : e ? e : lk__store_decode_topology(t, v, ops, n);
 }
 
 lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
@@ -524,12 +526,8 @@ lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **
 lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
                                   int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val v;
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_META], "config", 6, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_OK;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading the recorded configuration");
-    return lk__store_decode_config(t, v, cb, opaque);
+    lk_err_t e = meta_get(t, "config", "reading the recorded configuration", &v);
+    return e == LK_ERR_NOT_FOUND ? LK_OK : e ? e : lk__store_decode_config(t, v, cb, opaque);
 }
 
 lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,

@@ -132,25 +132,44 @@ lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint6
     return lk__store_outbox_batch_from(t, sink, 0, batch);
 }
 
+/* A cursor on the outbox, for a read in t, positioned (MDB_SET_RANGE) at the first key at
+ * or after sink's first chunk of batch. */
+typedef struct {
+    unsigned char k[512]; /* sink NUL batch chunk 0 */
+    size_t kl;
+    MDB_cursor *c;
+    MDB_val kk, vv; /* where the cursor is */
+} outbox_cur_t;
+
+/* Open oc (*rc: the positioning's LMDB result); the chunks this txn has pending are
+ * written first, so that the read sees them. The caller closes oc->c. */
+static lk_err_t outbox_seek(lk_store_txn_t *t, const char *sink, uint64_t batch,
+                            outbox_cur_t *oc, int *rc) {
+    char ferr[256];
+    lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
+    if (err)
+        return err;
+    oc->kl = outbox_key(oc->k, sizeof oc->k, sink, batch, 0);
+    if (!oc->kl || !t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &oc->c))
+        return LK_ERR_STORE;
+    oc->kk = (MDB_val){oc->kl, oc->k};
+    *rc = mdb_cursor_get(oc->c, &oc->kk, &oc->vv, MDB_SET_RANGE);
+    return LK_OK;
+}
+
 lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
                                      uint64_t *batch) {
-    char ferr[256];
-    lk_err_t ferr_code = lk__store_outbox_flush(t, ferr, sizeof ferr);
-    if (ferr_code)
-        return ferr_code;
-    unsigned char k[512];
-    size_t kl = outbox_key(k, sizeof k, sink, from, 0);
-    MDB_cursor *c;
-    if (!kl || !t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
-        return LK_ERR_STORE;
-    MDB_val kk = {kl, k}, vv;
-    int rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE);
-    lk_err_t err = LK_ERR_NOT_FOUND;
-    if (rc == 0 && kk.mv_size == kl && !memcmp(kk.mv_data, k, kl - 12)) {
-        *batch = lk__get_be64((unsigned char *)kk.mv_data + kl - 12);
+    outbox_cur_t oc;
+    int rc;
+    lk_err_t err = outbox_seek(t, sink, from, &oc, &rc);
+    if (err)
+        return err;
+    err = LK_ERR_NOT_FOUND;
+    if (rc == 0 && oc.kk.mv_size == oc.kl && !memcmp(oc.kk.mv_data, oc.k, oc.kl - 12)) {
+        *batch = lk__get_be64((unsigned char *)oc.kk.mv_data + oc.kl - 12);
         err = LK_OK;
     }
-    mdb_cursor_close(c);
+    mdb_cursor_close(oc.c);
     return err;
 }
 
@@ -194,23 +213,19 @@ int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_ou
     return 1;
 }
 
-
 lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
                                   int (*cb)(const lk_out_record_t *, void *), void *opaque) {
-    char ferr[256];
-    lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
+    outbox_cur_t oc;
+    int stop = 0, rc;
+    lk_err_t err = outbox_seek(t, sink, batch, &oc, &rc);
     if (err)
         return err;
-    unsigned char k[512];
-    size_t kl = outbox_key(k, sizeof k, sink, batch, 0);
-    MDB_cursor *c;
-    if (!kl || !t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
-        return LK_ERR_STORE;
-    MDB_val kk = {kl, k}, vv;
+    MDB_cursor *c = oc.c;
+    MDB_val kk = oc.kk, vv = oc.vv;
+    const unsigned char *k = oc.k;
+    size_t kl = oc.kl;
     lk_header_t hbuf[64];
-    int stop = 0, rc;
-    for (rc = mdb_cursor_get(c, &kk, &vv, MDB_SET_RANGE); rc == 0 && !stop && !err;
-         rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
+    for (; rc == 0 && !stop && !err; rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
         uint32_t seq = lk__get_be32((unsigned char *)kk.mv_data + kl - 4);
@@ -309,22 +324,51 @@ lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, 
     return LK_OK;
 }
 
+/* The value of name in the name-keyed database dbi, its checksum verified and stripped;
+ * what names the record in messages ("the fence of sink"), reading the read. */
+static lk_err_t get_named(lk_store_txn_t *t, MDB_dbi dbi, const char *name, const char *what,
+                          const char *reading, MDB_val *v) {
+    size_t nl = strlen(name);
+    lk_err_t e = lk__store_txn_get(t, dbi, name, nl, v, reading);
+    if (e)
+        return e;
+    MDB_val k = {nl, (void *)name};
+    if (lk__store_unseal(t->s, &k, v))
+        return lk__store_corrupt(t, "%s '%s' fails its checksum", what, name);
+    return LK_OK;
+}
+
 lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
-    size_t sl = strlen(sink);
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_FENCES], sink, sl, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading a fence");
-    MDB_val k = {sl, (void *)sink};
-    if (lk__store_unseal(t->s, &k, &v))
-        return lk__store_corrupt(t, "the fence of sink '%s' fails its checksum", sink);
     int64_t b, w;
-    lk_err_t e = lk__store_decode_fence(t, sink, v, &b, &w);
-    if (!e)
+    lk_err_t e = get_named(t, t->s->dbi[DB_FENCES], sink, "the fence of sink",
+                           "reading a fence", &v);
+    if (!e && !(e = lk__store_decode_fence(t, sink, v, &b, &w)))
         *batch = (uint64_t)b;
     return e;
+}
+
+typedef struct {
+    const char *what;
+    int (*each)(lk_store_txn_t *, const char *, MDB_val, void *, lk_err_t *);
+    void *ctx;
+} named_walk_t;
+
+static int each_named(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
+                      lk_err_t *err) {
+    named_walk_t *w = p;
+    char name[MAX_KEY + 1];
+    if (k->mv_size == 0 || k->mv_size > MAX_KEY || memchr(k->mv_data, 0, k->mv_size)) {
+        *err = lk__store_corrupt(t, "a %s key of %zu bytes is not a name", w->what, k->mv_size);
+        return 1;
+    }
+    memcpy(name, k->mv_data, k->mv_size);
+    name[k->mv_size] = 0;
+    if (lk__store_unseal(t->s, k, &v)) {
+        *err = lk__store_corrupt(t, "the %s '%s' fails its checksum", w->what, name);
+        return 1;
+    }
+    return w->each(t, name, v, w->ctx, err);
 }
 
 /* Iterate a name-keyed database (what: "fence", "accumulator"), handing each name as a
@@ -334,32 +378,8 @@ static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi, const char *what,
                               int (*each)(lk_store_txn_t *, const char *, MDB_val, void *,
                                           lk_err_t *),
                               void *ctx) {
-    MDB_cursor *c;
-    if (!t->txn || mdb_cursor_open(t->txn, dbi, &c))
-        return LK_ERR_STORE;
-    MDB_val k, v;
-    lk_err_t err = LK_OK;
-    int rc;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        char name[MAX_KEY + 1];
-        if (k.mv_size == 0 || k.mv_size > MAX_KEY || memchr(k.mv_data, 0, k.mv_size)) {
-            err = lk__store_corrupt(t, "a %s key of %zu bytes is not a name", what, k.mv_size);
-            break;
-        }
-        memcpy(name, k.mv_data, k.mv_size);
-        name[k.mv_size] = 0;
-        if (lk__store_unseal(t->s, &k, &v)) {
-            err = lk__store_corrupt(t, "the %s '%s' fails its checksum", what, name);
-            break;
-        }
-        if (each(t, name, v, ctx, &err) || err)
-            break;
-    }
-    if (!err && rc && rc != MDB_NOTFOUND)
-        err = lk__store_read_failed(t, rc, "reading");
-    mdb_cursor_close(c);
-    return err;
+    named_walk_t w = {what, each, ctx};
+    return lk__store_walk(t, dbi, "reading", each_named, &w);
 }
 
 typedef struct {
@@ -398,16 +418,9 @@ lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, in
 
 lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value) {
     MDB_val v;
-    size_t nl = strlen(name);
-    int rc = lk__store_txn_get(t, t->s->dbi[DB_ACC], name, nl, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading an accumulator");
-    MDB_val k = {nl, (void *)name};
-    if (lk__store_unseal(t->s, &k, &v))
-        return lk__store_corrupt(t, "the accumulator '%s' fails its checksum", name);
-    return lk__store_decode_acc(t, name, v, value);
+    lk_err_t e = get_named(t, t->s->dbi[DB_ACC], name, "the accumulator",
+                           "reading an accumulator", &v);
+    return e ? e : lk__store_decode_acc(t, name, v, value);
 }
 
 lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, char *errstr,

@@ -122,7 +122,17 @@ lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size
                            const char *what);
 lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            char *errstr, size_t errstr_size, const char *what);
-int lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen, MDB_val *v);
+/* key's value in dbi: LK_OK, LK_ERR_NOT_FOUND (MDB_NOTFOUND, the only "absent"), or an
+ * LMDB error recorded in t naming what was read (lk__store_read_failed). */
+lk_err_t lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+                           MDB_val *v, const char *what);
+/* Visit every (key, value) of dbi in t in key order. each returns 0 to go on or 1 to
+ * stop, and sets *err (its message in t) to fail; a failed cursor read is recorded
+ * naming reading. */
+lk_err_t lk__store_walk(lk_store_txn_t *t, MDB_dbi dbi, const char *reading,
+                        int (*each)(lk_store_txn_t *, const MDB_val *, MDB_val, void *,
+                                    lk_err_t *),
+                        void *ctx);
 
 /* store_verify.c */
 lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size);

@@ -154,11 +154,10 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     if (klen == 0 || klen > MAX_KEY) /* the same limit as state_put */
         return LK_ERR_TOO_LARGE;
     MDB_val v;
-    int rc = lk__store_txn_get(t, t->s->states[db].dbi, key, klen, &v);
-    if (rc == MDB_NOTFOUND)
-        return LK_ERR_NOT_FOUND;
-    if (rc)
-        return lk__store_read_failed(t, rc, "reading state");
+    lk_err_t e =
+        lk__store_txn_get(t, t->s->states[db].dbi, key, klen, &v, "reading state");
+    if (e)
+        return e;
     MDB_val k = {klen, (void *)key};
     if (!lk__store_decode_state(t, &k, v, val, vlen, updated_ms))
         return lk__store_corrupt(t,
