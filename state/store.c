@@ -15,13 +15,11 @@
 #define _GNU_SOURCE
 #include "store_priv.h"
 #include "../core/conf_int.h"
-#include "../core/crc32c_int.h"
 #include "../core/util_int.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -80,64 +78,6 @@ static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_s
                 s->dir, mdb_strerror(rc), (unsigned long long)s->durable_batch);
     s->fatal = 1;
     return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
-}
-
-/* ---- checksums and corruption ---- */
-
-int lk__store_sealed(const lk_store_t *s) { return s->format >= 2; }
-
-uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
-    return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
-}
-
-/* Append the checksum of (b's content, key) to b. */
-void lk__store_seal(lk__buf_t *b, const void *key, size_t klen) {
-    unsigned char tail[CRC_LEN];
-    lk__put_be32(tail, lk__store_value_crc(b->data, b->len, key, klen));
-    lk__buf_append(b, tail, CRC_LEN);
-}
-
-/* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
- * match (or v is too short to hold one). */
-int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
-    if (!lk__store_sealed(s))
-        return 0;
-    if (v->mv_size < CRC_LEN)
-        return -1;
-    size_t n = v->mv_size - CRC_LEN;
-    const unsigned char *p = v->mv_data;
-    if (lk__store_value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
-        return -1;
-    v->mv_size = n;
-    return 0;
-}
-
-/* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
- * retried and never read as "absent": the caller stops with this message. */
-__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
-                                                                 const char *fmt, ...) {
-    char what[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    lk__fmt(t->err, sizeof t->err,
-            "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a backup, "
-            "or start a new checkpoint.dir)",
-            t->s->dir, what);
-    return LK_ERR_CORRUPT;
-}
-
-const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
-
-/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like lk__store_corrupt() does. */
-lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what) {
-    lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
-                     ? LK_ERR_CORRUPT
-                     : LK_ERR_STORE;
-    lk__fmt(t->err, sizeof t->err, "checkpoint %s: %s: %s", t->s->dir, what,
-            mdb_strerror(rc));
-    return e;
 }
 
 /* ---- the replay log and MAP_FULL handling ---- */

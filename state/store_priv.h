@@ -6,15 +6,16 @@
  * state/store*.c include this file. DESIGN.md, The checkpoint.
  *
  * The files, by what they hold:
- *   store.c          the environment and transactions: open, close, the replay log and
- *                    map growth, txn begin/commit, group commit, reader-slot checks
- *   store_verify.c   data.mdb checked against LMDB's meta pages and page by page
- *   store_meta.c     meta: header, identity, format migration, the state database
- *                    names, the recorded topology and configuration
- *   store_batch.c    offsets, batch records and the pending plan
- *   store_outbox.c   the outbox, sink fences and accumulators
- *   store_state.c    keyed state (state.<uid> databases)
- *   store_inspect.c  statistics for inspect and the raw-bytes decoders (fuzz target)
+ *   store.c            the environment and transactions: open, close, the replay log
+ *                      and map growth, txn begin/commit, group commit, reader-slot checks
+ *   store_integrity.c  value checksums, corruption reports, data.mdb checked against
+ *                      LMDB's meta pages and page by page before LMDB reads it
+ *   store_meta.c       meta: header, identity, format migration, the state database
+ *                      names, the recorded topology and configuration
+ *   store_batch.c      offsets, batch records and the pending plan; reset-offsets
+ *   store_outbox.c     the outbox, sink fences and accumulators
+ *   store_state.c      keyed state (state.<uid> databases)
+ *   store_inspect.c    statistics for inspect and the raw-bytes decoders (fuzz target)
  */
 #ifndef LK_STORE_PRIV_H
 #define LK_STORE_PRIV_H
@@ -109,13 +110,6 @@ static const char plan_key[] = "pending-plan"; /* meta key of the pending plan *
 /* store.c */
 lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
                            const char *what);
-int lk__store_sealed(const lk_store_t *s);
-uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen);
-void lk__store_seal(lk__buf_t *b, const void *key, size_t klen);
-int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v);
-__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t, const char *fmt,
-                                                                 ...);
-lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what);
 lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size);
 lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            const void *val, size_t vlen, char *errstr, size_t errstr_size,
@@ -134,9 +128,17 @@ lk_err_t lk__store_walk(lk_store_txn_t *t, MDB_dbi dbi, const char *reading,
                                     lk_err_t *),
                         void *ctx);
 
-/* store_verify.c */
+/* store_integrity.c */
+int lk__store_sealed(const lk_store_t *s);
+uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen);
+void lk__store_seal(lk__buf_t *b, const void *key, size_t klen);
+int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v);
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
+                                                                 const char *fmt, ...);
+lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what);
 lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size);
-lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr,
+                                size_t errstr_size);
 
 /* store_meta.c */
 lk_err_t lk__store_new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,

@@ -10,7 +10,7 @@
 option(LK_BUILD_FUZZ "Build the libFuzzer targets (needs clang)" OFF)
 
 set(LK_FUZZ_CHECKPOINT_SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_checkpoint.c
-  ${PROJECT_SOURCE_DIR}/state/store.c ${PROJECT_SOURCE_DIR}/state/store_verify.c
+  ${PROJECT_SOURCE_DIR}/state/store.c ${PROJECT_SOURCE_DIR}/state/store_integrity.c
   ${PROJECT_SOURCE_DIR}/state/store_meta.c ${PROJECT_SOURCE_DIR}/state/store_batch.c
   ${PROJECT_SOURCE_DIR}/state/store_outbox.c ${PROJECT_SOURCE_DIR}/state/store_state.c
   ${PROJECT_SOURCE_DIR}/state/store_inspect.c ${PROJECT_SOURCE_DIR}/state/codec.c

@@ -1,21 +1,84 @@
 /*
- * store_verify.c — the checks of data.mdb that run before LMDB reads it: the file
- * against LMDB's own meta pages (check_data_file, before the environment is opened), and
+ * store_integrity.c — how the store finds damage instead of using it (DESIGN.md,
+ * Integrity): the CRC32C each value carries from format 2 on (seal, unseal), the report of
+ * what is corrupt (lk__store_corrupt, lk__store_read_failed: never retried, never read as
+ * absent), and the checks of data.mdb that run before LMDB reads it: the file against
+ * LMDB's own meta pages (lk__store_check_data_file, before the environment is opened), and
  * every page reachable from the snapshot's meta walked with bounds-checked reads
- * (verify_pages, in the open's first read transaction). liblmdb has no checksums and
- * follows page numbers blindly, so a damaged file would crash it. DESIGN.md, Integrity.
+ * (lk__store_verify_pages, in the open's first read transaction). liblmdb has no
+ * checksums and follows page numbers blindly, so a damaged file would crash it.
  */
 #define _GNU_SOURCE
 #include "store_priv.h"
+#include "../core/crc32c_int.h"
 #include "../core/util_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* ---- checksums and corruption ---- */
+
+int lk__store_sealed(const lk_store_t *s) { return s->format >= 2; }
+
+uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
+    return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
+}
+
+/* Append the checksum of (b's content, key) to b. */
+void lk__store_seal(lk__buf_t *b, const void *key, size_t klen) {
+    unsigned char tail[CRC_LEN];
+    lk__put_be32(tail, lk__store_value_crc(b->data, b->len, key, klen));
+    lk__buf_append(b, tail, CRC_LEN);
+}
+
+/* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
+ * match (or v is too short to hold one). */
+int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
+    if (!lk__store_sealed(s))
+        return 0;
+    if (v->mv_size < CRC_LEN)
+        return -1;
+    size_t n = v->mv_size - CRC_LEN;
+    const unsigned char *p = v->mv_data;
+    if (lk__store_value_crc(p, n, k->mv_data, k->mv_size) != lk__get_be32(p + n))
+        return -1;
+    v->mv_size = n;
+    return 0;
+}
+
+/* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
+ * retried and never read as "absent": the caller stops with this message. */
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
+                                                                 const char *fmt, ...) {
+    char what[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    lk__fmt(t->err, sizeof t->err,
+            "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a backup, "
+            "or start a new checkpoint.dir)",
+            t->s->dir, what);
+    return LK_ERR_CORRUPT;
+}
+
+const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
+
+/* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like lk__store_corrupt() does. */
+lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what) {
+    lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
+                     ? LK_ERR_CORRUPT
+                     : LK_ERR_STORE;
+    lk__fmt(t->err, sizeof t->err, "checkpoint %s: %s: %s", t->s->dir, what,
+            mdb_strerror(rc));
+    return e;
+}
 
 /*
  * LMDB maps data.mdb and trusts it: a truncated file makes it read past the end of the
