@@ -190,6 +190,12 @@ static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key
     return buf->oom ? -1 : 0;
 }
 
+/* Drop the pending plan inside write transaction t (no plan is not an error). */
+static lk_err_t plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+    return lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
+                             errstr_size, "clearing the batch plan");
+}
+
 lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__buf_t *buf = &t->buf;
@@ -202,8 +208,7 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
     if (err)
         return err;
     t->batch_id = b->id;
-    if ((err = lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
-                                 errstr_size, "clearing the batch plan")))
+    if ((err = plan_del(t, errstr, errstr_size))) /* the batch's commit ends its plan */
         return err;
     /* prune history: delete records with id <= b->id - history */
     if (b->id <= t->s->batch_history)
@@ -366,29 +371,23 @@ lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
     lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
     if (err)
         return err;
-    err = lk__store_txn_del(t, s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr, errstr_size,
-                            "clearing the batch plan");
-    if (err) {
+    if ((err = plan_del(t, errstr, errstr_size))) {
         lk__store_txn_abort(t);
         return err;
     }
     return lk__store_txn_commit(t, errstr, errstr_size);
 }
-/* ---- maintenance ---- */
+
+/* ---- reset-offsets: the rules of `lockstep checkpoint reset-offsets` ---- */
 
 static lk_err_t offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
-                              char *errstr, size_t errstr_size) {
+                           char *errstr, size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     if (!kl)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
     return lk__store_txn_del(t, t->s->dbi[DB_OFFSETS], k, kl, errstr, errstr_size,
                              "deleting an offset");
-}
-
-static lk_err_t plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
-    return lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
-                             errstr_size, "clearing the batch plan");
 }
 
 /* The offsets of one topic, and the list of topics with offsets for the message that
