@@ -176,17 +176,22 @@ lk_err_t lk__store_write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_
     return rc ? lk__store_mdb_err(s, rc, errstr, errstr_size, "writing meta header") : LK_OK;
 }
 
+/* meta's config: [1, {key: value, ...}] of conf's settings (secrets redacted), sealed. */
+static void encode_config(lk__buf_t *b, const lk_conf_t *conf) {
+    cfg_acc_t a = {b, 0};
+    lk_conf_foreach(conf, 1, count_cfg, &a);
+    lk__pack_array(b, 2);
+    lk__pack_i64(b, 1);
+    lk__pack_map(b, a.n);
+    lk_conf_foreach(conf, 1, pack_cfg, &a);
+    lk__store_seal(b, "config", 6);
+}
+
 lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
                                 char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
-    cfg_acc_t a = {&b, 0};
-    lk_conf_foreach(conf, 1, count_cfg, &a);
-    lk__pack_array(&b, 2);
-    lk__pack_i64(&b, 1);
-    lk__pack_map(&b, a.n);
-    lk_conf_foreach(conf, 1, pack_cfg, &a);
-    lk__store_seal(&b, "config", 6);
+    encode_config(&b, conf);
     MDB_val k = {6, "config"}, v = {b.len, b.data};
     int rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
     lk__buf_free(&b);
@@ -566,13 +571,7 @@ lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *er
         return err;
     lk__buf_t *b = &t->buf;
     lk__buf_reset(b);
-    cfg_acc_t a = {b, 0};
-    lk_conf_foreach(conf, 1, count_cfg, &a);
-    lk__pack_array(b, 2);
-    lk__pack_i64(b, 1);
-    lk__pack_map(b, a.n);
-    lk_conf_foreach(conf, 1, pack_cfg, &a);
-    lk__store_seal(b, "config", 6);
+    encode_config(b, conf);
     if (b->oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     return lk__store_txn_put(t, t->s->dbi[DB_META], "config", 6, b->data, b->len, errstr,
