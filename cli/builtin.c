@@ -348,16 +348,24 @@ static void one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     lk_emit(b, in->key, in->key_len, &v, sizeof v);
 }
 
+/* The two 8-byte numbers a window step combines, copied from a and v into x and y (left
+ * as they are when absent or of another size), and a cell for the result in the batch's
+ * memory (NULL when out of memory). */
+static void *two_numbers(lk_batch_t *b, const lk_bytes_t *a, const lk_bytes_t *v, void *x,
+                         void *y) {
+    if (a->len == 8)
+        memcpy(x, a->data, 8);
+    if (v->len == 8)
+        memcpy(y, v->data, 8);
+    return lk_alloc(b, 8);
+}
+
 /* a + sign * v over int64 window values (counts: far from overflowing) */
 static void combine_i64(lk_batch_t *b, const lk_bytes_t *a, const lk_bytes_t *v,
                         lk_bytes_t *out, int64_t sign) {
-    int64_t x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
+    int64_t x = 0, y = 0, *o = two_numbers(b, a, v, &x, &y);
     if (!o)
         return;
-    if (a->len == sizeof x)
-        memcpy(&x, a->data, sizeof x);
-    if (v->len == sizeof y)
-        memcpy(&y, v->data, sizeof y);
     *o = x + sign * y;
     *out = (lk_bytes_t){o, sizeof *o};
 }
@@ -378,13 +386,9 @@ static void sub_i64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
 static void add_f64(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
                     const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
     (void)key, (void)opaque;
-    double x = 0, y = 0, *o = lk_alloc(b, sizeof *o);
+    double x = 0, y = 0, *o = two_numbers(b, a, v, &x, &y);
     if (!o)
         return;
-    if (a->len == sizeof x)
-        memcpy(&x, a->data, sizeof x);
-    if (v->len == sizeof y)
-        memcpy(&y, v->data, sizeof y);
     *o = x + y;
     *out = (lk_bytes_t){o, sizeof *o};
 }

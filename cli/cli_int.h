@@ -1,14 +1,27 @@
 /*
- * cli_int.h — what the `lockstep` command's files share: one entry point per
- * subcommand (argv without the command words) and small argument helpers.
+ * cli_int.h — what the `lockstep` command's files share: small argument helpers
+ * (cli_util.c), one entry point per subcommand (argv without the command words), and the
+ * built-in pipelines (builtin.c). DESIGN.md, Layout.
  */
 #ifndef LK_CLI_INT_H
 #define LK_CLI_INT_H
 
 #include "lockstep.h"
 
+/* ---- shared helpers (cli_util.c): the command files depend on these, never on each
+ * other or on main.c ---- */
+
 /** Non-zero if argv holds --help or -h. */
 int lk__cli_has_help(int argc, char **argv);
+
+/**
+ * Read -c FILE and -X key=value options (kcat style) into conf, in order; other
+ * arguments are left for the caller (*rest, *nrest). Exit status on error (2), else 0.
+ */
+int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage, char **rest,
+                      int *nrest);
+
+/* ---- the commands, one file each; main.c dispatches to them ---- */
 
 /** `lockstep checkpoint inspect|export|reset-offsets ...` */
 int lk__cli_checkpoint(int argc, char **argv);
@@ -50,11 +63,5 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
 lk_define_fn *lk__cli_define_fn(lk__cli_define_t *def, void **opaque);
 void lk__cli_define_free(lk__cli_define_t *def);
 
-/**
- * Read -c FILE and -X key=value options (kcat style) into conf, in order; other
- * arguments are left for the caller (*rest, *nrest). Exit status on error (2), else 0.
- */
-int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage, char **rest,
-                      int *nrest);
 
 #endif

@@ -124,14 +124,10 @@ typedef struct {
 } strlist_t;
 
 static int strlist_add(strlist_t *l, const char *s) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv)
-            return -1;
-        l->v = nv;
-        l->cap = cap;
-    }
+    char **nv = lk__vec_reserve(l->v, &l->cap, l->n + 1, sizeof *nv, 16);
+    if (!nv)
+        return -1;
+    l->v = nv;
     if (!(l->v[l->n] = strdup(s)))
         return -1;
     l->n++;
@@ -482,42 +478,6 @@ static const char reset_help[] =
     "Keyed state, the outbox and sink fences are not changed: moving back processes\n"
     "records again (their output is produced again), moving forward skips records.\n";
 
-typedef struct {
-    const char *topic;
-    strlist_t topics; /* every topic with offsets, for the error message */
-    int32_t *parts;
-    int64_t *offs;
-    size_t n, cap;
-    int nomem;
-} offsets_ctx_t;
-
-static int collect_offset(const char *topic, int32_t partition, int64_t offset, void *o) {
-    offsets_ctx_t *c = o;
-    if (!c->topics.n || strcmp(c->topics.v[c->topics.n - 1], topic))
-        if (strlist_add(&c->topics, topic)) {
-            c->nomem = 1;
-            return 1;
-        }
-    if (strcmp(topic, c->topic))
-        return 0;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 16;
-        int32_t *np = realloc(c->parts, cap * sizeof *np);
-        if (np)
-            c->parts = np;
-        int64_t *no = np ? realloc(c->offs, cap * sizeof *no) : NULL;
-        if (!no) {
-            c->nomem = 1;
-            return 1;
-        }
-        c->offs = no;
-        c->cap = cap;
-    }
-    c->parts[c->n] = partition;
-    c->offs[c->n++] = offset;
-    return 0;
-}
-
 static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
         fputs(reset_help, stdout);
@@ -585,9 +545,6 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
 
     char err[4096];
     lk_store_t *s = NULL;
-    lk_store_txn_t *t = NULL;
-    offsets_ctx_t c = {.topic = topic};
-    int rc = 1;
     /* A read-only look first: a read-write open would create a checkpoint in a missing
      * or empty directory. */
     lk_store_opts_t ro = {.dir = dir, .readonly = 1};
@@ -603,113 +560,38 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
     lk_store_opts_t rw = {.dir = dir, .app_id = app, .no_migrate = !yes};
     if ((e = lk__store_open(&s, &rw, err, sizeof err)))
         return fail(e, err);
-    if ((e = lk__store_txn_begin(s, yes, &t, err, sizeof err)))
-        goto out;
-    if ((e = lk__store_offsets_foreach(t, collect_offset, &c)) || c.nomem) {
-        e = c.nomem ? LK_ERR_NOMEM : e;
-        lk__fmt(err, sizeof err, "checkpoint %s: cannot read the offsets: %s", dir,
-                lk__store_txn_errstr(t)[0] ? lk__store_txn_errstr(t) : lk_err_str(e));
-        goto out;
-    }
-    if (!c.n) {
-        char list[1024] = "";
-        size_t len = 0;
-        for (size_t j = 0; j < c.topics.n && len < sizeof list; j++)
-            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", j ? ", " : "",
-                                    c.topics.v[j]);
-        e = LK_ERR_NOT_FOUND;
-        lk__fmt(err, sizeof err, "checkpoint %s has no offsets for topic '%s'; %s%s", dir,
-                topic, c.topics.n ? "topics with offsets: " : "it has no offsets at all",
-                list);
-        goto out;
-    }
-    /* The targets: indexes into c.parts / c.offs, checked before anything is written. */
-    size_t *sel = malloc((nwant ? nwant : c.n) * sizeof *sel), nsel = 0;
-    if (!sel) {
-        e = lk__err(LK_ERR_NOMEM, err, sizeof err, "out of memory");
-        goto out;
-    }
-    for (size_t w = 0; w < (nwant ? nwant : c.n); w++) {
-        size_t j = w;
-        if (nwant) {
-            for (j = 0; j < c.n && c.parts[j] != want[w]; j++)
-                ;
-            if (j == c.n) {
-                char list[1024] = "";
-                size_t len = 0;
-                for (size_t k = 0; k < c.n && len < sizeof list; k++)
-                    len += (size_t)snprintf(list + len, sizeof list - len, "%s%d",
-                                            k ? ", " : "", (int)c.parts[k]);
-                e = LK_ERR_NOT_FOUND;
-                lk__fmt(err, sizeof err,
-                        "checkpoint %s has no offset for %s[%d]; partitions of %s with "
-                        "offsets: %s",
-                        dir, topic, (int)want[w], topic, list);
-                free(sel);
-                goto out;
-            }
-        }
-        sel[nsel++] = j;
-    }
-    /* in partition order, whatever the order of the options */
-    for (size_t a = 1; a < nsel; a++)
-        for (size_t b = a; b > 0 && c.parts[sel[b - 1]] > c.parts[sel[b]]; b--) {
-            size_t x = sel[b];
-            sel[b] = sel[b - 1];
-            sel[b - 1] = x;
-        }
-    printf("checkpoint %s (app.id %s)\n", dir, app);
-    for (size_t k = 0; k < nsel && !e; k++) {
-        size_t j = sel[k];
-        if (del) {
-            printf("  %s[%d]: %" PRId64 " -> deleted (read as a new partition)\n", topic,
-                   (int)c.parts[j], c.offs[j]);
-            if (yes)
-                e = lk__store_offset_del(t, topic, c.parts[j], err, sizeof err);
-        } else {
-            printf("  %s[%d]: %" PRId64 " -> %" PRId64 "%s\n", topic, (int)c.parts[j],
-                   c.offs[j], to, to == c.offs[j] ? " (unchanged)" : "");
-            if (yes)
-                e = lk__store_offset_put(t, topic, c.parts[j], to, err, sizeof err);
-        }
-    }
-    free(sel);
+    /* the rules (which offsets, the pending plan dropped with them) are the store's */
+    lk__offset_reset_t req = {topic, want, nwant, del ? -1 : to, yes};
+    lk__offset_change_t *ch = NULL;
+    size_t nch = 0;
+    uint64_t plan = 0;
+    e = lk__store_reset_offsets(s, &req, &ch, &nch, &plan, err, sizeof err);
+    lk__store_close(s);
     if (e)
-        goto out;
-    lk_batch_rec_t plan;
-    lk_err_t pe = lk__store_plan_get(t, &plan);
-    if (pe && pe != LK_ERR_NOT_FOUND) { /* corrupt: never taken for "no plan" */
-        e = lk__err(pe, err, sizeof err, "%s", lk__store_txn_errstr(t));
-        goto out;
+        return fail(e, err);
+    printf("checkpoint %s (app.id %s)\n", dir, app);
+    for (size_t k = 0; k < nch; k++) {
+        if (del)
+            printf("  %s[%d]: %" PRId64 " -> deleted (read as a new partition)\n", topic,
+                   (int)ch[k].partition, ch[k].from);
+        else
+            printf("  %s[%d]: %" PRId64 " -> %" PRId64 "%s\n", topic, (int)ch[k].partition,
+                   ch[k].from, to, to == ch[k].from ? " (unchanged)" : "");
     }
-    if (pe == LK_OK) {
+    free(ch);
+    if (plan)
         printf("  pending plan of batch %" PRIu64 ": dropped (it holds the old offsets)\n",
-               plan.id);
-        if (yes && (e = lk__store_plan_del(t, err, sizeof err)))
-            goto out;
-    }
-    if (yes) {
-        e = lk__store_txn_commit(t, err, sizeof err);
-        t = NULL;
-        if (e)
-            goto out;
-        printf("written: %zu offset%s changed\n", nsel, nsel == 1 ? "" : "s");
-    } else {
+               plan);
+    if (yes)
+        printf("written: %zu offset%s changed\n", nch, nch == 1 ? "" : "s");
+    else
         printf("dry run, nothing written (add --yes to write)\n");
-    }
     if (fflush(stdout) != 0 || ferror(stdout)) {
         e = lk__err(LK_ERR_IO, err, sizeof err, "cannot write to stdout: %s",
                     strerror(errno));
-        goto out;
+        return fail(e, err);
     }
-    rc = 0;
-out:
-    lk__store_txn_abort(t);
-    lk__store_close(s);
-    strlist_free(&c.topics);
-    free(c.parts);
-    free(c.offs);
-    return rc ? fail(e, err) : 0;
+    return 0;
 }
 
 int lk__cli_checkpoint(int argc, char **argv) {

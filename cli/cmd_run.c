@@ -30,55 +30,6 @@ static const char run_usage[] =
     "  output.topic and/or output.dir, or pipeline.plugin=./libmine.so.\n"
     "Run 'lockstep config' for every property.\n";
 
-int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage, char **rest,
-                      int *nrest) {
-    char err[1024];
-    *nrest = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-c") || !strcmp(a, "-X")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "lockstep: %s needs an argument\n\n%s", a, usage);
-                return 2;
-            }
-            const char *v = argv[++i];
-            if (a[1] == 'c') {
-                if (lk_conf_load_file(conf, v, err, sizeof err) != LK_CONF_OK) {
-                    fprintf(stderr, "lockstep: %s\n", err);
-                    return 2;
-                }
-            } else {
-                const char *eq = strchr(v, '=');
-                /* the argument is never echoed whole: it may hold a password */
-                if (!eq) {
-                    fprintf(stderr, "lockstep: -X takes key=value; argument %d has no '=' "
-                                    "(not shown: it may hold a secret)\n", i + 1);
-                    return 2;
-                }
-                if (eq == v) {
-                    fprintf(stderr, "lockstep: -X takes key=value; argument %d has no key "
-                                    "before '='\n", i + 1);
-                    return 2;
-                }
-                char *key = strndup(v, (size_t)(eq - v));
-                lk_conf_res_t r = lk_conf_set(conf, key, eq + 1, err, sizeof err);
-                free(key);
-                if (r != LK_CONF_OK) {
-                    /* only the key: lk_conf_set's reason never quotes a secret's value */
-                    fprintf(stderr, "lockstep: -X %.*s: %s\n", (int)(eq - v), v, err);
-                    return 2;
-                }
-            }
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "lockstep: unknown option %s\n\n%s", a, usage);
-            return 2;
-        } else {
-            rest[(*nrest)++] = argv[i];
-        }
-    }
-    return 0;
-}
-
 typedef struct {
     FILE *log;
     int tty;

@@ -65,10 +65,12 @@ static wc_entry_t *entry(wc_table_t *t, const char *w, size_t len) {
     for (size_t i = 0; i < t->n; i++)
         if (strlen(t->e[i].word) == len && !memcmp(t->e[i].word, w, len))
             return &t->e[i];
-    if (t->n == t->cap) {
-        t->cap = t->cap ? t->cap * 2 : 256;
-        t->e = realloc(t->e, t->cap * sizeof *t->e);
+    wc_entry_t *ne = lk__vec_reserve(t->e, &t->cap, t->n + 1, sizeof *ne, 256);
+    if (!ne) { /* the demo cannot check its counts without the table */
+        fputs("lockstep demo: out of memory\n", stderr);
+        exit(1);
     }
+    t->e = ne;
     wc_entry_t *e = &t->e[t->n++];
     memset(e, 0, sizeof *e);
     snprintf(e->word, sizeof e->word, "%.*s", (int)len, w);
@@ -173,12 +175,20 @@ static int read_files(const char *dir, wc_table_t *t, char *err, size_t errsize)
     if (!d)
         return lk__fmt(err, errsize, "no output files in %s", pdir), -1;
     char **names = NULL;
-    size_t n = 0;
+    size_t n = 0, ncap = 0;
     struct dirent *e;
     while ((e = readdir(d)))
         if (strstr(e->d_name, ".jsonl") && !strstr(e->d_name, ".tmp")) {
-            names = realloc(names, (n + 1) * sizeof *names);
-            names[n++] = strdup(e->d_name);
+            char **nn = lk__vec_reserve(names, &ncap, n + 1, sizeof *names, 16);
+            if (!nn || !(nn[n] = strdup(e->d_name))) {
+                closedir(d);
+                for (size_t i = 0; i < n; i++)
+                    free((nn ? nn : names)[i]);
+                free(nn ? nn : names);
+                return lk__fmt(err, errsize, "out of memory"), -1;
+            }
+            names = nn;
+            n++;
         }
     closedir(d);
     qsort(names, n, sizeof *names, cmp_name);

@@ -35,13 +35,6 @@ static void usage(FILE *fp) {
             lk_version_str());
 }
 
-int lk__cli_has_help(int argc, char **argv) {
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-            return 1;
-    return 0;
-}
-
 static int cmd_config(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
         puts("Usage: lockstep config [--markdown]\n\nList every configuration property "
@@ -87,18 +80,18 @@ int main(int argc, char **argv) {
         printf("lockstep %s\n", lk_version_str());
         return 0;
     }
-    if (!strcmp(cmd, "run"))
-        return lk__cli_run(argc - 2, argv + 2);
-    if (!strcmp(cmd, "mock-broker"))
-        return lk__cli_mock_broker(argc - 2, argv + 2);
-    if (!strcmp(cmd, "demo"))
-        return lk__cli_demo(argc - 2, argv + 2);
-    if (!strcmp(cmd, "checkpoint"))
-        return lk__cli_checkpoint(argc - 2, argv + 2);
-    if (!strcmp(cmd, "config"))
-        return cmd_config(argc - 2, argv + 2);
-    if (!strcmp(cmd, "metrics"))
-        return cmd_metrics(argc - 2, argv + 2);
+    /* each command gets the arguments after its name */
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } commands[] = {
+        {"run", lk__cli_run},   {"mock-broker", lk__cli_mock_broker},
+        {"demo", lk__cli_demo}, {"checkpoint", lk__cli_checkpoint},
+        {"config", cmd_config}, {"metrics", cmd_metrics},
+    };
+    for (size_t i = 0; i < LK_ARRAY_SIZE(commands); i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].run(argc - 2, argv + 2);
     fprintf(stderr, "lockstep: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -60,6 +60,30 @@ char *lk__strdup(const char *s) {
     return s ? strdup(s) : NULL;
 }
 
+/* Doubling keeps appends amortized O(1); the checks keep a huge need from wrapping
+ * around to a small allocation that the caller would then write past. */
+void *lk__vec_reserve(void *v, size_t *cap, size_t need, size_t size, size_t min_cap) {
+    if (!size || !need)
+        return NULL;
+    if (need <= *cap && v)
+        return v;
+    size_t ncap = *cap > SIZE_MAX / 2 ? SIZE_MAX : *cap * 2;
+    if (ncap < min_cap)
+        ncap = min_cap;
+    if (ncap < need)
+        ncap = need;
+    if (ncap > SIZE_MAX / size) { /* doubling overflows: the least that fits */
+        ncap = need;
+        if (ncap > SIZE_MAX / size)
+            return NULL;
+    }
+    void *n = realloc(v, ncap * size);
+    if (!n)
+        return NULL;
+    *cap = ncap;
+    return n;
+}
+
 int lk__fsync_dir(const char *path) {
     char *copy = strdup(path);
     if (!copy)

@@ -54,6 +54,17 @@ static inline uint64_t lk__get_be64(const unsigned char *p) {
 char *lk__strdup(const char *s);
 
 /**
+ * Room for at least need elements of size bytes in the growable array v of *cap
+ * elements (v NULL and *cap 0 for a new one): returns v itself when it has the room, else
+ * the array reallocated to the larger of need, twice *cap and min_cap elements, with *cap
+ * updated. NULL when out of memory or when need elements of size bytes overflow size_t;
+ * v is then still valid (the caller frees it) and *cap unchanged; also NULL for need or
+ * size 0.
+ * The one growth helper for hand-written arrays.
+ */
+void *lk__vec_reserve(void *v, size_t *cap, size_t need, size_t size, size_t min_cap);
+
+/**
  * Durably replace path with data: write path.tmp, fsync it, rename over path, fsync
  * the directory. A crash leaves either the old or the new content, never a mix.
  */

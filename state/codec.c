@@ -4,6 +4,7 @@
  * dereferenced blindly.
  */
 #include "codec_int.h"
+#include "../core/util_int.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -13,16 +14,14 @@ static int buf_write(void *data, const char *p, size_t n) {
     if (b->oom)
         return -1;
     if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
+        char *d = n <= SIZE_MAX - b->len
+                      ? lk__vec_reserve(b->data, &b->cap, b->len + n, 1, 256)
+                      : NULL;
         if (!d) {
             b->oom = 1;
             return -1;
         }
         b->data = d;
-        b->cap = cap;
     }
     memcpy(b->data + b->len, p, n);
     b->len += n;

@@ -376,20 +376,46 @@ lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
 
 /* ---- maintenance (the `lockstep checkpoint` commands) ---- */
 
-/**
- * Delete the committed offset of (topic, partition): the next start treats the partition
- * as new (see the receiver: earliest offset when the topic has other partitions in the
- * checkpoint, else auto.offset.reset). Deleting a missing offset is not an error.
- */
-lk_err_t lk__store_offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
-                              char *errstr, size_t errstr_size);
+/** What `lockstep checkpoint reset-offsets` asks of lk__store_reset_offsets(). */
+typedef struct lk__offset_reset {
+    const char *topic;         /**< the input topic; it must have offsets */
+    const int32_t *partitions; /**< partitions to change, each with an offset; NULL or
+                                    none: every partition of topic with an offset */
+    size_t npartitions;
+    int64_t to;                /**< the next offset to read (>= 0); -1: forget the offset,
+                                    the next start reads the partition as new (the
+                                    receiver: earliest offset when other partitions of the
+                                    topic keep theirs, else auto.offset.reset) */
+    int write;                 /**< 0: a dry run, every check made, nothing written */
+} lk__offset_reset_t;
+
+/** One partition lk__store_reset_offsets() changed (or, in a dry run, would change). */
+typedef struct lk__offset_change {
+    int32_t partition;
+    int64_t from; /**< the checkpointed offset */
+    int64_t to;   /**< the new one; -1: deleted */
+} lk__offset_change_t;
 
 /**
- * Drop the pending plan inside write transaction t (lk__store_plan_clear() does it in a
- * transaction of its own), so that it goes together with the offset changes that make
- * it stale. No pending plan is not an error.
+ * Move (or forget) the checkpointed offsets of r->topic's partitions and drop the pending
+ * plan, whose ranges would replay the old offsets, in one write transaction of its own
+ * (synced like any commit). The caller holds the checkpoint (a writable open: no
+ * application runs on it). Keyed state, the outbox and the fences are left as they are.
+ * A dry run (r->write == 0) reads in a read transaction and reports the same changes.
+ * @param changes   out: the changes in partition order (malloc'ed, the caller frees);
+ *                  NULL on error
+ * @param nchanges  out: their number
+ * @param plan      out: the batch id of the pending plan dropped (or that a dry run
+ *                  would drop), 0 when there is none
+ * @returns LK_OK; LK_ERR_NOT_FOUND when the topic has no offsets (the message lists the
+ *          topics that have) or a partition asked for has none (it lists those that
+ *          have); LK_ERR_INVALID_ARG for r->to below -1; LK_ERR_CORRUPT for a damaged
+ *          offset or plan; LK_ERR_STATE when the store is read-only or a write
+ *          transaction is open; LK_ERR_NOMEM; a transaction's errors (LK_ERR_IO, ...).
  */
-lk_err_t lk__store_plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
+                                 lk__offset_change_t **changes, size_t *nchanges,
+                                 uint64_t *plan, char *errstr, size_t errstr_size);
 
 /**
  * Visit the entries of operator uid's state database in key order inside t, without

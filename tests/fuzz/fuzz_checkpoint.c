@@ -11,9 +11,9 @@
  * stopping at it); byte 2 is the key length (the key follows), the rest is the value.
  * LK_FUZZ_VERBOSE=1 prints each input's result (to check what the seeds reach).
  *
- * Built by tests/fuzz/checkpoint.cmake (LK_BUILD_FUZZ=ON, clang). Without
- * LK_FUZZ_LIBFUZZER the same file gets a main() that replays the files named on its
- * command line, so the seed corpus (tests/fuzz/corpus/checkpoint) runs as a unit test.
+ * Built by tests/fuzz/checkpoint.cmake (LK_BUILD_FUZZ=ON, clang). Linked with replay.c
+ * instead of libFuzzer it replays the files named on its command line, so the seed corpus
+ * (tests/fuzz/corpus/checkpoint) runs as a unit test.
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
@@ -104,28 +104,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(val);
     return 0;
 }
-
-#ifndef LK_FUZZ_LIBFUZZER
-/* Replay: each argument is an input file (the seed corpus, or a crash to reproduce). */
-int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
-            perror(argv[i]);
-            return 1;
-        }
-        size_t cap = 1 << 16, n = 0, got;
-        uint8_t *buf = malloc(cap);
-        while (buf && (got = fread(buf + n, 1, cap - n, fp)) > 0)
-            if ((n += got) == cap)
-                buf = realloc(buf, cap *= 2);
-        fclose(fp);
-        if (!buf)
-            return 1;
-        LLVMFuzzerTestOneInput(buf, n);
-        free(buf);
-    }
-    printf("fuzz_checkpoint: %d inputs replayed\n", argc - 1);
-    return 0;
-}
-#endif

@@ -5,8 +5,8 @@
  * the loader as a file (a memfd named through /proc/self/fd), the loader's only source.
  *
  * Built with clang only (CMake: CC=clang-14 -DLK_BUILD_FUZZ=ON, see tests/fuzz/
- * CMakeLists.txt). Without LK_FUZZ_LIBFUZZER the same file gets a main() that replays
- * the files named on its command line, so the seed corpus also runs as a regular test.
+ * CMakeLists.txt). Linked with replay.c instead of libFuzzer it replays the files named
+ * on its command line, so the seed corpus also runs as a regular test.
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
@@ -51,28 +51,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lk_conf_destroy(conf);
     return 0;
 }
-
-#ifndef LK_FUZZ_LIBFUZZER
-/* Replay: each argument is an input file (the seed corpus, or a crash to reproduce). */
-int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
-            perror(argv[i]);
-            return 1;
-        }
-        size_t cap = 1 << 16, n = 0, got;
-        uint8_t *buf = malloc(cap);
-        while (buf && (got = fread(buf + n, 1, cap - n, fp)) > 0)
-            if ((n += got) == cap)
-                buf = realloc(buf, cap *= 2);
-        fclose(fp);
-        if (!buf)
-            return 1;
-        LLVMFuzzerTestOneInput(buf, n);
-        free(buf);
-        printf("%s: ok\n", argv[i]);
-    }
-    return 0;
-}
-#endif

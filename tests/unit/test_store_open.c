@@ -266,6 +266,55 @@ Test(store_map, grows_within_one_transaction_and_across_transactions) {
     lk__store_close(s);
 }
 
+/* The writer of store_map.state_open_adopts_a_map_another_process_grew: grows the map of
+ * a 64 KiB checkpoint to several MiB, writing into state.grown. */
+static lk_err_t child_grow(char *msg, size_t size) {
+    lk_store_t *s = NULL;
+    lk_err_t e = tu_open_opts(&s, dir, "app", 64 << 10, 0, msg, size);
+    if (e)
+        return e;
+    lk_state_db_t db;
+    lk_store_txn_t *t = NULL;
+    if (!(e = lk__store_state_open(s, "grown", &db, msg, size)))
+        e = lk__store_txn_begin(s, 1, &t, msg, size);
+    unsigned char v[2000];
+    for (uint64_t i = 0; !e && i < 2000; i++) {
+        char key[32];
+        int kl = snprintf(key, sizeof key, "k%06llu", (unsigned long long)i);
+        fill_value(v, sizeof v, i);
+        e = lk__store_state_put(t, db, key, (size_t)kl, v, sizeof v, 0, msg, size);
+    }
+    if (!e) {
+        e = lk__store_txn_commit(t, msg, size);
+        t = NULL;
+    }
+    lk__store_txn_abort(t);
+    if (!e)
+        snprintf(msg, size, "map %zu", lk__store_map_size(s));
+    lk__store_close(s);
+    return e;
+}
+
+/* Another process grew the map after this one opened the checkpoint (inspect reading a
+ * running application's checkpoint): opening a state database adopts the new size, as
+ * every transaction does, instead of failing with MDB_MAP_RESIZED. */
+Test(store_map, state_open_adopts_a_map_another_process_grew) {
+    lk_store_t *s;
+    CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+    lk__store_close(s);
+    lk_store_opts_t o = {.dir = dir, .readonly = 1, .map_size = 64 << 10};
+    CHECK(lk__store_open(&s, &o, ES));
+    cr_assert_eq(lk__store_map_size(s), 64 << 10);
+    lk__log_level = LK_LOG_WARNING;
+    child_result_t r = in_child(child_grow);
+    cr_assert_eq(r.err, LK_OK, "writer: %s (%s)", r.msg, lk_err_name(r.err));
+    lk_state_db_t db;
+    CHECK(lk__store_state_open(s, "grown", &db, ES));
+    cr_assert_geq(lk__store_map_size(s), (size_t)2000 * 2000);
+    check_values(s, db, 2000, 2000, 0);
+    lk__store_close(s);
+}
+
 Test(store_map, one_value_far_larger_than_the_map) {
     lk_store_t *s;
     CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));

@@ -3,7 +3,8 @@
  * and a reopen exactly: offsets, batch records (and history pruning), the outbox
  * (order, sinks, headers, absent keys and tombstones, acknowledgement, byte accounting),
  * fences, accumulators, keyed state, topology and the recorded configuration (secrets
- * redacted). Aborted transactions leave nothing behind.
+ * redacted), and reset-offsets' rules (lk__store_reset_offsets). Aborted transactions
+ * leave nothing behind.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -122,6 +123,78 @@ Test(store_records, offsets_round_trip) {
     check_offsets(s);
     s = reopen(s, "app");
     check_offsets(s);
+    lk__store_close(s);
+}
+
+/* The rules of `checkpoint reset-offsets` in the store: the partitions asked for (in
+ * partition order whatever the request's order), the pending plan dropped with them, a
+ * dry run that changes nothing, and a partition without an offset refused whole. */
+Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
+    lk_store_t *s = tu_open(dir, "app");
+    lk_store_txn_t *t = tu_begin(s, 1);
+    for (int32_t p = 0; p < 4; p++)
+        CHECK(lk__store_offset_put(t, "in", p, 100 + p, ES));
+    CHECK(lk__store_offset_put(t, "other", 0, 7, ES));
+    tu_commit(t);
+    lk_range_t range = {"in", 0, 100, 200};
+    lk_batch_rec_t plan = {.id = 5, .batch_time_ms = 1, .ranges = &range, .nranges = 1};
+    CHECK(lk__store_plan_put(s, &plan, ES));
+
+    int32_t parts[] = {3, 1};
+    lk__offset_reset_t r = {"in", parts, 2, 10, 0};
+    lk__offset_change_t *ch;
+    size_t n;
+    uint64_t pid;
+    CHECK(lk__store_reset_offsets(s, &r, &ch, &n, &pid, ES)); /* dry run */
+    cr_assert_eq(n, 2);
+    cr_assert(ch[0].partition == 1 && ch[0].from == 101 && ch[0].to == 10);
+    cr_assert(ch[1].partition == 3 && ch[1].from == 103 && ch[1].to == 10);
+    cr_assert_eq(pid, 5);
+    free(ch);
+    t = tu_begin(s, 0);
+    int64_t off;
+    OK(lk__store_offset_get(t, "in", 1, &off));
+    cr_assert_eq(off, 101, "a dry run wrote");
+    lk_batch_rec_t got;
+    OK(lk__store_plan_get(t, &got));
+    lk__store_txn_abort(t);
+
+    r.write = 1;
+    CHECK(lk__store_reset_offsets(s, &r, &ch, &n, &pid, ES));
+    free(ch);
+    cr_assert_eq(pid, 5);
+    s = reopen(s, "app");
+    t = tu_begin(s, 0);
+    for (int32_t p = 0; p < 4; p++) {
+        OK(lk__store_offset_get(t, "in", p, &off));
+        cr_assert_eq(off, p == 1 || p == 3 ? 10 : 100 + p, "in[%d] at %lld", p, (long long)off);
+    }
+    cr_assert_eq(lk__store_plan_get(t, &got), LK_ERR_NOT_FOUND, "the plan stayed");
+    lk__store_txn_abort(t);
+
+    /* every partition, deleted; no plan left to drop */
+    lk__offset_reset_t all = {"in", NULL, 0, -1, 1};
+    CHECK(lk__store_reset_offsets(s, &all, &ch, &n, &pid, ES));
+    free(ch);
+    cr_assert(n == 4 && pid == 0);
+    t = tu_begin(s, 0);
+    cr_assert_eq(lk__store_offset_get(t, "in", 2, &off), LK_ERR_NOT_FOUND);
+    OK(lk__store_offset_get(t, "other", 0, &off));
+    lk__store_txn_abort(t);
+
+    /* a topic or a partition without offsets: refused, naming what has them */
+    cr_assert_eq(lk__store_reset_offsets(s, &all, &ch, &n, &pid, ES), LK_ERR_NOT_FOUND);
+    cr_assert(strstr(E, "topics with offsets: other"), "%s", E);
+    cr_assert_null(ch);
+    int32_t missing[] = {0, 9};
+    lk__offset_reset_t bad = {"other", missing, 2, 1, 1};
+    cr_assert_eq(lk__store_reset_offsets(s, &bad, &ch, &n, &pid, ES), LK_ERR_NOT_FOUND);
+    cr_assert(strstr(E, "no offset for other[9]; partitions of other with offsets: 0"), "%s",
+              E);
+    t = tu_begin(s, 0);
+    OK(lk__store_offset_get(t, "other", 0, &off));
+    cr_assert_eq(off, 7, "a refused reset wrote");
+    lk__store_txn_abort(t);
     lk__store_close(s);
 }
 
