@@ -253,6 +253,47 @@ lk_err_t lk__window_check_conf(const lk_pipeline_t *p, int64_t interval, char *e
     return LK_OK;
 }
 
+int lk__window_wants_plan(const lk_pipeline_t *p) {
+    for (size_t i = 0; i < p->nstages; i++)
+        if (p->stages[i]->kind == LK__ST_WINDOW && p->stages[i]->win->domain == LK__WIN_EVENT_TIME)
+            return 1;
+    return 0;
+}
+
+/* whether topic is read by the source s descends from */
+static int reads_topic(const lk_stream_t *s, const char *topic) {
+    while (s && s->kind != LK__ST_SOURCE)
+        s = s->parent;
+    for (size_t i = 0; s && i < s->ntopics; i++)
+        if (!strcmp(s->topics[i], topic))
+            return 1;
+    return 0;
+}
+
+lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk_store_txn_t *t, uint64_t batch_id,
+                                int64_t now_ms, const lk__wunread_t *unread, size_t n,
+                                char *errstr, size_t errstr_size) {
+    lk__wunread_t *mine = malloc((n ? n : 1) * sizeof *mine);
+    if (!mine)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    lk_err_t e = LK_OK;
+    for (size_t i = 0; i < p->nstages && !e; i++) {
+        const lk_stream_t *s = p->stages[i];
+        if (s->kind != LK__ST_WINDOW || s->win->domain != LK__WIN_EVENT_TIME)
+            continue;
+        size_t m = 0;
+        for (size_t j = 0; j < n; j++)
+            if (reads_topic(s, unread[j].topic))
+                mine[m++] = unread[j];
+        char err[400];
+        if ((e = lk__wstore_unread_put(t, s->db, batch_id, mine, m, now_ms, err, sizeof err)))
+            lk__err(e, errstr, errstr_size, "%s '%s': recording the batch plan: %s",
+                    op_name(s), s->uid, err);
+    }
+    free(mine);
+    return e;
+}
+
 /* slice numbers in the collected keys: sign bit flipped, big-endian (as in the store) */
 static void put_slice(unsigned char *p, int64_t s) {
     lk__put_be64(p, (uint64_t)s ^ (UINT64_C(1) << 63));
@@ -806,8 +847,34 @@ static int each_part_max(int64_t max, int64_t seen, void *o) {
     return 0;
 }
 
+typedef struct {
+    wctx_t *c;
+    int held;
+    lk_err_t err;
+} unread_scan_t;
+
+/* a partition with records unread: does it hold the watermark (never sent records)? */
+static int unread_holds(const char *topic, size_t tlen, int32_t partition, void *o) {
+    unread_scan_t *u = o;
+    char name[256];
+    if (tlen >= sizeof name) {
+        u->err = LK_ERR_CORRUPT;
+        return 1;
+    }
+    memcpy(name, topic, tlen);
+    name[tlen] = 0;
+    int64_t max, seen;
+    lk_err_t e = lk__wstore_part_get(u->c->b->txn, u->c->s->db, name, partition, &max, &seen);
+    if (e == LK_ERR_NOT_FOUND)
+        return u->held = 1;
+    if (e)
+        u->err = e;
+    return e != LK_OK;
+}
+
 /* Commit this batch's per-partition maxima and compute the new watermark (never lower
- * than wm_old). 0, or -1 with the batch failed. */
+ * than wm_old; held at wm_old while a partition of the plan with records left unread has
+ * never sent any). 0, or -1 with the batch failed. */
 static int advance_wm(wctx_t *c, int64_t wm_old, int64_t *wm_new) {
     lk_batch_t *b = c->b;
     lk_stream_t *s = c->s;
@@ -837,6 +904,26 @@ static int advance_wm(wctx_t *c, int64_t wm_old, int64_t *wm_new) {
         return -1;
     }
     *wm_new = wm_old;
+    /* A partition of the plan that left records unread and has never sent any holds the
+     * watermark where it is: its records may be older than everything seen so far (on a
+     * real broker the first fetches can bring some partitions' records only). From the
+     * record written with the plan, so a batch processed again decides the same. */
+    unread_scan_t u = {.c = c};
+    uint64_t planned;
+    e = lk__wstore_unread_get(b->txn, s->db, &planned, NULL, NULL);
+    if (!e && planned == b->id)
+        e = lk__wstore_unread_get(b->txn, s->db, &planned, unread_holds, &u);
+    if (!e && !u.err)
+        e = lk__wstore_unread_del(b->txn, s->db, c->err, sizeof c->err);
+    else if (e == LK_ERR_NOT_FOUND)
+        e = LK_OK;
+    if (e || u.err) {
+        lk__batch_failf(b, e ? e : u.err, "%s '%s': reading the batch plan's unread partitions: %s",
+                        op_name(s), s->uid, lk_err_str(e ? e : u.err));
+        return -1;
+    }
+    if (u.held)
+        return 0;
     if (x.any) {
         int64_t cand = (x.any_active ? x.min_active : x.max_all) - w->grace_ms;
         if (cand > *wm_new)

@@ -463,8 +463,14 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  *
  * Watermark: per input partition (of the input records the window's records come from),
  * the highest event time seen; the watermark is the lowest of them minus grace_ms, over
- * the partitions that are not idle (no record for idle_ms of batch time; when all are
- * idle, the highest of them minus grace_ms). It never goes back. With idle_ms > 0 the
+ * the task's input partitions that are not idle (no record for idle_ms of batch time;
+ * when all are idle, the highest of them minus grace_ms). A partition of the window's
+ * topics that has not sent a record yet holds the watermark where it is while the batch's
+ * plan leaves records of it unread (its log end lay past the planned range:
+ * max.records.per.partition, or max.bytes.per.batch cut the fetch, which on a real broker
+ * can bring some partitions' records first); one read to its end without records does
+ * not hold it. This is recorded with the batch's plan, so a batch processed again after
+ * a crash decides the same. It never goes back. With idle_ms > 0 the
  * pipeline runs a batch every batch.interval.ms even without input, so that idleness is
  * noticed; otherwise the watermark moves with input only. The per-partition
  * maxima and the watermark are written in the batch's transaction, with the offsets: a

@@ -3,7 +3,8 @@
  * update) driven through the batch engine directly, so that batch times, event times
  * and partitions are chosen by the test:
  *  - spelled-out cases: the watermark (lowest partition maximum minus grace), idle
- *    partitions, one final per window, late records counted and side-output;
+ *    partitions, partitions the plan left records unread in (they hold it before their
+ *    first record), one final per window, late records counted and side-output;
  *  - a model check: random input over three partitions (some idle, some late) gives
  *    exactly the results of a brute-force model of the watermark and windows;
  *  - crash determinism: batches aborted before their commit and restarts from the
@@ -85,6 +86,7 @@ static char *fmt_result(const lk_record_t *r, int late) {
     return line;
 }
 
+#define NPARTS_MAX 8
 #define NOPS 4 /* tumbling/close, hopping/close, hopping/update, tumbling/update */
 
 typedef struct {
@@ -266,6 +268,71 @@ Test(windows_event, watermark_is_the_slowest_partition_until_it_idles) {
     ASSERT_OUT(&h, 0, "|;|;|;[0,1000)k0=2 F;|;|;");
     /* 1200's window [1000,2000) closed already when partition 1 idled: late */
     ASSERT_OUT(&h, NOPS, "|;|;|;|;late[1000,2000)k0=1;|;");
+    h_close(&h);
+    h_free(&h);
+}
+
+/* What the driver records with the plan of the next batch: the input partitions whose
+ * log end lay past the range the batch reads (in a transaction of its own). */
+static void h_plan(h_t *h, int64_t time, const int *unread_parts, size_t n) {
+    lk__wunread_t u[NPARTS_MAX];
+    cr_assert_leq(n, NPARTS_MAX);
+    for (size_t i = 0; i < n; i++)
+        u[i] = (lk__wunread_t){"in", unread_parts[i]};
+    lk_store_txn_t *t = tu_begin(h->st, 1);
+    char err[512];
+    cr_assert_eq(lk__window_record_plan(h->p, t, h->id + 1, time, u, n, err, sizeof err), LK_OK,
+                 "%s", err);
+    tu_commit(t);
+}
+
+/* On a real broker the first fetch may bring partition 0's records only, while partition
+ * 1 still has older ones unread: they must not become late because partition 1 had not
+ * sent anything yet. Before the fix the watermark jumped to partition 0's time in batch 1
+ * and partition 1's records of batch 2 were late. */
+Test(windows_event, unread_partition_holds_the_watermark_before_its_first_record) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_TUMBLING, .size_ms = 1000};
+    h_open(&h);
+    int p1[] = {1};
+    erec_t b1[] = {{0, 5000, 0, 1}, {0, 5100, 1, 1}};
+    h_plan(&h, 1, p1, 1);
+    h_batch(&h, 1, b1, 2, 0); /* a crash before the commit: the replay reads the same plan */
+    h_batch(&h, 1, b1, 2, 1); /* partition 1 has records unread: the watermark holds */
+    erec_t b2[] = {{1, 100, 0, 1}, {1, 200, 1, 1}, {1, 2600, 0, 1}};
+    h_plan(&h, 2, NULL, 0);
+    h_batch(&h, 2, b2, 3, 1); /* watermark 2600: [0,1000) and [1000,2000) close */
+    erec_t b3[] = {{1, 6000, 0, 1}};
+    h_batch(&h, 3, b3, 1, 1); /* watermark 5100: [2000,3000) closes */
+    ASSERT_OUT(&h, 0, "|;[0,1000)k0=1 F;[0,1000)k1=1 F;|;[2000,3000)k0=1 F;|;");
+    ASSERT_OUT(&h, NOPS, "|;|;|;");
+    cr_assert_eq(acc(&h, "tc.late"), -1, "nothing was late");
+    h_close(&h);
+    h_free(&h);
+}
+
+/* A partition read to its end that never had records does not hold the watermark, nor
+ * does a plan recorded for another batch. */
+Test(windows_event, partition_read_to_its_end_does_not_hold_the_watermark) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_TUMBLING, .size_ms = 1000};
+    h_open(&h);
+    int p1[] = {1};
+    h_plan(&h, 1, NULL, 0);
+    erec_t b1[] = {{0, 5000, 0, 1}, {0, 100, 1, 1}};
+    h_batch(&h, 1, b1, 2, 1); /* watermark 5000: [0,1000) closes */
+    h.id++;                   /* a plan for batch 3 only */
+    h_plan(&h, 3, p1, 1);
+    h.id--;
+    erec_t b2[] = {{0, 7000, 0, 1}};
+    h_batch(&h, 2, b2, 1, 1); /* watermark 7000: [5000,6000) closes */
+    ASSERT_OUT(&h, 0, "[0,1000)k1=1 F;|;[5000,6000)k0=1 F;|;");
+    /* the recorded plan is gone once a batch used (or passed) it */
+    lk_store_txn_t *t = tu_begin(h.st, 0);
+    uint64_t id;
+    cr_assert_eq(lk__wstore_unread_get(t, h.p->stages[1]->db, &id, NULL, NULL),
+                 LK_ERR_NOT_FOUND);
+    lk__store_txn_abort(t);
     h_close(&h);
     h_free(&h);
 }
