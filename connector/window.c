@@ -135,8 +135,6 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
         bad = "a session window needs gap_ms > 0 (and below 2^61)";
     else if (session && (spec->size_ms || spec->advance_ms))
         bad = "a session window has no size: leave size_ms and advance_ms 0";
-    else if (session && spec->emit != LK_WINDOW_EMIT_ON_CLOSE)
-        bad = "session windows emit on close only (LK_WINDOW_EMIT_ON_CLOSE)";
     else if (!session && spec->gap_ms)
         bad = "gap_ms is for session windows only: leave it 0";
     else if (!session && spec->size_ms <= 0)
@@ -159,9 +157,10 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
     lk__window_t *w = calloc(1, sizeof *w);
     char *params = NULL;
     int n = session ? asprintf(&params,
-                               "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=close,"
+                               "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=%s,"
                                "event.time=%s",
                                (long long)spec->gap_ms, (long long)spec->grace_ms,
+                               spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
                                spec->event_time ? "function" : "kafka")
                     : asprintf(&params,
                                "time=event,kind=%s,size.ms=%lld,advance.ms=%lld,grace.ms=%lld,"
@@ -211,27 +210,32 @@ lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid) {
     return lk__stage_derive(window, LK__ST_SIDE, uid, window, NULL, "window_late");
 }
 
+enum { LK__FRAME_UPDATE = 0, LK__FRAME_FINAL = 1, LK__FRAME_DELETION = 2 };
+
 lk_err_t lk_window_result_parse(const void *value, size_t len, lk_window_result_t *out) {
     if (!value || len < 17 || !out)
         return LK_ERR_INVALID_ARG;
     const unsigned char *p = value;
     out->start_ms = (int64_t)lk__get_be64(p);
     out->end_ms = (int64_t)lk__get_be64(p + 8);
-    out->final = p[16] != 0;
-    out->value = p + 17;
-    out->value_len = len - 17;
+    if (p[16] > LK__FRAME_DELETION)
+        return LK_ERR_INVALID_ARG;
+    out->final = p[16] == LK__FRAME_FINAL;
+    out->value = p[16] == LK__FRAME_DELETION ? NULL : p + 17;
+    out->value_len = p[16] == LK__FRAME_DELETION ? 0 : len - 17;
     return LK_OK;
 }
 
-/* The value of an event-time window's record: be64 start, be64 end, u8 final, bytes. */
-static void *frame(lk_batch_t *b, int64_t start, int64_t end, int final, const void *v,
+/* The value of an event-time window's record: be64 start, be64 end, u8 kind (0 update,
+ * 1 final, 2 deletion: no bytes follow), bytes. */
+static void *frame(lk_batch_t *b, int64_t start, int64_t end, int kind, const void *v,
                    size_t vlen) {
     unsigned char *p = lk_alloc(b, 17 + vlen);
     if (!p)
         return NULL;
     lk__put_be64(p, (uint64_t)start);
     lk__put_be64(p + 8, (uint64_t)end);
-    p[16] = (unsigned char)(final != 0);
+    p[16] = (unsigned char)kind;
     if (vlen)
         memcpy(p + 17, v, vlen);
     return p;
@@ -996,6 +1000,104 @@ static int add_ending(int64_t end, const void *key, size_t klen, int64_t start, 
     return 0;
 }
 
+/* Emit on update: what the merging did to the key's sessions, in order, so that the end
+ * of the batch can tell a session that existed before it (its first operation is a
+ * delete) from one made in it, and one still there (its last operation is a put). */
+typedef struct {
+    lk_bytes_t key; /* the batch's collected key: valid during the flush */
+    int64_t start, end;
+    size_t seq;
+    int put;
+} sess_op_t;
+
+typedef struct {
+    sess_op_t *v;
+    size_t n, cap;
+} sess_ops_t;
+
+static int sess_op(sess_ops_t *o, const lk_bytes_t *key, int64_t start, int64_t end, int put) {
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        sess_op_t *n = realloc(o->v, cap * sizeof *n);
+        if (!n)
+            return -1;
+        o->v = n;
+        o->cap = cap;
+    }
+    o->v[o->n] = (sess_op_t){*key, start, end, o->n, put};
+    o->n++;
+    return 0;
+}
+
+/* the same session window (key, start, end), whatever the sequence */
+static int cmp_sess_op_window(const sess_op_t *x, const sess_op_t *y) {
+    if (x->key.len != y->key.len || x->start != y->start || x->end != y->end)
+        return 1;
+    return memcmp(x->key.data, y->key.data, x->key.len) != 0;
+}
+
+static int cmp_sess_op(const void *a, const void *b) {
+    const sess_op_t *x = a, *y = b;
+    size_t n = x->key.len < y->key.len ? x->key.len : y->key.len;
+    int c = memcmp(x->key.data, y->key.data, n);
+    if (c)
+        return c;
+    if (x->key.len != y->key.len)
+        return (x->key.len > y->key.len) - (x->key.len < y->key.len);
+    if (x->start != y->start)
+        return (x->start > y->start) - (x->start < y->start);
+    if (x->end != y->end)
+        return (x->end > y->end) - (x->end < y->end);
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+/* Emit on update, after the merging and before the closing: a deletion for each session
+ * of before the batch that is gone (absorbed by a merge, or grown into other bounds: as
+ * Kafka Streams forwards a tombstone for the old session window), then the current value
+ * (final = 0) of each session the batch made or changed that the watermark leaves open
+ * (one it closes gets its final result only). In (key, start) order. */
+static void emit_session_updates(wctx_t *c, sess_ops_t *o, int64_t wm) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    if (o->n)
+        qsort(o->v, o->n, sizeof *o->v, cmp_sess_op);
+    for (int pass = 0; pass < 2; pass++) { /* deletions, then values */
+        for (size_t i = 0; i < o->n && !b->err;) {
+            size_t j = i;
+            while (j + 1 < o->n && !cmp_sess_op_window(&o->v[i], &o->v[j + 1]))
+                j++;
+            const sess_op_t *first = &o->v[i], *last = &o->v[j];
+            i = j + 1;
+            int before = !first->put, after = last->put;
+            const void *val = NULL;
+            size_t vlen = 0;
+            if (pass == 0 && before && !after) {
+                /* gone: its bounds are no longer a session of the key */
+            } else if (pass == 1 && after && first->end > wm) {
+                lk_err_t e = lk__wstore_session_get(b->txn, s->db, first->key.data,
+                                                    first->key.len, first->start, &val, &vlen);
+                if (e) {
+                    lk__batch_failf(b, e == LK_ERR_NOT_FOUND ? LK_ERR_CORRUPT : e,
+                                    "%s '%s': a session just written is missing: %s",
+                                    op_name(s), s->uid, lk_err_str(e));
+                    return;
+                }
+            } else {
+                continue;
+            }
+            void *v = frame(b, first->start, first->end,
+                            pass == 0 ? LK__FRAME_DELETION : LK__FRAME_UPDATE, val, vlen);
+            if (!v) {
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                return;
+            }
+            lk_record_t r = {first->key.data, first->key.len, v, 17 + vlen, first->end, NULL,
+                             -1, -1};
+            lk__stage_deliver(b, s, &r, 0);
+        }
+    }
+}
+
 /* Sessions: merge the batch's records into the open sessions, then close (emit once,
  * delete) the sessions whose end the watermark reached. */
 static void flush_session(wctx_t *c) {
@@ -1007,6 +1109,8 @@ static void flush_session(wctx_t *c) {
     int64_t wm_old = w->wm;
     lk_err_t e = LK_OK;
     sess_scan_t x = {.c = c};
+    int upd = w->emit == LK_WINDOW_EMIT_ON_UPDATE;
+    sess_ops_t ops = {0};
     for (size_t i = 0; i < s->kv.norder && !b->err; i++) {
         lk__kv_entry_t *ent = s->kv.order[i];
         int64_t et = get_slice(ent->key.data);
@@ -1034,15 +1138,24 @@ static void flush_session(wctx_t *c) {
                                                        x.v[j].start, x.v[j].end, c->err,
                                                        sizeof c->err)))
                 lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+            if (!b->err && upd && sess_op(&ops, &key, x.v[j].start, x.v[j].end, 0))
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
         }
         if (!b->err && (e = lk__wstore_session_put(b->txn, s->db, key.data, key.len, start, end,
                                                    acc.data, acc.len, b->time_ms, c->err,
                                                    sizeof c->err)))
             lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+        if (!b->err && upd && sess_op(&ops, &key, start, end, 1))
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
     }
     free(x.v);
-    int64_t wm_new;
-    if (b->err || advance_wm(c, wm_old, &wm_new) || wm_new <= wm_old)
+    int64_t wm_new = wm_old;
+    if (!b->err)
+        advance_wm(c, wm_old, &wm_new);
+    if (!b->err && upd)
+        emit_session_updates(c, &ops, wm_new);
+    free(ops.v);
+    if (b->err || wm_new <= wm_old)
         return;
     /* close: every open session ending at or before the watermark, by end */
     ending_t en = {.c = c};

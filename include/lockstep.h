@@ -401,7 +401,8 @@ typedef enum lk_window_kind {
     LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */
     LK_WINDOW_HOPPING = 2,  /**< [k*advance, k*advance + size), size a multiple of advance */
     LK_WINDOW_SESSION = 3,  /**< per key, [first, last + gap) of records less than gap
-                                 apart; sessions a record bridges merge */
+                                 apart; sessions a record bridges merge (on update, the
+                                 sessions replaced get deletions) */
 } lk_window_kind_t;
 
 /** When an event-time window emits. */
@@ -425,19 +426,21 @@ typedef struct lk_window_spec {
     /** NULL: the Kafka timestamp of the input record the window's record came from (of
      * the record itself when it was made at the end of a batch, e.g. by a reduce). */
     lk_event_time_fn *event_time;
-    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0.
-                         Sessions emit on close only. */
+    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0 */
 } lk_window_spec_t;
 
 /**
  * The value of a record emitted by lk_window_by_event_time() (and of its late records,
  * see lk_window_late()), as parsed by lk_window_result_parse(). The bytes are
- * be64(start_ms) be64(end_ms) u8(final) then the aggregate (or the late record's value).
+ * be64(start_ms) be64(end_ms) u8(kind: 0 an update, 1 the final result, 2 a deletion)
+ * then the aggregate (or the late record's value; nothing for a deletion).
  */
 typedef struct lk_window_result {
     int64_t start_ms, end_ms; /**< the window [start_ms, end_ms) */
     int final;                /**< 1: the window closed, this is its final result */
-    const void *value;        /**< points into the parsed bytes */
+    /** points into the parsed bytes; NULL (value_len 0) for a deletion: a session window
+     * (emit on update) whose bounds an extension or a merge replaced is no more */
+    const void *value;
     size_t value_len;
 } lk_window_result_t;
 
@@ -445,7 +448,8 @@ typedef struct lk_window_result {
  * @brief Parse the value of a record emitted by an event-time window.
  * @param value,len the record's value.
  * @param out       filled on success; out->value points into value.
- * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL or shorter than 17 bytes.
+ * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL, shorter than 17 bytes or its
+ *          kind byte is not 0, 1 or 2.
  */
 LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
                                           lk_window_result_t *out);
@@ -477,7 +481,11 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  * crash never moves them. A window [start, end) closes when the watermark reaches end;
  * it then emits, for each key with data in it, exactly one final result (final = 1).
  * With LK_WINDOW_EMIT_ON_UPDATE every batch also emits the current result (final = 0) of
- * each open window it changed.
+ * each open window it changed (one that closes in the same batch gets its final result
+ * only). Sessions are identified by their bounds, as in Kafka Streams (which forwards a
+ * tombstone for the old session window): on update, a session of before the batch that a
+ * record extended or merged with another gets a deletion (its old start and end, value
+ * NULL after lk_window_result_parse()) besides the new session's value.
  *
  * A record whose windows all closed already (session: whose own session [t, t + gap)
  * would have closed) is late: never silent, it is counted in the
