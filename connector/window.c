@@ -108,6 +108,64 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
     return s;
 }
 
+/* ---- conveniences over reduce_by_key_and_window ---- */
+
+/* count_by_window: (key, int64 1) per record; a tombstone stays one (the window counts it
+ * in <uid>.tombstones, as it does for any input) */
+static void count_one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    int64_t one = 1;
+    lk_emit(b, in->key, in->key_len, in->value ? &one : NULL, in->value ? sizeof one : 0);
+}
+
+static void count_add(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                      const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key;
+    int64_t x = 0, y = 0, *r = lk_alloc(b, sizeof *r);
+    if (!r)
+        return; /* the batch has failed (out of memory) */
+    memcpy(&x, a->data, a->len == sizeof x ? sizeof x : 0);
+    memcpy(&y, v->data, v->len == sizeof y ? sizeof y : 0);
+    *r = opaque ? x - y : x + y; /* opaque: the inverse */
+    *out = (lk_bytes_t){r, sizeof *r};
+}
+
+static void count_sub(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                      const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)opaque;
+    count_add(b, key, a, v, out, (void *)1);
+}
+
+lk_stream_t *lk_count_by_window(lk_stream_t *in, const char *uid, int64_t window_ms,
+                                int64_t slide_ms) {
+    if (!in)
+        return NULL;
+    char mid[256];
+    lk__fmt(mid, sizeof mid, "%s.ones", uid ? uid : "");
+    lk_stream_t *ones = lk_map(in, mid, count_one, NULL);
+    return lk_reduce_by_key_and_window(ones, uid, 1, window_ms, slide_ms, count_add, count_sub,
+                                       NULL, NULL);
+}
+
+/* reduce_by_window: every record under the one key LK_REDUCE_BY_WINDOW_KEY */
+static void all_key(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    lk_emit(b, LK_REDUCE_BY_WINDOW_KEY, sizeof LK_REDUCE_BY_WINDOW_KEY - 1, in->value,
+            in->value_len);
+}
+
+lk_stream_t *lk_reduce_by_window(lk_stream_t *in, const char *uid, int schema_version,
+                                 int64_t window_ms, int64_t slide_ms, lk_reduce_fn *reduce,
+                                 lk_reduce_fn *inv_reduce, void *opaque) {
+    if (!in)
+        return NULL;
+    char mid[256];
+    lk__fmt(mid, sizeof mid, "%s.all", uid ? uid : "");
+    lk_stream_t *all = lk_map(in, mid, all_key, NULL);
+    return lk_reduce_by_key_and_window(all, uid, schema_version, window_ms, slide_ms, reduce,
+                                       inv_reduce, NULL, opaque);
+}
+
 lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schema_version,
                                      const lk_window_spec_t *spec, lk_reduce_fn *reduce,
                                      void *opaque) {

@@ -396,6 +396,48 @@ LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *
                                                    lk_reduce_fn *inv_reduce,
                                                    lk_window_filter_fn *filter, void *opaque);
 
+/**
+ * @brief Count of records per key and batch-time window: lk_reduce_by_key_and_window()
+ * (schema version 1) over (key, 1) per record, with the inverse (counts are exact).
+ *
+ * Adds two operators: a map "<uid>.ones" and the window "<uid>" (its state database,
+ * its accumulator "<uid>.tombstones"). Emission, deletions (a key whose window emptied)
+ * and timestamps are those of lk_reduce_by_key_and_window(). A value is the count, an
+ * int64_t in the host's byte order (8 bytes: memcpy it into an int64_t). Input tombstones
+ * are not counted (they go to "<uid>.tombstones").
+ *
+ * @param in        the input stream; every record needs a key (at most 490 bytes).
+ * @param uid       the window's uid (the map's is uid + ".ones"; both must be unused).
+ * @param window_ms window length, a multiple of slide_ms.
+ * @param slide_ms  slide, > 0; both multiples of batch.interval.ms (when > 0).
+ * @returns the stream of counts; NULL (the pipeline records why, naming the operator) for
+ *          a bad argument, as lk_reduce_by_key_and_window().
+ */
+LK_EXPORT lk_stream_t *lk_count_by_window(lk_stream_t *in, const char *uid, int64_t window_ms,
+                                          int64_t slide_ms);
+
+/** The key of every result of lk_reduce_by_window(). */
+#define LK_REDUCE_BY_WINDOW_KEY "*"
+
+/**
+ * @brief Windowed reduce over batch time of all records, whatever their key (Spark's
+ * reduceByWindow): lk_reduce_by_key_and_window() over every record's value under the one
+ * key LK_REDUCE_BY_WINDOW_KEY, which the results carry.
+ *
+ * Adds two operators: a map "<uid>.all" (input keys may be NULL; values are kept) and
+ * the window "<uid>". Each slide whose window value changed emits one record; a window
+ * that became empty emits a deletion (NULL value). Input tombstones are not reduced
+ * ("<uid>.tombstones").
+ *
+ * @param in, uid, schema_version, window_ms, slide_ms, reduce, inv_reduce, opaque as for
+ *        lk_reduce_by_key_and_window() (no filter). The map's uid is uid + ".all".
+ * @returns the stream of window values; NULL (the pipeline records why) for a bad argument.
+ */
+LK_EXPORT lk_stream_t *lk_reduce_by_window(lk_stream_t *in, const char *uid,
+                                           int schema_version, int64_t window_ms,
+                                           int64_t slide_ms, lk_reduce_fn *reduce,
+                                           lk_reduce_fn *inv_reduce, void *opaque);
+
 /** Event-time window kinds. */
 typedef enum lk_window_kind {
     LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */

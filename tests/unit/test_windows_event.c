@@ -558,9 +558,6 @@ static void specs4(h_t *h) {
 static void assert_lines_eq(const lines_t *got, const lines_t *want, const char *what,
                             unsigned seed) {
     size_t n = got->n < want->n ? got->n : want->n;
-    if (getenv("LK_DUMP"))
-        for (size_t i = 0; i < n && i < 60; i++)
-            fprintf(stderr, "%-30s %s\n", got->recs[i], want->recs[i]);
     for (size_t i = 0; i < n; i++)
         cr_assert_str_eq(got->recs[i], want->recs[i], "%s (seed %u): line %zu: %s != %s",
                          what, seed, i, got->recs[i], want->recs[i]);
