@@ -9,7 +9,8 @@
  *    again, and restarts from the checkpoint, emit exactly what an uninterrupted run does;
  *  - bounded state: after 1,000 closed windows the operator's database holds exactly the
  *    entries of the open slides;
- *  - bad input and bad definitions are refused naming the operator.
+ *  - bad input and bad definitions are refused naming the operator;
+ *  - the conveniences lk_count_by_window and lk_reduce_by_window over it.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
