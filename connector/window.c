@@ -121,11 +121,16 @@ static void count_one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
 static void count_add(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
                       const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
     (void)key;
-    int64_t x = 0, y = 0, *r = lk_alloc(b, sizeof *r);
+    int64_t x, y, *r = lk_alloc(b, sizeof *r);
     if (!r)
         return; /* the batch has failed (out of memory) */
-    memcpy(&x, a->data, a->len == sizeof x ? sizeof x : 0);
-    memcpy(&y, v->data, v->len == sizeof y ? sizeof y : 0);
+    if (a->len != sizeof x || v->len != sizeof y) { /* only this file makes them */
+        lk_batch_fail(b, "a count of %zu or %zu bytes, not 8: the window state is damaged",
+                      a->len, v->len);
+        return;
+    }
+    memcpy(&x, a->data, sizeof x);
+    memcpy(&y, v->data, sizeof y);
     *r = opaque ? x - y : x + y; /* opaque: the inverse */
     *out = (lk_bytes_t){r, sizeof *r};
 }
