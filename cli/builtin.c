@@ -625,8 +625,6 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
         werr = "set window.size.ms (fixed windows) or window.gap.ms (sessions), not both";
     else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_TIME) != 1)
         werr = "window.gap.ms (session windows) needs window.time=event";
-    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1)
-        werr = "session windows emit on close only: window.emit=close";
     if (werr) {
         free(d);
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "%s", werr);

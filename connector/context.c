@@ -884,6 +884,31 @@ static int should_abandon(void *opaque) {
     return now - ctx->graceful_seen_ms > ctx->shutdown_timeout_ms;
 }
 
+/* Event-time windows: record which partitions the plan leaves records unread in (after
+ * the fetch, whose byte cap may have cut ranges), before the plan itself, unsynced like
+ * it, so that the batch and a replay of its recorded plan hold the watermark alike. */
+static lk_err_t record_unread(lk_context_t *ctx, uint64_t id, const lk__fetch_t *f) {
+    lk__wunread_t *u = malloc((f->nranges ? f->nranges : 1) * sizeof *u);
+    if (!u)
+        return fail(ctx, LK_ERR_NOMEM, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < f->nranges; i++)
+        if (f->ranges[i].high > f->ranges[i].range.until)
+            u[n++] = (lk__wunread_t){f->ranges[i].range.topic, f->ranges[i].range.partition};
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
+    if (!e) {
+        e = lk__window_record_plan(ctx->pipeline, t, id, lk__wall_ms(), u, n, ctx->errstr,
+                                   sizeof ctx->errstr);
+        if (e)
+            lk__store_txn_abort(t);
+        else
+            e = lk__store_txn_commit_unsynced(t, ctx->errstr, sizeof ctx->errstr);
+    }
+    free(u);
+    return e;
+}
+
 /* One batch. *idle is set when it read no input (whether or not it committed). */
 static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     *idle = 0;
@@ -956,6 +981,8 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         /* a plan's records_out carries the offsets skipped for data loss, so a replay
          * counts them too */
         lk_batch_rec_t plan = {id, time_ms, 0, 0, f.data_loss_skipped, f.nranges, ranges};
+        if (!e && lk__window_wants_plan(ctx->pipeline))
+            e = record_unread(ctx, id, &f);
         if (!e)
             e = lk__store_plan_put(ctx->store, &plan, ctx->errstr, sizeof ctx->errstr);
         free(ranges);

@@ -108,6 +108,69 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
     return s;
 }
 
+/* ---- conveniences over reduce_by_key_and_window ---- */
+
+/* count_by_window: (key, int64 1) per record; a tombstone stays one (the window counts it
+ * in <uid>.tombstones, as it does for any input) */
+static void count_one(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    int64_t one = 1;
+    lk_emit(b, in->key, in->key_len, in->value ? &one : NULL, in->value ? sizeof one : 0);
+}
+
+static void count_add(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                      const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)key;
+    int64_t x, y, *r = lk_alloc(b, sizeof *r);
+    if (!r)
+        return; /* the batch has failed (out of memory) */
+    if (a->len != sizeof x || v->len != sizeof y) { /* only this file makes them */
+        lk_batch_fail(b, "a count of %zu or %zu bytes, not 8: the window state is damaged",
+                      a->len, v->len);
+        return;
+    }
+    memcpy(&x, a->data, sizeof x);
+    memcpy(&y, v->data, sizeof y);
+    *r = opaque ? x - y : x + y; /* opaque: the inverse */
+    *out = (lk_bytes_t){r, sizeof *r};
+}
+
+static void count_sub(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a,
+                      const lk_bytes_t *v, lk_bytes_t *out, void *opaque) {
+    (void)opaque;
+    count_add(b, key, a, v, out, (void *)1);
+}
+
+lk_stream_t *lk_count_by_window(lk_stream_t *in, const char *uid, int64_t window_ms,
+                                int64_t slide_ms) {
+    if (!in)
+        return NULL;
+    char mid[256];
+    lk__fmt(mid, sizeof mid, "%s.ones", uid ? uid : "");
+    lk_stream_t *ones = lk_map(in, mid, count_one, NULL);
+    return lk_reduce_by_key_and_window(ones, uid, 1, window_ms, slide_ms, count_add, count_sub,
+                                       NULL, NULL);
+}
+
+/* reduce_by_window: every record under the one key LK_REDUCE_BY_WINDOW_KEY */
+static void all_key(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    lk_emit(b, LK_REDUCE_BY_WINDOW_KEY, sizeof LK_REDUCE_BY_WINDOW_KEY - 1, in->value,
+            in->value_len);
+}
+
+lk_stream_t *lk_reduce_by_window(lk_stream_t *in, const char *uid, int schema_version,
+                                 int64_t window_ms, int64_t slide_ms, lk_reduce_fn *reduce,
+                                 lk_reduce_fn *inv_reduce, void *opaque) {
+    if (!in)
+        return NULL;
+    char mid[256];
+    lk__fmt(mid, sizeof mid, "%s.all", uid ? uid : "");
+    lk_stream_t *all = lk_map(in, mid, all_key, NULL);
+    return lk_reduce_by_key_and_window(all, uid, schema_version, window_ms, slide_ms, reduce,
+                                       inv_reduce, NULL, opaque);
+}
+
 lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schema_version,
                                      const lk_window_spec_t *spec, lk_reduce_fn *reduce,
                                      void *opaque) {
@@ -135,8 +198,6 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
         bad = "a session window needs gap_ms > 0 (and below 2^61)";
     else if (session && (spec->size_ms || spec->advance_ms))
         bad = "a session window has no size: leave size_ms and advance_ms 0";
-    else if (session && spec->emit != LK_WINDOW_EMIT_ON_CLOSE)
-        bad = "session windows emit on close only (LK_WINDOW_EMIT_ON_CLOSE)";
     else if (!session && spec->gap_ms)
         bad = "gap_ms is for session windows only: leave it 0";
     else if (!session && spec->size_ms <= 0)
@@ -159,9 +220,10 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
     lk__window_t *w = calloc(1, sizeof *w);
     char *params = NULL;
     int n = session ? asprintf(&params,
-                               "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=close,"
+                               "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=%s,"
                                "event.time=%s",
                                (long long)spec->gap_ms, (long long)spec->grace_ms,
+                               spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
                                spec->event_time ? "function" : "kafka")
                     : asprintf(&params,
                                "time=event,kind=%s,size.ms=%lld,advance.ms=%lld,grace.ms=%lld,"
@@ -211,27 +273,32 @@ lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid) {
     return lk__stage_derive(window, LK__ST_SIDE, uid, window, NULL, "window_late");
 }
 
+enum { LK__FRAME_UPDATE = 0, LK__FRAME_FINAL = 1, LK__FRAME_DELETION = 2 };
+
 lk_err_t lk_window_result_parse(const void *value, size_t len, lk_window_result_t *out) {
     if (!value || len < 17 || !out)
         return LK_ERR_INVALID_ARG;
     const unsigned char *p = value;
     out->start_ms = (int64_t)lk__get_be64(p);
     out->end_ms = (int64_t)lk__get_be64(p + 8);
-    out->final = p[16] != 0;
-    out->value = p + 17;
-    out->value_len = len - 17;
+    if (p[16] > LK__FRAME_DELETION)
+        return LK_ERR_INVALID_ARG;
+    out->final = p[16] == LK__FRAME_FINAL;
+    out->value = p[16] == LK__FRAME_DELETION ? NULL : p + 17;
+    out->value_len = p[16] == LK__FRAME_DELETION ? 0 : len - 17;
     return LK_OK;
 }
 
-/* The value of an event-time window's record: be64 start, be64 end, u8 final, bytes. */
-static void *frame(lk_batch_t *b, int64_t start, int64_t end, int final, const void *v,
+/* The value of an event-time window's record: be64 start, be64 end, u8 kind (0 update,
+ * 1 final, 2 deletion: no bytes follow), bytes. */
+static void *frame(lk_batch_t *b, int64_t start, int64_t end, int kind, const void *v,
                    size_t vlen) {
     unsigned char *p = lk_alloc(b, 17 + vlen);
     if (!p)
         return NULL;
     lk__put_be64(p, (uint64_t)start);
     lk__put_be64(p + 8, (uint64_t)end);
-    p[16] = (unsigned char)(final != 0);
+    p[16] = (unsigned char)kind;
     if (vlen)
         memcpy(p + 17, v, vlen);
     return p;
@@ -251,6 +318,47 @@ lk_err_t lk__window_check_conf(const lk_pipeline_t *p, int64_t interval, char *e
                            (long long)s->win->slide_ms, (long long)interval);
     }
     return LK_OK;
+}
+
+int lk__window_wants_plan(const lk_pipeline_t *p) {
+    for (size_t i = 0; i < p->nstages; i++)
+        if (p->stages[i]->kind == LK__ST_WINDOW && p->stages[i]->win->domain == LK__WIN_EVENT_TIME)
+            return 1;
+    return 0;
+}
+
+/* whether topic is read by the source s descends from */
+static int reads_topic(const lk_stream_t *s, const char *topic) {
+    while (s && s->kind != LK__ST_SOURCE)
+        s = s->parent;
+    for (size_t i = 0; s && i < s->ntopics; i++)
+        if (!strcmp(s->topics[i], topic))
+            return 1;
+    return 0;
+}
+
+lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk_store_txn_t *t, uint64_t batch_id,
+                                int64_t now_ms, const lk__wunread_t *unread, size_t n,
+                                char *errstr, size_t errstr_size) {
+    lk__wunread_t *mine = malloc((n ? n : 1) * sizeof *mine);
+    if (!mine)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    lk_err_t e = LK_OK;
+    for (size_t i = 0; i < p->nstages && !e; i++) {
+        const lk_stream_t *s = p->stages[i];
+        if (s->kind != LK__ST_WINDOW || s->win->domain != LK__WIN_EVENT_TIME)
+            continue;
+        size_t m = 0;
+        for (size_t j = 0; j < n; j++)
+            if (reads_topic(s, unread[j].topic))
+                mine[m++] = unread[j];
+        char err[400];
+        if ((e = lk__wstore_unread_put(t, s->db, batch_id, mine, m, now_ms, err, sizeof err)))
+            lk__err(e, errstr, errstr_size, "%s '%s': recording the batch plan: %s",
+                    op_name(s), s->uid, err);
+    }
+    free(mine);
+    return e;
 }
 
 /* slice numbers in the collected keys: sign bit flipped, big-endian (as in the store) */
@@ -806,8 +914,34 @@ static int each_part_max(int64_t max, int64_t seen, void *o) {
     return 0;
 }
 
+typedef struct {
+    wctx_t *c;
+    int held;
+    lk_err_t err;
+} unread_scan_t;
+
+/* a partition with records unread: does it hold the watermark (never sent records)? */
+static int unread_holds(const char *topic, size_t tlen, int32_t partition, void *o) {
+    unread_scan_t *u = o;
+    char name[256];
+    if (tlen >= sizeof name) {
+        u->err = LK_ERR_CORRUPT;
+        return 1;
+    }
+    memcpy(name, topic, tlen);
+    name[tlen] = 0;
+    int64_t max, seen;
+    lk_err_t e = lk__wstore_part_get(u->c->b->txn, u->c->s->db, name, partition, &max, &seen);
+    if (e == LK_ERR_NOT_FOUND)
+        return u->held = 1;
+    if (e)
+        u->err = e;
+    return e != LK_OK;
+}
+
 /* Commit this batch's per-partition maxima and compute the new watermark (never lower
- * than wm_old). 0, or -1 with the batch failed. */
+ * than wm_old; held at wm_old while a partition of the plan with records left unread has
+ * never sent any). 0, or -1 with the batch failed. */
 static int advance_wm(wctx_t *c, int64_t wm_old, int64_t *wm_new) {
     lk_batch_t *b = c->b;
     lk_stream_t *s = c->s;
@@ -837,6 +971,26 @@ static int advance_wm(wctx_t *c, int64_t wm_old, int64_t *wm_new) {
         return -1;
     }
     *wm_new = wm_old;
+    /* A partition of the plan that left records unread and has never sent any holds the
+     * watermark where it is: its records may be older than everything seen so far (on a
+     * real broker the first fetches can bring some partitions' records only). From the
+     * record written with the plan, so a batch processed again decides the same. */
+    unread_scan_t u = {.c = c};
+    uint64_t planned;
+    e = lk__wstore_unread_get(b->txn, s->db, &planned, NULL, NULL);
+    if (!e && planned == b->id)
+        e = lk__wstore_unread_get(b->txn, s->db, &planned, unread_holds, &u);
+    if (!e && !u.err)
+        e = lk__wstore_unread_del(b->txn, s->db, c->err, sizeof c->err);
+    else if (e == LK_ERR_NOT_FOUND)
+        e = LK_OK;
+    if (e || u.err) {
+        lk__batch_failf(b, e ? e : u.err, "%s '%s': reading the batch plan's unread partitions: %s",
+                        op_name(s), s->uid, lk_err_str(e ? e : u.err));
+        return -1;
+    }
+    if (u.held)
+        return 0;
     if (x.any) {
         int64_t cand = (x.any_active ? x.min_active : x.max_all) - w->grace_ms;
         if (cand > *wm_new)
@@ -909,6 +1063,104 @@ static int add_ending(int64_t end, const void *key, size_t klen, int64_t start, 
     return 0;
 }
 
+/* Emit on update: what the merging did to the key's sessions, in order, so that the end
+ * of the batch can tell a session that existed before it (its first operation is a
+ * delete) from one made in it, and one still there (its last operation is a put). */
+typedef struct {
+    lk_bytes_t key; /* the batch's collected key: valid during the flush */
+    int64_t start, end;
+    size_t seq;
+    int put;
+} sess_op_t;
+
+typedef struct {
+    sess_op_t *v;
+    size_t n, cap;
+} sess_ops_t;
+
+static int sess_op(sess_ops_t *o, const lk_bytes_t *key, int64_t start, int64_t end, int put) {
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        sess_op_t *n = realloc(o->v, cap * sizeof *n);
+        if (!n)
+            return -1;
+        o->v = n;
+        o->cap = cap;
+    }
+    o->v[o->n] = (sess_op_t){*key, start, end, o->n, put};
+    o->n++;
+    return 0;
+}
+
+/* the same session window (key, start, end), whatever the sequence */
+static int cmp_sess_op_window(const sess_op_t *x, const sess_op_t *y) {
+    if (x->key.len != y->key.len || x->start != y->start || x->end != y->end)
+        return 1;
+    return memcmp(x->key.data, y->key.data, x->key.len) != 0;
+}
+
+static int cmp_sess_op(const void *a, const void *b) {
+    const sess_op_t *x = a, *y = b;
+    size_t n = x->key.len < y->key.len ? x->key.len : y->key.len;
+    int c = memcmp(x->key.data, y->key.data, n);
+    if (c)
+        return c;
+    if (x->key.len != y->key.len)
+        return (x->key.len > y->key.len) - (x->key.len < y->key.len);
+    if (x->start != y->start)
+        return (x->start > y->start) - (x->start < y->start);
+    if (x->end != y->end)
+        return (x->end > y->end) - (x->end < y->end);
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+/* Emit on update, after the merging and before the closing: a deletion for each session
+ * of before the batch that is gone (absorbed by a merge, or grown into other bounds: as
+ * Kafka Streams forwards a tombstone for the old session window), then the current value
+ * (final = 0) of each session the batch made or changed that the watermark leaves open
+ * (one it closes gets its final result only). In (key, start) order. */
+static void emit_session_updates(wctx_t *c, sess_ops_t *o, int64_t wm) {
+    lk_batch_t *b = c->b;
+    lk_stream_t *s = c->s;
+    if (o->n)
+        qsort(o->v, o->n, sizeof *o->v, cmp_sess_op);
+    for (int pass = 0; pass < 2; pass++) { /* deletions, then values */
+        for (size_t i = 0; i < o->n && !b->err;) {
+            size_t j = i;
+            while (j + 1 < o->n && !cmp_sess_op_window(&o->v[i], &o->v[j + 1]))
+                j++;
+            const sess_op_t *first = &o->v[i], *last = &o->v[j];
+            i = j + 1;
+            int before = !first->put, after = last->put;
+            const void *val = NULL;
+            size_t vlen = 0;
+            if (pass == 0 && before && !after) {
+                /* gone: its bounds are no longer a session of the key */
+            } else if (pass == 1 && after && first->end > wm) {
+                lk_err_t e = lk__wstore_session_get(b->txn, s->db, first->key.data,
+                                                    first->key.len, first->start, &val, &vlen);
+                if (e) {
+                    lk__batch_failf(b, e == LK_ERR_NOT_FOUND ? LK_ERR_CORRUPT : e,
+                                    "%s '%s': a session just written is missing: %s",
+                                    op_name(s), s->uid, lk_err_str(e));
+                    return;
+                }
+            } else {
+                continue;
+            }
+            void *v = frame(b, first->start, first->end,
+                            pass == 0 ? LK__FRAME_DELETION : LK__FRAME_UPDATE, val, vlen);
+            if (!v) {
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                return;
+            }
+            lk_record_t r = {first->key.data, first->key.len, v, 17 + vlen, first->end, NULL,
+                             -1, -1};
+            lk__stage_deliver(b, s, &r, 0);
+        }
+    }
+}
+
 /* Sessions: merge the batch's records into the open sessions, then close (emit once,
  * delete) the sessions whose end the watermark reached. */
 static void flush_session(wctx_t *c) {
@@ -920,6 +1172,8 @@ static void flush_session(wctx_t *c) {
     int64_t wm_old = w->wm;
     lk_err_t e = LK_OK;
     sess_scan_t x = {.c = c};
+    int upd = w->emit == LK_WINDOW_EMIT_ON_UPDATE;
+    sess_ops_t ops = {0};
     for (size_t i = 0; i < s->kv.norder && !b->err; i++) {
         lk__kv_entry_t *ent = s->kv.order[i];
         int64_t et = get_slice(ent->key.data);
@@ -947,15 +1201,24 @@ static void flush_session(wctx_t *c) {
                                                        x.v[j].start, x.v[j].end, c->err,
                                                        sizeof c->err)))
                 lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+            if (!b->err && upd && sess_op(&ops, &key, x.v[j].start, x.v[j].end, 0))
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
         }
         if (!b->err && (e = lk__wstore_session_put(b->txn, s->db, key.data, key.len, start, end,
                                                    acc.data, acc.len, b->time_ms, c->err,
                                                    sizeof c->err)))
             lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
+        if (!b->err && upd && sess_op(&ops, &key, start, end, 1))
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
     }
     free(x.v);
-    int64_t wm_new;
-    if (b->err || advance_wm(c, wm_old, &wm_new) || wm_new <= wm_old)
+    int64_t wm_new = wm_old;
+    if (!b->err)
+        advance_wm(c, wm_old, &wm_new);
+    if (!b->err && upd)
+        emit_session_updates(c, &ops, wm_new);
+    free(ops.v);
+    if (b->err || wm_new <= wm_old)
         return;
     /* close: every open session ending at or before the watermark, by end */
     ending_t en = {.c = c};

@@ -72,6 +72,23 @@ int lk__window_is_kind(const char *kind);
  * windows; event-time ones whose partitions can go idle): batches must run then. */
 int lk__window_needs_time(const lk_stream_t *s);
 
+/** Non-zero if the pipeline has an event-time window: its batch plans must be recorded
+ * with lk__window_record_plan(). */
+int lk__window_wants_plan(const lk_pipeline_t *p);
+
+/**
+ * Record, for each event-time window, the input partitions (of the topics it reads) that
+ * the plan of batch batch_id leaves records unread in: the log end seen at planning lies
+ * past the range's end (max.records.per.partition, max.bytes.per.batch). Until such a
+ * partition has sent a record its records may be older than anything the window saw, so
+ * it holds the watermark. Written in t (the caller's own transaction, before the batch's
+ * plan is recorded) so that the batch, and any replay of it with the recorded plan,
+ * reads the same. Returns LK_OK or the store's error with errstr naming the operator.
+ */
+lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk_store_txn_t *t, uint64_t batch_id,
+                                int64_t now_ms, const lk__wunread_t *unread, size_t n,
+                                char *errstr, size_t errstr_size);
+
 /** Forget the batch's per-batch data (after its commit or abort). */
 void lk__window_reset(lk_stream_t *s);
 /** Free the definition and its runtime data. */

@@ -396,12 +396,55 @@ LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *
                                                    lk_reduce_fn *inv_reduce,
                                                    lk_window_filter_fn *filter, void *opaque);
 
+/**
+ * @brief Count of records per key and batch-time window: lk_reduce_by_key_and_window()
+ * (schema version 1) over (key, 1) per record, with the inverse (counts are exact).
+ *
+ * Adds two operators: a map "<uid>.ones" and the window "<uid>" (its state database,
+ * its accumulator "<uid>.tombstones"). Emission, deletions (a key whose window emptied)
+ * and timestamps are those of lk_reduce_by_key_and_window(). A value is the count, an
+ * int64_t in the host's byte order (8 bytes: memcpy it into an int64_t). Input tombstones
+ * are not counted (they go to "<uid>.tombstones").
+ *
+ * @param in        the input stream; every record needs a key (at most 490 bytes).
+ * @param uid       the window's uid (the map's is uid + ".ones"; both must be unused).
+ * @param window_ms window length, a multiple of slide_ms.
+ * @param slide_ms  slide, > 0; both multiples of batch.interval.ms (when > 0).
+ * @returns the stream of counts; NULL (the pipeline records why, naming the operator) for
+ *          a bad argument, as lk_reduce_by_key_and_window().
+ */
+LK_EXPORT lk_stream_t *lk_count_by_window(lk_stream_t *in, const char *uid, int64_t window_ms,
+                                          int64_t slide_ms);
+
+/** The key of every result of lk_reduce_by_window(). */
+#define LK_REDUCE_BY_WINDOW_KEY "*"
+
+/**
+ * @brief Windowed reduce over batch time of all records, whatever their key (Spark's
+ * reduceByWindow): lk_reduce_by_key_and_window() over every record's value under the one
+ * key LK_REDUCE_BY_WINDOW_KEY, which the results carry.
+ *
+ * Adds two operators: a map "<uid>.all" (input keys may be NULL; values are kept) and
+ * the window "<uid>". Each slide whose window value changed emits one record; a window
+ * that became empty emits a deletion (NULL value). Input tombstones are not reduced
+ * ("<uid>.tombstones").
+ *
+ * @param in, uid, schema_version, window_ms, slide_ms, reduce, inv_reduce, opaque as for
+ *        lk_reduce_by_key_and_window() (no filter). The map's uid is uid + ".all".
+ * @returns the stream of window values; NULL (the pipeline records why) for a bad argument.
+ */
+LK_EXPORT lk_stream_t *lk_reduce_by_window(lk_stream_t *in, const char *uid,
+                                           int schema_version, int64_t window_ms,
+                                           int64_t slide_ms, lk_reduce_fn *reduce,
+                                           lk_reduce_fn *inv_reduce, void *opaque);
+
 /** Event-time window kinds. */
 typedef enum lk_window_kind {
     LK_WINDOW_TUMBLING = 1, /**< [k*size, (k+1)*size) */
     LK_WINDOW_HOPPING = 2,  /**< [k*advance, k*advance + size), size a multiple of advance */
     LK_WINDOW_SESSION = 3,  /**< per key, [first, last + gap) of records less than gap
-                                 apart; sessions a record bridges merge */
+                                 apart; sessions a record bridges merge (on update, the
+                                 sessions replaced get deletions) */
 } lk_window_kind_t;
 
 /** When an event-time window emits. */
@@ -425,19 +468,21 @@ typedef struct lk_window_spec {
     /** NULL: the Kafka timestamp of the input record the window's record came from (of
      * the record itself when it was made at the end of a batch, e.g. by a reduce). */
     lk_event_time_fn *event_time;
-    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0.
-                         Sessions emit on close only. */
+    int64_t gap_ms; /**< session: the inactivity gap closing a session, > 0; else 0 */
 } lk_window_spec_t;
 
 /**
  * The value of a record emitted by lk_window_by_event_time() (and of its late records,
  * see lk_window_late()), as parsed by lk_window_result_parse(). The bytes are
- * be64(start_ms) be64(end_ms) u8(final) then the aggregate (or the late record's value).
+ * be64(start_ms) be64(end_ms) u8(kind: 0 an update, 1 the final result, 2 a deletion)
+ * then the aggregate (or the late record's value; nothing for a deletion).
  */
 typedef struct lk_window_result {
     int64_t start_ms, end_ms; /**< the window [start_ms, end_ms) */
     int final;                /**< 1: the window closed, this is its final result */
-    const void *value;        /**< points into the parsed bytes */
+    /** points into the parsed bytes; NULL (value_len 0) for a deletion: a session window
+     * (emit on update) whose bounds an extension or a merge replaced is no more */
+    const void *value;
     size_t value_len;
 } lk_window_result_t;
 
@@ -445,7 +490,8 @@ typedef struct lk_window_result {
  * @brief Parse the value of a record emitted by an event-time window.
  * @param value,len the record's value.
  * @param out       filled on success; out->value points into value.
- * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL or shorter than 17 bytes.
+ * @returns LK_OK, or LK_ERR_INVALID_ARG when value is NULL, shorter than 17 bytes or its
+ *          kind byte is not 0, 1 or 2.
  */
 LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
                                           lk_window_result_t *out);
@@ -463,15 +509,25 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  *
  * Watermark: per input partition (of the input records the window's records come from),
  * the highest event time seen; the watermark is the lowest of them minus grace_ms, over
- * the partitions that are not idle (no record for idle_ms of batch time; when all are
- * idle, the highest of them minus grace_ms). It never goes back. With idle_ms > 0 the
+ * the task's input partitions that are not idle (no record for idle_ms of batch time;
+ * when all are idle, the highest of them minus grace_ms). A partition of the window's
+ * topics that has not sent a record yet holds the watermark where it is while the batch's
+ * plan leaves records of it unread (its log end lay past the planned range:
+ * max.records.per.partition, or max.bytes.per.batch cut the fetch, which on a real broker
+ * can bring some partitions' records first); one read to its end without records does
+ * not hold it. This is recorded with the batch's plan, so a batch processed again after
+ * a crash decides the same. It never goes back. With idle_ms > 0 the
  * pipeline runs a batch every batch.interval.ms even without input, so that idleness is
  * noticed; otherwise the watermark moves with input only. The per-partition
  * maxima and the watermark are written in the batch's transaction, with the offsets: a
  * crash never moves them. A window [start, end) closes when the watermark reaches end;
  * it then emits, for each key with data in it, exactly one final result (final = 1).
  * With LK_WINDOW_EMIT_ON_UPDATE every batch also emits the current result (final = 0) of
- * each open window it changed.
+ * each open window it changed (one that closes in the same batch gets its final result
+ * only). Sessions are identified by their bounds, as in Kafka Streams (which forwards a
+ * tombstone for the old session window): on update, a session of before the batch that a
+ * record extended or merged with another gets a deletion (its old start and end, value
+ * NULL after lk_window_result_parse()) besides the new session's value.
  *
  * A record whose windows all closed already (session: whose own session [t, t + gap)
  * would have closed) is late: never silent, it is counted in the

@@ -365,6 +365,69 @@ lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
     return e ? e : p.corrupt ? LK_ERR_CORRUPT : LK_OK;
 }
 
+/* ---- the planned batch's partitions with records left unread ---- */
+
+static const unsigned char ikey[1] = {'I'};
+
+lk_err_t lk__wstore_unread_put(lk_store_txn_t *t, lk_state_db_t db, uint64_t batch_id,
+                               const lk__wunread_t *parts, size_t n, int64_t now_ms,
+                               char *errstr, size_t errstr_size) {
+    size_t len = 8;
+    for (size_t i = 0; i < n; i++) {
+        size_t tl = strlen(parts[i].topic);
+        if (tl > 255) /* Kafka's limit is 249 */
+            return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "topic name too long");
+        len += 2 + tl + 4;
+    }
+    unsigned char *v = malloc(len);
+    if (!v)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    lk__put_be64(v, batch_id);
+    size_t o = 8;
+    for (size_t i = 0; i < n; i++) {
+        size_t tl = strlen(parts[i].topic);
+        v[o] = (unsigned char)(tl >> 8);
+        v[o + 1] = (unsigned char)tl;
+        memcpy(v + o + 2, parts[i].topic, tl);
+        lk__put_be32(v + o + 2 + tl, (uint32_t)parts[i].partition);
+        o += 2 + tl + 4;
+    }
+    lk_err_t e = lk__store_state_put(t, db, ikey, 1, v, len, now_ms, errstr, errstr_size);
+    free(v);
+    return e;
+}
+
+lk_err_t lk__wstore_unread_get(lk_store_txn_t *t, lk_state_db_t db, uint64_t *batch_id,
+                               int (*cb)(const char *topic, size_t tlen, int32_t partition,
+                                         void *opaque),
+                               void *opaque) {
+    const void *val;
+    size_t vlen;
+    lk_err_t e = lk__store_state_get(t, db, ikey, 1, &val, &vlen, NULL);
+    if (e)
+        return e;
+    const unsigned char *v = val;
+    if (vlen < 8)
+        return LK_ERR_CORRUPT;
+    *batch_id = lk__get_be64(v);
+    for (size_t o = 8; o < vlen;) {
+        if (vlen - o < 2)
+            return LK_ERR_CORRUPT;
+        size_t tl = (size_t)v[o] << 8 | v[o + 1];
+        if (vlen - o - 2 < tl + 4)
+            return LK_ERR_CORRUPT;
+        if (cb && cb((const char *)v + o + 2, tl, (int32_t)lk__get_be32(v + o + 2 + tl), opaque))
+            break;
+        o += 2 + tl + 4;
+    }
+    return LK_OK;
+}
+
+lk_err_t lk__wstore_unread_del(lk_store_txn_t *t, lk_state_db_t db, char *errstr,
+                               size_t errstr_size) {
+    return lk__store_state_del(t, db, ikey, 1, errstr, errstr_size);
+}
+
 /* ---- sessions ---- */
 
 static size_t wkey(unsigned char *k, const void *key, size_t klen, const int64_t *start) {

@@ -19,6 +19,11 @@
  *   'W' be16(klen) key be64(start)  -> be64(end) aggregate: an open session of key
  *   'C' be64(end) be16(klen) key be64(start) -> empty: open sessions by end, so that the
  *                                      ones the watermark closes are one cursor range
+ *   'I'                             -> be64(batch id) then [be16(tlen) topic be32(part)]...:
+ *                                      the input partitions the plan of that batch left
+ *                                      records unread in (log end at planning past the
+ *                                      range's end). Written with the plan, before the
+ *                                      batch (see lk__window_record_plan), not in it
  *
  * Slices are signed (event time may precede the epoch); they are stored with the sign
  * bit flipped so that byte order is numeric order. A slice is one slide (batch-time
@@ -114,5 +119,28 @@ lk_err_t lk__wstore_part_put(lk_store_txn_t *t, lk_state_db_t db, const char *to
 /** Visit every partition's (max, seen) in (topic, partition) order. */
 lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
                           int (*cb)(int64_t max, int64_t seen_ms, void *opaque), void *opaque);
+
+/** An input partition (the topic is the caller's). */
+typedef struct lk__wunread {
+    const char *topic;
+    int32_t partition;
+} lk__wunread_t;
+
+/** Record batch batch_id's partitions with records left unread (replaces the last). */
+lk_err_t lk__wstore_unread_put(lk_store_txn_t *t, lk_state_db_t db, uint64_t batch_id,
+                               const lk__wunread_t *parts, size_t n, int64_t now_ms,
+                               char *errstr, size_t errstr_size);
+/**
+ * The recorded batch id (*batch_id) and its partitions with records left unread, each
+ * visited by cb (topic not NUL-terminated; valid during cb; non-zero stops); cb may be
+ * NULL. LK_ERR_NOT_FOUND when none is recorded, LK_ERR_CORRUPT when it does not decode.
+ */
+lk_err_t lk__wstore_unread_get(lk_store_txn_t *t, lk_state_db_t db, uint64_t *batch_id,
+                               int (*cb)(const char *topic, size_t tlen, int32_t partition,
+                                         void *opaque),
+                               void *opaque);
+/** Delete the record (missing is not an error). */
+lk_err_t lk__wstore_unread_del(lk_store_txn_t *t, lk_state_db_t db, char *errstr,
+                               size_t errstr_size);
 
 #endif

@@ -1,19 +1,22 @@
 #!/usr/bin/python3
 """windows.py — windowed counts stay exact across crashes.
 
-Three `lockstep run` applications read the same JSON events (three partitions, event
+Five `lockstep run` applications read the same JSON events (three partitions, event
 times increasing per partition, then late records far behind) and count per user:
   wev   event time, hopping windows (2 s, advancing 1 s), emit on close, late records
         to the dead-letter topic wev-dead
   weu   event time, tumbling windows (1 s), emit on update
   wbt   batch time, tumbling windows (1 s)
   wses  event time, session windows (gap 500 ms)
+  wsesu event time, session windows (gap 500 ms), emit on update
 They are killed with SIGKILL at random instants and at named fault points while input
 flows, restarted, drained; then an independent reader (read_committed, counting only the
 delivery attempts the progress topic names) checks, record for record:
-  - wev / weu / wses: exactly one final result per (user, window or session), equal to
-    the count computed here from the input; nothing else final; every late record exactly
-    once in wev-dead and counted in the accumulator windowed-counts.late of each;
+  - wev / weu / wses / wsesu: exactly one final result per (user, window or session),
+    equal to the count computed here from the input; nothing else final; every late
+    record exactly once in wev-dead and counted in the accumulator windowed-counts.late
+    of each; wsesu: a session deleted (replaced by a merge or an extension) never has a
+    final result, and each final session's updates before it never exceed its count;
   - wbt: at most one result per (user, window); the windowed values, as a step function
     over the windows (a value holds until the key's next result or deletion), add up to
     each user's number of events, and every user's last result is a deletion.
@@ -49,7 +52,7 @@ from confluent_kafka import Producer
 
 from chaos import attempt_of, graceful_stop, read_topic, watermarks
 
-APPS = ["wev", "weu", "wbt", "wses"]
+APPS = ["wev", "weu", "wbt", "wses", "wsesu"]
 FAULTS = ["after-plan", "mid-processing", "after-checkpoint-commit", "before-sink-produce",
           "after-sink-produce", "after-sink-commit"]
 NPART = 3
@@ -78,7 +81,7 @@ class Runner:
         self.broker = None
         self.adopted = {}  # app -> {batch: {partition: (from, until)}}, see committed()
 
-    TOPICS = {"ev": NPART, "wev-out": 1, "weu-out": 1, "wbt-out": 1, "wses-out": 1,
+    TOPICS = {"ev": NPART, "wev-out": 1, "weu-out": 1, "wbt-out": 1, "wses-out": 1, "wsesu-out": 1,
               "wev-dead": 1}
 
     def start_broker(self):
@@ -137,7 +140,8 @@ class Runner:
             recs.append((part, user, self.clock[part]))
             self.events.append((user, self.clock[part], part))
         # late: far behind every partition's clock, each event time distinct
-        for et in self.rng.sample(range(1000), late):
+        # (not 0: a producer takes timestamp 0 for "now", and the record is not late)
+        for et in self.rng.sample(range(1, 1000), late):
             user = f"u{self.rng.randrange(12)}"
             recs.append((self.rng.randrange(NPART), user, et))
             self.late.append((user, et))
@@ -177,6 +181,8 @@ class Runner:
             a += ["window.time=event", "window.size.ms=1000", "window.emit=update"]
         elif app == "wses":
             a += ["window.time=event", "window.gap.ms=500"]
+        elif app == "wsesu":
+            a += ["window.time=event", "window.gap.ms=500", "window.emit=update"]
         else:
             a += ["window.time=batch", "window.size.ms=1000"]
         return [self.args.lockstep, "run"] + sum((["-X", x] for x in a), [])
@@ -371,13 +377,25 @@ class Runner:
             want = self.sessions(gap)
         recs, twice = self.committed(app, f"{app}-out", "to-kafka")
         finals = collections.Counter()
-        got = {}
+        got, deleted, updated = {}, set(), collections.defaultdict(int)
         for _, m in recs:
             d = json.loads(m.value())
             w = (m.key().decode(), d["window_start"], d["window_end"])
             if d["final"]:
                 finals[w] += 1
                 got[w] = d["value"]
+            elif d["value"] is None:  # a session window an update replaced
+                deleted.add(w)
+            else:
+                updated[w] = max(updated[w], d["value"])
+        if app == "wsesu" and not (deleted and updated):
+            self.problems.append(f"{app}: {len(updated)} updated and {len(deleted)} deleted "
+                                 f"sessions: emit on update emitted no changes")
+        for w in sorted(deleted & set(got))[:5]:
+            self.problems.append(f"{app}: {w} was deleted, then had a final result")
+        for w, v in sorted(updated.items()):
+            if w in got and got[w] is not None and v > got[w]:
+                self.problems.append(f"{app}: {w} updated to {v}, final {got[w]}")
         dup = twice + sum(n - 1 for n in finals.values() if n > 1)
         lost = 0
         for w, n in want.items():
@@ -452,7 +470,7 @@ class Runner:
         self.prefix = self.event_time_prefix()
         lost = dup = 0
         for app, size, slide, gap in (("wev", 2000, 1000, 0), ("weu", 1000, 1000, 0),
-                                      ("wses", 1, 1, 500)):
+                                      ("wses", 1, 1, 500), ("wsesu", 1, 1, 500)):
             lo, du = self.check_event(app, size, slide, gap)
             lost, dup = lost + lo, dup + du
         lo, du = self.check_dead()

@@ -3,7 +3,8 @@
  * cluster: windows close on time with no input (idle batches run), the result survives
  * a restart, a window that does not fit batch.interval.ms is refused naming the
  * operator, and a changed window definition (batch or event time, or one to the other)
- * is refused naming both.
+ * is refused naming both; an event-time window's watermark waits for a partition whose
+ * records the plan left unread before it sent any (the driver records it with the plan).
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
@@ -204,5 +205,94 @@ Test(windows_driver, changed_event_time_definition_refused) {
                           "kind=tumbling,size.ms=3000,advance.ms=3000,grace.ms=1000,"
                           "emit=close,event.time=kafka; keep the old definition, or give the "
                           "new window a new uid (it starts empty)");
+    lk_conf_destroy(conf);
+}
+
+/* ---- event time: a partition with records unread holds the watermark ---- */
+
+static void produce_at(mu_cluster_t *c, const char *topic, int partition, const char *key,
+                       const char *value, int64_t ts) {
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        c->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE((void *)value, strlen(value)),
+        RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+}
+
+/* (key, int64 1), except the records whose value is "skip": they never reach the window */
+static void one_unless_skip(lk_batch_t *b, const lk_record_t *in, void *opaque) {
+    (void)opaque;
+    if (in->value_len == 4 && !memcmp(in->value, "skip", 4))
+        return;
+    int64_t v = 1;
+    lk_emit(b, in->key, in->key_len, &v, 8);
+}
+
+typedef struct {
+    char out[1024]; /* "[start,end)key=count;" per final result */
+    size_t late;
+} ev_t;
+
+static void observe_event(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
+    (void)b;
+    ev_t *w = opaque;
+    for (size_t i = 0; i < n; i++) {
+        lk_window_result_t wr;
+        cr_assert_eq(lk_window_result_parse(recs[i].value, recs[i].value_len, &wr), LK_OK);
+        int64_t v;
+        memcpy(&v, wr.value, 8);
+        char line[128];
+        snprintf(line, sizeof line, "[%lld,%lld)%.*s=%lld;", (long long)wr.start_ms,
+                 (long long)wr.end_ms, (int)recs[i].key_len, (const char *)recs[i].key,
+                 (long long)v);
+        strncat(w->out, line, sizeof w->out - strlen(w->out) - 1);
+    }
+}
+
+static void count_late(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaque) {
+    (void)b, (void)recs;
+    ((ev_t *)opaque)->late += n;
+}
+
+static void define_event(lk_pipeline_t *p, void *opaque) {
+    ev_t *w = opaque;
+    lk_stream_t *in = lk_kafka_stream(p, "ev");
+    lk_stream_t *ones = lk_flat_map(in, "ones", one_unless_skip, NULL);
+    lk_window_spec_t spec = {.kind = LK_WINDOW_TUMBLING, .size_ms = 1000};
+    lk_stream_t *win = lk_window_by_event_time(ones, "w", 1, &spec, sum, NULL);
+    lk_foreach_batch(win, "observe", observe_event, w);
+    lk_foreach_batch(lk_window_late(win, "late"), "observe-late", count_late, w);
+}
+
+/* One record per partition and batch: in batch 1 partition 1 sends nothing to the window
+ * (its record is dropped before it) while its next record, older than partition 0's, is
+ * still unread. The driver records that with the plan, so the watermark holds and that
+ * record is counted in its window; before, the watermark jumped to partition 0's time
+ * and the record was late. */
+Test(windows_driver, unread_partition_holds_the_event_time_watermark) {
+    mu_topic(&cl, "ev", 2);
+    produce_at(&cl, "ev", 0, "a", "x", 5000);
+    produce_at(&cl, "ev", 0, "a", "x", 5100);
+    produce_at(&cl, "ev", 1, "b", "skip", 50);
+    produce_at(&cl, "ev", 1, "b", "x", 100);
+    for (int p = 0; p < 2; p++) /* closes every window above */
+        produce_at(&cl, "ev", p, "z", "x", 20000);
+    mu_flush(&cl);
+    ev_t w = {{0}, 0};
+    lk_conf_t *conf = mu_conf(&cl, "wev", dir);
+    mu_set(conf, "max.records.per.partition", "1");
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_event, &w, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(lk_context_last_batch(ctx), 3);
+    cr_assert_str_eq(w.out, "[0,1000)b=1;[5000,6000)a=2;");
+    cr_assert_eq(w.late, 0, "late records: %zu", w.late);
+    int64_t late = -1;
+    lk_err_t e = lk_context_accumulator(ctx, "w.late", &late);
+    cr_assert(e == LK_ERR_NOT_FOUND || (e == LK_OK && late == 0), "w.late = %lld",
+              (long long)late);
+    lk_context_destroy(ctx);
     lk_conf_destroy(conf);
 }

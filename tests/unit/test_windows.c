@@ -9,7 +9,8 @@
  *    again, and restarts from the checkpoint, emit exactly what an uninterrupted run does;
  *  - bounded state: after 1,000 closed windows the operator's database holds exactly the
  *    entries of the open slides;
- *  - bad input and bad definitions are refused naming the operator.
+ *  - bad input and bad definitions are refused naming the operator;
+ *  - the conveniences lk_count_by_window and lk_reduce_by_window over it.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -90,7 +91,7 @@ static void lines_free(lines_t *l) {
     memset(l, 0, sizeof *l);
 }
 
-enum { OUT_INC, OUT_RE, OUT_FINC, OUT_FRE, NOUT };
+enum { OUT_INC, OUT_RE, OUT_FINC, OUT_FRE, OUT_CNT, OUT_ALL, NOUT };
 
 typedef struct {
     lines_t staged[NOUT];    /* this batch */
@@ -131,6 +132,7 @@ static int cmp_str(const void *a, const void *b) {
 
 typedef struct {
     int with_filter;
+    int conveniences; /* also lk_count_by_window and lk_reduce_by_window */
     cap_t cap;
     sink_t sinks[NOUT];
     lk_pipeline_t *p;
@@ -143,14 +145,20 @@ static void define(lk_pipeline_t *p, h_t *h) {
     lk_stream_t *in = lk_kafka_stream(p, "in");
     for (int i = 0; i < NOUT; i++)
         h->sinks[i] = (sink_t){&h->cap, i};
-    static const char *const uids[NOUT] = {"w-inc", "w-re", "w-finc", "w-fre"};
-    for (int i = 0; i < (h->with_filter ? NOUT : 2); i++) {
+    static const char *const uids[] = {"w-inc", "w-re", "w-finc", "w-fre"};
+    for (int i = 0; i < (h->with_filter ? 4 : 2); i++) {
         lk_stream_t *w = lk_reduce_by_key_and_window(
             in, uids[i], 1, NSLIDES * SLIDE, SLIDE, sum, (i % 2) == 0 ? sub : NULL,
             i >= 2 ? nonzero : NULL, NULL);
         char uid[64];
         snprintf(uid, sizeof uid, "cap-%d", i);
         lk_foreach_batch(w, uid, capture, &h->sinks[i]);
+    }
+    if (h->conveniences) {
+        lk_stream_t *c = lk_count_by_window(in, "cnt", NSLIDES * SLIDE, SLIDE);
+        lk_foreach_batch(c, "cap-cnt", capture, &h->sinks[OUT_CNT]);
+        lk_stream_t *a = lk_reduce_by_window(in, "all", 1, NSLIDES * SLIDE, SLIDE, sum, sub, NULL);
+        lk_foreach_batch(a, "cap-all", capture, &h->sinks[OUT_ALL]);
     }
 }
 
@@ -385,6 +393,54 @@ Test(windows, spelled_out) {
     }
     h_close(&h);
     h_free(&h);
+}
+
+/* The conveniences over the same input as spelled_out: counts per key and window, and
+ * the sum over all keys (under LK_REDUCE_BY_WINDOW_KEY), with their deletions. */
+Test(windows, count_by_window_and_reduce_by_window) {
+    h_t h = {.conveniences = 1};
+    h_open(&h);
+    int64_t t0 = 1700000000000LL;
+    rec_t a1[] = {{0, 5}, {1, 1}};
+    h_batch(&h, t0 + 100, a1, 2, 1);
+    rec_t a2[] = {{0, 2}};
+    h_batch(&h, t0 + 900, a2, 1, 1);
+    h_batch(&h, t0 + 1100, NULL, 0, 1);
+    rec_t a3[] = {{1, 4}};
+    h_batch(&h, t0 + 2500, a3, 1, 0); /* a crash: the replay counts it once */
+    h_batch(&h, t0 + 2500, a3, 1, 1);
+    h_batch(&h, t0 + 3000, NULL, 0, 1);
+    h_batch(&h, t0 + 4000, NULL, 0, 1);
+    h_batch(&h, t0 + 9000, NULL, 0, 1);
+    const char *want[2] = {
+        "|;|;1700000001000:k0=2;1700000001000:k1=1;|;|;1700000003000:k1=2;|;"
+        "1700000004000:k0=-;1700000004000:k1=1;|;1700000006000:k1=-;|;",
+        "|;|;1700000001000:*=8;|;|;1700000003000:*=12;|;1700000004000:*=4;|;"
+        "1700000006000:*=-;|;"};
+    for (int o = OUT_CNT; o <= OUT_ALL; o++) {
+        char got[1024] = "";
+        for (size_t i = 0; i < h.cap.committed[o].n; i++) {
+            strcat(got, h.cap.committed[o].recs[i]);
+            strcat(got, ";");
+        }
+        cr_assert_str_eq(got, want[o - OUT_CNT], "output %d", o);
+    }
+    /* each adds its map and its window to the topology */
+    const char *names[] = {"cnt.ones", "cnt", "all.all", "all"};
+    for (size_t i = 0; i < 4; i++) {
+        int found = 0;
+        for (size_t j = 0; j < h.p->nstages; j++)
+            found |= !strcmp(h.p->stages[j]->uid, names[i]);
+        cr_assert(found, "no operator '%s'", names[i]);
+    }
+    h_close(&h);
+    h_free(&h);
+    /* bad definitions are refused naming the window */
+    lk_pipeline_t *p = lk__pipeline_new();
+    cr_assert_null(lk_count_by_window(lk_kafka_stream(p, "in"), "c", 1000, 300));
+    cr_assert(strstr(p->err, "reduce_by_key_and_window 'c': window 1000 ms and slide 300 ms"),
+              "%s", p->err);
+    lk__pipeline_destroy(p);
 }
 
 Test(windows, crashes_and_restarts_change_nothing) {

@@ -3,7 +3,8 @@
  * update) driven through the batch engine directly, so that batch times, event times
  * and partitions are chosen by the test:
  *  - spelled-out cases: the watermark (lowest partition maximum minus grace), idle
- *    partitions, one final per window, late records counted and side-output;
+ *    partitions, partitions the plan left records unread in (they hold it before their
+ *    first record), one final per window, late records counted and side-output;
  *  - a model check: random input over three partitions (some idle, some late) gives
  *    exactly the results of a brute-force model of the watermark and windows;
  *  - crash determinism: batches aborted before their commit and restarts from the
@@ -72,12 +73,18 @@ static int cmp_str(const void *a, const void *b) {
 static char *fmt_result(const lk_record_t *r, int late) {
     lk_window_result_t wr;
     cr_assert_eq(lk_window_result_parse(r->value, r->value_len, &wr), LK_OK);
+    char *line;
+    if (!wr.value) { /* a deletion: a session window that is no more */
+        cr_assert(!late && !wr.final);
+        cr_assert(asprintf(&line, "[%lld,%lld)%.*s=- D", (long long)wr.start_ms,
+                           (long long)wr.end_ms, (int)r->key_len, (const char *)r->key) > 0);
+        return line;
+    }
     cr_assert_eq(wr.value_len, 8);
     int64_t v;
     memcpy(&v, wr.value, 8);
     if (!late)
         cr_assert_eq(r->timestamp_ms, wr.end_ms, "a result's timestamp is its window's end");
-    char *line;
     cr_assert(asprintf(&line, "%s[%lld,%lld)%.*s=%lld%s", late ? "late" : "",
                        (long long)wr.start_ms, (long long)wr.end_ms, (int)r->key_len,
                        (const char *)r->key, (long long)v,
@@ -85,6 +92,7 @@ static char *fmt_result(const lk_record_t *r, int late) {
     return line;
 }
 
+#define NPARTS_MAX 8
 #define NOPS 4 /* tumbling/close, hopping/close, hopping/update, tumbling/update */
 
 typedef struct {
@@ -266,6 +274,71 @@ Test(windows_event, watermark_is_the_slowest_partition_until_it_idles) {
     ASSERT_OUT(&h, 0, "|;|;|;[0,1000)k0=2 F;|;|;");
     /* 1200's window [1000,2000) closed already when partition 1 idled: late */
     ASSERT_OUT(&h, NOPS, "|;|;|;|;late[1000,2000)k0=1;|;");
+    h_close(&h);
+    h_free(&h);
+}
+
+/* What the driver records with the plan of the next batch: the input partitions whose
+ * log end lay past the range the batch reads (in a transaction of its own). */
+static void h_plan(h_t *h, int64_t time, const int *unread_parts, size_t n) {
+    lk__wunread_t u[NPARTS_MAX];
+    cr_assert_leq(n, NPARTS_MAX);
+    for (size_t i = 0; i < n; i++)
+        u[i] = (lk__wunread_t){"in", unread_parts[i]};
+    lk_store_txn_t *t = tu_begin(h->st, 1);
+    char err[512];
+    cr_assert_eq(lk__window_record_plan(h->p, t, h->id + 1, time, u, n, err, sizeof err), LK_OK,
+                 "%s", err);
+    tu_commit(t);
+}
+
+/* On a real broker the first fetch may bring partition 0's records only, while partition
+ * 1 still has older ones unread: they must not become late because partition 1 had not
+ * sent anything yet. Before the fix the watermark jumped to partition 0's time in batch 1
+ * and partition 1's records of batch 2 were late. */
+Test(windows_event, unread_partition_holds_the_watermark_before_its_first_record) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_TUMBLING, .size_ms = 1000};
+    h_open(&h);
+    int p1[] = {1};
+    erec_t b1[] = {{0, 5000, 0, 1}, {0, 5100, 1, 1}};
+    h_plan(&h, 1, p1, 1);
+    h_batch(&h, 1, b1, 2, 0); /* a crash before the commit: the replay reads the same plan */
+    h_batch(&h, 1, b1, 2, 1); /* partition 1 has records unread: the watermark holds */
+    erec_t b2[] = {{1, 100, 0, 1}, {1, 200, 1, 1}, {1, 2600, 0, 1}};
+    h_plan(&h, 2, NULL, 0);
+    h_batch(&h, 2, b2, 3, 1); /* watermark 2600: [0,1000) and [1000,2000) close */
+    erec_t b3[] = {{1, 6000, 0, 1}};
+    h_batch(&h, 3, b3, 1, 1); /* watermark 5100: [2000,3000) closes */
+    ASSERT_OUT(&h, 0, "|;[0,1000)k0=1 F;[0,1000)k1=1 F;|;[2000,3000)k0=1 F;|;");
+    ASSERT_OUT(&h, NOPS, "|;|;|;");
+    cr_assert_eq(acc(&h, "tc.late"), -1, "nothing was late");
+    h_close(&h);
+    h_free(&h);
+}
+
+/* A partition read to its end that never had records does not hold the watermark, nor
+ * does a plan recorded for another batch. */
+Test(windows_event, partition_read_to_its_end_does_not_hold_the_watermark) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_TUMBLING, .size_ms = 1000};
+    h_open(&h);
+    int p1[] = {1};
+    h_plan(&h, 1, NULL, 0);
+    erec_t b1[] = {{0, 5000, 0, 1}, {0, 100, 1, 1}};
+    h_batch(&h, 1, b1, 2, 1); /* watermark 5000: [0,1000) closes */
+    h.id++;                   /* a plan for batch 3 only */
+    h_plan(&h, 3, p1, 1);
+    h.id--;
+    erec_t b2[] = {{0, 7000, 0, 1}};
+    h_batch(&h, 2, b2, 1, 1); /* watermark 7000: [5000,6000) closes */
+    ASSERT_OUT(&h, 0, "[0,1000)k1=1 F;|;[5000,6000)k0=1 F;|;");
+    /* the recorded plan is gone once a batch used (or passed) it */
+    lk_store_txn_t *t = tu_begin(h.st, 0);
+    uint64_t id;
+    cr_assert_eq(lk__wstore_unread_get(t, h.p->stages[1]->db, &id, NULL, NULL),
+                 LK_ERR_NOT_FOUND);
+    lk__store_txn_abort(t);
     h_close(&h);
     h_free(&h);
 }
@@ -632,6 +705,32 @@ Test(windows_event, sessions_merge_close_once_and_count_late_records) {
     h_free(&h);
 }
 
+/* Emit on update: each change of a session (final = 0); a session whose bounds an
+ * extension or a merge replaced gets a deletion (Kafka Streams' tombstone for the old
+ * session window); one final result when the watermark passes its end. */
+Test(windows_event, sessions_on_update_emit_changes_deletions_and_one_final) {
+    h_t h = {.nops = 1};
+    h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_SESSION, .gap_ms = 1000,
+                                    .emit = LK_WINDOW_EMIT_ON_UPDATE};
+    h_open(&h);
+    erec_t b1[] = {{0, 100, 0, 1}, {0, 600, 0, 1}};
+    h_batch(&h, 1, b1, 2, 1); /* [100,1600) made: one update, not two */
+    erec_t b2[] = {{0, 1500, 0, 1}};
+    h_batch(&h, 2, b2, 1, 1); /* extended to [100,2500): the old bounds are deleted */
+    erec_t b3[] = {{0, 3000, 0, 1}};
+    h_batch(&h, 3, b3, 1, 1); /* watermark 3000: [100,2500) final; [3000,4000) made */
+    erec_t b4[] = {{0, 2200, 0, 1}};
+    h_batch(&h, 4, b4, 1, 1); /* [2200,3200) absorbs [3000,4000): [2200,4000) */
+    erec_t b5[] = {{0, 9000, 0, 1}};
+    h_batch(&h, 5, b5, 1, 1); /* watermark 9000: [2200,4000) final */
+    ASSERT_OUT(&h, 0, "[100,1600)k0=2 U;|;[100,1600)k0=- D;[100,2500)k0=3 U;|;"
+                      "[100,2500)k0=3 F;[3000,4000)k0=1 U;|;"
+                      "[2200,4000)k0=2 U;[3000,4000)k0=- D;|;"
+                      "[2200,4000)k0=2 F;[9000,10000)k0=1 U;|;");
+    h_close(&h);
+    h_free(&h);
+}
+
 Test(windows_event, session_definition_errors) {
     struct {
         lk_window_spec_t spec;
@@ -640,8 +739,7 @@ Test(windows_event, session_definition_errors) {
         {{.kind = LK_WINDOW_SESSION}, "a session window needs gap_ms > 0"},
         {{.kind = LK_WINDOW_SESSION, .gap_ms = 10, .size_ms = 5},
          "a session window has no size: leave size_ms and advance_ms 0"},
-        {{.kind = LK_WINDOW_SESSION, .gap_ms = 10, .emit = LK_WINDOW_EMIT_ON_UPDATE},
-         "session windows emit on close only"},
+        {{.kind = LK_WINDOW_SESSION, .gap_ms = 10, .emit = 7}, "emit must be"},
         {{.kind = LK_WINDOW_TUMBLING, .size_ms = 10, .gap_ms = 10},
          "gap_ms is for session windows only"},
     };
@@ -662,8 +760,11 @@ typedef struct {
     int open;
 } msess_t;
 
-static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *res,
-                           lines_t *late, int64_t *nlate) {
+/* With update: each batch also emits a deletion for every session open before it whose
+ * bounds are no longer an open session's after its records merged, and the value of
+ * every session it made that the watermark leaves open. */
+static void model_sessions(int64_t gap, int update, const ebatch_t *bs, size_t nb,
+                           lines_t *res, lines_t *late, int64_t *nlate) {
     msess_t *ss = calloc(8192, sizeof *ss);
     size_t nss = 0;
     int64_t wm = INT64_MIN;
@@ -672,6 +773,7 @@ static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *
     *nlate = 0;
     for (size_t i = 0; i < nb; i++) {
         lines_t out = {0}, lt = {0};
+        size_t made = nss; /* the sessions from here on were made by this batch */
         for (size_t j = 0; j < bs[i].n; j++) {
             const erec_t *r = &bs[i].recs[j];
             if (!have[r->part] || r->et > pmax[r->part])
@@ -703,6 +805,26 @@ static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *
                 min = pmax[p];
         if (min != INT64_MAX && min > wm)
             wm = min;
+        for (size_t k = 0; update && k < nss; k++) {
+            char *line = NULL;
+            if (k < made && !ss[k].open && ss[k].end > INT64_MIN) {
+                int still = 0; /* the same bounds open again (a record inside it) */
+                for (size_t m = made; m < nss; m++)
+                    still |= ss[m].open && ss[m].key == ss[k].key &&
+                             ss[m].start == ss[k].start && ss[m].end == ss[k].end;
+                if (!still)
+                    cr_assert(asprintf(&line, "[%lld,%lld)k%d=- D", (long long)ss[k].start,
+                                       (long long)ss[k].end, ss[k].key) > 0);
+                ss[k].end = INT64_MIN; /* reported: gone for good */
+            } else if (k >= made && ss[k].open && ss[k].end > wm) {
+                cr_assert(asprintf(&line, "[%lld,%lld)k%d=%lld U", (long long)ss[k].start,
+                                   (long long)ss[k].end, ss[k].key, (long long)ss[k].sum) > 0);
+            } else if (k >= made && !ss[k].open) {
+                ss[k].end = INT64_MIN; /* made and merged away in this batch: never seen */
+            }
+            if (line)
+                lines_add(&out, line);
+        }
         for (size_t k = 0; k < nss; k++)
             if (ss[k].open && ss[k].end <= wm) {
                 char *line;
@@ -710,6 +832,7 @@ static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *
                                    (long long)ss[k].end, ss[k].key, (long long)ss[k].sum) > 0);
                 lines_add(&out, line);
                 ss[k].open = 0;
+                ss[k].end = INT64_MIN; /* closed: not a deletion later */
             }
         if (out.n)
             qsort(out.recs, out.n, sizeof *out.recs, cmp_str);
@@ -727,12 +850,12 @@ static void model_sessions(int64_t gap, const ebatch_t *bs, size_t nb, lines_t *
     free(ss);
 }
 
-Test(windows_event, sessions_match_the_model_across_crashes) {
+static void sessions_across_crashes(lk_window_emit_t emit) {
     for (unsigned seed = 200; seed < 206; seed++) {
         size_t nb = 150;
         ebatch_t *bs = random_batches(seed, nb);
         h_t h = {.nops = 1};
-        h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_SESSION, .gap_ms = 600};
+        h.specs[0] = (lk_window_spec_t){.kind = LK_WINDOW_SESSION, .gap_ms = 600, .emit = emit};
         h_open(&h);
         srand(seed * 17);
         for (size_t i = 0; i < nb; i++) {
@@ -747,8 +870,16 @@ Test(windows_event, sessions_match_the_model_across_crashes) {
         }
         lines_t res = {0}, late = {0};
         int64_t nlate;
-        model_sessions(600, bs, nb, &res, &late, &nlate);
+        model_sessions(600, emit == LK_WINDOW_EMIT_ON_UPDATE, bs, nb, &res, &late, &nlate);
         cr_assert_gt(res.n - nb, 50, "seed %u: %zu sessions", seed, res.n - nb);
+        size_t dels = 0, upds = 0;
+        for (size_t i = 0; i < res.n; i++) {
+            dels += strstr(res.recs[i], " D") != NULL;
+            upds += strstr(res.recs[i], " U") != NULL;
+        }
+        if (emit == LK_WINDOW_EMIT_ON_UPDATE)
+            cr_assert(dels > 10 && upds > 50, "seed %u: %zu deletions, %zu updates", seed,
+                      dels, upds);
         cr_assert_gt(nlate, 3, "seed %u: %lld late", seed, (long long)nlate);
         assert_lines_eq(&h.cap.committed[0], &res, "sessions", seed);
         assert_lines_eq(&h.cap.committed[NOPS], &late, "late", seed);
@@ -760,4 +891,15 @@ Test(windows_event, sessions_match_the_model_across_crashes) {
         free_batches(bs, nb);
         tu_rmrf(dir);
     }
+}
+
+
+Test(windows_event, sessions_match_the_model_across_crashes) {
+    sessions_across_crashes(LK_WINDOW_EMIT_ON_CLOSE);
+}
+
+/* Emit on update: every change of a session (final = 0), a deletion for a session whose
+ * bounds a merge or an extension replaced, then one final result when it closes. */
+Test(windows_event, sessions_on_update_match_the_model_across_crashes) {
+    sessions_across_crashes(LK_WINDOW_EMIT_ON_UPDATE);
 }
