@@ -871,6 +871,31 @@ static lk_err_t kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
 
 /* ---- one delivery ---- */
 
+/* The batch's input offsets, committed for group <app.id> in the transaction, so that
+ * standard lag tools see the application's progress (lockstep itself reads its progress
+ * records, never these). Sent at the start of the transaction, before any record: the
+ * offsets are atomic with the transaction wherever they are sent in it, and sent first
+ * their round trips (AddOffsetsToTxn, TxnOffsetCommit) do not queue behind the records'
+ * AddPartitionsToTxn and produce requests; sent after the progress record they waited
+ * for those and cost a third of a 10,000-record batch's delivery (issue 18). */
+static lk_err_t send_offsets(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+                             size_t errstr_size) {
+    kafka_sink_t *k = s->impl;
+    if (!k->send_offsets || !b || !b->nranges)
+        return LK_OK;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)b->nranges);
+    for (size_t i = 0; i < b->nranges; i++)
+        rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
+            ->offset = b->ranges[i].until;
+    rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
+    rd_kafka_error_t *e = LK__FAULT_KAFKA("send_offsets_to_transaction",
+                                          rd_kafka_send_offsets_to_transaction(
+                                              k->producer, l, g, budget_ms(s, k->timeout_ms)));
+    rd_kafka_consumer_group_metadata_destroy(g);
+    rd_kafka_topic_partition_list_destroy(l);
+    return e ? txn_error(k, e, "send_offsets_to_transaction", errstr, errstr_size) : LK_OK;
+}
+
 static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
     kafka_sink_t *k = s->impl;
     /* serve what an aborted attempt's records still report (purged by the abort) before
@@ -891,7 +916,7 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
     if (e)
         return txn_error(k, e, "begin_transaction", errstr, errstr_size);
     k->txn_open = 1;
-    return LK_OK;
+    return send_offsets(s, s->batch_rec, errstr, errstr_size);
 }
 
 static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, const void *key,
@@ -1109,23 +1134,6 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     free(value);
     if (r)
         return record_failed(s, r, errstr, errstr_size);
-    if (k->send_offsets && b && b->nranges) {
-        /* standard lag tools see the application's progress as group <app.id> */
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)b->nranges);
-        for (size_t i = 0; i < b->nranges; i++)
-            rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
-                ->offset = b->ranges[i].until;
-        rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
-        rd_kafka_error_t *e = LK__FAULT_KAFKA("send_offsets_to_transaction",
-                                              rd_kafka_send_offsets_to_transaction(k->producer, l, g,
-                                                                budget_ms(s, k->timeout_ms)));
-        rd_kafka_consumer_group_metadata_destroy(g);
-        rd_kafka_topic_partition_list_destroy(l);
-        if (e)
-            return record_failed(s, txn_error(k, e, "send_offsets_to_transaction", errstr,
-                                                 errstr_size),
-                                 errstr, errstr_size);
-    }
     if (lk__faultpoint_armed("before-sink-commit")) {
         /* the kafka tier's orphaned transaction: killed with the batch's records in the
          * log and its transaction open (flushed first, or the kill could beat the sends) */
