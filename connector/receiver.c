@@ -1,5 +1,8 @@
 /*
- * receiver.c — the pull-based Kafka receiver (see receiver_int.h).
+ * receiver.c — the pull-based Kafka receiver (see receiver_int.h): its two clients, their
+ * bounded close, and the partitions it knows. Planning is in receiver_plan.c, fetching in
+ * receiver_fetch.c; the three share receiver_priv.h. DESIGN.md, The batch protocol (items
+ * 1 and 3).
  *
  * One consumer, no group membership, no offset commits. Every known partition is
  * assigned and read from its own queue, and only while its range needs records, so
@@ -29,13 +32,13 @@
 #include <string.h>
 #include <time.h>
 
-void lk__recv_drop_held(part_t *p) {
+void lk__recv_drop_held(lk__recv_part_t *p) {
     for (size_t i = 0; i < p->nheld; i++)
         rd_kafka_message_destroy(p->held[i]);
     p->nheld = 0;
 }
 
-int lk__recv_hold(part_t *p, rd_kafka_message_t *m) {
+int lk__recv_hold(lk__recv_part_t *p, rd_kafka_message_t *m) {
     if (p->nheld == p->capheld) {
         size_t cap = p->capheld ? p->capheld * 2 : 64;
         rd_kafka_message_t **n = realloc(p->held, cap * sizeof *n);
@@ -48,23 +51,23 @@ int lk__recv_hold(part_t *p, rd_kafka_message_t *m) {
     return 0;
 }
 
-part_t *lk__recv_find_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+lk__recv_part_t *lk__recv_find_part(lk_receiver_t *r, const char *topic, int32_t partition) {
     for (size_t i = 0; i < r->nparts; i++)
         if (r->parts[i].partition == partition && !strcmp(r->parts[i].topic, topic))
             return &r->parts[i];
     return NULL;
 }
 
-part_t *lk__recv_add_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+lk__recv_part_t *lk__recv_add_part(lk_receiver_t *r, const char *topic, int32_t partition) {
     if (r->nparts == r->capparts) {
         size_t cap = r->capparts ? r->capparts * 2 : 16;
-        part_t *n = realloc(r->parts, cap * sizeof *n);
+        lk__recv_part_t *n = realloc(r->parts, cap * sizeof *n);
         if (!n)
             return NULL;
         r->parts = n;
         r->capparts = cap;
     }
-    part_t *p = &r->parts[r->nparts++];
+    lk__recv_part_t *p = &r->parts[r->nparts++];
     memset(p, 0, sizeof *p);
     p->topic = topic;
     p->partition = partition;

@@ -1,6 +1,8 @@
 /*
  * receiver_fetch.c — fetching exactly the planned ranges (see receiver_int.h): the
- * assignment, the seeks, a queue per partition, and records held for the next batch.
+ * assignment, the seeks, a queue per partition, and records held for the next batch
+ * (receiver.c's opening comment says how cursors, held records and eof_at work together).
+ * DESIGN.md, The batch protocol (items 1 and 3) and A batch's life (planned → fetched).
  */
 #define _GNU_SOURCE
 #include "receiver_priv.h"
@@ -14,7 +16,7 @@ static rd_kafka_topic_partition_list_t *plist(size_t n) {
     return rd_kafka_topic_partition_list_new((int)(n ? n : 1));
 }
 
-static void mark_done(part_t *p) {
+static void mark_done(lk__recv_part_t *p) {
     p->done = 1;
 }
 
@@ -22,7 +24,7 @@ static void mark_done(part_t *p) {
  * librdkafka's read-ahead (queued.max.messages.kbytes per partition) bounds what waits
  * in memory and no partition is ever paused (librdkafka 2.0.2 notices a resume only at
  * its next I/O wakeup, up to a second later). */
-static lk_err_t open_queue(lk_receiver_t *r, part_t *p, char *errstr, size_t errstr_size) {
+static lk_err_t open_queue(lk_receiver_t *r, lk__recv_part_t *p, char *errstr, size_t errstr_size) {
     if (p->queue)
         return LK_OK;
     p->queue = rd_kafka_queue_get_partition(r->rk, p->topic, p->partition);
@@ -36,7 +38,7 @@ static lk_err_t open_queue(lk_receiver_t *r, part_t *p, char *errstr, size_t err
 /* Append m to the range of its partition, or hold it for the next batch (a record past
  * the range, after a gap of compacted records or transaction markers). -1: out of
  * memory with m inside the range (the batch must fail: committing it would skip m). */
-static int take(lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
+static int take(lk__fetch_t *f, lk__recv_part_t *p, rd_kafka_message_t *m) {
     lk__range_msgs_t *rm = &f->ranges[p->range];
     if (m->offset < rm->range.from) { /* stale: from before a seek */
         rd_kafka_message_destroy(m);
@@ -75,7 +77,7 @@ static int take(lk__fetch_t *f, part_t *p, rd_kafka_message_t *m) {
  * the cursor would move past m and the next batch would drop it as stale (a loss found
  * in review). Every visible record before m was received already (one queue per
  * partition, in offset order), so ending the range at m is exact. */
-static void end_range_at(lk__fetch_t *f, part_t *p, const rd_kafka_message_t *m) {
+static void end_range_at(lk__fetch_t *f, lk__recv_part_t *p, const rd_kafka_message_t *m) {
     lk__range_msgs_t *rm = &f->ranges[p->range];
     if (m->offset >= rm->range.from && m->offset < rm->range.until) {
         rm->range.until = m->offset;
@@ -89,7 +91,8 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
     for (size_t i = 0; i < r->nparts; i++)
         r->parts[i].range = -1;
     for (size_t i = 0; i < f->nranges; i++) {
-        part_t *p = lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+        lk__recv_part_t *p =
+            lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
         p->range = (long)i;
         p->done = 0;
     }
@@ -98,7 +101,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
         /* (re)assign everything, each partition at its range start */
         rd_kafka_topic_partition_list_t *l = plist(r->nparts);
         for (size_t i = 0; i < r->nparts; i++) {
-            part_t *p = &r->parts[i];
+            lk__recv_part_t *p = &r->parts[i];
             lk__recv_drop_held(p);
             p->eof_at = -1;
             if (p->range < 0) {
@@ -130,7 +133,8 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
     } else {
         rd_kafka_topic_partition_list_t *l = plist(f->nranges);
         for (size_t i = 0; i < f->nranges; i++) {
-            part_t *p = lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+            lk__recv_part_t *p =
+                lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
             if (p->cursor == f->ranges[i].range.from)
                 continue;
             lk__recv_drop_held(p);
@@ -160,7 +164,8 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
     }
     /* Held messages first; then fetch whatever is still missing. */
     for (size_t i = 0; i < f->nranges; i++) {
-        part_t *p = lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
+        lk__recv_part_t *p =
+            lk__recv_find_part(r, f->ranges[i].range.topic, f->ranges[i].range.partition);
         rd_kafka_message_t **held = p->held;
         size_t nheld = p->nheld;
         p->held = NULL;
@@ -198,7 +203,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
 static lk_err_t on_event(lk_receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m,
                          char *errstr, size_t errstr_size) {
     const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
-    part_t *p = topic ? lk__recv_find_part(r, topic, m->partition) : NULL;
+    lk__recv_part_t *p = topic ? lk__recv_find_part(r, topic, m->partition) : NULL;
     rd_kafka_resp_err_t ke = m->err;
     if (ke == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         if (p)
@@ -237,14 +242,14 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
     rd_kafka_message_t *msgs[1024];
     for (;;) {
         size_t pending = 0;
-        part_t *wait_on = NULL;
+        lk__recv_part_t *wait_on = NULL;
         /* max.bytes.per.batch reached, possibly already by held records: then nothing
          * more may be taken from a queue, or a partition whose held records were put
          * off would skip past them */
         int full = cap_bytes && f->bytes >= (uint64_t)r->max_bytes;
         for (size_t i = 0; i < f->nranges && !err; i++) {
             lk__range_msgs_t *rm = &f->ranges[i];
-            part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
+            lk__recv_part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
             if (p->done)
                 continue;
             if (full) {
@@ -316,7 +321,7 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
             /* batch full: end every unfinished range where fetching stopped */
             for (size_t i = 0; i < f->nranges; i++) {
                 lk__range_msgs_t *rm = &f->ranges[i];
-                part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
+                lk__recv_part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
                 if (p->done)
                     continue;
                 rm->range.until = rm->n ? rm->msgs[rm->n - 1]->offset + 1 : rm->range.from;
@@ -349,7 +354,7 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
     }
     for (size_t i = 0; i < f->nranges; i++) {
         lk__range_msgs_t *rm = &f->ranges[i];
-        part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
+        lk__recv_part_t *p = lk__recv_find_part(r, rm->range.topic, rm->range.partition);
         if (p->cursor >= 0)
             p->cursor = rm->range.until;
         if (rm->n) { /* the last record read, checked at the next start */

@@ -2,6 +2,8 @@
  * receiver_plan.c — planning a batch (see receiver_int.h): discover partitions, read
  * watermarks, cap each range, and check a partition's log against the checkpoint (its
  * start, its end and the fingerprint of the last record read) before anything is read.
+ * DESIGN.md, The batch protocol (item 1), A batch's life (→ planned) and Recovery (the
+ * fingerprint check).
  */
 #define _GNU_SOURCE
 #include "receiver_priv.h"
@@ -22,7 +24,7 @@ static void fp_text(char *buf, size_t size, const lk_fingerprint_t *fp) {
  * where the log start (retention) cannot explain it: data loss — the topic was recreated
  * (or its log rewritten), so which of its records were read cannot be told.
  */
-static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, part_t *p, int64_t low,
+static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
                                    int64_t from, const lk_fingerprint_t *fp, lk__fetch_t *f,
                                    char *errstr, size_t errstr_size) {
     const char *topic = r->topics[ti];
@@ -101,8 +103,8 @@ static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, part_t *p, int64
  * and a replayed one alike: the fingerprint of the last record read is compared at the
  * first plan, and again whenever the log start or end moved backwards (a recreated
  * topic) or the topic was missing in between. The fast path costs two comparisons. */
-static lk_err_t check_log(lk_receiver_t *r, size_t ti, part_t *p, int64_t low, int64_t high,
-                          int64_t from, const lk_fingerprint_t *fp, int has_fp,
+static lk_err_t check_log(lk_receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
+                          int64_t high, int64_t from, const lk_fingerprint_t *fp, int has_fp,
                           lk__fetch_t *f, char *errstr, size_t errstr_size) {
     if (p->seen_high >= 0 && (low < p->seen_low || high < p->seen_high)) {
         if (p->checked)
@@ -156,7 +158,8 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
     for (size_t t = 0; t < r->ntopics && !err; t++) {
         const char *topic = r->topics[t];
         const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t ke = rd_kafka_metadata(r->planner, 0, r->prkts[t], &md, LK__KAFKA_TIMEOUT_MS);
+        rd_kafka_resp_err_t ke =
+            rd_kafka_metadata(r->planner, 0, r->prkts[t], &md, LK__KAFKA_TIMEOUT_MS);
         if (ke) {
             err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                           "cannot read metadata of topic %s: %s", topic, rd_kafka_err2str(ke));
@@ -248,7 +251,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
             }
             int64_t until = high - from > r->max_records ? from + r->max_records : high;
             const char *own = lk__recv_own_topic(r, topic);
-            part_t *p = lk__recv_find_part(r, own, pid);
+            lk__recv_part_t *p = lk__recv_find_part(r, own, pid);
             if (!p && !(p = lk__recv_add_part(r, own, pid))) {
                 err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
                 break;
@@ -284,7 +287,7 @@ lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_
                           "pending plan reads topic %s, no longer an input", rg->topic);
             break;
         }
-        part_t *p = lk__recv_find_part(r, own, rg->partition);
+        lk__recv_part_t *p = lk__recv_find_part(r, own, rg->partition);
         if (!p && !(p = lk__recv_add_part(r, own, rg->partition))) {
             err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
             break;
