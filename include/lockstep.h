@@ -26,7 +26,8 @@ extern "C" {
 #define LK_EXPORT
 #endif
 
-/** Library version as 0xMMmmpp00 (major, minor, patch). */
+/** Library version as 0xMMmmpp00 (major, minor, patch); equals CMake's project(VERSION)
+ *  (the build checks it). */
 #define LK_VERSION 0x00010000
 
 /**
