@@ -18,6 +18,7 @@
 
 typedef struct {
     const char *name;
+    lk__prop_scope_t scope;
     lk__prop_type_t type;
     const char *def;
     int64_t min, max;
@@ -27,8 +28,8 @@ typedef struct {
 } lk__prop_t;
 
 static const lk__prop_t props[LK__P_COUNT] = {
-#define LK__PROP_ROW(id, name, type, def, min, max, values, flags, doc)                     \
-    {name, type, def, min, max, values, flags, doc},
+#define LK__PROP_ROW(id, name, scope, type, def, min, max, values, flags, doc)              \
+    {name, scope, type, def, min, max, values, flags, doc},
     LK__PROPS(LK__PROP_ROW)
 #undef LK__PROP_ROW
 };
@@ -177,6 +178,14 @@ static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t
     return LK_CONF_INVALID;
 }
 
+/* The typed value of a property's default (0 when it has none). */
+static int64_t default_int(int i) {
+    int64_t v = 0;
+    if (props[i].def[0])
+        check_value(&props[i], props[i].def, &v, NULL, 0);
+    return v;
+}
+
 lk_conf_t *lk_conf_new(void) {
     lk_conf_t *c = calloc(1, sizeof *c);
     if (!c)
@@ -305,6 +314,11 @@ static int find_prop(const char *key) {
 
 lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char *errstr,
                           size_t errstr_size) {
+    return lk__conf_set_scoped(c, key, value, LK__S_LIB, errstr, errstr_size);
+}
+
+lk_conf_res_t lk__conf_set_scoped(lk_conf_t *c, const char *key, const char *value,
+                                  unsigned scopes, char *errstr, size_t errstr_size) {
     if (!c || !key || !value) {
         lk__fmt(errstr, errstr_size, "lk_conf_set: NULL argument");
         return LK_CONF_INVALID;
@@ -368,9 +382,15 @@ lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char
         return LK_CONF_UNKNOWN;
     }
     int64_t iv;
-    lk_conf_res_t r = check_value(&props[i], value, &iv, errstr, errstr_size);
-    if (r != LK_CONF_OK)
-        return r;
+    if (props[i].scope & scopes) {
+        lk_conf_res_t r = check_value(&props[i], value, &iv, errstr, errstr_size);
+        if (r != LK_CONF_OK)
+            return r;
+    } else if (check_value(&props[i], value, &iv, NULL, 0) != LK_CONF_OK) {
+        /* not the caller's to judge: kept as given, its typed value the default's (the
+         * one reader, the CLI, checks the text when it sets the key itself) */
+        iv = default_int(i);
+    }
     char *copy = strdup(value);
     if (!copy) {
         lk__fmt(errstr, errstr_size, "out of memory");
@@ -674,7 +694,7 @@ static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\f'; }
 
 /* One logical line (continuations joined): split, unescape, set. */
 static lk_conf_res_t load_logical(lk_conf_t *c, const char *path, int line, char *logical,
-                                  char *errstr, size_t errstr_size) {
+                                  unsigned scopes, char *errstr, size_t errstr_size) {
     char *k = logical, *p = logical;
     while (*p && *p != '=' && *p != ':' && !is_blank(*p)) {
         if (*p == '\\' && p[1])
@@ -704,7 +724,7 @@ static lk_conf_res_t load_logical(lk_conf_t *c, const char *path, int line, char
         return LK_CONF_INVALID;
     }
     char e[1024];
-    lk_conf_res_t res = lk_conf_set(c, key, val, e, sizeof e);
+    lk_conf_res_t res = lk__conf_set_scoped(c, key, val, scopes, e, sizeof e);
     if (res != LK_CONF_OK)
         lk__fmt(errstr, errstr_size, "%s:%d: %s", path, line, e);
     free(key);
@@ -714,6 +734,11 @@ static lk_conf_res_t load_logical(lk_conf_t *c, const char *path, int line, char
 
 lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
                                 size_t errstr_size) {
+    return lk__conf_load_file_scoped(c, path, LK__S_LIB, errstr, errstr_size);
+}
+
+lk_conf_res_t lk__conf_load_file_scoped(lk_conf_t *c, const char *path, unsigned scopes,
+                                        char *errstr, size_t errstr_size) {
     if (!c || !path) {
         lk__fmt(errstr, errstr_size, "lk_conf_load_file: NULL argument");
         return LK_CONF_INVALID;
@@ -768,7 +793,7 @@ lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
         logical[llen] = '\0';
         if (cont)
             continue;
-        res = load_logical(c, path, startline, logical, errstr, errstr_size);
+        res = load_logical(c, path, startline, logical, scopes, errstr, errstr_size);
         free(logical);
         logical = NULL;
         llen = 0;
@@ -787,6 +812,12 @@ lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
     return res;
 }
 
+/* Who reads the property: "library" (lk_conf_set checks it) or "CLI" (only the lockstep
+ * command reads it and checks it; the library stores it as given). */
+static const char *scope_name(lk__prop_scope_t s) {
+    return s == LK__S_CLI ? "CLI" : "library";
+}
+
 static void range_text(const lk__prop_t *p, char *buf, size_t size) {
     switch (p->type) {
     case LK__PT_INT:
@@ -801,21 +832,22 @@ static void range_text(const lk__prop_t *p, char *buf, size_t size) {
 
 void lk_conf_print_reference(FILE *fp, int markdown) {
     if (markdown) {
-        fprintf(fp, "| Property | Type | Default | Range / values | Description |\n");
-        fprintf(fp, "|---|---|---|---|---|\n");
+        fprintf(fp, "| Property | Scope | Type | Default | Range / values | Description |\n");
+        fprintf(fp, "|---|---|---|---|---|---|\n");
     }
     for (int i = 0; i < LK__P_COUNT; i++) {
         const lk__prop_t *p = &props[i];
         char range[128];
         range_text(p, range, sizeof range);
+        const char *def = (p->flags & LK__PF_REQUIRED) ? "" : p->def;
         if (markdown) {
-            fprintf(fp, "| `%s` | %s | %s | %s | %s%s |\n", p->name, type_name(p->type),
-                    (p->flags & LK__PF_REQUIRED) ? "*(required)*" : p->def[0] ? p->def : "", range,
-                    p->doc, "");
+            fprintf(fp, "| `%s` | %s | %s | %s | %s | %s |\n", p->name, scope_name(p->scope),
+                    type_name(p->type), (p->flags & LK__PF_REQUIRED) ? "*(required)*" : def,
+                    range, p->doc);
         } else {
-            fprintf(fp, "  %s (%s%s%s%s%s)\n", p->name, type_name(p->type),
-                    (p->flags & LK__PF_REQUIRED) ? ", required" : "", p->def[0] ? ", default " : "", p->def,
-                    range[0] ? "" : "");
+            fprintf(fp, "  %s (%s, %s%s%s%s)\n", p->name, scope_name(p->scope),
+                    type_name(p->type), (p->flags & LK__PF_REQUIRED) ? ", required" : "",
+                    def[0] ? ", default " : "", def);
             if (range[0])
                 fprintf(fp, "      range: %s\n", range);
             /* wrap the doc at ~76 columns */
@@ -838,7 +870,7 @@ void lk_conf_print_reference(FILE *fp, int markdown) {
         }
     }
     if (markdown)
-        fprintf(fp, "| `kafka.*` | | | | Passed to librdkafka without the prefix "
+        fprintf(fp, "| `kafka.*` | library | | | | Passed to librdkafka without the prefix "
                     "(see librdkafka's CONFIGURATION.md), e.g. `kafka.bootstrap.servers`, "
                     "`kafka.security.protocol`, `kafka.sasl.password` (never stored in the "
                     "checkpoint). |\n");
