@@ -12,6 +12,19 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+const char *tu_dir;
+char tu_err[1024];
+static char scratch[4096];
+
+void tu_scratch_init(void) {
+    tu_dir = tu_tmpdir(scratch, sizeof scratch);
+}
+
+void tu_scratch_fini(void) {
+    if (tu_dir)
+        tu_rmrf(tu_dir);
+}
+
 const char *tu_tmpdir(char *buf, size_t size) {
     const char *base = getenv("TMPDIR");
     snprintf(buf, size, "%s/lktest.XXXXXX", base && *base ? base : "/tmp");
