@@ -73,19 +73,8 @@ const char *cp_fmt(const char *f, ...) {
 }
 
 char *cp_slurp(const char *file) {
-    FILE *fp = fopen(file, "r");
-    if (!fp)
-        return strdup("");
-    char *buf = NULL;
-    size_t n = 0;
-    FILE *m = open_memstream(&buf, &n);
-    char chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fwrite(chunk, 1, k, m);
-    fclose(fp);
-    fclose(m);
-    return buf;
+    char *s = tu_slurp(file, NULL);
+    return s ? s : strdup("");
 }
 
 void cp_stop(pid_t *pid) {

@@ -41,18 +41,9 @@ static const char *cli(void) {
 }
 
 static char *read_all(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    cr_assert_not_null(fp, "open %s", path);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fwrite(chunk, 1, n, m);
-    fclose(fp);
-    fclose(m);
-    return buf;
+    char *s = tu_slurp(path, NULL);
+    cr_assert_not_null(s, "open %s", path);
+    return s;
 }
 
 /* Run `lockstep ARGS` (ARGS printf-formatted, shell syntax); stdout and stderr into

@@ -192,12 +192,22 @@ Test(conf, properties_file_errors_name_line) {
     tu_rmrf(dir);
 }
 
-Test(conf, reference_lists_every_property) {
+/* The reference as lk_conf_print_reference() writes it (malloc'ed); both forms when
+ * markdown is -1. */
+static char *reference(int markdown) {
     char *text = NULL;
     size_t len = 0;
     FILE *fp = open_memstream(&text, &len);
-    lk_conf_print_reference(fp, 1);
+    if (markdown != 0)
+        lk_conf_print_reference(fp, 1);
+    if (markdown != 1)
+        lk_conf_print_reference(fp, 0);
     fclose(fp);
+    return text;
+}
+
+Test(conf, reference_lists_every_property) {
+    char *text = reference(1);
     const char *keys[] = {"`app.id`", "`checkpoint.dir`", "`checkpoint.sync`",
                           "`checkpoint.sync.interval.ms`", "`checkpoint.map.size`",
                           "`checkpoint.batch.history`", "`log.level`", "`kafka.*`"};
@@ -422,12 +432,7 @@ Test(conf, cli_scope_keys_are_checked_in_the_cli_scope) {
 }
 
 Test(conf, reference_shows_each_property_scope) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *fp = open_memstream(&text, &len);
-    lk_conf_print_reference(fp, 1);
-    lk_conf_print_reference(fp, 0);
-    fclose(fp);
+    char *text = reference(-1);
     cr_assert(strstr(text, "| Property | Scope | Type |"), "%s", text);
     cr_assert(strstr(text, "| `app.id` | library | identifier |"), "%s", text);
     cr_assert(strstr(text, "| `pipeline` | CLI | enum |"), "%s", text);

@@ -110,24 +110,9 @@ static const char *fname(char *buf, size_t size, int p, uint64_t batch, const ch
     return buf;
 }
 
-/* Whole file, malloc'ed (NULL if unreadable). */
-static char *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    size_t cap = 4096, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n, fp)) > 0)
-        if ((n += r) == cap)
-            buf = realloc(buf, cap *= 2);
-    fclose(fp);
-    *len = n;
-    return buf;
-}
-
 static void assert_bytes(const char *path, const char *want, size_t want_len) {
     size_t len = 0;
-    char *got = slurp(path, &len);
+    char *got = tu_slurp(path, &len);
     cr_assert_not_null(got, "%s is missing", path);
     cr_assert(len == want_len && !memcmp(got, want, len),
               "%s: got %zu bytes:\n%.*s\nwant %zu bytes:\n%.*s", path, len, (int)len, got,
@@ -427,7 +412,7 @@ Test(sink_files, crash_after_sink_commit_keeps_the_delivered_file) {
     ASSERT_FILE(p0, MIXED_JSONL_P0);
     ASSERT_FILE(p3, MIXED_JSONL_P3);
     size_t l0, l3;
-    char *before0 = slurp(p0, &l0), *before3 = slurp(p3, &l3);
+    char *before0 = tu_slurp(p0, &l0), *before3 = tu_slurp(p3, &l3);
     struct stat st0;
     cr_assert_eq(stat(p0, &st0), 0);
     assert_batch1_pending(); /* delivered, not acknowledged */
@@ -894,7 +879,7 @@ Test(sink_files, record_with_many_headers_is_delivered) {
     cr_assert_eq(drain(s, st, 10), 1);
     char p[4096];
     size_t len;
-    char *text = slurp(fname(p, sizeof p, 0, 1, "jsonl"), &len);
+    char *text = tu_slurp(fname(p, sizeof p, 0, 1, "jsonl"), &len);
     cr_assert_not_null(text);
     cr_assert(strstr(text, "{\"name\":\"h0\",\"value\":null},{\"name\":\"h1\",\"value\":\"v\"}"),
               "%s", text);

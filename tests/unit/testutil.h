@@ -41,6 +41,9 @@ void tu_write_file(const char *path, const void *data, size_t len);
 int tu_dir_entries(const char *dir);
 /** Non-zero if the file at path contains the byte string needle. */
 int tu_file_contains(const char *path, const void *needle, size_t len);
+/** The whole file, malloc'ed and NUL-terminated (*len, if len, its size without the NUL);
+ *  NULL if it cannot be opened. */
+char *tu_slurp(const char *path, size_t *len);
 /** Fill buf with deterministic pseudo-random bytes from seed. */
 void tu_fill(void *buf, size_t len, uint64_t seed);
 
