@@ -1,11 +1,13 @@
 /*
  * cli_util.c — the helpers the `lockstep` command's files share: --help detection and
- * the -c FILE / -X key=value options. Kept apart so that main.c and the command files
+ * the -c FILE / -X key=value options (which check the CLI-scope properties the library
+ * leaves alone, core/conf_int.h). Kept apart so that main.c and the command files
  * depend on it and never on each other (main.c dispatches; a command calls no other
  * command's file). DESIGN.md, Layout.
  */
 #define _GNU_SOURCE
 #include "cli_int.h"
+#include "../core/conf_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +33,8 @@ int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage,
             }
             const char *v = argv[++i];
             if (a[1] == 'c') {
-                if (lk_conf_load_file(conf, v, err, sizeof err) != LK_CONF_OK) {
+                if (lk__conf_load_file_scoped(conf, v, LK__S_LIB | LK__S_CLI, err,
+                                              sizeof err) != LK_CONF_OK) {
                     fprintf(stderr, "lockstep: %s\n", err);
                     return 2;
                 }
@@ -49,7 +52,9 @@ int lk__cli_conf_args(lk_conf_t *conf, int argc, char **argv, const char *usage,
                     return 2;
                 }
                 char *key = strndup(v, (size_t)(eq - v));
-                lk_conf_res_t r = lk_conf_set(conf, key, eq + 1, err, sizeof err);
+                /* the command reads the CLI-scope keys too: it checks them here */
+                lk_conf_res_t r =
+                    lk__conf_set_scoped(conf, key, eq + 1, LK__S_LIB | LK__S_CLI, err, sizeof err);
                 free(key);
                 if (r != LK_CONF_OK) {
                     /* only the key: lk_conf_set's reason never quotes a secret's value */

@@ -252,7 +252,7 @@ static int export_entry(const void *key, size_t klen, const void *val, size_t vl
     return 0;
 }
 
-static int collect_uid(const lk_state_stat_t *st, void *opaque) {
+static int collect_uid(const lk__state_stat_t *st, void *opaque) {
     return strlist_add(opaque, st->uid) ? 1 : 0;
 }
 

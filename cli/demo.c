@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "cli_int.h"
+#include "../core/conf_int.h"
 #include "../core/util_int.h"
 
 #include <ctype.h>
@@ -385,7 +386,8 @@ int lk__cli_demo(int argc, char **argv) {
                               {"max.records.per.partition", "1000"},
                               {"log.level", "warning"}};
     for (size_t i = 0; i < LK_ARRAY_SIZE(props); i++)
-        if (lk_conf_set(conf, props[i][0], props[i][1], err, sizeof err) != LK_CONF_OK) {
+        if (lk__conf_set_scoped(conf, props[i][0], props[i][1], LK__S_LIB | LK__S_CLI, err,
+                                sizeof err) != LK_CONF_OK) {
             fprintf(stderr, "lockstep demo: %s\n", err);
             return 1;
         }

@@ -38,7 +38,9 @@ static void usage(FILE *fp) {
 static int cmd_config(int argc, char **argv) {
     if (lk__cli_has_help(argc, argv)) {
         puts("Usage: lockstep config [--markdown]\n\nList every configuration property "
-             "with its type, default, range and meaning.");
+             "with its scope, type, default, range and meaning. Scope 'library': read and "
+             "checked by liblockstep (lk_conf_set); 'CLI': read only by this command, which "
+             "checks it (the library stores it as given).");
         return 0;
     }
     int md = argc > 0 && !strcmp(argv[0], "--markdown");
@@ -72,7 +74,9 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
-        printf("\nConfiguration properties (.properties files, or -X key=value):\n");
+        printf("\nConfiguration properties (.properties files, or -X key=value). Scope "
+               "'library': read and\nchecked by liblockstep; 'CLI': read only by this command "
+               "(lockstep run), which checks it.\n");
         lk_conf_print_reference(stdout, 0);
         return 0;
     }

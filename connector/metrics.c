@@ -477,7 +477,7 @@ static int acc_user(const char *name, int64_t value, void *o) {
     return 0;
 }
 
-static int state_entries(const lk_state_stat_t *st, void *o) {
+static int state_entries(const lk__state_stat_t *st, void *o) {
     acc_ctx_t *a = o;
     sample(a->fp, a->m, metric_defs[LK__M_STATE_ENTRIES].name);
     fputs(",operator=\"", a->fp);

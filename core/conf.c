@@ -1,7 +1,8 @@
 /*
  * conf.c — lockstep configuration: a value per property of the LK__PROPS table,
  * validated on set, plus kafka.* properties passed through to (and validated by)
- * librdkafka. Also the .properties file loader and the generated reference.
+ * librdkafka (scope column: lk__conf_set_scoped). Also the generated reference; the
+ * .properties loader is conf_file.c. DESIGN.md, Layout (core/).
  */
 #define _GNU_SOURCE
 #include "conf_int.h"
@@ -9,15 +10,13 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 typedef struct {
     const char *name;
+    lk__prop_scope_t scope;
     lk__prop_type_t type;
     const char *def;
     int64_t min, max;
@@ -27,8 +26,8 @@ typedef struct {
 } lk__prop_t;
 
 static const lk__prop_t props[LK__P_COUNT] = {
-#define LK__PROP_ROW(id, name, type, def, min, max, values, flags, doc)                     \
-    {name, type, def, min, max, values, flags, doc},
+#define LK__PROP_ROW(id, name, scope, type, def, min, max, values, flags, doc)              \
+    {name, scope, type, def, min, max, values, flags, doc},
     LK__PROPS(LK__PROP_ROW)
 #undef LK__PROP_ROW
 };
@@ -177,6 +176,14 @@ static lk_conf_res_t check_value(const lk__prop_t *p, const char *value, int64_t
     return LK_CONF_INVALID;
 }
 
+/* The typed value of a property's default (0 when it has none). */
+static int64_t default_int(int i) {
+    int64_t v = 0;
+    if (props[i].def[0])
+        check_value(&props[i], props[i].def, &v, NULL, 0);
+    return v;
+}
+
 lk_conf_t *lk_conf_new(void) {
     lk_conf_t *c = calloc(1, sizeof *c);
     if (!c)
@@ -305,6 +312,11 @@ static int find_prop(const char *key) {
 
 lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char *errstr,
                           size_t errstr_size) {
+    return lk__conf_set_scoped(c, key, value, LK__S_LIB, errstr, errstr_size);
+}
+
+lk_conf_res_t lk__conf_set_scoped(lk_conf_t *c, const char *key, const char *value,
+                                  unsigned scopes, char *errstr, size_t errstr_size) {
     if (!c || !key || !value) {
         lk__fmt(errstr, errstr_size, "lk_conf_set: NULL argument");
         return LK_CONF_INVALID;
@@ -368,9 +380,15 @@ lk_conf_res_t lk_conf_set(lk_conf_t *c, const char *key, const char *value, char
         return LK_CONF_UNKNOWN;
     }
     int64_t iv;
-    lk_conf_res_t r = check_value(&props[i], value, &iv, errstr, errstr_size);
-    if (r != LK_CONF_OK)
-        return r;
+    if (props[i].scope & scopes) {
+        lk_conf_res_t r = check_value(&props[i], value, &iv, errstr, errstr_size);
+        if (r != LK_CONF_OK)
+            return r;
+    } else if (check_value(&props[i], value, &iv, NULL, 0) != LK_CONF_OK) {
+        /* not the caller's to judge: kept as given, its typed value the default's (the
+         * one reader, the CLI, checks the text when it sets the key itself) */
+        iv = default_int(i);
+    }
     char *copy = strdup(value);
     if (!copy) {
         lk__fmt(errstr, errstr_size, "out of memory");
@@ -506,285 +524,10 @@ void lk_conf_foreach(const lk_conf_t *c, int redact,
            opaque);
 }
 
-/* ---- .properties files ---- */
-
-/*
- * Caps on what a .properties file may hold. Real files are a few kilobytes; the largest
- * legitimate values are PEM certificates and keys (kafka.ssl.ca.pem), tens of kilobytes.
- * Reading stops at the cap, so `-c /dev/zero` or a runaway generator fails at once with
- * a clear message instead of growing memory without bound.
- */
-#define CONF_FILE_MAX ((size_t)8 << 20)
-#define CONF_LINE_MAX ((size_t)1 << 20)
-
-static void put_utf8(char **o, unsigned cp) {
-    char *p = *o;
-    if (cp < 0x80) {
-        *p++ = (char)cp;
-    } else if (cp < 0x800) {
-        *p++ = (char)(0xC0 | (cp >> 6));
-        *p++ = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        *p++ = (char)(0xE0 | (cp >> 12));
-        *p++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-        *p++ = (char)(0x80 | (cp & 0x3F));
-    } else {
-        *p++ = (char)(0xF0 | (cp >> 18));
-        *p++ = (char)(0x80 | ((cp >> 12) & 0x3F));
-        *p++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-        *p++ = (char)(0x80 | (cp & 0x3F));
-    }
-    *o = p;
-}
-
-/* The 4 hex digits of a \uXXXX escape at s (s points at the 'u'); -1 if malformed. */
-static long hex4(const char *s, const char *e) {
-    if (e - s < 5)
-        return -1;
-    long cp = 0;
-    for (int k = 1; k <= 4; k++) {
-        int c = (unsigned char)s[k];
-        if (!isxdigit(c))
-            return -1;
-        cp = cp * 16 + (isdigit(c) ? c - '0' : tolower(c) - 'a' + 10);
-    }
-    return cp;
-}
-
-/*
- * Unescape [s, e) into out (at least e - s + 1 bytes: no escape grows). Returns NULL,
- * or why the text cannot be a value: a malformed \u escape, \u0000 (a C string would
- * silently end there), or a UTF-16 surrogate that is not part of a pair (Java writes
- * characters beyond the BMP as a pair, which becomes one 4-byte UTF-8 character).
- */
-static const char *unescape(const char *s, const char *e, char *out) {
-    char *o = out;
-    while (s < e) {
-        if (*s != '\\' || s + 1 >= e) {
-            *o++ = *s++;
-            continue;
-        }
-        s++;
-        switch (*s) {
-        case 't': *o++ = '\t'; s++; break;
-        case 'n': *o++ = '\n'; s++; break;
-        case 'r': *o++ = '\r'; s++; break;
-        case 'f': *o++ = '\f'; s++; break;
-        case 'u': {
-            long cp = hex4(s, e);
-            if (cp < 0)
-                return "bad escape sequence (\\u takes 4 hex digits)";
-            if (cp == 0)
-                return "\\u0000 (a NUL character) is not allowed in a key or value";
-            s += 5;
-            if (cp >= 0xDC00 && cp <= 0xDFFF)
-                return "bad escape sequence (a UTF-16 low surrogate without its high half)";
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                long lo = e - s >= 2 && s[0] == '\\' ? hex4(s + 1, e) : -1;
-                if (lo < 0xDC00 || lo > 0xDFFF)
-                    return "bad escape sequence (a UTF-16 high surrogate without its low half)";
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                s += 6;
-            }
-            put_utf8(&o, (unsigned)cp);
-            break;
-        }
-        default: *o++ = *s++; break;
-        }
-    }
-    *o = '\0';
-    return NULL;
-}
-
-/* The whole file, capped at CONF_FILE_MAX, refusing NUL bytes; NUL-terminated. */
-static lk_conf_res_t read_capped(const char *path, char **out, size_t *outlen, char *errstr,
-                                 size_t errstr_size) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        lk__fmt(errstr, errstr_size, "%s: cannot open: %s", path, strerror(errno));
-        return LK_CONF_INVALID;
-    }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        lk__fmt(errstr, errstr_size, "%s: is a directory, not a .properties file", path);
-        return LK_CONF_INVALID;
-    }
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > CONF_FILE_MAX) {
-        close(fd);
-        lk__fmt(errstr, errstr_size, "%s: %lld bytes is larger than the %zu MiB a "
-                "configuration file may hold", path, (long long)st.st_size, CONF_FILE_MAX >> 20);
-        return LK_CONF_INVALID;
-    }
-    size_t len = 0, cap = 0, lines = 1;
-    char *buf = NULL;
-    for (;;) {
-        if (cap - len < 65536 + 1) {
-            size_t ncap = cap ? cap * 2 : 65536 + 1;
-            char *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                close(fd);
-                lk__fmt(errstr, errstr_size, "%s: out of memory reading it", path);
-                return LK_CONF_INVALID;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        ssize_t r = read(fd, buf + len, 65536);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(e));
-            return LK_CONF_INVALID;
-        }
-        if (r == 0)
-            break;
-        const char *nul = memchr(buf + len, '\0', (size_t)r);
-        for (const char *p = buf + len, *end = nul ? nul : buf + len + r; p < end; p++)
-            lines += *p == '\n';
-        if (nul) {
-            free(buf);
-            close(fd);
-            lk__fmt(errstr, errstr_size, "%s:%zu: contains a NUL byte: not a text "
-                    ".properties file", path, lines);
-            return LK_CONF_INVALID;
-        }
-        len += (size_t)r;
-        if (len > CONF_FILE_MAX) {
-            free(buf);
-            close(fd);
-            lk__fmt(errstr, errstr_size, "%s: larger than the %zu MiB a configuration file "
-                    "may hold", path, CONF_FILE_MAX >> 20);
-            return LK_CONF_INVALID;
-        }
-    }
-    close(fd);
-    buf[len] = '\0';
-    *out = buf;
-    *outlen = len;
-    return LK_CONF_OK;
-}
-
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\f'; }
-
-/* One logical line (continuations joined): split, unescape, set. */
-static lk_conf_res_t load_logical(lk_conf_t *c, const char *path, int line, char *logical,
-                                  char *errstr, size_t errstr_size) {
-    char *k = logical, *p = logical;
-    while (*p && *p != '=' && *p != ':' && !is_blank(*p)) {
-        if (*p == '\\' && p[1])
-            p++;
-        p++;
-    }
-    char *kend = p;
-    while (is_blank(*p))
-        p++;
-    if (*p == '=' || *p == ':')
-        p++;
-    while (is_blank(*p))
-        p++;
-    size_t vlen = strlen(p);
-    char *key = malloc((size_t)(kend - k) + 1), *val = malloc(vlen + 1);
-    if (!key || !val) {
-        free(key);
-        free(val);
-        lk__fmt(errstr, errstr_size, "%s:%d: out of memory", path, line);
-        return LK_CONF_INVALID;
-    }
-    const char *why = unescape(k, kend, key);
-    if (why || (why = unescape(p, p + vlen, val))) {
-        lk__fmt(errstr, errstr_size, "%s:%d: %s", path, line, why);
-        free(key);
-        free(val);
-        return LK_CONF_INVALID;
-    }
-    char e[1024];
-    lk_conf_res_t res = lk_conf_set(c, key, val, e, sizeof e);
-    if (res != LK_CONF_OK)
-        lk__fmt(errstr, errstr_size, "%s:%d: %s", path, line, e);
-    free(key);
-    free(val);
-    return res;
-}
-
-lk_conf_res_t lk_conf_load_file(lk_conf_t *c, const char *path, char *errstr,
-                                size_t errstr_size) {
-    if (!c || !path) {
-        lk__fmt(errstr, errstr_size, "lk_conf_load_file: NULL argument");
-        return LK_CONF_INVALID;
-    }
-    char *text;
-    size_t len;
-    lk_conf_res_t res = read_capped(path, &text, &len, errstr, errstr_size);
-    if (res != LK_CONF_OK)
-        return res;
-    char *logical = NULL;
-    size_t llen = 0;
-    int lineno = 0, startline = 0;
-    for (char *line = text; res == LK_CONF_OK && line < text + len;) {
-        char *nl = memchr(line, '\n', (size_t)(text + len - line));
-        char *next = nl ? nl + 1 : text + len;
-        size_t n = (size_t)((nl ? nl : text + len) - line);
-        lineno++;
-        while (n > 0 && line[n - 1] == '\r')
-            n--;
-        line[n] = '\0';
-        const char *s = line;
-        line = next;
-        while (is_blank(*s))
-            s++;
-        if (!logical) {
-            if (*s == '\0' || *s == '#' || *s == '!')
-                continue;
-            startline = lineno;
-        }
-        size_t sl = strlen(s);
-        size_t bs = 0; /* trailing backslashes: an odd count continues the line */
-        while (bs < sl && s[sl - 1 - bs] == '\\')
-            bs++;
-        int cont = bs % 2 == 1;
-        if (cont)
-            sl--;
-        if (llen + sl > CONF_LINE_MAX) {
-            lk__fmt(errstr, errstr_size, "%s:%d: line longer than the %zu KiB a property may "
-                    "take", path, startline, CONF_LINE_MAX >> 10);
-            res = LK_CONF_INVALID;
-            break;
-        }
-        char *nlog = realloc(logical, llen + sl + 1);
-        if (!nlog) {
-            lk__fmt(errstr, errstr_size, "%s:%d: out of memory", path, startline);
-            res = LK_CONF_INVALID;
-            break;
-        }
-        logical = nlog;
-        memcpy(logical + llen, s, sl);
-        llen += sl;
-        logical[llen] = '\0';
-        if (cont)
-            continue;
-        res = load_logical(c, path, startline, logical, errstr, errstr_size);
-        free(logical);
-        logical = NULL;
-        llen = 0;
-    }
-    /* A continuation into nothing: Java's Properties would keep the line without its
-     * '\', but a file cut short (a truncated copy, a lost last line) looks exactly like
-     * this, so it is refused rather than guessed at. */
-    if (res == LK_CONF_OK && logical) {
-        lk__fmt(errstr, errstr_size, "%s:%d: the last line ends with '\\' (a line "
-                "continuation) but the file ends there: remove the '\\' or add the "
-                "continued line", path, startline);
-        res = LK_CONF_INVALID;
-    }
-    free(logical);
-    free(text);
-    return res;
+/* Who reads the property: "library" (lk_conf_set checks it) or "CLI" (only the lockstep
+ * command reads it and checks it; the library stores it as given). */
+static const char *scope_name(lk__prop_scope_t s) {
+    return s == LK__S_CLI ? "CLI" : "library";
 }
 
 static void range_text(const lk__prop_t *p, char *buf, size_t size) {
@@ -801,21 +544,22 @@ static void range_text(const lk__prop_t *p, char *buf, size_t size) {
 
 void lk_conf_print_reference(FILE *fp, int markdown) {
     if (markdown) {
-        fprintf(fp, "| Property | Type | Default | Range / values | Description |\n");
-        fprintf(fp, "|---|---|---|---|---|\n");
+        fprintf(fp, "| Property | Scope | Type | Default | Range / values | Description |\n");
+        fprintf(fp, "|---|---|---|---|---|---|\n");
     }
     for (int i = 0; i < LK__P_COUNT; i++) {
         const lk__prop_t *p = &props[i];
         char range[128];
         range_text(p, range, sizeof range);
+        const char *def = (p->flags & LK__PF_REQUIRED) ? "" : p->def;
         if (markdown) {
-            fprintf(fp, "| `%s` | %s | %s | %s | %s%s |\n", p->name, type_name(p->type),
-                    (p->flags & LK__PF_REQUIRED) ? "*(required)*" : p->def[0] ? p->def : "", range,
-                    p->doc, "");
+            fprintf(fp, "| `%s` | %s | %s | %s | %s | %s |\n", p->name, scope_name(p->scope),
+                    type_name(p->type), (p->flags & LK__PF_REQUIRED) ? "*(required)*" : def,
+                    range, p->doc);
         } else {
-            fprintf(fp, "  %s (%s%s%s%s%s)\n", p->name, type_name(p->type),
-                    (p->flags & LK__PF_REQUIRED) ? ", required" : "", p->def[0] ? ", default " : "", p->def,
-                    range[0] ? "" : "");
+            fprintf(fp, "  %s (%s, %s%s%s%s)\n", p->name, scope_name(p->scope),
+                    type_name(p->type), (p->flags & LK__PF_REQUIRED) ? ", required" : "",
+                    def[0] ? ", default " : "", def);
             if (range[0])
                 fprintf(fp, "      range: %s\n", range);
             /* wrap the doc at ~76 columns */
@@ -838,7 +582,7 @@ void lk_conf_print_reference(FILE *fp, int markdown) {
         }
     }
     if (markdown)
-        fprintf(fp, "| `kafka.*` | | | | Passed to librdkafka without the prefix "
+        fprintf(fp, "| `kafka.*` | library | | | | Passed to librdkafka without the prefix "
                     "(see librdkafka's CONFIGURATION.md), e.g. `kafka.bootstrap.servers`, "
                     "`kafka.security.protocol`, `kafka.sasl.password` (never stored in the "
                     "checkpoint). |\n");

@@ -26,7 +26,8 @@ extern "C" {
 #define LK_EXPORT
 #endif
 
-/** Library version as 0xMMmmpp00 (major, minor, patch). */
+/** Library version as 0xMMmmpp00 (major, minor, patch); equals CMake's project(VERSION)
+ *  (the build checks it). */
 #define LK_VERSION 0x00010000
 
 /**
@@ -130,7 +131,11 @@ LK_EXPORT lk_conf_t *lk_conf_dup(const lk_conf_t *conf);
  * @brief Set one property, validated against the property table.
  *
  * Keys starting with "kafka." are passed, without the prefix, to librdkafka, which
- * validates them (its message is kept in errstr).
+ * validates them (its message is kept in errstr). Keys starting with "plugin." are a
+ * plugin's own and stored as given. Properties of scope "CLI" in the reference
+ * (lk_conf_print_reference(): pipeline, input.topics, output.*, window.*, ...) are read
+ * only by the lockstep command, which checks them; the library stores their value as
+ * given (lk_conf_get() returns it) without judging it.
  *
  * @param conf        the configuration.
  * @param key         property name, e.g. "checkpoint.dir" or "kafka.bootstrap.servers".
@@ -183,7 +188,9 @@ LK_EXPORT lk_conf_res_t lk_conf_load_file(lk_conf_t *conf, const char *path, cha
 LK_EXPORT lk_err_t lk_conf_validate(const lk_conf_t *conf, char *errstr, size_t errstr_size);
 
 /**
- * @brief Write the property reference, generated from the property table.
+ * @brief Write the property reference, generated from the property table: each
+ * property's scope ("library": read and checked by the library; "CLI": read and checked
+ * only by the lockstep command), type, default, range and meaning.
  * @param fp       where to write.
  * @param markdown non-zero for the README's Markdown table, zero for --help text.
  */

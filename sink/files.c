@@ -76,12 +76,12 @@ typedef struct {
     char *tmp;   /* final + ".tmp" */
     FILE *fp;    /* open until commit closes it */
     int renamed;
-} part_t;
+} file_part_t;
 
 typedef struct {
     int jsonl;
     int dir_flags; /* LK__DIR_ALLOW_SHARED from dir.allow.shared */
-    part_t *parts; /* sorted by partition */
+    file_part_t *parts; /* sorted by partition */
     size_t nparts, cap;
 } files_t;
 
@@ -148,7 +148,7 @@ static int mkdir_p(const char *path) {
 
 /* ---- per-partition files ---- */
 
-static void part_discard(part_t *pt) {
+static void part_discard(file_part_t *pt) {
     if (pt->fp)
         fclose(pt->fp);
     if (pt->tmp && !pt->renamed)
@@ -166,7 +166,7 @@ static void discard_all(files_t *f) {
 }
 
 /* The open part of partition p, creating its directory and temporary file. */
-static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, part_t **out, char *errstr,
+static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, file_part_t **out, char *errstr,
                          size_t errstr_size) {
     size_t lo = 0, hi = f->nparts;
     while (lo < hi) {
@@ -182,13 +182,13 @@ static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, part_t **out, char
     }
     if (f->nparts == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 8;
-        part_t *np = realloc(f->parts, cap * sizeof *np);
+        file_part_t *np = realloc(f->parts, cap * sizeof *np);
         if (!np)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         f->parts = np;
         f->cap = cap;
     }
-    part_t pt = {.partition = p};
+    file_part_t pt = {.partition = p};
     char *pdir = path_fmt("%s/%d", s->target, (int)p);
     pt.final = path_fmt("%s/%d/%s+%s+%s-%020llu.%s", s->target, (int)p, s->app_id, s->name,
                         s->checkpoint_id, (unsigned long long)s->batch, ext_of(f));
@@ -242,7 +242,7 @@ static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, part_t **out, char
     return LK_OK;
 }
 
-static lk_err_t write_failed(const part_t *pt, int err, char *errstr, size_t errstr_size) {
+static lk_err_t write_failed(const file_part_t *pt, int err, char *errstr, size_t errstr_size) {
     return lk__err(err == ENOMEM ? LK_ERR_NOMEM : LK_ERR_IO, errstr, errstr_size,
                    "partition %d: cannot write %s: %s", (int)pt->partition, pt->tmp,
                    strerror(err ? err : EIO));
@@ -385,7 +385,7 @@ static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     files_t *f = s->impl;
     if (!f->jsonl && !r->value)
         return LK_OK; /* lines: tombstones are skipped */
-    part_t *pt = NULL;
+    file_part_t *pt = NULL;
     lk_err_t e = part_get(s, f, r->partition >= 0 ? r->partition : 0, &pt, errstr,
                           errstr_size);
     if (e)
@@ -478,7 +478,7 @@ static int same_bytes(const char *a, const char *b) {
  * final name that exists already holds this very batch of this sink and checkpoint (the
  * name says so) from a delivery interrupted before its acknowledgement: with the same
  * bytes it counts as delivered; with other bytes it is left alone and the sink stops. */
-static lk_err_t place(part_t *pt, char *errstr, size_t errstr_size) {
+static lk_err_t place(file_part_t *pt, char *errstr, size_t errstr_size) {
     /* Upgraded from a version that named files <app>-<batch>.<ext>: a batch it delivered
      * but did not acknowledge before the upgrade is already there under that name, with
      * the same bytes (the content does not depend on the version): not written twice. */
@@ -529,7 +529,7 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     (void)b;
     files_t *f = s->impl;
     for (size_t i = 0; i < f->nparts; i++) {
-        part_t *pt = &f->parts[i];
+        file_part_t *pt = &f->parts[i];
         errno = 0;
         if (LK__FAULT_SYS("write", fflush(pt->fp)) != 0 || ferror(pt->fp))
             return write_failed(pt, errno, errstr, errstr_size);
@@ -543,14 +543,14 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     }
     lk__faultpoint("during-file-rename");
     for (size_t i = 0; i < f->nparts; i++) {
-        part_t *pt = &f->parts[i];
+        file_part_t *pt = &f->parts[i];
         lk_err_t e = place(pt, errstr, errstr_size);
         if (e)
             return e;
         pt->renamed = 1;
     }
     for (size_t i = 0; i < f->nparts; i++) {
-        part_t *pt = &f->parts[i];
+        file_part_t *pt = &f->parts[i];
         if (lk__fsync_dir(pt->final) != 0) /* the directory holding it */
             return lk__err(LK_ERR_IO, errstr, errstr_size,
                            "partition %d: cannot fsync the directory of %s: %s",

@@ -50,7 +50,7 @@ static int add_acc(const char *name, int64_t value, void *o) {
     return 0;
 }
 
-static int add_state(const lk_state_stat_t *st, void *o) {
+static int add_state(const lk__state_stat_t *st, void *o) {
     json_array_append_new(o, json_pack("{s:s, s:I, s:I}", "uid", st->uid, "entries",
                                        (json_int_t)st->entries, "bytes",
                                        (json_int_t)st->bytes));

@@ -84,7 +84,7 @@ out:
     mdb_cursor_close(c);
     return err;
 }
-lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_t *, void *),
+lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk__state_stat_t *, void *),
                                void *opaque) {
     MDB_dbi main;
     MDB_cursor *c;
@@ -122,7 +122,7 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk_state_stat_
         /* For a read txn this handle is closed again when the txn ends. */
         if (mdb_dbi_open(t->txn, names[i], 0, &dbi) || mdb_stat(t->txn, dbi, &st))
             continue;
-        lk_state_stat_t ss = {names[i] + 6, st.ms_entries,
+        lk__state_stat_t ss = {names[i] + 6, st.ms_entries,
                               (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages +
                                          st.ms_overflow_pages) *
                                   st.ms_psize};
@@ -139,7 +139,7 @@ static int no_config_cb(const char *k, const char *v, void *o) {
     return 0;
 }
 
-lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk__store_record_t kind, const void *key,
                           size_t klen, const void *val, size_t vlen) {
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     t->err[0] = 0;

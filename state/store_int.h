@@ -308,14 +308,14 @@ lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
                                            size_t vlen, int64_t updated_ms, void *opaque),
                                  void *opaque);
 
-typedef struct lk_state_stat {
+typedef struct lk__state_stat {
     const char *uid; /**< valid during the callback */
     uint64_t entries;
     uint64_t bytes; /**< pages used by the database, in bytes */
-} lk_state_stat_t;
+} lk__state_stat_t;
 /** Visit statistics of every state.<uid> database in the checkpoint. */
 lk_err_t lk__store_state_stats(lk_store_txn_t *t,
-                               int (*cb)(const lk_state_stat_t *st, void *opaque),
+                               int (*cb)(const lk__state_stat_t *st, void *opaque),
                                void *opaque);
 
 /**
@@ -437,7 +437,7 @@ typedef enum {
     LK_REC_OFFSET, LK_REC_BATCH, LK_REC_PLAN, LK_REC_OUTBOX, LK_REC_FENCE,
     LK_REC_ACC, LK_REC_STATE, LK_REC_TOPOLOGY, LK_REC_CONFIG, LK_REC_HEADER,
     LK_REC_KINDS
-} lk_store_record_t;
+} lk__store_record_t;
 
 /**
  * Decode (val, vlen), stored under (key, klen), as the store decodes a record of kind
@@ -446,7 +446,7 @@ typedef enum {
  * LK_ERR_INVALID_ARG (a key of the wrong shape for kind). For the decoder fuzz target
  * (tests/fuzz); it reads nothing from LMDB. Decoded data lives in t until it ends.
  */
-lk_err_t lk__store_decode(lk_store_txn_t *t, lk_store_record_t kind, const void *key,
+lk_err_t lk__store_decode(lk_store_txn_t *t, lk__store_record_t kind, const void *key,
                           size_t klen, const void *val, size_t vlen);
 
 #endif

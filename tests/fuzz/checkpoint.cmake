@@ -14,7 +14,8 @@ set(LK_FUZZ_CHECKPOINT_SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_checkpoint.c
   ${PROJECT_SOURCE_DIR}/state/store_outbox.c ${PROJECT_SOURCE_DIR}/state/store_state.c
   ${PROJECT_SOURCE_DIR}/state/store_inspect.c ${PROJECT_SOURCE_DIR}/state/codec.c
   ${PROJECT_SOURCE_DIR}/core/crc32c.c ${PROJECT_SOURCE_DIR}/core/util.c
-  ${PROJECT_SOURCE_DIR}/core/conf.c ${PROJECT_SOURCE_DIR}/core/err.c
+  ${PROJECT_SOURCE_DIR}/core/conf.c ${PROJECT_SOURCE_DIR}/core/conf_file.c
+  ${PROJECT_SOURCE_DIR}/core/err.c
   ${PROJECT_SOURCE_DIR}/core/json.c)
 set(LK_FUZZ_CHECKPOINT_LIBS PkgConfig::LMDB PkgConfig::MSGPACK PkgConfig::JANSSON
   PkgConfig::RDKAFKA Threads::Threads)

@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         open_store();
     if (size < 3)
         return 0;
-    lk_store_record_t kind = (lk_store_record_t)(data[0] % LK_REC_KINDS);
+    lk__store_record_t kind = (lk__store_record_t)(data[0] % LK_REC_KINDS);
     int seal = data[1] & 1;
     size_t klen = data[2];
     data += 3;

@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include "mockutil.h"
+#include "../unit/testutil.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -96,4 +97,16 @@ rd_kafka_t *mu_reader(const char *bootstraps, const char *group) {
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
     cr_assert_not_null(rk, "%s", err);
     return rk;
+}
+
+mu_cluster_t mu_cl;
+
+void mu_fixture_init(void) {
+    mu_start(&mu_cl, 1);
+    tu_scratch_init();
+}
+
+void mu_fixture_fini(void) {
+    mu_stop(&mu_cl);
+    tu_scratch_fini();
 }

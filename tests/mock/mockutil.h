@@ -21,6 +21,12 @@ typedef struct mu_cluster {
 /** Start a mock cluster with `brokers` brokers. */
 void mu_start(mu_cluster_t *c, int brokers);
 void mu_stop(mu_cluster_t *c);
+/** The running test's one-broker cluster, started by mu_fixture_init(). */
+extern mu_cluster_t mu_cl;
+/** A suite's .init: mu_cl with one broker, and a scratch directory (tu_dir, testutil.h). */
+void mu_fixture_init(void);
+/** A suite's .fini: stops mu_cl and removes tu_dir. */
+void mu_fixture_fini(void);
 /** Create a topic with n partitions. */
 void mu_topic(mu_cluster_t *c, const char *topic, int partitions);
 /** Produce one record to an explicit partition (key may be NULL); flushed by mu_flush. */

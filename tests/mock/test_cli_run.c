@@ -21,6 +21,7 @@
  * LK_SOURCE_DIR (the source tree, for examples/).
  */
 #define _GNU_SOURCE
+#include "cliproc.h"
 #include "mockutil.h"
 #include "testutil.h"
 
@@ -42,133 +43,38 @@
 #include <time.h>
 #include <unistd.h>
 
-static char tmp[256];
 static const char *cli;
-static pid_t broker_pid, run_pid;
 static int run_tty = -1; /* >= 0: the next run's stdout is a terminal; this is its master */
 static const char *run_conf_file; /* -c FILE before every -X of the next run */
-static char bootstraps[600];
-static rd_kafka_t *producer, *consumer;
-
-static const char *cli_path(void) {
-    const char *p = getenv("LK_CLI");
-    cr_assert_not_null(p, "LK_CLI is not set (run through ctest)");
-    return p;
-}
+static rd_kafka_t *consumer;
 
 static void setup(void) {
-    tu_tmpdir(tmp, sizeof tmp);
-    cli = cli_path();
-}
-
-static void stop_child(pid_t *pid) {
-    if (*pid > 0) {
-        kill(*pid, SIGKILL);
-        waitpid(*pid, NULL, 0);
-        *pid = 0;
-    }
+    cp_init();
+    cli = cp_cli();
 }
 
 static void teardown(void) {
-    stop_child(&run_pid);
-    if (producer) {
-        rd_kafka_flush(producer, 5000);
-        rd_kafka_destroy(producer);
-        producer = NULL;
-    }
-    if (consumer) {
+    cp_stop(&cp_run_pid);
+    if (consumer) { /* before the broker stops under it */
         rd_kafka_consumer_close(consumer);
         rd_kafka_destroy(consumer);
         consumer = NULL;
     }
-    if (broker_pid > 0) {
-        kill(broker_pid, SIGTERM);
-        waitpid(broker_pid, NULL, 0);
-        broker_pid = 0;
-    }
-    tu_rmrf(tmp);
+    cp_fini();
 }
 
 TestSuite(cli_run, .init = setup, .fini = teardown, .timeout = 120);
 
-static const char *path(const char *name) {
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", tmp, name);
-    return b;
-}
-
-static char *slurp(const char *file) {
-    FILE *fp = fopen(file, "r");
-    if (!fp)
-        return strdup("");
-    char *buf = NULL;
-    size_t n = 0;
-    FILE *m = open_memstream(&buf, &n);
-    char chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fwrite(chunk, 1, k, m);
-    fclose(fp);
-    fclose(m);
-    return buf;
-}
-
-/* printf into one of a pool of static buffers (for -X key=value arguments) */
-static const char *fmt(const char *f, ...) {
-    static char bufs[16][700];
-    static int next;
-    char *b = bufs[next++ % 16];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(b, sizeof bufs[0], f, ap);
-    va_end(ap);
-    return b;
-}
-
 /* ---- processes ---- */
 
-/* `lockstep mock-broker --topic T:N ...`; reads its bootstrap line. */
-static void broker_start(const char *const *topics) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    const char *argv[32] = {cli, "mock-broker"};
-    int n = 2;
-    for (int i = 0; topics[i]; i++) {
-        argv[n++] = "--topic";
-        argv[n++] = topics[i];
-    }
-    argv[n] = NULL;
-    broker_pid = fork();
-    cr_assert_neq(broker_pid, -1);
-    if (broker_pid == 0) {
-        int null = open("/dev/null", O_RDONLY); /* no fault commands on stdin */
-        dup2(null, 0);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execv(cli, (char **)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *fp = fdopen(fds[0], "r");
-    char line[600] = "";
-    cr_assert_not_null(fgets(line, sizeof line, fp), "mock-broker printed nothing");
-    fclose(fp);
-    cr_assert(!strncmp(line, "bootstrap.servers=", 18), "mock-broker printed: %s", line);
-    line[strcspn(line, "\n")] = 0;
-    snprintf(bootstraps, sizeof bootstraps, "%s", line + 18);
-}
-
 /* `lockstep run` with the common settings and the given key=value settings; stdout and
- * stderr go to files in tmp. */
+ * stderr go to files in the scratch directory (tu_dir). */
 static pid_t run_start_v(const char *app, const char *const *kv) {
     static char ckpt[700], boot[700], appid[100], plog[700];
     snprintf(appid, sizeof appid, "app.id=%s", app);
-    snprintf(ckpt, sizeof ckpt, "checkpoint.dir=%s", path("ckpt"));
-    snprintf(boot, sizeof boot, "kafka.bootstrap.servers=%s", bootstraps);
-    snprintf(plog, sizeof plog, "progress.log=%s", path("progress.log"));
+    snprintf(ckpt, sizeof ckpt, "checkpoint.dir=%s", cp_path("ckpt"));
+    snprintf(boot, sizeof boot, "kafka.bootstrap.servers=%s", cp_bootstraps);
+    snprintf(plog, sizeof plog, "progress.log=%s", cp_path("progress.log"));
     const char *common[] = {appid, ckpt, boot, plog, "kafka.fetch.wait.max.ms=10",
                             "batch.interval.ms=0", "log.level=warning", "kafka.log_level=3",
                             "checkpoint.map.size=4M", "sink.kafka.timeout.ms=10000",
@@ -196,8 +102,8 @@ static pid_t run_start_v(const char *app, const char *const *kv) {
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
-        int o = tty >= 0 ? tty : open(path("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(path("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int o = tty >= 0 ? tty : open(cp_path("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(cp_path("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(o, 1);
         dup2(e, 2);
         execv(cli, (char **)argv);
@@ -223,22 +129,8 @@ static char *tty_output(void) {
     return buf;
 }
 
-#define RUN_START(app, ...) (run_pid = run_start_v(app, (const char *const[]){__VA_ARGS__, NULL}))
-
-/* Exit status of pid within seconds (128+signal if killed); fails the test on timeout. */
-static int wait_exit(pid_t *pid, int seconds) {
-    for (int i = 0; i < seconds * 100; i++) {
-        int st;
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(10000);
-    }
-    stop_child(pid);
-    cr_assert_fail("process did not exit within %d s", seconds);
-    return -1;
-}
+#define RUN_START(app, ...)                                                           \
+    (cp_run_pid = run_start_v(app, (const char *const[]){__VA_ARGS__, NULL}))
 
 /* ---- progress.log ---- */
 
@@ -252,7 +144,7 @@ typedef struct {
 /* Parse progress.log; when check, every line must have the documented fields. */
 static progress_sum_t progress_read(int check) {
     progress_sum_t s = {0};
-    char *text = slurp(path("progress.log"));
+    char *text = cp_slurp(cp_path("progress.log"));
     char *save = NULL;
     for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         json_error_t je;
@@ -307,9 +199,9 @@ static void wait_input(long long rows) {
         if (s.input_rows >= rows && s.last_outbox == 0)
             return;
         int st;
-        if (waitpid(run_pid, &st, WNOHANG) == run_pid) {
-            run_pid = 0;
-            char *err = slurp(path("stderr.txt"));
+        if (waitpid(cp_run_pid, &st, WNOHANG) == cp_run_pid) {
+            cp_run_pid = 0;
+            char *err = cp_slurp(cp_path("stderr.txt"));
             cr_assert_fail("lockstep run exited early (status %d): %s", st, err);
         }
         usleep(10000);
@@ -319,9 +211,9 @@ static void wait_input(long long rows) {
 
 /* SIGTERM, then exit status 0 (a graceful stop). */
 static void run_stop(void) {
-    kill(run_pid, SIGTERM);
-    int rc = wait_exit(&run_pid, 30);
-    char *err = slurp(path("stderr.txt"));
+    kill(cp_run_pid, SIGTERM);
+    int rc = cp_wait_exit(&cp_run_pid, 30);
+    char *err = cp_slurp(cp_path("stderr.txt"));
     cr_assert_eq(rc, 0, "lockstep run exit status %d after SIGTERM; stderr: %s", rc, err);
     cr_assert(!strstr(err, "runtime error") && !strstr(err, "Sanitizer"), "%s", err);
     free(err);
@@ -330,25 +222,7 @@ static void run_stop(void) {
 /* ---- producing and reading Kafka ---- */
 
 static void produce(const char *topic, int partition, const char *key, const char *value) {
-    if (!producer) {
-        char err[512];
-        rd_kafka_conf_t *c = rd_kafka_conf_new();
-        rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
-        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
-        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
-        producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-        cr_assert_not_null(producer, "%s", err);
-    }
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-        RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
-        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_END);
-    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
-}
-
-static void flush_input(void) {
-    cr_assert_eq(rd_kafka_flush(producer, 30000), 0, "flush");
+    cp_produce(topic, partition, key, value, 0);
 }
 
 typedef struct {
@@ -377,7 +251,7 @@ static void recs_free(recs_t *rs) {
 /* Every record of topic, partition by partition in offset order, read_committed. */
 static void read_topic(const char *topic, recs_t *rs) {
     if (!consumer)
-        consumer = mu_reader(bootstraps, "test-cli-run");
+        consumer = mu_reader(cp_bootstraps, "test-cli-run");
     memset(rs, 0, sizeof *rs);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(consumer, topic, NULL);
     const struct rd_kafka_metadata *md;
@@ -540,7 +414,7 @@ static int read_files(const char *dir, int partition, recs_t *rs) {
     for (int i = 0; i < n; i++) {
         char file[1000];
         snprintf(file, sizeof file, "%s/%s", pdir, names[i]);
-        char *text = slurp(file);
+        char *text = cp_slurp(file);
         char *save = NULL;
         for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
             json_error_t je;
@@ -585,7 +459,7 @@ static void files_latest(const char *dir, table_t *t) {
 
 static json_t *inspect(void) {
     char cmd[1200], *out;
-    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", cli, path("ckpt"));
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", cli, cp_path("ckpt"));
     cr_assert_eq(tu_run(cmd, &out), 0, "%s: %s", cmd, out);
     json_error_t je;
     json_t *d = json_loads(out, 0, &je);
@@ -655,8 +529,8 @@ Test(cli_run, wordcount_to_topic_and_files) {
      * output.topic=word-counts; app.id, checkpoint.dir and the brokers overridden */
     const char *src = getenv("LK_SOURCE_DIR");
     cr_assert_not_null(src, "LK_SOURCE_DIR is not set (run through ctest)");
-    run_conf_file = fmt("%s/examples/wordcount.properties", src);
-    broker_start((const char *const[]){"lines:2", "word-counts:3", NULL});
+    run_conf_file = cp_fmt("%s/examples/wordcount.properties", src);
+    cp_broker_start((const char *const[]){"lines:2", "word-counts:3", NULL});
     table_t want = {0};
     int n = 0;
     for (int round = 0; round < 5; round++)
@@ -664,9 +538,9 @@ Test(cli_run, wordcount_to_topic_and_files) {
             produce("lines", n % 2, NULL, wc_lines[i]);
             count_words(&want, wc_lines[i], 1, 0);
         }
-    flush_input();
+    cp_flush();
     run_tty = 0; /* stdout on a terminal: the live progress line */
-    RUN_START("wc", fmt("output.dir=%s", path("files")));
+    RUN_START("wc", cp_fmt("output.dir=%s", cp_path("files")));
     wait_input(n);
     run_stop();
     cr_assert_str_eq(table_text(&want),
@@ -676,7 +550,7 @@ Test(cli_run, wordcount_to_topic_and_files) {
     table_t got;
     kafka_latest("word-counts", &got);
     cr_assert_str_eq(table_text(&got), table_text(&want), "Kafka output (latest per key)");
-    files_latest(path("files"), &got);
+    files_latest(cp_path("files"), &got);
     cr_assert_str_eq(table_text(&got), table_text(&want), "files (latest per key)");
     json_t *doc = inspect();
     cr_assert_eq(offset_of(doc, "lines", 0), n / 2);
@@ -712,7 +586,7 @@ static const char *recs_text(const recs_t *rs) {
 }
 
 Test(cli_run, count_by_key_dead_letters_to_a_topic_and_progress_log) {
-    broker_start((const char *const[]){"in:2", "out:3", "dead:1", NULL});
+    cp_broker_start((const char *const[]){"in:2", "out:3", "dead:1", NULL});
     static const char *const in[2][6][2] = {
         {{NULL, "{\"user\":\"alice\"}"},
          {"b1", "{\"user\":\"bob\",\"x\":1}"},
@@ -730,7 +604,7 @@ Test(cli_run, count_by_key_dead_letters_to_a_topic_and_progress_log) {
     for (int i = 0; i < 6; i++)
         for (int p = 0; p < 2; p++)
             produce("in", p, in[p][i][0], in[p][i][1]);
-    flush_input();
+    cp_flush();
     RUN_START("cbk", "pipeline=count-by-key", "key.field=user", "input.topics=in",
               "output.topic=out", "errors.deadletter=dead");
     wait_input(12);
@@ -765,13 +639,13 @@ Test(cli_run, count_by_key_dead_letters_to_a_topic_and_progress_log) {
     cr_assert_eq(s.last_outbox, 0);
     cr_assert_eq(s.last_lag, 0);
     cr_assert_geq(s.output_rows, 3 + 5, "counts and dead letters");
-    char *out = slurp(path("stdout.txt"));
+    char *out = cp_slurp(cp_path("stdout.txt"));
     cr_assert_str_eq(out, "", "no progress line when stdout is not a terminal");
     free(out);
 }
 
 Test(cli_run, sum_by_key_integer_and_decimal_dead_letters_to_files) {
-    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    cp_broker_start((const char *const[]){"in:2", "out:3", NULL});
     static const char *const in[2][7] = {
         {"{\"k\":\"a\",\"v\":1}", "{\"k\":\"a\",\"v\":2}", "{\"k\":\"b\",\"v\":0.5}",
          "{\"k\":\"c\",\"v\":-1.5}", "{\"k\":\"a\",\"v\":\"3\"}", "{\"k\":\"b\"}",
@@ -782,9 +656,9 @@ Test(cli_run, sum_by_key_integer_and_decimal_dead_letters_to_files) {
     for (int i = 0; i < 7; i++)
         for (int p = 0; p < 2; p++)
             produce("in", p, NULL, in[p][i]);
-    flush_input();
+    cp_flush();
     RUN_START("sbk", "pipeline=sum-by-key", "key.field=k", "value.field=v", "input.topics=in",
-              "output.topic=out", fmt("errors.deadletter=file:%s", path("dead")));
+              "output.topic=out", cp_fmt("errors.deadletter=file:%s", cp_path("dead")));
     wait_input(14);
     run_stop();
 
@@ -792,9 +666,9 @@ Test(cli_run, sum_by_key_integer_and_decimal_dead_letters_to_files) {
     kafka_latest("out", &got);
     cr_assert_str_eq(table_text(&got), "a=6 b=0.75 c=-1.25 d=1000 e=0.30000000000000004",
                      "integer sums print as integers, others round-trip (%%.17g)");
-    cr_assert_eq(partition_dirs(path("dead")), 1);
+    cr_assert_eq(partition_dirs(cp_path("dead")), 1);
     recs_t *dead = calloc(1, sizeof *dead);
-    cr_assert_gt(read_files(path("dead"), 0, dead), 0);
+    cr_assert_gt(read_files(cp_path("dead"), 0, dead), 0);
     cr_assert_str_eq(recs_text(dead),
                      "-|{\"k\":\"a\",\"v\":\"3\"}\n"
                      "-|{\"k\":\"b\"}\n"
@@ -809,7 +683,7 @@ Test(cli_run, sum_by_key_integer_and_decimal_dead_letters_to_files) {
 }
 
 Test(cli_run, copy_keeps_partition_key_and_value_to_topic_and_files) {
-    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    cp_broker_start((const char *const[]){"in:2", "out:3", NULL});
     recs_t *want = calloc(1, sizeof *want);
     for (int i = 0; i < 20; i++) {
         int p = i % 3 == 0 ? 1 : 0;
@@ -820,9 +694,9 @@ Test(cli_run, copy_keeps_partition_key_and_value_to_topic_and_files) {
         produce("in", p, key, v);
         want->r[want->n++] = (rec_t){p, 0, 0, key ? strdup(key) : NULL, strdup(v)};
     }
-    flush_input();
+    cp_flush();
     RUN_START("copy", "pipeline=copy", "input.topics=in", "output.topic=out",
-              "output.partition=keep", fmt("output.dir=%s", path("files")));
+              "output.partition=keep", cp_fmt("output.dir=%s", cp_path("files")));
     wait_input(20);
     run_stop();
 
@@ -844,9 +718,9 @@ Test(cli_run, copy_keeps_partition_key_and_value_to_topic_and_files) {
         }
     recs_free(got);
 
-    cr_assert_eq(partition_dirs(path("files")), 2, "files: the input partitions 0 and 1");
+    cr_assert_eq(partition_dirs(cp_path("files")), 2, "files: the input partitions 0 and 1");
     for (int32_t p = 0; p < 2; p++) {
-        cr_assert_gt(read_files(path("files"), p, got), 0);
+        cr_assert_gt(read_files(cp_path("files"), p, got), 0);
         size_t k = 0;
         for (size_t i = 0; i < want->n; i++) {
             if (want->r[i].partition != p)
@@ -869,7 +743,7 @@ Test(cli_run, copy_keeps_partition_key_and_value_to_topic_and_files) {
 Test(cli_run, plugin_counts_word_lengths_with_its_own_setting) {
     const char *plugin = getenv("LK_PLUGIN");
     cr_assert_not_null(plugin, "LK_PLUGIN is not set (run through ctest)");
-    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    cp_broker_start((const char *const[]){"in:2", "out:3", NULL});
     table_t want = {0};
     int n = 0;
     for (int round = 0; round < 3; round++)
@@ -877,25 +751,25 @@ Test(cli_run, plugin_counts_word_lengths_with_its_own_setting) {
             produce("in", n % 2, NULL, wc_lines[i]);
             count_words(&want, wc_lines[i], 3, 1);
         }
-    flush_input();
-    RUN_START("lengths", fmt("pipeline.plugin=%s", plugin), "plugin.min.length=3",
-              "input.topics=in", "output.topic=out", fmt("output.dir=%s", path("files")));
+    cp_flush();
+    RUN_START("lengths", cp_fmt("pipeline.plugin=%s", plugin), "plugin.min.length=3",
+              "input.topics=in", "output.topic=out", cp_fmt("output.dir=%s", cp_path("files")));
     wait_input(n);
     run_stop();
     cr_assert_str_eq(table_text(&want), "3=33 4=21 5=9 6=3", "the test's own count");
     table_t got;
     kafka_latest("out", &got);
     cr_assert_str_eq(table_text(&got), table_text(&want), "Kafka output");
-    files_latest(path("files"), &got);
+    files_latest(cp_path("files"), &got);
     cr_assert_str_eq(table_text(&got), table_text(&want), "files");
 }
 
 Test(cli_run, tolerance_none_stops_at_the_bad_record_and_keeps_its_offset) {
-    broker_start((const char *const[]){"in:2", "out:3", NULL});
+    cp_broker_start((const char *const[]){"in:2", "out:3", NULL});
     for (int p = 0; p < 2; p++)
         for (int i = 0; i < 2; i++)
             produce("in", p, NULL, "{\"user\":\"alice\"}");
-    flush_input();
+    cp_flush();
     RUN_START("strict", "pipeline=count-by-key", "key.field=user", "input.topics=in",
               "output.topic=out", "errors.tolerance=none");
     wait_input(4);
@@ -903,9 +777,9 @@ Test(cli_run, tolerance_none_stops_at_the_bad_record_and_keeps_its_offset) {
     produce("in", 1, NULL, "{\"user\":\"bob\"}");
     produce("in", 0, NULL, "{\"user\":\"bob\"");
     produce("in", 0, NULL, "{\"user\":\"bob\"}");
-    flush_input();
-    int rc = wait_exit(&run_pid, 30);
-    char *err = slurp(path("stderr.txt"));
+    cp_flush();
+    int rc = cp_wait_exit(&cp_run_pid, 30);
+    char *err = cp_slurp(cp_path("stderr.txt"));
     cr_assert_eq(rc, 1, "exit status %d; stderr: %s", rc, err);
     cr_assert(strstr(err, "malformed record at in[0] offset 2") &&
                   strstr(err, "errors.tolerance=none"),
@@ -938,7 +812,7 @@ static void expect_run(int want_rc, const char *args, const char *const *needles
 #define EXPECT_RUN(rc, args, ...) expect_run(rc, args, (const char *const[]){__VA_ARGS__, NULL})
 
 Test(cli_run, configuration_errors_exit_2_naming_key_and_reason) {
-    const char *ck = path("ckpt");
+    const char *ck = cp_path("ckpt");
     char base[1500], full[2500];
     snprintf(base, sizeof base,
              "-X app.id=cfg -X checkpoint.dir='%s' -X kafka.bootstrap.servers=127.0.0.1:1", ck);
@@ -994,19 +868,19 @@ Test(cli_run, configuration_errors_exit_2_naming_key_and_reason) {
     cr_assert_eq(access(ck, F_OK), -1, "no checkpoint is created by a refused configuration");
 
     /* -c FILE: errors name file:line */
-    const char *props = path("app.properties");
+    const char *props = cp_path("app.properties");
     FILE *fp = fopen(props, "w");
     fprintf(fp, "# a comment\napp.id = cfg\n\n! another comment\npipeline=\\uZZZZ\n");
     fclose(fp);
     snprintf(full, sizeof full, "-c '%s'", props);
-    EXPECT_RUN(2, full, fmt("%s:5: bad escape sequence", props));
+    EXPECT_RUN(2, full, cp_fmt("%s:5: bad escape sequence", props));
     fp = fopen(props, "w");
     fprintf(fp, "app.id=cfg\ninput.topics=a,\\\n  b\nchekpoint.dir=/tmp/x\n");
     fclose(fp);
-    EXPECT_RUN(2, full, fmt("%s:4: unknown property \"chekpoint.dir\"", props),
+    EXPECT_RUN(2, full, cp_fmt("%s:4: unknown property \"chekpoint.dir\"", props),
                "did you mean \"checkpoint.dir\"");
-    snprintf(full, sizeof full, "-c '%s'", path("missing.properties"));
-    EXPECT_RUN(2, full, fmt("%s: cannot open", path("missing.properties")));
+    snprintf(full, sizeof full, "-c '%s'", cp_path("missing.properties"));
+    EXPECT_RUN(2, full, cp_fmt("%s: cannot open", cp_path("missing.properties")));
     EXPECT_RUN(2, "-c", "-c needs an argument");
 
     EXPECT_RUN(0, "--help", "Usage: lockstep run", "-X key=value");
@@ -1031,10 +905,10 @@ Test(cli_run, mock_broker_arguments) {
         free(out);
     }
     /* a good one starts, prints its address and stops on SIGTERM with status 0 */
-    broker_start((const char *const[]){"a:1", "b:12", NULL});
-    cr_assert(strstr(bootstraps, "127.0.0.1:"), "%s", bootstraps);
-    kill(broker_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&broker_pid, 10), 0);
+    cp_broker_start((const char *const[]){"a:1", "b:12", NULL});
+    cr_assert(strstr(cp_bootstraps, "127.0.0.1:"), "%s", cp_bootstraps);
+    kill(cp_broker_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_broker_pid, 10), 0);
 }
 
 Test(cli_run, demo_verifies) {
@@ -1049,7 +923,7 @@ Test(cli_run, demo_verifies) {
 /* ---- records keep every byte (issue 15 items 16-18) ---- */
 
 Test(cli_run, sum_by_key_sums_integers_exactly_and_refuses_overflow) {
-    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", "out:1", NULL});
     /* 2^53 + 1 is not a double: summed in doubles it became 2^53 */
     produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9007199254740992}");
     produce("in", 0, NULL, "{\"k\":\"big\",\"v\":1}");
@@ -1059,15 +933,15 @@ Test(cli_run, sum_by_key_sums_integers_exactly_and_refuses_overflow) {
     produce("in", 0, NULL, "{\"k\":\"mix\",\"v\":0.5}");
     /* JSON strings holding \u0000 are valid JSON (jansson refuses them by default) */
     produce("in", 0, NULL, "{\"k\":\"nul\",\"v\":2,\"note\":\"a\\u0000b\"}");
-    flush_input();
+    cp_flush();
     RUN_START("sum64", "pipeline=sum-by-key", "key.field=k", "value.field=v", "input.topics=in",
-              "output.topic=out", fmt("errors.deadletter=file:%s", path("dead")));
+              "output.topic=out", cp_fmt("errors.deadletter=file:%s", cp_path("dead")));
     wait_input(7);
     /* the next batch overflows int64 for key "big" */
     produce("in", 0, NULL, "{\"k\":\"big\",\"v\":9223372036854775807}");
-    flush_input();
-    int rc = wait_exit(&run_pid, 30);
-    char *err = slurp(path("stderr.txt"));
+    cp_flush();
+    int rc = cp_wait_exit(&cp_run_pid, 30);
+    char *err = cp_slurp(cp_path("stderr.txt"));
     cr_assert_eq(rc, 1, "exit status %d; stderr: %s", rc, err);
     cr_assert(strstr(err, "sum of key 'big' overflows 64-bit integers (9007199254740993 + "
                           "9223372036854775807)"),
@@ -1084,18 +958,18 @@ Test(cli_run, sum_by_key_sums_integers_exactly_and_refuses_overflow) {
 }
 
 Test(cli_run, lines_format_one_record_per_line) {
-    broker_start((const char *const[]){"in:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", NULL});
     /* a newline inside a value made two records of one (3 in, 5 out) */
     produce("in", 0, "k1", "one\ntwo");
     produce("in", 0, "k2", "plain");
     produce("in", 0, "k3", "back\\slash\r\n");
-    flush_input();
+    cp_flush();
     RUN_START("lines", "pipeline=copy", "input.topics=in", "output.partition=keep",
-              fmt("output.dir=%s", path("out")), "output.format=lines");
+              cp_fmt("output.dir=%s", cp_path("out")), "output.format=lines");
     wait_input(3);
     run_stop();
     char pdir[700];
-    snprintf(pdir, sizeof pdir, "%s/0", path("out"));
+    snprintf(pdir, sizeof pdir, "%s/0", cp_path("out"));
     DIR *d = opendir(pdir);
     cr_assert_not_null(d, "%s", pdir);
     struct dirent *de;
@@ -1105,7 +979,7 @@ Test(cli_run, lines_format_one_record_per_line) {
             cr_assert_null(text, "one batch, one file");
             char f[1000];
             snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
-            text = slurp(f);
+            text = cp_slurp(f);
             cr_assert(strstr(de->d_name, "lines+to-files+") == de->d_name, "%s", de->d_name);
         }
     closedir(d);
@@ -1115,7 +989,7 @@ Test(cli_run, lines_format_one_record_per_line) {
 }
 
 Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
-    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", "out:1", NULL});
     /* two 300-byte words equal in their first 256 bytes: the old tokenizer cut both to
      * 256 bytes and counted them as one word */
     char wa[301], wb[301], bad[700];
@@ -1131,9 +1005,9 @@ Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
     produce("in", 0, NULL, wb);
     produce("in", 0, NULL, wa);
     produce("in", 0, NULL, bad);
-    flush_input();
+    cp_flush();
     RUN_START("wclong", "pipeline=wordcount", "input.topics=in", "output.topic=out",
-              fmt("errors.deadletter=file:%s", path("dead")));
+              cp_fmt("errors.deadletter=file:%s", cp_path("dead")));
     wait_input(4);
     run_stop();
     recs_t *rs = calloc(1, sizeof *rs);
@@ -1157,7 +1031,7 @@ Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
     recs_free(rs);
     free(rs);
     recs_t *dead = calloc(1, sizeof *dead);
-    cr_assert_eq(read_files(path("dead"), 0, dead), 1);
+    cr_assert_eq(read_files(cp_path("dead"), 0, dead), 1);
     cr_assert_eq(dead->n, 1);
     cr_assert_str_eq(dead->r[0].value, bad);
     recs_free(dead);
@@ -1168,20 +1042,20 @@ Test(cli_run, wordcount_keeps_long_words_whole_and_dead_letters_longer_ones) {
 }
 
 Test(cli_run, copy_keeps_headers_and_timestamp) {
-    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", "out:1", NULL});
     rd_kafka_headers_t *h = rd_kafka_headers_new(3);
     rd_kafka_header_add(h, "h1", -1, "v1", -1);
     rd_kafka_header_add(h, "h2", -1, NULL, 0);
     rd_kafka_header_add(h, "h1", -1, "v1b", -1);
     produce("in", 0, "k0", "warm-up"); /* creates the producer */
-    cr_assert_eq(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("in"), RD_KAFKA_V_PARTITION(0),
+    cr_assert_eq(rd_kafka_producev(cp_producer, RD_KAFKA_V_TOPIC("in"), RD_KAFKA_V_PARTITION(0),
                                    RD_KAFKA_V_KEY("k", 1), RD_KAFKA_V_VALUE("v", 1),
                                    RD_KAFKA_V_TIMESTAMP(1234567), RD_KAFKA_V_HEADERS(h),
                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
                  0);
-    flush_input();
+    cp_flush();
     RUN_START("cph", "pipeline=copy", "input.topics=in", "output.topic=out",
-              "output.partition=keep", fmt("output.dir=%s", path("files")));
+              "output.partition=keep", cp_fmt("output.dir=%s", cp_path("files")));
     wait_input(2);
     run_stop();
     recs_t *rs = calloc(1, sizeof *rs);
@@ -1195,7 +1069,7 @@ Test(cli_run, copy_keeps_headers_and_timestamp) {
     free(rs);
     /* the jsonl file: headers only on the record that has some */
     char pdir[700], *text = NULL;
-    snprintf(pdir, sizeof pdir, "%s/0", path("files"));
+    snprintf(pdir, sizeof pdir, "%s/0", cp_path("files"));
     DIR *d = opendir(pdir);
     cr_assert_not_null(d);
     struct dirent *de;
@@ -1203,7 +1077,7 @@ Test(cli_run, copy_keeps_headers_and_timestamp) {
         if (de->d_name[0] != '.') {
             char f[1000];
             snprintf(f, sizeof f, "%s/%s", pdir, de->d_name);
-            text = slurp(f);
+            text = cp_slurp(f);
         }
     closedir(d);
     cr_assert_not_null(text);
@@ -1219,31 +1093,27 @@ Test(cli_run, copy_keeps_headers_and_timestamp) {
 /* ---- windows (window.*) ---- */
 
 static void produce_at(const char *topic, const char *value, int64_t ts) {
-    if (!producer) /* produce() makes it; its record, "{}", is malformed input (dead letter) */
+    if (!cp_producer) /* produce() makes it; its record, "{}", is malformed input (dead letter) */
         produce(topic, 0, NULL, "{}");
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
-        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_TIMESTAMP(ts),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+    cp_produce(topic, 0, NULL, value, ts);
 }
 
 Test(cli_run, count_by_key_event_time_windows_with_a_late_record) {
-    broker_start((const char *const[]){"in:1", "out:1", "dead:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", "out:1", "dead:1", NULL});
     static const struct {
         const char *user;
         int64_t ts;
     } in[] = {{"alice", 100}, {"bob", 500}, {"alice", 900}, {"alice", 1200}, {"bob", 2500}};
     for (size_t i = 0; i < sizeof in / sizeof *in; i++)
-        produce_at("in", fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
-    flush_input();
+        produce_at("in", cp_fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
+    cp_flush();
     RUN_START("wev", "pipeline=count-by-key", "key.field=user", "input.topics=in",
               "output.topic=out", "errors.deadletter=dead", "window.size.ms=1000",
               "window.time=event");
     wait_input(6);
     /* after the watermark (2500) passed it: late, whatever batch it lands in */
     produce_at("in", "{\"user\":\"alice\"}", 300);
-    flush_input();
+    cp_flush();
     wait_input(7);
     run_stop();
 
@@ -1274,7 +1144,7 @@ Test(cli_run, window_configuration_errors) {
     snprintf(base, sizeof base,
              "-X app.id=cfg -X checkpoint.dir='%s' -X kafka.bootstrap.servers=127.0.0.1:1 "
              "-X input.topics=i -X output.topic=o",
-             path("ckpt"));
+             cp_path("ckpt"));
     snprintf(full, sizeof full, "%s -X pipeline=copy -X window.size.ms=1000", base);
     EXPECT_RUN(2, full, "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
                         "count-by-key and sum-by-key, not copy");
@@ -1302,14 +1172,14 @@ Test(cli_run, window_configuration_errors) {
 }
 
 Test(cli_run, count_by_key_session_windows) {
-    broker_start((const char *const[]){"in:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"in:1", "out:1", NULL});
     static const struct {
         const char *user;
         int64_t ts;
     } in[] = {{"alice", 100}, {"alice", 600}, {"bob", 700}, {"alice", 5000}};
     for (size_t i = 0; i < sizeof in / sizeof *in; i++)
-        produce_at("in", fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
-    flush_input();
+        produce_at("in", cp_fmt("{\"user\":\"%s\"}", in[i].user), in[i].ts);
+    cp_flush();
     RUN_START("wses", "pipeline=count-by-key", "key.field=user", "input.topics=in",
               "output.topic=out", "window.time=event", "window.gap.ms=1000");
     wait_input(5);

@@ -20,18 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static mu_cluster_t cl;
-static char dir[256];
-
-static void setup(void) {
-    mu_start(&cl, 1);
-    tu_tmpdir(dir, sizeof dir);
-}
-static void teardown(void) {
-    mu_stop(&cl);
-    tu_rmrf(dir);
-}
-TestSuite(faults, .init = setup, .fini = teardown, .timeout = 180);
+TestSuite(faults, .init = mu_fixture_init, .fini = mu_fixture_fini, .timeout = 180);
 
 static uint64_t seen;
 static void count(lk_batch_t *b, const lk_record_t *r, size_t n, void *o) {
@@ -53,7 +42,7 @@ static lk_context_t *open_count(lk_conf_t *conf) {
 }
 
 static int64_t offset_of(int32_t partition) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     lk_store_txn_t *t;
     char err[512];
@@ -67,11 +56,11 @@ static int64_t offset_of(int32_t partition) {
 }
 
 Test(faults, data_loss_refused_then_skipped_and_counted) {
-    mu_topic(&cl, "lines", 1);
+    mu_topic(&mu_cl, "lines", 1);
     for (int i = 0; i < 20; i++)
-        mu_produce(&cl, "lines", 0, NULL, "x");
-    mu_flush(&cl);
-    lk_conf_t *conf = mu_conf(&cl, "loss", dir);
+        mu_produce(&mu_cl, "lines", 0, NULL, "x");
+    mu_flush(&mu_cl);
+    lk_conf_t *conf = mu_conf(&mu_cl, "loss", tu_dir);
     mu_set(conf, "max.records.per.partition", "10");
     lk_context_t *ctx = open_count(conf);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
@@ -80,10 +69,11 @@ Test(faults, data_loss_refused_then_skipped_and_counted) {
     static char big[10000];
     memset(big, 'y', sizeof big - 1);
     for (int i = 0; i < 800; i++)
-        mu_produce(&cl, "lines", 0, NULL, big);
-    mu_flush(&cl);
+        mu_produce(&mu_cl, "lines", 0, NULL, big);
+    mu_flush(&mu_cl);
     int64_t low, high;
-    cr_assert_eq(rd_kafka_query_watermark_offsets(cl.producer, "lines", 0, &low, &high, 5000), 0);
+    cr_assert_eq(
+        rd_kafka_query_watermark_offsets(mu_cl.producer, "lines", 0, &low, &high, 5000), 0);
     cr_assert_gt(low, 10, "retention must have deleted unread input (low %lld)", (long long)low);
 
     cr_assert_eq(lk_context_run_once(ctx), LK_ERR_DATA_LOSS);
@@ -107,11 +97,11 @@ Test(faults, data_loss_refused_then_skipped_and_counted) {
 }
 
 Test(faults, broker_down_moves_nothing_then_recovers) {
-    mu_topic(&cl, "lines", 2);
+    mu_topic(&mu_cl, "lines", 2);
     for (int i = 0; i < 40; i++)
-        mu_produce(&cl, "lines", i % 2, NULL, "x");
-    mu_flush(&cl);
-    lk_conf_t *conf = mu_conf(&cl, "down", dir);
+        mu_produce(&mu_cl, "lines", i % 2, NULL, "x");
+    mu_flush(&mu_cl);
+    lk_conf_t *conf = mu_conf(&mu_cl, "down", tu_dir);
     mu_set(conf, "max.records.per.partition", "10");
     mu_set(conf, "fetch.timeout.ms", "1500");
     mu_set(conf, "kafka.reconnect.backoff.ms", "10");
@@ -120,14 +110,14 @@ Test(faults, broker_down_moves_nothing_then_recovers) {
     seen = 0;
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
     cr_assert_eq(seen, 20);
-    rd_kafka_mock_broker_set_down(cl.mc, 1);
+    rd_kafka_mock_broker_set_down(mu_cl.mc, 1);
     lk_err_t e = lk_context_run_once(ctx);
     cr_assert(e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT, "broker down: %s (%s)", lk_err_name(e),
               lk_context_errstr(ctx));
     cr_assert_eq(lk_context_last_batch(ctx), 1, "nothing committed while the broker is down");
     cr_assert_eq(offset_of(0), 10);
     cr_assert_eq(offset_of(1), 10);
-    rd_kafka_mock_broker_set_up(cl.mc, 1);
+    rd_kafka_mock_broker_set_up(mu_cl.mc, 1);
     int tries = 0;
     while ((e = lk_context_run_once(ctx)) != LK_OK && tries++ < 20)
         cr_assert(e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT, "%s", lk_context_errstr(ctx));
@@ -140,12 +130,12 @@ Test(faults, broker_down_moves_nothing_then_recovers) {
 }
 
 Test(faults, new_partition_of_known_topic_starts_at_earliest) {
-    mu_topic(&cl, "lines", 2);
+    mu_topic(&mu_cl, "lines", 2);
     for (int i = 0; i < 10; i++)
-        mu_produce(&cl, "lines", i % 2, NULL, "x");
-    mu_flush(&cl);
+        mu_produce(&mu_cl, "lines", i % 2, NULL, "x");
+    mu_flush(&mu_cl);
     /* A checkpoint from a run that knew partition 0 only (partition 1 was added later). */
-    lk_store_t *s = tu_open(dir, "newpart");
+    lk_store_t *s = tu_open(tu_dir, "newpart");
     lk_store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK);
@@ -153,7 +143,7 @@ Test(faults, new_partition_of_known_topic_starts_at_earliest) {
     cr_assert_eq(lk__store_txn_commit(t, err, sizeof err), LK_OK);
     lk__store_close(s);
 
-    lk_conf_t *conf = mu_conf(&cl, "newpart", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "newpart", tu_dir);
     mu_set(conf, "auto.offset.reset", "latest");
     lk_context_t *ctx = open_count(conf);
     seen = 0;
@@ -166,11 +156,11 @@ Test(faults, new_partition_of_known_topic_starts_at_earliest) {
 }
 
 Test(faults, latest_on_a_new_topic_is_recorded_at_once) {
-    mu_topic(&cl, "lines", 1);
+    mu_topic(&mu_cl, "lines", 1);
     for (int i = 0; i < 4; i++)
-        mu_produce(&cl, "lines", 0, NULL, "old");
-    mu_flush(&cl);
-    lk_conf_t *conf = mu_conf(&cl, "latest", dir);
+        mu_produce(&mu_cl, "lines", 0, NULL, "old");
+    mu_flush(&mu_cl);
+    lk_conf_t *conf = mu_conf(&mu_cl, "latest", tu_dir);
     mu_set(conf, "auto.offset.reset", "latest");
     lk_context_t *ctx = open_count(conf);
     seen = 0;
@@ -178,8 +168,8 @@ Test(faults, latest_on_a_new_topic_is_recorded_at_once) {
     cr_assert_eq(seen, 0);
     cr_assert_eq(offset_of(0), 4, "the starting point is committed even though empty");
     for (int i = 0; i < 3; i++)
-        mu_produce(&cl, "lines", 0, NULL, "new");
-    mu_flush(&cl);
+        mu_produce(&mu_cl, "lines", 0, NULL, "new");
+    mu_flush(&mu_cl);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
     cr_assert_eq(seen, 3, "what arrived after the start is read, not skipped");
     lk_context_destroy(ctx);
@@ -197,14 +187,14 @@ static void produce_wc(int n) {
         int p = i % 2;
         char *l = lines_of[p][nlines[p]++];
         snprintf(l, 64, "%s %s", words[i % 5], words[(i * 3) % 5]);
-        mu_produce(&cl, "lines", p, NULL, l);
+        mu_produce(&mu_cl, "lines", p, NULL, l);
     }
-    mu_flush(&cl);
+    mu_flush(&mu_cl);
 }
 
 /* The checkpoint is consistent: offsets, last batch and state agree. */
 static void check_consistent(void) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     lk_store_txn_t *t;
     char err[512];
@@ -257,7 +247,7 @@ static pid_t spawn_runner(const char *slow_ms, int *out_fd) {
     if (pid == 0) {
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(runner, runner, cl.bootstraps, dir, slow_ms, (char *)NULL);
+        execl(runner, runner, mu_cl.bootstraps, tu_dir, slow_ms, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -282,7 +272,7 @@ static int wait_exit(pid_t pid, int seconds) {
 }
 
 static uint64_t last_batch_id(void) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     char err[512];
     if (lk__store_open(&s, &o, err, sizeof err))
@@ -300,7 +290,7 @@ static uint64_t last_batch_id(void) {
 }
 
 Test(faults, sigterm_finishes_the_batch_in_flight) {
-    mu_topic(&cl, "lines", 2);
+    mu_topic(&mu_cl, "lines", 2);
     produce_wc(300); /* 150 per partition, 20 per batch: 8 batches of ~200 ms */
     unsigned seed = (unsigned)time(NULL);
     for (int round = 0; round < 3; round++) {
@@ -347,7 +337,7 @@ static void run_runner_until_fault(const char *fault, const char *extra_conf) {
     cr_assert_not_null(runner, "LK_WC_RUNNER is not set (run through ctest)");
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "LOCKSTEP_FAULTPOINT=%s '%s' '%s' '%s' 0 %s >/dev/null 2>&1", fault,
-             runner, cl.bootstraps, dir, extra_conf);
+             runner, mu_cl.bootstraps, tu_dir, extra_conf);
     int st = system(cmd);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGKILL,
               "runner should die at fault point %s (status %d)", fault, st);
@@ -359,11 +349,11 @@ static void define_count_two(lk_pipeline_t *p, void *o) {
 }
 
 Test(faults, empty_first_plan_replayed_after_crash_still_progresses) {
-    mu_topic(&cl, "lines", 2);
+    mu_topic(&mu_cl, "lines", 2);
     produce_wc(10);
     /* latest: the first plan is empty; the crash leaves it recorded */
     run_runner_until_fault("mid-processing@1", "auto.offset.reset=latest");
-    lk_conf_t *conf = mu_conf(&cl, "wc", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "wc", tu_dir);
     mu_set(conf, "auto.offset.reset", "latest");
     mu_set(conf, "topology.allow.state.drop", "true");
     lk_context_t *ctx = open_count(conf);
@@ -378,11 +368,11 @@ Test(faults, empty_first_plan_replayed_after_crash_still_progresses) {
 }
 
 Test(faults, reassignment_after_replay_resumes_paused_partitions) {
-    mu_topic(&cl, "lines", 2);
-    mu_topic(&cl, "extra", 1);
+    mu_topic(&mu_cl, "lines", 2);
+    mu_topic(&mu_cl, "extra", 1);
     produce_wc(60); /* the runner reads 20 per partition per batch */
     run_runner_until_fault("mid-processing@2", "");
-    lk_conf_t *conf = mu_conf(&cl, "wc", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "wc", tu_dir);
     mu_set(conf, "topology.allow.state.drop", "true");
     mu_set(conf, "fetch.timeout.ms", "3000");
     lk_context_t *ctx = lk_context_get_or_create(conf, define_count_two, NULL, (char[512]){0}, 512);
@@ -393,8 +383,8 @@ Test(faults, reassignment_after_replay_resumes_paused_partitions) {
     cr_assert_eq(seen, 20);
     /* ... the next plan adds extra's partition: a new assignment must resume them */
     produce_wc(4);
-    mu_produce(&cl, "extra", 0, NULL, "x");
-    mu_flush(&cl);
+    mu_produce(&mu_cl, "extra", 0, NULL, "x");
+    mu_flush(&mu_cl);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
     cr_assert_eq(seen, 20 + 4 + 1);
     lk_context_destroy(ctx);

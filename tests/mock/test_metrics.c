@@ -22,6 +22,7 @@
  *   per event-time window (lockstep_late_records_total) exact, and back after a restart.
  */
 #define _GNU_SOURCE
+#include "cliproc.h"
 #include "mockutil.h"
 #include "testutil.h"
 #include "wc_ops.h"
@@ -42,84 +43,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char tmp[256];
-static pid_t broker_pid, run_pid;
-static FILE *broker_in;  /* the mock-broker's stdin: fault commands */
-static FILE *broker_out; /* its stdout, kept open: its "ok" answers must not hit EPIPE */
-static char bootstraps[600];
-static rd_kafka_t *producer;
-
-static void setup(void) {
-    tu_tmpdir(tmp, sizeof tmp);
-}
-
-static void stop_child(pid_t *pid) {
-    if (*pid > 0) {
-        kill(*pid, SIGKILL);
-        waitpid(*pid, NULL, 0);
-        *pid = 0;
-    }
-}
-
-static void teardown(void) {
-    stop_child(&run_pid);
-    if (producer) {
-        rd_kafka_flush(producer, 5000);
-        rd_kafka_destroy(producer);
-        producer = NULL;
-    }
-    if (broker_in) {
-        fclose(broker_in);
-        broker_in = NULL;
-    }
-    if (broker_out) {
-        fclose(broker_out);
-        broker_out = NULL;
-    }
-    if (broker_pid > 0) {
-        kill(broker_pid, SIGTERM);
-        waitpid(broker_pid, NULL, 0);
-        broker_pid = 0;
-    }
-    tu_rmrf(tmp);
-}
-
-TestSuite(metrics, .init = setup, .fini = teardown, .timeout = 180);
-
-static const char *path(const char *name) {
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", tmp, name);
-    return b;
-}
-
-static const char *fmt(const char *f, ...) {
-    static char bufs[16][700];
-    static int next;
-    char *b = bufs[next++ % 16];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(b, sizeof bufs[0], f, ap);
-    va_end(ap);
-    return b;
-}
-
-static char *slurp(const char *file) {
-    FILE *fp = fopen(file, "r");
-    if (!fp)
-        return strdup("");
-    char *buf = NULL;
-    size_t n = 0;
-    FILE *m = open_memstream(&buf, &n);
-    char chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fwrite(chunk, 1, k, m);
-    fclose(fp);
-    fclose(m);
-    return buf;
-}
+TestSuite(metrics, .init = cp_init, .fini = cp_fini, .timeout = 180);
 
 /* The value of the sample whose name and labels are exactly `series` (as written:
  * name{app="...",...}); -1 when absent. */
@@ -148,7 +72,7 @@ static void check_with_promtool(const char *file, const char *text) {
  * the parser's output (family names and types), failing the test when a parser refuses
  * the text. */
 static char *parse_with_prometheus_client(const char *text, int openmetrics) {
-    const char *file = path(openmetrics ? "scrape.om" : "scrape.txt");
+    const char *file = cp_path(openmetrics ? "scrape.om" : "scrape.txt");
     tu_write_file(file, text, strlen(text));
     if (!openmetrics)
         check_with_promtool(file, text);
@@ -216,12 +140,12 @@ Test(metrics, library_exact_values_and_restart) {
     mu_topic(&c, "lines", 2);
     /* one distinct word per record: every record updates one key, so records out = in */
     for (int i = 0; i < 6; i++)
-        mu_produce(&c, "lines", 0, NULL, fmt("a%d", i));
+        mu_produce(&c, "lines", 0, NULL, cp_fmt("a%d", i));
     for (int i = 0; i < 2; i++)
-        mu_produce(&c, "lines", 1, NULL, fmt("b%d", i));
+        mu_produce(&c, "lines", 1, NULL, cp_fmt("b%d", i));
     mu_flush(&c);
-    outdir = path("out");
-    lk_conf_t *conf = mu_conf(&c, "mt", path("ckpt"));
+    outdir = cp_path("out");
+    lk_conf_t *conf = mu_conf(&c, "mt", cp_path("ckpt"));
     mu_set(conf, "max.records.per.partition", "4");
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_wc, NULL, err, sizeof err);
@@ -233,7 +157,7 @@ Test(metrics, library_exact_values_and_restart) {
     cr_assert_eq(S("records_total{app=\"mt\",direction=\"in\"}"), 0, "%s", text);
     cr_assert_eq(S("consumer_lag_records{app=\"mt\",topic=\"lines\",partition=\"0\"}"), -1,
                  "%s", text);
-    cr_assert_not_null(strstr(text, fmt("lockstep_build_info{app=\"mt\",version=\"%s\","
+    cr_assert_not_null(strstr(text, cp_fmt("lockstep_build_info{app=\"mt\",version=\"%s\","
                                         "checkpoint_format=\"2\"} 1\n",
                                         lk_version_str())),
                        "%s", text);
@@ -355,7 +279,7 @@ Test(metrics, library_late_records_counted_per_window_from_the_checkpoint) {
     mu_produce(&c, "ev", 0, "a", "1000");
     mu_produce(&c, "ev", 0, "b", "5000");
     mu_flush(&c);
-    lk_conf_t *conf = mu_conf(&c, "ml", path("ckpt"));
+    lk_conf_t *conf = mu_conf(&c, "ml", cp_path("ckpt"));
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_ev, NULL, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);
@@ -410,11 +334,11 @@ Test(metrics, listen_address_refused_when_malformed) {
     mu_cluster_t c;
     mu_start(&c, 1);
     mu_topic(&c, "lines", 1);
-    outdir = path("out");
+    outdir = cp_path("out");
     static const char *const bad[] = {"9464", "127.0.0.1:", "127.0.0.1:http", ":9464",
                                       "127.0.0.1:70000"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        lk_conf_t *conf = mu_conf(&c, "mt", path("ckpt"));
+        lk_conf_t *conf = mu_conf(&c, "mt", cp_path("ckpt"));
         mu_set(conf, "metrics.listen", bad[i]);
         char err[1024] = "";
         lk_context_t *ctx = lk_context_get_or_create(conf, define_wc, NULL, err, sizeof err);
@@ -427,12 +351,6 @@ Test(metrics, listen_address_refused_when_malformed) {
 }
 
 /* ---- lockstep run, scraped over HTTP ---- */
-
-static const char *cli(void) {
-    const char *p = getenv("LK_CLI");
-    cr_assert_not_null(p, "LK_CLI is not set (run through ctest)");
-    return p;
-}
 
 /* A port nothing listens on right now (the kernel's choice). */
 static int free_port(void) {
@@ -487,80 +405,23 @@ static http_t http_get(int port, const char *url, const char *accept) {
     return h;
 }
 
-/* `lockstep mock-broker --topic ...` with its stdin a pipe for down/up commands. */
-static void broker_start(const char *const *topics) {
-    int out[2], in[2];
-    cr_assert_eq(pipe(out), 0);
-    cr_assert_eq(pipe(in), 0);
-    const char *argv[32] = {cli(), "mock-broker"};
-    int n = 2;
-    for (int i = 0; topics[i]; i++) {
-        argv[n++] = "--topic";
-        argv[n++] = topics[i];
-    }
-    argv[n] = NULL;
-    broker_pid = fork();
-    cr_assert_neq(broker_pid, -1);
-    if (broker_pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(out[0]);
-        close(out[1]);
-        close(in[0]);
-        close(in[1]);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    close(in[0]);
-    broker_in = fdopen(in[1], "w");
-    FILE *fp = broker_out = fdopen(out[0], "r");
-    char line[600] = "";
-    cr_assert_not_null(fgets(line, sizeof line, fp), "mock-broker printed nothing");
-    cr_assert(!strncmp(line, "bootstrap.servers=", 18), "mock-broker printed: %s", line);
-    line[strcspn(line, "\n")] = 0;
-    snprintf(bootstraps, sizeof bootstraps, "%s", line + 18);
-}
-
-static void broker_command(const char *cmd) {
-    cr_assert_gt(fprintf(broker_in, "%s\n", cmd), 0);
-    fflush(broker_in);
-}
-
 /* A record with Kafka timestamp ts (ms; 0: now), the event time of window.time=event. */
 static void produce_at(const char *topic, int partition, const char *value, int64_t ts) {
-    if (!producer) {
-        char err[512];
-        rd_kafka_conf_t *c = rd_kafka_conf_new();
-        rd_kafka_conf_set(c, "bootstrap.servers", bootstraps, err, sizeof err);
-        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
-        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
-        producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-        cr_assert_not_null(producer, "%s", err);
-    }
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_TIMESTAMP(ts),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+    cp_produce(topic, partition, NULL, value, ts);
 }
 
 static void produce(const char *topic, int partition, const char *value) {
     produce_at(topic, partition, value, 0);
 }
 
-static void flush_input(void) {
-    cr_assert_eq(rd_kafka_flush(producer, 30000), 0, "flush");
-}
-
 /* `lockstep run` of the copy pipeline lines -> out with metrics.listen on port. */
 static pid_t run_start(int port, const char *const *extra) {
-    const char *argv[64] = {cli(), "run"};
+    const char *argv[64] = {cp_cli(), "run"};
     int n = 2;
     const char *common[] = {"app.id=mc",
-                            fmt("checkpoint.dir=%s", path("ckpt")),
-                            fmt("kafka.bootstrap.servers=%s", bootstraps),
-                            fmt("metrics.listen=127.0.0.1:%d", port),
+                            cp_fmt("checkpoint.dir=%s", cp_path("ckpt")),
+                            cp_fmt("kafka.bootstrap.servers=%s", cp_bootstraps),
+                            cp_fmt("metrics.listen=127.0.0.1:%d", port),
                             "pipeline=copy",
                             "input.topics=lines",
                             "output.topic=out",
@@ -582,8 +443,8 @@ static pid_t run_start(int port, const char *const *extra) {
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
-        int o = open(path("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(path("stderr.txt"), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int o = open(cp_path("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(cp_path("stderr.txt"), O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(o, 1);
         dup2(e, 2);
         execv(argv[0], (char **)argv);
@@ -592,29 +453,15 @@ static pid_t run_start(int port, const char *const *extra) {
     return pid;
 }
 
-static int wait_exit(pid_t *pid, int seconds) {
-    for (int i = 0; i < seconds * 100; i++) {
-        int st;
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(10000);
-    }
-    stop_child(pid);
-    cr_assert_fail("process did not exit within %d s", seconds);
-    return -1;
-}
-
 /* Scrape until `series` reaches at least want (bounded); returns the last scrape. The
  * run must still be running. */
 static char *scrape_until(int port, const char *series, double want) {
     double v = -1;
     for (int i = 0; i < 3000; i++) {
         int st;
-        if (run_pid > 0 && waitpid(run_pid, &st, WNOHANG) == run_pid) {
-            run_pid = 0;
-            char *err = slurp(path("stderr.txt"));
+        if (cp_run_pid > 0 && waitpid(cp_run_pid, &st, WNOHANG) == cp_run_pid) {
+            cp_run_pid = 0;
+            char *err = cp_slurp(cp_path("stderr.txt"));
             cr_assert_fail("lockstep run exited early (status %d): %s", st, err);
         }
         http_t h = http_get(port, "/metrics", NULL);
@@ -654,12 +501,12 @@ static char *health_until(int port, int want, int seconds) {
 #define N_INPUT 200
 
 Test(metrics, cli_scrape_health_progress) {
-    broker_start((const char *const[]){"lines:2", "out:2", NULL});
+    cp_broker_start((const char *const[]){"lines:2", "out:2", NULL});
     for (int i = 0; i < N_INPUT / 2; i++)
-        produce("lines", i % 2, fmt("v%d", i));
-    flush_input();
+        produce("lines", i % 2, cp_fmt("v%d", i));
+    cp_flush();
     int port = free_port();
-    run_pid = run_start(port, (const char *const[]){"health.stall.ms=1500",
+    cp_run_pid = run_start(port, (const char *const[]){"health.stall.ms=1500",
                                                     "retry.backoff.max.ms=200", NULL});
     char *text = scrape_until(port, "lockstep_records_total{app=\"mc\",direction=\"in\"}",
                               N_INPUT / 2);
@@ -668,8 +515,8 @@ Test(metrics, cli_scrape_health_progress) {
     free(text);
     /* more input: the counters move with it and the lag drains to 0 */
     for (int i = N_INPUT / 2; i < N_INPUT; i++)
-        produce("lines", i % 2, fmt("v%d", i));
-    flush_input();
+        produce("lines", i % 2, cp_fmt("v%d", i));
+    cp_flush();
     text = scrape_until(port, "lockstep_records_total{app=\"mc\",direction=\"out\"}", N_INPUT);
     free(text);
     /* the lag is reported by the next plan, which finds nothing new */
@@ -749,7 +596,7 @@ Test(metrics, cli_scrape_health_progress) {
     http_free(&h);
 
     /* the broker goes away: 503 past health.stall.ms, 200 again once it is back */
-    broker_command("down");
+    cp_broker_command("down");
     char *why = health_until(port, 503, 20);
     cr_assert(!strncmp(why, "stalled", 7) || !strncmp(why, "stuck retrying", 14),
               "503 reason: %s", why);
@@ -759,13 +606,13 @@ Test(metrics, cli_scrape_health_progress) {
     long long stalled_ms = since ? strtoll(since + 5, NULL, 10) : -1;
     cr_assert_gt(stalled_ms, 1500, "503 before health.stall.ms: %s", why);
     free(why);
-    broker_command("up");
+    cp_broker_command("up");
     why = health_until(port, 200, 60);
     cr_assert_str_eq(why, "ok\n");
     free(why);
 
-    kill(run_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 60), 0, "%s", cp_slurp(cp_path("stderr.txt")));
     /* the server is gone with the process */
     h = http_get(port, "/healthz", NULL);
     cr_assert_eq(h.status, 0);
@@ -789,15 +636,15 @@ static double must(const char *text, const char *series) {
  * to 0. What this happy path cannot move (fencing, data loss, errors; held back: the
  * mock has no last stable offset) is present at 0; other tests move it. */
 Test(metrics, cli_every_metric_present_and_moving) {
-    broker_start((const char *const[]){"lines:2", "out:2", "dead:1", NULL});
+    cp_broker_start((const char *const[]){"lines:2", "out:2", "dead:1", NULL});
     /* A: three on-time records in [1000, 2000) over both partitions, one malformed */
     produce_at("lines", 0, "{\"k\":\"a\"}", 1000);
     produce_at("lines", 0, "{\"k\":\"b\"}", 1500);
     produce_at("lines", 1, "{\"k\":\"a\"}", 1200);
     produce_at("lines", 1, "not json", 1300);
-    flush_input();
+    cp_flush();
     int port = free_port();
-    run_pid = run_start(port, (const char *const[]){
+    cp_run_pid = run_start(port, (const char *const[]){
                                   "pipeline=count-by-key", "key.field=k", "window.time=event",
                                   "window.size.ms=1000", "errors.deadletter=dead",
                                   "health.stall.ms=60000", NULL});
@@ -816,13 +663,13 @@ Test(metrics, cli_every_metric_present_and_moving) {
      * are written out (a: 2, b: 1) */
     produce_at("lines", 0, "{\"k\":\"c\"}", 10000);
     produce_at("lines", 1, "{\"k\":\"c\"}", 10000);
-    flush_input();
+    cp_flush();
     char *b = scrape_until(port, MC("records_total") EV_ENV(",direction=\"out\""), 3);
     cr_assert_eq(must(b, MC("records_total") EV_ENV(",direction=\"in\"")), 6, "%s", b);
     cr_assert_eq(must(b, MC("records_total") EV_ENV(",direction=\"out\"")), 3, "%s", b);
     /* C: a record of the closed window, after the watermark passed it: late */
     produce_at("lines", 0, "{\"k\":\"d\"}", 1100);
-    flush_input();
+    cp_flush();
     char *z = scrape_until(port, MC("late_records_total") EV_ENV(",operator=\"windowed-counts\""),
                            1);
     cr_assert_eq(must(z, MC("late_records_total") EV_ENV(",operator=\"windowed-counts\"")), 1,
@@ -859,13 +706,13 @@ Test(metrics, cli_every_metric_present_and_moving) {
                   "%s", z);
     static const char *const phases[] = {"plan", "fetch", "process", "commit", "deliver"};
     for (size_t i = 0; i < 5; i++) {
-        const char *count = fmt(MC("batch_duration_seconds_count") EV_ENV(",phase=\"%s\""),
+        const char *count = cp_fmt(MC("batch_duration_seconds_count") EV_ENV(",phase=\"%s\""),
                                 phases[i]);
-        const char *inf = fmt(
+        const char *inf = cp_fmt(
             MC("batch_duration_seconds_bucket") EV_ENV(",phase=\"%s\",le=\"+Inf\""), phases[i]);
         cr_assert_gt(must(z, count), must(a, count), "%s", z);
         cr_assert_eq(must(z, inf), must(z, count), "%s", z);
-        cr_assert_geq(must(z, fmt(MC("batch_duration_seconds_sum") EV_ENV(",phase=\"%s\""),
+        cr_assert_geq(must(z, cp_fmt(MC("batch_duration_seconds_sum") EV_ENV(",phase=\"%s\""),
                                   phases[i])),
                       0, "%s", z);
     }
@@ -886,7 +733,7 @@ Test(metrics, cli_every_metric_present_and_moving) {
     cr_assert_gt(must(z, MC("checkpoint_map_used_ratio") EV_ENV("")), 0, "%s", z);
     cr_assert_leq(must(z, MC("checkpoint_map_used_ratio") EV_ENV("")), 1, "%s", z);
     cr_assert_eq(must(z, MC("healthy") EV_ENV("")), 1, "%s", z);
-    cr_assert_not_null(strstr(z, fmt(MC("build_info") "{app=\"mc\",version=\"%s\","
+    cr_assert_not_null(strstr(z, cp_fmt(MC("build_info") "{app=\"mc\",version=\"%s\","
                                      "checkpoint_format=\"",
                                      lk_version_str())),
                        "%s", z);
@@ -911,24 +758,24 @@ Test(metrics, cli_every_metric_present_and_moving) {
     free(a);
     free(b);
     free(z);
-    kill(run_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 60), 0, "%s", cp_slurp(cp_path("stderr.txt")));
 }
 
 Test(metrics, cli_port_in_use_is_refused) {
-    broker_start((const char *const[]){"lines:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"lines:1", "out:1", NULL});
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
     cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     cr_assert_eq(listen(fd, 1), 0);
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    run_pid = run_start(ntohs(a.sin_port), NULL);
-    int rc = wait_exit(&run_pid, 30);
+    cp_run_pid = run_start(ntohs(a.sin_port), NULL);
+    int rc = cp_wait_exit(&cp_run_pid, 30);
     close(fd);
-    char *err = slurp(path("stderr.txt"));
+    char *err = cp_slurp(cp_path("stderr.txt"));
     cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
-    cr_assert_not_null(strstr(err, fmt("metrics.listen=127.0.0.1:%d: cannot listen: Address "
+    cr_assert_not_null(strstr(err, cp_fmt("metrics.listen=127.0.0.1:%d: cannot listen: Address "
                                        "already in use (another process uses the port",
                                        ntohs(a.sin_port))),
                        "%s", err);
@@ -936,20 +783,20 @@ Test(metrics, cli_port_in_use_is_refused) {
 }
 
 Test(metrics, crash_does_not_double_count) {
-    broker_start((const char *const[]){"lines:2", "out:2", NULL});
+    cp_broker_start((const char *const[]){"lines:2", "out:2", NULL});
     for (int i = 0; i < 4 * N_INPUT; i++)
-        produce("lines", i % 2, fmt("v%d", i));
-    flush_input();
+        produce("lines", i % 2, cp_fmt("v%d", i));
+    cp_flush();
     int port = free_port();
     /* small batches, so that the kill lands mid-run with most input still to do */
     const char *const small[] = {"max.records.per.partition=5", NULL};
-    run_pid = run_start(port, small);
+    cp_run_pid = run_start(port, small);
     char *text = scrape_until(port, "lockstep_records_total{app=\"mc\",direction=\"in\"}", 100);
     double before = value_of(text, "lockstep_records_total{app=\"mc\",direction=\"in\"}");
     free(text);
-    kill(run_pid, SIGKILL);
-    cr_assert_eq(wait_exit(&run_pid, 30), 128 + SIGKILL);
-    run_pid = run_start(port, small);
+    kill(cp_run_pid, SIGKILL);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 30), 128 + SIGKILL);
+    cp_run_pid = run_start(port, small);
     /* never backwards: the first answer of the new process is at least the last one */
     http_t h = {0};
     for (int i = 0; i < 3000 && h.status != 200; i++) {
@@ -973,8 +820,8 @@ Test(metrics, crash_does_not_double_count) {
     cr_assert_eq(value_of(text, "lockstep_records_total{app=\"mc\",direction=\"in\"}"),
                  4 * N_INPUT, "%s", text);
     free(text);
-    kill(run_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 60), 0, "%s", cp_slurp(cp_path("stderr.txt")));
 }
 
 /* The counters of processed data a windowed run with dead letters and late records ends
@@ -987,30 +834,32 @@ typedef struct {
 
 static win_counters_t windowed_run(const char *app, int kill_at) {
     int port = free_port();
-    const char *const extra[] = {fmt("app.id=%s", app), fmt("checkpoint.dir=%s", path(app)),
+    const char *const extra[] = {cp_fmt("app.id=%s", app),
+                                 cp_fmt("checkpoint.dir=%s", cp_path(app)),
                                  "pipeline=count-by-key", "key.field=k", "window.time=event",
                                  "window.size.ms=1000", "errors.deadletter=dead",
                                  "max.records.per.partition=5", NULL};
-    const char *in = fmt("lockstep_records_total{app=\"%s\",direction=\"in\"}", app);
-    run_pid = run_start(port, extra);
+    const char *in = cp_fmt("lockstep_records_total{app=\"%s\",direction=\"in\"}", app);
+    cp_run_pid = run_start(port, extra);
     if (kill_at) {
         char *text = scrape_until(port, in, kill_at);
         free(text);
-        kill(run_pid, SIGKILL);
-        cr_assert_eq(wait_exit(&run_pid, 30), 128 + SIGKILL);
-        run_pid = run_start(port, extra);
+        kill(cp_run_pid, SIGKILL);
+        cr_assert_eq(cp_wait_exit(&cp_run_pid, 30), 128 + SIGKILL);
+        cp_run_pid = run_start(port, extra);
     }
     char *z = scrape_until(port, in, N_WIN);
     win_counters_t c = {
-        must(z, fmt("lockstep_batches_total{app=\"%s\"}", app)),
+        must(z, cp_fmt("lockstep_batches_total{app=\"%s\"}", app)),
         must(z, in),
-        must(z, fmt("lockstep_records_total{app=\"%s\",direction=\"out\"}", app)),
-        must(z, fmt("lockstep_records_deadlettered_total{app=\"%s\"}", app)),
-        must(z, fmt("lockstep_late_records_total{app=\"%s\",operator=\"windowed-counts\"}", app)),
-        must(z, fmt("lockstep_accumulator{app=\"%s\",name=\"errors.malformed\"}", app))};
+        must(z, cp_fmt("lockstep_records_total{app=\"%s\",direction=\"out\"}", app)),
+        must(z, cp_fmt("lockstep_records_deadlettered_total{app=\"%s\"}", app)),
+        must(z,
+             cp_fmt("lockstep_late_records_total{app=\"%s\",operator=\"windowed-counts\"}", app)),
+        must(z, cp_fmt("lockstep_accumulator{app=\"%s\",name=\"errors.malformed\"}", app))};
     free(z);
-    kill(run_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 60), 0, "%s", cp_slurp(cp_path("stderr.txt")));
     return c;
 }
 
@@ -1020,16 +869,16 @@ static win_counters_t windowed_run(const char *app, int kill_at) {
  * both runs cut the same batches (a killed batch is replayed from its recorded plan) and
  * the same records are late. */
 Test(metrics, crash_windowed_counters_equal_a_run_without_crashes) {
-    broker_start((const char *const[]){"lines:1", "out:1", "dead:1", NULL});
+    cp_broker_start((const char *const[]){"lines:1", "out:1", "dead:1", NULL});
     for (int i = 0; i < N_WIN; i++) {
         if (i % 7 == 3)
             produce_at("lines", 0, "not json", 1 + i * 100);
         else if (i % 10 == 9) /* in [0, 1000): late once the watermark passed 1000 */
             produce_at("lines", 0, "{\"k\":\"late\"}", 1);
         else
-            produce_at("lines", 0, fmt("{\"k\":\"k%d\"}", i % 13), 1 + i * 100);
+            produce_at("lines", 0, cp_fmt("{\"k\":\"k%d\"}", i % 13), 1 + i * 100);
     }
-    flush_input();
+    cp_flush();
     win_counters_t ref = windowed_run("calm", 0);
     win_counters_t crashed = windowed_run("crashed", 100);
     /* (measured: 60 batches, 300 in, 293 out, 43 dead letters, 25 late) */
@@ -1047,16 +896,16 @@ Test(metrics, crash_windowed_counters_equal_a_run_without_crashes) {
 }
 
 Test(metrics, cli_deadletters_counted) {
-    broker_start((const char *const[]){"lines:1", "out:1", NULL});
+    cp_broker_start((const char *const[]){"lines:1", "out:1", NULL});
     static const char *const input[] = {"{\"k\":\"a\"}", "not json", "{\"k\":\"b\"}",
                                         "{\"nokey\":1}", "{\"k\":\"a\"}"};
     for (size_t i = 0; i < sizeof input / sizeof *input; i++)
         produce("lines", 0, input[i]);
-    flush_input();
+    cp_flush();
     int port = free_port();
-    run_pid = run_start(port, (const char *const[]){"pipeline=count-by-key", "key.field=k",
-                                                    fmt("errors.deadletter=file:%s", path("dlq")),
-                                                    NULL});
+    cp_run_pid = run_start(port, (const char *const[]){
+                                     "pipeline=count-by-key", "key.field=k",
+                                     cp_fmt("errors.deadletter=file:%s", cp_path("dlq")), NULL});
     char *text = scrape_until(port, "lockstep_records_total{app=\"mc\",direction=\"in\"}", 5);
     cr_assert_eq(value_of(text, "lockstep_records_total{app=\"mc\",direction=\"in\"}"), 5,
                  "%s", text);
@@ -1069,8 +918,8 @@ Test(metrics, cli_deadletters_counted) {
     cr_assert_eq(value_of(text, "lockstep_state_entries{app=\"mc\",operator=\"counts\"}"), 2,
                  "%s", text);
     free(text);
-    kill(run_pid, SIGTERM);
-    cr_assert_eq(wait_exit(&run_pid, 60), 0, "%s", slurp(path("stderr.txt")));
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 60), 0, "%s", cp_slurp(cp_path("stderr.txt")));
 }
 
 /* ---- library: the health verdicts of lk_context_run's life ---- */
@@ -1095,10 +944,10 @@ Test(metrics, library_health_states) {
     mu_cluster_t c;
     mu_start(&c, 1);
     mu_topic(&c, "lines", 1);
-    outdir = path("out");
+    outdir = cp_path("out");
     int port = free_port();
-    lk_conf_t *conf = mu_conf(&c, "mh", path("ckpt"));
-    mu_set(conf, "metrics.listen", fmt("127.0.0.1:%d", port));
+    lk_conf_t *conf = mu_conf(&c, "mh", cp_path("ckpt"));
+    mu_set(conf, "metrics.listen", cp_fmt("127.0.0.1:%d", port));
     mu_set(conf, "stop.gracefully.on.shutdown", "false");
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_wc, NULL, err, sizeof err);
@@ -1129,8 +978,8 @@ Test(metrics, library_health_states) {
     /* a pipeline that fails its batch: run returns the error, /healthz says fatal */
     mu_produce(&c, "lines", 0, NULL, "x");
     mu_flush(&c);
-    conf = mu_conf(&c, "mf", path("ckpt2"));
-    mu_set(conf, "metrics.listen", fmt("127.0.0.1:%d", port));
+    conf = mu_conf(&c, "mf", cp_path("ckpt2"));
+    mu_set(conf, "metrics.listen", cp_fmt("127.0.0.1:%d", port));
     mu_set(conf, "stop.gracefully.on.shutdown", "false");
     ctx = lk_context_get_or_create(conf, define_failing, NULL, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);

@@ -14,19 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static mu_cluster_t cl;
-static char dir[256];
-
 static void setup(void) {
-    mu_start(&cl, 1);
-    tu_tmpdir(dir, sizeof dir);
-    mu_topic(&cl, "in", 1);
+    mu_fixture_init();
+    mu_topic(&mu_cl, "in", 1);
 }
-static void teardown(void) {
-    mu_stop(&cl);
-    tu_rmrf(dir);
-}
-TestSuite(operators, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(operators, .init = setup, .fini = mu_fixture_fini, .timeout = 120);
 
 /* What reaches the end of a pipeline, as "key=value" lines ("key=<tombstone>"). */
 typedef struct {
@@ -142,7 +134,7 @@ static void define(lk_pipeline_t *p, void *opaque) {
 }
 
 static lk_context_t *start(obs_t *o, lk_conf_t **confp) {
-    *confp = mu_conf(&cl, "ops", dir);
+    *confp = mu_conf(&mu_cl, "ops", tu_dir);
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(*confp, define, o, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);
@@ -151,8 +143,8 @@ static lk_context_t *start(obs_t *o, lk_conf_t **confp) {
 
 static void produce(const char *const *values, size_t n) {
     for (size_t i = 0; i < n; i++)
-        mu_produce(&cl, "in", 0, NULL, values[i]);
-    mu_flush(&cl);
+        mu_produce(&mu_cl, "in", 0, NULL, values[i]);
+    mu_flush(&mu_cl);
 }
 
 Test(operators, filter_map_broadcast_reduce_within_batch) {
@@ -241,7 +233,7 @@ static void define_bad(lk_pipeline_t *p, void *opaque) {
 }
 
 Test(operators, definition_errors) {
-    lk_conf_t *conf = mu_conf(&cl, "ops", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "ops", tu_dir);
     char err[1024];
     const char *want[] = {"invalid topic name 'topic!'", "uid 'same' is used twice",
                           "schema_version must be >= 1", "map 'm': no function"};
@@ -268,14 +260,14 @@ static void define_multi(lk_pipeline_t *p, void *opaque) {
 }
 
 Test(operators, several_input_topics) {
-    mu_topic(&cl, "second", 2);
-    mu_topic(&cl, "third", 1);
-    mu_produce(&cl, "in", 0, NULL, "1");
-    mu_produce(&cl, "second", 1, NULL, "2");
-    mu_produce(&cl, "third", 0, NULL, "3");
-    mu_flush(&cl);
+    mu_topic(&mu_cl, "second", 2);
+    mu_topic(&mu_cl, "third", 1);
+    mu_produce(&mu_cl, "in", 0, NULL, "1");
+    mu_produce(&mu_cl, "second", 1, NULL, "2");
+    mu_produce(&mu_cl, "third", 0, NULL, "3");
+    mu_flush(&mu_cl);
     obs_t o = {0};
-    lk_conf_t *conf = mu_conf(&cl, "multi", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "multi", tu_dir);
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_multi, &o, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);
@@ -303,14 +295,14 @@ Test(operators, input_topic_list_longer_than_a_uid) {
     for (int i = 0; i < 12; i++) {
         char t[64];
         snprintf(t, sizeof t, "a-rather-long-input-topic-name-number-%02d", i);
-        mu_topic(&cl, t, 1);
+        mu_topic(&mu_cl, t, 1);
         off += (size_t)snprintf(long_list + off, sizeof long_list - off, "%s%s", i ? "," : "", t);
     }
     cr_assert_eq(off, 491);
-    mu_produce(&cl, "a-rather-long-input-topic-name-number-11", 0, NULL, "x");
-    mu_flush(&cl);
+    mu_produce(&mu_cl, "a-rather-long-input-topic-name-number-11", 0, NULL, "x");
+    mu_flush(&mu_cl);
     obs_t o = {0};
-    lk_conf_t *conf = mu_conf(&cl, "long", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "long", tu_dir);
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_long_list, &o, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);
@@ -336,8 +328,8 @@ static void define_two_file_sinks(lk_pipeline_t *p, void *opaque) {
 
 Test(operators, two_file_sinks_on_one_directory_are_refused) {
     char out[400];
-    snprintf(out, sizeof out, "%s/out", dir);
-    lk_conf_t *conf = mu_conf(&cl, "clash", dir);
+    snprintf(out, sizeof out, "%s/out", tu_dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "clash", tu_dir);
     char err[1024];
     cr_assert_null(lk_context_get_or_create(conf, define_two_file_sinks, out, err, sizeof err));
     cr_assert(strstr(err, "sinks 'to-files' and 'deadletter' both write files to") &&
@@ -370,10 +362,10 @@ static void define_types(lk_pipeline_t *p, void *opaque) {
 }
 
 Test(operators, records_expose_timestamp_type_and_headers) {
-    mu_produce(&cl, "in", 0, NULL, "x");
-    mu_flush(&cl);
+    mu_produce(&mu_cl, "in", 0, NULL, "x");
+    mu_flush(&mu_cl);
     obs_t o = {0};
-    lk_conf_t *conf = mu_conf(&cl, "types", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "types", tu_dir);
     char err[1024];
     lk_context_t *ctx = lk_context_get_or_create(conf, define_types, &o, err, sizeof err);
     cr_assert_not_null(ctx, "%s", err);

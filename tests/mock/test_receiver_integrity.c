@@ -28,18 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static mu_cluster_t cl;
-static char dir[256];
-
-static void setup(void) {
-    mu_start(&cl, 1);
-    tu_tmpdir(dir, sizeof dir);
-}
-static void teardown(void) {
-    mu_stop(&cl);
-    tu_rmrf(dir);
-}
-TestSuite(receiver_integrity, .init = setup, .fini = teardown, .timeout = 180);
+TestSuite(receiver_integrity, .init = mu_fixture_init, .fini = mu_fixture_fini, .timeout = 180);
 
 static uint64_t seen;
 static char first_value[64];
@@ -67,13 +56,13 @@ static void produce_n(const char *prefix, int n) {
     char v[64];
     for (int i = 0; i < n; i++) {
         snprintf(v, sizeof v, "%s-%d", prefix, i);
-        mu_produce(&cl, "lines", 0, NULL, v);
+        mu_produce(&mu_cl, "lines", 0, NULL, v);
     }
-    mu_flush(&cl);
+    mu_flush(&mu_cl);
 }
 
 static lk_store_t *open_ro(void) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
@@ -94,7 +83,7 @@ static int64_t offset_of(int32_t partition) {
 
 /* 10 records "old-i" read into the checkpoint (offset 10, fingerprint of offset 9). */
 static void read_ten(lk_conf_t *conf) {
-    mu_topic(&cl, "lines", 1);
+    mu_topic(&mu_cl, "lines", 1);
     produce_n("old", 20);
     mu_set(conf, "max.records.per.partition", "10");
     lk_context_t *ctx = open_count(conf);
@@ -107,15 +96,15 @@ static void read_ten(lk_conf_t *conf) {
 
 /* The topic "recreated": a fresh cluster whose "lines" holds other records. */
 static void recreate(lk_conf_t *conf, int n) {
-    mu_stop(&cl);
-    mu_start(&cl, 1);
-    mu_topic(&cl, "lines", 1);
+    mu_stop(&mu_cl);
+    mu_start(&mu_cl, 1);
+    mu_topic(&mu_cl, "lines", 1);
     produce_n("new", n);
-    mu_set(conf, "kafka.bootstrap.servers", cl.bootstraps);
+    mu_set(conf, "kafka.bootstrap.servers", mu_cl.bootstraps);
 }
 
 Test(receiver_integrity, a_recreated_topic_is_refused_then_skipped_and_counted) {
-    lk_conf_t *conf = mu_conf(&cl, "recreated", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "recreated", tu_dir);
     read_ten(conf);
     recreate(conf, 25); /* grown past the checkpointed offset: it used to read on from 10 */
     lk_context_t *ctx = open_count(conf);
@@ -152,7 +141,7 @@ Test(receiver_integrity, a_recreated_topic_is_refused_then_skipped_and_counted) 
 }
 
 Test(receiver_integrity, a_restart_on_the_same_log_reads_on) {
-    lk_conf_t *conf = mu_conf(&cl, "same", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "same", tu_dir);
     read_ten(conf);
     lk_context_t *ctx = open_count(conf);
     seen = 0;
@@ -169,7 +158,7 @@ Test(receiver_integrity, a_restart_on_the_same_log_reads_on) {
 /* A pending plan reading [10, 20) of a topic recreated with 15 records: the old code
  * fetched offsets 15..19 until fetch.timeout.ms, and again, forever. */
 Test(receiver_integrity, a_replayed_plan_past_the_log_end_is_refused) {
-    lk_conf_t *conf = mu_conf(&cl, "plan", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "plan", tu_dir);
     mu_set(conf, "fetch.timeout.ms", "2000");
     lk_store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
@@ -188,7 +177,7 @@ Test(receiver_integrity, a_replayed_plan_past_the_log_end_is_refused) {
     lk_batch_rec_t plan = {2, 1700000001000LL, 0, 0, 0, 1, &r};
     cr_assert_eq(lk__store_plan_put(s, &plan, err, sizeof err), LK_OK, "%s", err);
     lk__store_close(s);
-    mu_topic(&cl, "lines", 1);
+    mu_topic(&mu_cl, "lines", 1);
     produce_n("short", 15);
 
     lk_context_t *ctx = open_count(conf);
@@ -211,7 +200,7 @@ static void flip(const char *db, const void *key, size_t klen, size_t pos) {
     MDB_dbi dbi;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, db, 0, &dbi), 0);
     MDB_val k = {klen, (void *)key}, v;
@@ -229,7 +218,7 @@ static void flip(const char *db, const void *key, size_t klen, size_t pos) {
 /* The offset's value ([1, 10, fp...]) with its low byte changed still decodes: the old
  * code took a corrupt offset for "no offset" and read the partition from its start. */
 Test(receiver_integrity, a_corrupt_offset_stops_the_run_and_stays) {
-    lk_conf_t *conf = mu_conf(&cl, "corrupt-offset", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "corrupt-offset", tu_dir);
     read_ten(conf);
     flip("offsets", "lines\0\0\0\0\0", 10, 2);
     lk_context_t *ctx = open_count(conf);
@@ -238,7 +227,7 @@ Test(receiver_integrity, a_corrupt_offset_stops_the_run_and_stays) {
     cr_assert_eq(e, LK_ERR_CORRUPT, "%s (%s)", lk_err_name(e), lk_context_errstr(ctx));
     cr_assert(strstr(lk_context_errstr(ctx), "the offset of lines[0] fails its checksum"), "%s",
               lk_context_errstr(ctx));
-    cr_assert(strstr(lk_context_errstr(ctx), dir), "%s", lk_context_errstr(ctx));
+    cr_assert(strstr(lk_context_errstr(ctx), tu_dir), "%s", lk_context_errstr(ctx));
     cr_assert_eq(seen, 0, "nothing read again");
     lk_context_destroy(ctx);
     flip("offsets", "lines\0\0\0\0\0", 10, 2); /* the evidence was left as it was */
@@ -248,7 +237,7 @@ Test(receiver_integrity, a_corrupt_offset_stops_the_run_and_stays) {
 
 /* A corrupt pending plan is refused, not ignored (and re-planned differently). */
 Test(receiver_integrity, a_corrupt_pending_plan_stops_the_run) {
-    lk_conf_t *conf = mu_conf(&cl, "corrupt-plan", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "corrupt-plan", tu_dir);
     read_ten(conf);
     lk_store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
@@ -274,7 +263,7 @@ Test(receiver_integrity, a_corrupt_pending_plan_stops_the_run) {
 /* An undecodable outbox chunk of a sink no longer in the pipeline: the start is refused
  * with a message naming the chunk (the old code printed uninitialised memory). */
 Test(receiver_integrity, a_corrupt_outbox_chunk_is_named_at_start) {
-    lk_conf_t *conf = mu_conf(&cl, "corrupt-outbox", dir);
+    lk_conf_t *conf = mu_conf(&mu_cl, "corrupt-outbox", tu_dir);
     read_ten(conf);
     lk_store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
@@ -310,10 +299,10 @@ static void define_copy(lk_pipeline_t *p, void *o) {
  * retried "Checkpoint is corrupt" forever): delivery stops the application, naming the
  * record, and is not tried again. */
 Test(receiver_integrity, a_wrongly_shaped_outbox_chunk_stops_delivery_for_good) {
-    mu_topic(&cl, "lines", 1);
-    mu_topic(&cl, "out", 1);
-    mu_topic(&cl, "shape.progress", 1);
-    lk_conf_t *conf = mu_conf(&cl, "shape", dir);
+    mu_topic(&mu_cl, "lines", 1);
+    mu_topic(&mu_cl, "out", 1);
+    mu_topic(&mu_cl, "shape.progress", 1);
+    lk_conf_t *conf = mu_conf(&mu_cl, "shape", tu_dir);
     lk_store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
     lk_store_t *s;
@@ -350,7 +339,7 @@ Test(receiver_integrity, a_wrongly_shaped_outbox_chunk_stops_delivery_for_good) 
     MDB_dbi dbi;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, "outbox", 0, &dbi), 0);
     MDB_val k = {sizeof key, key}, v = {b.len, b.data};

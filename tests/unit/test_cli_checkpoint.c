@@ -19,26 +19,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char basebuf[4096];
-static const char *base;
-static char ck[4200]; /* the checkpoint: base/ck */
+static char ck[4200]; /* the checkpoint: tu_dir/ck */
 
 static void setup(void) {
-    base = tu_tmpdir(basebuf, sizeof basebuf);
-    tu_path(ck, sizeof ck, base, "ck");
+    tu_scratch_init();
+    tu_path(ck, sizeof ck, tu_dir, "ck");
 }
-static void teardown(void) { tu_rmrf(base); }
 
-TestSuite(cli_checkpoint, .init = setup, .fini = teardown);
+TestSuite(cli_checkpoint, .init = setup, .fini = tu_scratch_fini);
 
-static char E[1024];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 #define APP "cli-app"
 #define T0 1700000000000LL /* 2023-11-14T22:13:20.000Z */
@@ -52,18 +41,9 @@ static const char *cli(void) {
 }
 
 static char *read_all(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    cr_assert_not_null(fp, "open %s", path);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fwrite(chunk, 1, n, m);
-    fclose(fp);
-    fclose(m);
-    return buf;
+    char *s = tu_slurp(path, NULL);
+    cr_assert_not_null(s, "open %s", path);
+    return s;
 }
 
 /* Run `lockstep ARGS` (ARGS printf-formatted, shell syntax); stdout and stderr into
@@ -76,7 +56,7 @@ static int run(char **out, char **err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    tu_path(errpath, sizeof errpath, base, "stderr.txt");
+    tu_path(errpath, sizeof errpath, tu_dir, "stderr.txt");
     snprintf(cmd, sizeof cmd, "'%s' %s 2>'%s'", cli(), args, errpath);
     int st = tu_run(cmd, out);
     char *e = read_all(errpath);
@@ -222,7 +202,7 @@ Test(cli_checkpoint, export_while_owner_holds_it) {
 Test(cli_checkpoint, export_output_file) {
     build(0);
     char file[4300], tmp[4400];
-    tu_path(file, sizeof file, base, "state.jsonl");
+    tu_path(file, sizeof file, tu_dir, "state.jsonl");
     snprintf(tmp, sizeof tmp, "%s.tmp", file);
     tu_write_file(file, "old content\n", 12); /* replaced */
     char *out, *err;
@@ -244,7 +224,7 @@ Test(cli_checkpoint, export_output_file) {
     free(got);
     cr_assert_neq(access(tmp, F_OK), 0);
     /* an unwritable destination */
-    tu_path(file, sizeof file, base, "missing/state.jsonl");
+    tu_path(file, sizeof file, tu_dir, "missing/state.jsonl");
     st = run(NULL, &err, "checkpoint export '%s' --output '%s'", ck, file);
     cr_assert_eq(st, 1);
     cr_assert(strstr(err, "cannot create") && strstr(err, "(LK_ERR_IO)"), "%s", err);
@@ -270,7 +250,7 @@ Test(cli_checkpoint, export_into_a_checkpoint_directory_is_refused) {
         cr_assert_eq(tu_dir_digest(ck), before, "%s: the checkpoint was modified", file);
     }
     /* through a symlink to the checkpoint directory */
-    tu_path(alias, sizeof alias, base, "alias");
+    tu_path(alias, sizeof alias, tu_dir, "alias");
     cr_assert_eq(symlink(ck, alias), 0);
     snprintf(file, sizeof file, "%s/data.mdb", alias);
     char *err;
@@ -278,7 +258,7 @@ Test(cli_checkpoint, export_into_a_checkpoint_directory_is_refused) {
     cr_assert(strstr(err, "is inside the checkpoint directory"), "%s", err);
     free(err);
     /* into another checkpoint's directory */
-    tu_path(other, sizeof other, base, "other");
+    tu_path(other, sizeof other, tu_dir, "other");
     lk__store_close(tu_open(other, "other-app"));
     uint64_t other_before = tu_dir_digest(other);
     snprintf(file, sizeof file, "%s/data.mdb", other);
@@ -319,7 +299,7 @@ Test(cli_checkpoint, export_usage_errors) {
     }
     /* not a checkpoint: exit 1, nothing created */
     char p[4300];
-    tu_path(p, sizeof p, base, "nothing");
+    tu_path(p, sizeof p, tu_dir, "nothing");
     cr_assert_eq(run(NULL, &err, "checkpoint export '%s'", p), 1);
     cr_assert(strstr(err, "(LK_ERR_NOT_CHECKPOINT)"), "%s", err);
     free(err);
@@ -511,7 +491,7 @@ Test(cli_checkpoint, reset_refuses_unknown_targets) {
     expect_offs(42, 7, 100, 5, 1);
     /* a missing directory is not created as a new checkpoint */
     char p[4300];
-    tu_path(p, sizeof p, base, "nothing");
+    tu_path(p, sizeof p, tu_dir, "nothing");
     st = run(NULL, &err, "checkpoint reset-offsets '%s' --app-id " APP
                          " --topic orders --to 1 --yes", p);
     cr_assert_eq(st, 1);

@@ -192,12 +192,22 @@ Test(conf, properties_file_errors_name_line) {
     tu_rmrf(dir);
 }
 
-Test(conf, reference_lists_every_property) {
+/* The reference as lk_conf_print_reference() writes it (malloc'ed); both forms when
+ * markdown is -1. */
+static char *reference(int markdown) {
     char *text = NULL;
     size_t len = 0;
     FILE *fp = open_memstream(&text, &len);
-    lk_conf_print_reference(fp, 1);
+    if (markdown != 0)
+        lk_conf_print_reference(fp, 1);
+    if (markdown != 1)
+        lk_conf_print_reference(fp, 0);
     fclose(fp);
+    return text;
+}
+
+Test(conf, reference_lists_every_property) {
+    char *text = reference(1);
     const char *keys[] = {"`app.id`", "`checkpoint.dir`", "`checkpoint.sync`",
                           "`checkpoint.sync.interval.ms`", "`checkpoint.map.size`",
                           "`checkpoint.batch.history`", "`log.level`", "`kafka.*`"};
@@ -369,4 +379,65 @@ Test(conf, rejected_cli_argument_echoes_only_the_key) {
     cr_assert_null(strstr(out, "hunter2"), "%s", out);
     cr_assert(strstr(out, "has no '='"), "%s", out);
     free(out);
+}
+
+/* Scope (core/conf_int.h): the library checks the properties it reads; the CLI-scope
+ * ones (read only by the lockstep command) it stores as given. */
+Test(conf, cli_scope_keys_are_stored_unchecked_by_lk_conf_set) {
+    cr_assert_eq(lk_conf_set(conf, "window.time", "wall", err, sizeof err), LK_CONF_OK, "%s",
+                 err);
+    cr_assert_str_eq(lk_conf_get(conf, "window.time"), "wall");
+    cr_assert_eq(lk__conf_int(conf, LK__P_WINDOW_TIME), 0, "an unchecked value reads as the "
+                                                           "default's");
+    cr_assert_eq(lk_conf_set(conf, "pipeline", "no-such-pipeline", err, sizeof err),
+                 LK_CONF_OK, "%s", err);
+    cr_assert_eq(lk_conf_set(conf, "output.dir", "", err, sizeof err), LK_CONF_OK, "%s", err);
+    /* a good value keeps its typed value: the CLI reads what a library caller set */
+    cr_assert_eq(lk_conf_set(conf, "window.time", "event", err, sizeof err), LK_CONF_OK);
+    cr_assert_eq(lk__conf_int(conf, LK__P_WINDOW_TIME), 1);
+    cr_assert_eq(lk_conf_set(conf, "window.size.ms", "60000", err, sizeof err), LK_CONF_OK);
+    cr_assert_eq(lk__conf_int(conf, LK__P_WINDOW_SIZE_MS), 60000);
+    lk_conf_t *copy = lk_conf_dup(conf);
+    cr_assert_eq(lk__conf_int(copy, LK__P_WINDOW_TIME), 1);
+    lk_conf_destroy(copy);
+    /* library properties are still checked, and unknown keys still unknown */
+    cr_assert_eq(lk_conf_set(conf, "checkpoint.sync", "never", err, sizeof err),
+                 LK_CONF_INVALID);
+    cr_assert_eq(lk_conf_set(conf, "errors.tolerance", "some", err, sizeof err),
+                 LK_CONF_INVALID, "read by the Kafka sink: library scope");
+    cr_assert_eq(lk_conf_set(conf, "window.tme", "event", err, sizeof err), LK_CONF_UNKNOWN);
+    cr_assert(strstr(err, "did you mean \"window.time\""), "%s", err);
+}
+
+Test(conf, cli_scope_keys_are_checked_in_the_cli_scope) {
+    unsigned cli = LK__S_LIB | LK__S_CLI;
+    cr_assert_eq(lk__conf_set_scoped(conf, "window.time", "wall", cli, err, sizeof err),
+                 LK_CONF_INVALID);
+    cr_assert(strstr(err, "window.time") && strstr(err, "is not one of batch|event"), "%s", err);
+    cr_assert_str_eq(lk_conf_get(conf, "window.time"), "batch", "a refused value is not kept");
+    cr_assert_eq(lk__conf_set_scoped(conf, "output.partition", "keep", cli, err, sizeof err),
+                 LK_CONF_OK, "%s", err);
+    cr_assert_eq(lk__conf_int(conf, LK__P_OUTPUT_PARTITION), 1);
+    cr_assert_eq(lk__conf_set_scoped(conf, "batch.interval.ms", "-5", cli, err, sizeof err),
+                 LK_CONF_INVALID);
+
+    char dir[256];
+    tu_tmpdir(dir, sizeof dir);
+    const char *path = write_file(dir, "app.id=ok\npipeline=no-such-pipeline\n");
+    cr_assert_eq(lk__conf_load_file_scoped(conf, path, cli, err, sizeof err), LK_CONF_INVALID);
+    cr_assert(strstr(err, "app.properties:2:") && strstr(err, "pipeline"), "%s", err);
+    cr_assert_eq(lk_conf_load_file(conf, path, err, sizeof err), LK_CONF_OK, "%s", err);
+    cr_assert_str_eq(lk_conf_get(conf, "pipeline"), "no-such-pipeline");
+    tu_rmrf(dir);
+}
+
+Test(conf, reference_shows_each_property_scope) {
+    char *text = reference(-1);
+    cr_assert(strstr(text, "| Property | Scope | Type |"), "%s", text);
+    cr_assert(strstr(text, "| `app.id` | library | identifier |"), "%s", text);
+    cr_assert(strstr(text, "| `pipeline` | CLI | enum |"), "%s", text);
+    cr_assert(strstr(text, "| `errors.deadletter` | library |"), "%s", text);
+    cr_assert(strstr(text, "  window.time (CLI, enum, default batch)\n"), "%s", text);
+    cr_assert(strstr(text, "  app.id (library, identifier, required)\n"), "%s", text);
+    free(text);
 }

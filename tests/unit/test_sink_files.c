@@ -30,28 +30,17 @@
 #define APP "app"
 #define SINK "files-out"
 
-static char dirbuf[4096];
-static const char *dir;
 static char ckpt[1024], out[1024];
 
 static void setup(void) {
-    dir = tu_tmpdir(dirbuf, sizeof dirbuf);
-    tu_path(ckpt, sizeof ckpt, dir, "ckpt");
-    tu_path(out, sizeof out, dir, "out");
+    tu_scratch_init();
+    tu_path(ckpt, sizeof ckpt, tu_dir, "ckpt");
+    tu_path(out, sizeof out, tu_dir, "out");
     lk__log_level = LK_LOG_WARNING;
 }
-static void teardown(void) { tu_rmrf(dirbuf); }
 
-TestSuite(sink_files, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(sink_files, .init = setup, .fini = tu_scratch_fini, .timeout = 120);
 
-static char E[1024];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 /* ---- helpers ---- */
 
@@ -121,24 +110,9 @@ static const char *fname(char *buf, size_t size, int p, uint64_t batch, const ch
     return buf;
 }
 
-/* Whole file, malloc'ed (NULL if unreadable). */
-static char *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    size_t cap = 4096, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n, fp)) > 0)
-        if ((n += r) == cap)
-            buf = realloc(buf, cap *= 2);
-    fclose(fp);
-    *len = n;
-    return buf;
-}
-
 static void assert_bytes(const char *path, const char *want, size_t want_len) {
     size_t len = 0;
-    char *got = slurp(path, &len);
+    char *got = tu_slurp(path, &len);
     cr_assert_not_null(got, "%s is missing", path);
     cr_assert(len == want_len && !memcmp(got, want, len),
               "%s: got %zu bytes:\n%.*s\nwant %zu bytes:\n%.*s", path, len, (int)len, got,
@@ -438,7 +412,7 @@ Test(sink_files, crash_after_sink_commit_keeps_the_delivered_file) {
     ASSERT_FILE(p0, MIXED_JSONL_P0);
     ASSERT_FILE(p3, MIXED_JSONL_P3);
     size_t l0, l3;
-    char *before0 = slurp(p0, &l0), *before3 = slurp(p3, &l3);
+    char *before0 = tu_slurp(p0, &l0), *before3 = tu_slurp(p3, &l3);
     struct stat st0;
     cr_assert_eq(stat(p0, &st0), 0);
     assert_batch1_pending(); /* delivered, not acknowledged */
@@ -464,10 +438,11 @@ Test(sink_files, file_where_partition_directory_must_be_is_refused) {
     tu_write_file(tu_path(p, sizeof p, out, "0"), "x", 1);
     commit_mixed(st, 1);
     size_t n = 99;
-    E[0] = '\0';
-    cr_assert_eq(lk__sink_drain(s, st, 10, &n, ES), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "partition 0") && strstr(E, p) && strstr(E, "is not a directory"),
-              "%s", E);
+    tu_err[0] = '\0';
+    cr_assert_eq(lk__sink_drain(s, st, 10, &n, ES), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "partition 0") && strstr(tu_err, p) &&
+                  strstr(tu_err, "is not a directory"),
+              "%s", tu_err);
     cr_assert_eq(s->state, LK__TXN_FATAL);
     cr_assert_not(exists(fname(p, sizeof p, 3, 1, "jsonl")), "no partial batch");
     cr_assert_eq(outbox_first(st), 1, "the outbox keeps the batch");
@@ -496,11 +471,11 @@ Test(sink_files, io_error_file_too_large) {
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
     char p[4096];
     size_t n = 99;
-    E[0] = '\0';
+    tu_err[0] = '\0';
     lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
-    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", E, lk_err_name(e));
-    cr_assert(strstr(E, "File too large") && strstr(E, "batch 1"), "%s", E);
+    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", tu_err, lk_err_name(e));
+    cr_assert(strstr(tu_err, "File too large") && strstr(tu_err, "batch 1"), "%s", tu_err);
     cr_assert_eq(s->state, LK__TXN_READY, "a failed delivery is retriable");
     cr_assert_eq(outbox_first(st), 1, "the outbox keeps the batch");
     cr_assert_eq(count_tmp(out), 0, "abort removes temporary files");
@@ -514,17 +489,18 @@ Test(sink_files, io_error_file_too_large) {
 Test(sink_files, io_error_directory_below_a_regular_file) {
     lk_store_t *st = tu_open(ckpt, APP);
     char file[4096], target[4200];
-    tu_write_file(tu_path(file, sizeof file, dir, "plain-file"), "x", 1);
+    tu_write_file(tu_path(file, sizeof file, tu_dir, "plain-file"), "x", 1);
     snprintf(target, sizeof target, "%s/sub/dir", file);
     commit_mixed(st, 1);
     lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
     size_t n = 99;
-    E[0] = '\0';
+    tu_err[0] = '\0';
     lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
-    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", tu_err, lk_err_name(e));
     cr_assert_eq(n, 0);
-    cr_assert(strstr(E, "sink '" SINK "'") && strstr(E, target) && strstr(E, "Not a directory"),
-              "%s", E);
+    cr_assert(strstr(tu_err, "sink '" SINK "'") && strstr(tu_err, target) &&
+                  strstr(tu_err, "Not a directory"),
+              "%s", tu_err);
     cr_assert_eq(outbox_first(st), 1);
     cr_assert_eq(s->state, LK__TXN_READY);
     lk__sink_destroy(s);
@@ -535,7 +511,7 @@ Test(sink_files, io_error_directory_below_a_regular_file) {
 
 Test(sink_files, recover_creates_directory_and_removes_only_our_temporary_files) {
     char target[4200], p[4300];
-    snprintf(target, sizeof target, "%s/a/b/c", dir);
+    snprintf(target, sizeof target, "%s/a/b/c", tu_dir);
     /* creates a/b/c */
     lk_store_t *st = tu_open(ckpt, APP);
     lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
@@ -583,13 +559,13 @@ Test(sink_files, recover_creates_directory_and_removes_only_our_temporary_files)
 
 Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
     lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, "csv", APP);
-    E[0] = '\0';
+    tu_err[0] = '\0';
     cr_assert_eq(s->ops->open(s, NULL, ES), LK_ERR_INVALID_ARG);
-    cr_assert(strstr(E, SINK) && strstr(E, "csv"), "%s", E);
+    cr_assert(strstr(tu_err, SINK) && strstr(tu_err, "csv"), "%s", tu_err);
     lk__sink_destroy(s);
     s = lk__sink_new(&lk__sink_files_ops, SINK, "", "lines", APP);
     cr_assert_eq(s->ops->open(s, NULL, ES), LK_ERR_INVALID_ARG);
-    cr_assert(strstr(E, SINK), "%s", E);
+    cr_assert(strstr(tu_err, SINK), "%s", tu_err);
     lk__sink_destroy(s);
     cr_assert_str_eq(lk__sink_files_ops.kind, "files");
     cr_assert_eq(lk__sink_files_ops.exactly_once, 1);
@@ -600,15 +576,16 @@ Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
 Test(sink_files, transition_validator_and_sticky_fatal) {
     lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(s->state, LK__TXN_READY);
-    E[0] = '\0';
+    tu_err[0] = '\0';
     cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
-    cr_assert(strstr(E, "READY") && strstr(E, "COMMITTED") && strstr(E, SINK), "%s", E);
+    cr_assert(strstr(tu_err, "READY") && strstr(tu_err, "COMMITTED") && strstr(tu_err, SINK), "%s",
+              tu_err);
     cr_assert_eq(s->state, LK__TXN_READY, "a refused transition leaves the state");
     cr_assert_eq(lk__sink_transition(s, LK__TXN_PRODUCED, ES), LK_ERR_STATE);
     /* the legal cycle */
     CHECK(lk__sink_transition(s, LK__TXN_BEGUN, ES));
     cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
-    cr_assert(strstr(E, "BEGUN") && strstr(E, "COMMITTED"), "%s", E);
+    cr_assert(strstr(tu_err, "BEGUN") && strstr(tu_err, "COMMITTED"), "%s", tu_err);
     CHECK(lk__sink_transition(s, LK__TXN_PRODUCED, ES));
     CHECK(lk__sink_transition(s, LK__TXN_COMMITTED, ES));
     cr_assert_eq(lk__sink_transition(s, LK__TXN_PRODUCED, ES), LK_ERR_STATE);
@@ -625,7 +602,7 @@ Test(sink_files, transition_validator_and_sticky_fatal) {
         lk_err_t e = lk__sink_transition(s, all[i], ES);
         cr_assert(e == LK_ERR_FATAL, "FATAL -> %s: %s", lk__txn_state_name(all[i]),
                   lk_err_name(e));
-        cr_assert(strstr(E, "FATAL"), "%s", E);
+        cr_assert(strstr(tu_err, "FATAL"), "%s", tu_err);
         cr_assert_eq(s->state, LK__TXN_FATAL);
     }
     /* and a FATAL sink delivers nothing */
@@ -655,7 +632,7 @@ Test(sink_files, stdout_prints_key_tab_value) {
     cr_assert_eq(f, 0);
 
     char path[4096];
-    tu_path(path, sizeof path, dir, "stdout.txt");
+    tu_path(path, sizeof path, tu_dir, "stdout.txt");
     fflush(stdout);
     int saved = dup(STDOUT_FILENO);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -667,7 +644,7 @@ Test(sink_files, stdout_prints_key_tab_value) {
     fflush(stdout);
     dup2(saved, STDOUT_FILENO);
     close(saved);
-    cr_assert_eq(e, LK_OK, "%s", E);
+    cr_assert_eq(e, LK_OK, "%s", tu_err);
     cr_assert_eq(n, 2);
     ASSERT_FILE(path, "k1\tv1\ngone\t(deleted)\n\tno key\nk2\tv2\n");
     cr_assert_eq(outbox_first(st), 0);
@@ -690,7 +667,7 @@ static lk_sink_t *sink_conf(const char *target, int allow_shared) {
 
 static lk_err_t drain_err(lk_sink_t *s, lk_store_t *st) {
     size_t n = 99;
-    E[0] = '\0';
+    tu_err[0] = '\0';
     return lk__sink_drain(s, st, 10, &n, ES);
 }
 
@@ -700,19 +677,21 @@ Test(sink_files, directory_writable_by_others_is_refused) {
     cr_assert_eq(chmod(out, 0777), 0);
     commit_mixed(st, 1);
     lk_sink_t *s = sink_conf(out, 1); /* not even for a shared group */
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, out) && strstr(E, "writable by every user (mode 0777)"), "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, out) && strstr(tu_err, "writable by every user (mode 0777)"), "%s",
+              tu_err);
     cr_assert_eq(tu_dir_entries(out), 0, "nothing written");
     lk__sink_destroy(s);
-    /* group-writable: refused by default, accepted with dir.allow.shared */
+    /* group-writable: refused by default, accepted with tu_dir.allow.shared */
     cr_assert_eq(chmod(out, 0770), 0);
     s = sink_conf(out, 0);
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "writable by its group (mode 0770)") && strstr(E, "dir.allow.shared"),
-              "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "writable by its group (mode 0770)") &&
+                  strstr(tu_err, "dir.allow.shared"),
+              "%s", tu_err);
     lk__sink_destroy(s);
     s = sink_conf(out, 1);
-    cr_assert_eq(drain_err(s, st), LK_OK, "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_OK, "%s", tu_err);
     char p[4096];
     ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
     lk__sink_destroy(s);
@@ -721,7 +700,7 @@ Test(sink_files, directory_writable_by_others_is_refused) {
 
 Test(sink_files, directory_of_another_user_is_refused) {
     if (geteuid() != 0) {
-        teardown();
+        tu_scratch_fini();
         cr_skip_test("needs root to give the directory to another uid (chown 65534)");
     }
     lk_store_t *st = tu_open(ckpt, APP);
@@ -729,8 +708,8 @@ Test(sink_files, directory_of_another_user_is_refused) {
     cr_assert_eq(chown(out, 65534, 65534), 0);
     commit_mixed(st, 1);
     lk_sink_t *s = sink_conf(out, 0);
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "is owned by uid 65534, not by this user (uid 0)"), "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "is owned by uid 65534, not by this user (uid 0)"), "%s", tu_err);
     cr_assert_eq(tu_dir_entries(out), 0, "nothing written");
     lk__sink_destroy(s);
     /* a partition directory pre-created by that user with a link at the next temporary
@@ -740,13 +719,13 @@ Test(sink_files, directory_of_another_user_is_refused) {
     char p[4096], tmp[4200], victim[4200];
     cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0755), 0);
     cr_assert_eq(chown(p, 65534, 65534), 0);
-    snprintf(victim, sizeof victim, "%s/victim", dir);
+    snprintf(victim, sizeof victim, "%s/victim", tu_dir);
     tu_write_file(victim, "root's file", 11);
     snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 0, 1, "jsonl"));
     cr_assert_eq(symlink(victim, tmp), 0);
     s = sink_conf(out, 0);
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "partition 0") && strstr(E, "owned by uid 65534"), "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "partition 0") && strstr(tu_err, "owned by uid 65534"), "%s", tu_err);
     ASSERT_FILE(victim, "root's file");
     lk__sink_destroy(s);
     lk__store_close(st);
@@ -757,7 +736,7 @@ Test(sink_files, link_at_the_temporary_name_is_not_followed) {
     char p[4096], tmp[4200], victim[4200];
     cr_assert_eq(mkdir(out, 0700), 0);
     cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0700), 0);
-    snprintf(victim, sizeof victim, "%s/victim", dir);
+    snprintf(victim, sizeof victim, "%s/victim", tu_dir);
     tu_write_file(victim, "someone's file", 14);
     snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 0, 1, "jsonl"));
     cr_assert_eq(symlink(victim, tmp), 0);
@@ -777,13 +756,13 @@ Test(sink_files, partition_directory_that_is_a_link_is_refused) {
     lk_store_t *st = tu_open(ckpt, APP);
     char p[4096], elsewhere[4200];
     cr_assert_eq(mkdir(out, 0700), 0);
-    snprintf(elsewhere, sizeof elsewhere, "%s/elsewhere", dir);
+    snprintf(elsewhere, sizeof elsewhere, "%s/elsewhere", tu_dir);
     cr_assert_eq(mkdir(elsewhere, 0700), 0);
     cr_assert_eq(symlink(elsewhere, tu_path(p, sizeof p, out, "0")), 0);
     commit_mixed(st, 1);
     lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "is a symbolic link") && strstr(E, p), "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "is a symbolic link") && strstr(tu_err, p), "%s", tu_err);
     cr_assert_eq(tu_dir_entries(elsewhere), 0);
     lk__sink_destroy(s);
     lk__store_close(st);
@@ -843,8 +822,8 @@ Test(sink_files, final_name_with_other_bytes_is_never_overwritten) {
     tu_write_file(fname(p, sizeof p, 0, 1, "jsonl"), "edited\n", 7);
     commit_mixed(st, 1);
     lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
-    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "exists with other content") && strstr(E, p), "%s", E);
+    cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "exists with other content") && strstr(tu_err, p), "%s", tu_err);
     ASSERT_FILE(p, "edited\n");
     cr_assert_eq(count_tmp(out), 0);
     cr_assert_eq(outbox_first(st), 1, "the outbox keeps the batch");
@@ -900,7 +879,7 @@ Test(sink_files, record_with_many_headers_is_delivered) {
     cr_assert_eq(drain(s, st, 10), 1);
     char p[4096];
     size_t len;
-    char *text = slurp(fname(p, sizeof p, 0, 1, "jsonl"), &len);
+    char *text = tu_slurp(fname(p, sizeof p, 0, 1, "jsonl"), &len);
     cr_assert_not_null(text);
     cr_assert(strstr(text, "{\"name\":\"h0\",\"value\":null},{\"name\":\"h1\",\"value\":\"v\"}"),
               "%s", text);

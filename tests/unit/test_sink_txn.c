@@ -26,20 +26,16 @@
 
 #define APP "app"
 
-static char dirbuf[4096];
 static char ckpt[1024];
 
 static void setup(void) {
-    tu_tmpdir(dirbuf, sizeof dirbuf);
-    tu_path(ckpt, sizeof ckpt, dirbuf, "ckpt");
+    tu_scratch_init();
+    tu_path(ckpt, sizeof ckpt, tu_dir, "ckpt");
     lk__log_level = LK_LOG_INFO;
 }
-static void teardown(void) { tu_rmrf(dirbuf); }
 
-TestSuite(sink_txn, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(sink_txn, .init = setup, .fini = tu_scratch_fini, .timeout = 60);
 
-static char E[1024];
-#define ES E, sizeof E
 
 /* ---- a fake sink kind: counts calls, fails as scripted ---- */
 
@@ -113,9 +109,9 @@ static lk_store_t *store_with_batches(int n) {
         lk_store_txn_t *t = tu_begin(st, 1);
         lk_out_record_t r = {.partition = -1, .key = "k", .key_len = 1, .value = "v",
                              .value_len = 1};
-        cr_assert_eq(lk__store_outbox_append(t, "out", (uint64_t)id, &r, ES), LK_OK, "%s", E);
+        cr_assert_eq(lk__store_outbox_append(t, "out", (uint64_t)id, &r, ES), LK_OK, "%s", tu_err);
         lk_batch_rec_t b = {.id = (uint64_t)id, .records_out = 1};
-        cr_assert_eq(lk__store_batch_put(t, &b, ES), LK_OK, "%s", E);
+        cr_assert_eq(lk__store_batch_put(t, &b, ES), LK_OK, "%s", tu_err);
         tu_commit(t);
     }
     return st;
@@ -147,18 +143,18 @@ static void abort_needs(int n) {
     fk.abort_failures = n;
     size_t delivered = 0;
     lk_err_t e = lk__sink_drain(s, st, 2, &delivered, ES);
-    cr_assert_eq(e, LK_ERR_KAFKA, "%s", E);
-    cr_assert(strstr(E, "must be aborted"), "the commit's error is reported: %s", E);
+    cr_assert_eq(e, LK_ERR_KAFKA, "%s", tu_err);
+    cr_assert(strstr(tu_err, "must be aborted"), "the commit's error is reported: %s", tu_err);
     cr_assert_eq(s->state, n ? LK__TXN_ABORTING : LK__TXN_READY);
     cr_assert_eq(fk.aborts, 1);
     for (int i = 1; i < n; i++) {
         e = lk__sink_drain(s, st, 2, &delivered, ES);
-        cr_assert_eq(e, LK_ERR_KAFKA, "%s", E);
-        cr_assert(strstr(E, "abort not finished"), "%s", E);
+        cr_assert_eq(e, LK_ERR_KAFKA, "%s", tu_err);
+        cr_assert(strstr(tu_err, "abort not finished"), "%s", tu_err);
         cr_assert_eq(s->state, LK__TXN_ABORTING, "still aborting after %d calls", i + 1);
         cr_assert_eq(fk.begins, 1, "nothing begun while the abort is not finished");
     }
-    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_OK, "%s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_OK, "%s", tu_err);
     cr_assert_eq(fk.aborts, n + 1, "abort called until it completed");
     cr_assert_eq(delivered, 2);
     cr_assert_eq(fk.ndelivered, 2);
@@ -182,16 +178,16 @@ Test(sink_txn, commit_not_finished_is_resumed_then_acknowledged) {
     lk_sink_t *s = fake_sink();
     fk.commit_timeouts = 3;
     size_t delivered = 0;
-    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", tu_err);
     cr_assert_eq(s->state, LK__TXN_COMMITTING);
     cr_assert_eq(fk.aborts, 0, "a running commit is not aborted");
     for (int i = 0; i < 2; i++) {
-        cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", E);
-        cr_assert(strstr(E, "resuming the commit"), "%s", E);
+        cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", tu_err);
+        cr_assert(strstr(tu_err, "resuming the commit"), "%s", tu_err);
         cr_assert_eq(s->state, LK__TXN_COMMITTING);
     }
     cr_assert_eq(fence_of(st), 0);
-    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_OK, "%s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_OK, "%s", tu_err);
     cr_assert_eq(fk.resumes, 3);
     cr_assert_eq(fk.begins, 2, "batch 1 was not delivered again");
     cr_assert_eq(fk.ndelivered, 2);
@@ -209,10 +205,10 @@ Test(sink_txn, resumed_commit_that_must_abort_is_aborted_then_delivered_again) {
     fk.commit_abortable = 1;
     fk.abort_failures = 1;
     size_t delivered = 0;
-    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_TIMED_OUT, "%s", E);
-    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_KAFKA, "%s", E);
-    cr_assert_eq(s->state, LK__TXN_ABORTING, "%s", E);
-    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_TIMED_OUT, "%s", tu_err);
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_KAFKA, "%s", tu_err);
+    cr_assert_eq(s->state, LK__TXN_ABORTING, "%s", tu_err);
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", tu_err);
     cr_assert_eq(fk.aborts, 2);
     cr_assert_eq(fk.ndelivered, 1);
     cr_assert_eq(fence_of(st), 1);
@@ -228,10 +224,10 @@ Test(sink_txn, fenced_while_aborting_is_fatal_and_sticky) {
     fk.abort_failures = 1;
     fk.abort_error = LK_ERR_FENCED;
     size_t delivered = 0;
-    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_FENCED, "%s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_FENCED, "%s", tu_err);
     cr_assert_eq(s->state, LK__TXN_FATAL);
-    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_FATAL, "%s", E);
-    cr_assert(strstr(E, "abort not finished"), "the first error is kept: %s", E);
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "abort not finished"), "the first error is kept: %s", tu_err);
     cr_assert_eq(fk.ndelivered, 0);
     cr_assert_eq(fence_of(st), 0);
     lk__sink_destroy(s);
@@ -257,12 +253,12 @@ Test(sink_txn, transition_table_for_unfinished_commit_and_abort) {
         s->state = cases[i].from;
         lk_err_t e = lk__sink_transition(s, cases[i].to, ES);
         cr_assert_eq(e, cases[i].ok ? LK_OK : LK_ERR_STATE, "%s -> %s: %s",
-                     lk__txn_state_name(cases[i].from), lk__txn_state_name(cases[i].to), E);
+                     lk__txn_state_name(cases[i].from), lk__txn_state_name(cases[i].to), tu_err);
         cr_assert_eq(s->state, cases[i].ok ? cases[i].to : cases[i].from);
         if (!cases[i].ok)
-            cr_assert(strstr(E, lk__txn_state_name(cases[i].from)) &&
-                          strstr(E, lk__txn_state_name(cases[i].to)),
-                      "names both states: %s", E);
+            cr_assert(strstr(tu_err, lk__txn_state_name(cases[i].from)) &&
+                          strstr(tu_err, lk__txn_state_name(cases[i].to)),
+                      "names both states: %s", tu_err);
     }
     lk__sink_destroy(s);
 }
@@ -297,7 +293,7 @@ static int64_t fio_now(void *o) { return ((fake_io_t *)o)->now; }
 /* Run the wait with stderr captured into log. */
 static lk_err_t wait_logged(fake_io_t *f, int64_t timeout, int64_t *end, char *log, size_t size) {
     char path[1100];
-    tu_path(path, sizeof path, dirbuf, "stderr.log");
+    tu_path(path, sizeof path, tu_dir, "stderr.log");
     fflush(stderr);
     int saved = dup(2), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     cr_assert(saved >= 0 && fd >= 0);
@@ -321,7 +317,7 @@ Test(sink_txn, open_transaction_on_progress_partition_is_waited_for) {
     fake_io_t f = {.lso = {40, 40, 42}, .hwm = {42, 42, 42}, .n = 3};
     int64_t end = 0;
     char log[4096];
-    cr_assert_eq(wait_logged(&f, 30000, &end, log, sizeof log), LK_OK, "%s", E);
+    cr_assert_eq(wait_logged(&f, 30000, &end, log, sizeof log), LK_OK, "%s", tu_err);
     cr_assert_eq(end, 42);
     cr_assert_eq(f.calls, 3);
     cr_assert_eq(f.nsleeps, 2);
@@ -339,7 +335,7 @@ Test(sink_txn, stable_progress_partition_is_read_at_once) {
     fake_io_t f = {.lso = {7}, .hwm = {7}, .n = 1};
     int64_t end = 0;
     char log[4096];
-    cr_assert_eq(wait_logged(&f, 30000, &end, log, sizeof log), LK_OK, "%s", E);
+    cr_assert_eq(wait_logged(&f, 30000, &end, log, sizeof log), LK_OK, "%s", tu_err);
     cr_assert_eq(end, 7);
     cr_assert_eq(f.nsleeps, 0);
     cr_assert_eq(strlen(log), 0, "%s", log);
@@ -351,16 +347,16 @@ Test(sink_txn, open_transaction_past_the_timeout_is_a_retriable_error) {
     fake_io_t f = {.lso = {5}, .hwm = {9}, .n = 1};
     int64_t end = -1;
     char log[8192];
-    cr_assert_eq(wait_logged(&f, 2000, &end, log, sizeof log), LK_ERR_TIMED_OUT, "%s", E);
+    cr_assert_eq(wait_logged(&f, 2000, &end, log, sizeof log), LK_ERR_TIMED_OUT, "%s", tu_err);
     cr_assert_eq(end, -1, "no end offset when the partition never became stable");
     cr_assert_eq(f.nsleeps, 5);
     static const int64_t want[] = {100, 200, 400, 800, 500};
     for (int i = 0; i < 5; i++)
         cr_assert_eq(f.sleeps[i], want[i], "sleep %d: %lld", i, (long long)f.sleeps[i]);
-    cr_assert(strstr(E, "waiting for an open transaction on app.progress[0] (last stable "
+    cr_assert(strstr(tu_err, "waiting for an open transaction on app.progress[0] (last stable "
                         "offset 5 < high watermark 9) for 2000 ms, 6 checks"),
-              "%s", E);
-    cr_assert(strstr(E, "transaction.timeout.ms"), "%s", E);
+              "%s", tu_err);
+    cr_assert(strstr(tu_err, "transaction.timeout.ms"), "%s", tu_err);
 }
 
 /* ---- producer batches sized from the output topics' max.message.bytes ---- */

@@ -15,22 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char dirbuf[4096];
-static const char *dir;
+TestSuite(store_inspect, .init = tu_scratch_init, .fini = tu_scratch_fini);
 
-static void setup(void) { dir = tu_tmpdir(dirbuf, sizeof dirbuf); }
-static void teardown(void) { tu_rmrf(dir); }
-
-TestSuite(store_inspect, .init = setup, .fini = teardown);
-
-static char E[1024];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 #define BATCH_TIME 1700000000000LL /* 2023-11-14T22:13:20.000Z */
 #define COMMIT_WALL 1700000001234LL
@@ -40,7 +26,7 @@ static lk_store_t *build(lk_conf_t **confp) {
     char err[512];
     lk_conf_t *conf = lk_conf_new();
     cr_assert_eq(lk_conf_set(conf, "app.id", "inspect-app", err, sizeof err), LK_CONF_OK);
-    cr_assert_eq(lk_conf_set(conf, "checkpoint.dir", dir, err, sizeof err), LK_CONF_OK);
+    cr_assert_eq(lk_conf_set(conf, "checkpoint.dir", tu_dir, err, sizeof err), LK_CONF_OK);
     cr_assert_eq(lk_conf_set(conf, "kafka.bootstrap.servers", "b1:9092", err, sizeof err),
                  LK_CONF_OK);
     cr_assert_eq(lk_conf_set(conf, "kafka.sasl.password", "hunter2", err, sizeof err),
@@ -140,7 +126,7 @@ Test(store_inspect, text_output) {
     lk_store_t *s = build(&conf);
     uint64_t obytes = lk__store_outbox_bytes(s);
     char *text = inspect(s, 0);
-    has_line(text, "checkpoint %s", dir);
+    has_line(text, "checkpoint %s", tu_dir);
     has_line(text, "app.id inspect-app");
     has_line(text, "format %d", LK_CHECKPOINT_FORMAT);
     has_line(text, "checkpoint id %s", lk__store_checkpoint_id(s));
@@ -204,7 +190,7 @@ static void expect_json(json_t *got, const char *want_text) {
 /* Everything the checkpoint says, checked exactly (values that depend on the moment
  * of the run or on page accounting are checked for shape). */
 static void check_doc(json_t *doc, uint64_t obytes) {
-    cr_assert_str_eq(json_string_value(get(doc, "checkpoint")), dir);
+    cr_assert_str_eq(json_string_value(get(doc, "checkpoint")), tu_dir);
     cr_assert_str_eq(json_string_value(get(doc, "app_id")), "inspect-app");
     cr_assert_eq(json_integer_value(get(doc, "format")), LK_CHECKPOINT_FORMAT);
     const char *cid = json_string_value(get(doc, "checkpoint_id"));
@@ -254,7 +240,7 @@ static void check_doc(json_t *doc, uint64_t obytes) {
     cr_assert_gt(json_integer_value(get(json_array_get(state, 1), "bytes")), 0);
     json_t *config = get(doc, "config");
     cr_assert_str_eq(json_string_value(get(config, "app.id")), "inspect-app");
-    cr_assert_str_eq(json_string_value(get(config, "checkpoint.dir")), dir);
+    cr_assert_str_eq(json_string_value(get(config, "checkpoint.dir")), tu_dir);
     cr_assert_str_eq(json_string_value(get(config, "kafka.bootstrap.servers")), "b1:9092");
     cr_assert_str_eq(json_string_value(get(config, "kafka.sasl.password")), "[redacted]");
 }
@@ -275,7 +261,7 @@ Test(store_inspect, json_output) {
 }
 
 Test(store_inspect, empty_checkpoint) {
-    lk_store_t *s = tu_open(dir, "fresh");
+    lk_store_t *s = tu_open(tu_dir, "fresh");
     char *text = inspect(s, 0);
     has_line(text, "last batch none");
     has_line(text, "offsets (0 partitions)");
@@ -309,7 +295,7 @@ Test(store_inspect, cli_json_matches) {
     lk_store_t *s = build(&conf);
     uint64_t obytes = lk__store_outbox_bytes(s);
     char cmd[9000];
-    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", bin, dir);
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", bin, tu_dir);
     /* while the owner holds the checkpoint open: read-only inspect is allowed */
     char *out = NULL;
     int st = tu_run(cmd, &out);
@@ -328,7 +314,7 @@ Test(store_inspect, cli_json_matches) {
     json_decref(doc);
     free(out);
     /* the text form works too */
-    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s'", bin, dir);
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s'", bin, tu_dir);
     st = tu_run(cmd, &out);
     cr_assert_eq(st, 0);
     has_line(out, "app.id inspect-app");
@@ -339,32 +325,32 @@ Test(store_inspect, cli_json_matches) {
 Test(store_inspect, cli_refuses_a_non_checkpoint) {
     const char *bin = cli();
     char p[4200], cmd[9000];
-    tu_write_file(tu_path(p, sizeof p, dir, "notes.txt"), "x", 1);
-    uint64_t before = tu_dir_digest(dir);
+    tu_write_file(tu_path(p, sizeof p, tu_dir, "notes.txt"), "x", 1);
+    uint64_t before = tu_dir_digest(tu_dir);
     /* stderr only */
-    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json 2>&1 >/dev/null", bin, dir);
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json 2>&1 >/dev/null", bin, tu_dir);
     char *err = NULL;
     int st = tu_run(cmd, &err);
     cr_assert_eq(st, 1, "exit status %d, stderr: %s", st, err);
-    cr_assert(strstr(err, dir), "stderr names the directory: %s", err);
+    cr_assert(strstr(err, tu_dir), "stderr names the directory: %s", err);
     cr_assert(strstr(err, "not a lockstep checkpoint"), "stderr says why: %s", err);
     cr_assert(strstr(err, "LK_ERR_NOT_CHECKPOINT"), "stderr: %s", err);
     free(err);
     /* stdout only: nothing */
-    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json 2>/dev/null", bin, dir);
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json 2>/dev/null", bin, tu_dir);
     char *out = NULL;
     st = tu_run(cmd, &out);
     cr_assert_eq(st, 1);
     cr_assert_str_empty(out, "stdout on error: %s", out);
     free(out);
-    cr_assert_eq(tu_dir_digest(dir), before);
-    cr_assert_eq(tu_dir_entries(dir), 1, "inspect created files");
+    cr_assert_eq(tu_dir_digest(tu_dir), before);
+    cr_assert_eq(tu_dir_entries(tu_dir), 1, "inspect created files");
     /* a missing directory is not created */
-    tu_path(p, sizeof p, dir, "missing");
+    tu_path(p, sizeof p, tu_dir, "missing");
     snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' 2>&1 >/dev/null", bin, p);
     st = tu_run(cmd, &err);
     cr_assert_eq(st, 1, "exit status %d: %s", st, err);
     cr_assert(strstr(err, p), "stderr: %s", err);
     free(err);
-    cr_assert_eq(tu_dir_entries(dir), 1, "inspect created the missing directory");
+    cr_assert_eq(tu_dir_entries(tu_dir), 1, "inspect created the missing directory");
 }

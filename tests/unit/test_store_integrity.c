@@ -28,22 +28,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static char dirbuf[4096];
-static const char *dir;
+TestSuite(store_integrity, .init = tu_scratch_init, .fini = tu_scratch_fini);
 
-static void setup(void) { dir = tu_tmpdir(dirbuf, sizeof dirbuf); }
-static void teardown(void) { tu_rmrf(dir); }
-
-TestSuite(store_integrity, .init = setup, .fini = teardown);
-
-static char E[1024];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 /* ---- failing fsync: this definition interposes libc's for liblmdb too ---- */
 
@@ -71,7 +57,7 @@ static raw_t raw_begin(void) {
     raw_t r;
     cr_assert_eq(mdb_env_create(&r.env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(r.env, 64), 0);
-    cr_assert_eq(mdb_env_open(r.env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(r.env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(r.env, NULL, 0, &r.txn), 0);
     return r;
 }
@@ -111,7 +97,7 @@ static void craft(const char *db, const void *key, size_t klen, lk__buf_t *b) {
 static const unsigned char OFF_KEY[] = "in\0\0\0\0\0"; /* "in", NUL, partition 0 */
 
 static void make_full(void) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
     lk_store_txn_t *t = tu_begin(s, 1);
@@ -125,7 +111,7 @@ static void make_full(void) {
     lk_topo_op_t op = {"counts", "update_state_by_key", 1, "x"};
     CHECK(lk__store_topology_put(t, &op, 1, ES));
     lk_conf_t *conf = lk_conf_new();
-    cr_assert_eq(lk_conf_set(conf, "app.id", "app", ES), LK_CONF_OK, "%s", E);
+    cr_assert_eq(lk_conf_set(conf, "app.id", "app", ES), LK_CONF_OK, "%s", tu_err);
     CHECK(lk__store_config_put(t, conf, ES));
     lk_conf_destroy(conf);
     lk_range_t r = {"in", 0, 100, 123};
@@ -166,7 +152,7 @@ static int no_cfg(const char *k, const char *v, void *x) {
 /* Open and read every record; the first error (its message in msg). */
 static lk_err_t read_all(char *msg, size_t size) {
     lk_store_t *s = NULL;
-    lk_err_t e = tu_open_opts(&s, dir, "app", 1 << 20, 0, msg, size);
+    lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, msg, size);
     if (e)
         return e;
     lk_state_db_t db;
@@ -286,7 +272,7 @@ Test(store_integrity, a_flipped_byte_in_any_value_is_refused_naming_the_record) 
                          n, lk_err_name(e), msg);
             cr_assert(strstr(msg, r->names), "%s byte %zu: the message names \"%s\": %s",
                       r->db, pos, r->names, msg);
-            cr_assert(strstr(msg, dir), "names the checkpoint: %s", msg);
+            cr_assert(strstr(msg, tu_dir), "names the checkpoint: %s", msg);
             flip(r->db, r->key, r->klen, pos);
         }
     }
@@ -298,7 +284,7 @@ Test(store_integrity, a_flipped_byte_in_any_value_is_refused_naming_the_record) 
 Test(store_integrity, a_corrupt_offset_is_not_no_offset) {
     make_full();
     flip("offsets", OFF_KEY, 7, 2); /* the offset's low byte: still valid msgpack */
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 0);
     int64_t off = -7;
     cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_ERR_CORRUPT);
@@ -394,7 +380,7 @@ Test(store_integrity, an_outbox_record_with_an_impossible_partition_is_refused) 
  * lo/hi, flags, key size, then the key): give it key size ksize and data size dsize. */
 static int patch_node(const void *key, size_t klen, uint16_t ksize, uint16_t dsize) {
     char p[4200];
-    tu_path(p, sizeof p, dir, "data.mdb");
+    tu_path(p, sizeof p, tu_dir, "data.mdb");
     int fd = open(p, O_RDWR);
     cr_assert_geq(fd, 0);
     struct stat st;
@@ -436,7 +422,7 @@ Test(store_integrity, a_crafted_overlong_offsets_key_is_refused_not_copied) {
     memcpy(val + 100, "\x92\x01\x05", 3);
     raw_put("offsets", key, sizeof key, val, sizeof val);
     cr_assert_gt(patch_node(key, sizeof key, 611, 3), 0);
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     lk_store_txn_t *t = tu_begin(s, 0);
@@ -448,18 +434,18 @@ Test(store_integrity, a_crafted_overlong_offsets_key_is_refused_not_copied) {
     char *text = NULL;
     size_t len = 0;
     FILE *fp = open_memstream(&text, &len);
-    E[0] = 0;
+    tu_err[0] = 0;
     cr_assert_eq(lk__store_inspect(s, fp, 0, ES), LK_ERR_CORRUPT);
     fclose(fp);
     free(text);
-    cr_assert(strstr(E, "an offsets key of 611 bytes"), "%s", E);
+    cr_assert(strstr(tu_err, "an offsets key of 611 bytes"), "%s", tu_err);
     lk__store_close(s);
 }
 
 /* ---- failed fsync ---- */
 
 static lk_store_t *open_group_commit(void) {
-    lk_store_opts_t o = {.dir = dir, .app_id = "app", .map_size = 1 << 20,
+    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
                          .sync_interval = 1, .sync_interval_ms = 3600 * 1000};
     lk_store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
@@ -484,12 +470,12 @@ Test(store_integrity, a_failed_sync_is_fatal_and_sticky) {
     cr_assert_eq(lk__store_durable_batch(s), 1, "group commit: not yet synced");
     fail_sync = 1;
     int before = syncs;
-    E[0] = 0;
+    tu_err[0] = 0;
     lk_err_t e = lk__store_sync(s, ES);
     fail_sync = 0;
     cr_assert_gt(syncs, before, "the sync reached fdatasync");
-    cr_assert_eq(e, LK_ERR_FATAL, "%s (%s)", lk_err_name(e), E);
-    cr_assert(strstr(E, strerror(EIO)), "the OS error is in the message: %s", E);
+    cr_assert_eq(e, LK_ERR_FATAL, "%s (%s)", lk_err_name(e), tu_err);
+    cr_assert(strstr(tu_err, strerror(EIO)), "the OS error is in the message: %s", tu_err);
     cr_assert_eq(lk__store_durable_batch(s), 1, "a failed sync made batch 2 durable");
     const char *msg;
     cr_assert(lk__store_fatal(s, &msg));
@@ -499,7 +485,7 @@ Test(store_integrity, a_failed_sync_is_fatal_and_sticky) {
     cr_assert_eq(lk__store_durable_batch(s), 1);
     lk_store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, ES), LK_ERR_FATAL);
-    cr_assert(strstr(E, strerror(EIO)), "%s", E);
+    cr_assert(strstr(tu_err, strerror(EIO)), "%s", tu_err);
     lk__store_close(s);
 }
 
@@ -511,16 +497,16 @@ Test(store_integrity, a_failed_sync_at_open_refuses_the_open) {
     lk__store_close(s);
     fail_sync = 1;
     /* group commit again: the open's own commit does not sync, only the sync does */
-    lk_store_opts_t o = {.dir = dir, .app_id = "app", .map_size = 1 << 20,
+    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
                          .sync_interval = 1, .sync_interval_ms = 3600 * 1000};
     s = (lk_store_t *)1;
-    E[0] = 0;
+    tu_err[0] = 0;
     lk_err_t e = lk__store_open(&s, &o, ES);
     fail_sync = 0;
-    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", lk_err_name(e), E);
+    cr_assert_eq(e, LK_ERR_IO, "%s (%s)", lk_err_name(e), tu_err);
     cr_assert_null(s);
-    cr_assert(strstr(E, strerror(EIO)) && strstr(E, dir), "%s", E);
-    s = tu_open(dir, "app");
+    cr_assert(strstr(tu_err, strerror(EIO)) && strstr(tu_err, tu_dir), "%s", tu_err);
+    s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_durable_batch(s), 1);
     lk__store_close(s);
 }
@@ -529,7 +515,7 @@ Test(store_integrity, a_failed_sync_at_open_refuses_the_open) {
 
 /* A checkpoint of ~50 pages, with state reaching to its last pages. */
 static off_t make_big(void) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
     char val[300];
@@ -548,7 +534,7 @@ static off_t make_big(void) {
     lk__store_close(s);
     char p[4200];
     struct stat st;
-    cr_assert_eq(stat(tu_path(p, sizeof p, dir, "data.mdb"), &st), 0);
+    cr_assert_eq(stat(tu_path(p, sizeof p, tu_dir, "data.mdb"), &st), 0);
     return st.st_size;
 }
 
@@ -562,15 +548,15 @@ static int visit_state(const void *k, size_t kl, const void *v, size_t vl, int64
 /* Open (read-only or not) and read all state: a refusal or the full content, never a
  * crash. The refusal must say what is wrong. */
 static void expect_truncation_refused(off_t at, int readonly) {
-    lk_store_opts_t o = {.dir = dir, .app_id = readonly ? NULL : "app", .readonly = readonly,
+    lk_store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app", .readonly = readonly,
                          .map_size = 1 << 20};
     lk_store_t *s = (lk_store_t *)1;
-    E[0] = 0;
+    tu_err[0] = 0;
     lk_err_t e = lk__store_open(&s, &o, ES);
     cr_assert_eq(e, LK_ERR_CORRUPT, "truncated to %lld bytes (%s): %s (%s)", (long long)at,
-                 readonly ? "read-only" : "writable", lk_err_name(e), E);
+                 readonly ? "read-only" : "writable", lk_err_name(e), tu_err);
     cr_assert_null(s);
-    cr_assert(strstr(E, "truncated or damaged") && strstr(E, "data.mdb"), "%s", E);
+    cr_assert(strstr(tu_err, "truncated or damaged") && strstr(tu_err, "data.mdb"), "%s", tu_err);
 }
 
 /* Truncations of data.mdb (the issue's `truncate -s 40960` among them) are refused before
@@ -579,7 +565,7 @@ Test(store_integrity, a_truncated_data_file_is_refused_not_mapped) {
     off_t size = make_big();
     cr_assert_gt(size, 40960 + 8192, "checkpoint of %lld bytes", (long long)size);
     char p[4200];
-    tu_path(p, sizeof p, dir, "data.mdb");
+    tu_path(p, sizeof p, tu_dir, "data.mdb");
     char *orig = malloc((size_t)size);
     int fd = open(p, O_RDONLY);
     cr_assert_eq(pread(fd, orig, (size_t)size, 0), size);
@@ -587,14 +573,14 @@ Test(store_integrity, a_truncated_data_file_is_refused_not_mapped) {
     const off_t cuts[] = {100, 4096, 8192, 12288, 40960, size - 4096, size - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         cr_assert_eq(truncate(p, cuts[i]), 0);
-        uint64_t before = tu_dir_digest(dir);
+        uint64_t before = tu_dir_digest(tu_dir);
         expect_truncation_refused(cuts[i], 1);
         expect_truncation_refused(cuts[i], 0);
-        cr_assert_eq(tu_dir_digest(dir), before, "a refused open modified the checkpoint");
+        cr_assert_eq(tu_dir_digest(tu_dir), before, "a refused open modified the checkpoint");
         tu_write_file(p, orig, (size_t)size);
     }
     /* restored: everything is there */
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
     lk_store_txn_t *t = tu_begin(s, 0);
@@ -610,7 +596,7 @@ Test(store_integrity, a_truncated_data_file_is_refused_not_mapped) {
 Test(store_integrity, a_damaged_meta_page_is_refused) {
     off_t size = make_big();
     char p[4200];
-    tu_path(p, sizeof p, dir, "data.mdb");
+    tu_path(p, sizeof p, tu_dir, "data.mdb");
     int fd = open(p, O_RDWR);
     cr_assert_geq(fd, 0);
     /* meta page 1 (at 4096): the main database's root (16 + 24 + 48 + 40) */
@@ -618,20 +604,20 @@ Test(store_integrity, a_damaged_meta_page_is_refused) {
     cr_assert_eq(pwrite(fd, &root, 8, 4096 + 16 + 24 + 48 + 40), 8);
     close(fd);
     expect_truncation_refused(size, 1);
-    cr_assert(strstr(E, "meta page 1 puts a database root at page"), "%s", E);
+    cr_assert(strstr(tu_err, "meta page 1 puts a database root at page"), "%s", tu_err);
     fd = open(p, O_RDWR);
     uint32_t junk = 0x12345678;
     cr_assert_eq(pwrite(fd, &junk, 4, 16), 4); /* meta page 0's magic */
     close(fd);
     expect_truncation_refused(size, 0);
-    cr_assert(strstr(E, "meta page 0 is not an LMDB 0.9 meta page"), "%s", E);
+    cr_assert(strstr(tu_err, "meta page 0 is not an LMDB 0.9 meta page"), "%s", tu_err);
 }
 
 /* Write ch at offset pos of every copy of needle in data.mdb (LMDB keeps stale page
  * copies), except copies right after skip_after (NULL: none); returns the copies hit. */
 static int flip_all(const char *needle, size_t pos, char ch, const char *skip_after) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    snprintf(path, sizeof path, "%s/data.mdb", tu_dir);
     int fd = open(path, O_RDWR);
     cr_assert_geq(fd, 0);
     struct stat st;
@@ -655,15 +641,15 @@ static int flip_all(const char *needle, size_t pos, char ch, const char *skip_af
 /* Both opens, read-only and writable, refuse the checkpoint as corrupt, saying says. */
 static void expect_open_corrupt(const char *says, const char *says_too) {
     for (int readonly = 0; readonly < 2; readonly++) {
-        lk_store_opts_t o = {.dir = dir, .app_id = readonly ? NULL : "app",
+        lk_store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app",
                              .readonly = readonly, .map_size = 1 << 20};
         lk_store_t *s = (lk_store_t *)1;
-        E[0] = 0;
+        tu_err[0] = 0;
         lk_err_t e = lk__store_open(&s, &o, ES);
         cr_assert_eq(e, LK_ERR_CORRUPT, "%s open: %s (%s)", readonly ? "read-only" : "writable",
-                     lk_err_name(e), E);
+                     lk_err_name(e), tu_err);
         cr_assert_null(s);
-        cr_assert(strstr(E, says) && strstr(E, says_too), "%s", E);
+        cr_assert(strstr(tu_err, says) && strstr(tu_err, says_too), "%s", tu_err);
     }
 }
 

@@ -21,44 +21,30 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char dirbuf[4096];
-static const char *dir;
+TestSuite(store_lock, .init = tu_scratch_init, .fini = tu_scratch_fini);
+TestSuite(store_map, .init = tu_scratch_init, .fini = tu_scratch_fini);
+TestSuite(store_refuse, .init = tu_scratch_init, .fini = tu_scratch_fini);
+TestSuite(store_identity, .init = tu_scratch_init, .fini = tu_scratch_fini);
 
-static void setup(void) { dir = tu_tmpdir(dirbuf, sizeof dirbuf); }
-static void teardown(void) { tu_rmrf(dir); }
-
-TestSuite(store_lock, .init = setup, .fini = teardown);
-TestSuite(store_map, .init = setup, .fini = teardown);
-TestSuite(store_refuse, .init = setup, .fini = teardown);
-TestSuite(store_identity, .init = setup, .fini = teardown);
-
-static char E[1024];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 /* ---- lock contention ---- */
 
 Test(store_lock, second_open_in_this_process_is_refused) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_t *s2 = (lk_store_t *)1;
-    lk_err_t e = tu_open_opts(&s2, dir, "app", 1 << 20, 0, ES);
-    cr_assert_eq(e, LK_ERR_LOCKED, "second open: %s (%s)", E, lk_err_name(e));
+    lk_err_t e = tu_open_opts(&s2, tu_dir, "app", 1 << 20, 0, ES);
+    cr_assert_eq(e, LK_ERR_LOCKED, "second open: %s (%s)", tu_err, lk_err_name(e));
     cr_assert_null(s2);
     char pid[32];
     snprintf(pid, sizeof pid, "pid %ld", (long)getpid());
-    cr_assert(strstr(E, pid), "message names the holder (%s): %s", pid, E);
-    cr_assert(strstr(E, dir), "message names the checkpoint: %s", E);
+    cr_assert(strstr(tu_err, pid), "message names the holder (%s): %s", pid, tu_err);
+    cr_assert(strstr(tu_err, tu_dir), "message names the checkpoint: %s", tu_err);
     /* the refused open did not disturb the first handle */
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 7, ES));
     tu_commit(t);
     lk__store_close(s);
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     t = tu_begin(s, 0);
     int64_t off;
     cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_OK);
@@ -100,14 +86,14 @@ static child_result_t in_child(lk_err_t (*fn)(char *msg, size_t size)) {
 
 static lk_err_t child_open(char *msg, size_t size) {
     lk_store_t *s = NULL;
-    lk_err_t e = tu_open_opts(&s, dir, "app", 1 << 20, 0, msg, size);
+    lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, msg, size);
     if (!e) /* not expected; release it so the parent's check reports the real problem */
         lk__store_close(s);
     return e;
 }
 
 static lk_err_t child_open_readonly(char *msg, size_t size) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s = NULL;
     lk_err_t e = lk__store_open(&s, &o, msg, size);
     if (e)
@@ -126,7 +112,7 @@ static lk_err_t child_open_readonly(char *msg, size_t size) {
 }
 
 Test(store_lock, open_in_another_process_is_refused_naming_the_holder) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 11, ES));
     tu_commit(t);
@@ -150,7 +136,7 @@ Test(store_lock, open_in_another_process_is_refused_naming_the_holder) {
     r = in_child(child_open);
     cr_assert_eq(r.err, LK_OK, "open after close: %s (%s)", r.msg, lk_err_name(r.err));
     /* and so can this one, after the child released it */
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     lk__store_close(s);
 }
 
@@ -163,7 +149,7 @@ Test(store_lock, lock_of_a_killed_holder_is_released) {
     if (pid == 0) {
         lk_store_t *s;
         char err[512];
-        char ok = tu_open_opts(&s, dir, "app", 1 << 20, 0, err, sizeof err) == LK_OK;
+        char ok = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, err, sizeof err) == LK_OK;
         if (write(fds[1], &ok, 1) != 1)
             _exit(1);
         pause(); /* hold the checkpoint until killed */
@@ -175,15 +161,15 @@ Test(store_lock, lock_of_a_killed_holder_is_released) {
     close(fds[0]);
     cr_assert(ok, "child could not open");
     lk_store_t *s = (lk_store_t *)1;
-    lk_err_t e = tu_open_opts(&s, dir, "app", 1 << 20, 0, ES);
-    cr_assert_eq(e, LK_ERR_LOCKED, "%s", E);
+    lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, ES);
+    cr_assert_eq(e, LK_ERR_LOCKED, "%s", tu_err);
     char want[32];
     snprintf(want, sizeof want, "pid %ld", (long)pid);
-    cr_assert(strstr(E, want), "message names the child (%s): %s", want, E);
+    cr_assert(strstr(tu_err, want), "message names the child (%s): %s", want, tu_err);
     kill(pid, SIGKILL);
     int st;
     cr_assert_eq(waitpid(pid, &st, 0), pid);
-    s = tu_open(dir, "app"); /* the flock died with the holder */
+    s = tu_open(tu_dir, "app"); /* the flock died with the holder */
     lk__store_close(s);
 }
 
@@ -212,7 +198,7 @@ static void check_values(lk_store_t *s, lk_state_db_t db, uint64_t nkeys, size_t
 
 Test(store_map, grows_within_one_transaction_and_across_transactions) {
     lk_store_t *s;
-    CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
     lk__log_level = LK_LOG_WARNING;
     lk_state_db_t db;
@@ -254,7 +240,7 @@ Test(store_map, grows_within_one_transaction_and_across_transactions) {
     lk__store_close(s);
 
     /* reopen with the small initial size: the file's size is adopted, data intact */
-    CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     cr_assert_geq(lk__store_map_size(s), (size_t)N1 * VLEN);
     CHECK(lk__store_state_open(s, "big", &db, ES));
     check_values(s, db, N1, VLEN, 1000000);
@@ -270,7 +256,7 @@ Test(store_map, grows_within_one_transaction_and_across_transactions) {
  * a 64 KiB checkpoint to several MiB, writing into state.grown. */
 static lk_err_t child_grow(char *msg, size_t size) {
     lk_store_t *s = NULL;
-    lk_err_t e = tu_open_opts(&s, dir, "app", 64 << 10, 0, msg, size);
+    lk_err_t e = tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, msg, size);
     if (e)
         return e;
     lk_state_db_t db;
@@ -300,9 +286,9 @@ static lk_err_t child_grow(char *msg, size_t size) {
  * every transaction does, instead of failing with MDB_MAP_RESIZED. */
 Test(store_map, state_open_adopts_a_map_another_process_grew) {
     lk_store_t *s;
-    CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     lk__store_close(s);
-    lk_store_opts_t o = {.dir = dir, .readonly = 1, .map_size = 64 << 10};
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1, .map_size = 64 << 10};
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
     lk__log_level = LK_LOG_WARNING;
@@ -317,7 +303,7 @@ Test(store_map, state_open_adopts_a_map_another_process_grew) {
 
 Test(store_map, one_value_far_larger_than_the_map) {
     lk_store_t *s;
-    CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     lk__log_level = LK_LOG_WARNING;
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "big", &db, ES));
@@ -350,7 +336,7 @@ Test(store_map, one_value_far_larger_than_the_map) {
         uint64_t bytes = lk__store_outbox_bytes(s);
         cr_assert_gt(bytes, len / 2);
         lk__store_close(s);
-        CHECK(tu_open_opts(&s, dir, "app", 64 << 10, 0, ES));
+        CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
         CHECK(lk__store_state_open(s, "big", &db, ES));
         cr_assert_eq(lk__store_outbox_bytes(s), bytes);
     }
@@ -361,7 +347,7 @@ Test(store_map, one_value_far_larger_than_the_map) {
 /* ---- refusals ---- */
 
 static void make_checkpoint(const char *app) {
-    lk_store_t *s = tu_open(dir, app);
+    lk_store_t *s = tu_open(tu_dir, app);
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
     lk_store_txn_t *t = tu_begin(s, 1);
@@ -375,7 +361,7 @@ static void make_checkpoint(const char *app) {
 
 /* The checkpoint still opens with app and holds what make_checkpoint wrote. */
 static void expect_intact(const char *app) {
-    lk_store_t *s = tu_open(dir, app);
+    lk_store_t *s = tu_open(tu_dir, app);
     cr_assert_eq(lk__store_committed_batch(s), 9);
     lk_store_txn_t *t = tu_begin(s, 0);
     int64_t off;
@@ -392,22 +378,22 @@ static void expect_refusal(const char *path, const char *app, int readonly, lk_e
     lk_store_opts_t o = {.dir = path, .app_id = app, .readonly = readonly,
                          .map_size = 1 << 20};
     lk_store_t *s = (lk_store_t *)1;
-    E[0] = '\0';
+    tu_err[0] = '\0';
     lk_err_t e = lk__store_open(&s, &o, ES);
-    cr_assert_eq(e, want, "open %s: got %s (%s), want %s", path, lk_err_name(e), E,
+    cr_assert_eq(e, want, "open %s: got %s (%s), want %s", path, lk_err_name(e), tu_err,
                  lk_err_name(want));
     cr_assert_null(s, "no handle on failure");
-    cr_assert(strstr(E, path), "the message names the path: %s", E);
+    cr_assert(strstr(tu_err, path), "the message names the path: %s", tu_err);
     if (must_contain)
-        cr_assert(strstr(E, must_contain), "the message should contain \"%s\": %s",
-                  must_contain, E);
+        cr_assert(strstr(tu_err, must_contain), "the message should contain \"%s\": %s",
+                  must_contain, tu_err);
     cr_assert_eq(tu_dir_digest(path), before, "refused open modified %s", path);
 }
 
 Test(store_refuse, another_app_id) {
     make_checkpoint("app-a");
-    expect_refusal(dir, "app-b", 0, LK_ERR_APP_MISMATCH, "\"app-a\"");
-    cr_assert(strstr(E, "\"app-b\""), "names the requested id: %s", E);
+    expect_refusal(tu_dir, "app-b", 0, LK_ERR_APP_MISMATCH, "\"app-a\"");
+    cr_assert(strstr(tu_err, "\"app-b\""), "names the requested id: %s", tu_err);
     expect_intact("app-a");
 }
 
@@ -420,7 +406,7 @@ static void put_raw_header(const void *data, size_t len) {
     MDB_dbi dbi;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
     MDB_val k = {6, "header"}, v = {len, (void *)data};
@@ -457,11 +443,11 @@ static void put_header(int64_t ver, const char *magic, int64_t format, const cha
 Test(store_refuse, newer_format) {
     make_checkpoint("app");
     put_header(1, LK_CHECKPOINT_MAGIC, 99, "app");
-    expect_refusal(dir, "app", 0, LK_ERR_FORMAT_TOO_NEW, "99");
-    cr_assert(strstr(E, "upgrade"), "says what to do: %s", E);
-    expect_refusal(dir, NULL, 1, LK_ERR_FORMAT_TOO_NEW, "99");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_FORMAT_TOO_NEW, "99");
+    cr_assert(strstr(tu_err, "upgrade"), "says what to do: %s", tu_err);
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_FORMAT_TOO_NEW, "99");
     /* the format check comes before the app check */
-    expect_refusal(dir, "other", 0, LK_ERR_FORMAT_TOO_NEW, "99");
+    expect_refusal(tu_dir, "other", 0, LK_ERR_FORMAT_TOO_NEW, "99");
     /* once the header is put back, everything is there */
     put_header(1, LK_CHECKPOINT_MAGIC, LK_CHECKPOINT_FORMAT, "app");
     expect_intact("app");
@@ -473,14 +459,14 @@ Test(store_refuse, corrupt_meta_header) {
     tu_fill(junk, sizeof junk, 7);
     junk[0] = 0xc1; /* never valid msgpack */
     put_raw_header(junk, sizeof junk);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "meta");
-    expect_refusal(dir, NULL, 1, LK_ERR_CORRUPT, "meta");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "meta");
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_CORRUPT, "meta");
     /* valid msgpack, wrong magic */
     put_header(1, "something-else", 1, "app");
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "meta");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "meta");
     /* valid msgpack, wrong shape */
     put_raw_header("\x93\x01\x02\x03", 4);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "meta");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "meta");
 }
 
 Test(store_refuse, meta_without_header) {
@@ -490,20 +476,20 @@ Test(store_refuse, meta_without_header) {
     MDB_dbi dbi;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
     MDB_val k = {6, "header"};
     cr_assert_eq(mdb_del(txn, dbi, &k, NULL), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "header");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "header");
 }
 
 Test(store_refuse, corrupt_data_file) {
     make_checkpoint("app");
     char p[4200];
-    tu_path(p, sizeof p, dir, "data.mdb");
+    tu_path(p, sizeof p, tu_dir, "data.mdb");
     struct stat st;
     cr_assert_eq(stat(p, &st), 0);
     size_t len = (size_t)st.st_size;
@@ -512,40 +498,40 @@ Test(store_refuse, corrupt_data_file) {
     tu_fill(junk, len, 99);
     tu_write_file(p, junk, len);
     free(junk);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "corrupt");
-    expect_refusal(dir, NULL, 1, LK_ERR_CORRUPT, "corrupt");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "corrupt");
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_CORRUPT, "corrupt");
     cr_assert_eq((size_t)(stat(p, &st), st.st_size), len, "data.mdb size changed");
 }
 
 Test(store_refuse, nonempty_directory_without_checkpoint) {
     char p[4200];
-    tu_write_file(tu_path(p, sizeof p, dir, "notes.txt"), "mine", 4);
-    expect_refusal(dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "not empty");
-    expect_refusal(dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, NULL);
-    cr_assert_eq(tu_dir_entries(dir), 1, "something was created next to notes.txt");
-    cr_assert_neq(access(tu_path(p, sizeof p, dir, "LOCK"), F_OK), 0, "LOCK was created");
+    tu_write_file(tu_path(p, sizeof p, tu_dir, "notes.txt"), "mine", 4);
+    expect_refusal(tu_dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "not empty");
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, NULL);
+    cr_assert_eq(tu_dir_entries(tu_dir), 1, "something was created next to notes.txt");
+    cr_assert_neq(access(tu_path(p, sizeof p, tu_dir, "LOCK"), F_OK), 0, "LOCK was created");
     /* a subdirectory counts as content too */
-    cr_assert_eq(unlink(tu_path(p, sizeof p, dir, "notes.txt")), 0);
-    cr_assert_eq(mkdir(tu_path(p, sizeof p, dir, "sub"), 0755), 0);
-    expect_refusal(dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "not empty");
-    cr_assert_eq(tu_dir_entries(dir), 1);
+    cr_assert_eq(unlink(tu_path(p, sizeof p, tu_dir, "notes.txt")), 0);
+    cr_assert_eq(mkdir(tu_path(p, sizeof p, tu_dir, "sub"), 0755), 0);
+    expect_refusal(tu_dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "not empty");
+    cr_assert_eq(tu_dir_entries(tu_dir), 1);
 }
 
 Test(store_refuse, regular_file) {
     char p[4200];
-    tu_path(p, sizeof p, dir, "file");
+    tu_path(p, sizeof p, tu_dir, "file");
     tu_write_file(p, "content", 7);
     uint64_t before = tu_file_digest(p);
     for (int ro = 0; ro < 2; ro++) {
         lk_store_opts_t o = {.dir = p, .app_id = "app", .readonly = ro};
         lk_store_t *s = (lk_store_t *)1;
         lk_err_t e = lk__store_open(&s, &o, ES);
-        cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", E, lk_err_name(e));
+        cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", tu_err, lk_err_name(e));
         cr_assert_null(s);
-        cr_assert(strstr(E, p) && strstr(E, "not a directory"), "message: %s", E);
+        cr_assert(strstr(tu_err, p) && strstr(tu_err, "not a directory"), "message: %s", tu_err);
     }
     cr_assert_eq(tu_file_digest(p), before);
-    cr_assert_eq(tu_dir_entries(dir), 1);
+    cr_assert_eq(tu_dir_entries(tu_dir), 1);
 }
 
 Test(store_refuse, lmdb_environment_that_is_not_ours) {
@@ -554,19 +540,19 @@ Test(store_refuse, lmdb_environment_that_is_not_ours) {
     MDB_dbi dbi;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 4), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, "other", MDB_CREATE, &dbi), 0);
     MDB_val k = {3, "key"}, v = {5, "value"};
     cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
-    expect_refusal(dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "no meta");
-    expect_refusal(dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, "no meta");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_NOT_CHECKPOINT, "no meta");
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, "no meta");
 
     /* only the unnamed database, with data */
     char sub[4200];
-    tu_path(sub, sizeof sub, dir, "plain");
+    tu_path(sub, sizeof sub, tu_dir, "plain");
     cr_assert_eq(mkdir(sub, 0755), 0);
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_open(env, sub, 0, 0644), 0);
@@ -580,37 +566,37 @@ Test(store_refuse, lmdb_environment_that_is_not_ours) {
 
 Test(store_refuse, readonly_open_of_a_missing_or_empty_dir) {
     char p[4200];
-    tu_path(p, sizeof p, dir, "missing/deeper");
+    tu_path(p, sizeof p, tu_dir, "missing/deeper");
     lk_store_opts_t o = {.dir = p, .readonly = 1};
     lk_store_t *s = (lk_store_t *)1;
     lk_err_t e = lk__store_open(&s, &o, ES);
-    cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", tu_err, lk_err_name(e));
     cr_assert_null(s);
-    cr_assert(strstr(E, p), "message: %s", E);
-    cr_assert_eq(tu_dir_entries(dir), 0, "the missing dir was created");
+    cr_assert(strstr(tu_err, p), "message: %s", tu_err);
+    cr_assert_eq(tu_dir_entries(tu_dir), 0, "the missing tu_dir was created");
     /* an empty directory is not a checkpoint either (read-only never creates) */
-    o.dir = dir;
+    o.dir = tu_dir;
     e = lk__store_open(&s, &o, ES);
-    cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", E, lk_err_name(e));
-    cr_assert_eq(tu_dir_entries(dir), 0, "read-only open created files");
+    cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", tu_err, lk_err_name(e));
+    cr_assert_eq(tu_dir_entries(tu_dir), 0, "read-only open created files");
 }
 
 Test(store_refuse, missing_arguments) {
     lk_store_t *s;
-    lk_store_opts_t o = {.dir = dir};
+    lk_store_opts_t o = {.dir = tu_dir};
     cr_assert_eq(lk__store_open(&s, &o, ES), LK_ERR_INVALID_ARG);
-    cr_assert(strstr(E, "app.id"), "%s", E);
+    cr_assert(strstr(tu_err, "app.id"), "%s", tu_err);
     o = (lk_store_opts_t){.app_id = "app"};
     cr_assert_eq(lk__store_open(&s, &o, ES), LK_ERR_INVALID_ARG);
-    cr_assert(strstr(E, "checkpoint.dir"), "%s", E);
-    cr_assert_eq(tu_dir_entries(dir), 0);
+    cr_assert(strstr(tu_err, "checkpoint.dir"), "%s", tu_err);
+    cr_assert_eq(tu_dir_entries(tu_dir), 0);
 }
 
 /* ---- creation ---- */
 
 Test(store_refuse, missing_nested_dir_is_created) {
     char p[4200];
-    tu_path(p, sizeof p, dir, "a/b/c");
+    tu_path(p, sizeof p, tu_dir, "a/b/c");
     lk_store_t *s = tu_open(p, "app");
     cr_assert_str_eq(lk__store_app_id(s), "app");
     cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
@@ -625,10 +611,10 @@ Test(store_refuse, missing_nested_dir_is_created) {
 
 Test(store_refuse, dir_with_only_lock_files_is_created) {
     char p[4200];
-    tu_write_file(tu_path(p, sizeof p, dir, "LOCK"), "12345\n", 6);
-    lk_store_t *s = tu_open(dir, "app");
+    tu_write_file(tu_path(p, sizeof p, tu_dir, "LOCK"), "12345\n", 6);
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk__store_close(s);
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     lk__store_close(s);
 }
 
@@ -641,22 +627,22 @@ Test(store_refuse, dir_with_only_lock_files_is_created) {
 Test(store_refuse, creation_killed_before_the_first_commit) {
     MDB_env *env;
     cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     mdb_env_close(env);
     char p[4200];
-    cr_assert_eq(access(tu_path(p, sizeof p, dir, "data.mdb"), F_OK), 0);
-    expect_refusal(dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, NULL);
+    cr_assert_eq(access(tu_path(p, sizeof p, tu_dir, "data.mdb"), F_OK), 0);
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, NULL);
     lk_store_t *s = NULL;
-    lk_err_t e = tu_open_opts(&s, dir, "app", 1 << 20, 0, ES);
-    cr_assert_eq(e, LK_OK, "open after a killed creation: %s (%s)", E, lk_err_name(e));
+    lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, ES);
+    cr_assert_eq(e, LK_OK, "open after a killed creation: %s (%s)", tu_err, lk_err_name(e));
     cr_assert_str_eq(lk__store_app_id(s), "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 1, ES));
     tu_commit(t);
     lk__store_close(s);
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     lk__store_close(s);
-    expect_refusal(dir, "other", 0, LK_ERR_APP_MISMATCH, "\"app\"");
+    expect_refusal(tu_dir, "other", 0, LK_ERR_APP_MISMATCH, "\"app\"");
 }
 
 /* ---- identity ---- */
@@ -668,8 +654,8 @@ static int is_checkpoint_id(const char *id) {
 
 Test(store_identity, a_new_checkpoint_gets_a_random_id_that_stays) {
     char p1[4200], p2[4200], id1[LK_CHECKPOINT_ID_LEN + 1];
-    tu_path(p1, sizeof p1, dir, "one");
-    tu_path(p2, sizeof p2, dir, "two");
+    tu_path(p1, sizeof p1, tu_dir, "one");
+    tu_path(p2, sizeof p2, tu_dir, "two");
     lk_store_t *s = tu_open(p1, "app");
     cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
               lk__store_checkpoint_id(s));
@@ -702,7 +688,7 @@ static void make_format_1(const char *app, int nstate) {
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
     cr_assert_eq(mdb_env_set_mapsize(env, 64 << 20), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0644), 0);
+    cr_assert_eq(mdb_env_open(env, tu_dir, 0, 0644), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     lk__buf_t b;
     lk__buf_init(&b);
@@ -824,17 +810,17 @@ static void expect_format_1_content(lk_store_t *s, int nstate) {
 Test(store_identity, format_1_is_migrated_at_the_first_writable_open) {
     enum { NSTATE = 5000 };
     make_format_1("app", NSTATE);
-    uint64_t before = tu_dir_digest(dir);
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+    uint64_t before = tu_dir_digest(tu_dir);
+    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
     lk_store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_format(s), 1);
     cr_assert_str_eq(lk__store_checkpoint_id(s), "");
     expect_format_1_content(s, NSTATE); /* read as it is, without checksums */
     lk__store_close(s);
-    cr_assert_eq(tu_dir_digest(dir), before, "a read-only open migrated the checkpoint");
+    cr_assert_eq(tu_dir_digest(tu_dir), before, "a read-only open migrated the checkpoint");
 
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     uint64_t obytes = lk__store_outbox_bytes(s);
     cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
     cr_assert_eq(lk__store_migrated_from(s), 1);
@@ -845,7 +831,7 @@ Test(store_identity, format_1_is_migrated_at_the_first_writable_open) {
     strcpy(id, lk__store_checkpoint_id(s));
     expect_format_1_content(s, NSTATE);
     lk__store_close(s);
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_migrated_from(s), 0, "migrated once");
     cr_assert_str_eq(lk__store_checkpoint_id(s), id);
     cr_assert_eq(lk__store_outbox_bytes(s), obytes, "outbox bytes counted with checksums");
@@ -865,8 +851,8 @@ Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
     lk__pack_i64(&b, 1700000000000LL);
     seal_header(&b);
     put_raw_header(b.data, b.len);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
-    expect_refusal(dir, NULL, 1, LK_ERR_CORRUPT, "checkpoint id");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
+    expect_refusal(tu_dir, NULL, 1, LK_ERR_CORRUPT, "checkpoint id");
     lk__buf_reset(&b);
     lk__pack_array(&b, 6); /* an id that is not 32 lowercase hex characters */
     lk__pack_i64(&b, 1);
@@ -878,15 +864,15 @@ Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
     seal_header(&b);
     put_raw_header(b.data, b.len);
     lk__buf_free(&b);
-    expect_refusal(dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
+    expect_refusal(tu_dir, "app", 0, LK_ERR_CORRUPT, "checkpoint id");
 }
 
 /* A dry run (reset-offsets without --yes) takes the lock but must write nothing: a
  * format-1 checkpoint is not migrated, and a write transaction is refused. */
 Test(store_identity, no_migrate_leaves_format_1_as_it_is) {
     make_format_1("app", 10);
-    uint64_t before = tu_dir_digest(dir);
-    lk_store_opts_t o = {.dir = dir, .app_id = "app", .no_migrate = 1, .map_size = 1 << 20};
+    uint64_t before = tu_dir_digest(tu_dir);
+    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .no_migrate = 1, .map_size = 1 << 20};
     lk_store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_format(s), 1);
@@ -896,11 +882,11 @@ Test(store_identity, no_migrate_leaves_format_1_as_it_is) {
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, ES), LK_ERR_STATE);
     /* the lock is held as by any writable open */
     lk_store_t *s2 = (lk_store_t *)1;
-    cr_assert_eq(tu_open_opts(&s2, dir, "app", 1 << 20, 0, ES), LK_ERR_LOCKED);
+    cr_assert_eq(tu_open_opts(&s2, tu_dir, "app", 1 << 20, 0, ES), LK_ERR_LOCKED);
     lk__store_close(s);
-    cr_assert_eq(tu_dir_digest(dir), before, "the dry run modified the checkpoint");
+    cr_assert_eq(tu_dir_digest(tu_dir), before, "the dry run modified the checkpoint");
     /* a current checkpoint opens as usual with the flag */
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
     lk__store_close(s);
     CHECK(lk__store_open(&s, &o, ES));

@@ -15,13 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char dirbuf[4096];
-static const char *dir;
-
-static void setup(void) { dir = tu_tmpdir(dirbuf, sizeof dirbuf); }
-static void teardown(void) { tu_rmrf(dir); }
-
-TestSuite(store_records, .init = setup, .fini = teardown);
+TestSuite(store_records, .init = tu_scratch_init, .fini = tu_scratch_fini);
 
 /* Calls without an errstr: assert LK_OK. */
 #define OK(expr)                                                                         \
@@ -31,18 +25,10 @@ TestSuite(store_records, .init = setup, .fini = teardown);
     } while (0)
 
 /* Most calls take (errstr, size); this passes a scratch buffer and asserts LK_OK. */
-static char E[512];
-#define ES E, sizeof E
-#define CHECK(expr)                                                                      \
-    do {                                                                                 \
-        E[0] = '\0';                                                                     \
-        lk_err_t e_ = (expr);                                                            \
-        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, E, lk_err_name(e_));               \
-    } while (0)
 
 static lk_store_t *reopen(lk_store_t *s, const char *app) {
     lk__store_close(s);
-    return tu_open(dir, app);
+    return tu_open(tu_dir, app);
 }
 
 /* ---- offsets ---- */
@@ -104,7 +90,7 @@ static void check_offsets(lk_store_t *s) {
 }
 
 Test(store_records, offsets_round_trip) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     /* put in scrambled order; one value overwritten within the txn */
     CHECK(lk__store_offset_put(t, "payments", 3, 9, ES));
@@ -130,7 +116,7 @@ Test(store_records, offsets_round_trip) {
  * partition order whatever the request's order), the pending plan dropped with them, a
  * dry run that changes nothing, and a partition without an offset refused whole. */
 Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     for (int32_t p = 0; p < 4; p++)
         CHECK(lk__store_offset_put(t, "in", p, 100 + p, ES));
@@ -184,13 +170,13 @@ Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
 
     /* a topic or a partition without offsets: refused, naming what has them */
     cr_assert_eq(lk__store_reset_offsets(s, &all, &ch, &n, &pid, ES), LK_ERR_NOT_FOUND);
-    cr_assert(strstr(E, "topics with offsets: other"), "%s", E);
+    cr_assert(strstr(tu_err, "topics with offsets: other"), "%s", tu_err);
     cr_assert_null(ch);
     int32_t missing[] = {0, 9};
     lk__offset_reset_t bad = {"other", missing, 2, 1, 1};
     cr_assert_eq(lk__store_reset_offsets(s, &bad, &ch, &n, &pid, ES), LK_ERR_NOT_FOUND);
-    cr_assert(strstr(E, "no offset for other[9]; partitions of other with offsets: 0"), "%s",
-              E);
+    cr_assert(strstr(tu_err, "no offset for other[9]; partitions of other with offsets: 0"), "%s",
+              tu_err);
     t = tu_begin(s, 0);
     OK(lk__store_offset_get(t, "other", 0, &off));
     cr_assert_eq(off, 7, "a refused reset wrote");
@@ -199,7 +185,7 @@ Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
 }
 
 Test(store_records, offset_topic_too_long_is_refused_without_killing_the_txn) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     char topic[600];
     for (size_t len = 500; len < sizeof topic; len++) {
@@ -208,9 +194,9 @@ Test(store_records, offset_topic_too_long_is_refused_without_killing_the_txn) {
         lk_err_t e = lk__store_offset_put(t, topic, 0, 1, ES);
         if (e == LK_OK)
             continue;
-        cr_assert_eq(e, LK_ERR_INVALID_ARG, "topic of %zu bytes: %s (%s)", len, E,
+        cr_assert_eq(e, LK_ERR_INVALID_ARG, "topic of %zu bytes: %s (%s)", len, tu_err,
                      lk_err_name(e));
-        cr_assert(strstr(E, "too long"), "message: %s", E);
+        cr_assert(strstr(tu_err, "too long"), "message: %s", tu_err);
     }
     /* the transaction is still usable and commits */
     CHECK(lk__store_offset_put(t, "ok", 0, 1, ES));
@@ -256,7 +242,7 @@ static void check_batch(const lk_batch_rec_t *b, uint64_t id) {
 }
 
 Test(store_records, batch_records_round_trip) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_committed_batch(s), 0);
     lk_store_txn_t *t = tu_begin(s, 0);
     lk_batch_rec_t b;
@@ -306,7 +292,7 @@ Test(store_records, batch_records_round_trip) {
 
 Test(store_records, batch_history_is_pruned) {
     lk_store_t *s;
-    CHECK(tu_open_opts(&s, dir, "app", 0, 3, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 0, 3, ES));
     for (uint64_t id = 1; id <= 10; id++) {
         lk_store_txn_t *t = tu_begin(s, 1);
         put_batch(t, id);
@@ -332,7 +318,7 @@ Test(store_records, batch_history_is_pruned) {
 
     /* many records accumulated under a large history, then pruned in one go (more than
      * one round of the pruning loop) */
-    CHECK(tu_open_opts(&s, dir, "app", 0, 1000, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 0, 1000, ES));
     t = tu_begin(s, 1);
     for (uint64_t id = 11; id <= 300; id++)
         put_batch(t, id);
@@ -341,7 +327,7 @@ Test(store_records, batch_history_is_pruned) {
     cr_assert_eq(lk__store_batch_count(t), 293);
     lk__store_txn_abort(t);
     lk__store_close(s);
-    CHECK(tu_open_opts(&s, dir, "app", 0, 2, ES));
+    CHECK(tu_open_opts(&s, tu_dir, "app", 0, 2, ES));
     t = tu_begin(s, 1);
     put_batch(t, 301);
     tu_commit(t);
@@ -517,7 +503,7 @@ static int count_rec(const lk_out_record_t *r, void *o) {
 }
 
 Test(store_records, outbox_round_trip_ack_and_bytes) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_outbox_bytes(s), 0);
     lk_store_txn_t *t = tu_begin(s, 1);
     append(t, "a", 6, &a6[0]); /* batches need not be appended in order */
@@ -599,7 +585,7 @@ Test(store_records, outbox_round_trip_ack_and_bytes) {
 
 Test(store_records, outbox_many_records_keep_order_and_ack_in_rounds) {
     /* more records than one round of the ack loop, in one batch and across batches */
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     for (uint64_t b = 1; b <= 3; b++)
         for (int i = 0; i < 700; i++) {
@@ -668,7 +654,7 @@ static void append_seq(lk_store_txn_t *t, uint64_t batch, int from, int to) {
 }
 
 Test(store_records, outbox_chunks_span_txns_and_keep_order) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     append_seq(t, 7, 0, 1000); /* ~220 KB: several chunks and a partial one */
     seq_check_t c = {7, 0, -1};
@@ -741,7 +727,7 @@ static int collect_fence(const char *sink, uint64_t batch, int64_t wall, void *o
 }
 
 Test(store_records, fences_round_trip) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     int64_t before = lk__wall_ms();
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_fence_put(t, "kafka-out", 3, ES));
@@ -789,7 +775,7 @@ static int collect_acc(const char *name, int64_t value, void *o) {
 }
 
 Test(store_records, accumulators_add_across_txns_and_reopen) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_acc_add(t, "records", 10, ES));
     CHECK(lk__store_acc_add(t, "records", 5, ES)); /* twice in one txn */
@@ -872,7 +858,7 @@ static void expect_state(lk_store_txn_t *t, lk_state_db_t db, const char *key,
 }
 
 Test(store_records, keyed_state_round_trip) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t counts, other;
     CHECK(lk__store_state_open(s, "word-counts", &counts, ES));
     CHECK(lk__store_state_open(s, "sessions", &other, ES));
@@ -922,7 +908,7 @@ Test(store_records, keyed_state_round_trip) {
         }
         lk__store_txn_abort(t);
         lk__store_close(s);
-        s = tu_open(dir, "app");
+        s = tu_open(tu_dir, "app");
         /* handles are per store: open again after reopen */
         CHECK(lk__store_state_open(s, "word-counts", &counts, ES));
         CHECK(lk__store_state_open(s, "sessions", &other, ES));
@@ -948,7 +934,7 @@ Test(store_records, state_envelope_forms_round_trip) {
                                     256,        65535,      65536,      0x12345678, INT32_MAX, (int64_t)1 << 32,
                                     1795293000000LL, INT64_MAX, -1,     -33,       INT64_MIN};
     static const size_t lens[] = {0, 1, 255, 256, 65535, 65536, 70000};
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "forms", &db, ES));
     char *val = malloc(70000);
@@ -983,7 +969,7 @@ Test(store_records, state_envelope_forms_round_trip) {
 }
 
 Test(store_records, state_key_length_limits) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
     char key[1024];
@@ -993,7 +979,7 @@ Test(store_records, state_key_length_limits) {
     CHECK(lk__store_state_put(t, db, key, 511, "max", 3, 2, ES));
     lk_err_t e = lk__store_state_put(t, db, key, 512, "v", 1, 3, ES);
     cr_assert_eq(e, LK_ERR_TOO_LARGE, "512-byte key: %s", lk_err_name(e));
-    cr_assert(strstr(E, "512"), "message names the size: %s", E);
+    cr_assert(strstr(tu_err, "512"), "message names the size: %s", tu_err);
     cr_assert_eq(lk__store_state_put(t, db, key, 1000, "v", 1, 3, ES), LK_ERR_TOO_LARGE);
     cr_assert_eq(lk__store_state_put(t, db, key, 0, "v", 1, 3, ES), LK_ERR_TOO_LARGE);
     /* reading or deleting a key that cannot exist is refused the same way and does not
@@ -1003,7 +989,7 @@ Test(store_records, state_key_length_limits) {
     cr_assert_eq(lk__store_state_get(t, db, key, 512, &v, &vl, NULL), LK_ERR_TOO_LARGE);
     cr_assert_eq(lk__store_state_get(t, db, key, 0, &v, &vl, NULL), LK_ERR_TOO_LARGE);
     e = lk__store_state_del(t, db, key, 512, ES);
-    cr_assert_eq(e, LK_ERR_TOO_LARGE, "del of a 512-byte key: %s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_TOO_LARGE, "del of a 512-byte key: %s (%s)", tu_err, lk_err_name(e));
     cr_assert_eq(lk__store_state_del(t, db, key, 0, ES), LK_ERR_TOO_LARGE);
     /* the refusals did not poison the transaction */
     CHECK(lk__store_state_put(t, db, "after", 5, "ok", 2, 4, ES));
@@ -1024,7 +1010,7 @@ Test(store_records, state_key_length_limits) {
 }
 
 Test(store_records, state_handle_checks) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 1);
     const void *v;
     size_t vl;
@@ -1050,7 +1036,7 @@ Test(store_records, state_handle_checks) {
 /* ---- topology and config ---- */
 
 Test(store_records, topology_round_trip) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *t = tu_begin(s, 0);
     lk_topo_op_t *ops = (lk_topo_op_t *)1;
     size_t n = 99;
@@ -1103,7 +1089,7 @@ static int see_cfg(const char *k, const char *v, void *o) {
         cr_assert_str_eq(v, "broker:9092");
     } else if (!strcmp(k, "checkpoint.dir")) {
         c->saw_dir++;
-        cr_assert_str_eq(v, dir);
+        cr_assert_str_eq(v, tu_dir);
     }
     return 0;
 }
@@ -1112,7 +1098,7 @@ Test(store_records, config_recorded_with_secrets_redacted) {
     char err[512];
     lk_conf_t *conf = lk_conf_new();
     cr_assert_eq(lk_conf_set(conf, "app.id", "cfg-app", err, sizeof err), LK_CONF_OK, "%s", err);
-    cr_assert_eq(lk_conf_set(conf, "checkpoint.dir", dir, err, sizeof err), LK_CONF_OK, "%s",
+    cr_assert_eq(lk_conf_set(conf, "checkpoint.dir", tu_dir, err, sizeof err), LK_CONF_OK, "%s",
                  err);
     cr_assert_eq(lk_conf_set(conf, "kafka.bootstrap.servers", "broker:9092", err, sizeof err),
                  LK_CONF_OK, "%s", err);
@@ -1134,12 +1120,12 @@ Test(store_records, config_recorded_with_secrets_redacted) {
         cr_assert_eq(seen.saw_dir, 1);
         lk__store_txn_abort(t);
         lk__store_close(s);
-        s = tu_open(dir, "cfg-app"); /* no conf: the recorded config stays */
+        s = tu_open(tu_dir, "cfg-app"); /* no conf: the recorded config stays */
     }
     lk__store_close(s);
     lk_conf_destroy(conf);
     char p[4200];
-    cr_assert(!tu_file_contains(tu_path(p, sizeof p, dir, "data.mdb"), "hunter2", 7),
+    cr_assert(!tu_file_contains(tu_path(p, sizeof p, tu_dir, "data.mdb"), "hunter2", 7),
               "the password reached the data file");
 }
 
@@ -1203,7 +1189,7 @@ static void expect_nothing(lk_store_t *s, lk_state_db_t db) {
 }
 
 Test(store_records, aborted_transactions_leave_nothing) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
     lk_store_txn_t *t = tu_begin(s, 1);
@@ -1215,7 +1201,7 @@ Test(store_records, aborted_transactions_leave_nothing) {
     t = tu_begin(s, 1);
     write_everything(t, db);
     lk__store_close(s);
-    s = tu_open(dir, "app");
+    s = tu_open(tu_dir, "app");
     CHECK(lk__store_state_open(s, "op", &db, ES));
     expect_nothing(s, db);
 
@@ -1229,7 +1215,7 @@ Test(store_records, aborted_transactions_leave_nothing) {
 }
 
 Test(store_records, read_txn_sees_a_snapshot) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     lk_store_txn_t *w = tu_begin(s, 1);
     CHECK(lk__store_offset_put(w, "in", 0, 1, ES));
     tu_commit(w);
@@ -1249,19 +1235,19 @@ Test(store_records, read_txn_sees_a_snapshot) {
 }
 
 Test(store_records, overlong_names_are_refused_without_killing_the_txn) {
-    lk_store_t *s = tu_open(dir, "app");
+    lk_store_t *s = tu_open(tu_dir, "app");
     char name[600];
     memset(name, 'n', sizeof name - 1);
     name[sizeof name - 1] = '\0';
     lk_store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_acc_add(t, "kept", 1, ES));
     lk_err_t e = lk__store_acc_add(t, name, 1, ES);
-    cr_assert_eq(e, LK_ERR_TOO_LARGE, "accumulator name: %s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_TOO_LARGE, "accumulator name: %s (%s)", tu_err, lk_err_name(e));
     e = lk__store_fence_put(t, name, 1, ES);
-    cr_assert_eq(e, LK_ERR_TOO_LARGE, "fence sink name: %s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_TOO_LARGE, "fence sink name: %s (%s)", tu_err, lk_err_name(e));
     lk_out_record_t r = {.value = "v", .value_len = 1};
     e = lk__store_outbox_append(t, name, 1, &r, ES);
-    cr_assert_eq(e, LK_ERR_INVALID_ARG, "outbox sink name: %s (%s)", E, lk_err_name(e));
+    cr_assert_eq(e, LK_ERR_INVALID_ARG, "outbox sink name: %s (%s)", tu_err, lk_err_name(e));
     int64_t v;
     cr_assert_eq(lk__store_acc_get(t, name, &v), LK_ERR_NOT_FOUND);
     uint64_t b;

@@ -479,7 +479,7 @@ Test(windows, crashes_and_restarts_change_nothing) {
     }
 }
 
-static int stat_entries(const lk_state_stat_t *st, void *o) {
+static int stat_entries(const lk__state_stat_t *st, void *o) {
     if (!strcmp(st->uid, "w-inc"))
         *(uint64_t *)o = st->entries;
     return 0;

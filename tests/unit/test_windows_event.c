@@ -634,7 +634,7 @@ Test(windows_event, crashes_and_restarts_change_nothing) {
     }
 }
 
-static int stat_entries(const lk_state_stat_t *st, void *o) {
+static int stat_entries(const lk__state_stat_t *st, void *o) {
     if (!strcmp(st->uid, "tc"))
         *(uint64_t *)o = st->entries;
     return 0;

@@ -12,6 +12,38 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+char *tu_slurp(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&buf, &n);
+    cr_assert_not_null(m, "open_memstream");
+    char chunk[4096];
+    size_t k;
+    while ((k = fread(chunk, 1, sizeof chunk, fp)) > 0)
+        fwrite(chunk, 1, k, m);
+    fclose(fp);
+    fclose(m);
+    if (len)
+        *len = n;
+    return buf;
+}
+
+const char *tu_dir;
+char tu_err[1024];
+static char scratch[4096];
+
+void tu_scratch_init(void) {
+    tu_dir = tu_tmpdir(scratch, sizeof scratch);
+}
+
+void tu_scratch_fini(void) {
+    if (tu_dir)
+        tu_rmrf(tu_dir);
+}
+
 const char *tu_tmpdir(char *buf, size_t size) {
     const char *base = getenv("TMPDIR");
     snprintf(buf, size, "%s/lktest.XXXXXX", base && *base ? base : "/tmp");

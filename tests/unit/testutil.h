@@ -41,7 +41,32 @@ void tu_write_file(const char *path, const void *data, size_t len);
 int tu_dir_entries(const char *dir);
 /** Non-zero if the file at path contains the byte string needle. */
 int tu_file_contains(const char *path, const void *needle, size_t len);
+/** The whole file, malloc'ed and NUL-terminated (*len, if len, its size without the NUL);
+ *  NULL if it cannot be opened. */
+char *tu_slurp(const char *path, size_t *len);
 /** Fill buf with deterministic pseudo-random bytes from seed. */
 void tu_fill(void *buf, size_t len, uint64_t seed);
+
+/* ---- fixtures shared by the test files (one copy here, not one per file) ---- */
+
+/** The running test's scratch directory, set by tu_scratch_init(). */
+extern const char *tu_dir;
+/** A suite's .init: a fresh scratch directory per test (Criterion runs each test in its
+ *  own process, so the globals are the test's own). */
+void tu_scratch_init(void);
+/** A suite's .fini: removes tu_dir. */
+void tu_scratch_fini(void);
+
+/** The error text of the calls CHECK()ed: pass ES as their (errstr, errstr_size). */
+extern char tu_err[1024];
+#define ES tu_err, sizeof tu_err
+/** Assert that expr, an lk_err_t call given ES, returns LK_OK; shows tu_err if not.
+ *  (Expands to Criterion's cr_assert_eq: the file includes criterion.h.) */
+#define CHECK(expr)                                                                      \
+    do {                                                                                 \
+        tu_err[0] = '\0';                                                                \
+        lk_err_t e_ = (expr);                                                            \
+        cr_assert_eq(e_, LK_OK, "%s: %s (%s)", #expr, tu_err, lk_err_name(e_));          \
+    } while (0)
 
 #endif

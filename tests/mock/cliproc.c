@@ -1,0 +1,162 @@
+/*
+ * cliproc.c — the fixture of the tests that run the lockstep binary as child processes
+ * (see cliproc.h). DESIGN.md, Testing.
+ */
+#define _GNU_SOURCE
+#include "cliproc.h"
+#include "../unit/testutil.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+pid_t cp_broker_pid, cp_run_pid;
+char cp_bootstraps[600];
+rd_kafka_t *cp_producer;
+static FILE *broker_in;  /* the mock-broker's stdin: fault commands */
+static FILE *broker_out; /* its stdout, kept open: its "ok" answers must not hit EPIPE */
+
+void cp_init(void) {
+    tu_scratch_init();
+}
+
+void cp_fini(void) {
+    cp_stop(&cp_run_pid);
+    if (cp_producer) {
+        rd_kafka_flush(cp_producer, 5000);
+        rd_kafka_destroy(cp_producer);
+        cp_producer = NULL;
+    }
+    if (broker_in) {
+        fclose(broker_in);
+        broker_in = NULL;
+    }
+    if (broker_out) {
+        fclose(broker_out);
+        broker_out = NULL;
+    }
+    if (cp_broker_pid > 0) {
+        kill(cp_broker_pid, SIGTERM);
+        waitpid(cp_broker_pid, NULL, 0);
+        cp_broker_pid = 0;
+    }
+    tu_scratch_fini();
+}
+
+const char *cp_cli(void) {
+    const char *p = getenv("LK_CLI");
+    cr_assert_not_null(p, "LK_CLI is not set (run through ctest)");
+    return p;
+}
+
+const char *cp_path(const char *name) {
+    static char bufs[8][512];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", tu_dir, name);
+    return b;
+}
+
+const char *cp_fmt(const char *f, ...) {
+    static char bufs[16][700];
+    static int next;
+    char *b = bufs[next++ % 16];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(b, sizeof bufs[0], f, ap);
+    va_end(ap);
+    return b;
+}
+
+char *cp_slurp(const char *file) {
+    char *s = tu_slurp(file, NULL);
+    return s ? s : strdup("");
+}
+
+void cp_stop(pid_t *pid) {
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        *pid = 0;
+    }
+}
+
+int cp_wait_exit(pid_t *pid, int seconds) {
+    for (int i = 0; i < seconds * 100; i++) {
+        int st;
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+            *pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(10000);
+    }
+    cp_stop(pid);
+    cr_assert_fail("process did not exit within %d s", seconds);
+    return -1;
+}
+
+void cp_broker_start(const char *const *topics) {
+    int out[2], in[2];
+    cr_assert_eq(pipe(out), 0);
+    cr_assert_eq(pipe(in), 0);
+    const char *argv[32] = {cp_cli(), "mock-broker"};
+    int n = 2;
+    for (int i = 0; topics[i]; i++) {
+        argv[n++] = "--topic";
+        argv[n++] = topics[i];
+    }
+    argv[n] = NULL;
+    cp_broker_pid = fork();
+    cr_assert_neq(cp_broker_pid, -1);
+    if (cp_broker_pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(out[0]);
+        close(out[1]);
+        close(in[0]);
+        close(in[1]);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    close(out[1]);
+    close(in[0]);
+    broker_in = fdopen(in[1], "w");
+    FILE *fp = broker_out = fdopen(out[0], "r");
+    char line[600] = "";
+    cr_assert_not_null(fgets(line, sizeof line, fp), "mock-broker printed nothing");
+    cr_assert(!strncmp(line, "bootstrap.servers=", 18), "mock-broker printed: %s", line);
+    line[strcspn(line, "\n")] = 0;
+    snprintf(cp_bootstraps, sizeof cp_bootstraps, "%s", line + 18);
+}
+
+void cp_broker_command(const char *cmd) {
+    cr_assert_gt(fprintf(broker_in, "%s\n", cmd), 0);
+    fflush(broker_in);
+}
+
+void cp_produce(const char *topic, int partition, const char *key, const char *value,
+                int64_t ts) {
+    if (!cp_producer) {
+        char err[512];
+        rd_kafka_conf_t *c = rd_kafka_conf_new();
+        rd_kafka_conf_set(c, "bootstrap.servers", cp_bootstraps, err, sizeof err);
+        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
+        rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
+        cp_producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+        cr_assert_not_null(cp_producer, "%s", err);
+    }
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        cp_producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_TIMESTAMP(ts),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+}
+
+void cp_flush(void) {
+    cr_assert_eq(rd_kafka_flush(cp_producer, 30000), 0, "flush");
+}

@@ -1,0 +1,53 @@
+/*
+ * cliproc.h — the fixture of the tests that run the lockstep binary as child processes
+ * (test_cli_run.c, test_metrics.c): a `lockstep mock-broker` process, the run under test,
+ * a producer feeding the broker, and a scratch directory (tu_dir, testutil.h) for their
+ * files. One copy here; each file adds only what is its own. DESIGN.md, Testing.
+ */
+#ifndef LK_CLIPROC_H
+#define LK_CLIPROC_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+/** The child processes (0: none) and the broker's bootstrap.servers, once started. */
+extern pid_t cp_broker_pid, cp_run_pid;
+extern char cp_bootstraps[600];
+/** The producer of cp_produce(), made at its first call (NULL before). */
+extern rd_kafka_t *cp_producer;
+
+/** A suite's .init: a fresh scratch directory. */
+void cp_init(void);
+/** A suite's .fini: kills the run, flushes and closes the producer, stops the broker
+ *  (SIGTERM, so it exits cleanly) and removes the scratch directory. */
+void cp_fini(void);
+
+/** The lockstep binary (LK_CLI, set by ctest); asserts it is set. */
+const char *cp_cli(void);
+/** "tu_dir/name", in one of 8 rotating static buffers. */
+const char *cp_path(const char *name);
+/** printf into one of 16 rotating static buffers (for -X key=value arguments). */
+const char *cp_fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+/** The file's contents (malloc'ed; "" when it cannot be read). */
+char *cp_slurp(const char *file);
+/** SIGKILL and reap *pid if running; *pid becomes 0. */
+void cp_stop(pid_t *pid);
+/** Wait (bounded) for *pid to exit: its exit status, or 128 + signal; fails the test
+ *  (after killing it) when it is still running after `seconds`. */
+int cp_wait_exit(pid_t *pid, int seconds);
+
+/** Start `lockstep mock-broker --topic T...` (topics: "name:partitions", NULL-ended) and
+ *  read its bootstrap.servers into cp_bootstraps. Its stdin stays open for
+ *  cp_broker_command(). */
+void cp_broker_start(const char *const *topics);
+/** Send a fault command line to the mock-broker (see `lockstep mock-broker --help`). */
+void cp_broker_command(const char *cmd);
+/** Produce a record (key may be NULL; ts 0: now) to the broker; cp_flush() sends it. */
+void cp_produce(const char *topic, int partition, const char *key, const char *value,
+                int64_t ts);
+/** Wait until everything produced is acknowledged; asserts success. */
+void cp_flush(void);
+
+#endif
