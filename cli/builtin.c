@@ -301,7 +301,7 @@ static int malformed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     if (well_formed(b, in, opaque))
         return 0;
     lk_accumulator_add(b, "errors.malformed", 1);
-    /* the metric lockstep_records_deadlettered_total (connector/metrics.c) */
+    /* the metric lockstep_records_deadlettered_total (connector/metrics_text.c) */
     if (((const builtin_t *)opaque)->deadletter)
         lk_accumulator_add(b, "lockstep.records.deadlettered", 1);
     return 1;

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """check_metric_names.py — the monitoring files name only metrics lockstep serves (issue 17).
 
-The metric table of connector/metrics.c is the one place a metric is declared; what
+The metric table of connector/metrics_text.c is the one place a metric is declared; what
 refers to metrics by name lives elsewhere and would silently show nothing after a
 rename: the Grafana dashboard (deploy/grafana-dashboard.json), the Prometheus scrape
 configuration (deploy/prometheus.yml), and the README's Monitoring section with its
