@@ -13,8 +13,7 @@
  *  - the conveniences lk_count_by_window and lk_reduce_by_window over it.
  */
 #define _GNU_SOURCE
-#include "testutil.h"
-#include "connector/pipeline_int.h"
+#include "testwin.h"
 #include "connector/window_int.h"
 
 #include <criterion/criterion.h>
@@ -36,20 +35,6 @@ TestSuite(windows, .init = setup, .fini = teardown, .timeout = 300);
 
 /* ---- int64 sums ---- */
 
-static void sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a, const lk_bytes_t *v,
-                lk_bytes_t *out, void *opaque) {
-    (void)key, (void)opaque;
-    int64_t x, y;
-    cr_assert_eq(a->len, 8);
-    cr_assert_eq(v->len, 8);
-    memcpy(&x, a->data, 8);
-    memcpy(&y, v->data, 8);
-    x += y;
-    void *o = lk_alloc(b, 8);
-    memcpy(o, &x, 8);
-    *out = (lk_bytes_t){o, 8};
-}
-
 static void sub(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a, const lk_bytes_t *v,
                 lk_bytes_t *out, void *opaque) {
     (void)key, (void)opaque;
@@ -70,26 +55,6 @@ static int nonzero(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *v, vo
 }
 
 /* ---- output capture: what a batch emitted, kept only if the batch commits ---- */
-
-typedef struct {
-    char **recs; /* "ts:key=value" or "ts:key=-" (deletion) */
-    size_t n, cap;
-} lines_t;
-
-static void lines_add(lines_t *l, char *s) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? l->cap * 2 : 256;
-        l->recs = realloc(l->recs, l->cap * sizeof *l->recs);
-    }
-    l->recs[l->n++] = s;
-}
-
-static void lines_free(lines_t *l) {
-    for (size_t i = 0; i < l->n; i++)
-        free(l->recs[i]);
-    free(l->recs);
-    memset(l, 0, sizeof *l);
-}
 
 enum { OUT_INC, OUT_RE, OUT_FINC, OUT_FRE, OUT_CNT, OUT_ALL, NOUT };
 
@@ -122,10 +87,6 @@ static void capture(lk_batch_t *b, const lk_record_t *recs, size_t n, void *opaq
         }
         lines_add(&s->cap->staged[s->which], line);
     }
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 /* ---- the harness: a pipeline and its checkpoint, batches at chosen times ---- */
@@ -165,18 +126,11 @@ static void define(lk_pipeline_t *p, h_t *h) {
 static void h_open(h_t *h) {
     h->p = lk__pipeline_new();
     define(h->p, h);
-    cr_assert(!h->p->failed, "%s", h->p->err);
-    h->st = tu_open(dir, "win");
-    char err[512];
-    cr_assert_eq(lk__pipeline_open_state(h->p, h->st, err, sizeof err), LK_OK, "%s", err);
-    memset(&h->b, 0, sizeof h->b);
-    h->id = lk__store_committed_batch(h->st);
+    tw_open(h->p, dir, &h->st, &h->b, &h->id);
 }
 
 static void h_close(h_t *h) {
-    lk__batch_free(&h->b);
-    lk__pipeline_destroy(h->p);
-    lk__store_close(h->st);
+    tw_close(h->p, h->st, &h->b);
     h->p = NULL;
     h->st = NULL;
 }
@@ -195,43 +149,16 @@ typedef struct {
 
 /* One batch at time `time`; commit or abort it (a crash before the commit). */
 static void h_batch(h_t *h, int64_t time, const rec_t *recs, size_t n, int commit) {
-    lk_store_txn_t *t = tu_begin(h->st, 1);
-    lk__batch_begin(&h->b, h->p, h->id + 1, time, t, 0);
-    for (size_t i = 0; i < n && !h->b.err; i++) {
-        char key[8];
-        int kl = snprintf(key, sizeof key, "k%d", recs[i].key);
-        lk_record_t r = {key, (size_t)kl, &recs[i].val, 8, time, "in", 0, (int64_t)i};
-        lk__batch_push_input(&h->b, h->p, &r);
+    char(*keys)[8] = calloc(n + 1, sizeof *keys);
+    lk_record_t *rs = calloc(n + 1, sizeof *rs);
+    for (size_t i = 0; i < n; i++) {
+        int kl = snprintf(keys[i], sizeof keys[i], "k%d", recs[i].key);
+        rs[i] = (lk_record_t){keys[i], (size_t)kl, &recs[i].val, 8, time, "in", 0, (int64_t)i};
     }
-    if (!h->b.err)
-        lk__batch_end(&h->b, h->p);
-    cr_assert_eq(h->b.err, LK_OK, "batch at %lld: %s", (long long)time, h->b.errstr);
-    lk_batch_rec_t rec = {h->id + 1, time, 0, n, 0, 0, NULL};
-    char err[512];
-    cr_assert_eq(lk__store_batch_put(t, &rec, err, sizeof err), LK_OK, "%s", err);
-    if (commit) {
-        tu_commit(t);
-        lk__pipeline_committed(h->p);
-        h->id++;
-    } else {
-        lk__store_txn_abort(t);
-    }
-    lk__batch_reset(&h->b, h->p);
-    for (int i = 0; i < NOUT; i++) {
-        lines_t *st = &h->cap.staged[i];
-        if (commit) {
-            /* order within a batch is the engine's; the model's order is by key */
-            if (st->n)
-                qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
-            for (size_t j = 0; j < st->n; j++)
-                lines_add(&h->cap.committed[i], st->recs[j]);
-            lines_add(&h->cap.committed[i], strdup("|"));
-            free(st->recs);
-            memset(st, 0, sizeof *st);
-        } else {
-            lines_free(st);
-        }
-    }
+    tw_batch(h->p, h->st, &h->b, &h->id, time, rs, n, commit);
+    tw_settle(h->cap.staged, h->cap.committed, NOUT, commit);
+    free(rs);
+    free(keys);
 }
 
 /* ---- the model: windows recomputed from every record, at every boundary ---- */
@@ -242,18 +169,13 @@ typedef struct {
     size_t n;
 } mbatch_t;
 
-static int64_t fdiv(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b && (a < 0) != (b < 0)) ? q - 1 : q;
-}
-
 /* the window ending at boundary k: per key, present and sum */
 static void model_window(const mbatch_t *bs, size_t nb, int64_t k, int present[NKEYS],
                          int64_t sums[NKEYS]) {
     memset(present, 0, NKEYS * sizeof *present);
     memset(sums, 0, NKEYS * sizeof *sums);
     for (size_t i = 0; i < nb; i++) {
-        int64_t s = fdiv(bs[i].time, SLIDE);
+        int64_t s = tw_fdiv(bs[i].time, SLIDE);
         if (s < k - NSLIDES || s > k - 1)
             continue;
         for (size_t j = 0; j < bs[i].n; j++) {
@@ -272,7 +194,7 @@ static lines_t model(const mbatch_t *bs, size_t nb, int filter) {
         lines_t batch = {0};
         if (i > 0) {
             /* only the records of batches before this one exist at its boundaries */
-            for (int64_t k = fdiv(bs[i - 1].time, SLIDE) + 1; k <= fdiv(bs[i].time, SLIDE);
+            for (int64_t k = tw_fdiv(bs[i - 1].time, SLIDE) + 1; k <= tw_fdiv(bs[i].time, SLIDE);
                  k++) {
                 int present[NKEYS];
                 int64_t sums[NKEYS];
@@ -301,16 +223,6 @@ static lines_t model(const mbatch_t *bs, size_t nb, int filter) {
         lines_add(&out, strdup("|"));
     }
     return out;
-}
-
-static void assert_lines_eq(const lines_t *got, const lines_t *want, const char *what,
-                            unsigned seed) {
-    size_t n = got->n < want->n ? got->n : want->n;
-    for (size_t i = 0; i < n; i++)
-        cr_assert_str_eq(got->recs[i], want->recs[i], "%s (seed %u): line %zu: %s != %s",
-                         what, seed, i, got->recs[i], want->recs[i]);
-    cr_assert_eq(got->n, want->n, "%s (seed %u): %zu lines, expected %zu", what, seed, got->n,
-                 want->n);
 }
 
 /* Random batches: times advance by less than a slide (several batches per slide), a few

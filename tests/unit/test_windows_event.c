@@ -12,8 +12,7 @@
  *  - bounded state: after 1,000 closed windows only the open window's entries remain.
  */
 #define _GNU_SOURCE
-#include "testutil.h"
-#include "connector/pipeline_int.h"
+#include "testwin.h"
 #include "connector/window_int.h"
 
 #include <criterion/criterion.h>
@@ -29,45 +28,7 @@ static void teardown(void) { tu_rmrf(dir); }
 
 TestSuite(windows_event, .init = setup, .fini = teardown, .timeout = 300);
 
-static void sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a, const lk_bytes_t *v,
-                lk_bytes_t *out, void *opaque) {
-    (void)key, (void)opaque;
-    int64_t x, y;
-    cr_assert_eq(a->len, 8);
-    cr_assert_eq(v->len, 8);
-    memcpy(&x, a->data, 8);
-    memcpy(&y, v->data, 8);
-    x += y;
-    void *o = lk_alloc(b, 8);
-    memcpy(o, &x, 8);
-    *out = (lk_bytes_t){o, 8};
-}
-
 /* ---- output capture ---- */
-
-typedef struct {
-    char **recs;
-    size_t n, cap;
-} lines_t;
-
-static void lines_add(lines_t *l, char *s) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? l->cap * 2 : 256;
-        l->recs = realloc(l->recs, l->cap * sizeof *l->recs);
-    }
-    l->recs[l->n++] = s;
-}
-
-static void lines_free(lines_t *l) {
-    for (size_t i = 0; i < l->n; i++)
-        free(l->recs[i]);
-    free(l->recs);
-    memset(l, 0, sizeof *l);
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 /* "[start,end)key=sum F|U" for results, "late[start,end)key=value" for late records */
 static char *fmt_result(const lk_record_t *r, int late) {
@@ -139,19 +100,10 @@ static void h_open(h_t *h) {
         snprintf(uid, sizeof uid, "cap-late-%s", uids[i]);
         lk_foreach_batch(late, uid, capture, &h->sinks[NOPS + i]);
     }
-    cr_assert(!h->p->failed, "%s", h->p->err);
-    h->st = tu_open(dir, "win");
-    char err[512];
-    cr_assert_eq(lk__pipeline_open_state(h->p, h->st, err, sizeof err), LK_OK, "%s", err);
-    memset(&h->b, 0, sizeof h->b);
-    h->id = lk__store_committed_batch(h->st);
+    tw_open(h->p, dir, &h->st, &h->b, &h->id);
 }
 
-static void h_close(h_t *h) {
-    lk__batch_free(&h->b);
-    lk__pipeline_destroy(h->p);
-    lk__store_close(h->st);
-}
+static void h_close(h_t *h) { tw_close(h->p, h->st, &h->b); }
 
 static void h_free(h_t *h) {
     for (int i = 0; i < 2 * NOPS; i++) {
@@ -168,43 +120,17 @@ typedef struct {
 } erec_t;
 
 static void h_batch(h_t *h, int64_t time, const erec_t *recs, size_t n, int commit) {
-    lk_store_txn_t *t = tu_begin(h->st, 1);
-    lk__batch_begin(&h->b, h->p, h->id + 1, time, t, 0);
-    for (size_t i = 0; i < n && !h->b.err; i++) {
-        char key[8];
-        int kl = snprintf(key, sizeof key, "k%d", recs[i].key);
-        lk_record_t r = {key, (size_t)kl, &recs[i].val, 8, recs[i].et, "in", recs[i].part,
-                         (int64_t)i};
-        lk__batch_push_input(&h->b, h->p, &r);
+    char(*keys)[8] = calloc(n + 1, sizeof *keys);
+    lk_record_t *rs = calloc(n + 1, sizeof *rs);
+    for (size_t i = 0; i < n; i++) {
+        int kl = snprintf(keys[i], sizeof keys[i], "k%d", recs[i].key);
+        rs[i] = (lk_record_t){keys[i], (size_t)kl, &recs[i].val, 8, recs[i].et, "in",
+                              recs[i].part, (int64_t)i};
     }
-    if (!h->b.err)
-        lk__batch_end(&h->b, h->p);
-    cr_assert_eq(h->b.err, LK_OK, "batch at %lld: %s", (long long)time, h->b.errstr);
-    lk_batch_rec_t rec = {h->id + 1, time, 0, n, 0, 0, NULL};
-    char err[512];
-    cr_assert_eq(lk__store_batch_put(t, &rec, err, sizeof err), LK_OK, "%s", err);
-    if (commit) {
-        tu_commit(t);
-        lk__pipeline_committed(h->p);
-        h->id++;
-    } else {
-        lk__store_txn_abort(t);
-    }
-    lk__batch_reset(&h->b, h->p);
-    for (int i = 0; i < 2 * NOPS; i++) {
-        lines_t *st = &h->cap.staged[i];
-        if (commit) {
-            if (st->n)
-                qsort(st->recs, st->n, sizeof *st->recs, cmp_str);
-            for (size_t j = 0; j < st->n; j++)
-                lines_add(&h->cap.committed[i], st->recs[j]);
-            lines_add(&h->cap.committed[i], strdup("|"));
-            free(st->recs);
-            memset(st, 0, sizeof *st);
-        } else {
-            lines_free(st);
-        }
-    }
+    tw_batch(h->p, h->st, &h->b, &h->id, time, rs, n, commit);
+    tw_settle(h->cap.staged, h->cap.committed, 2 * NOPS, commit);
+    free(rs);
+    free(keys);
 }
 
 static char *joined(const lines_t *l) {
@@ -401,11 +327,6 @@ typedef struct {
     size_t n;
 } ebatch_t;
 
-static int64_t fdiv(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b && (a < 0) != (b < 0)) ? q - 1 : q;
-}
-
 #define NPARTS 3
 
 /* Expected lines of one operator (results, then late records), batch-closed by "|". */
@@ -429,7 +350,7 @@ static void model(const lk_window_spec_t *sp, const ebatch_t *bs, size_t nb, lin
             if (!in_batch[r->part] || r->et > bmax[r->part])
                 bmax[r->part] = r->et;
             in_batch[r->part] = 1;
-            int64_t start = fdiv(r->et, adv) * adv;
+            int64_t start = tw_fdiv(r->et, adv) * adv;
             if (start + sp->size_ms <= wm) {
                 char *line;
                 cr_assert(asprintf(&line, "late[%lld,%lld)k%d=%lld", (long long)start,
@@ -468,14 +389,14 @@ static void model(const lk_window_spec_t *sp, const ebatch_t *bs, size_t nb, lin
             wm_new = (any_active ? min_active : max_all) - sp->grace_ms;
         /* windows with data: k from each accepted record; result lines deduplicated */
         for (size_t j = 0; j < nacc; j++) {
-            int64_t sl = fdiv(acc_recs[j].et, adv);
+            int64_t sl = tw_fdiv(acc_recs[j].et, adv);
             for (int64_t k = sl - n + 1; k <= sl; k++) {
                 int64_t start = k * adv, end = start + sp->size_ms;
                 int final = end > wm && end <= wm_new;
                 int update = 0;
                 if (sp->emit == LK_WINDOW_EMIT_ON_UPDATE && end > wm_new)
                     for (size_t m = first; m < nacc && !update; m++) {
-                        int64_t ms = fdiv(acc_recs[m].et, adv);
+                        int64_t ms = tw_fdiv(acc_recs[m].et, adv);
                         update = acc_recs[m].key == acc_recs[j].key && ms >= k && ms < k + n;
                     }
                 if (!final && !update)
@@ -553,16 +474,6 @@ static void specs4(h_t *h) {
     h->specs[2].emit = LK_WINDOW_EMIT_ON_UPDATE;
     h->specs[3] = h->specs[0];
     h->specs[3].emit = LK_WINDOW_EMIT_ON_UPDATE;
-}
-
-static void assert_lines_eq(const lines_t *got, const lines_t *want, const char *what,
-                            unsigned seed) {
-    size_t n = got->n < want->n ? got->n : want->n;
-    for (size_t i = 0; i < n; i++)
-        cr_assert_str_eq(got->recs[i], want->recs[i], "%s (seed %u): line %zu: %s != %s",
-                         what, seed, i, got->recs[i], want->recs[i]);
-    cr_assert_eq(got->n, want->n, "%s (seed %u): %zu lines, expected %zu", what, seed, got->n,
-                 want->n);
 }
 
 Test(windows_event, random_input_matches_the_model) {
