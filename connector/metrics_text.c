@@ -146,7 +146,7 @@ typedef struct {
 } acc_ctx_t;
 
 /* The index in m->late_ops of the window whose late-record accumulator (<uid>.late,
- * window.c) name is, or -1. */
+ * window_event.c) name is, or -1. */
 static long late_index(const lk_metrics_t *m, const char *name) {
     size_t n = strlen(name);
     if (n < 5 || strcmp(name + n - 5, ".late"))

@@ -47,7 +47,8 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
         return NULL;
     const char *u = uid ? uid : "";
     if (schema_version < 1) {
-        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1", "reduce_by_key_and_window", u);
+        lk_pipeline_fail(in->p, "%s '%s': schema_version must be >= 1",
+                         "reduce_by_key_and_window", u);
         return NULL;
     }
     if (slide_ms <= 0 || window_ms <= 0 || window_ms % slide_ms) {

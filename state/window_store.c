@@ -3,7 +3,7 @@
  * on the store's keyed-state primitives: every write goes through lk__store_state_put /
  * _del, so it lands in the batch's transaction and in its replay log (map growth), and
  * reads are cursor range scans in key order. Nothing here knows about batches or
- * watermarks; connector/window.c decides what to read and write.
+ * watermarks; connector/window*.c decide what to read and write.
  */
 #include "window_store_int.h"
 #include "../core/util_int.h"
