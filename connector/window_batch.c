@@ -215,8 +215,8 @@ void lk__wflush_batch(lk__wctx_t *c) {
     lk_err_t e = lk__wstore_meta_get(b->txn, s->db, "closed", &closed);
     if (e == LK_ERR_NOT_FOUND) {
         closed = now; /* the first batch: no window ended before it */
-        e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
-                                sizeof b->errstr);
+        e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, c->err,
+                                sizeof c->err);
         if (e) {
             lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
             return;
@@ -237,8 +237,8 @@ void lk__wflush_batch(lk__wctx_t *c) {
     if (closed < now) {
         close_until(c, closed, now);
         if (!b->err &&
-            (e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, b->errstr,
-                                     sizeof b->errstr)))
+            (e = lk__wstore_meta_put(b->txn, s->db, "closed", now, b->time_ms, c->err,
+                                     sizeof c->err)))
             lk__batch_failf(b, e, "%s '%s': %s", op_name(s), s->uid, c->err);
     }
     if (!b->err)

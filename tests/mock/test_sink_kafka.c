@@ -1032,6 +1032,42 @@ Test(sink_kafka, commit_failing_once_is_resumed) { endtxn_fails(1, 0); }
 Test(sink_kafka, commit_failing_twice_is_resumed) { endtxn_fails(2, 0); }
 Test(sink_kafka, commit_failing_five_times_is_resumed) { endtxn_fails(5, 0); }
 
+/* A coordinator slower than the sink's 200 ms call slices (lk__kafka txn_call): the
+ * commit's EndTxn is still in flight when a slice ends, and the next call finds the
+ * transaction in librdkafka's CommittingTransaction state, which 2.0.2 answers with a
+ * plain _STATE error ("Operation not valid in state CommittingTransaction"), not a
+ * retriable one. That is a commit still running: waited for, never fatal. The old code
+ * stopped the application ("unclassified, treated as fatal"), as a chaos run on a
+ * loaded CI machine did. */
+Test(sink_kafka, commit_slower_than_a_call_slice_is_waited_for) {
+    sim_init(10, 6, 3);
+    lk_conf_t *conf = wc_conf(10);
+    lk_context_t *ctx = open_wc(conf);
+    sim_produce(20);
+    sim_consume();
+    run_until_delivered(ctx); /* warm: producer initialised, batch 1 delivered */
+    sim_produce(20);
+    /* EndTxn answered after 700 ms, then around the 200 ms slice (the resumed call
+     * races the answer), without an error */
+    for (int i = 0; i < 8; i++) {
+        int rtt = i == 0 ? 700 : 195 + 3 * i;
+        rd_kafka_mock_broker_push_request_error_rtts(cl.mc, 1, 26 /* EndTxn */, 1,
+                                                     RD_KAFKA_RESP_ERR_NO_ERROR, rtt);
+        sim_consume();
+        run_until_delivered(ctx); /* asserts LK_OK on every run: the app keeps running */
+        run_until_drained(ctx);
+        sim_produce(20);
+    }
+    sim_produce(20);
+    sim_consume();
+    run_until_delivered(ctx);
+    run_until_drained(ctx);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    assert_drained();
+    check_eo(1); /* nothing aborted: one progress record per batch */
+}
+
 /* ---- 13.1: every Kafka output of a batch in one transaction ---- */
 
 static void define_two_sinks(lk_pipeline_t *p, void *o) {
