@@ -20,8 +20,8 @@ topic — which it does not have (it would need a compacted changelog written in
 transaction and replayed on start: the work of a stream processor). lockstep keeps the
 state in its checkpoint, committed with the offsets, and recovers it by opening a file.
 
-For bench/run's end-to-end latency case (the input produced live at a fixed rate) two
-flags change what it does, neither by default:
+For bench/run's end-to-end latency case (the input produced live at a fixed rate) three
+flags change what it does, none of them by default:
   --commit-ms MS  also end a transaction MS milliseconds after its batch began (like Kafka
                   Streams' commit.interval.ms; 100 under exactly-once), whatever its size
   --copy          forward every input record (key, value, headers) to the output instead of
