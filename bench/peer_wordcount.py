@@ -20,6 +20,16 @@ topic — which it does not have (it would need a compacted changelog written in
 transaction and replayed on start: the work of a stream processor). lockstep keeps the
 state in its checkpoint, committed with the offsets, and recovers it by opening a file.
 
+For bench/run's end-to-end latency case (the input produced live at a fixed rate) three
+flags change what it does, none of them by default:
+  --commit-ms MS  also end a transaction MS milliseconds after its batch began (like Kafka
+                  Streams' commit.interval.ms; 100 under exactly-once), whatever its size
+  --copy          forward every input record (key, value, headers) to the output instead of
+                  counting words: the same work as `lockstep run pipeline=copy`, whose output
+                  records carry the input's value, so that a produce time stamped in the
+                  value can be read back from the output of either
+  --records N     stop after N records instead of the input's end offsets at start
+
 Prints one JSON line: records, batches, steady_seconds (from the end of the first
 batch's commit to the end of the last: librdkafka 2.0.2's ~1 s stall on the first
 fetch and first transaction is excluded, as for every case of bench/run), total_seconds.
@@ -41,6 +51,14 @@ def main():
     ap.add_argument("--batch", type=int, default=20000, help="messages per transaction")
     ap.add_argument("--txn-id", default="peer-wordcount")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--commit-ms", type=float, default=0,
+                    help="also commit a transaction this many ms after its batch began "
+                         "(default 0: only by --batch)")
+    ap.add_argument("--copy", action="store_true",
+                    help="forward each record (key, value, headers) instead of counting")
+    ap.add_argument("--records", type=int, default=0,
+                    help="stop after this many records (default: the input's end offsets "
+                         "at start)")
     ap.add_argument("-X", dest="consumer_conf", action="append", default=[],
                     metavar="KEY=VALUE", help="extra librdkafka property for the consumer")
     a = ap.parse_args()
@@ -74,7 +92,7 @@ def main():
     for p in parts:
         lo, hi = consumer.get_watermark_offsets(TopicPartition(a.input, p), timeout=10)
         high[p] = hi
-    expected = sum(high.values())
+    expected = a.records or sum(high.values())
     consumer.assign([TopicPartition(a.input, p, 0) for p in parts])
     producer.init_transactions(30)
 
@@ -87,8 +105,13 @@ def main():
         if time.monotonic() > deadline:
             sys.exit(f"peer_wordcount: timed out after {seen} of {expected} records")
         msgs = []
+        # with --commit-ms the batch also ends that long after it began
+        t_commit = time.monotonic() + a.commit_ms / 1000.0 if a.commit_ms > 0 else None
         while len(msgs) < a.batch and seen + len(msgs) < expected:
-            got = consumer.consume(num_messages=min(10000, a.batch - len(msgs)), timeout=0.5)
+            wait = 0.5 if t_commit is None else min(0.5, t_commit - time.monotonic())
+            if wait <= 0:
+                break
+            got = consumer.consume(num_messages=min(10000, a.batch - len(msgs)), timeout=wait)
             for m in got:
                 if m.error():
                     raise KafkaException(m.error())
@@ -98,19 +121,18 @@ def main():
         if not msgs:
             continue
         producer.begin_transaction()
-        touched = {}
-        for m in msgs:
-            for w in split_words(m.value()):
-                c = counts.get(w, 0) + 1
-                counts[w] = c
-                touched[w] = c
-        for w, c in touched.items():
-            while True:
-                try:
-                    producer.produce(a.output, key=w.encode(), value=str(c).encode())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+        if a.copy:
+            for m in msgs:
+                produce(producer, a.output, m.key(), m.value(), m.headers())
+        else:
+            touched = {}
+            for m in msgs:
+                for w in split_words(m.value()):
+                    c = counts.get(w, 0) + 1
+                    counts[w] = c
+                    touched[w] = c
+            for w, c in touched.items():
+                produce(producer, a.output, w.encode(), str(c).encode(), None)
         producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
                                              consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(30)
@@ -125,6 +147,16 @@ def main():
                       "steady_seconds": t_end - t_first, "total_seconds": t_end - t0}),
           flush=True)
     consumer.close()
+
+
+def produce(producer, topic, key, value, headers):
+    """Produce one record, waiting for room in librdkafka's queue when it is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 def split_words(value):
