@@ -71,7 +71,7 @@ static int budget_ms(const lk_sink_t *s, int timeout_ms) {
     return b < 1 ? 1 : (int)b;
 }
 
-int lk__kafka_budget(const kafka_sink_t *k) {
+int lk__kafka_budget(const lk__kafka_sink_t *k) {
     return budget_ms(k->owner, k->timeout_ms);
 }
 
@@ -108,7 +108,7 @@ rd_kafka_error_t *lk__kafka_txn_call(lk_sink_t *s, rd_kafka_t *rk,
 /* Map a transactional API error; the message says which class it is. Fencing codes stop
  * the application whatever class librdkafka gives them: librdkafka 2.0.2 marks
  * PRODUCER_FENCED on AddOffsetsToTxn abortable, and a zombie would retry forever. */
-lk_err_t lk__kafka_txn_error(kafka_sink_t *k, rd_kafka_error_t *e, const char *what,
+lk_err_t lk__kafka_txn_error(lk__kafka_sink_t *k, rd_kafka_error_t *e, const char *what,
                              char *errstr, size_t errstr_size) {
     rd_kafka_resp_err_t code = rd_kafka_error_code(e);
     int fatal = rd_kafka_error_is_fatal(e);
@@ -189,10 +189,29 @@ static lk_err_t client_new(rd_kafka_t **out, rd_kafka_type_t type, rd_kafka_conf
     return LK_OK;
 }
 
+/* A transactional call of the producer (lk__kafka_txn_call), its error mapped. */
+static lk_err_t txn_run(lk_sink_t *s, rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
+                        const char *what, char *errstr, size_t errstr_size) {
+    lk__kafka_sink_t *k = s->impl;
+    rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, fn, k->timeout_ms);
+    return e ? lk__kafka_txn_error(k, e, what, errstr, errstr_size) : LK_OK;
+}
+
+/* init_transactions on the current producer: fences zombies with the same
+ * transactional.id and aborts their transaction (and this task's orphan one). */
+lk_err_t lk__kafka_init_txn(lk_sink_t *s, char *errstr, size_t errstr_size) {
+    lk__kafka_sink_t *k = s->impl;
+    lk_err_t e = txn_run(s, rd_kafka_init_transactions, "init_transactions", errstr,
+                         errstr_size);
+    if (!e)
+        k->inited = 1;
+    return e;
+}
+
 /* The transactional producer; batch_size > 0 overrides batch.size. */
 lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
                                 size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     lk_err_t e;
     rd_kafka_conf_t *pc = client_conf(k->conf, errstr, errstr_size);
     if (!pc)
@@ -212,7 +231,7 @@ lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
 
 static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
                            size_t errstr_size) {
-    kafka_sink_t *k = calloc(1, sizeof *k);
+    lk__kafka_sink_t *k = calloc(1, sizeof *k);
     if (!k)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     s->impl = k;
@@ -265,7 +284,7 @@ static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
 }
 
 static void kafka_close(lk_sink_t *s) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!k)
         return;
     if (k->dc_q) /* before its client */
@@ -294,7 +313,7 @@ static void kafka_close(lk_sink_t *s) {
  * for those and cost a third of a 10,000-record batch's delivery (issue 18). */
 static lk_err_t send_offsets(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!k->send_offsets || !b || !b->nranges)
         return LK_OK;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)b->nranges);
@@ -312,7 +331,7 @@ static lk_err_t send_offsets(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
 }
 
 static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     /* serve what an aborted attempt's records still report (purged by the abort) before
      * counting this attempt's */
     (void)rd_kafka_poll(k->producer, 0);
@@ -341,7 +360,7 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
                         size_t klen, const void *value, size_t vlen, int64_t ts,
                         rd_kafka_headers_t *hdrs, void *opaque, char *errstr,
                         size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     for (;;) {
         rd_kafka_resp_err_t ke = LK__FAULT_KAFKA_RESP("produce", rd_kafka_producev(
             k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
@@ -374,7 +393,7 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
         if (lk__kafka_is_permanent(ke) && opaque != OPAQUE_PROGRESS) {
             /* refused before sending (client-side): the delivery report path decides, as
              * for a broker's refusal, so dead-lettering works the same */
-            failed_rec_t f = {OPAQUE_MEMBER(opaque), OPAQUE_INDEX(opaque), ke, 1,
+            lk__kafka_failed_rec_t f = {OPAQUE_MEMBER(opaque), OPAQUE_INDEX(opaque), ke, 1,
                               partition, ""};
             if (ke == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
                 lk__fmt(f.errstr, sizeof f.errstr, "the record (%zu bytes of key and value) "
@@ -400,7 +419,7 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
  * formatted once, in kafka_begin, and their lengths passed (no snprintf per record). */
 static rd_kafka_headers_t *provenance(const lk_sink_t *s, const char *uid, size_t uid_len,
                                       size_t extra) {
-    const kafka_sink_t *k = s->impl;
+    const lk__kafka_sink_t *k = s->impl;
     rd_kafka_headers_t *h = rd_kafka_headers_new(extra + 4);
     if (rd_kafka_header_add(h, "lockstep.app", 12, s->app_id, (ssize_t)k->hdr_app_len) ||
         rd_kafka_header_add(h, "lockstep.sink", 13, uid, (ssize_t)uid_len) ||
@@ -415,14 +434,14 @@ static rd_kafka_headers_t *provenance(const lk_sink_t *s, const char *uid, size_
 
 static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
                             size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (k->index_member != s->cur) {
         k->index_member = s->cur;
         k->next_index = 0;
     }
     uint64_t index = k->next_index++;
     const lk__sink_member_t *m = &s->members[s->cur];
-    const failed_rec_t *dv = lk__kafka_diverted(k, s->cur, index);
+    const lk__kafka_failed_rec_t *dv = lk__kafka_diverted(k, s->cur, index);
     rd_kafka_headers_t *h = provenance(s, m->uid, strlen(m->uid), r->nheaders + (dv ? 3 : 0));
     if (!h)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "sink '%s': provenance headers: out "
@@ -461,7 +480,7 @@ static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
 
 static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     /* the progress record: which batch this transaction completes, from what input, and
      * what each member wrote */
     json_t *offsets = json_array(), *sinks = json_object();
@@ -516,7 +535,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
  * that succeeds delivered its batch: the fence moves to it directly, since a
  * read_committed reader may not see its progress record at once. */
 static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, rd_kafka_commit_transaction,
                                              k->timeout_ms);
     if (!e) {
@@ -531,15 +550,14 @@ static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_si
 }
 
 static lk_err_t kafka_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!k->txn_open)
         return LK_OK; /* nothing begun (e.g. begin_transaction itself failed) */
-    rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, rd_kafka_abort_transaction,
-                                             k->timeout_ms);
-    if (e)
-        return lk__kafka_txn_error(k, e, "abort_transaction", errstr, errstr_size);
-    k->txn_open = 0;
-    return LK_OK;
+    lk_err_t e = txn_run(s, rd_kafka_abort_transaction, "abort_transaction", errstr,
+                         errstr_size);
+    if (!e)
+        k->txn_open = 0;
+    return e;
 }
 
 const lk__sink_ops_t lk__sink_kafka_ops = {

@@ -37,7 +37,8 @@ int lk__kafka_is_permanent(rd_kafka_resp_err_t c) {
 }
 
 /* The setting to change for a permanent delivery error of a record for topic. */
-static void setting_for(const failed_rec_t *f, const char *topic, char *buf, size_t size) {
+static void setting_for(const lk__kafka_failed_rec_t *f, const char *topic, char *buf,
+                        size_t size) {
     if (f->client && f->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
         lk__fmt(buf, size, "raise kafka.message.max.bytes (the producer's own limit; and "
                 "topic %s's max.message.bytes if it is lower), or make the record smaller",
@@ -81,7 +82,7 @@ static void setting_for(const failed_rec_t *f, const char *topic, char *buf, siz
 void lk__kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     lk_sink_t *s = opaque;
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!m->err || !k || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
         m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
         return; /* purged by an abort: the abort is what is reported */
@@ -91,7 +92,7 @@ void lk__kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
         return; /* keep the first, or the first permanent one */
     if (k->have_failed && lk__kafka_is_permanent(k->first_failed.err))
         return;
-    failed_rec_t f = {0};
+    lk__kafka_failed_rec_t f = {0};
     f.err = m->err;
     f.partition = m->partition;
     f.member = o == OPAQUE_PROGRESS || !o ? SIZE_MAX : OPAQUE_MEMBER(o);
@@ -123,7 +124,7 @@ int64_t lk__kafka_batch_size(int64_t configured, const int64_t *limits, size_t n
  * under a topic's limit would be refused together forever if the producer's batch.size
  * were larger than the limit. */
 void lk__kafka_request_sizing(lk_sink_t *s) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     size_t n = s->nmembers + 1;
     rd_kafka_ConfigResource_t **res = calloc(n, sizeof *res);
     char kerr[256];
@@ -150,7 +151,7 @@ void lk__kafka_request_sizing(lk_sink_t *s) {
  * transactions: init_transactions again). A broker that does not answer (librdkafka's
  * mock cluster has no controller) leaves batch.size as it is, with a log line. */
 lk_err_t lk__kafka_apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!k->dc_q)
         return LK_OK;
     rd_kafka_event_t *ev = rd_kafka_queue_poll(k->dc_q, 0);
@@ -211,16 +212,11 @@ lk_err_t lk__kafka_apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size) 
     lk__log(LK_LOG_NOTICE, "sink '%s': producer batches of at most %lld bytes: topic %s's "
             "max.message.bytes is %lld (batch.size was larger)", s->name, (long long)b,
             m < s->nmembers ? s->members[m].target : k->progress_topic, (long long)limit);
-    rd_kafka_error_t *ie = lk__kafka_txn_call(s, k->producer, rd_kafka_init_transactions,
-                                              k->timeout_ms);
-    if (ie)
-        return lk__kafka_txn_error(k, ie, "init_transactions", errstr, errstr_size);
-    k->inited = 1;
-    return LK_OK;
+    return lk__kafka_init_txn(s, errstr, errstr_size);
 }
 
-const failed_rec_t *lk__kafka_diverted(const kafka_sink_t *k, size_t member,
-                                       uint64_t index) {
+const lk__kafka_failed_rec_t *lk__kafka_diverted(const lk__kafka_sink_t *k, size_t member,
+                                                 uint64_t index) {
     for (size_t i = 0; i < k->ndivert; i++)
         if (k->divert[i].member == member && k->divert[i].index == index)
             return &k->divert[i];
@@ -232,11 +228,11 @@ const failed_rec_t *lk__kafka_diverted(const kafka_sink_t *k, size_t member,
  * record for the dead letter topic in the next attempt. Returns the error to report. */
 lk_err_t lk__kafka_record_failed(lk_sink_t *s, lk_err_t e, char *errstr,
                                  size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     const lk_batch_rec_t *b = s->batch_rec;
     if (!k->have_failed || e == LK_ERR_FENCED || e == LK_ERR_FATAL)
         return e;
-    failed_rec_t f = k->first_failed;
+    lk__kafka_failed_rec_t f = k->first_failed;
     if (!lk__kafka_is_permanent(f.err)) {
         size_t n = strlen(errstr);
         lk__fmt(errstr + n, errstr_size - n, "; %llu of %llu records not delivered, first: %s",
@@ -247,14 +243,11 @@ lk_err_t lk__kafka_record_failed(lk_sink_t *s, lk_err_t e, char *errstr,
     const char *uid = f.member == SIZE_MAX ? s->name : s->members[f.member].uid;
     const char *topic = f.member == SIZE_MAX ? k->progress_topic : s->members[f.member].target;
     if (f.member != SIZE_MAX && k->deadletter[0] && strcmp(topic, k->deadletter)) {
-        if (k->ndivert == k->divert_cap) {
-            size_t cap = k->divert_cap ? k->divert_cap * 2 : 8;
-            failed_rec_t *d = realloc(k->divert, cap * sizeof *d);
-            if (!d)
-                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-            k->divert = d;
-            k->divert_cap = cap;
-        }
+        lk__kafka_failed_rec_t *d =
+            lk__vec_reserve(k->divert, &k->divert_cap, k->ndivert + 1, sizeof *d, 8);
+        if (!d)
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        k->divert = d;
         k->divert[k->ndivert++] = f;
         k->div_batch = s->batch;
         lk__log(LK_LOG_WARNING, "sink '%s' batch %llu: record %llu of the batch for topic %s "

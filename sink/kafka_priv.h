@@ -1,6 +1,6 @@
 /*
  * kafka_priv.h — what the Kafka sink's three files share, and nothing else includes: the
- * sink's state (kafka_sink_t), a record whose delivery failed, the opaque that names a
+ * sink's state (lk__kafka_sink_t), a record whose delivery failed, the opaque that names a
  * produced record, and the calls one file makes into another (docs/DESIGN.md, "Sinks" and
  * "Recovery"). The rest of the engine reaches the Kafka sink only through sink_int.h
  * (lk__sink_kafka_ops and the seams declared there).
@@ -28,7 +28,7 @@ typedef struct {
     int client; /* refused by the producer before sending, not by a broker */
     int32_t partition;
     char errstr[256];
-} failed_rec_t;
+} lk__kafka_failed_rec_t;
 
 typedef struct {
     const lk_sink_t *owner;
@@ -50,10 +50,10 @@ typedef struct {
     /* delivery reports of the attempt in progress (served on the delivering thread) */
     uint64_t attempt_records; /* records produced in this attempt */
     uint64_t dr_failed;       /* records whose delivery report carried an error */
-    failed_rec_t first_failed;
+    lk__kafka_failed_rec_t first_failed;
     int have_failed;
     /* records diverted to the dead letter topic (errors.tolerance=all), of batch div_batch */
-    failed_rec_t *divert;
+    lk__kafka_failed_rec_t *divert;
     size_t ndivert, divert_cap;
     uint64_t div_batch;
     char deadletter[256]; /* errors.deadletter when it is a Kafka topic and tolerance=all */
@@ -62,7 +62,7 @@ typedef struct {
     /* the provenance headers' values, made once per attempt (kafka_begin), not per record */
     char hdr_batch[24];
     size_t hdr_batch_len, hdr_app_len;
-} kafka_sink_t;
+} lk__kafka_sink_t;
 
 /* Which member and which record of it a produced message is (its opaque). */
 #define OPAQUE(member, index) ((void *)(uintptr_t)((((uint64_t)(index)) << 8) | ((member) + 1)))
@@ -75,15 +75,17 @@ typedef struct {
 /** Whether an immediate stop was asked (s->abandon). */
 int lk__kafka_abandoned(const lk_sink_t *s);
 /** sink.kafka.timeout.ms, cut to what is left before a stop's deadline (>= 1 ms). */
-int lk__kafka_budget(const kafka_sink_t *k);
+int lk__kafka_budget(const lk__kafka_sink_t *k);
 /** A resumable transactional call (init, commit, abort) in slices, within the budget. */
 rd_kafka_error_t *lk__kafka_txn_call(lk_sink_t *s, rd_kafka_t *rk,
                                      rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
                                      int timeout_ms);
 /** Map a transactional API error (destroyed here) to LK_ERR_FENCED / LK_ERR_FATAL /
  * LK_ERR_KAFKA, the message naming its class. */
-lk_err_t lk__kafka_txn_error(kafka_sink_t *k, rd_kafka_error_t *e, const char *what,
+lk_err_t lk__kafka_txn_error(lk__kafka_sink_t *k, rd_kafka_error_t *e, const char *what,
                              char *errstr, size_t errstr_size);
+/** init_transactions on k->producer (fences zombies; k->inited once done). */
+lk_err_t lk__kafka_init_txn(lk_sink_t *s, char *errstr, size_t errstr_size);
 /** Create the transactional producer (k->producer); batch_size > 0 overrides batch.size. */
 lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
                                 size_t errstr_size);
@@ -105,7 +107,8 @@ void lk__kafka_request_sizing(lk_sink_t *s);
 /** Apply the answer to lk__kafka_request_sizing() if it has come (between transactions). */
 lk_err_t lk__kafka_apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size);
 /** The record (member, index) diverted to the dead letter topic in this batch, or NULL. */
-const failed_rec_t *lk__kafka_diverted(const kafka_sink_t *k, size_t member, uint64_t index);
+const lk__kafka_failed_rec_t *lk__kafka_diverted(const lk__kafka_sink_t *k, size_t member,
+                                                 uint64_t index);
 /** After a failed attempt: stop on a permanent record error naming the record and the
  * setting, or mark the record for the dead letter topic; returns the error to report. */
 lk_err_t lk__kafka_record_failed(lk_sink_t *s, lk_err_t e, char *errstr, size_t errstr_size);

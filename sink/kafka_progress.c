@@ -18,7 +18,7 @@
 #include <time.h>
 
 /* Create <app>.progress (compacted, one partition) unless it exists. */
-static lk_err_t ensure_progress_topic(kafka_sink_t *k, char *errstr, size_t errstr_size) {
+static lk_err_t ensure_progress_topic(lk__kafka_sink_t *k, char *errstr, size_t errstr_size) {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(k->reader, k->progress_topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t ke = rd_kafka_metadata(k->reader, 0, rkt, &md, lk__kafka_budget(k));
@@ -41,7 +41,8 @@ static lk_err_t ensure_progress_topic(kafka_sink_t *k, char *errstr, size_t errs
                        rd_kafka_err2str(ce));
     }
     rd_kafka_queue_t *q = rd_kafka_queue_new(k->producer);
-    rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_t *opt =
+        rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     /* the timeout is within librdkafka's range (sink.kafka.timeout.ms is validated) */
     (void)rd_kafka_AdminOptions_set_request_timeout(opt, lk__kafka_budget(k), kerr, sizeof kerr);
     rd_kafka_CreateTopics(k->producer, &nt, 1, opt, q);
@@ -81,7 +82,7 @@ static int64_t real_now_ms(void *o) {
 
 /* Sleep ms in steps of 50 ms, ending early on an immediate stop. */
 static void real_sleep_ms(void *o, int64_t ms) {
-    kafka_sink_t *k = o;
+    lk__kafka_sink_t *k = o;
     int64_t end = lk__mono_ms() + ms;
     for (int64_t left = ms; left > 0 && !lk__kafka_abandoned(k->owner);
          left = end - lk__mono_ms()) {
@@ -92,7 +93,7 @@ static void real_sleep_ms(void *o, int64_t ms) {
 
 static lk_err_t real_offsets(void *o, const char *topic, int32_t partition, int64_t *lso,
                              int64_t *hwm, char *errstr, size_t errstr_size) {
-    kafka_sink_t *k = o;
+    lk__kafka_sink_t *k = o;
     int64_t lo;
     /* ListOffsets(latest) answers the LSO to a read_committed client and the high
      * watermark to a read_uncommitted one */
@@ -201,7 +202,7 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
     char foreign[48] = "";  /* the other checkpoint whose record is the last one read */
     uint64_t foreign_batch = 0;
     int64_t last_own = -1, last_foreign = -1;
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     int64_t lo, hi0;
     rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
                                                               &lo, &hi0, lk__kafka_budget(k));
@@ -304,19 +305,14 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
 
 lk_err_t lk__kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
                            size_t errstr_size) {
-    kafka_sink_t *k = s->impl;
+    lk__kafka_sink_t *k = s->impl;
     if (!k->sized) {
         lk__kafka_request_sizing(s);
         k->sized = 1;
     }
-    if (!k->inited) {
-        /* fences zombies with the same transactional.id and aborts their transaction */
-        rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, rd_kafka_init_transactions,
-                                                 k->timeout_ms);
-        if (e)
-            return lk__kafka_txn_error(k, e, "init_transactions", errstr, errstr_size);
-        k->inited = 1;
-    }
+    lk_err_t ie = k->inited ? LK_OK : lk__kafka_init_txn(s, errstr, errstr_size);
+    if (ie)
+        return ie;
     lk_err_t r = ensure_progress_topic(k, errstr, errstr_size);
     /* The progress topic is read once per producer. Afterwards this producer knows what it
      * committed: every failed delivery was aborted or its commit finished (sink.c settles

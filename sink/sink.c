@@ -1,7 +1,12 @@
 /*
  * sink.c — delivery of the outbox through a sink kind (see sink_int.h): the transaction
  * state machine, recovery of a sink's fence, and draining batches oldest first, each
- * atomically, acknowledging each in the checkpoint.
+ * atomically, acknowledging each in the checkpoint (docs/DESIGN.md, "A batch's life":
+ * durable -> delivered -> acknowledged, and "Recovery" 2).
+ *
+ * The sink's state changes only in lk__sink_transition, against one table; a transition
+ * the table does not allow is a bug (an assert in debug builds, a sticky FATAL naming
+ * both states in release builds), never an error a caller handles and goes on from.
  *
  * Acknowledgements are committed without fsync: losing one in an OS crash only means
  * the batch is delivered again, which the sink's fence (Kafka's progress record) or
