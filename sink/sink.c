@@ -69,7 +69,7 @@ lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
                        "sink '%s': transaction state FATAL cannot go to %s: %s", s->name,
                        lk__txn_state_name(to), s->fatal_msg);
     if (!lk__sink_transition_allowed(s->state, to)) {
-        char msg[256];
+        char msg[sizeof s->fatal_msg];
         lk__fmt(msg, sizeof msg, "sink '%s' batch %llu: invalid transaction state transition "
                 "%s -> %s (a bug in lockstep: the sink stops)", s->name,
                 (unsigned long long)s->batch, lk__txn_state_name(s->state),
