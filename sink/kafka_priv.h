@@ -34,7 +34,7 @@ typedef struct {
     const lk_sink_t *owner;
     const lk_conf_t *conf; /* the context's, alive as long as the sink */
     int64_t batch_size;    /* the producer's batch.size */
-    int sized;             /* request_sizing() done */
+    int sized;             /* lk__kafka_request_sizing() done */
     rd_kafka_queue_t *dc_q; /* its answer, until applied */
     int txn_open;          /* begin_transaction succeeded, not yet committed/aborted */
     rd_kafka_t *producer;
