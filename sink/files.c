@@ -180,14 +180,10 @@ static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, file_part_t **out,
         *out = &f->parts[lo];
         return LK_OK;
     }
-    if (f->nparts == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 8;
-        file_part_t *np = realloc(f->parts, cap * sizeof *np);
-        if (!np)
-            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-        f->parts = np;
-        f->cap = cap;
-    }
+    file_part_t *np = lk__vec_reserve(f->parts, &f->cap, f->nparts + 1, sizeof *np, 8);
+    if (!np)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    f->parts = np;
     file_part_t pt = {.partition = p};
     char *pdir = path_fmt("%s/%d", s->target, (int)p);
     pt.final = path_fmt("%s/%d/%s+%s+%s-%020llu.%s", s->target, (int)p, s->app_id, s->name,

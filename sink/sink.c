@@ -1,7 +1,12 @@
 /*
  * sink.c — delivery of the outbox through a sink kind (see sink_int.h): the transaction
  * state machine, recovery of a sink's fence, and draining batches oldest first, each
- * atomically, acknowledging each in the checkpoint.
+ * atomically, acknowledging each in the checkpoint (docs/DESIGN.md, "A batch's life":
+ * durable -> delivered -> acknowledged, and "Recovery" 2).
+ *
+ * The sink's state changes only in lk__sink_transition, against one table; a transition
+ * the table does not allow is a bug (an assert in debug builds, a sticky FATAL naming
+ * both states in release builds), never an error a caller handles and goes on from.
  *
  * Acknowledgements are committed without fsync: losing one in an OS crash only means
  * the batch is delivered again, which the sink's fence (Kafka's progress record) or
@@ -11,6 +16,7 @@
 #include "sink_int.h"
 #include "../core/util_int.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +50,35 @@ static const unsigned allowed[] = {
     [LK__TXN_ABORTING] = BIT(READY) | BIT(FATAL),
 };
 
+int lk__sink_transition_allowed(lk__txn_state_t from, lk__txn_state_t to) {
+    return (unsigned)from < LK_ARRAY_SIZE(allowed) && (unsigned)to < 32 &&
+           (allowed[from] & (1u << to)) != 0;
+}
+
+static void go_fatal(lk_sink_t *s, const char *msg);
+
+/* Leaving FATAL is refused as the sticky state's answer to any later work. Any other
+ * transition the table does not allow is a bug in sink.c: debug builds stop at the
+ * assert; release builds make the sink FATAL (sticky, its message naming both states)
+ * rather than go on from a state the protocol does not know, which could deliver a
+ * batch twice or acknowledge one never committed. */
 lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
                              size_t errstr_size) {
-    if (!(allowed[s->state] & (1u << to)))
-        return lk__err(s->state == LK__TXN_FATAL ? LK_ERR_FATAL : LK_ERR_STATE, errstr,
-                       errstr_size, "sink '%s': transaction state %s cannot go to %s%s%s",
-                       s->name, lk__txn_state_name(s->state), lk__txn_state_name(to),
-                       s->state == LK__TXN_FATAL ? ": " : "", s->fatal_msg);
+    if (s->state == LK__TXN_FATAL)
+        return lk__err(LK_ERR_FATAL, errstr, errstr_size,
+                       "sink '%s': transaction state FATAL cannot go to %s: %s", s->name,
+                       lk__txn_state_name(to), s->fatal_msg);
+    if (!lk__sink_transition_allowed(s->state, to)) {
+        char msg[sizeof s->fatal_msg];
+        lk__fmt(msg, sizeof msg, "sink '%s' batch %llu: invalid transaction state transition "
+                "%s -> %s (a bug in lockstep: the sink stops)", s->name,
+                (unsigned long long)s->batch, lk__txn_state_name(s->state),
+                lk__txn_state_name(to));
+        lk__log(LK_LOG_ERR, "%s", msg);
+        assert(!"invalid sink transaction state transition");
+        go_fatal(s, msg);
+        return lk__err(LK_ERR_STATE, errstr, errstr_size, "%s", msg);
+    }
     lk__log(LK_LOG_DEBUG, "sink '%s' batch %llu: %s -> %s", s->name,
             (unsigned long long)s->batch, lk__txn_state_name(s->state), lk__txn_state_name(to));
     s->state = to;
@@ -460,6 +488,10 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     return LK_OK;
 }
 
+int lk__sink_ready(const lk_sink_t *s) {
+    return s->recovered && s->state == LK__TXN_READY;
+}
+
 lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size) {
     char why[768] = "";
@@ -469,10 +501,10 @@ lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, c
         /* delivered but not acknowledged: the fence makes the retry harmless, provided
          * the sink recovers (learns its fence) before the retry. Without that the next
          * drain would deliver the batch a second time. */
-        if (s->state != LK__TXN_FATAL) {
-            s->state = LK__TXN_READY;
+        if (s->state == LK__TXN_COMMITTED)
+            (void)lk__sink_transition(s, LK__TXN_READY, NULL, 0); /* allowed */
+        if (s->state != LK__TXN_FATAL)
             s->recovered = 0;
-        }
         return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: acknowledging: %s",
                        s->name, (unsigned long long)batch, why);
     }

@@ -133,11 +133,16 @@ lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target);
 void lk__sink_destroy(lk_sink_t *s);
 
 /**
- * The one state transition validator: moves s to `to` if the table allows it from the
- * current state, else leaves the state and returns LK_ERR_STATE naming both states.
+ * The one state transition validator, the only writer of s->state: moves s to `to` if
+ * the table allows it from the current state. From FATAL (sticky) it refuses with
+ * LK_ERR_FATAL and the sink's fatal message. Any other transition the table does not
+ * allow is a bug: debug builds assert; release builds (NDEBUG) make the sink FATAL
+ * (sticky; its message names both states) and return LK_ERR_STATE naming both states.
  */
 lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
                              size_t errstr_size);
+/** Whether the transition table allows from -> to (a query: changes nothing). */
+int lk__sink_transition_allowed(lk__txn_state_t from, lk__txn_state_t to);
 
 /**
  * Recover the sink if not yet done: first settle an unfinished commit (resume it;
@@ -171,6 +176,12 @@ lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, u
                                char *errstr, size_t errstr_size);
 lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size);
+/** Whether the sink may deliver now without recovering first: recovered (its fence
+ * read since open or since a failed delivery) and READY (no delivery in progress, no
+ * commit or abort left unfinished, not FATAL). For the batch loop, which otherwise
+ * recovers the sink (lk__sink_drain) before overlapping delivery with the next batches.
+ * Read on the thread that owns the sink while no delivery of it is running. */
+int lk__sink_ready(const lk_sink_t *s);
 /** Oldest batch in the sink's outbox; LK_ERR_NOT_FOUND when it is empty. */
 lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
                                 char *errstr, size_t errstr_size);

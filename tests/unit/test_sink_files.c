@@ -576,19 +576,15 @@ Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
 Test(sink_files, transition_validator_and_sticky_fatal) {
     lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(s->state, LK__TXN_READY);
-    tu_err[0] = '\0';
-    cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
-    cr_assert(strstr(tu_err, "READY") && strstr(tu_err, "COMMITTED") && strstr(tu_err, SINK), "%s",
-              tu_err);
-    cr_assert_eq(s->state, LK__TXN_READY, "a refused transition leaves the state");
-    cr_assert_eq(lk__sink_transition(s, LK__TXN_PRODUCED, ES), LK_ERR_STATE);
+    /* what the table refuses (making such a transition is a bug: test_sink_txn.c) */
+    cr_assert(!lk__sink_transition_allowed(LK__TXN_READY, LK__TXN_COMMITTED));
+    cr_assert(!lk__sink_transition_allowed(LK__TXN_READY, LK__TXN_PRODUCED));
+    cr_assert(!lk__sink_transition_allowed(LK__TXN_BEGUN, LK__TXN_COMMITTED));
+    cr_assert(!lk__sink_transition_allowed(LK__TXN_COMMITTED, LK__TXN_PRODUCED));
     /* the legal cycle */
     CHECK(lk__sink_transition(s, LK__TXN_BEGUN, ES));
-    cr_assert_eq(lk__sink_transition(s, LK__TXN_COMMITTED, ES), LK_ERR_STATE);
-    cr_assert(strstr(tu_err, "BEGUN") && strstr(tu_err, "COMMITTED"), "%s", tu_err);
     CHECK(lk__sink_transition(s, LK__TXN_PRODUCED, ES));
     CHECK(lk__sink_transition(s, LK__TXN_COMMITTED, ES));
-    cr_assert_eq(lk__sink_transition(s, LK__TXN_PRODUCED, ES), LK_ERR_STATE);
     /* the next batch may begin before this one's acknowledgement (overlapped delivery) */
     CHECK(lk__sink_transition(s, LK__TXN_BEGUN, ES));
     CHECK(lk__sink_transition(s, LK__TXN_PRODUCED, ES));

@@ -19,6 +19,7 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,17 +251,71 @@ Test(sink_txn, transition_table_for_unfinished_commit_and_abort) {
         {LK__TXN_READY, LK__TXN_ABORTING, 0},       {LK__TXN_COMMITTED, LK__TXN_ABORTING, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        s->state = cases[i].from;
-        lk_err_t e = lk__sink_transition(s, cases[i].to, ES);
-        cr_assert_eq(e, cases[i].ok ? LK_OK : LK_ERR_STATE, "%s -> %s: %s",
-                     lk__txn_state_name(cases[i].from), lk__txn_state_name(cases[i].to), tu_err);
-        cr_assert_eq(s->state, cases[i].ok ? cases[i].to : cases[i].from);
+        cr_assert_eq(lk__sink_transition_allowed(cases[i].from, cases[i].to), cases[i].ok,
+                     "%s -> %s", lk__txn_state_name(cases[i].from),
+                     lk__txn_state_name(cases[i].to));
         if (!cases[i].ok)
-            cr_assert(strstr(tu_err, lk__txn_state_name(cases[i].from)) &&
-                          strstr(tu_err, lk__txn_state_name(cases[i].to)),
-                      "names both states: %s", tu_err);
+            continue; /* making it is a bug: invalid_transition_* below */
+        s->state = cases[i].from; /* the test sets up the state the case starts from */
+        lk_err_t e = lk__sink_transition(s, cases[i].to, ES);
+        cr_assert_eq(e, LK_OK, "%s -> %s: %s", lk__txn_state_name(cases[i].from),
+                     lk__txn_state_name(cases[i].to), tu_err);
+        cr_assert_eq(s->state, cases[i].to);
     }
     lk__sink_destroy(s);
+}
+
+/* An invalid transition is a bug. Release builds (NDEBUG, the default RelWithDebInfo the
+ * tests are built with) refuse it and make the sink FATAL, sticky, its message naming
+ * both states, an open delivery undone; debug builds stop at the assert, which is what
+ * this test expects there (Criterion runs each test in its own process). */
+#ifdef NDEBUG
+#define LK__T_INVALID_TRANSITION .timeout = 60
+#else
+#define LK__T_INVALID_TRANSITION .signal = SIGABRT
+#endif
+Test(sink_txn, invalid_transition_is_sticky_fatal_in_release, LK__T_INVALID_TRANSITION) {
+    lk_store_t *st = store_with_batches(1);
+    lk_sink_t *s = fake_sink();
+    size_t delivered = 0;
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", tu_err);
+    cr_assert(lk__sink_ready(s));
+    CHECK(lk__sink_transition(s, LK__TXN_BEGUN, ES)); /* a delivery in progress */
+    tu_err[0] = '\0';
+    lk_err_t e = lk__sink_transition(s, LK__TXN_COMMITTED, ES); /* skips PRODUCED */
+    cr_assert_eq(e, LK_ERR_STATE, "%s", lk_err_name(e));
+    cr_assert(strstr(tu_err, "BEGUN -> COMMITTED") && strstr(tu_err, "out"), "%s", tu_err);
+    cr_assert_eq(s->state, LK__TXN_FATAL, "refused and stopped, not left BEGUN");
+    cr_assert_eq(fk.aborts, 1, "the open delivery is undone");
+    cr_assert(!lk__sink_ready(s));
+    /* sticky: later work is refused with the message naming both states */
+    tu_err[0] = '\0';
+    cr_assert_eq(lk__sink_transition(s, LK__TXN_READY, ES), LK_ERR_FATAL);
+    cr_assert(strstr(tu_err, "BEGUN -> COMMITTED"), "%s", tu_err);
+    tu_err[0] = '\0';
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_ERR_FATAL, "%s", tu_err);
+    cr_assert(strstr(tu_err, "BEGUN -> COMMITTED"), "%s", tu_err);
+    cr_assert_eq(fk.ndelivered, 1, "nothing more delivered");
+    lk__sink_destroy(s);
+    lk__store_close(st);
+}
+
+/* lk__sink_ready: recovered and READY, nothing unfinished. */
+Test(sink_txn, ready_means_recovered_and_nothing_unfinished) {
+    lk_store_t *st = store_with_batches(2);
+    lk_sink_t *s = fake_sink();
+    cr_assert(!lk__sink_ready(s), "not recovered yet");
+    size_t delivered = 0;
+    cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", tu_err);
+    cr_assert(lk__sink_ready(s));
+    fk.commit_timeouts = 1; /* batch 2's commit is left running: COMMITTING */
+    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", tu_err);
+    cr_assert_eq(s->state, LK__TXN_COMMITTING);
+    cr_assert(!lk__sink_ready(s));
+    cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_OK, "%s", tu_err);
+    cr_assert(lk__sink_ready(s));
+    lk__sink_destroy(s);
+    lk__store_close(st);
 }
 
 /* ---- the stable-offset wait (seam) ---- */
