@@ -294,6 +294,24 @@ Test(inject, commit_transaction_fails_sticky) {
     sticky("commit_transaction=_FAIL@2", NULL, NULL, LK_ERR_FATAL, "commit_transaction",
            "injected at fault point commit_transaction");
 }
+Test(inject, commit_resumed_while_its_endtxn_is_unanswered_is_waited_for) {
+    /* librdkafka 2.0.2 answers a commit_transaction call that resumes a timed-out one
+     * while its EndTxn is still unanswered with a plain _STATE error ("Operation not
+     * valid in state CommittingTransaction"). That is a commit still running: the call
+     * is repeated until it finishes, the application keeps running, every batch once.
+     * The race cannot be produced on cue, so the answer is injected (commit-in-flight);
+     * the old code stopped the application with LK_ERR_FATAL, as a chaos run on a
+     * loaded machine did. */
+    lk_context_t *ctx = open_ctx(conf_with(NULL, NULL));
+    arm("commit-in-flight=_STATE@2,commit-in-flight=_STATE@3");
+    uint64_t before = lk_context_last_batch(ctx);
+    for (int i = 0; i < 8; i++) {
+        lk_err_t e = lk_context_run_once(ctx);
+        cr_assert_eq(e, LK_OK, "run %d: %s (%s)", i, lk_context_errstr(ctx), lk_err_name(e));
+    }
+    cr_assert_gt(lk_context_last_batch(ctx), before, "no batch");
+    restart_and_check(ctx);
+}
 Test(inject, abort_transaction_fails_sticky) {
     /* a produce fails, so the transaction is aborted; the abort fails too: the producer's
      * state is unknown, nothing more may be sent with it */
