@@ -6,9 +6,7 @@
  * together. Also graceful stop on SIGTERM/SIGINT and retry with backoff.
  */
 #define _GNU_SOURCE
-#include "lockstep.h"
-#include "metrics_int.h"
-#include "pipeline_int.h"
+#include "context_priv.h"
 #include "window_int.h"
 #include "receiver_int.h"
 #include "../core/conf_int.h"
@@ -25,64 +23,10 @@
 #include <string.h>
 #include <time.h>
 
-struct lk_context {
-    lk_conf_t *conf;
-    lk_pipeline_t *pipeline;
-    lk_store_t *store;
-    lk_receiver_t *receiver;
-    lk_batch_t batch;
-    int64_t last_batch_time_ms;
-    int has_ttl;
-    int64_t default_ttl_ms;
-    /* lock-free atomics: set from signal handlers and other threads */
-    atomic_int stop_graceful; /* finish the batch in flight, then return */
-    atomic_int stop_now;      /* abandon the batch in flight */
-    /* monotonic ms by which a stop must be done, delivery included (0: no stop yet); set
-     * where the stop is requested (signal handler: clock_gettime is async-signal-safe),
-     * read by the sinks' blocking calls on any thread */
-    _Atomic int64_t stop_deadline_ms;
-    int64_t graceful_seen_ms; /* when the loop first saw stop_graceful, 0: not yet */
-    int64_t shutdown_timeout_ms;
-    int skip_loss;
-    lk_sink_t **sinks;
-    size_t nsinks;
-    int64_t sink_retry_ms;     /* sinks are not tried again before this (backoff) */
-    int64_t sink_backoff_ms;
-    int backpressure_logged;
-    void (*progress_cb)(const lk_progress_t *p, void *opaque);
-    void *progress_opaque;
-    double last_commit_ms;     /* of the last process_and_commit */
-    uint64_t last_records_out;
-    /* delivery overlapped with the next batch (lk_context_run with sink.overlap): a
-     * thread delivers the durable batches up to dl_upto for the sinks marked in dl_mine
-     * while the loop writes the next batch; the loop joins it after that commit and
-     * acknowledges the last batch each sink delivered (dl_last) */
-    int overlap;
-    int dl_running;
-    pthread_t dl_thread;
-    uint64_t dl_upto;
-    unsigned char *dl_mine;
-    uint64_t *dl_last;
-    lk_err_t *dl_err;
-    char (*dl_errstr)[1024];
-    int64_t dl_started_ns, dl_done_ns;
-    /* the progress report of batch dl_upto, held back until its delivery is settled */
-    int dl_report;
-    lk_progress_t dl_progress;
-    char **dl_topics;
-    int64_t *dl_lag;
-    int fatal;
-    lk_err_t fatal_err; /* the first fatal error's code; errstr keeps its message */
-    unsigned sink_failures; /* retriable delivery failures in a row (for the log line) */
-    char errstr[1024];
-    lk_metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c) */
-};
-
 /* The context whose lk_context_run() owns SIGTERM/SIGINT. */
 static lk_context_t *volatile signal_ctx;
 
-static lk_err_t fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
-static lk_err_t fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) {
+lk_err_t lk__ctx_fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(ctx->errstr, sizeof ctx->errstr, fmt, ap);
@@ -100,83 +44,6 @@ void lk_context_on_progress(lk_context_t *ctx, void (*cb)(const lk_progress_t *p
         return;
     ctx->progress_cb = cb;
     ctx->progress_opaque = opaque;
-}
-
-/* Hand a committed batch's report to the metrics and the progress callback. */
-static void notify_progress(lk_context_t *ctx, const lk_progress_t *p) {
-    lk__metrics_progress(ctx->metrics, p);
-    if (ctx->progress_cb)
-        ctx->progress_cb(p, ctx->progress_opaque);
-}
-
-/* What the committed batch f did; topics point into f. */
-static lk_progress_t progress_of(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                                 const lk__fetch_t *f, const double ms[5],
-                                 const char **topics, int64_t *lag, size_t cap) {
-    size_t nt = 0;
-    int64_t total = 0;
-    for (size_t i = 0; i < f->nranges; i++) {
-        int64_t l = f->ranges[i].high - f->ranges[i].range.until;
-        if (l < 0)
-            l = 0;
-        total += l;
-        size_t t;
-        for (t = 0; t < nt && strcmp(topics[t], f->ranges[i].range.topic); t++)
-            ;
-        if (t == nt && nt < cap) {
-            topics[nt] = f->ranges[i].range.topic;
-            lag[nt++] = 0;
-        }
-        if (t < nt)
-            lag[t] += l;
-    }
-    return (lk_progress_t){id,        time_ms, f->records, f->bytes, ctx->last_records_out,
-                           ms[0],     ms[1],   ms[2],      ms[3],    ms[4],
-                           lk__store_outbox_bytes(ctx->store), total, nt, topics, lag};
-}
-
-static void drop_deferred_report(lk_context_t *ctx) {
-    for (size_t i = 0; ctx->dl_topics && i < ctx->dl_progress.ntopics; i++)
-        free(ctx->dl_topics[i]);
-    free(ctx->dl_topics);
-    free(ctx->dl_lag);
-    ctx->dl_topics = NULL;
-    ctx->dl_lag = NULL;
-    ctx->dl_report = 0;
-}
-
-/* Keep a copy of p to report once the delivery in flight is settled; 0 if out of
- * memory. */
-static int keep_report(lk_context_t *ctx, const lk_progress_t *p) {
-    ctx->dl_topics = calloc(p->ntopics ? p->ntopics : 1, sizeof *ctx->dl_topics);
-    ctx->dl_lag = malloc((p->ntopics ? p->ntopics : 1) * sizeof *ctx->dl_lag);
-    int ok = ctx->dl_topics && ctx->dl_lag;
-    for (size_t i = 0; ok && i < p->ntopics; i++)
-        ok = (ctx->dl_topics[i] = strdup(p->topics[i])) != NULL;
-    ctx->dl_progress = *p;
-    if (!ok) {
-        drop_deferred_report(ctx);
-        return 0;
-    }
-    memcpy(ctx->dl_lag, p->topic_lag, p->ntopics * sizeof *p->topic_lag);
-    ctx->dl_progress.topics = (const char *const *)ctx->dl_topics;
-    ctx->dl_progress.topic_lag = ctx->dl_lag;
-    ctx->dl_report = 1;
-    return 1;
-}
-
-/* Tell the progress callback what the committed batch f did; with defer, once the
- * delivery in flight (the batch's own) is settled, so that its line says what the batch
- * did with its delivery included (at once if the copy fails). */
-static void report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                            const lk__fetch_t *f, const double ms[5], int defer) {
-    if (!ctx->progress_cb && !ctx->metrics)
-        return;
-    const char *topics[64];
-    int64_t lag[64];
-    lk_progress_t p = progress_of(ctx, id, time_ms, f, ms, topics, lag, LK_ARRAY_SIZE(topics));
-    if (!defer || !keep_report(ctx, &p))
-        notify_progress(ctx, &p);
 }
 
 uint64_t lk_context_last_batch(const lk_context_t *ctx) {
@@ -360,193 +227,6 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     return LK_OK;
 }
 
-/*
- * Deliver what is durable in the outbox. Retriable sink errors are logged and retried
- * later with their own backoff (input keeps flowing until outbox.max.bytes); fenced or
- * fatal ones stop the application.
- */
-/* A sink failed with e (message err): fenced or fatal errors stop the application; the
- * first retriable one is kept in *first for the backoff. */
-static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
-    /* a corrupt checkpoint never heals by retrying */
-    if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT) {
-        lk__metrics_sink(ctx->metrics, e, err);
-        /* the first fatal error wins, code and message together */
-        if (!ctx->fatal) {
-            ctx->fatal = 1;
-            ctx->fatal_err = e;
-            fail(ctx, e, "%s", err);
-        }
-        return ctx->fatal_err;
-    }
-    if (!*first) {
-        *first = e;
-        if (!ctx->fatal) /* a fatal error's message stays the one reported */
-            fail(ctx, e, "%s", err);
-    }
-    return LK_OK;
-}
-
-/* After a round of deliveries: back off after a retriable failure, else reset. */
-static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
-    lk__metrics_sink(ctx->metrics, first, ctx->errstr);
-    if (first) {
-        int64_t b0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
-        int64_t bmax = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
-        ctx->sink_backoff_ms = ctx->sink_backoff_ms ? ctx->sink_backoff_ms * 2 : b0;
-        if (ctx->sink_backoff_ms > bmax)
-            ctx->sink_backoff_ms = bmax;
-        ctx->sink_retry_ms = lk__mono_ms() + ctx->sink_backoff_ms;
-        ctx->sink_failures++;
-        lk__log(LK_LOG_WARNING, "%s (failure %u in a row; retrying in %lld ms; the output "
-                "waits in the outbox)", ctx->errstr, ctx->sink_failures,
-                (long long)ctx->sink_backoff_ms);
-    } else {
-        ctx->sink_backoff_ms = 0;
-        ctx->sink_retry_ms = 0;
-        ctx->sink_failures = 0;
-    }
-    return first;
-}
-
-static void *delivery_thread(void *o) {
-    lk_context_t *ctx = o;
-    lk__phase_thread(1);
-    for (size_t i = 0; i < ctx->nsinks; i++)
-        if (ctx->dl_mine[i])
-            ctx->dl_err[i] = lk__sink_deliver_upto(ctx->sinks[i], ctx->store, ctx->dl_upto,
-                                                   &ctx->dl_last[i], ctx->dl_errstr[i],
-                                                   sizeof ctx->dl_errstr[i]);
-    lk__phase(LK__PH_IDLE);
-    ctx->dl_done_ns = lk__mono_ns();
-    return NULL;
-}
-
-/* Wait for the delivery in flight, then acknowledge what it delivered (on this thread:
- * acknowledgements are checkpoint writes). Errors as for drain_sinks. */
-static lk_err_t finish_delivery(lk_context_t *ctx) {
-    if (!ctx->dl_running)
-        return LK_OK;
-    lk__phase(LK__PH_AWAITING_DELIVERY);
-    pthread_join(ctx->dl_thread, NULL);
-    ctx->dl_running = 0;
-    lk_err_t first = LK_OK, fatal = LK_OK;
-    for (size_t i = 0; i < ctx->nsinks; i++) {
-        if (!ctx->dl_mine[i])
-            continue;
-        ctx->dl_mine[i] = 0;
-        lk_err_t e = ctx->dl_err[i];
-        char ack_err[1024];
-        lk_err_t ae = ctx->dl_last[i] ? lk__sink_acknowledge(ctx->sinks[i], ctx->store,
-                                                             ctx->dl_last[i], ack_err,
-                                                             sizeof ack_err)
-                                      : LK_OK;
-        if (!e && ae) {
-            e = ae;
-            memcpy(ctx->dl_errstr[i], ack_err, sizeof ack_err);
-        }
-        if (e && !fatal && sink_failed(ctx, e, ctx->dl_errstr[i], &first))
-            fatal = e; /* fenced or fatal */
-    }
-    if (ctx->dl_report) {
-        if (!fatal) {
-            ctx->dl_progress.deliver_ms = (double)(ctx->dl_done_ns - ctx->dl_started_ns) / 1e6;
-            ctx->dl_progress.outbox_bytes = lk__store_outbox_bytes(ctx->store);
-            notify_progress(ctx, &ctx->dl_progress);
-        }
-        drop_deferred_report(ctx);
-    }
-    return fatal ? fatal : sinks_backoff(ctx, first);
-}
-
-/*
- * Deliver what is durable in the outbox, synchronously (after the delivery in flight,
- * if any, which an unforced call leaves running). Retriable sink errors are logged and
- * retried later with their own backoff (input keeps flowing until outbox.max.bytes);
- * fenced or fatal ones stop the application.
- */
-static lk_err_t drain_sinks(lk_context_t *ctx, int force) {
-    if (!ctx->nsinks)
-        return LK_OK;
-    if (ctx->dl_running) {
-        if (!force)
-            return LK_OK;
-        lk_err_t e = finish_delivery(ctx);
-        if (e)
-            return e;
-    }
-    if (!force && lk__mono_ms() < ctx->sink_retry_ms)
-        return LK_OK;
-    uint64_t upto = lk__store_durable_batch(ctx->store);
-    lk_err_t first = LK_OK;
-    for (size_t i = 0; i < ctx->nsinks; i++) {
-        size_t n;
-        char err[1024];
-        lk_err_t e = lk__sink_drain(ctx->sinks[i], ctx->store, upto, &n, err, sizeof err);
-        if (e && sink_failed(ctx, e, err, &first))
-            return e; /* fenced or fatal */
-    }
-    return sinks_backoff(ctx, first);
-}
-
-/*
- * After a batch's commit with sink.overlap: acknowledge what the delivery thread
- * delivered, then hand it every durable batch waiting in the outbox, to deliver while
- * the loop plans, reads, processes and commits the next one. With checkpoint.sync=batch
- * that is the batch just committed; with group commit, the batches the last sync made
- * durable. A sink that must recover (first start, after an error) is drained
- * synchronously, as without overlap.
- */
-static lk_err_t drain_overlapped(lk_context_t *ctx) {
-    /* Group commit: a commit that made nothing new durable has nothing to hand over, so
-     * the loop does not wait for the delivery in flight; it goes on with the next batch
-     * and joins at the commit whose sync makes batches durable (or when idle). Waiting
-     * here made checkpoint.sync=interval slower than a sync per batch: the delivery of
-     * the several batches one sync made durable held up the loop at the next commit,
-     * so loop and delivery took turns instead of overlapping (issue 18). */
-    if (ctx->dl_running && lk__store_durable_batch(ctx->store) <= ctx->dl_upto)
-        return LK_OK;
-    lk_err_t e = finish_delivery(ctx);
-    if (e || ctx->fatal || !ctx->nsinks)
-        return e;
-    if (lk__mono_ms() < ctx->sink_retry_ms)
-        return LK_OK;
-    uint64_t upto = lk__store_durable_batch(ctx->store);
-    int any = 0;
-    for (size_t i = 0; i < ctx->nsinks; i++) {
-        lk_sink_t *s = ctx->sinks[i];
-        char err[1024];
-        uint64_t first = 0;
-        ctx->dl_mine[i] = 0;
-        if (!s->recovered || s->state != LK__TXN_READY)
-            return drain_sinks(ctx, 1);
-        e = lk__sink_first_pending(s, ctx->store, &first, err, sizeof err);
-        if (e == LK_ERR_NOT_FOUND || (!e && first > upto))
-            continue;
-        if (e)
-            return drain_sinks(ctx, 1);
-        ctx->dl_mine[i] = 1;
-        any = 1;
-    }
-    if (!any)
-        return LK_OK;
-    ctx->dl_upto = upto;
-    ctx->dl_started_ns = lk__mono_ns();
-    /* signals stay with the batch loop: SIGTERM/SIGINT are its to handle, and an
-     * interrupted write in a sink would fail a delivery for nothing */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&ctx->dl_thread, NULL, delivery_thread, ctx);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) {
-        memset(ctx->dl_mine, 0, ctx->nsinks * sizeof *ctx->dl_mine);
-        return drain_sinks(ctx, 1);
-    }
-    ctx->dl_running = 1;
-    return LK_OK;
-}
-
 /* The metrics (metrics.c), told which stages are event-time windows: their late
  * records (window.c's accumulator <uid>.late) are lockstep_late_records_total{operator}. */
 static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size) {
@@ -652,7 +332,7 @@ void lk_context_destroy(lk_context_t *ctx) {
     ctx->metrics = NULL;
     /* destroy reports nothing: a delivery that failed or was not acknowledged stays in
      * the outbox, and the next start's recovery (the fence) settles it */
-    (void)finish_delivery(ctx);
+    (void)lk__ctx_finish_delivery(ctx);
     lk__receiver_destroy(ctx->receiver);
     for (size_t i = 0; i < ctx->nsinks; i++)
         lk__sink_destroy(ctx->sinks[i]);
@@ -729,7 +409,7 @@ static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64
     lookup_ctx_t l = {t};
     e = lk__store_plan_get(t, &pending);
     if (e && e != LK_ERR_NOT_FOUND) { /* a corrupt plan is refused, not ignored */
-        e = fail(ctx, e, "%s", lk__store_txn_errstr(t));
+        e = lk__ctx_fail(ctx, e, "%s", lk__store_txn_errstr(t));
         lk__store_txn_abort(t);
         return e;
     }
@@ -825,17 +505,17 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     if (!b->err && !atomic_load(&ctx->stop_now))
         lk__batch_end(b, ctx->pipeline);
     if (b->err) {
-        e = fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
+        e = lk__ctx_fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
         goto abort;
     }
     if (atomic_load(&ctx->stop_now)) {
-        e = fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
+        e = lk__ctx_fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
                  (unsigned long long)id);
         goto abort;
     }
     lk_range_t *ranges = lk__arena_alloc(&b->arena, (f->nranges ? f->nranges : 1) * sizeof *ranges);
     if (!ranges) {
-        e = fail(ctx, LK_ERR_NOMEM, "out of memory");
+        e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
         goto abort;
     }
     for (size_t i = 0; i < f->nranges && !e; i++) {
@@ -898,7 +578,7 @@ static int should_abandon(void *opaque) {
 static lk_err_t record_unread(lk_context_t *ctx, uint64_t id, const lk__fetch_t *f) {
     lk__wunread_t *u = malloc((f->nranges ? f->nranges : 1) * sizeof *u);
     if (!u)
-        return fail(ctx, LK_ERR_NOMEM, "out of memory");
+        return lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
     size_t n = 0;
     for (size_t i = 0; i < f->nranges; i++)
         if (f->ranges[i].high > f->ranges[i].range.until)
@@ -923,7 +603,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     if (ctx->fatal) /* ctx->errstr still says why; formatting it into itself (vsnprintf
                      * with overlapping buffers) is undefined and lost the message */
         return LK_ERR_FATAL;
-    lk_err_t se = drain_sinks(ctx, 0);
+    lk_err_t se = lk__ctx_drain_sinks(ctx, 0);
     if (ctx->fatal)
         return se;
     uint64_t pending_bytes = lk__store_outbox_bytes(ctx->store);
@@ -983,7 +663,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     if (!e && !replay) {
         lk_range_t *ranges = malloc((f.nranges ? f.nranges : 1) * sizeof *ranges);
         if (!ranges)
-            e = fail(ctx, LK_ERR_NOMEM, "out of memory");
+            e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
         for (size_t i = 0; !e && i < f.nranges; i++)
             ranges[i] = f.ranges[i].range;
         /* a plan's records_out carries the offsets skipped for data loss, so a replay
@@ -1016,12 +696,12 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
         if (!ctx->fatal) {
             ctx->fatal = 1;
             ctx->fatal_err = LK_ERR_FATAL;
-            fail(ctx, LK_ERR_FATAL, "%s", msg);
+            lk__ctx_fail(ctx, LK_ERR_FATAL, "%s", msg);
         }
         return ctx->fatal_err;
     }
     if (!e) {
-        se = ctx->overlap ? drain_overlapped(ctx) : drain_sinks(ctx, 1);
+        se = ctx->overlap ? lk__ctx_drain_overlapped(ctx) : lk__ctx_drain_sinks(ctx, 1);
         if (ctx->fatal) {
             lk__fetch_clear(&f);
             return se;
@@ -1030,7 +710,7 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
                             (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
                             (double)(lk__mono_ns() - t3) / 1e6};
-            report_progress(ctx, id, time_ms, &f, ms, ctx->dl_running && ctx->dl_upto == id);
+            lk__ctx_report_progress(ctx, id, time_ms, &f, ms, ctx->dl_running && ctx->dl_upto == id);
         }
     }
     lk__fetch_clear(&f);
@@ -1109,7 +789,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
              * keeping the batch's error as the one reported unless that was fatal */
             char why[sizeof ctx->errstr];
             memcpy(why, ctx->errstr, sizeof why);
-            if (finish_delivery(ctx) && ctx->fatal)
+            if (lk__ctx_finish_delivery(ctx) && ctx->fatal)
                 e = ctx->fatal_err;
             else
                 memcpy(ctx->errstr, why, sizeof why);
@@ -1138,7 +818,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         backoff = backoff0;
         /* retriable delivery errors below are logged and retried by sinks_backoff; a
          * fatal one stops here, with its own code and message */
-        if (idle && ctx->dl_running && drain_sinks(ctx, 1) && ctx->fatal)
+        if (idle && ctx->dl_running && lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
             goto fatal; /* nothing to overlap with: acknowledge it now */
         if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
             /* group commit: nothing new to do, so make the last batches durable now and
@@ -1146,7 +826,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
             char err[256];
             if (lk__store_sync(ctx->store, err, sizeof err))
                 lk__log(LK_LOG_WARNING, "group commit sync: %s (the sinks wait for it)", err);
-            else if (drain_sinks(ctx, 1) && ctx->fatal)
+            else if (lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
                 goto fatal;
         }
         int64_t elapsed = lk__mono_ms() - started;
@@ -1169,7 +849,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         int64_t until = atomic_load(&ctx->stop_deadline_ms);
         while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
                !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
-            if (drain_sinks(ctx, 1) == LK_OK)
+            if (lk__ctx_drain_sinks(ctx, 1) == LK_OK)
                 break;
             nap_ms(ctx, ctx->sink_backoff_ms < until - lk__mono_ms()
                             ? ctx->sink_backoff_ms : until - lk__mono_ms());
@@ -1182,7 +862,7 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
         lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
                 (unsigned long long)lk__store_committed_batch(ctx->store));
     }
-    if (finish_delivery(ctx) && !result && ctx->fatal)
+    if (lk__ctx_finish_delivery(ctx) && !result && ctx->fatal)
         result = ctx->fatal_err;
     ctx->overlap = 0;
     lk__metrics_loop(ctx->metrics, 0, result, ctx->errstr);
@@ -1198,6 +878,6 @@ lk_err_t lk_context_metrics_write(lk_context_t *ctx, FILE *fp, int openmetrics) 
     if (!ctx)
         return LK_ERR_INVALID_ARG;
     if (!fp)
-        return fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: fp is required");
+        return lk__ctx_fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: fp is required");
     return lk__metrics_write(ctx->metrics, fp, openmetrics, ctx->errstr, sizeof ctx->errstr);
 }
