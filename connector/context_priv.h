@@ -77,6 +77,9 @@ struct lk_context {
  * returns e. context.c. */
 lk_err_t lk__ctx_fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
 
+/* context_loop.c: a context being destroyed stops being the one signals stop. */
+void lk__ctx_release_signals(lk_context_t *ctx);
+
 /* context_delivery.c */
 lk_err_t lk__ctx_drain_sinks(lk_context_t *ctx, int force);
 lk_err_t lk__ctx_finish_delivery(lk_context_t *ctx);
