@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Hand a committed batch's report to the metrics and the progress callback. */
+/* Hand a committed batch's report to the metrics and the progress callback.
+ * @locality loop thread */
 static void notify_progress(lk_context_t *ctx, const lk_progress_t *p) {
     lk__metrics_progress(ctx->metrics, p);
     if (ctx->progress_cb)
@@ -78,7 +79,7 @@ static int keep_report(lk_context_t *ctx, const lk_progress_t *p) {
 
 /* Tell the progress callback what the committed batch f did; with defer, once the
  * delivery in flight (the batch's own) is settled, so that its line says what the batch
- * did with its delivery included (at once if the copy fails). */
+ * did with its delivery included (at once if the copy fails). @locality loop thread */
 void lk__ctx_report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                              const lk__fetch_t *f, const double ms[5], int defer) {
     if (!ctx->progress_cb && !ctx->metrics)
@@ -91,7 +92,7 @@ void lk__ctx_report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
 }
 
 /* A sink failed with e (message err): fenced or fatal errors stop the application; the
- * first retriable one is kept in *first for the backoff. */
+ * first retriable one is kept in *first for the backoff. @locality loop thread */
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
     /* a corrupt checkpoint never heals by retrying */
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT) {
@@ -112,7 +113,8 @@ static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_e
     return LK_OK;
 }
 
-/* After a round of deliveries: back off after a retriable failure, else reset. */
+/* After a round of deliveries: back off after a retriable failure, else reset.
+ * @locality loop thread */
 static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
     lk__metrics_sink(ctx->metrics, first, ctx->errstr);
     if (first) {
@@ -134,6 +136,14 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
     return first;
 }
 
+/*
+ * The delivery thread's body: deliver the durable batches up to dl_upto for the sinks
+ * marked in dl_mine, leaving each sink's outcome in dl_err/dl_errstr and the last batch
+ * it delivered in dl_last (read by the loop after the join). It opens only read
+ * transactions, writes nothing else of ctx, and never acknowledges (acknowledgements are
+ * checkpoint writes, the loop's).
+ * @locality delivery thread
+ */
 static void *delivery_thread(void *o) {
     lk_context_t *ctx = o;
     lk__phase_thread(1);
@@ -148,7 +158,8 @@ static void *delivery_thread(void *o) {
 }
 
 /* Wait for the delivery in flight, then acknowledge what it delivered (on this thread:
- * acknowledgements are checkpoint writes). Errors as for drain_sinks. */
+ * acknowledgements are checkpoint writes): delivered → acknowledged. Errors as for
+ * lk__ctx_drain_sinks. @locality loop thread (joins the delivery thread) */
 lk_err_t lk__ctx_finish_delivery(lk_context_t *ctx) {
     if (!ctx->dl_running)
         return LK_OK;
@@ -188,7 +199,8 @@ lk_err_t lk__ctx_finish_delivery(lk_context_t *ctx) {
  * Deliver what is durable in the outbox, synchronously (after the delivery in flight,
  * if any, which an unforced call leaves running). Retriable sink errors are logged and
  * retried later with their own backoff (input keeps flowing until outbox.max.bytes);
- * fenced or fatal ones stop the application.
+ * fenced or fatal ones stop the application. durable → delivered → acknowledged, on
+ * the loop's own thread. @locality loop thread
  */
 lk_err_t lk__ctx_drain_sinks(lk_context_t *ctx, int force) {
     if (!ctx->nsinks)
@@ -220,7 +232,8 @@ lk_err_t lk__ctx_drain_sinks(lk_context_t *ctx, int force) {
  * the loop plans, reads, processes and commits the next one. With checkpoint.sync=batch
  * that is the batch just committed; with group commit, the batches the last sync made
  * durable. A sink that must recover (first start, after an error) is drained
- * synchronously, as without overlap.
+ * synchronously, as without overlap. durable → (delivery thread) delivered.
+ * @locality loop thread (starts the delivery thread)
  */
 lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
     /* Group commit: a commit that made nothing new durable has nothing to hand over, so

@@ -26,7 +26,7 @@ void lk__ctx_release_signals(lk_context_t *ctx) {
 
 /* Request a stop (also from a signal handler: only atomics and clock_gettime). A graceful
  * stop must be done, delivery included, within shutdown.timeout.ms; an immediate one
- * abandons what blocks at once. */
+ * abandons what blocks at once. @locality any thread, signal handlers included */
 static void request_stop(lk_context_t *ctx, int graceful) {
     int64_t now = lk__mono_ms();
     if (graceful) {
@@ -60,7 +60,8 @@ static lk_err_t lookup_offset(const char *topic, int32_t partition, int64_t *off
     return e;
 }
 
-/* Plan batch `id`: reuse its pending plan if the last run left one, else plan afresh. */
+/* Plan batch `id`: reuse its pending plan if the last run left one, else plan afresh.
+ * @locality loop thread */
 static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64_t *time_ms,
                            int *replay) {
     lk_store_txn_t *t;
@@ -137,6 +138,10 @@ static lk_err_t input_headers(lk_batch_t *b, rd_kafka_message_t *m, lk_record_t 
     return LK_OK;
 }
 
+/* fetched → committed (→ durable when checkpoint.sync=batch fsyncs the commit): push
+ * the records through the pipeline inside one LMDB write transaction and commit offsets,
+ * fingerprints, accumulators and the batch record with the state and the outbox.
+ * @locality loop thread */
 static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                                    lk__fetch_t *f) {
     lk_store_txn_t *t;
@@ -223,7 +228,7 @@ abort:
 }
 
 /* Abandon a fetch: an immediate stop, or a graceful one that has waited longer than
- * shutdown.timeout.ms for the batch in flight. */
+ * shutdown.timeout.ms for the batch in flight. @locality loop thread (inside the fetch) */
 static int should_abandon(void *opaque) {
     lk_context_t *ctx = opaque;
     if (atomic_load(&ctx->stop_now))
@@ -261,15 +266,20 @@ static lk_err_t record_unread(lk_context_t *ctx, uint64_t id, const lk__fetch_t 
     return e;
 }
 
-/* One batch. *idle is set when it read no input (whether or not it committed). */
-static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
-    *idle = 0;
-    if (ctx->fatal) /* ctx->errstr still says why; formatting it into itself (vsnprintf
-                     * with overlapping buffers) is undefined and lost the message */
-        return LK_ERR_FATAL;
-    lk_err_t se = lk__ctx_drain_sinks(ctx, 0);
-    if (ctx->fatal)
-        return se;
+/* ---- one batch, as phases (DESIGN.md, A batch's life) ---- */
+
+/* The batch in flight through run_batch's phases. */
+typedef struct {
+    uint64_t id;
+    lk__fetch_t f;   /* its ranges, then its records */
+    int64_t time_ms; /* the batch time (a replay keeps the recorded one) */
+    int replay;      /* the plan is the recorded one of a crashed run */
+    int64_t t0, t1, t2, t3; /* monotonic ns: planning began, planned, fetched, committed */
+} inflight_t;
+
+/* Back-pressure: with more than outbox.max.bytes waiting for the sinks, no new batch is
+ * planned (input waits in Kafka). 1 if the loop must wait. @locality loop thread */
+static int backpressured(lk_context_t *ctx) {
     uint64_t pending_bytes = lk__store_outbox_bytes(ctx->store);
     if (pending_bytes > (uint64_t)lk__conf_int(ctx->conf, LK__P_OUTBOX_MAX_BYTES)) {
         if (!ctx->backpressure_logged)
@@ -277,10 +287,14 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
                     "batch until the sinks deliver; input waits in Kafka",
                     (unsigned long long)pending_bytes);
         ctx->backpressure_logged = 1;
-        *idle = 1;
-        return LK_OK;
+        return 1;
     }
     ctx->backpressure_logged = 0;
+    return 0;
+}
+
+/* The next batch's number. @locality loop thread */
+static uint64_t next_batch_id(lk_context_t *ctx) {
     uint64_t id = lk__store_committed_batch(ctx->store) + 1;
     /* checkpoint.adopt.output: a new checkpoint's batches are numbered after the output
      * of the checkpoint whose output it continues (its sinks recovered above) */
@@ -290,94 +304,166 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
             lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the adopted "
                     "output", (unsigned long long)id);
         }
-    lk__fetch_t f;
-    int64_t time_ms;
-    int replay;
-    int64_t t0 = lk__mono_ns();
+    return id;
+}
+
+/* → planned: the ranges to read, in memory (recorded by record_plan once fetched).
+ * @locality loop thread */
+static lk_err_t plan(lk_context_t *ctx, inflight_t *b) {
+    b->t0 = lk__mono_ns();
     lk__phase(LK__PH_PLANNING);
-    lk_err_t e = plan_batch(ctx, id, &f, &time_ms, &replay);
+    lk_err_t e = plan_batch(ctx, b->id, &b->f, &b->time_ms, &b->replay);
     if (e)
         return e;
-    int64_t t1 = lk__mono_ns();
+    b->t1 = lk__mono_ns();
     lk__faultpoint("after-plan");
+    if (!b->replay)
+        lk__metrics_planned(ctx->metrics, &b->f, ctx->receiver);
+    return LK_OK;
+}
+
+/* 1 if the plan reads no input. */
+static int plan_is_empty(const inflight_t *b) {
     int empty = 1;
-    for (size_t i = 0; i < f.nranges; i++)
-        empty &= f.ranges[i].range.from >= f.ranges[i].range.until;
-    /* Nothing to read and nothing to record: skip the commit. A partition seen for the
-     * first time is recorded even when empty, or "latest" would move on every plan and
-     * skip what arrives in between. */
-    /* A replayed plan is always committed: skipping it would find it again forever. */
-    *idle = empty;
-    if (!replay)
-        lk__metrics_planned(ctx->metrics, &f, ctx->receiver);
-    if (empty && !replay && !f.data_loss_skipped && !f.new_partitions && !ctx->has_ttl) {
-        lk__fetch_clear(&f);
-        return LK_OK;
-    }
+    for (size_t i = 0; i < b->f.nranges; i++)
+        empty &= b->f.ranges[i].range.from >= b->f.ranges[i].range.until;
+    return empty;
+}
+
+/* 1 if the batch can be skipped: nothing to read and nothing to record. A partition seen
+ * for the first time is recorded even when empty, or "latest" would move on every plan
+ * and skip what arrives in between. A replayed plan is always committed: skipping it
+ * would find it again forever. */
+static int nothing_to_commit(const lk_context_t *ctx, const inflight_t *b) {
+    return plan_is_empty(b) && !b->replay && !b->f.data_loss_skipped && !b->f.new_partitions &&
+           !ctx->has_ttl;
+}
+
+/* planned → fetched: read exactly the planned ranges. @locality loop thread */
+static lk_err_t fetch(lk_context_t *ctx, inflight_t *b) {
     lk__phase(LK__PH_FETCHING);
-    e = lk__receiver_fetch(ctx->receiver, &f, !replay, should_abandon, ctx, ctx->errstr,
-                           sizeof ctx->errstr);
-    if (e == LK_ERR_DATA_LOSS && replay) {
+    lk_err_t e = lk__receiver_fetch(ctx->receiver, &b->f, !b->replay, should_abandon, ctx,
+                                    ctx->errstr, sizeof ctx->errstr);
+    if (e == LK_ERR_DATA_LOSS && b->replay) {
         /* The recorded plan reads offsets that are gone: plan afresh, where the data
          * loss policy applies. */
         char err[256];
         if (lk__store_plan_clear(ctx->store, err, sizeof err))
             lk__log(LK_LOG_WARNING, "cannot clear the batch plan: %s", err);
     }
-    if (!e && !replay) {
-        lk_range_t *ranges = malloc((f.nranges ? f.nranges : 1) * sizeof *ranges);
-        if (!ranges)
-            e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
-        for (size_t i = 0; !e && i < f.nranges; i++)
-            ranges[i] = f.ranges[i].range;
-        /* a plan's records_out carries the offsets skipped for data loss, so a replay
-         * counts them too */
-        lk_batch_rec_t plan = {id, time_ms, 0, 0, f.data_loss_skipped, f.nranges, ranges};
-        if (!e && lk__window_wants_plan(ctx->pipeline))
-            e = record_unread(ctx, id, &f);
-        if (!e)
-            e = lk__store_plan_put(ctx->store, &plan, ctx->errstr, sizeof ctx->errstr);
-        free(ranges);
-    }
-    int64_t t2 = lk__mono_ns();
-    uint64_t committed_before = lk__store_committed_batch(ctx->store);
+    return e;
+}
+
+/* The plan is recorded before processing (unsynced), after the fetch whose byte cap may
+ * have cut its ranges, so that a crashed batch is replayed alike. @locality loop thread */
+static lk_err_t record_plan(lk_context_t *ctx, inflight_t *b) {
+    lk__fetch_t *f = &b->f;
+    lk_err_t e = LK_OK;
+    lk_range_t *ranges = malloc((f->nranges ? f->nranges : 1) * sizeof *ranges);
+    if (!ranges)
+        e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; !e && i < f->nranges; i++)
+        ranges[i] = f->ranges[i].range;
+    /* a plan's records_out carries the offsets skipped for data loss, so a replay
+     * counts them too */
+    lk_batch_rec_t rec = {b->id, b->time_ms, 0, 0, f->data_loss_skipped, f->nranges, ranges};
+    if (!e && lk__window_wants_plan(ctx->pipeline))
+        e = record_unread(ctx, b->id, f);
     if (!e)
-        e = process_and_commit(ctx, id, time_ms, &f);
-    int64_t t3 = lk__mono_ns();
+        e = lk__store_plan_put(ctx->store, &rec, ctx->errstr, sizeof ctx->errstr);
+    free(ranges);
+    return e;
+}
+
+/* After process_and_commit (e: its outcome): a failed batch leaves the receiver to seek
+ * again; the records go, the ranges stay for the progress report. @locality loop thread */
+static void release_input(lk_context_t *ctx, inflight_t *b, lk_err_t e) {
     if (e)
         lk__receiver_invalidate(ctx->receiver);
     else
         lk__log(LK_LOG_DEBUG,
                 "batch %llu: %zu ranges, %llu records; plan %.1f ms, fetch %.1f ms, "
                 "process+commit %.1f ms",
-                (unsigned long long)id, f.nranges, (unsigned long long)f.records,
-                (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
-                (double)(lk__mono_ns() - t2) / 1e6);
-    lk__fetch_release_messages(&f); /* the ranges stay for the progress report */
+                (unsigned long long)b->id, b->f.nranges, (unsigned long long)b->f.records,
+                (double)(b->t1 - b->t0) / 1e6, (double)(b->t2 - b->t1) / 1e6,
+                (double)(lk__mono_ns() - b->t2) / 1e6);
+    lk__fetch_release_messages(&b->f);
+}
+
+/* A failed sync, a corrupt checkpoint, MDB_PANIC: the store's fatal state stops the
+ * application (the first fatal error wins). LK_OK if the store is sound.
+ * @locality loop thread */
+static lk_err_t check_store(lk_context_t *ctx) {
     const char *msg;
-    if (lk__store_fatal(ctx->store, &msg)) {
-        lk__fetch_clear(&f);
-        if (!ctx->fatal) {
-            ctx->fatal = 1;
-            ctx->fatal_err = LK_ERR_FATAL;
-            lk__ctx_fail(ctx, LK_ERR_FATAL, "%s", msg);
-        }
-        return ctx->fatal_err;
+    if (!lk__store_fatal(ctx->store, &msg))
+        return LK_OK;
+    if (!ctx->fatal) {
+        ctx->fatal = 1;
+        ctx->fatal_err = LK_ERR_FATAL;
+        lk__ctx_fail(ctx, LK_ERR_FATAL, "%s", msg);
     }
-    if (!e) {
-        se = ctx->overlap ? lk__ctx_drain_overlapped(ctx) : lk__ctx_drain_sinks(ctx, 1);
-        if (ctx->fatal) {
-            lk__fetch_clear(&f);
-            return se;
-        }
-        if (lk__store_committed_batch(ctx->store) != committed_before) {
-            double ms[5] = {(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
-                            (double)(t3 - t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
-                            (double)(lk__mono_ns() - t3) / 1e6};
-            lk__ctx_report_progress(ctx, id, time_ms, &f, ms, ctx->dl_running && ctx->dl_upto == id);
-        }
+    return ctx->fatal_err;
+}
+
+/* durable → delivered: hand the durable batches to the sinks (the delivery thread with
+ * sink.overlap, else at once), then report the batch if it committed (held back until
+ * its own delivery is settled when that is in flight). A fenced or fatal sink error is
+ * returned; a retriable one waits for the sinks' backoff. @locality loop thread */
+static lk_err_t hand_over(lk_context_t *ctx, inflight_t *b, uint64_t committed_before) {
+    lk_err_t se = ctx->overlap ? lk__ctx_drain_overlapped(ctx) : lk__ctx_drain_sinks(ctx, 1);
+    if (ctx->fatal)
+        return se;
+    if (lk__store_committed_batch(ctx->store) != committed_before) {
+        double ms[5] = {(double)(b->t1 - b->t0) / 1e6, (double)(b->t2 - b->t1) / 1e6,
+                        (double)(b->t3 - b->t2) / 1e6 - ctx->last_commit_ms, ctx->last_commit_ms,
+                        (double)(lk__mono_ns() - b->t3) / 1e6};
+        lk__ctx_report_progress(ctx, b->id, b->time_ms, &b->f, ms,
+                                ctx->dl_running && ctx->dl_upto == b->id);
     }
-    lk__fetch_clear(&f);
+    return LK_OK;
+}
+
+/*
+ * One batch, as phases: deliver what is durable (backoff permitting), wait while the
+ * outbox is over its bound, plan, fetch, record the plan, process and commit, then hand
+ * the durable batches to the sinks. *idle is set when it read no input (whether or not
+ * it committed). @locality loop thread
+ */
+static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
+    *idle = 0;
+    if (ctx->fatal) /* ctx->errstr still says why; formatting it into itself (vsnprintf
+                     * with overlapping buffers) is undefined and lost the message */
+        return LK_ERR_FATAL;
+    lk_err_t e = lk__ctx_drain_sinks(ctx, 0);
+    if (ctx->fatal)
+        return e;
+    if (backpressured(ctx)) {
+        *idle = 1;
+        return LK_OK;
+    }
+    inflight_t b = {.id = next_batch_id(ctx)};
+    if ((e = plan(ctx, &b)))
+        return e;
+    *idle = plan_is_empty(&b);
+    if (nothing_to_commit(ctx, &b)) {
+        lk__fetch_clear(&b.f);
+        return LK_OK;
+    }
+    e = fetch(ctx, &b);
+    if (!e && !b.replay)
+        e = record_plan(ctx, &b);
+    b.t2 = lk__mono_ns();
+    uint64_t committed_before = lk__store_committed_batch(ctx->store);
+    if (!e)
+        e = process_and_commit(ctx, b.id, b.time_ms, &b.f);
+    b.t3 = lk__mono_ns();
+    release_input(ctx, &b, e);
+    lk_err_t fatal = check_store(ctx);
+    if (fatal)
+        e = fatal;
+    else if (!e)
+        e = hand_over(ctx, &b, committed_before);
+    lk__fetch_clear(&b.f);
     return e;
 }
 
@@ -425,115 +511,170 @@ static int retriable(const lk_context_t *ctx, lk_err_t e) {
            (e == LK_ERR_DATA_LOSS && ctx->skip_loss);
 }
 
-lk_err_t lk_context_run(lk_context_t *ctx) {
-    struct sigaction sa, old_term, old_int;
-    int own_signals = lk__conf_bool(ctx->conf, LK__P_STOP_GRACEFULLY);
-    if (own_signals) {
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        signal_ctx = ctx;
-        sigaction(SIGTERM, &sa, &old_term);
-        sigaction(SIGINT, &sa, &old_int);
+/* ---- the loop, as phases ---- */
+
+/* SIGTERM/SIGINT as they were before lk_context_run took them (stop.gracefully). */
+typedef struct {
+    int own;
+    struct sigaction term, intr;
+} signals_t;
+
+/* With stop.gracefully, the first SIGTERM/SIGINT stops ctx gracefully, the second at once.
+ * @locality loop thread */
+static void take_signals(lk_context_t *ctx, signals_t *s) {
+    s->own = lk__conf_bool(ctx->conf, LK__P_STOP_GRACEFULLY);
+    if (!s->own)
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    signal_ctx = ctx;
+    sigaction(SIGTERM, &sa, &s->term);
+    sigaction(SIGINT, &sa, &s->intr);
+}
+
+static void give_back_signals(const signals_t *s) {
+    if (!s->own)
+        return;
+    sigaction(SIGTERM, &s->term, NULL);
+    sigaction(SIGINT, &s->intr, NULL);
+    signal_ctx = NULL;
+}
+
+static int stop_requested(lk_context_t *ctx) {
+    return atomic_load(&ctx->stop_graceful) || atomic_load(&ctx->stop_now);
+}
+
+/*
+ * The batch failed with e. Settles the delivery in flight first (keeping the batch's
+ * error as the one reported unless the delivery's was fatal). Returns 1 if the loop
+ * stops (*result: LK_OK for a stop that abandoned the batch, else the error), 0 after
+ * waiting *backoff (doubled for the next failure) to retry. @locality loop thread
+ */
+static int batch_failed(lk_context_t *ctx, lk_err_t e, int64_t *backoff, lk_err_t *result) {
+    if (!ctx->fatal && ctx->dl_running) {
+        char why[sizeof ctx->errstr];
+        memcpy(why, ctx->errstr, sizeof why);
+        if (lk__ctx_finish_delivery(ctx) && ctx->fatal)
+            e = ctx->fatal_err;
+        else
+            memcpy(ctx->errstr, why, sizeof why);
     }
+    if (atomic_load(&ctx->stop_now) || (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
+        /* abandoned by an immediate stop: nothing of it was committed */
+        lk__log(LK_LOG_NOTICE, "stopped; batch %llu abandoned (%s), it will be "
+                "processed again on restart",
+                (unsigned long long)lk__store_committed_batch(ctx->store) + 1, ctx->errstr);
+        return 1;
+    }
+    if (!retriable(ctx, e)) {
+        lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
+        *result = e;
+        return 1;
+    }
+    lk__log(LK_LOG_WARNING, "batch failed, retrying in %lld ms: %s", (long long)*backoff,
+            ctx->errstr);
+    nap(ctx, *backoff);
+    int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
+    *backoff = *backoff * 2 > backoff_max ? backoff_max : *backoff * 2;
+    return 0;
+}
+
+/*
+ * A batch that read no input has nothing to overlap delivery with: acknowledge the
+ * delivery in flight now, and (group commit) make the last batches durable and let the
+ * sinks deliver them. Retriable delivery errors are logged and retried by the sinks'
+ * backoff; a fatal one is returned. @locality loop thread
+ */
+static lk_err_t settle_when_idle(lk_context_t *ctx) {
+    if (ctx->dl_running && lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
+        return ctx->fatal_err;
+    if (lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
+        char err[256];
+        if (lk__store_sync(ctx->store, err, sizeof err))
+            lk__log(LK_LOG_WARNING, "group commit sync: %s (the sinks wait for it)", err);
+        else if (lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
+            return ctx->fatal_err;
+    }
+    return LK_OK;
+}
+
+/* Wait for the next batch: batch.interval.ms from the start of this one, or 100 ms
+ * after an idle batch with no interval. A stop wakes it. @locality loop thread */
+static void wait_for_next_batch(lk_context_t *ctx, int was_idle, int64_t started,
+                                int64_t interval) {
+    int64_t elapsed = lk__mono_ms() - started;
+    lk__phase(LK__PH_IDLE);
+    if (was_idle || elapsed < interval)
+        nap(ctx, was_idle && interval == 0 ? 100 : interval - elapsed);
+}
+
+/* A graceful stop after the loop: sync, then deliver what is pending within
+ * shutdown.timeout.ms of the stop request. Returns result, or the fatal error a sink
+ * met. @locality loop thread */
+static lk_err_t stop_gracefully(lk_context_t *ctx, lk_err_t result) {
+    char err[256];
+    if (lk__store_sync(ctx->store, err, sizeof err))
+        lk__log(LK_LOG_WARNING, "final sync: %s", err);
+    lk__phase(LK__PH_STOPPING);
+    lk__faultpoint("during-graceful-stop");
+    int64_t until = atomic_load(&ctx->stop_deadline_ms);
+    while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
+           !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
+        if (lk__ctx_drain_sinks(ctx, 1) == LK_OK)
+            break;
+        nap_ms(ctx, ctx->sink_backoff_ms < until - lk__mono_ms() ? ctx->sink_backoff_ms
+                                                                  : until - lk__mono_ms());
+    }
+    if (lk__store_outbox_bytes(ctx->store) > 0)
+        lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "
+                "delivered on the next start");
+    if (ctx->fatal)
+        result = ctx->fatal_err;
+    lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
+            (unsigned long long)lk__store_committed_batch(ctx->store));
+    return result;
+}
+
+/*
+ * The loop, as phases: run a batch; on failure retry with backoff or stop; when idle
+ * settle delivery; wait for the next batch. After a stop: deliver what is pending
+ * (graceful), then settle the delivery in flight. @locality loop thread
+ */
+lk_err_t lk_context_run(lk_context_t *ctx) {
+    signals_t sig;
+    take_signals(ctx, &sig);
     int64_t interval = lk__conf_int(ctx->conf, LK__P_BATCH_INTERVAL_MS);
     int64_t backoff0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
-    int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
     int64_t backoff = backoff0;
     lk_err_t result = LK_OK;
     ctx->overlap = lk__conf_bool(ctx->conf, LK__P_SINK_OVERLAP);
     lk__metrics_loop(ctx->metrics, 1, LK_OK, NULL);
-    while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
+    while (!stop_requested(ctx)) {
         int64_t started = lk__mono_ms();
-        int idle;
-        lk_err_t e = run_batch(ctx, &idle);
+        int was_idle;
+        lk_err_t e = run_batch(ctx, &was_idle);
         lk__metrics_batch(ctx->metrics, e, ctx->errstr);
-        if (e && !ctx->fatal && ctx->dl_running) {
-            /* the batch failed: settle the delivery in flight before waiting to retry,
-             * keeping the batch's error as the one reported unless that was fatal */
-            char why[sizeof ctx->errstr];
-            memcpy(why, ctx->errstr, sizeof why);
-            if (lk__ctx_finish_delivery(ctx) && ctx->fatal)
-                e = ctx->fatal_err;
-            else
-                memcpy(ctx->errstr, why, sizeof why);
-        }
         if (e) {
-            if (atomic_load(&ctx->stop_now) ||
-                (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
-                /* abandoned by an immediate stop: nothing of it was committed */
-                lk__log(LK_LOG_NOTICE, "stopped; batch %llu abandoned (%s), it will be "
-                        "processed again on restart",
-                        (unsigned long long)lk__store_committed_batch(ctx->store) + 1,
-                        ctx->errstr);
+            if (batch_failed(ctx, e, &backoff, &result))
                 break;
-            }
-            if (!retriable(ctx, e)) {
-                lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
-                result = e;
-                break;
-            }
-            lk__log(LK_LOG_WARNING, "batch failed, retrying in %lld ms: %s",
-                    (long long)backoff, ctx->errstr);
-            nap(ctx, backoff);
-            backoff = backoff * 2 > backoff_max ? backoff_max : backoff * 2;
             continue;
         }
         backoff = backoff0;
-        /* retriable delivery errors below are logged and retried by sinks_backoff; a
-         * fatal one stops here, with its own code and message */
-        if (idle && ctx->dl_running && lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
-            goto fatal; /* nothing to overlap with: acknowledge it now */
-        if (idle && lk__store_durable_batch(ctx->store) < lk__store_committed_batch(ctx->store)) {
-            /* group commit: nothing new to do, so make the last batches durable now and
-             * let the sinks deliver them */
-            char err[256];
-            if (lk__store_sync(ctx->store, err, sizeof err))
-                lk__log(LK_LOG_WARNING, "group commit sync: %s (the sinks wait for it)", err);
-            else if (lk__ctx_drain_sinks(ctx, 1) && ctx->fatal)
-                goto fatal;
+        if (was_idle && (e = settle_when_idle(ctx))) {
+            lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(e));
+            result = e;
+            break;
         }
-        int64_t elapsed = lk__mono_ms() - started;
-        lk__phase(LK__PH_IDLE);
-        if (idle || elapsed < interval)
-            nap(ctx, idle && interval == 0 ? 100 : interval - elapsed);
-        continue;
-    fatal:
-        lk__log(LK_LOG_ERR, "%s (%s)", ctx->errstr, lk_err_name(ctx->fatal_err));
-        result = ctx->fatal_err;
-        break;
+        wait_for_next_batch(ctx, was_idle, started, interval);
     }
-    if (atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now) && !result) {
-        char err[256];
-        if (lk__store_sync(ctx->store, err, sizeof err))
-            lk__log(LK_LOG_WARNING, "final sync: %s", err);
-        lk__phase(LK__PH_STOPPING);
-        lk__faultpoint("during-graceful-stop");
-        /* deliver what is pending, within shutdown.timeout.ms of the stop request */
-        int64_t until = atomic_load(&ctx->stop_deadline_ms);
-        while (ctx->nsinks && lk__store_outbox_bytes(ctx->store) > 0 && !ctx->fatal &&
-               !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
-            if (lk__ctx_drain_sinks(ctx, 1) == LK_OK)
-                break;
-            nap_ms(ctx, ctx->sink_backoff_ms < until - lk__mono_ms()
-                            ? ctx->sink_backoff_ms : until - lk__mono_ms());
-        }
-        if (lk__store_outbox_bytes(ctx->store) > 0)
-            lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "
-                    "delivered on the next start");
-        if (ctx->fatal)
-            result = ctx->fatal_err;
-        lk__log(LK_LOG_INFO, "stopped gracefully after batch %llu",
-                (unsigned long long)lk__store_committed_batch(ctx->store));
-    }
+    if (atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now) && !result)
+        result = stop_gracefully(ctx, result);
     if (lk__ctx_finish_delivery(ctx) && !result && ctx->fatal)
         result = ctx->fatal_err;
     ctx->overlap = 0;
     lk__metrics_loop(ctx->metrics, 0, result, ctx->errstr);
-    if (own_signals) {
-        sigaction(SIGTERM, &old_term, NULL);
-        sigaction(SIGINT, &old_int, NULL);
-        signal_ctx = NULL;
-    }
+    give_back_signals(&sig);
     return result;
 }
