@@ -95,7 +95,7 @@ static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64
     }
     if (e == LK_OK) {
         *time_ms = pending.batch_time_ms;
-        f->data_loss_skipped += pending.records_out; /* see run_batch */
+        f->data_loss_skipped += pending.records_out; /* see record_plan */
         *replay = 1;
         lk__log(LK_LOG_INFO, "batch %llu: processing again with its recorded plan",
                 (unsigned long long)id);

@@ -173,17 +173,6 @@ int lk__pipeline_has_ttl(const lk_pipeline_t *p, int64_t def) {
 
 /* ---- execution ---- */
 
-static void batch_fail(lk_batch_t *b, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
-static void batch_fail(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
-    if (b->err)
-        return;
-    b->err = e;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
-    va_end(ap);
-}
-
 static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r);
 
 static void deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
@@ -244,10 +233,10 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         s->fn.map(b, r, s->opaque);
         b->cur = saved;
         if (s->kind == LK__ST_MAP && s->emitted != 1 && !b->err)
-            batch_fail(b, LK_ERR_STATE,
-                       "map '%s' emitted %zu records for one input; a map emits exactly one "
-                       "(use flat_map for zero or more)",
-                       s->uid, s->emitted);
+            lk__batch_failf(b, LK_ERR_STATE,
+                            "map '%s' emitted %zu records for one input; a map emits exactly one "
+                            "(use flat_map for zero or more)",
+                            s->uid, s->emitted);
         s->emitted = saved_emitted;
         break;
     }
@@ -274,19 +263,19 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             skip = LK__WIN_KV_PREFIX;
         }
         if (!r->key) {
-            batch_fail(b, LK_ERR_INVALID_ARG, "%s '%s' received a record without a key",
-                       lk__stage_kind_name(s->kind), s->uid);
+            lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s '%s' received a record without a key",
+                            lk__stage_kind_name(s->kind), s->uid);
             break;
         }
         int created;
         lk__kv_entry_t *e = kv_get(&s->kv, &b->arena, r->key, r->key_len, &created);
         if (!e) {
-            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             break;
         }
         lk_bytes_t v = {r->value ? copy_bytes(b, r->value, r->value_len) : NULL, r->value_len};
         if (r->value && !v.data) {
-            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             break;
         }
         if (s->kind != LK__ST_UPDATE) {
@@ -305,7 +294,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
                 size_t cap = e->capvals ? e->capvals * 2 : 4;
                 lk_bytes_t *nv = lk__arena_alloc(&b->arena, cap * sizeof *nv);
                 if (!nv) {
-                    batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                    lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
                     break;
                 }
                 if (e->nvals)
@@ -322,7 +311,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
             size_t cap = s->caprecs ? s->caprecs * 2 : 256;
             lk_record_t *n = realloc(s->recs, cap * sizeof *n);
             if (!n) {
-                batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
                 break;
             }
             s->recs = n;
@@ -332,7 +321,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         *kept = *r; /* input records' bytes live until the batch ends; emitted ones may not */
         if ((r->key && !(kept->key = copy_bytes(b, r->key, r->key_len))) ||
             (r->value && !(kept->value = copy_bytes(b, r->value, r->value_len)))) {
-            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             break;
         }
         s->nrecs++;
@@ -344,7 +333,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         if (r->nheaders) { /* the input's headers go out with it (copy, dead letters) */
             lk_header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
             if (!hs) {
-                batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
                 break;
             }
             for (size_t i = 0; i < r->nheaders; i++)
@@ -385,8 +374,8 @@ void lk_batch_fail(lk_batch_t *b, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    batch_fail(b, LK_ERR_INVALID_ARG, "%s%s%s", b->cur ? b->cur->uid : "",
-               b->cur ? ": " : "", msg);
+    lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s%s%s", b->cur ? b->cur->uid : "",
+                    b->cur ? ": " : "", msg);
 }
 
 void *lk_alloc(lk_batch_t *b, size_t size) {
@@ -446,7 +435,7 @@ static void apply_update(lk_batch_t *b, lk_stream_t *s, const lk_bytes_t *key,
     int64_t upd;
     lk_err_t e = lk__store_state_get(b->txn, s->db, key->data, key->len, &old, &oldlen, &upd);
     if (e && e != LK_ERR_NOT_FOUND) {
-        batch_fail(b, e, "update_state_by_key '%s': reading state: %s", s->uid, lk_err_str(e));
+        lk__batch_failf(b, e, "update_state_by_key '%s': reading state: %s", s->uid, lk_err_str(e));
         return;
     }
     lk_bytes_t state = {NULL, 0}, *statep = NULL;
@@ -528,8 +517,8 @@ static void expire_state(lk_batch_t *b, lk_stream_t *s, int64_t ttl) {
                                       LK__TTL_SCAN_PER_BATCH, expiry_cb, &x, &visited);
     if (e || x.oom) {
         free(x.keys);
-        batch_fail(b, e ? e : LK_ERR_NOMEM,
-                   "update_state_by_key '%s': scanning state for expiry", s->uid);
+        lk__batch_failf(b, e ? e : LK_ERR_NOMEM,
+                        "update_state_by_key '%s': scanning state for expiry", s->uid);
         return;
     }
     /* The next batch resumes strictly after the last key visited, or from the start;
@@ -542,7 +531,7 @@ static void expire_state(lk_batch_t *b, lk_stream_t *s, int64_t ttl) {
         s->scan_next = malloc(x.lastlen ? x.lastlen : 1);
         if (!s->scan_next) {
             free(x.keys);
-            batch_fail(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+            lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
             return;
         }
         memcpy(s->scan_next, x.last, x.lastlen);
