@@ -138,22 +138,14 @@ static lk_err_t input_headers(lk_batch_t *b, rd_kafka_message_t *m, lk_record_t 
     return LK_OK;
 }
 
-/* fetched → committed (→ durable when checkpoint.sync=batch fsyncs the commit): push
- * the records through the pipeline inside one LMDB write transaction and commit offsets,
- * fingerprints, accumulators and the batch record with the state and the outbox.
- * @locality loop thread */
-static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
-                                   lk__fetch_t *f) {
-    lk_store_txn_t *t;
-    lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
-    if (e)
-        return e;
-    lk_batch_t *b = &ctx->batch;
-    lk__batch_begin(b, ctx->pipeline, id, time_ms, t, ctx->default_ttl_ms);
+/* Push every fetched record through the pipeline, in the batch's transaction (b was
+ * begun on it), then flush the stages. @locality loop thread */
+static lk_err_t process(lk_context_t *ctx, lk_batch_t *b, uint64_t id, int64_t time_ms,
+                        const lk__fetch_t *f) {
     lk__phase(LK__PH_PROCESSING);
     lk__faultpoint("mid-processing");
     for (size_t i = 0; i < f->nranges && !b->err; i++) {
-        lk__range_msgs_t *rm = &f->ranges[i];
+        const lk__range_msgs_t *rm = &f->ranges[i];
         for (size_t j = 0; j < rm->n && !b->err; j++) {
             rd_kafka_message_t *m = rm->msgs[j];
             rd_kafka_timestamp_type_t tt;
@@ -162,7 +154,7 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
                              ts >= 0 ? ts : time_ms, rm->range.topic, rm->range.partition,
                              m->offset};
             r.timestamp_type = ts >= 0 ? (lk_timestamp_type_t)tt : LK_TIMESTAMP_NOT_AVAILABLE;
-            if ((e = input_headers(b, m, &r)))
+            if (input_headers(b, m, &r)) /* b->err says why */
                 break;
             lk__batch_push_input(b, ctx->pipeline, &r);
             if (atomic_load(&ctx->stop_now))
@@ -173,20 +165,24 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     }
     if (!b->err && !atomic_load(&ctx->stop_now))
         lk__batch_end(b, ctx->pipeline);
-    if (b->err) {
-        e = lk__ctx_fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
-        goto abort;
-    }
-    if (atomic_load(&ctx->stop_now)) {
-        e = lk__ctx_fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
-                 (unsigned long long)id);
-        goto abort;
-    }
+    if (b->err)
+        return lk__ctx_fail(ctx, b->err, "batch %llu: %s", (unsigned long long)id, b->errstr);
+    if (atomic_load(&ctx->stop_now))
+        return lk__ctx_fail(ctx, LK_ERR_STATE, "batch %llu abandoned: immediate stop requested",
+                            (unsigned long long)id);
+    return LK_OK;
+}
+
+/* Write what makes the batch a checkpoint into its transaction t, beside the state and
+ * the outbox the operators wrote: each range's offset with the fingerprint of the last
+ * record read, the record and data-loss accumulators, and the batch record.
+ * @locality loop thread */
+static lk_err_t record_batch(lk_context_t *ctx, lk_store_txn_t *t, lk_batch_t *b, uint64_t id,
+                             int64_t time_ms, const lk__fetch_t *f) {
     lk_range_t *ranges = lk__arena_alloc(&b->arena, (f->nranges ? f->nranges : 1) * sizeof *ranges);
-    if (!ranges) {
-        e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
-        goto abort;
-    }
+    if (!ranges)
+        return lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
+    lk_err_t e = LK_OK;
     for (size_t i = 0; i < f->nranges && !e; i++) {
         ranges[i] = f->ranges[i].range;
         e = lk__store_offset_put_fp(t, ranges[i].topic, ranges[i].partition, ranges[i].until,
@@ -206,8 +202,28 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     lk_batch_rec_t rec = {id, time_ms, 0, f->records, b->records_out, f->nranges, ranges};
     if (!e)
         e = lk__store_batch_put(t, &rec, ctx->errstr, sizeof ctx->errstr);
+    return e;
+}
+
+/* fetched → committed (→ durable when the commit is fsynced): one LMDB write transaction
+ * per batch, holding what process and record_batch write; its commit is the checkpoint.
+ * @locality loop thread */
+static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
+                                   lk__fetch_t *f) {
+    lk_store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
     if (e)
-        goto abort;
+        return e;
+    lk_batch_t *b = &ctx->batch;
+    lk__batch_begin(b, ctx->pipeline, id, time_ms, t, ctx->default_ttl_ms);
+    e = process(ctx, b, id, time_ms, f);
+    if (!e)
+        e = record_batch(ctx, t, b, id, time_ms, f);
+    if (e) {
+        lk__store_txn_abort(t);
+        lk__batch_reset(b, ctx->pipeline);
+        return e;
+    }
     ctx->last_records_out = b->records_out;
     int64_t commit_start = lk__mono_ns();
     lk__phase(LK__PH_COMMITTING);
@@ -220,10 +236,6 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
         ctx->last_batch_time_ms = time_ms;
         lk__faultpoint("after-checkpoint-commit");
     }
-    return e;
-abort:
-    lk__store_txn_abort(t);
-    lk__batch_reset(b, ctx->pipeline);
     return e;
 }
 
