@@ -6,7 +6,7 @@
  *   lockstep engine   the pipeline of `lockstep run pipeline=wordcount` (split-words ->
  *                     update_state_by_key word-counts -> format-counts -> to_kafka
  *                     outbox) driven through the lk__batch_* internals exactly as the
- *                     batch loop drives it (connector/context.c): pending plan put
+ *                     batch loop drives it (connector/context_loop.c): pending plan put
  *                     (unsynced txn), one write txn with the records pushed through the
  *                     stages, offsets of 8 partitions and the batch record, commit with
  *                     fsync (checkpoint.sync=batch); then the outbox acknowledged as a

@@ -215,8 +215,8 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     return LK_OK;
 }
 
-/* The metrics (metrics.c), told which stages are event-time windows: their late
- * records (window.c's accumulator <uid>.late) are lockstep_late_records_total{operator}. */
+/* The metrics (metrics*.c), told which stages are event-time windows: their late
+ * records (window_event.c's accumulator <uid>.late) are lockstep_late_records_total{operator}. */
 static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size) {
     const lk_pipeline_t *p = ctx->pipeline;
     const char **late = calloc(p->nstages ? p->nstages : 1, sizeof *late);

@@ -256,7 +256,7 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
         char err[1024];
         uint64_t first = 0;
         ctx->dl_mine[i] = 0;
-        if (!s->recovered || s->state != LK__TXN_READY)
+        if (!lk__sink_ready(s))
             return lk__ctx_drain_sinks(ctx, 1);
         e = lk__sink_first_pending(s, ctx->store, &first, err, sizeof err);
         if (e == LK_ERR_NOT_FOUND || (!e && first > upto))

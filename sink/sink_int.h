@@ -116,7 +116,7 @@ struct lk_sink {
     uint64_t adopted_after;   /* set by recover with adopt_output: the last batch of the
                                  other checkpoint's output (0: none found) */
     /* deliveries committed / aborted by this process, for lockstep_transactions_total
-     * (metrics.c reads them from the HTTP thread) */
+     * (metrics_text.c reads them from the HTTP thread) */
     atomic_ullong txn_committed, txn_aborted;
 };
 
