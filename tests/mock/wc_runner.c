@@ -12,6 +12,7 @@
 #include "lockstep.h"
 #include "wc_ops.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "wc_runner: %s\n", err);
         return 1;
     }
+    /* lk_context_run handles SIGTERM/SIGINT while it runs and gives the previous
+     * dispositions back when it returns: ignored here, so that a second signal landing
+     * after a quick graceful stop (the tests send two 20 ms apart) cannot kill the
+     * runner while it closes the context (exit status 143 instead of 0) */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     printf("ready\n");
     fflush(stdout);
     lk_err_t e = lk_context_run(ctx);
