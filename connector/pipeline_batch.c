@@ -492,14 +492,10 @@ static int expiry_cb(const void *key, size_t klen, const void *val, size_t vlen,
     x->last = (void *)key;
     x->lastlen = klen;
     if (upd < x->cutoff) {
-        if (x->n == x->cap) {
-            size_t cap = x->cap ? x->cap * 2 : 64;
-            lk_bytes_t *n = realloc(x->keys, cap * sizeof *n);
-            if (!n)
-                return x->oom = 1;
-            x->keys = n;
-            x->cap = cap;
-        }
+        lk_bytes_t *n = lk__vec_reserve(x->keys, &x->cap, x->n + 1, sizeof *n, 64);
+        if (!n)
+            return x->oom = 1;
+        x->keys = n;
         void *k = copy_bytes(x->b, key, klen);
         if (!k)
             return x->oom = 1;

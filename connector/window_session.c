@@ -28,14 +28,10 @@ static int overlapping(int64_t start, int64_t end, const void *val, size_t vlen,
         return 1; /* by start: none further overlaps */
     if (end <= x->lo)
         return 0;
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 4;
-        wsess_t *n = realloc(x->v, cap * sizeof *n);
-        if (!n)
-            return x->oom = 1;
-        x->v = n;
-        x->cap = cap;
-    }
+    wsess_t *n = lk__vec_reserve(x->v, &x->cap, x->n + 1, sizeof *n, 4);
+    if (!n)
+        return x->oom = 1;
+    x->v = n;
     void *copy = lk__batch_copy(x->c->b, val, vlen);
     if (!copy && vlen)
         return x->oom = 1;

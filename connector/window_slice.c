@@ -10,28 +10,20 @@
 
 int lk__wadd_live(int64_t slice, void *o) {
     lk__wctx_t *c = o;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 16;
-        int64_t *n = realloc(c->slices, cap * sizeof *n);
-        if (!n)
-            return c->oom = 1;
-        c->slices = n;
-        c->cap = cap;
-    }
+    int64_t *n = lk__vec_reserve(c->slices, &c->cap, c->n + 1, sizeof *n, 16);
+    if (!n)
+        return c->oom = 1;
+    c->slices = n;
     c->slices[c->n++] = slice;
     return 0;
 }
 
 int lk__wadd_key(const void *key, size_t klen, void *o) {
     lk__wctx_t *c = o;
-    if (c->nkeys == c->capkeys) {
-        size_t cap = c->capkeys ? c->capkeys * 2 : 64;
-        lk_bytes_t *n = realloc(c->keys, cap * sizeof *n);
-        if (!n)
-            return c->oom = 1;
-        c->keys = n;
-        c->capkeys = cap;
-    }
+    lk_bytes_t *n = lk__vec_reserve(c->keys, &c->capkeys, c->nkeys + 1, sizeof *n, 64);
+    if (!n)
+        return c->oom = 1;
+    c->keys = n;
     void *k = lk__batch_copy(c->b, key, klen);
     if (!k)
         return c->oom = 1;
