@@ -186,8 +186,8 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double *secs,
                         size_t *batches) {
     char err[1024];
-    lk_store_t *s;
-    lk_store_opts_t so = {0};
+    lk__store_t *s;
+    lk__store_opts_t so = {0};
     so.dir = dir;
     so.app_id = "bench-engine";
     so.map_size = (size_t)256 << 20;
@@ -205,7 +205,7 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double 
     lk_batch_t b;
     memset(&b, 0, sizeof b);
     int64_t offs[PARTITIONS] = {0};
-    lk_range_t ranges[PARTITIONS];
+    lk__range_t ranges[PARTITIONS];
     double t0 = now_s();
     uint64_t id = 0;
     for (size_t start = 0; start < l->n; start += batch) {
@@ -216,12 +216,12 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double 
         for (size_t i = start; i < end; i++)
             until[i % PARTITIONS]++;
         for (int q = 0; q < PARTITIONS; q++)
-            ranges[q] = (lk_range_t){TOPIC, q, offs[q], until[q]};
+            ranges[q] = (lk__range_t){TOPIC, q, offs[q], until[q]};
         int64_t bt = lk__wall_ms();
-        lk_batch_rec_t plan = {id, bt, 0, 0, 0, PARTITIONS, ranges};
+        lk__batch_rec_t plan = {id, bt, 0, 0, 0, PARTITIONS, ranges};
         if ((e = lk__store_plan_put(s, &plan, err, sizeof err)))
             goto fail;
-        lk_store_txn_t *t;
+        lk__store_txn_t *t;
         if ((e = lk__store_txn_begin(s, 1, &t, err, sizeof err)))
             goto fail;
         lk__batch_begin(&b, p, id, bt, t, 0);
@@ -235,7 +235,7 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double 
         e = b.err;
         for (int q = 0; q < PARTITIONS && !e; q++)
             e = lk__store_offset_put(t, TOPIC, q, until[q], err, sizeof err);
-        lk_batch_rec_t rec = {id, bt, 0, end - start, b.records_out, PARTITIONS, ranges};
+        lk__batch_rec_t rec = {id, bt, 0, end - start, b.records_out, PARTITIONS, ranges};
         if (!e)
             e = lk__store_batch_put(t, &rec, err, sizeof err);
         if (e) {
@@ -332,13 +332,13 @@ static int run_raw(const updates_t *up, const char *dir, double *secs, size_t *b
 
 static int prepare_state(const char *dir, const char *app, long long keys) {
     char err[1024];
-    lk_store_t *s;
-    lk_store_opts_t so = {0};
+    lk__store_t *s;
+    lk__store_opts_t so = {0};
     so.dir = dir;
     so.app_id = app;
     so.sync_interval = 1; /* one sync at close is enough for a prepared checkpoint */
     lk_err_t e = lk__store_open(&s, &so, err, sizeof err);
-    lk_state_db_t db;
+    lk__state_db_t db;
     if (!e)
         e = lk__store_state_open(s, "word-counts", &db, err, sizeof err);
     if (e) {
@@ -348,7 +348,7 @@ static int prepare_state(const char *dir, const char *app, long long keys) {
     double t0 = now_s();
     int64_t now = lk__wall_ms();
     for (long long k = 0; k < keys;) {
-        lk_store_txn_t *t;
+        lk__store_txn_t *t;
         if ((e = lk__store_txn_begin(s, 1, &t, err, sizeof err)))
             break;
         for (long long i = 0; i < 100000 && k < keys && !e; i++, k++) {

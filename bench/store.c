@@ -264,8 +264,8 @@ typedef struct {
     int raw, group;
     char dir[PATH_MAX];
     /* lockstep */
-    lk_store_t *s;
-    lk_state_db_t db;
+    lk__store_t *s;
+    lk__state_db_t db;
     /* raw */
     MDB_env *env;
     MDB_dbi state, outbox, offsets, batches;
@@ -286,7 +286,7 @@ typedef struct {
     unsigned char *value; /* outbox value template */
     unsigned char *rawbuf; /* raw outbox value / batch record scratch */
     size_t rawbuf_cap;
-    lk_range_t *ranges;
+    lk__range_t *ranges;
     char errstr[1024];
 } bench_t;
 
@@ -319,7 +319,7 @@ static int mdb_fail(const char *what, int rc) {
 
 /* One lockstep batch: begin, state RMW, outbox, offsets, batch record, commit. */
 static int lockstep_batch(bench_t *b, bcase_t *c) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     char *es = b->errstr;
     size_t esz = sizeof b->errstr;
     uint64_t id = c->next_batch;
@@ -349,18 +349,18 @@ static int lockstep_batch(bench_t *b, bcase_t *c) {
     }
     for (size_t i = 0; i < b->o.outbox; i++) {
         size_t k = (last_key + i) % b->ks.n;
-        lk_out_record_t r = {-1,           b->ks.words[k], b->ks.wlen[k], b->value,
+        lk__out_record_t r = {-1,           b->ks.words[k], b->ks.wlen[k], b->value,
                              b->o.value_size, bt,          0,             NULL};
         if ((e = lk__store_outbox_append(t, SINK, id, &r, es, esz)))
             goto fail;
     }
     for (size_t p = 0; p < b->o.partitions; p++) {
-        b->ranges[p] = (lk_range_t){TOPIC, (int32_t)p, offset_after(b, id - 1, p),
+        b->ranges[p] = (lk__range_t){TOPIC, (int32_t)p, offset_after(b, id - 1, p),
                                     offset_after(b, id, p)};
         if ((e = lk__store_offset_put(t, TOPIC, (int32_t)p, offset_after(b, id, p), es, esz)))
             goto fail;
     }
-    lk_batch_rec_t rec = {id, bt, 0, b->o.updates, b->o.outbox, b->o.partitions, b->ranges};
+    lk__batch_rec_t rec = {id, bt, 0, b->o.updates, b->o.outbox, b->o.partitions, b->ranges};
     if ((e = lk__store_batch_put(t, &rec, es, esz)))
         goto fail;
     if ((e = lk__store_txn_commit(t, es, esz)))
@@ -518,7 +518,7 @@ static int case_open(bench_t *b, bcase_t *c, const char *top) {
     c->rng = 0x5EED0000ull; /* the same key sequence for every case */
     size_t map = b->o.map_mib << 20;
     if (!c->raw) {
-        lk_store_opts_t so = {0};
+        lk__store_opts_t so = {0};
         so.dir = c->dir;
         so.app_id = "bench-store";
         so.sync_interval = c->group;
@@ -578,7 +578,7 @@ static int case_load(bench_t *b, bcase_t *c) {
     for (size_t i0 = 0; i0 < b->ks.n; i0 += chunk) {
         size_t i1 = i0 + chunk < b->ks.n ? i0 + chunk : b->ks.n;
         if (!c->raw) {
-            lk_store_txn_t *t;
+            lk__store_txn_t *t;
             lk_err_t e = lk__store_txn_begin(c->s, 1, &t, b->errstr, sizeof b->errstr);
             for (size_t i = i0; !e && i < i1; i++)
                 e = lk__store_state_put(t, c->db, b->ks.words[i], b->ks.wlen[i], &zero,
@@ -631,7 +631,7 @@ static int sum_state(const void *k, size_t kl, const void *v, size_t vl, int64_t
 static int case_verify(bench_t *b, bcase_t *c) {
     uint64_t sum = 0, want = (c->next_batch - 1) * (uint64_t)b->o.updates;
     if (!c->raw) {
-        lk_store_txn_t *t;
+        lk__store_txn_t *t;
         lk_err_t e = lk__store_txn_begin(c->s, 0, &t, b->errstr, sizeof b->errstr);
         if (e)
             return lk_fail(b, "verify", e);

@@ -174,8 +174,8 @@ static int cmd_checkpoint_inspect(int argc, char **argv) {
         fprintf(stderr, "lockstep checkpoint inspect: DIR is required\n%s", help);
         return 2;
     }
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s;
     char err[1024];
     lk_err_t e = lk__store_open(&s, &o, err, sizeof err);
     if (e) {
@@ -257,7 +257,7 @@ static int collect_uid(const lk__state_stat_t *st, void *opaque) {
 }
 
 /* Export the operators in uids from t to fp. */
-static lk_err_t export_to(lk_store_txn_t *t, const strlist_t *uids, FILE *fp,
+static lk_err_t export_to(lk__store_txn_t *t, const strlist_t *uids, FILE *fp,
                           uint64_t *entries, char *err, size_t err_size) {
     export_ctx_t x = {.fp = fp};
     for (size_t i = 0; i < uids->n; i++) {
@@ -349,9 +349,9 @@ static int cmd_checkpoint_export(int argc, char **argv) {
     char err[2048];
     if (output && output_in_checkpoint(dir, output, err, sizeof err))
         return fail(LK_ERR_INVALID_ARG, err);
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s = NULL;
-    lk_store_txn_t *t = NULL;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s = NULL;
+    lk__store_txn_t *t = NULL;
     strlist_t uids = {0};
     FILE *fp = NULL;
     char *tmp = NULL;
@@ -544,10 +544,10 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
                          "exactly one of --to N and --delete is required");
 
     char err[4096];
-    lk_store_t *s = NULL;
+    lk__store_t *s = NULL;
     /* A read-only look first: a read-write open would create a checkpoint in a missing
      * or empty directory. */
-    lk_store_opts_t ro = {.dir = dir, .readonly = 1};
+    lk__store_opts_t ro = {.dir = dir, .readonly = 1};
     lk_err_t e = lk__store_open(&s, &ro, err, sizeof err);
     if (e)
         return fail(e, err);
@@ -557,7 +557,7 @@ static int cmd_checkpoint_reset_offsets(int argc, char **argv) {
      * runs) and checks app.id (LK_ERR_APP_MISMATCH). Nothing is written by the open of
      * an existing checkpoint without a configuration; a checkpoint of an older format is
      * migrated only when writing (--yes), so a dry run writes nothing at all. */
-    lk_store_opts_t rw = {.dir = dir, .app_id = app, .no_migrate = !yes};
+    lk__store_opts_t rw = {.dir = dir, .app_id = app, .no_migrate = !yes};
     if ((e = lk__store_open(&s, &rw, err, sizeof err)))
         return fail(e, err);
     /* the rules (which offsets, the pending plan dropped with them) are the store's */

@@ -45,7 +45,7 @@ typedef struct {
     lk_err_t err;
 } orphan_ctx_t;
 
-static int check_orphan(const lk_outbox_stat_t *st, void *o) {
+static int check_orphan(const lk__outbox_stat_t *st, void *o) {
     orphan_ctx_t *c = o;
     for (size_t i = 0; i < c->p->nstages; i++)
         if (c->p->stages[i]->kind == LK__ST_OUTBOX && !strcmp(c->p->stages[i]->uid, st->sink))
@@ -60,7 +60,7 @@ static int check_orphan(const lk_outbox_stat_t *st, void *o) {
 }
 
 /* Undelivered output must not be stranded by removing its sink. */
-static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk_store_txn_t *t, char *errstr,
+static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk__store_txn_t *t, char *errstr,
                                       size_t errstr_size) {
     orphan_ctx_t c = {ctx->pipeline, errstr, errstr_size, LK_OK};
     lk_err_t e = lk__store_outbox_stats(t, check_orphan, &c);
@@ -74,17 +74,17 @@ static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk_store_txn_t *t, char
 /* Check the pipeline against the recorded topology, then record the new one. */
 static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_size) {
     lk_pipeline_t *p = ctx->pipeline;
-    lk_topo_op_t *now = calloc(p->nstages ? p->nstages : 1, sizeof *now);
+    lk__topo_op_t *now = calloc(p->nstages ? p->nstages : 1, sizeof *now);
     if (!now)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     size_t nnow = lk__pipeline_topology(p, now, p->nstages);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t err = lk__store_txn_begin(ctx->store, 1, &t, errstr, errstr_size);
     if (err) {
         free(now);
         return err;
     }
-    lk_topo_op_t *old;
+    lk__topo_op_t *old;
     size_t nold;
     if ((err = lk__store_topology_get(t, &old, &nold))) {
         err = lk__err(err, errstr, errstr_size, "checkpoint %s: topology unreadable: %s",
@@ -93,8 +93,8 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
     }
     int allow_drop = lk__conf_bool(ctx->conf, LK__P_TOPOLOGY_ALLOW_STATE_DROP);
     for (size_t i = 0; i < nold && !err; i++) {
-        const lk_topo_op_t *o = &old[i];
-        const lk_topo_op_t *n = NULL;
+        const lk__topo_op_t *o = &old[i];
+        const lk__topo_op_t *n = NULL;
         for (size_t j = 0; j < nnow; j++)
             if (!strcmp(now[j].uid, o->uid))
                 n = &now[j];
@@ -176,19 +176,19 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
     if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_last || !ctx->dl_err || !ctx->dl_errstr)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    lk_sink_t *kafka = NULL;
+    lk__sink_t *kafka = NULL;
     for (size_t i = 0; i < p->nstages; i++) {
         lk_stream_t *st = p->stages[i];
         if (st->kind != LK__ST_OUTBOX)
             continue;
-        /* every Kafka output goes in one transaction of one producer: one lk_sink_t
+        /* every Kafka output goes in one transaction of one producer: one lk__sink_t
          * whose members are the Kafka sinks, in pipeline order */
         if (st->sink_ops == &lk__sink_kafka_ops && kafka) {
             if (lk__sink_add_member(kafka, st->uid, st->target))
                 return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
             continue;
         }
-        lk_sink_t *s = lk__sink_new(st->sink_ops, st->uid, st->target, st->format,
+        lk__sink_t *s = lk__sink_new(st->sink_ops, st->uid, st->target, st->format,
                                     lk__conf_str(ctx->conf, LK__P_APP_ID));
         if (!s)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -199,7 +199,7 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
             kafka = s;
     }
     for (size_t i = 0; i < ctx->nsinks; i++) {
-        lk_sink_t *s = ctx->sinks[i];
+        lk__sink_t *s = ctx->sinks[i];
         /* the checkpoint's identity: outputs carry it, recovery trusts only its own */
         lk__fmt(s->checkpoint_id, sizeof s->checkpoint_id, "%s",
                 lk__store_checkpoint_id(ctx->store));
@@ -274,7 +274,7 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
         lk_context_destroy(ctx);
         return NULL;
     }
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, ctx->conf);
     o.conf = NULL; /* recorded with the topology, after its checks */
     lk_err_t e = lk__store_open(&ctx->store, &o, errstr, errstr_size);
@@ -295,9 +295,9 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
         return NULL;
     }
     ctx->has_ttl = lk__pipeline_has_ttl(p, ctx->default_ttl_ms);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     if (lk__store_txn_begin(ctx->store, 0, &t, NULL, 0) == LK_OK) {
-        lk_batch_rec_t last;
+        lk__batch_rec_t last;
         if (lk__store_batch_last(t, &last) == LK_OK) {
             ctx->last_batch_time_ms = last.batch_time_ms;
             lk__log(LK_LOG_INFO, "restored checkpoint %s at batch %llu", o.dir,
@@ -338,7 +338,7 @@ void lk_context_destroy(lk_context_t *ctx) {
 }
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);
     if (e)
         return e;

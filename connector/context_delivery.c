@@ -252,7 +252,7 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
     uint64_t upto = lk__store_durable_batch(ctx->store);
     int any = 0;
     for (size_t i = 0; i < ctx->nsinks; i++) {
-        lk_sink_t *s = ctx->sinks[i];
+        lk__sink_t *s = ctx->sinks[i];
         char err[1024];
         uint64_t first = 0;
         ctx->dl_mine[i] = 0;

@@ -47,11 +47,11 @@ void lk_context_stop(lk_context_t *ctx, int graceful) {
 }
 
 typedef struct {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
 } lookup_ctx_t;
 
 static lk_err_t lookup_offset(const char *topic, int32_t partition, int64_t *off,
-                              lk_fingerprint_t *fp, int *has_fp, void *o, char *errstr,
+                              lk__fingerprint_t *fp, int *has_fp, void *o, char *errstr,
                               size_t errstr_size) {
     lookup_ctx_t *l = o;
     lk_err_t e = lk__store_offset_get_fp(l->t, topic, partition, off, fp, has_fp);
@@ -64,11 +64,11 @@ static lk_err_t lookup_offset(const char *topic, int32_t partition, int64_t *off
  * @locality loop thread */
 static lk_err_t plan_batch(lk_context_t *ctx, uint64_t id, lk__fetch_t *f, int64_t *time_ms,
                            int *replay) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);
     if (e)
         return e;
-    lk_batch_rec_t pending;
+    lk__batch_rec_t pending;
     *replay = 0;
     *time_ms = 0;
     lookup_ctx_t l = {t};
@@ -177,9 +177,10 @@ static lk_err_t process(lk_context_t *ctx, lk_batch_t *b, uint64_t id, int64_t t
  * the outbox the operators wrote: each range's offset with the fingerprint of the last
  * record read, the record and data-loss accumulators, and the batch record.
  * @locality loop thread */
-static lk_err_t record_batch(lk_context_t *ctx, lk_store_txn_t *t, lk_batch_t *b, uint64_t id,
+static lk_err_t record_batch(lk_context_t *ctx, lk__store_txn_t *t, lk_batch_t *b, uint64_t id,
                              int64_t time_ms, const lk__fetch_t *f) {
-    lk_range_t *ranges = lk__arena_alloc(&b->arena, (f->nranges ? f->nranges : 1) * sizeof *ranges);
+    lk__range_t *ranges =
+        lk__arena_alloc(&b->arena, (f->nranges ? f->nranges : 1) * sizeof *ranges);
     if (!ranges)
         return lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
     lk_err_t e = LK_OK;
@@ -199,7 +200,7 @@ static lk_err_t record_batch(lk_context_t *ctx, lk_store_txn_t *t, lk_batch_t *b
     if (!e && b->records_out)
         e = lk__store_acc_add(t, "lockstep.records.out", (int64_t)b->records_out,
                               ctx->errstr, sizeof ctx->errstr);
-    lk_batch_rec_t rec = {id, time_ms, 0, f->records, b->records_out, f->nranges, ranges};
+    lk__batch_rec_t rec = {id, time_ms, 0, f->records, b->records_out, f->nranges, ranges};
     if (!e)
         e = lk__store_batch_put(t, &rec, ctx->errstr, sizeof ctx->errstr);
     return e;
@@ -210,7 +211,7 @@ static lk_err_t record_batch(lk_context_t *ctx, lk_store_txn_t *t, lk_batch_t *b
  * @locality loop thread */
 static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                                    lk__fetch_t *f) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
     if (e)
         return e;
@@ -264,7 +265,7 @@ static lk_err_t record_unread(lk_context_t *ctx, uint64_t id, const lk__fetch_t 
     for (size_t i = 0; i < f->nranges; i++)
         if (f->ranges[i].high > f->ranges[i].range.until)
             u[n++] = (lk__wunread_t){f->ranges[i].range.topic, f->ranges[i].range.partition};
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(ctx->store, 1, &t, ctx->errstr, sizeof ctx->errstr);
     if (!e) {
         e = lk__window_record_plan(ctx->pipeline, t, id, lk__wall_ms(), u, n, ctx->errstr,
@@ -371,14 +372,14 @@ static lk_err_t fetch(lk_context_t *ctx, inflight_t *b) {
 static lk_err_t record_plan(lk_context_t *ctx, inflight_t *b) {
     lk__fetch_t *f = &b->f;
     lk_err_t e = LK_OK;
-    lk_range_t *ranges = malloc((f->nranges ? f->nranges : 1) * sizeof *ranges);
+    lk__range_t *ranges = malloc((f->nranges ? f->nranges : 1) * sizeof *ranges);
     if (!ranges)
         e = lk__ctx_fail(ctx, LK_ERR_NOMEM, "out of memory");
     for (size_t i = 0; !e && i < f->nranges; i++)
         ranges[i] = f->ranges[i].range;
     /* a plan's records_out carries the offsets skipped for data loss, so a replay
      * counts them too */
-    lk_batch_rec_t rec = {b->id, b->time_ms, 0, 0, f->data_loss_skipped, f->nranges, ranges};
+    lk__batch_rec_t rec = {b->id, b->time_ms, 0, 0, f->data_loss_skipped, f->nranges, ranges};
     if (!e && lk__window_wants_plan(ctx->pipeline))
         e = record_unread(ctx, b->id, f);
     if (!e)

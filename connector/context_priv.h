@@ -33,15 +33,15 @@ struct lk_context {
      * opens only read transactions (LMDB allows both at once). ---- */
     lk_conf_t *conf;
     lk_pipeline_t *pipeline;
-    lk_store_t *store;
-    lk_receiver_t *receiver;
+    lk__store_t *store;
+    lk__receiver_t *receiver;
     int has_ttl;
     int64_t default_ttl_ms;
     int64_t shutdown_timeout_ms;
     int skip_loss;
-    lk_sink_t **sinks; /* each sink is used by one thread at a time: see the dl_ group */
+    lk__sink_t **sinks; /* each sink is used by one thread at a time: see the dl_ group */
     size_t nsinks;
-    lk_metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c, its own lock) */
+    lk__metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c, its own lock) */
 
     /* ---- atomics: written from signal handlers (lk_context_stop, request_stop) and read
      * on any thread, the sinks' blocking calls on the delivery thread included ---- */

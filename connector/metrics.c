@@ -14,7 +14,7 @@
 
 /* ---- the feed from the batch loop ---- */
 
-void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f, lk_receiver_t *rcv) {
+void lk__metrics_planned(lk__metrics_t *m, const lk__fetch_t *f, lk__receiver_t *rcv) {
     if (!m)
         return;
     pthread_mutex_lock(&m->lock);
@@ -105,7 +105,7 @@ char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs
     return buf;
 }
 
-void lk__metrics_progress(lk_metrics_t *m, const lk_progress_t *p) {
+void lk__metrics_progress(lk__metrics_t *m, const lk_progress_t *p) {
     if (!m)
         return;
     double ms[5] = {p->plan_ms, p->fetch_ms, p->process_ms, p->commit_ms, p->deliver_ms};
@@ -132,7 +132,7 @@ void lk__metrics_progress(lk_metrics_t *m, const lk_progress_t *p) {
     pthread_mutex_unlock(&m->lock);
 }
 
-void lk__metrics_loop(lk_metrics_t *m, int running, lk_err_t err, const char *why) {
+void lk__metrics_loop(lk__metrics_t *m, int running, lk_err_t err, const char *why) {
     if (!m)
         return;
     pthread_mutex_lock(&m->lock);
@@ -149,7 +149,7 @@ void lk__metrics_loop(lk_metrics_t *m, int running, lk_err_t err, const char *wh
     pthread_mutex_unlock(&m->lock);
 }
 
-void lk__metrics_batch(lk_metrics_t *m, lk_err_t err, const char *why) {
+void lk__metrics_batch(lk__metrics_t *m, lk_err_t err, const char *why) {
     if (!m)
         return;
     int64_t now = lk__mono_ms();
@@ -166,7 +166,7 @@ void lk__metrics_batch(lk_metrics_t *m, lk_err_t err, const char *why) {
     pthread_mutex_unlock(&m->lock);
 }
 
-void lk__metrics_sink(lk_metrics_t *m, lk_err_t err, const char *why) {
+void lk__metrics_sink(lk__metrics_t *m, lk_err_t err, const char *why) {
     if (!m)
         return;
     int64_t now = lk__mono_ms();
@@ -190,7 +190,7 @@ void lk__metrics_sink(lk_metrics_t *m, lk_err_t err, const char *why) {
 
 /* ---- health ---- */
 
-int lk__metrics_health_locked(lk_metrics_t *m, char *why, size_t size) {
+int lk__metrics_health_locked(lk__metrics_t *m, char *why, size_t size) {
     int64_t now = lk__mono_ms();
     if (m->sink_fatal) {
         lk__fmt(why, size, "fatal: %s", m->sink_why);
@@ -225,14 +225,14 @@ int lk__metrics_health_locked(lk_metrics_t *m, char *why, size_t size) {
     return 1;
 }
 
-int lk__metrics_health(lk_metrics_t *m, char *why, size_t why_size) {
+int lk__metrics_health(lk__metrics_t *m, char *why, size_t why_size) {
     pthread_mutex_lock(&m->lock);
     int ok = lk__metrics_health_locked(m, why, why_size);
     pthread_mutex_unlock(&m->lock);
     return ok;
 }
 
-void lk__metrics_progress_json(lk_metrics_t *m, FILE *fp) {
+void lk__metrics_progress_json(lk__metrics_t *m, FILE *fp) {
     pthread_mutex_lock(&m->lock);
     fputc('[', fp);
     size_t first = (m->progress_next + LK__METRICS_PROGRESS_KEEP - m->nprogress) %
@@ -243,12 +243,12 @@ void lk__metrics_progress_json(lk_metrics_t *m, FILE *fp) {
     pthread_mutex_unlock(&m->lock);
 }
 
-lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         lk_sink_t *const *sinks, size_t nsinks,
+lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_t *conf,
+                         lk__sink_t *const *sinks, size_t nsinks,
                          const char *const *late_ops, size_t nlate, char *errstr,
                          size_t errstr_size) {
     *out = NULL;
-    lk_metrics_t *m = calloc(1, sizeof *m);
+    lk__metrics_t *m = calloc(1, sizeof *m);
     if (!m || !(m->app = strdup(lk__store_app_id(store)))) {
         free(m);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -279,7 +279,7 @@ lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t 
     return LK_OK;
 }
 
-void lk__metrics_destroy(lk_metrics_t *m) {
+void lk__metrics_destroy(lk__metrics_t *m) {
     if (!m)
         return;
     if (m->daemon)

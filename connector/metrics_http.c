@@ -37,7 +37,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     (void)version;
     (void)upload_data;
     (void)con_cls;
-    lk_metrics_t *m = cls;
+    lk__metrics_t *m = cls;
     if (*upload_data_size) /* a request body is not read: refused below */
         *upload_data_size = 0;
     char *body = NULL;
@@ -140,7 +140,7 @@ static lk_err_t bind_listen(const char *listen_at, int *fd_out, char *errstr,
     return LK_OK;
 }
 
-lk_err_t lk__metrics_listen(lk_metrics_t *m, const char *listen_at, char *errstr,
+lk_err_t lk__metrics_listen(lk__metrics_t *m, const char *listen_at, char *errstr,
                             size_t errstr_size) {
     int fd = -1;
     lk_err_t e = bind_listen(listen_at, &fd, errstr, errstr_size);

@@ -25,7 +25,7 @@
 
 #include <stdio.h>
 
-typedef struct lk_metrics lk_metrics_t;
+typedef struct lk__metrics lk__metrics_t;
 
 /** How many progress reports /progress keeps (the newest last). */
 #define LK__METRICS_PROGRESS_KEEP 100
@@ -39,32 +39,32 @@ typedef struct lk_metrics lk_metrics_t;
  * (copied): each gets lockstep_late_records_total{operator} from its accumulator
  * <uid>.late. LK_ERR_NOMEM when out of memory.
  */
-lk_err_t lk__metrics_new(lk_metrics_t **out, lk_store_t *store, const lk_conf_t *conf,
-                         lk_sink_t *const *sinks, size_t nsinks,
+lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_t *conf,
+                         lk__sink_t *const *sinks, size_t nsinks,
                          const char *const *late_ops, size_t nlate, char *errstr,
                          size_t errstr_size);
 /** Stop serving (waits for a request in progress) and free. NULL is a no-op. */
-void lk__metrics_destroy(lk_metrics_t *m);
+void lk__metrics_destroy(lk__metrics_t *m);
 
 /** A fresh plan: remember each partition's log end (lag = log end - checkpointed) and
  * the high watermark r last fetched (held back = high watermark - log end). */
-void lk__metrics_planned(lk_metrics_t *m, const lk__fetch_t *f, lk_receiver_t *r);
+void lk__metrics_planned(lk__metrics_t *m, const lk__fetch_t *f, lk__receiver_t *r);
 /** A committed batch's report: phase durations and the /progress entry. */
-void lk__metrics_progress(lk_metrics_t *m, const lk_progress_t *p);
+void lk__metrics_progress(lk__metrics_t *m, const lk_progress_t *p);
 
 /** lk_context_run() started (running 1) or returned (running 0, err its result). */
-void lk__metrics_loop(lk_metrics_t *m, int running, lk_err_t err, const char *why);
+void lk__metrics_loop(lk__metrics_t *m, int running, lk_err_t err, const char *why);
 /** A batch ended: LK_OK (committed or idle) or a retriable error (why says what). */
-void lk__metrics_batch(lk_metrics_t *m, lk_err_t err, const char *why);
+void lk__metrics_batch(lk__metrics_t *m, lk_err_t err, const char *why);
 /** A round of deliveries ended: LK_OK, or the sinks' first error (LK_ERR_FENCED counts
  * a fencing). */
-void lk__metrics_sink(lk_metrics_t *m, lk_err_t err, const char *why);
+void lk__metrics_sink(lk__metrics_t *m, lk_err_t err, const char *why);
 
 /** Write the exposition: Prometheus text 0.0.4, or OpenMetrics 1.0 text. */
-lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int openmetrics, char *errstr,
+lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int openmetrics, char *errstr,
                            size_t errstr_size);
 /** The health verdict: 1 healthy, 0 not, with a one-line reason in why. */
-int lk__metrics_health(lk_metrics_t *m, char *why, size_t why_size);
+int lk__metrics_health(lk__metrics_t *m, char *why, size_t why_size);
 /**
  * The progress.log line of p (a JSON object, no newline) at wall clock now (ms), secs
  * since the previous report (for inputRowsPerSecond); malloc'ed, NULL if out of memory.
@@ -73,7 +73,7 @@ int lk__metrics_health(lk_metrics_t *m, char *why, size_t why_size);
 char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs);
 
 /** The kept progress reports as a JSON array (the progress.log lines). */
-void lk__metrics_progress_json(lk_metrics_t *m, FILE *fp);
+void lk__metrics_progress_json(lk__metrics_t *m, FILE *fp);
 
 /** The metrics reference as a Markdown table (README), from the metric table. */
 void lk__metrics_markdown(FILE *fp);

@@ -38,9 +38,9 @@ typedef struct {
 
 struct MHD_Daemon;
 
-struct lk_metrics {
-    lk_store_t *store;
-    lk_sink_t *const *sinks;
+struct lk__metrics {
+    lk__store_t *store;
+    lk__sink_t *const *sinks;
     size_t nsinks;
     char **late_ops; /* uids of the event-time windows: lockstep_late_records_total */
     size_t nlate;
@@ -69,13 +69,13 @@ struct lk_metrics {
 
 /* The health verdict with m->lock held (lk__metrics_health takes it): 1 healthy, 0 not,
  * with a one-line reason in why. */
-int lk__metrics_health_locked(lk_metrics_t *m, char *why, size_t size);
+int lk__metrics_health_locked(lk__metrics_t *m, char *why, size_t size);
 
 /* metrics_http.c: bind listen_at (HOST:PORT, [IPv6]:PORT) and serve /metrics, /healthz
  * and /progress on libmicrohttpd's own thread, setting m->daemon. LK_ERR_CONF_INVALID
  * for a malformed address, LK_ERR_IO when it cannot be bound (the OS reason kept) or the
  * server does not start; m is left for the caller to destroy. */
-lk_err_t lk__metrics_listen(lk_metrics_t *m, const char *listen_at, char *errstr,
+lk_err_t lk__metrics_listen(lk__metrics_t *m, const char *listen_at, char *errstr,
                             size_t errstr_size);
 
 #endif

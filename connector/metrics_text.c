@@ -127,27 +127,27 @@ static void head(FILE *fp, int id, int om) {
 }
 
 /* Start a sample: name{app="...", then the caller adds ",label=..." and "} value". */
-static void sample(FILE *fp, const lk_metrics_t *m, const char *name) {
+static void sample(FILE *fp, const lk__metrics_t *m, const char *name) {
     fprintf(fp, "%s{app=\"", name);
     label_value(fp, m->app);
     fputc('"', fp);
 }
 
-static void sample_u64(FILE *fp, const lk_metrics_t *m, int id, uint64_t v) {
+static void sample_u64(FILE *fp, const lk__metrics_t *m, int id, uint64_t v) {
     sample(fp, m, metric_defs[id].name);
     fprintf(fp, "} %llu\n", (unsigned long long)v);
 }
 
 typedef struct {
     FILE *fp;
-    const lk_metrics_t *m;
+    const lk__metrics_t *m;
     int64_t records_in, records_out, data_loss, deadlettered;
     int64_t *late; /* per m->late_ops */
 } acc_ctx_t;
 
 /* The index in m->late_ops of the window whose late-record accumulator (<uid>.late,
  * window_event.c) name is, or -1. */
-static long late_index(const lk_metrics_t *m, const char *name) {
+static long late_index(const lk__metrics_t *m, const char *name) {
     size_t n = strlen(name);
     if (n < 5 || strcmp(name + n - 5, ".late"))
         return -1;
@@ -199,7 +199,7 @@ static void value_double(FILE *fp, double v) {
     fprintf(fp, "%.17g\n", v);
 }
 
-lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
+lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int om, char *errstr,
                            size_t errstr_size) {
     /* what the process knows, copied under the lock; the checkpoint is read after */
     lk__histogram_t phases[5];
@@ -230,7 +230,7 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
     }
 
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(m->store, 0, &t, errstr, errstr_size);
     if (e) {
         for (size_t i = 0; i < nh; i++)
@@ -249,7 +249,7 @@ lk_err_t lk__metrics_write(lk_metrics_t *m, FILE *fp, int om, char *errstr,
     fprintf(fp, "\",checkpoint_format=\"%d\"} 1\n", lk__store_format(m->store));
 
     head(fp, LK__M_BATCHES, om);
-    lk_batch_rec_t last;
+    lk__batch_rec_t last;
     int have_last = lk__store_batch_last(t, &last) == LK_OK;
     sample_u64(fp, m, LK__M_BATCHES, have_last ? last.id : 0);
 

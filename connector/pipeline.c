@@ -448,11 +448,11 @@ lk_err_t lk__pipeline_build_broadcasts(lk_pipeline_t *p, char *errstr, size_t er
     return LK_OK;
 }
 
-size_t lk__pipeline_topology(const lk_pipeline_t *p, lk_topo_op_t *out, size_t cap) {
+size_t lk__pipeline_topology(const lk_pipeline_t *p, lk__topo_op_t *out, size_t cap) {
     size_t n = 0;
     for (size_t i = 0; i < p->nstages && n < cap; i++) {
         const lk_stream_t *s = p->stages[i];
-        out[n++] = (lk_topo_op_t){s->uid, lk__stage_name(s), s->schema_version, s->params};
+        out[n++] = (lk__topo_op_t){s->uid, lk__stage_name(s), s->schema_version, s->params};
     }
     return n;
 }
@@ -472,7 +472,7 @@ size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap)
     return n;
 }
 
-lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *st, char *errstr,
+lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk__store_t *st, char *errstr,
                                  size_t errstr_size) {
     for (size_t i = 0; i < p->nstages; i++)
         if (p->stages[i]->kind == LK__ST_UPDATE || p->stages[i]->kind == LK__ST_WINDOW) {

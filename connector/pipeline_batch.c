@@ -328,16 +328,16 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
         break;
     }
     case LK__ST_OUTBOX: {
-        lk_out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
+        lk__out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
                              r->value, r->value_len, r->timestamp_ms, 0, NULL};
         if (r->nheaders) { /* the input's headers go out with it (copy, dead letters) */
-            lk_header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
+            lk__header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
             if (!hs) {
                 lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
                 break;
             }
             for (size_t i = 0; i < r->nheaders; i++)
-                hs[i] = (lk_header_t){r->headers[i].name, r->headers[i].value,
+                hs[i] = (lk__header_t){r->headers[i].name, r->headers[i].value,
                                       r->headers[i].value_len};
             o.headers = hs;
             o.nheaders = r->nheaders;
@@ -396,7 +396,7 @@ lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t delta) {
 }
 
 void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_ms,
-                     lk_store_txn_t *txn, int64_t default_ttl_ms) {
+                     lk__store_txn_t *txn, int64_t default_ttl_ms) {
     (void)p;
     b->id = id;
     b->time_ms = time_ms;

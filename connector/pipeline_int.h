@@ -86,7 +86,7 @@ struct lk_stream {
     int keep_partition;                  /* write to the input's partition */
     struct lk__window *win;              /* window stages: the definition (window.c) */
     /* runtime */
-    lk_state_db_t db;
+    lk__state_db_t db;
     lk__kv_t kv;
     lk_record_t *recs; /* foreach */
     size_t nrecs, caprecs;
@@ -118,7 +118,7 @@ struct lk_pipeline {
 struct lk_batch {
     uint64_t id;
     int64_t time_ms;
-    lk_store_txn_t *txn;
+    lk__store_txn_t *txn;
     lk__arena_t arena;
     lk_stream_t *cur; /* stage whose callback is running (where lk_emit goes) */
     const lk_record_t *input; /* the input record being pushed, NULL at the batch's end */
@@ -133,13 +133,13 @@ lk_pipeline_t *lk__pipeline_new(void);
 void lk__pipeline_destroy(lk_pipeline_t *p);
 
 /** Topology records for the checkpoint (arrays owned by p's stages). */
-size_t lk__pipeline_topology(const lk_pipeline_t *p, lk_topo_op_t *out, size_t cap);
+size_t lk__pipeline_topology(const lk_pipeline_t *p, lk__topo_op_t *out, size_t cap);
 
 /** Distinct input topics of all sources (pointers into p). */
 size_t lk__pipeline_topics(const lk_pipeline_t *p, const char **out, size_t cap);
 
 /** Open the state databases of stateful stages. */
-lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk_store_t *s, char *errstr,
+lk_err_t lk__pipeline_open_state(lk_pipeline_t *p, lk__store_t *s, char *errstr,
                                  size_t errstr_size);
 
 /** Build broadcasts (at start). */
@@ -147,7 +147,7 @@ lk_err_t lk__pipeline_build_broadcasts(lk_pipeline_t *p, char *errstr, size_t er
 
 /** Execution of one batch: begin, push every input record, end (flushes stages). */
 void lk__batch_begin(lk_batch_t *b, lk_pipeline_t *p, uint64_t id, int64_t time_ms,
-                     lk_store_txn_t *txn, int64_t default_ttl_ms);
+                     lk__store_txn_t *txn, int64_t default_ttl_ms);
 void lk__batch_push_input(lk_batch_t *b, lk_pipeline_t *p, const lk_record_t *r);
 lk_err_t lk__batch_end(lk_batch_t *b, lk_pipeline_t *p);
 /** Release per-batch memory (after commit or abort). */

@@ -51,14 +51,14 @@ int lk__recv_hold(lk__recv_part_t *p, rd_kafka_message_t *m) {
     return 0;
 }
 
-lk__recv_part_t *lk__recv_find_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+lk__recv_part_t *lk__recv_find_part(lk__receiver_t *r, const char *topic, int32_t partition) {
     for (size_t i = 0; i < r->nparts; i++)
         if (r->parts[i].partition == partition && !strcmp(r->parts[i].topic, topic))
             return &r->parts[i];
     return NULL;
 }
 
-lk__recv_part_t *lk__recv_add_part(lk_receiver_t *r, const char *topic, int32_t partition) {
+lk__recv_part_t *lk__recv_add_part(lk__receiver_t *r, const char *topic, int32_t partition) {
     if (r->nparts == r->capparts) {
         size_t cap = r->capparts ? r->capparts * 2 : 16;
         lk__recv_part_t *n = realloc(r->parts, cap * sizeof *n);
@@ -79,7 +79,7 @@ lk__recv_part_t *lk__recv_add_part(lk_receiver_t *r, const char *topic, int32_t 
     return p;
 }
 
-const char *lk__recv_own_topic(lk_receiver_t *r, const char *topic) {
+const char *lk__recv_own_topic(lk__receiver_t *r, const char *topic) {
     for (size_t i = 0; i < r->ntopics; i++)
         if (!strcmp(r->topics[i], topic))
             return r->topics[i];
@@ -128,13 +128,13 @@ static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr
     return rk;
 }
 
-lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
+lk_err_t lk__receiver_new(lk__receiver_t **out, const lk_conf_t *conf, const char **topics,
                           size_t ntopics, char *errstr, size_t errstr_size) {
     *out = NULL;
     if (ntopics == 0)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
                        "the pipeline reads no topic (add lk_kafka_stream)");
-    lk_receiver_t *r = calloc(1, sizeof *r);
+    lk__receiver_t *r = calloc(1, sizeof *r);
     if (!r)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     r->max_records = lk__conf_int(conf, LK__P_MAX_RECORDS_PER_PARTITION);
@@ -250,7 +250,7 @@ static void destroy_bounded(rd_kafka_t *rk, int consumer_close, const char *what
             what, DESTROY_WAIT_MS / 1000);
 }
 
-void lk__receiver_destroy(lk_receiver_t *r) {
+void lk__receiver_destroy(lk__receiver_t *r) {
     if (!r)
         return;
     for (size_t i = 0; i < r->nparts; i++) {
@@ -274,7 +274,7 @@ void lk__receiver_destroy(lk_receiver_t *r) {
     free(r);
 }
 
-void lk__receiver_invalidate(lk_receiver_t *r) {
+void lk__receiver_invalidate(lk__receiver_t *r) {
     for (size_t i = 0; i < r->nparts; i++) {
         lk__recv_drop_held(&r->parts[i]);
         r->parts[i].cursor = -1;
@@ -299,9 +299,9 @@ void lk__fetch_clear(lk__fetch_t *f) {
 }
 
 /* The fingerprint of a fetched record. */
-lk_fingerprint_t lk__recv_fingerprint_of(const rd_kafka_message_t *m) {
+lk__fingerprint_t lk__recv_fingerprint_of(const rd_kafka_message_t *m) {
     rd_kafka_timestamp_type_t tt;
-    lk_fingerprint_t fp = {m->offset, rd_kafka_message_timestamp(m, &tt),
+    lk__fingerprint_t fp = {m->offset, rd_kafka_message_timestamp(m, &tt),
                            lk__record_hash(m->key, m->key_len, m->payload, m->len)};
     return fp;
 }

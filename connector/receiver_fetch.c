@@ -24,7 +24,8 @@ static void mark_done(lk__recv_part_t *p) {
  * librdkafka's read-ahead (queued.max.messages.kbytes per partition) bounds what waits
  * in memory and no partition is ever paused (librdkafka 2.0.2 notices a resume only at
  * its next I/O wakeup, up to a second later). */
-static lk_err_t open_queue(lk_receiver_t *r, lk__recv_part_t *p, char *errstr, size_t errstr_size) {
+static lk_err_t open_queue(lk__receiver_t *r, lk__recv_part_t *p, char *errstr,
+                           size_t errstr_size) {
     if (p->queue)
         return LK_OK;
     p->queue = rd_kafka_queue_get_partition(r->rk, p->topic, p->partition);
@@ -86,7 +87,7 @@ static void end_range_at(lk__fetch_t *f, lk__recv_part_t *p, const rd_kafka_mess
 }
 
 /* Make the consumer deliver every planned partition from its range start. */
-static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *errstr,
+static lk_err_t position(lk__receiver_t *r, lk__fetch_t *f, int cap_bytes, char *errstr,
                          size_t errstr_size) {
     for (size_t i = 0; i < r->nparts; i++)
         r->parts[i].range = -1;
@@ -200,7 +201,7 @@ static lk_err_t position(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes, char *
 }
 
 /* Handle an event (not a message) from a partition or the consumer: 0 to go on. */
-static lk_err_t on_event(lk_receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m,
+static lk_err_t on_event(lk__receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m,
                          char *errstr, size_t errstr_size) {
     const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
     lk__recv_part_t *p = topic ? lk__recv_find_part(r, topic, m->partition) : NULL;
@@ -232,7 +233,7 @@ static lk_err_t on_event(lk_receiver_t *r, lk__fetch_t *f, rd_kafka_message_t *m
     return LK_OK;
 }
 
-lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
+lk_err_t lk__receiver_fetch(lk__receiver_t *r, lk__fetch_t *f, int cap_bytes,
                             int (*abandon)(void *opaque), void *opaque, char *errstr,
                             size_t errstr_size) {
     lk_err_t err = position(r, f, cap_bytes, errstr, errstr_size);
@@ -365,7 +366,7 @@ lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
     return LK_OK;
 }
 
-int64_t lk__receiver_fetched_high(lk_receiver_t *r, const char *topic, int32_t partition) {
+int64_t lk__receiver_fetched_high(lk__receiver_t *r, const char *topic, int32_t partition) {
     int64_t low, high;
     if (!r || rd_kafka_get_watermark_offsets(r->rk, topic, partition, &low, &high) ||
         high < 0)

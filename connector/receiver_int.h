@@ -12,13 +12,13 @@
 
 #include <librdkafka/rdkafka.h>
 
-typedef struct lk_receiver lk_receiver_t;
+typedef struct lk__receiver lk__receiver_t;
 
 /** Messages of one planned range, in offset order. */
 typedef struct lk__range_msgs {
-    lk_range_t range; /**< topic points into the receiver */
+    lk__range_t range; /**< topic points into the receiver */
     int64_t high;     /**< log end when planned (lag = high - until); until if unknown */
-    lk_fingerprint_t fp; /**< the last record read below range.until (after the fetch: the
+    lk__fingerprint_t fp; /**< the last record read below range.until (after the fetch: the
                               range's last record, else the one checkpointed) */
     int has_fp;          /**< 0: no fingerprint to record */
     rd_kafka_message_t **msgs;
@@ -42,12 +42,12 @@ typedef struct lk__fetch {
  * "not found").
  */
 typedef lk_err_t(lk__offset_lookup_fn)(const char *topic, int32_t partition, int64_t *off,
-                                       lk_fingerprint_t *fp, int *has_fp, void *opaque,
+                                       lk__fingerprint_t *fp, int *has_fp, void *opaque,
                                        char *errstr, size_t errstr_size);
 
-lk_err_t lk__receiver_new(lk_receiver_t **out, const lk_conf_t *conf, const char **topics,
+lk_err_t lk__receiver_new(lk__receiver_t **out, const lk_conf_t *conf, const char **topics,
                           size_t ntopics, char *errstr, size_t errstr_size);
-void lk__receiver_destroy(lk_receiver_t *r);
+void lk__receiver_destroy(lk__receiver_t *r);
 
 /**
  * Plan a batch: discover partitions (new ones included), read watermarks, and set each
@@ -65,7 +65,7 @@ void lk__receiver_destroy(lk_receiver_t *r);
  * (the record could not be read back in fetch.timeout.ms), LK_ERR_DATA_LOSS, and the
  * lookup's errors (LK_ERR_CORRUPT).
  */
-lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
+lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
                            lk__fetch_t *f, char *errstr, size_t errstr_size);
 
 /**
@@ -75,7 +75,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
  * recreated shorter, or its log truncated) is LK_ERR_DATA_LOSS, never fetched in vain.
  * LK_ERR_NOT_FOUND: the plan reads a topic no longer an input (plan afresh instead).
  */
-lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_t n,
+lk_err_t lk__receiver_use_plan(lk__receiver_t *r, const lk__range_t *ranges, size_t n,
                                lk__offset_lookup_fn *lookup, void *opaque, lk__fetch_t *f,
                                char *errstr, size_t errstr_size);
 
@@ -86,7 +86,7 @@ lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_
  * fetch is then abandoned; nothing of it is used). LK_ERR_DATA_LOSS when offsets of a
  * range no longer exist; LK_ERR_NOMEM.
  */
-lk_err_t lk__receiver_fetch(lk_receiver_t *r, lk__fetch_t *f, int cap_bytes,
+lk_err_t lk__receiver_fetch(lk__receiver_t *r, lk__fetch_t *f, int cap_bytes,
                             int (*abandon)(void *opaque), void *opaque, char *errstr,
                             size_t errstr_size);
 
@@ -101,9 +101,9 @@ void lk__fetch_release_messages(lk__fetch_t *f);
  * end (read_committed: the last stable offset) it counts records of open transactions,
  * so the difference is input held back behind them (metrics.c). Any thread.
  */
-int64_t lk__receiver_fetched_high(lk_receiver_t *r, const char *topic, int32_t partition);
+int64_t lk__receiver_fetched_high(lk__receiver_t *r, const char *topic, int32_t partition);
 
 /** Forget consumer positions (after an abandoned batch): the next fetch seeks. */
-void lk__receiver_invalidate(lk_receiver_t *r);
+void lk__receiver_invalidate(lk__receiver_t *r);
 
 #endif

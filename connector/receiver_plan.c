@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void fp_text(char *buf, size_t size, const lk_fingerprint_t *fp) {
+static void fp_text(char *buf, size_t size, const lk__fingerprint_t *fp) {
     lk__fmt(buf, size, "offset %lld, timestamp %lld, hash %016llx", (long long)fp->offset,
             (long long)fp->timestamp, (unsigned long long)fp->hash);
 }
@@ -24,8 +24,8 @@ static void fp_text(char *buf, size_t size, const lk_fingerprint_t *fp) {
  * where the log start (retention) cannot explain it: data loss — the topic was recreated
  * (or its log rewritten), so which of its records were read cannot be told.
  */
-static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
-                                   int64_t from, const lk_fingerprint_t *fp, lk__fetch_t *f,
+static lk_err_t verify_fingerprint(lk__receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
+                                   int64_t from, const lk__fingerprint_t *fp, lk__fetch_t *f,
                                    char *errstr, size_t errstr_size) {
     const char *topic = r->topics[ti];
     int pid = (int)p->partition;
@@ -62,7 +62,7 @@ static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, lk__recv_part_t 
                        "%s[%d]: could not read back offset %lld (the last record read) to "
                        "check it within fetch.timeout.ms",
                        topic, pid, (long long)fp->offset);
-    lk_fingerprint_t got = {-1, -1, 0};
+    lk__fingerprint_t got = {-1, -1, 0};
     if (m) {
         got = lk__recv_fingerprint_of(m);
         rd_kafka_message_destroy(m);
@@ -103,8 +103,8 @@ static lk_err_t verify_fingerprint(lk_receiver_t *r, size_t ti, lk__recv_part_t 
  * and a replayed one alike: the fingerprint of the last record read is compared at the
  * first plan, and again whenever the log start or end moved backwards (a recreated
  * topic) or the topic was missing in between. The fast path costs two comparisons. */
-static lk_err_t check_log(lk_receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
-                          int64_t high, int64_t from, const lk_fingerprint_t *fp, int has_fp,
+static lk_err_t check_log(lk__receiver_t *r, size_t ti, lk__recv_part_t *p, int64_t low,
+                          int64_t high, int64_t from, const lk__fingerprint_t *fp, int has_fp,
                           lk__fetch_t *f, char *errstr, size_t errstr_size) {
     if (p->seen_high >= 0 && (low < p->seen_low || high < p->seen_high)) {
         if (p->checked)
@@ -126,7 +126,7 @@ static lk_err_t check_log(lk_receiver_t *r, size_t ti, lk__recv_part_t *p, int64
     return e;
 }
 
-static size_t topic_index(lk_receiver_t *r, const char *own) {
+static size_t topic_index(lk__receiver_t *r, const char *own) {
     for (size_t i = 0; i < r->ntopics; i++)
         if (r->topics[i] == own)
             return i;
@@ -145,12 +145,12 @@ static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, 
     }
     lk__range_msgs_t *rm = &f->ranges[f->nranges++];
     memset(rm, 0, sizeof *rm);
-    rm->range = (lk_range_t){topic, partition, from, until};
+    rm->range = (lk__range_t){topic, partition, from, until};
     rm->high = high;
     return LK_OK;
 }
 
-lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
+lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
                            lk__fetch_t *f, char *errstr, size_t errstr_size) {
     memset(f, 0, sizeof *f);
     size_t cap = 0;
@@ -183,7 +183,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
         int known_topic = 0;
         for (int i = 0; i < md->topics[0].partition_cnt && !known_topic && !err; i++) {
             int64_t o;
-            lk_fingerprint_t fp;
+            lk__fingerprint_t fp;
             int has_fp;
             lk_err_t le = lookup(topic, md->topics[0].partitions[i].id, &o, &fp, &has_fp,
                                  opaque, errstr, errstr_size);
@@ -202,7 +202,7 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
                               rd_kafka_err2str(ke));
                 break;
             }
-            lk_fingerprint_t fp = {0, 0, 0};
+            lk__fingerprint_t fp = {0, 0, 0};
             int has_fp = 0;
             lk_err_t le = lookup(topic, pid, &from, &fp, &has_fp, opaque, errstr, errstr_size);
             if (le && le != LK_ERR_NOT_FOUND) {
@@ -273,14 +273,14 @@ lk_err_t lk__receiver_plan(lk_receiver_t *r, lk__offset_lookup_fn *lookup, void 
     return err;
 }
 
-lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_t n,
+lk_err_t lk__receiver_use_plan(lk__receiver_t *r, const lk__range_t *ranges, size_t n,
                                lk__offset_lookup_fn *lookup, void *opaque, lk__fetch_t *f,
                                char *errstr, size_t errstr_size) {
     memset(f, 0, sizeof *f);
     size_t cap = 0;
     lk_err_t err = LK_OK;
     for (size_t i = 0; i < n && !err; i++) {
-        const lk_range_t *rg = &ranges[i];
+        const lk__range_t *rg = &ranges[i];
         const char *own = lk__recv_own_topic(r, rg->topic);
         if (!own) { /* the topic left the pipeline: the plan cannot be reused */
             err = lk__err(LK_ERR_NOT_FOUND, errstr, errstr_size,
@@ -311,7 +311,7 @@ lk_err_t lk__receiver_use_plan(lk_receiver_t *r, const lk_range_t *ranges, size_
                           own, (int)rg->partition, (long long)rg->until, (long long)high);
             break;
         }
-        lk_fingerprint_t fp = {0, 0, 0};
+        lk__fingerprint_t fp = {0, 0, 0};
         int has_fp = 0;
         int64_t off;
         lk_err_t le = lookup ? lookup(own, rg->partition, &off, &fp, &has_fp, opaque, errstr,

@@ -27,7 +27,7 @@ typedef struct lk__recv_part {
     int64_t seen_low, seen_high; /* watermarks at the last plan; -1: none yet */
 } lk__recv_part_t;
 
-struct lk_receiver {
+struct lk__receiver {
     rd_kafka_t *rk;      /* fetches */
     rd_kafka_t *planner; /* metadata and watermarks: its own connections, so planning
                           * never queues behind the fetcher's long-poll requests */
@@ -47,12 +47,12 @@ void lk__recv_drop_held(lk__recv_part_t *p);
 /* Keep m (owned from now on) for the next batch. -1: out of memory, m not taken. */
 int lk__recv_hold(lk__recv_part_t *p, rd_kafka_message_t *m);
 /* The partition (topic: a pointer into r->topics, compared by name), or NULL. */
-lk__recv_part_t *lk__recv_find_part(lk_receiver_t *r, const char *topic, int32_t partition);
+lk__recv_part_t *lk__recv_find_part(lk__receiver_t *r, const char *topic, int32_t partition);
 /* A new partition, not yet assigned (the next fetch assigns it). NULL: out of memory. */
-lk__recv_part_t *lk__recv_add_part(lk_receiver_t *r, const char *topic, int32_t partition);
+lk__recv_part_t *lk__recv_add_part(lk__receiver_t *r, const char *topic, int32_t partition);
 /* The receiver's own copy of an input topic's name, or NULL when it is not an input. */
-const char *lk__recv_own_topic(lk_receiver_t *r, const char *topic);
+const char *lk__recv_own_topic(lk__receiver_t *r, const char *topic);
 /* The fingerprint (offset, timestamp, hash of key and value) of a fetched record. */
-lk_fingerprint_t lk__recv_fingerprint_of(const rd_kafka_message_t *m);
+lk__fingerprint_t lk__recv_fingerprint_of(const rd_kafka_message_t *m);
 
 #endif

@@ -316,7 +316,7 @@ static int reads_topic(const lk_stream_t *s, const char *topic) {
     return 0;
 }
 
-lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk_store_txn_t *t, uint64_t batch_id,
+lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk__store_txn_t *t, uint64_t batch_id,
                                 int64_t now_ms, const lk__wunread_t *unread, size_t n,
                                 char *errstr, size_t errstr_size) {
     lk__wunread_t *mine = malloc((n ? n : 1) * sizeof *mine);

@@ -85,7 +85,7 @@ int lk__window_wants_plan(const lk_pipeline_t *p);
  * plan is recorded) so that the batch, and any replay of it with the recorded plan,
  * reads the same. Returns LK_OK or the store's error with errstr naming the operator.
  */
-lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk_store_txn_t *t, uint64_t batch_id,
+lk_err_t lk__window_record_plan(const lk_pipeline_t *p, lk__store_txn_t *t, uint64_t batch_id,
                                 int64_t now_ms, const lk__wunread_t *unread, size_t n,
                                 char *errstr, size_t errstr_size);
 

@@ -166,7 +166,7 @@ static void discard_all(files_t *f) {
 }
 
 /* The open part of partition p, creating its directory and temporary file. */
-static lk_err_t part_get(lk_sink_t *s, files_t *f, int32_t p, file_part_t **out, char *errstr,
+static lk_err_t part_get(lk__sink_t *s, files_t *f, int32_t p, file_part_t **out, char *errstr,
                          size_t errstr_size) {
     size_t lo = 0, hi = f->nparts;
     while (lo < hi) {
@@ -246,7 +246,7 @@ static lk_err_t write_failed(const file_part_t *pt, int err, char *errstr, size_
 
 /* ---- operations ---- */
 
-static lk_err_t files_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
+static lk_err_t files_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
                            size_t errstr_size) {
     int jsonl = !strcmp(s->format, "jsonl");
     if (!jsonl && strcmp(s->format, "lines"))
@@ -287,7 +287,7 @@ static int is_own_tmp(const char *name, const char *prefix, size_t plen) {
 }
 
 /* Remove this sink's temporary files (see is_own_tmp) from one partition directory. */
-static lk_err_t sweep_dir(lk_sink_t *s, const char *pdir, char *errstr, size_t errstr_size) {
+static lk_err_t sweep_dir(lk__sink_t *s, const char *pdir, char *errstr, size_t errstr_size) {
     DIR *d = opendir(pdir);
     if (!d)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot read directory %s: %s", pdir,
@@ -334,7 +334,7 @@ static int is_partition_name(const char *n) {
     return 1;
 }
 
-static lk_err_t files_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
+static lk_err_t files_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
                               size_t errstr_size) {
     *fence = 0; /* the outbox acknowledgement is the fence: redelivery finds the same bytes */
     files_t *f = s->impl;
@@ -369,14 +369,14 @@ static lk_err_t files_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
     return e;
 }
 
-static lk_err_t files_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
+static lk_err_t files_begin(lk__sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
     (void)batch; /* s->batch is set */
     (void)errstr, (void)errstr_size;
     discard_all(s->impl);
     return LK_OK;
 }
 
-static lk_err_t files_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
+static lk_err_t files_write(lk__sink_t *s, const lk__out_record_t *r, char *errstr,
                             size_t errstr_size) {
     files_t *f = s->impl;
     if (!f->jsonl && !r->value)
@@ -520,7 +520,7 @@ static lk_err_t place(file_part_t *pt, char *errstr, size_t errstr_size) {
     return LK_OK;
 }
 
-static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+static lk_err_t files_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     (void)b;
     files_t *f = s->impl;
@@ -561,14 +561,14 @@ static lk_err_t files_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
     return LK_OK;
 }
 
-static lk_err_t files_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t files_abort(lk__sink_t *s, char *errstr, size_t errstr_size) {
     (void)errstr, (void)errstr_size;
     if (s->impl)
         discard_all(s->impl);
     return LK_OK;
 }
 
-static void files_close(lk_sink_t *s) {
+static void files_close(lk__sink_t *s) {
     files_t *f = s->impl;
     if (!f)
         return;

@@ -1,6 +1,6 @@
 /*
  * kafka.c — the Kafka sink: every Kafka output of the application (each lk_to_kafka, dead
- * letters included: the members of one lk_sink_t) is delivered in ONE Kafka transaction
+ * letters included: the members of one lk__sink_t) is delivered in ONE Kafka transaction
  * per batch by ONE transactional producer per task (today the application is one task:
  * transactional.id = <app.id>), together with ONE progress record in partition 0 of the
  * compacted topic <app.id>.progress naming the batch, the attempt, the input offsets and
@@ -54,14 +54,14 @@ static int is_fencing(rd_kafka_resp_err_t c) {
 
 /* ---- bounded blocking: a stop's deadline and an immediate stop (sink_int.h) ---- */
 
-int lk__kafka_abandoned(const lk_sink_t *s) {
+int lk__kafka_abandoned(const lk__sink_t *s) {
     return s->abandon && atomic_load(s->abandon);
 }
 
 /* How long a blocking call may take now: sink.kafka.timeout.ms, cut to what is left
  * before a stop's deadline (at least 1 ms: librdkafka reads 0 as "do not wait" in some
  * calls and as "forever" in none of those used here). */
-static int budget_ms(const lk_sink_t *s, int timeout_ms) {
+static int budget_ms(const lk__sink_t *s, int timeout_ms) {
     int64_t b = timeout_ms;
     int64_t d = s->deadline_ms ? atomic_load(s->deadline_ms) : 0;
     if (d) {
@@ -92,7 +92,7 @@ static int commit_in_flight(const rd_kafka_error_t *e) {
            strstr(rd_kafka_error_string(e), "CommittingTransaction") != NULL;
 }
 
-rd_kafka_error_t *lk__kafka_txn_call(lk_sink_t *s, rd_kafka_t *rk,
+rd_kafka_error_t *lk__kafka_txn_call(lk__sink_t *s, rd_kafka_t *rk,
                                      rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
                                      int timeout_ms) {
 #ifndef LK_NO_FAULTPOINTS
@@ -221,7 +221,7 @@ static lk_err_t client_new(rd_kafka_t **out, rd_kafka_type_t type, rd_kafka_conf
 }
 
 /* A transactional call of the producer (lk__kafka_txn_call), its error mapped. */
-static lk_err_t txn_run(lk_sink_t *s, rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
+static lk_err_t txn_run(lk__sink_t *s, rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
                         const char *what, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, fn, k->timeout_ms);
@@ -230,7 +230,7 @@ static lk_err_t txn_run(lk_sink_t *s, rd_kafka_error_t *(*fn)(rd_kafka_t *, int)
 
 /* init_transactions on the current producer: fences zombies with the same
  * transactional.id and aborts their transaction (and this task's orphan one). */
-lk_err_t lk__kafka_init_txn(lk_sink_t *s, char *errstr, size_t errstr_size) {
+lk_err_t lk__kafka_init_txn(lk__sink_t *s, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     lk_err_t e = txn_run(s, rd_kafka_init_transactions, "init_transactions", errstr,
                          errstr_size);
@@ -240,7 +240,7 @@ lk_err_t lk__kafka_init_txn(lk_sink_t *s, char *errstr, size_t errstr_size) {
 }
 
 /* The transactional producer; batch_size > 0 overrides batch.size. */
-lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
+lk_err_t lk__kafka_producer_new(lk__sink_t *s, int64_t batch_size, char *errstr,
                                 size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     lk_err_t e;
@@ -260,7 +260,7 @@ lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
     return client_new(&k->producer, RD_KAFKA_PRODUCER, pc, "producer", errstr, errstr_size);
 }
 
-static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
+static lk_err_t kafka_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
                            size_t errstr_size) {
     lk__kafka_sink_t *k = calloc(1, sizeof *k);
     if (!k)
@@ -314,7 +314,7 @@ static lk_err_t kafka_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
     return LK_OK;
 }
 
-static void kafka_close(lk_sink_t *s) {
+static void kafka_close(lk__sink_t *s) {
     lk__kafka_sink_t *k = s->impl;
     if (!k)
         return;
@@ -342,7 +342,7 @@ static void kafka_close(lk_sink_t *s) {
  * their round trips (AddOffsetsToTxn, TxnOffsetCommit) do not queue behind the records'
  * AddPartitionsToTxn and produce requests; sent after the progress record they waited
  * for those and cost a third of a 10,000-record batch's delivery (issue 18). */
-static lk_err_t send_offsets(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+static lk_err_t send_offsets(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     if (!k->send_offsets || !b || !b->nranges)
@@ -361,7 +361,7 @@ static lk_err_t send_offsets(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
              : LK_OK;
 }
 
-static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
+static lk_err_t kafka_begin(lk__sink_t *s, uint64_t batch, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     /* serve what an aborted attempt's records still report (purged by the abort) before
      * counting this attempt's */
@@ -387,7 +387,7 @@ static lk_err_t kafka_begin(lk_sink_t *s, uint64_t batch, char *errstr, size_t e
     return send_offsets(s, s->batch_rec, errstr, errstr_size);
 }
 
-static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, const void *key,
+static lk_err_t produce(lk__sink_t *s, const char *topic, int32_t partition, const void *key,
                         size_t klen, const void *value, size_t vlen, int64_t ts,
                         rd_kafka_headers_t *hdrs, void *opaque, char *errstr,
                         size_t errstr_size) {
@@ -448,7 +448,7 @@ static lk_err_t produce(lk_sink_t *s, const char *topic, int32_t partition, cons
 /* Provenance headers of a record of the attempt kafka_begin started; NULL if out of memory
  * or a header was refused. Called once per output record: the values of the attempt are
  * formatted once, in kafka_begin, and their lengths passed (no snprintf per record). */
-static rd_kafka_headers_t *provenance(const lk_sink_t *s, const char *uid, size_t uid_len,
+static rd_kafka_headers_t *provenance(const lk__sink_t *s, const char *uid, size_t uid_len,
                                       size_t extra) {
     const lk__kafka_sink_t *k = s->impl;
     rd_kafka_headers_t *h = rd_kafka_headers_new(extra + 4);
@@ -463,7 +463,7 @@ static rd_kafka_headers_t *provenance(const lk_sink_t *s, const char *uid, size_
     return h;
 }
 
-static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
+static lk_err_t kafka_write(lk__sink_t *s, const lk__out_record_t *r, char *errstr,
                             size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     if (k->index_member != s->cur) {
@@ -509,7 +509,7 @@ static lk_err_t kafka_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr
     return e ? lk__kafka_record_failed(s, e, errstr, errstr_size) : LK_OK;
 }
 
-static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     /* the progress record: which batch this transaction completes, from what input, and
@@ -566,7 +566,7 @@ static lk_err_t kafka_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr
 /* Resume a commit that timed out (librdkafka's calls are resumable). A resumed commit
  * that succeeds delivered its batch: the fence moves to it directly, since a
  * read_committed reader may not see its progress record at once. */
-static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t kafka_resume_commit(lk__sink_t *s, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     rd_kafka_error_t *e = lk__kafka_txn_call(s, k->producer, rd_kafka_commit_transaction,
                                              k->timeout_ms);
@@ -582,7 +582,7 @@ static lk_err_t kafka_resume_commit(lk_sink_t *s, char *errstr, size_t errstr_si
     return retriable ? LK_ERR_TIMED_OUT : r;
 }
 
-static lk_err_t kafka_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t kafka_abort(lk__sink_t *s, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     if (!k->txn_open)
         return LK_OK; /* nothing begun (e.g. begin_transaction itself failed) */

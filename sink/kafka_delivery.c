@@ -81,7 +81,7 @@ static void setting_for(const lk__kafka_failed_rec_t *f, const char *topic, char
 /* Delivery reports: served by the delivering thread (rd_kafka_poll, flush, commit). */
 void lk__kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
-    lk_sink_t *s = opaque;
+    lk__sink_t *s = opaque;
     lk__kafka_sink_t *k = s->impl;
     if (!m->err || !k || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
         m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
@@ -123,7 +123,7 @@ int64_t lk__kafka_batch_size(int64_t configured, const int64_t *limits, size_t n
  * transaction. librdkafka does not split a batch the broker refuses, so records each
  * under a topic's limit would be refused together forever if the producer's batch.size
  * were larger than the limit. */
-void lk__kafka_request_sizing(lk_sink_t *s) {
+void lk__kafka_request_sizing(lk__sink_t *s) {
     lk__kafka_sink_t *k = s->impl;
     size_t n = s->nmembers + 1;
     rd_kafka_ConfigResource_t **res = calloc(n, sizeof *res);
@@ -150,7 +150,7 @@ void lk__kafka_request_sizing(lk_sink_t *s) {
  * producer's batch.size, replace the producer by one whose batches fit (between
  * transactions: init_transactions again). A broker that does not answer (librdkafka's
  * mock cluster has no controller) leaves batch.size as it is, with a log line. */
-lk_err_t lk__kafka_apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size) {
+lk_err_t lk__kafka_apply_sizing(lk__sink_t *s, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     if (!k->dc_q)
         return LK_OK;
@@ -226,10 +226,10 @@ const lk__kafka_failed_rec_t *lk__kafka_diverted(const lk__kafka_sink_t *k, size
 /* After a failed attempt: a permanent per-record error stops the application naming the
  * record and the setting, or (errors.tolerance=all with a Kafka dead letter) marks the
  * record for the dead letter topic in the next attempt. Returns the error to report. */
-lk_err_t lk__kafka_record_failed(lk_sink_t *s, lk_err_t e, char *errstr,
+lk_err_t lk__kafka_record_failed(lk__sink_t *s, lk_err_t e, char *errstr,
                                  size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
-    const lk_batch_rec_t *b = s->batch_rec;
+    const lk__batch_rec_t *b = s->batch_rec;
     if (!k->have_failed || e == LK_ERR_FENCED || e == LK_ERR_FATAL)
         return e;
     lk__kafka_failed_rec_t f = k->first_failed;

@@ -31,7 +31,7 @@ typedef struct {
 } lk__kafka_failed_rec_t;
 
 typedef struct {
-    const lk_sink_t *owner;
+    const lk__sink_t *owner;
     const lk_conf_t *conf; /* the context's, alive as long as the sink */
     int64_t batch_size;    /* the producer's batch.size */
     int sized;             /* lk__kafka_request_sizing() done */
@@ -73,11 +73,11 @@ typedef struct {
 /* ---- kafka.c ---- */
 
 /** Whether an immediate stop was asked (s->abandon). */
-int lk__kafka_abandoned(const lk_sink_t *s);
+int lk__kafka_abandoned(const lk__sink_t *s);
 /** sink.kafka.timeout.ms, cut to what is left before a stop's deadline (>= 1 ms). */
 int lk__kafka_budget(const lk__kafka_sink_t *k);
 /** A resumable transactional call (init, commit, abort) in slices, within the budget. */
-rd_kafka_error_t *lk__kafka_txn_call(lk_sink_t *s, rd_kafka_t *rk,
+rd_kafka_error_t *lk__kafka_txn_call(lk__sink_t *s, rd_kafka_t *rk,
                                      rd_kafka_error_t *(*fn)(rd_kafka_t *, int),
                                      int timeout_ms);
 /** Map a transactional API error (destroyed here) to LK_ERR_FENCED / LK_ERR_FATAL /
@@ -85,16 +85,16 @@ rd_kafka_error_t *lk__kafka_txn_call(lk_sink_t *s, rd_kafka_t *rk,
 lk_err_t lk__kafka_txn_error(lk__kafka_sink_t *k, rd_kafka_error_t *e, const char *what,
                              char *errstr, size_t errstr_size);
 /** init_transactions on k->producer (fences zombies; k->inited once done). */
-lk_err_t lk__kafka_init_txn(lk_sink_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__kafka_init_txn(lk__sink_t *s, char *errstr, size_t errstr_size);
 /** Create the transactional producer (k->producer); batch_size > 0 overrides batch.size. */
-lk_err_t lk__kafka_producer_new(lk_sink_t *s, int64_t batch_size, char *errstr,
+lk_err_t lk__kafka_producer_new(lk__sink_t *s, int64_t batch_size, char *errstr,
                                 size_t errstr_size);
 
 /* ---- kafka_progress.c ---- */
 
 /** The kind's recover(): init_transactions, the progress topic, the stable-offset wait
  * and the fences read from the last committed progress records (sink_int.h). */
-lk_err_t lk__kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
+lk_err_t lk__kafka_recover(lk__sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
 
 /* ---- kafka_delivery.c ---- */
 
@@ -103,14 +103,14 @@ int lk__kafka_is_permanent(rd_kafka_resp_err_t c);
 /** The producer's delivery report callback (runs on the delivering thread). */
 void lk__kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
 /** Ask for the output topics' max.message.bytes without waiting. */
-void lk__kafka_request_sizing(lk_sink_t *s);
+void lk__kafka_request_sizing(lk__sink_t *s);
 /** Apply the answer to lk__kafka_request_sizing() if it has come (between transactions). */
-lk_err_t lk__kafka_apply_sizing(lk_sink_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__kafka_apply_sizing(lk__sink_t *s, char *errstr, size_t errstr_size);
 /** The record (member, index) diverted to the dead letter topic in this batch, or NULL. */
 const lk__kafka_failed_rec_t *lk__kafka_diverted(const lk__kafka_sink_t *k, size_t member,
                                                  uint64_t index);
 /** After a failed attempt: stop on a permanent record error naming the record and the
  * setting, or mark the record for the dead letter topic; returns the error to report. */
-lk_err_t lk__kafka_record_failed(lk_sink_t *s, lk_err_t e, char *errstr, size_t errstr_size);
+lk_err_t lk__kafka_record_failed(lk__sink_t *s, lk_err_t e, char *errstr, size_t errstr_size);
 
 #endif

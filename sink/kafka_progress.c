@@ -187,7 +187,7 @@ static int progress_names(const progress_t *p, const char *uid) {
 /* A record written by this checkpoint: its id, or no id (older format) and written by the
  * lineage of a checkpoint of that format: migrated by this open, or written after the
  * checkpoint was created (a newer checkpoint cannot have written before its creation). */
-static int progress_ours(const lk_sink_t *s, const progress_t *p, const rd_kafka_message_t *m) {
+static int progress_ours(const lk__sink_t *s, const progress_t *p, const rd_kafka_message_t *m) {
     if (p->checkpoint[0])
         return !strcmp(p->checkpoint, s->checkpoint_id);
     rd_kafka_timestamp_type_t tt;
@@ -197,7 +197,7 @@ static int progress_ours(const lk_sink_t *s, const progress_t *p, const rd_kafka
 
 /* Read the last committed progress record of every member: fences[i] for members[i].
  * The partition must be stable up to hi (lk__kafka_wait_stable). */
-static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *errstr,
+static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *errstr,
                             size_t errstr_size) {
     char foreign[48] = "";  /* the other checkpoint whose record is the last one read */
     uint64_t foreign_batch = 0;
@@ -303,7 +303,7 @@ static lk_err_t read_fences(lk_sink_t *s, int64_t hi, uint64_t *fences, char *er
     return LK_OK;
 }
 
-lk_err_t lk__kafka_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
+lk_err_t lk__kafka_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
                            size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     if (!k->sized) {

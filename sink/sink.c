@@ -55,14 +55,14 @@ int lk__sink_transition_allowed(lk__txn_state_t from, lk__txn_state_t to) {
            (allowed[from] & (1u << to)) != 0;
 }
 
-static void go_fatal(lk_sink_t *s, const char *msg);
+static void go_fatal(lk__sink_t *s, const char *msg);
 
 /* Leaving FATAL is refused as the sticky state's answer to any later work. Any other
  * transition the table does not allow is a bug in sink.c: debug builds stop at the
  * assert; release builds make the sink FATAL (sticky, its message naming both states)
  * rather than go on from a state the protocol does not know, which could deliver a
  * batch twice or acknowledge one never committed. */
-lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
+lk_err_t lk__sink_transition(lk__sink_t *s, lk__txn_state_t to, char *errstr,
                              size_t errstr_size) {
     if (s->state == LK__TXN_FATAL)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size,
@@ -85,9 +85,9 @@ lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
     return LK_OK;
 }
 
-lk_sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
+lk__sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
                         const char *format, const char *app_id) {
-    lk_sink_t *s = calloc(1, sizeof *s);
+    lk__sink_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->ops = ops;
@@ -112,7 +112,7 @@ static char *joined(const char *a, const char *b) {
     return j;
 }
 
-lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target) {
+lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target) {
     lk__sink_member_t *m = realloc(s->members, (s->nmembers + 1) * sizeof *m);
     if (!m)
         return LK_ERR_NOMEM;
@@ -140,7 +140,7 @@ lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target) 
     return LK_OK;
 }
 
-void lk__sink_destroy(lk_sink_t *s) {
+void lk__sink_destroy(lk__sink_t *s) {
     if (!s)
         return;
     if (s->ops && s->ops->close)
@@ -158,9 +158,9 @@ void lk__sink_destroy(lk_sink_t *s) {
 }
 
 /* Acknowledge member i: its outbox of batches <= batch goes, its fence records batch. */
-static lk_err_t acknowledge_member(lk_sink_t *s, size_t i, lk_store_t *store, uint64_t batch,
+static lk_err_t acknowledge_member(lk__sink_t *s, size_t i, lk__store_t *store, uint64_t batch,
                                    char *errstr, size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 1, &t, errstr, errstr_size);
     if (e)
         return e;
@@ -173,9 +173,9 @@ static lk_err_t acknowledge_member(lk_sink_t *s, size_t i, lk_store_t *store, ui
 }
 
 /* The oldest batch in member i's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t member_pending(lk_sink_t *s, lk_store_t *store, size_t i, uint64_t *batch,
+static lk_err_t member_pending(lk__sink_t *s, lk__store_t *store, size_t i, uint64_t *batch,
                                char *errstr, size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
     if (e)
         return e;
@@ -189,9 +189,9 @@ static lk_err_t member_pending(lk_sink_t *s, lk_store_t *store, size_t i, uint64
 
 /* Acknowledge: every member's outbox of batches <= batch goes, its fence records batch
  * (one checkpoint transaction: the members were delivered in one Kafka transaction). */
-static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+static lk_err_t acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
                             size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 1, &t, errstr, errstr_size);
     if (e)
         return e;
@@ -206,7 +206,7 @@ static lk_err_t acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, cha
 
 /* Go FATAL with msg (sticky); best effort to undo an open delivery first: the error is
  * already final, so the undo's own result cannot change anything. */
-static void go_fatal(lk_sink_t *s, const char *msg) {
+static void go_fatal(lk__sink_t *s, const char *msg) {
     /* an abort still open is tried once more; one that just failed for good is not */
     if (s->state != LK__TXN_READY && s->state != LK__TXN_COMMITTED &&
         s->state != LK__TXN_FATAL && s->state != LK__TXN_ABORTING) {
@@ -221,7 +221,7 @@ static void go_fatal(lk_sink_t *s, const char *msg) {
 
 /* Abort the delivery in progress (state ABORTING): READY once the abort finished; a
  * retriable failure leaves it ABORTING, to be called again by the next recover. */
-static lk_err_t settle_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t settle_abort(lk__sink_t *s, char *errstr, size_t errstr_size) {
     char why[768] = "";
     s->settle_tries++;
     lk_err_t e = s->ops->abort(s, why, sizeof why);
@@ -246,7 +246,7 @@ static lk_err_t settle_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
  * make the sink FATAL. The sink re-reads nothing before the retry: recover() first
  * settles what is unfinished. Returns e (errstr says what failed), or the abort's error
  * when the abort fails for good (errstr then names the abort first). */
-static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, char *errstr, size_t errstr_size) {
+static lk_err_t fail_delivery(lk__sink_t *s, lk_err_t e, char *errstr, size_t errstr_size) {
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_CORRUPT) { /* never heals */
         go_fatal(s, errstr);
         return e;
@@ -279,7 +279,7 @@ static lk_err_t fail_delivery(lk_sink_t *s, lk_err_t e, char *errstr, size_t err
 
 /* Finish what a failed delivery left unfinished: resume a commit (acknowledging its
  * batch if it committed after all), call an abort again. LK_OK: the sink is READY. */
-static lk_err_t settle(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
+static lk_err_t settle(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size) {
     if (s->state == LK__TXN_COMMITTING) {
         char why[768] = "";
         s->settle_tries++;
@@ -313,9 +313,9 @@ static lk_err_t settle(lk_sink_t *s, lk_store_t *store, char *errstr, size_t err
 }
 
 /* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t pending_from(lk_sink_t *s, lk_store_t *store, uint64_t from, uint64_t *batch,
+static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, uint64_t *batch,
                              char *errstr, size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
     if (e)
         return e;
@@ -338,7 +338,7 @@ static lk_err_t pending_from(lk_sink_t *s, lk_store_t *store, uint64_t from, uin
     return r;
 }
 
-lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size) {
+lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size) {
     if (s->state == LK__TXN_FATAL)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "sink '%s' stopped: %s", s->name,
                        s->fatal_msg);
@@ -382,7 +382,7 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
     return LK_OK;
 }
 
-static void new_attempt(lk_sink_t *s) {
+static void new_attempt(lk__sink_t *s) {
     uint64_t r;
     if (getrandom(&r, sizeof r, 0) != sizeof r)
         r = (uint64_t)lk__mono_ns() ^ ((uint64_t)getpid() << 32);
@@ -390,13 +390,13 @@ static void new_attempt(lk_sink_t *s) {
 }
 
 typedef struct {
-    lk_sink_t *s;
+    lk__sink_t *s;
     lk_err_t err;
     char *errstr;
     size_t errstr_size;
 } write_ctx_t;
 
-static int write_one(const lk_out_record_t *r, void *o) {
+static int write_one(const lk__out_record_t *r, void *o) {
     write_ctx_t *w = o;
     w->err = w->s->ops->write(w->s, r, w->errstr, w->errstr_size);
     if (!w->err)
@@ -405,15 +405,15 @@ static int write_one(const lk_out_record_t *r, void *o) {
 }
 
 /* A copy of b in one allocation (ranges and topic names included); free() frees it. */
-static lk_batch_rec_t *batch_rec_copy(const lk_batch_rec_t *b) {
+static lk__batch_rec_t *batch_rec_copy(const lk__batch_rec_t *b) {
     size_t size = sizeof *b + b->nranges * sizeof *b->ranges;
     for (size_t i = 0; i < b->nranges; i++)
         size += strlen(b->ranges[i].topic) + 1;
-    lk_batch_rec_t *c = malloc(size);
+    lk__batch_rec_t *c = malloc(size);
     if (!c)
         return NULL;
     *c = *b;
-    c->ranges = (lk_range_t *)(c + 1);
+    c->ranges = (lk__range_t *)(c + 1);
     char *names = (char *)(c->ranges + b->nranges);
     for (size_t i = 0; i < b->nranges; i++) {
         size_t n = strlen(b->ranges[i].topic) + 1;
@@ -427,10 +427,10 @@ static lk_batch_rec_t *batch_rec_copy(const lk_batch_rec_t *b) {
 /* Deliver one batch atomically, leaving it COMMITTED (not yet acknowledged) on success.
  * Touches the checkpoint only through a read transaction, so it may run on a delivery
  * thread while the batch loop writes the next batch. */
-static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
+static lk_err_t deliver_unacked(lk__sink_t *s, lk__store_t *store, uint64_t batch,
                                 char *errstr, size_t errstr_size) {
     char why[768] = "";
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, why, sizeof why);
     if (e)
         return lk__err(e, errstr, errstr_size, "sink '%s' batch %llu: %s", s->name,
@@ -441,7 +441,7 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     lk__phase(LK__PH_DELIVERING);
     /* the batch's record (its input ranges), for the commit and for errors naming the
      * input a record came from */
-    lk_batch_rec_t rec, *recp = NULL;
+    lk__batch_rec_t rec, *recp = NULL;
     if (lk__store_batch_get(t, batch, &rec) == LK_OK && !(recp = batch_rec_copy(&rec)))
         e = lk__err(LK_ERR_NOMEM, why, sizeof why, "out of memory");
     s->batch_rec = recp;
@@ -488,11 +488,11 @@ static lk_err_t deliver_unacked(lk_sink_t *s, lk_store_t *store, uint64_t batch,
     return LK_OK;
 }
 
-int lk__sink_ready(const lk_sink_t *s) {
+int lk__sink_ready(const lk__sink_t *s) {
     return s->recovered && s->state == LK__TXN_READY;
 }
 
-lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+lk_err_t lk__sink_acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size) {
     char why[768] = "";
     lk__phase(LK__PH_ACKNOWLEDGING);
@@ -513,7 +513,7 @@ lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, c
                                          : LK_OK;
 }
 
-lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, uint64_t *last,
+lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
                                char *errstr, size_t errstr_size) {
     *last = 0;
     uint64_t from = 0;
@@ -532,18 +532,18 @@ lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, u
 }
 
 /* Deliver one batch atomically and acknowledge it. */
-static lk_err_t deliver(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+static lk_err_t deliver(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
                         size_t errstr_size) {
     lk_err_t e = deliver_unacked(s, store, batch, errstr, errstr_size);
     return e ? e : lk__sink_acknowledge(s, store, batch, errstr, errstr_size);
 }
 
-lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
+lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *batch,
                                 char *errstr, size_t errstr_size) {
     return pending_from(s, store, 0, batch, errstr, errstr_size);
 }
 
-lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *delivered,
+lk_err_t lk__sink_drain(lk__sink_t *s, lk__store_t *store, uint64_t upto, size_t *delivered,
                         char *errstr, size_t errstr_size) {
     *delivered = 0;
     lk_err_t e = lk__sink_recover(s, store, errstr, errstr_size);

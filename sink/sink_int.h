@@ -36,9 +36,9 @@ typedef enum {
 
 const char *lk__txn_state_name(lk__txn_state_t s);
 
-typedef struct lk_sink lk_sink_t;
+typedef struct lk__sink lk__sink_t;
 
-/** One sink of the pipeline delivered by a lk_sink_t: the Kafka sink delivers every Kafka
+/** One sink of the pipeline delivered by a lk__sink_t: the Kafka sink delivers every Kafka
  * output of the application in one transaction, so it has one member per lk_to_kafka;
  * the other kinds have exactly one. */
 typedef struct lk__sink_member {
@@ -55,35 +55,35 @@ typedef struct lk__sink_ops {
     /** Exactly-once kinds fence; stdout does not (documented at-least-once). */
     int exactly_once;
     /** Create clients; must not need the external system to be reachable. */
-    lk_err_t (*open)(lk_sink_t *s, const lk_conf_t *conf, char *errstr, size_t errstr_size);
+    lk_err_t (*open)(lk__sink_t *s, const lk_conf_t *conf, char *errstr, size_t errstr_size);
     /**
      * Connect, fence zombies, and report the last batch the external system holds for
      * this sink (*fence = 0: none known). Retriable errors: LK_ERR_KAFKA / LK_ERR_IO.
      */
-    lk_err_t (*recover)(lk_sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
-    lk_err_t (*begin)(lk_sink_t *s, uint64_t batch, char *errstr, size_t errstr_size);
+    lk_err_t (*recover)(lk__sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
+    lk_err_t (*begin)(lk__sink_t *s, uint64_t batch, char *errstr, size_t errstr_size);
     /** Write one record of member s->members[s->cur]. */
-    lk_err_t (*write)(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
+    lk_err_t (*write)(lk__sink_t *s, const lk__out_record_t *r, char *errstr,
                       size_t errstr_size);
     /** Make the batch durable and visible atomically; b is the batch's record (input
      * offsets for Kafka's send_offsets_to_transaction), NULL if no longer kept.
      * LK_ERR_TIMED_OUT: the commit was sent and is still running; its outcome is known
      * only once resume_commit finishes it (the sink goes to COMMITTING). Other
      * retriable errors: the delivery is aborted and done again. */
-    lk_err_t (*commit)(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+    lk_err_t (*commit)(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                        size_t errstr_size);
     /** Finish a commit that returned LK_ERR_TIMED_OUT: LK_OK committed, LK_ERR_TIMED_OUT
      * still running, LK_ERR_KAFKA it must be aborted, LK_ERR_FENCED / LK_ERR_FATAL.
      * NULL for kinds whose commit never returns LK_ERR_TIMED_OUT. */
-    lk_err_t (*resume_commit)(lk_sink_t *s, char *errstr, size_t errstr_size);
+    lk_err_t (*resume_commit)(lk__sink_t *s, char *errstr, size_t errstr_size);
     /** Undo an open delivery (abort the transaction, remove temporary files). LK_OK:
      * done; a retriable error: not finished, call again later (the sink stays ABORTING);
      * LK_ERR_FENCED / LK_ERR_FATAL: the sink stops. */
-    lk_err_t (*abort)(lk_sink_t *s, char *errstr, size_t errstr_size);
-    void (*close)(lk_sink_t *s);
+    lk_err_t (*abort)(lk__sink_t *s, char *errstr, size_t errstr_size);
+    void (*close)(lk__sink_t *s);
 } lk__sink_ops_t;
 
-struct lk_sink {
+struct lk__sink {
     const lk__sink_ops_t *ops;
     char *name;   /* for messages: the member's uid, or the members' uids joined by ',' */
     char *target; /* Kafka topic or directory (joined by ',' like name) */
@@ -94,7 +94,7 @@ struct lk_sink {
     char *app_id;
     lk__txn_state_t state;
     uint64_t batch;        /* batch of the delivery in progress */
-    const lk_batch_rec_t *batch_rec; /* its record during begin/write/commit, NULL if
+    const lk__batch_rec_t *batch_rec; /* its record during begin/write/commit, NULL if
                                         no longer kept */
     char attempt[17];      /* hex nonce of the delivery attempt (provenance) */
     int recovered;         /* recover() succeeded since open */
@@ -125,12 +125,12 @@ extern const lk__sink_ops_t lk__sink_files_ops;
 extern const lk__sink_ops_t lk__sink_stdout_ops;
 
 /** Create a sink of a kind with one member (name, target); not yet opened. */
-lk_sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
+lk__sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char *target,
                         const char *format, const char *app_id);
 /** Add a member to a sink (before open; Kafka only): its outbox is delivered in the same
  * transaction as the others'. LK_ERR_NOMEM. */
-lk_err_t lk__sink_add_member(lk_sink_t *s, const char *uid, const char *target);
-void lk__sink_destroy(lk_sink_t *s);
+lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target);
+void lk__sink_destroy(lk__sink_t *s);
 
 /**
  * The one state transition validator, the only writer of s->state: moves s to `to` if
@@ -139,7 +139,7 @@ void lk__sink_destroy(lk_sink_t *s);
  * allow is a bug: debug builds assert; release builds (NDEBUG) make the sink FATAL
  * (sticky; its message names both states) and return LK_ERR_STATE naming both states.
  */
-lk_err_t lk__sink_transition(lk_sink_t *s, lk__txn_state_t to, char *errstr,
+lk_err_t lk__sink_transition(lk__sink_t *s, lk__txn_state_t to, char *errstr,
                              size_t errstr_size);
 /** Whether the transition table allows from -> to (a query: changes nothing). */
 int lk__sink_transition_allowed(lk__txn_state_t from, lk__txn_state_t to);
@@ -150,7 +150,7 @@ int lk__sink_transition_allowed(lk__txn_state_t from, lk__txn_state_t to);
  * read its progress, and acknowledge every outbox batch at or below its fence.
  * Retriable errors leave it unrecovered (and COMMITTING / ABORTING if still so).
  */
-lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t errstr_size);
+lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size);
 
 /**
  * Deliver the sink's outbox batches with id <= upto (the last durable batch), oldest
@@ -158,7 +158,7 @@ lk_err_t lk__sink_recover(lk_sink_t *s, lk_store_t *store, char *errstr, size_t 
  * *delivered counts the batches delivered. Errors name the sink and the batch.
  * LK_ERR_FENCED / LK_ERR_FATAL leave the sink in FATAL.
  */
-lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *delivered,
+lk_err_t lk__sink_drain(lk__sink_t *s, lk__store_t *store, uint64_t upto, size_t *delivered,
                         char *errstr, size_t errstr_size);
 
 /**
@@ -172,18 +172,18 @@ lk_err_t lk__sink_drain(lk_sink_t *s, lk_store_t *store, uint64_t upto, size_t *
  * lk__sink_acknowledge then records batches <= batch as delivered (a checkpoint write:
  * the batch loop's thread) and returns a COMMITTED sink to READY.
  */
-lk_err_t lk__sink_deliver_upto(lk_sink_t *s, lk_store_t *store, uint64_t upto, uint64_t *last,
+lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
                                char *errstr, size_t errstr_size);
-lk_err_t lk__sink_acknowledge(lk_sink_t *s, lk_store_t *store, uint64_t batch, char *errstr,
+lk_err_t lk__sink_acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
                               size_t errstr_size);
 /** Whether the sink may deliver now without recovering first: recovered (its fence
  * read since open or since a failed delivery) and READY (no delivery in progress, no
  * commit or abort left unfinished, not FATAL). For the batch loop, which otherwise
  * recovers the sink (lk__sink_drain) before overlapping delivery with the next batches.
  * Read on the thread that owns the sink while no delivery of it is running. */
-int lk__sink_ready(const lk_sink_t *s);
+int lk__sink_ready(const lk__sink_t *s);
 /** Oldest batch in the sink's outbox; LK_ERR_NOT_FOUND when it is empty. */
-lk_err_t lk__sink_first_pending(lk_sink_t *s, lk_store_t *store, uint64_t *batch,
+lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *batch,
                                 char *errstr, size_t errstr_size);
 
 /* ---- the Kafka sink's stable-offset wait, behind a seam (unit-tested) ---- */

@@ -16,26 +16,26 @@
 #include <stdio.h>
 #include <string.h>
 
-static lk_err_t stdout_open(lk_sink_t *s, const lk_conf_t *conf, char *errstr,
+static lk_err_t stdout_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
                             size_t errstr_size) {
     (void)s, (void)conf, (void)errstr, (void)errstr_size;
     return LK_OK;
 }
 
-static lk_err_t stdout_recover(lk_sink_t *s, uint64_t *fence, char *errstr,
+static lk_err_t stdout_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
                                size_t errstr_size) {
     (void)s, (void)errstr, (void)errstr_size;
     *fence = 0;
     return LK_OK;
 }
 
-static lk_err_t stdout_begin(lk_sink_t *s, uint64_t batch, char *errstr,
+static lk_err_t stdout_begin(lk__sink_t *s, uint64_t batch, char *errstr,
                              size_t errstr_size) {
     (void)s, (void)batch, (void)errstr, (void)errstr_size;
     return LK_OK;
 }
 
-static lk_err_t stdout_write(lk_sink_t *s, const lk_out_record_t *r, char *errstr,
+static lk_err_t stdout_write(lk__sink_t *s, const lk__out_record_t *r, char *errstr,
                              size_t errstr_size) {
     (void)s;
     errno = 0;
@@ -53,7 +53,7 @@ static lk_err_t stdout_write(lk_sink_t *s, const lk_out_record_t *r, char *errst
     return LK_OK;
 }
 
-static lk_err_t stdout_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errstr,
+static lk_err_t stdout_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                               size_t errstr_size) {
     (void)s, (void)b;
     errno = 0;
@@ -66,12 +66,12 @@ static lk_err_t stdout_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *errst
     return LK_OK;
 }
 
-static lk_err_t stdout_abort(lk_sink_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t stdout_abort(lk__sink_t *s, char *errstr, size_t errstr_size) {
     (void)s, (void)errstr, (void)errstr_size; /* what was printed stays: at-least-once */
     return LK_OK;
 }
 
-static void stdout_close(lk_sink_t *s) {
+static void stdout_close(lk__sink_t *s) {
     (void)s;
     fflush(stdout);
 }

@@ -28,7 +28,7 @@ static int add_offset(const char *topic, int32_t partition, int64_t offset, void
     return 0;
 }
 
-static int add_outbox(const lk_outbox_stat_t *st, void *o) {
+static int add_outbox(const lk__outbox_stat_t *st, void *o) {
     json_array_append_new(
         o, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "sink", st->sink, "batches",
                      (json_int_t)st->batches, "records", (json_int_t)st->records, "bytes",
@@ -62,7 +62,7 @@ static int add_config(const char *k, const char *v, void *o) {
     return 0;
 }
 
-static json_t *collect(lk_store_t *s, lk_store_txn_t *t, lk_err_t *err) {
+static json_t *collect(lk__store_t *s, lk__store_txn_t *t, lk_err_t *err) {
     char when[40];
     json_t *doc = json_object();
     json_object_set_new(doc, "checkpoint", json_string(lk__store_dir(s)));
@@ -76,7 +76,7 @@ static json_t *collect(lk_store_t *s, lk_store_txn_t *t, lk_err_t *err) {
     json_object_set_new(doc, "created", json_string(when));
     json_object_set_new(doc, "map_size", json_integer((json_int_t)lk__store_map_size(s)));
 
-    lk_batch_rec_t b;
+    lk__batch_rec_t b;
     lk_err_t e = lk__store_batch_last(t, &b);
     if (e == LK_OK) {
         json_t *ranges = json_array();
@@ -101,7 +101,7 @@ static json_t *collect(lk_store_t *s, lk_store_txn_t *t, lk_err_t *err) {
     }
     json_object_set_new(doc, "batches_kept", json_integer((json_int_t)lk__store_batch_count(t)));
 
-    lk_topo_op_t *ops;
+    lk__topo_op_t *ops;
     size_t nops;
     json_t *topo = json_array();
     if ((e = lk__store_topology_get(t, &ops, &nops)))
@@ -218,9 +218,9 @@ static void print_text(FILE *fp, json_t *d) {
         fprintf(fp, "  %s=%s\n", key, json_string_value(v));
 }
 
-lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
+lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
                            size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t err = lk__store_txn_begin(s, 0, &t, errstr, errstr_size);
     if (err)
         return err;

@@ -38,7 +38,7 @@ typedef struct {
 
 /* ------------------------------------------------------------------------- */
 
-lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
+lk_err_t lk__store_mdb_err(lk__store_t *s, int rc, char *errstr, size_t errstr_size,
                            const char *what) {
     if (rc == MDB_PANIC) {
         if (!s->fatal) /* the first panic's message stays */
@@ -69,7 +69,7 @@ lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_si
 /* A failed fsync: whether the pages reached the disk is unknown (and Linux may have
  * dropped them from the page cache), so nothing committed since the last good sync
  * may be called durable, ever. The store becomes unusable (sticky), with the OS error. */
-static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_size) {
+static lk_err_t sync_failed(lk__store_t *s, int rc, char *errstr, size_t errstr_size) {
     if (!s->fatal) /* the first failure's message stays */
         lk__fmt(s->fatal_msg, sizeof s->fatal_msg,
                 "checkpoint %s: syncing to disk failed: %s; batches after %llu may not be "
@@ -82,7 +82,7 @@ static lk_err_t sync_failed(lk_store_t *s, int rc, char *errstr, size_t errstr_s
 
 /* ---- the replay log and MAP_FULL handling ---- */
 
-static int log_append(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, const MDB_val *k,
+static int log_append(lk__store_txn_t *t, uint8_t op, MDB_dbi dbi, const MDB_val *k,
                       const MDB_val *v) {
     log_hdr_t h = {op, dbi, (uint32_t)k->mv_size, v ? (uint32_t)v->mv_size : 0};
     size_t need = sizeof h + h.klen + h.vlen;
@@ -102,8 +102,8 @@ static int log_append(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, const MDB_val 
 }
 
 /* Abort the LMDB txn, double the map, begin again and replay the log. */
-static int grow_and_replay(lk_store_txn_t *t) {
-    lk_store_t *s = t->s;
+static int grow_and_replay(lk__store_txn_t *t) {
+    lk__store_t *s = t->s;
     mdb_txn_abort(t->txn);
     t->txn = NULL;
     for (;;) {
@@ -139,7 +139,7 @@ static int grow_and_replay(lk_store_txn_t *t) {
     }
 }
 
-lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_txn_check(lk__store_txn_t *t, char *errstr, size_t errstr_size) {
     if (t->s->fatal)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", t->s->fatal_msg);
     if (!t->write)
@@ -150,7 +150,7 @@ lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size
     return LK_OK;
 }
 
-static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k, MDB_val *v,
+static lk_err_t txn_write(lk__store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k, MDB_val *v,
                           char *errstr, size_t errstr_size, const char *what) {
     lk_err_t e = lk__store_txn_check(t, errstr, errstr_size);
     if (e)
@@ -184,20 +184,20 @@ static lk_err_t txn_write(lk_store_txn_t *t, uint8_t op, MDB_dbi dbi, MDB_val *k
     return LK_OK;
 }
 
-lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_put(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            const void *val, size_t vlen, char *errstr, size_t errstr_size,
                            const char *what) {
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     return txn_write(t, OP_PUT, dbi, &k, &v, errstr, errstr_size, what);
 }
 
-lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_del(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            char *errstr, size_t errstr_size, const char *what) {
     MDB_val k = {klen, (void *)key};
     return txn_write(t, OP_DEL, dbi, &k, NULL, errstr, errstr_size, what);
 }
 
-lk_err_t lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_get(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            MDB_val *v, const char *what) {
     if (!t->txn)
         return lk__store_read_failed(t, EINVAL, what);
@@ -210,8 +210,8 @@ lk_err_t lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size
     return rc ? lk__store_read_failed(t, rc, what) : LK_OK;
 }
 
-lk_err_t lk__store_walk(lk_store_txn_t *t, MDB_dbi dbi, const char *reading,
-                        int (*each)(lk_store_txn_t *, const MDB_val *, MDB_val, void *,
+lk_err_t lk__store_walk(lk__store_txn_t *t, MDB_dbi dbi, const char *reading,
+                        int (*each)(lk__store_txn_t *, const MDB_val *, MDB_val, void *,
                                     lk_err_t *),
                         void *ctx) {
     MDB_cursor *c;
@@ -271,7 +271,7 @@ static int mkdir_p(const char *path) {
 }
 
 
-static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
+static lk_err_t take_lock(lk__store_t *s, char *errstr, size_t errstr_size) {
     char p[4200];
     lk__fmt(p, sizeof p, "%s/LOCK", s->dir);
     s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -301,7 +301,7 @@ static lk_err_t take_lock(lk_store_t *s, char *errstr, size_t errstr_size) {
     return LK_OK;
 }
 
-static void store_free(lk_store_t *s) {
+static void store_free(lk__store_t *s) {
     if (!s)
         return;
     if (s->env)
@@ -319,7 +319,7 @@ static void store_free(lk_store_t *s) {
 }
 
 
-void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
+void lk__store_opts_from_conf(lk__store_opts_t *o, const lk_conf_t *conf) {
     memset(o, 0, sizeof *o);
     o->dir = lk__conf_str(conf, LK__P_CHECKPOINT_DIR);
     o->app_id = lk__conf_str(conf, LK__P_APP_ID);
@@ -330,14 +330,14 @@ void lk__store_opts_from_conf(lk_store_opts_t *o, const lk_conf_t *conf) {
     o->conf = conf;
 }
 
-lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *o, char *errstr,
+lk_err_t lk__store_open(lk__store_t **out, const lk__store_opts_t *o, char *errstr,
                         size_t errstr_size) {
     *out = NULL;
     if (!o || !o->dir || !o->dir[0])
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "checkpoint.dir is not set");
     if (!o->readonly && (!o->app_id || !o->app_id[0]))
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "app.id is not set");
-    lk_store_t *s = calloc(1, sizeof *s);
+    lk__store_t *s = calloc(1, sizeof *s);
     if (!s)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     s->lock_fd = -1;
@@ -586,7 +586,7 @@ fail:
     return err;
 }
 
-void lk__store_close(lk_store_t *s) {
+void lk__store_close(lk__store_t *s) {
     if (!s)
         return;
     if (s->wtxn)
@@ -600,24 +600,24 @@ void lk__store_close(lk_store_t *s) {
     store_free(s);
 }
 
-const char *lk__store_app_id(const lk_store_t *s) { return s->app_id; }
-int lk__store_format(const lk_store_t *s) { return s->format; }
-int64_t lk__store_created_ms(const lk_store_t *s) { return s->created_ms; }
-const char *lk__store_dir(const lk_store_t *s) { return s->dir; }
-const char *lk__store_checkpoint_id(const lk_store_t *s) { return s->checkpoint_id; }
-int lk__store_migrated_from(const lk_store_t *s) { return s->migrated_from; }
-size_t lk__store_map_size(const lk_store_t *s) { return s->map_size; }
-uint64_t lk__store_committed_batch(const lk_store_t *s) { return s->committed_batch; }
-uint64_t lk__store_durable_batch(const lk_store_t *s) { return s->durable_batch; }
-uint64_t lk__store_outbox_bytes(const lk_store_t *s) { return s->outbox_bytes; }
+const char *lk__store_app_id(const lk__store_t *s) { return s->app_id; }
+int lk__store_format(const lk__store_t *s) { return s->format; }
+int64_t lk__store_created_ms(const lk__store_t *s) { return s->created_ms; }
+const char *lk__store_dir(const lk__store_t *s) { return s->dir; }
+const char *lk__store_checkpoint_id(const lk__store_t *s) { return s->checkpoint_id; }
+int lk__store_migrated_from(const lk__store_t *s) { return s->migrated_from; }
+size_t lk__store_map_size(const lk__store_t *s) { return s->map_size; }
+uint64_t lk__store_committed_batch(const lk__store_t *s) { return s->committed_batch; }
+uint64_t lk__store_durable_batch(const lk__store_t *s) { return s->durable_batch; }
+uint64_t lk__store_outbox_bytes(const lk__store_t *s) { return s->outbox_bytes; }
 
-int lk__store_fatal(const lk_store_t *s, const char **msg) {
+int lk__store_fatal(const lk__store_t *s, const char **msg) {
     if (msg)
         *msg = s->fatal ? s->fatal_msg : NULL;
     return s->fatal;
 }
 
-lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_sync(lk__store_t *s, char *errstr, size_t errstr_size) {
     if (s->fatal)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "%s", s->fatal_msg);
     int rc = LK__FAULT_RC("mdb_env_sync", 0, mdb_env_sync(s->env, 1));
@@ -630,7 +630,7 @@ lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size) {
 
 /* ---- transactions ---- */
 
-lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, char *errstr,
+lk_err_t lk__store_txn_begin(lk__store_t *s, int write, lk__store_txn_t **out, char *errstr,
                              size_t errstr_size) {
     *out = NULL;
     if (s->fatal)
@@ -640,7 +640,7 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
     if (write && s->wtxn)
         return lk__err(LK_ERR_STATE, errstr, errstr_size,
                        "a write transaction is already open on %s", s->dir);
-    lk_store_txn_t *t = calloc(1, sizeof *t);
+    lk__store_txn_t *t = calloc(1, sizeof *t);
     if (!t)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     t->s = s;
@@ -695,7 +695,7 @@ lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, cha
     return LK_OK;
 }
 
-static void txn_free(lk_store_txn_t *t) {
+static void txn_free(lk__store_txn_t *t) {
     if (t->write)
         t->s->wtxn = NULL;
     else
@@ -714,7 +714,7 @@ static void txn_free(lk_store_txn_t *t) {
 }
 
 
-void lk__store_txn_abort(lk_store_txn_t *t) {
+void lk__store_txn_abort(lk__store_txn_t *t) {
     if (!t)
         return;
     if (t->txn)
@@ -722,8 +722,8 @@ void lk__store_txn_abort(lk_store_txn_t *t) {
     txn_free(t);
 }
 
-lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
-    lk_store_t *s = t->s;
+lk_err_t lk__store_txn_commit(lk__store_txn_t *t, char *errstr, size_t errstr_size) {
+    lk__store_t *s = t->s;
     if (!t->write) {
         if (t->txn)
             mdb_txn_abort(t->txn);
@@ -768,8 +768,8 @@ lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_siz
 }
 
 
-lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
-    lk_store_t *s = t->s;
+lk_err_t lk__store_txn_commit_unsynced(lk__store_txn_t *t, char *errstr, size_t errstr_size) {
+    lk__store_t *s = t->s;
     if (s->sync_interval) /* the environment never syncs on commit anyway */
         return lk__store_txn_commit(t, errstr, errstr_size);
     /* not held across the commit: a map growth inside it waits for readers, and a

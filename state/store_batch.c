@@ -31,14 +31,14 @@ uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t
            lk__crc32c(0, value ? value : "", value ? vlen : 0);
 }
 
-lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
+lk_err_t lk__store_offset_put(lk__store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size) {
     return lk__store_offset_put_fp(t, topic, partition, offset, NULL, errstr, errstr_size);
 }
 
 /* value: [1, offset] or [1, offset, fp offset, fp timestamp, fp hash] */
-lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
-                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+lk_err_t lk__store_offset_put_fp(lk__store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk__fingerprint_t *fp, char *errstr,
                                  size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
@@ -68,9 +68,9 @@ lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t p
 
 /* Decode the offset stored for (topic, partition) under key k; a value that fails its
  * checksum, does not decode or is negative is corrupt, never "no offset". */
-lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
+lk_err_t lk__store_decode_offset(lk__store_txn_t *t, const MDB_val *k, MDB_val v,
                                  const char *topic, int32_t partition, int64_t *offset,
-                                 lk_fingerprint_t *fp, int *has_fp) {
+                                 lk__fingerprint_t *fp, int *has_fp) {
     lk__obj_t o;
     if (lk__store_unseal(t->s, k, &v))
         return lk__store_corrupt(t, "the offset of %s[%d] fails its checksum", topic,
@@ -85,7 +85,7 @@ lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
     if (has_fp)
         *has_fp = 0;
     if (lk__arr_len(&o) >= 5) {
-        lk_fingerprint_t f;
+        lk__fingerprint_t f;
         int64_t h;
         if (!lk__arr_i64(&o, 2, &f.offset) || !lk__arr_i64(&o, 3, &f.timestamp) ||
             !lk__arr_i64(&o, 4, &h) || f.offset < 0 || f.offset >= *offset)
@@ -100,13 +100,13 @@ lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
     return LK_OK;
 }
 
-lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
+lk_err_t lk__store_offset_get(lk__store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset) {
     return lk__store_offset_get_fp(t, topic, partition, offset, NULL, NULL);
 }
 
-lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
-                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp) {
+lk_err_t lk__store_offset_get_fp(lk__store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk__fingerprint_t *fp, int *has_fp) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
     MDB_val v;
@@ -125,7 +125,7 @@ typedef struct {
     void *opaque;
 } offsets_walk_t;
 
-static int each_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
+static int each_offset(lk__store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
                        lk_err_t *err) {
     offsets_walk_t *w = p;
     /* key: topic '\0' be32(partition); its length is checked before anything is
@@ -157,7 +157,7 @@ static int each_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
     return w->cb(topic, (int32_t)part, off, w->opaque) ? 1 : 0;
 }
 
-lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_offsets_foreach(lk__store_txn_t *t,
                                    int (*cb)(const char *, int32_t, int64_t, void *),
                                    void *opaque) {
     offsets_walk_t w = {cb, opaque};
@@ -168,7 +168,7 @@ lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
 
 /* Encode a batch record (also the pending plan's format), sealed for key (key, klen);
  * -1 when out of memory. */
-static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key,
+static int encode_batch(lk__buf_t *buf, const lk__batch_rec_t *b, const void *key,
                         size_t klen) {
     lk__buf_reset(buf);
     lk__pack_array(buf, 7);
@@ -191,12 +191,12 @@ static int encode_batch(lk__buf_t *buf, const lk_batch_rec_t *b, const void *key
 }
 
 /* Drop the pending plan inside write transaction t (no plan is not an error). */
-static lk_err_t plan_del(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+static lk_err_t plan_del(lk__store_txn_t *t, char *errstr, size_t errstr_size) {
     return lk__store_txn_del(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, errstr,
                              errstr_size, "clearing the batch plan");
 }
 
-lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
+lk_err_t lk__store_batch_put(lk__store_txn_t *t, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__buf_t *buf = &t->buf;
     unsigned char k[8];
@@ -243,8 +243,8 @@ lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *e
 /* Decode the batch record or pending plan v stored under key k (what names it in a
  * message). Every field is checked: ids positive, counts and offsets not negative,
  * partitions in range, from <= until. */
-lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
-                                lk_batch_rec_t *b) {
+lk_err_t lk__store_decode_batch(lk__store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                                lk__batch_rec_t *b) {
     lk__obj_t o;
     int64_t id, bt, cw, rin, rout;
     memset(b, 0, sizeof *b);
@@ -283,7 +283,7 @@ lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, 
             return LK_ERR_NOMEM;
         memcpy(ts, topic, tl);
         ts[tl] = 0;
-        b->ranges[i] = (lk_range_t){ts, (int32_t)p, f, u};
+        b->ranges[i] = (lk__range_t){ts, (int32_t)p, f, u};
     }
     b->nranges = n;
     b->id = (uint64_t)id;
@@ -294,8 +294,8 @@ lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, 
     return LK_OK;
 }
 
-lk_err_t lk__store_decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                                   lk_batch_rec_t *out) {
+lk_err_t lk__store_decode_batch_at(lk__store_txn_t *t, const MDB_val *k, MDB_val v,
+                                   lk__batch_rec_t *out) {
     if (k->mv_size != 8)
         return lk__store_corrupt(t, "a batches key of %zu bytes (8 expected)", k->mv_size);
     char what[64];
@@ -304,7 +304,7 @@ lk_err_t lk__store_decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val 
     return lk__store_decode_batch(t, k, v, what, out);
 }
 
-lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
+lk_err_t lk__store_batch_last(lk__store_txn_t *t, lk__batch_rec_t *out) {
     MDB_cursor *c;
     if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_BATCHES], &c))
         return LK_ERR_STORE;
@@ -318,7 +318,7 @@ lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out) {
     return lk__store_decode_batch_at(t, &k, v, out);
 }
 
-lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out) {
+lk_err_t lk__store_batch_get(lk__store_txn_t *t, uint64_t id, lk__batch_rec_t *out) {
     unsigned char k[8];
     lk__put_be64(k, id);
     MDB_val v;
@@ -330,7 +330,7 @@ lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out
     return lk__store_decode_batch_at(t, &kv, v, out);
 }
 
-size_t lk__store_batch_count(lk_store_txn_t *t) {
+size_t lk__store_batch_count(lk__store_txn_t *t) {
     MDB_stat st;
     if (!t->txn || mdb_stat(t->txn, t->s->dbi[DB_BATCHES], &st))
         return 0;
@@ -338,9 +338,9 @@ size_t lk__store_batch_count(lk_store_txn_t *t) {
 }
 
 
-lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
+lk_err_t lk__store_plan_put(lk__store_t *s, const lk__batch_rec_t *plan, char *errstr,
                             size_t errstr_size) {
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
     if (err)
         return err;
@@ -356,7 +356,7 @@ lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *err
     return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
 }
 
-lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
+lk_err_t lk__store_plan_get(lk__store_txn_t *t, lk__batch_rec_t *out) {
     MDB_val v;
     lk_err_t e = lk__store_txn_get(t, t->s->dbi[DB_META], plan_key, sizeof plan_key - 1, &v,
                                    "reading the pending plan");
@@ -366,8 +366,8 @@ lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out) {
     return lk__store_decode_batch(t, &kv, v, "the pending plan", out);
 }
 
-lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
-    lk_store_txn_t *t;
+lk_err_t lk__store_plan_clear(lk__store_t *s, char *errstr, size_t errstr_size) {
+    lk__store_txn_t *t;
     lk_err_t err = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
     if (err)
         return err;
@@ -380,7 +380,7 @@ lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size) {
 
 /* ---- reset-offsets: the rules of `lockstep checkpoint reset-offsets` ---- */
 
-static lk_err_t offset_del(lk_store_txn_t *t, const char *topic, int32_t partition,
+static lk_err_t offset_del(lk__store_txn_t *t, const char *topic, int32_t partition,
                            char *errstr, size_t errstr_size) {
     unsigned char k[512];
     size_t kl = offset_key(k, sizeof k, topic, partition);
@@ -426,7 +426,7 @@ static int reset_collect(const char *topic, int32_t partition, int64_t offset, v
 /* Keep the changes r asks for of c's offsets (all without r->partitions), each with its
  * new offset. The offsets came in key order, which is partition order, and stay in it
  * whatever the order of the request. */
-static lk_err_t reset_select(lk_store_t *s, const lk__offset_reset_t *r, reset_ctx_t *c,
+static lk_err_t reset_select(lk__store_t *s, const lk__offset_reset_t *r, reset_ctx_t *c,
                              char *errstr, size_t errstr_size) {
     for (size_t w = 0; w < r->npartitions; w++) {
         size_t j = 0;
@@ -458,7 +458,7 @@ static lk_err_t reset_select(lk_store_t *s, const lk__offset_reset_t *r, reset_c
     return LK_OK;
 }
 
-lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
+lk_err_t lk__store_reset_offsets(lk__store_t *s, const lk__offset_reset_t *r,
                                  lk__offset_change_t **changes, size_t *nchanges,
                                  uint64_t *plan, char *errstr, size_t errstr_size) {
     *changes = NULL;
@@ -468,7 +468,7 @@ lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size,
                        "offset %lld: the next offset to read is 0 or more",
                        (long long)r->to);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(s, r->write, &t, errstr, errstr_size);
     if (e)
         return e;
@@ -495,7 +495,7 @@ lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
     if (e)
         goto out;
     /* the pending plan holds the old offsets: replayed, it would undo the change */
-    lk_batch_rec_t p;
+    lk__batch_rec_t p;
     lk_err_t pe = lk__store_plan_get(t, &p);
     if (pe && pe != LK_ERR_NOT_FOUND) { /* corrupt: never taken for "no plan" */
         e = lk__err(pe, errstr, errstr_size, "%s", t->err);

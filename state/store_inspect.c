@@ -13,7 +13,7 @@
 
 /* Records in one chunk value read under key k; (size_t)-1 if it fails its checksum or
  * does not decode. */
-static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
+static size_t chunk_records(lk__store_txn_t *t, const MDB_val *k, MDB_val vv) {
     const MDB_val *v = &vv;
     size_t n = 0, off = 0;
     lk__obj_t o;
@@ -28,8 +28,8 @@ static size_t chunk_records(lk_store_txn_t *t, const MDB_val *k, MDB_val vv) {
     return n;
 }
 
-lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
-                                int (*cb)(const lk_outbox_stat_t *, void *), void *opaque) {
+lk_err_t lk__store_outbox_stats(lk__store_txn_t *t,
+                                int (*cb)(const lk__outbox_stat_t *, void *), void *opaque) {
     char ferr[256];
     lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
     if (err)
@@ -38,7 +38,7 @@ lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
     if (!t->txn || mdb_cursor_open(t->txn, t->s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;
     MDB_val k, v;
-    lk_outbox_stat_t st;
+    lk__outbox_stat_t st;
     char cur[512] = "";
     int have = 0;
     memset(&st, 0, sizeof st);
@@ -84,7 +84,7 @@ out:
     mdb_cursor_close(c);
     return err;
 }
-lk_err_t lk__store_state_stats(lk_store_txn_t *t, int (*cb)(const lk__state_stat_t *, void *),
+lk_err_t lk__store_state_stats(lk__store_txn_t *t, int (*cb)(const lk__state_stat_t *, void *),
                                void *opaque) {
     MDB_dbi main;
     MDB_cursor *c;
@@ -139,34 +139,34 @@ static int no_config_cb(const char *k, const char *v, void *o) {
     return 0;
 }
 
-lk_err_t lk__store_decode(lk_store_txn_t *t, lk__store_record_t kind, const void *key,
+lk_err_t lk__store_decode(lk__store_txn_t *t, lk__store_record_t kind, const void *key,
                           size_t klen, const void *val, size_t vlen) {
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     t->err[0] = 0;
     switch (kind) {
     case LK_REC_OFFSET: {
         int64_t off;
-        lk_fingerprint_t fp;
+        lk__fingerprint_t fp;
         int has_fp;
         return lk__store_decode_offset(t, &k, v, "topic", 0, &off, &fp, &has_fp);
     }
     case LK_REC_BATCH: {
-        lk_batch_rec_t b;
+        lk__batch_rec_t b;
         if (klen != 8)
             return LK_ERR_INVALID_ARG;
         return lk__store_decode_batch_at(t, &k, v, &b);
     }
     case LK_REC_PLAN: {
-        lk_batch_rec_t b;
+        lk__batch_rec_t b;
         MDB_val pk = {sizeof plan_key - 1, (void *)plan_key};
         return lk__store_decode_batch(t, &pk, v, "the pending plan", &b);
     }
     case LK_REC_OUTBOX: {
         if (lk__store_unseal(t->s, &k, &v))
             return lk__store_corrupt(t, "outbox chunk fails its checksum");
-        lk_header_t hbuf[64];
+        lk__header_t hbuf[64];
         for (size_t off = 0; off < v.mv_size;) {
-            lk_out_record_t r;
+            lk__out_record_t r;
             if (!lk__store_decode_out(t, &v, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf)))
                 return lk__store_corrupt(t, "an outbox record does not decode");
         }
@@ -191,14 +191,14 @@ lk_err_t lk__store_decode(lk_store_txn_t *t, lk__store_record_t kind, const void
         return lk__store_decode_state(t, &k, v, &p, &n, &upd) ? LK_OK : LK_ERR_CORRUPT;
     }
     case LK_REC_TOPOLOGY: {
-        lk_topo_op_t *ops;
+        lk__topo_op_t *ops;
         size_t n;
         return lk__store_decode_topology(t, v, &ops, &n);
     }
     case LK_REC_CONFIG:
         return lk__store_decode_config(t, v, no_config_cb, NULL);
     case LK_REC_HEADER: {
-        lk_store_t h;
+        lk__store_t h;
         memset(&h, 0, sizeof h);
         h.dir = t->s->dir;
         lk_err_t e = lk__store_parse_header(&h, v, NULL, t->err, sizeof t->err);

@@ -37,8 +37,8 @@
 /** The magic string in the meta header. */
 #define LK_CHECKPOINT_MAGIC "lockstep-checkpoint"
 
-typedef struct lk_store lk_store_t;
-typedef struct lk_store_txn lk_store_txn_t;
+typedef struct lk__store lk__store_t;
+typedef struct lk__store_txn lk__store_txn_t;
 
 typedef struct lk_store_opts {
     const char *dir;          /**< checkpoint.dir */
@@ -53,10 +53,10 @@ typedef struct lk_store_opts {
     const lk_conf_t *conf;    /**< effective config recorded in meta at open (secrets
                                    redacted); NULL: the caller records it later with
                                    lk__store_config_put(), e.g. after its own checks */
-} lk_store_opts_t;
+} lk__store_opts_t;
 
 /** Fill opts from a validated configuration (dir, app.id, sync, map size, history). */
-void lk__store_opts_from_conf(lk_store_opts_t *opts, const lk_conf_t *conf);
+void lk__store_opts_from_conf(lk__store_opts_t *opts, const lk_conf_t *conf);
 
 /**
  * Open or create a checkpoint.
@@ -71,17 +71,17 @@ void lk__store_opts_from_conf(lk_store_opts_t *opts, const lk_conf_t *conf);
  * pid), a sync to disk that fails (LK_ERR_IO, with the OS error).
  * A format-1 checkpoint opened writable is migrated (see LK_CHECKPOINT_FORMAT).
  */
-lk_err_t lk__store_open(lk_store_t **out, const lk_store_opts_t *opts, char *errstr,
+lk_err_t lk__store_open(lk__store_t **out, const lk__store_opts_t *opts, char *errstr,
                         size_t errstr_size);
 
 /** Close; a write transaction still open is aborted. NULL is a no-op. */
-void lk__store_close(lk_store_t *s);
+void lk__store_close(lk__store_t *s);
 
 /** app.id and format version recorded in meta; valid until close. */
-const char *lk__store_app_id(const lk_store_t *s);
-int lk__store_format(const lk_store_t *s);
-int64_t lk__store_created_ms(const lk_store_t *s);
-const char *lk__store_dir(const lk_store_t *s);
+const char *lk__store_app_id(const lk__store_t *s);
+int lk__store_format(const lk__store_t *s);
+int64_t lk__store_created_ms(const lk__store_t *s);
+const char *lk__store_dir(const lk__store_t *s);
 
 /**
  * The checkpoint's identity: 128 random bits (getrandom(2)) made when the checkpoint was
@@ -90,51 +90,51 @@ const char *lk__store_dir(const lk_store_t *s);
  * another checkpoint under the same app.id is recognised, never trusted or overwritten.
  * "" only for a format-1 checkpoint opened read-only (it gets its id at its next run).
  */
-const char *lk__store_checkpoint_id(const lk_store_t *s);
+const char *lk__store_checkpoint_id(const lk__store_t *s);
 
 /**
  * The format this open migrated the checkpoint from (e.g. 1), or 0 when it was created by
  * this open or already had the current format. Lets other modules treat records written
  * before the migration (e.g. progress records without a checkpoint id) as they must.
  */
-int lk__store_migrated_from(const lk_store_t *s);
+int lk__store_migrated_from(const lk__store_t *s);
 
 /** Current map size in bytes (grows on MDB_MAP_FULL). */
-size_t lk__store_map_size(const lk_store_t *s);
+size_t lk__store_map_size(const lk__store_t *s);
 
 /** Id of the last committed batch record (0 if none), and of the last durable one. */
-uint64_t lk__store_committed_batch(const lk_store_t *s);
-uint64_t lk__store_durable_batch(const lk_store_t *s);
+uint64_t lk__store_committed_batch(const lk__store_t *s);
+uint64_t lk__store_durable_batch(const lk__store_t *s);
 
 /**
  * Force committed checkpoints to disk (needed only with sync_interval). A failed sync is
  * fatal for the store (sticky, LK_ERR_FATAL with the OS error): durable_batch never
  * advances past the last good sync.
  */
-lk_err_t lk__store_sync(lk_store_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__store_sync(lk__store_t *s, char *errstr, size_t errstr_size);
 
 /** Sticky fatal state (MDB_PANIC, a failed sync): non-zero and a message once the store
  * is unusable. */
-int lk__store_fatal(const lk_store_t *s, const char **msg);
+int lk__store_fatal(const lk__store_t *s, const char **msg);
 
 /* ---- transactions ---- */
 
 /** Begin a transaction. Only one write transaction may be open at a time. */
-lk_err_t lk__store_txn_begin(lk_store_t *s, int write, lk_store_txn_t **out, char *errstr,
+lk_err_t lk__store_txn_begin(lk__store_t *s, int write, lk__store_txn_t **out, char *errstr,
                              size_t errstr_size);
 
 /**
  * Commit (write: atomically and, with per-batch sync, durably; read: just ends it).
  * MDB_MAP_FULL grows the map and replays the transaction. The txn is freed either way.
  */
-lk_err_t lk__store_txn_commit(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+lk_err_t lk__store_txn_commit(lk__store_txn_t *t, char *errstr, size_t errstr_size);
 
 /**
  * Commit without fsync (whatever checkpoint.sync says): for records whose loss in an OS
  * crash is harmless (pending plans, sink acknowledgements). The next synced commit
  * makes it durable too.
  */
-lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t errstr_size);
+lk_err_t lk__store_txn_commit_unsynced(lk__store_txn_t *t, char *errstr, size_t errstr_size);
 
 /**
  * What the last failed read in t found wrong, naming the record ("" if nothing failed):
@@ -142,21 +142,21 @@ lk_err_t lk__store_txn_commit_unsynced(lk_store_txn_t *t, char *errstr, size_t e
  * ..._outbox_foreach, ...) return LK_ERR_CORRUPT and leave the description here, for the
  * caller's message. Valid until the next call on t or its end.
  */
-const char *lk__store_txn_errstr(const lk_store_txn_t *t);
+const char *lk__store_txn_errstr(const lk__store_txn_t *t);
 
 /** Abort and free. NULL is a no-op. */
-void lk__store_txn_abort(lk_store_txn_t *t);
+void lk__store_txn_abort(lk__store_txn_t *t);
 
 /* ---- offsets: (topic, partition) -> next offset to read ---- */
 
-lk_err_t lk__store_offset_put(lk_store_txn_t *t, const char *topic, int32_t partition,
+lk_err_t lk__store_offset_put(lk__store_txn_t *t, const char *topic, int32_t partition,
                               int64_t offset, char *errstr, size_t errstr_size);
 /**
  * LK_ERR_NOT_FOUND if the partition has no committed offset (and only then: a value that
  * fails its checksum, does not decode or is negative is LK_ERR_CORRUPT, described by
  * lk__store_txn_errstr()).
  */
-lk_err_t lk__store_offset_get(lk_store_txn_t *t, const char *topic, int32_t partition,
+lk_err_t lk__store_offset_get(lk__store_txn_t *t, const char *topic, int32_t partition,
                               int64_t *offset);
 
 /**
@@ -167,7 +167,7 @@ typedef struct lk_fingerprint {
     int64_t offset;    /**< offset of the record (below the partition's next offset) */
     int64_t timestamp; /**< its timestamp in ms; -1: none */
     uint64_t hash;     /**< lk__record_hash() of its key and value */
-} lk_fingerprint_t;
+} lk__fingerprint_t;
 
 /** A 64-bit hash of a record's key and value (CRC32C of each; NULL is empty). */
 uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t vlen);
@@ -177,15 +177,15 @@ uint64_t lk__record_hash(const void *key, size_t klen, const void *value, size_t
  * none, e.g. an offset moved by hand). Refused (LK_ERR_INVALID_ARG): a negative offset,
  * or a fingerprint not below it.
  */
-lk_err_t lk__store_offset_put_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
-                                 int64_t offset, const lk_fingerprint_t *fp, char *errstr,
+lk_err_t lk__store_offset_put_fp(lk__store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t offset, const lk__fingerprint_t *fp, char *errstr,
                                  size_t errstr_size);
 
 /** lk__store_offset_get() that also returns the fingerprint: *has_fp 0 when none. */
-lk_err_t lk__store_offset_get_fp(lk_store_txn_t *t, const char *topic, int32_t partition,
-                                 int64_t *offset, lk_fingerprint_t *fp, int *has_fp);
+lk_err_t lk__store_offset_get_fp(lk__store_txn_t *t, const char *topic, int32_t partition,
+                                 int64_t *offset, lk__fingerprint_t *fp, int *has_fp);
 /** Visit every offset in (topic, partition) order; a non-zero return stops. */
-lk_err_t lk__store_offsets_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_offsets_foreach(lk__store_txn_t *t,
                                    int (*cb)(const char *topic, int32_t partition,
                                              int64_t offset, void *opaque),
                                    void *opaque);
@@ -196,7 +196,7 @@ typedef struct lk_range {
     const char *topic;
     int32_t partition;
     int64_t from, until; /**< [from, until) */
-} lk_range_t;
+} lk__range_t;
 
 typedef struct lk_batch_rec {
     uint64_t id;
@@ -204,17 +204,17 @@ typedef struct lk_batch_rec {
     int64_t commit_wall_ms; /**< wall clock at commit (informational) */
     uint64_t records_in, records_out;
     size_t nranges;
-    lk_range_t *ranges;
-} lk_batch_rec_t;
+    lk__range_t *ranges;
+} lk__batch_rec_t;
 
 /** Put batch record b (also prunes records beyond the history bound). */
-lk_err_t lk__store_batch_put(lk_store_txn_t *t, const lk_batch_rec_t *b, char *errstr,
+lk_err_t lk__store_batch_put(lk__store_txn_t *t, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size);
 /** The newest batch record; strings and ranges valid until the txn ends. */
-lk_err_t lk__store_batch_last(lk_store_txn_t *t, lk_batch_rec_t *out);
-lk_err_t lk__store_batch_get(lk_store_txn_t *t, uint64_t id, lk_batch_rec_t *out);
+lk_err_t lk__store_batch_last(lk__store_txn_t *t, lk__batch_rec_t *out);
+lk_err_t lk__store_batch_get(lk__store_txn_t *t, uint64_t id, lk__batch_rec_t *out);
 /** Number of batch records kept. */
-size_t lk__store_batch_count(lk_store_txn_t *t);
+size_t lk__store_batch_count(lk__store_txn_t *t);
 
 /* ---- outbox: output waiting for delivery, per sink and batch ---- */
 
@@ -222,7 +222,7 @@ typedef struct lk_header {
     const char *name;
     const void *value;
     size_t value_len;
-} lk_header_t;
+} lk__header_t;
 
 typedef struct lk_out_record {
     int32_t partition; /**< output partition; -1: chosen by the sink (key hash) */
@@ -232,78 +232,78 @@ typedef struct lk_out_record {
     size_t value_len; /**< value NULL: tombstone */
     int64_t timestamp_ms;
     size_t nheaders;
-    const lk_header_t *headers;
-} lk_out_record_t;
+    const lk__header_t *headers;
+} lk__out_record_t;
 
 /** Append a record to sink's outbox for batch (records keep their append order). */
-lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t batch,
-                                 const lk_out_record_t *r, char *errstr, size_t errstr_size);
+lk_err_t lk__store_outbox_append(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                 const lk__out_record_t *r, char *errstr, size_t errstr_size);
 /** Smallest batch id with records for sink; LK_ERR_NOT_FOUND when empty. */
-lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch);
+lk_err_t lk__store_outbox_first_batch(lk__store_txn_t *t, const char *sink, uint64_t *batch);
 /** Smallest batch id >= from with records for sink; LK_ERR_NOT_FOUND when none. */
-lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
+lk_err_t lk__store_outbox_batch_from(lk__store_txn_t *t, const char *sink, uint64_t from,
                                      uint64_t *batch);
 /** Visit sink's records of one batch in order; pointers valid during the callback. */
-lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
-                                  int (*cb)(const lk_out_record_t *r, void *opaque),
+lk_err_t lk__store_outbox_foreach(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                  int (*cb)(const lk__out_record_t *r, void *opaque),
                                   void *opaque);
 /** Delete sink's records of every batch <= batch (acknowledge delivery). */
-lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batch,
+lk_err_t lk__store_outbox_ack(lk__store_txn_t *t, const char *sink, uint64_t batch,
                               char *errstr, size_t errstr_size);
 
 typedef struct lk_outbox_stat {
     const char *sink; /**< valid until the txn ends */
     uint64_t batches, records, bytes;
     uint64_t first_batch, last_batch;
-} lk_outbox_stat_t;
+} lk__outbox_stat_t;
 /** Visit outbox statistics per sink. */
-lk_err_t lk__store_outbox_stats(lk_store_txn_t *t,
-                                int (*cb)(const lk_outbox_stat_t *st, void *opaque),
+lk_err_t lk__store_outbox_stats(lk__store_txn_t *t,
+                                int (*cb)(const lk__outbox_stat_t *st, void *opaque),
                                 void *opaque);
 /** Total bytes of outbox records (kept in memory; for outbox.max.bytes). */
-uint64_t lk__store_outbox_bytes(const lk_store_t *s);
+uint64_t lk__store_outbox_bytes(const lk__store_t *s);
 
 /* ---- fences: the last batch each sink delivered ---- */
 
-lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch,
+lk_err_t lk__store_fence_put(lk__store_txn_t *t, const char *sink, uint64_t batch,
                              char *errstr, size_t errstr_size);
-lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch);
-lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_fence_get(lk__store_txn_t *t, const char *sink, uint64_t *batch);
+lk_err_t lk__store_fences_foreach(lk__store_txn_t *t,
                                   int (*cb)(const char *sink, uint64_t batch,
                                             int64_t wall_ms, void *opaque),
                                   void *opaque);
 
 /* ---- accumulators ---- */
 
-lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta,
+lk_err_t lk__store_acc_add(lk__store_txn_t *t, const char *name, int64_t delta,
                            char *errstr, size_t errstr_size);
-lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value);
-lk_err_t lk__store_acc_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_acc_get(lk__store_txn_t *t, const char *name, int64_t *value);
+lk_err_t lk__store_acc_foreach(lk__store_txn_t *t,
                                int (*cb)(const char *name, int64_t value, void *opaque),
                                void *opaque);
 
 /* ---- keyed state per operator ---- */
 
 /** Handle of a state.<uid> database; valid until the store closes. */
-typedef int lk_state_db_t;
+typedef int lk__state_db_t;
 
 /**
  * Open (creating when missing) the state database of operator uid. Must not be called
  * while a write transaction is open.
  */
-lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
+lk_err_t lk__store_state_open(lk__store_t *s, const char *uid, lk__state_db_t *db,
                               char *errstr, size_t errstr_size);
 /** Value of key; *val valid until the next write in t or the end of t. */
-lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, const void **val, size_t *vlen,
                              int64_t *updated_ms);
-lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, const void *val, size_t vlen, int64_t updated_ms,
                              char *errstr, size_t errstr_size);
 /** Delete key; deleting a missing key is not an error. */
-lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, char *errstr, size_t errstr_size);
-lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
+lk_err_t lk__store_state_foreach(lk__store_txn_t *t, lk__state_db_t db,
                                  int (*cb)(const void *key, size_t klen, const void *val,
                                            size_t vlen, int64_t updated_ms, void *opaque),
                                  void *opaque);
@@ -314,7 +314,7 @@ typedef struct lk__state_stat {
     uint64_t bytes; /**< pages used by the database, in bytes */
 } lk__state_stat_t;
 /** Visit statistics of every state.<uid> database in the checkpoint. */
-lk_err_t lk__store_state_stats(lk_store_txn_t *t,
+lk_err_t lk__store_state_stats(lk__store_txn_t *t,
                                int (*cb)(const lk__state_stat_t *st, void *opaque),
                                void *opaque);
 
@@ -323,7 +323,7 @@ lk_err_t lk__store_state_stats(lk_store_txn_t *t,
  * (after, after_len) or at the first key when after is NULL. *visited counts the
  * entries visited. Used for incremental TTL sweeps.
  */
-lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *after,
+lk_err_t lk__store_state_scan(lk__store_txn_t *t, lk__state_db_t db, const void *after,
                               size_t after_len, size_t max,
                               int (*cb)(const void *key, size_t klen, const void *val,
                                         size_t vlen, int64_t updated_ms, void *opaque),
@@ -338,12 +338,12 @@ lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *a
  * OS crash only means the batch is planned afresh. lk__store_batch_put() of the same
  * id removes it.
  */
-lk_err_t lk__store_plan_put(lk_store_t *s, const lk_batch_rec_t *plan, char *errstr,
+lk_err_t lk__store_plan_put(lk__store_t *s, const lk__batch_rec_t *plan, char *errstr,
                             size_t errstr_size);
 /** Drop the pending plan (its input no longer exists: the batch is planned afresh). */
-lk_err_t lk__store_plan_clear(lk_store_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__store_plan_clear(lk__store_t *s, char *errstr, size_t errstr_size);
 /** The pending plan, if any (LK_ERR_NOT_FOUND); valid until the txn ends. */
-lk_err_t lk__store_plan_get(lk_store_txn_t *t, lk_batch_rec_t *out);
+lk_err_t lk__store_plan_get(lk__store_txn_t *t, lk__batch_rec_t *out);
 
 /* ---- topology ---- */
 
@@ -352,26 +352,26 @@ typedef struct lk_topo_op {
     const char *kind;
     int32_t schema_version; /**< state schema version; 0 for stateless operators */
     const char *params;     /**< canonical text of the operator's parameters */
-} lk_topo_op_t;
+} lk__topo_op_t;
 
-lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size_t n,
+lk_err_t lk__store_topology_put(lk__store_txn_t *t, const lk__topo_op_t *ops, size_t n,
                                 char *errstr, size_t errstr_size);
 /** Recorded topology; *ops allocated for the txn's lifetime. 0 ops if none recorded. */
-lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n);
+lk_err_t lk__store_topology_get(lk__store_txn_t *t, lk__topo_op_t **ops, size_t *n);
 
 /** Record the effective configuration in meta (secrets redacted). */
-lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
+lk_err_t lk__store_config_put(lk__store_txn_t *t, const lk_conf_t *conf, char *errstr,
                               size_t errstr_size);
 
 /** Visit the effective configuration recorded in meta (secrets already redacted). */
-lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_config_foreach(lk__store_txn_t *t,
                                   int (*cb)(const char *key, const char *value, void *opaque),
                                   void *opaque);
 
 /* ---- inspect ---- */
 
 /** Write a description of the checkpoint (text or JSON) to fp. */
-lk_err_t lk__store_inspect(lk_store_t *s, FILE *fp, int json, char *errstr,
+lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
                            size_t errstr_size);
 
 /* ---- maintenance (the `lockstep checkpoint` commands) ---- */
@@ -413,7 +413,7 @@ typedef struct lk__offset_change {
  *          offset or plan; LK_ERR_STATE when the store is read-only or a write
  *          transaction is open; LK_ERR_NOMEM; a transaction's errors (LK_ERR_IO, ...).
  */
-lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
+lk_err_t lk__store_reset_offsets(lk__store_t *s, const lk__offset_reset_t *r,
                                  lk__offset_change_t **changes, size_t *nchanges,
                                  uint64_t *plan, char *errstr, size_t errstr_size);
 
@@ -426,7 +426,7 @@ lk_err_t lk__store_reset_offsets(lk_store_t *s, const lk__offset_reset_t *r,
  * lookup, it must not run concurrently with lk__store_state_open() or another lookup
  * on the same store.
  */
-lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
+lk_err_t lk__store_state_foreach_uid(lk__store_txn_t *t, const char *uid,
                                      int (*cb)(const void *key, size_t klen, const void *val,
                                                size_t vlen, int64_t updated_ms, void *opaque),
                                      void *opaque);
@@ -446,7 +446,7 @@ typedef enum {
  * LK_ERR_INVALID_ARG (a key of the wrong shape for kind). For the decoder fuzz target
  * (tests/fuzz); it reads nothing from LMDB. Decoded data lives in t until it ends.
  */
-lk_err_t lk__store_decode(lk_store_txn_t *t, lk__store_record_t kind, const void *key,
+lk_err_t lk__store_decode(lk__store_txn_t *t, lk__store_record_t kind, const void *key,
                           size_t klen, const void *val, size_t vlen);
 
 #endif

@@ -24,7 +24,7 @@
 
 /* ---- checksums and corruption ---- */
 
-int lk__store_sealed(const lk_store_t *s) { return s->format >= 2; }
+int lk__store_sealed(const lk__store_t *s) { return s->format >= 2; }
 
 uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen) {
     return lk__crc32c(lk__crc32c(0, val, vlen), key, klen);
@@ -39,7 +39,7 @@ void lk__store_seal(lk__buf_t *b, const void *key, size_t klen) {
 
 /* Verify and strip the checksum of value v read under key k: 0, or -1 when it does not
  * match (or v is too short to hold one). */
-int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
+int lk__store_unseal(const lk__store_t *s, const MDB_val *k, MDB_val *v) {
     if (!lk__store_sealed(s))
         return 0;
     if (v->mv_size < CRC_LEN)
@@ -54,7 +54,7 @@ int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v) {
 
 /* Record in t what is corrupt (naming the record) and return LK_ERR_CORRUPT. Never
  * retried and never read as "absent": the caller stops with this message. */
-__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk__store_txn_t *t,
                                                                  const char *fmt, ...) {
     char what[300];
     va_list ap;
@@ -68,10 +68,10 @@ __attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t 
     return LK_ERR_CORRUPT;
 }
 
-const char *lk__store_txn_errstr(const lk_store_txn_t *t) { return t->err; }
+const char *lk__store_txn_errstr(const lk__store_txn_t *t) { return t->err; }
 
 /* An LMDB error from a read in t (not MDB_NOTFOUND), recorded like lk__store_corrupt() does. */
-lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what) {
+lk_err_t lk__store_read_failed(lk__store_txn_t *t, int rc, const char *what) {
     lk_err_t e = rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_PAGE_NOTFOUND
                      ? LK_ERR_CORRUPT
                      : LK_ERR_STORE;
@@ -111,7 +111,7 @@ static uint32_t le32(const unsigned char *p) {
 }
 static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
 
-lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_check_data_file(lk__store_t *s, char *errstr, size_t errstr_size) {
     if (sizeof(size_t) != 8) /* the layout below is a 64-bit build's */
         return LK_OK;
     char p[4200];
@@ -336,7 +336,7 @@ static int verify_tree(verify_t *v, const unsigned char *db, int kind, const cha
 }
 
 /* Check every page of the snapshot txn reads (see verify_page). */
-lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_verify_pages(lk__store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     if (sizeof(size_t) != 8)
         return LK_OK;
     MDB_stat st;

@@ -66,7 +66,7 @@ lk_err_t lk__store_new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *e
 
 /* Read and check meta; fills s->app_id etc. Returns LK_OK or a refusal. */
 /* Parse and check meta's header value v (fills s->app_id etc.): LK_OK or a refusal. */
-lk_err_t lk__store_parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+lk_err_t lk__store_parse_header(lk__store_t *s, MDB_val v, const char *want_app, char *errstr,
                                 size_t errstr_size) {
     lk__zone_t z;
     lk__zone_init(&z);
@@ -137,7 +137,7 @@ out:
     return err;
 }
 
-lk_err_t lk__store_check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
+lk_err_t lk__store_check_meta(lk__store_t *s, MDB_txn *txn, const char *want_app,
                               char *errstr, size_t errstr_size) {
     MDB_dbi meta;
     int rc = mdb_dbi_open(txn, "meta", 0, &meta);
@@ -159,7 +159,7 @@ lk_err_t lk__store_check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app,
 }
 
 /* meta's header: [1, magic, format, app.id, created_ms, checkpoint id] */
-lk_err_t lk__store_write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_write_header(lk__store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
     lk__pack_array(&b, 6);
@@ -187,7 +187,7 @@ static void encode_config(lk__buf_t *b, const lk_conf_t *conf) {
     lk__store_seal(b, "config", 6);
 }
 
-lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf,
+lk_err_t lk__store_write_config(lk__store_t *s, MDB_txn *txn, const lk_conf_t *conf,
                                 char *errstr, size_t errstr_size) {
     lk__buf_t b;
     lk__buf_init(&b);
@@ -198,7 +198,7 @@ lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *co
     return rc ? lk__store_mdb_err(s, rc, errstr, errstr_size, "writing meta config") : LK_OK;
 }
 
-lk_err_t lk__store_load_outbox_bytes(lk_store_t *s, MDB_txn *txn) {
+lk_err_t lk__store_load_outbox_bytes(lk__store_t *s, MDB_txn *txn) {
     MDB_cursor *c;
     if (mdb_cursor_open(txn, s->dbi[DB_OUTBOX], &c))
         return LK_ERR_STORE;
@@ -212,7 +212,7 @@ lk_err_t lk__store_load_outbox_bytes(lk_store_t *s, MDB_txn *txn) {
     return LK_OK;
 }
 
-lk_err_t lk__store_load_last_batch(lk_store_t *s, MDB_txn *txn) {
+lk_err_t lk__store_load_last_batch(lk__store_t *s, MDB_txn *txn) {
     MDB_cursor *c;
     if (mdb_cursor_open(txn, s->dbi[DB_BATCHES], &c))
         return LK_ERR_STORE;
@@ -224,7 +224,7 @@ lk_err_t lk__store_load_last_batch(lk_store_t *s, MDB_txn *txn) {
 }
 
 /* Append the checksum to every value of dbi (format 1 -> 2); an LMDB error code. */
-static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
+static int seal_db(lk__store_t *s, MDB_txn *txn, MDB_dbi dbi) {
     (void)s;
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, dbi, &c);
@@ -261,7 +261,7 @@ static int seal_db(lk_store_t *s, MDB_txn *txn, MDB_dbi dbi) {
 
 /* Format 1 -> 2: seal every value of every database (the fixed ones and each
  * state.<uid>) inside txn. */
-int lk__store_seal_all(lk_store_t *s, MDB_txn *txn) {
+int lk__store_seal_all(lk__store_t *s, MDB_txn *txn) {
     int rc = 0;
     for (int i = 0; i < DB_FIXED_COUNT && !rc; i++)
         rc = seal_db(s, txn, s->dbi[i]);
@@ -338,7 +338,7 @@ static int state_names(MDB_txn *txn, lk__buf_t *out) {
 }
 
 /* Write the "state-dbs" record from the main database's names (inside write txn). */
-int lk__store_put_state_names(lk_store_t *s, MDB_txn *txn) {
+int lk__store_put_state_names(lk__store_t *s, MDB_txn *txn) {
     lk__buf_t b;
     lk__buf_init(&b);
     int rc = state_names(txn, &b);
@@ -353,7 +353,7 @@ int lk__store_put_state_names(lk_store_t *s, MDB_txn *txn) {
 
 /* Compare the main database's state database names with the "state-dbs" record. A
  * missing record: *absent = 1 (the caller writes it when it may). */
-lk_err_t lk__store_check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
+lk_err_t lk__store_check_state_names(lk__store_t *s, MDB_txn *txn, int *absent, char *errstr,
                                      size_t errstr_size) {
     *absent = 0;
     MDB_val k = {sizeof state_dbs_key - 1, (void *)state_dbs_key}, v;
@@ -411,7 +411,7 @@ lk_err_t lk__store_check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, c
 /* meta's keys are a closed set. A key is not covered by a value's checksum when nobody
  * reads it: a damaged "topology" key read as "no topology recorded" (found by the damage
  * campaign). Any other key in meta is a damaged one. */
-lk_err_t lk__store_check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
+lk_err_t lk__store_check_meta_keys(lk__store_t *s, MDB_txn *txn, char *errstr,
                                    size_t errstr_size) {
     static const char *const known[] = {"header", "config", "topology", plan_key,
                                         state_dbs_key};
@@ -449,7 +449,7 @@ lk_err_t lk__store_check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr,
 
 /* ---- topology and config in meta ---- */
 
-lk_err_t lk__store_topology_put(lk_store_txn_t *t, const lk_topo_op_t *ops, size_t n,
+lk_err_t lk__store_topology_put(lk__store_txn_t *t, const lk__topo_op_t *ops, size_t n,
                                 char *errstr, size_t errstr_size) {
     lk__buf_t *b = &t->buf;
     lk__buf_reset(b);
@@ -480,11 +480,11 @@ static char *zone_strndup(lk__zone_t *z, const char *s, size_t n) {
 }
 
 /* The value of meta's key in t (lk__store_txn_get). */
-static lk_err_t meta_get(lk_store_txn_t *t, const char *key, const char *reading, MDB_val *v) {
+static lk_err_t meta_get(lk__store_txn_t *t, const char *key, const char *reading, MDB_val *v) {
     return lk__store_txn_get(t, t->s->dbi[DB_META], key, strlen(key), v, reading);
 }
 
-lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n) {
+lk_err_t lk__store_topology_get(lk__store_txn_t *t, lk__topo_op_t **ops, size_t *n) {
     *ops = NULL;
     *n = 0;
     MDB_val v;
@@ -493,7 +493,7 @@ lk_err_t lk__store_topology_get(lk_store_txn_t *t, lk_topo_op_t **ops, size_t *n
     return e == LK_ERR_NOT_FOUND ? LK_OK : e ? e : lk__store_decode_topology(t, v, ops, n);
 }
 
-lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n) {
+lk_err_t lk__store_decode_topology(lk__store_txn_t *t, MDB_val v, lk__topo_op_t **ops, size_t *n) {
     MDB_val k = {8, "topology"};
     if (lk__store_unseal(t->s, &k, &v))
         return lk__store_corrupt(t, "the recorded topology fails its checksum");
@@ -504,7 +504,7 @@ lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **
     size_t cnt = arr ? lk__arr_len(arr) : (size_t)-1;
     if (cnt == (size_t)-1)
         return lk__store_corrupt(t, "the recorded topology has no operator list");
-    lk_topo_op_t *out = lk__zone_alloc(&t->zone, (cnt ? cnt : 1) * sizeof *out);
+    lk__topo_op_t *out = lk__zone_alloc(&t->zone, (cnt ? cnt : 1) * sizeof *out);
     if (!out)
         return LK_ERR_NOMEM;
     for (size_t i = 0; i < cnt; i++) {
@@ -528,14 +528,14 @@ lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **
     return LK_OK;
 }
 
-lk_err_t lk__store_config_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_config_foreach(lk__store_txn_t *t,
                                   int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val v;
     lk_err_t e = meta_get(t, "config", "reading the recorded configuration", &v);
     return e == LK_ERR_NOT_FOUND ? LK_OK : e ? e : lk__store_decode_config(t, v, cb, opaque);
 }
 
-lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,
+lk_err_t lk__store_decode_config(lk__store_txn_t *t, MDB_val v,
                                  int (*cb)(const char *, const char *, void *), void *opaque) {
     MDB_val key = {6, "config"};
     if (lk__store_unseal(t->s, &key, &v))
@@ -564,7 +564,7 @@ lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,
 }
 
 
-lk_err_t lk__store_config_put(lk_store_txn_t *t, const lk_conf_t *conf, char *errstr,
+lk_err_t lk__store_config_put(lk__store_txn_t *t, const lk_conf_t *conf, char *errstr,
                               size_t errstr_size) {
     lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (err)

@@ -26,7 +26,7 @@ static size_t outbox_key(unsigned char *k, size_t cap, const char *sink, uint64_
     return sl + 13;
 }
 
-static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch) {
+static seq_slot_t *seq_slot(lk__store_txn_t *t, const char *sink, uint64_t batch) {
     for (size_t i = 0; i < t->nseqs; i++)
         if (t->seqs[i]->batch == batch && !strcmp(t->seqs[i]->sink, sink))
             return t->seqs[i];
@@ -62,7 +62,7 @@ static seq_slot_t *seq_slot(lk_store_txn_t *t, const char *sink, uint64_t batch)
 }
 
 /* Write the pending chunk of slot as the value of key (sink, batch, next_seq). */
-static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
+static lk_err_t chunk_write(lk__store_txn_t *t, seq_slot_t *slot, char *errstr,
                             size_t errstr_size) {
     if (!slot->chunk.len)
         return LK_OK;
@@ -88,7 +88,7 @@ static lk_err_t chunk_write(lk_store_txn_t *t, seq_slot_t *slot, char *errstr,
 
 /* Write every pending chunk: before a commit, and before anything reads the outbox in
  * this txn. */
-lk_err_t lk__store_outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_outbox_flush(lk__store_txn_t *t, char *errstr, size_t errstr_size) {
     for (size_t i = 0; i < t->nseqs; i++) {
         lk_err_t err = chunk_write(t, t->seqs[i], errstr, errstr_size);
         if (err)
@@ -97,8 +97,8 @@ lk_err_t lk__store_outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_s
     return LK_OK;
 }
 
-lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t batch,
-                                 const lk_out_record_t *r, char *errstr, size_t errstr_size) {
+lk_err_t lk__store_outbox_append(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                 const lk__out_record_t *r, char *errstr, size_t errstr_size) {
     lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (err)
         return err;
@@ -128,7 +128,7 @@ lk_err_t lk__store_outbox_append(lk_store_txn_t *t, const char *sink, uint64_t b
     return b->len >= OUTBOX_CHUNK_BYTES ? chunk_write(t, slot, errstr, errstr_size) : LK_OK;
 }
 
-lk_err_t lk__store_outbox_first_batch(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
+lk_err_t lk__store_outbox_first_batch(lk__store_txn_t *t, const char *sink, uint64_t *batch) {
     return lk__store_outbox_batch_from(t, sink, 0, batch);
 }
 
@@ -143,7 +143,7 @@ typedef struct {
 
 /* Open oc (*rc: the positioning's LMDB result); the chunks this txn has pending are
  * written first, so that the read sees them. The caller closes oc->c. */
-static lk_err_t outbox_seek(lk_store_txn_t *t, const char *sink, uint64_t batch,
+static lk_err_t outbox_seek(lk__store_txn_t *t, const char *sink, uint64_t batch,
                             outbox_cur_t *oc, int *rc) {
     char ferr[256];
     lk_err_t err = lk__store_outbox_flush(t, ferr, sizeof ferr);
@@ -157,7 +157,7 @@ static lk_err_t outbox_seek(lk_store_txn_t *t, const char *sink, uint64_t batch,
     return LK_OK;
 }
 
-lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64_t from,
+lk_err_t lk__store_outbox_batch_from(lk__store_txn_t *t, const char *sink, uint64_t from,
                                      uint64_t *batch) {
     outbox_cur_t oc;
     int rc;
@@ -175,8 +175,8 @@ lk_err_t lk__store_outbox_batch_from(lk_store_txn_t *t, const char *sink, uint64
 
 /* Decode the record at *off of a chunk (checksum already verified and stripped) and
  * advance *off past it; 0 when it does not decode or holds impossible values. */
-int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
-                         lk_header_t *hbuf, size_t hcap) {
+int lk__store_decode_out(lk__store_txn_t *t, const MDB_val *v, size_t *off, lk__out_record_t *r,
+                         lk__header_t *hbuf, size_t hcap) {
     lk__obj_t o;
     int64_t part, ts;
     lk__zone_clear(&t->tmp);
@@ -213,8 +213,8 @@ int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_ou
     return 1;
 }
 
-lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t batch,
-                                  int (*cb)(const lk_out_record_t *, void *), void *opaque) {
+lk_err_t lk__store_outbox_foreach(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                  int (*cb)(const lk__out_record_t *, void *), void *opaque) {
     outbox_cur_t oc;
     int stop = 0, rc;
     lk_err_t err = outbox_seek(t, sink, batch, &oc, &rc);
@@ -224,7 +224,7 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
     MDB_val kk = oc.kk, vv = oc.vv;
     const unsigned char *k = oc.k;
     size_t kl = oc.kl;
-    lk_header_t hbuf[64];
+    lk__header_t hbuf[64];
     for (; rc == 0 && !stop && !err; rc = mdb_cursor_get(c, &kk, &vv, MDB_NEXT)) {
         if (kk.mv_size != kl || memcmp(kk.mv_data, k, kl - 4))
             break;
@@ -236,7 +236,7 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
             break;
         }
         for (size_t off = 0, i = 0; off < vv.mv_size && !stop; i++) {
-            lk_out_record_t r;
+            lk__out_record_t r;
             if (!lk__store_decode_out(t, &vv, &off, &r, hbuf, LK_ARRAY_SIZE(hbuf))) {
                 err = lk__store_corrupt(t,
                                         "record %zu of outbox chunk %lu of sink '%s' batch "
@@ -253,7 +253,7 @@ lk_err_t lk__store_outbox_foreach(lk_store_txn_t *t, const char *sink, uint64_t 
     return err;
 }
 
-lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batch,
+lk_err_t lk__store_outbox_ack(lk__store_txn_t *t, const char *sink, uint64_t batch,
                               char *errstr, size_t errstr_size) {
     lk_err_t err = lk__store_txn_check(t, errstr, errstr_size);
     if (!err)
@@ -297,7 +297,7 @@ lk_err_t lk__store_outbox_ack(lk_store_txn_t *t, const char *sink, uint64_t batc
 
 /* ---- fences ---- */
 
-lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch,
+lk_err_t lk__store_fence_put(lk__store_txn_t *t, const char *sink, uint64_t batch,
                              char *errstr, size_t errstr_size) {
     lk__buf_reset(&t->buf);
     lk__pack_array(&t->buf, 3);
@@ -310,7 +310,7 @@ lk_err_t lk__store_fence_put(lk_store_txn_t *t, const char *sink, uint64_t batch
 }
 
 /* Decode the fence of sink (value v under key k, already unsealed). */
-lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+lk_err_t lk__store_decode_fence(lk__store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
                                 int64_t *wall) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
@@ -326,7 +326,7 @@ lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, 
 
 /* The value of name in the name-keyed database dbi, its checksum verified and stripped;
  * what names the record in messages ("the fence of sink"), reading the read. */
-static lk_err_t get_named(lk_store_txn_t *t, MDB_dbi dbi, const char *name, const char *what,
+static lk_err_t get_named(lk__store_txn_t *t, MDB_dbi dbi, const char *name, const char *what,
                           const char *reading, MDB_val *v) {
     size_t nl = strlen(name);
     lk_err_t e = lk__store_txn_get(t, dbi, name, nl, v, reading);
@@ -338,7 +338,7 @@ static lk_err_t get_named(lk_store_txn_t *t, MDB_dbi dbi, const char *name, cons
     return LK_OK;
 }
 
-lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batch) {
+lk_err_t lk__store_fence_get(lk__store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
     int64_t b, w;
     lk_err_t e = get_named(t, t->s->dbi[DB_FENCES], sink, "the fence of sink",
@@ -350,11 +350,11 @@ lk_err_t lk__store_fence_get(lk_store_txn_t *t, const char *sink, uint64_t *batc
 
 typedef struct {
     const char *what;
-    int (*each)(lk_store_txn_t *, const char *, MDB_val, void *, lk_err_t *);
+    int (*each)(lk__store_txn_t *, const char *, MDB_val, void *, lk_err_t *);
     void *ctx;
 } named_walk_t;
 
-static int each_named(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
+static int each_named(lk__store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
                       lk_err_t *err) {
     named_walk_t *w = p;
     char name[MAX_KEY + 1];
@@ -374,8 +374,8 @@ static int each_named(lk_store_txn_t *t, const MDB_val *k, MDB_val v, void *p,
 /* Iterate a name-keyed database (what: "fence", "accumulator"), handing each name as a
  * C string and its value with the checksum verified and stripped. each returns 0 to go
  * on, 1 to stop, or an error (its message already in t). */
-static lk_err_t foreach_named(lk_store_txn_t *t, MDB_dbi dbi, const char *what,
-                              int (*each)(lk_store_txn_t *, const char *, MDB_val, void *,
+static lk_err_t foreach_named(lk__store_txn_t *t, MDB_dbi dbi, const char *what,
+                              int (*each)(lk__store_txn_t *, const char *, MDB_val, void *,
                                           lk_err_t *),
                               void *ctx) {
     named_walk_t w = {what, each, ctx};
@@ -388,7 +388,7 @@ typedef struct {
     void *opaque;
 } named_ctx_t;
 
-static int each_fence(lk_store_txn_t *t, const char *name, MDB_val v, void *p,
+static int each_fence(lk__store_txn_t *t, const char *name, MDB_val v, void *p,
                       lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t b, w;
@@ -397,7 +397,7 @@ static int each_fence(lk_store_txn_t *t, const char *name, MDB_val v, void *p,
     return c->fence_cb(name, (uint64_t)b, w, c->opaque) ? 1 : 0;
 }
 
-lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
+lk_err_t lk__store_fences_foreach(lk__store_txn_t *t,
                                   int (*cb)(const char *, uint64_t, int64_t, void *),
                                   void *opaque) {
     named_ctx_t c = {cb, NULL, opaque};
@@ -407,7 +407,7 @@ lk_err_t lk__store_fences_foreach(lk_store_txn_t *t,
 /* ---- accumulators ---- */
 
 /* Decode accumulator name's value (already unsealed). */
-lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
+lk_err_t lk__store_decode_acc(lk__store_txn_t *t, const char *name, MDB_val v, int64_t *value) {
     lk__obj_t o;
     lk__zone_clear(&t->tmp);
     if (lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) || !lk__arr_i64(&o, 1, value))
@@ -416,14 +416,14 @@ lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, in
     return LK_OK;
 }
 
-lk_err_t lk__store_acc_get(lk_store_txn_t *t, const char *name, int64_t *value) {
+lk_err_t lk__store_acc_get(lk__store_txn_t *t, const char *name, int64_t *value) {
     MDB_val v;
     lk_err_t e = get_named(t, t->s->dbi[DB_ACC], name, "the accumulator",
                            "reading an accumulator", &v);
     return e ? e : lk__store_decode_acc(t, name, v, value);
 }
 
-lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, char *errstr,
+lk_err_t lk__store_acc_add(lk__store_txn_t *t, const char *name, int64_t delta, char *errstr,
                            size_t errstr_size) {
     int64_t cur = 0;
     lk_err_t err = lk__store_acc_get(t, name, &cur);
@@ -438,7 +438,7 @@ lk_err_t lk__store_acc_add(lk_store_txn_t *t, const char *name, int64_t delta, c
                              t->buf.len, errstr, errstr_size, "writing an accumulator");
 }
 
-static int each_acc(lk_store_txn_t *t, const char *name, MDB_val v, void *p, lk_err_t *err) {
+static int each_acc(lk__store_txn_t *t, const char *name, MDB_val v, void *p, lk_err_t *err) {
     named_ctx_t *c = p;
     int64_t value;
     if ((*err = lk__store_decode_acc(t, name, v, &value)))
@@ -446,7 +446,7 @@ static int each_acc(lk_store_txn_t *t, const char *name, MDB_val v, void *p, lk_
     return c->acc_cb(name, value, c->opaque) ? 1 : 0;
 }
 
-lk_err_t lk__store_acc_foreach(lk_store_txn_t *t, int (*cb)(const char *, int64_t, void *),
+lk_err_t lk__store_acc_foreach(lk__store_txn_t *t, int (*cb)(const char *, int64_t, void *),
                                void *opaque) {
     named_ctx_t c = {NULL, cb, opaque};
     return foreach_named(t, t->s->dbi[DB_ACC], "accumulator", each_acc, &c);

@@ -39,7 +39,7 @@ typedef struct {
     MDB_dbi dbi;
 } state_db_t;
 
-struct lk_store {
+struct lk__store {
     MDB_env *env;
     char *dir;
     int lock_fd;
@@ -60,7 +60,7 @@ struct lk_store {
     char checkpoint_id[LK_CHECKPOINT_ID_LEN + 1];
     atomic_int fatal; /* set after fatal_msg is written; read from any thread */
     char fatal_msg[512];
-    lk_store_txn_t *wtxn;
+    lk__store_txn_t *wtxn;
     /* readers hold it shared; map growth holds it exclusively (LMDB requires no live
      * transaction in this process while the map is resized) */
     pthread_rwlock_t resize_lock;
@@ -82,8 +82,8 @@ typedef struct {
 
 #define OUTBOX_CHUNK_BYTES (32 * 1024)
 
-struct lk_store_txn {
-    lk_store_t *s;
+struct lk__store_txn {
+    lk__store_t *s;
     MDB_txn *txn;
     int write;
     char *log;
@@ -108,78 +108,78 @@ static const char plan_key[] = "pending-plan"; /* meta key of the pending plan *
 #define CRC_LEN 4
 
 /* store.c */
-lk_err_t lk__store_mdb_err(lk_store_t *s, int rc, char *errstr, size_t errstr_size,
+lk_err_t lk__store_mdb_err(lk__store_t *s, int rc, char *errstr, size_t errstr_size,
                            const char *what);
-lk_err_t lk__store_txn_check(lk_store_txn_t *t, char *errstr, size_t errstr_size);
-lk_err_t lk__store_txn_put(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_check(lk__store_txn_t *t, char *errstr, size_t errstr_size);
+lk_err_t lk__store_txn_put(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            const void *val, size_t vlen, char *errstr, size_t errstr_size,
                            const char *what);
-lk_err_t lk__store_txn_del(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_del(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            char *errstr, size_t errstr_size, const char *what);
 /* key's value in dbi: LK_OK, LK_ERR_NOT_FOUND (MDB_NOTFOUND, the only "absent"), or an
  * LMDB error recorded in t naming what was read (lk__store_read_failed). */
-lk_err_t lk__store_txn_get(lk_store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
+lk_err_t lk__store_txn_get(lk__store_txn_t *t, MDB_dbi dbi, const void *key, size_t klen,
                            MDB_val *v, const char *what);
 /* Visit every (key, value) of dbi in t in key order. each returns 0 to go on or 1 to
  * stop, and sets *err (its message in t) to fail; a failed cursor read is recorded
  * naming reading. */
-lk_err_t lk__store_walk(lk_store_txn_t *t, MDB_dbi dbi, const char *reading,
-                        int (*each)(lk_store_txn_t *, const MDB_val *, MDB_val, void *,
+lk_err_t lk__store_walk(lk__store_txn_t *t, MDB_dbi dbi, const char *reading,
+                        int (*each)(lk__store_txn_t *, const MDB_val *, MDB_val, void *,
                                     lk_err_t *),
                         void *ctx);
 
 /* store_integrity.c */
-int lk__store_sealed(const lk_store_t *s);
+int lk__store_sealed(const lk__store_t *s);
 uint32_t lk__store_value_crc(const void *val, size_t vlen, const void *key, size_t klen);
 void lk__store_seal(lk__buf_t *b, const void *key, size_t klen);
-int lk__store_unseal(const lk_store_t *s, const MDB_val *k, MDB_val *v);
-__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk_store_txn_t *t,
+int lk__store_unseal(const lk__store_t *s, const MDB_val *k, MDB_val *v);
+__attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk__store_txn_t *t,
                                                                  const char *fmt, ...);
-lk_err_t lk__store_read_failed(lk_store_txn_t *t, int rc, const char *what);
-lk_err_t lk__store_check_data_file(lk_store_t *s, char *errstr, size_t errstr_size);
-lk_err_t lk__store_verify_pages(lk_store_t *s, MDB_txn *txn, char *errstr,
+lk_err_t lk__store_read_failed(lk__store_txn_t *t, int rc, const char *what);
+lk_err_t lk__store_check_data_file(lk__store_t *s, char *errstr, size_t errstr_size);
+lk_err_t lk__store_verify_pages(lk__store_t *s, MDB_txn *txn, char *errstr,
                                 size_t errstr_size);
 
 /* store_meta.c */
 lk_err_t lk__store_new_checkpoint_id(char out[LK_CHECKPOINT_ID_LEN + 1], char *errstr,
                                      size_t errstr_size);
-lk_err_t lk__store_parse_header(lk_store_t *s, MDB_val v, const char *want_app, char *errstr,
+lk_err_t lk__store_parse_header(lk__store_t *s, MDB_val v, const char *want_app, char *errstr,
                                 size_t errstr_size);
-lk_err_t lk__store_check_meta(lk_store_t *s, MDB_txn *txn, const char *want_app, char *errstr,
+lk_err_t lk__store_check_meta(lk__store_t *s, MDB_txn *txn, const char *want_app, char *errstr,
                               size_t errstr_size);
-lk_err_t lk__store_write_header(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
-lk_err_t lk__store_write_config(lk_store_t *s, MDB_txn *txn, const lk_conf_t *conf, char *errstr,
+lk_err_t lk__store_write_header(lk__store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_write_config(lk__store_t *s, MDB_txn *txn, const lk_conf_t *conf, char *errstr,
                                 size_t errstr_size);
-lk_err_t lk__store_load_outbox_bytes(lk_store_t *s, MDB_txn *txn);
-lk_err_t lk__store_load_last_batch(lk_store_t *s, MDB_txn *txn);
-int lk__store_seal_all(lk_store_t *s, MDB_txn *txn);
-int lk__store_put_state_names(lk_store_t *s, MDB_txn *txn);
-lk_err_t lk__store_check_state_names(lk_store_t *s, MDB_txn *txn, int *absent, char *errstr,
+lk_err_t lk__store_load_outbox_bytes(lk__store_t *s, MDB_txn *txn);
+lk_err_t lk__store_load_last_batch(lk__store_t *s, MDB_txn *txn);
+int lk__store_seal_all(lk__store_t *s, MDB_txn *txn);
+int lk__store_put_state_names(lk__store_t *s, MDB_txn *txn);
+lk_err_t lk__store_check_state_names(lk__store_t *s, MDB_txn *txn, int *absent, char *errstr,
                                      size_t errstr_size);
-lk_err_t lk__store_check_meta_keys(lk_store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
-lk_err_t lk__store_decode_topology(lk_store_txn_t *t, MDB_val v, lk_topo_op_t **ops, size_t *n);
-lk_err_t lk__store_decode_config(lk_store_txn_t *t, MDB_val v,
+lk_err_t lk__store_check_meta_keys(lk__store_t *s, MDB_txn *txn, char *errstr, size_t errstr_size);
+lk_err_t lk__store_decode_topology(lk__store_txn_t *t, MDB_val v, lk__topo_op_t **ops, size_t *n);
+lk_err_t lk__store_decode_config(lk__store_txn_t *t, MDB_val v,
                                  int (*cb)(const char *, const char *, void *), void *opaque);
 
 /* store_batch.c */
-lk_err_t lk__store_decode_offset(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *topic,
-                                 int32_t partition, int64_t *offset, lk_fingerprint_t *fp,
+lk_err_t lk__store_decode_offset(lk__store_txn_t *t, const MDB_val *k, MDB_val v, const char *topic,
+                                 int32_t partition, int64_t *offset, lk__fingerprint_t *fp,
                                  int *has_fp);
-lk_err_t lk__store_decode_batch(lk_store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
-                                lk_batch_rec_t *b);
-lk_err_t lk__store_decode_batch_at(lk_store_txn_t *t, const MDB_val *k, MDB_val v,
-                                   lk_batch_rec_t *out);
+lk_err_t lk__store_decode_batch(lk__store_txn_t *t, const MDB_val *k, MDB_val v, const char *what,
+                                lk__batch_rec_t *b);
+lk_err_t lk__store_decode_batch_at(lk__store_txn_t *t, const MDB_val *k, MDB_val v,
+                                   lk__batch_rec_t *out);
 
 /* store_outbox.c */
-lk_err_t lk__store_outbox_flush(lk_store_txn_t *t, char *errstr, size_t errstr_size);
-int lk__store_decode_out(lk_store_txn_t *t, const MDB_val *v, size_t *off, lk_out_record_t *r,
-                         lk_header_t *hbuf, size_t hcap);
-lk_err_t lk__store_decode_fence(lk_store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
+lk_err_t lk__store_outbox_flush(lk__store_txn_t *t, char *errstr, size_t errstr_size);
+int lk__store_decode_out(lk__store_txn_t *t, const MDB_val *v, size_t *off, lk__out_record_t *r,
+                         lk__header_t *hbuf, size_t hcap);
+lk_err_t lk__store_decode_fence(lk__store_txn_t *t, const char *sink, MDB_val v, int64_t *batch,
                                 int64_t *wall);
-lk_err_t lk__store_decode_acc(lk_store_txn_t *t, const char *name, MDB_val v, int64_t *value);
+lk_err_t lk__store_decode_acc(lk__store_txn_t *t, const char *name, MDB_val v, int64_t *value);
 
 /* store_state.c */
-int lk__store_decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+int lk__store_decode_state(lk__store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
                            size_t *vlen, int64_t *updated_ms);
 
 #endif

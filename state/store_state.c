@@ -13,11 +13,11 @@
 
 /* ---- keyed state ---- */
 
-lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
+lk_err_t lk__store_state_open(lk__store_t *s, const char *uid, lk__state_db_t *db,
                               char *errstr, size_t errstr_size) {
     for (size_t i = 0; i < s->nstates; i++)
         if (!strcmp(s->states[i].uid, uid)) {
-            *db = (lk_state_db_t)i;
+            *db = (lk__state_db_t)i;
             return LK_OK;
         }
     if (s->wtxn)
@@ -32,7 +32,7 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
     for (;;) {
         /* Begun like every transaction (lk__store_txn_begin): a map another process grew
          * is adopted (MDB_MAP_RESIZED) and dead readers' slots are cleared. */
-        lk_store_txn_t *t;
+        lk__store_txn_t *t;
         lk_err_t err = lk__store_txn_begin(s, !s->readonly, &t, errstr, errstr_size);
         if (err)
             return err;
@@ -76,7 +76,7 @@ lk_err_t lk__store_state_open(lk_store_t *s, const char *uid, lk_state_db_t *db,
     if (!(n[s->nstates].uid = strdup(uid)))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     n[s->nstates].dbi = dbi;
-    *db = (lk_state_db_t)s->nstates++;
+    *db = (lk__state_db_t)s->nstates++;
     return LK_OK;
 }
 
@@ -128,7 +128,7 @@ static int decode_state_fast(const MDB_val *v, const void **val, size_t *vlen,
 
 /* Decode a state value read under key k: 1, or 0 when it fails its checksum or does
  * not decode. */
-int lk__store_decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
+int lk__store_decode_state(lk__store_txn_t *t, const MDB_val *k, MDB_val vv, const void **val,
                            size_t *vlen, int64_t *updated_ms) {
     const MDB_val *v = &vv;
     if (lk__store_unseal(t->s, k, &vv))
@@ -146,7 +146,7 @@ int lk__store_decode_state(lk_store_txn_t *t, const MDB_val *k, MDB_val vv, cons
     return 1;
 }
 
-lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, const void **val, size_t *vlen,
                              int64_t *updated_ms) {
     if (db < 0 || (size_t)db >= t->s->nstates)
@@ -167,7 +167,7 @@ lk_err_t lk__store_state_get(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     return LK_OK;
 }
 
-lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, const void *val, size_t vlen, int64_t updated_ms,
                              char *errstr, size_t errstr_size) {
     if (db < 0 || (size_t)db >= t->s->nstates)
@@ -187,7 +187,7 @@ lk_err_t lk__store_state_put(lk_store_txn_t *t, lk_state_db_t db, const void *ke
                              errstr_size, "writing state");
 }
 
-lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__store_state_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, char *errstr, size_t errstr_size) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
@@ -198,7 +198,7 @@ lk_err_t lk__store_state_del(lk_store_txn_t *t, lk_state_db_t db, const void *ke
 /* Visit the entries of a state database in key order, from the first one strictly after
  * `after` (NULL: from the start), at most max of them; a non-zero cb stops. *visited
  * counts the entries passed to cb. */
-static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after,
+static lk_err_t walk_state_dbi(lk__store_txn_t *t, MDB_dbi dbi, const void *after,
                                size_t after_len, size_t max,
                                int (*cb)(const void *, size_t, const void *, size_t, int64_t,
                                          void *),
@@ -239,7 +239,7 @@ static lk_err_t walk_state_dbi(lk_store_txn_t *t, MDB_dbi dbi, const void *after
 }
 
 /* Visit every entry of a state database in key order (a non-zero cb stops). */
-static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
+static lk_err_t foreach_state_dbi(lk__store_txn_t *t, MDB_dbi dbi,
                                   int (*cb)(const void *, size_t, const void *, size_t,
                                             int64_t, void *),
                                   void *opaque) {
@@ -247,7 +247,7 @@ static lk_err_t foreach_state_dbi(lk_store_txn_t *t, MDB_dbi dbi,
     return walk_state_dbi(t, dbi, NULL, 0, SIZE_MAX, cb, opaque, &visited);
 }
 
-lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
+lk_err_t lk__store_state_foreach(lk__store_txn_t *t, lk__state_db_t db,
                                  int (*cb)(const void *, size_t, const void *, size_t,
                                  int64_t, void *),
                                  void *opaque) {
@@ -256,7 +256,7 @@ lk_err_t lk__store_state_foreach(lk_store_txn_t *t, lk_state_db_t db,
     return foreach_state_dbi(t, t->s->states[db].dbi, cb, opaque);
 }
 
-lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *after,
+lk_err_t lk__store_state_scan(lk__store_txn_t *t, lk__state_db_t db, const void *after,
                               size_t after_len, size_t max,
                               int (*cb)(const void *, size_t, const void *, size_t, int64_t,
                               void *),
@@ -266,7 +266,7 @@ lk_err_t lk__store_state_scan(lk_store_txn_t *t, lk_state_db_t db, const void *a
         return LK_ERR_STORE;
     return walk_state_dbi(t, t->s->states[db].dbi, after, after_len, max, cb, opaque, visited);
 }
-lk_err_t lk__store_state_foreach_uid(lk_store_txn_t *t, const char *uid,
+lk_err_t lk__store_state_foreach_uid(lk__store_txn_t *t, const char *uid,
                                      int (*cb)(const void *, size_t, const void *, size_t,
                                      int64_t, void *),
                                      void *opaque) {

@@ -53,7 +53,7 @@ static lk_err_t key_too_long(size_t klen, char *errstr, size_t errstr_size) {
                    "window key of %zu bytes (at most %d)", klen, LK__WIN_MAX_KEY);
 }
 
-lk_err_t lk__wstore_meta_get(lk_store_txn_t *t, lk_state_db_t db, const char *name,
+lk_err_t lk__wstore_meta_get(lk__store_txn_t *t, lk__state_db_t db, const char *name,
                              int64_t *v) {
     unsigned char k[64];
     size_t n = strlen(name);
@@ -72,7 +72,7 @@ lk_err_t lk__wstore_meta_get(lk_store_txn_t *t, lk_state_db_t db, const char *na
     return LK_OK;
 }
 
-lk_err_t lk__wstore_meta_put(lk_store_txn_t *t, lk_state_db_t db, const char *name,
+lk_err_t lk__wstore_meta_put(lk__store_txn_t *t, lk__state_db_t db, const char *name,
                              int64_t v, int64_t now_ms, char *errstr, size_t errstr_size) {
     unsigned char k[64], val[8];
     size_t n = strlen(name);
@@ -84,7 +84,7 @@ lk_err_t lk__wstore_meta_put(lk_store_txn_t *t, lk_state_db_t db, const char *na
     return lk__store_state_put(t, db, k, n + 1, val, 8, now_ms, errstr, errstr_size);
 }
 
-lk_err_t lk__wstore_slice_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_slice_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void **val, size_t *vlen) {
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
@@ -92,7 +92,7 @@ lk_err_t lk__wstore_slice_get(lk_store_txn_t *t, lk_state_db_t db, const void *k
     return lk__store_state_get(t, db, k, skey(k, slice, key, klen), val, vlen, NULL);
 }
 
-lk_err_t lk__wstore_slice_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_slice_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void *val, size_t vlen,
                               int64_t now_ms, char *errstr, size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
@@ -102,7 +102,7 @@ lk_err_t lk__wstore_slice_put(lk_store_txn_t *t, lk_state_db_t db, const void *k
                                errstr_size);
 }
 
-lk_err_t lk__wstore_slice_mark(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
+lk_err_t lk__wstore_slice_mark(lk__store_txn_t *t, lk__state_db_t db, int64_t slice,
                                int64_t now_ms, char *errstr, size_t errstr_size) {
     unsigned char k[16];
     return lk__store_state_put(t, db, k, lkey(k, slice), "", 0, now_ms, errstr, errstr_size);
@@ -129,7 +129,7 @@ static int each_slice(const void *k, size_t klen, const void *v, size_t vlen, in
     return w->slice_cb(get_slice((const unsigned char *)k + 1), w->opaque);
 }
 
-lk_err_t lk__wstore_slices(lk_store_txn_t *t, lk_state_db_t db, int64_t from,
+lk_err_t lk__wstore_slices(lk__store_txn_t *t, lk__state_db_t db, int64_t from,
                            int (*cb)(int64_t slice, void *opaque), void *opaque) {
     walk_t w = {.prefix = "L", .plen = 1, .slice_cb = cb, .opaque = opaque};
     unsigned char after[9];
@@ -151,7 +151,7 @@ static int each_slice_key(const void *k, size_t klen, const void *v, size_t vlen
     return w->key_cb((const unsigned char *)k + 11, klen - 11, w->opaque);
 }
 
-lk_err_t lk__wstore_slice_keys(lk_store_txn_t *t, lk_state_db_t db, int64_t slice,
+lk_err_t lk__wstore_slice_keys(lk__store_txn_t *t, lk__state_db_t db, int64_t slice,
                                int (*cb)(const void *key, size_t klen, void *opaque),
                                void *opaque) {
     walk_t w = {.key_cb = cb, .opaque = opaque};
@@ -204,7 +204,7 @@ static int collect_key(const void *key, size_t klen, void *o) {
     return ++x->nkeys >= EXPIRE_CHUNK;
 }
 
-lk_err_t lk__wstore_expire(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
+lk_err_t lk__wstore_expire(lk__store_txn_t *t, lk__state_db_t db, int64_t upto,
                            uint64_t *deleted, char *errstr, size_t errstr_size) {
     expire_t x = {.upto = upto};
     lk_err_t e = LK_OK;
@@ -254,7 +254,7 @@ out:
 
 /* ---- running values ---- */
 
-lk_err_t lk__wstore_value_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_value_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, lk__wvalue_t *out) {
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
@@ -274,7 +274,7 @@ lk_err_t lk__wstore_value_get(lk_store_txn_t *t, lk_state_db_t db, const void *k
     return LK_OK;
 }
 
-lk_err_t lk__wstore_value_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_value_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, const lk__wvalue_t *v, void *scratch,
                               int64_t now_ms, char *errstr, size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
@@ -288,7 +288,7 @@ lk_err_t lk__wstore_value_put(lk_store_txn_t *t, lk_state_db_t db, const void *k
                                errstr_size);
 }
 
-lk_err_t lk__wstore_value_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_value_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, char *errstr, size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
         return key_too_long(klen, errstr, errstr_size);
@@ -308,7 +308,7 @@ static size_t pkey(unsigned char *k, const char *topic, int32_t partition) {
     return 3 + tl + 4;
 }
 
-lk_err_t lk__wstore_part_get(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+lk_err_t lk__wstore_part_get(lk__store_txn_t *t, lk__state_db_t db, const char *topic,
                              int32_t partition, int64_t *max, int64_t *seen_ms) {
     if (strlen(topic) > 255) /* Kafka's limit is 249 */
         return LK_ERR_INVALID_ARG;
@@ -325,7 +325,7 @@ lk_err_t lk__wstore_part_get(lk_store_txn_t *t, lk_state_db_t db, const char *to
     return LK_OK;
 }
 
-lk_err_t lk__wstore_part_put(lk_store_txn_t *t, lk_state_db_t db, const char *topic,
+lk_err_t lk__wstore_part_put(lk__store_txn_t *t, lk__state_db_t db, const char *topic,
                              int32_t partition, int64_t max, int64_t seen_ms, char *errstr,
                              size_t errstr_size) {
     if (strlen(topic) > 255)
@@ -357,7 +357,7 @@ static int each_part(const void *k, size_t klen, const void *v, size_t vlen, int
                  p->opaque);
 }
 
-lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
+lk_err_t lk__wstore_parts(lk__store_txn_t *t, lk__state_db_t db,
                           int (*cb)(int64_t max, int64_t seen_ms, void *opaque), void *opaque) {
     parts_t p = {cb, opaque, 0};
     size_t visited;
@@ -369,7 +369,7 @@ lk_err_t lk__wstore_parts(lk_store_txn_t *t, lk_state_db_t db,
 
 static const unsigned char ikey[1] = {'I'};
 
-lk_err_t lk__wstore_unread_put(lk_store_txn_t *t, lk_state_db_t db, uint64_t batch_id,
+lk_err_t lk__wstore_unread_put(lk__store_txn_t *t, lk__state_db_t db, uint64_t batch_id,
                                const lk__wunread_t *parts, size_t n, int64_t now_ms,
                                char *errstr, size_t errstr_size) {
     size_t len = 8;
@@ -397,7 +397,7 @@ lk_err_t lk__wstore_unread_put(lk_store_txn_t *t, lk_state_db_t db, uint64_t bat
     return e;
 }
 
-lk_err_t lk__wstore_unread_get(lk_store_txn_t *t, lk_state_db_t db, uint64_t *batch_id,
+lk_err_t lk__wstore_unread_get(lk__store_txn_t *t, lk__state_db_t db, uint64_t *batch_id,
                                int (*cb)(const char *topic, size_t tlen, int32_t partition,
                                          void *opaque),
                                void *opaque) {
@@ -423,7 +423,7 @@ lk_err_t lk__wstore_unread_get(lk_store_txn_t *t, lk_state_db_t db, uint64_t *ba
     return LK_OK;
 }
 
-lk_err_t lk__wstore_unread_del(lk_store_txn_t *t, lk_state_db_t db, char *errstr,
+lk_err_t lk__wstore_unread_del(lk__store_txn_t *t, lk__state_db_t db, char *errstr,
                                size_t errstr_size) {
     return lk__store_state_del(t, db, ikey, 1, errstr, errstr_size);
 }
@@ -475,7 +475,7 @@ static int each_session(const void *k, size_t klen, const void *v, size_t vlen, 
                  get_slice(v), (const unsigned char *)v + 8, vlen - 8, w->opaque);
 }
 
-lk_err_t lk__wstore_sessions(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_sessions(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen,
                              int (*cb)(int64_t, int64_t, const void *, size_t, void *),
                              void *opaque) {
@@ -489,7 +489,7 @@ lk_err_t lk__wstore_sessions(lk_store_txn_t *t, lk_state_db_t db, const void *ke
     return e ? e : w.corrupt ? LK_ERR_CORRUPT : LK_OK;
 }
 
-lk_err_t lk__wstore_session_put(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_session_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, int64_t end, const void *val,
                                 size_t vlen, int64_t now_ms, char *errstr, size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
@@ -509,7 +509,7 @@ lk_err_t lk__wstore_session_put(lk_store_txn_t *t, lk_state_db_t db, const void 
     return e;
 }
 
-lk_err_t lk__wstore_session_del(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_session_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, int64_t end, char *errstr,
                                 size_t errstr_size) {
     if (klen > LK__WIN_MAX_KEY)
@@ -521,7 +521,7 @@ lk_err_t lk__wstore_session_del(lk_store_txn_t *t, lk_state_db_t db, const void 
     return e;
 }
 
-lk_err_t lk__wstore_session_get(lk_store_txn_t *t, lk_state_db_t db, const void *key,
+lk_err_t lk__wstore_session_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, const void **val, size_t *vlen) {
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
@@ -556,7 +556,7 @@ static int each_ending(const void *k, size_t klen, const void *v, size_t vlen, i
     return w->end_cb(end, p + 11, kl, get_slice(p + 11 + kl), w->opaque);
 }
 
-lk_err_t lk__wstore_sessions_ending(lk_store_txn_t *t, lk_state_db_t db, int64_t upto,
+lk_err_t lk__wstore_sessions_ending(lk__store_txn_t *t, lk__state_db_t db, int64_t upto,
                                     int (*cb)(int64_t, const void *, size_t, int64_t, void *),
                                     void *opaque) {
     swalk_t w = {.end_cb = cb, .upto = upto, .opaque = opaque};

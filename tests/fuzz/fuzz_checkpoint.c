@@ -29,7 +29,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static lk_store_t *store;
+static lk__store_t *store;
 static char *store_dir;
 
 /* The scratch checkpoint goes when the process ends. */
@@ -54,7 +54,7 @@ static void open_store(void) {
     } else if (!(path = mkdtemp(dir))) {
         abort();
     }
-    lk_store_opts_t o = {.dir = path, .app_id = "fuzz", .map_size = 1 << 20};
+    lk__store_opts_t o = {.dir = path, .app_id = "fuzz", .map_size = 1 << 20};
     char err[512];
     if (lk__store_open(&store, &o, err, sizeof err)) {
         fprintf(stderr, "fuzz_checkpoint: %s\n", err);
@@ -89,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vlen += 4;
     }
     char err[256];
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     if (lk__store_txn_begin(store, 0, &t, err, sizeof err))
         abort();
     lk_err_t e = lk__store_decode(t, kind, key, klen, val, vlen);

@@ -73,13 +73,13 @@ static lk_context_t *open_wc(lk_conf_t *conf, wc_t *wc) {
 
 /* Read word-counts state directly from the checkpoint. */
 static int64_t state_count(const char *word) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_state_db_t db;
+    lk__state_db_t db;
     cr_assert_eq(lk__store_state_open(s, "word-counts", &db, err, sizeof err), LK_OK, "%s", err);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
     const void *v;
     size_t vl;
@@ -93,12 +93,12 @@ static int64_t state_count(const char *word) {
     return c;
 }
 
-static lk_batch_rec_t last_batch(lk_store_t **sp, lk_store_txn_t **tp) {
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
+static lk__batch_rec_t last_batch(lk__store_t **sp, lk__store_txn_t **tp) {
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
     char err[512];
     cr_assert_eq(lk__store_open(sp, &o, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(*sp, 0, tp, err, sizeof err), LK_OK);
-    lk_batch_rec_t b;
+    lk__batch_rec_t b;
     cr_assert_eq(lk__store_batch_last(*tp, &b), LK_OK);
     return b;
 }
@@ -138,9 +138,9 @@ Test(driver, ranges_are_exact_and_capped) {
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
         cr_assert_eq(lk_context_last_batch(ctx), (uint64_t)i + 1);
-        lk_store_t *s;
-        lk_store_txn_t *t;
-        lk_batch_rec_t b = last_batch(&s, &t);
+        lk__store_t *s;
+        lk__store_txn_t *t;
+        lk__batch_rec_t b = last_batch(&s, &t);
         cr_assert_eq(b.nranges, 2);
         for (size_t r = 0; r < 2; r++) {
             cr_assert_str_eq(b.ranges[r].topic, "lines");
@@ -265,9 +265,9 @@ Test(driver, bytes_cap_ends_ranges_where_fetching_stopped) {
         /* the batch stops once the cap is reached: at most one record beyond it per
          * partition can be in flight when the cap is crossed */
         cr_assert(n >= 1 && n <= 12, "batch %d read %llu records", batches, (unsigned long long)n);
-        lk_store_t *s;
-        lk_store_txn_t *t;
-        lk_batch_rec_t b = last_batch(&s, &t);
+        lk__store_t *s;
+        lk__store_txn_t *t;
+        lk__batch_rec_t b = last_batch(&s, &t);
         cr_assert_eq(b.records_in, n, "recorded ranges hold exactly what was processed");
         uint64_t span = 0;
         for (size_t r = 0; r < b.nranges; r++)
@@ -298,19 +298,19 @@ Test(driver, crashed_batch_is_replayed_with_its_recorded_plan) {
     cr_assert(WIFSIGNALED(st) || (WIFEXITED(st) && WEXITSTATUS(st) == 128 + 9) ||
                   (WIFEXITED(st) && WEXITSTATUS(st) == 137),
               "runner should die at the fault point (status %d)", st);
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s;
-    lk_store_txn_t *t;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s;
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
-    lk_batch_rec_t plan, last;
+    lk__batch_rec_t plan, last;
     cr_assert_eq(lk__store_batch_last(t, &last), LK_OK);
     cr_assert_eq(last.id, 1);
     cr_assert_eq(lk__store_plan_get(t, &plan), LK_OK, "the killed batch left its plan");
     cr_assert_eq(plan.id, 2);
     int64_t plan_time = plan.batch_time_ms;
-    lk_range_t ranges[8];
+    lk__range_t ranges[8];
     size_t nranges = plan.nranges;
     for (size_t i = 0; i < nranges; i++)
         ranges[i] = plan.ranges[i];
@@ -330,7 +330,7 @@ Test(driver, crashed_batch_is_replayed_with_its_recorded_plan) {
     lk_context_t *ctx = open_wc(conf, &wc);
     cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
     cr_assert_eq(lk_context_last_batch(ctx), 2);
-    lk_batch_rec_t b = last_batch(&s, &t);
+    lk__batch_rec_t b = last_batch(&s, &t);
     cr_assert_eq(b.batch_time_ms, plan_time, "same batch time on replay");
     cr_assert_eq(b.nranges, nranges);
     for (size_t i = 0; i < nranges; i++) {

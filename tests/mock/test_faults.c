@@ -42,9 +42,9 @@ static lk_context_t *open_count(lk_conf_t *conf) {
 }
 
 static int64_t offset_of(int32_t partition) {
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
-    lk_store_txn_t *t;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
@@ -135,8 +135,8 @@ Test(faults, new_partition_of_known_topic_starts_at_earliest) {
         mu_produce(&mu_cl, "lines", i % 2, NULL, "x");
     mu_flush(&mu_cl);
     /* A checkpoint from a run that knew partition 0 only (partition 1 was added later). */
-    lk_store_t *s = tu_open(tu_dir, "newpart");
-    lk_store_txn_t *t;
+    lk__store_t *s = tu_open(tu_dir, "newpart");
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK);
     cr_assert_eq(lk__store_offset_put(t, "lines", 0, 2, err, sizeof err), LK_OK);
@@ -194,15 +194,15 @@ static void produce_wc(int n) {
 
 /* The checkpoint is consistent: offsets, last batch and state agree. */
 static void check_consistent(void) {
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
-    lk_store_txn_t *t;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_state_db_t db;
+    lk__state_db_t db;
     cr_assert_eq(lk__store_state_open(s, "word-counts", &db, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
-    lk_batch_rec_t b;
+    lk__batch_rec_t b;
     cr_assert_eq(lk__store_batch_last(t, &b), LK_OK);
     int64_t off[2];
     for (int p = 0; p < 2; p++) {
@@ -272,13 +272,13 @@ static int wait_exit(pid_t pid, int seconds) {
 }
 
 static uint64_t last_batch_id(void) {
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
     char err[512];
     if (lk__store_open(&s, &o, err, sizeof err))
         return 0;
-    lk_store_txn_t *t;
-    lk_batch_rec_t b;
+    lk__store_txn_t *t;
+    lk__batch_rec_t b;
     uint64_t id = 0;
     if (lk__store_txn_begin(s, 0, &t, err, sizeof err) == LK_OK) {
         if (lk__store_batch_last(t, &b) == LK_OK)

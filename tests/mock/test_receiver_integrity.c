@@ -61,17 +61,17 @@ static void produce_n(const char *prefix, int n) {
     mu_flush(&mu_cl);
 }
 
-static lk_store_t *open_ro(void) {
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
+static lk__store_t *open_ro(void) {
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     return s;
 }
 
 static int64_t offset_of(int32_t partition) {
-    lk_store_t *s = open_ro();
-    lk_store_txn_t *t;
+    lk__store_t *s = open_ro();
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
     int64_t off = -1;
@@ -160,21 +160,21 @@ Test(receiver_integrity, a_restart_on_the_same_log_reads_on) {
 Test(receiver_integrity, a_replayed_plan_past_the_log_end_is_refused) {
     lk_conf_t *conf = mu_conf(&mu_cl, "plan", tu_dir);
     mu_set(conf, "fetch.timeout.ms", "2000");
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
-    lk_store_t *s;
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK, "%s", err);
     /* no fingerprint: only the plan's range is wrong */
     cr_assert_eq(lk__store_offset_put(t, "lines", 0, 10, err, sizeof err), LK_OK, "%s", err);
-    lk_range_t r0 = {"lines", 0, 0, 10};
-    lk_batch_rec_t b1 = {1, 1700000000000LL, 0, 10, 0, 1, &r0};
+    lk__range_t r0 = {"lines", 0, 0, 10};
+    lk__batch_rec_t b1 = {1, 1700000000000LL, 0, 10, 0, 1, &r0};
     cr_assert_eq(lk__store_batch_put(t, &b1, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_commit(t, err, sizeof err), LK_OK, "%s", err);
-    lk_range_t r = {"lines", 0, 10, 20};
-    lk_batch_rec_t plan = {2, 1700000001000LL, 0, 0, 0, 1, &r};
+    lk__range_t r = {"lines", 0, 10, 20};
+    lk__batch_rec_t plan = {2, 1700000001000LL, 0, 0, 0, 1, &r};
     cr_assert_eq(lk__store_plan_put(s, &plan, err, sizeof err), LK_OK, "%s", err);
     lk__store_close(s);
     mu_topic(&mu_cl, "lines", 1);
@@ -239,13 +239,13 @@ Test(receiver_integrity, a_corrupt_offset_stops_the_run_and_stays) {
 Test(receiver_integrity, a_corrupt_pending_plan_stops_the_run) {
     lk_conf_t *conf = mu_conf(&mu_cl, "corrupt-plan", tu_dir);
     read_ten(conf);
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
-    lk_store_t *s;
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_range_t r = {"lines", 0, 10, 15};
-    lk_batch_rec_t plan = {2, 1700000001000LL, 0, 0, 0, 1, &r};
+    lk__range_t r = {"lines", 0, 10, 15};
+    lk__batch_rec_t plan = {2, 1700000001000LL, 0, 0, 0, 1, &r};
     cr_assert_eq(lk__store_plan_put(s, &plan, err, sizeof err), LK_OK, "%s", err);
     lk__store_close(s);
     flip("meta", "pending-plan", 12, 4);
@@ -265,14 +265,14 @@ Test(receiver_integrity, a_corrupt_pending_plan_stops_the_run) {
 Test(receiver_integrity, a_corrupt_outbox_chunk_is_named_at_start) {
     lk_conf_t *conf = mu_conf(&mu_cl, "corrupt-outbox", tu_dir);
     read_ten(conf);
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
-    lk_store_t *s;
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK, "%s", err);
-    lk_out_record_t rec = {-1, "k", 1, "v", 1, 42, 0, NULL};
+    lk__out_record_t rec = {-1, "k", 1, "v", 1, 42, 0, NULL};
     cr_assert_eq(lk__store_outbox_append(t, "gone", 1, &rec, err, sizeof err), LK_OK);
     cr_assert_eq(lk__store_txn_commit(t, err, sizeof err), LK_OK, "%s", err);
     lk__store_close(s);
@@ -303,15 +303,15 @@ Test(receiver_integrity, a_wrongly_shaped_outbox_chunk_stops_delivery_for_good) 
     mu_topic(&mu_cl, "out", 1);
     mu_topic(&mu_cl, "shape.progress", 1);
     lk_conf_t *conf = mu_conf(&mu_cl, "shape", tu_dir);
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
-    lk_store_t *s;
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_offset_put(t, "lines", 0, 0, err, sizeof err), LK_OK, "%s", err);
-    lk_batch_rec_t b1 = {1, 1700000000000LL, 0, 0, 1, 0, NULL};
+    lk__batch_rec_t b1 = {1, 1700000000000LL, 0, 0, 1, 0, NULL};
     cr_assert_eq(lk__store_batch_put(t, &b1, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_commit(t, err, sizeof err), LK_OK, "%s", err);
     lk__store_close(s);

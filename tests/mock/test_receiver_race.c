@@ -36,7 +36,7 @@ static void teardown(void) {
 TestSuite(receiver_race, .init = setup, .fini = teardown, .timeout = 120);
 
 static lk_err_t from_zero(const char *topic, int32_t partition, int64_t *off,
-                          lk_fingerprint_t *fp, int *has_fp, void *o, char *errstr,
+                          lk__fingerprint_t *fp, int *has_fp, void *o, char *errstr,
                           size_t errstr_size) {
     (void)topic;
     (void)partition;
@@ -59,7 +59,7 @@ static void produce(const char *topic, int n) {
 }
 
 /* Plan from offset 0 and fetch; every range must hold all of its offsets. */
-static void fetch_all(lk_receiver_t *r) {
+static void fetch_all(lk__receiver_t *r) {
     char err[512];
     lk__fetch_t f;
     cr_assert_eq(lk__receiver_plan(r, from_zero, NULL, &f, err, sizeof err), LK_OK, "%s", err);
@@ -82,7 +82,7 @@ Test(receiver_race, slow_queue_setup_loses_nothing) {
     produce("in", 100);
     lk_conf_t *conf = mu_conf(&cl, "race", "/nonexistent-unused");
     const char *topics[] = {"in"};
-    lk_receiver_t *r;
+    lk__receiver_t *r;
     char err[512];
     delay_ms = 1500; /* longer than the first fetch takes */
     cr_assert_eq(lk__receiver_new(&r, conf, topics, 1, err, sizeof err), LK_OK, "%s", err);
@@ -94,7 +94,7 @@ Test(receiver_race, slow_queue_setup_loses_nothing) {
     const char *both[] = {"in", "late"};
     delay_ms = 0;
     cr_assert_eq(lk__receiver_new(&r, conf, both, 2, err, sizeof err), LK_OK, "%s", err);
-    lk_range_t only_in = {"in", 0, 0, 100};
+    lk__range_t only_in = {"in", 0, 0, 100};
     lk__fetch_t f;
     cr_assert_eq(lk__receiver_use_plan(r, &only_in, 1, from_zero, NULL, &f, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__receiver_fetch(r, &f, 1, NULL, NULL, err, sizeof err), LK_OK, "%s", err);

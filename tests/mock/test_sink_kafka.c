@@ -92,9 +92,9 @@ Test(sink_kafka, delivers_each_batch_once_with_provenance) {
     lk_context_destroy(ctx);
     check(expected, 3);
     /* the outbox is empty and every batch is fenced */
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s;
-    lk_store_txn_t *t;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK);
     uint64_t first, fence;
@@ -234,9 +234,9 @@ typedef struct {
 
 static ckpt_t peek(void) {
     ckpt_t c = {0, 0, 0, 0, {0, 0}};
-    lk_store_opts_t o = {.dir = dir, .readonly = 1};
-    lk_store_t *s;
-    lk_store_txn_t *t;
+    lk__store_opts_t o = {.dir = dir, .readonly = 1};
+    lk__store_t *s;
+    lk__store_txn_t *t;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     cr_assert_eq(lk__store_txn_begin(s, 0, &t, err, sizeof err), LK_OK, "%s", err);
@@ -1384,8 +1384,8 @@ Test(sink_kafka, stop_with_a_stuck_sink_is_bounded_and_a_second_stop_is_at_once)
 /* ---- 13.5: a new checkpoint under an existing app.id ---- */
 
 static void checkpoint_id_of(const char *d, char *id, size_t size) {
-    lk_store_opts_t o = {.dir = d, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = d, .readonly = 1};
+    lk__store_t *s;
     char err[512];
     cr_assert_eq(lk__store_open(&s, &o, err, sizeof err), LK_OK, "%s", err);
     snprintf(id, size, "%s", lk__store_checkpoint_id(s));

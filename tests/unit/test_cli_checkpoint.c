@@ -75,14 +75,14 @@ static const unsigned char Z8[8] = {0};
 
 /* The known checkpoint: four operators (one empty), offsets of two topics, a pending
  * plan. Returned closed unless keep_open. */
-static lk_store_t *build(int keep_open) {
-    lk_store_t *s = tu_open(ck, APP);
-    lk_state_db_t counts, names, bin, empty;
+static lk__store_t *build(int keep_open) {
+    lk__store_t *s = tu_open(ck, APP);
+    lk__state_db_t counts, names, bin, empty;
     CHECK(lk__store_state_open(s, "counts", &counts, ES));
     CHECK(lk__store_state_open(s, "names", &names, ES));
     CHECK(lk__store_state_open(s, "bin-keys", &bin, ES));
     CHECK(lk__store_state_open(s, "empty-op", &empty, ES));
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_state_put(t, counts, "fox", 3, I3, 8, T0 + 123, ES));
     CHECK(lk__store_state_put(t, counts, "dog", 3, I2, 8, T0 + 123, ES));
     CHECK(lk__store_state_put(t, counts, "mean", 4, D15, 8, T0, ES));
@@ -96,13 +96,13 @@ static lk_store_t *build(int keep_open) {
     CHECK(lk__store_offset_put(t, "orders", 1, 7, ES));
     CHECK(lk__store_offset_put(t, "orders", 2, 100, ES));
     CHECK(lk__store_offset_put(t, "payments", 0, 5, ES));
-    lk_range_t ranges[2] = {{"orders", 0, 30, 42}, {"orders", 1, 5, 7}};
-    lk_batch_rec_t b = {.id = 3, .batch_time_ms = T0, .commit_wall_ms = T0,
+    lk__range_t ranges[2] = {{"orders", 0, 30, 42}, {"orders", 1, 5, 7}};
+    lk__batch_rec_t b = {.id = 3, .batch_time_ms = T0, .commit_wall_ms = T0,
                         .nranges = 2, .ranges = ranges};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
-    lk_range_t next[2] = {{"orders", 0, 42, 50}, {"orders", 1, 7, 9}};
-    lk_batch_rec_t plan = {.id = 4, .batch_time_ms = T0 + 1000, .nranges = 2,
+    lk__range_t next[2] = {{"orders", 0, 42, 50}, {"orders", 1, 7, 9}};
+    lk__batch_rec_t plan = {.id = 4, .batch_time_ms = T0 + 1000, .nranges = 2,
                            .ranges = next};
     CHECK(lk__store_plan_put(s, &plan, ES));
     if (keep_open)
@@ -180,7 +180,7 @@ Test(cli_checkpoint, export_unknown_operator) {
 }
 
 Test(cli_checkpoint, export_while_owner_holds_it) {
-    lk_store_t *s = build(1);
+    lk__store_t *s = build(1);
     char *out, *err;
     int st = run(&out, &err, "checkpoint export '%s'", ck);
     cr_assert_eq(st, 0, "exit %d: %s", st, err);
@@ -188,9 +188,9 @@ Test(cli_checkpoint, export_while_owner_holds_it) {
     free(out);
     free(err);
     /* a commit of the owner shows in the next export */
-    lk_state_db_t counts;
+    lk__state_db_t counts;
     CHECK(lk__store_state_open(s, "counts", &counts, ES));
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_state_del(t, counts, "zero", 4, ES));
     tu_commit(t);
     cr_assert_eq(run(&out, NULL, "checkpoint export '%s' --operator counts", ck), 0);
@@ -314,8 +314,8 @@ typedef struct {
 } offs_t;
 
 static offs_t read_back(void) {
-    lk_store_t *s = tu_open(ck, APP);
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_t *s = tu_open(ck, APP);
+    lk__store_txn_t *t = tu_begin(s, 0);
     offs_t r;
     int64_t *dst[4] = {&r.o0, &r.o1, &r.o2, &r.p0};
     const char *topic[4] = {"orders", "orders", "orders", "payments"};
@@ -326,7 +326,7 @@ static offs_t read_back(void) {
         if (e)
             *dst[i] = -1;
     }
-    lk_batch_rec_t plan;
+    lk__batch_rec_t plan;
     r.plan = lk__store_plan_get(t, &plan) == LK_OK;
     lk__store_txn_abort(t);
     lk__store_close(s);
@@ -382,15 +382,15 @@ Test(cli_checkpoint, reset_named_partitions) {
     free(err);
     expect_offs(10, 7, 10, 5, 0);
     /* the other records are untouched */
-    lk_store_t *s = tu_open(ck, APP);
-    lk_state_db_t counts;
+    lk__store_t *s = tu_open(ck, APP);
+    lk__state_db_t counts;
     CHECK(lk__store_state_open(s, "counts", &counts, ES));
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     const void *v;
     size_t vlen;
     cr_assert_eq(lk__store_state_get(t, counts, "fox", 3, &v, &vlen, NULL), LK_OK);
     cr_assert(vlen == 8 && !memcmp(v, I3, 8));
-    lk_batch_rec_t last;
+    lk__batch_rec_t last;
     cr_assert_eq(lk__store_batch_last(t, &last), LK_OK);
     cr_assert_eq(last.id, 3);
     lk__store_txn_abort(t);
@@ -433,7 +433,7 @@ Test(cli_checkpoint, reset_delete_and_every_partition) {
 /* Refused while this process holds the checkpoint (flock is per open file
  * description, so the CLI conflicts with an open in the test process). */
 Test(cli_checkpoint, reset_refused_while_held) {
-    lk_store_t *s = build(1);
+    lk__store_t *s = build(1);
     uint64_t before = tu_dir_digest(ck);
     char *out, *err, pid[64];
     snprintf(pid, sizeof pid, "held by pid %ld", (long)getpid());

@@ -45,37 +45,37 @@ TestSuite(sink_files, .init = setup, .fini = tu_scratch_fini, .timeout = 120);
 /* ---- helpers ---- */
 
 /* A record; NULL key/value as given, lengths from strlen unless given (binary). */
-static lk_out_record_t rec(int32_t p, const char *k, const char *v, int64_t ts) {
-    return (lk_out_record_t){.partition = p, .key = k, .key_len = k ? strlen(k) : 0,
+static lk__out_record_t rec(int32_t p, const char *k, const char *v, int64_t ts) {
+    return (lk__out_record_t){.partition = p, .key = k, .key_len = k ? strlen(k) : 0,
                              .value = v, .value_len = v ? strlen(v) : 0, .timestamp_ms = ts};
 }
 
-static void commit_batch(lk_store_t *st, const char *sink, uint64_t id,
-                         const lk_out_record_t *r, size_t n) {
-    lk_store_txn_t *t = tu_begin(st, 1);
+static void commit_batch(lk__store_t *st, const char *sink, uint64_t id,
+                         const lk__out_record_t *r, size_t n) {
+    lk__store_txn_t *t = tu_begin(st, 1);
     for (size_t i = 0; i < n; i++)
         CHECK(lk__store_outbox_append(t, sink, id, &r[i], ES));
-    lk_batch_rec_t b = {.id = id, .batch_time_ms = (int64_t)id * 1000, .records_out = n};
+    lk__batch_rec_t b = {.id = id, .batch_time_ms = (int64_t)id * 1000, .records_out = n};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
 }
 
-static lk_sink_t *sink_new(const lk__sink_ops_t *ops, const char *target, const char *format) {
-    lk_sink_t *s = lk__sink_new(ops, SINK, target, format, APP);
+static lk__sink_t *sink_new(const lk__sink_ops_t *ops, const char *target, const char *format) {
+    lk__sink_t *s = lk__sink_new(ops, SINK, target, format, APP);
     cr_assert_not_null(s);
     CHECK(s->ops->open(s, NULL, ES));
     return s;
 }
 
-static size_t drain(lk_sink_t *s, lk_store_t *st, uint64_t upto) {
+static size_t drain(lk__sink_t *s, lk__store_t *st, uint64_t upto) {
     size_t n = 99;
     CHECK(lk__sink_drain(s, st, upto, &n, ES));
     return n;
 }
 
 /* First outbox batch of the sink, 0 if empty. */
-static uint64_t outbox_first(lk_store_t *st) {
-    lk_store_txn_t *t = tu_begin(st, 0);
+static uint64_t outbox_first(lk__store_t *st) {
+    lk__store_txn_t *t = tu_begin(st, 0);
     uint64_t first = 0;
     lk_err_t e = lk__store_outbox_first_batch(t, SINK, &first);
     lk__store_txn_abort(t);
@@ -84,8 +84,8 @@ static uint64_t outbox_first(lk_store_t *st) {
 }
 
 /* The sink's fence, 0 if none. */
-static uint64_t fence(lk_store_t *st) {
-    lk_store_txn_t *t = tu_begin(st, 0);
+static uint64_t fence(lk__store_t *st) {
+    lk__store_txn_t *t = tu_begin(st, 0);
     uint64_t b = 0;
     lk_err_t e = lk__store_fence_get(t, SINK, &b);
     lk__store_txn_abort(t);
@@ -95,8 +95,8 @@ static uint64_t fence(lk_store_t *st) {
 
 /* The checkpoint id of the store last opened (file names carry it). */
 static char ckid[LK_CHECKPOINT_ID_LEN + 1];
-static lk_store_t *open_store(const char *d, const char *app) {
-    lk_store_t *st = tu_open(d, app);
+static lk__store_t *open_store(const char *d, const char *app) {
+    lk__store_t *st = tu_open(d, app);
     snprintf(ckid, sizeof ckid, "%s", lk__store_checkpoint_id(st));
     cr_assert_eq(strlen(ckid), LK_CHECKPOINT_ID_LEN);
     return st;
@@ -148,18 +148,18 @@ static int count_tmp(const char *path) {
 
 /* ---- the mixed batch: partitions 0 (and -1 → 0) and 3, null key, tombstone, binary ---- */
 
-static const lk_header_t hdr = {"h", "hv", 2};
+static const lk__header_t hdr = {"h", "hv", 2};
 
-static size_t mixed(lk_out_record_t *r) {
+static size_t mixed(lk__out_record_t *r) {
     size_t n = 0;
     r[n] = rec(0, "k1", "v1", 1000);
     r[n].nheaders = 1, r[n++].headers = &hdr; /* jsonl writes them; lines does not */
     r[n++] = rec(-1, NULL, "no key", 1001);
     r[n++] = rec(3, "gone", NULL, 1002);
-    r[n++] = (lk_out_record_t){.partition = 0, .key = "\xff\x00\x01", .key_len = 3,
+    r[n++] = (lk__out_record_t){.partition = 0, .key = "\xff\x00\x01", .key_len = 3,
                                .value = "\x80" "abc", .value_len = 4, .timestamp_ms = 1003};
     r[n++] = rec(3, "q", "say \"hi\"\n\t\xc3\xbc", 1700000000123LL);
-    r[n++] = (lk_out_record_t){.partition = 0, .key = "a\0b", .key_len = 3, .value = "",
+    r[n++] = (lk__out_record_t){.partition = 0, .key = "a\0b", .key_len = 3, .value = "",
                                .value_len = 0, .timestamp_ms = -7};
     r[n++] = rec(0, "bad", "\xc3\x28", 5);
     return n;
@@ -177,17 +177,17 @@ static size_t mixed(lk_out_record_t *r) {
 #define MIXED_LINES_P0 "v1\nno key\n\x80" "abc\n\n\xc3\x28\n"
 #define MIXED_LINES_P3 "say \"hi\"\\n\t\xc3\xbc\n" /* one record, one line */
 
-static void commit_mixed(lk_store_t *st, uint64_t id) {
-    lk_out_record_t r[16];
+static void commit_mixed(lk__store_t *st, uint64_t id) {
+    lk__out_record_t r[16];
     commit_batch(st, SINK, id, r, mixed(r));
 }
 
 /* ---- formats, partitions, acknowledgement ---- */
 
 Test(sink_files, jsonl_exact_names_and_bytes) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 1), 1);
     char p[4096];
     ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
@@ -204,12 +204,12 @@ Test(sink_files, jsonl_exact_names_and_bytes) {
 }
 
 Test(sink_files, lines_exact_names_and_bytes) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     commit_mixed(st, 1);
     /* partition 5 holds only a tombstone: no file (and no directory) for it */
-    lk_out_record_t r[] = {rec(5, "x", NULL, 1), rec(0, "y", "2nd batch", 2)};
+    lk__out_record_t r[] = {rec(5, "x", NULL, 1), rec(0, "y", "2nd batch", 2)};
     commit_batch(st, SINK, 2, r, 2);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "lines");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "lines");
     cr_assert_eq(drain(s, st, 2), 2);
     char p[4096];
     ASSERT_FILE(fname(p, sizeof p, 0, 1, "txt"), MIXED_LINES_P0);
@@ -225,10 +225,10 @@ Test(sink_files, lines_exact_names_and_bytes) {
 }
 
 Test(sink_files, batch_for_one_partition_writes_only_its_directory) {
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_out_record_t r[] = {rec(3, "a", "1", 10), rec(3, "b", "2", 11)};
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__out_record_t r[] = {rec(3, "a", "1", 10), rec(3, "b", "2", 11)};
     commit_batch(st, SINK, 1, r, 2);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 1), 1);
     char p[4096];
     ASSERT_FILE(fname(p, sizeof p, 3, 1, "jsonl"),
@@ -243,7 +243,7 @@ Test(sink_files, batch_for_one_partition_writes_only_its_directory) {
 /* A files sink that records the order of the batches it begins. */
 static uint64_t begun[16];
 static size_t nbegun;
-static lk_err_t recording_begin(lk_sink_t *s, uint64_t batch, char *errstr,
+static lk_err_t recording_begin(lk__sink_t *s, uint64_t batch, char *errstr,
                                 size_t errstr_size) {
     cr_assert_lt(nbegun, LK_ARRAY_SIZE(begun));
     begun[nbegun++] = batch;
@@ -251,9 +251,9 @@ static lk_err_t recording_begin(lk_sink_t *s, uint64_t batch, char *errstr,
 }
 
 Test(sink_files, delivers_only_up_to_upto_oldest_first) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     /* committed out of order: delivery order must come from the batch ids */
-    lk_out_record_t r3 = rec(0, "k", "three", 3), r1 = rec(0, "k", "one", 1),
+    lk__out_record_t r3 = rec(0, "k", "three", 3), r1 = rec(0, "k", "one", 1),
                     r2 = rec(1, "k", "two", 2), other = rec(0, "k", "other sink", 1);
     commit_batch(st, SINK, 3, &r3, 1);
     commit_batch(st, SINK, 1, &r1, 1);
@@ -261,7 +261,7 @@ Test(sink_files, delivers_only_up_to_upto_oldest_first) {
     commit_batch(st, "another-sink", 4, &other, 1);
     lk__sink_ops_t ops = lk__sink_files_ops;
     ops.begin = recording_begin;
-    lk_sink_t *s = sink_new(&ops, out, "lines");
+    lk__sink_t *s = sink_new(&ops, out, "lines");
     char p[4096];
 
     cr_assert_eq(drain(s, st, 0), 0, "nothing is durable yet");
@@ -288,7 +288,7 @@ Test(sink_files, delivers_only_up_to_upto_oldest_first) {
     cr_assert_eq(nbegun, 3);
 
     /* the other sink's outbox is untouched */
-    lk_store_txn_t *t = tu_begin(st, 0);
+    lk__store_txn_t *t = tu_begin(st, 0);
     uint64_t first = 0;
     cr_assert_eq(lk__store_outbox_first_batch(t, "another-sink", &first), LK_OK);
     cr_assert_eq(first, 4);
@@ -308,12 +308,12 @@ static void crash_child(const char *point, const char *format) {
     if (pid == 0) {
         setenv("LOCKSTEP_FAULTPOINT", point, 1); /* before the child's first fault point */
         char err[1024];
-        lk_store_t *st;
+        lk__store_t *st;
         if (tu_open_opts(&st, ckpt, APP, 0, 0, err, sizeof err)) {
             fprintf(stderr, "child: open: %s\n", err);
             _exit(10);
         }
-        lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, format, APP);
+        lk__sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, format, APP);
         if (!s || s->ops->open(s, NULL, err, sizeof err))
             _exit(11);
         size_t n;
@@ -330,9 +330,9 @@ static void crash_child(const char *point, const char *format) {
 
 /* Batches 1 (mixed) and 2 in the outbox; the store is closed afterwards. */
 static void prepare_two_batches(void) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     commit_mixed(st, 1);
-    lk_out_record_t r = rec(0, "z", "last", 2000);
+    lk__out_record_t r = rec(0, "z", "last", 2000);
     commit_batch(st, SINK, 2, &r, 1);
     lk__store_close(st);
 }
@@ -341,8 +341,8 @@ static void prepare_two_batches(void) {
 
 /* Recover in the parent and check both batches exactly once with the expected bytes. */
 static void recover_and_check(void) {
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 2);
     char p[4096];
     cr_assert_eq(count_tmp(out), 0, "no temporary file is left");
@@ -360,7 +360,7 @@ static void recover_and_check(void) {
 }
 
 static void assert_batch1_pending(void) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     cr_assert_eq(outbox_first(st), 1, "the outbox still holds batch 1");
     cr_assert_eq(fence(st), 0);
     lk__store_close(st);
@@ -431,8 +431,8 @@ Test(sink_files, crash_after_sink_commit_keeps_the_delivered_file) {
 
 
 Test(sink_files, file_where_partition_directory_must_be_is_refused) {
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 0); /* recovered: creates out */
     char p[4096];
     tu_write_file(tu_path(p, sizeof p, out, "0"), "x", 1);
@@ -459,8 +459,8 @@ Test(sink_files, file_where_partition_directory_must_be_is_refused) {
 }
 
 Test(sink_files, io_error_file_too_large) {
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 0);
     commit_mixed(st, 1);
     /* a write the OS refuses (as a full disk would): files may not exceed 10 bytes */
@@ -487,12 +487,12 @@ Test(sink_files, io_error_file_too_large) {
 }
 
 Test(sink_files, io_error_directory_below_a_regular_file) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char file[4096], target[4200];
     tu_write_file(tu_path(file, sizeof file, tu_dir, "plain-file"), "x", 1);
     snprintf(target, sizeof target, "%s/sub/dir", file);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
     size_t n = 99;
     tu_err[0] = '\0';
     lk_err_t e = lk__sink_drain(s, st, 10, &n, ES);
@@ -513,8 +513,8 @@ Test(sink_files, recover_creates_directory_and_removes_only_our_temporary_files)
     char target[4200], p[4300];
     snprintf(target, sizeof target, "%s/a/b/c", tu_dir);
     /* creates a/b/c */
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, target, "jsonl");
     cr_assert_eq(drain(s, st, 10), 0);
     struct stat sb;
     cr_assert(stat(target, &sb) == 0 && S_ISDIR(sb.st_mode));
@@ -558,7 +558,7 @@ Test(sink_files, recover_creates_directory_and_removes_only_our_temporary_files)
 }
 
 Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
-    lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, "csv", APP);
+    lk__sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, out, "csv", APP);
     tu_err[0] = '\0';
     cr_assert_eq(s->ops->open(s, NULL, ES), LK_ERR_INVALID_ARG);
     cr_assert(strstr(tu_err, SINK) && strstr(tu_err, "csv"), "%s", tu_err);
@@ -574,7 +574,7 @@ Test(sink_files, open_refuses_unknown_format_and_empty_directory) {
 }
 
 Test(sink_files, transition_validator_and_sticky_fatal) {
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(s->state, LK__TXN_READY);
     /* what the table refuses (making such a transition is a bug: test_sink_txn.c) */
     cr_assert(!lk__sink_transition_allowed(LK__TXN_READY, LK__TXN_COMMITTED));
@@ -602,7 +602,7 @@ Test(sink_files, transition_validator_and_sticky_fatal) {
         cr_assert_eq(s->state, LK__TXN_FATAL);
     }
     /* and a FATAL sink delivers nothing */
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     commit_mixed(st, 1);
     size_t n = 99;
     cr_assert_eq(lk__sink_drain(s, st, 10, &n, ES), LK_ERR_FATAL);
@@ -616,13 +616,13 @@ Test(sink_files, transition_validator_and_sticky_fatal) {
 /* ---- stdout ---- */
 
 Test(sink_files, stdout_prints_key_tab_value) {
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_out_record_t r[] = {rec(0, "k1", "v1", 1), rec(2, "gone", NULL, 2),
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__out_record_t r[] = {rec(0, "k1", "v1", 1), rec(2, "gone", NULL, 2),
                            rec(-1, NULL, "no key", 3)};
     commit_batch(st, SINK, 1, r, 3);
-    lk_out_record_t r2 = rec(0, "k2", "v2", 4);
+    lk__out_record_t r2 = rec(0, "k2", "v2", 4);
     commit_batch(st, SINK, 2, &r2, 1);
-    lk_sink_t *s = sink_new(&lk__sink_stdout_ops, "stdout", NULL);
+    lk__sink_t *s = sink_new(&lk__sink_stdout_ops, "stdout", NULL);
     uint64_t f = 42;
     CHECK(s->ops->recover(s, &f, ES));
     cr_assert_eq(f, 0);
@@ -651,28 +651,28 @@ Test(sink_files, stdout_prints_key_tab_value) {
 
 /* ---- hostile directories and names (issue 15 items 8-10, issue 13 item 5) ---- */
 
-static lk_sink_t *sink_conf(const char *target, int allow_shared) {
+static lk__sink_t *sink_conf(const char *target, int allow_shared) {
     lk_conf_t *c = lk_conf_new();
     cr_assert_eq(lk_conf_set(c, "dir.allow.shared", allow_shared ? "true" : "false", ES),
                  LK_CONF_OK);
-    lk_sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, target, "jsonl", APP);
+    lk__sink_t *s = lk__sink_new(&lk__sink_files_ops, SINK, target, "jsonl", APP);
     CHECK(s->ops->open(s, c, ES));
     lk_conf_destroy(c);
     return s;
 }
 
-static lk_err_t drain_err(lk_sink_t *s, lk_store_t *st) {
+static lk_err_t drain_err(lk__sink_t *s, lk__store_t *st) {
     size_t n = 99;
     tu_err[0] = '\0';
     return lk__sink_drain(s, st, 10, &n, ES);
 }
 
 Test(sink_files, directory_writable_by_others_is_refused) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     cr_assert_eq(mkdir(out, 0700), 0);
     cr_assert_eq(chmod(out, 0777), 0);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_conf(out, 1); /* not even for a shared group */
+    lk__sink_t *s = sink_conf(out, 1); /* not even for a shared group */
     cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
     cr_assert(strstr(tu_err, out) && strstr(tu_err, "writable by every user (mode 0777)"), "%s",
               tu_err);
@@ -699,11 +699,11 @@ Test(sink_files, directory_of_another_user_is_refused) {
         tu_scratch_fini();
         cr_skip_test("needs root to give the directory to another uid (chown 65534)");
     }
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     cr_assert_eq(mkdir(out, 0755), 0);
     cr_assert_eq(chown(out, 65534, 65534), 0);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_conf(out, 0);
+    lk__sink_t *s = sink_conf(out, 0);
     cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
     cr_assert(strstr(tu_err, "is owned by uid 65534, not by this user (uid 0)"), "%s", tu_err);
     cr_assert_eq(tu_dir_entries(out), 0, "nothing written");
@@ -728,7 +728,7 @@ Test(sink_files, directory_of_another_user_is_refused) {
 }
 
 Test(sink_files, link_at_the_temporary_name_is_not_followed) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char p[4096], tmp[4200], victim[4200];
     cr_assert_eq(mkdir(out, 0700), 0);
     cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0700), 0);
@@ -737,7 +737,7 @@ Test(sink_files, link_at_the_temporary_name_is_not_followed) {
     snprintf(tmp, sizeof tmp, "%s.tmp", fname(p, sizeof p, 0, 1, "jsonl"));
     cr_assert_eq(symlink(victim, tmp), 0);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
     ASSERT_FILE(victim, "someone's file");
     ASSERT_FILE(fname(p, sizeof p, 0, 1, "jsonl"), MIXED_JSONL_P0);
@@ -749,14 +749,14 @@ Test(sink_files, link_at_the_temporary_name_is_not_followed) {
 }
 
 Test(sink_files, partition_directory_that_is_a_link_is_refused) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char p[4096], elsewhere[4200];
     cr_assert_eq(mkdir(out, 0700), 0);
     snprintf(elsewhere, sizeof elsewhere, "%s/elsewhere", tu_dir);
     cr_assert_eq(mkdir(elsewhere, 0700), 0);
     cr_assert_eq(symlink(elsewhere, tu_path(p, sizeof p, out, "0")), 0);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
     cr_assert(strstr(tu_err, "is a symbolic link") && strstr(tu_err, p), "%s", tu_err);
     cr_assert_eq(tu_dir_entries(elsewhere), 0);
@@ -766,9 +766,9 @@ Test(sink_files, partition_directory_that_is_a_link_is_refused) {
 
 Test(sink_files, created_directories_0700_and_files_0600) {
     mode_t old = umask(022);
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
     umask(old);
     char p[4096];
@@ -786,12 +786,12 @@ Test(sink_files, created_directories_0700_and_files_0600) {
 Test(sink_files, new_checkpoint_never_overwrites_an_old_ones_files) {
     /* "start with a new checkpoint directory" under the same app.id: batch numbers start
      * at 1 again; the old checkpoint's batch 1 stays as it was */
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char old_id[LK_CHECKPOINT_ID_LEN + 1], p[4096], oldf[4096];
     snprintf(old_id, sizeof old_id, "%s", ckid);
-    lk_out_record_t a = rec(0, "k", "old checkpoint", 1);
+    lk__out_record_t a = rec(0, "k", "old checkpoint", 1);
     commit_batch(st, SINK, 1, &a, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
     fname(oldf, sizeof oldf, 0, 1, "jsonl");
     lk__sink_destroy(s);
@@ -799,7 +799,7 @@ Test(sink_files, new_checkpoint_never_overwrites_an_old_ones_files) {
     tu_rmrf(ckpt);
     st = tu_open(ckpt, APP);
     cr_assert_str_neq(ckid, old_id, "a new checkpoint has a new id");
-    lk_out_record_t b = rec(0, "k", "new checkpoint", 2);
+    lk__out_record_t b = rec(0, "k", "new checkpoint", 2);
     commit_batch(st, SINK, 1, &b, 1);
     s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
@@ -811,13 +811,13 @@ Test(sink_files, new_checkpoint_never_overwrites_an_old_ones_files) {
 }
 
 Test(sink_files, final_name_with_other_bytes_is_never_overwritten) {
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char p[4096];
     cr_assert_eq(mkdir(out, 0700), 0);
     cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0700), 0);
     tu_write_file(fname(p, sizeof p, 0, 1, "jsonl"), "edited\n", 7);
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain_err(s, st), LK_ERR_FATAL, "%s", tu_err);
     cr_assert(strstr(tu_err, "exists with other content") && strstr(tu_err, p), "%s", tu_err);
     ASSERT_FILE(p, "edited\n");
@@ -831,7 +831,7 @@ Test(sink_files, checkpoint_directory_not_private_is_refused) {
     /* the check lives in core/util.c; store.c calls it where the checkpoint is opened */
     cr_assert_eq(mkdir(ckpt, 0700), 0);
     cr_assert_eq(chmod(ckpt, 0777), 0);
-    lk_store_t *st = NULL;
+    lk__store_t *st = NULL;
     char err[1024] = "";
     cr_assert_eq(tu_open_opts(&st, ckpt, APP, 0, 0, err, sizeof err), LK_ERR_CONF_INVALID);
     cr_assert(strstr(err, ckpt) && strstr(err, "writable by every user"), "%s", err);
@@ -860,18 +860,18 @@ Test(sink_files, checkpoint_directory_not_private_is_refused) {
 Test(sink_files, record_with_many_headers_is_delivered) {
     /* a copied record may carry any number of headers; the outbox decoder had room for 64
      * and called a record with more "corrupt" */
-    lk_store_t *st = tu_open(ckpt, APP);
-    lk_header_t hs[70];
+    lk__store_t *st = tu_open(ckpt, APP);
+    lk__header_t hs[70];
     char names[70][8];
     for (int i = 0; i < 70; i++) {
         snprintf(names[i], sizeof names[i], "h%d", i);
-        hs[i] = (lk_header_t){names[i], i % 2 ? "v" : NULL, i % 2};
+        hs[i] = (lk__header_t){names[i], i % 2 ? "v" : NULL, i % 2};
     }
-    lk_out_record_t r = rec(0, "k", "v", 5);
+    lk__out_record_t r = rec(0, "k", "v", 5);
     r.headers = hs;
     r.nheaders = 70;
     commit_batch(st, SINK, 1, &r, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
     char p[4096];
     size_t len;
@@ -888,14 +888,14 @@ Test(sink_files, record_with_many_headers_is_delivered) {
 Test(sink_files, batch_delivered_before_the_upgrade_is_not_written_again) {
     /* a batch the previous version (names <app>-<batch>.<ext>) delivered but did not
      * acknowledge before the upgrade: delivered again now, it must not appear twice */
-    lk_store_t *st = tu_open(ckpt, APP);
+    lk__store_t *st = tu_open(ckpt, APP);
     char p[4096], legacy[4200];
     cr_assert_eq(mkdir(out, 0700), 0);
     cr_assert_eq(mkdir(tu_path(p, sizeof p, out, "0"), 0700), 0);
     snprintf(legacy, sizeof legacy, "%s/0/" APP "-00000000000000000001.jsonl", out);
     tu_write_file(legacy, MIXED_JSONL_P0, strlen(MIXED_JSONL_P0));
     commit_mixed(st, 1);
-    lk_sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
+    lk__sink_t *s = sink_new(&lk__sink_files_ops, out, "jsonl");
     cr_assert_eq(drain(s, st, 10), 1);
     cr_assert_not(exists(fname(p, sizeof p, 0, 1, "jsonl")), "partition 0 not written twice");
     ASSERT_FILE(legacy, MIXED_JSONL_P0);

@@ -50,26 +50,26 @@ static struct {
     size_t ndelivered;
 } fk;
 
-static lk_err_t fk_open(lk_sink_t *s, const lk_conf_t *c, char *e, size_t n) {
+static lk_err_t fk_open(lk__sink_t *s, const lk_conf_t *c, char *e, size_t n) {
     (void)s, (void)c, (void)e, (void)n;
     return LK_OK;
 }
-static lk_err_t fk_recover(lk_sink_t *s, uint64_t *fence, char *e, size_t n) {
+static lk_err_t fk_recover(lk__sink_t *s, uint64_t *fence, char *e, size_t n) {
     (void)s, (void)e, (void)n;
     *fence = fk.ndelivered ? fk.delivered[fk.ndelivered - 1] : 0;
     return LK_OK;
 }
-static lk_err_t fk_begin(lk_sink_t *s, uint64_t b, char *e, size_t n) {
+static lk_err_t fk_begin(lk__sink_t *s, uint64_t b, char *e, size_t n) {
     (void)s, (void)b, (void)e, (void)n;
     fk.begins++;
     return LK_OK;
 }
-static lk_err_t fk_write(lk_sink_t *s, const lk_out_record_t *r, char *e, size_t n) {
+static lk_err_t fk_write(lk__sink_t *s, const lk__out_record_t *r, char *e, size_t n) {
     (void)s, (void)r, (void)e, (void)n;
     fk.writes++;
     return LK_OK;
 }
-static lk_err_t finish(lk_sink_t *s, char *e, size_t n) {
+static lk_err_t finish(lk__sink_t *s, char *e, size_t n) {
     if (fk.commit_timeouts > 0) {
         fk.commit_timeouts--;
         return lk__err(LK_ERR_TIMED_OUT, e, n, "commit still running");
@@ -81,16 +81,16 @@ static lk_err_t finish(lk_sink_t *s, char *e, size_t n) {
     fk.delivered[fk.ndelivered++] = s->batch;
     return LK_OK;
 }
-static lk_err_t fk_commit(lk_sink_t *s, const lk_batch_rec_t *b, char *e, size_t n) {
+static lk_err_t fk_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *e, size_t n) {
     (void)b;
     fk.commits++;
     return finish(s, e, n);
 }
-static lk_err_t fk_resume(lk_sink_t *s, char *e, size_t n) {
+static lk_err_t fk_resume(lk__sink_t *s, char *e, size_t n) {
     fk.resumes++;
     return finish(s, e, n);
 }
-static lk_err_t fk_abort(lk_sink_t *s, char *e, size_t n) {
+static lk_err_t fk_abort(lk__sink_t *s, char *e, size_t n) {
     (void)s;
     fk.aborts++;
     if (fk.abort_failures > 0) {
@@ -99,27 +99,27 @@ static lk_err_t fk_abort(lk_sink_t *s, char *e, size_t n) {
     }
     return LK_OK;
 }
-static void fk_close(lk_sink_t *s) { (void)s; }
+static void fk_close(lk__sink_t *s) { (void)s; }
 
 static const lk__sink_ops_t fake_ops = {"fake", 1, fk_open, fk_recover, fk_begin, fk_write,
                                         fk_commit, fk_resume, fk_abort, fk_close};
 
-static lk_store_t *store_with_batches(int n) {
-    lk_store_t *st = tu_open(ckpt, APP);
+static lk__store_t *store_with_batches(int n) {
+    lk__store_t *st = tu_open(ckpt, APP);
     for (int id = 1; id <= n; id++) {
-        lk_store_txn_t *t = tu_begin(st, 1);
-        lk_out_record_t r = {.partition = -1, .key = "k", .key_len = 1, .value = "v",
+        lk__store_txn_t *t = tu_begin(st, 1);
+        lk__out_record_t r = {.partition = -1, .key = "k", .key_len = 1, .value = "v",
                              .value_len = 1};
         cr_assert_eq(lk__store_outbox_append(t, "out", (uint64_t)id, &r, ES), LK_OK, "%s", tu_err);
-        lk_batch_rec_t b = {.id = (uint64_t)id, .records_out = 1};
+        lk__batch_rec_t b = {.id = (uint64_t)id, .records_out = 1};
         cr_assert_eq(lk__store_batch_put(t, &b, ES), LK_OK, "%s", tu_err);
         tu_commit(t);
     }
     return st;
 }
 
-static uint64_t fence_of(lk_store_t *st) {
-    lk_store_txn_t *t = tu_begin(st, 0);
+static uint64_t fence_of(lk__store_t *st) {
+    lk__store_txn_t *t = tu_begin(st, 0);
     uint64_t b = 0;
     if (lk__store_fence_get(t, "out", &b))
         b = 0;
@@ -127,10 +127,10 @@ static uint64_t fence_of(lk_store_t *st) {
     return b;
 }
 
-static lk_sink_t *fake_sink(void) {
+static lk__sink_t *fake_sink(void) {
     memset(&fk, 0, sizeof fk);
     fk.abort_error = LK_ERR_KAFKA;
-    lk_sink_t *s = lk__sink_new(&fake_ops, "out", "target", "", APP);
+    lk__sink_t *s = lk__sink_new(&fake_ops, "out", "target", "", APP);
     cr_assert_not_null(s);
     return s;
 }
@@ -138,8 +138,8 @@ static lk_sink_t *fake_sink(void) {
 /* A failed commit whose abort needs n more calls: ABORTING until the abort completes,
  * the application's next drains call it again, then the batch is delivered once. */
 static void abort_needs(int n) {
-    lk_store_t *st = store_with_batches(2);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(2);
+    lk__sink_t *s = fake_sink();
     fk.commit_abortable = 1;
     fk.abort_failures = n;
     size_t delivered = 0;
@@ -175,8 +175,8 @@ Test(sink_txn, abort_needing_five_more_calls) { abort_needs(5); }
 /* A commit still running (COMMITTING) is resumed, never aborted nor begun anew; once it
  * completes its batch is acknowledged without delivering it again. */
 Test(sink_txn, commit_not_finished_is_resumed_then_acknowledged) {
-    lk_store_t *st = store_with_batches(2);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(2);
+    lk__sink_t *s = fake_sink();
     fk.commit_timeouts = 3;
     size_t delivered = 0;
     cr_assert_eq(lk__sink_drain(s, st, 2, &delivered, ES), LK_ERR_TIMED_OUT, "%s", tu_err);
@@ -200,8 +200,8 @@ Test(sink_txn, commit_not_finished_is_resumed_then_acknowledged) {
 /* A resumed commit that must be aborted goes COMMITTING -> ABORTING -> READY, then the
  * batch is delivered again. */
 Test(sink_txn, resumed_commit_that_must_abort_is_aborted_then_delivered_again) {
-    lk_store_t *st = store_with_batches(1);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(1);
+    lk__sink_t *s = fake_sink();
     fk.commit_timeouts = 1;
     fk.commit_abortable = 1;
     fk.abort_failures = 1;
@@ -219,8 +219,8 @@ Test(sink_txn, resumed_commit_that_must_abort_is_aborted_then_delivered_again) {
 
 /* Fenced while aborting: sticky FATAL, the message kept. */
 Test(sink_txn, fenced_while_aborting_is_fatal_and_sticky) {
-    lk_store_t *st = store_with_batches(1);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(1);
+    lk__sink_t *s = fake_sink();
     fk.commit_abortable = 1;
     fk.abort_failures = 1;
     fk.abort_error = LK_ERR_FENCED;
@@ -236,7 +236,7 @@ Test(sink_txn, fenced_while_aborting_is_fatal_and_sticky) {
 }
 
 Test(sink_txn, transition_table_for_unfinished_commit_and_abort) {
-    lk_sink_t *s = fake_sink();
+    lk__sink_t *s = fake_sink();
     static const struct {
         lk__txn_state_t from, to;
         int ok;
@@ -275,8 +275,8 @@ Test(sink_txn, transition_table_for_unfinished_commit_and_abort) {
 #define LK__T_INVALID_TRANSITION .signal = SIGABRT
 #endif
 Test(sink_txn, invalid_transition_is_sticky_fatal_in_release, LK__T_INVALID_TRANSITION) {
-    lk_store_t *st = store_with_batches(1);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(1);
+    lk__sink_t *s = fake_sink();
     size_t delivered = 0;
     cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", tu_err);
     cr_assert(lk__sink_ready(s));
@@ -302,8 +302,8 @@ Test(sink_txn, invalid_transition_is_sticky_fatal_in_release, LK__T_INVALID_TRAN
 
 /* lk__sink_ready: recovered and READY, nothing unfinished. */
 Test(sink_txn, ready_means_recovered_and_nothing_unfinished) {
-    lk_store_t *st = store_with_batches(2);
-    lk_sink_t *s = fake_sink();
+    lk__store_t *st = store_with_batches(2);
+    lk__sink_t *s = fake_sink();
     cr_assert(!lk__sink_ready(s), "not recovered yet");
     size_t delivered = 0;
     cr_assert_eq(lk__sink_drain(s, st, 1, &delivered, ES), LK_OK, "%s", tu_err);

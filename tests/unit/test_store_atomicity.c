@@ -50,24 +50,24 @@ static size_t blob_len(uint64_t n) { return (size_t)(n % 4) * BLOB_UNIT; }
 static void child_run(void) {
     lk__log_level = LK_LOG_WARNING; /* no "map grown" notices */
     char err[512];
-    lk_store_t *s;
+    lk__store_t *s;
     if (tu_open_opts(&s, dir, "atomicity", MAP_SIZE, HISTORY, err, sizeof err)) {
         fprintf(stderr, "child: open: %s\n", err);
         _exit(10);
     }
-    lk_state_db_t db;
+    lk__state_db_t db;
     if (lk__store_state_open(s, "op", &db, err, sizeof err)) {
         fprintf(stderr, "child: state_open: %s\n", err);
         _exit(11);
     }
     static unsigned char blob[3 * BLOB_UNIT];
     for (uint64_t n = lk__store_committed_batch(s) + 1;; n++) {
-        lk_store_txn_t *t;
+        lk__store_txn_t *t;
         lk_err_t e = lk__store_txn_begin(s, 1, &t, err, sizeof err);
-        lk_range_t ranges[NPART];
+        lk__range_t ranges[NPART];
         for (int p = 0; p < NPART && !e; p++) {
             e = lk__store_offset_put(t, "in", p, f(n, p), err, sizeof err);
-            ranges[p] = (lk_range_t){"in", p, n > 1 ? f(n - 1, p) : 0, f(n, p)};
+            ranges[p] = (lk__range_t){"in", p, n > 1 ? f(n - 1, p) : 0, f(n, p)};
         }
         char key[16], val[32];
         int vl = snprintf(val, sizeof val, "%llu", (unsigned long long)n);
@@ -86,13 +86,13 @@ static void child_run(void) {
         for (int i = 0; i < NOUT && !e; i++) {
             char v[48];
             int l = snprintf(v, sizeof v, "%llu:%d", (unsigned long long)n, i);
-            lk_out_record_t r = {.partition = i, .value = v, .value_len = (size_t)l};
+            lk__out_record_t r = {.partition = i, .value = v, .value_len = (size_t)l};
             e = lk__store_outbox_append(t, SINK, n, &r, err, sizeof err);
         }
         if (!e)
             e = lk__store_acc_add(t, "batches", 1, err, sizeof err);
         if (!e) {
-            lk_batch_rec_t b = {.id = n, .batch_time_ms = (int64_t)n * 1000,
+            lk__batch_rec_t b = {.id = n, .batch_time_ms = (int64_t)n * 1000,
                                 .records_in = n, .nranges = NPART, .ranges = ranges};
             e = lk__store_batch_put(t, &b, err, sizeof err);
         }
@@ -121,7 +121,7 @@ typedef struct {
     char bad[128];
 } out_check_t;
 
-static int check_out(const lk_out_record_t *r, void *o) {
+static int check_out(const lk__out_record_t *r, void *o) {
     out_check_t *c = o;
     char want[48];
     int l = snprintf(want, sizeof want, "%llu:%d", (unsigned long long)c->n, c->seen);
@@ -135,10 +135,10 @@ static int check_out(const lk_out_record_t *r, void *o) {
 
 typedef struct {
     int sinks;
-    lk_outbox_stat_t st;
+    lk__outbox_stat_t st;
 } stat_check_t;
 
-static int check_stat(const lk_outbox_stat_t *st, void *o) {
+static int check_stat(const lk__outbox_stat_t *st, void *o) {
     stat_check_t *c = o;
     c->sinks++;
     c->st = *st;
@@ -148,17 +148,17 @@ static int check_stat(const lk_outbox_stat_t *st, void *o) {
 /* Open the checkpoint and check that it is exactly batch N; returns N. */
 static uint64_t verify(int round) {
     char err[512];
-    lk_store_t *s;
+    lk__store_t *s;
     lk_err_t e = tu_open_opts(&s, dir, "atomicity", MAP_SIZE, HISTORY, err, sizeof err);
     cr_assert_eq(e, LK_OK, "round %d: reopen after kill: %s (%s)", round, err,
                  lk_err_name(e));
-    lk_state_db_t db;
+    lk__state_db_t db;
     e = lk__store_state_open(s, "op", &db, err, sizeof err);
     cr_assert_eq(e, LK_OK, "round %d: state_open: %s", round, err);
     uint64_t n = lk__store_committed_batch(s);
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
 
-    lk_batch_rec_t b;
+    lk__batch_rec_t b;
     e = lk__store_batch_last(t, &b);
     if (n == 0) {
         cr_assert_eq(e, LK_ERR_NOT_FOUND);

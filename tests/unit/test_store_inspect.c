@@ -22,7 +22,7 @@ TestSuite(store_inspect, .init = tu_scratch_init, .fini = tu_scratch_fini);
 #define COMMIT_WALL 1700000001234LL
 
 /* Build the known checkpoint; returns it open. */
-static lk_store_t *build(lk_conf_t **confp) {
+static lk__store_t *build(lk_conf_t **confp) {
     char err[512];
     lk_conf_t *conf = lk_conf_new();
     cr_assert_eq(lk_conf_set(conf, "app.id", "inspect-app", err, sizeof err), LK_CONF_OK);
@@ -31,18 +31,18 @@ static lk_store_t *build(lk_conf_t **confp) {
                  LK_CONF_OK);
     cr_assert_eq(lk_conf_set(conf, "kafka.sasl.password", "hunter2", err, sizeof err),
                  LK_CONF_OK, "%s", err);
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
     o.map_size = 1 << 20;
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     *confp = conf;
 
-    lk_state_db_t counts, empty;
+    lk__state_db_t counts, empty;
     CHECK(lk__store_state_open(s, "word-counts", &counts, ES));
     CHECK(lk__store_state_open(s, "empty-op", &empty, ES));
     for (uint64_t id = 1; id <= 3; id++) {
-        lk_store_txn_t *t = tu_begin(s, 1);
+        lk__store_txn_t *t = tu_begin(s, 1);
         if (id == 3) {
             CHECK(lk__store_offset_put(t, "orders", 0, 42, ES));
             CHECK(lk__store_offset_put(t, "orders", 1, 7, ES));
@@ -54,18 +54,18 @@ static lk_store_t *build(lk_conf_t **confp) {
             CHECK(lk__store_acc_add(t, "errors", -2, ES));
             CHECK(lk__store_fence_put(t, "out", 1, ES));
             CHECK(lk__store_fence_put(t, "files", 5, ES));
-            lk_topo_op_t ops[2] = {{"lines", "kafka_stream", 0, "topic=orders"},
+            lk__topo_op_t ops[2] = {{"lines", "kafka_stream", 0, "topic=orders"},
                                    {"word-counts", "update_state_by_key", 2, ""}};
             CHECK(lk__store_topology_put(t, ops, 2, ES));
         }
         if (id >= 2)
             for (int i = 0; i < (id == 2 ? 1 : 3); i++) {
-                lk_out_record_t r = {.partition = i, .key = "k", .key_len = 1,
+                lk__out_record_t r = {.partition = i, .key = "k", .key_len = 1,
                                      .value = "value", .value_len = 5};
                 CHECK(lk__store_outbox_append(t, "out", id, &r, ES));
             }
-        lk_range_t ranges[2] = {{"orders", 0, 30, 42}, {"orders", 1, 5, 7}};
-        lk_batch_rec_t b = {.id = id, .batch_time_ms = BATCH_TIME,
+        lk__range_t ranges[2] = {{"orders", 0, 30, 42}, {"orders", 1, 5, 7}};
+        lk__batch_rec_t b = {.id = id, .batch_time_ms = BATCH_TIME,
                             .commit_wall_ms = COMMIT_WALL, .records_in = 10,
                             .records_out = 4, .nranges = id == 3 ? 2 : 0, .ranges = ranges};
         CHECK(lk__store_batch_put(t, &b, ES));
@@ -74,7 +74,7 @@ static lk_store_t *build(lk_conf_t **confp) {
     return s;
 }
 
-static char *inspect(lk_store_t *s, int json) {
+static char *inspect(lk__store_t *s, int json) {
     char *text = NULL;
     size_t len = 0;
     FILE *fp = open_memstream(&text, &len);
@@ -123,7 +123,7 @@ static void has_line(const char *text, const char *fmt, ...) {
 
 Test(store_inspect, text_output) {
     lk_conf_t *conf;
-    lk_store_t *s = build(&conf);
+    lk__store_t *s = build(&conf);
     uint64_t obytes = lk__store_outbox_bytes(s);
     char *text = inspect(s, 0);
     has_line(text, "checkpoint %s", tu_dir);
@@ -247,7 +247,7 @@ static void check_doc(json_t *doc, uint64_t obytes) {
 
 Test(store_inspect, json_output) {
     lk_conf_t *conf;
-    lk_store_t *s = build(&conf);
+    lk__store_t *s = build(&conf);
     uint64_t obytes = lk__store_outbox_bytes(s);
     cr_assert_gt(obytes, 0);
     char *text = inspect(s, 1);
@@ -261,7 +261,7 @@ Test(store_inspect, json_output) {
 }
 
 Test(store_inspect, empty_checkpoint) {
-    lk_store_t *s = tu_open(tu_dir, "fresh");
+    lk__store_t *s = tu_open(tu_dir, "fresh");
     char *text = inspect(s, 0);
     has_line(text, "last batch none");
     has_line(text, "offsets (0 partitions)");
@@ -292,7 +292,7 @@ static const char *cli(void) {
 Test(store_inspect, cli_json_matches) {
     const char *bin = cli();
     lk_conf_t *conf;
-    lk_store_t *s = build(&conf);
+    lk__store_t *s = build(&conf);
     uint64_t obytes = lk__store_outbox_bytes(s);
     char cmd[9000];
     snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' --json", bin, tu_dir);

@@ -97,29 +97,29 @@ static void craft(const char *db, const void *key, size_t klen, lk__buf_t *b) {
 static const unsigned char OFF_KEY[] = "in\0\0\0\0\0"; /* "in", NUL, partition 0 */
 
 static void make_full(void) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 123, ES));
     CHECK(lk__store_state_put(t, db, "word", 4, "15", 2, 1700000000000LL, ES));
-    lk_header_t h = {"h", "hv", 2};
-    lk_out_record_t rec = {-1, "k", 1, "value", 5, 42, 1, &h};
+    lk__header_t h = {"h", "hv", 2};
+    lk__out_record_t rec = {-1, "k", 1, "value", 5, 42, 1, &h};
     CHECK(lk__store_outbox_append(t, "out", 3, &rec, ES));
     CHECK(lk__store_fence_put(t, "out", 2, ES));
     CHECK(lk__store_acc_add(t, "records", 77, ES));
-    lk_topo_op_t op = {"counts", "update_state_by_key", 1, "x"};
+    lk__topo_op_t op = {"counts", "update_state_by_key", 1, "x"};
     CHECK(lk__store_topology_put(t, &op, 1, ES));
     lk_conf_t *conf = lk_conf_new();
     cr_assert_eq(lk_conf_set(conf, "app.id", "app", ES), LK_CONF_OK, "%s", tu_err);
     CHECK(lk__store_config_put(t, conf, ES));
     lk_conf_destroy(conf);
-    lk_range_t r = {"in", 0, 100, 123};
-    lk_batch_rec_t b = {3, 1700000000000LL, 1700000000001LL, 23, 1, 1, &r};
+    lk__range_t r = {"in", 0, 100, 123};
+    lk__batch_rec_t b = {3, 1700000000000LL, 1700000000001LL, 23, 1, 1, &r};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
-    lk_range_t r2 = {"in", 0, 123, 130};
-    lk_batch_rec_t plan = {4, 1700000000002LL, 0, 0, 0, 1, &r2};
+    lk__range_t r2 = {"in", 0, 123, 130};
+    lk__batch_rec_t plan = {4, 1700000000002LL, 0, 0, 0, 1, &r2};
     CHECK(lk__store_plan_put(s, &plan, ES));
     lk__store_close(s);
 }
@@ -128,7 +128,7 @@ static int no_offset(const char *tp, int32_t p, int64_t o, void *x) {
     (void)tp, (void)p, (void)o, (void)x;
     return 0;
 }
-static int no_out(const lk_out_record_t *r, void *x) {
+static int no_out(const lk__out_record_t *r, void *x) {
     (void)r, (void)x;
     return 0;
 }
@@ -151,21 +151,21 @@ static int no_cfg(const char *k, const char *v, void *x) {
 
 /* Open and read every record; the first error (its message in msg). */
 static lk_err_t read_all(char *msg, size_t size) {
-    lk_store_t *s = NULL;
+    lk__store_t *s = NULL;
     lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, msg, size);
     if (e)
         return e;
-    lk_state_db_t db;
+    lk__state_db_t db;
     if ((e = lk__store_state_open(s, "counts", &db, msg, size))) {
         lk__store_close(s);
         return e;
     }
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     int64_t off;
     uint64_t fence;
     int64_t acc;
-    lk_batch_rec_t b;
-    lk_topo_op_t *ops;
+    lk__batch_rec_t b;
+    lk__topo_op_t *ops;
     size_t nops;
     const void *val;
     size_t vlen;
@@ -181,7 +181,7 @@ static lk_err_t read_all(char *msg, size_t size) {
     if (!e)
         e = lk__store_outbox_foreach(t, "out", 3, no_out, NULL);
     if (!e)
-        e = lk__store_outbox_stats(t, (int (*)(const lk_outbox_stat_t *, void *))no_out, NULL);
+        e = lk__store_outbox_stats(t, (int (*)(const lk__outbox_stat_t *, void *))no_out, NULL);
     if (!e)
         e = lk__store_fence_get(t, "out", &fence);
     if (!e)
@@ -284,8 +284,8 @@ Test(store_integrity, a_flipped_byte_in_any_value_is_refused_naming_the_record) 
 Test(store_integrity, a_corrupt_offset_is_not_no_offset) {
     make_full();
     flip("offsets", OFF_KEY, 7, 2); /* the offset's low byte: still valid msgpack */
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 0);
     int64_t off = -7;
     cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_ERR_CORRUPT);
     cr_assert_eq(off, -7, "no value handed out");
@@ -422,10 +422,10 @@ Test(store_integrity, a_crafted_overlong_offsets_key_is_refused_not_copied) {
     memcpy(val + 100, "\x92\x01\x05", 3);
     raw_put("offsets", key, sizeof key, val, sizeof val);
     cr_assert_gt(patch_node(key, sizeof key, 611, 3), 0);
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     cr_assert_eq(lk__store_offsets_foreach(t, no_offset, NULL), LK_ERR_CORRUPT);
     cr_assert(strstr(lk__store_txn_errstr(t), "an offsets key of 611 bytes"), "%s",
               lk__store_txn_errstr(t));
@@ -444,17 +444,17 @@ Test(store_integrity, a_crafted_overlong_offsets_key_is_refused_not_copied) {
 
 /* ---- failed fsync ---- */
 
-static lk_store_t *open_group_commit(void) {
-    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
+static lk__store_t *open_group_commit(void) {
+    lk__store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
                          .sync_interval = 1, .sync_interval_ms = 3600 * 1000};
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     return s;
 }
 
-static void commit_batch(lk_store_t *s, uint64_t id) {
-    lk_store_txn_t *t = tu_begin(s, 1);
-    lk_batch_rec_t b = {id, 1700000000000LL, 0, 0, 0, 0, NULL};
+static void commit_batch(lk__store_t *s, uint64_t id) {
+    lk__store_txn_t *t = tu_begin(s, 1);
+    lk__batch_rec_t b = {id, 1700000000000LL, 0, 0, 0, 0, NULL};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
 }
@@ -462,7 +462,7 @@ static void commit_batch(lk_store_t *s, uint64_t id) {
 /* A sync that fails makes nothing durable and the store unusable (sticky), with the OS
  * error in the message; group commit never calls a batch durable that was not synced. */
 Test(store_integrity, a_failed_sync_is_fatal_and_sticky) {
-    lk_store_t *s = open_group_commit();
+    lk__store_t *s = open_group_commit();
     commit_batch(s, 1);
     CHECK(lk__store_sync(s, ES));
     cr_assert_eq(lk__store_durable_batch(s), 1);
@@ -483,7 +483,7 @@ Test(store_integrity, a_failed_sync_is_fatal_and_sticky) {
     /* sticky: a later sync that would succeed does not make it durable either */
     cr_assert_eq(lk__store_sync(s, ES), LK_ERR_FATAL);
     cr_assert_eq(lk__store_durable_batch(s), 1);
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, ES), LK_ERR_FATAL);
     cr_assert(strstr(tu_err, strerror(EIO)), "%s", tu_err);
     lk__store_close(s);
@@ -492,14 +492,14 @@ Test(store_integrity, a_failed_sync_is_fatal_and_sticky) {
 /* The sync at open makes what a previous group-commit process committed durable: when it
  * fails, the open is refused (nothing may be delivered as durable). */
 Test(store_integrity, a_failed_sync_at_open_refuses_the_open) {
-    lk_store_t *s = open_group_commit();
+    lk__store_t *s = open_group_commit();
     commit_batch(s, 1);
     lk__store_close(s);
     fail_sync = 1;
     /* group commit again: the open's own commit does not sync, only the sync does */
-    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
+    lk__store_opts_t o = {.dir = tu_dir, .app_id = "app", .map_size = 1 << 20,
                          .sync_interval = 1, .sync_interval_ms = 3600 * 1000};
-    s = (lk_store_t *)1;
+    s = (lk__store_t *)1;
     tu_err[0] = 0;
     lk_err_t e = lk__store_open(&s, &o, ES);
     fail_sync = 0;
@@ -515,19 +515,19 @@ Test(store_integrity, a_failed_sync_at_open_refuses_the_open) {
 
 /* A checkpoint of ~50 pages, with state reaching to its last pages. */
 static off_t make_big(void) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
     char val[300];
     memset(val, 'v', sizeof val);
     for (int b = 0; b < 4; b++) {
-        lk_store_txn_t *t = tu_begin(s, 1);
+        lk__store_txn_t *t = tu_begin(s, 1);
         for (int i = 0; i < 150; i++) {
             char key[32];
             int kl = snprintf(key, sizeof key, "key-%d-%d", b, i);
             CHECK(lk__store_state_put(t, db, key, (size_t)kl, val, sizeof val, i, ES));
         }
-        lk_batch_rec_t rec = {(uint64_t)b + 1, 1700000000000LL, 0, 0, 0, 0, NULL};
+        lk__batch_rec_t rec = {(uint64_t)b + 1, 1700000000000LL, 0, 0, 0, 0, NULL};
         CHECK(lk__store_batch_put(t, &rec, ES));
         tu_commit(t);
     }
@@ -548,9 +548,9 @@ static int visit_state(const void *k, size_t kl, const void *v, size_t vl, int64
 /* Open (read-only or not) and read all state: a refusal or the full content, never a
  * crash. The refusal must say what is wrong. */
 static void expect_truncation_refused(off_t at, int readonly) {
-    lk_store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app", .readonly = readonly,
+    lk__store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app", .readonly = readonly,
                          .map_size = 1 << 20};
-    lk_store_t *s = (lk_store_t *)1;
+    lk__store_t *s = (lk__store_t *)1;
     tu_err[0] = 0;
     lk_err_t e = lk__store_open(&s, &o, ES);
     cr_assert_eq(e, LK_ERR_CORRUPT, "truncated to %lld bytes (%s): %s (%s)", (long long)at,
@@ -580,10 +580,10 @@ Test(store_integrity, a_truncated_data_file_is_refused_not_mapped) {
         tu_write_file(p, orig, (size_t)size);
     }
     /* restored: everything is there */
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "counts", &db, ES));
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     size_t bytes = 0;
     cr_assert_eq(lk__store_state_foreach(t, db, visit_state, &bytes), LK_OK);
     cr_assert_eq(bytes, 600 * 300);
@@ -641,9 +641,9 @@ static int flip_all(const char *needle, size_t pos, char ch, const char *skip_af
 /* Both opens, read-only and writable, refuse the checkpoint as corrupt, saying says. */
 static void expect_open_corrupt(const char *says, const char *says_too) {
     for (int readonly = 0; readonly < 2; readonly++) {
-        lk_store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app",
+        lk__store_opts_t o = {.dir = tu_dir, .app_id = readonly ? NULL : "app",
                              .readonly = readonly, .map_size = 1 << 20};
-        lk_store_t *s = (lk_store_t *)1;
+        lk__store_t *s = (lk__store_t *)1;
         tu_err[0] = 0;
         lk_err_t e = lk__store_open(&s, &o, ES);
         cr_assert_eq(e, LK_ERR_CORRUPT, "%s open: %s (%s)", readonly ? "read-only" : "writable",

@@ -30,8 +30,8 @@ TestSuite(store_identity, .init = tu_scratch_init, .fini = tu_scratch_fini);
 /* ---- lock contention ---- */
 
 Test(store_lock, second_open_in_this_process_is_refused) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_t *s2 = (lk_store_t *)1;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s2 = (lk__store_t *)1;
     lk_err_t e = tu_open_opts(&s2, tu_dir, "app", 1 << 20, 0, ES);
     cr_assert_eq(e, LK_ERR_LOCKED, "second open: %s (%s)", tu_err, lk_err_name(e));
     cr_assert_null(s2);
@@ -40,7 +40,7 @@ Test(store_lock, second_open_in_this_process_is_refused) {
     cr_assert(strstr(tu_err, pid), "message names the holder (%s): %s", pid, tu_err);
     cr_assert(strstr(tu_err, tu_dir), "message names the checkpoint: %s", tu_err);
     /* the refused open did not disturb the first handle */
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 7, ES));
     tu_commit(t);
     lk__store_close(s);
@@ -85,7 +85,7 @@ static child_result_t in_child(lk_err_t (*fn)(char *msg, size_t size)) {
 }
 
 static lk_err_t child_open(char *msg, size_t size) {
-    lk_store_t *s = NULL;
+    lk__store_t *s = NULL;
     lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, msg, size);
     if (!e) /* not expected; release it so the parent's check reports the real problem */
         lk__store_close(s);
@@ -93,12 +93,12 @@ static lk_err_t child_open(char *msg, size_t size) {
 }
 
 static lk_err_t child_open_readonly(char *msg, size_t size) {
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s = NULL;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s = NULL;
     lk_err_t e = lk__store_open(&s, &o, msg, size);
     if (e)
         return e;
-    lk_store_txn_t *t;
+    lk__store_txn_t *t;
     if ((e = lk__store_txn_begin(s, 0, &t, msg, size))) {
         lk__store_close(s);
         return e;
@@ -112,8 +112,8 @@ static lk_err_t child_open_readonly(char *msg, size_t size) {
 }
 
 Test(store_lock, open_in_another_process_is_refused_naming_the_holder) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 11, ES));
     tu_commit(t);
 
@@ -147,7 +147,7 @@ Test(store_lock, lock_of_a_killed_holder_is_released) {
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
-        lk_store_t *s;
+        lk__store_t *s;
         char err[512];
         char ok = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, err, sizeof err) == LK_OK;
         if (write(fds[1], &ok, 1) != 1)
@@ -160,7 +160,7 @@ Test(store_lock, lock_of_a_killed_holder_is_released) {
     cr_assert_eq(read(fds[0], &ok, 1), 1);
     close(fds[0]);
     cr_assert(ok, "child could not open");
-    lk_store_t *s = (lk_store_t *)1;
+    lk__store_t *s = (lk__store_t *)1;
     lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, ES);
     cr_assert_eq(e, LK_ERR_LOCKED, "%s", tu_err);
     char want[32];
@@ -177,10 +177,10 @@ Test(store_lock, lock_of_a_killed_holder_is_released) {
 
 static void fill_value(unsigned char *buf, size_t len, uint64_t key) { tu_fill(buf, len, key); }
 
-static void check_values(lk_store_t *s, lk_state_db_t db, uint64_t nkeys, size_t vlen,
+static void check_values(lk__store_t *s, lk__state_db_t db, uint64_t nkeys, size_t vlen,
                          uint64_t seed_base) {
     unsigned char *want = malloc(vlen);
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     for (uint64_t i = 0; i < nkeys; i++) {
         char key[32];
         int kl = snprintf(key, sizeof key, "k%06llu", (unsigned long long)i);
@@ -197,15 +197,15 @@ static void check_values(lk_store_t *s, lk_state_db_t db, uint64_t nkeys, size_t
 }
 
 Test(store_map, grows_within_one_transaction_and_across_transactions) {
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
     lk__log_level = LK_LOG_WARNING;
-    lk_state_db_t db;
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "big", &db, ES));
     enum { VLEN = 2000, N1 = 2500 }; /* ~5 MB in one transaction */
     unsigned char v[VLEN];
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     for (uint64_t i = 0; i < N1; i++) {
         char key[32];
         int kl = snprintf(key, sizeof key, "k%06llu", (unsigned long long)i);
@@ -255,12 +255,12 @@ Test(store_map, grows_within_one_transaction_and_across_transactions) {
 /* The writer of store_map.state_open_adopts_a_map_another_process_grew: grows the map of
  * a 64 KiB checkpoint to several MiB, writing into state.grown. */
 static lk_err_t child_grow(char *msg, size_t size) {
-    lk_store_t *s = NULL;
+    lk__store_t *s = NULL;
     lk_err_t e = tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, msg, size);
     if (e)
         return e;
-    lk_state_db_t db;
-    lk_store_txn_t *t = NULL;
+    lk__state_db_t db;
+    lk__store_txn_t *t = NULL;
     if (!(e = lk__store_state_open(s, "grown", &db, msg, size)))
         e = lk__store_txn_begin(s, 1, &t, msg, size);
     unsigned char v[2000];
@@ -285,16 +285,16 @@ static lk_err_t child_grow(char *msg, size_t size) {
  * running application's checkpoint): opening a state database adopts the new size, as
  * every transaction does, instead of failing with MDB_MAP_RESIZED. */
 Test(store_map, state_open_adopts_a_map_another_process_grew) {
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     lk__store_close(s);
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1, .map_size = 64 << 10};
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1, .map_size = 64 << 10};
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
     lk__log_level = LK_LOG_WARNING;
     child_result_t r = in_child(child_grow);
     cr_assert_eq(r.err, LK_OK, "writer: %s (%s)", r.msg, lk_err_name(r.err));
-    lk_state_db_t db;
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "grown", &db, ES));
     cr_assert_geq(lk__store_map_size(s), (size_t)2000 * 2000);
     check_values(s, db, 2000, 2000, 0);
@@ -302,20 +302,20 @@ Test(store_map, state_open_adopts_a_map_another_process_grew) {
 }
 
 Test(store_map, one_value_far_larger_than_the_map) {
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     lk__log_level = LK_LOG_WARNING;
-    lk_state_db_t db;
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "big", &db, ES));
     size_t len = 6u << 20; /* 96 times the initial map */
     unsigned char *v = malloc(len);
     fill_value(v, len, 42);
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 1, ES));
     CHECK(lk__store_state_put(t, db, "huge", 4, v, len, 5, ES));
-    lk_out_record_t r = {.partition = 0, .value = v, .value_len = len / 2};
+    lk__out_record_t r = {.partition = 0, .value = v, .value_len = len / 2};
     CHECK(lk__store_outbox_append(t, "out", 1, &r, ES));
-    lk_batch_rec_t b = {.id = 1};
+    lk__batch_rec_t b = {.id = 1};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
     cr_assert_geq(lk__store_map_size(s), len + len / 2);
@@ -347,13 +347,13 @@ Test(store_map, one_value_far_larger_than_the_map) {
 /* ---- refusals ---- */
 
 static void make_checkpoint(const char *app) {
-    lk_store_t *s = tu_open(tu_dir, app);
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, app);
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 123, ES));
     CHECK(lk__store_state_put(t, db, "k", 1, "v", 1, 1, ES));
-    lk_batch_rec_t b = {.id = 9};
+    lk__batch_rec_t b = {.id = 9};
     CHECK(lk__store_batch_put(t, &b, ES));
     tu_commit(t);
     lk__store_close(s);
@@ -361,9 +361,9 @@ static void make_checkpoint(const char *app) {
 
 /* The checkpoint still opens with app and holds what make_checkpoint wrote. */
 static void expect_intact(const char *app) {
-    lk_store_t *s = tu_open(tu_dir, app);
+    lk__store_t *s = tu_open(tu_dir, app);
     cr_assert_eq(lk__store_committed_batch(s), 9);
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     int64_t off;
     cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_OK);
     cr_assert_eq(off, 123);
@@ -375,9 +375,9 @@ static void expect_intact(const char *app) {
 static void expect_refusal(const char *path, const char *app, int readonly, lk_err_t want,
                            const char *must_contain) {
     uint64_t before = tu_dir_digest(path);
-    lk_store_opts_t o = {.dir = path, .app_id = app, .readonly = readonly,
+    lk__store_opts_t o = {.dir = path, .app_id = app, .readonly = readonly,
                          .map_size = 1 << 20};
-    lk_store_t *s = (lk_store_t *)1;
+    lk__store_t *s = (lk__store_t *)1;
     tu_err[0] = '\0';
     lk_err_t e = lk__store_open(&s, &o, ES);
     cr_assert_eq(e, want, "open %s: got %s (%s), want %s", path, lk_err_name(e), tu_err,
@@ -523,8 +523,8 @@ Test(store_refuse, regular_file) {
     tu_write_file(p, "content", 7);
     uint64_t before = tu_file_digest(p);
     for (int ro = 0; ro < 2; ro++) {
-        lk_store_opts_t o = {.dir = p, .app_id = "app", .readonly = ro};
-        lk_store_t *s = (lk_store_t *)1;
+        lk__store_opts_t o = {.dir = p, .app_id = "app", .readonly = ro};
+        lk__store_t *s = (lk__store_t *)1;
         lk_err_t e = lk__store_open(&s, &o, ES);
         cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", tu_err, lk_err_name(e));
         cr_assert_null(s);
@@ -567,8 +567,8 @@ Test(store_refuse, lmdb_environment_that_is_not_ours) {
 Test(store_refuse, readonly_open_of_a_missing_or_empty_dir) {
     char p[4200];
     tu_path(p, sizeof p, tu_dir, "missing/deeper");
-    lk_store_opts_t o = {.dir = p, .readonly = 1};
-    lk_store_t *s = (lk_store_t *)1;
+    lk__store_opts_t o = {.dir = p, .readonly = 1};
+    lk__store_t *s = (lk__store_t *)1;
     lk_err_t e = lk__store_open(&s, &o, ES);
     cr_assert_eq(e, LK_ERR_NOT_CHECKPOINT, "%s (%s)", tu_err, lk_err_name(e));
     cr_assert_null(s);
@@ -582,11 +582,11 @@ Test(store_refuse, readonly_open_of_a_missing_or_empty_dir) {
 }
 
 Test(store_refuse, missing_arguments) {
-    lk_store_t *s;
-    lk_store_opts_t o = {.dir = tu_dir};
+    lk__store_t *s;
+    lk__store_opts_t o = {.dir = tu_dir};
     cr_assert_eq(lk__store_open(&s, &o, ES), LK_ERR_INVALID_ARG);
     cr_assert(strstr(tu_err, "app.id"), "%s", tu_err);
-    o = (lk_store_opts_t){.app_id = "app"};
+    o = (lk__store_opts_t){.app_id = "app"};
     cr_assert_eq(lk__store_open(&s, &o, ES), LK_ERR_INVALID_ARG);
     cr_assert(strstr(tu_err, "checkpoint.dir"), "%s", tu_err);
     cr_assert_eq(tu_dir_entries(tu_dir), 0);
@@ -597,7 +597,7 @@ Test(store_refuse, missing_arguments) {
 Test(store_refuse, missing_nested_dir_is_created) {
     char p[4200];
     tu_path(p, sizeof p, tu_dir, "a/b/c");
-    lk_store_t *s = tu_open(p, "app");
+    lk__store_t *s = tu_open(p, "app");
     cr_assert_str_eq(lk__store_app_id(s), "app");
     cr_assert_eq(lk__store_format(s), LK_CHECKPOINT_FORMAT);
     int64_t now = lk__wall_ms();
@@ -612,7 +612,7 @@ Test(store_refuse, missing_nested_dir_is_created) {
 Test(store_refuse, dir_with_only_lock_files_is_created) {
     char p[4200];
     tu_write_file(tu_path(p, sizeof p, tu_dir, "LOCK"), "12345\n", 6);
-    lk_store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s = tu_open(tu_dir, "app");
     lk__store_close(s);
     s = tu_open(tu_dir, "app");
     lk__store_close(s);
@@ -632,11 +632,11 @@ Test(store_refuse, creation_killed_before_the_first_commit) {
     char p[4200];
     cr_assert_eq(access(tu_path(p, sizeof p, tu_dir, "data.mdb"), F_OK), 0);
     expect_refusal(tu_dir, NULL, 1, LK_ERR_NOT_CHECKPOINT, NULL);
-    lk_store_t *s = NULL;
+    lk__store_t *s = NULL;
     lk_err_t e = tu_open_opts(&s, tu_dir, "app", 1 << 20, 0, ES);
     cr_assert_eq(e, LK_OK, "open after a killed creation: %s (%s)", tu_err, lk_err_name(e));
     cr_assert_str_eq(lk__store_app_id(s), "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_offset_put(t, "in", 0, 1, ES));
     tu_commit(t);
     lk__store_close(s);
@@ -656,7 +656,7 @@ Test(store_identity, a_new_checkpoint_gets_a_random_id_that_stays) {
     char p1[4200], p2[4200], id1[LK_CHECKPOINT_ID_LEN + 1];
     tu_path(p1, sizeof p1, tu_dir, "one");
     tu_path(p2, sizeof p2, tu_dir, "two");
-    lk_store_t *s = tu_open(p1, "app");
+    lk__store_t *s = tu_open(p1, "app");
     cr_assert(is_checkpoint_id(lk__store_checkpoint_id(s)), "id: %s",
               lk__store_checkpoint_id(s));
     cr_assert_eq(lk__store_migrated_from(s), 0);
@@ -665,7 +665,7 @@ Test(store_identity, a_new_checkpoint_gets_a_random_id_that_stays) {
     s = tu_open(p1, "app");
     cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "the id is kept across opens");
     lk__store_close(s);
-    lk_store_opts_t o = {.dir = p1, .readonly = 1};
+    lk__store_opts_t o = {.dir = p1, .readonly = 1};
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_str_eq(lk__store_checkpoint_id(s), id1, "read-only open sees the same id");
     lk__store_close(s);
@@ -756,7 +756,7 @@ static void make_format_1(const char *app, int nstate) {
     mdb_env_close(env);
 }
 
-static int check_out_record(const lk_out_record_t *r, void *o) {
+static int check_out_record(const lk__out_record_t *r, void *o) {
     cr_assert_eq(r->partition, -1);
     cr_assert_eq(r->key_len, 3);
     cr_assert_eq(memcmp(r->key, "key", 3), 0);
@@ -767,16 +767,16 @@ static int check_out_record(const lk_out_record_t *r, void *o) {
 }
 
 /* Everything make_format_1 wrote reads back exactly. */
-static void expect_format_1_content(lk_store_t *s, int nstate) {
+static void expect_format_1_content(lk__store_t *s, int nstate) {
     cr_assert_eq(lk__store_committed_batch(s), 9);
-    lk_state_db_t db;
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     int64_t off = -1;
     cr_assert_eq(lk__store_offset_get(t, "in", 0, &off), LK_OK, "%s",
                  lk__store_txn_errstr(t));
     cr_assert_eq(off, 123);
-    lk_batch_rec_t rec;
+    lk__batch_rec_t rec;
     cr_assert_eq(lk__store_batch_get(t, 9, &rec), LK_OK, "%s", lk__store_txn_errstr(t));
     cr_assert_eq(rec.records_in, 5);
     cr_assert_eq(rec.nranges, 1);
@@ -811,8 +811,8 @@ Test(store_identity, format_1_is_migrated_at_the_first_writable_open) {
     enum { NSTATE = 5000 };
     make_format_1("app", NSTATE);
     uint64_t before = tu_dir_digest(tu_dir);
-    lk_store_opts_t o = {.dir = tu_dir, .readonly = 1};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = tu_dir, .readonly = 1};
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_format(s), 1);
     cr_assert_str_eq(lk__store_checkpoint_id(s), "");
@@ -872,16 +872,16 @@ Test(store_identity, a_current_header_without_a_valid_id_is_corrupt) {
 Test(store_identity, no_migrate_leaves_format_1_as_it_is) {
     make_format_1("app", 10);
     uint64_t before = tu_dir_digest(tu_dir);
-    lk_store_opts_t o = {.dir = tu_dir, .app_id = "app", .no_migrate = 1, .map_size = 1 << 20};
-    lk_store_t *s;
+    lk__store_opts_t o = {.dir = tu_dir, .app_id = "app", .no_migrate = 1, .map_size = 1 << 20};
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_format(s), 1);
     cr_assert_str_eq(lk__store_checkpoint_id(s), "");
     expect_format_1_content(s, 10);
-    lk_store_txn_t *t = (lk_store_txn_t *)1;
+    lk__store_txn_t *t = (lk__store_txn_t *)1;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t, ES), LK_ERR_STATE);
     /* the lock is held as by any writable open */
-    lk_store_t *s2 = (lk_store_t *)1;
+    lk__store_t *s2 = (lk__store_t *)1;
     cr_assert_eq(tu_open_opts(&s2, tu_dir, "app", 1 << 20, 0, ES), LK_ERR_LOCKED);
     lk__store_close(s);
     cr_assert_eq(tu_dir_digest(tu_dir), before, "the dry run modified the checkpoint");

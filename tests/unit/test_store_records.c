@@ -26,7 +26,7 @@ TestSuite(store_records, .init = tu_scratch_init, .fini = tu_scratch_fini);
 
 /* Most calls take (errstr, size); this passes a scratch buffer and asserts LK_OK. */
 
-static lk_store_t *reopen(lk_store_t *s, const char *app) {
+static lk__store_t *reopen(lk__store_t *s, const char *app) {
     lk__store_close(s);
     return tu_open(tu_dir, app);
 }
@@ -59,14 +59,14 @@ static int stop_after_two(const char *topic, int32_t partition, int64_t offset, 
     return ++*(int *)o == 2;
 }
 
-static void check_offsets(lk_store_t *s) {
+static void check_offsets(lk__store_t *s) {
     /* (topic, partition) order: byte order of the topic, then numeric partition */
     static const off_row_t want[] = {
         {"a", 0, 5},       {"orders", 0, 100}, {"orders", 1, 0},
         {"orders", 2, 7},  {"orders", 256, 1}, {"orders-eu", 0, 1LL << 40},
         {"payments", 3, 9},
     };
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     off_rows_t got = {0};
     OK(lk__store_offsets_foreach(t, collect_offset, &got));
     cr_assert_eq(got.n, LK_ARRAY_SIZE(want), "offsets: %zu rows", got.n);
@@ -90,8 +90,8 @@ static void check_offsets(lk_store_t *s) {
 }
 
 Test(store_records, offsets_round_trip) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     /* put in scrambled order; one value overwritten within the txn */
     CHECK(lk__store_offset_put(t, "payments", 3, 9, ES));
     CHECK(lk__store_offset_put(t, "orders", 256, 1, ES));
@@ -116,14 +116,14 @@ Test(store_records, offsets_round_trip) {
  * partition order whatever the request's order), the pending plan dropped with them, a
  * dry run that changes nothing, and a partition without an offset refused whole. */
 Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     for (int32_t p = 0; p < 4; p++)
         CHECK(lk__store_offset_put(t, "in", p, 100 + p, ES));
     CHECK(lk__store_offset_put(t, "other", 0, 7, ES));
     tu_commit(t);
-    lk_range_t range = {"in", 0, 100, 200};
-    lk_batch_rec_t plan = {.id = 5, .batch_time_ms = 1, .ranges = &range, .nranges = 1};
+    lk__range_t range = {"in", 0, 100, 200};
+    lk__batch_rec_t plan = {.id = 5, .batch_time_ms = 1, .ranges = &range, .nranges = 1};
     CHECK(lk__store_plan_put(s, &plan, ES));
 
     int32_t parts[] = {3, 1};
@@ -141,7 +141,7 @@ Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
     int64_t off;
     OK(lk__store_offset_get(t, "in", 1, &off));
     cr_assert_eq(off, 101, "a dry run wrote");
-    lk_batch_rec_t got;
+    lk__batch_rec_t got;
     OK(lk__store_plan_get(t, &got));
     lk__store_txn_abort(t);
 
@@ -185,8 +185,8 @@ Test(store_records, reset_offsets_moves_the_offsets_and_drops_the_plan) {
 }
 
 Test(store_records, offset_topic_too_long_is_refused_without_killing_the_txn) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     char topic[600];
     for (size_t len = 500; len < sizeof topic; len++) {
         memset(topic, 't', len);
@@ -211,10 +211,10 @@ Test(store_records, offset_topic_too_long_is_refused_without_killing_the_txn) {
 
 /* ---- batch records ---- */
 
-static void put_batch(lk_store_txn_t *t, uint64_t id) {
-    lk_range_t r[2] = {{"in", 0, (int64_t)id * 10, (int64_t)id * 10 + 10},
+static void put_batch(lk__store_txn_t *t, uint64_t id) {
+    lk__range_t r[2] = {{"in", 0, (int64_t)id * 10, (int64_t)id * 10 + 10},
                        {"in-two", 7, (int64_t)id, (int64_t)id + 1}};
-    lk_batch_rec_t b = {.id = id,
+    lk__batch_rec_t b = {.id = id,
                         .batch_time_ms = 1700000000000LL + (int64_t)id * 1000,
                         .commit_wall_ms = 1700000000500LL + (int64_t)id,
                         .records_in = id * 3,
@@ -224,7 +224,7 @@ static void put_batch(lk_store_txn_t *t, uint64_t id) {
     CHECK(lk__store_batch_put(t, &b, ES));
 }
 
-static void check_batch(const lk_batch_rec_t *b, uint64_t id) {
+static void check_batch(const lk__batch_rec_t *b, uint64_t id) {
     cr_assert_eq(b->id, id);
     cr_assert_eq(b->batch_time_ms, 1700000000000LL + (int64_t)id * 1000);
     cr_assert_eq(b->commit_wall_ms, 1700000000500LL + (int64_t)id);
@@ -242,10 +242,10 @@ static void check_batch(const lk_batch_rec_t *b, uint64_t id) {
 }
 
 Test(store_records, batch_records_round_trip) {
-    lk_store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_committed_batch(s), 0);
-    lk_store_txn_t *t = tu_begin(s, 0);
-    lk_batch_rec_t b;
+    lk__store_txn_t *t = tu_begin(s, 0);
+    lk__batch_rec_t b;
     cr_assert_eq(lk__store_batch_last(t, &b), LK_ERR_NOT_FOUND);
     cr_assert_eq(lk__store_batch_get(t, 1, &b), LK_ERR_NOT_FOUND);
     cr_assert_eq(lk__store_batch_count(t), 0);
@@ -262,7 +262,7 @@ Test(store_records, batch_records_round_trip) {
     /* no ranges, and commit_wall_ms 0 = now */
     int64_t before = lk__wall_ms();
     t = tu_begin(s, 1);
-    lk_batch_rec_t empty = {.id = 6, .batch_time_ms = -5};
+    lk__batch_rec_t empty = {.id = 6, .batch_time_ms = -5};
     CHECK(lk__store_batch_put(t, &empty, ES));
     tu_commit(t);
     int64_t after = lk__wall_ms();
@@ -291,10 +291,10 @@ Test(store_records, batch_records_round_trip) {
 }
 
 Test(store_records, batch_history_is_pruned) {
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 0, 3, ES));
     for (uint64_t id = 1; id <= 10; id++) {
-        lk_store_txn_t *t = tu_begin(s, 1);
+        lk__store_txn_t *t = tu_begin(s, 1);
         put_batch(t, id);
         tu_commit(t);
         t = tu_begin(s, 0);
@@ -302,8 +302,8 @@ Test(store_records, batch_history_is_pruned) {
                      (unsigned long long)id);
         lk__store_txn_abort(t);
     }
-    lk_store_txn_t *t = tu_begin(s, 0);
-    lk_batch_rec_t b;
+    lk__store_txn_t *t = tu_begin(s, 0);
+    lk__batch_rec_t b;
     for (uint64_t id = 1; id <= 7; id++)
         cr_assert_eq(lk__store_batch_get(t, id, &b), LK_ERR_NOT_FOUND, "batch %llu kept",
                      (unsigned long long)id);
@@ -353,11 +353,11 @@ typedef struct {
     int nheaders;
 } rec_spec_t;
 
-static const lk_header_t hdrs[3] = {
+static const lk__header_t hdrs[3] = {
     {"lk-app", "app", 3}, {"lk-batch", "\x00\x01\x02", 3}, {"empty", "", 0}};
 
-static void append(lk_store_txn_t *t, const char *sink, uint64_t batch, const rec_spec_t *r) {
-    lk_out_record_t o = {.partition = r->partition,
+static void append(lk__store_txn_t *t, const char *sink, uint64_t batch, const rec_spec_t *r) {
+    lk__out_record_t o = {.partition = r->partition,
                          .key = r->key,
                          .key_len = r->key ? strlen(r->key) : 0,
                          .value = r->value,
@@ -373,7 +373,7 @@ typedef struct {
     size_t n, seen;
 } rec_check_t;
 
-static int check_rec(const lk_out_record_t *r, void *o) {
+static int check_rec(const lk__out_record_t *r, void *o) {
     rec_check_t *c = o;
     cr_assert_lt(c->seen, c->n, "more records than appended");
     const rec_spec_t *w = &c->want[c->seen++];
@@ -405,7 +405,7 @@ static int check_rec(const lk_out_record_t *r, void *o) {
     return 0;
 }
 
-static void expect_records(lk_store_txn_t *t, const char *sink, uint64_t batch,
+static void expect_records(lk__store_txn_t *t, const char *sink, uint64_t batch,
                            const rec_spec_t *want, size_t n) {
     rec_check_t c = {want, n, 0};
     OK(lk__store_outbox_foreach(t, sink, batch, check_rec, &c));
@@ -415,14 +415,14 @@ static void expect_records(lk_store_txn_t *t, const char *sink, uint64_t batch,
 
 typedef struct {
     char sink[64];
-    lk_outbox_stat_t st;
+    lk__outbox_stat_t st;
 } stat_row_t;
 typedef struct {
     stat_row_t rows[8];
     size_t n;
 } stat_rows_t;
 
-static int collect_stat(const lk_outbox_stat_t *st, void *o) {
+static int collect_stat(const lk__outbox_stat_t *st, void *o) {
     stat_rows_t *r = o;
     cr_assert_lt(r->n, LK_ARRAY_SIZE(r->rows));
     snprintf(r->rows[r->n].sink, sizeof r->rows[r->n].sink, "%s", st->sink);
@@ -446,7 +446,7 @@ static const rec_spec_t a9[] = {{0, NULL, NULL, 0, 9000, 0}};
 static const rec_spec_t ab5[] = {{4, "other", "sink", 4, 5000, 1}};
 static const rec_spec_t z2[] = {{0, "zz", "zz", 2, 2, 0}};
 
-static void check_stats(lk_store_txn_t *t, uint64_t want_total_bytes) {
+static void check_stats(lk__store_txn_t *t, uint64_t want_total_bytes) {
     stat_rows_t got = {0};
     OK(lk__store_outbox_stats(t, collect_stat, &got));
     cr_assert_eq(got.n, 3);
@@ -474,8 +474,8 @@ static void check_stats(lk_store_txn_t *t, uint64_t want_total_bytes) {
                  (unsigned long long)sum, (unsigned long long)want_total_bytes);
 }
 
-static void check_outbox(lk_store_t *s) {
-    lk_store_txn_t *t = tu_begin(s, 0);
+static void check_outbox(lk__store_t *s) {
+    lk__store_txn_t *t = tu_begin(s, 0);
     uint64_t first = 0;
     OK(lk__store_outbox_first_batch(t, "a", &first));
     cr_assert_eq(first, 5);
@@ -496,16 +496,16 @@ static void check_outbox(lk_store_t *s) {
     lk__store_txn_abort(t);
 }
 
-static int count_rec(const lk_out_record_t *r, void *o) {
+static int count_rec(const lk__out_record_t *r, void *o) {
     (void)r;
     ++*(int *)o;
     return 0;
 }
 
 Test(store_records, outbox_round_trip_ack_and_bytes) {
-    lk_store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s = tu_open(tu_dir, "app");
     cr_assert_eq(lk__store_outbox_bytes(s), 0);
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     append(t, "a", 6, &a6[0]); /* batches need not be appended in order */
     append(t, "a", 5, &a5[0]);
     append(t, "z", 2, &z2[0]);
@@ -585,13 +585,13 @@ Test(store_records, outbox_round_trip_ack_and_bytes) {
 
 Test(store_records, outbox_many_records_keep_order_and_ack_in_rounds) {
     /* more records than one round of the ack loop, in one batch and across batches */
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     for (uint64_t b = 1; b <= 3; b++)
         for (int i = 0; i < 700; i++) {
             char v[32];
             int n = snprintf(v, sizeof v, "%llu:%d", (unsigned long long)b, i);
-            lk_out_record_t r = {.partition = i % 4, .value = v, .value_len = (size_t)n};
+            lk__out_record_t r = {.partition = i % 4, .value = v, .value_len = (size_t)n};
             CHECK(lk__store_outbox_append(t, "big", b, &r, ES));
         }
     tu_commit(t);
@@ -633,7 +633,7 @@ typedef struct {
     int next, stop_at;
 } seq_check_t;
 
-static int check_seq(const lk_out_record_t *r, void *o) {
+static int check_seq(const lk__out_record_t *r, void *o) {
     seq_check_t *c = o;
     char want[256];
     int n = snprintf(want, sizeof want, "%llu:%06d:%0200d", (unsigned long long)c->batch,
@@ -644,18 +644,18 @@ static int check_seq(const lk_out_record_t *r, void *o) {
     return c->next == c->stop_at;
 }
 
-static void append_seq(lk_store_txn_t *t, uint64_t batch, int from, int to) {
+static void append_seq(lk__store_txn_t *t, uint64_t batch, int from, int to) {
     for (int i = from; i < to; i++) {
         char v[256];
         int n = snprintf(v, sizeof v, "%llu:%06d:%0200d", (unsigned long long)batch, i, 0);
-        lk_out_record_t r = {.partition = i % 3, .value = v, .value_len = (size_t)n};
+        lk__out_record_t r = {.partition = i % 3, .value = v, .value_len = (size_t)n};
         CHECK(lk__store_outbox_append(t, "chunky", batch, &r, ES));
     }
 }
 
 Test(store_records, outbox_chunks_span_txns_and_keep_order) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     append_seq(t, 7, 0, 1000); /* ~220 KB: several chunks and a partial one */
     seq_check_t c = {7, 0, -1};
     OK(lk__store_outbox_foreach(t, "chunky", 7, check_seq, &c));
@@ -727,9 +727,9 @@ static int collect_fence(const char *sink, uint64_t batch, int64_t wall, void *o
 }
 
 Test(store_records, fences_round_trip) {
-    lk_store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s = tu_open(tu_dir, "app");
     int64_t before = lk__wall_ms();
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_fence_put(t, "kafka-out", 3, ES));
     CHECK(lk__store_fence_put(t, "files", 17, ES));
     CHECK(lk__store_fence_put(t, "kafka-out", 4, ES));
@@ -775,8 +775,8 @@ static int collect_acc(const char *name, int64_t value, void *o) {
 }
 
 Test(store_records, accumulators_add_across_txns_and_reopen) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_acc_add(t, "records", 10, ES));
     CHECK(lk__store_acc_add(t, "records", 5, ES)); /* twice in one txn */
     CHECK(lk__store_acc_add(t, "errors", -3, ES));
@@ -840,7 +840,7 @@ static int collect_kv(const void *k, size_t kl, const void *v, size_t vl, int64_
     return 0;
 }
 
-static void expect_state(lk_store_txn_t *t, lk_state_db_t db, const char *key,
+static void expect_state(lk__store_txn_t *t, lk__state_db_t db, const char *key,
                          const char *val, int64_t upd) {
     const void *v = NULL;
     size_t vl = 99;
@@ -858,17 +858,17 @@ static void expect_state(lk_store_txn_t *t, lk_state_db_t db, const char *key,
 }
 
 Test(store_records, keyed_state_round_trip) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t counts, other;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t counts, other;
     CHECK(lk__store_state_open(s, "word-counts", &counts, ES));
     CHECK(lk__store_state_open(s, "sessions", &other, ES));
-    lk_state_db_t again;
+    lk__state_db_t again;
     CHECK(lk__store_state_open(s, "word-counts", &again, ES));
     cr_assert_eq(again, counts, "the same uid gives the same handle");
 
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     /* state_open inside a write txn is refused for a new uid */
-    lk_state_db_t x;
+    lk__state_db_t x;
     cr_assert_eq(lk__store_state_open(s, "new-op", &x, ES), LK_ERR_STATE);
     CHECK(lk__store_state_put(t, counts, "fox", 3, "1", 1, 100, ES));
     CHECK(lk__store_state_put(t, counts, "dog", 3, "22", 2, 200, ES));
@@ -934,14 +934,14 @@ Test(store_records, state_envelope_forms_round_trip) {
                                     256,        65535,      65536,      0x12345678, INT32_MAX, (int64_t)1 << 32,
                                     1795293000000LL, INT64_MAX, -1,     -33,       INT64_MIN};
     static const size_t lens[] = {0, 1, 255, 256, 65535, 65536, 70000};
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "forms", &db, ES));
     char *val = malloc(70000);
     cr_assert_not_null(val);
     for (size_t i = 0; i < 70000; i++)
         val[i] = (char)(i * 7 + 3);
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     for (size_t i = 0; i < LK_ARRAY_SIZE(times); i++)
         for (size_t j = 0; j < LK_ARRAY_SIZE(lens); j++) {
             char key[32];
@@ -969,12 +969,12 @@ Test(store_records, state_envelope_forms_round_trip) {
 }
 
 Test(store_records, state_key_length_limits) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
     char key[1024];
     memset(key, 'k', sizeof key);
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_state_put(t, db, key, 1, "one", 3, 1, ES));
     CHECK(lk__store_state_put(t, db, key, 511, "max", 3, 2, ES));
     lk_err_t e = lk__store_state_put(t, db, key, 512, "v", 1, 3, ES);
@@ -1010,8 +1010,8 @@ Test(store_records, state_key_length_limits) {
 }
 
 Test(store_records, state_handle_checks) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
     const void *v;
     size_t vl;
     cr_assert_eq(lk__store_state_get(t, 0, "k", 1, &v, &vl, NULL), LK_ERR_INVALID_ARG);
@@ -1019,14 +1019,14 @@ Test(store_records, state_handle_checks) {
     cr_assert_eq(lk__store_state_del(t, -1, "k", 1, ES), LK_ERR_INVALID_ARG);
     lk__store_txn_abort(t);
     /* a read transaction refuses writes */
-    lk_state_db_t db;
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
     t = tu_begin(s, 0);
     cr_assert_eq(lk__store_state_put(t, db, "k", 1, "v", 1, 0, ES), LK_ERR_STATE);
     lk__store_txn_abort(t);
     /* one write transaction at a time */
     t = tu_begin(s, 1);
-    lk_store_txn_t *t2 = NULL;
+    lk__store_txn_t *t2 = NULL;
     cr_assert_eq(lk__store_txn_begin(s, 1, &t2, ES), LK_ERR_STATE);
     cr_assert_null(t2);
     lk__store_txn_abort(t);
@@ -1036,21 +1036,21 @@ Test(store_records, state_handle_checks) {
 /* ---- topology and config ---- */
 
 Test(store_records, topology_round_trip) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *t = tu_begin(s, 0);
-    lk_topo_op_t *ops = (lk_topo_op_t *)1;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 0);
+    lk__topo_op_t *ops = (lk__topo_op_t *)1;
     size_t n = 99;
     OK(lk__store_topology_get(t, &ops, &n));
     cr_assert_eq(n, 0, "no topology recorded yet");
     lk__store_txn_abort(t);
 
-    const lk_topo_op_t want[] = {
+    const lk__topo_op_t want[] = {
         {"lines", "kafka_stream", 0, "topic=lines"},
         {"split-words", "flat_map", 0, ""},
         {"word-counts", "update_state_by_key", 3, "partitions=8 ttl=0"},
     };
     t = tu_begin(s, 1);
-    lk_topo_op_t first[1] = {{"old", "map", 1, NULL}};
+    lk__topo_op_t first[1] = {{"old", "map", 1, NULL}};
     CHECK(lk__store_topology_put(t, first, 1, ES));
     CHECK(lk__store_topology_put(t, want, 3, ES)); /* replaces */
     tu_commit(t);
@@ -1104,13 +1104,13 @@ Test(store_records, config_recorded_with_secrets_redacted) {
                  LK_CONF_OK, "%s", err);
     cr_assert_eq(lk_conf_set(conf, "kafka.sasl.password", "hunter2", err, sizeof err),
                  LK_CONF_OK, "%s", err);
-    lk_store_opts_t o;
+    lk__store_opts_t o;
     lk__store_opts_from_conf(&o, conf);
     o.map_size = 1 << 20;
-    lk_store_t *s;
+    lk__store_t *s;
     CHECK(lk__store_open(&s, &o, ES));
     for (int pass = 0; pass < 2; pass++) {
-        lk_store_txn_t *t = tu_begin(s, 0);
+        lk__store_txn_t *t = tu_begin(s, 0);
         cfg_seen_t seen = {0};
         OK(lk__store_config_foreach(t, see_cfg, &seen));
         cr_assert_eq(seen.saw_password, 1);
@@ -1152,27 +1152,27 @@ static int count_any_state(const void *a, size_t b, const void *c, size_t d, int
     ++*(int *)o;
     return 0;
 }
-static int count_any_stat(const lk_outbox_stat_t *st, void *o) {
+static int count_any_stat(const lk__outbox_stat_t *st, void *o) {
     (void)st;
     ++*(int *)o;
     return 0;
 }
 
-static void write_everything(lk_store_txn_t *t, lk_state_db_t db) {
+static void write_everything(lk__store_txn_t *t, lk__state_db_t db) {
     CHECK(lk__store_offset_put(t, "in", 0, 42, ES));
     put_batch(t, 1);
     append(t, "out", 1, &a5[0]);
     CHECK(lk__store_fence_put(t, "out", 1, ES));
     CHECK(lk__store_acc_add(t, "n", 1, ES));
     CHECK(lk__store_state_put(t, db, "k", 1, "v", 1, 1, ES));
-    lk_topo_op_t op = {"op", "map", 1, "p"};
+    lk__topo_op_t op = {"op", "map", 1, "p"};
     CHECK(lk__store_topology_put(t, &op, 1, ES));
 }
 
-static void expect_nothing(lk_store_t *s, lk_state_db_t db) {
+static void expect_nothing(lk__store_t *s, lk__state_db_t db) {
     cr_assert_eq(lk__store_committed_batch(s), 0);
     cr_assert_eq(lk__store_outbox_bytes(s), 0);
-    lk_store_txn_t *t = tu_begin(s, 0);
+    lk__store_txn_t *t = tu_begin(s, 0);
     int n = 0;
     OK(lk__store_offsets_foreach(t, count_any_offset, &n));
     OK(lk__store_fences_foreach(t, count_any_fence, &n));
@@ -1181,7 +1181,7 @@ static void expect_nothing(lk_store_t *s, lk_state_db_t db) {
     OK(lk__store_outbox_stats(t, count_any_stat, &n));
     cr_assert_eq(n, 0, "%d entries left by an aborted transaction", n);
     cr_assert_eq(lk__store_batch_count(t), 0);
-    lk_topo_op_t *ops;
+    lk__topo_op_t *ops;
     size_t nops;
     OK(lk__store_topology_get(t, &ops, &nops));
     cr_assert_eq(nops, 0);
@@ -1189,10 +1189,10 @@ static void expect_nothing(lk_store_t *s, lk_state_db_t db) {
 }
 
 Test(store_records, aborted_transactions_leave_nothing) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_state_db_t db;
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__state_db_t db;
     CHECK(lk__store_state_open(s, "op", &db, ES));
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     write_everything(t, db);
     lk__store_txn_abort(t);
     expect_nothing(s, db);
@@ -1215,11 +1215,11 @@ Test(store_records, aborted_transactions_leave_nothing) {
 }
 
 Test(store_records, read_txn_sees_a_snapshot) {
-    lk_store_t *s = tu_open(tu_dir, "app");
-    lk_store_txn_t *w = tu_begin(s, 1);
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *w = tu_begin(s, 1);
     CHECK(lk__store_offset_put(w, "in", 0, 1, ES));
     tu_commit(w);
-    lk_store_txn_t *r = tu_begin(s, 0);
+    lk__store_txn_t *r = tu_begin(s, 0);
     w = tu_begin(s, 1);
     CHECK(lk__store_offset_put(w, "in", 0, 2, ES));
     tu_commit(w);
@@ -1235,17 +1235,17 @@ Test(store_records, read_txn_sees_a_snapshot) {
 }
 
 Test(store_records, overlong_names_are_refused_without_killing_the_txn) {
-    lk_store_t *s = tu_open(tu_dir, "app");
+    lk__store_t *s = tu_open(tu_dir, "app");
     char name[600];
     memset(name, 'n', sizeof name - 1);
     name[sizeof name - 1] = '\0';
-    lk_store_txn_t *t = tu_begin(s, 1);
+    lk__store_txn_t *t = tu_begin(s, 1);
     CHECK(lk__store_acc_add(t, "kept", 1, ES));
     lk_err_t e = lk__store_acc_add(t, name, 1, ES);
     cr_assert_eq(e, LK_ERR_TOO_LARGE, "accumulator name: %s (%s)", tu_err, lk_err_name(e));
     e = lk__store_fence_put(t, name, 1, ES);
     cr_assert_eq(e, LK_ERR_TOO_LARGE, "fence sink name: %s (%s)", tu_err, lk_err_name(e));
-    lk_out_record_t r = {.value = "v", .value_len = 1};
+    lk__out_record_t r = {.value = "v", .value_len = 1};
     e = lk__store_outbox_append(t, name, 1, &r, ES);
     cr_assert_eq(e, LK_ERR_INVALID_ARG, "outbox sink name: %s (%s)", tu_err, lk_err_name(e));
     int64_t v;

@@ -97,7 +97,7 @@ typedef struct {
     cap_t cap;
     sink_t sinks[NOUT];
     lk_pipeline_t *p;
-    lk_store_t *st;
+    lk__store_t *st;
     lk_batch_t b;
     uint64_t id;
 } h_t;
@@ -409,7 +409,7 @@ Test(windows, state_bounded_by_open_slides) {
     for (int s = 0; s < 1000; s++)
         h_batch(&h, t0 + s * SLIDE + 10, recs, KEYS, 1);
     uint64_t entries = 0;
-    lk_store_txn_t *t = tu_begin(h.st, 0);
+    lk__store_txn_t *t = tu_begin(h.st, 0);
     cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
     lk__store_txn_abort(t);
     /* open slides: the last one (just added) and the NSLIDES before it, each with an
@@ -450,11 +450,11 @@ Test(windows, bad_records_refused_or_counted) {
         lk_stream_t *in = lk_kafka_stream(p, "in");
         lk_stream_t *m = lk_flat_map(in, "m", key_fn, &which);
         lk_reduce_by_key_and_window(m, "w", 1, 2000, 1000, sum, sub, NULL, NULL);
-        lk_store_t *st = tu_open(dir, "win");
+        lk__store_t *st = tu_open(dir, "win");
         char err[512];
         cr_assert_eq(lk__pipeline_open_state(p, st, err, sizeof err), LK_OK, "%s", err);
         lk_batch_t b = {0};
-        lk_store_txn_t *t = tu_begin(st, 1);
+        lk__store_txn_t *t = tu_begin(st, 1);
         lk__batch_begin(&b, p, 1, 1700000000000LL, t, 0);
         int64_t v = 1;
         lk_record_t r = {"x", 1, &v, 8, 0, "in", 0, 0};

@@ -78,7 +78,7 @@ typedef struct {
     cap_t cap;
     sink_t sinks[2 * NOPS];
     lk_pipeline_t *p;
-    lk_store_t *st;
+    lk__store_t *st;
     lk_batch_t b;
     uint64_t id;
 } h_t;
@@ -147,7 +147,7 @@ static char *joined(const lines_t *l) {
 
 static int64_t acc(h_t *h, const char *name) {
     int64_t v = 0;
-    lk_store_txn_t *t = tu_begin(h->st, 0);
+    lk__store_txn_t *t = tu_begin(h->st, 0);
     lk_err_t e = lk__store_acc_get(t, name, &v);
     lk__store_txn_abort(t);
     return e == LK_OK ? v : -1;
@@ -211,7 +211,7 @@ static void h_plan(h_t *h, int64_t time, const int *unread_parts, size_t n) {
     cr_assert_leq(n, NPARTS_MAX);
     for (size_t i = 0; i < n; i++)
         u[i] = (lk__wunread_t){"in", unread_parts[i]};
-    lk_store_txn_t *t = tu_begin(h->st, 1);
+    lk__store_txn_t *t = tu_begin(h->st, 1);
     char err[512];
     cr_assert_eq(lk__window_record_plan(h->p, t, h->id + 1, time, u, n, err, sizeof err), LK_OK,
                  "%s", err);
@@ -260,7 +260,7 @@ Test(windows_event, partition_read_to_its_end_does_not_hold_the_watermark) {
     h_batch(&h, 2, b2, 1, 1); /* watermark 7000: [5000,6000) closes */
     ASSERT_OUT(&h, 0, "[0,1000)k1=1 F;|;[5000,6000)k0=1 F;|;");
     /* the recorded plan is gone once a batch used (or passed) it */
-    lk_store_txn_t *t = tu_begin(h.st, 0);
+    lk__store_txn_t *t = tu_begin(h.st, 0);
     uint64_t id;
     cr_assert_eq(lk__wstore_unread_get(t, h.p->stages[1]->db, &id, NULL, NULL),
                  LK_ERR_NOT_FOUND);
@@ -563,7 +563,7 @@ Test(windows_event, state_bounded_by_open_windows) {
         h_batch(&h, w + 1, recs, KEYS, 1);
     }
     uint64_t entries = 0;
-    lk_store_txn_t *t = tu_begin(h.st, 0);
+    lk__store_txn_t *t = tu_begin(h.st, 0);
     cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
     lk__store_txn_abort(t);
     /* 1,000 windows closed; the open one: an aggregate per key, a live-slice entry; the
@@ -608,7 +608,7 @@ Test(windows_event, sessions_merge_close_once_and_count_late_records) {
     /* bounded: the two open sessions (each with its by-end entry), the partitions'
      * maxima and the watermark remain */
     uint64_t entries = 0;
-    lk_store_txn_t *t = tu_begin(h.st, 0);
+    lk__store_txn_t *t = tu_begin(h.st, 0);
     cr_assert_eq(lk__store_state_stats(t, stat_entries, &entries), LK_OK);
     lk__store_txn_abort(t);
     cr_assert_eq(entries, 2 * 2 + 2 + 1);

@@ -120,9 +120,9 @@ uint64_t tu_dir_digest(const char *dir) {
     return h;
 }
 
-lk_store_t *tu_open(const char *dir, const char *app) {
-    lk_store_opts_t o = {.dir = dir, .app_id = app, .map_size = 1 << 20};
-    lk_store_t *s = NULL;
+lk__store_t *tu_open(const char *dir, const char *app) {
+    lk__store_opts_t o = {.dir = dir, .app_id = app, .map_size = 1 << 20};
+    lk__store_t *s = NULL;
     char err[512] = "";
     lk_err_t e = lk__store_open(&s, &o, err, sizeof err);
     cr_assert_eq(e, LK_OK, "open %s: %s (%s)", dir, err, lk_err_name(e));
@@ -149,24 +149,24 @@ int tu_run(const char *cmd, char **out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-lk_err_t tu_open_opts(lk_store_t **out, const char *dir, const char *app, size_t map_size,
+lk_err_t tu_open_opts(lk__store_t **out, const char *dir, const char *app, size_t map_size,
                       uint64_t batch_history, char *err, size_t err_size) {
-    lk_store_opts_t o = {.dir = dir, .app_id = app, .map_size = map_size,
+    lk__store_opts_t o = {.dir = dir, .app_id = app, .map_size = map_size,
                          .batch_history = batch_history};
     if (err && err_size)
         err[0] = '\0';
     return lk__store_open(out, &o, err, err_size);
 }
 
-lk_store_txn_t *tu_begin(lk_store_t *s, int write) {
-    lk_store_txn_t *t = NULL;
+lk__store_txn_t *tu_begin(lk__store_t *s, int write) {
+    lk__store_txn_t *t = NULL;
     char err[512] = "";
     lk_err_t e = lk__store_txn_begin(s, write, &t, err, sizeof err);
     cr_assert_eq(e, LK_OK, "txn_begin(write=%d): %s (%s)", write, err, lk_err_name(e));
     return t;
 }
 
-void tu_commit(lk_store_txn_t *t) {
+void tu_commit(lk__store_txn_t *t) {
     char err[512] = "";
     lk_err_t e = lk__store_txn_commit(t, err, sizeof err);
     cr_assert_eq(e, LK_OK, "txn_commit: %s (%s)", err, lk_err_name(e));

@@ -21,18 +21,18 @@ uint64_t tu_file_digest(const char *path);
  * LMDB's and lockstep's lock files. */
 uint64_t tu_dir_digest(const char *dir);
 /** Open a store for app in dir with default options; asserts success. */
-lk_store_t *tu_open(const char *dir, const char *app);
+lk__store_t *tu_open(const char *dir, const char *app);
 /** Run a shell command, capture stdout into a malloc'ed string; returns exit status. */
 int tu_run(const char *cmd, char **out);
 
 /** Open with explicit options (map size 0 and history 0 mean the defaults); returns the
  * result of lk__store_open, *out is set on success. */
-lk_err_t tu_open_opts(lk_store_t **out, const char *dir, const char *app, size_t map_size,
+lk_err_t tu_open_opts(lk__store_t **out, const char *dir, const char *app, size_t map_size,
                       uint64_t batch_history, char *err, size_t err_size);
 /** Begin a transaction; asserts success. */
-lk_store_txn_t *tu_begin(lk_store_t *s, int write);
+lk__store_txn_t *tu_begin(lk__store_t *s, int write);
 /** Commit a transaction; asserts success. */
-void tu_commit(lk_store_txn_t *t);
+void tu_commit(lk__store_txn_t *t);
 /** "dir/name" into buf; returns buf. */
 const char *tu_path(char *buf, size_t size, const char *dir, const char *name);
 /** Create or replace a file with the given bytes; asserts success. */

@@ -74,7 +74,7 @@ void sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a, const lk_byt
     *out = (lk_bytes_t){o, 8};
 }
 
-void tw_open(lk_pipeline_t *p, const char *dir, lk_store_t **st, lk_batch_t *b,
+void tw_open(lk_pipeline_t *p, const char *dir, lk__store_t **st, lk_batch_t *b,
              uint64_t *id) {
     cr_assert(!p->failed, "%s", p->err);
     *st = tu_open(dir, "win");
@@ -84,22 +84,22 @@ void tw_open(lk_pipeline_t *p, const char *dir, lk_store_t **st, lk_batch_t *b,
     *id = lk__store_committed_batch(*st);
 }
 
-void tw_close(lk_pipeline_t *p, lk_store_t *st, lk_batch_t *b) {
+void tw_close(lk_pipeline_t *p, lk__store_t *st, lk_batch_t *b) {
     lk__batch_free(b);
     lk__pipeline_destroy(p);
     lk__store_close(st);
 }
 
-void tw_batch(lk_pipeline_t *p, lk_store_t *st, lk_batch_t *b, uint64_t *id, int64_t time,
+void tw_batch(lk_pipeline_t *p, lk__store_t *st, lk_batch_t *b, uint64_t *id, int64_t time,
               const lk_record_t *recs, size_t n, int commit) {
-    lk_store_txn_t *t = tu_begin(st, 1);
+    lk__store_txn_t *t = tu_begin(st, 1);
     lk__batch_begin(b, p, *id + 1, time, t, 0);
     for (size_t i = 0; i < n && !b->err; i++)
         lk__batch_push_input(b, p, &recs[i]);
     if (!b->err)
         lk__batch_end(b, p);
     cr_assert_eq(b->err, LK_OK, "batch at %lld: %s", (long long)time, b->errstr);
-    lk_batch_rec_t rec = {*id + 1, time, 0, n, 0, 0, NULL};
+    lk__batch_rec_t rec = {*id + 1, time, 0, n, 0, 0, NULL};
     char err[512];
     cr_assert_eq(lk__store_batch_put(t, &rec, err, sizeof err), LK_OK, "%s", err);
     if (commit) {

@@ -40,13 +40,13 @@ void sum(lk_batch_t *b, const lk_bytes_t *key, const lk_bytes_t *a, const lk_byt
 
 /** Open p's state on the store "win" in dir (asserting p was defined without error),
  * clear *b and set *id to the last committed batch. */
-void tw_open(lk_pipeline_t *p, const char *dir, lk_store_t **st, lk_batch_t *b,
+void tw_open(lk_pipeline_t *p, const char *dir, lk__store_t **st, lk_batch_t *b,
              uint64_t *id);
 /** Free the batch, destroy p, close st. */
-void tw_close(lk_pipeline_t *p, lk_store_t *st, lk_batch_t *b);
+void tw_close(lk_pipeline_t *p, lk__store_t *st, lk_batch_t *b);
 /** Run batch *id + 1 at batch time `time` over recs (asserting no error), record it, then
  * commit it (*id advances) or abort it (a crash before the commit). */
-void tw_batch(lk_pipeline_t *p, lk_store_t *st, lk_batch_t *b, uint64_t *id, int64_t time,
+void tw_batch(lk_pipeline_t *p, lk__store_t *st, lk_batch_t *b, uint64_t *id, int64_t time,
               const lk_record_t *recs, size_t n, int commit);
 
 #endif
