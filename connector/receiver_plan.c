@@ -150,6 +150,39 @@ static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, 
     return LK_OK;
 }
 
+/*
+ * The low and high watermarks of partitions pids[0..n) of topic, in two ListOffsets
+ * requests (earliest, then latest) for all of them instead of one watermark query per
+ * partition: at short batch intervals the plan's round trips are part of every batch's
+ * fixed cost. The planner reads read_committed, so "latest" is the last stable offset,
+ * as rd_kafka_query_watermark_offsets answers it (both send the same ListOffsets
+ * request with the consumer's isolation level).
+ */
+static lk_err_t topic_watermarks(lk__receiver_t *r, const char *topic, int n,
+                                 const int32_t *pids, int64_t *low, int64_t *high, char *errstr,
+                                 size_t errstr_size) {
+    lk_err_t err = LK_OK;
+    for (int which = 0; which < 2 && !err; which++) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+        for (int i = 0; i < n; i++)
+            rd_kafka_topic_partition_list_add(l, topic, pids[i])->offset =
+                which ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_resp_err_t ke = rd_kafka_offsets_for_times(r->planner, l, LK__KAFKA_TIMEOUT_MS);
+        for (int i = 0; i < n && !err; i++) {
+            const rd_kafka_topic_partition_t *e = &l->elems[i];
+            rd_kafka_resp_err_t pe = ke ? ke : e->err;
+            if (pe || e->offset < 0 || e->partition != pids[i])
+                err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                              "cannot read offsets of %s[%d]: %s", topic, (int)pids[i],
+                              pe ? rd_kafka_err2str(pe) : "no offset in the answer");
+            else
+                (which ? high : low)[i] = e->offset;
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    return err;
+}
+
 lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void *opaque,
                            lk__fetch_t *f, char *errstr, size_t errstr_size) {
     memset(f, 0, sizeof *f);
@@ -191,17 +224,19 @@ lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void
             if (le && le != LK_ERR_NOT_FOUND)
                 err = le; /* corrupt is never "not found" */
         }
-        for (int i = 0; i < md->topics[0].partition_cnt && !err; i++) {
-            int32_t pid = md->topics[0].partitions[i].id;
-            int64_t low, high, from;
-            ke = rd_kafka_query_watermark_offsets(r->planner, topic, pid, &low, &high,
-                                                  LK__KAFKA_TIMEOUT_MS);
-            if (ke) {
-                err = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
-                              "cannot read offsets of %s[%d]: %s", topic, pid,
-                              rd_kafka_err2str(ke));
-                break;
-            }
+        int np = md->topics[0].partition_cnt;
+        int32_t *pids = err ? NULL : malloc((size_t)np * sizeof *pids);
+        int64_t *lows = pids ? malloc((size_t)np * sizeof *lows) : NULL;
+        int64_t *highs = lows ? malloc((size_t)np * sizeof *highs) : NULL;
+        if (!err && !highs)
+            err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        for (int i = 0; !err && i < np; i++)
+            pids[i] = md->topics[0].partitions[i].id;
+        if (!err)
+            err = topic_watermarks(r, topic, np, pids, lows, highs, errstr, errstr_size);
+        for (int i = 0; i < np && !err; i++) {
+            int32_t pid = pids[i];
+            int64_t low = lows[i], high = highs[i], from;
             lk__fingerprint_t fp = {0, 0, 0};
             int has_fp = 0;
             lk_err_t le = lookup(topic, pid, &from, &fp, &has_fp, opaque, errstr, errstr_size);
@@ -266,6 +301,9 @@ lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void
             f->ranges[f->nranges - 1].fp = fp;
             f->ranges[f->nranges - 1].has_fp = found && has_fp;
         }
+        free(pids);
+        free(lows);
+        free(highs);
         rd_kafka_metadata_destroy(md);
     }
     if (err)
