@@ -585,8 +585,13 @@ void lk_conf_print_reference(FILE *fp, int markdown) {
         fprintf(fp, "| `kafka.*` | library | | | | Passed to librdkafka without the prefix "
                     "(see librdkafka's CONFIGURATION.md), e.g. `kafka.bootstrap.servers`, "
                     "`kafka.security.protocol`, `kafka.sasl.password` (never stored in the "
-                    "checkpoint). |\n");
+                    "checkpoint). One default differs from librdkafka's: the sinks' "
+                    "transactional producer retries after `retry.backoff.ms`=20 (librdkafka: "
+                    "100), as the Java producer does after CONCURRENT_TRANSACTIONS; "
+                    "`kafka.retry.backoff.ms` overrides it. |\n");
     else
         fprintf(fp, "  kafka.*\n      Passed to librdkafka without the prefix, e.g.\n"
-                    "      kafka.bootstrap.servers=host:9092. Secrets are never stored.\n");
+                    "      kafka.bootstrap.servers=host:9092. Secrets are never stored.\n"
+                    "      The sinks' producer retries after retry.backoff.ms=20 (librdkafka:\n"
+                    "      100) unless kafka.retry.backoff.ms is given.\n");
 }

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 #include "core/util_int.h"
+#include "sink/kafka_priv.h"
 #include "sink/sink_int.h"
 
 #include <criterion/criterion.h>
@@ -430,4 +431,39 @@ Test(sink_txn, producer_batches_fit_the_smallest_topic_limit) {
     cr_assert_eq(lk__kafka_batch_size(1000000, tiny, 1), 400);
     const int64_t unknown[] = {0, -1};
     cr_assert_eq(lk__kafka_batch_size(1000000, unknown, 2), 1000000);
+}
+
+/* The sinks' transactional producer retries after 20 ms, not librdkafka's 100: a
+ * transaction begun right after the last one's EndTxn is answered
+ * CONCURRENT_TRANSACTIONS by a real broker still writing the markers, and the retry's
+ * backoff was added to every back-to-back delivery. kafka.retry.backoff.ms still wins.
+ * (Creating the clients needs no broker: librdkafka connects in the background.) */
+static char *producer_retry_backoff(const char *user_value) {
+    lk_conf_t *conf = lk_conf_new();
+    char err[512];
+    cr_assert_eq(lk_conf_set(conf, "kafka.bootstrap.servers", "127.0.0.1:1", err, sizeof err),
+                 LK_CONF_OK);
+    if (user_value)
+        cr_assert_eq(lk_conf_set(conf, "kafka.retry.backoff.ms", user_value, err, sizeof err),
+                     LK_CONF_OK, "%s", err);
+    lk__sink_t *s = lk__sink_new(&lk__sink_kafka_ops, "out", "topic", "", APP);
+    cr_assert_not_null(s);
+    cr_assert_eq(lk__sink_kafka_ops.open(s, conf, err, sizeof err), LK_OK, "%s", err);
+    const lk__kafka_sink_t *k = s->impl;
+    char v[64];
+    size_t n = sizeof v;
+    cr_assert_eq(rd_kafka_conf_get(rd_kafka_conf(k->producer), "retry.backoff.ms", v, &n),
+                 RD_KAFKA_CONF_OK);
+    lk__sink_destroy(s);
+    lk_conf_destroy(conf);
+    return strdup(v);
+}
+
+Test(sink_txn, transactional_producer_retries_concurrent_transactions_after_20_ms) {
+    char *v = producer_retry_backoff(NULL);
+    cr_assert_str_eq(v, "20");
+    free(v);
+    v = producer_retry_backoff("150");
+    cr_assert_str_eq(v, "150", "kafka.retry.backoff.ms overrides lockstep's default");
+    free(v);
 }
