@@ -431,6 +431,29 @@ int lk__conf_bool(const lk_conf_t *c, lk__prop_id_t id) {
     return c->ival[id] != 0;
 }
 
+int lk__conf_log_level(const lk_conf_t *c) {
+    /* the order of log.level's values in the table */
+    static const int levels[] = {LK_LOG_ERR, LK_LOG_WARNING, LK_LOG_NOTICE, LK_LOG_INFO,
+                                 LK_LOG_DEBUG};
+    return levels[lk__conf_int(c, LK__P_LOG_LEVEL)];
+}
+
+/* librdkafka's log callback, on its threads: the client's log_level filtered already.
+ * Only rd_kafka_name (a field read) is called: librdkafka forbids calling into it here. */
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    lk__log_write(level, "librdkafka %s %s: %s", rk ? rd_kafka_name(rk) : "-", fac, buf);
+}
+
+void lk__conf_kafka_log(rd_kafka_conf_t *kc, const lk_conf_t *c) {
+    if (c && !lk_conf_get(c, "kafka.log_level")) { /* NULL: librdkafka's own default */
+        char lv[8], kerr[256];
+        lk__fmt(lv, sizeof lv, "%d", lk__conf_log_level(c));
+        /* in librdkafka's range (0..7) always: cannot fail */
+        rd_kafka_conf_set(kc, "log_level", lv, kerr, sizeof kerr);
+    }
+    rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
+}
+
 size_t lk__conf_kafka_count(const lk_conf_t *c) {
     return c->kcount;
 }

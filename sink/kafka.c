@@ -191,6 +191,7 @@ static rd_kafka_conf_t *client_conf(const lk_conf_t *conf, char *errstr, size_t 
             return NULL;
         }
     }
+    lk__conf_kafka_log(kc, conf); /* its log follows the context's log.level */
     return kc;
 }
 
