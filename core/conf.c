@@ -1,7 +1,8 @@
 /*
  * conf.c — lockstep configuration: a value per property of the LK__PROPS table,
  * validated on set, plus kafka.* properties passed through to (and validated by)
- * librdkafka (scope column: lk__conf_set_scoped). Also the generated reference; the
+ * librdkafka (scope column: lk__conf_set_scoped), and the log set-up each librdkafka
+ * client gets from log.level (DESIGN.md, Threads). Also the generated reference; the
  * .properties loader is conf_file.c. DESIGN.md, Layout (core/).
  */
 #define _GNU_SOURCE
@@ -439,7 +440,8 @@ int lk__conf_log_level(const lk_conf_t *c) {
 }
 
 /* librdkafka's log callback, on its threads: the client's log_level filtered already.
- * Only rd_kafka_name (a field read) is called: librdkafka forbids calling into it here. */
+ * librdkafka's documentation forbids calling its API here; rd_kafka_name only reads the
+ * name set at creation, which its own stderr logger prints too. */
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     lk__log_write(level, "librdkafka %s %s: %s", rk ? rd_kafka_name(rk) : "-", fac, buf);
 }

@@ -73,7 +73,11 @@ typedef enum {
     X(CHECKPOINT_BATCH_HISTORY, "checkpoint.batch.history", LK__S_LIB, LK__PT_INT, "1000", \
       1, 10000000, NULL, 0, "How many batch records (plans) the checkpoint keeps.")        \
     X(LOG_LEVEL, "log.level", LK__S_LIB, LK__PT_ENUM, "info", 0, 0,                        \
-      "error|warning|notice|info|debug", 0, "Least severe log level written to stderr.")   \
+      "error|warning|notice|info|debug", 0,                                                \
+      "Least severe log level written to stderr, for this application only (other "        \
+      "contexts in the process keep theirs): its threads and its librdkafka clients, "     \
+      "whose own log_level it is unless kafka.log_level is given (kafka.debug raises "     \
+      "theirs to debug). lockstep run also applies it to its own messages.")               \
     X(BATCH_INTERVAL_MS, "batch.interval.ms", LK__S_LIB, LK__PT_INT, "1000", 0, 86400000,  \
       NULL, 0,                                                                             \
       "Time between batch starts. A batch that finds no new input commits nothing (unless "\

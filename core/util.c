@@ -1,6 +1,8 @@
 /*
  * util.c — internal helpers: error formatting, clocks, durable writes and logging.
  * The durable write follows Redis' rdbSave: temp file, fsync, rename, fsync dir.
+ * The log threshold is a context's, bound per thread (DESIGN.md, Threads); the process
+ * default serves threads working for no context.
  */
 #define _GNU_SOURCE
 #include "util_int.h"
