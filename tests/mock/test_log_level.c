@@ -99,7 +99,7 @@ static void *run_app(void *o) {
 }
 
 /* A copy pipeline from topic to files, its sink named sink_uid, at log.level=level;
- * two records per batch, so the five records of a partition make three batches. */
+ * two records per batch, so the six records of its topic make three batches. */
 static void make_app(app_t *a, const char *app, const char *topic, const char *sink_uid,
                      const char *level) {
     static char dirs[2][1024];
@@ -112,7 +112,7 @@ static void make_app(app_t *a, const char *app, const char *topic, const char *s
     lk_conf_t *conf = mu_conf(&mu_cl, app, tu_path(ckpt, sizeof ckpt, tu_dir, app));
     mu_set(conf, "log.level", level);
     mu_set(conf, "max.records.per.partition", "2");
-    mu_set(conf, "sink.overlap", "true"); /* deliveries after the first on its thread */
+    mu_set(conf, "sink.overlap", "true"); /* deliveries on the delivery thread */
     char err[1024];
     a->ctx = lk_context_get_or_create(conf, define_copy, a, err, sizeof err);
     cr_assert_not_null(a->ctx, "%s: %s", app, err);
