@@ -410,7 +410,7 @@ int main(int argc, char **argv) {
         default: return 2;
         }
     }
-    lk__log_level = LK_LOG_WARNING;
+    lk__log_default_level = LK_LOG_WARNING;
     if (prep) {
         if (!app || keys <= 0) {
             fprintf(stderr, "bench_engine: --prepare-state needs --app-id and --keys\n");

@@ -729,7 +729,7 @@ int main(int argc, char **argv) {
         return 2;
     const opts_t *o = &b.o;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    lk__log_level = LK_LOG_WARNING; /* map growth notices would clutter the table */
+    lk__log_default_level = LK_LOG_WARNING; /* map growth notices would clutter the table */
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

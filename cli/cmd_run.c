@@ -101,6 +101,9 @@ int lk__cli_run(int argc, char **argv) {
         lk_conf_destroy(conf);
         return rc;
     }
+    /* the command's own messages (loading a plugin, defining the pipeline) follow -X
+     * log.level too; the context binds it for its own. Set before any thread starts. */
+    lk__log_default_level = lk__conf_log_level(conf);
     char err[1024];
     lk__cli_define_t def;
     if (lk_conf_validate(conf, err, sizeof err) ||

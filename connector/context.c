@@ -233,24 +233,18 @@ static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size
     return e;
 }
 
-lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
-                                       void *opaque, char *errstr, size_t errstr_size) {
-    if (!conf || !define) {
-        lk__fmt(errstr, errstr_size, "lk_context_get_or_create: conf and define are required");
-        return NULL;
-    }
-    if (lk_conf_validate(conf, errstr, errstr_size))
-        return NULL;
+/* lk_context_get_or_create with conf valid and the context's log level bound. */
+static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
+                            char *errstr, size_t errstr_size) {
     lk__phase(LK__PH_STARTING);
     lk_context_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx)
+        ctx->log_level = lk__conf_log_level(conf); /* first: lk_context_destroy binds it */
     if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new())) {
         lk__fmt(errstr, errstr_size, "out of memory");
         lk_context_destroy(ctx);
         return NULL;
     }
-    static const int levels[] = {LK_LOG_ERR, LK_LOG_WARNING, LK_LOG_NOTICE, LK_LOG_INFO,
-                                 LK_LOG_DEBUG};
-    lk__log_level = levels[lk__conf_int(conf, LK__P_LOG_LEVEL)];
     ctx->default_ttl_ms = lk__conf_int(conf, LK__P_STATE_TTL_MS);
     ctx->shutdown_timeout_ms = lk__conf_int(conf, LK__P_SHUTDOWN_TIMEOUT_MS);
     ctx->skip_loss = lk__conf_int(conf, LK__P_ON_DATA_LOSS) == 1;
@@ -310,9 +304,33 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     return ctx;
 }
 
+lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *define,
+                                       void *opaque, char *errstr, size_t errstr_size) {
+    if (!conf || !define) {
+        lk__fmt(errstr, errstr_size, "lk_context_get_or_create: conf and define are required");
+        return NULL;
+    }
+    if (lk_conf_validate(conf, errstr, errstr_size))
+        return NULL;
+    /* the process's level is left alone: only this thread, while it works for the new
+     * context, logs at the context's */
+    int prev = lk__log_bind(lk__conf_log_level(conf));
+    lk_context_t *ctx = create(conf, define, opaque, errstr, errstr_size);
+    lk__log_unbind(prev);
+    return ctx;
+}
+
+static void destroy(lk_context_t *ctx);
+
 void lk_context_destroy(lk_context_t *ctx) {
     if (!ctx)
         return;
+    int prev = lk__log_bind(ctx->log_level);
+    destroy(ctx);
+    lk__log_unbind(prev);
+}
+
+static void destroy(lk_context_t *ctx) {
     lk__ctx_release_signals(ctx);
     ctx->progress_cb = NULL; /* the callback's owner may be going away too */
     lk__metrics_destroy(ctx->metrics); /* before the store it reads */
@@ -339,11 +357,13 @@ void lk_context_destroy(lk_context_t *ctx) {
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
     lk__store_txn_t *t;
+    int prev = lk__log_bind(ctx->log_level); /* a read transaction may log (stale readers) */
     lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);
-    if (e)
-        return e;
-    e = lk__store_acc_get(t, name, value);
-    lk__store_txn_abort(t);
+    if (!e) {
+        e = lk__store_acc_get(t, name, value);
+        lk__store_txn_abort(t);
+    }
+    lk__log_unbind(prev);
     return e;
 }
 
@@ -352,5 +372,9 @@ lk_err_t lk_context_metrics_write(lk_context_t *ctx, FILE *fp, int openmetrics) 
         return LK_ERR_INVALID_ARG;
     if (!fp)
         return lk__ctx_fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: fp is required");
-    return lk__metrics_write(ctx->metrics, fp, openmetrics, ctx->errstr, sizeof ctx->errstr);
+    int prev = lk__log_bind(ctx->log_level);
+    lk_err_t e = lk__metrics_write(ctx->metrics, fp, openmetrics, ctx->errstr,
+                                   sizeof ctx->errstr);
+    lk__log_unbind(prev);
+    return e;
 }

@@ -146,6 +146,7 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
  */
 static void *delivery_thread(void *o) {
     lk_context_t *ctx = o;
+    (void)lk__log_bind(ctx->log_level); /* a thread of the context's own: never unbound */
     lk__phase_thread(1);
     for (size_t i = 0; i < ctx->nsinks; i++)
         if (ctx->dl_mine[i])

@@ -482,7 +482,10 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
 
 lk_err_t lk_context_run_once(lk_context_t *ctx) {
     int idle;
-    return run_batch(ctx, &idle);
+    int prev = lk__log_bind(ctx->log_level);
+    lk_err_t e = run_batch(ctx, &idle);
+    lk__log_unbind(prev);
+    return e;
 }
 
 static void on_signal(int sig) {
@@ -656,6 +659,7 @@ static lk_err_t stop_gracefully(lk_context_t *ctx, lk_err_t result) {
  * (graceful), then settle the delivery in flight. @locality loop thread
  */
 lk_err_t lk_context_run(lk_context_t *ctx) {
+    int prev = lk__log_bind(ctx->log_level);
     signals_t sig;
     take_signals(ctx, &sig);
     int64_t interval = lk__conf_int(ctx->conf, LK__P_BATCH_INTERVAL_MS);
@@ -689,5 +693,6 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     ctx->overlap = 0;
     lk__metrics_loop(ctx->metrics, 0, result, ctx->errstr);
     give_back_signals(&sig);
+    lk__log_unbind(prev);
     return result;
 }

@@ -39,6 +39,9 @@ struct lk_context {
     int64_t default_ttl_ms;
     int64_t shutdown_timeout_ms;
     int skip_loss;
+    /* log.level as LK_LOG_*: bound (lk__log_bind) by every public entry point taking the
+     * context and by its threads, so its messages follow it and no other context's */
+    int log_level;
     lk__sink_t **sinks; /* each sink is used by one thread at a time: see the dl_ group */
     size_t nsinks;
     lk__metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c, its own lock) */

@@ -257,6 +257,7 @@ lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_
     m->sinks = sinks;
     m->nsinks = nsinks;
     m->stall_ms = lk__conf_int(conf, LK__P_HEALTH_STALL_MS);
+    m->log_level = lk__conf_log_level(conf);
     pthread_mutex_init(&m->lock, NULL);
     if (nlate && !(m->late_ops = calloc(nlate, sizeof *m->late_ops))) {
         lk__metrics_destroy(m);

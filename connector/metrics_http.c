@@ -30,6 +30,11 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
     return ret;
 }
 
+static enum MHD_Result respond(lk__metrics_t *m, struct MHD_Connection *c, const char *url,
+                               const char *method, size_t *upload_data_size);
+
+/* libmicrohttpd's request callback, on its thread: the context's log level is bound
+ * while it answers (reading the checkpoint may log). */
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version,
                               const char *upload_data, size_t *upload_data_size,
@@ -38,6 +43,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     (void)upload_data;
     (void)con_cls;
     lk__metrics_t *m = cls;
+    int prev = lk__log_bind(m->log_level);
+    enum MHD_Result r = respond(m, c, url, method, upload_data_size);
+    lk__log_unbind(prev);
+    return r;
+}
+
+static enum MHD_Result respond(lk__metrics_t *m, struct MHD_Connection *c, const char *url,
+                               const char *method, size_t *upload_data_size) {
     if (*upload_data_size) /* a request body is not read: refused below */
         *upload_data_size = 0;
     char *body = NULL;

@@ -46,6 +46,7 @@ struct lk__metrics {
     size_t nlate;
     char *app;
     int64_t stall_ms;
+    int log_level; /* the context's log.level: libmicrohttpd's thread binds it per request */
     struct MHD_Daemon *daemon;
     pthread_mutex_t lock; /* everything below */
     lk__histogram_t phases[5];

@@ -121,6 +121,7 @@ static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr
         rd_kafka_conf_set(kc, "queued.max.messages.kbytes", "8192", kerr, sizeof kerr);
     if (fetcher && !has_group)
         rd_kafka_conf_set(kc, "group.id", lk__conf_str(conf, LK__P_APP_ID), kerr, sizeof kerr);
+    lk__conf_kafka_log(kc, conf); /* its log follows the context's log.level */
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
     if (!rk)
         lk__fmt(errstr, errstr_size, "cannot create the %s consumer: %s",

@@ -1,7 +1,8 @@
 /*
  * conf.c — lockstep configuration: a value per property of the LK__PROPS table,
  * validated on set, plus kafka.* properties passed through to (and validated by)
- * librdkafka (scope column: lk__conf_set_scoped). Also the generated reference; the
+ * librdkafka (scope column: lk__conf_set_scoped), and the log set-up each librdkafka
+ * client gets from log.level (DESIGN.md, Threads). Also the generated reference; the
  * .properties loader is conf_file.c. DESIGN.md, Layout (core/).
  */
 #define _GNU_SOURCE
@@ -429,6 +430,30 @@ int64_t lk__conf_int(const lk_conf_t *c, lk__prop_id_t id) {
 
 int lk__conf_bool(const lk_conf_t *c, lk__prop_id_t id) {
     return c->ival[id] != 0;
+}
+
+int lk__conf_log_level(const lk_conf_t *c) {
+    /* the order of log.level's values in the table */
+    static const int levels[] = {LK_LOG_ERR, LK_LOG_WARNING, LK_LOG_NOTICE, LK_LOG_INFO,
+                                 LK_LOG_DEBUG};
+    return levels[lk__conf_int(c, LK__P_LOG_LEVEL)];
+}
+
+/* librdkafka's log callback, on its threads: the client's log_level filtered already.
+ * librdkafka's documentation forbids calling its API here; rd_kafka_name only reads the
+ * name set at creation, which its own stderr logger prints too. */
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    lk__log_write(level, "librdkafka %s %s: %s", rk ? rd_kafka_name(rk) : "-", fac, buf);
+}
+
+void lk__conf_kafka_log(rd_kafka_conf_t *kc, const lk_conf_t *c) {
+    if (c && !lk_conf_get(c, "kafka.log_level")) { /* NULL: librdkafka's own default */
+        char lv[8], kerr[256];
+        lk__fmt(lv, sizeof lv, "%d", lk__conf_log_level(c));
+        /* in librdkafka's range (0..7) always: cannot fail */
+        rd_kafka_conf_set(kc, "log_level", lv, kerr, sizeof kerr);
+    }
+    rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
 }
 
 size_t lk__conf_kafka_count(const lk_conf_t *c) {

@@ -73,7 +73,11 @@ typedef enum {
     X(CHECKPOINT_BATCH_HISTORY, "checkpoint.batch.history", LK__S_LIB, LK__PT_INT, "1000", \
       1, 10000000, NULL, 0, "How many batch records (plans) the checkpoint keeps.")        \
     X(LOG_LEVEL, "log.level", LK__S_LIB, LK__PT_ENUM, "info", 0, 0,                        \
-      "error|warning|notice|info|debug", 0, "Least severe log level written to stderr.")   \
+      "error|warning|notice|info|debug", 0,                                                \
+      "Least severe log level written to stderr, for this application only (other "        \
+      "contexts in the process keep theirs): its threads and its librdkafka clients, "     \
+      "whose own log_level it is unless kafka.log_level is given (kafka.debug raises "     \
+      "theirs to debug). lockstep run also applies it to its own messages.")               \
     X(BATCH_INTERVAL_MS, "batch.interval.ms", LK__S_LIB, LK__PT_INT, "1000", 0, 86400000,  \
       NULL, 0,                                                                             \
       "Time between batch starts. A batch that finds no new input commits nothing (unless "\
@@ -235,6 +239,21 @@ const char *lk__conf_str(const lk_conf_t *conf, lk__prop_id_t id);
 int64_t lk__conf_int(const lk_conf_t *conf, lk__prop_id_t id);
 /** Current value of a BOOL property. */
 int lk__conf_bool(const lk_conf_t *conf, lk__prop_id_t id);
+
+/** log.level as a syslog level, LK_LOG_ERR .. LK_LOG_DEBUG (util_int.h). */
+int lk__conf_log_level(const lk_conf_t *conf);
+
+struct rd_kafka_conf_s;
+/**
+ * Make a librdkafka client's log follow conf's log.level: its own log_level (librdkafka
+ * filters by it, on its own threads, before any callback) is set to log.level unless
+ * kafka.log_level was given, and its lines go through lockstep's logger
+ * (lk__log_write). Call after the kafka.* properties are applied. The level lives in the
+ * client itself, so a client closed late (receiver.c's bounded close) keeps it after
+ * its context is gone. kafka.debug makes librdkafka raise its log_level to debug, as
+ * its documentation says: those lines are written whatever log.level says.
+ */
+void lk__conf_kafka_log(struct rd_kafka_conf_s *kc, const lk_conf_t *conf);
 
 /** Number of kafka.* properties set, and the i-th one (key without "kafka."). */
 size_t lk__conf_kafka_count(const lk_conf_t *conf);

@@ -1,6 +1,8 @@
 /*
  * util.c — internal helpers: error formatting, clocks, durable writes and logging.
  * The durable write follows Redis' rdbSave: temp file, fsync, rename, fsync dir.
+ * The log threshold is a context's, bound per thread (DESIGN.md, Threads); the process
+ * default serves threads working for no context.
  */
 #define _GNU_SOURCE
 #include "util_int.h"
@@ -19,7 +21,26 @@
 #include <time.h>
 #include <unistd.h>
 
-int lk__log_level = LK_LOG_INFO;
+int lk__log_default_level = LK_LOG_INFO;
+
+/* The context's log.level bound to this thread (0: none). Thread-local rather than a
+ * parameter of lk__log: every module logs, and which context it works for is known only
+ * at the entry points (DESIGN.md, Threads). */
+static _Thread_local int log_bound;
+
+int lk__log_bind(int level) {
+    int prev = log_bound;
+    log_bound = level;
+    return prev;
+}
+
+void lk__log_unbind(int prev) {
+    log_bound = prev;
+}
+
+int lk__log_threshold(void) {
+    return log_bound ? log_bound : lk__log_default_level;
+}
 
 void lk__fmt(char *buf, size_t size, const char *fmt, ...) {
     if (!buf || size == 0)
@@ -184,16 +205,12 @@ lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
     return LK_OK;
 }
 
-void lk__log(int level, const char *fmt, ...) {
+static void log_line(int level, const char *fmt, va_list ap) LK__PRINTF(2, 0);
+static void log_line(int level, const char *fmt, va_list ap) {
     static const char *names[] = {"EMERG", "ALERT", "CRIT", "ERROR",
                                   "WARN",  "NOTICE", "INFO", "DEBUG"};
-    if (level > lk__log_level)
-        return;
     char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -202,6 +219,22 @@ void lk__log(int level, const char *fmt, ...) {
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(stderr, "%s.%03ldZ %s lockstep: %s\n", when, ts.tv_nsec / 1000000,
             names[level < 0 ? 0 : level > 7 ? 7 : level], msg);
+}
+
+void lk__log(int level, const char *fmt, ...) {
+    if (level > lk__log_threshold())
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, fmt, ap);
+    va_end(ap);
+}
+
+void lk__log_write(int level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, fmt, ap);
+    va_end(ap);
 }
 
 #ifndef LK_NO_FAULTPOINTS

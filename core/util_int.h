@@ -97,11 +97,43 @@ lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,
 /** Log levels, as syslog. */
 enum { LK_LOG_ERR = 3, LK_LOG_WARNING = 4, LK_LOG_NOTICE = 5, LK_LOG_INFO = 6, LK_LOG_DEBUG = 7 };
 
-/** Current log threshold (messages above it are dropped); default LK_LOG_INFO. */
-extern int lk__log_level;
+/*
+ * The log threshold (messages less severe than it are dropped) belongs to a context:
+ * its log.level. A thread running on a context's behalf binds it (lk__log_bind) for the
+ * time it does so: every public entry point taking a context, the delivery thread, the
+ * metrics server's requests. librdkafka's clients carry it as their own log_level
+ * (lk__conf_kafka_log). Code that runs for no context (the CLI before a context exists,
+ * tests of a single module) sees the process default.
+ */
 
-/** Log one line to stderr: "%timestamp LEVEL lockstep: message". */
+/**
+ * The process default threshold, for threads with no context's level bound; default
+ * LK_LOG_INFO. Only single-threaded setup writes it (the CLI from log.level, tests and
+ * benches); a context never does.
+ */
+extern int lk__log_default_level;
+
+/**
+ * Bind level (LK_LOG_ERR .. LK_LOG_DEBUG) as the calling thread's threshold.
+ * @returns the previous binding, for lk__log_unbind(); bindings nest (a progress
+ *          callback may call into another context).
+ * @locality any thread
+ */
+int lk__log_bind(int level);
+
+/** Restore the binding lk__log_bind() returned (0: none, the process default again). */
+void lk__log_unbind(int prev);
+
+/** The calling thread's threshold: the bound level, else the process default. */
+int lk__log_threshold(void);
+
+/** Log one line to stderr, "%timestamp LEVEL lockstep: message", unless level is less
+ * severe than lk__log_threshold(). */
 void lk__log(int level, const char *fmt, ...) LK__PRINTF(2, 3);
+
+/** The same line whatever the threshold: for a caller that filtered already
+ * (librdkafka's log callback: the client's log_level did). */
+void lk__log_write(int level, const char *fmt, ...) LK__PRINTF(2, 3);
 
 /**
  * Fault points and error injection for crash tests (test builds only).

@@ -721,6 +721,9 @@ LK_EXPORT lk_err_t lk_accumulator_add(lk_batch_t *b, const char *name, int64_t d
  * @param opaque passed to define.
  * With metrics.listen set, it also starts serving /metrics, /healthz and /progress
  * (see lk_context_metrics_write()) on a thread of its own until lk_context_destroy().
+ * conf's log.level is this context's alone: what lockstep writes to stderr while working
+ * for it (in its calls, on its threads, from its librdkafka clients) follows it, and
+ * other contexts in the process keep theirs; nothing process-wide is changed.
  *
  * @returns a context owned by the caller, or NULL with errstr set. Errors include
  *          invalid configuration (a malformed metrics.listen among them), LK_ERR_LOCKED

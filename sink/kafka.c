@@ -201,6 +201,7 @@ static rd_kafka_conf_t *client_conf(const lk_conf_t *conf, const char *const (*d
             return NULL;
         }
     }
+    lk__conf_kafka_log(kc, conf); /* its log follows the context's log.level */
     return kc;
 }
 

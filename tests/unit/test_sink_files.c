@@ -36,7 +36,7 @@ static void setup(void) {
     tu_scratch_init();
     tu_path(ckpt, sizeof ckpt, tu_dir, "ckpt");
     tu_path(out, sizeof out, tu_dir, "out");
-    lk__log_level = LK_LOG_WARNING;
+    lk__log_default_level = LK_LOG_WARNING;
 }
 
 TestSuite(sink_files, .init = setup, .fini = tu_scratch_fini, .timeout = 120);

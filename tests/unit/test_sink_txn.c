@@ -33,7 +33,7 @@ static char ckpt[1024];
 static void setup(void) {
     tu_scratch_init();
     tu_path(ckpt, sizeof ckpt, tu_dir, "ckpt");
-    lk__log_level = LK_LOG_INFO;
+    lk__log_default_level = LK_LOG_INFO;
 }
 
 TestSuite(sink_txn, .init = setup, .fini = tu_scratch_fini, .timeout = 60);

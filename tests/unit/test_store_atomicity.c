@@ -48,7 +48,7 @@ static size_t blob_len(uint64_t n) { return (size_t)(n % 4) * BLOB_UNIT; }
 /* ---- the child: commit batches until killed; exit codes name a failure ---- */
 
 static void child_run(void) {
-    lk__log_level = LK_LOG_WARNING; /* no "map grown" notices */
+    lk__log_default_level = LK_LOG_WARNING; /* no "map grown" notices */
     char err[512];
     lk__store_t *s;
     if (tu_open_opts(&s, dir, "atomicity", MAP_SIZE, HISTORY, err, sizeof err)) {

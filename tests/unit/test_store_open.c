@@ -200,7 +200,7 @@ Test(store_map, grows_within_one_transaction_and_across_transactions) {
     lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
-    lk__log_level = LK_LOG_WARNING;
+    lk__log_default_level = LK_LOG_WARNING;
     lk__state_db_t db;
     CHECK(lk__store_state_open(s, "big", &db, ES));
     enum { VLEN = 2000, N1 = 2500 }; /* ~5 MB in one transaction */
@@ -291,7 +291,7 @@ Test(store_map, state_open_adopts_a_map_another_process_grew) {
     lk__store_opts_t o = {.dir = tu_dir, .readonly = 1, .map_size = 64 << 10};
     CHECK(lk__store_open(&s, &o, ES));
     cr_assert_eq(lk__store_map_size(s), 64 << 10);
-    lk__log_level = LK_LOG_WARNING;
+    lk__log_default_level = LK_LOG_WARNING;
     child_result_t r = in_child(child_grow);
     cr_assert_eq(r.err, LK_OK, "writer: %s (%s)", r.msg, lk_err_name(r.err));
     lk__state_db_t db;
@@ -304,7 +304,7 @@ Test(store_map, state_open_adopts_a_map_another_process_grew) {
 Test(store_map, one_value_far_larger_than_the_map) {
     lk__store_t *s;
     CHECK(tu_open_opts(&s, tu_dir, "app", 64 << 10, 0, ES));
-    lk__log_level = LK_LOG_WARNING;
+    lk__log_default_level = LK_LOG_WARNING;
     lk__state_db_t db;
     CHECK(lk__store_state_open(s, "big", &db, ES));
     size_t len = 6u << 20; /* 96 times the initial map */
