@@ -195,7 +195,7 @@ void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
     b->err = e;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
+    lk__vfmt(b->errstr, sizeof b->errstr, fmt, ap);
     va_end(ap);
 }
 
@@ -213,6 +213,19 @@ static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
 
 void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n) {
     return copy_bytes(b, p, n);
+}
+
+int lk__batch_keys_push(lk_batch_t *b, lk_bytes_t **keys, size_t *n, size_t *cap,
+                        const void *key, size_t klen) {
+    lk_bytes_t *v = lk__vec_reserve(*keys, cap, *n + 1, sizeof *v, 64);
+    if (!v)
+        return -1;
+    *keys = v;
+    void *k = copy_bytes(b, key, klen);
+    if (!k)
+        return -1;
+    v[(*n)++] = (lk_bytes_t){k, klen};
+    return 0;
 }
 
 static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
@@ -369,13 +382,14 @@ lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *val
 void lk_batch_fail(lk_batch_t *b, const char *fmt, ...) {
     if (!b || b->err)
         return;
-    char msg[400];
+    /* "uid: " of the operator at work, then the application's message */
+    lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s%s", b->cur ? b->cur->uid : "",
+                    b->cur ? ": " : "");
+    size_t n = strlen(b->errstr);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lk__vfmt(b->errstr + n, sizeof b->errstr - n, fmt, ap);
     va_end(ap);
-    lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s%s%s", b->cur ? b->cur->uid : "",
-                    b->cur ? ": " : "", msg);
 }
 
 void *lk_alloc(lk_batch_t *b, size_t size) {
@@ -491,16 +505,8 @@ static int expiry_cb(const void *key, size_t klen, const void *val, size_t vlen,
     expiry_scan_t *x = o;
     x->last = (void *)key;
     x->lastlen = klen;
-    if (upd < x->cutoff) {
-        lk_bytes_t *n = lk__vec_reserve(x->keys, &x->cap, x->n + 1, sizeof *n, 64);
-        if (!n)
-            return x->oom = 1;
-        x->keys = n;
-        void *k = copy_bytes(x->b, key, klen);
-        if (!k)
-            return x->oom = 1;
-        x->keys[x->n++] = (lk_bytes_t){k, klen};
-    }
+    if (upd < x->cutoff && lk__batch_keys_push(x->b, &x->keys, &x->n, &x->cap, key, klen))
+        return x->oom = 1;
     return 0;
 }
 

@@ -103,14 +103,10 @@ static int cmp_wkey(const void *a, const void *b) {
 }
 
 int lk__wkeys_add(lk__wkeys_t *l, int64_t k, lk_bytes_t key) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        lk__wkey_t *n = realloc(l->v, cap * sizeof *n);
-        if (!n)
-            return -1;
-        l->v = n;
-        l->cap = cap;
-    }
+    lk__wkey_t *n = lk__vec_reserve(l->v, &l->cap, l->n + 1, sizeof *n, 64);
+    if (!n)
+        return -1;
+    l->v = n;
     l->v[l->n++] = (lk__wkey_t){k, key};
     return 0;
 }

@@ -82,14 +82,10 @@ typedef struct {
 } sess_ops_t;
 
 static int sess_op(sess_ops_t *o, const lk_bytes_t *key, int64_t start, int64_t end, int put) {
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 64;
-        sess_op_t *n = realloc(o->v, cap * sizeof *n);
-        if (!n)
-            return -1;
-        o->v = n;
-        o->cap = cap;
-    }
+    sess_op_t *n = lk__vec_reserve(o->v, &o->cap, o->n + 1, sizeof *n, 64);
+    if (!n)
+        return -1;
+    o->v = n;
     o->v[o->n] = (sess_op_t){*key, start, end, o->n, put};
     o->n++;
     return 0;

@@ -21,22 +21,23 @@
 
 int lk__log_level = LK_LOG_INFO;
 
+void lk__vfmt(char *buf, size_t size, const char *fmt, va_list ap) {
+    if (buf && size > 0)
+        vsnprintf(buf, size, fmt, ap);
+}
+
 void lk__fmt(char *buf, size_t size, const char *fmt, ...) {
-    if (!buf || size == 0)
-        return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, size, fmt, ap);
+    lk__vfmt(buf, size, fmt, ap);
     va_end(ap);
 }
 
 lk_err_t lk__err(lk_err_t err, char *errstr, size_t errstr_size, const char *fmt, ...) {
-    if (errstr && errstr_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errstr, errstr_size, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    lk__vfmt(errstr, errstr_size, fmt, ap);
+    va_end(ap);
     return err;
 }
 
@@ -99,6 +100,60 @@ int lk__fsync_dir(const char *path) {
     close(fd);
     errno = e;
     return rc;
+}
+
+/* fsync the directory holding the entry path names: path is cut at its last slash for
+ * the call and restored. */
+static int fsync_parent(char *path) {
+    char *slash = strrchr(path, '/');
+    if (!slash)
+        return lk__fsync_dir(".");
+    if (slash == path)
+        return lk__fsync_dir("/");
+    *slash = '\0';
+    int rc = lk__fsync_dir(path);
+    *slash = '/';
+    return rc;
+}
+
+int lk__mkdir_p(const char *path) {
+    char *p = strdup(path);
+    if (!p)
+        return -1;
+    size_t len = strlen(p);
+    while (len > 1 && p[len - 1] == '/')
+        p[--len] = '\0';
+    int rc = 0;
+    for (char *c = p + 1;; c++) {
+        if (*c != '/' && *c != '\0')
+            continue;
+        char save = *c;
+        *c = '\0';
+        struct stat st;
+        if (mkdir(p, 0700) == 0)
+            rc = fsync_parent(p);
+        else if (errno != EEXIST || stat(p, &st) != 0)
+            rc = -1;
+        else if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            rc = -1;
+        }
+        *c = save;
+        if (rc || !save)
+            break;
+    }
+    int err = errno;
+    free(p);
+    errno = err;
+    return rc;
+}
+
+void lk__nap_ms(int64_t ms, int (*wake)(const void *o), const void *o) {
+    int64_t end = lk__mono_ms() + ms;
+    for (int64_t left = ms; left > 0 && !(wake && wake(o)); left = end - lk__mono_ms()) {
+        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,

@@ -172,21 +172,6 @@ static lk_err_t acknowledge_member(lk__sink_t *s, size_t i, lk__store_t *store, 
     return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
 }
 
-/* The oldest batch in member i's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t member_pending(lk__sink_t *s, lk__store_t *store, size_t i, uint64_t *batch,
-                               char *errstr, size_t errstr_size) {
-    lk__store_txn_t *t;
-    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
-    if (e)
-        return e;
-    e = lk__store_outbox_batch_from(t, s->members[i].uid, 0, batch);
-    lk__store_txn_abort(t);
-    if (e && e != LK_ERR_NOT_FOUND)
-        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
-                       s->members[i].uid, lk_err_str(e));
-    return e;
-}
-
 /* Acknowledge: every member's outbox of batches <= batch goes, its fence records batch
  * (one checkpoint transaction: the members were delivered in one Kafka transaction). */
 static lk_err_t acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
@@ -312,15 +297,17 @@ static lk_err_t settle(lk__sink_t *s, lk__store_t *store, char *errstr, size_t e
     return LK_OK;
 }
 
-/* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, uint64_t *batch,
-                             char *errstr, size_t errstr_size) {
+/* The oldest batch >= from in the outboxes of members [lo, hi); LK_ERR_NOT_FOUND when
+ * none. */
+static lk_err_t oldest_pending(lk__sink_t *s, lk__store_t *store, size_t lo, size_t hi,
+                               uint64_t from, uint64_t *batch, char *errstr,
+                               size_t errstr_size) {
     lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
     if (e)
         return e;
     lk_err_t r = LK_ERR_NOT_FOUND;
-    for (size_t i = 0; i < s->nmembers; i++) {
+    for (size_t i = lo; i < hi; i++) {
         uint64_t b;
         e = lk__store_outbox_batch_from(t, s->members[i].uid, from, &b);
         if (e == LK_ERR_NOT_FOUND)
@@ -336,6 +323,12 @@ static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, u
     }
     lk__store_txn_abort(t);
     return r;
+}
+
+/* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
+static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, uint64_t *batch,
+                             char *errstr, size_t errstr_size) {
+    return oldest_pending(s, store, 0, s->nmembers, from, batch, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size) {
@@ -368,7 +361,7 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
         uint64_t f = s->members[i].fence > fence ? s->members[i].fence : fence, first = 0;
         if (!f)
             continue;
-        e = member_pending(s, store, i, &first, errstr, errstr_size);
+        e = oldest_pending(s, store, i, i + 1, 0, &first, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (!e && first > f))
             continue;
         if (e)
