@@ -1,6 +1,8 @@
 /*
- * util.c — internal helpers: error formatting, clocks, durable writes and logging.
- * The durable write follows Redis' rdbSave: temp file, fsync, rename, fsync dir.
+ * util.c — internal helpers (util_int.h): error formatting, clocks, array growth, durable
+ * writes and directories, the library's one sleep (lk__nap_ms), and logging. The durable
+ * write follows Redis' rdbSave: temp file, fsync, rename, fsync dir; a created directory
+ * is made durable the same way, by an fsync of its parent.
  */
 #define _GNU_SOURCE
 #include "util_int.h"

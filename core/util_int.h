@@ -1,7 +1,9 @@
 /*
  * util_int.h — small internal helpers shared by every module: bounded error
- * formatting, monotonic and wall clocks, durable file writes (temp, fsync, rename,
- * fsync dir), and logging to stderr.
+ * formatting, monotonic and wall clocks, the growth of hand-written arrays, durable file
+ * writes (temp, fsync, rename, fsync dir) and directories (mkdir -p, fsync parent), the
+ * library's one sleep, and logging to stderr. Each exists once: modules call these
+ * rather than keep their own copy.
  */
 #ifndef LK_UTIL_INT_H
 #define LK_UTIL_INT_H

@@ -506,29 +506,31 @@ lk_err_t lk__sink_acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch,
                                          : LK_OK;
 }
 
-lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
-                               char *errstr, size_t errstr_size) {
+/* Deliver the outbox's batches <= upto in order, oldest first, each atomically, and with
+ * ack acknowledge each (then it leaves the outbox); *last is the last delivered (0: none)
+ * and *n counts them. */
+static lk_err_t deliver_pending(lk__sink_t *s, lk__store_t *store, uint64_t upto, int ack,
+                                uint64_t *last, size_t *n, char *errstr, size_t errstr_size) {
     *last = 0;
-    uint64_t from = 0;
-    for (;;) {
+    *n = 0;
+    for (uint64_t from = 0;;) {
         uint64_t b;
         lk_err_t e = pending_from(s, store, from, &b, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (e == LK_OK && b > upto))
             return LK_OK;
-        if (e)
-            return e;
-        if ((e = deliver_unacked(s, store, b, errstr, errstr_size)))
+        if (e || (e = deliver_unacked(s, store, b, errstr, errstr_size)) ||
+            (ack && (e = lk__sink_acknowledge(s, store, b, errstr, errstr_size))))
             return e;
         *last = b;
+        (*n)++;
         from = b + 1;
     }
 }
 
-/* Deliver one batch atomically and acknowledge it. */
-static lk_err_t deliver(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
-                        size_t errstr_size) {
-    lk_err_t e = deliver_unacked(s, store, batch, errstr, errstr_size);
-    return e ? e : lk__sink_acknowledge(s, store, batch, errstr, errstr_size);
+lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
+                               char *errstr, size_t errstr_size) {
+    size_t n;
+    return deliver_pending(s, store, upto, 0, last, &n, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *batch,
@@ -539,18 +541,7 @@ lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *bat
 lk_err_t lk__sink_drain(lk__sink_t *s, lk__store_t *store, uint64_t upto, size_t *delivered,
                         char *errstr, size_t errstr_size) {
     *delivered = 0;
+    uint64_t last;
     lk_err_t e = lk__sink_recover(s, store, errstr, errstr_size);
-    if (e)
-        return e;
-    for (;;) {
-        uint64_t first;
-        e = lk__sink_first_pending(s, store, &first, errstr, errstr_size);
-        if (e == LK_ERR_NOT_FOUND || (e == LK_OK && first > upto))
-            return LK_OK;
-        if (e)
-            return e;
-        if ((e = deliver(s, store, first, errstr, errstr_size)))
-            return e;
-        (*delivered)++;
-    }
+    return e ? e : deliver_pending(s, store, upto, 1, &last, delivered, errstr, errstr_size);
 }
