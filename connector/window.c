@@ -209,7 +209,7 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
         return NULL;
     }
     char *params = NULL;
-    int n = session? asprintf(&params,
+    int n = session ? asprintf(&params,
                                "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=%s,"
                                "event.time=%s",
                                (long long)spec->gap_ms, (long long)spec->grace_ms,

@@ -80,12 +80,13 @@ static int64_t real_now_ms(void *o) {
     return lk__mono_ms();
 }
 
+/* Wakes real_sleep_ms's nap: the sink was abandoned (an immediate stop). */
 static int abandoned(const void *o) {
     const lk__kafka_sink_t *k = o;
     return lk__kafka_abandoned(k->owner);
 }
 
-/* Sleep ms in steps of 50 ms, ending early on an immediate stop. */
+/* Sleep ms (lk__nap_ms: steps of 50 ms), ending early on an immediate stop. */
 static void real_sleep_ms(void *o, int64_t ms) {
     lk__nap_ms(ms, abandoned, o);
 }

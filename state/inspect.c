@@ -147,7 +147,7 @@ static json_t *section(FILE *fp, json_t *d, const char *name, const char *what) 
     return a;
 }
 
-#define INT JSON_INTEGER_FORMAT
+#define JINT JSON_INTEGER_FORMAT
 
 static void print_text(FILE *fp, json_t *d) {
     json_t *v, *a;
@@ -155,23 +155,23 @@ static void print_text(FILE *fp, json_t *d) {
     const char *key;
     fprintf(fp, "checkpoint    %s\n", str_of(d, "checkpoint"));
     fprintf(fp, "app.id        %s\n", str_of(d, "app_id"));
-    fprintf(fp, "format        %" INT "\n", int_of(d, "format"));
+    fprintf(fp, "format        %" JINT "\n", int_of(d, "format"));
     const char *id = str_of(d, "checkpoint_id");
     fprintf(fp, "checkpoint id %s\n", id ? id : "none yet (format 1; given one at the next run)");
     fprintf(fp, "created       %s\n", str_of(d, "created"));
-    fprintf(fp, "map size      %" INT " bytes\n", int_of(d, "map_size"));
+    fprintf(fp, "map size      %" JINT " bytes\n", int_of(d, "map_size"));
     json_t *b = json_object_get(d, "last_batch");
     if (json_is_object(b)) {
-        fprintf(fp, "last batch    %" INT " (batch time %s, committed %s, %" INT " records in, "
-                "%" INT " out)\n", int_of(b, "id"), str_of(b, "batch_time"),
+        fprintf(fp, "last batch    %" JINT " (batch time %s, committed %s, %" JINT " records in, "
+                "%" JINT " out)\n", int_of(b, "id"), str_of(b, "batch_time"),
                 str_of(b, "committed"), int_of(b, "records_in"), int_of(b, "records_out"));
         json_array_foreach(json_object_get(b, "ranges"), i, v)
-            fprintf(fp, "                %s[%d] [%" INT ", %" INT ")\n", str_of(v, "topic"),
+            fprintf(fp, "                %s[%d] [%" JINT ", %" JINT ")\n", str_of(v, "topic"),
                     (int)int_of(v, "partition"), int_of(v, "from"), int_of(v, "until"));
     } else {
         fprintf(fp, "last batch    none\n");
     }
-    fprintf(fp, "batches kept  %" INT "\n", int_of(d, "batches_kept"));
+    fprintf(fp, "batches kept  %" JINT "\n", int_of(d, "batches_kept"));
 
     a = section(fp, d, "topology", "operators");
     json_array_foreach(a, i, v)
@@ -179,23 +179,23 @@ static void print_text(FILE *fp, json_t *d) {
                 (int)int_of(v, "schema_version"), str_of(v, "params"));
     a = section(fp, d, "offsets", "partitions");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %s[%d]  %" INT "\n", str_of(v, "topic"), (int)int_of(v, "partition"),
+        fprintf(fp, "  %s[%d]  %" JINT "\n", str_of(v, "topic"), (int)int_of(v, "partition"),
                 int_of(v, "offset"));
     a = section(fp, d, "outbox", "sinks with pending output");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s %" INT " batches (%" INT "..%" INT "), %" INT " records, %" INT
+        fprintf(fp, "  %-24s %" JINT " batches (%" JINT "..%" JINT "), %" JINT " records, %" JINT
                 " bytes\n", str_of(v, "sink"), int_of(v, "batches"), int_of(v, "first_batch"),
                 int_of(v, "last_batch"), int_of(v, "records"), int_of(v, "bytes"));
     a = section(fp, d, "fences", "sinks");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s delivered through batch %" INT " (recorded %s)\n",
+        fprintf(fp, "  %-24s delivered through batch %" JINT " (recorded %s)\n",
                 str_of(v, "sink"), int_of(v, "batch"), str_of(v, "recorded"));
     a = section(fp, d, "accumulators", "");
     json_object_foreach(a, key, v)
-        fprintf(fp, "  %-24s %" INT "\n", key, json_integer_value(v));
+        fprintf(fp, "  %-24s %" JINT "\n", key, json_integer_value(v));
     a = section(fp, d, "state", "operators");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s %" INT " entries, %" INT " bytes\n", str_of(v, "uid"),
+        fprintf(fp, "  %-24s %" JINT " entries, %" JINT " bytes\n", str_of(v, "uid"),
                 int_of(v, "entries"), int_of(v, "bytes"));
     fprintf(fp, "\nconfig (as last run; secrets redacted)\n");
     a = json_object_get(d, "config");
@@ -203,7 +203,7 @@ static void print_text(FILE *fp, json_t *d) {
         fprintf(fp, "  %s=%s\n", key, json_string_value(v));
 }
 
-#undef INT
+#undef JINT
 
 lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
                            size_t errstr_size) {
