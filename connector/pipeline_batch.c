@@ -144,14 +144,10 @@ static lk__kv_entry_t *kv_get(lk__kv_t *kv, lk__arena_t *a, const void *key, siz
     memset(e, 0, sizeof *e);
     e->key = (lk_bytes_t){kc, klen};
     e->hash = h;
-    if (kv->norder == kv->caporder) {
-        size_t cap = kv->caporder ? kv->caporder * 2 : 1024;
-        lk__kv_entry_t **o = realloc(kv->order, cap * sizeof *o);
-        if (!o)
-            return NULL;
-        kv->order = o;
-        kv->caporder = cap;
-    }
+    lk__kv_entry_t **o = lk__vec_reserve(kv->order, &kv->caporder, kv->norder + 1, sizeof *o, 1024);
+    if (!o)
+        return NULL;
+    kv->order = o;
     kv->order[kv->norder++] = e;
     *sl = (lk__kv_slot_t){h, e};
     kv->count++;

@@ -200,16 +200,10 @@ static int first_slice(int64_t slice, void *o) {
 
 static int collect_key(const void *key, size_t klen, void *o) {
     expire_t *x = o;
-    if (x->len + 2 + klen > x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16384;
-        while (cap < x->len + 2 + klen)
-            cap *= 2;
-        unsigned char *n = realloc(x->buf, cap);
-        if (!n)
-            return x->oom = 1;
-        x->buf = n;
-        x->cap = cap;
-    }
+    unsigned char *n = lk__vec_reserve(x->buf, &x->cap, x->len + 2 + klen, 1, 16384);
+    if (!n)
+        return x->oom = 1;
+    x->buf = n;
     x->buf[x->len] = (unsigned char)(klen >> 8);
     x->buf[x->len + 1] = (unsigned char)klen;
     memcpy(x->buf + x->len + 2, key, klen);
