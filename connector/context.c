@@ -17,7 +17,7 @@
 lk_err_t lk__ctx_fail(lk_context_t *ctx, lk_err_t e, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->errstr, sizeof ctx->errstr, fmt, ap);
+    lk__vfmt(ctx->errstr, sizeof ctx->errstr, fmt, ap);
     va_end(ap);
     return e;
 }
@@ -170,11 +170,8 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
     lk_pipeline_t *p = ctx->pipeline;
     size_t cap = p->nstages ? p->nstages : 1;
     ctx->sinks = calloc(cap, sizeof *ctx->sinks);
-    ctx->dl_mine = calloc(cap, sizeof *ctx->dl_mine);
-    ctx->dl_last = calloc(cap, sizeof *ctx->dl_last);
-    ctx->dl_err = calloc(cap, sizeof *ctx->dl_err);
-    ctx->dl_errstr = calloc(cap, sizeof *ctx->dl_errstr);
-    if (!ctx->sinks || !ctx->dl_mine || !ctx->dl_last || !ctx->dl_err || !ctx->dl_errstr)
+    ctx->dl = calloc(cap, sizeof *ctx->dl);
+    if (!ctx->sinks || !ctx->dl)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     lk__sink_t *kafka = NULL;
     for (size_t i = 0; i < p->nstages; i++) {
@@ -342,10 +339,7 @@ static void destroy(lk_context_t *ctx) {
     for (size_t i = 0; i < ctx->nsinks; i++)
         lk__sink_destroy(ctx->sinks[i]);
     free(ctx->sinks);
-    free(ctx->dl_mine);
-    free(ctx->dl_last);
-    free(ctx->dl_err);
-    free(ctx->dl_errstr);
+    free(ctx->dl);
     if (ctx->pipeline)
         lk__batch_reset(&ctx->batch, ctx->pipeline);
     lk__batch_free(&ctx->batch);

@@ -138,8 +138,8 @@ static lk_err_t sinks_backoff(lk_context_t *ctx, lk_err_t first) {
 
 /*
  * The delivery thread's body: deliver the durable batches up to dl_upto for the sinks
- * marked in dl_mine, leaving each sink's outcome in dl_err/dl_errstr and the last batch
- * it delivered in dl_last (read by the loop after the join). It opens only read
+ * marked mine in dl, leaving each sink's outcome in dl[i].err/.errstr and the last batch
+ * it delivered in dl[i].last (read by the loop after the join). It opens only read
  * transactions, writes nothing else of ctx, and never acknowledges (acknowledgements are
  * checkpoint writes, the loop's).
  * @locality delivery thread
@@ -149,10 +149,10 @@ static void *delivery_thread(void *o) {
     (void)lk__log_bind(ctx->log_level); /* a thread of the context's own: never unbound */
     lk__phase_thread(1);
     for (size_t i = 0; i < ctx->nsinks; i++)
-        if (ctx->dl_mine[i])
-            ctx->dl_err[i] = lk__sink_deliver_upto(ctx->sinks[i], ctx->store, ctx->dl_upto,
-                                                   &ctx->dl_last[i], ctx->dl_errstr[i],
-                                                   sizeof ctx->dl_errstr[i]);
+        if (ctx->dl[i].mine)
+            ctx->dl[i].err = lk__sink_deliver_upto(ctx->sinks[i], ctx->store, ctx->dl_upto,
+                                                   &ctx->dl[i].last, ctx->dl[i].errstr,
+                                                   sizeof ctx->dl[i].errstr);
     lk__phase(LK__PH_IDLE);
     ctx->dl_done_ns = lk__mono_ns();
     return NULL;
@@ -169,20 +169,20 @@ lk_err_t lk__ctx_finish_delivery(lk_context_t *ctx) {
     ctx->dl_running = 0;
     lk_err_t first = LK_OK, fatal = LK_OK;
     for (size_t i = 0; i < ctx->nsinks; i++) {
-        if (!ctx->dl_mine[i])
+        if (!ctx->dl[i].mine)
             continue;
-        ctx->dl_mine[i] = 0;
-        lk_err_t e = ctx->dl_err[i];
+        ctx->dl[i].mine = 0;
+        lk_err_t e = ctx->dl[i].err;
         char ack_err[1024];
-        lk_err_t ae = ctx->dl_last[i] ? lk__sink_acknowledge(ctx->sinks[i], ctx->store,
-                                                             ctx->dl_last[i], ack_err,
+        lk_err_t ae = ctx->dl[i].last ? lk__sink_acknowledge(ctx->sinks[i], ctx->store,
+                                                             ctx->dl[i].last, ack_err,
                                                              sizeof ack_err)
                                       : LK_OK;
         if (!e && ae) {
             e = ae;
-            memcpy(ctx->dl_errstr[i], ack_err, sizeof ack_err);
+            memcpy(ctx->dl[i].errstr, ack_err, sizeof ack_err);
         }
-        if (e && !fatal && sink_failed(ctx, e, ctx->dl_errstr[i], &first))
+        if (e && !fatal && sink_failed(ctx, e, ctx->dl[i].errstr, &first))
             fatal = e; /* fenced or fatal */
     }
     if (ctx->dl_report) {
@@ -256,7 +256,7 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
         lk__sink_t *s = ctx->sinks[i];
         char err[1024];
         uint64_t first = 0;
-        ctx->dl_mine[i] = 0;
+        ctx->dl[i].mine = 0;
         if (!lk__sink_ready(s))
             return lk__ctx_drain_sinks(ctx, 1);
         e = lk__sink_first_pending(s, ctx->store, &first, err, sizeof err);
@@ -264,7 +264,7 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
             continue;
         if (e)
             return lk__ctx_drain_sinks(ctx, 1);
-        ctx->dl_mine[i] = 1;
+        ctx->dl[i].mine = 1;
         any = 1;
     }
     if (!any)
@@ -279,7 +279,8 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx) {
     int rc = pthread_create(&ctx->dl_thread, NULL, delivery_thread, ctx);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc) {
-        memset(ctx->dl_mine, 0, ctx->nsinks * sizeof *ctx->dl_mine);
+        for (size_t i = 0; i < ctx->nsinks; i++)
+            ctx->dl[i].mine = 0;
         return lk__ctx_drain_sinks(ctx, 1);
     }
     ctx->dl_running = 1;

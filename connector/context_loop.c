@@ -497,28 +497,11 @@ static void on_signal(int sig) {
     request_stop(ctx, !atomic_load(&ctx->stop_graceful));
 }
 
-/* Sleep up to ms, waking early when a stop is requested. */
-static void nap(lk_context_t *ctx, int64_t ms) {
-    int64_t end = lk__mono_ms() + ms;
-    while (!atomic_load(&ctx->stop_graceful) && !atomic_load(&ctx->stop_now)) {
-        int64_t left = end - lk__mono_ms();
-        if (left <= 0)
-            break;
-        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-}
-
-/* Sleep up to ms; only an immediate stop wakes it (used while a graceful stop drains). */
-static void nap_ms(lk_context_t *ctx, int64_t ms) {
-    int64_t end = lk__mono_ms() + ms;
-    while (!atomic_load(&ctx->stop_now)) {
-        int64_t left = end - lk__mono_ms();
-        if (left <= 0)
-            break;
-        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+/* Wakes a nap (lk__nap_ms) of the batch loop while a graceful stop drains the deliveries:
+ * only an immediate stop. */
+static int stop_now_requested(const void *o) {
+    const lk_context_t *ctx = o;
+    return atomic_load(&ctx->stop_now);
 }
 
 static int retriable(const lk_context_t *ctx, lk_err_t e) {
@@ -558,7 +541,9 @@ static void give_back_signals(const signals_t *s) {
     signal_ctx = NULL;
 }
 
-static int stop_requested(lk_context_t *ctx) {
+/* Any stop (a graceful one too); also what wakes the batch loop's naps (lk__nap_ms). */
+static int stop_requested(const void *o) {
+    const lk_context_t *ctx = o;
     return atomic_load(&ctx->stop_graceful) || atomic_load(&ctx->stop_now);
 }
 
@@ -591,7 +576,7 @@ static int batch_failed(lk_context_t *ctx, lk_err_t e, int64_t *backoff, lk_err_
     }
     lk__log(LK_LOG_WARNING, "batch failed, retrying in %lld ms: %s", (long long)*backoff,
             ctx->errstr);
-    nap(ctx, *backoff);
+    lk__nap_ms(*backoff, stop_requested, ctx);
     int64_t backoff_max = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MAX_MS);
     *backoff = *backoff * 2 > backoff_max ? backoff_max : *backoff * 2;
     return 0;
@@ -623,7 +608,8 @@ static void wait_for_next_batch(lk_context_t *ctx, int was_idle, int64_t started
     int64_t elapsed = lk__mono_ms() - started;
     lk__phase(LK__PH_IDLE);
     if (was_idle || elapsed < interval)
-        nap(ctx, was_idle && interval == 0 ? 100 : interval - elapsed);
+        lk__nap_ms(was_idle && interval == 0 ? 100 : interval - elapsed, stop_requested,
+                   ctx);
 }
 
 /* A graceful stop after the loop: sync, then deliver what is pending within
@@ -640,8 +626,9 @@ static lk_err_t stop_gracefully(lk_context_t *ctx, lk_err_t result) {
            !atomic_load(&ctx->stop_now) && lk__mono_ms() < until) {
         if (lk__ctx_drain_sinks(ctx, 1) == LK_OK)
             break;
-        nap_ms(ctx, ctx->sink_backoff_ms < until - lk__mono_ms() ? ctx->sink_backoff_ms
-                                                                  : until - lk__mono_ms());
+        lk__nap_ms(ctx->sink_backoff_ms < until - lk__mono_ms() ? ctx->sink_backoff_ms
+                                                                : until - lk__mono_ms(),
+                   stop_now_requested, ctx);
     }
     if (lk__store_outbox_bytes(ctx->store) > 0)
         lk__log(LK_LOG_WARNING, "stopping with undelivered output in the outbox; it is "

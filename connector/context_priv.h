@@ -56,18 +56,20 @@ struct lk_context {
 
     /* ---- handed to the delivery thread and back, guarded by pthread_create and
      * pthread_join (no lock: the thread's start and its join order the accesses). The
-     * loop writes dl_upto, dl_mine and dl_started_ns before pthread_create and reads the
-     * rest after pthread_join; while dl_running, the thread alone writes dl_last[i],
-     * dl_err[i] and dl_errstr[i] of the sinks marked in dl_mine, and dl_done_ns, and the
+     * loop writes dl_upto, dl[i].mine and dl_started_ns before pthread_create and reads
+     * the rest after pthread_join; while dl_running, the thread alone writes dl[i].last,
+     * .err and .errstr of the sinks marked mine, and dl_done_ns, and the
      * loop does not touch those sinks (lk__ctx_drain_sinks returns early or joins
      * first). ---- */
     int dl_running; /* the loop's own: a delivery thread was started and not joined */
     pthread_t dl_thread;
     uint64_t dl_upto;
-    unsigned char *dl_mine;
-    uint64_t *dl_last;
-    lk_err_t *dl_err;
-    char (*dl_errstr)[1024];
+    struct {
+        unsigned char mine; /* sinks[i] delivers on the thread */
+        uint64_t last;      /* the last batch it delivered there (0: none) */
+        lk_err_t err;       /* its outcome, and why */
+        char errstr[1024];
+    } *dl; /* one per sink, as sinks */
     int64_t dl_started_ns, dl_done_ns;
 
     /* ---- the loop thread's own (never read by the delivery thread) ---- */

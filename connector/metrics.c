@@ -149,42 +149,45 @@ void lk__metrics_loop(lk__metrics_t *m, int running, lk_err_t err, const char *w
     pthread_mutex_unlock(&m->lock);
 }
 
+/* One outcome of a run of batches or of sink deliveries: a success ends the run (*since
+ * 0); a failure starts it (*since, when not yet) and says why. Returns the time, now. */
+static int64_t note_outcome(int64_t *since, char *last_why, size_t size, lk_err_t err,
+                            const char *why) {
+    int64_t now = lk__mono_ms();
+    if (!err) {
+        *since = 0;
+        return now;
+    }
+    if (!*since)
+        *since = now;
+    lk__fmt(last_why, size, "%s", why ? why : lk_err_str(err));
+    return now;
+}
+
 void lk__metrics_batch(lk__metrics_t *m, lk_err_t err, const char *why) {
     if (!m)
         return;
-    int64_t now = lk__mono_ms();
     pthread_mutex_lock(&m->lock);
-    if (!err) {
+    int64_t now = note_outcome(&m->retry_since_ms, m->why, sizeof m->why, err, why);
+    if (!err)
         m->last_ok_ms = now;
-        m->retry_since_ms = 0;
-    } else {
+    else
         m->batch_errors++;
-        if (!m->retry_since_ms)
-            m->retry_since_ms = now;
-        lk__fmt(m->why, sizeof m->why, "%s", why ? why : lk_err_str(err));
-    }
     pthread_mutex_unlock(&m->lock);
 }
 
 void lk__metrics_sink(lk__metrics_t *m, lk_err_t err, const char *why) {
     if (!m)
         return;
-    int64_t now = lk__mono_ms();
     pthread_mutex_lock(&m->lock);
-    if (!err) {
-        m->sink_fail_since_ms = 0;
-    } else {
-        if (err == LK_ERR_FENCED)
-            m->fenced++;
-        if (err == LK_ERR_FENCED || err == LK_ERR_FATAL || err == LK_ERR_STATE ||
-            err == LK_ERR_CORRUPT) /* what stops the application */
-            m->sink_fatal = 1;
-        else
-            m->sink_errors++;
-        if (!m->sink_fail_since_ms)
-            m->sink_fail_since_ms = now;
-        lk__fmt(m->sink_why, sizeof m->sink_why, "%s", why ? why : lk_err_str(err));
-    }
+    note_outcome(&m->sink_fail_since_ms, m->sink_why, sizeof m->sink_why, err, why);
+    if (err == LK_ERR_FENCED)
+        m->fenced++;
+    if (err == LK_ERR_FENCED || err == LK_ERR_FATAL || err == LK_ERR_STATE ||
+        err == LK_ERR_CORRUPT) /* what stops the application */
+        m->sink_fatal = 1;
+    else if (err)
+        m->sink_errors++;
     pthread_mutex_unlock(&m->lock);
 }
 

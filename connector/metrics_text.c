@@ -133,9 +133,33 @@ static void sample(FILE *fp, const lk__metrics_t *m, const char *name) {
     fputc('"', fp);
 }
 
-static void sample_u64(FILE *fp, const lk__metrics_t *m, int id, uint64_t v) {
+/* Start a sample of metric id with one label besides app: name{app="...",label="value";
+ * the caller adds any other label and "} value". */
+static void sample_label(FILE *fp, const lk__metrics_t *m, int id, const char *label,
+                         const char *value) {
+    sample(fp, m, metric_defs[id].name);
+    fprintf(fp, ",%s=\"", label);
+    label_value(fp, value);
+    fputc('"', fp);
+}
+
+/* A metric with a single sample (no label but app): its HELP and TYPE, then the value. */
+static void single_u64(FILE *fp, const lk__metrics_t *m, int om, int id, uint64_t v) {
+    head(fp, id, om);
     sample(fp, m, metric_defs[id].name);
     fprintf(fp, "} %llu\n", (unsigned long long)v);
+}
+
+/* A double in the exposition's syntax. */
+static void value_double(FILE *fp, double v) {
+    fprintf(fp, "%.17g\n", v);
+}
+
+static void single_double(FILE *fp, const lk__metrics_t *m, int om, int id, double v) {
+    head(fp, id, om);
+    sample(fp, m, metric_defs[id].name);
+    fputs("} ", fp);
+    value_double(fp, v);
 }
 
 typedef struct {
@@ -178,25 +202,24 @@ static int acc_user(const char *name, int64_t value, void *o) {
     /* lockstep's own and the windows' late records: exposed as metrics above */
     if (!strncmp(name, "lockstep.", 9) || late_index(a->m, name) >= 0)
         return 0;
-    sample(a->fp, a->m, metric_defs[LK__M_ACCUMULATOR].name);
-    fputs(",name=\"", a->fp);
-    label_value(a->fp, name);
-    fprintf(a->fp, "\"} %lld\n", (long long)value);
+    sample_label(a->fp, a->m, LK__M_ACCUMULATOR, "name", name);
+    fprintf(a->fp, "} %lld\n", (long long)value);
     return 0;
 }
 
 static int state_entries(const lk__state_stat_t *st, void *o) {
     acc_ctx_t *a = o;
-    sample(a->fp, a->m, metric_defs[LK__M_STATE_ENTRIES].name);
-    fputs(",operator=\"", a->fp);
-    label_value(a->fp, st->uid);
-    fprintf(a->fp, "\"} %llu\n", (unsigned long long)st->entries);
+    sample_label(a->fp, a->m, LK__M_STATE_ENTRIES, "operator", st->uid);
+    fprintf(a->fp, "} %llu\n", (unsigned long long)st->entries);
     return 0;
 }
 
-/* A double in the exposition's syntax. */
-static void value_double(FILE *fp, double v) {
-    fprintf(fp, "%.17g\n", v);
+/* The copies lk__metrics_write takes under the lock. */
+static void free_copies(lk__part_high_t *highs, size_t nh, int64_t *late) {
+    for (size_t i = 0; i < nh; i++)
+        free(highs[i].topic);
+    free(highs);
+    free(late);
 }
 
 lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int om, char *errstr,
@@ -223,35 +246,26 @@ lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int om, char *errstr,
     }
     pthread_mutex_unlock(&m->lock);
     if (!highs || !late) {
-        for (size_t i = 0; i < nh; i++)
-            free(highs[i].topic);
-        free(highs);
-        free(late);
+        free_copies(highs, nh, late);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
     }
 
     lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(m->store, 0, &t, errstr, errstr_size);
     if (e) {
-        for (size_t i = 0; i < nh; i++)
-            free(highs[i].topic);
-        free(highs);
-        free(late);
+        free_copies(highs, nh, late);
         return e;
     }
     acc_ctx_t a = {fp, m, 0, 0, 0, 0, late};
     lk__store_acc_foreach(t, acc_internal, &a);
 
     head(fp, LK__M_BUILD_INFO, om);
-    sample(fp, m, "lockstep_build_info");
-    fputs(",version=\"", fp);
-    label_value(fp, lk_version_str());
-    fprintf(fp, "\",checkpoint_format=\"%d\"} 1\n", lk__store_format(m->store));
+    sample_label(fp, m, LK__M_BUILD_INFO, "version", lk_version_str());
+    fprintf(fp, ",checkpoint_format=\"%d\"} 1\n", lk__store_format(m->store));
 
-    head(fp, LK__M_BATCHES, om);
     lk__batch_rec_t last;
     int have_last = lk__store_batch_last(t, &last) == LK_OK;
-    sample_u64(fp, m, LK__M_BATCHES, have_last ? last.id : 0);
+    single_u64(fp, m, om, LK__M_BATCHES, have_last ? last.id : 0);
 
     head(fp, LK__M_RECORDS, om);
     sample(fp, m, metric_defs[LK__M_RECORDS].name);
@@ -285,84 +299,60 @@ lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int om, char *errstr,
         if (lk__store_offset_get(t, highs[i].topic, highs[i].partition, &off) != LK_OK)
             continue; /* not yet in the checkpoint: no lag to tell */
         int64_t lag = highs[i].high > off ? highs[i].high - off : 0;
-        sample(fp, m, metric_defs[LK__M_LAG].name);
-        fputs(",topic=\"", fp);
-        label_value(fp, highs[i].topic);
-        fprintf(fp, "\",partition=\"%d\"} %lld\n", (int)highs[i].partition, (long long)lag);
+        sample_label(fp, m, LK__M_LAG, "topic", highs[i].topic);
+        fprintf(fp, ",partition=\"%d\"} %lld\n", (int)highs[i].partition, (long long)lag);
     }
 
     head(fp, LK__M_HELD_BACK, om);
     for (size_t i = 0; i < nh; i++) {
-        sample(fp, m, metric_defs[LK__M_HELD_BACK].name);
-        fputs(",topic=\"", fp);
-        label_value(fp, highs[i].topic);
-        fprintf(fp, "\",partition=\"%d\"} %lld\n", (int)highs[i].partition,
+        sample_label(fp, m, LK__M_HELD_BACK, "topic", highs[i].topic);
+        fprintf(fp, ",partition=\"%d\"} %lld\n", (int)highs[i].partition,
                 (long long)highs[i].held);
     }
 
-    head(fp, LK__M_LAST_COMMIT, om);
-    sample(fp, m, metric_defs[LK__M_LAST_COMMIT].name);
-    fputs("} ", fp);
-    value_double(fp, have_last ? (double)last.commit_wall_ms / 1000.0 : 0);
-
-    head(fp, LK__M_OUTBOX_BYTES, om);
-    sample_u64(fp, m, LK__M_OUTBOX_BYTES, lk__store_outbox_bytes(m->store));
+    single_double(fp, m, om, LK__M_LAST_COMMIT,
+                  have_last ? (double)last.commit_wall_ms / 1000.0 : 0);
+    single_u64(fp, m, om, LK__M_OUTBOX_BYTES, lk__store_outbox_bytes(m->store));
 
     head(fp, LK__M_STATE_ENTRIES, om);
     lk__store_state_stats(t, state_entries, &a);
 
-    head(fp, LK__M_MAP_USED, om);
     char path[4200];
     struct stat st;
     double used = 0;
     lk__fmt(path, sizeof path, "%s/data.mdb", lk__store_dir(m->store));
     if (stat(path, &st) == 0 && lk__store_map_size(m->store))
         used = (double)st.st_size / (double)lk__store_map_size(m->store);
-    sample(fp, m, metric_defs[LK__M_MAP_USED].name);
-    fputs("} ", fp);
-    value_double(fp, used);
+    single_double(fp, m, om, LK__M_MAP_USED, used);
 
     head(fp, LK__M_TRANSACTIONS, om);
     for (size_t i = 0; i < m->nsinks; i++)
         for (int c = 0; c < 2; c++) {
-            sample(fp, m, metric_defs[LK__M_TRANSACTIONS].name);
-            fputs(",sink=\"", fp);
-            label_value(fp, m->sinks[i]->name);
-            fprintf(fp, "\",result=\"%s\"} %llu\n", c ? "aborted" : "committed",
+            sample_label(fp, m, LK__M_TRANSACTIONS, "sink", m->sinks[i]->name);
+            fprintf(fp, ",result=\"%s\"} %llu\n", c ? "aborted" : "committed",
                     (unsigned long long)(c ? atomic_load(&m->sinks[i]->txn_aborted)
                                            : atomic_load(&m->sinks[i]->txn_committed)));
         }
 
-    head(fp, LK__M_FENCED, om);
-    sample_u64(fp, m, LK__M_FENCED, fenced);
-    head(fp, LK__M_SINK_ERRORS, om);
-    sample_u64(fp, m, LK__M_SINK_ERRORS, sink_errors);
-    head(fp, LK__M_BATCH_ERRORS, om);
-    sample_u64(fp, m, LK__M_BATCH_ERRORS, batch_errors);
-    head(fp, LK__M_DEADLETTERED, om);
-    sample_u64(fp, m, LK__M_DEADLETTERED, (uint64_t)a.deadlettered);
+    single_u64(fp, m, om, LK__M_FENCED, fenced);
+    single_u64(fp, m, om, LK__M_SINK_ERRORS, sink_errors);
+    single_u64(fp, m, om, LK__M_BATCH_ERRORS, batch_errors);
+    single_u64(fp, m, om, LK__M_DEADLETTERED, (uint64_t)a.deadlettered);
     head(fp, LK__M_LATE, om);
     for (size_t i = 0; i < m->nlate; i++) { /* 0 until the window's first late record */
-        sample(fp, m, metric_defs[LK__M_LATE].name);
-        fputs(",operator=\"", fp);
-        label_value(fp, m->late_ops[i]);
-        fprintf(fp, "\"} %lld\n", (long long)late[i]);
+        sample_label(fp, m, LK__M_LATE, "operator", m->late_ops[i]);
+        fprintf(fp, "} %lld\n", (long long)late[i]);
     }
-    head(fp, LK__M_DATA_LOSS, om);
-    sample_u64(fp, m, LK__M_DATA_LOSS, (uint64_t)a.data_loss);
+    single_u64(fp, m, om, LK__M_DATA_LOSS, (uint64_t)a.data_loss);
 
     head(fp, LK__M_ACCUMULATOR, om);
     lk__store_acc_foreach(t, acc_user, &a);
 
-    head(fp, LK__M_HEALTHY, om);
-    sample_u64(fp, m, LK__M_HEALTHY, (uint64_t)healthy);
+    single_u64(fp, m, om, LK__M_HEALTHY, (uint64_t)healthy);
     if (om)
         fputs("# EOF\n", fp);
     lk__store_txn_abort(t);
-    for (size_t i = 0; i < nh; i++)
-        free(highs[i].topic);
-    free(highs);
-    free(late);
+    free_copies(highs, nh, late);
     if (ferror(fp))
         return lk__err(LK_ERR_IO, errstr, errstr_size, "metrics: write failed: %s",
                        strerror(errno));

@@ -78,7 +78,7 @@ void lk_pipeline_fail(lk_pipeline_t *p, const char *fmt, ...) {
         return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    lk__vfmt(p->err, sizeof p->err, fmt, ap);
     va_end(ap);
     p->failed = 1;
 }
@@ -100,32 +100,37 @@ static int uid_ok(lk_pipeline_t *p, const char *uid) {
     return 1;
 }
 
+/* ptr, an allocation just made; when NULL the pipeline fails with "out of memory". Every
+ * array here grows by one element: pipelines are built once and are small. */
+static void *or_oom(lk_pipeline_t *p, void *ptr) {
+    if (!ptr)
+        lk_pipeline_fail(p, "out of memory");
+    return ptr;
+}
+
 static lk_stream_t *add_stage(lk_pipeline_t *p, lk_stream_t *parent, lk__stage_kind_t kind,
                               const char *uid, const char *params) {
     if (!p || p->failed)
         return NULL;
     if (!uid_ok(p, uid))
         return NULL;
-    lk_stream_t *s = calloc(1, sizeof *s);
-    lk_stream_t **st = realloc(p->stages, (p->nstages + 1) * sizeof *st);
-    if (!s || !st) {
-        free(s);
-        if (st)
-            p->stages = st;
-        lk_pipeline_fail(p, "out of memory");
+    lk_stream_t **st = or_oom(p, realloc(p->stages, (p->nstages + 1) * sizeof *st));
+    if (!st)
         return NULL;
-    }
     p->stages = st;
+    lk_stream_t *s = or_oom(p, calloc(1, sizeof *s));
+    if (!s)
+        return NULL;
     s->p = p;
     s->kind = kind;
     s->uid = strdup(uid);
     s->params = strdup(params ? params : "");
     s->db = -1;
     if (parent) {
-        lk_stream_t **c = realloc(parent->children, (parent->nchildren + 1) * sizeof *c);
+        lk_stream_t **c =
+            or_oom(p, realloc(parent->children, (parent->nchildren + 1) * sizeof *c));
         if (!c) {
             stage_free(s);
-            lk_pipeline_fail(p, "out of memory");
             return NULL;
         }
         parent->children = c;
@@ -194,10 +199,9 @@ lk_stream_t *lk_kafka_stream(lk_pipeline_t *p, const char *topics) {
                 free(copy);
                 return NULL;
             }
-        char **n = realloc(s->topics, (s->ntopics + 1) * sizeof *n);
+        char **n = or_oom(p, realloc(s->topics, (s->ntopics + 1) * sizeof *n));
         if (!n) {
             free(copy);
-            lk_pipeline_fail(p, "out of memory");
             return NULL;
         }
         s->topics = n;
@@ -416,16 +420,13 @@ lk_broadcast_t *lk_broadcast(lk_pipeline_t *p, const char *name, void *(*build)(
         lk_pipeline_fail(p, "lk_broadcast: name and build function are required");
         return NULL;
     }
-    lk_broadcast_t *b = calloc(1, sizeof *b);
-    lk_broadcast_t **n = realloc(p->bcs, (p->nbcs + 1) * sizeof *n);
-    if (!b || !n) {
-        free(b);
-        if (n)
-            p->bcs = n;
-        lk_pipeline_fail(p, "out of memory");
+    lk_broadcast_t **n = or_oom(p, realloc(p->bcs, (p->nbcs + 1) * sizeof *n));
+    if (!n)
         return NULL;
-    }
     p->bcs = n;
+    lk_broadcast_t *b = or_oom(p, calloc(1, sizeof *b));
+    if (!b)
+        return NULL;
     b->name = strdup(name);
     b->build = build;
     b->destroy = destroy;

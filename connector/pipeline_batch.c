@@ -144,14 +144,10 @@ static lk__kv_entry_t *kv_get(lk__kv_t *kv, lk__arena_t *a, const void *key, siz
     memset(e, 0, sizeof *e);
     e->key = (lk_bytes_t){kc, klen};
     e->hash = h;
-    if (kv->norder == kv->caporder) {
-        size_t cap = kv->caporder ? kv->caporder * 2 : 1024;
-        lk__kv_entry_t **o = realloc(kv->order, cap * sizeof *o);
-        if (!o)
-            return NULL;
-        kv->order = o;
-        kv->caporder = cap;
-    }
+    lk__kv_entry_t **o = lk__vec_reserve(kv->order, &kv->caporder, kv->norder + 1, sizeof *o, 1024);
+    if (!o)
+        return NULL;
+    kv->order = o;
     kv->order[kv->norder++] = e;
     *sl = (lk__kv_slot_t){h, e};
     kv->count++;
@@ -195,7 +191,7 @@ void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) {
     b->err = e;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(b->errstr, sizeof b->errstr, fmt, ap);
+    lk__vfmt(b->errstr, sizeof b->errstr, fmt, ap);
     va_end(ap);
 }
 
@@ -213,6 +209,19 @@ static void *copy_bytes(lk_batch_t *b, const void *p, size_t n) {
 
 void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n) {
     return copy_bytes(b, p, n);
+}
+
+int lk__batch_keys_push(lk_batch_t *b, lk_bytes_t **keys, size_t *n, size_t *cap,
+                        const void *key, size_t klen) {
+    lk_bytes_t *v = lk__vec_reserve(*keys, cap, *n + 1, sizeof *v, 64);
+    if (!v)
+        return -1;
+    *keys = v;
+    void *k = copy_bytes(b, key, klen);
+    if (!k)
+        return -1;
+    v[(*n)++] = (lk_bytes_t){k, klen};
+    return 0;
 }
 
 static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
@@ -369,13 +378,14 @@ lk_err_t lk_emit(lk_batch_t *b, const void *key, size_t key_len, const void *val
 void lk_batch_fail(lk_batch_t *b, const char *fmt, ...) {
     if (!b || b->err)
         return;
-    char msg[400];
+    /* "uid: " of the operator at work, then the application's message */
+    lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s%s", b->cur ? b->cur->uid : "",
+                    b->cur ? ": " : "");
+    size_t n = strlen(b->errstr);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lk__vfmt(b->errstr + n, sizeof b->errstr - n, fmt, ap);
     va_end(ap);
-    lk__batch_failf(b, LK_ERR_INVALID_ARG, "%s%s%s", b->cur ? b->cur->uid : "",
-                    b->cur ? ": " : "", msg);
 }
 
 void *lk_alloc(lk_batch_t *b, size_t size) {
@@ -491,16 +501,8 @@ static int expiry_cb(const void *key, size_t klen, const void *val, size_t vlen,
     expiry_scan_t *x = o;
     x->last = (void *)key;
     x->lastlen = klen;
-    if (upd < x->cutoff) {
-        lk_bytes_t *n = lk__vec_reserve(x->keys, &x->cap, x->n + 1, sizeof *n, 64);
-        if (!n)
-            return x->oom = 1;
-        x->keys = n;
-        void *k = copy_bytes(x->b, key, klen);
-        if (!k)
-            return x->oom = 1;
-        x->keys[x->n++] = (lk_bytes_t){k, klen};
-    }
+    if (upd < x->cutoff && lk__batch_keys_push(x->b, &x->keys, &x->n, &x->cap, key, klen))
+        return x->oom = 1;
     return 0;
 }
 

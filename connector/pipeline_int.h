@@ -168,6 +168,11 @@ void lk__stage_deliver(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int 
 void lk__batch_failf(lk_batch_t *b, lk_err_t e, const char *fmt, ...) LK__PRINTF(3, 4);
 /** Copy bytes into the batch's arena (NULL stays NULL; NULL also when out of memory). */
 void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n);
+/** Append a copy of key (into the batch's arena) to the array *keys of *n keys and *cap
+ * slots, grown with lk__vec_reserve. Returns 0; -1 when out of memory (the array stays
+ * valid: the caller frees it). NULL key: -1 as well (lk__batch_copy's NULL). */
+int lk__batch_keys_push(lk_batch_t *b, lk_bytes_t **keys, size_t *n, size_t *cap,
+                        const void *key, size_t klen);
 
 /** Non-zero if some stateful stage expires keys or closes windows (batches must run to
  * advance time). */

@@ -39,14 +39,10 @@ void lk__recv_drop_held(lk__recv_part_t *p) {
 }
 
 int lk__recv_hold(lk__recv_part_t *p, rd_kafka_message_t *m) {
-    if (p->nheld == p->capheld) {
-        size_t cap = p->capheld ? p->capheld * 2 : 64;
-        rd_kafka_message_t **n = realloc(p->held, cap * sizeof *n);
-        if (!n)
-            return -1;
-        p->held = n;
-        p->capheld = cap;
-    }
+    rd_kafka_message_t **n = lk__vec_reserve(p->held, &p->capheld, p->nheld + 1, sizeof *n, 64);
+    if (!n)
+        return -1;
+    p->held = n;
     p->held[p->nheld++] = m;
     return 0;
 }
@@ -59,14 +55,10 @@ lk__recv_part_t *lk__recv_find_part(lk__receiver_t *r, const char *topic, int32_
 }
 
 lk__recv_part_t *lk__recv_add_part(lk__receiver_t *r, const char *topic, int32_t partition) {
-    if (r->nparts == r->capparts) {
-        size_t cap = r->capparts ? r->capparts * 2 : 16;
-        lk__recv_part_t *n = realloc(r->parts, cap * sizeof *n);
-        if (!n)
-            return NULL;
-        r->parts = n;
-        r->capparts = cap;
-    }
+    lk__recv_part_t *n = lk__vec_reserve(r->parts, &r->capparts, r->nparts + 1, sizeof *n, 16);
+    if (!n)
+        return NULL;
+    r->parts = n;
     lk__recv_part_t *p = &r->parts[r->nparts++];
     memset(p, 0, sizeof *p);
     p->topic = topic;

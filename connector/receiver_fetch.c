@@ -54,16 +54,12 @@ static int take(lk__fetch_t *f, lk__recv_part_t *p, rd_kafka_message_t *m) {
         }
         return 0;
     }
-    if (rm->n == rm->cap) {
-        size_t cap = rm->cap ? rm->cap * 2 : 256;
-        rd_kafka_message_t **n = realloc(rm->msgs, cap * sizeof *n);
-        if (!n) {
-            rd_kafka_message_destroy(m);
-            return -1;
-        }
-        rm->msgs = n;
-        rm->cap = cap;
+    rd_kafka_message_t **n = lk__vec_reserve(rm->msgs, &rm->cap, rm->n + 1, sizeof *n, 256);
+    if (!n) {
+        rd_kafka_message_destroy(m);
+        return -1;
     }
+    rm->msgs = n;
     rm->msgs[rm->n++] = m;
     f->records++;
     f->bytes += m->len + m->key_len;

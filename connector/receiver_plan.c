@@ -135,14 +135,10 @@ static size_t topic_index(lk__receiver_t *r, const char *own) {
 
 static lk_err_t add_range(lk__fetch_t *f, const char *topic, int32_t partition, int64_t from,
                           int64_t until, int64_t high, size_t *cap) {
-    if (f->nranges == *cap) {
-        size_t c = *cap ? *cap * 2 : 16;
-        lk__range_msgs_t *n = realloc(f->ranges, c * sizeof *n);
-        if (!n)
-            return LK_ERR_NOMEM;
-        f->ranges = n;
-        *cap = c;
-    }
+    lk__range_msgs_t *n = lk__vec_reserve(f->ranges, cap, f->nranges + 1, sizeof *n, 16);
+    if (!n)
+        return LK_ERR_NOMEM;
+    f->ranges = n;
     lk__range_msgs_t *rm = &f->ranges[f->nranges++];
     memset(rm, 0, sizeof *rm);
     rm->range = (lk__range_t){topic, partition, from, until};

@@ -38,6 +38,33 @@ void lk__window_reset(lk_stream_t *s) {
     s->win->nparts = 0;
 }
 
+/* The window stage over in, defined by def (copied) and params (taken; NULL: asprintf
+ * failed), named what in errors: the tail of both constructors. */
+static lk_stream_t *window_stage(lk_stream_t *in, const char *uid, int schema_version,
+                                 const lk__window_t *def, char *params, void *opaque,
+                                 const char *what) {
+    lk__window_t *w = params ? malloc(sizeof *w) : NULL;
+    if (!w) {
+        free(params);
+        lk_pipeline_fail(in->p, "out of memory");
+        return NULL;
+    }
+    lk_stream_t *s =
+        lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)def->reduce, opaque, what);
+    if (!s) {
+        free(w);
+        free(params);
+        return NULL;
+    }
+    *w = *def;
+    s->win = w;
+    s->fn.reduce = def->reduce;
+    s->schema_version = schema_version;
+    free(s->params);
+    s->params = params;
+    return s;
+}
+
 lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
                                          int schema_version, int64_t window_ms,
                                          int64_t slide_ms, lk_reduce_fn *reduce,
@@ -58,34 +85,18 @@ lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *uid,
                          "reduce_by_key_and_window", u, (long long)window_ms, (long long)slide_ms);
         return NULL;
     }
-    lk__window_t *w = calloc(1, sizeof *w);
     char *params = NULL;
-    if (!w || asprintf(&params, "time=batch,window.ms=%lld,slide.ms=%lld,inverse=%s",
-                           (long long)window_ms, (long long)slide_ms,
-                           inv_reduce ? "yes" : "no") < 0) {
-        free(w);
-        lk_pipeline_fail(in->p, "out of memory");
-        return NULL;
-    }
-    lk_stream_t *s = lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)reduce, opaque,
-                                      "reduce_by_key_and_window");
-    if (!s) {
-        free(w);
-        free(params);
-        return NULL;
-    }
-    *w = (lk__window_t){.domain = LK__WIN_BATCH_TIME,
-                        .size_ms = window_ms,
-                        .slide_ms = slide_ms,
-                        .reduce = reduce,
-                        .inv = inv_reduce,
-                        .filter = filter};
-    s->win = w;
-    s->fn.reduce = reduce;
-    s->schema_version = schema_version;
-    free(s->params);
-    s->params = params;
-    return s;
+    if (asprintf(&params, "time=batch,window.ms=%lld,slide.ms=%lld,inverse=%s",
+                 (long long)window_ms, (long long)slide_ms, inv_reduce ? "yes" : "no") < 0)
+        params = NULL;
+    lk__window_t w = {.domain = LK__WIN_BATCH_TIME,
+                      .size_ms = window_ms,
+                      .slide_ms = slide_ms,
+                      .reduce = reduce,
+                      .inv = inv_reduce,
+                      .filter = filter};
+    return window_stage(in, uid, schema_version, &w, params, opaque,
+                        "reduce_by_key_and_window");
 }
 
 /* ---- conveniences over reduce_by_key_and_window ---- */
@@ -197,7 +208,6 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
         lk_pipeline_fail(in->p, "%s '%s': %s", what, u, bad);
         return NULL;
     }
-    lk__window_t *w = calloc(1, sizeof *w);
     char *params = NULL;
     int n = session ? asprintf(&params,
                                "time=event,kind=session,gap.ms=%lld,grace.ms=%lld,emit=%s,"
@@ -212,33 +222,19 @@ lk_stream_t *lk_window_by_event_time(lk_stream_t *in, const char *uid, int schem
                                (long long)spec->grace_ms,
                                spec->emit == LK_WINDOW_EMIT_ON_CLOSE ? "close" : "update",
                                spec->event_time ? "function" : "kafka");
-    if (!w || n < 0) {
-        free(w);
-        lk_pipeline_fail(in->p, "out of memory");
-        return NULL;
-    }
-    lk_stream_t *s = lk__stage_derive(in, LK__ST_WINDOW, uid, (const void *)reduce, opaque, what);
-    if (!s) {
-        free(w);
-        free(params);
-        return NULL;
-    }
-    *w = (lk__window_t){.domain = LK__WIN_EVENT_TIME,
-                        .size_ms = session ? 1 : spec->size_ms, /* unused by sessions */
-                        .slide_ms = session ? 1 : adv,
-                        .session = session,
-                        .gap_ms = spec->gap_ms,
-                        .reduce = reduce,
-                        .grace_ms = spec->grace_ms,
-                        .idle_ms = spec->idle_ms,
-                        .emit = spec->emit,
-                        .event_time = spec->event_time};
-    s->win = w;
-    s->fn.reduce = reduce;
-    s->schema_version = schema_version;
-    free(s->params);
-    s->params = params;
-    return s;
+    if (n < 0)
+        params = NULL;
+    lk__window_t w = {.domain = LK__WIN_EVENT_TIME,
+                      .size_ms = session ? 1 : spec->size_ms, /* unused by sessions */
+                      .slide_ms = session ? 1 : adv,
+                      .session = session,
+                      .gap_ms = spec->gap_ms,
+                      .reduce = reduce,
+                      .grace_ms = spec->grace_ms,
+                      .idle_ms = spec->idle_ms,
+                      .emit = spec->emit,
+                      .event_time = spec->event_time};
+    return window_stage(in, uid, schema_version, &w, params, opaque, what);
 }
 
 lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid) {

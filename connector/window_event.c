@@ -55,16 +55,12 @@ int lk__wevent_slice(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r, int64_
                 !strcmp(w->parts[i].topic, b->input->topic))
                 break;
         if (i == w->nparts) {
-            if (w->nparts == w->capparts) {
-                size_t cap = w->capparts ? w->capparts * 2 : 8;
-                lk__wpart_t *n = realloc(w->parts, cap * sizeof *n);
-                if (!n) {
-                    lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
-                    return 0;
-                }
-                w->parts = n;
-                w->capparts = cap;
+            lk__wpart_t *n = lk__vec_reserve(w->parts, &w->capparts, w->nparts + 1, sizeof *n, 8);
+            if (!n) {
+                lk__batch_failf(b, LK_ERR_NOMEM, "out of memory in '%s'", s->uid);
+                return 0;
             }
+            w->parts = n;
             w->parts[w->nparts++] = (lk__wpart_t){b->input->topic, b->input->partition, et};
         } else if (et > w->parts[i].max) {
             w->parts[i].max = et;
@@ -103,14 +99,10 @@ static int cmp_wkey(const void *a, const void *b) {
 }
 
 int lk__wkeys_add(lk__wkeys_t *l, int64_t k, lk_bytes_t key) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        lk__wkey_t *n = realloc(l->v, cap * sizeof *n);
-        if (!n)
-            return -1;
-        l->v = n;
-        l->cap = cap;
-    }
+    lk__wkey_t *n = lk__vec_reserve(l->v, &l->cap, l->n + 1, sizeof *n, 64);
+    if (!n)
+        return -1;
+    l->v = n;
     l->v[l->n++] = (lk__wkey_t){k, key};
     return 0;
 }

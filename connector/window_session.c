@@ -52,16 +52,10 @@ static int add_ending(int64_t end, const void *key, size_t klen, int64_t start, 
     void *k = lk__batch_copy(x->c->b, key, klen);
     if (!k || lk__wkeys_add(&x->keys, start, (lk_bytes_t){k, klen}))
         return x->oom = 1;
-    if (x->keys.n > x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 64;
-        while (cap < x->keys.n)
-            cap *= 2;
-        int64_t *n = realloc(x->ends, cap * sizeof *n);
-        if (!n)
-            return x->oom = 1;
-        x->ends = n;
-        x->cap = cap;
-    }
+    int64_t *n = lk__vec_reserve(x->ends, &x->cap, x->keys.n, sizeof *n, 64);
+    if (!n)
+        return x->oom = 1;
+    x->ends = n;
     x->ends[x->keys.n - 1] = end;
     return 0;
 }
@@ -82,14 +76,10 @@ typedef struct {
 } sess_ops_t;
 
 static int sess_op(sess_ops_t *o, const lk_bytes_t *key, int64_t start, int64_t end, int put) {
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 64;
-        sess_op_t *n = realloc(o->v, cap * sizeof *n);
-        if (!n)
-            return -1;
-        o->v = n;
-        o->cap = cap;
-    }
+    sess_op_t *n = lk__vec_reserve(o->v, &o->cap, o->n + 1, sizeof *n, 64);
+    if (!n)
+        return -1;
+    o->v = n;
     o->v[o->n] = (sess_op_t){*key, start, end, o->n, put};
     o->n++;
     return 0;

@@ -20,14 +20,8 @@ int lk__wadd_live(int64_t slice, void *o) {
 
 int lk__wadd_key(const void *key, size_t klen, void *o) {
     lk__wctx_t *c = o;
-    lk_bytes_t *n = lk__vec_reserve(c->keys, &c->capkeys, c->nkeys + 1, sizeof *n, 64);
-    if (!n)
+    if (lk__batch_keys_push(c->b, &c->keys, &c->nkeys, &c->capkeys, key, klen))
         return c->oom = 1;
-    c->keys = n;
-    void *k = lk__batch_copy(c->b, key, klen);
-    if (!k)
-        return c->oom = 1;
-    c->keys[c->nkeys++] = (lk_bytes_t){k, klen};
     return 0;
 }
 

@@ -128,27 +128,18 @@ static lk_conf_res_t read_capped(const char *path, char **out, size_t *outlen, c
     size_t len = 0, cap = 0, lines = 1;
     char *buf = NULL;
     for (;;) {
-        if (cap - len < 65536 + 1) {
-            size_t ncap = cap ? cap * 2 : 65536 + 1;
-            char *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                close(fd);
-                lk__fmt(errstr, errstr_size, "%s: out of memory reading it", path);
-                return LK_CONF_INVALID;
-            }
-            buf = nb;
-            cap = ncap;
+        char *nb = lk__vec_reserve(buf, &cap, len + 65536 + 1, 1, 65536 + 1);
+        if (!nb) {
+            lk__fmt(errstr, errstr_size, "%s: out of memory reading it", path);
+            goto fail;
         }
+        buf = nb;
         ssize_t r = read(fd, buf + len, 65536);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(e));
-            return LK_CONF_INVALID;
+            lk__fmt(errstr, errstr_size, "%s: read error: %s", path, strerror(errno));
+            goto fail;
         }
         if (r == 0)
             break;
@@ -156,19 +147,15 @@ static lk_conf_res_t read_capped(const char *path, char **out, size_t *outlen, c
         for (const char *p = buf + len, *end = nul ? nul : buf + len + r; p < end; p++)
             lines += *p == '\n';
         if (nul) {
-            free(buf);
-            close(fd);
             lk__fmt(errstr, errstr_size, "%s:%zu: contains a NUL byte: not a text "
                     ".properties file", path, lines);
-            return LK_CONF_INVALID;
+            goto fail;
         }
         len += (size_t)r;
         if (len > CONF_FILE_MAX) {
-            free(buf);
-            close(fd);
             lk__fmt(errstr, errstr_size, "%s: larger than the %zu MiB a configuration file "
                     "may hold", path, CONF_FILE_MAX >> 20);
-            return LK_CONF_INVALID;
+            goto fail;
         }
     }
     close(fd);
@@ -176,6 +163,10 @@ static lk_conf_res_t read_capped(const char *path, char **out, size_t *outlen, c
     *out = buf;
     *outlen = len;
     return LK_CONF_OK;
+fail:
+    free(buf);
+    close(fd);
+    return LK_CONF_INVALID;
 }
 
 static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\f'; }

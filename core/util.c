@@ -1,8 +1,10 @@
 /*
- * util.c — internal helpers: error formatting, clocks, durable writes and logging.
- * The durable write follows Redis' rdbSave: temp file, fsync, rename, fsync dir.
- * The log threshold is a context's, bound per thread (DESIGN.md, Threads); the process
- * default serves threads working for no context.
+ * util.c — internal helpers (util_int.h): error formatting, clocks, array growth, durable
+ * writes and directories, the library's one sleep (lk__nap_ms), and logging. The durable
+ * write follows Redis' rdbSave: temp file, fsync, rename, fsync dir; a created directory
+ * is made durable the same way, by an fsync of its parent. The log threshold is a
+ * context's, bound per thread (DESIGN.md, Threads); the process default serves threads
+ * working for no context.
  */
 #define _GNU_SOURCE
 #include "util_int.h"
@@ -42,22 +44,23 @@ int lk__log_threshold(void) {
     return log_bound ? log_bound : lk__log_default_level;
 }
 
+void lk__vfmt(char *buf, size_t size, const char *fmt, va_list ap) {
+    if (buf && size > 0)
+        vsnprintf(buf, size, fmt, ap);
+}
+
 void lk__fmt(char *buf, size_t size, const char *fmt, ...) {
-    if (!buf || size == 0)
-        return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, size, fmt, ap);
+    lk__vfmt(buf, size, fmt, ap);
     va_end(ap);
 }
 
 lk_err_t lk__err(lk_err_t err, char *errstr, size_t errstr_size, const char *fmt, ...) {
-    if (errstr && errstr_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errstr, errstr_size, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    lk__vfmt(errstr, errstr_size, fmt, ap);
+    va_end(ap);
     return err;
 }
 
@@ -120,6 +123,60 @@ int lk__fsync_dir(const char *path) {
     close(fd);
     errno = e;
     return rc;
+}
+
+/* fsync the directory holding the entry path names: path is cut at its last slash for
+ * the call and restored. */
+static int fsync_parent(char *path) {
+    char *slash = strrchr(path, '/');
+    if (!slash)
+        return lk__fsync_dir(".");
+    if (slash == path)
+        return lk__fsync_dir("/");
+    *slash = '\0';
+    int rc = lk__fsync_dir(path);
+    *slash = '/';
+    return rc;
+}
+
+int lk__mkdir_p(const char *path) {
+    char *p = strdup(path);
+    if (!p)
+        return -1;
+    size_t len = strlen(p);
+    while (len > 1 && p[len - 1] == '/')
+        p[--len] = '\0';
+    int rc = 0;
+    for (char *c = p + 1;; c++) {
+        if (*c != '/' && *c != '\0')
+            continue;
+        char save = *c;
+        *c = '\0';
+        struct stat st;
+        if (mkdir(p, 0700) == 0)
+            rc = fsync_parent(p);
+        else if (errno != EEXIST || stat(p, &st) != 0)
+            rc = -1;
+        else if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            rc = -1;
+        }
+        *c = save;
+        if (rc || !save)
+            break;
+    }
+    int err = errno;
+    free(p);
+    errno = err;
+    return rc;
+}
+
+void lk__nap_ms(int64_t ms, int (*wake)(const void *o), const void *o) {
+    int64_t end = lk__mono_ms() + ms;
+    for (int64_t left = ms; left > 0 && !(wake && wake(o)); left = end - lk__mono_ms()) {
+        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 lk_err_t lk__dir_check_private(const char *path, int flags, char *errstr,
@@ -210,7 +267,7 @@ static void log_line(int level, const char *fmt, va_list ap) {
     static const char *names[] = {"EMERG", "ALERT", "CRIT", "ERROR",
                                   "WARN",  "NOTICE", "INFO", "DEBUG"};
     char msg[2048];
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lk__vfmt(msg, sizeof msg, fmt, ap);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;

@@ -1,7 +1,9 @@
 /*
  * util_int.h — small internal helpers shared by every module: bounded error
- * formatting, monotonic and wall clocks, durable file writes (temp, fsync, rename,
- * fsync dir), and logging to stderr.
+ * formatting, monotonic and wall clocks, the growth of hand-written arrays, durable file
+ * writes (temp, fsync, rename, fsync dir) and directories (mkdir -p, fsync parent), the
+ * library's one sleep, and logging to stderr. Each exists once: modules call these
+ * rather than keep their own copy.
  */
 #ifndef LK_UTIL_INT_H
 #define LK_UTIL_INT_H
@@ -24,6 +26,10 @@ lk_err_t lk__err(lk_err_t err, char *errstr, size_t errstr_size, const char *fmt
 
 /** snprintf that never overflows and tolerates a NULL/zero-sized buffer. */
 void lk__fmt(char *buf, size_t size, const char *fmt, ...) LK__PRINTF(3, 4);
+
+/** lk__fmt with a va_list: the one formatter behind lk__err, lk__fmt and the failure
+ * recorders (lk__ctx_fail, lk__batch_failf, lk_pipeline_fail, lk__store_corrupt). */
+void lk__vfmt(char *buf, size_t size, const char *fmt, va_list ap) LK__PRINTF(3, 0);
 
 /** Milliseconds on the monotonic clock. */
 int64_t lk__mono_ms(void);
@@ -71,8 +77,24 @@ void *lk__vec_reserve(void *v, size_t *cap, size_t need, size_t size, size_t min
 lk_err_t lk__write_file_durable(const char *path, const void *data, size_t len,
                                 char *errstr, size_t errstr_size);
 
-/** fsync the directory holding path (or path itself if it is a directory). */
+/** fsync the directory holding path (or path itself if it is a directory). The one
+ * directory fsync: every other caller goes through it (fault point "fsync-dir"). */
 int lk__fsync_dir(const char *dir);
+
+/**
+ * mkdir -p with mode 0700, making each directory it creates durable in its parent
+ * (lk__fsync_dir of the parent); trailing slashes are ignored.
+ * @returns 0, or -1 with errno (ENOTDIR when a component exists and is not a directory,
+ *          ENOMEM, or mkdir's, stat's or fsync's error).
+ */
+int lk__mkdir_p(const char *path);
+
+/**
+ * Sleep ms milliseconds of the monotonic clock in steps of at most 50 ms, returning
+ * early once wake(o) is true (asked before each step); wake NULL: the whole time. A
+ * signal cuts only the current step short. The one sleep of the library.
+ */
+void lk__nap_ms(int64_t ms, int (*wake)(const void *o), const void *o);
 
 /** Flags of lk__dir_check_private(). */
 #define LK__DIR_ALLOW_SHARED 1 /* accept another owner, or write access for the group */

@@ -98,54 +98,6 @@ static char *path_fmt(const char *fmt, ...) {
 
 static const char *ext_of(const files_t *f) { return f->jsonl ? "jsonl" : "txt"; }
 
-/* fsync the directory that holds path (path is itself a directory). */
-static int fsync_parent(const char *path) {
-    char *copy = strdup(path);
-    if (!copy)
-        return -1;
-    char *slash = strrchr(copy, '/');
-    const char *parent = !slash ? "." : slash == copy ? "/" : (*slash = '\0', copy);
-    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 ? -1 : LK__FAULT_SYS("fsync-dir", fsync(fd));
-    if (fd >= 0)
-        close(fd);
-    free(copy);
-    return rc;
-}
-
-/* mkdir -p, making each directory it creates durable in its parent. */
-static int mkdir_p(const char *path) {
-    char *p = strdup(path);
-    if (!p)
-        return -1;
-    size_t len = strlen(p);
-    while (len > 1 && p[len - 1] == '/')
-        p[--len] = '\0';
-    int rc = 0;
-    for (char *c = p + 1;; c++) {
-        if (*c != '/' && *c != '\0')
-            continue;
-        char save = *c;
-        *c = '\0';
-        struct stat st;
-        if (mkdir(p, 0700) == 0)
-            rc = fsync_parent(p);
-        else if (errno != EEXIST || stat(p, &st) != 0)
-            rc = -1;
-        else if (!S_ISDIR(st.st_mode)) {
-            errno = ENOTDIR;
-            rc = -1;
-        }
-        *c = save;
-        if (rc || !save)
-            break;
-    }
-    int err = errno;
-    free(p);
-    errno = err;
-    return rc;
-}
-
 /* ---- per-partition files ---- */
 
 static void part_discard(file_part_t *pt) {
@@ -342,7 +294,7 @@ static lk_err_t files_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
         return lk__err(LK_ERR_FATAL, errstr, errstr_size,
                        "the checkpoint has no id (format 1 opened read-only?): file names "
                        "need it");
-    if (mkdir_p(s->target) != 0)
+    if (lk__mkdir_p(s->target) != 0)
         return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create directory %s: %s",
                        s->target, strerror(errno));
     lk_err_t ce = lk__dir_check_private(s->target, f->dir_flags, errstr, errstr_size);
@@ -470,6 +422,14 @@ static int same_bytes(const char *a, const char *b) {
     return same;
 }
 
+/* Remove pt's temporary file: its bytes are in place under another name. */
+static lk_err_t drop_tmp(const file_part_t *pt, char *errstr, size_t errstr_size) {
+    if (unlink(pt->tmp) != 0)
+        return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
+                       (int)pt->partition, pt->tmp, strerror(errno));
+    return LK_OK;
+}
+
 /* Move pt's temporary file to its final name without ever replacing a file there. A
  * final name that exists already holds this very batch of this sink and checkpoint (the
  * name says so) from a delivery interrupted before its acknowledgement: with the same
@@ -483,19 +443,15 @@ static lk_err_t place(file_part_t *pt, char *errstr, size_t errstr_size) {
         same_bytes(pt->tmp, pt->legacy) == 1) {
         lk__log(LK_LOG_INFO, "partition %d: %s was already delivered (before the upgrade)",
                 (int)pt->partition, pt->legacy);
-        if (unlink(pt->tmp) != 0)
-            return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
-                           (int)pt->partition, pt->tmp, strerror(errno));
-        return LK_OK;
+        return drop_tmp(pt, errstr, errstr_size);
     }
     int rc = LK__FAULT_SYS("rename",
                            renameat2(AT_FDCWD, pt->tmp, AT_FDCWD, pt->final, RENAME_NOREPLACE));
     if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
         /* a file system without RENAME_NOREPLACE: link() never replaces either */
         rc = link(pt->tmp, pt->final);
-        if (rc == 0 && unlink(pt->tmp) != 0)
-            return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
-                           (int)pt->partition, pt->tmp, strerror(errno));
+        if (rc == 0)
+            return drop_tmp(pt, errstr, errstr_size);
     }
     if (rc == 0)
         return LK_OK;
@@ -514,10 +470,7 @@ static lk_err_t place(file_part_t *pt, char *errstr, size_t errstr_size) {
                        (int)pt->partition, pt->final);
     lk__log(LK_LOG_INFO, "partition %d: %s was already delivered (same bytes)",
             (int)pt->partition, pt->final);
-    if (unlink(pt->tmp) != 0)
-        return lk__err(LK_ERR_IO, errstr, errstr_size, "partition %d: cannot remove %s: %s",
-                       (int)pt->partition, pt->tmp, strerror(errno));
-    return LK_OK;
+    return drop_tmp(pt, errstr, errstr_size);
 }
 
 static lk_err_t files_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,

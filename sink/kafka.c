@@ -129,10 +129,8 @@ rd_kafka_error_t *lk__kafka_txn_call(lk__sink_t *s, rd_kafka_t *rk,
              lk__mono_ms() >= atomic_load(s->deadline_ms)))
             return e;
         rd_kafka_error_destroy(e);
-        if (in_flight) { /* answered at once: give the EndTxn time */
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
+        if (in_flight) /* answered at once: give the EndTxn time */
+            lk__nap_ms(10, NULL, NULL);
     }
 }
 

@@ -80,15 +80,15 @@ static int64_t real_now_ms(void *o) {
     return lk__mono_ms();
 }
 
-/* Sleep ms in steps of 50 ms, ending early on an immediate stop. */
+/* Wakes real_sleep_ms's nap: the sink was abandoned (an immediate stop). */
+static int abandoned(const void *o) {
+    const lk__kafka_sink_t *k = o;
+    return lk__kafka_abandoned(k->owner);
+}
+
+/* Sleep ms (lk__nap_ms: steps of 50 ms), ending early on an immediate stop. */
 static void real_sleep_ms(void *o, int64_t ms) {
-    lk__kafka_sink_t *k = o;
-    int64_t end = lk__mono_ms() + ms;
-    for (int64_t left = ms; left > 0 && !lk__kafka_abandoned(k->owner);
-         left = end - lk__mono_ms()) {
-        struct timespec ts = {0, (left > 50 ? 50 : left) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    lk__nap_ms(ms, abandoned, o);
 }
 
 static lk_err_t real_offsets(void *o, const char *topic, int32_t partition, int64_t *lso,

@@ -172,21 +172,6 @@ static lk_err_t acknowledge_member(lk__sink_t *s, size_t i, lk__store_t *store, 
     return lk__store_txn_commit_unsynced(t, errstr, errstr_size);
 }
 
-/* The oldest batch in member i's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t member_pending(lk__sink_t *s, lk__store_t *store, size_t i, uint64_t *batch,
-                               char *errstr, size_t errstr_size) {
-    lk__store_txn_t *t;
-    lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
-    if (e)
-        return e;
-    e = lk__store_outbox_batch_from(t, s->members[i].uid, 0, batch);
-    lk__store_txn_abort(t);
-    if (e && e != LK_ERR_NOT_FOUND)
-        return lk__err(e, errstr, errstr_size, "sink '%s': reading the outbox: %s",
-                       s->members[i].uid, lk_err_str(e));
-    return e;
-}
-
 /* Acknowledge: every member's outbox of batches <= batch goes, its fence records batch
  * (one checkpoint transaction: the members were delivered in one Kafka transaction). */
 static lk_err_t acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
@@ -312,15 +297,17 @@ static lk_err_t settle(lk__sink_t *s, lk__store_t *store, char *errstr, size_t e
     return LK_OK;
 }
 
-/* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
-static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, uint64_t *batch,
-                             char *errstr, size_t errstr_size) {
+/* The oldest batch >= from in the outboxes of members [lo, hi); LK_ERR_NOT_FOUND when
+ * none. */
+static lk_err_t oldest_pending(lk__sink_t *s, lk__store_t *store, size_t lo, size_t hi,
+                               uint64_t from, uint64_t *batch, char *errstr,
+                               size_t errstr_size) {
     lk__store_txn_t *t;
     lk_err_t e = lk__store_txn_begin(store, 0, &t, errstr, errstr_size);
     if (e)
         return e;
     lk_err_t r = LK_ERR_NOT_FOUND;
-    for (size_t i = 0; i < s->nmembers; i++) {
+    for (size_t i = lo; i < hi; i++) {
         uint64_t b;
         e = lk__store_outbox_batch_from(t, s->members[i].uid, from, &b);
         if (e == LK_ERR_NOT_FOUND)
@@ -336,6 +323,12 @@ static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, u
     }
     lk__store_txn_abort(t);
     return r;
+}
+
+/* The oldest batch >= from in any member's outbox; LK_ERR_NOT_FOUND when none. */
+static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, uint64_t *batch,
+                             char *errstr, size_t errstr_size) {
+    return oldest_pending(s, store, 0, s->nmembers, from, batch, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size) {
@@ -368,7 +361,7 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
         uint64_t f = s->members[i].fence > fence ? s->members[i].fence : fence, first = 0;
         if (!f)
             continue;
-        e = member_pending(s, store, i, &first, errstr, errstr_size);
+        e = oldest_pending(s, store, i, i + 1, 0, &first, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (!e && first > f))
             continue;
         if (e)
@@ -513,29 +506,31 @@ lk_err_t lk__sink_acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch,
                                          : LK_OK;
 }
 
-lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
-                               char *errstr, size_t errstr_size) {
+/* Deliver the outbox's batches <= upto in order, oldest first, each atomically, and with
+ * ack acknowledge each (then it leaves the outbox); *last is the last delivered (0: none)
+ * and *n counts them. */
+static lk_err_t deliver_pending(lk__sink_t *s, lk__store_t *store, uint64_t upto, int ack,
+                                uint64_t *last, size_t *n, char *errstr, size_t errstr_size) {
     *last = 0;
-    uint64_t from = 0;
-    for (;;) {
+    *n = 0;
+    for (uint64_t from = 0;;) {
         uint64_t b;
         lk_err_t e = pending_from(s, store, from, &b, errstr, errstr_size);
         if (e == LK_ERR_NOT_FOUND || (e == LK_OK && b > upto))
             return LK_OK;
-        if (e)
-            return e;
-        if ((e = deliver_unacked(s, store, b, errstr, errstr_size)))
+        if (e || (e = deliver_unacked(s, store, b, errstr, errstr_size)) ||
+            (ack && (e = lk__sink_acknowledge(s, store, b, errstr, errstr_size))))
             return e;
         *last = b;
+        (*n)++;
         from = b + 1;
     }
 }
 
-/* Deliver one batch atomically and acknowledge it. */
-static lk_err_t deliver(lk__sink_t *s, lk__store_t *store, uint64_t batch, char *errstr,
-                        size_t errstr_size) {
-    lk_err_t e = deliver_unacked(s, store, batch, errstr, errstr_size);
-    return e ? e : lk__sink_acknowledge(s, store, batch, errstr, errstr_size);
+lk_err_t lk__sink_deliver_upto(lk__sink_t *s, lk__store_t *store, uint64_t upto, uint64_t *last,
+                               char *errstr, size_t errstr_size) {
+    size_t n;
+    return deliver_pending(s, store, upto, 0, last, &n, errstr, errstr_size);
 }
 
 lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *batch,
@@ -546,18 +541,7 @@ lk_err_t lk__sink_first_pending(lk__sink_t *s, lk__store_t *store, uint64_t *bat
 lk_err_t lk__sink_drain(lk__sink_t *s, lk__store_t *store, uint64_t upto, size_t *delivered,
                         char *errstr, size_t errstr_size) {
     *delivered = 0;
+    uint64_t last;
     lk_err_t e = lk__sink_recover(s, store, errstr, errstr_size);
-    if (e)
-        return e;
-    for (;;) {
-        uint64_t first;
-        e = lk__sink_first_pending(s, store, &first, errstr, errstr_size);
-        if (e == LK_ERR_NOT_FOUND || (e == LK_OK && first > upto))
-            return LK_OK;
-        if (e)
-            return e;
-        if ((e = deliver(s, store, first, errstr, errstr_size)))
-            return e;
-        (*delivered)++;
-    }
+    return e ? e : deliver_pending(s, store, upto, 1, &last, delivered, errstr, errstr_size);
 }

@@ -131,92 +131,79 @@ static json_t *collect(lk__store_t *s, lk__store_txn_t *t, lk_err_t *err) {
     return doc;
 }
 
+/* v's member k as a string, as an integer. */
+static const char *str_of(json_t *v, const char *k) {
+    return json_string_value(json_object_get(v, k));
+}
+static json_int_t int_of(json_t *v, const char *k) {
+    return json_integer_value(json_object_get(v, k));
+}
+
+/* Print the heading of d's section name, "<name> (<count> <what>)", and return it. */
+static json_t *section(FILE *fp, json_t *d, const char *name, const char *what) {
+    json_t *a = json_object_get(d, name);
+    size_t n = json_is_object(a) ? json_object_size(a) : json_array_size(a);
+    fprintf(fp, "\n%s (%zu%s%s)\n", name, n, *what ? " " : "", what);
+    return a;
+}
+
+#define JINT JSON_INTEGER_FORMAT
+
 static void print_text(FILE *fp, json_t *d) {
-    json_t *v;
+    json_t *v, *a;
     size_t i;
-    fprintf(fp, "checkpoint    %s\n", json_string_value(json_object_get(d, "checkpoint")));
-    fprintf(fp, "app.id        %s\n", json_string_value(json_object_get(d, "app_id")));
-    fprintf(fp, "format        %" JSON_INTEGER_FORMAT "\n",
-            json_integer_value(json_object_get(d, "format")));
-    const char *id = json_string_value(json_object_get(d, "checkpoint_id"));
+    const char *key;
+    fprintf(fp, "checkpoint    %s\n", str_of(d, "checkpoint"));
+    fprintf(fp, "app.id        %s\n", str_of(d, "app_id"));
+    fprintf(fp, "format        %" JINT "\n", int_of(d, "format"));
+    const char *id = str_of(d, "checkpoint_id");
     fprintf(fp, "checkpoint id %s\n", id ? id : "none yet (format 1; given one at the next run)");
-    fprintf(fp, "created       %s\n", json_string_value(json_object_get(d, "created")));
-    fprintf(fp, "map size      %" JSON_INTEGER_FORMAT " bytes\n",
-            json_integer_value(json_object_get(d, "map_size")));
+    fprintf(fp, "created       %s\n", str_of(d, "created"));
+    fprintf(fp, "map size      %" JINT " bytes\n", int_of(d, "map_size"));
     json_t *b = json_object_get(d, "last_batch");
     if (json_is_object(b)) {
-        fprintf(fp,
-                "last batch    %" JSON_INTEGER_FORMAT " (batch time %s, committed %s, "
-                "%" JSON_INTEGER_FORMAT " records in, %" JSON_INTEGER_FORMAT " out)\n",
-                json_integer_value(json_object_get(b, "id")),
-                json_string_value(json_object_get(b, "batch_time")),
-                json_string_value(json_object_get(b, "committed")),
-                json_integer_value(json_object_get(b, "records_in")),
-                json_integer_value(json_object_get(b, "records_out")));
+        fprintf(fp, "last batch    %" JINT " (batch time %s, committed %s, %" JINT " records in, "
+                "%" JINT " out)\n", int_of(b, "id"), str_of(b, "batch_time"),
+                str_of(b, "committed"), int_of(b, "records_in"), int_of(b, "records_out"));
         json_array_foreach(json_object_get(b, "ranges"), i, v)
-            fprintf(fp, "                %s[%d] [%" JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT ")\n",
-                    json_string_value(json_object_get(v, "topic")),
-                    (int)json_integer_value(json_object_get(v, "partition")),
-                    json_integer_value(json_object_get(v, "from")),
-                    json_integer_value(json_object_get(v, "until")));
+            fprintf(fp, "                %s[%d] [%" JINT ", %" JINT ")\n", str_of(v, "topic"),
+                    (int)int_of(v, "partition"), int_of(v, "from"), int_of(v, "until"));
     } else {
         fprintf(fp, "last batch    none\n");
     }
-    fprintf(fp, "batches kept  %" JSON_INTEGER_FORMAT "\n",
-            json_integer_value(json_object_get(d, "batches_kept")));
+    fprintf(fp, "batches kept  %" JINT "\n", int_of(d, "batches_kept"));
 
-    json_t *a = json_object_get(d, "topology");
-    fprintf(fp, "\ntopology (%zu operators)\n", json_array_size(a));
+    a = section(fp, d, "topology", "operators");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s %-22s schema v%d  %s\n",
-                json_string_value(json_object_get(v, "uid")),
-                json_string_value(json_object_get(v, "kind")),
-                (int)json_integer_value(json_object_get(v, "schema_version")),
-                json_string_value(json_object_get(v, "params")));
-    a = json_object_get(d, "offsets");
-    fprintf(fp, "\noffsets (%zu partitions)\n", json_array_size(a));
+        fprintf(fp, "  %-24s %-22s schema v%d  %s\n", str_of(v, "uid"), str_of(v, "kind"),
+                (int)int_of(v, "schema_version"), str_of(v, "params"));
+    a = section(fp, d, "offsets", "partitions");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %s[%d]  %" JSON_INTEGER_FORMAT "\n",
-                json_string_value(json_object_get(v, "topic")),
-                (int)json_integer_value(json_object_get(v, "partition")),
-                json_integer_value(json_object_get(v, "offset")));
-    a = json_object_get(d, "outbox");
-    fprintf(fp, "\noutbox (%zu sinks with pending output)\n", json_array_size(a));
+        fprintf(fp, "  %s[%d]  %" JINT "\n", str_of(v, "topic"), (int)int_of(v, "partition"),
+                int_of(v, "offset"));
+    a = section(fp, d, "outbox", "sinks with pending output");
     json_array_foreach(a, i, v)
-        fprintf(fp,
-                "  %-24s %" JSON_INTEGER_FORMAT " batches (%" JSON_INTEGER_FORMAT
-                "..%" JSON_INTEGER_FORMAT "), %" JSON_INTEGER_FORMAT " records, %"
-                JSON_INTEGER_FORMAT " bytes\n",
-                json_string_value(json_object_get(v, "sink")),
-                json_integer_value(json_object_get(v, "batches")),
-                json_integer_value(json_object_get(v, "first_batch")),
-                json_integer_value(json_object_get(v, "last_batch")),
-                json_integer_value(json_object_get(v, "records")),
-                json_integer_value(json_object_get(v, "bytes")));
-    a = json_object_get(d, "fences");
-    fprintf(fp, "\nfences (%zu sinks)\n", json_array_size(a));
+        fprintf(fp, "  %-24s %" JINT " batches (%" JINT "..%" JINT "), %" JINT " records, %" JINT
+                " bytes\n", str_of(v, "sink"), int_of(v, "batches"), int_of(v, "first_batch"),
+                int_of(v, "last_batch"), int_of(v, "records"), int_of(v, "bytes"));
+    a = section(fp, d, "fences", "sinks");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s delivered through batch %" JSON_INTEGER_FORMAT " (recorded %s)\n",
-                json_string_value(json_object_get(v, "sink")),
-                json_integer_value(json_object_get(v, "batch")),
-                json_string_value(json_object_get(v, "recorded")));
-    const char *key;
-    a = json_object_get(d, "accumulators");
-    fprintf(fp, "\naccumulators (%zu)\n", json_object_size(a));
+        fprintf(fp, "  %-24s delivered through batch %" JINT " (recorded %s)\n",
+                str_of(v, "sink"), int_of(v, "batch"), str_of(v, "recorded"));
+    a = section(fp, d, "accumulators", "");
     json_object_foreach(a, key, v)
-        fprintf(fp, "  %-24s %" JSON_INTEGER_FORMAT "\n", key, json_integer_value(v));
-    a = json_object_get(d, "state");
-    fprintf(fp, "\nstate (%zu operators)\n", json_array_size(a));
+        fprintf(fp, "  %-24s %" JINT "\n", key, json_integer_value(v));
+    a = section(fp, d, "state", "operators");
     json_array_foreach(a, i, v)
-        fprintf(fp, "  %-24s %" JSON_INTEGER_FORMAT " entries, %" JSON_INTEGER_FORMAT " bytes\n",
-                json_string_value(json_object_get(v, "uid")),
-                json_integer_value(json_object_get(v, "entries")),
-                json_integer_value(json_object_get(v, "bytes")));
-    a = json_object_get(d, "config");
+        fprintf(fp, "  %-24s %" JINT " entries, %" JINT " bytes\n", str_of(v, "uid"),
+                int_of(v, "entries"), int_of(v, "bytes"));
     fprintf(fp, "\nconfig (as last run; secrets redacted)\n");
+    a = json_object_get(d, "config");
     json_object_foreach(a, key, v)
         fprintf(fp, "  %s=%s\n", key, json_string_value(v));
 }
+
+#undef JINT
 
 lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
                            size_t errstr_size) {

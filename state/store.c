@@ -257,20 +257,6 @@ static int dir_is_empty(const char *dir) {
     return empty;
 }
 
-static int mkdir_p(const char *path) {
-    char tmp[4200];
-    lk__fmt(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0700) && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
-}
-
-
 static lk_err_t take_lock(lk__store_t *s, char *errstr, size_t errstr_size) {
     char p[4200];
     lk__fmt(p, sizeof p, "%s/LOCK", s->dir);
@@ -381,7 +367,7 @@ lk_err_t lk__store_open(lk__store_t **out, const lk__store_opts_t *o, char *errs
                           s->dir);
             goto fail;
         }
-        if (!exists && mkdir_p(s->dir)) {
+        if (!exists && lk__mkdir_p(s->dir)) {
             err = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create %s: %s", s->dir,
                           strerror(errno));
             goto fail;

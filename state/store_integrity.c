@@ -59,7 +59,7 @@ __attribute__((format(printf, 2, 3))) lk_err_t lk__store_corrupt(lk__store_txn_t
     char what[300];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
+    lk__vfmt(what, sizeof what, fmt, ap);
     va_end(ap);
     lk__fmt(t->err, sizeof t->err,
             "checkpoint %s is corrupt: %s; refused (restore the checkpoint from a backup, "

@@ -48,6 +48,22 @@ static size_t vkey(unsigned char *k, const void *key, size_t klen) {
 
 #define KEYBUF (LK__WIN_MAX_KEY + 16)
 
+/* The value at k, of min..max bytes (LK_ERR_CORRUPT otherwise): every fixed-layout read. */
+static lk_err_t get_sized(lk__store_txn_t *t, lk__state_db_t db, const unsigned char *k,
+                          size_t klen, size_t min, size_t max, const unsigned char **val,
+                          size_t *vlen) {
+    const void *v;
+    size_t n;
+    lk_err_t e = lk__store_state_get(t, db, k, klen, &v, &n, NULL);
+    if (e)
+        return e;
+    if (n < min || n > max)
+        return LK_ERR_CORRUPT;
+    *val = v;
+    *vlen = n;
+    return LK_OK;
+}
+
 static lk_err_t key_too_long(size_t klen, char *errstr, size_t errstr_size) {
     return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
                    "window key of %zu bytes (at most %d)", klen, LK__WIN_MAX_KEY);
@@ -61,15 +77,12 @@ lk_err_t lk__wstore_meta_get(lk__store_txn_t *t, lk__state_db_t db, const char *
         return LK_ERR_INVALID_ARG;
     k[0] = 'M';
     memcpy(k + 1, name, n);
-    const void *val;
+    const unsigned char *val;
     size_t vlen;
-    lk_err_t e = lk__store_state_get(t, db, k, n + 1, &val, &vlen, NULL);
-    if (e)
-        return e;
-    if (vlen != 8)
-        return LK_ERR_CORRUPT;
-    *v = (int64_t)lk__get_be64(val);
-    return LK_OK;
+    lk_err_t e = get_sized(t, db, k, n + 1, 8, 8, &val, &vlen);
+    if (!e)
+        *v = (int64_t)lk__get_be64(val);
+    return e;
 }
 
 lk_err_t lk__wstore_meta_put(lk__store_txn_t *t, lk__state_db_t db, const char *name,
@@ -187,16 +200,10 @@ static int first_slice(int64_t slice, void *o) {
 
 static int collect_key(const void *key, size_t klen, void *o) {
     expire_t *x = o;
-    if (x->len + 2 + klen > x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16384;
-        while (cap < x->len + 2 + klen)
-            cap *= 2;
-        unsigned char *n = realloc(x->buf, cap);
-        if (!n)
-            return x->oom = 1;
-        x->buf = n;
-        x->cap = cap;
-    }
+    unsigned char *n = lk__vec_reserve(x->buf, &x->cap, x->len + 2 + klen, 1, 16384);
+    if (!n)
+        return x->oom = 1;
+    x->buf = n;
     x->buf[x->len] = (unsigned char)(klen >> 8);
     x->buf[x->len + 1] = (unsigned char)klen;
     memcpy(x->buf + x->len + 2, key, klen);
@@ -259,14 +266,11 @@ lk_err_t lk__wstore_value_get(lk__store_txn_t *t, lk__state_db_t db, const void 
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
-    const void *val;
+    const unsigned char *p;
     size_t vlen;
-    lk_err_t e = lk__store_state_get(t, db, k, vkey(k, key, klen), &val, &vlen, NULL);
+    lk_err_t e = get_sized(t, db, k, vkey(k, key, klen), 5, SIZE_MAX, &p, &vlen);
     if (e)
         return e;
-    if (vlen < 5)
-        return LK_ERR_CORRUPT;
-    const unsigned char *p = val;
     out->nslices = lk__get_be32(p);
     out->visible = p[4] != 0;
     out->val = p + 5;
@@ -313,15 +317,13 @@ lk_err_t lk__wstore_part_get(lk__store_txn_t *t, lk__state_db_t db, const char *
     if (strlen(topic) > 255) /* Kafka's limit is 249 */
         return LK_ERR_INVALID_ARG;
     unsigned char k[300];
-    const void *val;
+    const unsigned char *val;
     size_t vlen;
-    lk_err_t e = lk__store_state_get(t, db, k, pkey(k, topic, partition), &val, &vlen, NULL);
+    lk_err_t e = get_sized(t, db, k, pkey(k, topic, partition), 16, 16, &val, &vlen);
     if (e)
         return e;
-    if (vlen != 16)
-        return LK_ERR_CORRUPT;
     *max = (int64_t)lk__get_be64(val);
-    *seen_ms = (int64_t)lk__get_be64((const unsigned char *)val + 8);
+    *seen_ms = (int64_t)lk__get_be64(val + 8);
     return LK_OK;
 }
 
@@ -401,14 +403,11 @@ lk_err_t lk__wstore_unread_get(lk__store_txn_t *t, lk__state_db_t db, uint64_t *
                                int (*cb)(const char *topic, size_t tlen, int32_t partition,
                                          void *opaque),
                                void *opaque) {
-    const void *val;
+    const unsigned char *v;
     size_t vlen;
-    lk_err_t e = lk__store_state_get(t, db, ikey, 1, &val, &vlen, NULL);
+    lk_err_t e = get_sized(t, db, ikey, 1, 8, SIZE_MAX, &v, &vlen);
     if (e)
         return e;
-    const unsigned char *v = val;
-    if (vlen < 8)
-        return LK_ERR_CORRUPT;
     *batch_id = lk__get_be64(v);
     for (size_t o = 8; o < vlen;) {
         if (vlen - o < 2)
@@ -526,14 +525,12 @@ lk_err_t lk__wstore_session_get(lk__store_txn_t *t, lk__state_db_t db, const voi
     if (klen > LK__WIN_MAX_KEY)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
-    const void *v;
+    const unsigned char *v;
     size_t n;
-    lk_err_t e = lk__store_state_get(t, db, k, wkey(k, key, klen, &start), &v, &n, NULL);
+    lk_err_t e = get_sized(t, db, k, wkey(k, key, klen, &start), 8, SIZE_MAX, &v, &n);
     if (e)
         return e;
-    if (n < 8)
-        return LK_ERR_CORRUPT;
-    *val = (const unsigned char *)v + 8;
+    *val = v + 8;
     *vlen = n - 8;
     return LK_OK;
 }
