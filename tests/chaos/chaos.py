@@ -772,7 +772,7 @@ class Runner:
         killed = self.killed_attempts[app]
 
         def split(msgs):
-            recs, foreign, of_killed = [], 0, 0
+            recs, foreign, of_killed, strangers = [], 0, 0, []
             for m in msgs:
                 try:
                     p = provenance(m)
@@ -783,14 +783,16 @@ class Runner:
                     self.problems.append(f"{topic}: a record without a provenance header")
                     continue
                 if (p.app, p.sink) != (app, sink):
-                    self.problems.append(f"{topic}: a record of batch {p.batch} names app "
-                                         f"{p.app!r} sink {p.sink!r}, not {app!r} {sink!r}")
+                    strangers.append(p)
                 batch, attempt = p.batch, p.attempt
                 of_killed += attempt in killed
                 if committed.get(batch) == attempt:
                     recs.append((batch, m))
                 else:
                     foreign += 1
+            if strangers:
+                self.problems.append(f"{topic}: {len(strangers)} records name another app or "
+                                     f"sink than {app!r} {sink!r}, e.g. {strangers[0]}")
             return recs, foreign, of_killed
 
         records, foreign, of_killed = split(self.read_topic(topic))
