@@ -10,6 +10,10 @@ operator, to the end. Checks, with this file's own read_committed reader:
   - the new operator counted exactly the input after the upgrade (it starts empty);
   - one progress record per batch and sink (nothing delivered twice).
 Prints `upgrade: ok` and exits 0, or names what is wrong and exits 1.
+
+The versions are the plugin's: one lockstep binary writes all the output, so every record
+carries the provenance header of this build (chaos.provenance() would also read the
+four headers of builds before it, which a topic written across a lockstep upgrade holds).
 """
 
 import argparse
