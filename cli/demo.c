@@ -11,6 +11,7 @@
 #include "cli_int.h"
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
+#include "../sink/provenance_int.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -134,16 +135,10 @@ static int read_kafka(const char *bootstraps, wc_table_t *t, char *err, size_t e
             pending--;
         } else if (!m->err && m->key && m->payload) {
             rd_kafka_headers_t *h;
-            const void *bv;
-            size_t bl;
+            lk__prov_t pv;
             uint64_t batch = 0;
-            if (!rd_kafka_message_headers(m, &h) &&
-                !rd_kafka_header_get_last(h, "lockstep.batch", &bv, &bl) && bl < 32) {
-                char b[32];
-                memcpy(b, bv, bl);
-                b[bl] = 0;
-                batch = strtoull(b, NULL, 10);
-            }
+            if (!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv))
+                batch = pv.batch;
             wc_entry_t *en = entry(t, m->key, m->key_len);
             size_t idx = (size_t)(en - t->e);
             if (idx < t->cap + 4096 && batch >= latest[idx]) {

@@ -181,7 +181,7 @@ void lk__log_write(int level, const char *fmt, ...) LK__PRINTF(2, 3);
  * file (128 bytes, mapped shared) what the calling thread is doing: byte 0 for the batch
  * loop, byte 1 for the delivery thread (the one that called lk__phase_thread(1)), as a
  * LK__PH_ code; bytes 16..39 and 40..63 the same as words; bytes 64..79 and 80..95 the
- * delivery attempt (lockstep.attempt header) each last began (lk__phase_attempt). Unset:
+ * delivery attempt (the attempt of the "lockstep" provenance header) each last began (lk__phase_attempt). Unset:
  * nothing is written.
  */
 enum {

@@ -596,8 +596,10 @@ LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_bat
  * visible together, across topics. A newer instance with the same app.id fences older
  * ones; any fencing answer stops the application with LK_ERR_FENCED naming the
  * transactional.id. A record's partition is chosen by its key's hash (murmur2, as Java
- * clients do). Every record carries the headers lockstep.app, lockstep.sink,
- * lockstep.batch and lockstep.attempt (provenance).
+ * clients do). Every record carries first a provenance header "lockstep" whose value is
+ * "v1 <batch> <attempt> <app.id> <sink uid>" (single spaces; the uid is the whole rest;
+ * README, "Sinks and what is guaranteed"); versions before it wrote four headers,
+ * lockstep.app, lockstep.sink, lockstep.batch and lockstep.attempt.
  *
  * Delivery errors: transient ones (broker down, request timed out, an aborted
  * transaction) retry with backoff; a commit or abort that did not finish is resumed

@@ -38,6 +38,7 @@
 #include "../core/conf_int.h"
 #include "../core/util_int.h"
 #include "fault_int.h"
+#include "provenance_int.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -285,6 +286,7 @@ static lk_err_t kafka_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     s->impl = k;
     k->owner = s;
+    k->prov_member = SIZE_MAX; /* no provenance value before kafka_begin */
     k->send_offsets = conf ? lk__conf_bool(conf, LK__P_SINK_KAFKA_SEND_OFFSETS) : 1;
     k->timeout_ms = conf ? (int)lk__conf_int(conf, LK__P_SINK_KAFKA_TIMEOUT_MS) : 30000;
     lk__fmt(k->progress_topic, sizeof k->progress_topic, "%s.progress", s->app_id);
@@ -347,6 +349,7 @@ static void kafka_close(lk__sink_t *s) {
     if (k->producer)
         rd_kafka_destroy(k->producer);
     free(k->divert);
+    free(k->prov);
     free(k);
     s->impl = NULL;
 }
@@ -389,9 +392,8 @@ static lk_err_t kafka_begin(lk__sink_t *s, uint64_t batch, char *errstr, size_t 
     k->have_failed = 0;
     k->next_index = 0;
     k->index_member = 0;
-    lk__fmt(k->hdr_batch, sizeof k->hdr_batch, "%llu", (unsigned long long)batch);
-    k->hdr_batch_len = strlen(k->hdr_batch);
-    k->hdr_app_len = s->app_id ? strlen(s->app_id) : 0;
+    k->prov_batch = batch;
+    k->prov_member = SIZE_MAX; /* a new attempt: the provenance value is formatted again */
     if (k->div_batch != batch)
         k->ndivert = 0; /* diverted records belong to one batch */
     lk_err_t r = lk__kafka_apply_sizing(s, errstr, errstr_size);
@@ -463,18 +465,32 @@ static lk_err_t produce(lk__sink_t *s, const char *topic, int32_t partition, con
     }
 }
 
-/* Provenance headers of a record of the attempt kafka_begin started; NULL if out of memory
- * or a header was refused. Called once per output record: the values of the attempt are
- * formatted once, in kafka_begin, and their lengths passed (no snprintf per record). */
-static rd_kafka_headers_t *provenance(const lk__sink_t *s, const char *uid, size_t uid_len,
-                                      size_t extra) {
-    const lk__kafka_sink_t *k = s->impl;
-    rd_kafka_headers_t *h = rd_kafka_headers_new(extra + 4);
-    if (rd_kafka_header_add(h, "lockstep.app", 12, s->app_id, (ssize_t)k->hdr_app_len) ||
-        rd_kafka_header_add(h, "lockstep.sink", 13, uid, (ssize_t)uid_len) ||
-        rd_kafka_header_add(h, "lockstep.batch", 14, k->hdr_batch, (ssize_t)k->hdr_batch_len) ||
-        rd_kafka_header_add(h, "lockstep.attempt", 16, s->attempt,
-                            (ssize_t)strnlen(s->attempt, sizeof s->attempt))) {
+/* The headers of a record of the attempt kafka_begin started, for member (s->nmembers:
+ * the progress record), with room for extra more: the provenance header alone so far;
+ * NULL if out of memory or the header was refused. Called once per output record, so the
+ * value is formatted only when the member changes and copied otherwise: one header, not
+ * one per fact, because librdkafka allocates and copies each header of each record
+ * (provenance_int.h). */
+static rd_kafka_headers_t *provenance(lk__sink_t *s, size_t member, size_t extra) {
+    lk__kafka_sink_t *k = s->impl;
+    if (k->prov_member != member) {
+        const char *uid = member < s->nmembers ? s->members[member].uid : "";
+        size_t n = lk__prov_format(k->prov, k->prov_cap, k->prov_batch, s->attempt,
+                                   s->app_id, uid);
+        if (n >= k->prov_cap) {
+            char *b = realloc(k->prov, n + 1);
+            if (!b)
+                return NULL;
+            k->prov = b;
+            k->prov_cap = n + 1;
+            (void)lk__prov_format(b, k->prov_cap, k->prov_batch, s->attempt, s->app_id, uid);
+        }
+        k->prov_len = n;
+        k->prov_member = member;
+    }
+    rd_kafka_headers_t *h = rd_kafka_headers_new(extra + 1);
+    if (rd_kafka_header_add(h, LK__PROV_HEADER, sizeof LK__PROV_HEADER - 1, k->prov,
+                            (ssize_t)k->prov_len)) {
         rd_kafka_headers_destroy(h);
         return NULL;
     }
@@ -491,9 +507,9 @@ static lk_err_t kafka_write(lk__sink_t *s, const lk__out_record_t *r, char *errs
     uint64_t index = k->next_index++;
     const lk__sink_member_t *m = &s->members[s->cur];
     const lk__kafka_failed_rec_t *dv = lk__kafka_diverted(k, s->cur, index);
-    rd_kafka_headers_t *h = provenance(s, m->uid, strlen(m->uid), r->nheaders + (dv ? 3 : 0));
+    rd_kafka_headers_t *h = provenance(s, s->cur, r->nheaders + (dv ? 3 : 0));
     if (!h)
-        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "sink '%s': provenance headers: out "
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "sink '%s': provenance header: out "
                        "of memory", m->uid);
     for (size_t i = 0; i < r->nheaders; i++)
         if (rd_kafka_header_add(h, r->headers[i].name, -1, r->headers[i].value,
@@ -549,7 +565,7 @@ static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errs
     json_decref(doc);
     if (!value)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    rd_kafka_headers_t *h = provenance(s, "", 0, 0);
+    rd_kafka_headers_t *h = provenance(s, s->nmembers, 0);
     lk_err_t r = h ? produce(s, k->progress_topic, 0, s->app_id, strlen(s->app_id), value,
                              strlen(value), 0, h, OPAQUE_PROGRESS, errstr, errstr_size)
                    : lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");

@@ -59,9 +59,13 @@ typedef struct {
     char deadletter[256]; /* errors.deadletter when it is a Kafka topic and tolerance=all */
     uint64_t next_index;  /* position of the next record of the current member */
     size_t index_member;
-    /* the provenance headers' values, made once per attempt (kafka_begin), not per record */
-    char hdr_batch[24];
-    size_t hdr_batch_len, hdr_app_len;
+    /* the provenance header's value (provenance_int.h) for member prov_member of the
+     * attempt in progress (s->nmembers: the progress record): formatted when the member
+     * changes, copied into each record (never formatted per record); kafka_begin makes it
+     * stale (prov_member SIZE_MAX) */
+    char *prov;
+    size_t prov_len, prov_cap, prov_member;
+    uint64_t prov_batch; /* the batch kafka_begin started */
 } lk__kafka_sink_t;
 
 /* Which member and which record of it a produced message is (its opaque). */

@@ -44,11 +44,13 @@ Applications under test (one checkpoint each):
         replaced), the new one's is complete and exactly once.
 
 The mock broker does not hide aborted transactions: records of an aborted delivery
-attempt are visible there. Every record names its attempt (header lockstep.attempt)
-and each batch's progress record names the attempt that committed, so the reader
-counts only committed attempts. On a real broker, records of other attempts must not
-be visible to read_committed at all, and must be visible to read_uncommitted (a killed
-delivery left them there): the checker counts both when --bootstrap is given.
+attempt are visible there. Every record names its batch and attempt (the provenance
+header `lockstep`, read by provenance() below) and each batch's progress record names
+the attempt that committed, so the reader counts only committed attempts (and checks
+that each record names its application and sink). On a real broker, records of other
+attempts must not be visible to read_committed at all, and must be visible to
+read_uncommitted (a killed delivery left them there): the checker counts both when
+--bootstrap is given.
 """
 
 import argparse
@@ -190,6 +192,55 @@ def read_topic_once(bootstrap, topic, isolation):
     if pending:
         raise SystemExit(f"chaos: could not read {topic} to its end")
     return out, settled
+
+
+Provenance = collections.namedtuple("Provenance", "batch attempt app sink old_format")
+OLD_PROVENANCE = ("lockstep.app", "lockstep.sink", "lockstep.batch", "lockstep.attempt")
+
+
+def parse_provenance(value):
+    """A provenance header's value (bytes) as Provenance; ValueError naming it if it is
+    not a well-formed v1 value. The format (sink/provenance_int.h, the one definition):
+    `v1 <batch> <attempt> <app.id> <sink uid>`, single spaces, the batch decimal, the
+    attempt 16 lower-case hex digits, app.id never holding a space, and the sink uid the
+    whole rest (any characters, empty on a progress record): split at the first four
+    spaces only."""
+    parts = (value or b"").split(b" ", 4)
+    if (len(parts) != 5 or parts[0] != b"v1" or not parts[1].isdigit()
+            or int(parts[1]) >= 2**64 or len(parts[2]) != 16
+            or parts[2].strip(b"0123456789abcdef") or not parts[3]):
+        raise ValueError(f"malformed provenance header 'lockstep': {value!r}")
+    return Provenance(int(parts[1]), parts[2].decode(), parts[3].decode(),
+                      parts[4].decode("utf-8", "replace"), False)
+
+
+def provenance(msg):
+    """The provenance of a record lockstep's Kafka sink produced: Provenance(batch,
+    attempt, app, sink, old_format), or None if the record has none. The one reader of it
+    for every checker here (chaos, windows, upgrade, operator_faults).
+
+    The sink's header is the FIRST one named `lockstep` (a pipeline that copies its
+    input's headers puts the input's after it). Records of versions before that header
+    carry four (lockstep.app, .sink, .batch, .attempt): an output topic written across an
+    upgrade holds both, so those are read too (old_format True). ValueError if what is
+    there is malformed or incomplete."""
+    headers = msg.headers() or []
+    for name, value in headers:
+        if name == "lockstep":
+            return parse_provenance(value)
+    old = {}
+    for name, value in headers:
+        if name in OLD_PROVENANCE and name not in old:
+            old[name] = value or b""
+    if not old:
+        return None
+    batch, attempt = old.get("lockstep.batch", b""), old.get("lockstep.attempt", b"")
+    if (len(old) != 4 or not batch.isdigit() or len(attempt) != 16
+            or attempt.strip(b"0123456789abcdef")):
+        raise ValueError(f"malformed or incomplete provenance headers of an older "
+                         f"version: {old}")
+    return Provenance(int(batch), attempt.decode(), old["lockstep.app"].decode(),
+                      old["lockstep.sink"].decode("utf-8", "replace"), True)
 
 
 def phase_of(raw):
@@ -721,19 +772,27 @@ class Runner:
         killed = self.killed_attempts[app]
 
         def split(msgs):
-            recs, foreign, of_killed = [], 0, 0
+            recs, foreign, of_killed, strangers = [], 0, 0, []
             for m in msgs:
-                h = dict(m.headers() or [])
-                if "lockstep.batch" not in h or "lockstep.attempt" not in h:
-                    self.problems.append(f"{topic}: a record without provenance headers")
+                try:
+                    p = provenance(m)
+                except ValueError as e:
+                    self.problems.append(f"{topic}: {e}")
                     continue
-                batch = int(h["lockstep.batch"])
-                attempt = h["lockstep.attempt"].decode()
+                if p is None:
+                    self.problems.append(f"{topic}: a record without a provenance header")
+                    continue
+                if (p.app, p.sink) != (app, sink):
+                    strangers.append(p)
+                batch, attempt = p.batch, p.attempt
                 of_killed += attempt in killed
                 if committed.get(batch) == attempt:
                     recs.append((batch, m))
                 else:
                     foreign += 1
+            if strangers:
+                self.problems.append(f"{topic}: {len(strangers)} records name another app or "
+                                     f"sink than {app!r} {sink!r}, e.g. {strangers[0]}")
             return recs, foreign, of_killed
 
         records, foreign, of_killed = split(self.read_topic(topic))

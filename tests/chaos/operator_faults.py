@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import graceful_stop, read_topic  # noqa: E402
+from chaos import graceful_stop, provenance, read_topic  # noqa: E402
 
 from confluent_kafka import Producer  # noqa: E402
 
@@ -164,8 +164,10 @@ def main():
             fail("a batch was delivered twice")
         got = collections.Counter()
         for m in read_topic(bootstrap, "out"):
-            h = dict(m.headers())
-            if attempt.get(int(h["lockstep.batch"])) == h["lockstep.attempt"].decode():
+            p = provenance(m)
+            if p is None or (p.app, p.sink) != ("op", "to-kafka"):
+                fail(f"a record of out with provenance {p}, not of app 'op' sink 'to-kafka'")
+            if attempt.get(p.batch) == p.attempt:
                 got[(m.partition(), m.value().decode())] += 1
         if got != produced:
             fail(f"{sum((produced - got).values())} records lost, "

@@ -10,6 +10,10 @@ operator, to the end. Checks, with this file's own read_committed reader:
   - the new operator counted exactly the input after the upgrade (it starts empty);
   - one progress record per batch and sink (nothing delivered twice).
 Prints `upgrade: ok` and exits 0, or names what is wrong and exits 1.
+
+The versions are the plugin's: one lockstep binary writes all the output, so every record
+carries the provenance header of this build (chaos.provenance() would also read the
+four headers of builds before it, which a topic written across a lockstep upgrade holds).
 """
 
 import argparse
@@ -26,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import graceful_stop, read_topic  # noqa: E402  (the same independent reader as chaos.py)
+from chaos import graceful_stop, provenance, read_topic  # noqa: E402  (the same independent reader as chaos.py)
 
 from confluent_kafka import Producer  # noqa: E402
 
@@ -165,9 +169,12 @@ def main():
                 fail(f"{sink}: batches delivered twice: {twice}")
             out = {}
             for m in read_topic(bootstrap, topic):
-                h = dict(m.headers())
-                b = int(h["lockstep.batch"])
-                if attempt.get(b) != h["lockstep.attempt"].decode():
+                p = provenance(m)
+                if p is None or (p.app, p.sink) != ("up", sink):
+                    fail(f"a record of {topic} with provenance {p}, not of app 'up' sink "
+                         f"{sink!r}")
+                b = p.batch
+                if attempt.get(b) != p.attempt:
                     continue  # an aborted attempt, visible on the mock
                 k = m.key().decode()
                 if k not in out or b >= out[k][0]:

@@ -50,7 +50,7 @@ import time
 
 from confluent_kafka import Producer
 
-from chaos import attempt_of, graceful_stop, read_topic, watermarks
+from chaos import attempt_of, graceful_stop, provenance, read_topic, watermarks
 
 APPS = ["wev", "weu", "wbt", "wses", "wsesu"]
 FAULTS = ["after-plan", "mid-processing", "after-checkpoint-commit", "before-sink-produce",
@@ -294,10 +294,12 @@ class Runner:
         twice = sum(n - 1 for n in per_batch.values() if n > 1)
         out = []
         for m in read_topic(self.bootstrap, topic):
-            h = dict(m.headers() or [])
-            b = int(h["lockstep.batch"])
-            if attempts.get(b) == h["lockstep.attempt"].decode():
-                out.append((b, m))
+            p = provenance(m)
+            if p is None or (p.app, p.sink) != (app, sink):
+                raise SystemExit(f"windows: {topic}: a record with provenance {p}, not of "
+                                 f"app {app!r} sink {sink!r}")
+            if attempts.get(p.batch) == p.attempt:
+                out.append((p.batch, m))
         out.sort(key=lambda r: (r[0], r[1].offset()))
         return out, twice
 

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "eos.h"
 #include "mockutil.h"
+#include "sink/provenance_int.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -81,6 +82,24 @@ static void on_progress(const rd_kafka_message_t *m, void *o) {
     if (!strcmp(json_string_value(json_object_get(d, "app")), p->app) && mine) {
         uint64_t batch = (uint64_t)json_integer_value(b);
         cr_assert(batch > 0 && batch < EOS_MAX_BATCHES, "batch %llu", (unsigned long long)batch);
+        if (json_is_object(sinks)) {
+            /* written by this version (the tests fabricate the older ones): its
+             * provenance header names the same batch and attempt, the app and no sink */
+            rd_kafka_headers_t *h = NULL;
+            lk__prov_t pv;
+            cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv) &&
+                          !pv.old_format,
+                      "progress record of batch %llu without a provenance header",
+                      (unsigned long long)batch);
+            cr_assert(pv.batch == batch && !strcmp(pv.attempt, json_string_value(a)) &&
+                          pv.app_len == strlen(p->app) && !memcmp(pv.app, p->app, pv.app_len) &&
+                          pv.sink_len == 0,
+                      "progress record of batch %llu attempt %s: provenance says batch %llu "
+                      "attempt %s app '%.*s' sink '%.*s'",
+                      (unsigned long long)batch, json_string_value(a),
+                      (unsigned long long)pv.batch, pv.attempt, (int)pv.app_len, pv.app,
+                      (int)pv.sink_len, pv.sink);
+        }
         p->c[batch].batch = batch; /* the last record of a batch wins */
         snprintf(p->c[batch].attempt, sizeof p->c[batch].attempt, "%s", json_string_value(a));
         p->seen++;
@@ -89,32 +108,31 @@ static void on_progress(const rd_kafka_message_t *m, void *o) {
 }
 
 typedef struct {
+    const char *app, *sink;
     eos_report_t *r;
     committed_t *c;
     uint64_t *key_batch; /* [EOS_MAX_KEYS] latest batch per key */
     unsigned char *in_batch; /* [EOS_MAX_BATCHES * EOS_MAX_KEYS] seen key in batch */
 } out_ctx_t;
 
-static int header(const rd_kafka_message_t *m, const char *name, char *buf, size_t size) {
-    rd_kafka_headers_t *h;
-    const void *v;
-    size_t n;
-    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, name, &v, &n) || n >= size)
-        return 0;
-    memcpy(buf, v, n);
-    buf[n] = 0;
-    return 1;
-}
-
 static void on_output(const rd_kafka_message_t *m, void *o) {
     out_ctx_t *x = o;
-    char batch_s[32], attempt[32];
-    if (!header(m, "lockstep.batch", batch_s, sizeof batch_s) ||
-        !header(m, "lockstep.attempt", attempt, sizeof attempt)) {
+    rd_kafka_headers_t *h = NULL;
+    lk__prov_t pv;
+    if (rd_kafka_message_headers(m, &h) || !lk__prov_get(h, &pv)) {
         x->r->no_provenance++;
         return;
     }
-    uint64_t batch = strtoull(batch_s, NULL, 10);
+    /* every fact of the header is checked: app and sink here, batch and attempt against
+     * the attempts the progress records committed */
+    cr_assert(!pv.old_format, "a record with the four provenance headers of older versions");
+    cr_assert(pv.app_len == strlen(x->app) && !memcmp(pv.app, x->app, pv.app_len) &&
+                  pv.sink_len == strlen(x->sink) && !memcmp(pv.sink, x->sink, pv.sink_len),
+              "a record of batch %llu names app '%.*s' sink '%.*s', not '%s' '%s'",
+              (unsigned long long)pv.batch, (int)pv.app_len, pv.app, (int)pv.sink_len,
+              pv.sink, x->app, x->sink);
+    const char *attempt = pv.attempt;
+    uint64_t batch = pv.batch;
     cr_assert(batch > 0 && batch < EOS_MAX_BATCHES);
     if (!x->c[batch].batch || strcmp(x->c[batch].attempt, attempt)) {
         x->r->foreign++;
@@ -162,7 +180,7 @@ void eos_read(const char *bootstraps, const char *app, const char *sink, const c
         r->gaps = r->last - r->first + 1 - r->batches;
     uint64_t key_batch[EOS_MAX_KEYS] = {0};
     unsigned char *in_batch = calloc((size_t)EOS_MAX_BATCHES * EOS_MAX_KEYS, 1);
-    out_ctx_t x = {r, c, key_batch, in_batch};
+    out_ctx_t x = {app, sink, r, c, key_batch, in_batch};
     read_all(rk, topic, on_output, &x);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);

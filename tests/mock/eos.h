@@ -4,11 +4,13 @@
  * every batch appears exactly once.
  *
  * The mock cluster does not hide aborted transactions, so records of an aborted
- * delivery attempt are visible there. Every record names its attempt (header
- * lockstep.attempt) and every progress record names the attempt it committed: the
- * checker counts a batch's records only from its committed attempt (the last progress
- * record of the batch). On a real broker, records of other attempts must not be visible
- * at all (eos_report_t.foreign == 0).
+ * delivery attempt are visible there. Every record names its batch and attempt (the
+ * provenance header, sink/provenance_int.h) and every progress record names the attempt
+ * it committed: the checker counts a batch's records only from its committed attempt
+ * (the last progress record of the batch). On a real broker, records of other attempts
+ * must not be visible at all (eos_report_t.foreign == 0). It asserts that each record's
+ * provenance names the app and sink asked for, and that each progress record's header
+ * names its own batch and attempt.
  */
 #ifndef LK_EOS_H
 #define LK_EOS_H

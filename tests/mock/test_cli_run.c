@@ -4,8 +4,8 @@
  * with librdkafka, starts `lockstep run -X ...` in the background, waits (bounded) until
  * progress.log says every input record was committed, stops it with SIGTERM and checks
  * exit status 0, then checks the EXACT output: Kafka topics read with a read_committed
- * consumer (the latest value per key by the lockstep.batch header) and the files under
- * output.dir/<partition>/<app>-<batch>.jsonl.
+ * consumer (the latest value per key by the batch its provenance header names) and the
+ * files under output.dir/<partition>/<app>-<batch>.jsonl.
  *
  * Covered: every built-in pipeline (wordcount, count-by-key, sum-by-key, copy with
  * output.partition=keep to a topic and to files), the example plugin with a plugin.*
@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include "cliproc.h"
 #include "mockutil.h"
+#include "sink/provenance_int.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -290,18 +291,17 @@ static void read_topic(const char *topic, recs_t *rs) {
             rd_kafka_headers_t *h;
             const void *v;
             size_t n;
-            char b[32] = "";
-            if (!rd_kafka_message_headers(m, &h) &&
-                !rd_kafka_header_get_last(h, "lockstep.batch", &v, &n) && n < sizeof b)
-                memcpy(b, v, n);
-            r->batch = b[0] ? atoll(b) : -1;
+            lk__prov_t pv;
+            if (rd_kafka_message_headers(m, &h))
+                h = NULL;
+            r->batch = lk__prov_get(h, &pv) ? (int64_t)pv.batch : -1;
             r->ts = rd_kafka_message_timestamp(m, NULL);
             char *text = NULL;
             size_t tlen = 0;
             FILE *tf = open_memstream(&text, &tlen);
             const char *hn;
             for (size_t i = 0; h && !rd_kafka_header_get_all(h, i, &hn, &v, &n); i++)
-                if (strncmp(hn, "lockstep.", 9))
+                if (strcmp(hn, LK__PROV_HEADER) && strncmp(hn, "lockstep.", 9))
                     fprintf(tf, "%s=%.*s;", hn, v ? (int)n : 6, v ? (const char *)v : "<null>");
             fclose(tf);
             r->headers = text;
@@ -368,13 +368,13 @@ static const char *table_text(table_t *t) {
     return b;
 }
 
-/* The latest value of each key in a Kafka sink's output (by the lockstep.batch header). */
+/* The latest value of each key in a Kafka sink's output (by the batch of its provenance). */
 static void kafka_latest(const char *topic, table_t *t) {
     recs_t *rs = calloc(1, sizeof *rs);
     read_topic(topic, rs);
     memset(t, 0, sizeof *t);
     for (size_t i = 0; i < rs->n; i++) {
-        cr_assert_gt(rs->r[i].batch, 0, "record without the lockstep.batch header");
+        cr_assert_gt(rs->r[i].batch, 0, "record without a provenance header");
         cr_assert_not_null(rs->r[i].key);
         table_put(t, rs->r[i].key, rs->r[i].value, rs->r[i].batch);
     }

@@ -8,6 +8,7 @@
 #include "lockstep.h"
 #include "mockutil.h"
 #include "core/util_int.h"
+#include "sink/provenance_int.h"
 #include "state/store_int.h"
 #include "testutil.h"
 #include "wc_ops.h"
@@ -1159,6 +1160,161 @@ Test(sink_kafka, two_kafka_sinks_share_one_transaction_and_one_progress_record) 
     lk_conf_destroy(conf);
     count_progress(&pc);
     cr_assert_eq(pc.records, 3);
+}
+
+/* ---- issue 18: provenance in one header ---- */
+
+#define PROV_APP "wc_1.a-b"          /* every character app.id allows but letters */
+/* odd characters a sink uid may hold (not space, tab or '/', connector/pipeline.c) */
+#define PROV_ODD_UID "copy:out=\xc3\xbc;v1,7\\x"
+
+static void define_prov(lk_pipeline_t *p, void *o) {
+    (void)o;
+    lk_stream_t *in = lk_kafka_stream(p, "lines");
+    lk_to_kafka(in, PROV_ODD_UID, "copy");
+    lk_to_kafka(in, "plain", "copy2");
+}
+
+typedef struct {
+    uint64_t batch;
+    char attempt[17];
+    int n;
+} prov_progress_t;
+
+/* Every record of topic (all partitions, from the start); cb per record. */
+static void read_each(const char *topic, int partitions,
+                      void (*cb)(const rd_kafka_message_t *m, void *o), void *o) {
+    rd_kafka_t *rk = mu_reader(cl.bootstraps, "provenance");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
+    for (int i = 0; i < partitions; i++)
+        rd_kafka_topic_partition_list_add(l, topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    cr_assert_eq(rd_kafka_assign(rk, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    int eofs = 0;
+    for (int polls = 0; polls < 3000 && eofs < partitions; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 10);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            eofs++;
+        else if (m->err)
+            cr_assert_fail("reading %s: %s", topic, rd_kafka_message_errstr(m));
+        else
+            cb(m, o);
+        rd_kafka_message_destroy(m);
+    }
+    cr_assert_eq(eofs, partitions, "could not read %s to its end", topic);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+
+/* The header at idx: its name and value (NUL-terminated copy in val). */
+static const char *header_at(const rd_kafka_message_t *m, size_t idx, char *val, size_t size) {
+    rd_kafka_headers_t *h;
+    const char *name;
+    const void *v;
+    size_t n;
+    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_all(h, idx, &name, &v, &n))
+        return NULL;
+    cr_assert_lt(n, size);
+    memcpy(val, v ? v : "", n);
+    val[n] = 0;
+    return name;
+}
+
+static void on_prov_progress(const rd_kafka_message_t *m, void *o) {
+    prov_progress_t *pp = o;
+    json_t *d = json_loadb(m->payload, m->len, 0, NULL);
+    cr_assert_not_null(d);
+    pp->batch = (uint64_t)json_integer_value(json_object_get(d, "batch"));
+    snprintf(pp->attempt, sizeof pp->attempt, "%s", json_string_value(json_object_get(d, "attempt")));
+    json_decref(d);
+    pp->n++;
+    /* the progress record: the one header, naming no sink */
+    char v[512], want[512];
+    const char *name = header_at(m, 0, v, sizeof v);
+    snprintf(want, sizeof want, "v1 %llu %s " PROV_APP " ", (unsigned long long)pp->batch,
+             pp->attempt);
+    cr_assert(name && !strcmp(name, "lockstep"), "progress record's first header: %s",
+              name ? name : "(none)");
+    cr_assert_str_eq(v, want);
+    cr_assert_null(header_at(m, 1, v, sizeof v), "one header only on a progress record");
+}
+
+typedef struct {
+    const prov_progress_t *pp;
+    const char *uid;
+    int n;
+} prov_out_t;
+
+static void on_prov_output(const rd_kafka_message_t *m, void *o) {
+    prov_out_t *po = o;
+    char v[512], want[512];
+    snprintf(want, sizeof want, "v1 %llu %s " PROV_APP " %s", (unsigned long long)po->pp->batch,
+             po->pp->attempt, po->uid);
+    /* first: the sink's header, exactly; then the input's, the forged one included */
+    const char *name = header_at(m, 0, v, sizeof v);
+    cr_assert(name && !strcmp(name, "lockstep"), "first header: %s", name ? name : "(none)");
+    cr_assert_str_eq(v, want);
+    name = header_at(m, 1, v, sizeof v);
+    cr_assert(name && !strcmp(name, "lockstep") && !strcmp(v, "v1 999 0123456789abcdef up x"),
+              "the input's header follows: %s", name ? name : "(none)");
+    name = header_at(m, 2, v, sizeof v);
+    cr_assert(name && !strcmp(name, "h") && !strcmp(v, "1"), "the input's header: %s",
+              name ? name : "(none)");
+    cr_assert_null(header_at(m, 3, v, sizeof v), "no other header (none of the four old ones)");
+    /* and the parser takes the sink's, not the input's */
+    rd_kafka_headers_t *h;
+    lk__prov_t pv;
+    cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv));
+    cr_assert_eq(pv.batch, po->pp->batch);
+    cr_assert_str_eq(pv.attempt, po->pp->attempt);
+    cr_assert(pv.app_len == strlen(PROV_APP) && !memcmp(pv.app, PROV_APP, pv.app_len));
+    cr_assert(pv.sink_len == strlen(po->uid) && !memcmp(pv.sink, po->uid, pv.sink_len),
+              "sink '%.*s'", (int)pv.sink_len, pv.sink);
+    po->n++;
+}
+
+/* Each record carries ONE provenance header, "lockstep", whose value names the batch, the
+ * attempt, the app and the sink (a uid of odd characters, the whole last field), before
+ * the headers it had on input (a forged "lockstep" among them: readers take the
+ * first); the progress record carries it too, naming no sink. */
+Test(sink_kafka, provenance_is_one_header_naming_batch_attempt_app_and_sink) {
+    mu_topic(&cl, "copy", 2);
+    mu_topic(&cl, "copy2", 2);
+    mu_topic(&cl, PROV_APP ".progress", 1);
+    for (int i = 0; i < 6; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "line %d", i);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(2);
+        cr_assert_eq(rd_kafka_header_add(h, "lockstep", -1, "v1 999 0123456789abcdef up x", -1), 0);
+        cr_assert_eq(rd_kafka_header_add(h, "h", -1, "1", -1), 0);
+        cr_assert_eq(rd_kafka_producev(cl.producer, RD_KAFKA_V_TOPIC("lines"),
+                                       RD_KAFKA_V_PARTITION(i % 2), RD_KAFKA_V_VALUE(v, strlen(v)),
+                                       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                       RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END),
+                     0);
+    }
+    mu_flush(&cl);
+    lk_conf_t *conf = mu_conf(&cl, PROV_APP, dir);
+    mu_set(conf, "sink.kafka.timeout.ms", "10000");
+    char err[1024];
+    lk_context_t *ctx = lk_context_get_or_create(conf, define_prov, NULL, err, sizeof err);
+    cr_assert_not_null(ctx, "%s", err);
+    cr_assert_eq(lk_context_run_once(ctx), LK_OK, "%s", lk_context_errstr(ctx));
+    cr_assert_eq(lk_context_last_batch(ctx), 1);
+    lk_context_destroy(ctx);
+    lk_conf_destroy(conf);
+    prov_progress_t pp = {0};
+    read_each(PROV_APP ".progress", 1, on_prov_progress, &pp);
+    cr_assert_eq(pp.n, 1, "one progress record, of batch 1");
+    cr_assert_eq(pp.batch, 1);
+    prov_out_t po = {&pp, PROV_ODD_UID, 0};
+    read_each("copy", 2, on_prov_output, &po);
+    cr_assert_eq(po.n, 6);
+    po = (prov_out_t){&pp, "plain", 0};
+    read_each("copy2", 2, on_prov_output, &po);
+    cr_assert_eq(po.n, 6);
 }
 
 /* ---- 13.4: permanent delivery errors ---- */
