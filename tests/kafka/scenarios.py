@@ -219,7 +219,20 @@ def zombie_fenced(s):
         # same app.id, same checkpoint, same transactional.id.
         copy = os.path.join(s.work, "copy-of-checkpoint")
         os.mkdir(copy)
-        subprocess.run(["mdb_copy", a.dir, copy], check=True)
+        # mdb_copy takes a reader slot under LMDB's reader-table mutex: if the SIGSTOP
+        # caught the first instance holding it (beginning a read transaction), the copy
+        # waits for a process that cannot run (seen once, under ASan). Let it run a
+        # moment and stop it again, then copy again.
+        for attempt in range(10):
+            try:
+                subprocess.run(["mdb_copy", a.dir, copy], check=True, timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                os.kill(a.proc.pid, signal.SIGCONT)
+                time.sleep(0.05)
+                os.kill(a.proc.pid, signal.SIGSTOP)
+        else:
+            raise Failure("mdb_copy of the stopped instance's checkpoint never finished")
         b = s.copy_app("copy", src, dst, max_records_per_partition=20, batch_interval_ms=50)
         b.dir = copy
         b.props["checkpoint.dir"] = copy
