@@ -95,7 +95,8 @@ lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errs
                        "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
                        "count-by-key and sum-by-key, not copy");
     }
-    if ((d->kind == LK__BUILTIN_COUNT_BY_KEY || d->kind == LK__BUILTIN_SUM_BY_KEY) && !d->key_field[0]) {
+    if ((d->kind == LK__BUILTIN_COUNT_BY_KEY || d->kind == LK__BUILTIN_SUM_BY_KEY) &&
+        !d->key_field[0]) {
         free(d);
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "key.field is required by pipeline=%s", name);
