@@ -36,7 +36,7 @@
 #include <lmdb.h>
 #include <limits.h>
 #include <stdio.h>
-#include "cli/cli_int.h"
+#include "cli/builtin.h"
 
 #include <stdlib.h>
 #include <string.h>

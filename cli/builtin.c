@@ -1,19 +1,21 @@
 /*
  * builtin.c — the pipelines `lockstep run` offers without writing code (pipeline=...):
  * wordcount, count-by-key, sum-by-key (keys and numbers from JSON fields) and copy, all
- * exactly-once to output.topic and/or output.dir. Malformed input (bad JSON, missing
- * field, non-numeric value) never crashes anything: it is counted in the accumulator
- * errors.malformed and sent to errors.deadletter, or, with errors.tolerance=none, stops
- * the application with a message naming the record's topic, partition and offset.
+ * exactly-once to output.topic and/or output.dir, with running totals or windows (batch
+ * or event time). Malformed input (bad JSON, missing field, non-numeric value) never
+ * crashes anything: it is counted in the accumulator errors.malformed and sent to
+ * errors.deadletter, or, with errors.tolerance=none, stops the application with a
+ * message naming the record's topic, partition and offset.
+ *
+ * This file is the example plugin authors copy: it uses only the public header
+ * lockstep.h (plus jansson for JSON, and the C library), and takes its settings from a
+ * plain options struct (builtin.h) as a plugin takes its own from plugin.* properties.
+ * Reading and checking the configuration, and loading plugins, is the CLI's business
+ * (builtin_conf.c). DESIGN.md, Layout.
  */
-#define _GNU_SOURCE
-#include "cli_int.h"
-#include "../core/conf_int.h"
-#include "../core/util_int.h"
-#include "../state/window_store_int.h"
+#include "builtin.h"
 
 #include <ctype.h>
-#include <dlfcn.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -210,19 +212,7 @@ static void format_sum(lk_batch_t *b, const lk_record_t *in, void *opaque) {
 
 /* ---- JSON input ---- */
 
-typedef struct lk__builtin {
-    int kind; /* index in the pipeline enum */
-    const char *key_field, *value_field;
-    int tolerance_none;
-    int64_t window_size; /* window.size.ms */
-    int64_t window_gap;  /* window.gap.ms (session windows) */
-    int windowed;        /* either: windows instead of running totals */
-    int event_time;      /* window.time=event */
-    int sums;            /* window values are doubles (sum-by-key), else int64 counts */
-    int deadletter; /* errors.deadletter is set */
-} builtin_t;
-
-enum { P_WORDCOUNT, P_COUNT_BY_KEY, P_SUM_BY_KEY, P_COPY };
+typedef lk__builtin_opts_t builtin_t;
 
 /* Key and number of a JSON record; NULL on malformed input, with *why set. */
 static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **key,
@@ -255,12 +245,12 @@ static json_t *parse(const builtin_t *bt, const lk_record_t *in, const char **ke
         json_decref(doc);
         return NULL;
     }
-    if (bt->windowed && *klen > LK__WIN_MAX_KEY) {
+    if (bt->windowed && *klen > LK_WINDOW_KEY_MAX) {
         *why = "key longer than 490 bytes (the limit of windows)";
         json_decref(doc);
         return NULL;
     }
-    if (bt->kind == P_SUM_BY_KEY) {
+    if (bt->kind == LK__BUILTIN_SUM_BY_KEY) {
         json_t *v = json_object_get(doc, bt->value_field);
         if (!json_is_number(v)) {
             *why = v ? "value field is not a number" : "value field missing";
@@ -279,7 +269,7 @@ static int well_formed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
     const char *key, *why;
     size_t klen;
     num_t num;
-    if (bt->kind == P_WORDCOUNT) {
+    if (bt->kind == LK__BUILTIN_WORDCOUNT) {
         if (!wc_has_long_word(in))
             return 1;
         why = "a word longer than 511 bytes (the checkpoint's key limit)";
@@ -302,7 +292,7 @@ static int malformed(lk_batch_t *b, const lk_record_t *in, void *opaque) {
         return 0;
     lk_accumulator_add(b, "errors.malformed", 1);
     /* the metric lockstep_records_deadlettered_total (connector/metrics_text.c) */
-    if (((const builtin_t *)opaque)->deadletter)
+    if (((const builtin_t *)opaque)->deadletter[0])
         lk_accumulator_add(b, "lockstep.records.deadlettered", 1);
     return 1;
 }
@@ -317,7 +307,7 @@ static void extract(lk_batch_t *b, const lk_record_t *in, void *opaque) {
         lk_batch_fail(b, "record changed between parses"); /* cannot happen */
         return;
     }
-    if (bt->kind == P_SUM_BY_KEY) {
+    if (bt->kind == LK__BUILTIN_SUM_BY_KEY) {
         unsigned char v[NUM_BYTES];
         num_put(v, &num);
         lk_emit(b, key, klen, v, sizeof v);
@@ -445,11 +435,17 @@ static void format_late(lk_batch_t *b, const lk_record_t *in, void *opaque) {
                      num);
     lk_emit(b, in->key, in->key_len, text, (size_t)n);
 }
+/* Records to a dead letter: a Kafka topic, or file:DIR for JSON-lines files. */
+static void to_deadletter(lk_stream_t *s, const char *uid, const char *dl) {
+    if (!strncmp(dl, "file:", 5))
+        lk_to_files(s, uid, dl + 5, "jsonl");
+    else
+        lk_to_kafka(s, uid, dl);
+}
 
 /* The windowed aggregate of kv (key, int64 1 or double) per window.* */
-static lk_stream_t *add_window(lk_pipeline_t *p, lk_stream_t *kv, const lk_conf_t *conf,
-                               builtin_t *bt, const char *uid) {
-    int64_t slide = lk__conf_int(conf, LK__P_WINDOW_SLIDE_MS);
+static lk_stream_t *add_window(lk_stream_t *kv, builtin_t *bt, const char *uid) {
+    int64_t slide = bt->window_slide;
     lk_reduce_fn *add = bt->sums ? add_f64 : add_i64;
     lk_stream_t *w;
     if (!bt->event_time) {
@@ -465,81 +461,64 @@ static lk_stream_t *add_window(lk_pipeline_t *p, lk_stream_t *kv, const lk_conf_
             .size_ms = bt->window_size,
             .advance_ms = hop ? slide : 0,
             .gap_ms = bt->window_gap,
-            .grace_ms = lk__conf_int(conf, LK__P_WINDOW_GRACE_MS),
-            .idle_ms = lk__conf_int(conf, LK__P_WINDOW_IDLE_MS),
-            .emit = lk__conf_int(conf, LK__P_WINDOW_EMIT) == 1 ? LK_WINDOW_EMIT_ON_UPDATE
-                                                               : LK_WINDOW_EMIT_ON_CLOSE};
+            .grace_ms = bt->window_grace,
+            .idle_ms = bt->window_idle,
+            .emit = bt->emit_on_update ? LK_WINDOW_EMIT_ON_UPDATE : LK_WINDOW_EMIT_ON_CLOSE};
         w = lk_window_by_event_time(kv, uid, 1, &spec, add, NULL);
         /* late records: counted (<uid>.late) and, with a dead letter, sent there */
-        const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
-        if (w && dl[0]) {
-            lk_stream_t *late = lk_map(lk_window_late(w, "late"), "format-late", format_late, bt);
-            if (!strncmp(dl, "file:", 5))
-                lk_to_files(late, "late-deadletter", dl + 5, "jsonl");
-            else
-                lk_to_kafka(late, "late-deadletter", dl);
-        }
+        if (w && bt->deadletter[0])
+            to_deadletter(lk_map(lk_window_late(w, "late"), "format-late", format_late, bt),
+                          "late-deadletter", bt->deadletter);
     }
-    (void)p;
     return lk_map(w, "format-window", format_window, bt);
 }
 
 /* ---- definition ---- */
 
-static void add_sinks(lk_pipeline_t *p, lk_stream_t *out, const lk_conf_t *conf) {
-    int keep = lk__conf_int(conf, LK__P_OUTPUT_PARTITION) == 1;
-    const char *topic = lk__conf_str(conf, LK__P_OUTPUT_TOPIC);
-    const char *dir = lk__conf_str(conf, LK__P_OUTPUT_DIR);
-    if (topic[0]) {
-        lk_stream_t *s = lk_to_kafka(out, "to-kafka", topic);
-        if (keep)
+static void add_sinks(lk_pipeline_t *p, lk_stream_t *out, const builtin_t *bt) {
+    if (bt->output_topic[0]) {
+        lk_stream_t *s = lk_to_kafka(out, "to-kafka", bt->output_topic);
+        if (bt->keep_partition)
             lk_sink_keep_partition(s);
     }
-    if (dir[0]) {
-        lk_stream_t *s = lk_to_files(out, "to-files", dir, lk__conf_str(conf, LK__P_OUTPUT_FORMAT));
-        if (keep)
+    if (bt->output_dir[0]) {
+        lk_stream_t *s = lk_to_files(out, "to-files", bt->output_dir, bt->output_format);
+        if (bt->keep_partition)
             lk_sink_keep_partition(s);
     }
-    if (!topic[0] && !dir[0])
+    if (!bt->output_topic[0] && !bt->output_dir[0])
         lk_pipeline_fail(p, "no output: set output.topic and/or output.dir");
 }
 
-typedef struct {
-    const lk_conf_t *conf;
-    builtin_t bt;
-} define_ctx_t;
-
 /* The "malformed" filter and the dead letter sink behind it (errors.deadletter). */
-static void add_deadletter(lk_stream_t *in, const lk_conf_t *conf, builtin_t *bt) {
-    const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
-    bt->deadletter = dl[0] != 0;
+static void add_deadletter(lk_stream_t *in, builtin_t *bt) {
     lk_stream_t *bad = lk_filter(in, "malformed", malformed, bt);
-    if (dl[0] && !strncmp(dl, "file:", 5))
-        lk_to_files(bad, "deadletter", dl + 5, "jsonl");
-    else if (dl[0])
-        lk_to_kafka(bad, "deadletter", dl);
+    if (bt->deadletter[0])
+        to_deadletter(bad, "deadletter", bt->deadletter);
     /* with no dead letter sink the filter still counts them (errors.malformed) */
 }
 
-static void define_builtin(lk_pipeline_t *p, void *opaque) {
-    define_ctx_t *d = opaque;
-    const lk_conf_t *conf = d->conf;
-    const char *topics = lk__conf_str(conf, LK__P_INPUT_TOPICS);
-    if (!topics[0]) {
-        lk_pipeline_fail(p, "input.topics is required by pipeline=%s",
-                         lk__conf_str(conf, LK__P_PIPELINE));
+void lk__builtin_opts_init(lk__builtin_opts_t *o) {
+    o->windowed = o->window_size || o->window_gap;
+    o->sums = o->kind == LK__BUILTIN_SUM_BY_KEY;
+}
+
+void lk__builtin_define(lk_pipeline_t *p, void *opaque) {
+    builtin_t *bt = opaque;
+    if (!bt->input_topics[0]) {
+        lk_pipeline_fail(p, "input.topics is required by pipeline=%s", bt->name);
         return;
     }
-    lk_stream_t *in = lk_kafka_stream(p, topics);
+    lk_stream_t *in = lk_kafka_stream(p, bt->input_topics);
     lk_stream_t *out = NULL;
-    switch (d->bt.kind) {
-    case P_WORDCOUNT: {
+    switch (bt->kind) {
+    case LK__BUILTIN_WORDCOUNT: {
         /* records with a word too long to keep: counted, dead-lettered, not split */
-        add_deadletter(in, conf, &d->bt);
-        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
-        if (d->bt.windowed) {
+        add_deadletter(in, bt);
+        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, bt);
+        if (bt->windowed) {
             lk_stream_t *ones = lk_flat_map(good, "split-words", split_words_one, NULL);
-            out = add_window(p, ones, conf, &d->bt, "windowed-word-counts");
+            out = add_window(ones, bt, "windowed-word-counts");
             break;
         }
         lk_stream_t *words = lk_flat_map(good, "split-words", lk__wc_split_words, NULL);
@@ -547,14 +526,14 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;
     }
-    case P_COUNT_BY_KEY:
-    case P_SUM_BY_KEY: {
-        add_deadletter(in, conf, &d->bt);
-        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, &d->bt);
-        lk_stream_t *kv = lk_map(good, "extract-fields", extract, &d->bt);
-        int sum = d->bt.kind == P_SUM_BY_KEY;
-        if (d->bt.windowed) {
-            out = add_window(p, sum ? kv : lk_map(kv, "ones", one, NULL), conf, &d->bt,
+    case LK__BUILTIN_COUNT_BY_KEY:
+    case LK__BUILTIN_SUM_BY_KEY: {
+        add_deadletter(in, bt);
+        lk_stream_t *good = lk_filter(in, "well-formed", well_formed, bt);
+        lk_stream_t *kv = lk_map(good, "extract-fields", extract, bt);
+        int sum = bt->kind == LK__BUILTIN_SUM_BY_KEY;
+        if (bt->windowed) {
+            out = add_window(sum ? kv : lk_map(kv, "ones", one, NULL), bt,
                              sum ? "windowed-sums" : "windowed-counts");
             break;
         }
@@ -564,120 +543,9 @@ static void define_builtin(lk_pipeline_t *p, void *opaque) {
                      NULL);
         break;
     }
-    case P_COPY:
+    case LK__BUILTIN_COPY:
         out = in;
         break;
     }
-    add_sinks(p, out, conf);
-}
-
-lk_err_t lk__cli_define(const lk_conf_t *conf, lk__cli_define_t *def, char *errstr,
-                        size_t errstr_size) {
-    memset(def, 0, sizeof *def);
-    const char *plugin = lk__conf_str(conf, LK__P_PIPELINE_PLUGIN);
-    const char *name = lk__conf_str(conf, LK__P_PIPELINE);
-    if (plugin[0] && name[0])
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "set pipeline or pipeline.plugin, not both");
-    if (plugin[0]) {
-        def->dl = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
-        if (!def->dl)
-            return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                           "pipeline.plugin: cannot load %s: %s", plugin, dlerror());
-        void *sym = dlsym(def->dl, LK_PLUGIN_DEFINE_SYMBOL);
-        if (!sym) {
-            lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                    "pipeline.plugin: %s exports no %s (see lockstep.h)", plugin,
-                    LK_PLUGIN_DEFINE_SYMBOL);
-            dlclose(def->dl);
-            def->dl = NULL;
-            return LK_ERR_CONF_INVALID;
-        }
-        /* object-to-function pointer conversion, as dlsym requires */
-        memcpy(&def->plugin, &sym, sizeof sym);
-        def->conf = conf;
-        return LK_OK;
-    }
-    if (!name[0])
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "no pipeline: set pipeline=wordcount|count-by-key|sum-by-key|copy or "
-                       "pipeline.plugin=./libmine.so");
-    define_ctx_t *d = calloc(1, sizeof *d);
-    if (!d)
-        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    d->conf = conf;
-    d->bt.kind = (int)lk__conf_int(conf, LK__P_PIPELINE);
-    d->bt.key_field = lk__conf_str(conf, LK__P_KEY_FIELD);
-    d->bt.value_field = lk__conf_str(conf, LK__P_VALUE_FIELD);
-    d->bt.tolerance_none = lk__conf_int(conf, LK__P_ERRORS_TOLERANCE) == 1;
-    d->bt.window_size = lk__conf_int(conf, LK__P_WINDOW_SIZE_MS);
-    d->bt.window_gap = lk__conf_int(conf, LK__P_WINDOW_GAP_MS);
-    d->bt.windowed = d->bt.window_size || d->bt.window_gap;
-    d->bt.event_time = lk__conf_int(conf, LK__P_WINDOW_TIME) == 1;
-    d->bt.sums = d->bt.kind == P_SUM_BY_KEY;
-    if (!d->bt.window_size && lk__conf_int(conf, LK__P_WINDOW_SLIDE_MS)) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "window.slide.ms is set but window.size.ms is not");
-    }
-    const char *werr = NULL;
-    if (d->bt.window_gap && d->bt.window_size)
-        werr = "set window.size.ms (fixed windows) or window.gap.ms (sessions), not both";
-    else if (d->bt.window_gap && lk__conf_int(conf, LK__P_WINDOW_TIME) != 1)
-        werr = "window.gap.ms (session windows) needs window.time=event";
-    if (werr) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size, "%s", werr);
-    }
-    if (d->bt.windowed && d->bt.kind == P_COPY) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "window.size.ms / window.gap.ms apply to pipeline=wordcount, "
-                       "count-by-key and sum-by-key, not copy");
-    }
-    if ((d->bt.kind == P_COUNT_BY_KEY || d->bt.kind == P_SUM_BY_KEY) && !d->bt.key_field[0]) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "key.field is required by pipeline=%s", name);
-    }
-    if (d->bt.kind == P_SUM_BY_KEY && !d->bt.value_field[0]) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "value.field is required by pipeline=sum-by-key");
-    }
-    /* Checked here too, not only when the pipeline is defined: a failed definition
-     * makes `run` exit 1 (could not start), but these are configuration errors (2). */
-    if (!lk__conf_str(conf, LK__P_INPUT_TOPICS)[0]) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "input.topics is required by pipeline=%s", name);
-    }
-    if (!lk__conf_str(conf, LK__P_OUTPUT_TOPIC)[0] && !lk__conf_str(conf, LK__P_OUTPUT_DIR)[0]) {
-        free(d);
-        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                       "no output: set output.topic and/or output.dir (pipeline=%s)", name);
-    }
-    def->builtin = d;
-    return LK_OK;
-}
-
-static void define_plugin(lk_pipeline_t *p, void *opaque) {
-    lk__cli_define_t *def = opaque;
-    def->plugin(p, def->conf);
-}
-
-lk_define_fn *lk__cli_define_fn(lk__cli_define_t *def, void **opaque) {
-    if (def->plugin) {
-        *opaque = def;
-        return define_plugin;
-    }
-    *opaque = def->builtin;
-    return define_builtin;
-}
-
-void lk__cli_define_free(lk__cli_define_t *def) {
-    free(def->builtin);
-    if (def->dl)
-        dlclose(def->dl);
-    memset(def, 0, sizeof *def);
+    add_sinks(p, out, bt);
 }

@@ -258,7 +258,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     case LK__ST_WINDOW:
     case LK__ST_REDUCE:
     case LK__ST_UPDATE: {
-        unsigned char wkey[LK__WIN_KV_PREFIX + LK__WIN_MAX_KEY];
+        unsigned char wkey[LK__WIN_KV_PREFIX + LK_WINDOW_KEY_MAX];
         lk_record_t wr;
         size_t skip = 0; /* window stages collect under (slice, key): the key starts here */
         if (s->kind == LK__ST_WINDOW) {

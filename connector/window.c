@@ -345,11 +345,11 @@ size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,
                         op_name(s), s->uid);
         return 0;
     }
-    if (r->key_len == 0 || r->key_len > LK__WIN_MAX_KEY) {
+    if (r->key_len == 0 || r->key_len > LK_WINDOW_KEY_MAX) {
         lk__batch_failf(b, LK_ERR_TOO_LARGE,
                         "%s '%s' received a key of %zu bytes (1..%d allowed); shorten the "
                         "keys (e.g. hash them) before the window",
-                        op_name(s), s->uid, r->key_len, LK__WIN_MAX_KEY);
+                        op_name(s), s->uid, r->key_len, LK_WINDOW_KEY_MAX);
         return 0;
     }
     if (!r->value) { /* nothing to reduce; counted, never silent */

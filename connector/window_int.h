@@ -52,7 +52,7 @@ lk_err_t lk__window_check_conf(const lk_pipeline_t *p, int64_t batch_interval_ms
 /**
  * The key under which a record is collected in the stage's per-batch table: its slice
  * (big-endian, LK__WIN_KV_PREFIX bytes) then its key, written into buf (at least
- * LK__WIN_KV_PREFIX + LK__WIN_MAX_KEY bytes). Returns the length, or 0 when the record
+ * LK__WIN_KV_PREFIX + LK_WINDOW_KEY_MAX bytes). Returns the length, or 0 when the record
  * is not collected (a tombstone, counted; or an error, recorded in the batch).
  */
 size_t lk__window_kv_key(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r,

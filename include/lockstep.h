@@ -373,7 +373,7 @@ typedef int(lk_window_filter_fn)(lk_batch_t *b, const lk_bytes_t *key,
  * time. Input tombstones (NULL values) are not reduced: they are counted in the
  * accumulator "<uid>.tombstones".
  *
- * @param in             the input stream; every record needs a key (at most 490 bytes),
+ * @param in             the input stream; every record needs a key (at most LK_WINDOW_KEY_MAX bytes),
  *                       else the batch fails naming the operator.
  * @param uid            the operator's uid (its state database is state.<uid>).
  * @param schema_version version of the value byte format (>= 1), as for
@@ -413,7 +413,7 @@ LK_EXPORT lk_stream_t *lk_reduce_by_key_and_window(lk_stream_t *in, const char *
  * int64_t in the host's byte order (8 bytes: memcpy it into an int64_t). Input tombstones
  * are not counted (they go to "<uid>.tombstones").
  *
- * @param in        the input stream; every record needs a key (at most 490 bytes).
+ * @param in        the input stream; every record needs a key (at most LK_WINDOW_KEY_MAX bytes).
  * @param uid       the window's uid (the map's is uid + ".ones"; both must be unused).
  * @param window_ms window length, a multiple of slide_ms.
  * @param slide_ms  slide, > 0; both multiples of batch.interval.ms (when > 0).
@@ -444,6 +444,16 @@ LK_EXPORT lk_stream_t *lk_reduce_by_window(lk_stream_t *in, const char *uid,
                                            int schema_version, int64_t window_ms,
                                            int64_t slide_ms, lk_reduce_fn *reduce,
                                            lk_reduce_fn *inv_reduce, void *opaque);
+
+/**
+ * Longest grouping key, in bytes, a window operator accepts (lk_reduce_by_key_and_window(),
+ * lk_reduce_by_window()'s per-key form, lk_window_by_event_time()): LMDB's 511-byte key
+ * limit less the framing of a window's state key. A record with a longer (or empty) key
+ * fails its batch naming the operator; a pipeline whose input may hold such keys should
+ * filter them out first (cli/builtin.c counts them as malformed). Compile-time constant;
+ * it never shrinks, since state written with a longer key would become unreadable.
+ */
+#define LK_WINDOW_KEY_MAX 490
 
 /** Event-time window kinds. */
 typedef enum lk_window_kind {
@@ -545,7 +555,7 @@ LK_EXPORT lk_err_t lk_window_result_parse(const void *value, size_t len,
  * Emitted records: key = the grouping key, value as lk_window_result_t describes (parse
  * it with lk_window_result_parse()), timestamp_ms = the window's end.
  *
- * @param in             the input stream; every record needs a key (at most 490 bytes).
+ * @param in             the input stream; every record needs a key (at most LK_WINDOW_KEY_MAX bytes).
  * @param uid            the operator's uid.
  * @param schema_version version of the aggregate's byte format (>= 1).
  * @param spec           the window definition; copied. It is recorded in the topology:

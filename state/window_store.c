@@ -20,7 +20,7 @@ static int64_t get_slice(const unsigned char *p) {
     return (int64_t)(lk__get_be64(p) ^ (UINT64_C(1) << 63));
 }
 
-/* 'S' be64(slice) [be16(klen) key] into k (LK__WIN_MAX_KEY + 11 bytes); returns length */
+/* 'S' be64(slice) [be16(klen) key] into k (LK_WINDOW_KEY_MAX + 11 bytes); returns length */
 static size_t skey(unsigned char *k, int64_t slice, const void *key, size_t klen) {
     k[0] = 'S';
     put_slice(k + 1, slice);
@@ -46,7 +46,7 @@ static size_t vkey(unsigned char *k, const void *key, size_t klen) {
     return 3 + klen;
 }
 
-#define KEYBUF (LK__WIN_MAX_KEY + 16)
+#define KEYBUF (LK_WINDOW_KEY_MAX + 16)
 
 /* The value at k, of min..max bytes (LK_ERR_CORRUPT otherwise): every fixed-layout read. */
 static lk_err_t get_sized(lk__store_txn_t *t, lk__state_db_t db, const unsigned char *k,
@@ -66,7 +66,7 @@ static lk_err_t get_sized(lk__store_txn_t *t, lk__state_db_t db, const unsigned 
 
 static lk_err_t key_too_long(size_t klen, char *errstr, size_t errstr_size) {
     return lk__err(LK_ERR_TOO_LARGE, errstr, errstr_size,
-                   "window key of %zu bytes (at most %d)", klen, LK__WIN_MAX_KEY);
+                   "window key of %zu bytes (at most %d)", klen, LK_WINDOW_KEY_MAX);
 }
 
 lk_err_t lk__wstore_meta_get(lk__store_txn_t *t, lk__state_db_t db, const char *name,
@@ -99,7 +99,7 @@ lk_err_t lk__wstore_meta_put(lk__store_txn_t *t, lk__state_db_t db, const char *
 
 lk_err_t lk__wstore_slice_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void **val, size_t *vlen) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
     return lk__store_state_get(t, db, k, skey(k, slice, key, klen), val, vlen, NULL);
@@ -108,7 +108,7 @@ lk_err_t lk__wstore_slice_get(lk__store_txn_t *t, lk__state_db_t db, const void 
 lk_err_t lk__wstore_slice_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, int64_t slice, const void *val, size_t vlen,
                               int64_t now_ms, char *errstr, size_t errstr_size) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF];
     return lk__store_state_put(t, db, k, skey(k, slice, key, klen), val, vlen, now_ms, errstr,
@@ -263,7 +263,7 @@ out:
 
 lk_err_t lk__wstore_value_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, lk__wvalue_t *out) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
     const unsigned char *p;
@@ -281,7 +281,7 @@ lk_err_t lk__wstore_value_get(lk__store_txn_t *t, lk__state_db_t db, const void 
 lk_err_t lk__wstore_value_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, const lk__wvalue_t *v, void *scratch,
                               int64_t now_ms, char *errstr, size_t errstr_size) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF], *p = scratch;
     lk__put_be32(p, v->nslices);
@@ -294,7 +294,7 @@ lk_err_t lk__wstore_value_put(lk__store_txn_t *t, lk__state_db_t db, const void 
 
 lk_err_t lk__wstore_value_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                               size_t klen, char *errstr, size_t errstr_size) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF];
     return lk__store_state_del(t, db, k, vkey(k, key, klen), errstr, errstr_size);
@@ -478,7 +478,7 @@ lk_err_t lk__wstore_sessions(lk__store_txn_t *t, lk__state_db_t db, const void *
                              size_t klen,
                              int (*cb)(int64_t, int64_t, const void *, size_t, void *),
                              void *opaque) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return LK_ERR_TOO_LARGE;
     swalk_t w = {.cb = cb, .opaque = opaque};
     w.plen = wkey(w.prefix, key, klen, NULL);
@@ -491,7 +491,7 @@ lk_err_t lk__wstore_sessions(lk__store_txn_t *t, lk__state_db_t db, const void *
 lk_err_t lk__wstore_session_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, int64_t end, const void *val,
                                 size_t vlen, int64_t now_ms, char *errstr, size_t errstr_size) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF + 16], *v = malloc(8 + vlen);
     if (!v)
@@ -511,7 +511,7 @@ lk_err_t lk__wstore_session_put(lk__store_txn_t *t, lk__state_db_t db, const voi
 lk_err_t lk__wstore_session_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, int64_t end, char *errstr,
                                 size_t errstr_size) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return key_too_long(klen, errstr, errstr_size);
     unsigned char k[KEYBUF + 16];
     lk_err_t e = lk__store_state_del(t, db, k, wkey(k, key, klen, &start), errstr, errstr_size);
@@ -522,7 +522,7 @@ lk_err_t lk__wstore_session_del(lk__store_txn_t *t, lk__state_db_t db, const voi
 
 lk_err_t lk__wstore_session_get(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                                 size_t klen, int64_t start, const void **val, size_t *vlen) {
-    if (klen > LK__WIN_MAX_KEY)
+    if (klen > LK_WINDOW_KEY_MAX)
         return LK_ERR_TOO_LARGE;
     unsigned char k[KEYBUF];
     const unsigned char *v;

@@ -35,9 +35,6 @@
 
 #include "store_int.h"
 
-/** Longest grouping key a window operator accepts (LMDB's key limit less the framing). */
-#define LK__WIN_MAX_KEY 490
-
 /** Meta value name -> int64 (LK_ERR_NOT_FOUND when never written). */
 lk_err_t lk__wstore_meta_get(lk__store_txn_t *t, lk__state_db_t db, const char *name,
                              int64_t *v);
