@@ -223,7 +223,7 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
 /* checkpoint.dir holds task directories; a checkpoint of group.mode=single there (its
  * data.mdb) is another application's layout and is refused, as the single mode refuses
  * task directories (lk__group_check_single). */
-static lk_err_t prepare_dir(const char *dir, char *errstr, size_t errstr_size) {
+static lk_err_t check_dir(const char *dir, char *errstr, size_t errstr_size) {
     char path[4200];
     struct stat st;
     lk__fmt(path, sizeof path, "%s/data.mdb", dir);
@@ -234,9 +234,6 @@ static lk_err_t prepare_dir(const char *dir, char *errstr, size_t errstr_size) {
                        "task-<partition> directories under checkpoint.dir. Use another "
                        "checkpoint.dir (and a new app.id)",
                        dir);
-    if (lk__mkdir_p(dir))
-        return lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s",
-                       dir, strerror(errno));
     return LK_OK;
 }
 
@@ -456,7 +453,9 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         }
     const char *app = lk__conf_str(parent->conf, LK__P_APP_ID);
-    if (!(g->rk = membership_consumer(parent->conf, g, errstr, errstr_size)))
+    const char *dir = lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR);
+    e = check_dir(dir, errstr, errstr_size); /* first: the local, most specific refusal */
+    if (!e && !(g->rk = membership_consumer(parent->conf, g, errstr, errstr_size)))
         e = LK_ERR_CONF_INVALID;
     if (!e)
         e = count_tasks(g, errstr, errstr_size);
@@ -466,8 +465,9 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
     if (!e && again)
         e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s.progress: created by another "
                     "member but not visible in the metadata", app);
-    if (!e)
-        e = prepare_dir(lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR), errstr, errstr_size);
+    if (!e && lk__mkdir_p(dir))
+        e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s", dir,
+                    strerror(errno));
     if (!e && !(g->tasks = calloc((size_t)g->ntasks, sizeof *g->tasks)))
         e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     if (!e) {
