@@ -326,6 +326,22 @@ static void stop_all(lk__group_t *g, int graceful) {
     for (int p = 0; p < g->ntasks; p++)
         if (g->tasks[p].ctx)
             lk_context_stop(g->tasks[p].ctx, graceful);
+    /* a graceful stop lasts up to shutdown.timeout.ms per task; an immediate stop of the
+     * process meanwhile (a second SIGTERM, lk_context_stop(ctx, 0)) reaches the tasks */
+    for (int waiting = graceful; waiting;) {
+        waiting = 0;
+        for (int p = 0; p < g->ntasks; p++)
+            waiting |= g->tasks[p].ctx && !atomic_load(&g->tasks[p].done);
+        if (waiting && atomic_load(&g->parent->stop_now)) {
+            for (int p = 0; p < g->ntasks; p++)
+                if (g->tasks[p].ctx)
+                    lk_context_stop(g->tasks[p].ctx, 0);
+            graceful = 0;
+            break;
+        }
+        if (waiting)
+            lk__nap_ms(10, NULL, NULL);
+    }
     for (int p = 0; p < g->ntasks; p++)
         stop_task(g, p, graceful);
 }
@@ -516,7 +532,7 @@ lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_
     }
     /* graceful: each task finishes its batch and delivers, then the member leaves the
      * group (rd_kafka_consumer_close revokes through on_rebalance, which stops them) */
-    stop_all(g, atomic_load(graceful) && !atomic_load(now) && !g->err);
+    stop_all(g, !atomic_load(now)); /* after a task's error too: the others deliver */
     (void)rd_kafka_consumer_close(g->rk); /* leaving: the group rebalances without us */
     g->closed = 1;
     if (g->err) {
