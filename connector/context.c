@@ -203,6 +203,10 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
         s->checkpoint_created_ms = lk__store_created_ms(ctx->store);
         s->checkpoint_migrated = lk__store_migrated_from(ctx->store) != 0;
         s->adopt_output = lk__conf_bool(ctx->conf, LK__P_CHECKPOINT_ADOPT_OUTPUT);
+        s->task = ctx->task;
+        if (ctx->group_rk && s->ops == &lk__sink_kafka_ops &&
+            !(s->group_md = rd_kafka_consumer_group_metadata(ctx->group_rk)))
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         char why[768];
         lk_err_t e = s->ops->open(s, ctx->conf, why, sizeof why);
         if (e)
@@ -230,13 +234,18 @@ static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size
     return e;
 }
 
-/* lk_context_get_or_create with conf valid and the context's log level bound. */
+/* lk_context_get_or_create with conf valid and the context's log level bound; task >= 0:
+ * task `task` of a group.mode=consumer application (its conf's checkpoint.dir is the
+ * task's), rk the group's membership consumer. */
 static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
-                            char *errstr, size_t errstr_size) {
+                            int task, rd_kafka_t *rk, char *errstr, size_t errstr_size) {
     lk__phase(LK__PH_STARTING);
     lk_context_t *ctx = calloc(1, sizeof *ctx);
-    if (ctx)
+    if (ctx) {
         ctx->log_level = lk__conf_log_level(conf); /* first: lk_context_destroy binds it */
+        ctx->task = task;
+        ctx->group_rk = rk;
+    }
     if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new())) {
         lk__fmt(errstr, errstr_size, "out of memory");
         lk_context_destroy(ctx);
@@ -265,6 +274,19 @@ static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *o
         lk_context_destroy(ctx);
         return NULL;
     }
+    int group = task < 0 && lk__conf_int(conf, LK__P_GROUP_MODE) == 1;
+    lk_err_t ge = group ? lk__group_new(&ctx->group, ctx, define, opaque, topics, ntopics,
+                                       errstr, errstr_size)
+                : task < 0 ? lk__group_check_single(lk__conf_str(conf, LK__P_CHECKPOINT_DIR),
+                                                    errstr, errstr_size)
+                           : LK_OK;
+    if (!ge && group) /* the process's endpoint; the tasks open the rest */
+        ge = lk__metrics_new_group(&ctx->metrics, ctx->conf, errstr, errstr_size);
+    if (ge || group) {
+        if (ge)
+            lk_context_destroy(ctx);
+        return ge ? NULL : ctx;
+    }
     lk__store_opts_t o;
     lk__store_opts_from_conf(&o, ctx->conf);
     o.conf = NULL; /* recorded with the topology, after its checks */
@@ -277,6 +299,8 @@ static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *o
         e = lk__pipeline_build_broadcasts(p, errstr, errstr_size);
     if (!e)
         e = lk__receiver_new(&ctx->receiver, ctx->conf, topics, ntopics, errstr, errstr_size);
+    if (!e && task >= 0)
+        lk__receiver_set_task(ctx->receiver, task);
     if (!e)
         e = open_sinks(ctx, errstr, errstr_size);
     if (!e)
@@ -312,7 +336,15 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     /* the process's level is left alone: only this thread, while it works for the new
      * context, logs at the context's */
     int prev = lk__log_bind(lk__conf_log_level(conf));
-    lk_context_t *ctx = create(conf, define, opaque, errstr, errstr_size);
+    lk_context_t *ctx = create(conf, define, opaque, -1, NULL, errstr, errstr_size);
+    lk__log_unbind(prev);
+    return ctx;
+}
+
+lk_context_t *lk__context_new_task(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
+                                   int task, rd_kafka_t *rk, char *errstr, size_t errstr_size) {
+    int prev = lk__log_bind(lk__conf_log_level(conf));
+    lk_context_t *ctx = create(conf, define, opaque, task, rk, errstr, errstr_size);
     lk__log_unbind(prev);
     return ctx;
 }
@@ -330,6 +362,7 @@ void lk_context_destroy(lk_context_t *ctx) {
 static void destroy(lk_context_t *ctx) {
     lk__ctx_release_signals(ctx);
     ctx->progress_cb = NULL; /* the callback's owner may be going away too */
+    lk__group_destroy(ctx->group); /* stops its tasks */
     lk__metrics_destroy(ctx->metrics); /* before the store it reads */
     ctx->metrics = NULL;
     /* destroy reports nothing: a delivery that failed or was not acknowledged stays in
@@ -350,6 +383,10 @@ static void destroy(lk_context_t *ctx) {
 }
 
 lk_err_t lk_context_accumulator(lk_context_t *ctx, const char *name, int64_t *value) {
+    if (ctx->group)
+        return lk__ctx_fail(ctx, LK_ERR_INVALID_ARG, "lk_context_accumulator: a context of "
+                            "group.mode=consumer has no checkpoint of its own (each task has "
+                            "one)");
     lk__store_txn_t *t;
     int prev = lk__log_bind(ctx->log_level); /* a read transaction may log (stale readers) */
     lk_err_t e = lk__store_txn_begin(ctx->store, 0, &t, ctx->errstr, sizeof ctx->errstr);

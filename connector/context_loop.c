@@ -306,16 +306,28 @@ static int backpressured(lk_context_t *ctx) {
     return 0;
 }
 
+/* Whether every sink knows its fence (recovered since open). @locality loop thread */
+static int sinks_recovered(const lk_context_t *ctx) {
+    for (size_t i = 0; i < ctx->nsinks; i++)
+        if (!ctx->sinks[i]->recovered)
+            return 0;
+    return 1;
+}
+
 /* The next batch's number. @locality loop thread */
 static uint64_t next_batch_id(lk_context_t *ctx) {
     uint64_t id = lk__store_committed_batch(ctx->store) + 1;
     /* checkpoint.adopt.output: a new checkpoint's batches are numbered after the output
      * of the checkpoint whose output it continues (its sinks recovered above) */
-    for (size_t i = 0; id == 1 && i < ctx->nsinks; i++)
+    /* a task's handoff (another process ran it): after that process's last batch, even
+     * when this checkpoint committed batches of its own that were dropped */
+    for (size_t i = 0; (id == 1 || ctx->task >= 0) && i < ctx->nsinks; i++)
         if (ctx->sinks[i]->adopted_after >= id) {
             id = ctx->sinks[i]->adopted_after + 1;
-            lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the adopted "
-                    "output", (unsigned long long)id);
+            if (ctx->first_id_logged != id)
+                lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the "
+                        "adopted output", (unsigned long long)id);
+            ctx->first_id_logged = id;
         }
     return id;
 }
@@ -450,6 +462,14 @@ static lk_err_t run_batch(lk_context_t *ctx, int *idle) {
     lk_err_t e = lk__ctx_drain_sinks(ctx, 0);
     if (ctx->fatal)
         return e;
+    if (ctx->task >= 0 && !sinks_recovered(ctx)) {
+        /* a task plans only once its sinks know what Kafka holds: another process may
+         * have run it since (the handoff, applied by the recovery) */
+        if (e)
+            return e;
+        *idle = 1;
+        return LK_OK;
+    }
     if (backpressured(ctx)) {
         *idle = 1;
         return LK_OK;
@@ -649,6 +669,12 @@ lk_err_t lk_context_run(lk_context_t *ctx) {
     int prev = lk__log_bind(ctx->log_level);
     signals_t sig;
     take_signals(ctx, &sig);
+    if (ctx->group) { /* group.mode=consumer: the tasks run the batches */
+        lk_err_t ge = lk__group_run(ctx->group, &ctx->stop_graceful, &ctx->stop_now);
+        give_back_signals(&sig);
+        lk__log_unbind(prev);
+        return ge;
+    }
     int64_t interval = lk__conf_int(ctx->conf, LK__P_BATCH_INTERVAL_MS);
     int64_t backoff0 = lk__conf_int(ctx->conf, LK__P_RETRY_BACKOFF_MS);
     int64_t backoff = backoff0;

@@ -45,6 +45,14 @@ struct lk_context {
     lk__sink_t **sinks; /* each sink is used by one thread at a time: see the dl_ group */
     size_t nsinks;
     lk__metrics_t *metrics; /* /metrics, /healthz, /progress (metrics.c, its own lock) */
+    /* scale-out (context_group.c): a context of group.mode=consumer has a group (and no
+     * store, receiver, sinks or metrics of its own: its tasks have them); a task's
+     * context has its task number (-1: single mode, the application is one task) and
+     * the group's membership consumer, whose generation its Kafka sink sends offsets
+     * with */
+    struct lk__group *group;
+    int task;
+    rd_kafka_t *group_rk;
 
     /* ---- atomics: written from signal handlers (lk_context_stop, request_stop) and read
      * on any thread, the sinks' blocking calls on the delivery thread included ---- */
@@ -81,6 +89,8 @@ struct lk_context {
     int64_t sink_backoff_ms;
     unsigned sink_failures;   /* retriable delivery failures in a row (for the log line) */
     int backpressure_logged;
+    uint64_t first_id_logged; /* next_batch_id's notice, once per number (idle plans
+                               * ask for the same number again and again) */
     void (*progress_cb)(const lk_progress_t *p, void *opaque);
     void *progress_opaque;
     double last_commit_ms; /* of the last process_and_commit */
@@ -113,5 +123,22 @@ lk_err_t lk__ctx_drain_overlapped(lk_context_t *ctx);
  * once the delivery in flight is settled. */
 void lk__ctx_report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
                              const lk__fetch_t *f, const double ms[5], int defer);
+
+/* ---- scale-out (context_group.c, DESIGN.md Scale-out) ---- */
+typedef struct lk__group lk__group_t;
+/* The group of a group.mode=consumer context whose pipeline is defined: checks the
+ * pipeline, the input's partition counts and the progress topic, prepares
+ * checkpoint.dir and joins the group (tasks start at the first assignment). */
+lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *define,
+                       void *opaque, const char **topics, size_t ntopics, char *errstr,
+                       size_t errstr_size);
+/* Run until *graceful or *now, or a task fails; the error is also in the parent's errstr. */
+lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_int *now);
+void lk__group_destroy(lk__group_t *g);
+/* group.mode=single refuses a checkpoint.dir holding task checkpoints. */
+lk_err_t lk__group_check_single(const char *dir, char *errstr, size_t errstr_size);
+/* Task p's context (context.c): conf's checkpoint.dir is the task's; rk the group's. */
+lk_context_t *lk__context_new_task(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
+                                   int task, rd_kafka_t *rk, char *errstr, size_t errstr_size);
 
 #endif

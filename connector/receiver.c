@@ -134,6 +134,7 @@ lk_err_t lk__receiver_new(lk__receiver_t **out, const lk_conf_t *conf, const cha
     r->max_bytes = lk__conf_int(conf, LK__P_MAX_BYTES_PER_BATCH);
     r->fetch_timeout_ms = lk__conf_int(conf, LK__P_FETCH_TIMEOUT_MS);
     r->auto_latest = lk__conf_int(conf, LK__P_AUTO_OFFSET_RESET) == 1;
+    r->task = -1;
     r->skip_loss = lk__conf_int(conf, LK__P_ON_DATA_LOSS) == 1;
 
     if (!(r->rk = new_consumer(conf, 1, errstr, errstr_size)) ||
@@ -299,3 +300,7 @@ lk__fingerprint_t lk__recv_fingerprint_of(const rd_kafka_message_t *m) {
     return fp;
 }
 
+
+void lk__receiver_set_task(lk__receiver_t *r, int task) {
+    r->task = task;
+}

@@ -106,4 +106,8 @@ int64_t lk__receiver_fetched_high(lk__receiver_t *r, const char *topic, int32_t 
 /** Forget consumer positions (after an abandoned batch): the next fetch seeks. */
 void lk__receiver_invalidate(lk__receiver_t *r);
 
+/* Scale-out (DESIGN.md, Scale-out): plan only partition `task` of every input topic
+ * (-1, the default: every partition). A topic without that partition fails the plan. */
+void lk__receiver_set_task(lk__receiver_t *r, int task);
+
 #endif

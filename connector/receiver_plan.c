@@ -221,13 +221,26 @@ lk_err_t lk__receiver_plan(lk__receiver_t *r, lk__offset_lookup_fn *lookup, void
                 err = le; /* corrupt is never "not found" */
         }
         int np = md->topics[0].partition_cnt;
+        if (!err && r->task >= 0) {
+            /* a task reads its partition of each topic, and only it */
+            int has = 0;
+            for (int i = 0; i < np; i++)
+                has |= md->topics[0].partitions[i].id == r->task;
+            if (!has)
+                err = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                              "input topic %s has no partition %d for task %d (%d "
+                              "partitions): its partition count changed under the "
+                              "application",
+                              topic, r->task, r->task, np);
+            np = 1;
+        }
         int32_t *pids = err ? NULL : malloc((size_t)np * sizeof *pids);
         int64_t *lows = pids ? malloc((size_t)np * sizeof *lows) : NULL;
         int64_t *highs = lows ? malloc((size_t)np * sizeof *highs) : NULL;
         if (!err && !highs)
             err = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         for (int i = 0; !err && i < np; i++)
-            pids[i] = md->topics[0].partitions[i].id;
+            pids[i] = r->task >= 0 ? r->task : md->topics[0].partitions[i].id;
         if (!err)
             err = topic_watermarks(r, topic, np, pids, lows, highs, errstr, errstr_size);
         for (int i = 0; i < np && !err; i++) {

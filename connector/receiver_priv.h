@@ -33,6 +33,7 @@ struct lk__receiver {
                           * never queues behind the fetcher's long-poll requests */
     char **topics;
     rd_kafka_topic_t **prkts; /* topic handles of the planner */
+    int task; /* scale-out: only partition `task` of each topic is planned (-1: all) */
     size_t ntopics;
     lk__recv_part_t *parts;
     size_t nparts, capparts;

@@ -141,6 +141,22 @@ typedef enum {
       "A checkpoint that finds Kafka output of another checkpoint under its app.id "       \
       "(its progress records) is refused; true continues after that output instead: the "  \
       "other checkpoint's fence is never trusted, and batch numbering continues after it.")\
+    X(GROUP_MODE, "group.mode", LK__S_LIB, LK__PT_ENUM, "single", 0, 0, "single|consumer",   \
+      0, "'single': this process runs the whole application (one checkpoint in "            \
+      "checkpoint.dir). 'consumer': scale-out on Kafka's consumer groups -- processes with " \
+      "the same app.id share the work: task p (partition p of every input topic; the "      \
+      "inputs must have one partition count) runs where group <app.id> assigns it, with its "\
+      "own checkpoint checkpoint.dir/task-<p>, transactional.id <app.id>.<p> and progress "  \
+      "partition. This version runs stateless pipelines with Kafka sinks only in this mode.")\
+    X(GROUP_INSTANCE_ID, "group.instance.id", LK__S_LIB, LK__PT_IDENT, "", 0, 200, NULL, 0,  \
+      "With group.mode=consumer: static membership (KIP-345). A process restarted with the " \
+      "same id within kafka.session.timeout.ms gets its tasks back without a rebalance. "   \
+      "Unique per process. Empty: dynamic membership.")                                     \
+    X(GROUP_SESSION_TIMEOUT_MS, "group.session.timeout.ms", LK__S_LIB, LK__PT_INT, "45000", \
+      1000, 3600000, NULL, 0,                                                              \
+      "With group.mode=consumer: the membership consumer's session.timeout.ms: a process "  \
+      "that stops heartbeating (killed, stopped, cut off) loses its tasks to the others "   \
+      "after this long. The broker bounds it (group.min/max.session.timeout.ms).")          \
     X(PIPELINE, "pipeline", LK__S_CLI, LK__PT_ENUM, "", 0, 0,                              \
       "wordcount|count-by-key|sum-by-key|copy", 0,                                         \
       "lockstep run: the built-in pipeline (unless pipeline.plugin is set). wordcount: "   \

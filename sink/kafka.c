@@ -290,8 +290,14 @@ static lk_err_t kafka_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
     k->send_offsets = conf ? lk__conf_bool(conf, LK__P_SINK_KAFKA_SEND_OFFSETS) : 1;
     k->timeout_ms = conf ? (int)lk__conf_int(conf, LK__P_SINK_KAFKA_TIMEOUT_MS) : 30000;
     lk__fmt(k->progress_topic, sizeof k->progress_topic, "%s.progress", s->app_id);
-    /* one task today: the application's transactional id (scale-out: <app.id>.<task>) */
-    lk__fmt(k->txn_id, sizeof k->txn_id, "%s", s->app_id);
+    /* single mode: the application is one task with the application's transactional id;
+     * scale-out: task p is <app.id>.<p> and writes partition p of the progress topic,
+     * which no other transactional id writes (DESIGN.md, Scale-out) */
+    if (s->task >= 0)
+        lk__fmt(k->txn_id, sizeof k->txn_id, "%s.%d", s->app_id, s->task);
+    else
+        lk__fmt(k->txn_id, sizeof k->txn_id, "%s", s->app_id);
+    k->progress_partition = s->task >= 0 ? s->task : 0;
     if (conf && lk__conf_int(conf, LK__P_ERRORS_TOLERANCE) == 0) {
         const char *dl = lk__conf_str(conf, LK__P_ERRORS_DEADLETTER);
         if (dl && dl[0] && strncmp(dl, "file:", 5))
@@ -336,6 +342,9 @@ static lk_err_t kafka_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
 
 static void kafka_close(lk__sink_t *s) {
     lk__kafka_sink_t *k = s->impl;
+    if (s->group_md) /* the sink owns it from the moment it is set, opened or not */
+        rd_kafka_consumer_group_metadata_destroy(s->group_md);
+    s->group_md = NULL;
     if (!k)
         return;
     if (k->dc_q) /* before its client */
@@ -372,11 +381,15 @@ static lk_err_t send_offsets(lk__sink_t *s, const lk__batch_rec_t *b, char *errs
     for (size_t i = 0; i < b->nranges; i++)
         rd_kafka_topic_partition_list_add(l, b->ranges[i].topic, b->ranges[i].partition)
             ->offset = b->ranges[i].until;
-    rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata_new(s->app_id);
+    /* scale-out: the group member's metadata (generation and member id: the broker
+     * refuses offsets of a member the group has moved on from, KIP-447) */
+    rd_kafka_consumer_group_metadata_t *g =
+        s->group_md ? s->group_md : rd_kafka_consumer_group_metadata_new(s->app_id);
     rd_kafka_error_t *e = LK__FAULT_KAFKA("send_offsets_to_transaction",
                                           rd_kafka_send_offsets_to_transaction(
                                               k->producer, l, g, budget_ms(s, k->timeout_ms)));
-    rd_kafka_consumer_group_metadata_destroy(g);
+    if (g != s->group_md)
+        rd_kafka_consumer_group_metadata_destroy(g);
     rd_kafka_topic_partition_list_destroy(l);
     return e ? lk__kafka_txn_error(k, e, "send_offsets_to_transaction", errstr, errstr_size)
              : LK_OK;
@@ -566,7 +579,7 @@ static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errs
     if (!value)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     rd_kafka_headers_t *h = provenance(s, s->nmembers, 0);
-    lk_err_t r = h ? produce(s, k->progress_topic, 0, s->app_id, strlen(s->app_id), value,
+    lk_err_t r = h ? produce(s, k->progress_topic, k->progress_partition, s->app_id, strlen(s->app_id), value,
                              strlen(value), 0, h, OPAQUE_PROGRESS, errstr, errstr_size)
                    : lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     free(value);

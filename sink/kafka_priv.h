@@ -42,6 +42,7 @@ typedef struct {
     rd_kafka_t *probe;  /* read_uncommitted: its ListOffsets answers the high watermark */
     char progress_topic[512];
     char txn_id[512];
+    int32_t progress_partition; /* the task's (single mode: 0) */
     int inited; /* init_transactions done */
     int send_offsets;
     int timeout_ms;

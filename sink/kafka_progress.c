@@ -27,7 +27,16 @@ static lk_err_t ensure_progress_topic(lk__kafka_sink_t *k, char *errstr, size_t 
         return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "metadata of %s: %s",
                        k->progress_topic, rd_kafka_err2str(ke));
     int exists = md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0;
+    int nparts = exists ? md->topics[0].partition_cnt : 0;
     rd_kafka_metadata_destroy(md);
+    if (exists && k->progress_partition >= nparts)
+        /* scale-out: the group runner made it with one partition per task, and checked
+         * the input's partition count against it before any task started */
+        return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                       "%s has %d partition%s: task %d has none (the input's partition count "
+                       "changed since the application was created?)",
+                       k->progress_topic, nparts, nparts == 1 ? "" : "s",
+                       (int)k->progress_partition);
     if (exists)
         return LK_OK;
     char kerr[512];
@@ -195,20 +204,63 @@ static int progress_ours(const lk__sink_t *s, const progress_t *p, const rd_kafk
     return s->checkpoint_migrated || (ts >= 0 && ts >= s->checkpoint_created_ms);
 }
 
+/* Task mode: record the handoff of the last committed progress record doc (written by
+ * checkpoint `from`, batch `batch`) for the context to apply before its next plan. */
+static lk_err_t handoff_from(lk__sink_t *s, json_t *doc, const char *from, uint64_t batch,
+                             char *errstr, size_t errstr_size) {
+    json_t *offs = json_object_get(doc, "offsets");
+    size_t n = json_is_array(offs) ? json_array_size(offs) : 0;
+    lk__sink_clear_handoff(s);
+    if (!json_is_array(offs))
+        return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                       "the progress record of batch %llu (checkpoint %s) has no input "
+                       "offsets: cannot tell where task %d continues",
+                       (unsigned long long)batch, from, s->task);
+    if (n && !(s->handoff_ranges = calloc(n, sizeof *s->handoff_ranges)))
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(offs, i), *t = json_object_get(o, "topic"),
+               *p = json_object_get(o, "partition"), *u = json_object_get(o, "until");
+        if (!json_is_string(t) || !json_is_integer(p) || !json_is_integer(u) ||
+            json_integer_value(u) < 0 || json_integer_value(p) < 0 ||
+            json_integer_value(p) > INT32_MAX) {
+            lk__sink_clear_handoff(s);
+            return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                           "the progress record of batch %llu (checkpoint %s): input offset "
+                           "%zu is not {topic, partition, until}",
+                           (unsigned long long)batch, from, i);
+        }
+        lk__range_t *r = &s->handoff_ranges[s->nhandoff];
+        if (!(r->topic = strdup(json_string_value(t)))) {
+            lk__sink_clear_handoff(s);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        }
+        r->partition = (int32_t)json_integer_value(p);
+        r->from = r->until = json_integer_value(u);
+        s->nhandoff++;
+    }
+    s->handoff = 1;
+    s->handoff_batch = batch;
+    lk__fmt(s->handoff_checkpoint, sizeof s->handoff_checkpoint, "%s", from);
+    s->adopted_after = batch;
+    return LK_OK;
+}
+
 /* Read the last committed progress record of every member: fences[i] for members[i].
  * The partition must be stable up to hi (lk__kafka_wait_stable). */
 static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *errstr,
                             size_t errstr_size) {
     char foreign[48] = "";  /* the other checkpoint whose record is the last one read */
+    json_t *foreign_doc = NULL; /* that record */
     uint64_t foreign_batch = 0;
     int64_t last_own = -1, last_foreign = -1;
     lk__kafka_sink_t *k = s->impl;
     int64_t lo, hi0;
-    rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
+    rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, k->progress_partition,
                                                               &lo, &hi0, lk__kafka_budget(k));
     if (ke)
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[0]: %s",
-                       k->progress_topic, rd_kafka_err2str(ke));
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[%d]: %s",
+                       k->progress_topic, (int)k->progress_partition, rd_kafka_err2str(ke));
     for (size_t i = 0; i < s->nmembers; i++)
         fences[i] = 0;
     if (hi <= lo)
@@ -220,18 +272,22 @@ static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *e
         int64_t start = hi - window > lo ? hi - window : lo;
         int reset = 0;
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, k->progress_topic, 0)->offset = start;
+        rd_kafka_topic_partition_list_add(l, k->progress_topic, k->progress_partition)->offset =
+            start;
         ke = rd_kafka_assign(k->reader, l);
         rd_kafka_topic_partition_list_destroy(l);
-        if (ke)
+        if (ke) {
+            json_decref(foreign_doc);
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "reading %s: %s",
                            k->progress_topic, rd_kafka_err2str(ke));
+        }
         int64_t deadline = lk__mono_ms() + lk__kafka_budget(k);
         int done = 0;
         size_t found = 0;
         while (!done) {
             if (lk__mono_ms() > deadline || lk__kafka_abandoned(s)) {
                 (void)rd_kafka_assign(k->reader, NULL); /* the timeout is the error */
+                json_decref(foreign_doc);
                 return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                                "reading %s: timed out before offset %lld",
                                k->progress_topic, (long long)hi);
@@ -257,6 +313,8 @@ static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *e
                                 p.checkpoint[0] ? p.checkpoint : "(older format, no id)");
                         foreign_batch = p.batch;
                         last_foreign = m->offset;
+                        json_decref(foreign_doc);
+                        foreign_doc = json_incref(p.doc);
                     }
                     json_decref(p.doc);
                 }
@@ -269,10 +327,14 @@ static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *e
             /* read the same window again from the new log start: what was read is not
              * known to be complete */
             int64_t nhi;
-            if (++resets > 5 || rd_kafka_query_watermark_offsets(k->reader, k->progress_topic, 0,
-                                                                 &lo, &nhi, lk__kafka_budget(k)))
+            if (++resets > 5 ||
+                rd_kafka_query_watermark_offsets(k->reader, k->progress_topic,
+                                                 k->progress_partition, &lo, &nhi,
+                                                 lk__kafka_budget(k))) {
+                json_decref(foreign_doc);
                 return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                                "reading %s: its log start keeps moving", k->progress_topic);
+            }
             window /= 8;
             continue;
         }
@@ -283,6 +345,15 @@ static lk_err_t read_fences(lk__sink_t *s, int64_t hi, uint64_t *fences, char *e
     }
     /* Output of another checkpoint after this one's (or with none of this one's): the
      * usual "new checkpoint directory, same app.id". Its fence is never trusted. */
+    if (last_foreign > last_own && s->task >= 0) {
+        /* scale-out: another process ran this task after this checkpoint last delivered
+         * (or this checkpoint is new): continue from that record's input offsets */
+        lk_err_t he = handoff_from(s, foreign_doc, foreign, foreign_batch, errstr,
+                                   errstr_size);
+        json_decref(foreign_doc);
+        return he;
+    }
+    json_decref(foreign_doc);
     if (last_foreign > last_own) {
         if (!s->adopt_output)
             return lk__err(LK_ERR_FATAL, errstr, errstr_size,
@@ -326,7 +397,8 @@ lk_err_t lk__kafka_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
         uint64_t *f = calloc(s->nmembers, sizeof *f);
         if (!f)
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-        r = lk__kafka_wait_stable(&io, k->progress_topic, 0, lk__kafka_budget(k), &hi, errstr,
+        r = lk__kafka_wait_stable(&io, k->progress_topic, k->progress_partition,
+                                  lk__kafka_budget(k), &hi, errstr,
                                   errstr_size);
         if (!r)
             r = read_fences(s, hi, f, errstr, errstr_size);
@@ -342,6 +414,8 @@ lk_err_t lk__kafka_recover(lk__sink_t *s, uint64_t *fence, char *errstr,
             }
             if (lowest > k->fence)
                 k->fence = lowest;
+            if (s->handoff && s->handoff_batch > k->fence)
+                k->fence = s->handoff_batch; /* the outbox goes with the handoff */
             k->fence_known = 1;
         }
         free(f);

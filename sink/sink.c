@@ -91,6 +91,7 @@ lk__sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char
     if (!s)
         return NULL;
     s->ops = ops;
+    s->task = -1;
     s->name = strdup(name);
     s->target = strdup(target ? target : "");
     s->format = strdup(format ? format : "");
@@ -150,11 +151,21 @@ void lk__sink_destroy(lk__sink_t *s) {
         free(s->members[i].target);
     }
     free(s->members);
+    lk__sink_clear_handoff(s);
     free(s->name);
     free(s->target);
     free(s->format);
     free(s->app_id);
     free(s);
+}
+
+void lk__sink_clear_handoff(lk__sink_t *s) {
+    for (size_t i = 0; i < s->nhandoff; i++)
+        free((char *)s->handoff_ranges[i].topic);
+    free(s->handoff_ranges);
+    s->handoff_ranges = NULL;
+    s->nhandoff = 0;
+    s->handoff = 0;
 }
 
 /* Acknowledge member i: its outbox of batches <= batch goes, its fence records batch. */
@@ -354,6 +365,26 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
         if (e == LK_ERR_FENCED || e == LK_ERR_FATAL)
             go_fatal(s, errstr);
         return e;
+    }
+    if (s->handoff) {
+        /* scale-out: another process ran the task since this checkpoint last delivered.
+         * Its checkpoint moves to that process's last committed input offsets, and what it
+         * committed beyond its own delivered output is dropped (that input was processed
+         * again there), in one transaction, before the next plan: the owner plans only
+         * once the sink is recovered (DESIGN.md, Scale-out) */
+        uint64_t from, to;
+        e = lk__store_task_handoff(store, s->handoff_ranges, s->nhandoff, &from, &to, errstr,
+                                   errstr_size);
+        if (e)
+            return e;
+        lk__log(LK_LOG_NOTICE, "task %d: continuing after batch %llu of checkpoint %s (another "
+                "process ran the task)%s", s->task, (unsigned long long)s->handoff_batch,
+                s->handoff_checkpoint, from ? "; this checkpoint's undelivered batches "
+                "were dropped" : "");
+        if (from)
+            lk__log(LK_LOG_NOTICE, "task %d: dropped undelivered batches %llu..%llu of this "
+                    "checkpoint", s->task, (unsigned long long)from, (unsigned long long)to);
+        lk__sink_clear_handoff(s);
     }
     /* batches the external system already holds leave the outbox, per member: a
      * member may know more than the sink (the progress of an older version) */

@@ -115,10 +115,27 @@ struct lk__sink {
     int adopt_output;         /* checkpoint.adopt.output */
     uint64_t adopted_after;   /* set by recover with adopt_output: the last batch of the
                                  other checkpoint's output (0: none found) */
+    /* scale-out (DESIGN.md, Scale-out), set by the owner before open: task >= 0 makes
+     * the Kafka sink task `task`'s (transactional.id <app.id>.<task>, progress partition
+     * task) and group_md (an rd_kafka_consumer_group_metadata_t *, owned by the sink from
+     * then on, NULL: none) the consumer group's generation its offsets are sent with */
+    int task; /* -1: single mode, the application is one task */
+    void *group_md;
+    /* set by the Kafka sink's recover in task mode when another checkpoint (another
+     * process) delivered the task's latest batch: the context moves its checkpoint to
+     * that progress record's input offsets (lk__store_task_handoff) before any plan */
+    int handoff;                 /* 1: handoff_ranges are to be applied */
+    uint64_t handoff_batch;      /* that record's batch (the next is numbered after it) */
+    char handoff_checkpoint[48]; /* the checkpoint id that wrote it */
+    lk__range_t *handoff_ranges; /* topic strings owned (freed with the sink) */
+    size_t nhandoff;
     /* deliveries committed / aborted by this process, for lockstep_transactions_total
      * (metrics_text.c reads them from the HTTP thread) */
     atomic_ullong txn_committed, txn_aborted;
 };
+
+/** Forget a handoff (applied, or the sink is going): frees its ranges. */
+void lk__sink_clear_handoff(lk__sink_t *s);
 
 extern const lk__sink_ops_t lk__sink_kafka_ops;
 extern const lk__sink_ops_t lk__sink_files_ops;

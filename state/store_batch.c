@@ -520,3 +520,58 @@ out:
     *nchanges = c.n;
     return LK_OK;
 }
+
+/* ---- a task's handoff (DESIGN.md, Scale-out): another process ran the task since ---- */
+
+typedef struct {
+    const char *sinks[64];
+    size_t n;
+    int nomem;
+} handoff_sinks_t;
+
+static int handoff_collect(const lk__outbox_stat_t *st, void *o) {
+    handoff_sinks_t *c = o;
+    if (c->n == LK_ARRAY_SIZE(c->sinks) || !(c->sinks[c->n] = strdup(st->sink))) {
+        c->nomem = 1;
+        return 1;
+    }
+    c->n++;
+    return 0;
+}
+
+lk_err_t lk__store_task_handoff(lk__store_t *s, const lk__range_t *offsets, size_t n,
+                                uint64_t *dropped_from, uint64_t *dropped_to, char *errstr,
+                                size_t errstr_size) {
+    *dropped_from = *dropped_to = 0;
+    lk__store_txn_t *t;
+    lk_err_t e = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
+    if (e)
+        return e;
+    handoff_sinks_t c = {.n = 0};
+    if ((e = lk__store_outbox_stats(t, handoff_collect, &c)) || c.nomem) {
+        e = c.nomem ? LK_ERR_NOMEM : e;
+        lk__err(e, errstr, errstr_size, "checkpoint %s: cannot read the outbox: %s", s->dir,
+                t->err[0] ? t->err : lk_err_str(e));
+    }
+    for (size_t i = 0; i < c.n && !e; i++) {
+        uint64_t first;
+        if (lk__store_outbox_first_batch(t, c.sinks[i], &first) == LK_OK &&
+            (!*dropped_from || first < *dropped_from))
+            *dropped_from = first;
+        *dropped_to = lk__store_committed_batch(s);
+        e = lk__store_outbox_ack(t, c.sinks[i], UINT64_MAX, errstr, errstr_size);
+    }
+    for (size_t i = 0; i < c.n; i++)
+        free((char *)c.sinks[i]);
+    if (!e)
+        e = plan_del(t, errstr, errstr_size);
+    /* no fingerprint: the record before the offset was read by another process */
+    for (size_t i = 0; i < n && !e; i++)
+        e = lk__store_offset_put_fp(t, offsets[i].topic, offsets[i].partition, offsets[i].until,
+                                    NULL, errstr, errstr_size);
+    if (e) {
+        lk__store_txn_abort(t);
+        return e;
+    }
+    return lk__store_txn_commit(t, errstr, errstr_size);
+}

@@ -376,6 +376,19 @@ lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
 
 /* ---- maintenance (the `lockstep checkpoint` commands) ---- */
 
+/**
+ * A task's handoff (DESIGN.md, Scale-out): another process ran this task since this
+ * checkpoint last delivered, so what it holds beyond its delivered output is stale. In one
+ * transaction: every sink's outbox is emptied (its batches were never delivered and the
+ * other process processed that input again), the pending plan is dropped, and the offsets
+ * of the n ranges are set to their `until` (from the last committed progress record; no
+ * fingerprint). *dropped_from..*dropped_to: the batches dropped (0, 0: none).
+ * Errors: LK_ERR_NOMEM, LK_ERR_CORRUPT, LK_ERR_IO / LK_ERR_FATAL from LMDB.
+ */
+lk_err_t lk__store_task_handoff(lk__store_t *s, const lk__range_t *offsets, size_t n,
+                                uint64_t *dropped_from, uint64_t *dropped_to, char *errstr,
+                                size_t errstr_size);
+
 /** What `lockstep checkpoint reset-offsets` asks of lk__store_reset_offsets(). */
 typedef struct lk__offset_reset {
     const char *topic;         /**< the input topic; it must have offsets */

@@ -1261,3 +1261,61 @@ Test(store_records, overlong_names_are_refused_without_killing_the_txn) {
     cr_assert_eq(lk__store_outbox_bytes(s), 0);
     lk__store_close(s);
 }
+
+/* ---- a task's handoff (scale-out) ---- */
+
+static int count_outbox(const lk__outbox_stat_t *st, void *o) {
+    *(uint64_t *)o += st->batches;
+    return 0;
+}
+
+/* Another process ran the task: what this checkpoint committed and never delivered goes
+ * (every sink's outbox, the pending plan), and the offsets are those of the other
+ * process's last progress record, in one transaction. Without the outbox dropped, batches
+ * numbered above the other process's last one would be delivered again (input it also
+ * processed). */
+Test(store_records, task_handoff_drops_the_undelivered_and_moves_the_offsets) {
+    lk__store_t *s = tu_open(tu_dir, "app");
+    lk__store_txn_t *t = tu_begin(s, 1);
+    CHECK(lk__store_offset_put(t, "in", 3, 500, ES));
+    CHECK(lk__store_offset_put(t, "other", 3, 70, ES));
+    lk__out_record_t r = {.partition = 3, .value = "v", .value_len = 1};
+    for (uint64_t b = 18; b <= 20; b++) {
+        CHECK(lk__store_outbox_append(t, "to-kafka", b, &r, ES));
+        CHECK(lk__store_outbox_append(t, "dlq", b, &r, ES));
+    }
+    lk__range_t rr[1] = {{"in", 3, 400, 500}};
+    lk__batch_rec_t b20 = {.id = 20, .batch_time_ms = 1, .nranges = 1, .ranges = rr};
+    CHECK(lk__store_batch_put(t, &b20, ES));
+    tu_commit(t);
+    lk__range_t next[1] = {{"in", 3, 500, 600}};
+    lk__batch_rec_t plan = {.id = 21, .batch_time_ms = 2, .nranges = 1, .ranges = next};
+    CHECK(lk__store_plan_put(s, &plan, ES));
+
+    lk__range_t from_progress[2] = {{"in", 3, 350, 350}, {"other", 3, 65, 65}};
+    uint64_t lo, hi;
+    CHECK(lk__store_task_handoff(s, from_progress, 2, &lo, &hi, ES));
+    cr_assert_eq(lo, 18);
+    cr_assert_eq(hi, 20);
+    s = reopen(s, "app");
+    t = tu_begin(s, 0);
+    uint64_t batches = 0;
+    OK(lk__store_outbox_stats(t, count_outbox, &batches));
+    cr_assert_eq(batches, 0, "%llu outbox batches left", (unsigned long long)batches);
+    cr_assert_eq(lk__store_outbox_bytes(s), 0);
+    lk__batch_rec_t p;
+    cr_assert_eq(lk__store_plan_get(t, &p), LK_ERR_NOT_FOUND, "the pending plan is left");
+    int64_t o;
+    lk__fingerprint_t fp;
+    int has_fp = 1;
+    OK(lk__store_offset_get_fp(t, "in", 3, &o, &fp, &has_fp));
+    cr_assert_eq(o, 350);
+    cr_assert_eq(has_fp, 0, "a fingerprint of a record this checkpoint never read");
+    OK(lk__store_offset_get(t, "other", 3, &o));
+    cr_assert_eq(o, 65);
+    lk__store_txn_abort(t);
+    /* nothing to drop: a checkpoint that never ran the task */
+    CHECK(lk__store_task_handoff(s, from_progress, 1, &lo, &hi, ES));
+    cr_assert_eq(lo, 0);
+    lk__store_close(s);
+}

@@ -1,0 +1,544 @@
+/*
+ * context_group.c — scale-out on Kafka's consumer groups, stage 1 (DESIGN.md, Scale-out):
+ * with group.mode=consumer an application is a set of tasks, task p = partition p of
+ * every (co-partitioned) input topic, and the process is a member of consumer group
+ * <app.id> whose assignment says which tasks it runs. Each task is a context of its own
+ * (context.c's create with a task number): its checkpoint <checkpoint.dir>/task-<p>, its
+ * transactional producer <app.id>.<p>, partition p of <app.id>.progress, and a thread
+ * running its batch loop. The member itself (the "membership consumer") never fetches:
+ * its partitions are assigned at their end and paused; it exists for the rebalance
+ * protocol and its generation (the tasks send their offsets with it, KIP-447).
+ *
+ * Assignment starts the assigned tasks; revocation stops every task gracefully (the batch
+ * in flight finishes and is delivered) before the rebalance goes on, or at once when the
+ * assignment was lost. Stage 1 runs stateless pipelines only, with Kafka sinks only: the
+ * changelog that moves keyed state between processes is not built yet, and a file
+ * written on one machine cannot be fenced by another. The process's metrics.listen serves
+ * the running tasks' metrics together, each sample labelled task="p" (metrics.c).
+ */
+#define _GNU_SOURCE
+#include "context_priv.h"
+#include "../core/conf_int.h"
+
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* metadata and admin requests of the group (ms) */
+#define GROUP_TIMEOUT_MS 30000
+
+typedef struct {
+    lk_context_t *ctx; /* NULL: not running here */
+    pthread_t thread;
+    atomic_int done; /* its batch loop returned (result in err) */
+    lk_err_t err;
+} task_t;
+
+struct lk__group {
+    lk_context_t *parent;
+    lk_define_fn *define;
+    void *opaque;
+    char **topics;
+    size_t ntopics;
+    int ntasks;
+    rd_kafka_t *rk; /* the membership consumer */
+    int closed;     /* rd_kafka_consumer_close was called */
+    task_t *tasks;  /* ntasks slots */
+    lk_err_t err;   /* the first error (a task's, or the group's own), with errstr */
+    char errstr[1024];
+    pthread_mutex_t progress_lock; /* tasks report progress one at a time */
+};
+
+static lk_err_t group_fail(lk__group_t *g, lk_err_t e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static lk_err_t group_fail(lk__group_t *g, lk_err_t e, const char *fmt, ...) {
+    if (g->err) /* the first error wins */
+        return g->err;
+    va_list ap;
+    va_start(ap, fmt);
+    lk__vfmt(g->errstr, sizeof g->errstr, fmt, ap);
+    va_end(ap);
+    g->err = e;
+    return e;
+}
+
+/* ---- checks before anything is created ---- */
+
+/* Stage 1: Kafka sinks and stateless operators only (see the file's comment). */
+static lk_err_t check_pipeline(const lk_context_t *ctx, char *errstr, size_t errstr_size) {
+    const lk_pipeline_t *p = ctx->pipeline;
+    lk__topo_op_t *ops = calloc(p->nstages ? p->nstages : 1, sizeof *ops);
+    if (!ops)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    size_t n = lk__pipeline_topology(p, ops, p->nstages);
+    lk_err_t e = LK_OK;
+    for (size_t i = 0; i < n && !e; i++)
+        if (ops[i].schema_version > 0)
+            e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                        "group.mode=consumer: operator '%s' (%s) keeps keyed state, which "
+                        "this version cannot move between processes yet (the changelog is "
+                        "not built); run stateful pipelines with group.mode=single",
+                        ops[i].uid, ops[i].kind);
+    free(ops);
+    for (size_t i = 0; i < p->nstages && !e; i++) {
+        const lk_stream_t *st = p->stages[i];
+        if (st->kind == LK__ST_OUTBOX && st->sink_ops != &lk__sink_kafka_ops)
+            e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                        "group.mode=consumer: sink '%s' writes %s; only Kafka sinks can be "
+                        "fenced across processes (a file written on one machine cannot be "
+                        "fenced by another). Use a Kafka sink, or group.mode=single",
+                        st->uid, st->sink_ops->kind);
+    }
+    const char *dl = lk__conf_str(ctx->conf, LK__P_ERRORS_DEADLETTER);
+    if (!e && dl && !strncmp(dl, "file:", 5))
+        e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                    "group.mode=consumer: errors.deadletter=%s is a file; use a Kafka topic",
+                    dl);
+    return e;
+}
+
+/* Partition count of topic (0: missing), from the membership consumer's metadata of all
+ * topics: a request naming the topic could have a broker (or the mock cluster) create it
+ * with its default partition count. */
+static lk_err_t partition_count(rd_kafka_t *rk, const char *topic, int *count, char *errstr,
+                                size_t errstr_size) {
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 1, NULL, &md, GROUP_TIMEOUT_MS);
+    if (ke)
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "metadata (for topic %s): %s", topic,
+                       rd_kafka_err2str(ke));
+    *count = 0;
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (!strcmp(md->topics[i].topic, topic) && !md->topics[i].err)
+            *count = md->topics[i].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    return LK_OK;
+}
+
+/* The input topics are co-partitioned: g->ntasks is their one partition count. */
+static lk_err_t count_tasks(lk__group_t *g, char *errstr, size_t errstr_size) {
+    char seen[1024] = "";
+    int first = -1;
+    int mismatch = 0;
+    for (size_t i = 0; i < g->ntopics; i++) {
+        int n;
+        lk_err_t e = partition_count(g->rk, g->topics[i], &n, errstr, errstr_size);
+        if (e)
+            return e;
+        if (n == 0)
+            return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                           "input topic %s does not exist (or has no partitions)",
+                           g->topics[i]);
+        size_t len = strlen(seen);
+        lk__fmt(seen + len, sizeof seen - len, "%s%s has %d", len ? ", " : "", g->topics[i], n);
+        if (first < 0)
+            first = n;
+        else if (n != first)
+            mismatch = 1;
+    }
+    if (mismatch)
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "group.mode=consumer: the input topics must be co-partitioned (task p "
+                       "reads partition p of each): %s partitions. Repartition them to one "
+                       "count, or use group.mode=single",
+                       seen);
+    g->ntasks = first;
+    return LK_OK;
+}
+
+/* <app.id>.progress has one partition per task: made here on the first run, checked on
+ * every later one (a changed partition count is refused before any task starts). */
+static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again,
+                                     char *errstr, size_t errstr_size) {
+    *again = 0;
+    char topic[512];
+    lk__fmt(topic, sizeof topic, "%s.progress", app);
+    int n;
+    lk_err_t e = partition_count(g->rk, topic, &n, errstr, errstr_size);
+    if (e)
+        return e;
+    if (n == g->ntasks)
+        return LK_OK;
+    if (n > 0)
+        return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                       "group.mode=consumer: the input has %d partitions (tasks) but %s has %d: "
+                       "the application was created with %d task%s (or in group.mode=single, "
+                       "which writes one). A task's checkpoint, transactional.id and "
+                       "progress partition belong to its partition number, so the partition "
+                       "count cannot change under an application; nothing was modified. Run "
+                       "with the old partition count, or start a new app.id",
+                       g->ntasks, topic, n, n, n == 1 ? "" : "s");
+    char kerr[512];
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, g->ntasks, -1, kerr, sizeof kerr);
+    if (!nt)
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", kerr);
+    rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    rd_kafka_queue_t *q = rd_kafka_queue_new(g->rk);
+    rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(g->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    /* 30 s is within librdkafka's range */
+    (void)rd_kafka_AdminOptions_set_request_timeout(opt, GROUP_TIMEOUT_MS, kerr, sizeof kerr);
+    rd_kafka_event_t *ev = NULL;
+    if (!ce) {
+        rd_kafka_CreateTopics(g->rk, &nt, 1, opt, q);
+        ev = rd_kafka_queue_poll(q, GROUP_TIMEOUT_MS + 200);
+    }
+    lk_err_t r = LK_OK;
+    if (ce) {
+        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", rd_kafka_err2str(ce));
+    } else if (!ev) {
+        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out", topic);
+    } else if (rd_kafka_event_error(ev)) {
+        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+                    rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+        rd_kafka_resp_err_t te = cnt == 1 ? rd_kafka_topic_result_error(tr[0]) : 0;
+        if (te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) /* another member made it: check it */
+            *again = 1;
+        else if (te)
+            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+                        rd_kafka_topic_result_error_string(tr[0]));
+        else
+            lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partitions: one "
+                    "per task)", topic, g->ntasks);
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opt);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    return r;
+}
+
+/* checkpoint.dir holds task directories; a checkpoint of group.mode=single there (its
+ * data.mdb) is another application's layout and is refused, as the single mode refuses
+ * task directories (lk__group_check_single). */
+static lk_err_t check_dir(const char *dir, char *errstr, size_t errstr_size) {
+    char path[4200];
+    struct stat st;
+    lk__fmt(path, sizeof path, "%s/data.mdb", dir);
+    if (lstat(path, &st) == 0)
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "checkpoint.dir %s holds a checkpoint of group.mode=single; "
+                       "group.mode=consumer keeps one checkpoint per task in "
+                       "task-<partition> directories under checkpoint.dir. Use another "
+                       "checkpoint.dir (and a new app.id)",
+                       dir);
+    return LK_OK;
+}
+
+lk_err_t lk__group_check_single(const char *dir, char *errstr, size_t errstr_size) {
+    char path[4200];
+    struct stat st;
+    lk__fmt(path, sizeof path, "%s/task-0", dir);
+    if (lstat(path, &st) == 0)
+        return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                       "checkpoint.dir %s holds the task checkpoints of group.mode=consumer "
+                       "(task-0, ...); set group.mode=consumer to run them, or use another "
+                       "checkpoint.dir",
+                       dir);
+    return LK_OK;
+}
+
+/* ---- tasks ---- */
+
+static void *task_thread(void *o) {
+    task_t *t = o;
+    t->err = lk_context_run(t->ctx);
+    atomic_store(&t->done, 1);
+    return NULL;
+}
+
+static void on_task_progress(const lk_progress_t *p, void *opaque) {
+    lk__group_t *g = opaque;
+    lk_context_t *parent = g->parent;
+    if (!parent->progress_cb)
+        return;
+    pthread_mutex_lock(&g->progress_lock);
+    parent->progress_cb(p, parent->progress_opaque);
+    pthread_mutex_unlock(&g->progress_lock);
+}
+
+/* Open task p here and start its batch loop on a thread of its own. */
+static lk_err_t start_task(lk__group_t *g, int p) {
+    task_t *t = &g->tasks[p];
+    if (t->ctx)
+        return LK_OK;
+    lk_context_t *parent = g->parent;
+    lk_conf_t *c = lk_conf_dup(parent->conf);
+    char dir[4200], err[1024] = "";
+    lk__fmt(dir, sizeof dir, "%s/task-%d", lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR), p);
+    /* signals are the group's: it stops its tasks; metrics.listen is the group's: it
+     * serves its tasks' metrics */
+    if (!c || lk_conf_set(c, "checkpoint.dir", dir, err, sizeof err) != LK_CONF_OK ||
+        lk_conf_set(c, "stop.gracefully.on.shutdown", "false", err, sizeof err) != LK_CONF_OK ||
+        lk_conf_set(c, "metrics.listen", "", err, sizeof err) != LK_CONF_OK) {
+        lk_conf_destroy(c);
+        return group_fail(g, LK_ERR_NOMEM, "task %d: %s", p, err[0] ? err : "out of memory");
+    }
+    lk_context_t *ctx = lk__context_new_task(c, g->define, g->opaque, p, g->rk, err, sizeof err);
+    lk_conf_destroy(c);
+    if (!ctx)
+        return group_fail(g, LK_ERR_FATAL, "task %d: %s", p, err);
+    lk_context_on_progress(ctx, on_task_progress, g);
+    lk__metrics_set_task(ctx->metrics, p);
+    if (lk__metrics_member_add(parent->metrics, ctx->metrics)) {
+        lk_context_destroy(ctx);
+        return group_fail(g, LK_ERR_NOMEM, "task %d: out of memory", p);
+    }
+    atomic_store(&t->done, 0);
+    t->err = LK_OK;
+    t->ctx = ctx;
+    if (pthread_create(&t->thread, NULL, task_thread, t)) {
+        t->ctx = NULL;
+        lk__metrics_member_remove(parent->metrics, ctx->metrics);
+        lk_context_destroy(ctx);
+        return group_fail(g, LK_ERR_FATAL, "task %d: cannot start its thread", p);
+    }
+    lk__log(LK_LOG_NOTICE, "task %d: started (checkpoint %s)", p, dir);
+    return LK_OK;
+}
+
+/* Stop task p (graceful: its batch in flight finishes and is delivered), join, close.
+ * A task that failed makes the group fail with its error. */
+static void stop_task(lk__group_t *g, int p, int graceful) {
+    task_t *t = &g->tasks[p];
+    if (!t->ctx)
+        return;
+    lk_context_stop(t->ctx, graceful);
+    pthread_join(t->thread, NULL);
+    if (t->err)
+        group_fail(g, t->err, "task %d: %s", p, lk_context_errstr(t->ctx));
+    lk__metrics_member_remove(g->parent->metrics, t->ctx->metrics); /* before they go */
+    lk_context_destroy(t->ctx);
+    t->ctx = NULL;
+    lk__log(LK_LOG_NOTICE, "task %d: stopped%s", p, graceful ? "" : " (abandoned its batch)");
+}
+
+/* Stop every task: the graceful ones in parallel (each finishes its batch), then join. */
+static void stop_all(lk__group_t *g, int graceful) {
+    for (int p = 0; p < g->ntasks; p++)
+        if (g->tasks[p].ctx)
+            lk_context_stop(g->tasks[p].ctx, graceful);
+    /* a graceful stop lasts up to shutdown.timeout.ms per task; an immediate stop of the
+     * process meanwhile (a second SIGTERM, lk_context_stop(ctx, 0)) reaches the tasks */
+    for (int waiting = graceful; waiting;) {
+        waiting = 0;
+        for (int p = 0; p < g->ntasks; p++)
+            waiting |= g->tasks[p].ctx && !atomic_load(&g->tasks[p].done);
+        if (waiting && atomic_load(&g->parent->stop_now)) {
+            for (int p = 0; p < g->ntasks; p++)
+                if (g->tasks[p].ctx)
+                    lk_context_stop(g->tasks[p].ctx, 0);
+            graceful = 0;
+            break;
+        }
+        if (waiting)
+            lk__nap_ms(10, NULL, NULL);
+    }
+    for (int p = 0; p < g->ntasks; p++)
+        stop_task(g, p, graceful);
+}
+
+/* The rebalance protocol (eager): @locality the membership consumer's poll, the loop
+ * thread of the group's context */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    lk__group_t *g = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* tasks: the partitions of the first input topic (range assignment gives a member
+         * the same partition numbers of every co-partitioned topic) */
+        char list[512] = "";
+        for (int i = 0; i < parts->cnt; i++) {
+            parts->elems[i].offset = RD_KAFKA_OFFSET_END; /* the member never fetches */
+            if (strcmp(parts->elems[i].topic, g->topics[0]))
+                continue;
+            int p = parts->elems[i].partition;
+            size_t len = strlen(list);
+            lk__fmt(list + len, sizeof list - len, "%s%d", len ? " " : "", p);
+            if (p < 0 || p >= g->ntasks)
+                group_fail(g, LK_ERR_TOPOLOGY,
+                           "assigned partition %d of %s, but the application has %d tasks: "
+                           "the input's partition count changed while it ran; restart to "
+                           "have it checked",
+                           p, g->topics[0], g->ntasks);
+        }
+        rd_kafka_resp_err_t ae = rd_kafka_assign(rk, parts);
+        if (!ae)
+            (void)rd_kafka_pause_partitions(rk, parts); /* best effort: offsets at the end */
+        lk__log(LK_LOG_NOTICE, "group %s: assigned tasks [%s]",
+                lk__conf_str(g->parent->conf, LK__P_APP_ID), list);
+        for (int i = 0; i < parts->cnt && !g->err; i++)
+            if (!strcmp(parts->elems[i].topic, g->topics[0]))
+                (void)start_task(g, parts->elems[i].partition); /* failure is in g->err */
+    } else {
+        int lost = rd_kafka_assignment_lost(rk);
+        lk__log(LK_LOG_NOTICE, "group %s: tasks revoked%s",
+                lk__conf_str(g->parent->conf, LK__P_APP_ID),
+                lost ? " (assignment lost: batches in flight are abandoned)" : "");
+        stop_all(g, !lost);
+        (void)rd_kafka_assign(rk, NULL); /* unassigning cannot fail in a way to act on */
+    }
+}
+
+/* ---- the group ---- */
+
+static void free_topics(lk__group_t *g) {
+    for (size_t i = 0; i < g->ntopics; i++)
+        free(g->topics[i]);
+    free(g->topics);
+}
+
+void lk__group_destroy(lk__group_t *g) {
+    if (!g)
+        return;
+    if (g->tasks)
+        stop_all(g, 0);
+    if (g->rk) {
+        if (!g->closed) /* leaving the group: nothing to act on */
+            (void)rd_kafka_consumer_close(g->rk);
+        rd_kafka_destroy(g->rk);
+    }
+    free(g->tasks);
+    free_topics(g);
+    pthread_mutex_destroy(&g->progress_lock);
+    free(g);
+}
+
+static rd_kafka_t *membership_consumer(const lk_conf_t *conf, lk__group_t *g, char *errstr,
+                                       size_t errstr_size) {
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    char kerr[512];
+    for (size_t i = 0, n = lk__conf_kafka_count(conf); i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(kc);
+            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
+            return NULL;
+        }
+    }
+    const char *instance = lk__conf_str(conf, LK__P_GROUP_INSTANCE_ID);
+    char session[32];
+    lk__fmt(session, sizeof session, "%lld",
+            (long long)lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS));
+    const char *const fixed[][2] = {
+        {"group.id", lk__conf_str(conf, LK__P_APP_ID)},
+        {"partition.assignment.strategy", "range"}, /* co-partitioned topics stay together */
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"session.timeout.ms", session},
+        {"group.instance.id", instance && instance[0] ? instance : NULL},
+    };
+    for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
+        if (fixed[i][1] &&
+            rd_kafka_conf_set(kc, fixed[i][0], fixed[i][1], kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(kc);
+            lk__fmt(errstr, errstr_size, "membership consumer: %s: %s", fixed[i][0], kerr);
+            return NULL;
+        }
+    rd_kafka_conf_set_rebalance_cb(kc, on_rebalance);
+    rd_kafka_conf_set_opaque(kc, g);
+    lk__conf_kafka_log(kc, conf);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, kerr, sizeof kerr);
+    if (!rk)
+        lk__fmt(errstr, errstr_size, "cannot create the membership consumer: %s", kerr);
+    return rk;
+}
+
+lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *define,
+                       void *opaque, const char **topics, size_t ntopics, char *errstr,
+                       size_t errstr_size) {
+    *out = NULL;
+    lk_err_t e = check_pipeline(parent, errstr, errstr_size);
+    if (e)
+        return e;
+    lk__group_t *g = calloc(1, sizeof *g);
+    if (!g || !(g->topics = calloc(ntopics, sizeof *g->topics))) {
+        free(g);
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    }
+    pthread_mutex_init(&g->progress_lock, NULL);
+    g->parent = parent;
+    g->define = define;
+    g->opaque = opaque;
+    for (size_t i = 0; i < ntopics; i++, g->ntopics++)
+        if (!(g->topics[i] = strdup(topics[i]))) {
+            lk__group_destroy(g);
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        }
+    const char *app = lk__conf_str(parent->conf, LK__P_APP_ID);
+    const char *dir = lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR);
+    e = check_dir(dir, errstr, errstr_size); /* first: the local, most specific refusal */
+    if (!e && !(g->rk = membership_consumer(parent->conf, g, errstr, errstr_size)))
+        e = LK_ERR_CONF_INVALID;
+    if (!e)
+        e = count_tasks(g, errstr, errstr_size);
+    int again = 1;
+    for (int tries = 0; !e && again && tries < 3; tries++) /* lost the race to create it */
+        e = check_progress_topic(g, app, &again, errstr, errstr_size);
+    if (!e && again)
+        e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s.progress: created by another "
+                    "member but not visible in the metadata", app);
+    if (!e && lk__mkdir_p(dir))
+        e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s", dir,
+                    strerror(errno));
+    if (!e && !(g->tasks = calloc((size_t)g->ntasks, sizeof *g->tasks)))
+        e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    if (!e) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)ntopics);
+        for (size_t i = 0; i < ntopics; i++)
+            rd_kafka_topic_partition_list_add(l, topics[i], RD_KAFKA_PARTITION_UA);
+        rd_kafka_resp_err_t ke = rd_kafka_subscribe(g->rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (ke)
+            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "joining group %s: %s", app,
+                        rd_kafka_err2str(ke));
+    }
+    if (e) {
+        lk__group_destroy(g);
+        return e;
+    }
+    lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s), joining group %s",
+            g->ntasks, g->topics[0], app);
+    *out = g;
+    return LK_OK;
+}
+
+/* Any task whose loop returned on its own failed (or was fenced): the group stops. */
+static void reap_tasks(lk__group_t *g) {
+    for (int p = 0; p < g->ntasks; p++)
+        if (g->tasks[p].ctx && atomic_load(&g->tasks[p].done))
+            stop_task(g, p, 1);
+}
+
+lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_int *now) {
+    lk__metrics_loop(g->parent->metrics, 1, LK_OK, NULL);
+    while (!g->err && !atomic_load(graceful) && !atomic_load(now)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(g->rk, 100);
+        if (m) {
+            if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                lk__log(LK_LOG_WARNING, "group %s: %s",
+                        lk__conf_str(g->parent->conf, LK__P_APP_ID), rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m); /* paused at the end: nothing is fetched */
+        }
+        reap_tasks(g);
+    }
+    /* graceful: each task finishes its batch and delivers, then the member leaves the
+     * group (rd_kafka_consumer_close revokes through on_rebalance, which stops them) */
+    stop_all(g, !atomic_load(now)); /* after a task's error too: the others deliver */
+    (void)rd_kafka_consumer_close(g->rk); /* leaving: the group rebalances without us */
+    g->closed = 1;
+    if (g->err) {
+        lk__log(LK_LOG_ERR, "%s (%s)", g->errstr, lk_err_name(g->err));
+        lk__fmt(g->parent->errstr, sizeof g->parent->errstr, "%s", g->errstr);
+    }
+    lk__metrics_loop(g->parent->metrics, 0, g->err, g->errstr);
+    return g->err;
+}
