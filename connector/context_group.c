@@ -172,58 +172,23 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
                        "count cannot change under an application; nothing was modified. Run "
                        "with the old partition count, or start a new app.id",
                        g->ntasks, topic, n, n, n == 1 ? "" : "s");
-    char kerr[512];
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, g->ntasks, -1, kerr, sizeof kerr);
-    if (!nt)
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", kerr);
-    rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
-    rd_kafka_queue_t *q = rd_kafka_queue_new(g->rk);
-    rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(g->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    /* 30 s is within librdkafka's range */
-    (void)rd_kafka_AdminOptions_set_request_timeout(opt, GROUP_TIMEOUT_MS, kerr, sizeof kerr);
-    rd_kafka_event_t *ev = NULL;
-    if (!ce) {
-        rd_kafka_CreateTopics(g->rk, &nt, 1, opt, q);
-        ev = rd_kafka_queue_poll(q, GROUP_TIMEOUT_MS + 200);
-    }
-    lk_err_t r = LK_OK;
-    if (ce) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", rd_kafka_err2str(ce));
-    } else if (!ev) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out", topic);
-    } else if (rd_kafka_event_error(ev)) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
-                    rd_kafka_event_error_string(ev));
-    } else {
-        size_t cnt;
-        const rd_kafka_topic_result_t **tr =
-            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
-        rd_kafka_resp_err_t te = cnt == 1 ? rd_kafka_topic_result_error(tr[0]) : 0;
-        if (te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) /* another member made it: check it */
-            *again = 1;
-        else if (te)
-            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
-                        rd_kafka_topic_result_error_string(tr[0]));
-        else
-            lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partitions: one "
-                    "per task)", topic, g->ntasks);
-    }
-    if (ev)
-        rd_kafka_event_destroy(ev);
-    rd_kafka_AdminOptions_destroy(opt);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    return r;
+    return lk__kafka_create_progress_topic(g->rk, topic, g->ntasks, GROUP_TIMEOUT_MS, again,
+                                           errstr, errstr_size);
+}
+
+/* Whether dir holds name (a checkpoint's data.mdb, a group's task-0). */
+static int dir_holds(const char *dir, const char *name) {
+    char path[4200];
+    struct stat st;
+    lk__fmt(path, sizeof path, "%s/%s", dir, name);
+    return lstat(path, &st) == 0;
 }
 
 /* checkpoint.dir holds task directories; a checkpoint of group.mode=single there (its
  * data.mdb) is another application's layout and is refused, as the single mode refuses
  * task directories (lk__group_check_single). */
 static lk_err_t check_dir(const char *dir, char *errstr, size_t errstr_size) {
-    char path[4200];
-    struct stat st;
-    lk__fmt(path, sizeof path, "%s/data.mdb", dir);
-    if (lstat(path, &st) == 0)
+    if (dir_holds(dir, "data.mdb"))
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "checkpoint.dir %s holds a checkpoint of group.mode=single; "
                        "group.mode=consumer keeps one checkpoint per task in "
@@ -234,10 +199,7 @@ static lk_err_t check_dir(const char *dir, char *errstr, size_t errstr_size) {
 }
 
 lk_err_t lk__group_check_single(const char *dir, char *errstr, size_t errstr_size) {
-    char path[4200];
-    struct stat st;
-    lk__fmt(path, sizeof path, "%s/task-0", dir);
-    if (lstat(path, &st) == 0)
+    if (dir_holds(dir, "task-0"))
         return lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                        "checkpoint.dir %s holds the task checkpoints of group.mode=consumer "
                        "(task-0, ...); set group.mode=consumer to run them, or use another "
@@ -415,14 +377,9 @@ static rd_kafka_t *membership_consumer(const lk_conf_t *conf, lk__group_t *g, ch
                                        size_t errstr_size) {
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
     char kerr[512];
-    for (size_t i = 0, n = lk__conf_kafka_count(conf); i < n; i++) {
-        const char *k, *v;
-        lk__conf_kafka_get(conf, i, &k, &v);
-        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(kc);
-            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
-            return NULL;
-        }
+    if (lk__conf_kafka_apply(kc, conf, errstr, errstr_size)) {
+        rd_kafka_conf_destroy(kc);
+        return NULL;
     }
     const char *instance = lk__conf_str(conf, LK__P_GROUP_INSTANCE_ID);
     char session[32];

@@ -85,20 +85,11 @@ static rd_kafka_t *new_consumer(const lk_conf_t *conf, int fetcher, char *errstr
                                 size_t errstr_size) {
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
     char kerr[512];
-    size_t n = lk__conf_kafka_count(conf);
-    int has_group = 0, has_queued = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *k, *v;
-        lk__conf_kafka_get(conf, i, &k, &v);
-        if (!strcmp(k, "group.id"))
-            has_group = 1;
-        if (!strcmp(k, "queued.max.messages.kbytes"))
-            has_queued = 1;
-        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(kc);
-            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
-            return NULL;
-        }
+    int has_group = lk_conf_get(conf, "kafka.group.id") != NULL;
+    int has_queued = lk_conf_get(conf, "kafka.queued.max.messages.kbytes") != NULL;
+    if (lk__conf_kafka_apply(kc, conf, errstr, errstr_size)) {
+        rd_kafka_conf_destroy(kc);
+        return NULL;
     }
     static const char *const fixed[][2] = {
         {"enable.auto.commit", "false"},      {"enable.auto.offset.store", "false"},

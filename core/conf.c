@@ -456,6 +456,20 @@ void lk__conf_kafka_log(rd_kafka_conf_t *kc, const lk_conf_t *c) {
     rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
 }
 
+int lk__conf_kafka_apply(rd_kafka_conf_t *kc, const lk_conf_t *c, char *errstr,
+                         size_t errstr_size) {
+    char kerr[512];
+    for (size_t i = 0, n = c ? lk__conf_kafka_count(c) : 0; i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(c, i, &k, &v);
+        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 size_t lk__conf_kafka_count(const lk_conf_t *c) {
     return c->kcount;
 }

@@ -270,6 +270,10 @@ struct rd_kafka_conf_s;
  * its documentation says: those lines are written whatever log.level says.
  */
 void lk__conf_kafka_log(struct rd_kafka_conf_s *kc, const lk_conf_t *conf);
+/* Set every kafka.* property of conf (NULL: none) on kc, prefix stripped. Returns 0, or -1
+ * with errstr naming the property and librdkafka's reason (kc left for the caller). */
+int lk__conf_kafka_apply(struct rd_kafka_conf_s *kc, const lk_conf_t *conf, char *errstr,
+                         size_t errstr_size);
 
 /** Number of kafka.* properties set, and the i-th one (key without "kafka."). */
 size_t lk__conf_kafka_count(const lk_conf_t *conf);

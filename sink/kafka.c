@@ -190,15 +190,9 @@ static rd_kafka_conf_t *client_conf(const lk_conf_t *conf, const char *const (*d
             lk__fmt(errstr, errstr_size, "%s=%s: %s", defaults[i][0], defaults[i][1], kerr);
             return NULL;
         }
-    size_t n = conf ? lk__conf_kafka_count(conf) : 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *k, *v;
-        lk__conf_kafka_get(conf, i, &k, &v);
-        if (rd_kafka_conf_set(kc, k, v, kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(kc);
-            lk__fmt(errstr, errstr_size, "kafka.%s: %s", k, kerr);
-            return NULL;
-        }
+    if (lk__conf_kafka_apply(kc, conf, errstr, errstr_size)) {
+        rd_kafka_conf_destroy(kc);
+        return NULL;
     }
     lk__conf_kafka_log(kc, conf); /* its log follows the context's log.level */
     return kc;

@@ -17,6 +17,55 @@
 #include <string.h>
 #include <time.h>
 
+lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int partitions,
+                                         int timeout_ms, int *existed, char *errstr,
+                                         size_t errstr_size) {
+    char kerr[512];
+    *existed = 0;
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, -1, kerr, sizeof kerr);
+    if (!nt)
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", kerr);
+    rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    if (ce) {
+        rd_kafka_NewTopic_destroy(nt);
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s",
+                       rd_kafka_err2str(ce));
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    /* the callers' timeouts are within librdkafka's range (sink.kafka.timeout.ms is
+     * validated; the group's is 30 s) */
+    (void)rd_kafka_AdminOptions_set_request_timeout(opt, timeout_ms, kerr, sizeof kerr);
+    rd_kafka_CreateTopics(rk, &nt, 1, opt, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 200);
+    lk_err_t r = LK_OK;
+    if (!ev) {
+        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out", topic);
+    } else if (rd_kafka_event_error(ev)) {
+        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+                    rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+        rd_kafka_resp_err_t te = cnt == 1 ? rd_kafka_topic_result_error(tr[0]) : 0;
+        if (te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            *existed = 1; /* made meanwhile by another instance */
+        else if (te)
+            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+                        rd_kafka_topic_result_error_string(tr[0]));
+        else
+            lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partition%s)",
+                    topic, partitions, partitions == 1 ? "" : "s");
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opt);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    return r;
+}
+
 /* Create <app>.progress (compacted, one partition) unless it exists. */
 static lk_err_t ensure_progress_topic(lk__kafka_sink_t *k, char *errstr, size_t errstr_size) {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(k->reader, k->progress_topic, NULL);
@@ -39,47 +88,9 @@ static lk_err_t ensure_progress_topic(lk__kafka_sink_t *k, char *errstr, size_t 
                        (int)k->progress_partition);
     if (exists)
         return LK_OK;
-    char kerr[512];
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(k->progress_topic, 1, -1, kerr, sizeof kerr);
-    if (!nt)
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", kerr);
-    rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
-    if (ce) {
-        rd_kafka_NewTopic_destroy(nt);
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s",
-                       rd_kafka_err2str(ce));
-    }
-    rd_kafka_queue_t *q = rd_kafka_queue_new(k->producer);
-    rd_kafka_AdminOptions_t *opt =
-        rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    /* the timeout is within librdkafka's range (sink.kafka.timeout.ms is validated) */
-    (void)rd_kafka_AdminOptions_set_request_timeout(opt, lk__kafka_budget(k), kerr, sizeof kerr);
-    rd_kafka_CreateTopics(k->producer, &nt, 1, opt, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, lk__kafka_budget(k) + 200);
-    lk_err_t r = LK_OK;
-    if (!ev) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out",
-                    k->progress_topic);
-    } else if (rd_kafka_event_error(ev)) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", k->progress_topic,
-                    rd_kafka_event_error_string(ev));
-    } else {
-        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
-        size_t cnt;
-        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
-        if (cnt == 1 && rd_kafka_topic_result_error(tr[0]) &&
-            rd_kafka_topic_result_error(tr[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s",
-                        k->progress_topic, rd_kafka_topic_result_error_string(tr[0]));
-        else
-            lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted)", k->progress_topic);
-    }
-    if (ev)
-        rd_kafka_event_destroy(ev);
-    rd_kafka_AdminOptions_destroy(opt);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    return r;
+    int existed;
+    return lk__kafka_create_progress_topic(k->producer, k->progress_topic, 1,
+                                           lk__kafka_budget(k), &existed, errstr, errstr_size);
 }
 
 /* ---- the stable-offset wait (the seam: lk__kafka_wait_stable, tested in unit tests) ---- */

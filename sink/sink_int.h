@@ -134,6 +134,17 @@ struct lk__sink {
     atomic_ullong txn_committed, txn_aborted;
 };
 
+/**
+ * Create a progress topic (compacted, `partitions` partitions) through rk's Admin API,
+ * waiting up to timeout_ms: the Kafka sink makes <app.id>.progress with one, the
+ * scale-out group with one per task. *existed is 1 when another instance made it
+ * meanwhile (not an error). LK_ERR_KAFKA names the topic and librdkafka's reason.
+ */
+struct rd_kafka_s;
+lk_err_t lk__kafka_create_progress_topic(struct rd_kafka_s *rk, const char *topic,
+                                         int partitions, int timeout_ms, int *existed,
+                                         char *errstr, size_t errstr_size);
+
 /** Forget a handoff (applied, or the sink is going): frees its ranges. */
 void lk__sink_clear_handoff(lk__sink_t *s);
 
