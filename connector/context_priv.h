@@ -53,6 +53,7 @@ struct lk_context {
     struct lk__group *group;
     int task;
     rd_kafka_t *group_rk;
+    uint64_t first_batch_logged; /* next_batch_id's notice, logged once per number */
 
     /* ---- atomics: written from signal handlers (lk_context_stop, request_stop) and read
      * on any thread, the sinks' blocking calls on the delivery thread included ---- */
