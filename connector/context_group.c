@@ -308,6 +308,57 @@ static void stop_all(lk__group_t *g, int graceful) {
         stop_task(g, p, graceful);
 }
 
+/* Whether the assignment gives every input topic the same partition numbers. The tasks
+ * are taken from the first topic's partitions: a member whose input.topics differ from
+ * the others' (a rolling upgrade adding a topic, a typo) gets, under the range assignor,
+ * every partition of a topic only it subscribes to, and would run tasks another member
+ * runs too. Fails the group naming each topic's partitions. */
+static void check_copartitioned(lk__group_t *g, rd_kafka_topic_partition_list_t *parts) {
+    char seen[768] = "";
+    int mismatch = 0;
+    for (size_t t = 0; t < g->ntopics; t++) {
+        size_t len = strlen(seen);
+        lk__fmt(seen + len, sizeof seen - len, "%s%s [", len ? ", " : "", g->topics[t]);
+        int first = 1;
+        for (int i = 0; i < parts->cnt; i++) {
+            if (strcmp(parts->elems[i].topic, g->topics[t]))
+                continue;
+            len = strlen(seen);
+            lk__fmt(seen + len, sizeof seen - len, "%s%d", first ? "" : " ",
+                    (int)parts->elems[i].partition);
+            first = 0;
+            /* the same partition of the first topic must be assigned too */
+            int has = 0;
+            for (int j = 0; j < parts->cnt && !has; j++)
+                has = !strcmp(parts->elems[j].topic, g->topics[0]) &&
+                      parts->elems[j].partition == parts->elems[i].partition;
+            mismatch |= !has;
+        }
+        len = strlen(seen);
+        lk__fmt(seen + len, sizeof seen - len, "]");
+    }
+    /* and every partition of the first topic in every other topic */
+    for (int i = 0; i < parts->cnt && !mismatch; i++) {
+        if (strcmp(parts->elems[i].topic, g->topics[0]))
+            continue;
+        for (size_t t = 1; t < g->ntopics; t++) {
+            int has = 0;
+            for (int j = 0; j < parts->cnt && !has; j++)
+                has = !strcmp(parts->elems[j].topic, g->topics[t]) &&
+                      parts->elems[j].partition == parts->elems[i].partition;
+            mismatch |= !has;
+        }
+    }
+    if (mismatch)
+        group_fail(g, LK_ERR_CONF_INVALID,
+                   "group %s assigned this process %s: not the same partitions of every input "
+                   "topic, so a task would run in two processes. Every process of app.id %s "
+                   "must have the same input.topics; stop the processes whose input.topics "
+                   "differ, or give them another app.id",
+                   lk__conf_str(g->parent->conf, LK__P_APP_ID), seen,
+                   lk__conf_str(g->parent->conf, LK__P_APP_ID));
+}
+
 /* The rebalance protocol (eager): @locality the membership consumer's poll, the loop
  * thread of the group's context */
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -331,6 +382,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                            "have it checked",
                            p, g->topics[0], g->ntasks);
         }
+        if (!g->err)
+            check_copartitioned(g, parts);
         rd_kafka_resp_err_t ae = rd_kafka_assign(rk, parts);
         if (!ae)
             (void)rd_kafka_pause_partitions(rk, parts); /* best effort: offsets at the end */

@@ -53,6 +53,7 @@ struct lk_context {
     struct lk__group *group;
     int task;
     rd_kafka_t *group_rk;
+    uint64_t first_batch_logged; /* next_batch_id's notice, logged once per number */
 
     /* ---- atomics: written from signal handlers (lk_context_stop, request_stop) and read
      * on any thread, the sinks' blocking calls on the delivery thread included ---- */
@@ -89,8 +90,6 @@ struct lk_context {
     int64_t sink_backoff_ms;
     unsigned sink_failures;   /* retriable delivery failures in a row (for the log line) */
     int backpressure_logged;
-    uint64_t first_id_logged; /* next_batch_id's notice, once per number (idle plans
-                               * ask for the same number again and again) */
     void (*progress_cb)(const lk_progress_t *p, void *opaque);
     void *progress_opaque;
     double last_commit_ms; /* of the last process_and_commit */

@@ -343,4 +343,63 @@ Test(group, tasks_move_between_processes_exactly_once) {
     char *eb = err_of("b");
     cr_assert(strstr(eb, "continuing after batch"), "b never took a task over: %s", eb);
     free(eb);
+    /* the first batch after a handoff is logged once per handoff, not every batch interval
+     * of an idle task (review R3) */
+    const char *names[] = {"a", "b"};
+    for (int i = 0; i < 2; i++) {
+        char *e = err_of(names[i]);
+        int handoffs = 0, firsts = 0;
+        for (const char *q = e; (q = strstr(q, "continuing after batch")); q++)
+            handoffs++;
+        for (const char *q = e; (q = strstr(q, "first batch of this checkpoint")); q++)
+            firsts++;
+        cr_assert(firsts <= handoffs, "%s: %d notices of the first batch for %d handoffs",
+                  names[i], firsts, handoffs);
+        free(e);
+    }
+}
+
+static int count_of(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *q = hay; (q = strstr(q, needle)); q++)
+        n++;
+    return n;
+}
+
+/* A process whose input.topics differ from the others' would get, under the range
+ * assignor, every partition of the topic only it reads, and run tasks another process
+ * runs too (review R5: 40 lines twice on the mock). It is refused at its assignment,
+ * naming what differs, and the output stays exactly once. */
+Test(group, a_process_with_other_input_topics_is_refused_at_its_assignment) {
+    const char *topics[] = {"in:2", "in2:2", "out:2", "g.progress:2", NULL};
+    cp_broker_start(topics);
+    produce_lines(200);
+    procs[0] = start("g", "a", NULL);
+    wait_output(60);
+    refused("g", "b", (const char *[]){"input.topics=in2,in", NULL}, 1,
+            (const char *[]){"same input.topics", "in2 [0 1]", NULL});
+    produce_lines(200);
+    wait_output(60);
+    /* c takes a task over while there is no input: its idle loop must not repeat the
+     * notice of its first batch every batch interval (review R3: 240 lines in 1.4 s) */
+    procs[1] = start("g", "c", NULL);
+    char *ec = NULL;
+    for (int i = 0; i < 600 && !(ec && strstr(ec, "continuing after batch")); i++) {
+        free(ec);
+        usleep(100000);
+        ec = err_of("c");
+    }
+    cr_assert(strstr(ec, "continuing after batch"), "c took no task over: %s", ec);
+    free(ec);
+    usleep(1000000); /* 20 batch intervals of an idle task */
+    stop_gracefully(1, "c");
+    ec = err_of("c");
+    cr_assert(count_of(ec, "first batch of this checkpoint") <=
+                  count_of(ec, "continuing after batch"),
+              "the first batch's notice repeated: %s", ec);
+    free(ec);
+    stop_gracefully(0, "a");
+    char *eb = err_of("b");
+    cr_assert_eq(count_of(eb, "started (checkpoint"), 0, "b started tasks: %s", eb);
+    free(eb);
 }
