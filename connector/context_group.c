@@ -435,15 +435,26 @@ static rd_kafka_t *membership_consumer(const lk_conf_t *conf, lk__group_t *g, ch
         return NULL;
     }
     const char *instance = lk__conf_str(conf, LK__P_GROUP_INSTANCE_ID);
-    char session[32];
-    lk__fmt(session, sizeof session, "%lld",
-            (long long)lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS));
+    char session[32], heartbeat[32];
+    int64_t session_ms = lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS);
+    lk__fmt(session, sizeof session, "%lld", (long long)session_ms);
+    /* three heartbeats per session (the Java consumer's rule of thumb), unless
+     * kafka.heartbeat.interval.ms says otherwise: librdkafka's 3 s default would let a
+     * short session expire between two heartbeats */
+    int heartbeat_given = 0;
+    for (size_t i = 0, n = lk__conf_kafka_count(conf); i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        heartbeat_given |= !strcmp(k, "heartbeat.interval.ms");
+    }
+    lk__fmt(heartbeat, sizeof heartbeat, "%lld", (long long)(session_ms / 3));
     const char *const fixed[][2] = {
         {"group.id", lk__conf_str(conf, LK__P_APP_ID)},
         {"partition.assignment.strategy", "range"}, /* co-partitioned topics stay together */
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
         {"session.timeout.ms", session},
+        {"heartbeat.interval.ms", heartbeat_given ? NULL : heartbeat},
         {"group.instance.id", instance && instance[0] ? instance : NULL},
     };
     for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)

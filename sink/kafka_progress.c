@@ -58,6 +58,14 @@ lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int 
             lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partition%s)",
                     topic, partitions, partitions == 1 ? "" : "s");
     }
+    if (r) { /* what to do when the cluster will not make it (ACLs, the mock cluster) */
+        char why[768];
+        lk__fmt(why, sizeof why, "%s", errstr);
+        lk__fmt(errstr, errstr_size,
+                "%s. Create it yourself with %d partition%s and cleanup.policy=compact (with "
+                "`lockstep mock-broker`: --topic %s:%d)",
+                why, partitions, partitions == 1 ? "" : "s", topic, partitions);
+    }
     if (ev)
         rd_kafka_event_destroy(ev);
     rd_kafka_AdminOptions_destroy(opt);
