@@ -271,6 +271,22 @@ def landed(loop, dl):
     return got
 
 
+def start_mock_broker(lockstep, topics, brokers=1):
+    """`lockstep mock-broker` with topics ["name:partitions", ...]: (the process, its
+    bootstrap.servers). Its stdin takes fault commands (Runner.broker_command); SIGTERM
+    stops it."""
+    cmd = [lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
+    if brokers != 1:
+        cmd += ["--brokers", str(brokers)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("bootstrap.servers="):
+        proc.kill()
+        proc.wait()
+        raise SystemExit(f"chaos: mock-broker did not start: {line!r}")
+    return proc, line.split("=", 1)[1]
+
+
 class InputFeeder(threading.Thread):
     """Produces lines and events at a steady rate until stopped: input flows during the
     whole kill phase, so kills find batches in flight."""
@@ -360,13 +376,7 @@ class Runner:
         # transaction markers) and recovery takes as the batch's fence: output lost on
         # the mock only (a real broker hides the aborted progress record). Several
         # brokers make it more likely; adopted_batches() excuses exactly those batches.
-        cmd = [self.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
-        self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True)
-        line = self.broker.stdout.readline().strip()
-        if not line.startswith("bootstrap.servers="):
-            raise SystemExit(f"chaos: mock-broker did not start: {line!r}")
-        self.bootstrap = line.split("=", 1)[1]
+        self.broker, self.bootstrap = start_mock_broker(self.lockstep, topics)
         log(f"mock broker at {self.bootstrap}")
 
     def broker_command(self, cmd):
