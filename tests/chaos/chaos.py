@@ -173,7 +173,7 @@ def read_topic_once(bootstrap, topic, isolation):
         return [], True
     c = Consumer(dict(conf, **{"isolation.level": isolation}))
     c.assign(tps)
-    pending = len(tps)
+    pending = {tp.partition for tp in tps}
     out, settled = [], True
     deadline = time.time() + 60  # moved on while records arrive
     while pending and time.time() < deadline:
@@ -183,14 +183,19 @@ def read_topic_once(bootstrap, topic, isolation):
         for m in msgs:
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending -= 1
+                    pending.discard(m.partition())
                     settled &= m.offset() >= highs[m.partition()]
                     continue
                 raise SystemExit(f"chaos: reading {topic}: {m.error()}")
             out.append(m)
-    c.close()
     if pending:
-        raise SystemExit(f"chaos: could not read {topic} to its end")
+        at = {tp.partition: tp.offset for tp in
+              c.position([TopicPartition(topic, p) for p in sorted(pending)])}
+        c.close()
+        raise SystemExit(f"chaos: could not read {topic} to its end: partitions "
+                         f"{sorted(pending)} at offsets {at}, high watermarks "
+                         f"{ {p: highs[p] for p in sorted(pending)} }")
+    c.close()
     return out, settled
 
 

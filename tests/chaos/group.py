@@ -166,6 +166,7 @@ def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot
     # ---- output: records of committed attempts, by line
     got = collections.Counter()
     found = collections.Counter()  # (task, batch) -> committed records found
+    r.stats["output records"] = len(output)
     for part, prov, key, value in output:
         if prov is None:
             r.problems.append(f"{OUTPUT}[{part}]: a record without a provenance header")
@@ -284,6 +285,7 @@ class Slot:
         self.phase = f"{runner.work}/{name}.phase"
         self.stderr = f"{runner.work}/{name}.stderr"
         self.proc = None
+        self.started = 0.0   # time.monotonic() of the last start
         self.kills = []      # instants, ms
         self.removed = False
 
@@ -351,6 +353,7 @@ class Runner:
             err.flush()
             slot.proc = subprocess.Popen(self.props(slot), env=env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err)
+        slot.started = time.monotonic()
 
     def running(self):
         return [s for s in self.slots.values() if s.proc and s.proc.poll() is None]
@@ -377,7 +380,13 @@ class Runner:
         if mode == "random":
             time.sleep(self.kill_rng.uniform(0.05, 1.5))
         else:
-            want = PHASES.index("delivering")
+            # delivering: in turn, as the records are handed to the producer (then
+            # within 4 ms), and as the commit begins, the records on their way (then
+            # within 2 ms): either way a kill that leaves some records sent and the
+            # transaction open
+            self.aim_commit = not getattr(self, "aim_commit", False)
+            want = PHASES.index("delivering-commit" if self.aim_commit else "delivering")
+            wait = 0.002 if self.aim_commit else 0.004
             fds = {s.name: os.open(s.phase, os.O_RDONLY) for s in self.running()}
             deadline = time.time() + 30
             try:
@@ -385,7 +394,7 @@ class Runner:
                     for name, fd in fds.items():
                         loop, dl = phase_of(os.pread(fd, 2, 0))
                         if mode == "delivering" and want in (loop, dl):
-                            time.sleep(self.kill_rng.uniform(0, 0.004))
+                            time.sleep(self.kill_rng.uniform(0, wait))
                             target = self.slots[name]
                             break
                         if mode != "delivering" and mode in landed(loop, dl):
@@ -419,6 +428,9 @@ class Runner:
         return mode == "random" or mode in landed(loop, dl)
 
     def remove(self, slot):
+        # not in its first seconds: lockstep installs its SIGTERM handler once its context
+        # runs, and a SIGTERM before that ends the process by the default action (-15)
+        time.sleep(max(0.0, slot.started + 3 - time.monotonic()))
         rc = graceful_stop(slot.proc, 120)
         slot.removed = True
         log(f"{slot.name} left gracefully: exit {rc}")
@@ -536,6 +548,7 @@ class Runner:
         if feeder.error:
             raise SystemExit(f"group: input producer: {feeder.error}")
         for s in self.running():
+            time.sleep(max(0.0, s.started + 3 - time.monotonic()))  # see remove()
             rc = graceful_stop(s.proc, 120)
             log(f"{s.name} stopped: exit {rc}")
             if rc != 0:
