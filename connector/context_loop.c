@@ -324,8 +324,10 @@ static uint64_t next_batch_id(lk_context_t *ctx) {
     for (size_t i = 0; (id == 1 || ctx->task >= 0) && i < ctx->nsinks; i++)
         if (ctx->sinks[i]->adopted_after >= id) {
             id = ctx->sinks[i]->adopted_after + 1;
-            lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the adopted "
-                    "output", (unsigned long long)id);
+            if (ctx->first_id_logged != id)
+                lk__log(LK_LOG_NOTICE, "first batch of this checkpoint is %llu, after the "
+                        "adopted output", (unsigned long long)id);
+            ctx->first_id_logged = id;
         }
     return id;
 }

@@ -89,6 +89,8 @@ struct lk_context {
     int64_t sink_backoff_ms;
     unsigned sink_failures;   /* retriable delivery failures in a row (for the log line) */
     int backpressure_logged;
+    uint64_t first_id_logged; /* next_batch_id's notice, once per number (idle plans
+                               * ask for the same number again and again) */
     void (*progress_cb)(const lk_progress_t *p, void *opaque);
     void *progress_opaque;
     double last_commit_ms; /* of the last process_and_commit */

@@ -128,9 +128,6 @@ Test(group, refuses_what_stage_one_cannot_move_and_creates_nothing) {
     /* a progress topic of another partition count: the tasks' count changed */
     refused("g4", "c4", NULL, 0,
             (const char *[]){"the input has 2 partitions", "g4.progress has 4", NULL});
-    /* metrics.listen is not there yet in this mode */
-    refused("g5", "c5", (const char *[]){"metrics.listen=127.0.0.1:0", NULL}, 0,
-            (const char *[]){"metrics.listen", NULL});
 }
 
 Test(group, a_checkpoint_dir_of_the_other_mode_is_refused) {
