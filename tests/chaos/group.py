@@ -41,8 +41,13 @@ being sent at the kill); they are counted and printed.
 
 Where the kills landed: LOCKSTEP_PHASE_FILE per process, read after the SIGKILL (see
 chaos.py). In group mode every task thread of a process writes the same two slots, so the
-phase at death is that of the task that last reported one. The run fails unless at least
-10% of all kills died in each of processing, committing and delivering.
+phase at death is that of the task that last reported one. Kills aimed at delivering wait
+for a process's 2nd-4th delivery (a task's first one after a start waits for the
+transaction coordinator) and land as the records are handed over or as the commit
+begins; producers send small requests (kafka.batch.size=2000), so a delivery is several
+requests. The run fails unless at least 10% of all kills died in each of processing,
+committing and delivering, and killed deliveries left a trace: records of an aborted
+attempt, or an adopted batch (in group mode on the mock nearly always the latter).
 
 Prints `lost=N duplicated=N kills=N` and exits 0 when all is well, else names what is
 wrong (lost and duplicated lines with examples, batches with missing records) and exits 1.

@@ -571,6 +571,10 @@ def group_zombie(s):
         log(f"the zombie stopped: exit {rc}: {said.strip().splitlines()[-1]!r}")
     else:
         log(f"the zombie rejoined the group: {assigned(a, woken_at)}")
+    for line in said.splitlines():
+        if any(w in line for w in ("revoked", "fenced", "Fenced", "lost", "assigned",
+                                   "continuing after")):
+            log(f"  zombie: {line.strip()}")
     # more input, then everything delivered and every process stopped gracefully
     time.sleep(2)
     want = feeder.finish()
