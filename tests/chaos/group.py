@@ -97,7 +97,8 @@ class Result:
 
 
 def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot=None,
-                 killed_attempts=(), real_broker=False):
+                 killed_attempts=(), real_broker=False, input_topic=INPUT,
+                 output_topic=OUTPUT):
     """Whether the output holds every input line once, in the committed attempts.
 
     app: the app.id. lines: {(partition, offset): (key, value)}, the input read back.
@@ -106,8 +107,8 @@ def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot
     partitions: the task count. kills: {slot: [kill instants, ms]}; ckpt_slot:
     {checkpoint id: slot}; killed_attempts: attempts the phase files named at a kill
     (these three only excuse batches of killed deliveries on the mock). real_broker: no
-    excuses, and a record of an uncommitted attempt visible is a problem.
-    Returns a Result."""
+    excuses, and a record of an uncommitted attempt visible is a problem. input_topic,
+    output_topic: the topics' names. Returns a Result."""
     r = Result()
     kills = kills or {}
     ckpt_slot = ckpt_slot or {}
@@ -150,9 +151,9 @@ def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot
         for b in sorted(per_task.get(task, {})):
             ts, d = per_task[task][b]
             u = [o["until"] for o in d.get("offsets", [])
-                 if o.get("topic") == INPUT and o.get("partition") == p]
+                 if o.get("topic") == input_topic and o.get("partition") == p]
             other = [o for o in d.get("offsets", [])
-                     if not (o.get("topic") == INPUT and o.get("partition") == p)]
+                     if not (o.get("topic") == input_topic and o.get("partition") == p)]
             if other:
                 r.problems.append(f"task {task} batch {b}: offsets of another task's "
                                   f"partitions: {other}")
@@ -174,10 +175,10 @@ def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot
     r.stats["output records"] = len(output)
     for part, prov, key, value in output:
         if prov is None:
-            r.problems.append(f"{OUTPUT}[{part}]: a record without a provenance header")
+            r.problems.append(f"{output_topic}[{part}]: a record without a provenance header")
             continue
         if (prov.app, prov.sink) != (app, SINK):
-            r.problems.append(f"{OUTPUT}[{part}]: a record of app {prov.app!r} sink "
+            r.problems.append(f"{output_topic}[{part}]: a record of app {prov.app!r} sink "
                               f"{prov.sink!r}, not {app!r} {SINK!r}")
             continue
         task = committed.get((prov.batch, prov.attempt))
@@ -185,7 +186,7 @@ def check_output(app, lines, progress, output, partitions, kills=None, ckpt_slot
             r.stats["records of aborted attempts"] += 1
             continue
         if task != f"{app}.{part}":
-            r.problems.append(f"{OUTPUT}[{part}]: a record of task {task} (batch "
+            r.problems.append(f"{output_topic}[{part}]: a record of task {task} (batch "
                               f"{prov.batch}): output.partition=keep puts it in partition "
                               f"{task.rsplit('.', 1)[1]}")
         found[(task, prov.batch)] += 1
@@ -303,6 +304,10 @@ class Runner:
         self.work = tempfile.mkdtemp(prefix="lockstep-group.")
         self.rng = random.Random(args.seed)
         self.kill_rng = random.Random(args.seed + 1)
+        self.real_broker = bool(args.bootstrap)
+        # a real broker keeps what earlier runs wrote: names of this run's own
+        tag = f"-{args.seed:x}" if self.real_broker else ""
+        self.app, self.input, self.output = APP + tag, INPUT + tag, OUTPUT + tag
         self.lock = threading.Lock()
         self.broker = None
         self.bootstrap = None
@@ -317,24 +322,25 @@ class Runner:
 
     def produce_with(self, p, nlines, nevents):
         with self.lock:
-            nlines = min(nlines, self.BUDGET * PARTITIONS - self.produced)
+            if not self.real_broker:
+                nlines = min(nlines, self.BUDGET * PARTITIONS - self.produced)
             for _ in range(nlines):
                 seq = self.produced
                 self.produced += 1
                 part = self.rng.randrange(PARTITIONS)
-                p.produce(INPUT, key=f"k{seq}".encode(),
+                p.produce(self.input, key=f"k{seq}".encode(),
                           value=f"line-{seq:07d}-{self.rng.randrange(1 << 30):08x}".encode(),
                           partition=part)
 
     # ---- processes
 
     def props(self, slot):
-        base = [f"app.id={APP}", f"checkpoint.dir={slot.dir}",
+        base = [f"app.id={self.app}", f"checkpoint.dir={slot.dir}",
                 f"kafka.bootstrap.servers={self.bootstrap}", "group.mode=consumer",
                 f"group.session.timeout.ms={self.args.session_timeout_ms}",
                 # heartbeats well within the session (librdkafka's default is 3 s)
                 f"kafka.heartbeat.interval.ms={max(100, self.args.session_timeout_ms // 10)}",
-                "pipeline=copy", f"input.topics={INPUT}", f"output.topic={OUTPUT}",
+                "pipeline=copy", f"input.topics={self.input}", f"output.topic={self.output}",
                 "output.partition=keep",
                 "kafka.fetch.wait.max.ms=10", "kafka.log_level=3",
                 "batch.interval.ms=20", "max.records.per.partition=100",
@@ -345,7 +351,7 @@ class Runner:
                 "kafka.linger.ms=0", "kafka.batch.size=2000",
                 "retry.backoff.ms=50", "retry.backoff.max.ms=500"]
         if slot.static:
-            base.append(f"group.instance.id={APP}-{slot.name}")
+            base.append(f"group.instance.id={self.app}-{slot.name}")
         return [self.args.lockstep, "run"] + sum((["-X", a] for a in base), [])
 
     def start(self, slot, why="start"):
@@ -451,8 +457,25 @@ class Runner:
             self.problems.append(f"{slot.name}: SIGTERM while in the group exited {rc}: "
                                  f"{self.tail(slot)}")
 
+    def create_topics(self):
+        """Real broker: this run's input and output topics (lockstep makes the progress
+        topic itself)."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        fs = admin.create_topics([NewTopic(t, PARTITIONS, 1)
+                                  for t in (self.input, self.output)])
+        for f in fs.values():
+            f.result(30)
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "group-checker"})
+        try:
+            for t in (self.input, self.output):
+                for p in range(PARTITIONS):
+                    watermarks(c, TopicPartition(t, p))  # waits for a leader
+        finally:
+            c.close()
+
     def check_broker(self):
-        if self.broker.poll() is not None:
+        if self.broker and self.broker.poll() is not None:
             raise SystemExit(f"group: the mock broker exited with {self.broker.returncode} "
                              f"(0: it was sent SIGTERM or SIGINT)")
 
@@ -460,18 +483,20 @@ class Runner:
 
     def read_progress(self):
         out = []
-        for m in read_topic(self.bootstrap, f"{APP}.progress"):
+        for m in read_topic(self.bootstrap, f"{self.app}.progress"):
             try:
                 out.append((m.partition(), m.timestamp()[1], json.loads(m.value())))
             except ValueError as e:
-                self.problems.append(f"{APP}.progress[{m.partition()}] offset {m.offset()}: "
+                self.problems.append(f"{self.app}.progress[{m.partition()}] offset "
+                                     f"{m.offset()}: "
                                      f"not JSON: {e}")
         return out
 
     def input_ends(self):
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "group-checker"})
         try:
-            return {p: watermarks(c, TopicPartition(INPUT, p))[1] for p in range(PARTITIONS)}
+            return {p: watermarks(c, TopicPartition(self.input, p))[1]
+                    for p in range(PARTITIONS)}
         finally:
             c.close()
 
@@ -491,7 +516,7 @@ class Runner:
             until = collections.Counter()
             for part, _, d in self.read_progress():
                 for o in d.get("offsets", []):
-                    if o.get("topic") == INPUT and o.get("partition") == part:
+                    if o.get("topic") == self.input and o.get("partition") == part:
                         until[part] = max(until[part], o["until"])
             if all(until[p] >= ends[p] for p in range(PARTITIONS)):
                 break
@@ -529,12 +554,18 @@ class Runner:
 
     def run(self):
         a = self.args
-        self.broker, self.bootstrap = start_mock_broker(
-            a.lockstep, [f"{INPUT}:{PARTITIONS}", f"{OUTPUT}:{PARTITIONS}",
-                         # the mock cannot create topics through the Admin API (no
-                         # controller): made here with one partition per task
-                         f"{APP}.progress:{PARTITIONS}"])
-        log(f"mock broker at {self.bootstrap}; work directory {self.work}")
+        if self.real_broker:
+            self.bootstrap = a.bootstrap
+            self.create_topics()
+            log(f"broker at {self.bootstrap}; topics {self.input}, {self.output}; app.id "
+                f"{self.app}; work directory {self.work}")
+        else:
+            self.broker, self.bootstrap = start_mock_broker(
+                a.lockstep, [f"{self.input}:{PARTITIONS}", f"{self.output}:{PARTITIONS}",
+                             # the mock cannot create topics through the Admin API (no
+                             # controller): made here with one partition per task
+                             f"{self.app}.progress:{PARTITIONS}"])
+            log(f"mock broker at {self.bootstrap}; work directory {self.work}")
         for name, static in (("a", True), ("b", False), ("c", False)):
             self.slots[name] = Slot(self, name, static)
         feeder = InputFeeder(self, a.lines_per_s, 0)
@@ -577,10 +608,10 @@ class Runner:
 
     def check(self):
         lines = {}
-        for m in read_topic(self.bootstrap, INPUT):
+        for m in read_topic(self.bootstrap, self.input):
             lines[(m.partition(), m.offset())] = (m.key().decode(), m.value().decode())
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "group-checker"})
-        for topic in (INPUT, OUTPUT, f"{APP}.progress"):
+        for topic in (self.input, self.output, f"{self.app}.progress"):
             md = c.list_topics(topic, timeout=10).topics[topic]
             for p in md.partitions:
                 lo = watermarks(c, TopicPartition(topic, p))[0]
@@ -590,16 +621,26 @@ class Runner:
                                          f"a smaller run is needed")
         c.close()
         output = []
-        for m in read_topic(self.bootstrap, OUTPUT):
+        for m in read_topic(self.bootstrap, self.output):
             try:
                 prov = provenance(m)
             except ValueError as e:
-                self.problems.append(f"{OUTPUT}[{m.partition()}]: {e}")
+                self.problems.append(f"{self.output}[{m.partition()}]: {e}")
                 continue
             output.append((m.partition(), prov, m.key().decode(), m.value().decode()))
         kills = {s.name: s.kills for s in self.slots.values()}
-        r = check_output(APP, lines, self.read_progress(), output, PARTITIONS, kills,
-                         self.checkpoints(), self.killed_attempts)
+        progress = self.read_progress()
+        r = check_output(self.app, lines, progress, output, PARTITIONS, kills,
+                         self.checkpoints(), self.killed_attempts, self.real_broker,
+                         self.input, self.output)
+        if self.real_broker:
+            # the aborted attempts: visible to read_uncommitted only
+            unc = [(m.partition(), provenance(m), m.key().decode(), m.value().decode())
+                   for m in read_topic(self.bootstrap, self.output, "read_uncommitted")]
+            ru = check_output(self.app, lines, progress, unc, PARTITIONS, real_broker=False,
+                              input_topic=self.input, output_topic=self.output)
+            r.stats["records of aborted attempts (read_uncommitted)"] = \
+                ru.stats["records of aborted attempts"]
         self.problems += r.problems
         for k in ("lost", "unread", "duplicated"):
             if k in r.examples:
@@ -611,7 +652,8 @@ class Runner:
         # names, or (on the mock) a batch whose progress record arrived without all its
         # records. In group mode on the mock it is nearly always the second (seen: 0
         # records of aborted attempts, 2-3 such batches per 30 kills).
-        if not (r.stats["records of aborted attempts"] or r.stats["adopted batches (mock)"]):
+        if not (r.stats["records of aborted attempts"] or r.stats["adopted batches (mock)"]
+                or r.stats["records of aborted attempts (read_uncommitted)"]):
             self.problems.append("no killed delivery left a trace (records of an aborted "
                                  "attempt, or a batch whose progress record came without "
                                  "all its records)")
@@ -662,8 +704,12 @@ def main():
                     help="SIGKILLs, half random, half aimed at a phase (default 100)")
     ap.add_argument("--lines-per-s", type=int, default=200,
                     help="input lines produced per second while killing (default 200)")
-    ap.add_argument("--session-timeout-ms", type=int, default=3000,
-                    help="group.session.timeout.ms (default 3000; the mock needs >= 3000)")
+    ap.add_argument("--session-timeout-ms", type=int, default=None,
+                    help="group.session.timeout.ms (default 3000 on the mock, which needs "
+                    ">= 3000; 6000 on a real broker, its group.min.session.timeout.ms)")
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
+                    help="a real broker (default: $KAFKA_BOOTSTRAP, else a mock broker): "
+                    "topics and app.id get the seed as a suffix; every check strict")
     ap.add_argument("--drain-timeout", type=int, default=300,
                     help="seconds the drain may take (default 300)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (printed)")
@@ -671,6 +717,8 @@ def main():
     args = ap.parse_args()
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
+    if args.session_timeout_ms is None:
+        args.session_timeout_ms = 6000 if args.bootstrap else 3000
     log(f"seed {args.seed} (--seed to replay)")
     r = Runner(args)
     ok = False
