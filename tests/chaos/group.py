@@ -49,6 +49,13 @@ requests. The run fails unless at least 10% of all kills died in each of process
 committing and delivering, and killed deliveries left a trace: records of an aborted
 attempt, or an adopted batch (in group mode on the mock nearly always the latter).
 
+Against a real broker (--bootstrap or KAFKA_BOOTSTRAP; ctest kafka_chaos_group) the
+topics and app.id carry the seed as a suffix, lockstep creates the progress topic itself,
+the session timeout is 6 s (the broker's group.min.session.timeout.ms), static membership
+is real (a static member's restart keeps its tasks without a rebalance) and every check is
+strict: nothing is excused, no record of an uncommitted attempt may be visible to
+read_committed, and the aborted attempts' records are counted read_uncommitted.
+
 Prints `lost=N duplicated=N kills=N` and exits 0 when all is well, else names what is
 wrong (lost and duplicated lines with examples, batches with missing records) and exits 1.
 """
