@@ -187,13 +187,13 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
         ev = rd_kafka_queue_poll(q, GROUP_TIMEOUT_MS + 200);
     }
     lk_err_t r = LK_OK;
+    char why[512] = "";
     if (ce) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", rd_kafka_err2str(ce));
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s", rd_kafka_err2str(ce));
     } else if (!ev) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out", topic);
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "timed out");
     } else if (rd_kafka_event_error(ev)) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
-                    rd_kafka_event_error_string(ev));
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s", rd_kafka_event_error_string(ev));
     } else {
         size_t cnt;
         const rd_kafka_topic_result_t **tr =
@@ -202,12 +202,18 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
         if (te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) /* another member made it: check it */
             *again = 1;
         else if (te)
-            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+            r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s",
                         rd_kafka_topic_result_error_string(tr[0]));
         else
             lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partitions: one "
                     "per task)", topic, g->ntasks);
     }
+    if (r) /* what to do when the cluster will not make it (ACLs, the mock cluster) */
+        lk__err(r, errstr, errstr_size,
+                "creating %s (%d partitions, one per task): %s. Create it yourself with %d "
+                "partitions and cleanup.policy=compact (with `lockstep mock-broker`: "
+                "--topic %s:%d)",
+                topic, g->ntasks, why, g->ntasks, topic, g->ntasks);
     if (ev)
         rd_kafka_event_destroy(ev);
     rd_kafka_AdminOptions_destroy(opt);
@@ -425,15 +431,26 @@ static rd_kafka_t *membership_consumer(const lk_conf_t *conf, lk__group_t *g, ch
         }
     }
     const char *instance = lk__conf_str(conf, LK__P_GROUP_INSTANCE_ID);
-    char session[32];
-    lk__fmt(session, sizeof session, "%lld",
-            (long long)lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS));
+    char session[32], heartbeat[32];
+    int64_t session_ms = lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS);
+    lk__fmt(session, sizeof session, "%lld", (long long)session_ms);
+    /* three heartbeats per session (the Java consumer's rule of thumb), unless
+     * kafka.heartbeat.interval.ms says otherwise: librdkafka's 3 s default would let a
+     * short session expire between two heartbeats */
+    int heartbeat_given = 0;
+    for (size_t i = 0, n = lk__conf_kafka_count(conf); i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        heartbeat_given |= !strcmp(k, "heartbeat.interval.ms");
+    }
+    lk__fmt(heartbeat, sizeof heartbeat, "%lld", (long long)(session_ms / 3));
     const char *const fixed[][2] = {
         {"group.id", lk__conf_str(conf, LK__P_APP_ID)},
         {"partition.assignment.strategy", "range"}, /* co-partitioned topics stay together */
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
         {"session.timeout.ms", session},
+        {"heartbeat.interval.ms", heartbeat_given ? NULL : heartbeat},
         {"group.instance.id", instance && instance[0] ? instance : NULL},
     };
     for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)

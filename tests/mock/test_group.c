@@ -151,6 +151,13 @@ Test(group, a_checkpoint_dir_of_the_other_mode_is_refused) {
     cr_assert_eq(mkdir(t0, 0700), 0);
     refused("s2", "tasks", (const char *[]){"group.mode=single", NULL}, 1,
             (const char *[]){"task checkpoints of group.mode=consumer", NULL});
+    /* the checkpoint tools point at a task's checkpoint */
+    char cmd[2000], *out;
+    snprintf(cmd, sizeof cmd, "'%s' checkpoint inspect '%s' 2>&1", cp_cli(), cp_path("tasks"));
+    cr_assert_neq(tu_run(cmd, &out), 0, "%s", out);
+    cr_assert(strstr(out, "task checkpoints of group.mode=consumer") && strstr(out, "task-0"),
+              "%s", out);
+    free(out);
 }
 
 /* ---- reading the output as the mock allows (see the file's comment) ---- */
