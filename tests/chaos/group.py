@@ -345,8 +345,6 @@ class Runner:
         base = [f"app.id={self.app}", f"checkpoint.dir={slot.dir}",
                 f"kafka.bootstrap.servers={self.bootstrap}", "group.mode=consumer",
                 f"group.session.timeout.ms={self.args.session_timeout_ms}",
-                # heartbeats well within the session (librdkafka's default is 3 s)
-                f"kafka.heartbeat.interval.ms={max(100, self.args.session_timeout_ms // 10)}",
                 "pipeline=copy", f"input.topics={self.input}", f"output.topic={self.output}",
                 "output.partition=keep",
                 "kafka.fetch.wait.max.ms=10", "kafka.log_level=3",

@@ -495,7 +495,7 @@ def group_zombie(s):
     app_id = f"{s.tag}-g"
     props = {"pipeline": "copy", "input.topics": src, "output.topic": dst,
              "output.partition": "keep", "group.session.timeout.ms": "6000",
-             "kafka.heartbeat.interval.ms": "1000", "max.records.per.partition": "20",
+             "max.records.per.partition": "20",
              "batch.interval.ms": "50", "shutdown.timeout.ms": "20000"}
     feeder = Feeder(s.kafka, src, 2, 100)
     feeder.start()
@@ -547,9 +547,9 @@ def group_zombie(s):
         wait_for(f"b to deliver task {mine}",
                  lambda: progress_until(s, app_id, src).get(int(mine), 0) > before, 60)
     finally:
+        woken_at = len(a.stderr())  # frozen: nothing written until SIGCONT
         if a.proc and a.proc.poll() is None:
             os.kill(a.proc.pid, signal.SIGCONT)
-    woken_at = len(a.stderr())
     # a wakes to find its session gone: it stops (fenced, or its assignment lost) or
     # rejoins the group
     rejoined = stopped = False
@@ -570,6 +570,9 @@ def group_zombie(s):
               f"tasks; {a.tail()}")
         log(f"the zombie stopped: exit {rc}: {said.strip().splitlines()[-1]!r}")
     else:
+        check("revoked" in said or "fenced" in said.lower(),
+              f"the zombie rejoined without saying it lost its tasks or was fenced; "
+              f"{a.tail()}")
         log(f"the zombie rejoined the group: {assigned(a, woken_at)}")
     for line in said.splitlines():
         if any(w in line for w in ("revoked", "fenced", "Fenced", "lost", "assigned",
