@@ -173,7 +173,7 @@ def read_topic_once(bootstrap, topic, isolation):
         return [], True
     c = Consumer(dict(conf, **{"isolation.level": isolation}))
     c.assign(tps)
-    pending = len(tps)
+    pending = {tp.partition for tp in tps}
     out, settled = [], True
     deadline = time.time() + 60  # moved on while records arrive
     while pending and time.time() < deadline:
@@ -183,14 +183,19 @@ def read_topic_once(bootstrap, topic, isolation):
         for m in msgs:
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending -= 1
+                    pending.discard(m.partition())
                     settled &= m.offset() >= highs[m.partition()]
                     continue
                 raise SystemExit(f"chaos: reading {topic}: {m.error()}")
             out.append(m)
-    c.close()
     if pending:
-        raise SystemExit(f"chaos: could not read {topic} to its end")
+        at = {tp.partition: tp.offset for tp in
+              c.position([TopicPartition(topic, p) for p in sorted(pending)])}
+        c.close()
+        raise SystemExit(f"chaos: could not read {topic} to its end: partitions "
+                         f"{sorted(pending)} at offsets {at}, high watermarks "
+                         f"{ {p: highs[p] for p in sorted(pending)} }")
+    c.close()
     return out, settled
 
 
@@ -269,6 +274,22 @@ def landed(loop, dl):
     if loop in DELIVERING or dl in DELIVERING:
         got.add("delivering")
     return got
+
+
+def start_mock_broker(lockstep, topics, brokers=1):
+    """`lockstep mock-broker` with topics ["name:partitions", ...]: (the process, its
+    bootstrap.servers). Its stdin takes fault commands (Runner.broker_command); SIGTERM
+    stops it."""
+    cmd = [lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
+    if brokers != 1:
+        cmd += ["--brokers", str(brokers)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("bootstrap.servers="):
+        proc.kill()
+        proc.wait()
+        raise SystemExit(f"chaos: mock-broker did not start: {line!r}")
+    return proc, line.split("=", 1)[1]
 
 
 class InputFeeder(threading.Thread):
@@ -360,13 +381,7 @@ class Runner:
         # transaction markers) and recovery takes as the batch's fence: output lost on
         # the mock only (a real broker hides the aborted progress record). Several
         # brokers make it more likely; adopted_batches() excuses exactly those batches.
-        cmd = [self.lockstep, "mock-broker"] + sum((["--topic", t] for t in topics), [])
-        self.broker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True)
-        line = self.broker.stdout.readline().strip()
-        if not line.startswith("bootstrap.servers="):
-            raise SystemExit(f"chaos: mock-broker did not start: {line!r}")
-        self.bootstrap = line.split("=", 1)[1]
+        self.broker, self.bootstrap = start_mock_broker(self.lockstep, topics)
         log(f"mock broker at {self.bootstrap}")
 
     def broker_command(self, cmd):

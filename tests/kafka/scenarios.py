@@ -35,9 +35,20 @@ read_committed by an independent consumer, every expected record once and nothin
                         150 kB record stops the application naming the topic and the setting
   txn-timeout-above-max kafka.transaction.timeout.ms above the broker's
                         transaction.max.timeout.ms stops at start with a clear message
+  group-zombie          group.mode=consumer, two processes on a 2-partition input fed
+                        while they run: one is frozen (SIGSTOP) while delivering, past
+                        group.session.timeout.ms; the other takes over its task (its
+                        init_transactions fences the frozen one) and carries on; woken
+                        (SIGCONT), the zombie writes nothing visible and either stops
+                        (fenced or its assignment lost) or rejoins the group; the
+                        read_committed output holds every line once
+  group-refusal         group.mode=consumer with input topics of different partition
+                        counts is refused at start naming each topic and its count;
+                        nothing is created: no checkpoint.dir, no progress topic, no output
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -47,12 +58,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kt import App, Cluster, Failure, check, expect_exactly_once, log, values, wait_for  # noqa: E402
+from confluent_kafka import Producer, TopicPartition  # noqa: E402
 
 
 class Scenario:
@@ -407,6 +420,222 @@ def txn_timeout_above_max(s):
     check(not s.kafka.read(dst), "output written despite the refusal")
 
 
+class Feeder(threading.Thread):
+    """Produces unique lines to topic (round robin over its partitions) at a steady rate
+    until stopped; sent holds every (partition, key, value) produced."""
+
+    def __init__(self, kafka, topic, partitions, per_s):
+        super().__init__(daemon=True)
+        self.kafka, self.topic, self.partitions, self.per_s = kafka, topic, partitions, per_s
+        self.sent, self.error = [], None
+        self.stopping = threading.Event()
+
+    def run(self):
+        try:
+            p = Producer({"bootstrap.servers": self.kafka.bootstrap, "linger.ms": 5,
+                          "enable.idempotence": True, "log_level": 0})
+            start = time.monotonic()
+            while not self.stopping.is_set():
+                due = int((time.monotonic() - start) * self.per_s)
+                for i in range(len(self.sent), due):
+                    rec = (i % self.partitions, f"k{i}".encode(), f"line-{i}".encode())
+                    p.produce(self.topic, key=rec[1], value=rec[2], partition=rec[0])
+                    self.sent.append(rec)
+                p.poll(0)
+                time.sleep(0.02)
+            if p.flush(30):
+                self.error = "input records left unsent"
+        except Exception as e:  # reported by the scenario
+            self.error = repr(e)
+
+    def finish(self):
+        self.stopping.set()
+        self.join()
+        check(not self.error, f"input producer: {self.error}")
+        return self.sent
+
+
+def group_member(s, app_id, member, props):
+    """One process of group app_id (group.mode=consumer) with a checkpoint.dir and log of
+    its own (member names them)."""
+    a = s.app(member, props)
+    a.name = app_id
+    a.props["app.id"] = app_id
+    a.props["group.mode"] = "consumer"
+    return a
+
+
+def log_after(a, mark, needle):
+    """Whether needle is in a's log after the first occurrence of mark."""
+    text = a.stderr()
+    i = text.find(mark)
+    return i >= 0 and needle in text[i:]
+
+
+def assigned(a, since=0):
+    """The task lists of a's 'assigned tasks [...]' lines in its log from offset since."""
+    return [m.group(1).split() for m in
+            re.finditer(r"assigned tasks \[([0-9 ]*)\]", a.stderr()[since:])]
+
+
+def progress_until(s, app_id, topic):
+    """{partition: until} of the last committed progress records of app_id (task p's
+    record in progress partition p)."""
+    until = {}
+    for m in s.kafka.read(f"{app_id}.progress"):
+        d = json.loads(m.value())
+        for o in d.get("offsets", []):
+            if o["topic"] == topic:
+                until[o["partition"]] = max(until.get(o["partition"], 0), o["until"])
+    return until
+
+
+def group_zombie(s):
+    src, dst = s.topic("in", 2), s.topic("out", 2)
+    app_id = f"{s.tag}-g"
+    props = {"pipeline": "copy", "input.topics": src, "output.topic": dst,
+             "output.partition": "keep", "group.session.timeout.ms": "6000",
+             "max.records.per.partition": "20",
+             "batch.interval.ms": "50", "shutdown.timeout.ms": "20000"}
+    feeder = Feeder(s.kafka, src, 2, 100)
+    feeder.start()
+    a = group_member(s, app_id, "a", props)
+    b = group_member(s, app_id, "b", props)
+    phase = os.path.join(s.work, "a.phase")
+    with open(phase, "wb") as f:
+        f.write(bytes(128))
+    try:
+        a.start(env={"LOCKSTEP_PHASE_FILE": phase})
+        wait_for("a to run both tasks", lambda: ["0", "1"] in assigned(a), 60)
+        b.start()
+        wait_for("the group to give each process one task",
+                 lambda: any(len(t) == 1 for t in assigned(a)) and
+                 any(len(t) == 1 for t in assigned(b)), 90)
+        mine = next(t for t in reversed(assigned(a)) if len(t) == 1)[0]
+        # freeze a while its transaction is open with records in the output (a delivery
+        # sent but not committed): stopped right after it reports delivering, kept
+        # stopped if the output's last stable offset then stands before its high
+        # watermark, else woken and tried again (well within the session timeout)
+        dp = int(mine)
+        for attempt in range(80):
+            fd = os.open(phase, os.O_RDONLY)
+            deadline = time.monotonic() + 10
+            try:
+                while time.monotonic() < deadline and \
+                        PHASE_DELIVERING not in os.pread(fd, 2, 0):
+                    time.sleep(0.0002)
+            finally:
+                os.close(fd)
+            time.sleep(random.uniform(0.001, 0.004))
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            # a moment for the markers of a commit a already sent (the coordinator writes
+            # them without a): what is still open then is a's
+            time.sleep(0.5)
+            if open_transaction_in(s, dst, dp):
+                break
+            os.kill(a.proc.pid, signal.SIGCONT)
+            time.sleep(random.uniform(0.05, 0.3))
+        else:
+            raise Failure(f"a was never caught with a transaction open on {dst}[{dp}] "
+                          f"in 80 tries")
+        frozen_at = len(b.stderr())
+        words = open(phase, "rb").read(64)[16:64].decode(errors="replace").split()
+        log(f"a frozen (it ran task {mine}) with a transaction open on {dst}[{dp}], "
+            f"try {attempt + 1}; phases {words}")
+        # past the session timeout the group gives b both tasks; b's task `mine` starts
+        # with init_transactions on <app.id>.<mine>, fencing a
+        wait_for("b to take over a's task", lambda: any(
+            sorted(t) == ["0", "1"] for t in assigned(b, frozen_at)), 90)
+        before = progress_until(s, app_id, src).get(int(mine), 0)
+        wait_for(f"b to deliver task {mine}",
+                 lambda: progress_until(s, app_id, src).get(int(mine), 0) > before, 60)
+    finally:
+        woken_at = len(a.stderr())  # frozen: nothing written until SIGCONT
+        if a.proc and a.proc.poll() is None:
+            os.kill(a.proc.pid, signal.SIGCONT)
+    # a wakes to find its session gone: it stops (fenced, or its assignment lost) or
+    # rejoins the group
+    rejoined = stopped = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (rejoined or stopped):
+        stopped = a.proc.poll() is not None
+        rejoined = any(assigned(a, woken_at))
+        time.sleep(0.2)
+    check(rejoined or stopped, f"the woken zombie neither stopped nor rejoined in 90 s; "
+                               f"{a.tail()}")
+    said = a.stderr()[woken_at:]
+    if stopped:
+        rc = a.proc.returncode
+        check(rc not in (0, -signal.SIGSEGV, -signal.SIGABRT),
+              f"the zombie exited {rc}; {a.tail()}")
+        check("fenced" in said.lower() or "assignment lost" in said,
+              f"the zombie stopped (exit {rc}) without saying it was fenced or lost its "
+              f"tasks; {a.tail()}")
+        log(f"the zombie stopped: exit {rc}: {said.strip().splitlines()[-1]!r}")
+    else:
+        check("revoked" in said or "fenced" in said.lower(),
+              f"the zombie rejoined without saying it lost its tasks or was fenced; "
+              f"{a.tail()}")
+        log(f"the zombie rejoined the group: {assigned(a, woken_at)}")
+    for line in said.splitlines():
+        if any(w in line for w in ("revoked", "fenced", "Fenced", "lost", "assigned",
+                                   "continuing after")):
+            log(f"  zombie: {line.strip()}")
+    # more input, then everything delivered and every process stopped gracefully
+    time.sleep(2)
+    want = feeder.finish()
+    ends = {p: s.kafka.watermarks(src, p)[1] for p in (0, 1)}
+    wait_for("the group to deliver all input", lambda: all(
+        progress_until(s, app_id, src).get(p, 0) >= ends[p] for p in (0, 1)), 120, 0.5)
+    b.stop()
+    if a.proc.poll() is None:
+        a.stop()
+    expect_exactly_once("read_committed output", values(s.kafka.read(dst)), want)
+    unc = len(s.kafka.read(dst, "read_uncommitted"))
+    log(f"{len(want)} lines, each once; read_uncommitted holds {unc} records "
+        f"({unc - len(want)} of aborted attempts)")
+    check(unc > len(want), "no aborted records in the output: the zombie's open "
+                           "transaction was committed or never sent")
+
+
+def open_transaction_in(s, topic, p):
+    """Whether topic[p] has an open transaction: its last stable offset (what a
+    read_committed consumer is told) stands before its high watermark."""
+    hi = s.kafka.watermarks(topic, p)[1]
+    c = s.kafka.consumer("read_committed")
+    try:
+        lso = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+    finally:
+        c.close()
+    return lso < hi
+
+
+# the delivering phases of a phase file's bytes 0 (batch loop) and 1 (delivery thread):
+# LK__PH_DELIVERING and LK__PH_DELIVERING_COMMIT (core/util_int.h)
+PHASE_DELIVERING = (6).to_bytes(1, "little")
+
+
+def group_refusal(s):
+    in2, in3, dst = s.topic("in2", 2), s.topic("in3", 3), s.topic("out", 2)
+    s.kafka.produce(in2, records("r", 10, 2))
+    s.kafka.produce(in3, records("r", 9, 3))
+    app_id = f"{s.tag}-g"
+    a = group_member(s, app_id, "a", {"pipeline": "copy", "input.topics": f"{in2},{in3}",
+                                      "output.topic": dst})
+    a.start()
+    rc = a.wait_exit(60)
+    err = a.stderr().split("---- start")[-1]
+    check(rc in (1, 2), f"exit {rc} for input topics of 2 and 3 partitions; {a.tail()}")
+    check(f"{in2} has 2" in err and f"{in3} has 3" in err,
+          f"the refusal does not name each topic with its partition count; {a.tail()}")
+    check("Sanitizer" not in err and "runtime error" not in err, a.tail())
+    check(not os.path.exists(a.dir), f"checkpoint.dir {a.dir} was created: "
+                                     f"{os.listdir(a.dir) if os.path.isdir(a.dir) else ''}")
+    topics = s.kafka.admin.list_topics(timeout=10).topics
+    check(f"{app_id}.progress" not in topics, f"{app_id}.progress was created")
+    check(not s.kafka.read(dst), "output written despite the refusal")
+
+
 SCENARIOS = {
     "open-transaction": open_transaction,
     "markers-aborted": markers_aborted,
@@ -419,6 +648,8 @@ SCENARIOS = {
     "topic-recreated-running": topic_recreated_running,
     "record-too-large": record_too_large,
     "txn-timeout-above-max": txn_timeout_above_max,
+    "group-zombie": group_zombie,
+    "group-refusal": group_refusal,
 }
 
 
