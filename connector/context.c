@@ -280,7 +280,9 @@ static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *o
                 : task < 0 ? lk__group_check_single(lk__conf_str(conf, LK__P_CHECKPOINT_DIR),
                                                     errstr, errstr_size)
                            : LK_OK;
-    if (ge || group) { /* a group's tasks open the rest */
+    if (!ge && group) /* the process's endpoint; the tasks open the rest */
+        ge = lk__metrics_new_group(&ctx->metrics, ctx->conf, errstr, errstr_size);
+    if (ge || group) {
         if (ge)
             lk_context_destroy(ctx);
         return ge ? NULL : ctx;
@@ -401,9 +403,6 @@ lk_err_t lk_context_metrics_write(lk_context_t *ctx, FILE *fp, int openmetrics) 
         return LK_ERR_INVALID_ARG;
     if (!fp)
         return lk__ctx_fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: fp is required");
-    if (ctx->group)
-        return lk__ctx_fail(ctx, LK_ERR_INVALID_ARG, "lk_context_metrics_write: not available "
-                            "yet for group.mode=consumer");
     int prev = lk__log_bind(ctx->log_level);
     lk_err_t e = lk__metrics_write(ctx->metrics, fp, openmetrics, ctx->errstr,
                                    sizeof ctx->errstr);

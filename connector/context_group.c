@@ -13,7 +13,8 @@
  * in flight finishes and is delivered) before the rebalance goes on, or at once when the
  * assignment was lost. Stage 1 runs stateless pipelines only, with Kafka sinks only: the
  * changelog that moves keyed state between processes is not built yet, and a file
- * written on one machine cannot be fenced by another.
+ * written on one machine cannot be fenced by another. The process's metrics.listen serves
+ * the running tasks' metrics together, each sample labelled task="p" (metrics.c).
  */
 #define _GNU_SOURCE
 #include "context_priv.h"
@@ -97,11 +98,6 @@ static lk_err_t check_pipeline(const lk_context_t *ctx, char *errstr, size_t err
         e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
                     "group.mode=consumer: errors.deadletter=%s is a file; use a Kafka topic",
                     dl);
-    const char *ml = lk__conf_str(ctx->conf, LK__P_METRICS_LISTEN);
-    if (!e && ml && ml[0])
-        e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                    "group.mode=consumer: metrics.listen is not available yet in this mode "
-                    "(each task has its own metrics); leave it unset");
     return e;
 }
 
@@ -191,13 +187,13 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
         ev = rd_kafka_queue_poll(q, GROUP_TIMEOUT_MS + 200);
     }
     lk_err_t r = LK_OK;
+    char why[512] = "";
     if (ce) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", rd_kafka_err2str(ce));
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s", rd_kafka_err2str(ce));
     } else if (!ev) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: timed out", topic);
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "timed out");
     } else if (rd_kafka_event_error(ev)) {
-        r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
-                    rd_kafka_event_error_string(ev));
+        r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s", rd_kafka_event_error_string(ev));
     } else {
         size_t cnt;
         const rd_kafka_topic_result_t **tr =
@@ -206,12 +202,18 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
         if (te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) /* another member made it: check it */
             *again = 1;
         else if (te)
-            r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
+            r = lk__err(LK_ERR_KAFKA, why, sizeof why, "%s",
                         rd_kafka_topic_result_error_string(tr[0]));
         else
             lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partitions: one "
                     "per task)", topic, g->ntasks);
     }
+    if (r) /* what to do when the cluster will not make it (ACLs, the mock cluster) */
+        lk__err(r, errstr, errstr_size,
+                "creating %s (%d partitions, one per task): %s. Create it yourself with %d "
+                "partitions and cleanup.policy=compact (with `lockstep mock-broker`: "
+                "--topic %s:%d)",
+                topic, g->ntasks, why, g->ntasks, topic, g->ntasks);
     if (ev)
         rd_kafka_event_destroy(ev);
     rd_kafka_AdminOptions_destroy(opt);
@@ -278,9 +280,11 @@ static lk_err_t start_task(lk__group_t *g, int p) {
     lk_conf_t *c = lk_conf_dup(parent->conf);
     char dir[4200], err[1024] = "";
     lk__fmt(dir, sizeof dir, "%s/task-%d", lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR), p);
-    /* signals are the group's: it stops its tasks */
+    /* signals are the group's: it stops its tasks; metrics.listen is the group's: it
+     * serves its tasks' metrics */
     if (!c || lk_conf_set(c, "checkpoint.dir", dir, err, sizeof err) != LK_CONF_OK ||
-        lk_conf_set(c, "stop.gracefully.on.shutdown", "false", err, sizeof err) != LK_CONF_OK) {
+        lk_conf_set(c, "stop.gracefully.on.shutdown", "false", err, sizeof err) != LK_CONF_OK ||
+        lk_conf_set(c, "metrics.listen", "", err, sizeof err) != LK_CONF_OK) {
         lk_conf_destroy(c);
         return group_fail(g, LK_ERR_NOMEM, "task %d: %s", p, err[0] ? err : "out of memory");
     }
@@ -289,11 +293,17 @@ static lk_err_t start_task(lk__group_t *g, int p) {
     if (!ctx)
         return group_fail(g, LK_ERR_FATAL, "task %d: %s", p, err);
     lk_context_on_progress(ctx, on_task_progress, g);
+    lk__metrics_set_task(ctx->metrics, p);
+    if (lk__metrics_member_add(parent->metrics, ctx->metrics)) {
+        lk_context_destroy(ctx);
+        return group_fail(g, LK_ERR_NOMEM, "task %d: out of memory", p);
+    }
     atomic_store(&t->done, 0);
     t->err = LK_OK;
     t->ctx = ctx;
     if (pthread_create(&t->thread, NULL, task_thread, t)) {
         t->ctx = NULL;
+        lk__metrics_member_remove(parent->metrics, ctx->metrics);
         lk_context_destroy(ctx);
         return group_fail(g, LK_ERR_FATAL, "task %d: cannot start its thread", p);
     }
@@ -311,6 +321,7 @@ static void stop_task(lk__group_t *g, int p, int graceful) {
     pthread_join(t->thread, NULL);
     if (t->err)
         group_fail(g, t->err, "task %d: %s", p, lk_context_errstr(t->ctx));
+    lk__metrics_member_remove(g->parent->metrics, t->ctx->metrics); /* before they go */
     lk_context_destroy(t->ctx);
     t->ctx = NULL;
     lk__log(LK_LOG_NOTICE, "task %d: stopped%s", p, graceful ? "" : " (abandoned its batch)");
@@ -321,6 +332,22 @@ static void stop_all(lk__group_t *g, int graceful) {
     for (int p = 0; p < g->ntasks; p++)
         if (g->tasks[p].ctx)
             lk_context_stop(g->tasks[p].ctx, graceful);
+    /* a graceful stop lasts up to shutdown.timeout.ms per task; an immediate stop of the
+     * process meanwhile (a second SIGTERM, lk_context_stop(ctx, 0)) reaches the tasks */
+    for (int waiting = graceful; waiting;) {
+        waiting = 0;
+        for (int p = 0; p < g->ntasks; p++)
+            waiting |= g->tasks[p].ctx && !atomic_load(&g->tasks[p].done);
+        if (waiting && atomic_load(&g->parent->stop_now)) {
+            for (int p = 0; p < g->ntasks; p++)
+                if (g->tasks[p].ctx)
+                    lk_context_stop(g->tasks[p].ctx, 0);
+            graceful = 0;
+            break;
+        }
+        if (waiting)
+            lk__nap_ms(10, NULL, NULL);
+    }
     for (int p = 0; p < g->ntasks; p++)
         stop_task(g, p, graceful);
 }
@@ -404,15 +431,26 @@ static rd_kafka_t *membership_consumer(const lk_conf_t *conf, lk__group_t *g, ch
         }
     }
     const char *instance = lk__conf_str(conf, LK__P_GROUP_INSTANCE_ID);
-    char session[32];
-    lk__fmt(session, sizeof session, "%lld",
-            (long long)lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS));
+    char session[32], heartbeat[32];
+    int64_t session_ms = lk__conf_int(conf, LK__P_GROUP_SESSION_TIMEOUT_MS);
+    lk__fmt(session, sizeof session, "%lld", (long long)session_ms);
+    /* three heartbeats per session (the Java consumer's rule of thumb), unless
+     * kafka.heartbeat.interval.ms says otherwise: librdkafka's 3 s default would let a
+     * short session expire between two heartbeats */
+    int heartbeat_given = 0;
+    for (size_t i = 0, n = lk__conf_kafka_count(conf); i < n; i++) {
+        const char *k, *v;
+        lk__conf_kafka_get(conf, i, &k, &v);
+        heartbeat_given |= !strcmp(k, "heartbeat.interval.ms");
+    }
+    lk__fmt(heartbeat, sizeof heartbeat, "%lld", (long long)(session_ms / 3));
     const char *const fixed[][2] = {
         {"group.id", lk__conf_str(conf, LK__P_APP_ID)},
         {"partition.assignment.strategy", "range"}, /* co-partitioned topics stay together */
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
         {"session.timeout.ms", session},
+        {"heartbeat.interval.ms", heartbeat_given ? NULL : heartbeat},
         {"group.instance.id", instance && instance[0] ? instance : NULL},
     };
     for (size_t i = 0; i < LK_ARRAY_SIZE(fixed); i++)
@@ -498,6 +536,7 @@ static void reap_tasks(lk__group_t *g) {
 }
 
 lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_int *now) {
+    lk__metrics_loop(g->parent->metrics, 1, LK_OK, NULL);
     while (!g->err && !atomic_load(graceful) && !atomic_load(now)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(g->rk, 100);
         if (m) {
@@ -510,12 +549,13 @@ lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_
     }
     /* graceful: each task finishes its batch and delivers, then the member leaves the
      * group (rd_kafka_consumer_close revokes through on_rebalance, which stops them) */
-    stop_all(g, atomic_load(graceful) && !atomic_load(now) && !g->err);
+    stop_all(g, !atomic_load(now)); /* after a task's error too: the others deliver */
     (void)rd_kafka_consumer_close(g->rk); /* leaving: the group rebalances without us */
     g->closed = 1;
     if (g->err) {
         lk__log(LK_LOG_ERR, "%s (%s)", g->errstr, lk_err_name(g->err));
         lk__fmt(g->parent->errstr, sizeof g->parent->errstr, "%s", g->errstr);
     }
+    lk__metrics_loop(g->parent->metrics, 0, g->err, g->errstr);
     return g->err;
 }

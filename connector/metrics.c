@@ -97,7 +97,10 @@ char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs
     /* topic names are [A-Za-z0-9._-] (Kafka's rule): nothing to escape */
     for (size_t i = 0; i < p->ntopics; i++)
         fprintf(fp, ",\"%s\":%lld", p->topics[i], (long long)p->topic_lag[i]);
-    fputs("}}", fp);
+    fputc('}', fp);
+    if (p->task >= 0) /* group.mode=consumer: batch numbers are the task's */
+        fprintf(fp, ",\"task\":%d", p->task);
+    fputc('}', fp);
     if (fclose(fp)) {
         free(buf);
         return NULL;
@@ -232,18 +235,82 @@ int lk__metrics_health(lk__metrics_t *m, char *why, size_t why_size) {
     pthread_mutex_lock(&m->lock);
     int ok = lk__metrics_health_locked(m, why, why_size);
     pthread_mutex_unlock(&m->lock);
+    if (!ok || m->store)
+        return ok;
+    /* a group: healthy while every task running here is ("ok" with no task here: the
+     * group assigned this process none, which is not a fault) */
+    pthread_mutex_lock(&m->members_lock);
+    for (size_t i = 0; i < m->nmembers && ok; i++) {
+        char w[600];
+        pthread_mutex_lock(&m->members[i]->lock);
+        ok = lk__metrics_health_locked(m->members[i], w, sizeof w);
+        pthread_mutex_unlock(&m->members[i]->lock);
+        if (!ok)
+            lk__fmt(why, why_size, "task %d: %s", m->members[i]->task, w);
+    }
+    if (ok)
+        lk__fmt(why, why_size, "ok: %zu task%s running here", m->nmembers,
+                m->nmembers == 1 ? "" : "s");
+    pthread_mutex_unlock(&m->members_lock);
     return ok;
 }
 
-void lk__metrics_progress_json(lk__metrics_t *m, FILE *fp) {
+/* The kept progress reports of m, each after sep (the first after first_sep). */
+static int progress_entries(lk__metrics_t *m, FILE *fp, int any) {
     pthread_mutex_lock(&m->lock);
-    fputc('[', fp);
     size_t first = (m->progress_next + LK__METRICS_PROGRESS_KEEP - m->nprogress) %
                    LK__METRICS_PROGRESS_KEEP;
-    for (size_t i = 0; i < m->nprogress; i++)
-        fprintf(fp, "%s%s", i ? ",\n" : "\n", m->progress[(first + i) % LK__METRICS_PROGRESS_KEEP]);
-    fputs("\n]\n", fp);
+    for (size_t i = 0; i < m->nprogress; i++, any = 1)
+        fprintf(fp, "%s%s", any ? ",\n" : "\n",
+                m->progress[(first + i) % LK__METRICS_PROGRESS_KEEP]);
     pthread_mutex_unlock(&m->lock);
+    return any;
+}
+
+void lk__metrics_progress_json(lk__metrics_t *m, FILE *fp) {
+    fputc('[', fp);
+    if (m->store) {
+        progress_entries(m, fp, 0);
+    } else { /* a group: each running task's, task by task (each entry names its task) */
+        pthread_mutex_lock(&m->members_lock);
+        for (size_t i = 0, any = 0; i < m->nmembers; i++)
+            any = (size_t)progress_entries(m->members[i], fp, (int)any);
+        pthread_mutex_unlock(&m->members_lock);
+    }
+    fputs("\n]\n", fp);
+}
+
+void lk__metrics_set_task(lk__metrics_t *m, int task) {
+    if (m)
+        m->task = task;
+}
+
+lk_err_t lk__metrics_member_add(lk__metrics_t *g, lk__metrics_t *m) {
+    if (!g || !m)
+        return LK_OK;
+    pthread_mutex_lock(&g->members_lock);
+    lk__metrics_t **n = g->members;
+    if (g->nmembers == g->members_cap &&
+        (n = lk__vec_reserve(g->members, &g->members_cap, g->nmembers + 1, sizeof *n, 8)))
+        g->members = n;
+    if (n)
+        g->members[g->nmembers++] = m;
+    pthread_mutex_unlock(&g->members_lock);
+    return n ? LK_OK : LK_ERR_NOMEM;
+}
+
+void lk__metrics_member_remove(lk__metrics_t *g, lk__metrics_t *m) {
+    if (!g || !m)
+        return;
+    pthread_mutex_lock(&g->members_lock); /* waits for a scrape that reads m */
+    for (size_t i = 0; i < g->nmembers; i++)
+        if (g->members[i] == m) {
+            memmove(&g->members[i], &g->members[i + 1],
+                    (g->nmembers - i - 1) * sizeof *g->members);
+            g->nmembers--;
+            break;
+        }
+    pthread_mutex_unlock(&g->members_lock);
 }
 
 lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_t *conf,
@@ -252,11 +319,14 @@ lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_
                          size_t errstr_size) {
     *out = NULL;
     lk__metrics_t *m = calloc(1, sizeof *m);
-    if (!m || !(m->app = strdup(lk__store_app_id(store)))) {
+    if (!m || !(m->app = strdup(store ? lk__store_app_id(store)
+                                      : lk__conf_str(conf, LK__P_APP_ID)))) {
         free(m);
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     }
     m->store = store;
+    m->task = -1;
+    pthread_mutex_init(&m->members_lock, NULL);
     m->sinks = sinks;
     m->nsinks = nsinks;
     m->stall_ms = lk__conf_int(conf, LK__P_HEALTH_STALL_MS);
@@ -297,6 +367,8 @@ void lk__metrics_destroy(lk__metrics_t *m) {
     for (size_t i = 0; i < LK__METRICS_PROGRESS_KEEP; i++)
         free(m->progress[i]);
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->members_lock);
+    free(m->members); /* a group's: the tasks own theirs */
     free(m->app);
     free(m);
 }

@@ -43,6 +43,20 @@ lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_
                          lk__sink_t *const *sinks, size_t nsinks,
                          const char *const *late_ops, size_t nlate, char *errstr,
                          size_t errstr_size);
+/**
+ * The metrics of a group.mode=consumer process (store NULL): serves metrics.listen like
+ * lk__metrics_new, and writes the metrics of the tasks running here (added with
+ * lk__metrics_member_add), each sample labelled task="p", with the process's health.
+ * The group feeds it lk__metrics_loop only.
+ */
+#define lk__metrics_new_group(out, conf, errstr, errstr_size)                              \
+    lk__metrics_new((out), NULL, (conf), NULL, 0, NULL, 0, (errstr), (errstr_size))
+/** A task's metrics: every sample carries task="task". */
+void lk__metrics_set_task(lk__metrics_t *m, int task);
+/** Add a task's metrics m to group g's (LK_ERR_NOMEM); remove them before they are
+ * destroyed (waits for a scrape reading them). NULL g or m: no-op. */
+lk_err_t lk__metrics_member_add(lk__metrics_t *g, lk__metrics_t *m);
+void lk__metrics_member_remove(lk__metrics_t *g, lk__metrics_t *m);
 /** Stop serving (waits for a request in progress) and free. NULL is a no-op. */
 void lk__metrics_destroy(lk__metrics_t *m);
 

@@ -39,7 +39,14 @@ typedef struct {
 struct MHD_Daemon;
 
 struct lk__metrics {
-    lk__store_t *store;
+    lk__store_t *store; /* NULL: a group's metrics (lk__metrics_new_group) */
+    int task;           /* a task's (group.mode=consumer): its samples carry task="p"; -1 */
+    /* a group's: the metrics of the tasks running in this process, written together at
+     * a scrape. The group adds and removes them under members_lock, which a scrape holds
+     * while it writes them, so a task's metrics never go while they are read. */
+    pthread_mutex_t members_lock;
+    lk__metrics_t **members;
+    size_t nmembers, members_cap;
     lk__sink_t *const *sinks;
     size_t nsinks;
     char **late_ops; /* uids of the event-time windows: lockstep_late_records_total */

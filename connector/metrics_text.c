@@ -126,11 +126,14 @@ static void head(FILE *fp, int id, int om) {
             (int)len, name, type);
 }
 
-/* Start a sample: name{app="...", then the caller adds ",label=..." and "} value". */
+/* Start a sample: name{app="..." (and task="p" for a task of group.mode=consumer), then
+ * the caller adds ",label=..." and "} value". */
 static void sample(FILE *fp, const lk__metrics_t *m, const char *name) {
     fprintf(fp, "%s{app=\"", name);
     label_value(fp, m->app);
     fputc('"', fp);
+    if (m->task >= 0)
+        fprintf(fp, ",task=\"%d\"", m->task);
 }
 
 /* Start a sample of metric id with one label besides app: name{app="...",label="value";
@@ -143,23 +146,9 @@ static void sample_label(FILE *fp, const lk__metrics_t *m, int id, const char *l
     fputc('"', fp);
 }
 
-/* A metric with a single sample (no label but app): its HELP and TYPE, then the value. */
-static void single_u64(FILE *fp, const lk__metrics_t *m, int om, int id, uint64_t v) {
-    head(fp, id, om);
-    sample(fp, m, metric_defs[id].name);
-    fprintf(fp, "} %llu\n", (unsigned long long)v);
-}
-
 /* A double in the exposition's syntax. */
 static void value_double(FILE *fp, double v) {
     fprintf(fp, "%.17g\n", v);
-}
-
-static void single_double(FILE *fp, const lk__metrics_t *m, int om, int id, double v) {
-    head(fp, id, om);
-    sample(fp, m, metric_defs[id].name);
-    fputs("} ", fp);
-    value_double(fp, v);
 }
 
 typedef struct {
@@ -214,149 +203,252 @@ static int state_entries(const lk__state_stat_t *st, void *o) {
     return 0;
 }
 
-/* The copies lk__metrics_write takes under the lock. */
-static void free_copies(lk__part_high_t *highs, size_t nh, int64_t *late) {
-    for (size_t i = 0; i < nh; i++)
-        free(highs[i].topic);
-    free(highs);
-    free(late);
+/* What one metrics object (a context's, or one task's of a group) shows at a scrape:
+ * what the process knows, copied under its lock, and a read transaction on its
+ * checkpoint for the rest. */
+typedef struct {
+    lk__metrics_t *m;
+    lk__histogram_t phases[5];
+    uint64_t fenced, sink_errors, batch_errors;
+    int healthy;
+    lk__part_high_t *highs;
+    size_t nh;
+    lk__store_txn_t *t;
+    acc_ctx_t a;
+    lk__batch_rec_t last;
+    int have_last;
+} snap_t;
+
+static void snap_free(snap_t *s) {
+    for (size_t i = 0; i < s->nh; i++)
+        free(s->highs[i].topic);
+    free(s->highs);
+    free(s->a.late);
+    lk__store_txn_abort(s->t);
+}
+
+static lk_err_t snap_take(snap_t *s, lk__metrics_t *m, FILE *fp, char *errstr,
+                          size_t errstr_size) {
+    char why[600];
+    memset(s, 0, sizeof *s);
+    s->m = m;
+    pthread_mutex_lock(&m->lock);
+    memcpy(s->phases, m->phases, sizeof s->phases);
+    s->fenced = m->fenced;
+    s->sink_errors = m->sink_errors;
+    s->batch_errors = m->batch_errors;
+    s->healthy = lk__metrics_health_locked(m, why, sizeof why);
+    size_t nhighs = m->nhighs;
+    s->highs = malloc((nhighs ? nhighs : 1) * sizeof *s->highs);
+    /* late_ops is fixed at creation: no lock needed for it */
+    int64_t *late = calloc(m->nlate ? m->nlate : 1, sizeof *late);
+    for (size_t i = 0; s->highs && i < nhighs; i++) {
+        s->highs[s->nh] = m->highs[i];
+        if ((s->highs[s->nh].topic = strdup(m->highs[i].topic)))
+            s->nh++;
+    }
+    pthread_mutex_unlock(&m->lock);
+    s->a = (acc_ctx_t){fp, m, 0, 0, 0, 0, late};
+    if (!s->highs || !late)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
+    lk_err_t e = lk__store_txn_begin(m->store, 0, &s->t, errstr, errstr_size);
+    if (e)
+        return e;
+    lk__store_acc_foreach(s->t, acc_internal, &s->a);
+    s->have_last = lk__store_batch_last(s->t, &s->last) == LK_OK;
+    return LK_OK;
+}
+
+/* The exposition of n metrics objects (one, or a group's tasks, whose samples carry
+ * their task label): each metric's HELP and TYPE once, then every object's samples.
+ * healthy is lockstep_healthy's value. */
+static lk_err_t write_set(lk__metrics_t *const *ms, size_t n, FILE *fp, int om, int healthy,
+                          char *errstr, size_t errstr_size) {
+    snap_t *sn = calloc(n ? n : 1, sizeof *sn);
+    if (!sn)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
+    lk_err_t e = LK_OK;
+    size_t taken = 0;
+    for (; taken < n && !e; taken++)
+        e = snap_take(&sn[taken], ms[taken], fp, errstr, errstr_size);
+    if (e) {
+        for (size_t i = 0; i < taken; i++)
+            snap_free(&sn[i]);
+        free(sn);
+        return e;
+    }
+
+    head(fp, LK__M_BUILD_INFO, om);
+    for (size_t k = 0; k < n; k++) {
+        sample_label(fp, sn[k].m, LK__M_BUILD_INFO, "version", lk_version_str());
+        fprintf(fp, ",checkpoint_format=\"%d\"} 1\n", lk__store_format(sn[k].m->store));
+    }
+
+    head(fp, LK__M_BATCHES, om);
+    for (size_t k = 0; k < n; k++) {
+        sample(fp, sn[k].m, metric_defs[LK__M_BATCHES].name);
+        fprintf(fp, "} %llu\n", (unsigned long long)(sn[k].have_last ? sn[k].last.id : 0));
+    }
+
+    head(fp, LK__M_RECORDS, om);
+    for (size_t k = 0; k < n; k++)
+        for (int d = 0; d < 2; d++) {
+            sample(fp, sn[k].m, metric_defs[LK__M_RECORDS].name);
+            fprintf(fp, ",direction=\"%s\"} %lld\n", d ? "out" : "in",
+                    (long long)(d ? sn[k].a.records_out : sn[k].a.records_in));
+        }
+
+    head(fp, LK__M_BATCH_DURATION, om);
+    for (size_t k = 0; k < n; k++)
+        for (int p = 0; p < 5; p++) {
+            const lk__histogram_t *h = &sn[k].phases[p];
+            uint64_t cum = 0;
+            for (size_t b = 0; b <= NBUCKETS; b++) {
+                cum += h->counts[b];
+                sample(fp, sn[k].m, "lockstep_batch_duration_seconds_bucket");
+                fprintf(fp, ",phase=\"%s\",le=\"", phase_names[p]);
+                if (b < NBUCKETS)
+                    fprintf(fp, "%g", bucket_le[b]);
+                else
+                    fputs("+Inf", fp);
+                fprintf(fp, "\"} %llu\n", (unsigned long long)cum);
+            }
+            sample(fp, sn[k].m, "lockstep_batch_duration_seconds_sum");
+            fprintf(fp, ",phase=\"%s\"} ", phase_names[p]);
+            value_double(fp, h->sum);
+            sample(fp, sn[k].m, "lockstep_batch_duration_seconds_count");
+            fprintf(fp, ",phase=\"%s\"} %llu\n", phase_names[p], (unsigned long long)h->count);
+        }
+
+    head(fp, LK__M_LAG, om);
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < sn[k].nh; i++) {
+            const lk__part_high_t *hi = &sn[k].highs[i];
+            int64_t off;
+            if (lk__store_offset_get(sn[k].t, hi->topic, hi->partition, &off) != LK_OK)
+                continue; /* not yet in the checkpoint: no lag to tell */
+            sample_label(fp, sn[k].m, LK__M_LAG, "topic", hi->topic);
+            fprintf(fp, ",partition=\"%d\"} %lld\n", (int)hi->partition,
+                    (long long)(hi->high > off ? hi->high - off : 0));
+        }
+
+    head(fp, LK__M_HELD_BACK, om);
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < sn[k].nh; i++) {
+            sample_label(fp, sn[k].m, LK__M_HELD_BACK, "topic", sn[k].highs[i].topic);
+            fprintf(fp, ",partition=\"%d\"} %lld\n", (int)sn[k].highs[i].partition,
+                    (long long)sn[k].highs[i].held);
+        }
+
+    head(fp, LK__M_LAST_COMMIT, om);
+    for (size_t k = 0; k < n; k++) {
+        sample(fp, sn[k].m, metric_defs[LK__M_LAST_COMMIT].name);
+        fputs("} ", fp);
+        value_double(fp, sn[k].have_last ? (double)sn[k].last.commit_wall_ms / 1000.0 : 0);
+    }
+    head(fp, LK__M_OUTBOX_BYTES, om);
+    for (size_t k = 0; k < n; k++) {
+        sample(fp, sn[k].m, metric_defs[LK__M_OUTBOX_BYTES].name);
+        fprintf(fp, "} %llu\n", (unsigned long long)lk__store_outbox_bytes(sn[k].m->store));
+    }
+
+    head(fp, LK__M_STATE_ENTRIES, om);
+    for (size_t k = 0; k < n; k++)
+        lk__store_state_stats(sn[k].t, state_entries, &sn[k].a);
+
+    head(fp, LK__M_MAP_USED, om);
+    for (size_t k = 0; k < n; k++) {
+        char path[4200];
+        struct stat st;
+        double used = 0;
+        lk__store_t *store = sn[k].m->store;
+        lk__fmt(path, sizeof path, "%s/data.mdb", lk__store_dir(store));
+        if (stat(path, &st) == 0 && lk__store_map_size(store))
+            used = (double)st.st_size / (double)lk__store_map_size(store);
+        sample(fp, sn[k].m, metric_defs[LK__M_MAP_USED].name);
+        fputs("} ", fp);
+        value_double(fp, used);
+    }
+
+    head(fp, LK__M_TRANSACTIONS, om);
+    for (size_t k = 0; k < n; k++) {
+        const lk__metrics_t *m = sn[k].m;
+        for (size_t i = 0; i < m->nsinks; i++)
+            for (int c = 0; c < 2; c++) {
+                sample_label(fp, m, LK__M_TRANSACTIONS, "sink", m->sinks[i]->name);
+                fprintf(fp, ",result=\"%s\"} %llu\n", c ? "aborted" : "committed",
+                        (unsigned long long)(c ? atomic_load(&m->sinks[i]->txn_aborted)
+                                               : atomic_load(&m->sinks[i]->txn_committed)));
+            }
+    }
+
+    static const int counters[] = {LK__M_FENCED, LK__M_SINK_ERRORS, LK__M_BATCH_ERRORS,
+                                   LK__M_DEADLETTERED};
+    for (size_t c = 0; c < LK_ARRAY_SIZE(counters); c++) {
+        head(fp, counters[c], om);
+        for (size_t k = 0; k < n; k++) {
+            uint64_t v = c == 0   ? sn[k].fenced
+                         : c == 1 ? sn[k].sink_errors
+                         : c == 2 ? sn[k].batch_errors
+                                  : (uint64_t)sn[k].a.deadlettered;
+            sample(fp, sn[k].m, metric_defs[counters[c]].name);
+            fprintf(fp, "} %llu\n", (unsigned long long)v);
+        }
+    }
+    head(fp, LK__M_LATE, om);
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < sn[k].m->nlate; i++) { /* 0 until its first late record */
+            sample_label(fp, sn[k].m, LK__M_LATE, "operator", sn[k].m->late_ops[i]);
+            fprintf(fp, "} %lld\n", (long long)sn[k].a.late[i]);
+        }
+    head(fp, LK__M_DATA_LOSS, om);
+    for (size_t k = 0; k < n; k++) {
+        sample(fp, sn[k].m, metric_defs[LK__M_DATA_LOSS].name);
+        fprintf(fp, "} %llu\n", (unsigned long long)sn[k].a.data_loss);
+    }
+
+    head(fp, LK__M_ACCUMULATOR, om);
+    for (size_t k = 0; k < n; k++)
+        lk__store_acc_foreach(sn[k].t, acc_user, &sn[k].a);
+
+    head(fp, LK__M_HEALTHY, om);
+    for (size_t k = 0; k < n; k++) {
+        sample(fp, sn[k].m, metric_defs[LK__M_HEALTHY].name);
+        fprintf(fp, "} %d\n", n == 1 && sn[k].m->task < 0 ? healthy : sn[k].healthy);
+    }
+    for (size_t k = 0; k < n; k++)
+        snap_free(&sn[k]);
+    free(sn);
+    return LK_OK;
 }
 
 lk_err_t lk__metrics_write(lk__metrics_t *m, FILE *fp, int om, char *errstr,
                            size_t errstr_size) {
-    /* what the process knows, copied under the lock; the checkpoint is read after */
-    lk__histogram_t phases[5];
-    uint64_t fenced, sink_errors, batch_errors;
-    char why[600];
-    pthread_mutex_lock(&m->lock);
-    memcpy(phases, m->phases, sizeof phases);
-    fenced = m->fenced;
-    sink_errors = m->sink_errors;
-    batch_errors = m->batch_errors;
-    int healthy = lk__metrics_health_locked(m, why, sizeof why);
-    size_t nhighs = m->nhighs;
-    lk__part_high_t *highs = malloc((nhighs ? nhighs : 1) * sizeof *highs);
-    /* late_ops is fixed at creation: no lock needed for it */
-    int64_t *late = calloc(m->nlate ? m->nlate : 1, sizeof *late);
-    size_t nh = 0;
-    for (size_t i = 0; highs && i < nhighs; i++) {
-        highs[nh] = m->highs[i];
-        if ((highs[nh].topic = strdup(m->highs[i].topic)))
-            nh++;
-    }
-    pthread_mutex_unlock(&m->lock);
-    if (!highs || !late) {
-        free_copies(highs, nh, late);
-        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "metrics: out of memory");
-    }
-
-    lk__store_txn_t *t;
-    lk_err_t e = lk__store_txn_begin(m->store, 0, &t, errstr, errstr_size);
-    if (e) {
-        free_copies(highs, nh, late);
-        return e;
-    }
-    acc_ctx_t a = {fp, m, 0, 0, 0, 0, late};
-    lk__store_acc_foreach(t, acc_internal, &a);
-
-    head(fp, LK__M_BUILD_INFO, om);
-    sample_label(fp, m, LK__M_BUILD_INFO, "version", lk_version_str());
-    fprintf(fp, ",checkpoint_format=\"%d\"} 1\n", lk__store_format(m->store));
-
-    lk__batch_rec_t last;
-    int have_last = lk__store_batch_last(t, &last) == LK_OK;
-    single_u64(fp, m, om, LK__M_BATCHES, have_last ? last.id : 0);
-
-    head(fp, LK__M_RECORDS, om);
-    sample(fp, m, metric_defs[LK__M_RECORDS].name);
-    fprintf(fp, ",direction=\"in\"} %lld\n", (long long)a.records_in);
-    sample(fp, m, metric_defs[LK__M_RECORDS].name);
-    fprintf(fp, ",direction=\"out\"} %lld\n", (long long)a.records_out);
-
-    head(fp, LK__M_BATCH_DURATION, om);
-    for (int p = 0; p < 5; p++) {
-        uint64_t cum = 0;
-        for (size_t b = 0; b <= NBUCKETS; b++) {
-            cum += phases[p].counts[b];
-            sample(fp, m, "lockstep_batch_duration_seconds_bucket");
-            fprintf(fp, ",phase=\"%s\",le=\"", phase_names[p]);
-            if (b < NBUCKETS)
-                fprintf(fp, "%g", bucket_le[b]);
-            else
-                fputs("+Inf", fp);
-            fprintf(fp, "\"} %llu\n", (unsigned long long)cum);
+    lk_err_t e;
+    if (m->store) {
+        char why[600];
+        int healthy = lk__metrics_health(m, why, sizeof why);
+        e = write_set(&m, 1, fp, om, healthy, errstr, errstr_size);
+    } else {
+        /* a group's: its running tasks' metrics, each sample labelled with its task, then
+         * the process's health without a task label (a scrape holds the member lock, so
+         * no task's metrics go while they are written) */
+        char why[700];
+        int healthy = lk__metrics_health(m, why, sizeof why);
+        pthread_mutex_lock(&m->members_lock);
+        e = write_set(m->members, m->nmembers, fp, om, healthy, errstr, errstr_size);
+        pthread_mutex_unlock(&m->members_lock);
+        if (!e) { /* lockstep_healthy is the last family written: the process's sample */
+            sample(fp, m, metric_defs[LK__M_HEALTHY].name);
+            fprintf(fp, "} %d\n", healthy);
         }
-        sample(fp, m, "lockstep_batch_duration_seconds_sum");
-        fprintf(fp, ",phase=\"%s\"} ", phase_names[p]);
-        value_double(fp, phases[p].sum);
-        sample(fp, m, "lockstep_batch_duration_seconds_count");
-        fprintf(fp, ",phase=\"%s\"} %llu\n", phase_names[p], (unsigned long long)phases[p].count);
     }
-
-    head(fp, LK__M_LAG, om);
-    for (size_t i = 0; i < nh; i++) {
-        int64_t off;
-        if (lk__store_offset_get(t, highs[i].topic, highs[i].partition, &off) != LK_OK)
-            continue; /* not yet in the checkpoint: no lag to tell */
-        int64_t lag = highs[i].high > off ? highs[i].high - off : 0;
-        sample_label(fp, m, LK__M_LAG, "topic", highs[i].topic);
-        fprintf(fp, ",partition=\"%d\"} %lld\n", (int)highs[i].partition, (long long)lag);
-    }
-
-    head(fp, LK__M_HELD_BACK, om);
-    for (size_t i = 0; i < nh; i++) {
-        sample_label(fp, m, LK__M_HELD_BACK, "topic", highs[i].topic);
-        fprintf(fp, ",partition=\"%d\"} %lld\n", (int)highs[i].partition,
-                (long long)highs[i].held);
-    }
-
-    single_double(fp, m, om, LK__M_LAST_COMMIT,
-                  have_last ? (double)last.commit_wall_ms / 1000.0 : 0);
-    single_u64(fp, m, om, LK__M_OUTBOX_BYTES, lk__store_outbox_bytes(m->store));
-
-    head(fp, LK__M_STATE_ENTRIES, om);
-    lk__store_state_stats(t, state_entries, &a);
-
-    char path[4200];
-    struct stat st;
-    double used = 0;
-    lk__fmt(path, sizeof path, "%s/data.mdb", lk__store_dir(m->store));
-    if (stat(path, &st) == 0 && lk__store_map_size(m->store))
-        used = (double)st.st_size / (double)lk__store_map_size(m->store);
-    single_double(fp, m, om, LK__M_MAP_USED, used);
-
-    head(fp, LK__M_TRANSACTIONS, om);
-    for (size_t i = 0; i < m->nsinks; i++)
-        for (int c = 0; c < 2; c++) {
-            sample_label(fp, m, LK__M_TRANSACTIONS, "sink", m->sinks[i]->name);
-            fprintf(fp, ",result=\"%s\"} %llu\n", c ? "aborted" : "committed",
-                    (unsigned long long)(c ? atomic_load(&m->sinks[i]->txn_aborted)
-                                           : atomic_load(&m->sinks[i]->txn_committed)));
-        }
-
-    single_u64(fp, m, om, LK__M_FENCED, fenced);
-    single_u64(fp, m, om, LK__M_SINK_ERRORS, sink_errors);
-    single_u64(fp, m, om, LK__M_BATCH_ERRORS, batch_errors);
-    single_u64(fp, m, om, LK__M_DEADLETTERED, (uint64_t)a.deadlettered);
-    head(fp, LK__M_LATE, om);
-    for (size_t i = 0; i < m->nlate; i++) { /* 0 until the window's first late record */
-        sample_label(fp, m, LK__M_LATE, "operator", m->late_ops[i]);
-        fprintf(fp, "} %lld\n", (long long)late[i]);
-    }
-    single_u64(fp, m, om, LK__M_DATA_LOSS, (uint64_t)a.data_loss);
-
-    head(fp, LK__M_ACCUMULATOR, om);
-    lk__store_acc_foreach(t, acc_user, &a);
-
-    single_u64(fp, m, om, LK__M_HEALTHY, (uint64_t)healthy);
-    if (om)
+    if (!e && om)
         fputs("# EOF\n", fp);
-    lk__store_txn_abort(t);
-    free_copies(highs, nh, late);
-    if (ferror(fp))
+    if (!e && ferror(fp))
         return lk__err(LK_ERR_IO, errstr, errstr_size, "metrics: write failed: %s",
                        strerror(errno));
-    return LK_OK;
+    return e;
 }
 
 void lk__metrics_markdown(FILE *fp) {

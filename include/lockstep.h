@@ -794,6 +794,8 @@ typedef struct lk_progress {
     size_t ntopics;
     const char *const *topics; /**< input topics ... */
     const int64_t *topic_lag;  /**< ... and each one's lag */
+    int task; /**< group.mode=consumer: the task (input partition) whose batch this is;
+                   -1 in group.mode=single (batch numbers are per task) */
 } lk_progress_t;
 
 /**

@@ -356,8 +356,14 @@ lk_err_t lk__store_open(lk__store_t **out, const lk__store_opts_t *o, char *errs
     int creating = !exists || !dir_has(s->dir, "data.mdb");
     if (creating) {
         if (o->readonly) {
-            err = lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
-                          "%s is not a lockstep checkpoint (no data.mdb)", s->dir);
+            if (exists && dir_has(s->dir, "task-0")) /* DESIGN.md, Scale-out */
+                err = lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
+                              "%s holds the task checkpoints of group.mode=consumer, one per "
+                              "input partition: give one of them, e.g. %s/task-0",
+                              s->dir, s->dir);
+            else
+                err = lk__err(LK_ERR_NOT_CHECKPOINT, errstr, errstr_size,
+                              "%s is not a lockstep checkpoint (no data.mdb)", s->dir);
             goto fail;
         }
         if (exists && dir_is_empty(s->dir) != 1) {

@@ -635,6 +635,57 @@ static double must(const char *text, const char *series) {
  * promtool), each of processed data moves by exactly what was sent, and the lag drains
  * to 0. What this happy path cannot move (fencing, data loss, errors; held back: the
  * mock has no last stable offset) is present at 0; other tests move it. */
+/* group.mode=consumer: one endpoint per process serves the tasks running there, each
+ * sample labelled with its task, in one exposition that both parsers and promtool accept
+ * (each family's HELP and TYPE once); /healthz names the tasks; /progress entries carry
+ * their task. */
+Test(metrics, cli_group_mode_one_endpoint_for_the_tasks) {
+    cp_broker_start((const char *const[]){"lines:2", "out:2", "mc.progress:2", NULL});
+    for (int i = 0; i < N_INPUT; i++)
+        produce("lines", i % 2, cp_fmt("v%d", i));
+    cp_flush();
+    int port = free_port();
+    cp_run_pid = run_start(port, (const char *const[]){"group.mode=consumer",
+                                                    "group.session.timeout.ms=6000", NULL});
+    const char *in0 = "lockstep_records_total{app=\"mc\",task=\"0\",direction=\"in\"}";
+    const char *in1 = "lockstep_records_total{app=\"mc\",task=\"1\",direction=\"in\"}";
+    char *text = scrape_until(port, in0, N_INPUT / 2);
+    free(text);
+    text = scrape_until(port, in1, N_INPUT / 2);
+    cr_assert_eq(value_of(text, in0) + value_of(text, in1), N_INPUT, "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_healthy{app=\"mc\",task=\"0\"}"), 1, "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_healthy{app=\"mc\"}"), 1, "%s", text);
+    const char *h = strstr(text, "# HELP lockstep_records_total");
+    cr_assert(h && !strstr(h + 1, "# HELP lockstep_records_total"), "a family twice: %s", text);
+    char *parsed = parse_with_prometheus_client(text, 0);
+    check_families(parsed, 0);
+    free(parsed);
+    free(text);
+    http_t om = http_get(port, "/metrics", "application/openmetrics-text");
+    cr_assert_eq(om.status, 200);
+    parsed = parse_with_prometheus_client(om.body, 1);
+    check_families(parsed, 1);
+    free(parsed);
+    http_free(&om);
+    char *why = health_until(port, 200, 10);
+    cr_assert(strstr(why, "2 tasks running here"), "%s", why);
+    free(why);
+    /* a batch is reported once its delivery settled (sink.overlap): bounded wait */
+    http_t pr = {0};
+    for (int i = 0; i < 300; i++) {
+        http_free(&pr);
+        pr = http_get(port, "/progress", NULL);
+        if (pr.status == 200 && strstr(pr.body, "\"task\":0") && strstr(pr.body, "\"task\":1"))
+            break;
+        usleep(10000);
+    }
+    cr_assert(pr.body && strstr(pr.body, "\"task\":0") && strstr(pr.body, "\"task\":1"),
+              "/progress: %s", pr.body ? pr.body : "");
+    http_free(&pr);
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 30), 0, "%s", cp_slurp(cp_path("stderr.txt")));
+}
+
 Test(metrics, cli_every_metric_present_and_moving) {
     cp_broker_start((const char *const[]){"lines:2", "out:2", "dead:1", NULL});
     /* A: three on-time records in [1000, 2000) over both partitions, one malformed */
