@@ -6,13 +6,14 @@ container paths of its bind mounts mapped back to the repository (deploy/replica
 deploy/copy.properties), its named volume one directory shared by every replica, and
 processes on a `lockstep mock-broker` holding the topics the topics service creates.
 
-It checks what --scale needs of the service (no fixed host port, no container_name, no
-metrics endpoint, a restart policy, a stop period longer than a graceful stop) and then,
-with three replicas started at once: each claims its own slot (checkpoint.dir and
-group.instance.id) and is lockstep itself after the exec (so SIGTERM reaches it); every
-input record reaches the output exactly once while a replica stops gracefully, a new one
-takes the freed slot, a replica is SIGKILLed and its slot is taken again at once; every
-graceful stop exits 0.
+It checks what --scale needs of the service (no fixed host port, no container_name, a
+restart policy, a stop period longer than a graceful stop) and then, with three replicas
+started at once: each claims its own slot (checkpoint.dir and group.instance.id), is
+lockstep itself after the exec (so SIGTERM reaches it) and serves its tasks' metrics
+(here each on a port of its own: on one machine the replicas share the network, which
+containers do not); every input record reaches the output exactly once while a replica
+stops gracefully, a new one takes the freed slot, a replica is SIGKILLed and its slot is
+taken again at once; every graceful stop exits 0.
 
 The mock shows records of aborted attempts to read_committed readers, so a record counts
 when its provenance (batch, attempt) is that of the last progress record of its batch in
@@ -29,10 +30,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -109,8 +112,6 @@ class Compose:
                 fail(f"{SERVICE}: '{key}' cannot be the same for several replicas")
         if self.svc.get("restart") != "unless-stopped":
             fail(f"{SERVICE}: restart: unless-stopped expected")
-        if props.get("metrics.listen"):
-            fail("copy.properties sets metrics.listen, refused in group.mode=consumer")
         if props.get("group.mode") != "consumer":
             fail("copy.properties: group.mode=consumer expected")
         grace = parse_duration(self.svc.get("stop_grace_period", "10s"))
@@ -166,10 +167,18 @@ class Reader:
         self.c.close()
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Replica:
     def __init__(self, argv, env, errfile):
         self.errfile = errfile
         self.err = open(errfile, "ab")
+        self.port = free_port()
+        argv = argv + ["-X", f"metrics.listen=127.0.0.1:{self.port}"]
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.err)
         self.slot = self.wait_slot()
@@ -194,6 +203,20 @@ class Replica:
         if not ckpt.endswith(f"/slot-{slot}") or member != f"slot-{slot}":
             fail(f"slot {slot}: checkpoint.dir {ckpt}, group.instance.id {member}")
         return slot
+
+    def check_metrics(self):
+        """Its endpoint answers, /healthz 200 and /metrics with samples of its tasks."""
+        url = f"http://127.0.0.1:{self.port}"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+                if r.status != 200:
+                    fail(f"slot {self.slot}: /healthz answered {r.status}")
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError as e:
+            fail(f"slot {self.slot}: metrics endpoint {url}: {e}\n{self.log()}")
+        if 'task="' not in text:
+            fail(f"slot {self.slot}: /metrics has no sample labelled with a task")
 
     def check_exec(self, lockstep):
         """The container's main process is lockstep itself: signals reach it."""
@@ -321,6 +344,8 @@ def main():
             r.check_exec(args.lockstep)
         produce(600)
         wait_output("three replicas")
+        for r in replicas:
+            r.check_metrics()
 
         # a graceful stop (docker compose stop / scale down): its tasks move to the others
         # after the session timeout (a static member does not leave the group)
