@@ -21,10 +21,20 @@ its task's partition (as tests/mock/test_group.c counts). The mock cannot create
 through the Admin API (it names no controller), so <app.id>.progress is made with the
 broker; lockstep then checks its partition count as on a real broker.
 
-Run by ctest as mock_deploy_replicas; prints `deploy_replicas: ok` or fails naming what.
+With --bootstrap-file (the kafka tier's broker, tests/kafka/broker.sh) the same runs on
+a real Apache Kafka, with names made unique per run; there the output is read
+read_committed and every record must be of a committed attempt, lockstep creates
+<app.id>.progress itself, and static membership is checked as deploy/lockstep@.service
+and the README describe it: a replica stopped gracefully and replaced within
+group.session.timeout.ms gets its tasks back with no rebalance of the others (the mock
+cluster does not implement static membership).
+
+Run by ctest as mock_deploy_replicas and kafka_deploy_replicas; prints
+`deploy_replicas: ok` or fails naming what.
 """
 import argparse
 import collections
+import datetime
 import json
 import os
 import re
@@ -39,6 +49,7 @@ import urllib.request
 
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "chaos"))
 from chaos import graceful_stop, provenance  # noqa: E402
@@ -128,18 +139,21 @@ class Compose:
 
 
 class Reader:
-    """One consumer reading whole topics again and again. read_uncommitted: the mock
-    shows aborted attempts to read_committed readers too (see the file's comment)."""
+    """One consumer reading whole topics again and again: read_committed on a real broker;
+    read_uncommitted on the mock, which shows aborted attempts to read_committed readers
+    too and has no last stable offset (see the file's comment)."""
 
-    def __init__(self, bootstrap):
+    def __init__(self, bootstrap, isolation):
         self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "deploy-replicas",
                            "log_level": 3,
                            "enable.auto.commit": False, "enable.partition.eof": True,
-                           "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 10})
+                           "isolation.level": isolation, "fetch.wait.max.ms": 10})
 
     def read(self, topic, nparts):
         highs, tps = {}, []
         for p in range(nparts):
+            # read_committed: the last stable offset, where the fetch's EOF is too (records
+            # of transactions still open come in a later read: wait_output reads again)
             lo, hi = self.c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if hi > lo:
                 highs[p] = hi
@@ -165,6 +179,16 @@ class Reader:
 
     def close(self):
         self.c.close()
+
+
+def assignments(log):
+    """(wall time in s, tasks) of each 'assigned tasks [...]' line of a replica's log."""
+    out = []
+    for m in re.finditer(r"^(\S+Z) \S+ lockstep: group \S+: assigned tasks \[([\d ]*)\]", log,
+                         re.M):
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
+        out.append((t.replace(tzinfo=datetime.timezone.utc).timestamp(), m.group(2).split()))
+    return out
 
 
 def free_port():
@@ -223,6 +247,9 @@ class Replica:
         deadline = time.monotonic() + 10
         want = os.path.realpath(lockstep)
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                fail(f"the replica of slot {self.slot} exited with status "
+                     f"{self.proc.returncode}:\n{self.log()}")
             try:
                 if os.path.realpath(f"/proc/{self.proc.pid}/exe") == want:
                     return
@@ -236,7 +263,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lockstep", required=True)
     ap.add_argument("--source", required=True, help="the repository")
+    ap.add_argument("--bootstrap-file",
+                    help="run on this real broker (the file tests/kafka/broker.sh writes) "
+                         "instead of a lockstep mock-broker")
     args = ap.parse_args()
+    real = args.bootstrap_file is not None
     tmp = tempfile.mkdtemp(prefix="deploy-replicas-")
     volume = os.path.join(tmp, "volume")
     os.mkdir(volume, 0o700)
@@ -249,22 +280,37 @@ def main():
     props = properties(conf)
     compose.check_scalable(props)
     app, src, dst = props["app.id"], props["input.topics"], props["output.topic"]
-    nparts = compose.partitions(src)
-    if compose.partitions(dst) < nparts:
+    nparts, ndst = compose.partitions(src), compose.partitions(dst)
+    if ndst < nparts:
         fail(f"{dst} has fewer partitions than {src} (output.partition=keep)")
 
-    broker = subprocess.Popen(
-        [args.lockstep, "mock-broker", "--topic", f"{src}:{nparts}",
-         "--topic", f"{dst}:{compose.partitions(dst)}", "--topic", f"{app}.progress:{nparts}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    replicas, reader = [], None
+    broker, names = None, []
+    if real:
+        with open(args.bootstrap_file) as f:
+            bootstrap = f.read().strip()
+        # a broker shared by the tier and by earlier runs: names of this run only
+        run_id = f"{os.getpid()}-{int(time.time())}"
+        app, src, dst = f"{app}-{run_id}", f"{src}-{run_id}", f"{dst}-{run_id}"
+        names = ["-X", f"app.id={app}", "-X", f"input.topics={src}", "-X", f"output.topic={dst}"]
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for t, f in admin.create_topics([NewTopic(src, nparts, 1),
+                                         NewTopic(dst, ndst, 1)]).items():
+            f.result(30)
+    else:
+        broker = subprocess.Popen(
+            [args.lockstep, "mock-broker", "--topic", f"{src}:{nparts}",
+             "--topic", f"{dst}:{ndst}",
+             "--topic", f"{app}.progress:{nparts}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    replicas, reader, producer = [], None, None
     try:
-        line = broker.stdout.readline().strip()
-        if not line.startswith("bootstrap.servers="):
-            fail(f"mock-broker said {line!r}")
-        bootstrap = line.split("=", 1)[1]
+        if broker:
+            line = broker.stdout.readline().strip()
+            if not line.startswith("bootstrap.servers="):
+                fail(f"mock-broker said {line!r}")
+            bootstrap = line.split("=", 1)[1]
         env = dict(os.environ, LOCKSTEP=args.lockstep)
-        run = argv + ["-X", f"kafka.bootstrap.servers={bootstrap}",
+        run = argv + names + ["-X", f"kafka.bootstrap.servers={bootstrap}",
                       "-X", f"group.session.timeout.ms={SESSION_MS}",
                       "-X", "log.level=notice", "-X", "kafka.log_level=3"]
         n = 0
@@ -275,7 +321,7 @@ def main():
             return Replica(run, env, os.path.join(tmp, f"replica-{n}.err"))
 
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 3})
-        reader = Reader(bootstrap)
+        reader = Reader(bootstrap, "read_committed" if real else "read_uncommitted")
         produced = 0
 
         def produce(count):
@@ -298,6 +344,8 @@ def main():
                     foreign.append(m.value())
                     continue
                 if committed.get((m.partition(), p.batch)) != p.attempt:
+                    if real:  # read_committed must show committed attempts only
+                        foreign.append(m.value())
                     continue  # an aborted attempt, visible on the mock
                 v = re.fullmatch(rb"rec (\d+)", m.value() or b"")
                 if not v or int(v.group(1)) % nparts != m.partition():
@@ -309,6 +357,10 @@ def main():
         def wait_output(what, seconds=90):
             deadline = time.monotonic() + seconds
             while True:
+                for r in replicas:
+                    if r.proc.poll() is not None:
+                        fail(f"{what}: the replica of slot {r.slot} exited with status "
+                             f"{r.proc.returncode}:\n{r.log()}")
                 seen, foreign = counts()
                 missing = produced - sum(1 for i in range(produced) if seen[i])
                 if not missing or time.monotonic() > deadline:
@@ -350,9 +402,20 @@ def main():
         # a graceful stop (docker compose stop / scale down): its tasks move to the others
         # after the session timeout (a static member does not leave the group)
         gone = next(r for r in replicas if r.slot == 1)
+        gone_tasks = set(assignments(gone.log())[-1][1])
+        stopped_at = time.time()
         stop(gone)
         produce(600)
         wait_output("slot 1 stopped")
+        # when the others took its tasks over
+        taken = min((t for r in replicas for t, tasks in assignments(r.log())
+                     if t > stopped_at and gone_tasks & set(tasks)), default=None)
+        if taken is None:
+            fail(f"slot 1's tasks {sorted(gone_tasks)} were never assigned to another replica")
+        print(f"deploy_replicas: slot 1's tasks taken over {taken - stopped_at:.1f} s after "
+              f"its SIGTERM (group.session.timeout.ms {SESSION_MS / 1000:g} s)", flush=True)
+        if real and taken - stopped_at < SESSION_MS / 1000 * 0.8:
+            fail("a static member's tasks moved before the session timeout: it left the group")
 
         # a new replica (scaled up again, or the container recreated) takes the freed slot
         r = start()
@@ -376,8 +439,37 @@ def main():
         produce(300)
         wait_output("slot 0 killed and restarted")
 
+        if real:
+            # static membership: a replica stopped gracefully and replaced within the
+            # session timeout gets its tasks back, and the others see no rebalance
+            quiet = time.monotonic() + SESSION_MS / 1000 + 3
+            while time.monotonic() < quiet:  # the group settled after the restart above
+                time.sleep(0.5)
+            others = [r for r in replicas if r.slot != 2]
+            revoked = {r.slot: r.log().count("tasks revoked") for r in others}
+            leaving = next(r for r in replicas if r.slot == 2)
+            tasks = re.findall(r"assigned tasks \[([\d ]*)\]", leaving.log())[-1]
+            stop(leaving)
+            r = start()
+            replicas.append(r)
+            if r.slot != 2:
+                fail(f"the replacement of slot 2 claimed slot {r.slot}")
+            produce(600)
+            wait_output("slot 2 replaced within the session timeout")
+            time.sleep(SESSION_MS / 1000 + 2)  # past the session timeout: no late rebalance
+            got = re.findall(r"assigned tasks \[([\d ]*)\]", r.log())
+            if got != [tasks]:
+                fail(f"slot 2 had tasks [{tasks}]; its replacement was assigned {got}")
+            again = {o.slot: o.log().count("tasks revoked") for o in others}
+            if again != revoked:
+                fail(f"replacing static member slot-2 rebalanced the others (tasks revoked "
+                     f"per slot: {revoked} before, {again} after)")
+            print(f"deploy_replicas: slot 2 replaced: same tasks [{tasks}], no rebalance",
+                  flush=True)
+
         for r in list(replicas):
             stop(r)
+        wait_output("every replica stopped", seconds=30)
         logs = "".join(open(os.path.join(tmp, f"replica-{i}.err"), errors="replace").read()
                        for i in range(1, n + 1))
         if "continuing after batch" not in logs:
@@ -393,12 +485,14 @@ def main():
             r.proc.wait()
         if reader:
             reader.close()
-        broker.send_signal(signal.SIGTERM)
-        try:
-            broker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
+        producer = None  # its threads end before the broker goes
+        if broker:
+            broker.send_signal(signal.SIGTERM)
+            try:
+                broker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
 
 
 if __name__ == "__main__":
