@@ -23,7 +23,9 @@
 # last progress record and drops what that checkpoint had not delivered.
 #
 # Slots of replicas scaled away stay on the volume (small; reused when scaled up again).
-# LOCKSTEP names the binary (default: lockstep on PATH), for the tests.
+# Needs a POSIX sh and flock(1), of util-linux: Essential in Debian, so in the runtime
+# image (bookworm-slim) without a package of its own. LOCKSTEP names the binary (default:
+# lockstep on PATH), for the tests.
 set -eu
 
 if [ $# -lt 1 ] || [ -z "$1" ]; then
