@@ -203,8 +203,11 @@ class Replica:
         self.err = open(errfile, "ab")
         self.port = free_port()
         argv = argv + ["-X", f"metrics.listen=127.0.0.1:{self.port}"]
+        # a session of its own: if the script ever ran lockstep as a child instead of
+        # exec'ing it (check_exec fails then), killing the group leaves no orphan behind
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self.err)
+                                     stdout=subprocess.DEVNULL, stderr=self.err,
+                                     start_new_session=True)
         self.slot = self.wait_slot()
 
     def log(self):
@@ -481,7 +484,10 @@ def main():
         raise
     finally:
         for r in replicas:
-            r.proc.kill()
+            try:
+                os.killpg(r.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             r.proc.wait()
         if reader:
             reader.close()
