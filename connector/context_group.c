@@ -501,9 +501,20 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
         e = LK_ERR_CONF_INVALID;
     if (!e)
         e = count_tasks(g, errstr, errstr_size);
+    /* again: another member created it first (replicas started together), and a broker
+     * lists a new topic in its metadata only once the topic's partitions have leaders,
+     * tens to hundreds of milliseconds later on a real broker: polled until then, bounded
+     * like the requests. (Three immediate tries used to fail the start of every replica
+     * but one: tests/mock/deploy_replicas.py on the kafka tier.) */
     int again = 1;
-    for (int tries = 0; !e && again && tries < 3; tries++) /* lost the race to create it */
+    for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
         e = check_progress_topic(g, app, &again, errstr, errstr_size);
+        if (!e && again) {
+            if (lk__mono_ms() >= until)
+                break;
+            usleep(100 * 1000);
+        }
+    }
     if (!e && again)
         e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s.progress: created by another "
                     "member but not visible in the metadata", app);
