@@ -150,7 +150,7 @@ typedef enum {
       "partition. This version runs stateless pipelines with Kafka sinks only in this mode.")\
     X(GROUP_INSTANCE_ID, "group.instance.id", LK__S_LIB, LK__PT_IDENT, "", 0, 200, NULL, 0,  \
       "With group.mode=consumer: static membership (KIP-345). A process restarted with the " \
-      "same id within kafka.session.timeout.ms gets its tasks back without a rebalance. "   \
+      "same id within group.session.timeout.ms gets its tasks back without a rebalance. "   \
       "Unique per process. Empty: dynamic membership.")                                     \
     X(GROUP_SESSION_TIMEOUT_MS, "group.session.timeout.ms", LK__S_LIB, LK__PT_INT, "45000", \
       1000, 3600000, NULL, 0,                                                              \
