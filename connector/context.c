@@ -40,16 +40,24 @@ uint64_t lk_context_last_batch(const lk_context_t *ctx) {
 
 typedef struct {
     lk_pipeline_t *p;
+    int task;
     char *errstr;
     size_t errstr_size;
     lk_err_t err;
 } orphan_ctx_t;
 
+/* A stage with a state.<uid> database (lk__pipeline_open_state): in a task, its writes
+ * are captured into its changelog, delivered by the Kafka sink (DESIGN.md, Scale-out). */
+static int has_state(const lk_stream_t *st) {
+    return st->kind == LK__ST_UPDATE || st->kind == LK__ST_WINDOW;
+}
+
 static int check_orphan(const lk__outbox_stat_t *st, void *o) {
     orphan_ctx_t *c = o;
     for (size_t i = 0; i < c->p->nstages; i++)
-        if (c->p->stages[i]->kind == LK__ST_OUTBOX && !strcmp(c->p->stages[i]->uid, st->sink))
-            return 0;
+        if ((c->p->stages[i]->kind == LK__ST_OUTBOX || (c->task >= 0 && has_state(c->p->stages[i]))) &&
+            !strcmp(c->p->stages[i]->uid, st->sink))
+            return 0; /* a sink's, or a task's changelog of the operator's state */
     c->err = lk__err(LK_ERR_TOPOLOGY, c->errstr, c->errstr_size,
                      "sink '%s' has %llu undelivered batches (%llu..%llu) in the checkpoint's "
                      "outbox but is not in the pipeline: keep the sink until it has "
@@ -62,7 +70,7 @@ static int check_orphan(const lk__outbox_stat_t *st, void *o) {
 /* Undelivered output must not be stranded by removing its sink. */
 static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk__store_txn_t *t, char *errstr,
                                       size_t errstr_size) {
-    orphan_ctx_t c = {ctx->pipeline, errstr, errstr_size, LK_OK};
+    orphan_ctx_t c = {ctx->pipeline, ctx->task, errstr, errstr_size, LK_OK};
     lk_err_t e = lk__store_outbox_stats(t, check_orphan, &c);
     if (!c.err && e) /* say what is wrong (errstr was left unwritten) */
         return lk__err(e, errstr, errstr_size, "%s", lk__store_txn_errstr(t)[0]
@@ -194,6 +202,35 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
         ctx->sinks[ctx->nsinks++] = s;
         if (st->sink_ops == &lk__sink_kafka_ops)
             kafka = s;
+    }
+    /* a task's keyed state moves with it: each stateful operator's writes are captured
+     * into a changelog member of the task's Kafka sink (one made when the pipeline has no
+     * Kafka output), delivered in its transaction to partition task of
+     * <app.id>.<uid>.changelog (DESIGN.md, Scale-out) */
+    for (size_t i = 0; ctx->task >= 0 && i < p->nstages; i++) {
+        lk_stream_t *st = p->stages[i];
+        if (!has_state(st))
+            continue;
+        char topic[512];
+        lk__fmt(topic, sizeof topic, "%s.%s.changelog", lk__conf_str(ctx->conf, LK__P_APP_ID),
+                st->uid);
+        if (!kafka) {
+            if (!(kafka = lk__sink_new(&lk__sink_kafka_ops, st->uid, topic, NULL,
+                                       lk__conf_str(ctx->conf, LK__P_APP_ID))))
+                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+            kafka->abandon = &ctx->stop_now;
+            kafka->deadline_ms = &ctx->stop_deadline_ms;
+            ctx->sinks[ctx->nsinks++] = kafka;
+            kafka->members[0].changelog_of = strdup(st->uid);
+            if (!kafka->members[0].changelog_of)
+                return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        } else if (lk__sink_add_changelog(kafka, st->uid, topic, st->uid)) {
+            return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        }
+        lk_err_t e = lk__store_state_changelog(ctx->store, st->db, st->uid, ctx->task);
+        if (e)
+            return lk__err(e, errstr, errstr_size, "changelog of '%s': %s", st->uid,
+                           lk_err_str(e));
     }
     for (size_t i = 0; i < ctx->nsinks; i++) {
         lk__sink_t *s = ctx->sinks[i];

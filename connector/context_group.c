@@ -11,9 +11,10 @@
  *
  * Assignment starts the assigned tasks; revocation stops every task gracefully (the batch
  * in flight finishes and is delivered) before the rebalance goes on, or at once when the
- * assignment was lost. Stage 1 runs stateless pipelines only, with Kafka sinks only: the
- * changelog that moves keyed state between processes is not built yet, and a file
- * written on one machine cannot be fenced by another. The process's metrics.listen serves
+ * assignment was lost. Kafka sinks only (a file written on one machine cannot be fenced by
+ * another); keyed state moves with its task through each stateful operator's changelog
+ * topic <app.id>.<uid>.changelog (one partition per task, checked or made here; written
+ * and restored by the tasks' Kafka sinks, DESIGN.md Scale-out). The process's metrics.listen serves
  * the running tasks' metrics together, each sample labelled task="p" (metrics.c).
  */
 #define _GNU_SOURCE
@@ -68,21 +69,48 @@ static lk_err_t group_fail(lk__group_t *g, lk_err_t e, const char *fmt, ...) {
 
 /* ---- checks before anything is created ---- */
 
-/* Stage 1: Kafka sinks and stateless operators only (see the file's comment). */
+/* A character Kafka allows in a topic name (the changelog's is made of the uid). */
+static int topic_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+}
+
+/* Kafka sinks only (a file cannot be fenced across machines); keyed state through the
+ * changelog, its topic named after the operator's uid; the built-in stateful pipelines
+ * key by what the input is not partitioned by (words, a JSON field) and stay refused
+ * until they repartition (see the file's comment). */
 static lk_err_t check_pipeline(const lk_context_t *ctx, char *errstr, size_t errstr_size) {
     const lk_pipeline_t *p = ctx->pipeline;
     lk__topo_op_t *ops = calloc(p->nstages ? p->nstages : 1, sizeof *ops);
     if (!ops)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     size_t n = lk__pipeline_topology(p, ops, p->nstages);
+    const char *builtin = lk__conf_str(ctx->conf, LK__P_PIPELINE);
+    const char *app = lk__conf_str(ctx->conf, LK__P_APP_ID);
     lk_err_t e = LK_OK;
-    for (size_t i = 0; i < n && !e; i++)
-        if (ops[i].schema_version > 0)
+    for (size_t i = 0; i < n && !e; i++) {
+        if (ops[i].schema_version <= 0)
+            continue;
+        const char *bad = ops[i].uid;
+        while (*bad && topic_char(*bad))
+            bad++;
+        if (builtin && builtin[0])
             e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
-                        "group.mode=consumer: operator '%s' (%s) keeps keyed state, which "
-                        "this version cannot move between processes yet (the changelog is "
-                        "not built); run stateful pipelines with group.mode=single",
-                        ops[i].uid, ops[i].kind);
+                        "group.mode=consumer: the built-in pipeline '%s' keeps keyed state "
+                        "(operator '%s') by a key its input is not partitioned by, and this "
+                        "version cannot repartition it; run it with group.mode=single, or "
+                        "write the pipeline with the API keyed like its input (state moves "
+                        "with its task through the changelog)",
+                        builtin, ops[i].uid);
+        else if (*bad || strlen(app) + strlen(ops[i].uid) + 11 > 249)
+            e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                        "group.mode=consumer: operator '%s' keeps keyed state, whose changelog "
+                        "topic is %s.%s.changelog: %s. Give the operator a uid of letters, "
+                        "digits, '.', '_' and '-'",
+                        ops[i].uid, app, ops[i].uid,
+                        *bad ? "a topic name cannot hold that uid's characters"
+                             : "longer than Kafka's 249 characters");
+    }
     free(ops);
     for (size_t i = 0; i < p->nstages && !e; i++) {
         const lk_stream_t *st = p->stages[i];
@@ -174,6 +202,49 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
                        g->ntasks, topic, n, n, n == 1 ? "" : "s");
     return lk__kafka_create_progress_topic(g->rk, topic, g->ntasks, GROUP_TIMEOUT_MS, again,
                                            errstr, errstr_size);
+}
+
+/* Each stateful operator's <app.id>.<uid>.changelog has one partition per task, like the
+ * progress topic: made (compacted) on the first run, checked on every later one. */
+static lk_err_t check_changelog_topics(lk__group_t *g, const char *app, char *errstr,
+                                       size_t errstr_size) {
+    const lk_pipeline_t *p = g->parent->pipeline;
+    lk_err_t e = LK_OK;
+    for (size_t i = 0; i < p->nstages && !e; i++) {
+        const lk_stream_t *st = p->stages[i];
+        if (st->kind != LK__ST_UPDATE && st->kind != LK__ST_WINDOW)
+            continue;
+        char topic[512];
+        lk__fmt(topic, sizeof topic, "%s.%s.changelog", app, st->uid);
+        int again = 1;
+        for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
+            int n;
+            again = 0;
+            if ((e = partition_count(g->rk, topic, &n, errstr, errstr_size)))
+                break;
+            if (n == g->ntasks)
+                break;
+            if (n > 0)
+                e = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                            "group.mode=consumer: the input has %d partitions (tasks) but the "
+                            "changelog of operator '%s', %s, has %d: task p's state is "
+                            "partition p of it, so the counts must match; nothing was "
+                            "modified. Run with the old partition count, or start a new "
+                            "app.id",
+                            g->ntasks, st->uid, topic, n);
+            else if (!(e = lk__kafka_create_progress_topic(g->rk, topic, g->ntasks,
+                                                           GROUP_TIMEOUT_MS, &again, errstr,
+                                                           errstr_size)) &&
+                     again) {
+                if (lk__mono_ms() >= until)
+                    e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created by another "
+                                "member but not visible in the metadata", topic);
+                else
+                    usleep(100 * 1000);
+            }
+        }
+    }
+    return e;
 }
 
 /* Whether dir holds name (a checkpoint's data.mdb, a group's task-0). */
@@ -518,6 +589,8 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
     if (!e && again)
         e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s.progress: created by another "
                     "member but not visible in the metadata", app);
+    if (!e)
+        e = check_changelog_topics(g, app, errstr, errstr_size);
     if (!e && lk__mkdir_p(dir))
         e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s", dir,
                     strerror(errno));

@@ -216,6 +216,8 @@ static lk_err_t process_and_commit(lk_context_t *ctx, uint64_t id, int64_t time_
     if (e)
         return e;
     lk_batch_t *b = &ctx->batch;
+    /* state writes of this batch go to the changelogs too (a task's: DESIGN.md, Scale-out) */
+    lk__store_txn_capture(t, id, time_ms);
     lk__batch_begin(b, ctx->pipeline, id, time_ms, t, ctx->default_ttl_ms);
     e = process(ctx, b, id, time_ms, f);
     if (!e)

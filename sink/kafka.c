@@ -395,6 +395,8 @@ static lk_err_t kafka_begin(lk__sink_t *s, uint64_t batch, char *errstr, size_t 
      * counting this attempt's */
     (void)rd_kafka_poll(k->producer, 0);
     k->attempt_records = 0;
+    for (size_t i = 0; i < s->nmembers; i++)
+        s->members[i].attempt_next = -1;
     k->dr_failed = 0;
     k->have_failed = 0;
     k->next_index = 0;
@@ -550,6 +552,14 @@ static lk_err_t kafka_write(lk__sink_t *s, const lk__out_record_t *r, char *errs
     return e ? lk__kafka_record_failed(s, e, errstr, errstr_size) : LK_OK;
 }
 
+/* A committed transaction: each member's records of it are in the log up to attempt_next
+ * (its delivery reports were served by the commit's flush). */
+static void committed_positions(lk__sink_t *s) {
+    for (size_t i = 0; i < s->nmembers; i++)
+        if (s->members[i].attempt_next >= 0)
+            s->members[i].delivered_next = s->members[i].attempt_next;
+}
+
 static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errstr,
                              size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
@@ -590,6 +600,7 @@ static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errs
     if (!e) {
         k->fence = s->batch;
         k->txn_open = 0;
+        committed_positions(s);
         return LK_OK;
     }
     if ((rd_kafka_error_is_retriable(e) || commit_in_flight(e)) &&
@@ -615,6 +626,7 @@ static lk_err_t kafka_resume_commit(lk__sink_t *s, char *errstr, size_t errstr_s
         if (s->batch > k->fence)
             k->fence = s->batch;
         k->txn_open = 0;
+        committed_positions(s);
         return LK_OK;
     }
     int retriable = (rd_kafka_error_is_retriable(e) || commit_in_flight(e)) &&
@@ -645,4 +657,5 @@ const lk__sink_ops_t lk__sink_kafka_ops = {
     .resume_commit = kafka_resume_commit,
     .abort = kafka_abort,
     .close = kafka_close,
+    .restore = lk__kafka_restore,
 };

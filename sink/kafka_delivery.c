@@ -83,6 +83,15 @@ void lk__kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
     (void)rk;
     lk__sink_t *s = opaque;
     lk__kafka_sink_t *k = s->impl;
+    if (!m->err && k) {
+        /* where the member's records went: a changelog member's position is recorded with
+         * its fence once the transaction commits (the start of a later tail restore) */
+        void *o = m->_private;
+        size_t mi = o == OPAQUE_PROGRESS || !o ? SIZE_MAX : OPAQUE_MEMBER(o);
+        if (mi < s->nmembers && m->offset >= 0 && m->offset + 1 > s->members[mi].attempt_next)
+            s->members[mi].attempt_next = m->offset + 1;
+        return;
+    }
     if (!m->err || !k || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
         m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
         return; /* purged by an abort: the abort is what is reported */

@@ -16,6 +16,7 @@
 #define LK_KAFKA_PRIV_H
 
 #include "sink_int.h"
+#include "provenance_int.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -100,6 +101,31 @@ lk_err_t lk__kafka_producer_new(lk__sink_t *s, int64_t batch_size, char *errstr,
 /** The kind's recover(): init_transactions, the progress topic, the stable-offset wait
  * and the fences read from the last committed progress records (sink_int.h). */
 lk_err_t lk__kafka_recover(lk__sink_t *s, uint64_t *fence, char *errstr, size_t errstr_size);
+/** The stable-offset wait's Kafka calls on k's reader and probe (lk__kafka_wait_stable). */
+void lk__kafka_real_offsets_io(lk__kafka_sink_t *k, lk__kafka_offsets_io_t *io);
+
+/* ---- kafka_changelog.c ---- */
+
+/** How one changelog member's state is restored at a handoff. */
+typedef struct {
+    int full;       /* clear the state, read from the partition's start */
+    uint64_t after; /* apply only records of batches after this one (full: 0) */
+    int64_t start;  /* the offset to read from (before the log start: the log start) */
+} lk__changelog_plan_t;
+/** The plan, from the checkpoint's last committed batch and the member's fence (found or
+ * not: its batch and the changelog position recorded with it, -1: none): tail when the
+ * state is exactly the last delivered batch's, full otherwise. */
+void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
+                        int64_t fence_offset, lk__changelog_plan_t *out);
+/** Whether a changelog record of provenance p is applied: written by app's member
+ * `member`, in a batch after `after` and at most `upto` (the handoff's). */
+int lk__changelog_applies(const lk__prov_t *p, const char *app, const char *member,
+                          uint64_t after, uint64_t upto);
+
+/** The kind's restore() (sink_int.h): each changelog member's operator state brought to
+ * the handoff's batch from its changelog partition, full or tail (DESIGN.md, Scale-out). */
+lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t, char *errstr,
+                           size_t errstr_size);
 
 /* ---- kafka_delivery.c ---- */
 

@@ -55,7 +55,7 @@ lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int 
             r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
                         rd_kafka_topic_result_error_string(tr[0]));
         else
-            lk__log(LK_LOG_NOTICE, "created progress topic %s (compacted, %d partition%s)",
+            lk__log(LK_LOG_NOTICE, "created topic %s (compacted, %d partition%s)",
                     topic, partitions, partitions == 1 ? "" : "s");
     }
     if (r) { /* what to do when the cluster will not make it (ACLs, the mock cluster) */
@@ -134,6 +134,10 @@ static lk_err_t real_offsets(void *o, const char *topic, int32_t partition, int6
         return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[%d]: %s", topic,
                        (int)partition, rd_kafka_err2str(ke));
     return LK_OK;
+}
+
+void lk__kafka_real_offsets_io(lk__kafka_sink_t *k, lk__kafka_offsets_io_t *io) {
+    *io = (lk__kafka_offsets_io_t){real_offsets, real_sleep_ms, real_now_ms, k};
 }
 
 lk_err_t lk__kafka_wait_stable(const lk__kafka_offsets_io_t *io, const char *topic,

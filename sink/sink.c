@@ -120,6 +120,7 @@ lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target)
     s->members = m;
     m = &s->members[s->nmembers];
     *m = (lk__sink_member_t){strdup(uid), strdup(target), 0};
+    m->attempt_next = m->delivered_next = -1;
     if (!m->uid || !m->target) {
         free(m->uid);
         free(m->target);
@@ -141,6 +142,28 @@ lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target)
     return LK_OK;
 }
 
+lk_err_t lk__sink_add_changelog(lk__sink_t *s, const char *uid, const char *topic,
+                                const char *state_uid) {
+    char *of = strdup(state_uid);
+    if (!of || lk__sink_add_member(s, uid, topic)) {
+        free(of);
+        return LK_ERR_NOMEM;
+    }
+    s->members[s->nmembers - 1].changelog_of = of;
+    return LK_OK;
+}
+
+/* A member's fence, with the changelog position of a changelog member (the start of a
+ * later tail restore, DESIGN.md Scale-out). */
+static lk_err_t put_fence(lk__sink_t *s, size_t i, lk__store_txn_t *t, uint64_t batch,
+                          char *errstr, size_t errstr_size) {
+    const lk__sink_member_t *m = &s->members[i];
+    return m->changelog_of
+               ? lk__store_fence_put_offset(t, m->uid, batch, m->delivered_next, errstr,
+                                            errstr_size)
+               : lk__store_fence_put(t, m->uid, batch, errstr, errstr_size);
+}
+
 void lk__sink_destroy(lk__sink_t *s) {
     if (!s)
         return;
@@ -149,6 +172,7 @@ void lk__sink_destroy(lk__sink_t *s) {
     for (size_t i = 0; i < s->nmembers; i++) {
         free(s->members[i].uid);
         free(s->members[i].target);
+        free(s->members[i].changelog_of);
     }
     free(s->members);
     lk__sink_clear_handoff(s);
@@ -176,7 +200,7 @@ static lk_err_t acknowledge_member(lk__sink_t *s, size_t i, lk__store_t *store, 
     if (e)
         return e;
     if ((e = lk__store_outbox_ack(t, s->members[i].uid, batch, errstr, errstr_size)) ||
-        (e = lk__store_fence_put(t, s->members[i].uid, batch, errstr, errstr_size))) {
+        (e = put_fence(s, i, t, batch, errstr, errstr_size))) {
         lk__store_txn_abort(t);
         return e;
     }
@@ -193,7 +217,7 @@ static lk_err_t acknowledge(lk__sink_t *s, lk__store_t *store, uint64_t batch, c
         return e;
     for (size_t i = 0; i < s->nmembers; i++)
         if ((e = lk__store_outbox_ack(t, s->members[i].uid, batch, errstr, errstr_size)) ||
-            (e = lk__store_fence_put(t, s->members[i].uid, batch, errstr, errstr_size))) {
+            (e = put_fence(s, i, t, batch, errstr, errstr_size))) {
             lk__store_txn_abort(t);
             return e;
         }
@@ -342,6 +366,18 @@ static lk_err_t pending_from(lk__sink_t *s, lk__store_t *store, uint64_t from, u
     return oldest_pending(s, store, 0, s->nmembers, from, batch, errstr, errstr_size);
 }
 
+typedef struct {
+    lk__sink_t *s;
+    lk__store_t *store;
+} restore_arg_t;
+
+/* The handoff's restore, in the handoff's checkpoint transaction (lk__store_task_handoff). */
+static lk_err_t restore_in_handoff(lk__store_txn_t *t, void *o, char *errstr,
+                                   size_t errstr_size) {
+    restore_arg_t *a = o;
+    return a->s->ops->restore(a->s, a->store, t, errstr, errstr_size);
+}
+
 lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_t errstr_size) {
     if (s->state == LK__TXN_FATAL)
         return lk__err(LK_ERR_FATAL, errstr, errstr_size, "sink '%s' stopped: %s", s->name,
@@ -373,8 +409,10 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
          * again there), in one transaction, before the next plan: the owner plans only
          * once the sink is recovered (DESIGN.md, Scale-out) */
         uint64_t from, to;
-        e = lk__store_task_handoff(store, s->handoff_ranges, s->nhandoff, &from, &to, errstr,
-                                   errstr_size);
+        restore_arg_t ra = {s, store};
+        e = lk__store_task_handoff(store, s->handoff_ranges, s->nhandoff,
+                                   s->ops->restore ? restore_in_handoff : NULL, &ra, &from, &to,
+                                   errstr, errstr_size);
         if (e)
             return e;
         lk__log(LK_LOG_NOTICE, "task %d: continuing after batch %llu of checkpoint %s (another "

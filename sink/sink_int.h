@@ -47,6 +47,14 @@ typedef struct lk__sink_member {
     uint64_t records; /* records written in the delivery in progress */
     uint64_t fence;   /* set by recover(): the last batch the external system holds for
                          this member, if it knows more than for the whole sink (0: no) */
+    /* scale-out's changelog (DESIGN.md, Scale-out): the stateful operator whose state
+     * writes this member delivers (the store captures them into its outbox); NULL: an
+     * output of the pipeline */
+    char *changelog_of;
+    /* Kafka: the offset after this member's last record that the attempt in progress had
+     * acknowledged by the broker (delivery reports), and that of the last committed
+     * delivery, which acknowledging records with the fence (-1: none) */
+    int64_t attempt_next, delivered_next;
 } lk__sink_member_t;
 
 /** What a sink kind implements. Every operation may assume a valid state (see sink.c). */
@@ -81,7 +89,23 @@ typedef struct lk__sink_ops {
      * LK_ERR_FENCED / LK_ERR_FATAL: the sink stops. */
     lk_err_t (*abort)(lk__sink_t *s, char *errstr, size_t errstr_size);
     void (*close)(lk__sink_t *s);
+    /** Scale-out's restore (Kafka; NULL for the other kinds): inside the handoff's
+     * checkpoint transaction t, bring the state of every changelog member's operator to
+     * the handoff's batch (DESIGN.md, Scale-out). Called by lk__sink_recover only when a
+     * handoff is applied; fills s->restore. */
+    lk_err_t (*restore)(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t, char *errstr,
+                        size_t errstr_size);
 } lk__sink_ops_t;
+
+/** What the last restore did (lk__sink_ops_t.restore), for the log and the metrics. */
+typedef struct lk__restore_report {
+    int done;          /* a restore ran in this sink's life */
+    int full;          /* 1: state cleared and the changelogs read from their start */
+    uint64_t read;     /* changelog records read */
+    uint64_t applied;  /* of those, applied (the others belong to batches state has) */
+    uint64_t cleared;  /* state entries cleared first (full) */
+    double seconds;
+} lk__restore_report_t;
 
 struct lk__sink {
     const lk__sink_ops_t *ops;
@@ -129,6 +153,7 @@ struct lk__sink {
     char handoff_checkpoint[48]; /* the checkpoint id that wrote it */
     lk__range_t *handoff_ranges; /* topic strings owned (freed with the sink) */
     size_t nhandoff;
+    lk__restore_report_t restore; /* set by the handoff's restore (the loop thread) */
     /* deliveries committed / aborted by this process, for lockstep_transactions_total
      * (metrics_text.c reads them from the HTTP thread) */
     atomic_ullong txn_committed, txn_aborted;
@@ -158,6 +183,11 @@ lk__sink_t *lk__sink_new(const lk__sink_ops_t *ops, const char *name, const char
 /** Add a member to a sink (before open; Kafka only): its outbox is delivered in the same
  * transaction as the others'. LK_ERR_NOMEM. */
 lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target);
+/** Add a changelog member (before open; Kafka only): uid its outbox and fence name, topic
+ * the changelog topic, state_uid the operator whose state writes it delivers (the store's
+ * capture fills its outbox: lk__store_state_changelog). LK_ERR_NOMEM. */
+lk_err_t lk__sink_add_changelog(lk__sink_t *s, const char *uid, const char *topic,
+                                const char *state_uid);
 void lk__sink_destroy(lk__sink_t *s);
 
 /**

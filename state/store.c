@@ -294,8 +294,10 @@ static void store_free(lk__store_t *s) {
         mdb_env_close(s->env);
     if (s->lock_fd >= 0)
         close(s->lock_fd); /* releases the flock */
-    for (size_t i = 0; i < s->nstates; i++)
+    for (size_t i = 0; i < s->nstates; i++) {
         free(s->states[i].uid);
+        free(s->states[i].changelog);
+    }
     free(s->states);
     free(s->app_id);
     free(s->dir);

@@ -540,6 +540,7 @@ static int handoff_collect(const lk__outbox_stat_t *st, void *o) {
 }
 
 lk_err_t lk__store_task_handoff(lk__store_t *s, const lk__range_t *offsets, size_t n,
+                                lk__store_restore_fn *restore, void *restore_opaque,
                                 uint64_t *dropped_from, uint64_t *dropped_to, char *errstr,
                                 size_t errstr_size) {
     *dropped_from = *dropped_to = 0;
@@ -547,6 +548,11 @@ lk_err_t lk__store_task_handoff(lk__store_t *s, const lk__range_t *offsets, size
     lk_err_t e = lk__store_txn_begin(s, 1, &t, errstr, errstr_size);
     if (e)
         return e;
+    /* first: the restore decides from the outbox and fences as they are */
+    if (restore && (e = restore(t, restore_opaque, errstr, errstr_size))) {
+        lk__store_txn_abort(t);
+        return e;
+    }
     handoff_sinks_t c = {.n = 0};
     if ((e = lk__store_outbox_stats(t, handoff_collect, &c)) || c.nomem) {
         e = c.nomem ? LK_ERR_NOMEM : e;

@@ -268,6 +268,22 @@ uint64_t lk__store_outbox_bytes(const lk__store_t *s);
 lk_err_t lk__store_fence_put(lk__store_txn_t *t, const char *sink, uint64_t batch,
                              char *errstr, size_t errstr_size);
 lk_err_t lk__store_fence_get(lk__store_txn_t *t, const char *sink, uint64_t *batch);
+/**
+ * The fence of sink with the changelog position a delivery recorded with it (scale-out,
+ * DESIGN.md): *offset the offset after that member's last record delivered up to *batch,
+ * -1 when none was recorded (a fence of an older version, or no record delivered yet).
+ * LK_ERR_NOT_FOUND when sink has no fence; LK_ERR_CORRUPT.
+ */
+lk_err_t lk__store_fence_get_offset(lk__store_txn_t *t, const char *sink, uint64_t *batch,
+                                    int64_t *offset);
+/**
+ * lk__store_fence_put() that also records a changelog position (offset >= 0), kept as a
+ * fourth element of the fence's value (older versions read the first three). offset < 0:
+ * the position recorded before, if any, is kept (any offset at or before the first record
+ * of a later batch bounds a tail restore).
+ */
+lk_err_t lk__store_fence_put_offset(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                    int64_t offset, char *errstr, size_t errstr_size);
 lk_err_t lk__store_fences_foreach(lk__store_txn_t *t,
                                   int (*cb)(const char *sink, uint64_t batch,
                                             int64_t wall_ms, void *opaque),
@@ -307,6 +323,34 @@ lk_err_t lk__store_state_foreach(lk__store_txn_t *t, lk__state_db_t db,
                                  int (*cb)(const void *key, size_t klen, const void *val,
                                            size_t vlen, int64_t updated_ms, void *opaque),
                                  void *opaque);
+
+/**
+ * Scale-out's changelog (DESIGN.md, Scale-out): from now on every lk__store_state_put /
+ * lk__store_state_del of db in a transaction marked by lk__store_txn_capture() is also
+ * appended, in that transaction, to the outbox of sink member `member` for that batch:
+ * key = the state key, value = the stored envelope [1, updated_ms, value] (msgpack, no
+ * checksum), NULL for a delete; partition `partition` (the task's); timestamp the batch
+ * time. member NULL stops the capture. Call outside transactions (it is the store's
+ * configuration, like lk__store_state_open). LK_ERR_INVALID_ARG (bad handle or partition
+ * < 0), LK_ERR_NOMEM.
+ */
+lk_err_t lk__store_state_changelog(lk__store_t *s, lk__state_db_t db, const char *member,
+                                   int32_t partition);
+/** Mark write transaction t as batch `batch`'s (batch time time_ms): its state writes are
+ * captured into the changelog outboxes. batch 0: nothing is captured (the default). */
+void lk__store_txn_capture(lk__store_txn_t *t, uint64_t batch, int64_t time_ms);
+/** The handle of operator uid's state database if it was opened; LK_ERR_NOT_FOUND. */
+lk_err_t lk__store_state_find(const lk__store_t *s, const char *uid, lk__state_db_t *db);
+/** Delete every entry of db in t (a full restore's first step); *cleared counts them.
+ * Errors of the transaction's writes (LK_ERR_IO, LK_ERR_FATAL, ...), LK_ERR_INVALID_ARG. */
+lk_err_t lk__store_state_clear(lk__store_txn_t *t, lk__state_db_t db, uint64_t *cleared,
+                               char *errstr, size_t errstr_size);
+/** Apply one changelog record to db in t: envelope as captured ([1, updated_ms, value]),
+ * NULL for a delete. LK_ERR_CORRUPT names the operator when key or envelope is not what
+ * the capture writes; the errors of lk__store_state_put / lk__store_state_del. */
+lk_err_t lk__store_state_apply(lk__store_txn_t *t, lk__state_db_t db, const void *key,
+                               size_t klen, const void *envelope, size_t elen, char *errstr,
+                               size_t errstr_size);
 
 typedef struct lk__state_stat {
     const char *uid; /**< valid during the callback */
@@ -383,9 +427,15 @@ lk_err_t lk__store_inspect(lk__store_t *s, FILE *fp, int json, char *errstr,
  * other process processed that input again), the pending plan is dropped, and the offsets
  * of the n ranges are set to their `until` (from the last committed progress record; no
  * fingerprint). *dropped_from..*dropped_to: the batches dropped (0, 0: none).
- * Errors: LK_ERR_NOMEM, LK_ERR_CORRUPT, LK_ERR_IO / LK_ERR_FATAL from LMDB.
+ * restore (NULL: none) is called in the same transaction, before the outbox is dropped
+ * and the offsets move, to bring the keyed state to the same batch (the changelog
+ * restore): its failure aborts everything, so offsets never move without state.
+ * Errors: LK_ERR_NOMEM, LK_ERR_CORRUPT, LK_ERR_IO / LK_ERR_FATAL from LMDB, restore's.
  */
+typedef lk_err_t lk__store_restore_fn(lk__store_txn_t *t, void *opaque, char *errstr,
+                                      size_t errstr_size);
 lk_err_t lk__store_task_handoff(lk__store_t *s, const lk__range_t *offsets, size_t n,
+                                lk__store_restore_fn *restore, void *restore_opaque,
                                 uint64_t *dropped_from, uint64_t *dropped_to, char *errstr,
                                 size_t errstr_size);
 

@@ -338,6 +338,48 @@ static lk_err_t get_named(lk__store_txn_t *t, MDB_dbi dbi, const char *name, con
     return LK_OK;
 }
 
+lk_err_t lk__store_fence_get_offset(lk__store_txn_t *t, const char *sink, uint64_t *batch,
+                                    int64_t *offset) {
+    MDB_val v;
+    int64_t b, w;
+    *offset = -1;
+    lk_err_t e = get_named(t, t->s->dbi[DB_FENCES], sink, "the fence of sink",
+                           "reading a fence", &v);
+    if (!e && !(e = lk__store_decode_fence(t, sink, v, &b, &w))) {
+        *batch = (uint64_t)b;
+        lk__obj_t o; /* decoded again: lk__store_decode_fence's object is gone */
+        int64_t off;
+        lk__zone_clear(&t->tmp);
+        if (!lk__unpack(&t->tmp, v.mv_data, v.mv_size, &o) && lk__arr_len(&o) > 3 &&
+            lk__arr_i64(&o, 3, &off) && off >= 0)
+            *offset = off;
+    }
+    return e;
+}
+
+lk_err_t lk__store_fence_put_offset(lk__store_txn_t *t, const char *sink, uint64_t batch,
+                                    int64_t offset, char *errstr, size_t errstr_size) {
+    if (offset < 0) { /* unknown in this process: the recorded one still bounds the tail */
+        uint64_t b;
+        int64_t old;
+        lk_err_t e = lk__store_fence_get_offset(t, sink, &b, &old);
+        if (e && e != LK_ERR_NOT_FOUND)
+            return lk__err(e, errstr, errstr_size, "%s", t->err);
+        offset = e ? -1 : old;
+    }
+    if (offset < 0)
+        return lk__store_fence_put(t, sink, batch, errstr, errstr_size);
+    lk__buf_reset(&t->buf);
+    lk__pack_array(&t->buf, 4); /* older versions read elements 1 and 2 only */
+    lk__pack_i64(&t->buf, 1);
+    lk__pack_i64(&t->buf, (int64_t)batch);
+    lk__pack_i64(&t->buf, lk__wall_ms());
+    lk__pack_i64(&t->buf, offset);
+    lk__store_seal(&t->buf, sink, strlen(sink));
+    return lk__store_txn_put(t, t->s->dbi[DB_FENCES], sink, strlen(sink), t->buf.data, t->buf.len,
+                             errstr, errstr_size, "writing a sink fence");
+}
+
 lk_err_t lk__store_fence_get(lk__store_txn_t *t, const char *sink, uint64_t *batch) {
     MDB_val v;
     int64_t b, w;

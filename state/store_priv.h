@@ -37,6 +37,11 @@ enum { DB_META, DB_OFFSETS, DB_BATCHES, DB_OUTBOX, DB_FENCES, DB_ACC, DB_FIXED_C
 typedef struct {
     char *uid;
     MDB_dbi dbi;
+    /* scale-out's changelog (DESIGN.md, Scale-out): the outbox member every write of this
+     * database is also appended to in the batch's transaction, and its partition (the
+     * task's); NULL: not captured */
+    char *changelog;
+    int32_t changelog_partition;
 } state_db_t;
 
 struct lk__store {
@@ -95,6 +100,10 @@ struct lk__store_txn {
     size_t nseqs, seqs_cap;
     int64_t outbox_delta;
     uint64_t batch_id; /* batch record written by this txn, 0 if none */
+    /* the batch whose state writes this txn captures into the changelog outbox
+     * (lk__store_txn_capture), and its batch time; 0: nothing is captured */
+    uint64_t capture_batch;
+    int64_t capture_time_ms;
     char err[512];     /* what the last failed read found wrong (lk__store_txn_errstr) */
 };
 

@@ -2,7 +2,10 @@
  * store_state.c — keyed state: one state.<uid> database per stateful operator, opened
  * (created when new, recorded in meta's state-dbs) outside a batch, read and written in
  * the batch's transaction, walked in key order. Window state lives in the same databases
- * (window_store.c). DESIGN.md, The checkpoint and Windows.
+ * (window_store.c). In group.mode=consumer every write of a database with a changelog is
+ * also appended, in the same transaction, to the outbox of its changelog member (the
+ * capture), and a task's handoff clears the databases and applies changelog records
+ * (the restore). DESIGN.md, The checkpoint, Windows and Scale-out.
  */
 #define _GNU_SOURCE
 #include "store_priv.h"
@@ -76,6 +79,8 @@ lk_err_t lk__store_state_open(lk__store_t *s, const char *uid, lk__state_db_t *d
     if (!(n[s->nstates].uid = strdup(uid)))
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     n[s->nstates].dbi = dbi;
+    n[s->nstates].changelog = NULL;
+    n[s->nstates].changelog_partition = -1;
     *db = (lk__state_db_t)s->nstates++;
     return LK_OK;
 }
@@ -167,6 +172,42 @@ lk_err_t lk__store_state_get(lk__store_txn_t *t, lk__state_db_t db, const void *
     return LK_OK;
 }
 
+/* ---- the changelog (DESIGN.md, Scale-out) ---- */
+
+lk_err_t lk__store_state_changelog(lk__store_t *s, lk__state_db_t db, const char *member,
+                                   int32_t partition) {
+    if (db < 0 || (size_t)db >= s->nstates || partition < 0)
+        return LK_ERR_INVALID_ARG;
+    char *m = member ? strdup(member) : NULL;
+    if (member && !m)
+        return LK_ERR_NOMEM;
+    free(s->states[db].changelog);
+    s->states[db].changelog = m;
+    s->states[db].changelog_partition = partition;
+    return LK_OK;
+}
+
+void lk__store_txn_capture(lk__store_txn_t *t, uint64_t batch, int64_t time_ms) {
+    t->capture_batch = batch;
+    t->capture_time_ms = time_ms;
+}
+
+/* The capture: a write of db in a batch's transaction also goes to db's changelog member's
+ * outbox for that batch (key = the state key, value = the envelope [1, updated_ms, value]
+ * as stored minus its checksum; NULL: a delete), to partition the task's. Writes outside
+ * a batch (the plan's unread-partition record of event-time windows, the restore itself)
+ * are not captured: they belong to no delivered batch. */
+static lk_err_t capture(lk__store_txn_t *t, lk__state_db_t db, const void *key, size_t klen,
+                        const void *envelope, size_t elen, char *errstr,
+                        size_t errstr_size) {
+    const state_db_t *d = &t->s->states[db];
+    if (!d->changelog || !t->capture_batch)
+        return LK_OK;
+    lk__out_record_t r = {d->changelog_partition, key, klen, envelope, elen,
+                          t->capture_time_ms, 0, NULL};
+    return lk__store_outbox_append(t, d->changelog, t->capture_batch, &r, errstr, errstr_size);
+}
+
 lk_err_t lk__store_state_put(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, const void *val, size_t vlen, int64_t updated_ms,
                              char *errstr, size_t errstr_size) {
@@ -180,19 +221,26 @@ lk_err_t lk__store_state_put(lk__store_txn_t *t, lk__state_db_t db, const void *
     lk__pack_i64(&t->buf, 1);
     lk__pack_i64(&t->buf, updated_ms);
     lk__pack_bin_or_nil(&t->buf, val ? val : "", vlen);
+    size_t envelope = t->buf.len; /* what the changelog carries: the value, unsealed */
     lk__store_seal(&t->buf, key, klen);
     if (t->buf.oom)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    return lk__store_txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len, errstr,
-                             errstr_size, "writing state");
+    lk_err_t e = lk__store_txn_put(t, t->s->states[db].dbi, key, klen, t->buf.data, t->buf.len,
+                                   errstr, errstr_size, "writing state");
+    if (!e)
+        e = capture(t, db, key, klen, t->buf.data, envelope, errstr, errstr_size);
+    return e;
 }
 
 lk_err_t lk__store_state_del(lk__store_txn_t *t, lk__state_db_t db, const void *key,
                              size_t klen, char *errstr, size_t errstr_size) {
     if (db < 0 || (size_t)db >= t->s->nstates)
         return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
-    return lk__store_txn_del(t, t->s->states[db].dbi, key, klen, errstr, errstr_size,
-                             "deleting state");
+    lk_err_t e = lk__store_txn_del(t, t->s->states[db].dbi, key, klen, errstr, errstr_size,
+                                   "deleting state");
+    if (!e) /* a tombstone: deleting a missing key too (the changelog may hold it) */
+        e = capture(t, db, key, klen, NULL, 0, errstr, errstr_size);
+    return e;
 }
 
 /* Visit the entries of a state database in key order, from the first one strictly after
@@ -284,4 +332,81 @@ lk_err_t lk__store_state_foreach_uid(lk__store_txn_t *t, const char *uid,
     if (rc)
         return rc == MDB_INCOMPATIBLE ? LK_ERR_CORRUPT : LK_ERR_STORE;
     return foreach_state_dbi(t, dbi, cb, opaque);
+}
+
+/* ---- the restore (DESIGN.md, Scale-out): a task's handoff rebuilds its state ---- */
+
+lk_err_t lk__store_state_find(const lk__store_t *s, const char *uid, lk__state_db_t *db) {
+    for (size_t i = 0; i < s->nstates; i++)
+        if (!strcmp(s->states[i].uid, uid)) {
+            *db = (lk__state_db_t)i;
+            return LK_OK;
+        }
+    return LK_ERR_NOT_FOUND;
+}
+
+lk_err_t lk__store_state_clear(lk__store_txn_t *t, lk__state_db_t db, uint64_t *cleared,
+                               char *errstr, size_t errstr_size) {
+    *cleared = 0;
+    if (db < 0 || (size_t)db >= t->s->nstates)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
+    lk_err_t e = lk__store_txn_check(t, errstr, errstr_size);
+    if (e)
+        return e;
+    /* Deleted one by one through lk__store_txn_del, not mdb_drop: every write of a
+     * transaction must be in its replay log (MAP_FULL replays it into a larger map). The
+     * first key is looked up again after each delete: a cursor does not survive a write
+     * made around it. */
+    unsigned char key[MAX_KEY];
+    for (;;) {
+        MDB_cursor *c;
+        int rc = mdb_cursor_open(t->txn, t->s->states[db].dbi, &c);
+        MDB_val k, v;
+        if (!rc) {
+            rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+            if (!rc && (k.mv_size == 0 || k.mv_size > MAX_KEY))
+                rc = MDB_CORRUPTED;
+            if (!rc)
+                memcpy(key, k.mv_data, k.mv_size);
+            mdb_cursor_close(c);
+        }
+        if (rc == MDB_NOTFOUND)
+            return LK_OK;
+        if (rc)
+            return lk__store_mdb_err(t->s, rc, errstr, errstr_size, "clearing state");
+        if ((e = lk__store_txn_del(t, t->s->states[db].dbi, key, k.mv_size, errstr, errstr_size,
+                                   "clearing state")))
+            return e;
+        (*cleared)++;
+    }
+}
+
+lk_err_t lk__store_state_apply(lk__store_txn_t *t, lk__state_db_t db, const void *key,
+                               size_t klen, const void *envelope, size_t elen, char *errstr,
+                               size_t errstr_size) {
+    if (db < 0 || (size_t)db >= t->s->nstates)
+        return lk__err(LK_ERR_INVALID_ARG, errstr, errstr_size, "bad state handle");
+    if (klen == 0 || klen > MAX_KEY)
+        return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                       "a changelog record of operator '%s' has a key of %zu bytes (1..%d "
+                       "possible)", t->s->states[db].uid, klen, MAX_KEY);
+    if (!envelope)
+        return lk__store_state_del(t, db, key, klen, errstr, errstr_size);
+    /* the envelope is checked as a stored value is (without its checksum: Kafka's CRC
+     * covered it on the way), then stored sealed */
+    MDB_val v = {elen, (void *)envelope};
+    const void *val;
+    size_t vlen;
+    int64_t upd;
+    if (!decode_state_fast(&v, &val, &vlen, &upd)) {
+        lk__obj_t o;
+        lk__zone_clear(&t->tmp);
+        if (lk__unpack(&t->tmp, envelope, elen, &o) || !lk__arr_i64(&o, 1, &upd) ||
+            !lk__arr_bin_or_nil(&o, 2, &val, &vlen))
+            return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                           "a changelog record of operator '%s' (key of %zu bytes, value of "
+                           "%zu) is not a state value [1, updated_ms, value]",
+                           t->s->states[db].uid, klen, elen);
+    }
+    return lk__store_state_put(t, db, key, klen, val, vlen, upd, errstr, errstr_size);
 }

@@ -1294,7 +1294,7 @@ Test(store_records, task_handoff_drops_the_undelivered_and_moves_the_offsets) {
 
     lk__range_t from_progress[2] = {{"in", 3, 350, 350}, {"other", 3, 65, 65}};
     uint64_t lo, hi;
-    CHECK(lk__store_task_handoff(s, from_progress, 2, &lo, &hi, ES));
+    CHECK(lk__store_task_handoff(s, from_progress, 2, NULL, NULL, &lo, &hi, ES));
     cr_assert_eq(lo, 18);
     cr_assert_eq(hi, 20);
     s = reopen(s, "app");
@@ -1315,7 +1315,7 @@ Test(store_records, task_handoff_drops_the_undelivered_and_moves_the_offsets) {
     cr_assert_eq(o, 65);
     lk__store_txn_abort(t);
     /* nothing to drop: a checkpoint that never ran the task */
-    CHECK(lk__store_task_handoff(s, from_progress, 1, &lo, &hi, ES));
+    CHECK(lk__store_task_handoff(s, from_progress, 1, NULL, NULL, &lo, &hi, ES));
     cr_assert_eq(lo, 0);
     lk__store_close(s);
 }

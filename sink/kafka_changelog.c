@@ -1,0 +1,177 @@
+/*
+ * kafka_changelog.c — the Kafka sink's restore of keyed state at a task's handoff
+ * (docs/DESIGN.md, "Scale-out", the changelog). In group.mode=consumer every write of a
+ * stateful operator's state.<uid> database is captured by the store into the outbox of a
+ * changelog member of the task's Kafka sink (state/store_state.c), and delivered in the
+ * batch's Kafka transaction to partition p of <app.id>.<uid>.changelog (compacted), each
+ * record carrying the provenance header with its batch. When the task's checkpoint moves
+ * to another checkpoint's last progress record (the handoff, kafka_progress.c), its state
+ * is brought to that record's batch here, inside the handoff's checkpoint transaction:
+ *
+ *   - full: the local state may hold batches Kafka never received (it committed batches
+ *     it did not deliver), or the checkpoint is new: its state.<uid> is cleared and the
+ *     changelog partition read (read_committed) from its start to its stable end;
+ *   - tail: the local state is exactly at its last delivered batch B (no batch committed
+ *     since): read from the changelog position recorded with B's fence (0 when unknown)
+ *     and apply only the records of batches after B.
+ *
+ * Every record is an absolute write (a value, or a delete), so applying a suffix of the
+ * partition in order over a state that already holds some of it ends in the same state:
+ * a position recorded too early only costs reading more. The plan of one member's restore
+ * and the filter of one record are pure functions (lk__changelog_plan,
+ * lk__changelog_applies) for the unit tests.
+ */
+#define _GNU_SOURCE
+#include "kafka_priv.h"
+#include "provenance_int.h"
+#include "../core/util_int.h"
+
+#include <string.h>
+
+void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
+                        int64_t fence_offset, lk__changelog_plan_t *out) {
+    /* tail only when the state is exactly the last delivered batch's: a batch committed
+     * after it (undelivered, or its acknowledgement lost) may have changed state that
+     * Kafka never received */
+    int tail = fence_found && committed > 0 && fence_batch == committed;
+    out->full = !tail;
+    out->after = tail ? fence_batch : 0;
+    out->start = tail && fence_offset > 0 ? fence_offset : 0;
+}
+
+int lk__changelog_applies(const lk__prov_t *p, const char *app, const char *member,
+                          uint64_t after, uint64_t upto) {
+    if (p->old_format || p->app_len != strlen(app) || memcmp(p->app, app, p->app_len) ||
+        p->sink_len != strlen(member) || memcmp(p->sink, member, p->sink_len))
+        return 0; /* not this changelog's writer */
+    /* after: state already holds it; past upto: not part of the history handed over (an
+     * aborted attempt that a read_committed reader of the mock cluster still sees) */
+    return p->batch > after && p->batch <= upto;
+}
+
+/* Read changelog partition [start, end) of member m with the reader and apply what
+ * lk__changelog_applies keeps. */
+static lk_err_t replay(lk__sink_t *s, const lk__sink_member_t *m, lk__store_txn_t *t,
+                       lk__state_db_t db, int64_t start, int64_t end, uint64_t after,
+                       uint64_t *read, uint64_t *applied, char *errstr, size_t errstr_size) {
+    lk__kafka_sink_t *k = s->impl;
+    *read = *applied = 0;
+    if (start >= end)
+        return LK_OK;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, m->target, s->task)->offset = start;
+    rd_kafka_resp_err_t ke = rd_kafka_assign(k->reader, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (ke)
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "reading %s[%d]: %s", m->target,
+                       s->task, rd_kafka_err2str(ke));
+    lk_err_t e = LK_OK;
+    /* the budget applies to each wait for a message, not to the whole read: a large
+     * changelog takes as long as it takes, a silent broker does not */
+    int64_t deadline = lk__mono_ms() + lk__kafka_budget(k);
+    for (int done = 0; !done && !e;) {
+        if (lk__mono_ms() > deadline || lk__kafka_abandoned(s)) {
+            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size,
+                        "reading %s[%d]: timed out at offset %lld of %lld", m->target,
+                        s->task, (long long)(start + (int64_t)*read), (long long)end);
+            break;
+        }
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(k->reader, 100);
+        if (!msg)
+            continue;
+        deadline = lk__mono_ms() + lk__kafka_budget(k);
+        if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            done = msg->offset >= end;
+        } else if (msg->err) {
+            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "reading %s[%d] at offset %lld: %s",
+                        m->target, s->task, (long long)msg->offset,
+                        rd_kafka_message_errstr(msg));
+        } else if (msg->offset < end) {
+            (*read)++;
+            rd_kafka_headers_t *h = NULL;
+            lk__prov_t p;
+            if (rd_kafka_message_headers(msg, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
+                h = NULL;
+            if (lk__prov_get(h, &p) &&
+                lk__changelog_applies(&p, s->app_id, m->uid, after, s->handoff_batch)) {
+                if (!msg->key || !msg->key_len)
+                    e = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
+                                "%s[%d] offset %lld: a changelog record without a key",
+                                m->target, s->task, (long long)msg->offset);
+                else
+                    e = lk__store_state_apply(t, db, msg->key, msg->key_len, msg->payload,
+                                              msg->payload ? msg->len : 0, errstr, errstr_size);
+                if (!e)
+                    (*applied)++;
+            }
+            done = msg->offset + 1 >= end;
+        } else {
+            done = 1;
+        }
+        rd_kafka_message_destroy(msg);
+    }
+    (void)rd_kafka_assign(k->reader, NULL); /* unassigning a local assignment */
+    return e;
+}
+
+lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t, char *errstr,
+                           size_t errstr_size) {
+    lk__kafka_sink_t *k = s->impl;
+    int64_t t0 = lk__mono_ns();
+    lk__restore_report_t rep = {.done = 1};
+    for (size_t i = 0; i < s->nmembers; i++) {
+        const lk__sink_member_t *m = &s->members[i];
+        if (!m->changelog_of)
+            continue;
+        lk__state_db_t db;
+        if (lk__store_state_find(store, m->changelog_of, &db))
+            return lk__err(LK_ERR_STATE, errstr, errstr_size,
+                           "changelog %s: operator '%s' has no open state", m->target,
+                           m->changelog_of);
+        uint64_t fb = 0;
+        int64_t fo = -1;
+        lk_err_t e = lk__store_fence_get_offset(t, m->uid, &fb, &fo);
+        if (e && e != LK_ERR_NOT_FOUND)
+            return lk__err(e, errstr, errstr_size, "the fence of %s: %s", m->uid,
+                           lk__store_txn_errstr(t));
+        lk__changelog_plan_t plan;
+        lk__changelog_plan(lk__store_committed_batch(store), !e, fb, fo, &plan);
+        uint64_t cleared = 0;
+        if (plan.full && (e = lk__store_state_clear(t, db, &cleared, errstr, errstr_size)))
+            return e;
+        /* the previous owner's transaction was aborted by init_transactions; another one
+         * still open there (a foreign writer) would hide records behind the stable end */
+        lk__kafka_offsets_io_t io;
+        lk__kafka_real_offsets_io(k, &io);
+        int64_t end = 0, lo = 0, hi = 0;
+        if ((e = lk__kafka_wait_stable(&io, m->target, s->task, lk__kafka_budget(k), &end,
+                                       errstr, errstr_size)))
+            return e;
+        rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(
+            k->reader, m->target, s->task, &lo, &hi, lk__kafka_budget(k));
+        if (ke)
+            return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[%d]: %s",
+                           m->target, s->task, rd_kafka_err2str(ke));
+        int64_t start = plan.start > lo ? plan.start : lo; /* compaction / retention */
+        uint64_t read, applied;
+        int64_t m0 = lk__mono_ns();
+        if ((e = replay(s, m, t, db, start, end, plan.after, &read, &applied, errstr,
+                        errstr_size)))
+            return e;
+        lk__log(LK_LOG_NOTICE,
+                "task %d: restored operator '%s' from %s[%d] (%s after batch %llu, offsets "
+                "%lld..%lld): %llu changelog records read, %llu applied%s in %.3f s",
+                s->task, m->changelog_of, m->target, s->task, plan.full ? "full" : "tail",
+                (unsigned long long)plan.after, (long long)start, (long long)end,
+                (unsigned long long)read, (unsigned long long)applied,
+                plan.full ? "; local state cleared first" : "",
+                (double)(lk__mono_ns() - m0) / 1e9);
+        rep.full |= plan.full;
+        rep.read += read;
+        rep.applied += applied;
+        rep.cleared += cleared;
+    }
+    rep.seconds = (double)(lk__mono_ns() - t0) / 1e9;
+    s->restore = rep;
+    return LK_OK;
+}
