@@ -1,0 +1,267 @@
+/*
+ * test_group_state.c — scale-out's changelog end to end (DESIGN.md, Scale-out) with real
+ * processes on a `lockstep mock-broker`: the word count of tests/mock/wc_runner.c (an
+ * update_state_by_key "word-counts" written with the API) in group.mode=consumer, its
+ * input keyed like its state (each line one word, word i always in partition i % 2), so
+ * counting per task is exact. Tasks move between two processes and their counts move
+ * with them:
+ *   - a new process takes a task over: its new checkpoint restores the task's state in
+ *     full from partition p of <app.id>.word-counts.changelog;
+ *   - the first process takes it back with its stale checkpoint, whose state is exactly
+ *     at its last delivered batch: it reads only the tail of the changelog (from the
+ *     position recorded with that delivery) and applies every record it reads (all the
+ *     other process's), which the test counts in the changelog itself;
+ * and after every move the last count of each word in the output equals the number of
+ * its lines. Graceful moves only: the mock cluster shows aborted records to
+ * read_committed readers (DESIGN.md, The mock cluster's limits), which the SIGKILL runs
+ * of the chaos tier judge by provenance instead.
+ */
+#define _GNU_SOURCE
+#include "cliproc.h"
+#include "mockutil.h"
+#include "sink/provenance_int.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NWORDS 20
+#define CHANGELOG "s.word-counts.changelog"
+
+static pid_t procs[2];
+static rd_kafka_t *reader;
+static int64_t expected[NWORDS];
+
+static void setup(void) {
+    cp_init();
+}
+
+static void teardown(void) {
+    for (int i = 0; i < 2; i++)
+        cp_stop(&procs[i]);
+    if (reader) {
+        rd_kafka_consumer_close(reader);
+        rd_kafka_destroy(reader);
+        reader = NULL;
+    }
+    cp_fini();
+}
+
+TestSuite(group_state, .init = setup, .fini = teardown, .timeout = 240);
+
+/* wc_runner in group mode, checkpoint.dir tu_dir/<ckpt>, stderr to tu_dir/<ckpt>.err. */
+static pid_t start(const char *ckpt) {
+    const char *runner = getenv("LK_WC_RUNNER");
+    cr_assert_not_null(runner, "LK_WC_RUNNER is not set (run through ctest)");
+    const char *argv[] = {runner, cp_bootstraps, cp_path(ckpt), "0", "sink=kafka:counts",
+                          "app.id=s", "group.mode=consumer", "group.session.timeout.ms=6000",
+                          "batch.interval.ms=50", "max.records.per.partition=40",
+                          "log.level=notice", "sink.kafka.timeout.ms=10000",
+                          "checkpoint.map.size=4M", NULL};
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int o = open("/dev/null", O_WRONLY);
+        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static char *err_of(const char *ckpt) {
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
+    char *s = cp_slurp(errf);
+    return s ? s : strdup("");
+}
+
+static void stop_gracefully(int i, const char *name) {
+    kill(procs[i], SIGTERM);
+    int rc = cp_wait_exit(&procs[i], 60);
+    char *err = err_of(name);
+    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
+    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
+    free(err);
+}
+
+/* n lines, each one word: word w in partition w % 2 (the state's key is the input's). */
+static void produce_words(int rounds) {
+    char v[16];
+    for (int r = 0; r < rounds; r++)
+        for (int w = 0; w < NWORDS; w++) {
+            snprintf(v, sizeof v, "w%d", w);
+            cp_produce("lines", w % 2, NULL, v, 0);
+            expected[w]++;
+        }
+    cp_flush();
+}
+
+static void read_all(const char *topic, int p0, int np,
+                     void (*cb)(rd_kafka_message_t *m, void *o), void *o) {
+    if (!reader)
+        reader = mu_reader(cp_bootstraps, "test-group-state");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    int pending = 0;
+    for (int p = p0; p < p0 + np; p++) {
+        int64_t lo, hi;
+        cr_assert_eq(rd_kafka_query_watermark_offsets(reader, topic, p, &lo, &hi, 5000), 0);
+        if (hi > lo) {
+            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
+            pending++;
+        }
+    }
+    cr_assert_eq(rd_kafka_assign(reader, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 10);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            pending--;
+        else if (!m->err)
+            cb(m, o);
+        rd_kafka_message_destroy(m);
+    }
+    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
+    rd_kafka_assign(reader, NULL);
+}
+
+/* The last count of each word in the output, in log order (a word is in one partition). */
+static void on_count(rd_kafka_message_t *m, void *o) {
+    int64_t *last = o;
+    char k[16];
+    int w;
+    cr_assert(m->key_len > 0 && m->key_len < sizeof k);
+    memcpy(k, m->key, m->key_len);
+    k[m->key_len] = 0;
+    cr_assert_eq(sscanf(k, "w%d", &w), 1, "key %s", k);
+    cr_assert(w >= 0 && w < NWORDS && m->len == sizeof(int64_t));
+    memcpy(&last[w], m->payload, sizeof(int64_t));
+}
+
+/* Wait (bounded) until every word's last count is its number of lines. */
+static void wait_counts(int seconds) {
+    int64_t last[NWORDS];
+    int wrong = 0;
+    for (int i = 0; i < seconds * 4; i++) {
+        memset(last, 0, sizeof last);
+        read_all("counts", 0, 2, on_count, last);
+        wrong = 0;
+        for (int w = 0; w < NWORDS; w++)
+            wrong += last[w] != expected[w];
+        if (!wrong)
+            return;
+        usleep(250000);
+    }
+    char *a = err_of("a"), *b = err_of("b");
+    for (int w = 0; w < NWORDS; w++)
+        if (last[w] != expected[w])
+            cr_log_error("w%d: last count %lld, %lld lines", w, (long long)last[w],
+                         (long long)expected[w]);
+    cr_assert_fail("%d of %d words with a wrong count after %d s\na: %s\nb: %s", wrong,
+                   NWORDS, seconds, a, b);
+}
+
+typedef struct {
+    int64_t from; /* count records at or after this offset */
+    long total, after, ours;
+} changelog_count_t;
+
+static void on_changelog(rd_kafka_message_t *m, void *o) {
+    changelog_count_t *c = o;
+    rd_kafka_headers_t *h;
+    lk__prov_t pv;
+    cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv),
+              "a changelog record without provenance");
+    c->ours += pv.sink_len == strlen("word-counts") && !memcmp(pv.sink, "word-counts", 11);
+    c->total++;
+    c->after += m->offset >= c->from;
+}
+
+/* The restore line of log `log` (the last one): its partition, mode, read and applied
+ * counts and its first offset. 0 if there is none. */
+static int last_restore(const char *log, int *partition, char *mode, long *read, long *applied,
+                        long long *from) {
+    const char *q = NULL;
+    for (const char *p = log; (p = strstr(p, "restored operator 'word-counts'")); p++)
+        q = p;
+    if (!q)
+        return 0;
+    return sscanf(q,
+                  "restored operator 'word-counts' from " CHANGELOG
+                  "[%d] (%4s after batch %*u, offsets %lld..%*d): %ld changelog records "
+                  "read, %ld applied",
+                  partition, mode, from, read, applied) == 5;
+}
+
+Test(group_state, keyed_state_moves_with_its_task_full_then_tail) {
+    const char *topics[] = {"lines:2", "counts:2", "s.progress:2", CHANGELOG ":2", NULL};
+    cp_broker_start(topics);
+    produce_words(10);
+    procs[0] = start("a");
+    wait_counts(60);
+
+    /* b joins with a new checkpoint: the task it gets restores its counts in full */
+    procs[1] = start("b");
+    char *eb = NULL;
+    for (int i = 0; i < 240; i++) {
+        free(eb);
+        eb = err_of("b");
+        if (strstr(eb, "restored operator"))
+            break;
+        usleep(250000);
+    }
+    int p;
+    char mode[8];
+    long read, applied;
+    long long from;
+    cr_assert(last_restore(eb, &p, mode, &read, &applied, &from),
+              "b restored no state: %s", eb);
+    cr_assert_str_eq(mode, "full", "%s", eb);
+    cr_assert(applied > 0 && read == applied, "read %ld, applied %ld", read, applied);
+    cr_assert_eq(from, 0);
+    cr_log_info("b, task %d: full restore, %ld records read, %ld applied", p, read, applied);
+    free(eb);
+    produce_words(10);
+    wait_counts(60);
+
+    /* b leaves: a takes the task back with its stale checkpoint, exactly at its last
+     * delivered batch (it delivered before the rebalance took the task): a tail */
+    stop_gracefully(1, "b");
+    char *ea = NULL;
+    int q = -1;
+    for (int i = 0; i < 240; i++) {
+        free(ea);
+        ea = err_of("a");
+        if (last_restore(ea, &q, mode, &read, &applied, &from))
+            break;
+        usleep(250000);
+    }
+    cr_assert(q == p, "a restored task %d, b had task %d: %s", q, p, ea);
+    cr_assert_str_eq(mode, "tail", "%s", ea);
+    changelog_count_t c = {.from = from};
+    read_all(CHANGELOG, p, 1, on_changelog, &c);
+    cr_assert_eq(c.ours, c.total, "records of another writer in the changelog");
+    /* what a read is exactly what b wrote after a's last delivery; none of a's own */
+    cr_assert(read > 0 && applied == read, "read %ld, applied %ld: %s", read, applied, ea);
+    cr_assert_eq(read, c.after, "read %ld, the changelog holds %ld from offset %lld", read,
+                 c.after, from);
+    cr_assert_lt(read, c.total, "the tail read the whole changelog (%ld records)", c.total);
+    cr_log_info("a, task %d: tail from offset %lld, %ld records read, %ld applied, of %ld in "
+                "the partition", p, from, read, applied, c.total);
+    free(ea);
+    produce_words(10);
+    wait_counts(60);
+    stop_gracefully(0, "a");
+}
