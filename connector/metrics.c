@@ -108,6 +108,28 @@ char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs
     return buf;
 }
 
+/* A task's report names the restore of its keyed state when it moved here (the sinks'
+ * restore report: written by the loop thread, which reports progress too). */
+static char *with_restore(const lk__metrics_t *m, char *line) {
+    for (size_t i = 0; i < m->nsinks; i++) {
+        const lk__restore_report_t *r = &m->sinks[i]->restore;
+        if (!r->done)
+            continue;
+        size_t len = strlen(line);
+        char *out = NULL;
+        if (len < 1 || asprintf(&out,
+                                "%.*s,\"restore\":{\"mode\":\"%s\",\"recordsRead\":%llu,"
+                                "\"recordsApplied\":%llu,\"seconds\":%.3f}}",
+                                (int)(len - 1), line, r->full ? "full" : "tail",
+                                (unsigned long long)r->read, (unsigned long long)r->applied,
+                                r->seconds) < 0)
+            out = NULL;
+        free(line);
+        return out;
+    }
+    return line;
+}
+
 void lk__metrics_progress(lk__metrics_t *m, const lk_progress_t *p) {
     if (!m)
         return;
@@ -124,6 +146,9 @@ void lk__metrics_progress(lk__metrics_t *m, const lk_progress_t *p) {
     m->last_report_ms = now;
     pthread_mutex_unlock(&m->lock);
     char *line = lk__metrics_progress_line(p, now, secs); /* formatted outside the lock */
+    if (!line)
+        return;
+    line = with_restore(m, line);
     if (!line)
         return;
     pthread_mutex_lock(&m->lock);

@@ -79,6 +79,14 @@
       "The application's accumulators (lk_accumulator_add) as committed in the "         \
       "checkpoint (lockstep's own, lockstep.* and the windows' <uid>.late, are the "     \
       "metrics above).")                                                                       \
+    X(RESTORE_RECORDS, "lockstep_restore_records_total", "counter", "mode=full|tail",     \
+      "group.mode=consumer: changelog records applied to a task's keyed state when the "  \
+      "task moved here from another process (full: its state cleared and rebuilt from "   \
+      "the changelog; tail: only what the other process wrote), since the task started "  \
+      "in this process.")                                                                  \
+    X(RESTORE_SECONDS, "lockstep_restore_seconds", "gauge", "",                            \
+      "group.mode=consumer: duration of the task's last restore of keyed state from its "  \
+      "changelogs (0: none since the task started in this process).")                      \
     X(HEALTHY, "lockstep_healthy", "gauge", "",                                            \
       "1 when /healthz answers 200, else 0.")
 
@@ -410,6 +418,30 @@ static lk_err_t write_set(lk__metrics_t *const *ms, size_t n, FILE *fp, int om, 
     head(fp, LK__M_ACCUMULATOR, om);
     for (size_t k = 0; k < n; k++)
         lk__store_acc_foreach(sn[k].t, acc_user, &sn[k].a);
+
+    head(fp, LK__M_RESTORE_RECORDS, om);
+    for (size_t k = 0; k < n; k++) {
+        const lk__metrics_t *m = sn[k].m;
+        unsigned long long full = 0, tail = 0;
+        for (size_t i = 0; i < m->nsinks; i++) {
+            full += atomic_load(&m->sinks[i]->restore_applied_full);
+            tail += atomic_load(&m->sinks[i]->restore_applied_tail);
+        }
+        sample_label(fp, m, LK__M_RESTORE_RECORDS, "mode", "full");
+        fprintf(fp, "} %llu\n", full);
+        sample_label(fp, m, LK__M_RESTORE_RECORDS, "mode", "tail");
+        fprintf(fp, "} %llu\n", tail);
+    }
+    head(fp, LK__M_RESTORE_SECONDS, om);
+    for (size_t k = 0; k < n; k++) {
+        const lk__metrics_t *m = sn[k].m;
+        unsigned long long us = 0;
+        for (size_t i = 0; i < m->nsinks; i++)
+            us += atomic_load(&m->sinks[i]->restore_us);
+        sample(fp, m, metric_defs[LK__M_RESTORE_SECONDS].name);
+        fputs("} ", fp);
+        value_double(fp, (double)us / 1e6);
+    }
 
     head(fp, LK__M_HEALTHY, om);
     for (size_t k = 0; k < n; k++) {

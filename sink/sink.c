@@ -164,6 +164,15 @@ static lk_err_t put_fence(lk__sink_t *s, size_t i, lk__store_txn_t *t, uint64_t 
                : lk__store_fence_put(t, m->uid, batch, errstr, errstr_size);
 }
 
+void lk__sink_restore_committed(lk__sink_t *s) {
+    /* published once the handoff's transaction committed: a failed one restored nothing */
+    if (!s->restore.done)
+        return;
+    atomic_fetch_add(s->restore.full ? &s->restore_applied_full : &s->restore_applied_tail,
+                     s->restore.applied);
+    atomic_store(&s->restore_us, (unsigned long long)(s->restore.seconds * 1e6));
+}
+
 void lk__sink_destroy(lk__sink_t *s) {
     if (!s)
         return;
@@ -410,6 +419,7 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
          * once the sink is recovered (DESIGN.md, Scale-out) */
         uint64_t from, to;
         restore_arg_t ra = {s, store};
+        s->restore = (lk__restore_report_t){0};
         e = lk__store_task_handoff(store, s->handoff_ranges, s->nhandoff,
                                    s->ops->restore ? restore_in_handoff : NULL, &ra, &from, &to,
                                    errstr, errstr_size);
@@ -419,6 +429,13 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
                 "process ran the task)%s", s->task, (unsigned long long)s->handoff_batch,
                 s->handoff_checkpoint, from ? "; this checkpoint's undelivered batches "
                 "were dropped" : "");
+        if (s->restore.done) {
+            lk__sink_restore_committed(s);
+            lk__log(LK_LOG_NOTICE, "task %d: state restored from the changelog (%s): %llu "
+                    "records read, %llu applied, in %.3f s", s->task,
+                    s->restore.full ? "full" : "tail", (unsigned long long)s->restore.read,
+                    (unsigned long long)s->restore.applied, s->restore.seconds);
+        }
         if (from)
             lk__log(LK_LOG_NOTICE, "task %d: dropped undelivered batches %llu..%llu of this "
                     "checkpoint", s->task, (unsigned long long)from, (unsigned long long)to);

@@ -154,6 +154,9 @@ struct lk__sink {
     lk__range_t *handoff_ranges; /* topic strings owned (freed with the sink) */
     size_t nhandoff;
     lk__restore_report_t restore; /* set by the handoff's restore (the loop thread) */
+    /* the same for lockstep_restore_* (metrics_text.c reads them from the HTTP thread):
+     * records applied by full and by tail restores, the last restore's duration */
+    atomic_ullong restore_applied_full, restore_applied_tail, restore_us;
     /* deliveries committed / aborted by this process, for lockstep_transactions_total
      * (metrics_text.c reads them from the HTTP thread) */
     atomic_ullong txn_committed, txn_aborted;
@@ -169,6 +172,9 @@ struct rd_kafka_s;
 lk_err_t lk__kafka_create_progress_topic(struct rd_kafka_s *rk, const char *topic,
                                          int partitions, int timeout_ms, int *existed,
                                          char *errstr, size_t errstr_size);
+
+/** Publish s->restore (a restore whose handoff committed) to the restore metrics. */
+void lk__sink_restore_committed(lk__sink_t *s);
 
 /** Forget a handoff (applied, or the sink is going): frees its ranges. */
 void lk__sink_clear_handoff(lk__sink_t *s);

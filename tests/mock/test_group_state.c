@@ -22,8 +22,11 @@
 #include "sink/provenance_int.h"
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +58,46 @@ static void teardown(void) {
 
 TestSuite(group_state, .init = setup, .fini = teardown, .timeout = 240);
 
-/* wc_runner in group mode, checkpoint.dir tu_dir/<ckpt>, stderr to tu_dir/<ckpt>.err. */
+/* A port nothing listens on right now (the kernel's choice). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* The body of GET path over HTTP/1.0 (malloc'ed; the server closes after it). */
+static char *http_body(int port, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "nothing on port %d", port);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    cr_assert_eq(write(fd, req, (size_t)n), n);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    char chunk[4096];
+    ssize_t k;
+    while ((k = read(fd, chunk, sizeof chunk)) > 0)
+        fwrite(chunk, 1, (size_t)k, m);
+    fclose(m);
+    close(fd);
+    char *sep = strstr(buf, "\r\n\r\n");
+    cr_assert_not_null(sep, "no HTTP response: %s", buf);
+    char *body = strdup(sep + 4);
+    free(buf);
+    return body;
+}
+
+static int metrics_port;
+
+/* wc_runner in group mode, checkpoint.dir tu_dir/<ckpt>, stderr to tu_dir/<ckpt>.err;
+ * process a serves its metrics on metrics_port. */
 static pid_t start(const char *ckpt) {
     const char *runner = getenv("LK_WC_RUNNER");
     cr_assert_not_null(runner, "LK_WC_RUNNER is not set (run through ctest)");
@@ -63,7 +105,10 @@ static pid_t start(const char *ckpt) {
                           "app.id=s", "group.mode=consumer", "group.session.timeout.ms=6000",
                           "batch.interval.ms=50", "max.records.per.partition=40",
                           "log.level=notice", "sink.kafka.timeout.ms=10000",
-                          "checkpoint.map.size=4M", NULL};
+                          "checkpoint.map.size=4M",
+                          !strcmp(ckpt, "a") ? cp_fmt("metrics.listen=127.0.0.1:%d", metrics_port)
+                                             : NULL,
+                          NULL};
     char errf[700];
     snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
     pid_t pid = fork();
@@ -209,6 +254,7 @@ Test(group_state, keyed_state_moves_with_its_task_full_then_tail) {
     const char *topics[] = {"lines:2", "counts:2", "s.progress:2", CHANGELOG ":2", NULL};
     cp_broker_start(topics);
     produce_words(10);
+    metrics_port = free_port();
     procs[0] = start("a");
     wait_counts(60);
 
@@ -263,5 +309,17 @@ Test(group_state, keyed_state_moves_with_its_task_full_then_tail) {
     free(ea);
     produce_words(10);
     wait_counts(60);
+    /* reported: the metrics count what the tail applied, /progress names the restore */
+    char *metrics = http_body(metrics_port, "/metrics");
+    char want[128];
+    snprintf(want, sizeof want, "task=\"%d\",mode=\"tail\"} %ld\n", p, applied);
+    const char *line = strstr(metrics, "lockstep_restore_records_total{");
+    cr_assert(line && strstr(line, want), "no sample ending %s in\n%s", want, metrics);
+    cr_assert(strstr(metrics, "lockstep_restore_seconds{"), "%s", metrics);
+    free(metrics);
+    char *progress = http_body(metrics_port, "/progress");
+    snprintf(want, sizeof want, "\"restore\":{\"mode\":\"tail\",\"recordsRead\":%ld,", read);
+    cr_assert(strstr(progress, want), "/progress does not say %s: %s", want, progress);
+    free(progress);
     stop_gracefully(0, "a");
 }
