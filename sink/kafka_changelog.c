@@ -17,15 +17,20 @@
  *
  * Every record is an absolute write (a value, or a delete), so applying a suffix of the
  * partition in order over a state that already holds some of it ends in the same state:
- * a position recorded too early only costs reading more. The plan of one member's restore
- * and the filter of one record are pure functions (lk__changelog_plan,
- * lk__changelog_applies) for the unit tests.
+ * a position recorded too early only costs reading more. A broker shows read_committed
+ * readers only committed records, one attempt per batch; the mock cluster also shows
+ * aborted attempts (docs/DESIGN.md, "The mock cluster's limits"): a batch met in a second
+ * attempt starts the operator's restore again in full, reading twice, and applies only
+ * the last attempt of each batch (the delivered one comes last). The plan of one member's
+ * restore, the filter of one record and the attempts table are pure functions
+ * (lk__changelog_plan, lk__changelog_applies, lk__changelog_attempts_*) for the unit tests.
  */
 #define _GNU_SOURCE
 #include "kafka_priv.h"
 #include "provenance_int.h"
 #include "../core/util_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
@@ -49,13 +54,69 @@ int lk__changelog_applies(const lk__prov_t *p, const char *app, const char *memb
     return p->batch > after && p->batch <= upto;
 }
 
-/* Read changelog partition [start, end) of member m with the reader and apply what
- * lk__changelog_applies keeps. */
+/* ---- the attempts of each batch (the mock cluster's visible aborted records) ---- */
+
+/* The sorted position of batch in a (or where it goes). */
+static size_t attempts_find(const lk__changelog_attempts_t *a, uint64_t batch) {
+    size_t lo = 0, hi = a->n;
+    if (hi && a->v[hi - 1].batch < batch) /* batches come mostly in order: append */
+        return hi;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (a->v[mid].batch < batch)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int lk__changelog_attempts_see(lk__changelog_attempts_t *a, uint64_t batch,
+                               const char *attempt) {
+    size_t i = attempts_find(a, batch);
+    if (i < a->n && a->v[i].batch == batch) {
+        int other = strcmp(a->v[i].attempt, attempt) != 0;
+        lk__fmt(a->v[i].attempt, sizeof a->v[i].attempt, "%s", attempt); /* the last wins */
+        return other;
+    }
+    lk__changelog_attempt_t *v = lk__vec_reserve(a->v, &a->cap, a->n + 1, sizeof *v, 64);
+    if (!v)
+        return -1;
+    a->v = v;
+    memmove(&v[i + 1], &v[i], (a->n - i) * sizeof *v);
+    v[i].batch = batch;
+    lk__fmt(v[i].attempt, sizeof v[i].attempt, "%s", attempt);
+    a->n++;
+    return 0;
+}
+
+int lk__changelog_attempts_last(const lk__changelog_attempts_t *a, uint64_t batch,
+                                const char *attempt) {
+    size_t i = attempts_find(a, batch);
+    return i < a->n && a->v[i].batch == batch && !strcmp(a->v[i].attempt, attempt);
+}
+
+void lk__changelog_attempts_free(lk__changelog_attempts_t *a) {
+    free(a->v);
+    *a = (lk__changelog_attempts_t){0};
+}
+
+/* How replay treats the records it keeps. */
+typedef enum {
+    APPLY_CHECKED, /* apply, stopping at a batch seen with a second attempt (*conflict) */
+    COLLECT,       /* apply nothing: note each batch's last attempt */
+    APPLY_LAST     /* apply only each batch's last attempt (as COLLECT noted) */
+} replay_mode_t;
+
+/* Read changelog partition [start, end) of member m with the reader and treat what
+ * lk__changelog_applies keeps as mode says; *read and *applied count. */
 static lk_err_t replay(lk__sink_t *s, const lk__sink_member_t *m, lk__store_txn_t *t,
                        lk__state_db_t db, int64_t start, int64_t end, uint64_t after,
+                       replay_mode_t mode, lk__changelog_attempts_t *attempts, int *conflict,
                        uint64_t *read, uint64_t *applied, char *errstr, size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
     *read = *applied = 0;
+    *conflict = 0;
     if (start >= end)
         return LK_OK;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
@@ -92,8 +153,19 @@ static lk_err_t replay(lk__sink_t *s, const lk__sink_member_t *m, lk__store_txn_
             lk__prov_t p;
             if (rd_kafka_message_headers(msg, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
                 h = NULL;
-            if (lk__prov_get(h, &p) &&
-                lk__changelog_applies(&p, s->app_id, m->uid, after, s->handoff_batch)) {
+            int keep = lk__prov_get(h, &p) &&
+                       lk__changelog_applies(&p, s->app_id, m->uid, after, s->handoff_batch);
+            if (keep && mode != APPLY_LAST) {
+                int seen = lk__changelog_attempts_see(attempts, p.batch, p.attempt);
+                if (seen < 0)
+                    e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+                else if (seen && mode == APPLY_CHECKED)
+                    *conflict = done = 1; /* the caller starts again, in full */
+                keep = mode == APPLY_CHECKED && !e && !*conflict;
+            } else if (keep) {
+                keep = lk__changelog_attempts_last(attempts, p.batch, p.attempt);
+            }
+            if (keep) {
                 if (!msg->key || !msg->key_len)
                     e = lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                                 "%s[%d] offset %lld: a changelog record without a key",
@@ -104,7 +176,7 @@ static lk_err_t replay(lk__sink_t *s, const lk__sink_member_t *m, lk__store_txn_
                 if (!e)
                     (*applied)++;
             }
-            done = msg->offset + 1 >= end;
+            done |= msg->offset + 1 >= end;
         } else {
             done = 1;
         }
@@ -155,8 +227,32 @@ lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t
         int64_t start = plan.start > lo ? plan.start : lo; /* compaction / retention */
         uint64_t read, applied;
         int64_t m0 = lk__mono_ns();
-        if ((e = replay(s, m, t, db, start, end, plan.after, &read, &applied, errstr,
-                        errstr_size)))
+        lk__changelog_attempts_t attempts = {0};
+        int conflict;
+        e = replay(s, m, t, db, start, end, plan.after, APPLY_CHECKED, &attempts, &conflict,
+                   &read, &applied, errstr, errstr_size);
+        if (!e && conflict) {
+            /* one batch in two attempts: records of an aborted one are visible (the mock
+             * cluster; a broker hides them from read_committed). Only the last attempt
+             * of each batch is the delivered one: start again in full, noting first
+             * which attempt that is */
+            lk__log(LK_LOG_NOTICE, "task %d: %s[%d] holds a batch in two attempts (aborted "
+                    "records visible): restoring operator '%s' in full, each batch from its "
+                    "last attempt", s->task, m->target, s->task, m->changelog_of);
+            uint64_t more = 0, ignored;
+            lk__changelog_attempts_free(&attempts);
+            plan = (lk__changelog_plan_t){.full = 1};
+            start = lo;
+            if (!(e = lk__store_state_clear(t, db, &more, errstr, errstr_size)))
+                e = replay(s, m, t, db, start, end, 0, COLLECT, &attempts, &conflict, &read,
+                           &ignored, errstr, errstr_size);
+            if (!e)
+                e = replay(s, m, t, db, start, end, 0, APPLY_LAST, &attempts, &conflict,
+                           &read, &applied, errstr, errstr_size);
+            cleared += more;
+        }
+        lk__changelog_attempts_free(&attempts);
+        if (e)
             return e;
         lk__log(LK_LOG_NOTICE,
                 "task %d: restored operator '%s' from %s[%d] (%s after batch %llu, offsets "

@@ -117,6 +117,23 @@ typedef struct {
  * state is exactly the last delivered batch's, full otherwise. */
 void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
                         int64_t fence_offset, lk__changelog_plan_t *out);
+/** The last attempt seen of each batch of a changelog partition, read in log order. */
+typedef struct {
+    uint64_t batch;
+    char attempt[17];
+} lk__changelog_attempt_t;
+typedef struct {
+    lk__changelog_attempt_t *v; /* sorted by batch */
+    size_t n, cap;
+} lk__changelog_attempts_t;
+/** Note a record of (batch, attempt): 1 when the batch was seen before in another attempt
+ * (which this one replaces), 0 when not, -1 out of memory. */
+int lk__changelog_attempts_see(lk__changelog_attempts_t *a, uint64_t batch,
+                               const char *attempt);
+/** Whether attempt is the last one noted for batch. */
+int lk__changelog_attempts_last(const lk__changelog_attempts_t *a, uint64_t batch,
+                                const char *attempt);
+void lk__changelog_attempts_free(lk__changelog_attempts_t *a);
 /** Whether a changelog record of provenance p is applied: written by app's member
  * `member`, in a batch after `after` and at most `upto` (the handoff's). */
 int lk__changelog_applies(const lk__prov_t *p, const char *app, const char *member,

@@ -270,3 +270,21 @@ Test(changelog, a_tail_applies_only_batches_after_the_local_state_up_to_the_hand
     p = prov(1, "app", "counts"); /* a full restore: after 0 */
     cr_assert(lk__changelog_applies(&p, "app", "counts", 0, 20));
 }
+
+Test(changelog, the_last_attempt_of_each_batch_is_the_delivered_one) {
+    lk__changelog_attempts_t a = {0};
+    cr_assert_eq(lk__changelog_attempts_see(&a, 11, "aaaaaaaaaaaaaaaa"), 0);
+    cr_assert_eq(lk__changelog_attempts_see(&a, 11, "aaaaaaaaaaaaaaaa"), 0, "same attempt");
+    cr_assert_eq(lk__changelog_attempts_see(&a, 12, "bbbbbbbbbbbbbbbb"), 0);
+    /* a zombie's aborted 11 and 12, then the new owner's 11 and 12 */
+    cr_assert_eq(lk__changelog_attempts_see(&a, 11, "cccccccccccccccc"), 1, "a second attempt");
+    cr_assert_eq(lk__changelog_attempts_see(&a, 12, "dddddddddddddddd"), 1);
+    cr_assert_eq(lk__changelog_attempts_see(&a, 3, "eeeeeeeeeeeeeeee"), 0, "out of order");
+    cr_assert_not(lk__changelog_attempts_last(&a, 11, "aaaaaaaaaaaaaaaa"));
+    cr_assert(lk__changelog_attempts_last(&a, 11, "cccccccccccccccc"));
+    cr_assert(lk__changelog_attempts_last(&a, 12, "dddddddddddddddd"));
+    cr_assert(lk__changelog_attempts_last(&a, 3, "eeeeeeeeeeeeeeee"));
+    cr_assert_not(lk__changelog_attempts_last(&a, 4, "eeeeeeeeeeeeeeee"), "never seen");
+    cr_assert_eq(a.n, 3);
+    lk__changelog_attempts_free(&a);
+}
