@@ -12,9 +12,12 @@
  *     position recorded with that delivery) and applies every record it reads (all the
  *     other process's), which the test counts in the changelog itself;
  * and after every move the last count of each word in the output equals the number of
- * its lines. Graceful moves only: the mock cluster shows aborted records to
- * read_committed readers (DESIGN.md, The mock cluster's limits), which the SIGKILL runs
- * of the chaos tier judge by provenance instead.
+ * its lines. Then a process SIGKILLed right after new input (batches committed and not
+ * delivered, or a transaction left open): its task restored by the other process and
+ * taken back, counts exact (the mock cluster shows aborted records to read_committed
+ * readers, DESIGN.md The mock cluster's limits: the restore keeps the last attempt of
+ * each batch). And a changelog topic of another partition count than the input's is
+ * refused before anything is created.
  */
 #define _GNU_SOURCE
 #include "cliproc.h"
@@ -27,6 +30,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -373,4 +377,20 @@ Test(group_state, a_process_killed_with_batches_in_flight_loses_no_count) {
     cr_log_info("b: %s", strstr(eb, "state restored") ? strstr(eb, "state restored") : "");
     free(ea);
     free(eb);
+}
+
+Test(group_state, a_changelog_of_another_partition_count_is_refused) {
+    const char *topics[] = {"lines:2", "counts:2", "s.progress:2", CHANGELOG ":3", NULL};
+    cp_broker_start(topics);
+    procs[0] = start("a");
+    int rc = cp_wait_exit(&procs[0], 60);
+    char *err = err_of("a");
+    cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
+    const char *needles[] = {"the input has 2 partitions", "changelog of operator "
+                             "'word-counts'", CHANGELOG ", has 3", "nothing was modified"};
+    for (size_t i = 0; i < sizeof needles / sizeof *needles; i++)
+        cr_assert(strstr(err, needles[i]), "stderr does not say '%s': %s", needles[i], err);
+    struct stat st;
+    cr_assert_neq(stat(cp_path("a"), &st), 0, "checkpoint.dir %s was created", cp_path("a"));
+    free(err);
 }
