@@ -34,11 +34,13 @@
 #include <string.h>
 
 void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
-                        int64_t fence_offset, lk__changelog_plan_t *out) {
+                        int64_t fence_offset, int64_t fence_age_ms, lk__changelog_plan_t *out) {
     /* tail only when the state is exactly the last delivered batch's: a batch committed
      * after it (undelivered, or its acknowledgement lost) may have changed state that
-     * Kafka never received */
-    int tail = fence_found && committed > 0 && fence_batch == committed;
+     * Kafka never received; and only from a recent delivery: deletes older than the
+     * topic's delete.retention.ms may be gone from the log */
+    int tail = fence_found && committed > 0 && fence_batch == committed &&
+               fence_age_ms <= LK__CHANGELOG_TAIL_MAX_AGE_MS;
     out->full = !tail;
     out->after = tail ? fence_batch : 0;
     out->start = tail && fence_offset > 0 ? fence_offset : 0;
@@ -201,13 +203,14 @@ lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t
                            "changelog %s: operator '%s' has no open state", m->target,
                            m->changelog_of);
         uint64_t fb = 0;
-        int64_t fo = -1;
-        lk_err_t e = lk__store_fence_get_offset(t, m->uid, &fb, &fo);
+        int64_t fo = -1, fwall = 0;
+        lk_err_t e = lk__store_fence_get_offset(t, m->uid, &fb, &fo, &fwall);
         if (e && e != LK_ERR_NOT_FOUND)
             return lk__err(e, errstr, errstr_size, "the fence of %s: %s", m->uid,
                            lk__store_txn_errstr(t));
         lk__changelog_plan_t plan;
-        lk__changelog_plan(lk__store_committed_batch(store), !e, fb, fo, &plan);
+        lk__changelog_plan(lk__store_committed_batch(store), !e, fb, fo, lk__wall_ms() - fwall,
+                           &plan);
         uint64_t cleared = 0;
         if (plan.full && (e = lk__store_state_clear(t, db, &cleared, errstr, errstr_size)))
             return e;

@@ -113,10 +113,16 @@ typedef struct {
     int64_t start;  /* the offset to read from (before the log start: the log start) */
 } lk__changelog_plan_t;
 /** The plan, from the checkpoint's last committed batch and the member's fence (found or
- * not: its batch and the changelog position recorded with it, -1: none): tail when the
- * state is exactly the last delivered batch's, full otherwise. */
+ * not: its batch, the changelog position recorded with it (-1: none) and its age in ms):
+ * tail when the state is exactly the last delivered batch's and that delivery is at most
+ * LK__CHANGELOG_TAIL_MAX_AGE_MS old, full otherwise. */
 void lk__changelog_plan(uint64_t committed, int fence_found, uint64_t fence_batch,
-                        int64_t fence_offset, lk__changelog_plan_t *out);
+                        int64_t fence_offset, int64_t fence_age_ms, lk__changelog_plan_t *out);
+/** The oldest delivery a tail restore starts from (ms): half of Kafka's default
+ * delete.retention.ms (24 h), which the changelog topics are created with. The log cleaner
+ * removes a tombstone once it is older than that, so a reader further behind can miss a
+ * delete; an older checkpoint restores in full. */
+#define LK__CHANGELOG_TAIL_MAX_AGE_MS (12LL * 3600 * 1000)
 /** The last attempt seen of each batch of a changelog partition, read in log order. */
 typedef struct {
     uint64_t batch;

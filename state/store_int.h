@@ -271,11 +271,12 @@ lk_err_t lk__store_fence_get(lk__store_txn_t *t, const char *sink, uint64_t *bat
 /**
  * The fence of sink with the changelog position a delivery recorded with it (scale-out,
  * DESIGN.md): *offset the offset after that member's last record delivered up to *batch,
- * -1 when none was recorded (a fence of an older version, or no record delivered yet).
+ * -1 when none was recorded (a fence of an older version, or no record delivered yet);
+ * *wall_ms (NULL: not wanted) the wall clock when the fence was written.
  * LK_ERR_NOT_FOUND when sink has no fence; LK_ERR_CORRUPT.
  */
 lk_err_t lk__store_fence_get_offset(lk__store_txn_t *t, const char *sink, uint64_t *batch,
-                                    int64_t *offset);
+                                    int64_t *offset, int64_t *wall_ms);
 /**
  * lk__store_fence_put() that also records a changelog position (offset >= 0), kept as a
  * fourth element of the fence's value (older versions read the first three). offset < 0:

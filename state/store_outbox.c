@@ -339,7 +339,7 @@ static lk_err_t get_named(lk__store_txn_t *t, MDB_dbi dbi, const char *name, con
 }
 
 lk_err_t lk__store_fence_get_offset(lk__store_txn_t *t, const char *sink, uint64_t *batch,
-                                    int64_t *offset) {
+                                    int64_t *offset, int64_t *wall_ms) {
     MDB_val v;
     int64_t b, w;
     *offset = -1;
@@ -347,6 +347,8 @@ lk_err_t lk__store_fence_get_offset(lk__store_txn_t *t, const char *sink, uint64
                            "reading a fence", &v);
     if (!e && !(e = lk__store_decode_fence(t, sink, v, &b, &w))) {
         *batch = (uint64_t)b;
+        if (wall_ms)
+            *wall_ms = w;
         lk__obj_t o; /* decoded again: lk__store_decode_fence's object is gone */
         int64_t off;
         lk__zone_clear(&t->tmp);
@@ -362,7 +364,7 @@ lk_err_t lk__store_fence_put_offset(lk__store_txn_t *t, const char *sink, uint64
     if (offset < 0) { /* unknown in this process: the recorded one still bounds the tail */
         uint64_t b;
         int64_t old;
-        lk_err_t e = lk__store_fence_get_offset(t, sink, &b, &old);
+        lk_err_t e = lk__store_fence_get_offset(t, sink, &b, &old, NULL);
         if (e && e != LK_ERR_NOT_FOUND)
             return lk__err(e, errstr, errstr_size, "%s", t->err);
         offset = e ? -1 : old;

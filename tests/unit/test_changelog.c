@@ -168,19 +168,19 @@ Test(changelog, the_changelog_position_is_kept_with_the_fence) {
     t = tu_begin(s, 0);
     uint64_t b;
     int64_t off;
-    cr_assert_eq(lk__store_fence_get_offset(t, "counts", &b, &off), LK_OK);
+    cr_assert_eq(lk__store_fence_get_offset(t, "counts", &b, &off, NULL), LK_OK);
     cr_assert_eq(b, 6);
     cr_assert_eq(off, 120);
     /* the fence reads as before (older versions read elements 1 and 2 only) */
     cr_assert_eq(lk__store_fence_get(t, "counts", &b), LK_OK);
     cr_assert_eq(b, 6);
-    cr_assert_eq(lk__store_fence_get_offset(t, "none", &b, &off), LK_ERR_NOT_FOUND);
+    cr_assert_eq(lk__store_fence_get_offset(t, "none", &b, &off, NULL), LK_ERR_NOT_FOUND);
     lk__store_txn_abort(t);
     t = tu_begin(s, 1);
     CHECK(lk__store_fence_put(t, "plain", 3, ES)); /* no position recorded */
     tu_commit(t);
     t = tu_begin(s, 0);
-    cr_assert_eq(lk__store_fence_get_offset(t, "plain", &b, &off), LK_OK);
+    cr_assert_eq(lk__store_fence_get_offset(t, "plain", &b, &off, NULL), LK_OK);
     cr_assert_eq(off, -1);
     lk__store_txn_abort(t);
     lk__store_close(s);
@@ -231,21 +231,26 @@ Test(changelog, offsets_never_move_without_the_state) {
 
 Test(changelog, full_unless_the_state_is_exactly_the_last_delivered_batch) {
     lk__changelog_plan_t p;
-    lk__changelog_plan(0, 0, 0, -1, &p); /* a new checkpoint */
+    lk__changelog_plan(0, 0, 0, -1, 0, &p); /* a new checkpoint */
     cr_assert(p.full);
     cr_assert_eq(p.start, 0);
     cr_assert_eq(p.after, 0);
-    lk__changelog_plan(12, 1, 12, 340, &p); /* delivered what it committed */
+    lk__changelog_plan(12, 1, 12, 340, 1000, &p); /* delivered what it committed */
     cr_assert_not(p.full);
     cr_assert_eq(p.after, 12);
     cr_assert_eq(p.start, 340);
-    lk__changelog_plan(12, 1, 12, -1, &p); /* no position recorded: from the start */
+    lk__changelog_plan(12, 1, 12, -1, 1000, &p); /* no position recorded: from the start */
     cr_assert_not(p.full);
     cr_assert_eq(p.start, 0);
-    lk__changelog_plan(13, 1, 12, 340, &p); /* batch 13 committed, never delivered */
+    lk__changelog_plan(13, 1, 12, 340, 1000, &p); /* batch 13 committed, never delivered */
     cr_assert(p.full, "state holding an undelivered batch must be rebuilt");
-    lk__changelog_plan(13, 0, 0, -1, &p); /* committed, nothing ever delivered */
+    lk__changelog_plan(13, 0, 0, -1, 0, &p); /* committed, nothing ever delivered */
     cr_assert(p.full);
+    /* delivered too long ago: compaction may have removed tombstones of later batches */
+    lk__changelog_plan(12, 1, 12, 340, LK__CHANGELOG_TAIL_MAX_AGE_MS + 1, &p);
+    cr_assert(p.full, "a tail would miss deletes compaction removed");
+    lk__changelog_plan(12, 1, 12, 340, LK__CHANGELOG_TAIL_MAX_AGE_MS, &p);
+    cr_assert_not(p.full);
 }
 
 static lk__prov_t prov(uint64_t batch, const char *app, const char *sink) {
