@@ -831,6 +831,10 @@ typedef struct lk_progress {
     const int64_t *topic_lag;  /**< ... and each one's lag */
     int task; /**< group.mode=consumer: the task (input partition) whose batch this is;
                    -1 in group.mode=single (batch numbers are per task) */
+    /** group.mode=consumer: the uid of the lk_repartition() whose stage this task runs
+     * (the task reads partition `task` of its topic); NULL: stage 1 (the inputs), and
+     * always in group.mode=single */
+    const char *stage;
 } lk_progress_t;
 
 /**
