@@ -6,10 +6,13 @@
  * same outbox, batch by batch, and its topology records it); the cut of a
  * group.mode=consumer pipeline into its stages (which operators each stage keeps, the
  * stage-1 writer routing by key into the outbox, the stage-2 source reading the topic);
- * and the refusal of a uid that cannot name a topic. The two-process tests are in
+ * the refusal of a uid that cannot name a topic; and the built-in pipelines' shape in
+ * group mode (lk_repartition in front of their keyed operator). The two-process tests are in
  * tests/mock/test_repartition.c.
  */
+#define _GNU_SOURCE
 #include "testutil.h"
+#include "cli/builtin.h"
 #include "connector/pipeline_int.h"
 #include "sink/sink_int.h"
 
@@ -272,4 +275,60 @@ Test(repartition, a_group_pipeline_is_cut_into_its_stages) {
     cr_assert_eq(lk__pipeline_cut(p3, "nope", "app", 1, 4, err, sizeof err), LK_ERR_TOPOLOGY);
     cr_assert(strstr(err, "'nope'"), "%s", err);
     lk__pipeline_destroy(p3);
+}
+
+/* ---- the built-in pipelines (cli/builtin.c) ---- */
+
+static char *builtin_stages(lk__builtin_kind_t kind, int windowed, int repartition,
+                            const char *stage) {
+    lk__builtin_opts_t o = {.kind = kind, .name = "x", .input_topics = "in",
+                            .key_field = "k", .value_field = "v", .deadletter = "",
+                            .window_size = windowed ? 1000 : 0, .output_topic = "out",
+                            .output_dir = "", .output_format = "", .repartition = repartition};
+    lk__builtin_opts_init(&o);
+    lk_pipeline_t *p = lk__pipeline_new();
+    lk__builtin_define(p, &o);
+    cr_assert(!p->failed, "%s", p->err);
+    char err[512];
+    if (stage != (const char *)1) /* 1: the whole pipeline */
+        cr_assert_eq(lk__pipeline_cut(p, stage, "app", 0, 2, err, sizeof err), LK_OK, "%s", err);
+    char *s = strdup(uids(p));
+    lk__pipeline_destroy(p);
+    return s;
+}
+
+#define WHOLE ((const char *)1)
+
+Test(repartition, the_built_in_pipelines_repartition_before_their_keyed_operator) {
+    char *s;
+    /* one process: as before (no lk_repartition: the topology of old checkpoints holds) */
+    s = builtin_stages(LK__BUILTIN_WORDCOUNT, 0, 0, WHOLE);
+    cr_assert(!strstr(s, "repartition"), "%s", s);
+    free(s);
+    /* scaled out: split in stage 1, the counts in the stage after by-word */
+    s = builtin_stages(LK__BUILTIN_WORDCOUNT, 0, 1, NULL);
+    cr_assert(strstr(s, "split-words:flat_map by-word:to_kafka") && !strstr(s, "word-counts"),
+              "%s", s);
+    free(s);
+    s = builtin_stages(LK__BUILTIN_WORDCOUNT, 0, 1, "by-word");
+    cr_assert_str_eq(s, "by-word:kafka_stream word-counts:update_state_by_key "
+                        "format-counts:map to-kafka:to_kafka");
+    free(s);
+    s = builtin_stages(LK__BUILTIN_WORDCOUNT, 1, 1, "by-word");
+    cr_assert(!strncmp(s, "by-word:kafka_stream windowed-word-counts:", 42), "%s", s);
+    free(s);
+    s = builtin_stages(LK__BUILTIN_COUNT_BY_KEY, 0, 1, "by-key");
+    cr_assert_str_eq(s, "by-key:kafka_stream counts:update_state_by_key format-counts:map "
+                        "to-kafka:to_kafka");
+    free(s);
+    s = builtin_stages(LK__BUILTIN_SUM_BY_KEY, 1, 1, "by-key");
+    cr_assert(!strncmp(s, "by-key:kafka_stream windowed-sums:", 34), "%s", s);
+    free(s);
+    s = builtin_stages(LK__BUILTIN_COUNT_BY_KEY, 0, 1, NULL);
+    cr_assert(strstr(s, "extract-fields:map by-key:to_kafka") && !strstr(s, "counts"), "%s", s);
+    free(s);
+    /* copy has no keyed operator: nothing to move */
+    s = builtin_stages(LK__BUILTIN_COPY, 0, 1, WHOLE);
+    cr_assert(!strstr(s, "repartition"), "%s", s);
+    free(s);
 }
