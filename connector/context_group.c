@@ -659,9 +659,11 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
         lk__group_destroy(g);
         return e;
     }
-    lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s)%s%d%s, joining "
-            "group %s", g->ntasks, g->topics[0], g->nstages > 1 ? " in " : "",
-            g->nstages > 1 ? g->nstages : 0, g->nstages > 1 ? " stages" : "", app);
+    char stages[32] = "";
+    if (g->nstages > 1)
+        lk__fmt(stages, sizeof stages, " in %d stages", g->nstages);
+    lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s)%s, joining group %s",
+            g->ntasks, g->topics[0], stages, app);
     *out = g;
     return LK_OK;
 }
