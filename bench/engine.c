@@ -16,6 +16,10 @@
  *                     with get + put of an 8-byte counter for every distinct word of the
  *                     batch (words split and summed per batch beforehand, untimed),
  *                     commit with fsync. The storage ceiling.
+ *   lockstep repartitioned  the lockstep engine case with lk_repartition "by-word" in
+ *                     front of word-counts, in one context (group.mode=single): a
+ *                     pass-through, which must cost nothing measurable (summary:
+ *                     repartition_ratio, against the lockstep engine of the same run).
  * Each round starts both cases from an empty directory. One JSON line per case and round
  * goes to stdout ({"case":..,"round":..,"lines":..,"seconds":..,"batches":..}), then a
  * JSON summary line; bench/run reads them.
@@ -51,9 +55,10 @@
 /* ---- the built-in wordcount: the very operators of cli/builtin.c ---- */
 
 static void define_wordcount(lk_pipeline_t *p, void *opaque) {
-    (void)opaque;
     lk_stream_t *in = lk_kafka_stream(p, TOPIC);
     lk_stream_t *words = lk_flat_map(in, "split-words", lk__wc_split_words, NULL);
+    if (opaque) /* the repartitioned case: a pass-through in one context */
+        words = lk_repartition(words, "by-word");
     lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
     lk_stream_t *out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
     lk_to_kafka(out, "to-kafka", "word-counts");
@@ -183,8 +188,8 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
-static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double *secs,
-                        size_t *batches) {
+static int run_lockstep(const lines_t *l, size_t batch, const char *dir, int repartition,
+                        double *secs, size_t *batches) {
     char err[1024];
     lk__store_t *s;
     lk__store_opts_t so = {0};
@@ -197,7 +202,7 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, double 
         return -1;
     }
     lk_pipeline_t *p = lk__pipeline_new();
-    define_wordcount(p, NULL);
+    define_wordcount(p, repartition ? p : NULL);
     if (p->failed || lk__pipeline_open_state(p, s, err, sizeof err)) {
         fprintf(stderr, "bench_engine: pipeline: %s %s\n", p->err, err);
         return -1;
@@ -435,23 +440,25 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_engine: mkdtemp: %s\n", strerror(errno));
         return 1;
     }
-    double lk_rate[MAX_ROUNDS], raw_rate[MAX_ROUNDS];
+    double lk_rate[MAX_ROUNDS], raw_rate[MAX_ROUNDS], rep_rate[MAX_ROUNDS];
+    static const char *const names[] = {"lockstep-engine", "raw-lmdb", "lockstep-repartition"};
     int status = 0;
     for (int r = 0; r < rounds && !status; r++) {
-        for (int j = 0; j < 2 && !status; j++) {
-            int raw = (j + r) % 2; /* order alternates */
+        for (int j = 0; j < 3 && !status; j++) {
+            int k = (j + r) % 3; /* order rotates */
             char dir[PATH_MAX + 32];
-            snprintf(dir, sizeof dir, "%s/%s-%d", top, raw ? "raw" : "lockstep", r);
+            snprintf(dir, sizeof dir, "%s/%s-%d", top, names[k], r);
             double secs;
             size_t nb;
-            status = raw ? run_raw(&up, dir, &secs, &nb) : run_lockstep(&l, batch, dir, &secs, &nb);
+            status = k == 1 ? run_raw(&up, dir, &secs, &nb)
+                            : run_lockstep(&l, batch, dir, k == 2, &secs, &nb);
             if (status)
                 break;
             double rate = (double)l.n / secs;
-            (raw ? raw_rate : lk_rate)[r] = rate;
+            (k == 0 ? lk_rate : k == 1 ? raw_rate : rep_rate)[r] = rate;
             printf("{\"case\":\"%s\",\"round\":%d,\"lines\":%zu,\"seconds\":%.4f,"
                    "\"batches\":%zu,\"lines_per_s\":%.1f}\n",
-                   raw ? "raw-lmdb" : "lockstep-engine", r + 1, l.n, secs, nb, rate);
+                   names[k], r + 1, l.n, secs, nb, rate);
             fflush(stdout);
             nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
         }
@@ -463,8 +470,11 @@ int main(int argc, char **argv) {
     qsort(raw_rate, (size_t)rounds, sizeof *raw_rate, cmp_d);
     double ml = rounds % 2 ? lk_rate[rounds / 2] : (lk_rate[rounds / 2 - 1] + lk_rate[rounds / 2]) / 2;
     double mr = rounds % 2 ? raw_rate[rounds / 2] : (raw_rate[rounds / 2 - 1] + raw_rate[rounds / 2]) / 2;
+    qsort(rep_rate, (size_t)rounds, sizeof *rep_rate, cmp_d);
+    double mp = rounds % 2 ? rep_rate[rounds / 2] : (rep_rate[rounds / 2 - 1] + rep_rate[rounds / 2]) / 2;
     printf("{\"summary\":true,\"lines\":%zu,\"batch\":%zu,\"batches\":%zu,\"updates\":%zu,"
-           "\"rounds\":%d,\"lockstep_lines_per_s\":%.1f,\"raw_lines_per_s\":%.1f}\n",
-           l.n, batch, up.nbatches, up.nu, rounds, ml, mr);
+           "\"rounds\":%d,\"lockstep_lines_per_s\":%.1f,\"raw_lines_per_s\":%.1f,"
+           "\"repartition_lines_per_s\":%.1f,\"repartition_ratio\":%.3f}\n",
+           l.n, batch, up.nbatches, up.nu, rounds, ml, mr, mp, mp / ml);
     return 0;
 }

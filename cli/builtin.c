@@ -475,6 +475,11 @@ static lk_stream_t *add_window(lk_stream_t *kv, builtin_t *bt, const char *uid) 
 
 /* ---- definition ---- */
 
+/* Records to the task of their key (bt->repartition: scaled out), else as they are. */
+static lk_stream_t *by_key(lk_stream_t *in, const builtin_t *bt, const char *uid) {
+    return bt->repartition ? lk_repartition(in, uid) : in;
+}
+
 static void add_sinks(lk_pipeline_t *p, lk_stream_t *out, const builtin_t *bt) {
     if (bt->output_topic[0]) {
         lk_stream_t *s = lk_to_kafka(out, "to-kafka", bt->output_topic);
@@ -518,10 +523,11 @@ void lk__builtin_define(lk_pipeline_t *p, void *opaque) {
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, bt);
         if (bt->windowed) {
             lk_stream_t *ones = lk_flat_map(good, "split-words", split_words_one, NULL);
-            out = add_window(ones, bt, "windowed-word-counts");
+            out = add_window(by_key(ones, bt, "by-word"), bt, "windowed-word-counts");
             break;
         }
-        lk_stream_t *words = lk_flat_map(good, "split-words", lk__wc_split_words, NULL);
+        lk_stream_t *words = by_key(lk_flat_map(good, "split-words", lk__wc_split_words, NULL),
+                                    bt, "by-word");
         lk_stream_t *counts = lk_update_state_by_key(words, "word-counts", 1, lk__wc_add_count, NULL);
         out = lk_map(counts, "format-counts", lk__wc_format_count, NULL);
         break;
@@ -530,7 +536,7 @@ void lk__builtin_define(lk_pipeline_t *p, void *opaque) {
     case LK__BUILTIN_SUM_BY_KEY: {
         add_deadletter(in, bt);
         lk_stream_t *good = lk_filter(in, "well-formed", well_formed, bt);
-        lk_stream_t *kv = lk_map(good, "extract-fields", extract, bt);
+        lk_stream_t *kv = by_key(lk_map(good, "extract-fields", extract, bt), bt, "by-key");
         int sum = bt->kind == LK__BUILTIN_SUM_BY_KEY;
         if (bt->windowed) {
             out = add_window(sum ? kv : lk_map(kv, "ones", one, NULL), bt,

@@ -43,6 +43,9 @@ typedef struct lk__builtin_opts {
     const char *output_dir;   /**< "" or a directory of files */
     const char *output_format; /**< output_dir's format: jsonl or lines */
     int keep_partition;       /**< output to the input record's partition */
+    int repartition;          /**< lk_repartition in front of the keyed operator (by the
+                                   word / the key), so that counts are exact however the
+                                   input was keyed (group.mode=consumer) */
     /* derived by lk__builtin_opts_init() */
     int windowed; /**< window_size or window_gap: windows instead of running totals */
     int sums;     /**< values are sums (sum-by-key), else counts */

@@ -37,6 +37,10 @@ static void builtin_opts_read(const lk_conf_t *conf, lk__builtin_opts_t *o) {
     o->output_dir = lk__conf_str(conf, LK__P_OUTPUT_DIR);
     o->output_format = lk__conf_str(conf, LK__P_OUTPUT_FORMAT);
     o->keep_partition = lk__conf_int(conf, LK__P_OUTPUT_PARTITION) == 1;
+    /* scaled out, a task holds the keys of its partition only: the records of a key go
+     * to one task first. (One process holds every key: nothing to move, and the
+     * topology of checkpoints made before stays as it was.) */
+    o->repartition = lk__conf_int(conf, LK__P_GROUP_MODE) == 1;
     lk__builtin_opts_init(o);
 }
 

@@ -241,6 +241,7 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
         s->checkpoint_migrated = lk__store_migrated_from(ctx->store) != 0;
         s->adopt_output = lk__conf_bool(ctx->conf, LK__P_CHECKPOINT_ADOPT_OUTPUT);
         s->task = ctx->task;
+        lk__fmt(s->stage, sizeof s->stage, "%s", ctx->stage ? ctx->stage : "");
         if (ctx->group_rk && s->ops == &lk__sink_kafka_ops &&
             !(s->group_md = rd_kafka_consumer_group_metadata(ctx->group_rk)))
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -275,7 +276,8 @@ static lk_err_t open_metrics(lk_context_t *ctx, char *errstr, size_t errstr_size
  * task `task` of a group.mode=consumer application (its conf's checkpoint.dir is the
  * task's), rk the group's membership consumer. */
 static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
-                            int task, rd_kafka_t *rk, char *errstr, size_t errstr_size) {
+                            int task, const char *stage, int ntasks, rd_kafka_t *rk,
+                            char *errstr, size_t errstr_size) {
     lk__phase(LK__PH_STARTING);
     lk_context_t *ctx = calloc(1, sizeof *ctx);
     if (ctx) {
@@ -283,7 +285,8 @@ static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *o
         ctx->task = task;
         ctx->group_rk = rk;
     }
-    if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new())) {
+    if (!ctx || !(ctx->conf = lk_conf_dup(conf)) || !(ctx->pipeline = lk__pipeline_new()) ||
+        (stage && !(ctx->stage = strdup(stage)))) {
         lk__fmt(errstr, errstr_size, "out of memory");
         lk_context_destroy(ctx);
         return NULL;
@@ -296,6 +299,12 @@ static lk_context_t *create(const lk_conf_t *conf, lk_define_fn *define, void *o
     lk_pipeline_t *p = ctx->pipeline;
     if (p->failed) {
         lk__fmt(errstr, errstr_size, "pipeline: %s", p->err);
+        lk_context_destroy(ctx);
+        return NULL;
+    }
+    /* a task runs its stage of the pipeline (one stage when there is no lk_repartition) */
+    if (task >= 0 && lk__pipeline_cut(p, stage, lk__conf_str(conf, LK__P_APP_ID), task, ntasks,
+                                      errstr, errstr_size)) {
         lk_context_destroy(ctx);
         return NULL;
     }
@@ -373,15 +382,17 @@ lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_define_fn *defi
     /* the process's level is left alone: only this thread, while it works for the new
      * context, logs at the context's */
     int prev = lk__log_bind(lk__conf_log_level(conf));
-    lk_context_t *ctx = create(conf, define, opaque, -1, NULL, errstr, errstr_size);
+    lk_context_t *ctx = create(conf, define, opaque, -1, NULL, 0, NULL, errstr, errstr_size);
     lk__log_unbind(prev);
     return ctx;
 }
 
 lk_context_t *lk__context_new_task(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
-                                   int task, rd_kafka_t *rk, char *errstr, size_t errstr_size) {
+                                   int task, const char *stage, int ntasks, rd_kafka_t *rk,
+                                   char *errstr, size_t errstr_size) {
     int prev = lk__log_bind(lk__conf_log_level(conf));
-    lk_context_t *ctx = create(conf, define, opaque, task, rk, errstr, errstr_size);
+    lk_context_t *ctx =
+        create(conf, define, opaque, task, stage, ntasks, rk, errstr, errstr_size);
     lk__log_unbind(prev);
     return ctx;
 }
@@ -416,6 +427,7 @@ static void destroy(lk_context_t *ctx) {
     lk__pipeline_destroy(ctx->pipeline);
     lk__store_close(ctx->store);
     lk_conf_destroy(ctx->conf);
+    free(ctx->stage);
     free(ctx);
 }
 

@@ -45,7 +45,7 @@ static lk_progress_t progress_of(lk_context_t *ctx, uint64_t id, int64_t time_ms
     return (lk_progress_t){id,        time_ms, f->records, f->bytes, ctx->last_records_out,
                            ms[0],     ms[1],   ms[2],      ms[3],    ms[4],
                            lk__store_outbox_bytes(ctx->store), total, nt, topics, lag,
-                           ctx->task};
+                           ctx->task, ctx->stage};
 }
 
 static void drop_deferred_report(lk_context_t *ctx) {

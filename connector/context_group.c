@@ -16,6 +16,14 @@
  * topic <app.id>.<uid>.changelog (one partition per task, checked or made here; written
  * and restored by the tasks' Kafka sinks, DESIGN.md Scale-out). The process's metrics.listen serves
  * the running tasks' metrics together, each sample labelled task="p" (metrics.c).
+ *
+ * lk_repartition cuts the pipeline into stages (DESIGN.md, Scale-out: stage 2): task p
+ * of the stage after lk_repartition <uid> is another task context (checkpoint
+ * task-<p>.<uid>, transactional.id <app.id>.<uid>.<p>, partition p of
+ * <app.id>.<uid>.progress) reading partition p of <app.id>.<uid>.repartition, which the
+ * stage before writes in its transactions. The member subscribes to the repartition
+ * topics too (one partition per task: the range assignor gives it partition p of them
+ * with partition p of the inputs), and runs every stage's task p where it runs task p.
  */
 #define _GNU_SOURCE
 #include "context_priv.h"
@@ -32,6 +40,7 @@
 #define GROUP_TIMEOUT_MS 30000
 
 typedef struct {
+    int p, stage;      /* task p of stage (0: the inputs'; s > 0: after stages[s]) */
     lk_context_t *ctx; /* NULL: not running here */
     pthread_t thread;
     atomic_int done; /* its batch loop returned (result in err) */
@@ -45,9 +54,11 @@ struct lk__group {
     char **topics;
     size_t ntopics;
     int ntasks;
+    char **stages; /* stage s > 0 runs after lk_repartition stages[s]; stages[0] NULL */
+    int nstages;
     rd_kafka_t *rk; /* the membership consumer */
     int closed;     /* rd_kafka_consumer_close was called */
-    task_t *tasks;  /* ntasks slots */
+    task_t *tasks;  /* ntasks * nstages slots: task p of stage s at s * ntasks + p */
     lk_err_t err;   /* the first error (a task's, or the group's own), with errstr */
     char errstr[1024];
     pthread_mutex_t progress_lock; /* tasks report progress one at a time */
@@ -178,19 +189,43 @@ static lk_err_t count_tasks(lk__group_t *g, char *errstr, size_t errstr_size) {
     return LK_OK;
 }
 
-/* <app.id>.progress has one partition per task: made here on the first run, checked on
- * every later one (a changed partition count is refused before any task starts). */
-static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again,
-                                     char *errstr, size_t errstr_size) {
-    *again = 0;
+/* The topics with one partition per task: <app.id>.progress, per lk_repartition <uid>
+ * its stage's <app.id>.<uid>.progress and <app.id>.<uid>.repartition, and per stateful
+ * operator <uid> its <app.id>.<uid>.changelog. */
+typedef enum { TT_PROGRESS, TT_REPARTITION, TT_CHANGELOG } task_topic_kind_t;
+typedef struct {
     char topic[512];
-    lk__fmt(topic, sizeof topic, "%s.progress", app);
+    const char *uid; /* the lk_repartition's or the operator's; NULL: stage 1's progress */
+    task_topic_kind_t kind;
+} task_topic_t;
+
+/* A topic of task_topic_t: made here on the first run, checked on every later one (a
+ * changed partition count is refused before any task starts). */
+static lk_err_t check_task_topic(lk__group_t *g, const task_topic_t *tt, int *again,
+                                 char *errstr, size_t errstr_size) {
+    *again = 0;
+    const char *topic = tt->topic;
     int n;
     lk_err_t e = partition_count(g->rk, topic, &n, errstr, errstr_size);
     if (e)
         return e;
     if (n == g->ntasks)
         return LK_OK;
+    if (n > 0 && tt->kind == TT_CHANGELOG)
+        return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                       "group.mode=consumer: the input has %d partitions (tasks) but the "
+                       "changelog of operator '%s', %s, has %d: task p's state is partition "
+                       "p of it, so the counts must match; nothing was modified. Run with "
+                       "the old partition count, or start a new app.id",
+                       g->ntasks, tt->uid, topic, n);
+    if (n > 0 && tt->kind == TT_REPARTITION)
+        return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                       "group.mode=consumer: the input has %d partitions (tasks) but %s, the "
+                       "topic of lk_repartition '%s', has %d: task p after it reads its "
+                       "partition p, so it needs one partition per task; nothing was "
+                       "modified. Recreate it with %d partitions (once the stage after it "
+                       "has read it to its end), or start a new app.id",
+                       g->ntasks, topic, tt->uid, n, g->ntasks);
     if (n > 0)
         return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
                        "group.mode=consumer: the input has %d partitions (tasks) but %s has %d: "
@@ -200,49 +235,73 @@ static lk_err_t check_progress_topic(lk__group_t *g, const char *app, int *again
                        "count cannot change under an application; nothing was modified. Run "
                        "with the old partition count, or start a new app.id",
                        g->ntasks, topic, n, n, n == 1 ? "" : "s");
-    return lk__kafka_create_progress_topic(g->rk, topic, g->ntasks, GROUP_TIMEOUT_MS, again,
-                                           errstr, errstr_size);
+    if (tt->kind == TT_PROGRESS)
+        return lk__kafka_create_progress_topic(g->rk, topic, g->ntasks, GROUP_TIMEOUT_MS,
+                                               again, errstr, errstr_size);
+    if (tt->kind == TT_CHANGELOG) { /* a key's last value is its state: compacted */
+        const char *const configs[][2] = {{"cleanup.policy", "compact"}};
+        return lk__kafka_create_topic(g->rk, "changelog topic", topic, g->ntasks, configs, 1,
+                                      GROUP_TIMEOUT_MS, again, errstr, errstr_size);
+    }
+    /* records between the stages: deleted by time, never compacted (a key's records are
+     * each needed once) */
+    char retention[32];
+    lk__fmt(retention, sizeof retention, "%lld",
+            (long long)lk__conf_int(g->parent->conf, LK__P_REPARTITION_RETENTION_MS));
+    const char *const configs[][2] = {{"cleanup.policy", "delete"}, {"retention.ms", retention}};
+    return lk__kafka_create_topic(g->rk, "repartition topic", topic, g->ntasks, configs, 2,
+                                  GROUP_TIMEOUT_MS, again, errstr, errstr_size);
 }
 
-/* Each stateful operator's <app.id>.<uid>.changelog has one partition per task, like the
- * progress topic: made (compacted) on the first run, checked on every later one. */
-static lk_err_t check_changelog_topics(lk__group_t *g, const char *app, char *errstr,
-                                       size_t errstr_size) {
+/* The stages (one per lk_repartition after the first) and the topics with one partition
+ * per task (*tts, malloc'ed): every stage's progress topic, every repartition topic, every
+ * stateful operator's changelog. The names must be valid topic names (249 characters). */
+static lk_err_t find_stages(lk__group_t *g, const char *app, task_topic_t **tts, size_t *ntt,
+                            char *errstr, size_t errstr_size) {
     const lk_pipeline_t *p = g->parent->pipeline;
+    size_t nrep = lk__pipeline_repartitions(p, NULL, 0);
+    const char **uids = calloc(nrep + 1, sizeof *uids);
+    g->stages = calloc(nrep + 1, sizeof *g->stages);
+    size_t nstate = 0;
+    for (size_t i = 0; i < p->nstages; i++)
+        nstate += p->stages[i]->kind == LK__ST_UPDATE || p->stages[i]->kind == LK__ST_WINDOW;
+    *tts = calloc(2 * nrep + 1 + nstate, sizeof **tts);
+    if (!uids || !g->stages || !*tts) {
+        free(uids);
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    }
+    lk__pipeline_repartitions(p, uids, nrep);
+    g->nstages = 1;
+    task_topic_t *t = *tts;
+    lk__fmt(t[0].topic, sizeof t[0].topic, "%s.progress", app);
+    *ntt = 1;
     lk_err_t e = LK_OK;
+    for (size_t i = 0; i < nrep && !e; i++) {
+        if (!(g->stages[g->nstages] = strdup(uids[i]))) {
+            e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+            break;
+        }
+        g->nstages++;
+        task_topic_t *pr = &t[(*ntt)++], *rt = &t[(*ntt)++];
+        lk__fmt(pr->topic, sizeof pr->topic, "%s.%s.progress", app, uids[i]);
+        lk__repartition_topic(rt->topic, sizeof rt->topic, app, uids[i]);
+        pr->uid = rt->uid = g->stages[g->nstages - 1];
+        rt->kind = TT_REPARTITION;
+        if (strlen(rt->topic) > 249)
+            e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                        "group.mode=consumer: lk_repartition '%s' needs topic %s, longer than "
+                        "Kafka's 249 characters; use a shorter uid or app.id",
+                        uids[i], rt->topic);
+    }
+    free(uids);
     for (size_t i = 0; i < p->nstages && !e; i++) {
         const lk_stream_t *st = p->stages[i];
         if (st->kind != LK__ST_UPDATE && st->kind != LK__ST_WINDOW)
             continue;
-        char topic[512];
-        lk__fmt(topic, sizeof topic, "%s.%s.changelog", app, st->uid);
-        int again = 1;
-        for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
-            int n;
-            again = 0;
-            if ((e = partition_count(g->rk, topic, &n, errstr, errstr_size)))
-                break;
-            if (n == g->ntasks)
-                break;
-            if (n > 0)
-                e = lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
-                            "group.mode=consumer: the input has %d partitions (tasks) but the "
-                            "changelog of operator '%s', %s, has %d: task p's state is "
-                            "partition p of it, so the counts must match; nothing was "
-                            "modified. Run with the old partition count, or start a new "
-                            "app.id",
-                            g->ntasks, st->uid, topic, n);
-            else if (!(e = lk__kafka_create_progress_topic(g->rk, topic, g->ntasks,
-                                                           GROUP_TIMEOUT_MS, &again, errstr,
-                                                           errstr_size)) &&
-                     again) {
-                if (lk__mono_ms() >= until)
-                    e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created by another "
-                                "member but not visible in the metadata", topic);
-                else
-                    usleep(100 * 1000);
-            }
-        }
+        task_topic_t *ct = &t[(*ntt)++];
+        lk__fmt(ct->topic, sizeof ct->topic, "%s.%s.changelog", app, st->uid);
+        ct->uid = st->uid;
+        ct->kind = TT_CHANGELOG;
     }
     return e;
 }
@@ -298,32 +357,49 @@ static void on_task_progress(const lk_progress_t *p, void *opaque) {
     pthread_mutex_unlock(&g->progress_lock);
 }
 
-/* Open task p here and start its batch loop on a thread of its own. */
-static lk_err_t start_task(lk__group_t *g, int p) {
-    task_t *t = &g->tasks[p];
+/* "task p" or "task p of stage <uid>", for messages. */
+static const char *task_name(const lk__group_t *g, const task_t *t, char *buf, size_t size) {
+    if (t->stage)
+        lk__fmt(buf, size, "task %d of stage %s", t->p, g->stages[t->stage]);
+    else
+        lk__fmt(buf, size, "task %d", t->p);
+    return buf;
+}
+
+/* Open task p of stage s here and start its batch loop on a thread of its own. */
+static lk_err_t start_task(lk__group_t *g, int s, int p) {
+    task_t *t = &g->tasks[s * g->ntasks + p];
     if (t->ctx)
         return LK_OK;
+    t->p = p;
+    t->stage = s;
+    char name[160];
+    task_name(g, t, name, sizeof name);
     lk_context_t *parent = g->parent;
     lk_conf_t *c = lk_conf_dup(parent->conf);
     char dir[4200], err[1024] = "";
-    lk__fmt(dir, sizeof dir, "%s/task-%d", lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR), p);
+    lk__fmt(dir, sizeof dir, "%s/task-%d%s%s", lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR),
+            p, s ? "." : "", s ? g->stages[s] : "");
     /* signals are the group's: it stops its tasks; metrics.listen is the group's: it
-     * serves its tasks' metrics */
+     * serves its tasks' metrics. A stage after lk_repartition reads its topic from the
+     * first record the stage before wrote, whatever auto.offset.reset says for inputs. */
     if (!c || lk_conf_set(c, "checkpoint.dir", dir, err, sizeof err) != LK_CONF_OK ||
         lk_conf_set(c, "stop.gracefully.on.shutdown", "false", err, sizeof err) != LK_CONF_OK ||
-        lk_conf_set(c, "metrics.listen", "", err, sizeof err) != LK_CONF_OK) {
+        lk_conf_set(c, "metrics.listen", "", err, sizeof err) != LK_CONF_OK ||
+        (s && lk_conf_set(c, "auto.offset.reset", "earliest", err, sizeof err) != LK_CONF_OK)) {
         lk_conf_destroy(c);
-        return group_fail(g, LK_ERR_NOMEM, "task %d: %s", p, err[0] ? err : "out of memory");
+        return group_fail(g, LK_ERR_NOMEM, "%s: %s", name, err[0] ? err : "out of memory");
     }
-    lk_context_t *ctx = lk__context_new_task(c, g->define, g->opaque, p, g->rk, err, sizeof err);
+    lk_context_t *ctx = lk__context_new_task(c, g->define, g->opaque, p, g->stages[s],
+                                             g->ntasks, g->rk, err, sizeof err);
     lk_conf_destroy(c);
     if (!ctx)
-        return group_fail(g, LK_ERR_FATAL, "task %d: %s", p, err);
+        return group_fail(g, LK_ERR_FATAL, "%s: %s", name, err);
     lk_context_on_progress(ctx, on_task_progress, g);
-    lk__metrics_set_task(ctx->metrics, p);
+    lk__metrics_set_task(ctx->metrics, p, g->stages[s]);
     if (lk__metrics_member_add(parent->metrics, ctx->metrics)) {
         lk_context_destroy(ctx);
-        return group_fail(g, LK_ERR_NOMEM, "task %d: out of memory", p);
+        return group_fail(g, LK_ERR_NOMEM, "%s: out of memory", name);
     }
     atomic_store(&t->done, 0);
     t->err = LK_OK;
@@ -332,41 +408,44 @@ static lk_err_t start_task(lk__group_t *g, int p) {
         t->ctx = NULL;
         lk__metrics_member_remove(parent->metrics, ctx->metrics);
         lk_context_destroy(ctx);
-        return group_fail(g, LK_ERR_FATAL, "task %d: cannot start its thread", p);
+        return group_fail(g, LK_ERR_FATAL, "%s: cannot start its thread", name);
     }
-    lk__log(LK_LOG_NOTICE, "task %d: started (checkpoint %s)", p, dir);
+    lk__log(LK_LOG_NOTICE, "%s: started (checkpoint %s)", name, dir);
     return LK_OK;
 }
 
-/* Stop task p (graceful: its batch in flight finishes and is delivered), join, close.
- * A task that failed makes the group fail with its error. */
-static void stop_task(lk__group_t *g, int p, int graceful) {
-    task_t *t = &g->tasks[p];
+/* Stop the task in slot i (graceful: its batch in flight finishes and is delivered),
+ * join, close. A task that failed makes the group fail with its error. */
+static void stop_task(lk__group_t *g, int i, int graceful) {
+    task_t *t = &g->tasks[i];
     if (!t->ctx)
         return;
+    char name[160];
+    task_name(g, t, name, sizeof name);
     lk_context_stop(t->ctx, graceful);
     pthread_join(t->thread, NULL);
     if (t->err)
-        group_fail(g, t->err, "task %d: %s", p, lk_context_errstr(t->ctx));
+        group_fail(g, t->err, "%s: %s", name, lk_context_errstr(t->ctx));
     lk__metrics_member_remove(g->parent->metrics, t->ctx->metrics); /* before they go */
     lk_context_destroy(t->ctx);
     t->ctx = NULL;
-    lk__log(LK_LOG_NOTICE, "task %d: stopped%s", p, graceful ? "" : " (abandoned its batch)");
+    lk__log(LK_LOG_NOTICE, "%s: stopped%s", name, graceful ? "" : " (abandoned its batch)");
 }
 
 /* Stop every task: the graceful ones in parallel (each finishes its batch), then join. */
 static void stop_all(lk__group_t *g, int graceful) {
-    for (int p = 0; p < g->ntasks; p++)
+    int slots = g->ntasks * g->nstages;
+    for (int p = 0; p < slots; p++)
         if (g->tasks[p].ctx)
             lk_context_stop(g->tasks[p].ctx, graceful);
     /* a graceful stop lasts up to shutdown.timeout.ms per task; an immediate stop of the
      * process meanwhile (a second SIGTERM, lk_context_stop(ctx, 0)) reaches the tasks */
     for (int waiting = graceful; waiting;) {
         waiting = 0;
-        for (int p = 0; p < g->ntasks; p++)
+        for (int p = 0; p < slots; p++)
             waiting |= g->tasks[p].ctx && !atomic_load(&g->tasks[p].done);
         if (waiting && atomic_load(&g->parent->stop_now)) {
-            for (int p = 0; p < g->ntasks; p++)
+            for (int p = 0; p < slots; p++)
                 if (g->tasks[p].ctx)
                     lk_context_stop(g->tasks[p].ctx, 0);
             graceful = 0;
@@ -375,7 +454,7 @@ static void stop_all(lk__group_t *g, int graceful) {
         if (waiting)
             lk__nap_ms(10, NULL, NULL);
     }
-    for (int p = 0; p < g->ntasks; p++)
+    for (int p = 0; p < slots; p++)
         stop_task(g, p, graceful);
 }
 
@@ -460,9 +539,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             (void)rd_kafka_pause_partitions(rk, parts); /* best effort: offsets at the end */
         lk__log(LK_LOG_NOTICE, "group %s: assigned tasks [%s]",
                 lk__conf_str(g->parent->conf, LK__P_APP_ID), list);
+        /* every stage's task p where task p runs: the repartition topics' partitions p
+         * came with it (one partition per task, range assignment) */
         for (int i = 0; i < parts->cnt && !g->err; i++)
-            if (!strcmp(parts->elems[i].topic, g->topics[0]))
-                (void)start_task(g, parts->elems[i].partition); /* failure is in g->err */
+            for (int s = 0; s < g->nstages && !g->err &&
+                            !strcmp(parts->elems[i].topic, g->topics[0]);
+                 s++)
+                (void)start_task(g, s, parts->elems[i].partition); /* failure: g->err */
     } else {
         int lost = rd_kafka_assignment_lost(rk);
         lk__log(LK_LOG_NOTICE, "group %s: tasks revoked%s",
@@ -493,6 +576,9 @@ void lk__group_destroy(lk__group_t *g) {
     }
     free(g->tasks);
     free_topics(g);
+    for (int s = 0; g->stages && s < g->nstages; s++)
+        free(g->stages[s]);
+    free(g->stages);
     pthread_mutex_destroy(&g->progress_lock);
     free(g);
 }
@@ -572,34 +658,51 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
         e = LK_ERR_CONF_INVALID;
     if (!e)
         e = count_tasks(g, errstr, errstr_size);
+    task_topic_t *tts = NULL;
+    size_t ntt = 0;
+    if (!e)
+        e = find_stages(g, app, &tts, &ntt, errstr, errstr_size);
     /* again: another member created it first (replicas started together), and a broker
      * lists a new topic in its metadata only once the topic's partitions have leaders,
      * tens to hundreds of milliseconds later on a real broker: polled until then, bounded
      * like the requests. (Three immediate tries used to fail the start of every replica
      * but one: tests/mock/deploy_replicas.py on the kafka tier.) */
-    int again = 1;
-    for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
-        e = check_progress_topic(g, app, &again, errstr, errstr_size);
-        if (!e && again) {
-            if (lk__mono_ms() >= until)
-                break;
-            usleep(100 * 1000);
+    for (size_t i = 0; i < ntt && !e; i++) {
+        int again = 1;
+        for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
+            e = check_task_topic(g, &tts[i], &again, errstr, errstr_size);
+            if (!e && again) {
+                if (lk__mono_ms() >= until)
+                    break;
+                usleep(100 * 1000);
+            }
         }
+        if (!e && again)
+            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created by another member "
+                        "but not visible in the metadata", tts[i].topic);
     }
-    if (!e && again)
-        e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s.progress: created by another "
-                    "member but not visible in the metadata", app);
-    if (!e)
-        e = check_changelog_topics(g, app, errstr, errstr_size);
+    /* the member subscribes to the repartition topics too: task p of every stage */
+    for (size_t i = 0; i < ntt && !e; i++) {
+        if (tts[i].kind != TT_REPARTITION)
+            continue;
+        char **n = realloc(g->topics, (g->ntopics + 1) * sizeof *n);
+        if (n)
+            g->topics = n;
+        if (!n || !(g->topics[g->ntopics] = strdup(tts[i].topic)))
+            e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+        else
+            g->ntopics++;
+    }
+    free(tts);
     if (!e && lk__mkdir_p(dir))
         e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s", dir,
                     strerror(errno));
-    if (!e && !(g->tasks = calloc((size_t)g->ntasks, sizeof *g->tasks)))
+    if (!e && !(g->tasks = calloc((size_t)g->ntasks * (size_t)g->nstages, sizeof *g->tasks)))
         e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
     if (!e) {
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)ntopics);
-        for (size_t i = 0; i < ntopics; i++)
-            rd_kafka_topic_partition_list_add(l, topics[i], RD_KAFKA_PARTITION_UA);
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)g->ntopics);
+        for (size_t i = 0; i < g->ntopics; i++)
+            rd_kafka_topic_partition_list_add(l, g->topics[i], RD_KAFKA_PARTITION_UA);
         rd_kafka_resp_err_t ke = rd_kafka_subscribe(g->rk, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (ke)
@@ -610,15 +713,18 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
         lk__group_destroy(g);
         return e;
     }
-    lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s), joining group %s",
-            g->ntasks, g->topics[0], app);
+    char stages[32] = "";
+    if (g->nstages > 1)
+        lk__fmt(stages, sizeof stages, " in %d stages", g->nstages);
+    lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s)%s, joining group %s",
+            g->ntasks, g->topics[0], stages, app);
     *out = g;
     return LK_OK;
 }
 
 /* Any task whose loop returned on its own failed (or was fenced): the group stops. */
 static void reap_tasks(lk__group_t *g) {
-    for (int p = 0; p < g->ntasks; p++)
+    for (int p = 0; p < g->ntasks * g->nstages; p++)
         if (g->tasks[p].ctx && atomic_load(&g->tasks[p].done))
             stop_task(g, p, 1);
 }

@@ -52,6 +52,9 @@ struct lk_context {
      * with */
     struct lk__group *group;
     int task;
+    /* a task of the stage after lk_repartition <stage> (its pipeline cut to it,
+     * pipeline_repartition.c); NULL: stage 1, or not a task */
+    char *stage;
     rd_kafka_t *group_rk;
     uint64_t first_batch_logged; /* next_batch_id's notice, logged once per number */
 
@@ -136,8 +139,12 @@ lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_
 void lk__group_destroy(lk__group_t *g);
 /* group.mode=single refuses a checkpoint.dir holding task checkpoints. */
 lk_err_t lk__group_check_single(const char *dir, char *errstr, size_t errstr_size);
-/* Task p's context (context.c): conf's checkpoint.dir is the task's; rk the group's. */
+/* Task p of `stage` (context.c): the pipeline keeps only that stage's operators
+ * (lk__pipeline_cut: stage NULL, the inputs'; else those after lk_repartition `stage`),
+ * its repartition writers routing by key over ntasks partitions; conf's checkpoint.dir is
+ * the task's; rk the group's. */
 lk_context_t *lk__context_new_task(const lk_conf_t *conf, lk_define_fn *define, void *opaque,
-                                   int task, rd_kafka_t *rk, char *errstr, size_t errstr_size);
+                                   int task, const char *stage, int ntasks, rd_kafka_t *rk,
+                                   char *errstr, size_t errstr_size);
 
 #endif

@@ -100,6 +100,8 @@ char *lk__metrics_progress_line(const lk_progress_t *p, int64_t now, double secs
     fputc('}', fp);
     if (p->task >= 0) /* group.mode=consumer: batch numbers are the task's */
         fprintf(fp, ",\"task\":%d", p->task);
+    if (p->stage) /* an lk_repartition uid: [A-Za-z0-9._-], nothing to escape */
+        fprintf(fp, ",\"stage\":\"%s\"", p->stage);
     fputc('}', fp);
     if (fclose(fp)) {
         free(buf);
@@ -271,7 +273,8 @@ int lk__metrics_health(lk__metrics_t *m, char *why, size_t why_size) {
         ok = lk__metrics_health_locked(m->members[i], w, sizeof w);
         pthread_mutex_unlock(&m->members[i]->lock);
         if (!ok)
-            lk__fmt(why, why_size, "task %d: %s", m->members[i]->task, w);
+            lk__fmt(why, why_size, "task %d%s%s: %s", m->members[i]->task,
+                    m->members[i]->stage[0] ? " of stage " : "", m->members[i]->stage, w);
     }
     if (ok)
         lk__fmt(why, why_size, "ok: %zu task%s running here", m->nmembers,
@@ -305,9 +308,11 @@ void lk__metrics_progress_json(lk__metrics_t *m, FILE *fp) {
     fputs("\n]\n", fp);
 }
 
-void lk__metrics_set_task(lk__metrics_t *m, int task) {
-    if (m)
+void lk__metrics_set_task(lk__metrics_t *m, int task, const char *stage) {
+    if (m) {
         m->task = task;
+        lk__fmt(m->stage, sizeof m->stage, "%s", stage ? stage : "");
+    }
 }
 
 lk_err_t lk__metrics_member_add(lk__metrics_t *g, lk__metrics_t *m) {

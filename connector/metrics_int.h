@@ -51,8 +51,9 @@ lk_err_t lk__metrics_new(lk__metrics_t **out, lk__store_t *store, const lk_conf_
  */
 #define lk__metrics_new_group(out, conf, errstr, errstr_size)                              \
     lk__metrics_new((out), NULL, (conf), NULL, 0, NULL, 0, (errstr), (errstr_size))
-/** A task's metrics: every sample carries task="task". */
-void lk__metrics_set_task(lk__metrics_t *m, int task);
+/** A task's metrics: every sample carries task="task" (and stage="<uid>" for a task of
+ * the stage after lk_repartition <uid>; stage NULL: stage 1). */
+void lk__metrics_set_task(lk__metrics_t *m, int task, const char *stage);
 /** Add a task's metrics m to group g's (LK_ERR_NOMEM); remove them before they are
  * destroyed (waits for a scrape reading them). NULL g or m: no-op. */
 lk_err_t lk__metrics_member_add(lk__metrics_t *g, lk__metrics_t *m);

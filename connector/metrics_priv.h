@@ -40,6 +40,7 @@ struct MHD_Daemon;
 
 struct lk__metrics {
     lk__store_t *store; /* NULL: a group's metrics (lk__metrics_new_group) */
+    char stage[104];    /* a task of the stage after lk_repartition <stage>: stage="<uid>" */
     int task;           /* a task's (group.mode=consumer): its samples carry task="p"; -1 */
     /* a group's: the metrics of the tasks running in this process, written together at
      * a scrape. The group adds and removes them under members_lock, which a scrape holds

@@ -142,6 +142,8 @@ static void sample(FILE *fp, const lk__metrics_t *m, const char *name) {
     fputc('"', fp);
     if (m->task >= 0)
         fprintf(fp, ",task=\"%d\"", m->task);
+    if (m->stage[0]) /* an lk_repartition uid: [A-Za-z0-9._-] */
+        fprintf(fp, ",stage=\"%s\"", m->stage);
 }
 
 /* Start a sample of metric id with one label besides app: name{app="...",label="value";

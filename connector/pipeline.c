@@ -31,6 +31,7 @@ const char *lk__stage_kind_name(lk__stage_kind_t k) {
     case LK__ST_OUTBOX: return "outbox";
     case LK__ST_WINDOW: return "reduce_by_key_and_window";
     case LK__ST_SIDE: return "window_late";
+    case LK__ST_REPARTITION: return "repartition";
     }
     return "?";
 }
@@ -39,7 +40,7 @@ lk_pipeline_t *lk__pipeline_new(void) {
     return calloc(1, sizeof(lk_pipeline_t));
 }
 
-static void stage_free(lk_stream_t *s) {
+void lk__stage_free(lk_stream_t *s) {
     free(s->uid);
     free(s->children);
     for (size_t i = 0; i < s->ntopics; i++)
@@ -60,7 +61,7 @@ void lk__pipeline_destroy(lk_pipeline_t *p) {
     if (!p)
         return;
     for (size_t i = 0; i < p->nstages; i++)
-        stage_free(p->stages[i]);
+        lk__stage_free(p->stages[i]);
     free(p->stages);
     for (size_t i = 0; i < p->nbcs; i++) {
         lk_broadcast_t *b = p->bcs[i];
@@ -130,7 +131,7 @@ static lk_stream_t *add_stage(lk_pipeline_t *p, lk_stream_t *parent, lk__stage_k
         lk_stream_t **c =
             or_oom(p, realloc(parent->children, (parent->nchildren + 1) * sizeof *c));
         if (!c) {
-            stage_free(s);
+            lk__stage_free(s);
             return NULL;
         }
         parent->children = c;
@@ -312,6 +313,23 @@ static lk_stream_t *add_sink(lk_stream_t *in, const char *uid, const lk__sink_op
 
 lk_stream_t *lk_to_kafka(lk_stream_t *in, const char *uid, const char *topic) {
     return add_sink(in, uid, &lk__sink_kafka_ops, topic, NULL);
+}
+
+lk_stream_t *lk_repartition(lk_stream_t *in, const char *uid) {
+    if (!in)
+        return NULL;
+    /* the uid names Kafka topics and a transactional id in group.mode=consumer
+     * (<app.id>.<uid>.repartition): refused here in every mode, so a pipeline that runs
+     * in one process runs scaled out too */
+    if (uid && (strlen(uid) > 100 || strspn(uid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                 "0123456789._-") != strlen(uid))) {
+        lk_pipeline_fail(in->p, "lk_repartition '%.120s': the uid names Kafka topics "
+                         "(<app.id>.<uid>.repartition): at most 100 characters of "
+                         "a-z A-Z 0-9 . _ -",
+                         uid);
+        return NULL;
+    }
+    return add_stage(in->p, in, LK__ST_REPARTITION, uid, NULL);
 }
 
 /* The directory a file sink writes to, for comparing sinks: the real path when it

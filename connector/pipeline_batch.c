@@ -230,6 +230,7 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     case LK__ST_SOURCE:
         break;
     case LK__ST_SIDE:
+    case LK__ST_REPARTITION: /* one context holds every key: nothing to move */
         b->cur = s;
         deliver(b, s, r);
         b->cur = saved;
@@ -339,6 +340,9 @@ static void process(lk_batch_t *b, lk_stream_t *s, const lk_record_t *r) {
     case LK__ST_OUTBOX: {
         lk__out_record_t o = {s->keep_partition ? r->partition : -1, r->key, r->key_len,
                              r->value, r->value_len, r->timestamp_ms, 0, NULL};
+        if (s->repart_n) /* a repartition topic: the key's task, as Kafka would choose */
+            o.partition = lk__repartition_partition(r->key, r->key_len, s->repart_n,
+                                                    s->repart_task);
         if (r->nheaders) { /* the input's headers go out with it (copy, dead letters) */
             lk__header_t *hs = lk__arena_alloc(&b->arena, r->nheaders * sizeof *hs);
             if (!hs) {

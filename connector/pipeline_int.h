@@ -22,6 +22,8 @@ typedef enum {
     LK__ST_OUTBOX,
     LK__ST_WINDOW, /* window.c */
     LK__ST_SIDE,   /* a window's late records (pass-through, fed by the window only) */
+    LK__ST_REPARTITION, /* lk_repartition: a pass-through in one context (repartition.c
+                         * cuts the pipeline there for group.mode=consumer) */
 } lk__stage_kind_t;
 
 /** Kind names as recorded in the checkpoint's topology (stable strings). */
@@ -85,6 +87,10 @@ struct lk_stream {
     char *target, *format;               /* the sink's topic or directory, file format */
     int keep_partition;                  /* write to the input's partition */
     struct lk__window *win;              /* window stages: the definition (window.c) */
+    /* group.mode=consumer, an lk_repartition stage cut into the Kafka sink writing its
+     * topic (repartition.c): partition = murmur2(key) % repart_n, a NULL key repart_task
+     * (0: not such a sink) */
+    int32_t repart_n, repart_task;
     /* runtime */
     lk__state_db_t db;
     lk__kv_t kv;
@@ -173,6 +179,29 @@ void *lk__batch_copy(lk_batch_t *b, const void *p, size_t n);
  * valid: the caller frees it). NULL key: -1 as well (lk__batch_copy's NULL). */
 int lk__batch_keys_push(lk_batch_t *b, lk_bytes_t **keys, size_t *n, size_t *cap,
                         const void *key, size_t klen);
+
+/* ---- lk_repartition (pipeline_repartition.c, DESIGN.md Scale-out) ---- */
+
+/** Kafka's murmur2 of key[0..len) (the Java client's Utils.murmur2, librdkafka's). */
+uint32_t lk__murmur2(const void *key, size_t len);
+/** The partition of n (> 0) Kafka's default partitioner gives key: (murmur2 & 0x7fffffff)
+ * % n, as librdkafka's murmur2_random and the Java client; a NULL key: null_to. */
+int32_t lk__repartition_partition(const void *key, size_t len, int32_t n, int32_t null_to);
+/** The uids of the pipeline's lk_repartition stages, in definition order, up to cap;
+ * returns how many there are. */
+size_t lk__pipeline_repartitions(const lk_pipeline_t *p, const char **uids, size_t cap);
+/** <app>.<uid>.repartition into buf. */
+void lk__repartition_topic(char *buf, size_t size, const char *app, const char *uid);
+/**
+ * Keep only one stage of a group.mode=consumer pipeline, for task `task` of `ntasks`:
+ * stage NULL: the operators fed by the inputs; else those fed by lk_repartition `stage`,
+ * which becomes their source (topic <app>.<stage>.repartition). The lk_repartition
+ * stages ending the kept segment become Kafka sinks writing their topics by key. The
+ * other stages are freed. LK_ERR_TOPOLOGY when there is no such lk_repartition;
+ * LK_ERR_NOMEM. On error the pipeline is only fit for lk__pipeline_destroy.
+ */
+lk_err_t lk__pipeline_cut(lk_pipeline_t *p, const char *stage, const char *app, int task,
+                          int ntasks, char *errstr, size_t errstr_size);
 
 /** Non-zero if some stateful stage expires keys or closes windows (batches must run to
  * advance time). */

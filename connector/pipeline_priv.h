@@ -11,5 +11,7 @@
 
 /** Free a per-key table's memory (a stage's, when its pipeline is destroyed). */
 void lk__kv_free(lk__kv_t *kv);
+/** Free a stage (pipeline.c; pipeline_repartition.c frees the stages a cut leaves out). */
+void lk__stage_free(lk_stream_t *s);
 
 #endif

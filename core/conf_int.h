@@ -147,7 +147,8 @@ typedef enum {
       "the same app.id share the work: task p (partition p of every input topic; the "      \
       "inputs must have one partition count) runs where group <app.id> assigns it, with its "\
       "own checkpoint checkpoint.dir/task-<p>, transactional.id <app.id>.<p> and progress "  \
-      "partition. This version runs stateless pipelines with Kafka sinks only in this mode.")\
+      "partition. lk_repartition cuts the pipeline into stages whose tasks run together. "  \
+      "This version runs stateless pipelines with Kafka sinks only in this mode.")           \
     X(GROUP_INSTANCE_ID, "group.instance.id", LK__S_LIB, LK__PT_IDENT, "", 0, 200, NULL, 0,  \
       "With group.mode=consumer: static membership (KIP-345). A process restarted with the " \
       "same id within group.session.timeout.ms gets its tasks back without a rebalance. "   \
@@ -157,6 +158,12 @@ typedef enum {
       "With group.mode=consumer: the membership consumer's session.timeout.ms: a process "  \
       "that stops heartbeating (killed, stopped, cut off) loses its tasks to the others "   \
       "after this long. The broker bounds it (group.min/max.session.timeout.ms).")          \
+    X(REPARTITION_RETENTION_MS, "repartition.retention.ms", LK__S_LIB, LK__PT_INT,         \
+      "604800000", -1, INT64_MAX, NULL, 0,                                                 \
+      "With group.mode=consumer and lk_repartition: retention.ms of the repartition "       \
+      "topics lockstep creates (<app.id>.<uid>.repartition, cleanup.policy=delete); -1 "    \
+      "keeps records forever. A stage 2 that falls further behind than this loses input "   \
+      "(on.data.loss decides). Topics that exist are not altered.")                        \
     X(PIPELINE, "pipeline", LK__S_CLI, LK__PT_ENUM, "", 0, 0,                              \
       "wordcount|count-by-key|sum-by-key|copy", 0,                                         \
       "lockstep run: the built-in pipeline (unless pipeline.plugin is set). wordcount: "   \

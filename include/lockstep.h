@@ -588,6 +588,41 @@ LK_EXPORT lk_stream_t *lk_window_late(lk_stream_t *window, const char *uid);
  */
 LK_EXPORT void lk_foreach_batch(lk_stream_t *in, const char *uid, lk_foreach_batch_fn *fn,
                                 void *opaque);
+
+/**
+ * @brief Move every record to the task that owns its key, so that a keyed operator after
+ * this point sees all the records of a key whatever partition they were read from.
+ *
+ * group.mode=single: a pass-through. The one context holds every key; nothing is written
+ * and the pipeline's output and speed are those of the pipeline without it (the operator
+ * is recorded in the checkpoint's topology as "repartition").
+ *
+ * group.mode=consumer (README, "Scaling out"): the pipeline is cut here in two stages.
+ * The operators before it run in stage 1 (task p reads partition p of the inputs): each
+ * record goes, in the stage-1 task's Kafka transaction with its other outputs and its
+ * progress record, to the topic <app.id>.<uid>.repartition, partition murmur2(key) %
+ * tasks (Kafka's default partitioner: librdkafka's murmur2_random, the Java client's);
+ * a record without a key stays in its task's partition. The operators after it run in
+ * stage 2: task p of stage 2 reads partition p of that topic read_committed, with its
+ * own checkpoint (<checkpoint.dir>/task-<p>.<uid>), transactional.id
+ * (<app.id>.<uid>.<p>) and progress partition (p of <app.id>.<uid>.progress), and
+ * moves between processes with the stage-1 task p (the group assigns them together).
+ * Each record reaches stage 2 once, and stage 2's output is exactly-once like any other.
+ * The topics are created at start (the repartition topic with one partition per task,
+ * cleanup.policy=delete, retention.ms = repartition.retention.ms), or their partition
+ * counts checked (a start is refused with LK_ERR_TOPOLOGY naming both counts). Key,
+ * value, timestamp and headers travel with the record; stage 2's records also carry
+ * stage 1's provenance header "lockstep" (after their own, when a sink writes them).
+ * Several lk_repartition in one pipeline make as many stages.
+ *
+ * @param in  the stream to repartition.
+ * @param uid the operator's uid: unique in the pipeline, at most 100 characters of
+ *            a-z A-Z 0-9 . _ - (it names Kafka topics). Keep it stable: the topics,
+ *            checkpoints and transactional ids of stage 2 are named after it.
+ * @returns the repartitioned stream; NULL when in is NULL or the uid is bad (the pipeline
+ *          records why: lk_context_get_or_create() fails naming the operator).
+ */
+LK_EXPORT lk_stream_t *lk_repartition(lk_stream_t *in, const char *uid);
 /*
  * Sinks. Each captures the stream's records in the checkpoint's outbox, in the batch's
  * transaction, and delivers them after the checkpoint is durable, oldest batch first.
@@ -796,6 +831,10 @@ typedef struct lk_progress {
     const int64_t *topic_lag;  /**< ... and each one's lag */
     int task; /**< group.mode=consumer: the task (input partition) whose batch this is;
                    -1 in group.mode=single (batch numbers are per task) */
+    /** group.mode=consumer: the uid of the lk_repartition() whose stage this task runs
+     * (the task reads partition `task` of its topic); NULL: stage 1 (the inputs), and
+     * always in group.mode=single */
+    const char *stage;
 } lk_progress_t;
 
 /**

@@ -283,12 +283,15 @@ static lk_err_t kafka_open(lk__sink_t *s, const lk_conf_t *conf, char *errstr,
     k->prov_member = SIZE_MAX; /* no provenance value before kafka_begin */
     k->send_offsets = conf ? lk__conf_bool(conf, LK__P_SINK_KAFKA_SEND_OFFSETS) : 1;
     k->timeout_ms = conf ? (int)lk__conf_int(conf, LK__P_SINK_KAFKA_TIMEOUT_MS) : 30000;
-    lk__fmt(k->progress_topic, sizeof k->progress_topic, "%s.progress", s->app_id);
     /* single mode: the application is one task with the application's transactional id;
      * scale-out: task p is <app.id>.<p> and writes partition p of the progress topic,
-     * which no other transactional id writes (DESIGN.md, Scale-out) */
+     * which no other transactional id writes (DESIGN.md, Scale-out); the stage after
+     * lk_repartition <uid> has its own progress topic and transactional ids */
+    const char *dot = s->stage[0] ? "." : "";
+    lk__fmt(k->progress_topic, sizeof k->progress_topic, "%s%s%s.progress", s->app_id, dot,
+            s->stage);
     if (s->task >= 0)
-        lk__fmt(k->txn_id, sizeof k->txn_id, "%s.%d", s->app_id, s->task);
+        lk__fmt(k->txn_id, sizeof k->txn_id, "%s%s%s.%d", s->app_id, dot, s->stage, s->task);
     else
         lk__fmt(k->txn_id, sizeof k->txn_id, "%s", s->app_id);
     k->progress_partition = s->task >= 0 ? s->task : 0;

@@ -17,19 +17,26 @@
 #include <string.h>
 #include <time.h>
 
-lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int partitions,
-                                         int timeout_ms, int *existed, char *errstr,
-                                         size_t errstr_size) {
+lk_err_t lk__kafka_create_topic(rd_kafka_t *rk, const char *what, const char *topic,
+                                int partitions, const char *const (*configs)[2],
+                                size_t nconfigs, int timeout_ms, int *existed, char *errstr,
+                                size_t errstr_size) {
     char kerr[512];
     *existed = 0;
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, -1, kerr, sizeof kerr);
     if (!nt)
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s", kerr);
-    rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
-    if (ce) {
-        rd_kafka_NewTopic_destroy(nt);
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "progress topic: %s",
-                       rd_kafka_err2str(ce));
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: %s", what, kerr);
+    char settings[512] = ""; /* "k=v, ..." for the messages */
+    for (size_t i = 0; i < nconfigs; i++) {
+        rd_kafka_resp_err_t ce = rd_kafka_NewTopic_set_config(nt, configs[i][0], configs[i][1]);
+        if (ce) {
+            rd_kafka_NewTopic_destroy(nt);
+            return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: %s", what,
+                           rd_kafka_err2str(ce));
+        }
+        size_t len = strlen(settings);
+        lk__fmt(settings + len, sizeof settings - len, "%s%s=%s", len ? ", " : "",
+                configs[i][0], configs[i][1]);
     }
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
     rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
@@ -55,16 +62,16 @@ lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int 
             r = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "creating %s: %s", topic,
                         rd_kafka_topic_result_error_string(tr[0]));
         else
-            lk__log(LK_LOG_NOTICE, "created topic %s (compacted, %d partition%s)",
-                    topic, partitions, partitions == 1 ? "" : "s");
+            lk__log(LK_LOG_NOTICE, "created %s %s (%d partition%s, %s)", what, topic,
+                    partitions, partitions == 1 ? "" : "s", settings);
     }
     if (r) { /* what to do when the cluster will not make it (ACLs, the mock cluster) */
         char why[768];
         lk__fmt(why, sizeof why, "%s", errstr);
         lk__fmt(errstr, errstr_size,
-                "%s. Create it yourself with %d partition%s and cleanup.policy=compact (with "
+                "%s. Create it yourself with %d partition%s and %s (with "
                 "`lockstep mock-broker`: --topic %s:%d)",
-                why, partitions, partitions == 1 ? "" : "s", topic, partitions);
+                why, partitions, partitions == 1 ? "" : "s", settings, topic, partitions);
     }
     if (ev)
         rd_kafka_event_destroy(ev);
@@ -72,6 +79,14 @@ lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int 
     rd_kafka_queue_destroy(q);
     rd_kafka_NewTopic_destroy(nt);
     return r;
+}
+
+lk_err_t lk__kafka_create_progress_topic(rd_kafka_t *rk, const char *topic, int partitions,
+                                         int timeout_ms, int *existed, char *errstr,
+                                         size_t errstr_size) {
+    static const char *const compact[][2] = {{"cleanup.policy", "compact"}};
+    return lk__kafka_create_topic(rk, "progress topic", topic, partitions, compact, 1,
+                                  timeout_ms, existed, errstr, errstr_size);
 }
 
 /* Create <app>.progress (compacted, one partition) unless it exists. */

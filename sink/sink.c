@@ -425,8 +425,10 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
                                    errstr, errstr_size);
         if (e)
             return e;
-        lk__log(LK_LOG_NOTICE, "task %d: continuing after batch %llu of checkpoint %s (another "
-                "process ran the task)%s", s->task, (unsigned long long)s->handoff_batch,
+        const char *of = s->stage[0] ? " of stage " : ""; /* after lk_repartition <stage> */
+        lk__log(LK_LOG_NOTICE, "task %d%s%s: continuing after batch %llu of checkpoint %s "
+                "(another process ran the task)%s", s->task, of, s->stage,
+                (unsigned long long)s->handoff_batch,
                 s->handoff_checkpoint, from ? "; this checkpoint's undelivered batches "
                 "were dropped" : "");
         if (s->restore.done) {
@@ -437,8 +439,9 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
                     (unsigned long long)s->restore.applied, s->restore.seconds);
         }
         if (from)
-            lk__log(LK_LOG_NOTICE, "task %d: dropped undelivered batches %llu..%llu of this "
-                    "checkpoint", s->task, (unsigned long long)from, (unsigned long long)to);
+            lk__log(LK_LOG_NOTICE, "task %d%s%s: dropped undelivered batches %llu..%llu of "
+                    "this checkpoint", s->task, of, s->stage, (unsigned long long)from,
+                    (unsigned long long)to);
         lk__sink_clear_handoff(s);
     }
     /* batches the external system already holds leave the outbox, per member: a

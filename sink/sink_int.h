@@ -144,6 +144,9 @@ struct lk__sink {
      * task) and group_md (an rd_kafka_consumer_group_metadata_t *, owned by the sink from
      * then on, NULL: none) the consumer group's generation its offsets are sent with */
     int task; /* -1: single mode, the application is one task */
+    /* the stage after lk_repartition <stage> ("": stage 1): its task p is
+     * transactional.id <app.id>.<stage>.<p> writing partition p of <app.id>.<stage>.progress */
+    char stage[104];
     void *group_md;
     /* set by the Kafka sink's recover in task mode when another checkpoint (another
      * process) delivered the task's latest batch: the context moves its checkpoint to
@@ -175,6 +178,17 @@ lk_err_t lk__kafka_create_progress_topic(struct rd_kafka_s *rk, const char *topi
 
 /** Publish s->restore (a restore whose handoff committed) to the restore metrics. */
 void lk__sink_restore_committed(lk__sink_t *s);
+
+/**
+ * Create topic with `partitions` partitions and the topic configs (name, value) through
+ * rk's Admin API, waiting up to timeout_ms; what names it in messages ("progress topic",
+ * "repartition topic"). *existed is 1 when another instance made it meanwhile (not an
+ * error). LK_ERR_KAFKA names the topic, librdkafka's reason and how to create it by hand.
+ */
+lk_err_t lk__kafka_create_topic(struct rd_kafka_s *rk, const char *what, const char *topic,
+                                int partitions, const char *const (*configs)[2],
+                                size_t nconfigs, int timeout_ms, int *existed, char *errstr,
+                                size_t errstr_size);
 
 /** Forget a handoff (applied, or the sink is going): frees its ranges. */
 void lk__sink_clear_handoff(lk__sink_t *s);

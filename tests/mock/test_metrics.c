@@ -431,7 +431,12 @@ static pid_t run_start(int port, const char *const *extra) {
                             "kafka.log_level=3",
                             "checkpoint.map.size=4M",
                             "sink.kafka.timeout.ms=10000"};
+    int plugin = 0; /* a plugin's pipeline instead of the copy */
+    for (int i = 0; extra && extra[i]; i++)
+        plugin |= !strncmp(extra[i], "pipeline.plugin=", 16);
     for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
+        if (plugin && !strcmp(common[i], "pipeline=copy"))
+            continue;
         argv[n++] = "-X";
         argv[n++] = common[i];
     }
@@ -681,6 +686,61 @@ Test(metrics, cli_group_mode_one_endpoint_for_the_tasks) {
     }
     cr_assert(pr.body && strstr(pr.body, "\"task\":0") && strstr(pr.body, "\"task\":1"),
               "/progress: %s", pr.body ? pr.body : "");
+    http_free(&pr);
+    kill(cp_run_pid, SIGTERM);
+    cr_assert_eq(cp_wait_exit(&cp_run_pid, 30), 0, "%s", cp_slurp(cp_path("stderr.txt")));
+}
+
+/* lk_repartition scaled out: the stage after it runs tasks of the same numbers, whose
+ * samples carry stage="<uid>" (without it, two series of one name and labels: an
+ * exposition Prometheus refuses), /progress entries their "stage", and the process is
+ * healthy with its 4 tasks. Pipeline: tests/mock/plugins/repartition_copy.c. */
+Test(metrics, cli_group_mode_stages_are_labelled) {
+    const char *plugin = getenv("LK_REPARTITION_PLUGIN");
+    cr_assert(plugin && plugin[0], "LK_REPARTITION_PLUGIN is not set (run through ctest)");
+    cp_broker_start((const char *const[]){"lines:2", "out:2", "mc.progress:2",
+                                          "mc.by-key.progress:2", "mc.by-key.repartition:2",
+                                          NULL});
+    for (int i = 0; i < N_INPUT; i++)
+        cp_produce("lines", i % 2, cp_fmt("k%d", i % 7), cp_fmt("v%d", i), 0);
+    cp_flush();
+    int port = free_port();
+    cp_run_pid = run_start(port, (const char *const[]){
+                                  "group.mode=consumer", "group.session.timeout.ms=6000",
+                                  cp_fmt("pipeline.plugin=%s", plugin), NULL});
+    const char *s0 =
+        "lockstep_records_total{app=\"mc\",task=\"0\",stage=\"by-key\",direction=\"in\"}";
+    const char *s1 =
+        "lockstep_records_total{app=\"mc\",task=\"1\",stage=\"by-key\",direction=\"in\"}";
+    char *text = NULL;
+    for (int i = 0; i < 600; i++) { /* both tasks of stage 2 read everything (bounded) */
+        free(text);
+        text = scrape_until(port, s0, 1);
+        if (value_of(text, s0) + value_of(text, s1) >= N_INPUT)
+            break;
+        usleep(20000);
+    }
+    cr_assert_eq(value_of(text, s0) + value_of(text, s1), N_INPUT, "%s", text);
+    cr_assert_eq(value_of(text, "lockstep_records_total{app=\"mc\",task=\"0\",direction=\"in\"}") +
+                     value_of(text, "lockstep_records_total{app=\"mc\",task=\"1\",direction=\"in\"}"),
+                 N_INPUT, "%s", text);
+    char *parsed = parse_with_prometheus_client(text, 0);
+    check_families(parsed, 0);
+    free(parsed);
+    free(text);
+    char *why = health_until(port, 200, 10);
+    cr_assert(strstr(why, "4 tasks running here"), "%s", why);
+    free(why);
+    http_t pr = {0};
+    for (int i = 0; i < 300; i++) {
+        http_free(&pr);
+        pr = http_get(port, "/progress", NULL);
+        if (pr.status == 200 && strstr(pr.body, "\"stage\":\"by-key\""))
+            break;
+        usleep(10000);
+    }
+    cr_assert(pr.body && strstr(pr.body, "\"stage\":\"by-key\""), "/progress: %s",
+              pr.body ? pr.body : "");
     http_free(&pr);
     kill(cp_run_pid, SIGTERM);
     cr_assert_eq(cp_wait_exit(&cp_run_pid, 30), 0, "%s", cp_slurp(cp_path("stderr.txt")));

@@ -1,0 +1,416 @@
+/*
+ * test_repartition.c — lk_repartition across processes (DESIGN.md, Scale-out: stage 2)
+ * with `lockstep run` on a `lockstep mock-broker`, running the plugin
+ * tests/mock/plugins/repartition_copy.c (map -> lk_repartition "by-key" -> Kafka sink) in
+ * group.mode=consumer: two processes, tasks moved by a graceful stop, a SIGKILL taken over
+ * after the session timeout and restarts; every input line must be in the output exactly
+ * once, having gone through the repartition topic partition of its key (Kafka's murmur2,
+ * librdkafka's partitioner as the reference) and stage 2's task of that partition. Also
+ * the refusal of a repartition topic whose partition count is not the tasks'.
+ *
+ * The mock cluster shows aborted records to read_committed readers (DESIGN.md, The mock
+ * cluster's limits): so a record counts when its provenance is the LAST progress record
+ * of its batch in its stage's progress topic (as in test_group.c), and an output record
+ * counts only when the repartition record it came from (its second "lockstep" header,
+ * which stage 2 copies from its input) was committed by stage 1 as well. Stage 2 reading
+ * only committed records is the real broker's part (read_committed); here the checker
+ * applies it.
+ */
+#define _GNU_SOURCE
+#include "cliproc.h"
+#include "mockutil.h"
+#include "sink/provenance_int.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static pid_t procs[2];
+static rd_kafka_t *reader;
+
+static void setup(void) {
+    cp_init();
+}
+
+static void teardown(void) {
+    for (int i = 0; i < 2; i++)
+        cp_stop(&procs[i]);
+    if (reader) {
+        rd_kafka_consumer_close(reader);
+        rd_kafka_destroy(reader);
+        reader = NULL;
+    }
+    cp_fini();
+}
+
+TestSuite(repartition, .init = setup, .fini = teardown, .timeout = 240);
+
+static const char *plugin(void) {
+    const char *p = getenv("LK_REPARTITION_PLUGIN");
+    cr_assert(p && p[0], "LK_REPARTITION_PLUGIN is not set (run through ctest)");
+    return p;
+}
+
+/* `lockstep run` of the plugin as app in group mode, checkpoint.dir tu_dir/<ckpt>,
+ * stderr to tu_dir/<ckpt>.err (appended), with the extra settings (NULL-ended). */
+static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
+    const char *argv[80] = {cp_cli(), "run"};
+    int n = 2;
+    const char *common[] = {cp_fmt("app.id=%s", app),
+                            cp_fmt("checkpoint.dir=%s", cp_path(ckpt)),
+                            cp_fmt("kafka.bootstrap.servers=%s", cp_bootstraps),
+                            cp_fmt("pipeline.plugin=%s", plugin()),
+                            "group.mode=consumer", "group.session.timeout.ms=6000",
+                            "batch.interval.ms=50", "max.records.per.partition=40",
+                            "log.level=notice", "kafka.log_level=3",
+                            "sink.kafka.timeout.ms=10000", "checkpoint.map.size=4M",
+                            "input.topics=in", "output.topic=out"};
+    for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
+        argv[n++] = "-X";
+        argv[n++] = common[i];
+    }
+    for (int i = 0; kv && kv[i]; i++) {
+        argv[n++] = "-X";
+        argv[n++] = kv[i];
+    }
+    argv[n] = NULL;
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int o = open("/dev/null", O_WRONLY);
+        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static char *err_of(const char *ckpt) {
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
+    return cp_slurp(errf);
+}
+
+/* ---- reading what the mock shows (see the file's comment) ---- */
+
+typedef struct {
+    int32_t partition;
+    uint64_t batch;
+    char attempt[17];
+} attempt_t;
+
+typedef struct {
+    const char *task_prefix; /* the progress records' "task": <prefix><partition> */
+    attempt_t *a;
+    size_t n, cap;
+} attempts_t;
+
+static void read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m, void *o),
+                     void *o) {
+    if (!reader)
+        reader = mu_reader(cp_bootstraps, "test-repartition");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    int pending = 0;
+    for (int p = 0; p < np; p++) {
+        int64_t lo, hi;
+        cr_assert_eq(rd_kafka_query_watermark_offsets(reader, topic, p, &lo, &hi, 5000), 0);
+        if (hi > lo) {
+            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
+            pending++;
+        }
+    }
+    cr_assert_eq(rd_kafka_assign(reader, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 10);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            pending--;
+        else if (!m->err)
+            cb(m, o);
+        rd_kafka_message_destroy(m);
+    }
+    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
+    rd_kafka_assign(reader, NULL);
+}
+
+/* Each progress record replaces the earlier attempts of its (partition, batch). */
+static void on_progress_record(rd_kafka_message_t *m, void *o) {
+    attempts_t *as = o;
+    json_error_t je;
+    json_t *d = json_loadb(m->payload, m->len, 0, &je);
+    cr_assert(d, "progress record: %s", je.text);
+    json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt"),
+           *t = json_object_get(d, "task");
+    char want[128];
+    snprintf(want, sizeof want, "%s%d", as->task_prefix, (int)m->partition);
+    cr_assert(json_is_string(t) && !strcmp(json_string_value(t), want),
+              "progress partition %d holds a record of task %s, not %s", (int)m->partition,
+              json_is_string(t) ? json_string_value(t) : "?", want);
+    attempt_t *hit = NULL;
+    for (size_t i = 0; i < as->n; i++)
+        if (as->a[i].partition == m->partition &&
+            as->a[i].batch == (uint64_t)json_integer_value(b))
+            hit = &as->a[i];
+    if (!hit) {
+        if (as->n == as->cap) {
+            as->cap = as->cap ? as->cap * 2 : 64;
+            as->a = realloc(as->a, as->cap * sizeof *as->a);
+        }
+        hit = &as->a[as->n++];
+    }
+    hit->partition = m->partition;
+    hit->batch = (uint64_t)json_integer_value(b);
+    snprintf(hit->attempt, sizeof hit->attempt, "%s", json_string_value(a));
+    json_decref(d);
+}
+
+/* The task (progress partition) whose committed attempt pv is; -1: not committed. */
+static int committed_by(const attempts_t *as, const lk__prov_t *pv) {
+    for (size_t i = 0; i < as->n; i++)
+        if (as->a[i].batch == pv->batch && !strcmp(as->a[i].attempt, pv->attempt))
+            return as->a[i].partition;
+    return -1;
+}
+
+typedef struct {
+    const attempts_t *s1, *s2;
+    int *seen; /* per input line number */
+    int nlines;
+    int foreign;   /* records that are no input line, or carry the wrong key */
+    int misrouted; /* in a partition (a task) that is not their key's */
+    int aborted;   /* committed in stage 2 from a stage-1 attempt that was not (the mock) */
+} count_t;
+
+static int key_partition(const void *key, size_t len) {
+    return rd_kafka_msg_partitioner_murmur2_random(NULL, key, len, 2, NULL, NULL);
+}
+
+/* "line N" with key "k<N % 13>": N, or -1. */
+static int line_of(const rd_kafka_message_t *m, int nlines) {
+    char v[48], k[16];
+    int line;
+    char tail;
+    if (m->len <= 5 || m->len >= 40 || !m->key || m->key_len >= sizeof k)
+        return -1;
+    memcpy(v, m->payload, m->len);
+    v[m->len] = 0;
+    if (sscanf(v, "line %d%c", &line, &tail) != 1 || line < 0 || line >= nlines)
+        return -1;
+    snprintf(k, sizeof k, "k%d", line % 13);
+    if (m->key_len != strlen(k) || memcmp(m->key, k, m->key_len))
+        return -1;
+    return line;
+}
+
+/* An output record: committed by stage 2 (its own provenance, first), from a repartition
+ * record committed by stage 1 (the copied one, second), read by the task of its key. */
+static void on_output_record(rd_kafka_message_t *m, void *o) {
+    count_t *c = o;
+    rd_kafka_headers_t *h;
+    lk__prov_t own, from;
+    const void *v;
+    size_t n;
+    cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &own), "no provenance");
+    int task = committed_by(c->s2, &own);
+    if (task < 0)
+        return; /* an aborted attempt of stage 2, visible on the mock */
+    cr_assert(!rd_kafka_header_get(h, 1, LK__PROV_HEADER, &v, &n) && lk__prov_parse(v, n, &from),
+              "an output record without stage 1's provenance");
+    cr_assert(!strncmp(from.sink, "by-key", from.sink_len) && from.sink_len == 6,
+              "stage 1's provenance names sink %.*s", (int)from.sink_len, from.sink);
+    if (committed_by(c->s1, &from) < 0) {
+        c->aborted++;
+        return;
+    }
+    int line = line_of(m, c->nlines);
+    if (line < 0) {
+        c->foreign++;
+        return;
+    }
+    c->misrouted += task != key_partition(m->key, m->key_len);
+    c->seen[line]++;
+}
+
+/* A repartition record: committed by stage 1, in its key's partition. */
+static void on_repartition_record(rd_kafka_message_t *m, void *o) {
+    count_t *c = o;
+    rd_kafka_headers_t *h;
+    lk__prov_t pv;
+    cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv), "no provenance");
+    if (committed_by(c->s1, &pv) < 0)
+        return;
+    int line = line_of(m, c->nlines);
+    if (line < 0) {
+        c->foreign++;
+        return;
+    }
+    c->misrouted += m->partition != key_partition(m->key, m->key_len);
+    c->seen[line]++;
+}
+
+typedef struct {
+    int missing, dup, foreign, misrouted, aborted;
+} tally_t;
+
+static void tally(count_t *c, tally_t *t) {
+    memset(t, 0, sizeof *t);
+    for (int i = 0; i < c->nlines; i++) {
+        t->missing += c->seen[i] == 0;
+        t->dup += c->seen[i] > 1;
+    }
+    t->foreign = c->foreign;
+    t->misrouted = c->misrouted;
+    t->aborted = c->aborted;
+}
+
+/* Lines 0..n-1 in the committed output (*out) and repartition topic (*rep). */
+static void counts(int n, tally_t *out, tally_t *rep) {
+    attempts_t s1 = {"g.", NULL, 0, 0}, s2 = {"g.by-key.", NULL, 0, 0};
+    read_all("g.progress", 2, on_progress_record, &s1);
+    read_all("g.by-key.progress", 2, on_progress_record, &s2);
+    count_t c = {&s1, &s2, calloc((size_t)n, sizeof(int)), n, 0, 0, 0};
+    read_all("out", 2, on_output_record, &c);
+    tally(&c, out);
+    count_t r = {&s1, &s2, calloc((size_t)n, sizeof(int)), n, 0, 0, 0};
+    read_all("g.by-key.repartition", 2, on_repartition_record, &r);
+    tally(&r, rep);
+    free(c.seen);
+    free(r.seen);
+    free(s1.a);
+    free(s2.a);
+}
+
+static int lines;
+
+/* Lines "line N" keyed "k<N % 13>", written round robin (NOT by key): the repartition
+ * has to move about half of them to the other task. */
+static void produce_lines(int n) {
+    char v[32], k[16];
+    for (int i = 0; i < n; i++, lines++) {
+        snprintf(v, sizeof v, "line %d", lines);
+        snprintf(k, sizeof k, "k%d", lines % 13);
+        cp_produce("in", lines % 2, k, v, 0);
+    }
+    cp_flush();
+}
+
+static int total_aborted;
+
+/* Wait (bounded) until every line produced is in the output; then exactly once in the
+ * output and in the repartition topic, each where its key goes. */
+static void wait_output(int seconds) {
+    tally_t out = {-1, 0, 0, 0, 0}, rep = {0};
+    for (int i = 0; i < seconds * 4; i++) {
+        counts(lines, &out, &rep);
+        if (!out.missing)
+            break;
+        usleep(250000);
+    }
+    cr_assert_eq(out.missing, 0, "%d of %d lines missing after %d s; a: %s\nb: %s", out.missing,
+                 lines, seconds, err_of("a"), err_of("b"));
+    cr_assert_eq(out.dup, 0, "%d lines duplicated in the output", out.dup);
+    cr_assert_eq(out.foreign, 0, "%d output records that are no input line", out.foreign);
+    cr_assert_eq(out.misrouted, 0, "%d output records from a task not of their key",
+                 out.misrouted);
+    cr_assert_eq(rep.missing, 0, "%d lines missing in the repartition topic", rep.missing);
+    cr_assert_eq(rep.dup, 0, "%d lines twice in the repartition topic", rep.dup);
+    cr_assert_eq(rep.foreign, 0, "%d repartition records that are no input line", rep.foreign);
+    cr_assert_eq(rep.misrouted, 0, "%d repartition records not in their key's partition",
+                 rep.misrouted);
+    total_aborted = out.aborted;
+}
+
+static void stop_gracefully(int i, const char *name) {
+    kill(procs[i], SIGTERM);
+    int rc = cp_wait_exit(&procs[i], 60);
+    char *err = err_of(name);
+    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
+    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
+    free(err);
+}
+
+Test(repartition, a_repartitioned_copy_moves_between_processes_exactly_once) {
+    /* the mock cluster makes topics of its own partition count (DESIGN.md, The mock
+     * cluster's limits): every topic is made here */
+    const char *topics[] = {"in:2", "out:2", "g.progress:2", "g.by-key.progress:2",
+                            "g.by-key.repartition:2", NULL};
+    cp_broker_start(topics);
+    produce_lines(300);
+    procs[0] = start("g", "a", NULL);
+    procs[1] = start("g", "b", NULL);
+    wait_output(60);
+    /* both stages' task of b move to a, which has never run them */
+    stop_gracefully(1, "b");
+    produce_lines(300);
+    wait_output(60);
+    char *ea = err_of("a");
+    cr_assert(strstr(ea, "task 0 of stage by-key: started") &&
+                  strstr(ea, "task 1 of stage by-key: started"),
+              "a did not run both tasks of stage 2: %s", ea);
+    cr_assert(strstr(ea, "of stage by-key: continuing after batch"),
+              "a did not take a task of stage 2 over: %s", ea);
+    free(ea);
+    /* b back with its stale checkpoints: its tasks continue where a left them */
+    procs[1] = start("g", "b", NULL);
+    produce_lines(300);
+    wait_output(60);
+    /* a SIGKILL with batches in flight in both stages: b takes a's tasks over */
+    produce_lines(300);
+    cp_stop(&procs[0]);
+    produce_lines(300);
+    wait_output(90);
+    /* a back: takes tasks back from b */
+    procs[0] = start("g", "a", NULL);
+    produce_lines(300);
+    wait_output(60);
+    stop_gracefully(0, "a");
+    stop_gracefully(1, "b");
+    char *eb = err_of("b");
+    cr_assert(strstr(eb, "continuing after batch"), "b never took a task over: %s", eb);
+    free(eb);
+    /* the task checkpoints of stage 2 are beside stage 1's */
+    struct stat st;
+    char path[800];
+    snprintf(path, sizeof path, "%s/task-0.by-key/data.mdb", cp_path("a"));
+    cr_assert_eq(stat(path, &st), 0, "no checkpoint %s", path);
+    cr_log_info("output records of stage 2 made from aborted stage-1 records (visible on the "
+                "mock only): %d", total_aborted);
+}
+
+/* A run that must be refused: exit status 1 (or 2), its stderr naming what is wrong, and
+ * checkpoint.dir not created. */
+static void refused(const char *app, const char *ckpt, const char *const *kv,
+                    const char *const *needles) {
+    pid_t pid = start(app, ckpt, kv);
+    int rc = cp_wait_exit(&pid, 60);
+    char *err = err_of(ckpt);
+    cr_assert(rc == 1 || rc == 2, "exit status %d, stderr: %s", rc, err);
+    for (int i = 0; needles[i]; i++)
+        cr_assert(strstr(err, needles[i]), "stderr does not say '%s': %s", needles[i], err);
+    struct stat st;
+    cr_assert_neq(stat(cp_path(ckpt), &st), 0, "%s was created", cp_path(ckpt));
+    free(err);
+}
+
+Test(repartition, a_repartition_topic_of_another_partition_count_is_refused) {
+    const char *topics[] = {"in:2", "out:2", "r.progress:2", "r.by-key.progress:2",
+                            "r.by-key.repartition:3", NULL};
+    cp_broker_start(topics);
+    refused("r", "c1", NULL,
+            (const char *[]){"the input has 2 partitions", "r.by-key.repartition",
+                             "lk_repartition 'by-key'", "has 3", NULL});
+}
