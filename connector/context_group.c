@@ -15,6 +15,11 @@
  * changelog that moves keyed state between processes is not built yet, and a file
  * written on one machine cannot be fenced by another. The process's metrics.listen serves
  * the running tasks' metrics together, each sample labelled task="p" (metrics.c).
+ *
+ * What needs the broker at the start (task count, progress topic, subscription) is done
+ * by lk__group_run, retried like a failed batch while the broker cannot be reached; a
+ * fatal error of the membership consumer (FENCED_INSTANCE_ID: another process has this
+ * group.instance.id) stops the process, its tasks gracefully.
  */
 #define _GNU_SOURCE
 #include "context_priv.h"
