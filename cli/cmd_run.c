@@ -28,6 +28,9 @@ static const char run_usage[] =
     "Required: app.id, checkpoint.dir, kafka.bootstrap.servers, and a pipeline:\n"
     "  pipeline=wordcount|count-by-key|sum-by-key|copy with input.topics and\n"
     "  output.topic and/or output.dir, or pipeline.plugin=./libmine.so.\n"
+    "Scale-out: with group.mode=consumer the processes of one app.id share its tasks\n"
+    "  (partition p of every input topic) through consumer group <app.id>; give each its\n"
+    "  own checkpoint.dir, and its own group.instance.id if set (README, 'Scaling out').\n"
     "Run 'lockstep config' for every property.\n";
 
 typedef struct {

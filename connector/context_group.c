@@ -24,10 +24,16 @@
  * stage before writes in its transactions. The member subscribes to the repartition
  * topics too (one partition per task: the range assignor gives it partition p of them
  * with partition p of the inputs), and runs every stage's task p where it runs task p.
+ *
+ * What needs the broker at the start (task count, progress topic, subscription) is done
+ * by lk__group_run, retried like a failed batch while the broker cannot be reached; a
+ * fatal error of the membership consumer (FENCED_INSTANCE_ID: another process has this
+ * group.instance.id) stops the process, its tasks gracefully.
  */
 #define _GNU_SOURCE
 #include "context_priv.h"
 #include "../core/conf_int.h"
+#include "../sink/fault_int.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -38,6 +44,8 @@
 
 /* metadata and admin requests of the group (ms) */
 #define GROUP_TIMEOUT_MS 30000
+/* the step in which the start waits for a reachable broker, asking whether to stop (ms) */
+#define METADATA_STEP_MS 200
 
 typedef struct {
     int p, stage;      /* task p of stage (0: the inputs'; s > 0: after stages[s]) */
@@ -51,8 +59,10 @@ struct lk__group {
     lk_context_t *parent;
     lk_define_fn *define;
     void *opaque;
-    char **topics;
-    size_t ntopics;
+    char **topics; /* the inputs (ninputs), then once joined the repartition topics */
+    size_t ntopics, ninputs;
+    struct task_topic *tts; /* the topics with one partition per task (find_stages) */
+    size_t ntt;
     int ntasks;
     char **stages; /* stage s > 0 runs after lk_repartition stages[s]; stages[0] NULL */
     int nstages;
@@ -140,34 +150,55 @@ static lk_err_t check_pipeline(const lk_context_t *ctx, char *errstr, size_t err
     return e;
 }
 
-/* Partition count of topic (0: missing), from the membership consumer's metadata of all
- * topics: a request naming the topic could have a broker (or the mock cluster) create it
- * with its default partition count. */
-static lk_err_t partition_count(rd_kafka_t *rk, const char *topic, int *count, char *errstr,
-                                size_t errstr_size) {
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 1, NULL, &md, GROUP_TIMEOUT_MS);
+/* Whether a stop (graceful or immediate) was asked of the group's context: the start's
+ * waits for the broker end at once. */
+static int stop_asked(const void *o) {
+    const lk__group_t *g = o;
+    return atomic_load(&g->parent->stop_graceful) || atomic_load(&g->parent->stop_now);
+}
+
+/* The membership consumer's metadata of all topics, in one request: a request naming
+ * topics could have the cluster create them with its default partition count (the mock
+ * cluster of librdkafka 2.0.2 answers Metadata v2, which has no AllowAutoTopicCreation
+ * field, and creates every topic a request names; so does a broker older than 0.11), so
+ * the input topics and the progress topic are all read from this one answer. Waits up to
+ * GROUP_TIMEOUT_MS. While no broker is reachable librdkafka sends nothing (it waits for a
+ * connection, then answers _TRANSPORT): that wait goes in steps of METADATA_STEP_MS, so a
+ * stop request ends it at once; a request sent and not answered in its step (_TIMED_OUT)
+ * is given the rest of the time. *md is the caller's (rd_kafka_metadata_destroy). */
+static lk_err_t all_metadata(lk__group_t *g, const struct rd_kafka_metadata **md, char *errstr,
+                             size_t errstr_size) {
+    rd_kafka_resp_err_t ke = RD_KAFKA_RESP_ERR__TRANSPORT;
+    int64_t step = METADATA_STEP_MS;
+    for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS, left;
+         (ke == RD_KAFKA_RESP_ERR__TRANSPORT || ke == RD_KAFKA_RESP_ERR__TIMED_OUT) &&
+         !stop_asked(g) && (left = until - lk__mono_ms()) > 0;) {
+        if (ke == RD_KAFKA_RESP_ERR__TIMED_OUT)
+            step = GROUP_TIMEOUT_MS; /* a broker was reachable: wait for its answer */
+        ke = rd_kafka_metadata(g->rk, 1, NULL, md, (int)(left < step ? left : step));
+    }
     if (ke)
-        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "metadata (for topic %s): %s", topic,
-                       rd_kafka_err2str(ke));
-    *count = 0;
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (!strcmp(md->topics[i].topic, topic) && !md->topics[i].err)
-            *count = md->topics[i].partition_cnt;
-    rd_kafka_metadata_destroy(md);
+        return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "metadata of the input topics: %s",
+                       stop_asked(g) ? "stop requested" : rd_kafka_err2str(ke));
     return LK_OK;
 }
 
+/* Partition count of topic in md (0: missing). */
+static int partition_count(const struct rd_kafka_metadata *md, const char *topic) {
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (!strcmp(md->topics[i].topic, topic) && !md->topics[i].err)
+            return md->topics[i].partition_cnt;
+    return 0;
+}
+
 /* The input topics are co-partitioned: g->ntasks is their one partition count. */
-static lk_err_t count_tasks(lk__group_t *g, char *errstr, size_t errstr_size) {
+static lk_err_t count_tasks(lk__group_t *g, const struct rd_kafka_metadata *md, char *errstr,
+                            size_t errstr_size) {
     char seen[1024] = "";
     int first = -1;
     int mismatch = 0;
     for (size_t i = 0; i < g->ntopics; i++) {
-        int n;
-        lk_err_t e = partition_count(g->rk, g->topics[i], &n, errstr, errstr_size);
-        if (e)
-            return e;
+        int n = partition_count(md, g->topics[i]);
         if (n == 0)
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size,
                            "input topic %s does not exist (or has no partitions)",
@@ -193,7 +224,7 @@ static lk_err_t count_tasks(lk__group_t *g, char *errstr, size_t errstr_size) {
  * its stage's <app.id>.<uid>.progress and <app.id>.<uid>.repartition, and per stateful
  * operator <uid> its <app.id>.<uid>.changelog. */
 typedef enum { TT_PROGRESS, TT_REPARTITION, TT_CHANGELOG } task_topic_kind_t;
-typedef struct {
+typedef struct task_topic {
     char topic[512];
     const char *uid; /* the lk_repartition's or the operator's; NULL: stage 1's progress */
     task_topic_kind_t kind;
@@ -201,14 +232,12 @@ typedef struct {
 
 /* A topic of task_topic_t: made here on the first run, checked on every later one (a
  * changed partition count is refused before any task starts). */
-static lk_err_t check_task_topic(lk__group_t *g, const task_topic_t *tt, int *again,
-                                 char *errstr, size_t errstr_size) {
+static lk_err_t check_task_topic(lk__group_t *g, const struct rd_kafka_metadata *md,
+                                 const task_topic_t *tt, int *again, char *errstr,
+                                 size_t errstr_size) {
     *again = 0;
     const char *topic = tt->topic;
-    int n;
-    lk_err_t e = partition_count(g->rk, topic, &n, errstr, errstr_size);
-    if (e)
-        return e;
+    int n = partition_count(md, topic);
     if (n == g->ntasks)
         return LK_OK;
     if (n > 0 && tt->kind == TT_CHANGELOG)
@@ -434,6 +463,8 @@ static void stop_task(lk__group_t *g, int i, int graceful) {
 
 /* Stop every task: the graceful ones in parallel (each finishes its batch), then join. */
 static void stop_all(lk__group_t *g, int graceful) {
+    if (!g->tasks) /* not joined */
+        return;
     int slots = g->ntasks * g->nstages;
     for (int p = 0; p < slots; p++)
         if (g->tasks[p].ctx)
@@ -576,6 +607,7 @@ void lk__group_destroy(lk__group_t *g) {
     }
     free(g->tasks);
     free_topics(g);
+    free(g->tts);
     for (int s = 0; g->stages && s < g->nstages; s++)
         free(g->stages[s]);
     free(g->stages);
@@ -651,49 +683,76 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
             lk__group_destroy(g);
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         }
-    const char *app = lk__conf_str(parent->conf, LK__P_APP_ID);
     const char *dir = lk__conf_str(parent->conf, LK__P_CHECKPOINT_DIR);
     e = check_dir(dir, errstr, errstr_size); /* first: the local, most specific refusal */
+    g->ninputs = g->ntopics;
+    if (!e)
+        e = find_stages(g, lk__conf_str(parent->conf, LK__P_APP_ID), &g->tts, &g->ntt, errstr,
+                        errstr_size);
     if (!e && !(g->rk = membership_consumer(parent->conf, g, errstr, errstr_size)))
         e = LK_ERR_CONF_INVALID;
+    if (e) {
+        lk__group_destroy(g);
+        return e;
+    }
+    /* what needs the broker is done by lk__group_run (join), retried while the broker
+     * cannot be reached, as single mode retries its batches */
+    *out = g;
+    return LK_OK;
+}
+
+/* The start's steps that need the broker: the task count, the progress topic, the
+ * checkpoint directory, the subscription. A refusal (not co-partitioned, a progress topic
+ * of another partition count) is LK_ERR_CONF_INVALID / LK_ERR_TOPOLOGY; an unreachable
+ * broker, a missing topic or a failed request LK_ERR_KAFKA, which the caller retries.
+ * errstr says why. */
+static lk_err_t join(lk__group_t *g, char *errstr, size_t errstr_size) {
+    const char *app = lk__conf_str(g->parent->conf, LK__P_APP_ID);
+    const char *dir = lk__conf_str(g->parent->conf, LK__P_CHECKPOINT_DIR);
+    const struct rd_kafka_metadata *md = NULL;
+    while (g->ntopics > g->ninputs) /* the repartition topics of a join that failed */
+        free(g->topics[--g->ntopics]);
+    lk_err_t e = all_metadata(g, &md, errstr, errstr_size);
     if (!e)
-        e = count_tasks(g, errstr, errstr_size);
-    task_topic_t *tts = NULL;
-    size_t ntt = 0;
-    if (!e)
-        e = find_stages(g, app, &tts, &ntt, errstr, errstr_size);
+        e = count_tasks(g, md, errstr, errstr_size);
     /* again: another member created it first (replicas started together), and a broker
      * lists a new topic in its metadata only once the topic's partitions have leaders,
      * tens to hundreds of milliseconds later on a real broker: polled until then, bounded
      * like the requests. (Three immediate tries used to fail the start of every replica
-     * but one: tests/mock/deploy_replicas.py on the kafka tier.) */
-    for (size_t i = 0; i < ntt && !e; i++) {
+     * but one: tests/mock/deploy_replicas.py on the kafka tier.) The first look uses the
+     * metadata count_tasks read: one request for the whole check. */
+    for (size_t i = 0; i < g->ntt && !e; i++) {
         int again = 1;
         for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
-            e = check_task_topic(g, &tts[i], &again, errstr, errstr_size);
+            e = check_task_topic(g, md, &g->tts[i], &again, errstr, errstr_size);
             if (!e && again) {
                 if (lk__mono_ms() >= until)
                     break;
-                usleep(100 * 1000);
+                lk__nap_ms(100, stop_asked, g);
+                rd_kafka_metadata_destroy(md);
+                md = NULL;
+                e = all_metadata(g, &md, errstr, errstr_size);
             }
         }
         if (!e && again)
             e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created by another member "
-                        "but not visible in the metadata", tts[i].topic);
+                        "but not visible in the metadata", g->tts[i].topic);
     }
-    /* the member subscribes to the repartition topics too: task p of every stage */
-    for (size_t i = 0; i < ntt && !e; i++) {
-        if (tts[i].kind != TT_REPARTITION)
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    /* the member subscribes to the repartition topics too: task p of every stage (after
+     * the inputs, which count_tasks counted; a retried join appends them again) */
+    for (size_t i = 0; i < g->ntt && !e; i++) {
+        if (g->tts[i].kind != TT_REPARTITION)
             continue;
         char **n = realloc(g->topics, (g->ntopics + 1) * sizeof *n);
         if (n)
             g->topics = n;
-        if (!n || !(g->topics[g->ntopics] = strdup(tts[i].topic)))
+        if (!n || !(g->topics[g->ntopics] = strdup(g->tts[i].topic)))
             e = lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         else
             g->ntopics++;
     }
-    free(tts);
     if (!e && lk__mkdir_p(dir))
         e = lk__err(LK_ERR_IO, errstr, errstr_size, "cannot create checkpoint.dir %s: %s", dir,
                     strerror(errno));
@@ -710,7 +769,8 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
                         rd_kafka_err2str(ke));
     }
     if (e) {
-        lk__group_destroy(g);
+        free(g->tasks); /* no task ran: the next try counts them again */
+        g->tasks = NULL;
         return e;
     }
     char stages[32] = "";
@@ -718,27 +778,97 @@ lk_err_t lk__group_new(lk__group_t **out, lk_context_t *parent, lk_define_fn *de
         lk__fmt(stages, sizeof stages, " in %d stages", g->nstages);
     lk__log(LK_LOG_INFO, "group.mode=consumer: %d tasks (partitions of %s)%s, joining group %s",
             g->ntasks, g->topics[0], stages, app);
-    *out = g;
     return LK_OK;
+}
+
+/* join, retried as single mode retries a failed batch (context_loop.c, batch_failed):
+ * after retry.backoff.ms, doubling up to retry.backoff.max.ms, logging each failure; a
+ * refusal fails at once; a stop request ends the wait at once (LK_OK: nothing ran). */
+static lk_err_t join_with_retry(lk__group_t *g) {
+    int64_t backoff = lk__conf_int(g->parent->conf, LK__P_RETRY_BACKOFF_MS);
+    int64_t backoff_max = lk__conf_int(g->parent->conf, LK__P_RETRY_BACKOFF_MAX_MS);
+    char err[sizeof g->errstr];
+    for (;;) {
+        lk_err_t e = join(g, err, sizeof err);
+        if (!e)
+            return LK_OK;
+        if (stop_asked(g)) {
+            lk__log(LK_LOG_NOTICE, "group %s: stopped before joining (%s)",
+                    lk__conf_str(g->parent->conf, LK__P_APP_ID), err);
+            return LK_OK;
+        }
+        if (e != LK_ERR_KAFKA && e != LK_ERR_TIMED_OUT)
+            return group_fail(g, e, "%s", err);
+        lk__log(LK_LOG_WARNING, "group %s: joining failed, retrying in %lld ms: %s",
+                lk__conf_str(g->parent->conf, LK__P_APP_ID), (long long)backoff, err);
+        lk__nap_ms(backoff, stop_asked, g);
+        backoff = backoff * 2 > backoff_max ? backoff_max : backoff * 2;
+    }
 }
 
 /* Any task whose loop returned on its own failed (or was fenced): the group stops. */
 static void reap_tasks(lk__group_t *g) {
+    if (!g->tasks)
+        return;
     for (int p = 0; p < g->ntasks * g->nstages; p++)
         if (g->tasks[p].ctx && atomic_load(&g->tasks[p].done))
             stop_task(g, p, 1);
 }
 
+/* A fatal error of the membership consumer: librdkafka raises one when the broker fences
+ * this member (FENCED_INSTANCE_ID: a process started with the same group.instance.id took
+ * its place), and the consumer then takes no further part in the group. The group fails
+ * with what to do; the run stops the tasks gracefully (their batches in flight finish). */
+static void check_fatal(lk__group_t *g) {
+    char why[512];
+    rd_kafka_resp_err_t fe = rd_kafka_fatal_error(g->rk, why, sizeof why);
+    if (!fe)
+        return;
+    const char *app = lk__conf_str(g->parent->conf, LK__P_APP_ID);
+    if (fe == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID)
+        group_fail(g, LK_ERR_FENCED,
+                   "group %s: group.instance.id %s is used by another process: the broker "
+                   "fenced this one (%s). Give each process its own group.instance.id, then "
+                   "start this one again",
+                   app, lk__conf_str(g->parent->conf, LK__P_GROUP_INSTANCE_ID), why);
+    else
+        group_fail(g, LK_ERR_KAFKA,
+                   "group %s: the membership consumer failed for good (%s: %s); its tasks "
+                   "were stopped: start the process again",
+                   app, rd_kafka_err2name(fe), why);
+}
+
+/* The fault point membership-fatal (test builds; README, error injection): while a task
+ * runs here, librdkafka raises the injected error as a fatal error of the membership
+ * consumer, the way it raises FENCED_INSTANCE_ID (rd_kafka_test_fatal_error: the mock
+ * cluster of librdkafka 2.0.2 ignores group.instance.id and never fences a member). */
+static void inject_fatal(lk__group_t *g) {
+    int running = 0;
+    for (int p = 0; p < g->ntasks && !running; p++)
+        running = g->tasks[p].ctx != NULL;
+    rd_kafka_resp_err_t fe =
+        running ? LK__FAULT_KAFKA_RESP("membership-fatal", RD_KAFKA_RESP_ERR_NO_ERROR)
+                : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (fe)
+        (void)rd_kafka_test_fatal_error(g->rk, fe, "injected at fault point membership-fatal");
+}
+
 lk_err_t lk__group_run(lk__group_t *g, const atomic_int *graceful, const atomic_int *now) {
     lk__metrics_loop(g->parent->metrics, 1, LK_OK, NULL);
-    while (!g->err && !atomic_load(graceful) && !atomic_load(now)) {
+    if (!g->tasks)
+        (void)join_with_retry(g); /* its failure is in g->err */
+    while (g->tasks && !g->err && !atomic_load(graceful) && !atomic_load(now)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(g->rk, 100);
         if (m) {
-            if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            /* a fatal error comes as _FATAL here too: check_fatal says what it was */
+            if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF &&
+                m->err != RD_KAFKA_RESP_ERR__FATAL)
                 lk__log(LK_LOG_WARNING, "group %s: %s",
                         lk__conf_str(g->parent->conf, LK__P_APP_ID), rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m); /* paused at the end: nothing is fetched */
         }
+        inject_fatal(g);
+        check_fatal(g);
         reap_tasks(g);
     }
     /* graceful: each task finishes its batch and delivers, then the member leaves the

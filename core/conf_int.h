@@ -103,10 +103,10 @@ typedef enum {
       "Longest wait for a batch's planned ranges before the batch is abandoned and "       \
       "planned again (nothing is committed).")                                             \
     X(RETRY_BACKOFF_MS, "retry.backoff.ms", LK__S_LIB, LK__PT_INT, "200", 1, 600000, NULL, \
-      0, "First wait after a failed batch (broker unreachable); doubles up to "            \
-      "retry.backoff.max.ms.")                                                             \
+      0, "First wait after a failed batch (broker unreachable), or after a failed start "  \
+      "of group.mode=consumer; doubles up to retry.backoff.max.ms.")                       \
     X(RETRY_BACKOFF_MAX_MS, "retry.backoff.max.ms", LK__S_LIB, LK__PT_INT, "10000", 1,     \
-      3600000, NULL, 0, "Longest wait between retries of a failed batch.")                 \
+      3600000, NULL, 0, "Longest wait between retries of a failed batch (or start).")      \
     X(STATE_TTL_MS, "state.ttl.ms", LK__S_LIB, LK__PT_INT, "0", 0, (int64_t)1 << 50, NULL, \
       0,                                                                                   \
       "Default state TTL of update_state_by_key operators, in batch time: a key with no "  \
@@ -148,11 +148,13 @@ typedef enum {
       "inputs must have one partition count) runs where group <app.id> assigns it, with its "\
       "own checkpoint checkpoint.dir/task-<p>, transactional.id <app.id>.<p> and progress "  \
       "partition. lk_repartition cuts the pipeline into stages whose tasks run together. "  \
-      "This version runs stateless pipelines with Kafka sinks only in this mode.")           \
+      "Keyed state moves with its task through <app.id>.<uid>.changelog topics. Kafka "    \
+      "sinks only in this mode.")                                                          \
     X(GROUP_INSTANCE_ID, "group.instance.id", LK__S_LIB, LK__PT_IDENT, "", 0, 200, NULL, 0,  \
       "With group.mode=consumer: static membership (KIP-345). A process restarted with the " \
       "same id within group.session.timeout.ms gets its tasks back without a rebalance. "   \
-      "Unique per process. Empty: dynamic membership.")                                     \
+      "Unique per process: of two with one id the broker fences the older, which stops "    \
+      "with LK_ERR_FENCED. Empty: dynamic membership.")                                     \
     X(GROUP_SESSION_TIMEOUT_MS, "group.session.timeout.ms", LK__S_LIB, LK__PT_INT, "45000", \
       1000, 3600000, NULL, 0,                                                              \
       "With group.mode=consumer: the membership consumer's session.timeout.ms: a process "  \

@@ -788,8 +788,15 @@ LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_defin
  * most shutdown.timeout.ms for its input); a second one abandons it at the next record
  * (nothing of it is kept, so it is processed again on restart). A batch that fails for
  * a retriable reason (broker unreachable, fetch timeout) is retried with backoff.
+ * With group.mode=consumer it first joins the group, retrying with the same backoff
+ * while the broker cannot be reached (a stop meanwhile returns LK_OK at once), then runs
+ * the tasks the group assigns until a stop or an error.
  * @returns LK_OK after a stop (graceful or not); otherwise the error that stopped the
- *          application (message via lk_context_errstr()).
+ *          application (message via lk_context_errstr()). group.mode=consumer also
+ *          returns its refusals at the start: LK_ERR_CONF_INVALID (input topics not
+ *          co-partitioned, a member with other input.topics), LK_ERR_TOPOLOGY (the
+ *          progress topic's partition count is not the input's); and LK_ERR_FENCED when
+ *          another process joined the group with this group.instance.id.
  */
 LK_EXPORT lk_err_t lk_context_run(lk_context_t *ctx);
 

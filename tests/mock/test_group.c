@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static pid_t procs[2];
@@ -409,4 +410,165 @@ Test(group, a_process_with_other_input_topics_is_refused_at_its_assignment) {
     char *eb = err_of("b");
     cr_assert_eq(count_of(eb, "started (checkpoint"), 0, "b started tasks: %s", eb);
     free(eb);
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether *pid still runs (reaped, *pid = 0, and its status in *rc when it has exited). */
+static int running(pid_t *pid, int *rc) {
+    int st;
+    if (waitpid(*pid, &st, WNOHANG) != *pid)
+        return 1;
+    *pid = 0;
+    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return 0;
+}
+
+/* Whether the broker answers a new client's metadata request within 300 ms. */
+static int broker_answers(void) {
+    char e[256];
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    cr_assert_eq(rd_kafka_conf_set(c, "bootstrap.servers", cp_bootstraps, e, sizeof e), 0);
+    cr_assert_eq(rd_kafka_conf_set(c, "log_level", "0", e, sizeof e), 0);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e);
+    cr_assert_not_null(rk, "%s", e);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 1, NULL, &md, 300);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_destroy(rk);
+    return !err;
+}
+
+/* A process started while the broker is down waits for it as group.mode=single does
+ * (review: it exited after 30 s): each failed start is logged and retried after
+ * retry.backoff.ms (doubling up to retry.backoff.max.ms); a stop request meanwhile ends
+ * it at once (it used to be killed by the SIGTERM, status 143), and a refusal that needs
+ * no broker is still immediate. Once the broker is up, the tasks run, every line once. */
+Test(group, a_broker_down_at_start_is_waited_for, .timeout = 240) {
+    const char *topics[] = {"in:2", "out:2", "g.progress:2", NULL};
+    cp_broker_start(topics);
+    cp_broker_command("down");
+    /* the mock-broker reads its commands every 50 ms: a process started at once could
+     * still reach the broker */
+    for (int i = 0; i < 100 && broker_answers(); i++)
+        usleep(20000);
+    cr_assert(!broker_answers(), "the broker still answers after 'down'");
+    const char *retry[] = {"retry.backoff.ms=200", "retry.backoff.max.ms=1000", NULL};
+    /* a refusal needs no broker: at once */
+    int64_t t0 = now_ms();
+    refused("g1", "c1", (const char *[]){"pipeline=wordcount", "output.topic=counts", NULL}, 0,
+            (const char *[]){"keeps keyed state", NULL});
+    cr_assert_lt(now_ms() - t0, 10000, "the refusal took %lld ms",
+                 (long long)(now_ms() - t0));
+    /* waiting: a failed start is logged with its retry, and the process keeps running */
+    procs[0] = start("g", "a", retry);
+    char *ea;
+    int rc;
+    for (int i = 0; i < 900; i++) {
+        ea = err_of("a");
+        int seen = strstr(ea, "joining failed, retrying in") != NULL;
+        free(ea);
+        if (seen)
+            break;
+        cr_assert(running(&procs[0], &rc), "exited with status %d while the broker was down: %s",
+                  rc, err_of("a"));
+        usleep(100000);
+    }
+    ea = err_of("a");
+    cr_assert(strstr(ea, "joining failed, retrying in 200 ms") &&
+                  strstr(ea, "Broker transport failure"),
+              "no retry logged: %s", ea);
+    free(ea);
+    usleep(1500000); /* the next tries */
+    cr_assert(running(&procs[0], &rc), "exited with status %d: %s", rc, err_of("a"));
+    /* a stop while it waits: at once, exit 0; again with the stop in its first wait for
+     * the broker (before the fix, in lk_context_get_or_create: killed by the SIGTERM) */
+    for (int again = 0; again < 2; again++) {
+        if (again) {
+            procs[0] = start("g", "a", retry);
+            usleep(2000000);
+        }
+        t0 = now_ms();
+        kill(procs[0], SIGTERM);
+        rc = cp_wait_exit(&procs[0], 20);
+        ea = err_of("a");
+        cr_assert_eq(rc, 0, "exit status %d after SIGTERM while the broker is down: %s", rc,
+                     ea);
+        cr_assert_lt(now_ms() - t0, 3000, "the stop took %lld ms: %s",
+                     (long long)(now_ms() - t0), ea);
+        free(ea);
+    }
+    procs[0] = start("g", "a", retry);
+    cp_broker_command("up");
+    produce_lines(200);
+    wait_output(90);
+    stop_gracefully(0, "a");
+}
+
+/* Two processes with one group.instance.id: the broker fences the older one and
+ * librdkafka raises FENCED_INSTANCE_ID as a fatal error of its membership consumer,
+ * which was only logged as a warning, the process running on without a membership
+ * (review). It must stop its tasks gracefully and exit naming the cause and what to do.
+ * The mock cluster of librdkafka 2.0.2 ignores group.instance.id (two members with the
+ * same one both join, nobody is fenced), so the fault point membership-fatal has
+ * librdkafka raise the same fatal error on the membership consumer. */
+Test(group, a_fenced_static_member_stops_naming_the_cause) {
+    const char *topics[] = {"in:2", "out:2", "g.progress:2", NULL};
+    cp_broker_start(topics);
+    produce_lines(200);
+    setenv("LOCKSTEP_FAULTPOINT", "membership-fatal=FENCED_INSTANCE_ID@20", 1);
+    procs[0] = start("g", "a", (const char *[]){"group.instance.id=host-a", NULL});
+    unsetenv("LOCKSTEP_FAULTPOINT");
+    int rc = cp_wait_exit(&procs[0], 60);
+    char *ea = err_of("a");
+    cr_assert_eq(rc, 1, "exit status %d: %s", rc, ea);
+    cr_assert(strstr(ea, "group.instance.id host-a is used by another process") &&
+                  strstr(ea, "Give each process its own group.instance.id") &&
+                  strstr(ea, "LK_ERR_FENCED"),
+              "the cause is not named: %s", ea);
+    /* gracefully: each task stopped after its batch in flight, none abandoned */
+    cr_assert(strstr(ea, "task 0: stopped\n") && strstr(ea, "task 1: stopped\n") &&
+                  !strstr(ea, "abandoned"),
+              "the tasks were not stopped gracefully: %s", ea);
+    cr_assert(!strstr(ea, "Sanitizer") && !strstr(ea, "runtime error"), "%s", ea);
+    free(ea);
+    /* started again (its own id now): every line exactly once */
+    procs[0] = start("g", "a", (const char *[]){"group.instance.id=host-a", NULL});
+    produce_lines(200);
+    wait_output(60);
+    stop_gracefully(0, "a");
+}
+
+/* The start reads the metadata it needs in one request (review: one request of every
+ * topic's metadata per input topic, and one more for the progress topic: 4 here). Counted
+ * from librdkafka's debug log of the membership consumer, before the process joins (the
+ * tasks' clients start after it). */
+Test(group, the_start_asks_for_the_metadata_once) {
+    const char *topics[] = {"in:2", "in2:2", "in3:2", "out:2", "g.progress:2", NULL};
+    cp_broker_start(topics);
+    procs[0] = start("g", "a", (const char *[]){"input.topics=in,in2,in3", "kafka.debug=metadata",
+                                                "kafka.log_level=7", "log.level=debug", NULL});
+    char *ea = NULL;
+    for (int i = 0; i < 300 && !(ea && strstr(ea, "joining group")); i++) {
+        free(ea);
+        usleep(100000);
+        ea = err_of("a");
+    }
+    char *joined = strstr(ea, "joining group");
+    cr_assert(joined, "did not join: %s", ea);
+    *joined = 0;
+    int requests = 0;
+    for (const char *q = ea; (q = strstr(q, "Request metadata for")); q++) {
+        const char *eol = strchr(q, '\n');
+        const char *why = strstr(q, "application requested");
+        requests += why && (!eol || why < eol);
+    }
+    cr_assert_eq(requests, 1, "%d metadata requests of the application before joining", requests);
+    free(ea);
+    stop_gracefully(0, "a");
 }
