@@ -729,9 +729,14 @@ def group_repartition(s):
     a = group_member(s, app_id, "a", props)
     b = group_member(s, app_id, "b", props)
     readers = (s.kafka.consumer("read_committed"), s.kafka.consumer("read_uncommitted"))
+    phases = {who: os.path.join(s.work, f"{who}.phase") for who in ("a", "b")}
+    for path in phases.values():
+        with open(path, "wb") as f:
+            f.write(bytes(128))
+    env = {who: {"LOCKSTEP_PHASE_FILE": path} for who, path in phases.items()}
     kills = 0
     try:
-        a.start()
+        a.start(env=env["a"])
         wait_for("a to run both tasks", lambda: ["0", "1"] in assigned(a), 60)
         # lockstep made the topics of both stages, one partition per task
         for t, policy in ((rep, "delete"), (rprog, "compact"), (prog, "compact")):
@@ -744,7 +749,7 @@ def group_repartition(s):
                                 f"repartition.retention.ms={retention}")
         log(f"created: {rep} (2 partitions, delete, retention.ms={retention}); {rprog} and "
             f"{prog} (2 partitions, compact)")
-        b.start()
+        b.start(env=env["b"])
 
         def split(since_a=0, since_b=0):
             return lambda: any(len(t) == 1 for t in assigned(a, since_a)) and \
@@ -753,18 +758,28 @@ def group_repartition(s):
 
         def kill_in_transaction(victim, who, other):
             """SIGKILL victim while a transaction of its stage 1 is open on the repartition
-            topic (stopped at random moments until one is seen held open), then wait
-            until other runs every task and has delivered past the kill."""
+            topic (stopped while delivering until one is seen held open), then wait until
+            other runs every task."""
             nonlocal kills
-            for attempt in range(60):
-                time.sleep(random.uniform(0.02, 0.25))
+            for attempt in range(100):
+                # stopped right after one of its tasks reports delivering (the phase
+                # file: process-wide, so a stage-1 or a stage-2 task)
+                fd = os.open(phases[who], os.O_RDONLY)
+                deadline = time.monotonic() + 5
+                try:
+                    while time.monotonic() < deadline and \
+                            PHASE_DELIVERING not in os.pread(fd, 2, 0):
+                        time.sleep(0.0002)
+                finally:
+                    os.close(fd)
+                time.sleep(random.uniform(0.002, 0.02))
                 os.kill(victim.proc.pid, signal.SIGSTOP)
                 if stuck_transaction(s, rep, 2, readers):
                     break
                 os.kill(victim.proc.pid, signal.SIGCONT)
             else:
-                raise Failure(f"{victim.name} was never caught with a transaction open on "
-                              f"{rep} in 60 tries")
+                raise Failure(f"{who} was never caught with a transaction open on "
+                              f"{rep} in 100 tries")
             mark = len(other.stderr())
             victim.kill()
             kills += 1
@@ -775,11 +790,11 @@ def group_repartition(s):
 
         kill_in_transaction(a, "a", b)
         marks = len(a.stderr()), len(b.stderr())
-        a.start()
+        a.start(env=env["a"])
         wait_for("a to rejoin", split(*marks), 90)
         kill_in_transaction(b, "b", a)
         marks = len(a.stderr()), len(b.stderr())
-        b.start()
+        b.start(env=env["b"])
         wait_for("b to rejoin", split(*marks), 90)
         # a graceful move: a's tasks (both stages) go to b
         mark = len(b.stderr())
