@@ -45,6 +45,19 @@ read_committed by an independent consumer, every expected record once and nothin
   group-refusal         group.mode=consumer with input topics of different partition
                         counts is refused at start naming each topic and its count;
                         nothing is created: no checkpoint.dir, no progress topic, no output
+  group-repartition     group.mode=consumer, the pipeline map -> lk_repartition "by-key" ->
+                        Kafka (--repartition-plugin: tests/mock/plugins/repartition_copy.c)
+                        in two processes fed while they run: lockstep creates
+                        <app.id>.by-key.repartition (2 partitions, cleanup.policy=delete,
+                        retention.ms = repartition.retention.ms) and both progress topics
+                        (2 partitions, compacted), checked with DescribeConfigs; each
+                        process is SIGKILLed (the other takes its tasks over) while a
+                        stage-1 transaction is held open on the repartition topic, then a
+                        graceful move; the read_committed repartition topic holds every
+                        line once in its key's murmur2 partition, read_uncommitted also
+                        aborted stage-1 records (required: else the test proves nothing),
+                        and the read_committed output every line once, none made from an
+                        aborted stage-1 attempt (its copied provenance header)
 """
 
 import argparse
@@ -73,6 +86,7 @@ class Scenario:
         self.lockstep = args.lockstep
         self.kafka = Cluster(args.bootstrap)
         self.bootstrap = args.bootstrap
+        self.repartition_plugin = args.repartition_plugin
         self.tag = f"{name}-{random.randrange(16**6):06x}"
         self.work = tempfile.mkdtemp(prefix=f"lockstep-kt-{name}.")
         self.apps = []
@@ -636,6 +650,206 @@ def group_refusal(s):
     check(not s.kafka.read(dst), "output written despite the refusal")
 
 
+def murmur2(key):
+    """The Java client's Utils.murmur2 of key (bytes), as an unsigned 32-bit value."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(key)) & mask
+    i = 0
+    while len(key) - i >= 4:
+        k = int.from_bytes(key[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+        i += 4
+    rest = len(key) - i
+    if rest == 3:
+        h ^= key[i + 2] << 16
+    if rest >= 2:
+        h ^= key[i + 1] << 8
+    if rest >= 1:
+        h ^= key[i]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
+def murmur2_partition(key, n):
+    """Kafka's default partitioner of a non-NULL key (the Java client's, librdkafka's
+    murmur2_random): (murmur2(key) & 0x7fffffff) % n."""
+    return (murmur2(key) & 0x7FFFFFFF) % n
+
+
+def provenances(m):
+    """The (batch, attempt) of every `lockstep` provenance header of m, in order: the
+    sink's own first, then any copied from the input (sink/provenance_int.h: the value is
+    "v1 <batch> <attempt> <app.id> <sink uid>")."""
+    out = []
+    for name, v in m.headers() or []:
+        if name == "lockstep":
+            f = v.decode(errors="replace").split(" ", 4)
+            check(len(f) == 5 and f[0] == "v1", f"malformed provenance header {v!r}")
+            out.append((int(f[1]), f[2], f[4]))
+    return out
+
+
+def stuck_transaction(s, topic, nparts, readers):
+    """Whether a transaction on topic stays open: some partition's last stable offset
+    stands before its high watermark and has not moved 0.3 s later (a running member
+    commits its transactions within milliseconds; a stopped one never does)."""
+    rc, ru = readers
+
+    def lso_hw():
+        return [(rc.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
+                 ru.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                for p in range(nparts)]
+    first = lso_hw()
+    time.sleep(0.3)
+    second = lso_hw()
+    return any(a[0] < a[1] and a[0] == b[0] for a, b in zip(first, second))
+
+
+def group_repartition(s):
+    check(s.repartition_plugin and os.path.exists(s.repartition_plugin),
+          f"group-repartition needs --repartition-plugin (the lk_repartition_copy module "
+          f"of tests/mock/plugins/repartition_copy.c), not {s.repartition_plugin!r}")
+    src, dst = s.topic("in", 2), s.topic("out", 2)
+    app_id = f"{s.tag}-g"
+    rep, rprog, prog = (f"{app_id}.by-key.repartition", f"{app_id}.by-key.progress",
+                        f"{app_id}.progress")
+    retention = "5400000"  # 90 min: not the broker's default (7 days)
+    props = {"pipeline.plugin": s.repartition_plugin, "input.topics": src,
+             "output.topic": dst, "group.session.timeout.ms": "6000",
+             "max.records.per.partition": "20", "batch.interval.ms": "50",
+             "shutdown.timeout.ms": "20000", "repartition.retention.ms": retention}
+    feeder = Feeder(s.kafka, src, 2, 100)
+    feeder.start()
+    a = group_member(s, app_id, "a", props)
+    b = group_member(s, app_id, "b", props)
+    readers = (s.kafka.consumer("read_committed"), s.kafka.consumer("read_uncommitted"))
+    phases = {who: os.path.join(s.work, f"{who}.phase") for who in ("a", "b")}
+    for path in phases.values():
+        with open(path, "wb") as f:
+            f.write(bytes(128))
+    env = {who: {"LOCKSTEP_PHASE_FILE": path} for who, path in phases.items()}
+    kills = 0
+    try:
+        a.start(env=env["a"])
+        wait_for("a to run both tasks", lambda: ["0", "1"] in assigned(a), 60)
+        # lockstep made the topics of both stages, one partition per task
+        for t, policy in ((rep, "delete"), (rprog, "compact"), (prog, "compact")):
+            n = len(s.kafka.partitions(t))
+            check(n == 2, f"{t} has {n} partitions, not one per task (2)")
+            got = s.kafka.topic_config(t, "cleanup.policy")
+            check(got == policy, f"{t} has cleanup.policy={got}, not {policy}")
+        got = s.kafka.topic_config(rep, "retention.ms")
+        check(got == retention, f"{rep} has retention.ms={got}, not "
+                                f"repartition.retention.ms={retention}")
+        log(f"created: {rep} (2 partitions, delete, retention.ms={retention}); {rprog} and "
+            f"{prog} (2 partitions, compact)")
+        b.start(env=env["b"])
+
+        def split(since_a=0, since_b=0):
+            return lambda: any(len(t) == 1 for t in assigned(a, since_a)) and \
+                any(len(t) == 1 for t in assigned(b, since_b))
+        wait_for("the group to give each process one task", split(), 90)
+
+        def kill_in_transaction(victim, who, other):
+            """SIGKILL victim while a transaction of its stage 1 is open on the repartition
+            topic (stopped while delivering until one is seen held open), then wait until
+            other runs every task."""
+            nonlocal kills
+            for attempt in range(100):
+                # stopped right after one of its tasks reports delivering (the phase
+                # file: process-wide, so a stage-1 or a stage-2 task)
+                fd = os.open(phases[who], os.O_RDONLY)
+                deadline = time.monotonic() + 5
+                try:
+                    while time.monotonic() < deadline and \
+                            PHASE_DELIVERING not in os.pread(fd, 2, 0):
+                        time.sleep(0.0002)
+                finally:
+                    os.close(fd)
+                time.sleep(random.uniform(0.002, 0.02))
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+                if stuck_transaction(s, rep, 2, readers):
+                    break
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            else:
+                raise Failure(f"{who} was never caught with a transaction open on "
+                              f"{rep} in 100 tries")
+            mark = len(other.stderr())
+            victim.kill()
+            kills += 1
+            log(f"SIGKILL {who} with a stage-1 "
+                f"transaction open on {rep} (try {attempt + 1})")
+            wait_for("the survivor to take both tasks over", lambda: any(
+                sorted(t) == ["0", "1"] for t in assigned(other, mark)), 90)
+
+        kill_in_transaction(a, "a", b)
+        marks = len(a.stderr()), len(b.stderr())
+        a.start(env=env["a"])
+        wait_for("a to rejoin", split(*marks), 90)
+        kill_in_transaction(b, "b", a)
+        marks = len(a.stderr()), len(b.stderr())
+        b.start(env=env["b"])
+        wait_for("b to rejoin", split(*marks), 90)
+        # a graceful move: a's tasks (both stages) go to b
+        mark = len(b.stderr())
+        a.stop()
+        wait_for("b to run both tasks", lambda: any(
+            sorted(t) == ["0", "1"] for t in assigned(b, mark)), 90)
+        time.sleep(1)
+        want = feeder.finish()
+        ends = {p: s.kafka.watermarks(src, p)[1] for p in (0, 1)}
+        wait_for("stage 1 to deliver all input", lambda: all(
+            progress_until(s, app_id, src).get(p, 0) >= ends[p] for p in (0, 1)), 60, 0.5)
+        rends = {p: s.kafka.watermarks(rep, p)[1] for p in (0, 1)}
+        wait_for("stage 2 to deliver the repartition topic", lambda: all(
+            progress_until(s, f"{app_id}.by-key", rep).get(p, 0) >= rends[p]
+            for p in (0, 1)), 60, 0.5)
+        b.stop()
+    finally:
+        for r in readers:
+            r.close()
+    # the repartition topic: every line once (read_committed), in its key's partition;
+    # read_uncommitted also shows the records of stage-1 attempts that were aborted
+    committed = s.kafka.read(rep)
+    everything = s.kafka.read(rep, "read_uncommitted")
+    lines = [(k, v) for _, k, v in want]
+    expect_exactly_once("read_committed repartition topic",
+                        [(m.key(), m.value()) for m in committed], lines)
+    wrong = [m for m in committed if m.partition() != murmur2_partition(m.key(), 2)]
+    check(not wrong, f"{len(wrong)} repartition records not in their key's murmur2 "
+                     f"partition, e.g. {[(m.partition(), m.key()) for m in wrong[:3]]}")
+    kept = {(m.partition(), m.offset()) for m in committed}
+    aborted = [m for m in everything if (m.partition(), m.offset()) not in kept]
+    aborted_attempts = {provenances(m)[0][:2] for m in aborted}
+    committed_attempts = {provenances(m)[0][:2] for m in committed}
+    check(aborted, "no aborted stage-1 records in the repartition topic: the kills never "
+                   "caught stage 1 with a transaction open, so the test proves nothing")
+    check(not aborted_attempts & committed_attempts,
+          f"attempts both aborted and committed: {sorted(aborted_attempts & committed_attempts)[:3]}")
+    # the output: every line once, none made from an aborted stage-1 attempt (its second
+    # provenance header is the repartition record's, copied through stage 2)
+    out = s.kafka.read(dst)
+    from_aborted = [m for m in out if len(provenances(m)) < 2 or
+                    provenances(m)[1][2] != "by-key" or
+                    provenances(m)[1][:2] in aborted_attempts]
+    check(not from_aborted, f"{len(from_aborted)} output records made from aborted stage-1 "
+                            f"attempts (or without stage 1's provenance), e.g. "
+                            f"{[(m.value(), provenances(m)) for m in from_aborted[:3]]}")
+    expect_exactly_once("read_committed output", [(m.key(), m.value()) for m in out], lines)
+    unknown = [m for m in out if provenances(m)[1][:2] not in committed_attempts]
+    check(not unknown, f"{len(unknown)} output records whose stage-1 attempt is not in the "
+                       f"committed repartition topic")
+    log(f"{len(want)} lines through two stages, each once; {kills} SIGKILLs left "
+        f"{len(aborted)} aborted stage-1 records ({len(aborted_attempts)} attempts) in "
+        f"{rep}, none read by stage 2")
+
+
 SCENARIOS = {
     "open-transaction": open_transaction,
     "markers-aborted": markers_aborted,
@@ -650,6 +864,7 @@ SCENARIOS = {
     "txn-timeout-above-max": txn_timeout_above_max,
     "group-zombie": group_zombie,
     "group-refusal": group_refusal,
+    "group-repartition": group_repartition,
 }
 
 
@@ -660,6 +875,8 @@ def main():
                     help="bootstrap.servers of the real broker (default $KAFKA_BOOTSTRAP)")
     ap.add_argument("--bootstrap-file", help="read bootstrap.servers from this file "
                     "(tests/kafka/broker.sh writes DIR/bootstrap)")
+    ap.add_argument("--repartition-plugin", help="the module of tests/mock/plugins/"
+                    "repartition_copy.c (group-repartition runs it)")
     ap.add_argument("--list", action="store_true", help="list the scenarios")
     ap.add_argument("scenarios", nargs="*")
     args = ap.parse_args()

@@ -1,6 +1,8 @@
 /*
  * repartition_copy.c — the pipeline of the repartition tests (tests/mock/
- * test_repartition.c), a plugin so that `lockstep run` runs it in real processes:
+ * test_repartition.c on the mock, the kafka tier's group-repartition in
+ * tests/kafka/scenarios.py on a real broker), a plugin so that `lockstep run` runs it in
+ * real processes:
  * input.topics -> map "tag" (the record as it is) -> lk_repartition "by-key" -> Kafka sink
  * "to-kafka" (output.topic). Stateless on both sides of the repartition, so that it runs
  * scaled out before the changelog exists (DESIGN.md, Scale-out: stage 2), and every
