@@ -20,7 +20,19 @@
  *                     front of word-counts, in one context (group.mode=single): a
  *                     pass-through, which must cost nothing measurable (summary:
  *                     repartition_ratio, against the lockstep engine of the same run).
- * Each round starts both cases from an empty directory. One JSON line per case and round
+ *   lockstep changelog  the lockstep engine case with the changelog's capture on, as a
+ *                     task of group.mode=consumer has it (DESIGN.md, Scale-out):
+ *                     word-counts' database marked with lk__store_state_changelog (member
+ *                     "word-counts", partition 0) and every batch's transaction marked with
+ *                     lk__store_txn_capture, so each state write is also appended to the
+ *                     changelog member's outbox in the batch's transaction; the delivery
+ *                     acknowledges that member too (outbox deleted, fence with a changelog
+ *                     position, as sink/sink.c does). Everything else identical, in one
+ *                     context, so the difference is the capture alone: its LMDB cost
+ *                     (summary: changelog_ratio, its rate over the lockstep engine's of the
+ *                     same run). The Kafka side (producing the changelog records in the
+ *                     task's transaction) is not in it: no Kafka here.
+ * Each round starts every case from an empty directory. One JSON line per case and round
  * goes to stdout ({"case":..,"round":..,"lines":..,"seconds":..,"batches":..}), then a
  * JSON summary line; bench/run reads them.
  *
@@ -189,7 +201,7 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 }
 
 static int run_lockstep(const lines_t *l, size_t batch, const char *dir, int repartition,
-                        double *secs, size_t *batches) {
+                        int changelog, double *secs, size_t *batches) {
     char err[1024];
     lk__store_t *s;
     lk__store_opts_t so = {0};
@@ -207,6 +219,15 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, int rep
         fprintf(stderr, "bench_engine: pipeline: %s %s\n", p->err, err);
         return -1;
     }
+    if (changelog) { /* as connector/context.c marks a task's state databases */
+        lk__state_db_t db;
+        if ((e = lk__store_state_find(s, "word-counts", &db)) ||
+            (e = lk__store_state_changelog(s, db, "word-counts", 0))) {
+            fprintf(stderr, "bench_engine: changelog: %s\n", lk_err_name(e));
+            return -1;
+        }
+    }
+    int64_t changelog_next = 0; /* the changelog position a delivery records */
     lk_batch_t b;
     memset(&b, 0, sizeof b);
     int64_t offs[PARTITIONS] = {0};
@@ -229,6 +250,8 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, int rep
         lk__store_txn_t *t;
         if ((e = lk__store_txn_begin(s, 1, &t, err, sizeof err)))
             goto fail;
+        if (changelog) /* as connector/context_loop.c marks every batch's transaction */
+            lk__store_txn_capture(t, id, bt);
         lk__batch_begin(&b, p, id, bt, t, 0);
         for (size_t i = start; i < end && !b.err; i++) {
             int q = (int)(i % PARTITIONS);
@@ -254,8 +277,15 @@ static int run_lockstep(const lines_t *l, size_t batch, const char *dir, int rep
         /* the sink delivered at once: acknowledge as sink/sink.c does */
         if ((e = lk__store_txn_begin(s, 1, &t, err, sizeof err)))
             goto fail;
+        /* the changelog member delivered with the outputs: every state write of the batch
+         * is one changelog record, and the fence records the position after them */
+        changelog_next += (int64_t)b.records_out;
         if ((e = lk__store_outbox_ack(t, "to-kafka", id, err, sizeof err)) ||
-            (e = lk__store_fence_put(t, "to-kafka", id, err, sizeof err))) {
+            (e = lk__store_fence_put(t, "to-kafka", id, err, sizeof err)) ||
+            (changelog &&
+             ((e = lk__store_outbox_ack(t, "word-counts", id, err, sizeof err)) ||
+              (e = lk__store_fence_put_offset(t, "word-counts", id, changelog_next, err,
+                                              sizeof err))))) {
             lk__store_txn_abort(t);
             goto fail;
         }
@@ -440,22 +470,23 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_engine: mkdtemp: %s\n", strerror(errno));
         return 1;
     }
-    double lk_rate[MAX_ROUNDS], raw_rate[MAX_ROUNDS], rep_rate[MAX_ROUNDS];
-    static const char *const names[] = {"lockstep-engine", "raw-lmdb", "lockstep-repartition"};
+    double lk_rate[MAX_ROUNDS], raw_rate[MAX_ROUNDS], rep_rate[MAX_ROUNDS], cl_rate[MAX_ROUNDS];
+    static const char *const names[] = {"lockstep-engine", "raw-lmdb", "lockstep-repartition",
+                                        "lockstep-changelog"};
     int status = 0;
     for (int r = 0; r < rounds && !status; r++) {
-        for (int j = 0; j < 3 && !status; j++) {
-            int k = (j + r) % 3; /* order rotates */
+        for (int j = 0; j < 4 && !status; j++) {
+            int k = (j + r) % 4; /* order rotates */
             char dir[PATH_MAX + 32];
             snprintf(dir, sizeof dir, "%s/%s-%d", top, names[k], r);
             double secs;
             size_t nb;
             status = k == 1 ? run_raw(&up, dir, &secs, &nb)
-                            : run_lockstep(&l, batch, dir, k == 2, &secs, &nb);
+                            : run_lockstep(&l, batch, dir, k == 2, k == 3, &secs, &nb);
             if (status)
                 break;
             double rate = (double)l.n / secs;
-            (k == 0 ? lk_rate : k == 1 ? raw_rate : rep_rate)[r] = rate;
+            (k == 0 ? lk_rate : k == 1 ? raw_rate : k == 2 ? rep_rate : cl_rate)[r] = rate;
             printf("{\"case\":\"%s\",\"round\":%d,\"lines\":%zu,\"seconds\":%.4f,"
                    "\"batches\":%zu,\"lines_per_s\":%.1f}\n",
                    names[k], r + 1, l.n, secs, nb, rate);
@@ -472,9 +503,12 @@ int main(int argc, char **argv) {
     double mr = rounds % 2 ? raw_rate[rounds / 2] : (raw_rate[rounds / 2 - 1] + raw_rate[rounds / 2]) / 2;
     qsort(rep_rate, (size_t)rounds, sizeof *rep_rate, cmp_d);
     double mp = rounds % 2 ? rep_rate[rounds / 2] : (rep_rate[rounds / 2 - 1] + rep_rate[rounds / 2]) / 2;
+    qsort(cl_rate, (size_t)rounds, sizeof *cl_rate, cmp_d);
+    double mc = rounds % 2 ? cl_rate[rounds / 2] : (cl_rate[rounds / 2 - 1] + cl_rate[rounds / 2]) / 2;
     printf("{\"summary\":true,\"lines\":%zu,\"batch\":%zu,\"batches\":%zu,\"updates\":%zu,"
            "\"rounds\":%d,\"lockstep_lines_per_s\":%.1f,\"raw_lines_per_s\":%.1f,"
-           "\"repartition_lines_per_s\":%.1f,\"repartition_ratio\":%.3f}\n",
-           l.n, batch, up.nbatches, up.nu, rounds, ml, mr, mp, mp / ml);
+           "\"repartition_lines_per_s\":%.1f,\"repartition_ratio\":%.3f,"
+           "\"changelog_lines_per_s\":%.1f,\"changelog_ratio\":%.3f}\n",
+           l.n, batch, up.nbatches, up.nu, rounds, ml, mr, mp, mp / ml, mc, mc / ml);
     return 0;
 }

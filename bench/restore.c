@@ -16,7 +16,13 @@
  * cluster's limits"): LARGE defaults to 50000 keys; the direction's 1M keys need a real
  * broker (--bootstrap, a topic made by the caller is not needed: this program writes
  * `<app>.counts.changelog` partition 0 and reads it).
+ * --json adds one last line for bench/run: {"summary":true, the medians (seconds), the
+ * records of each case, "rate_ratio" (large full rate / small full rate), "tail_ratio" (tail
+ * time / large full time), "broker"}.
+ * --set KEY=VALUE (repeatable) sets a lockstep property of the restoring sink (e.g.
+ * kafka.queued.min.messages=10000000 for its reader), for A/B runs.
  *   usage: bench_restore [--small N] [--large N] [--tail N] [--rounds N] [--bootstrap B]
+ *                        [--json] [--set KEY=VALUE]...
  */
 #define _GNU_SOURCE
 #include "lockstep.h"
@@ -52,6 +58,9 @@ int accept(int fd, struct sockaddr *addr, socklen_t *addrlen) {
 }
 
 static const char *bootstraps;
+#define MAX_SETS 16
+static const char *sets[MAX_SETS];
+static int nsets;
 static char app[64];
 
 static void die(const char *what, const char *why) {
@@ -134,6 +143,16 @@ static double restore_once(const char *topic, long after, int64_t tail_from, uin
             LK_CONF_OK ||
         lk_conf_set(conf, "kafka.log_level", "3", err, sizeof err) != LK_CONF_OK)
         die("conf", err);
+    for (int i = 0; i < nsets; i++) {
+        char kv[512];
+        snprintf(kv, sizeof kv, "%s", sets[i]);
+        char *eq = strchr(kv, '=');
+        if (!eq)
+            die("--set", "KEY=VALUE expected");
+        *eq = 0;
+        if (lk_conf_set(conf, kv, eq + 1, err, sizeof err) != LK_CONF_OK)
+            die("--set", err);
+    }
     lk__sink_t *s = lk__sink_new(&lk__sink_kafka_ops, "counts", topic, NULL, app);
     if (!s || !(s->members[0].changelog_of = strdup("counts")))
         die("sink", "out of memory");
@@ -167,10 +186,11 @@ static double median(double *v, int n) {
 
 int main(int argc, char **argv) {
     long small = 5000, large = 50000, tail = 1000;
-    int rounds = 3;
+    int rounds = 3, json = 0;
     static const struct option opts[] = {{"small", 1, 0, 's'}, {"large", 1, 0, 'l'},
                                          {"tail", 1, 0, 't'},  {"rounds", 1, 0, 'r'},
-                                         {"bootstrap", 1, 0, 'b'}, {0, 0, 0, 0}};
+                                         {"bootstrap", 1, 0, 'b'}, {"json", 0, 0, 'j'},
+                                         {"set", 1, 0, 'S'}, {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         if (c == 's')
             small = atol(optarg);
@@ -182,9 +202,13 @@ int main(int argc, char **argv) {
             rounds = atoi(optarg);
         else if (c == 'b')
             bootstraps = optarg;
+        else if (c == 'j')
+            json = 1;
+        else if (c == 'S' && nsets < MAX_SETS)
+            sets[nsets++] = optarg;
         else {
             fprintf(stderr, "usage: %s [--small N] [--large N] [--tail N] [--rounds N] "
-                            "[--bootstrap B]\n", argv[0]);
+                            "[--bootstrap B] [--json] [--set KEY=VALUE]...\n", argv[0]);
             return 2;
         }
     }
@@ -242,6 +266,12 @@ int main(int argc, char **argv) {
            small, (large / ml) / (small / ms));
     printf("  time tail %llu / full %ld: %.3fx (records ratio %.3f)\n", (unsigned long long)at,
            large, mt / ml, (double)at / (double)large);
+    if (json)
+        printf("{\"summary\":true,\"rounds\":%d,\"small\":%ld,\"large\":%ld,\"tail\":%llu,"
+               "\"small_s\":%.6f,\"large_s\":%.6f,\"tail_s\":%.6f,\"rate_ratio\":%.4f,"
+               "\"tail_ratio\":%.6f,\"broker\":\"%s\"}\n",
+               rounds, small, large, (unsigned long long)at, ms, ml, mt,
+               (large / ml) / (small / ms), mt / ml, mc ? "mock" : "bootstrap");
     if (mc)
         rd_kafka_mock_cluster_destroy(mc);
     if (mrk)
