@@ -4,9 +4,11 @@
  */
 #define _GNU_SOURCE
 #include "cliproc.h"
+#include "mockutil.h"
 #include "../unit/testutil.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -159,4 +161,74 @@ void cp_produce(const char *topic, int partition, const char *key, const char *v
 
 void cp_flush(void) {
     cr_assert_eq(rd_kafka_flush(cp_producer, 30000), 0, "flush");
+}
+
+pid_t cp_spawn(const char *const *argv, const char *name) {
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(name));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int o = open("/dev/null", O_WRONLY);
+        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+pid_t cp_spawn_run(const char *name, const char *const *common, size_t n,
+                   const char *const *kv) {
+    const char *argv[100] = {cp_cli(), "run"};
+    size_t a = 2;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_lt(a + 3, sizeof argv / sizeof *argv, "too many settings");
+        argv[a++] = "-X";
+        argv[a++] = common[i];
+    }
+    for (size_t i = 0; kv && kv[i]; i++) {
+        cr_assert_lt(a + 3, sizeof argv / sizeof *argv, "too many settings");
+        argv[a++] = "-X";
+        argv[a++] = kv[i];
+    }
+    argv[a] = NULL;
+    return cp_spawn(argv, name);
+}
+
+char *cp_err_of(const char *name) {
+    char errf[700];
+    snprintf(errf, sizeof errf, "%s.err", cp_path(name));
+    return cp_slurp(errf);
+}
+
+void cp_read_all(rd_kafka_t **reader, const char *group, const char *topic, int p0, int np,
+                 void (*cb)(rd_kafka_message_t *m, void *o), void *o) {
+    if (!*reader)
+        *reader = mu_reader(cp_bootstraps, group);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    int pending = 0;
+    for (int p = p0; p < p0 + np; p++) {
+        int64_t lo, hi;
+        cr_assert_eq(rd_kafka_query_watermark_offsets(*reader, topic, p, &lo, &hi, 5000), 0);
+        if (hi > lo) {
+            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
+            pending++;
+        }
+    }
+    cr_assert_eq(rd_kafka_assign(*reader, l), 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(*reader, 10);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            pending--;
+        else if (!m->err)
+            cb(m, o);
+        rd_kafka_message_destroy(m);
+    }
+    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
+    rd_kafka_assign(*reader, NULL);
 }

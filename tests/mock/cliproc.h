@@ -1,8 +1,9 @@
 /*
  * cliproc.h — the fixture of the tests that run the lockstep binary as child processes
- * (test_cli_run.c, test_metrics.c): a `lockstep mock-broker` process, the run under test,
- * a producer feeding the broker, and a scratch directory (tu_dir, testutil.h) for their
- * files. One copy here; each file adds only what is its own. DESIGN.md, Testing.
+ * (test_cli_run.c, test_metrics.c, the group tests): a `lockstep mock-broker` process,
+ * the runs under test, a producer feeding the broker, and a scratch directory (tu_dir,
+ * testutil.h) for their files. One copy here; each file adds only what is its own.
+ * DESIGN.md, Testing.
  */
 #ifndef LK_CLIPROC_H
 #define LK_CLIPROC_H
@@ -37,6 +38,21 @@ void cp_stop(pid_t *pid);
 /** Wait (bounded) for *pid to exit: its exit status, or 128 + signal; fails the test
  *  (after killing it) when it is still running after `seconds`. */
 int cp_wait_exit(pid_t *pid, int seconds);
+
+/** Fork and exec argv (NULL-ended; argv[0] a path), its stdout to /dev/null and its
+ *  stderr appended to tu_dir/<name>.err: the child's pid. */
+pid_t cp_spawn(const char *const *argv, const char *name);
+/** `lockstep run -X s...` with every setting of common (n of them) and of kv (NULL-ended,
+ *  may be NULL), through cp_spawn: the group tests' processes. */
+pid_t cp_spawn_run(const char *name, const char *const *common, size_t n,
+                   const char *const *kv);
+/** What the child spawned as name wrote to its stderr (malloc'ed; "" when nothing). */
+char *cp_err_of(const char *name);
+/** Read partitions [p0, p0 + np) of topic from their start to their end with *reader
+ *  (made for group at the first call), calling cb on each record; asserts each end is
+ *  reached. */
+void cp_read_all(rd_kafka_t **reader, const char *group, const char *topic, int p0, int np,
+                 void (*cb)(rd_kafka_message_t *m, void *o), void *o);
 
 /** Start `lockstep mock-broker --topic T...` (topics: "name:partitions", NULL-ended) and
  *  read its bootstrap.servers into cp_bootstraps. Its stdin stays open for

@@ -55,8 +55,6 @@ TestSuite(group, .init = setup, .fini = teardown, .timeout = 180);
 /* `lockstep run` of app in group mode, checkpoint.dir tu_dir/<ckpt>, stderr to
  * tu_dir/<ckpt>.err (appended), with the extra key=value settings (NULL-ended). */
 static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
-    const char *argv[80] = {cp_cli(), "run"};
-    int n = 2;
     const char *common[] = {cp_fmt("app.id=%s", app),
                             cp_fmt("checkpoint.dir=%s", cp_path(ckpt)),
                             cp_fmt("kafka.bootstrap.servers=%s", cp_bootstraps),
@@ -66,34 +64,7 @@ static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
                             "sink.kafka.timeout.ms=10000", "checkpoint.map.size=4M",
                             "pipeline=copy", "input.topics=in", "output.topic=out",
                             "output.partition=keep"};
-    for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
-        argv[n++] = "-X";
-        argv[n++] = common[i];
-    }
-    for (int i = 0; kv && kv[i]; i++) {
-        argv[n++] = "-X";
-        argv[n++] = kv[i];
-    }
-    argv[n] = NULL;
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int o = open("/dev/null", O_WRONLY);
-        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static char *err_of(const char *ckpt) {
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    return cp_slurp(errf);
+    return cp_spawn_run(ckpt, common, sizeof common / sizeof *common, kv);
 }
 
 /* A run that must be refused: exit status 1 (or 2), its stderr naming what is wrong
@@ -103,7 +74,7 @@ static void refused(const char *app, const char *ckpt, const char *const *kv, in
                     const char *const *needles) {
     pid_t pid = start(app, ckpt, kv);
     int rc = cp_wait_exit(&pid, 60);
-    char *err = err_of(ckpt);
+    char *err = cp_err_of(ckpt);
     cr_assert(rc == 1 || rc == 2, "exit status %d, stderr: %s", rc, err);
     for (int i = 0; needles[i]; i++)
         cr_assert(strstr(err, needles[i]), "stderr does not say '%s': %s", needles[i], err);
@@ -141,7 +112,7 @@ Test(group, a_checkpoint_dir_of_the_other_mode_is_refused) {
     struct stat st;
     for (int i = 0; i < 500 && stat(data, &st); i++)
         usleep(10000);
-    cr_assert_eq(stat(data, &st), 0, "no checkpoint made: %s", err_of("single"));
+    cr_assert_eq(stat(data, &st), 0, "no checkpoint made: %s", cp_err_of("single"));
     cp_stop(&pid); /* the checkpoint stays */
     refused("s1", "single", NULL, 1, (const char *[]){"holds a checkpoint of group.mode=single",
                                                       NULL});
@@ -176,32 +147,7 @@ typedef struct {
 
 static void read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m, void *o),
                      void *o) {
-    if (!reader)
-        reader = mu_reader(cp_bootstraps, "test-group");
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
-    int pending = 0;
-    for (int p = 0; p < np; p++) {
-        int64_t lo, hi;
-        cr_assert_eq(rd_kafka_query_watermark_offsets(reader, topic, p, &lo, &hi, 5000), 0);
-        if (hi > lo) {
-            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
-            pending++;
-        }
-    }
-    cr_assert_eq(rd_kafka_assign(reader, l), 0);
-    rd_kafka_topic_partition_list_destroy(l);
-    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 10);
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            pending--;
-        else if (!m->err)
-            cb(m, o);
-        rd_kafka_message_destroy(m);
-    }
-    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
-    rd_kafka_assign(reader, NULL);
+    cp_read_all(&reader, "test-group", topic, 0, np, cb, o);
 }
 
 /* Each progress record replaces the earlier attempts of its (partition, batch). */
@@ -305,7 +251,7 @@ static void wait_output(int seconds) {
         usleep(250000);
     }
     cr_assert_eq(missing, 0, "%d of %d lines missing after %d s; a: %s\nb: %s", missing, lines,
-                 seconds, err_of("a"), err_of("b"));
+                 seconds, cp_err_of("a"), cp_err_of("b"));
     cr_assert_eq(dup, 0, "%d lines duplicated", dup);
     cr_assert_eq(foreign, 0, "%d records that are no input line", foreign);
 }
@@ -313,7 +259,7 @@ static void wait_output(int seconds) {
 static void stop_gracefully(int i, const char *name) {
     kill(procs[i], SIGTERM);
     int rc = cp_wait_exit(&procs[i], 60);
-    char *err = err_of(name);
+    char *err = cp_err_of(name);
     cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
     cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
     free(err);
@@ -330,7 +276,7 @@ Test(group, tasks_move_between_processes_exactly_once) {
     stop_gracefully(1, "b");
     produce_lines(300);
     wait_output(60);
-    char *ea = err_of("a");
+    char *ea = cp_err_of("a");
     cr_assert(strstr(ea, "continuing after batch"), "a did not take b's task over: %s", ea);
     free(ea);
     /* b back with its stale checkpoint: its task continues where a left it */
@@ -348,14 +294,14 @@ Test(group, tasks_move_between_processes_exactly_once) {
     wait_output(60);
     stop_gracefully(0, "a");
     stop_gracefully(1, "b");
-    char *eb = err_of("b");
+    char *eb = cp_err_of("b");
     cr_assert(strstr(eb, "continuing after batch"), "b never took a task over: %s", eb);
     free(eb);
     /* the first batch after a handoff is logged once per handoff, not every batch interval
      * of an idle task (review R3) */
     const char *names[] = {"a", "b"};
     for (int i = 0; i < 2; i++) {
-        char *e = err_of(names[i]);
+        char *e = cp_err_of(names[i]);
         int handoffs = 0, firsts = 0;
         for (const char *q = e; (q = strstr(q, "continuing after batch")); q++)
             handoffs++;
@@ -395,19 +341,19 @@ Test(group, a_process_with_other_input_topics_is_refused_at_its_assignment) {
     for (int i = 0; i < 600 && !(ec && strstr(ec, "continuing after batch")); i++) {
         free(ec);
         usleep(100000);
-        ec = err_of("c");
+        ec = cp_err_of("c");
     }
     cr_assert(strstr(ec, "continuing after batch"), "c took no task over: %s", ec);
     free(ec);
     usleep(1000000); /* 20 batch intervals of an idle task */
     stop_gracefully(1, "c");
-    ec = err_of("c");
+    ec = cp_err_of("c");
     cr_assert(count_of(ec, "first batch of this checkpoint") <=
                   count_of(ec, "continuing after batch"),
               "the first batch's notice repeated: %s", ec);
     free(ec);
     stop_gracefully(0, "a");
-    char *eb = err_of("b");
+    char *eb = cp_err_of("b");
     cr_assert_eq(count_of(eb, "started (checkpoint"), 0, "b started tasks: %s", eb);
     free(eb);
 }
@@ -470,22 +416,22 @@ Test(group, a_broker_down_at_start_is_waited_for, .timeout = 240) {
     char *ea;
     int rc;
     for (int i = 0; i < 900; i++) {
-        ea = err_of("a");
+        ea = cp_err_of("a");
         int seen = strstr(ea, "joining failed, retrying in") != NULL;
         free(ea);
         if (seen)
             break;
         cr_assert(running(&procs[0], &rc), "exited with status %d while the broker was down: %s",
-                  rc, err_of("a"));
+                  rc, cp_err_of("a"));
         usleep(100000);
     }
-    ea = err_of("a");
+    ea = cp_err_of("a");
     cr_assert(strstr(ea, "joining failed, retrying in 200 ms") &&
                   strstr(ea, "Broker transport failure"),
               "no retry logged: %s", ea);
     free(ea);
     usleep(1500000); /* the next tries */
-    cr_assert(running(&procs[0], &rc), "exited with status %d: %s", rc, err_of("a"));
+    cr_assert(running(&procs[0], &rc), "exited with status %d: %s", rc, cp_err_of("a"));
     /* a stop while it waits: at once, exit 0; again with the stop in its first wait for
      * the broker (before the fix, in lk_context_get_or_create: killed by the SIGTERM) */
     for (int again = 0; again < 2; again++) {
@@ -496,7 +442,7 @@ Test(group, a_broker_down_at_start_is_waited_for, .timeout = 240) {
         t0 = now_ms();
         kill(procs[0], SIGTERM);
         rc = cp_wait_exit(&procs[0], 20);
-        ea = err_of("a");
+        ea = cp_err_of("a");
         cr_assert_eq(rc, 0, "exit status %d after SIGTERM while the broker is down: %s", rc,
                      ea);
         cr_assert_lt(now_ms() - t0, 3000, "the stop took %lld ms: %s",
@@ -525,7 +471,7 @@ Test(group, a_fenced_static_member_stops_naming_the_cause) {
     procs[0] = start("g", "a", (const char *[]){"group.instance.id=host-a", NULL});
     unsetenv("LOCKSTEP_FAULTPOINT");
     int rc = cp_wait_exit(&procs[0], 60);
-    char *ea = err_of("a");
+    char *ea = cp_err_of("a");
     cr_assert_eq(rc, 1, "exit status %d: %s", rc, ea);
     cr_assert(strstr(ea, "group.instance.id host-a is used by another process") &&
                   strstr(ea, "Give each process its own group.instance.id") &&
@@ -557,7 +503,7 @@ Test(group, the_start_asks_for_the_metadata_once) {
     for (int i = 0; i < 300 && !(ea && strstr(ea, "joining group")); i++) {
         free(ea);
         usleep(100000);
-        ea = err_of("a");
+        ea = cp_err_of("a");
     }
     char *joined = strstr(ea, "joining group");
     cr_assert(joined, "did not join: %s", ea);

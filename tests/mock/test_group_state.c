@@ -113,32 +113,13 @@ static pid_t start(const char *ckpt) {
                           !strcmp(ckpt, "a") ? cp_fmt("metrics.listen=127.0.0.1:%d", metrics_port)
                                              : NULL,
                           NULL};
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int o = open("/dev/null", O_WRONLY);
-        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static char *err_of(const char *ckpt) {
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    char *s = cp_slurp(errf);
-    return s ? s : strdup("");
+    return cp_spawn(argv, ckpt);
 }
 
 static void stop_gracefully(int i, const char *name) {
     kill(procs[i], SIGTERM);
     int rc = cp_wait_exit(&procs[i], 60);
-    char *err = err_of(name);
+    char *err = cp_err_of(name);
     cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
     cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
     free(err);
@@ -158,32 +139,7 @@ static void produce_words(int rounds) {
 
 static void read_all(const char *topic, int p0, int np,
                      void (*cb)(rd_kafka_message_t *m, void *o), void *o) {
-    if (!reader)
-        reader = mu_reader(cp_bootstraps, "test-group-state");
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
-    int pending = 0;
-    for (int p = p0; p < p0 + np; p++) {
-        int64_t lo, hi;
-        cr_assert_eq(rd_kafka_query_watermark_offsets(reader, topic, p, &lo, &hi, 5000), 0);
-        if (hi > lo) {
-            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
-            pending++;
-        }
-    }
-    cr_assert_eq(rd_kafka_assign(reader, l), 0);
-    rd_kafka_topic_partition_list_destroy(l);
-    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 10);
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            pending--;
-        else if (!m->err)
-            cb(m, o);
-        rd_kafka_message_destroy(m);
-    }
-    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
-    rd_kafka_assign(reader, NULL);
+    cp_read_all(&reader, "test-group-state", topic, p0, np, cb, o);
 }
 
 /* The last count of each word in the output, in log order (a word is in one partition). */
@@ -213,7 +169,7 @@ static void wait_counts(int seconds) {
             return;
         usleep(250000);
     }
-    char *a = err_of("a"), *b = err_of("b");
+    char *a = cp_err_of("a"), *b = cp_err_of("b");
     for (int w = 0; w < NWORDS; w++)
         if (last[w] != expected[w])
             cr_log_error("w%d: last count %lld, %lld lines", w, (long long)last[w],
@@ -267,7 +223,7 @@ Test(group_state, keyed_state_moves_with_its_task_full_then_tail) {
     char *eb = NULL;
     for (int i = 0; i < 240; i++) {
         free(eb);
-        eb = err_of("b");
+        eb = cp_err_of("b");
         if (strstr(eb, "restored operator"))
             break;
         usleep(250000);
@@ -293,7 +249,7 @@ Test(group_state, keyed_state_moves_with_its_task_full_then_tail) {
     int q = -1;
     for (int i = 0; i < 240; i++) {
         free(ea);
-        ea = err_of("a");
+        ea = cp_err_of("a");
         if (last_restore(ea, &q, mode, &read, &applied, &from))
             break;
         usleep(250000);
@@ -334,7 +290,7 @@ static void wait_restores(const char *ckpt, int n, int seconds) {
     char *e = NULL;
     for (int i = 0; i < seconds * 4 && seen < n; i++) {
         free(e);
-        e = err_of(ckpt);
+        e = cp_err_of(ckpt);
         seen = 0;
         for (const char *q = e; (q = strstr(q, "state restored from the changelog")); q++)
             seen++;
@@ -372,7 +328,7 @@ Test(group_state, a_process_killed_with_batches_in_flight_loses_no_count) {
     wait_counts(60);
     stop_gracefully(0, "a");
     stop_gracefully(1, "b");
-    char *ea = err_of("a"), *eb = err_of("b");
+    char *ea = cp_err_of("a"), *eb = cp_err_of("b");
     cr_log_info("a: %s", strstr(ea, "state restored") ? strstr(ea, "state restored") : "");
     cr_log_info("b: %s", strstr(eb, "state restored") ? strstr(eb, "state restored") : "");
     free(ea);
@@ -384,7 +340,7 @@ Test(group_state, a_changelog_of_another_partition_count_is_refused) {
     cp_broker_start(topics);
     procs[0] = start("a");
     int rc = cp_wait_exit(&procs[0], 60);
-    char *err = err_of("a");
+    char *err = cp_err_of("a");
     cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
     const char *needles[] = {"the input has 2 partitions", "changelog of operator "
                              "'word-counts'", CHANGELOG ", has 3", "nothing was modified"};

@@ -62,8 +62,6 @@ static const char *plugin(void) {
 /* `lockstep run` of the plugin as app in group mode, checkpoint.dir tu_dir/<ckpt>,
  * stderr to tu_dir/<ckpt>.err (appended), with the extra settings (NULL-ended). */
 static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
-    const char *argv[80] = {cp_cli(), "run"};
-    int n = 2;
     const char *common[] = {cp_fmt("app.id=%s", app),
                             cp_fmt("checkpoint.dir=%s", cp_path(ckpt)),
                             cp_fmt("kafka.bootstrap.servers=%s", cp_bootstraps),
@@ -73,34 +71,7 @@ static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
                             "log.level=notice", "kafka.log_level=3",
                             "sink.kafka.timeout.ms=10000", "checkpoint.map.size=4M",
                             "input.topics=in", "output.topic=out"};
-    for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
-        argv[n++] = "-X";
-        argv[n++] = common[i];
-    }
-    for (int i = 0; kv && kv[i]; i++) {
-        argv[n++] = "-X";
-        argv[n++] = kv[i];
-    }
-    argv[n] = NULL;
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int o = open("/dev/null", O_WRONLY);
-        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static char *err_of(const char *ckpt) {
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    return cp_slurp(errf);
+    return cp_spawn_run(ckpt, common, sizeof common / sizeof *common, kv);
 }
 
 /* ---- reading what the mock shows (see the file's comment) ---- */
@@ -119,32 +90,7 @@ typedef struct {
 
 static void read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m, void *o),
                      void *o) {
-    if (!reader)
-        reader = mu_reader(cp_bootstraps, "test-repartition");
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
-    int pending = 0;
-    for (int p = 0; p < np; p++) {
-        int64_t lo, hi;
-        cr_assert_eq(rd_kafka_query_watermark_offsets(reader, topic, p, &lo, &hi, 5000), 0);
-        if (hi > lo) {
-            rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
-            pending++;
-        }
-    }
-    cr_assert_eq(rd_kafka_assign(reader, l), 0);
-    rd_kafka_topic_partition_list_destroy(l);
-    for (int polls = 0; pending > 0 && polls < 3000; polls++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 10);
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            pending--;
-        else if (!m->err)
-            cb(m, o);
-        rd_kafka_message_destroy(m);
-    }
-    cr_assert_eq(pending, 0, "could not read %s to its end", topic);
-    rd_kafka_assign(reader, NULL);
+    cp_read_all(&reader, "test-repartition", topic, 0, np, cb, o);
 }
 
 /* Each progress record replaces the earlier attempts of its (partition, batch). */
@@ -321,7 +267,7 @@ static void wait_output(int seconds) {
         usleep(250000);
     }
     cr_assert_eq(out.missing, 0, "%d of %d lines missing after %d s; a: %s\nb: %s", out.missing,
-                 lines, seconds, err_of("a"), err_of("b"));
+                 lines, seconds, cp_err_of("a"), cp_err_of("b"));
     cr_assert_eq(out.dup, 0, "%d lines duplicated in the output", out.dup);
     cr_assert_eq(out.foreign, 0, "%d output records that are no input line", out.foreign);
     cr_assert_eq(out.misrouted, 0, "%d output records from a task not of their key",
@@ -337,7 +283,7 @@ static void wait_output(int seconds) {
 static void stop_gracefully(int i, const char *name) {
     kill(procs[i], SIGTERM);
     int rc = cp_wait_exit(&procs[i], 60);
-    char *err = err_of(name);
+    char *err = cp_err_of(name);
     cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
     cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
     free(err);
@@ -357,7 +303,7 @@ Test(repartition, a_repartitioned_copy_moves_between_processes_exactly_once) {
     stop_gracefully(1, "b");
     produce_lines(300);
     wait_output(60);
-    char *ea = err_of("a");
+    char *ea = cp_err_of("a");
     cr_assert(strstr(ea, "task 0 of stage by-key: started") &&
                   strstr(ea, "task 1 of stage by-key: started"),
               "a did not run both tasks of stage 2: %s", ea);
@@ -379,7 +325,7 @@ Test(repartition, a_repartitioned_copy_moves_between_processes_exactly_once) {
     wait_output(60);
     stop_gracefully(0, "a");
     stop_gracefully(1, "b");
-    char *eb = err_of("b");
+    char *eb = cp_err_of("b");
     cr_assert(strstr(eb, "continuing after batch"), "b never took a task over: %s", eb);
     free(eb);
     /* the task checkpoints of stage 2 are beside stage 1's */
@@ -397,7 +343,7 @@ static void refused(const char *app, const char *ckpt, const char *const *kv,
                     const char *const *needles) {
     pid_t pid = start(app, ckpt, kv);
     int rc = cp_wait_exit(&pid, 60);
-    char *err = err_of(ckpt);
+    char *err = cp_err_of(ckpt);
     cr_assert(rc == 1 || rc == 2, "exit status %d, stderr: %s", rc, err);
     for (int i = 0; needles[i]; i++)
         cr_assert(strstr(err, needles[i]), "stderr does not say '%s': %s", needles[i], err);
