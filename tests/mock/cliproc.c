@@ -9,6 +9,7 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -231,4 +232,42 @@ void cp_read_all(rd_kafka_t **reader, const char *group, const char *topic, int 
     }
     cr_assert_eq(pending, 0, "could not read %s to its end", topic);
     rd_kafka_assign(*reader, NULL);
+}
+
+void cp_on_progress_record(rd_kafka_message_t *m, void *o) {
+    cp_attempts_t *as = o;
+    json_error_t je;
+    json_t *d = json_loadb(m->payload, m->len, 0, &je);
+    cr_assert(d, "progress record: %s", je.text);
+    json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt"),
+           *t = json_object_get(d, "task");
+    char want[128];
+    snprintf(want, sizeof want, "%s%d", as->task_prefix, (int)m->partition);
+    cr_assert(json_is_string(t) && !strcmp(json_string_value(t), want),
+              "progress partition %d holds a record of task %s, not %s", (int)m->partition,
+              json_is_string(t) ? json_string_value(t) : "?", want);
+    cp_attempt_t *hit = NULL;
+    for (size_t i = 0; i < as->n; i++)
+        if (as->a[i].partition == m->partition &&
+            as->a[i].batch == (uint64_t)json_integer_value(b))
+            hit = &as->a[i];
+    if (!hit) {
+        if (as->n == as->cap) {
+            as->cap = as->cap ? as->cap * 2 : 64;
+            as->a = realloc(as->a, as->cap * sizeof *as->a);
+            cr_assert_not_null(as->a);
+        }
+        hit = &as->a[as->n++];
+    }
+    hit->partition = m->partition;
+    hit->batch = (uint64_t)json_integer_value(b);
+    snprintf(hit->attempt, sizeof hit->attempt, "%s", json_string_value(a));
+    json_decref(d);
+}
+
+int cp_committed_by(const cp_attempts_t *as, uint64_t batch, const char *attempt) {
+    for (size_t i = 0; i < as->n; i++)
+        if (as->a[i].batch == batch && !strcmp(as->a[i].attempt, attempt))
+            return as->a[i].partition;
+    return -1;
 }

@@ -54,6 +54,25 @@ char *cp_err_of(const char *name);
 void cp_read_all(rd_kafka_t **reader, const char *group, const char *topic, int p0, int np,
                  void (*cb)(rd_kafka_message_t *m, void *o), void *o);
 
+/** The committed attempts of a task group's batches as the mock shows them (it shows
+ *  aborted records too: the last progress record of a batch names its committed attempt;
+ *  DESIGN.md, The mock cluster's limits). */
+typedef struct {
+    int32_t partition; /* of the progress topic: the task */
+    uint64_t batch;
+    char attempt[17];
+} cp_attempt_t;
+typedef struct {
+    const char *task_prefix; /* the progress records' "task" is <prefix><partition> */
+    cp_attempt_t *a;
+    size_t n, cap;
+} cp_attempts_t;
+/** A cp_read_all callback (o: cp_attempts_t) over a progress topic: asserts each record is
+ *  its partition's task's, and keeps the last attempt of each (partition, batch). */
+void cp_on_progress_record(rd_kafka_message_t *m, void *o);
+/** The task (progress partition) whose committed attempt (batch, attempt) is; -1: none. */
+int cp_committed_by(const cp_attempts_t *as, uint64_t batch, const char *attempt);
+
 /** Start `lockstep mock-broker --topic T...` (topics: "name:partitions", NULL-ended) and
  *  read its bootstrap.servers into cp_bootstraps. Its stdin stays open for
  *  cp_broker_command(). */

@@ -134,55 +134,13 @@ Test(group, a_checkpoint_dir_of_the_other_mode_is_refused) {
 
 /* ---- reading the output as the mock allows (see the file's comment) ---- */
 
-typedef struct {
-    int32_t partition;
-    uint64_t batch;
-    char attempt[17];
-} attempt_t;
-
-typedef struct {
-    attempt_t *a;
-    size_t n, cap;
-} attempts_t;
-
 static void read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m, void *o),
                      void *o) {
     cp_read_all(&reader, "test-group", topic, 0, np, cb, o);
 }
 
-/* Each progress record replaces the earlier attempts of its (partition, batch). */
-static void on_progress_record(rd_kafka_message_t *m, void *o) {
-    attempts_t *as = o;
-    json_error_t je;
-    json_t *d = json_loadb(m->payload, m->len, 0, &je);
-    cr_assert(d, "progress record: %s", je.text);
-    json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt"),
-           *t = json_object_get(d, "task");
-    char want[64];
-    snprintf(want, sizeof want, "g.%d", (int)m->partition);
-    cr_assert(json_is_string(t) && !strcmp(json_string_value(t), want),
-              "progress partition %d holds a record of task %s", (int)m->partition,
-              json_is_string(t) ? json_string_value(t) : "?");
-    attempt_t *hit = NULL;
-    for (size_t i = 0; i < as->n; i++)
-        if (as->a[i].partition == m->partition &&
-            as->a[i].batch == (uint64_t)json_integer_value(b))
-            hit = &as->a[i];
-    if (!hit) {
-        if (as->n == as->cap) {
-            as->cap = as->cap ? as->cap * 2 : 64;
-            as->a = realloc(as->a, as->cap * sizeof *as->a);
-        }
-        hit = &as->a[as->n++];
-    }
-    hit->partition = m->partition;
-    hit->batch = (uint64_t)json_integer_value(b);
-    snprintf(hit->attempt, sizeof hit->attempt, "%s", json_string_value(a));
-    json_decref(d);
-}
-
 typedef struct {
-    const attempts_t *as;
+    const cp_attempts_t *as;
     int *seen; /* per input line number */
     int nlines;
     int foreign; /* records that are no input line */
@@ -193,11 +151,7 @@ static void on_output_record(rd_kafka_message_t *m, void *o) {
     rd_kafka_headers_t *h;
     lk__prov_t pv;
     cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv), "no provenance");
-    int valid = 0;
-    for (size_t i = 0; i < c->as->n && !valid; i++)
-        valid = c->as->a[i].partition == m->partition && c->as->a[i].batch == pv.batch &&
-                !strcmp(c->as->a[i].attempt, pv.attempt);
-    if (!valid)
+    if (cp_committed_by(c->as, pv.batch, pv.attempt) != m->partition)
         return; /* an aborted attempt, visible on the mock */
     int line;
     char tail;
@@ -216,8 +170,8 @@ static void on_output_record(rd_kafka_message_t *m, void *o) {
 
 /* Lines 0..n-1 each exactly once in the committed attempts of out? *missing, *dup. */
 static void output_counts(int n, int *missing, int *dup, int *foreign) {
-    attempts_t as = {0};
-    read_all("g.progress", 2, on_progress_record, &as);
+    cp_attempts_t as = {"g.", NULL, 0, 0};
+    read_all("g.progress", 2, cp_on_progress_record, &as);
     count_t c = {&as, calloc((size_t)n, sizeof(int)), n, 0};
     read_all("out", 2, on_output_record, &c);
     *missing = *dup = 0;

@@ -76,64 +76,13 @@ static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
 
 /* ---- reading what the mock shows (see the file's comment) ---- */
 
-typedef struct {
-    int32_t partition;
-    uint64_t batch;
-    char attempt[17];
-} attempt_t;
-
-typedef struct {
-    const char *task_prefix; /* the progress records' "task": <prefix><partition> */
-    attempt_t *a;
-    size_t n, cap;
-} attempts_t;
-
 static void read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m, void *o),
                      void *o) {
     cp_read_all(&reader, "test-repartition", topic, 0, np, cb, o);
 }
 
-/* Each progress record replaces the earlier attempts of its (partition, batch). */
-static void on_progress_record(rd_kafka_message_t *m, void *o) {
-    attempts_t *as = o;
-    json_error_t je;
-    json_t *d = json_loadb(m->payload, m->len, 0, &je);
-    cr_assert(d, "progress record: %s", je.text);
-    json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt"),
-           *t = json_object_get(d, "task");
-    char want[128];
-    snprintf(want, sizeof want, "%s%d", as->task_prefix, (int)m->partition);
-    cr_assert(json_is_string(t) && !strcmp(json_string_value(t), want),
-              "progress partition %d holds a record of task %s, not %s", (int)m->partition,
-              json_is_string(t) ? json_string_value(t) : "?", want);
-    attempt_t *hit = NULL;
-    for (size_t i = 0; i < as->n; i++)
-        if (as->a[i].partition == m->partition &&
-            as->a[i].batch == (uint64_t)json_integer_value(b))
-            hit = &as->a[i];
-    if (!hit) {
-        if (as->n == as->cap) {
-            as->cap = as->cap ? as->cap * 2 : 64;
-            as->a = realloc(as->a, as->cap * sizeof *as->a);
-        }
-        hit = &as->a[as->n++];
-    }
-    hit->partition = m->partition;
-    hit->batch = (uint64_t)json_integer_value(b);
-    snprintf(hit->attempt, sizeof hit->attempt, "%s", json_string_value(a));
-    json_decref(d);
-}
-
-/* The task (progress partition) whose committed attempt pv is; -1: not committed. */
-static int committed_by(const attempts_t *as, const lk__prov_t *pv) {
-    for (size_t i = 0; i < as->n; i++)
-        if (as->a[i].batch == pv->batch && !strcmp(as->a[i].attempt, pv->attempt))
-            return as->a[i].partition;
-    return -1;
-}
-
 typedef struct {
-    const attempts_t *s1, *s2;
+    const cp_attempts_t *s1, *s2;
     int *seen; /* per input line number */
     int nlines;
     int foreign;   /* records that are no input line, or carry the wrong key */
@@ -171,14 +120,14 @@ static void on_output_record(rd_kafka_message_t *m, void *o) {
     const void *v;
     size_t n;
     cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &own), "no provenance");
-    int task = committed_by(c->s2, &own);
+    int task = cp_committed_by(c->s2, own.batch, own.attempt);
     if (task < 0)
         return; /* an aborted attempt of stage 2, visible on the mock */
     cr_assert(!rd_kafka_header_get(h, 1, LK__PROV_HEADER, &v, &n) && lk__prov_parse(v, n, &from),
               "an output record without stage 1's provenance");
     cr_assert(!strncmp(from.sink, "by-key", from.sink_len) && from.sink_len == 6,
               "stage 1's provenance names sink %.*s", (int)from.sink_len, from.sink);
-    if (committed_by(c->s1, &from) < 0) {
+    if (cp_committed_by(c->s1, from.batch, from.attempt) < 0) {
         c->aborted++;
         return;
     }
@@ -197,7 +146,7 @@ static void on_repartition_record(rd_kafka_message_t *m, void *o) {
     rd_kafka_headers_t *h;
     lk__prov_t pv;
     cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &pv), "no provenance");
-    if (committed_by(c->s1, &pv) < 0)
+    if (cp_committed_by(c->s1, pv.batch, pv.attempt) < 0)
         return;
     int line = line_of(m, c->nlines);
     if (line < 0) {
@@ -225,9 +174,9 @@ static void tally(count_t *c, tally_t *t) {
 
 /* Lines 0..n-1 in the committed output (*out) and repartition topic (*rep). */
 static void counts(int n, tally_t *out, tally_t *rep) {
-    attempts_t s1 = {"g.", NULL, 0, 0}, s2 = {"g.by-key.", NULL, 0, 0};
-    read_all("g.progress", 2, on_progress_record, &s1);
-    read_all("g.by-key.progress", 2, on_progress_record, &s2);
+    cp_attempts_t s1 = {"g.", NULL, 0, 0}, s2 = {"g.by-key.", NULL, 0, 0};
+    read_all("g.progress", 2, cp_on_progress_record, &s1);
+    read_all("g.by-key.progress", 2, cp_on_progress_record, &s2);
     count_t c = {&s1, &s2, calloc((size_t)n, sizeof(int)), n, 0, 0, 0};
     read_all("out", 2, on_output_record, &c);
     tally(&c, out);
