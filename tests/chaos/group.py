@@ -318,7 +318,7 @@ class Slot:
         self.removed = False
 
 
-class Result:
+class WordcountResult:
     def __init__(self, lost, dup):
         self.lost, self.dup = lost, dup
 
@@ -660,7 +660,7 @@ class Runner:
         if not restores:
             self.problems.append("no keyed state restored from the changelog")
         self.report_phases()
-        return Result(lost, dup)
+        return WordcountResult(lost, dup)
 
     def inspect(self, d):
         out = subprocess.run([self.args.lockstep, "checkpoint", "inspect", d, "--json"],
