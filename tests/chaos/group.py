@@ -556,7 +556,9 @@ class Runner:
         else:
             self.problems.append(f"the drain did not reach the input's end in "
                                  f"{self.args.drain_timeout} s: progress {dict(until)}, "
-                                 f"ends {ends}")
+                                 f"ends {ends}" +
+                                 (" (or the counts never equalled the input's)"
+                                  if self.args.wordcount else ""))
         rc = graceful_stop(slot.proc, 120)
         if rc != 0:
             self.problems.append(f"{slot.name}: graceful stop after the drain exited {rc}: "
