@@ -148,8 +148,8 @@ typedef enum {
       "inputs must have one partition count) runs where group <app.id> assigns it, with its "\
       "own checkpoint checkpoint.dir/task-<p>, transactional.id <app.id>.<p> and progress "  \
       "partition. lk_repartition cuts the pipeline into stages whose tasks run together. "  \
-      "Keyed state moves with its task through <app.id>.<uid>.changelog topics. Kafka "    \
-      "sinks only in this mode.")                                                          \
+      "Kafka sinks only; keyed state moves with its task through changelog topics; the "   \
+      "built-in pipelines with windows are refused in this mode.")                          \
     X(GROUP_INSTANCE_ID, "group.instance.id", LK__S_LIB, LK__PT_IDENT, "", 0, 200, NULL, 0,  \
       "With group.mode=consumer: static membership (KIP-345). A process restarted with the " \
       "same id within group.session.timeout.ms gets its tasks back without a rebalance. "   \

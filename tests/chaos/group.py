@@ -56,6 +56,20 @@ is real (a static member's restart keeps its tasks without a rebalance) and ever
 strict: nothing is excused, no record of an uncommitted attempt may be visible to
 read_committed, and the aborted attempts' records are counted read_uncommitted.
 
+--wordcount (real broker only; ctest kafka_chaos_group_wordcount): the built-in
+`pipeline=wordcount` instead of the copy, so two stages per task (split-words ->
+lk_repartition 'by-word' -> word-counts, DESIGN.md Scale-out) and keyed state that moves
+with its task through `<app.id>.word-counts.changelog`. Input lines are 1-5 words of a
+vocabulary of 200 written to random partitions (NOT by word: without the repartition each
+task would count its own share of a word). Checked read_committed after the drain: each
+word's committed counts strictly rising (a batch delivered twice, or a restore that
+missed or doubled state, breaks it), one committed record per word per batch, and its last
+count equal to its occurrences in the input; reported: words with wrong counts, lost and
+duplicated occurrences (final count below / above the input's), handoffs and restores
+(full/tail) from the processes' logs, and records of aborted attempts (read_uncommitted).
+The mock cannot prove this mode (it shows aborted records to stage 2's read_committed
+reads: stage 2 would count them) and refuses it.
+
 Prints `lost=N duplicated=N kills=N` and exits 0 when all is well, else names what is
 wrong (lost and duplicated lines with examples, batches with missing records) and exits 1.
 """
@@ -84,6 +98,7 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 APP = "grp"
 INPUT, OUTPUT, SINK = "lines", "copy-out", "to-kafka"
 PARTITIONS = 6
+WORDS = 200  # --wordcount's vocabulary
 ADOPT_WINDOW_MS = 10000  # a killed delivery's progress record is at most this old
 
 
@@ -303,6 +318,11 @@ class Slot:
         self.removed = False
 
 
+class WordcountResult:
+    def __init__(self, lost, dup):
+        self.lost, self.dup = lost, dup
+
+
 class Runner:
     BUDGET = 20000  # lines per partition: the mock keeps ~5 MiB per partition
 
@@ -335,6 +355,12 @@ class Runner:
                 seq = self.produced
                 self.produced += 1
                 part = self.rng.randrange(PARTITIONS)
+                if self.args.wordcount:  # words in random partitions, not keyed by word
+                    words = [f"w{self.rng.randrange(WORDS)}"
+                             for _ in range(self.rng.randint(1, 5))]
+                    p.produce(self.input, key=f"k{seq}".encode(),
+                              value=" ".join(words).encode(), partition=part)
+                    continue
                 p.produce(self.input, key=f"k{seq}".encode(),
                           value=f"line-{seq:07d}-{self.rng.randrange(1 << 30):08x}".encode(),
                           partition=part)
@@ -345,8 +371,7 @@ class Runner:
         base = [f"app.id={self.app}", f"checkpoint.dir={slot.dir}",
                 f"kafka.bootstrap.servers={self.bootstrap}", "group.mode=consumer",
                 f"group.session.timeout.ms={self.args.session_timeout_ms}",
-                "pipeline=copy", f"input.topics={self.input}", f"output.topic={self.output}",
-                "output.partition=keep",
+                f"input.topics={self.input}", f"output.topic={self.output}",
                 "kafka.fetch.wait.max.ms=10", "kafka.log_level=3",
                 "batch.interval.ms=20", "max.records.per.partition=100",
                 "log.level=info", "sink.kafka.timeout.ms=10000",
@@ -355,6 +380,8 @@ class Runner:
                 # leaves some behind
                 "kafka.linger.ms=0", "kafka.batch.size=2000",
                 "retry.backoff.ms=50", "retry.backoff.max.ms=500"]
+        base += ["pipeline=wordcount"] if self.args.wordcount else \
+            ["pipeline=copy", "output.partition=keep"]
         if slot.static:
             base.append(f"group.instance.id={self.app}-{slot.name}")
         return [self.args.lockstep, "run"] + sum((["-X", a] for a in base), [])
@@ -523,17 +550,119 @@ class Runner:
                 for o in d.get("offsets", []):
                     if o.get("topic") == self.input and o.get("partition") == part:
                         until[part] = max(until[part], o["until"])
-            if all(until[p] >= ends[p] for p in range(PARTITIONS)):
+            if all(until[p] >= ends[p] for p in range(PARTITIONS)) and \
+                    (not self.args.wordcount or self.counts_settled()):
                 break
         else:
             self.problems.append(f"the drain did not reach the input's end in "
                                  f"{self.args.drain_timeout} s: progress {dict(until)}, "
-                                 f"ends {ends}")
+                                 f"ends {ends}" +
+                                 (" (or the counts never equalled the input's)"
+                                  if self.args.wordcount else ""))
         rc = graceful_stop(slot.proc, 120)
         if rc != 0:
             self.problems.append(f"{slot.name}: graceful stop after the drain exited {rc}: "
                                  f"{self.tail(slot)}")
         log(f"drained by {slot.name} alone: progress {dict(until)}, input ends {ends}")
+
+    # ---- --wordcount
+
+    def occurrences(self):
+        occ = collections.Counter()
+        for m in read_topic(self.bootstrap, self.input):
+            occ.update(m.value().decode().split())
+        return occ
+
+    def read_counts(self, isolation="read_committed"):
+        """[(partition, offset, provenance, word, count)] of the output, in offset order."""
+        out = []
+        for m in read_topic(self.bootstrap, self.output, isolation):
+            try:
+                prov = provenance(m)
+            except ValueError as e:
+                self.problems.append(f"{self.output}[{m.partition()}]: {e}")
+                continue
+            out.append((m.partition(), m.offset(), prov, m.key().decode(),
+                        int(m.value().decode())))
+        out.sort(key=lambda r: (r[0], r[1]))
+        return out
+
+    def counts_settled(self):
+        """Stage 2 has caught up: every word's last committed count is its occurrences."""
+        occ = self.occurrences()
+        last = {}
+        for _, _, _, w, c in self.read_counts():
+            last[w] = c
+        return all(last.get(w) == n for w, n in occ.items())
+
+    def check_wordcount(self):
+        occ = self.occurrences()
+        recs = self.read_counts()
+        stats = collections.Counter()
+        last, parts, seen_batch = {}, {}, set()
+        not_rising = []
+        for part, off, prov, w, c in recs:
+            stats["committed output records"] += 1
+            if prov is None:
+                self.problems.append(f"{self.output}[{part}]@{off}: no provenance")
+                continue
+            if w in parts and parts[w] != part:
+                self.problems.append(f"word {w} in output partitions {parts[w]} and {part}")
+            parts[w] = part
+            if (w, prov.batch, part) in seen_batch:
+                stats["committed records twice in one batch"] += 1
+            seen_batch.add((w, prov.batch, part))
+            if c <= last.get(w, 0):
+                not_rising.append((w, last.get(w, 0), c, off))
+            last[w] = c
+        lost = dup = wrong = 0
+        examples = []
+        for w in set(occ) | set(last):
+            got, want = last.get(w, 0), occ.get(w, 0)
+            if got != want:
+                wrong += 1
+                lost += max(0, want - got)
+                dup += max(0, got - want)
+                if len(examples) < 5:
+                    examples.append(f"{w}: {got} counted, {want} in the input")
+        dup += len(not_rising) + stats["committed records twice in one batch"]
+        if wrong:
+            self.problems.append(f"{wrong} words with wrong counts, e.g. {examples}")
+        if not_rising:
+            self.problems.append(f"{len(not_rising)} committed counts not above the word's "
+                                 f"previous one, e.g. (word, previous, count, offset) "
+                                 f"{not_rising[:5]}")
+        if stats["committed records twice in one batch"]:
+            self.problems.append(f"{stats['committed records twice in one batch']} committed "
+                                 f"output records twice in one batch")
+        stats["words"] = len(occ)
+        stats["word occurrences in the input"] = sum(occ.values())
+        stats["words with wrong counts"] = wrong
+        unc = self.read_counts("read_uncommitted")
+        stats["records of aborted attempts (read_uncommitted)"] = len(unc) - len(recs)
+        handoffs = restores = 0
+        modes = collections.Counter()
+        for sl in self.slots.values():
+            with open(sl.stderr, errors="replace") as f:
+                text = f.read()
+            handoffs += text.count("continuing after batch")
+            # "task 3: restored operator 'word-counts' from <topic>[3] (full after batch …"
+            for line in text.splitlines():
+                if "restored operator 'word-counts'" in line:
+                    restores += 1
+                    modes[line.split(" (", 1)[1][:4] if " (" in line else "?"] += 1
+            log(f"{sl.name} ({'static' if sl.static else 'dynamic'}): {len(sl.kills)} kills")
+        stats["handoffs"] = handoffs
+        stats["word-counts restores"] = restores
+        stats["word-counts restores full"] = modes["full"]
+        stats["word-counts restores tail"] = modes["tail"]
+        log("; ".join(f"{k}: {v}" for k, v in sorted(stats.items())))
+        if not handoffs:
+            self.problems.append("no task moved between processes (no handoff exercised)")
+        if not restores:
+            self.problems.append("no keyed state restored from the changelog")
+        self.report_phases()
+        return WordcountResult(lost, dup)
 
     def inspect(self, d):
         out = subprocess.run([self.args.lockstep, "checkpoint", "inspect", d, "--json"],
@@ -609,7 +738,7 @@ class Runner:
         log(f"{self.kills} kills in {time.time() - t0:.0f} s; {self.produced} lines "
             f"produced; draining")
         self.drain(self.slots["a"])
-        return self.check()
+        return self.check_wordcount() if a.wordcount else self.check()
 
     def check(self):
         lines = {}
@@ -719,7 +848,13 @@ def main():
                     help="seconds the drain may take (default 300)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (printed)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--wordcount", action="store_true",
+                    help="the built-in wordcount (two stages, keyed state moved through its "
+                    "changelog) instead of the copy; real broker only")
     args = ap.parse_args()
+    if args.wordcount and not args.bootstrap:
+        ap.error("--wordcount needs a real broker (--bootstrap): the mock shows aborted "
+                 "records to stage 2, which would count them")
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
     if args.session_timeout_ms is None:
