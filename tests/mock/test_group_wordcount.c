@@ -65,8 +65,6 @@ TestSuite(group_wordcount, .init = setup, .fini = teardown, .timeout = 300);
 /* `lockstep run pipeline=wordcount` as app in group mode, checkpoint.dir tu_dir/<ckpt>,
  * stderr to tu_dir/<ckpt>.err (appended), with the extra settings (NULL-ended). */
 static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
-    const char *argv[80] = {cp_cli(), "run"};
-    int n = 2;
     const char *common[] = {cp_fmt("app.id=%s", app),
                             cp_fmt("checkpoint.dir=%s", cp_path(ckpt)),
                             cp_fmt("kafka.bootstrap.servers=%s", cp_bootstraps),
@@ -76,49 +74,10 @@ static pid_t start(const char *app, const char *ckpt, const char *const *kv) {
                             "log.level=notice", "kafka.log_level=3",
                             "sink.kafka.timeout.ms=10000", "checkpoint.map.size=4M",
                             "input.topics=in", "output.topic=out"};
-    for (size_t i = 0; i < sizeof common / sizeof *common; i++) {
-        argv[n++] = "-X";
-        argv[n++] = common[i];
-    }
-    for (int i = 0; kv && kv[i]; i++) {
-        argv[n++] = "-X";
-        argv[n++] = kv[i];
-    }
-    argv[n] = NULL;
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int o = open("/dev/null", O_WRONLY);
-        int e = open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static char *err_of(const char *ckpt) {
-    char errf[700];
-    snprintf(errf, sizeof errf, "%s.err", cp_path(ckpt));
-    return cp_slurp(errf);
+    return cp_spawn_run(ckpt, common, sizeof common / sizeof *common, kv);
 }
 
 /* ---- reading what the mock shows (see the file's comment) ---- */
-
-typedef struct {
-    int32_t partition;
-    uint64_t batch;
-    char attempt[17];
-} attempt_t;
-
-typedef struct {
-    const char *task_prefix; /* the progress records' "task": <prefix><partition> */
-    attempt_t *a;
-    size_t n, cap;
-} attempts_t;
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -176,45 +135,6 @@ static int read_all(const char *topic, int np, void (*cb)(rd_kafka_message_t *m,
     return pending == 0;
 }
 
-/* Each progress record replaces the earlier attempts of its (partition, batch). */
-static void on_progress_record(rd_kafka_message_t *m, void *o) {
-    attempts_t *as = o;
-    json_error_t je;
-    json_t *d = json_loadb(m->payload, m->len, 0, &je);
-    cr_assert(d, "progress record: %s", je.text);
-    json_t *b = json_object_get(d, "batch"), *a = json_object_get(d, "attempt"),
-           *t = json_object_get(d, "task");
-    char want[128];
-    snprintf(want, sizeof want, "%s%d", as->task_prefix, (int)m->partition);
-    cr_assert(json_is_string(t) && !strcmp(json_string_value(t), want),
-              "progress partition %d holds a record of task %s, not %s", (int)m->partition,
-              json_is_string(t) ? json_string_value(t) : "?", want);
-    attempt_t *hit = NULL;
-    for (size_t i = 0; i < as->n; i++)
-        if (as->a[i].partition == m->partition &&
-            as->a[i].batch == (uint64_t)json_integer_value(b))
-            hit = &as->a[i];
-    if (!hit) {
-        if (as->n == as->cap) {
-            as->cap = as->cap ? as->cap * 2 : 64;
-            as->a = realloc(as->a, as->cap * sizeof *as->a);
-        }
-        hit = &as->a[as->n++];
-    }
-    hit->partition = m->partition;
-    hit->batch = (uint64_t)json_integer_value(b);
-    snprintf(hit->attempt, sizeof hit->attempt, "%s", json_string_value(a));
-    json_decref(d);
-}
-
-/* The task (progress partition) whose committed attempt pv is; -1: not committed. */
-static int committed_by(const attempts_t *as, const lk__prov_t *pv) {
-    for (size_t i = 0; i < as->n; i++)
-        if (as->a[i].batch == pv->batch && !strcmp(as->a[i].attempt, pv->attempt))
-            return as->a[i].partition;
-    return -1;
-}
-
 static int key_partition(const void *key, size_t len) {
     return rd_kafka_msg_partitioner_murmur2_random(NULL, key, len, 2, NULL, NULL);
 }
@@ -234,7 +154,7 @@ static int word_of(const void *key, size_t len) {
 }
 
 typedef struct {
-    const attempts_t *s1, *s2;
+    const cp_attempts_t *s1, *s2;
     long committed[NWORDS]; /* repartition records committed by stage 1 */
     long aborted[NWORDS];   /* repartition records stage 1 did not commit (the mock shows them) */
     long last[NWORDS];      /* a word's last committed count in the output */
@@ -260,7 +180,7 @@ static void on_repartition_record(rd_kafka_message_t *m, void *o) {
         return;
     }
     c->misrouted += m->partition != key_partition(m->key, m->key_len);
-    if (committed_by(c->s1, &pv) < 0)
+    if (cp_committed_by(c->s1, pv.batch, pv.attempt) < 0)
         c->aborted[w]++;
     else
         c->committed[w]++;
@@ -272,10 +192,10 @@ static void on_output_record(rd_kafka_message_t *m, void *o) {
     rd_kafka_headers_t *h;
     lk__prov_t own;
     cr_assert(!rd_kafka_message_headers(m, &h) && lk__prov_get(h, &own), "no provenance");
-    int task = committed_by(c->s2, &own);
+    int task = cp_committed_by(c->s2, own.batch, own.attempt);
     if (task < 0) /* a pipeline without lk_repartition writes its counts from stage 1 (the
                    * test's sabotage: attempts are random, so no attempt is in both) */
-        task = committed_by(c->s1, &own);
+        task = cp_committed_by(c->s1, own.batch, own.attempt);
     if (task < 0)
         return; /* an aborted attempt, visible on the mock */
     int w = word_of(m->key, m->key_len);
@@ -332,11 +252,11 @@ static long total_aborted;
 
 /* What the topics hold now; 0 if one of them could not be read to its end. */
 static int tally(count_t *c) {
-    attempts_t *s1 = calloc(1, sizeof *s1), *s2 = calloc(1, sizeof *s2);
+    cp_attempts_t *s1 = calloc(1, sizeof *s1), *s2 = calloc(1, sizeof *s2);
     s1->task_prefix = "g.";
     s2->task_prefix = "g.by-word.";
-    int ok = read_all("g.progress", 2, on_progress_record, s1) &&
-             read_all("g.by-word.progress", 2, on_progress_record, s2);
+    int ok = read_all("g.progress", 2, cp_on_progress_record, s1) &&
+             read_all("g.by-word.progress", 2, cp_on_progress_record, s2);
     memset(c, 0, sizeof *c);
     c->s1 = s1;
     c->s2 = s2;
@@ -364,12 +284,12 @@ static void wait_counts(int seconds) {
         usleep(500000);
     }
     cr_assert(ok, "%s could not be read to its end after %d s\na: %s\nb: %s", unread, seconds,
-              err_of("a"), err_of("b"));
+              cp_err_of("a"), cp_err_of("b"));
     for (int w = 0; w < NWORDS; w++) /* the output first: what the user sees */
         cr_assert_eq(c->last[w], occurrences[w] + c->aborted[w],
                      "w%d: final count %ld, %ld in the input (+ %ld aborted repartition "
                      "records stage 2 was given on the mock)\na: %s\nb: %s",
-                     w, c->last[w], occurrences[w], c->aborted[w], err_of("a"), err_of("b"));
+                     w, c->last[w], occurrences[w], c->aborted[w], cp_err_of("a"), cp_err_of("b"));
     for (int w = 0; w < NWORDS; w++)
         cr_assert_eq(c->committed[w], occurrences[w],
                      "w%d: %ld committed repartition records, %ld in the input", w,
@@ -393,7 +313,7 @@ static void wait_counts(int seconds) {
 static void stop_gracefully(int i, const char *name) {
     kill(procs[i], SIGTERM);
     int rc = cp_wait_exit(&procs[i], 60);
-    char *err = err_of(name);
+    char *err = cp_err_of(name);
     cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
     cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
     free(err);
@@ -418,7 +338,7 @@ Test(group_wordcount, counts_are_exact_across_moves_and_kills) {
     stop_gracefully(1, "b");
     produce_lines(200);
     wait_counts(60);
-    char *ea = err_of("a");
+    char *ea = cp_err_of("a");
     cr_assert(strstr(ea, "task 0 of stage by-word: started") &&
                   strstr(ea, "task 1 of stage by-word: started"),
               "a did not run both tasks of stage 2: %s", ea);
@@ -440,16 +360,16 @@ Test(group_wordcount, counts_are_exact_across_moves_and_kills) {
     wait_counts(60);
     stop_gracefully(0, "a");
     stop_gracefully(1, "b");
-    char *eb = err_of("b");
+    char *eb = cp_err_of("b");
     cr_assert(strstr(eb, "restored operator 'word-counts'"), "b never restored counts: %s", eb);
     free(eb);
-    ea = err_of("a");
+    ea = cp_err_of("a");
     int tails = 0, fulls = 0;
     for (const char *p = ea; (p = strstr(p, "restored operator 'word-counts'")); p++) {
         tails += !strncmp(strstr(p, "(") + 1, "tail", 4);
         fulls += !strncmp(strstr(p, "(") + 1, "full", 4);
     }
-    char *eb2 = err_of("b");
+    char *eb2 = cp_err_of("b");
     for (const char *p = eb2; (p = strstr(p, "restored operator 'word-counts'")); p++) {
         tails += !strncmp(strstr(p, "(") + 1, "tail", 4);
         fulls += !strncmp(strstr(p, "(") + 1, "full", 4);
