@@ -271,3 +271,23 @@ int cp_committed_by(const cp_attempts_t *as, uint64_t batch, const char *attempt
             return as->a[i].partition;
     return -1;
 }
+
+void cp_stop_gracefully(pid_t *pid, const char *name) {
+    kill(*pid, SIGTERM);
+    int rc = cp_wait_exit(pid, 60);
+    char *err = cp_err_of(name);
+    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
+    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
+    free(err);
+}
+
+void cp_fini_group(pid_t *procs, int n, rd_kafka_t **reader) {
+    for (int i = 0; i < n; i++)
+        cp_stop(&procs[i]);
+    if (*reader) {
+        rd_kafka_consumer_close(*reader);
+        rd_kafka_destroy(*reader);
+        *reader = NULL;
+    }
+    cp_fini();
+}

@@ -54,6 +54,12 @@ char *cp_err_of(const char *name);
 void cp_read_all(rd_kafka_t **reader, const char *group, const char *topic, int p0, int np,
                  void (*cb)(rd_kafka_message_t *m, void *o), void *o);
 
+/** SIGTERM *pid (spawned as name) and require a clean exit within 60 s: status 0, no
+ *  sanitizer report in its stderr. */
+void cp_stop_gracefully(pid_t *pid, const char *name);
+/** The group tests' .fini: SIGKILL the n processes, close *reader if made, cp_fini(). */
+void cp_fini_group(pid_t *procs, int n, rd_kafka_t **reader);
+
 /** The committed attempts of a task group's batches as the mock shows them (it shows
  *  aborted records too: the last progress record of a batch names its committed attempt;
  *  DESIGN.md, The mock cluster's limits). */

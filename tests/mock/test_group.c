@@ -40,14 +40,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    for (int i = 0; i < 2; i++)
-        cp_stop(&procs[i]);
-    if (reader) {
-        rd_kafka_consumer_close(reader);
-        rd_kafka_destroy(reader);
-        reader = NULL;
-    }
-    cp_fini();
+    cp_fini_group(procs, 2, &reader);
 }
 
 TestSuite(group, .init = setup, .fini = teardown, .timeout = 180);
@@ -213,12 +206,7 @@ static void wait_output(int seconds) {
 }
 
 static void stop_gracefully(int i, const char *name) {
-    kill(procs[i], SIGTERM);
-    int rc = cp_wait_exit(&procs[i], 60);
-    char *err = cp_err_of(name);
-    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
-    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
-    free(err);
+    cp_stop_gracefully(&procs[i], name);
 }
 
 Test(group, tasks_move_between_processes_exactly_once) {
@@ -363,8 +351,10 @@ Test(group, a_broker_down_at_start_is_waited_for, .timeout = 240) {
     const char *retry[] = {"retry.backoff.ms=200", "retry.backoff.max.ms=1000", NULL};
     /* a refusal needs no broker: at once */
     int64_t t0 = now_ms();
-    refused("g1", "c1", (const char *[]){"pipeline=wordcount", "output.topic=counts", NULL}, 0,
-            (const char *[]){"keeps keyed state", NULL});
+    refused("g1", "c1",
+            (const char *[]){"pipeline=wordcount", "window.size.ms=1000", "output.topic=counts",
+                             NULL},
+            0, (const char *[]){"with windows", NULL});
     cr_assert_lt(now_ms() - t0, 10000, "the refusal took %lld ms",
                  (long long)(now_ms() - t0));
     /* waiting: a failed start is logged with its retry, and the process keeps running */

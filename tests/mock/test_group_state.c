@@ -50,14 +50,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    for (int i = 0; i < 2; i++)
-        cp_stop(&procs[i]);
-    if (reader) {
-        rd_kafka_consumer_close(reader);
-        rd_kafka_destroy(reader);
-        reader = NULL;
-    }
-    cp_fini();
+    cp_fini_group(procs, 2, &reader);
 }
 
 TestSuite(group_state, .init = setup, .fini = teardown, .timeout = 240);
@@ -117,12 +110,7 @@ static pid_t start(const char *ckpt) {
 }
 
 static void stop_gracefully(int i, const char *name) {
-    kill(procs[i], SIGTERM);
-    int rc = cp_wait_exit(&procs[i], 60);
-    char *err = cp_err_of(name);
-    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
-    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
-    free(err);
+    cp_stop_gracefully(&procs[i], name);
 }
 
 /* n lines, each one word: word w in partition w % 2 (the state's key is the input's). */

@@ -41,14 +41,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    for (int i = 0; i < 2; i++)
-        cp_stop(&procs[i]);
-    if (reader) {
-        rd_kafka_consumer_close(reader);
-        rd_kafka_destroy(reader);
-        reader = NULL;
-    }
-    cp_fini();
+    cp_fini_group(procs, 2, &reader);
 }
 
 TestSuite(repartition, .init = setup, .fini = teardown, .timeout = 240);
@@ -230,12 +223,7 @@ static void wait_output(int seconds) {
 }
 
 static void stop_gracefully(int i, const char *name) {
-    kill(procs[i], SIGTERM);
-    int rc = cp_wait_exit(&procs[i], 60);
-    char *err = cp_err_of(name);
-    cr_assert_eq(rc, 0, "%s: exit status %d after SIGTERM: %s", name, rc, err);
-    cr_assert(!strstr(err, "Sanitizer") && !strstr(err, "runtime error"), "%s", err);
-    free(err);
+    cp_stop_gracefully(&procs[i], name);
 }
 
 Test(repartition, a_repartitioned_copy_moves_between_processes_exactly_once) {
