@@ -251,7 +251,11 @@ lk_err_t lk__kafka_record_failed(lk__sink_t *s, lk_err_t e, char *errstr,
     }
     const char *uid = f.member == SIZE_MAX ? s->name : s->members[f.member].uid;
     const char *topic = f.member == SIZE_MAX ? k->progress_topic : s->members[f.member].target;
-    if (f.member != SIZE_MAX && k->deadletter[0] && strcmp(topic, k->deadletter)) {
+    /* a changelog record is keyed state, not output: diverted, the batch would commit
+     * without it and the next process to restore the task's changelog would hold other
+     * state than this checkpoint (DESIGN.md Scale-out); it stops the application instead */
+    const char *state_of = f.member == SIZE_MAX ? NULL : s->members[f.member].changelog_of;
+    if (f.member != SIZE_MAX && !state_of && k->deadletter[0] && strcmp(topic, k->deadletter)) {
         lk__kafka_failed_rec_t *d =
             lk__vec_reserve(k->divert, &k->divert_cap, k->ndivert + 1, sizeof *d, 8);
         if (!d)
@@ -282,10 +286,15 @@ lk_err_t lk__kafka_record_failed(lk__sink_t *s, lk_err_t e, char *errstr,
         lk__fmt(part, sizeof part, "(by key)");
     return lk__err(LK_ERR_FATAL, errstr, errstr_size,
                    "sink '%s': record %llu of batch %llu for topic %s partition %s can never be "
-                   "delivered: %s (a permanent error, not retried); the batch's input: %s; %s%s",
+                   "delivered: %s (a permanent error, not retried); the batch's input: %s; "
+                   "%s%s%s%s",
                    uid, (unsigned long long)f.index, (unsigned long long)s->batch, topic,
                    part, f.errstr, input[0] ? input : "unknown", setting,
-                   k->deadletter[0] ? ""
-                                    : "; or set errors.tolerance=all and errors.deadletter to a "
-                                      "topic to divert such records there");
+                   state_of ? "; a changelog record (keyed state of operator '" : "",
+                   state_of ? state_of : "",
+                   state_of ? "') is never sent to a dead letter topic: its state would not "
+                              "move with the task"
+                   : k->deadletter[0] ? ""
+                                      : "; or set errors.tolerance=all and errors.deadletter to "
+                                        "a topic to divert such records there");
 }

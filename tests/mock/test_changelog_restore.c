@@ -152,3 +152,45 @@ Test(changelog_restore, a_tail_applies_what_came_after_its_delivery) {
     cr_assert_str_eq(value_of(s, db, "c", &found), "4");
     lk__store_close(s);
 }
+
+/* A changelog record that can never be delivered stops the application even with
+ * errors.tolerance=all and a Kafka dead letter topic: an output record of the same
+ * failure goes to the dead letter topic, but a changelog record sent there would let the
+ * batch commit without it, and the next process to restore the task would hold other
+ * state than this checkpoint. Before the fix it was diverted like an output record. */
+Test(changelog_restore, a_changelog_record_never_goes_to_the_dead_letter_topic) {
+    mu_topic(&mu_cl, TOPIC, 1);
+    mu_topic(&mu_cl, "out", 1);
+    mu_topic(&mu_cl, "dlq", 1);
+    lk_conf_t *conf = mu_conf(&mu_cl, APP, tu_dir);
+    mu_set(conf, "errors.tolerance", "all");
+    mu_set(conf, "errors.deadletter", "dlq");
+    lk__sink_t *k = lk__sink_new(&lk__sink_kafka_ops, "out", "out", NULL, APP);
+    cr_assert_not_null(k);
+    cr_assert_eq(lk__sink_add_changelog(k, "counts", TOPIC, "counts"), LK_OK);
+    k->task = 0;
+    CHECK(k->ops->open(k, conf, ES));
+    lk__kafka_sink_t *ks = k->impl;
+    cr_assert_str_eq(ks->deadletter, "dlq");
+    for (size_t m = 0; m < 2; m++) { /* member 0: the output; 1: the changelog */
+        lk__kafka_failed_rec_t f = {m, 3, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 0, 0,
+                                    "too large"};
+        ks->first_failed = f;
+        ks->have_failed = 1;
+        char err[2048] = "producing: failed";
+        lk_err_t e = lk__kafka_record_failed(k, LK_ERR_KAFKA, err, sizeof err);
+        if (m == 0) {
+            cr_assert_eq(e, LK_ERR_KAFKA, "the output record is retried: %s", err);
+            cr_assert_eq(ks->ndivert, 1, "the output record goes to the dead letter topic");
+        } else {
+            cr_assert_eq(e, LK_ERR_FATAL, "the changelog record stops: %s (%s)", err,
+                         lk_err_name(e));
+            cr_assert_eq(ks->ndivert, 1, "a changelog record was marked for the dead letter");
+            cr_assert(strstr(err, TOPIC) && strstr(err, "changelog record") &&
+                          strstr(err, "operator 'counts'"),
+                      "%s", err);
+        }
+    }
+    lk__sink_destroy(k);
+    lk_conf_destroy(conf);
+}
