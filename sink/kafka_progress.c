@@ -242,10 +242,10 @@ static int progress_ours(const lk__sink_t *s, const progress_t *p, const rd_kafk
     return s->checkpoint_migrated || (ts >= 0 && ts >= s->checkpoint_created_ms);
 }
 
-/* Why the state operator uid wrote as (kind, schema, window) under the progress record's
- * definition o cannot be restored into (or continued by) member m's definition; NULL when
- * it can. Single mode's checks (check_topology in context.c) against the process that ran
- * the task before. */
+/* Why state written under the progress record's definition o (kind, schema, window)
+ * cannot be restored into, or continued by, changelog member m's operator (into why);
+ * NULL when it can. Single mode's checks (check_topology in context.c), made against the
+ * process that ran the task before. */
 static const char *state_mismatch(const lk__sink_member_t *m, json_t *o, char *why,
                                   size_t why_size) {
     json_t *k = json_object_get(o, "kind"), *v = json_object_get(o, "schema"),
