@@ -79,6 +79,22 @@ static lk_err_t check_orphaned_outbox(lk_context_t *ctx, lk__store_txn_t *t, cha
     return c.err ? c.err : e;
 }
 
+static int count_state(const lk__state_stat_t *st, void *o) {
+    *(uint64_t *)o += st->entries;
+    return 0;
+}
+
+/* Whether a task's checkpoint holds no state the recorded topology could describe: no
+ * batch committed and every state database empty. A handoff refused for state of another
+ * definition (kafka_progress.c, check_state) leaves such a checkpoint, with only the
+ * refused version's topology recorded at its start: running the version the message
+ * advises on the same checkpoint.dir must not be refused for state it never held. */
+static int task_holds_no_state(lk_context_t *ctx, lk__store_txn_t *t) {
+    uint64_t entries = 0;
+    return ctx->task >= 0 && lk__store_committed_batch(ctx->store) == 0 &&
+           lk__store_state_stats(t, count_state, &entries) == LK_OK && entries == 0;
+}
+
 /* Check the pipeline against the recorded topology, then record the new one. */
 static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_size) {
     lk_pipeline_t *p = ctx->pipeline;
@@ -100,6 +116,11 @@ static lk_err_t check_topology(lk_context_t *ctx, char *errstr, size_t errstr_si
         goto out;
     }
     int allow_drop = lk__conf_bool(ctx->conf, LK__P_TOPOLOGY_ALLOW_STATE_DROP);
+    if (nold && task_holds_no_state(ctx, t)) {
+        lk__log(LK_LOG_INFO, "checkpoint %s holds no state yet: its recorded topology is "
+                "replaced by this pipeline's", lk__store_dir(ctx->store));
+        nold = 0;
+    }
     for (size_t i = 0; i < nold && !err; i++) {
         const lk__topo_op_t *o = &old[i];
         const lk__topo_op_t *n = NULL;
@@ -227,7 +248,16 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
         } else if (lk__sink_add_changelog(kafka, st->uid, topic, st->uid)) {
             return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
         }
-        lk_err_t e = lk__store_state_changelog(ctx->store, st->db, st->uid, ctx->task);
+        /* what the changelog's records mean, carried by every progress record: a
+         * handoff refuses state written under another definition (check_topology's
+         * checks, against the process that ran the task before; DESIGN.md, Scale-out) */
+        lk_err_t e = lk__sink_changelog_state(kafka, st->uid, lk__stage_name(st),
+                                              st->schema_version,
+                                              lk__window_is_kind(lk__stage_name(st))
+                                                  ? st->params
+                                                  : NULL);
+        if (!e)
+            e = lk__store_state_changelog(ctx->store, st->db, st->uid, ctx->task);
         if (e)
             return lk__err(e, errstr, errstr_size, "changelog of '%s': %s", st->uid,
                            lk_err_str(e));
@@ -240,6 +270,7 @@ static lk_err_t open_sinks(lk_context_t *ctx, char *errstr, size_t errstr_size) 
         s->checkpoint_created_ms = lk__store_created_ms(ctx->store);
         s->checkpoint_migrated = lk__store_migrated_from(ctx->store) != 0;
         s->adopt_output = lk__conf_bool(ctx->conf, LK__P_CHECKPOINT_ADOPT_OUTPUT);
+        s->allow_state_drop = lk__conf_bool(ctx->conf, LK__P_TOPOLOGY_ALLOW_STATE_DROP);
         s->task = ctx->task;
         lk__fmt(s->stage, sizeof s->stage, "%s", ctx->stage ? ctx->stage : "");
         if (ctx->group_rk && s->ops == &lk__sink_kafka_ops &&

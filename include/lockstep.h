@@ -795,8 +795,12 @@ LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_defin
  *          application (message via lk_context_errstr()). group.mode=consumer also
  *          returns its refusals at the start: LK_ERR_CONF_INVALID (input topics not
  *          co-partitioned, a member with other input.topics), LK_ERR_TOPOLOGY (the
- *          progress topic's partition count is not the input's); and LK_ERR_FENCED when
- *          another process joined the group with this group.instance.id.
+ *          progress topic's partition count is not the input's); LK_ERR_TOPOLOGY when
+ *          a task taken over holds state another process wrote under another
+ *          definition of a stateful operator (kind, state schema version, window) or of
+ *          an operator this pipeline lacks (nothing restored or written); and
+ *          LK_ERR_FENCED when another process joined the group with this
+ *          group.instance.id.
  */
 LK_EXPORT lk_err_t lk_context_run(lk_context_t *ctx);
 

@@ -589,7 +589,30 @@ static lk_err_t kafka_commit(lk__sink_t *s, const lk__batch_rec_t *b, char *errs
                             k->txn_id, "checkpoint", s->checkpoint_id, "batch",
                             (json_int_t)s->batch, "attempt", s->attempt, "offsets", offsets,
                             "sinks", sinks);
-    char *value = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    /* a task's stateful operators as this process defines them (kind, state schema,
+     * window): a handoff compares them with its own before restoring or continuing the
+     * state (check_state in kafka_progress.c). Carried here, not on each changelog
+     * record: the handoff reads this record anyway, it costs one small field per batch
+     * where a header would cost bytes on every state write, and it also covers a task
+     * whose changelog is empty or an operator the new pipeline no longer has. */
+    json_t *state = s->task >= 0 ? json_object() : NULL;
+    int oom = s->task >= 0 && !state; /* an operator left out would pass as a new one */
+    for (size_t i = 0; state && !oom && i < s->nmembers; i++) {
+        const lk__sink_member_t *m = &s->members[i];
+        if (!m->changelog_of || !m->state_kind)
+            continue;
+        json_t *d = json_pack("{s:s, s:i}", "kind", m->state_kind, "schema",
+                              (int)m->state_schema);
+        oom = !d || (m->state_window &&
+                     json_object_set_new(d, "window", json_string(m->state_window)));
+        if (json_object_set_new(state, m->changelog_of, d))
+            oom = 1;
+    }
+    if (state && !oom && doc)
+        oom = json_object_set_new(doc, "state", state) != 0; /* takes state either way */
+    else
+        json_decref(state);
+    char *value = doc && !oom ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(doc);
     if (!value)
         return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");

@@ -242,6 +242,96 @@ static int progress_ours(const lk__sink_t *s, const progress_t *p, const rd_kafk
     return s->checkpoint_migrated || (ts >= 0 && ts >= s->checkpoint_created_ms);
 }
 
+/* Why state written under the progress record's definition o (kind, schema, window)
+ * cannot be restored into, or continued by, changelog member m's operator (into why);
+ * NULL when it can. Single mode's checks (check_topology in context.c), made against the
+ * process that ran the task before. */
+static const char *state_mismatch(const lk__sink_member_t *m, json_t *o, char *why,
+                                  size_t why_size) {
+    json_t *k = json_object_get(o, "kind"), *v = json_object_get(o, "schema"),
+           *w = json_object_get(o, "window");
+    const char *kind = json_is_string(k) ? json_string_value(k) : "?";
+    const char *window = json_is_string(w) ? json_string_value(w) : NULL;
+    int schema = json_is_integer(v) ? (int)json_integer_value(v) : -1;
+    if (strcmp(kind, m->state_kind))
+        lk__fmt(why, why_size, "operator '%s' was a %s and is now a %s; give the new "
+                "operator a new uid (it starts with empty state)",
+                m->changelog_of, kind, m->state_kind);
+    else if ((window || m->state_window) &&
+             (!window || !m->state_window || strcmp(window, m->state_window)))
+        lk__fmt(why, why_size, "operator '%s' (%s): window definition changed from %s to "
+                "%s; keep the old definition, or give the new window a new uid (it starts "
+                "empty)",
+                m->changelog_of, kind, window ? window : "(none)",
+                m->state_window ? m->state_window : "(none)");
+    else if (schema != m->state_schema)
+        lk__fmt(why, why_size, "operator '%s' (%s): state schema version changed from v%d to "
+                "v%d; the task's state is v%d state. Keep v%d, or use a new uid to start "
+                "from empty state",
+                m->changelog_of, kind, schema, (int)m->state_schema, schema, schema);
+    else
+        return NULL;
+    return why;
+}
+
+/* A handoff continues the state another process wrote (the changelog restore, or this
+ * checkpoint's own state when it is exactly where the changelog is): refuse it
+ * (LK_ERR_TOPOLOGY, before anything is read or modified) when that process defined a
+ * stateful operator otherwise than this one does under the same uid (kind, state schema
+ * version, window), or had one this pipeline lacks (its state would be orphaned, as
+ * single mode refuses unless topology.allow.state.drop). The record's "state" names its
+ * writer's stateful operators; a record of an older version has none and is accepted:
+ * nothing tells what its state is. */
+static lk_err_t check_state(const lk__sink_t *s, json_t *doc, const char *from,
+                            uint64_t batch, char *errstr, size_t errstr_size) {
+    json_t *state = json_object_get(doc, "state");
+    if (!json_is_object(state)) {
+        lk__log(LK_LOG_INFO, "task %d: the progress record of batch %llu (checkpoint %s) "
+                "predates state definitions in progress records: the state's operators "
+                "are not checked against this pipeline's", s->task,
+                (unsigned long long)batch, from);
+        return LK_OK;
+    }
+    const char *of = s->stage[0] ? " of stage " : "";
+    char why[640];
+    for (size_t i = 0; i < s->nmembers; i++) {
+        const lk__sink_member_t *m = &s->members[i];
+        json_t *o = m->changelog_of && m->state_kind ? json_object_get(state, m->changelog_of)
+                                                     : NULL;
+        if (o && state_mismatch(m, o, why, sizeof why))
+            return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                           "%s (the task's state was written by another process, up to "
+                           "batch %llu of checkpoint %s, changelog %s). Nothing was "
+                           "restored or modified",
+                           why, (unsigned long long)batch, from, m->target);
+    }
+    const char *uid;
+    json_t *o;
+    json_object_foreach(state, uid, o) {
+        size_t i;
+        for (i = 0; i < s->nmembers; i++)
+            if (s->members[i].changelog_of && !strcmp(s->members[i].changelog_of, uid))
+                break;
+        if (i < s->nmembers)
+            continue;
+        json_t *k = json_object_get(o, "kind"), *v = json_object_get(o, "schema");
+        const char *kind = json_is_string(k) ? json_string_value(k) : "?";
+        int schema = json_is_integer(v) ? (int)json_integer_value(v) : -1;
+        if (!s->allow_state_drop)
+            return lk__err(LK_ERR_TOPOLOGY, errstr, errstr_size,
+                           "operator '%s' (%s, state schema v%d) kept state in the process "
+                           "that ran the task before (up to batch %llu of checkpoint %s) but "
+                           "is not in this pipeline: its state would be orphaned. Keep the "
+                           "operator, or set topology.allow.state.drop=true to leave its "
+                           "state unused. Nothing was restored or modified",
+                           uid, kind, schema, (unsigned long long)batch, from);
+        lk__log(LK_LOG_WARNING, "task %d%s%s: operator '%s' (%s) of the process that ran the "
+                "task before is not in this pipeline; its changelog stays, unused "
+                "(topology.allow.state.drop=true)", s->task, of, s->stage, uid, kind);
+    }
+    return LK_OK;
+}
+
 /* Task mode: record the handoff of the last committed progress record doc (written by
  * checkpoint `from`, batch `batch`) for the context to apply before its next plan. */
 static lk_err_t handoff_from(lk__sink_t *s, json_t *doc, const char *from, uint64_t batch,
@@ -249,6 +339,9 @@ static lk_err_t handoff_from(lk__sink_t *s, json_t *doc, const char *from, uint6
     json_t *offs = json_object_get(doc, "offsets");
     size_t n = json_is_array(offs) ? json_array_size(offs) : 0;
     lk__sink_clear_handoff(s);
+    lk_err_t ce = check_state(s, doc, from, batch, errstr, errstr_size);
+    if (ce)
+        return ce;
     if (!json_is_array(offs))
         return lk__err(LK_ERR_CORRUPT, errstr, errstr_size,
                        "the progress record of batch %llu (checkpoint %s) has no input "

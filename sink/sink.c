@@ -153,6 +153,28 @@ lk_err_t lk__sink_add_changelog(lk__sink_t *s, const char *uid, const char *topi
     return LK_OK;
 }
 
+lk_err_t lk__sink_changelog_state(lk__sink_t *s, const char *state_uid, const char *kind,
+                                  int32_t schema, const char *window) {
+    for (size_t i = 0; i < s->nmembers; i++) {
+        lk__sink_member_t *m = &s->members[i];
+        if (!m->changelog_of || strcmp(m->changelog_of, state_uid))
+            continue;
+        char *k = strdup(kind), *w = window ? strdup(window) : NULL;
+        if (!k || (window && !w)) {
+            free(k);
+            free(w);
+            return LK_ERR_NOMEM;
+        }
+        free(m->state_kind);
+        free(m->state_window);
+        m->state_kind = k;
+        m->state_window = w;
+        m->state_schema = schema;
+        return LK_OK;
+    }
+    return LK_ERR_NOT_FOUND;
+}
+
 /* A member's fence, with the changelog position of a changelog member (the start of a
  * later tail restore, DESIGN.md Scale-out). */
 static lk_err_t put_fence(lk__sink_t *s, size_t i, lk__store_txn_t *t, uint64_t batch,
@@ -182,6 +204,8 @@ void lk__sink_destroy(lk__sink_t *s) {
         free(s->members[i].uid);
         free(s->members[i].target);
         free(s->members[i].changelog_of);
+        free(s->members[i].state_kind);
+        free(s->members[i].state_window);
     }
     free(s->members);
     lk__sink_clear_handoff(s);
@@ -407,7 +431,9 @@ lk_err_t lk__sink_recover(lk__sink_t *s, lk__store_t *store, char *errstr, size_
     if (e) {
         lk__err(e, errstr, errstr_size, "sink '%s' (%s %s): %s", s->name, s->ops->kind,
                 s->target, why);
-        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL)
+        /* a refusal (a handoff of state of another definition, a progress topic without
+         * the task's partition) does not heal by retrying */
+        if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_TOPOLOGY)
             go_fatal(s, errstr);
         return e;
     }

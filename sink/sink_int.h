@@ -51,6 +51,13 @@ typedef struct lk__sink_member {
      * writes this member delivers (the store captures them into its outbox); NULL: an
      * output of the pipeline */
     char *changelog_of;
+    /* a changelog member's operator as this process defines it: kind, state schema
+     * version, window definition (NULL: not a window). Written into every progress
+     * record ("state") and compared by a handoff with the record it continues: state
+     * written under another definition is never restored into this one (DESIGN.md,
+     * Scale-out) */
+    char *state_kind, *state_window;
+    int32_t state_schema;
     /* Kafka: the offset after this member's last record that the attempt in progress had
      * acknowledged by the broker (delivery reports), and that of the last committed
      * delivery, which acknowledging records with the fence (-1: none) */
@@ -137,6 +144,8 @@ struct lk__sink {
     int64_t checkpoint_created_ms;
     int checkpoint_migrated;  /* migrated from the format without ids by this open */
     int adopt_output;         /* checkpoint.adopt.output */
+    int allow_state_drop;     /* topology.allow.state.drop: a handoff from a process whose
+                                 pipeline had a stateful operator this one has not */
     uint64_t adopted_after;   /* set by recover with adopt_output: the last batch of the
                                  other checkpoint's output (0: none found) */
     /* scale-out (DESIGN.md, Scale-out), set by the owner before open: task >= 0 makes
@@ -208,6 +217,11 @@ lk_err_t lk__sink_add_member(lk__sink_t *s, const char *uid, const char *target)
  * capture fills its outbox: lk__store_state_changelog). LK_ERR_NOMEM. */
 lk_err_t lk__sink_add_changelog(lk__sink_t *s, const char *uid, const char *topic,
                                 const char *state_uid);
+/** Describe the state of changelog member state_uid's operator (kind, state schema
+ * version, window definition or NULL): what its changelog records mean. LK_ERR_NOMEM, or
+ * LK_ERR_NOT_FOUND when no member is that operator's changelog. */
+lk_err_t lk__sink_changelog_state(lk__sink_t *s, const char *state_uid, const char *kind,
+                                  int32_t schema, const char *window);
 void lk__sink_destroy(lk__sink_t *s);
 
 /**
