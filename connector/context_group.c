@@ -329,6 +329,7 @@ static lk_err_t check_policies(lk__group_t *g, const struct rd_kafka_metadata *m
     (void)rd_kafka_AdminOptions_set_request_timeout(opt, GROUP_TIMEOUT_MS, kerr, sizeof kerr);
     if (md->orig_broker_id >= 0)
         (void)rd_kafka_AdminOptions_set_broker(opt, md->orig_broker_id, kerr, sizeof kerr);
+    int64_t t0 = lk__mono_ns();
     rd_kafka_DescribeConfigs(g->rk, rs, n, opt, q);
     rd_kafka_event_t *ev = NULL;
     /* in steps, so that a stop request ends the wait */
@@ -399,6 +400,10 @@ static lk_err_t check_policies(lk__group_t *g, const struct rd_kafka_metadata *m
                         topic);
         }
     }
+    if (!ke && !e)
+        lk__log(LK_LOG_DEBUG, "group.mode=consumer: cleanup.policy of %zu existing "
+                "changelog/progress topic%s checked in one DescribeConfigs request (%.1f ms)",
+                n, n == 1 ? "" : "s", (double)(lk__mono_ns() - t0) / 1e6);
     if (ev)
         rd_kafka_event_destroy(ev);
     rd_kafka_AdminOptions_destroy(opt);

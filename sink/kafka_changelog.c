@@ -230,14 +230,14 @@ static lk_err_t check_range(const lk__sink_t *s, const lk__sink_member_t *m, int
     else
         return LK_OK;
     return lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
-                   "task %d: cannot restore the state of operator '%s' from its changelog "
+                   "cannot restore the state of operator '%s' from its changelog "
                    "%s[%d] (log start %lld, end %lld): %s. The state cannot be restored "
                    "exactly from this changelog; nothing was modified. Run the task where "
                    "its checkpoint is current (the process that ran it last, its "
                    "checkpoint.dir intact), or reset the application (a new app.id, or a "
                    "new uid for the operator, whose state then starts empty); keep the "
                    "changelog topics at cleanup.policy=compact",
-                   s->task, m->changelog_of, m->target, s->task, (long long)lo, (long long)end,
+                   m->changelog_of, m->target, s->task, (long long)lo, (long long)end,
                    why);
 }
 
