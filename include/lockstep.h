@@ -64,7 +64,7 @@ LK_EXPORT const char *lk_version_str(void);
     X(TOPOLOGY, 14, "Pipeline topology does not match the checkpoint")                 \
     X(KAFKA, 15, "Kafka client error")                                                 \
     X(FENCED, 16, "Fenced by a newer instance with the same transactional.id")         \
-    X(DATA_LOSS, 17, "Input offsets no longer exist in Kafka (data loss)")             \
+    X(DATA_LOSS, 17, "Offsets to read no longer exist in Kafka (data loss)")           \
     X(STATE, 18, "Operation not allowed in the current state")                         \
     X(TIMED_OUT, 19, "Timed out")                                                      \
     X(TOO_LARGE, 20, "Value too large")
