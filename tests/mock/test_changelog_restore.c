@@ -278,7 +278,8 @@ Test(changelog_restore, a_tail_refuses_a_log_that_lost_records_after_its_positio
     char err[2048], want[160];
     lk_err_t e = try_restore(3, 2, 2, &s, &db, &r, err, sizeof err);
     cr_assert_eq(e, LK_ERR_DATA_LOSS, "%s (%s)", err, lk_err_name(e));
-    snprintf(want, sizeof want, "records 2..%lld (changes after batch 2) were deleted", (long long)lo - 1);
+    snprintf(want, sizeof want, "records 2..%lld (changes after batch 2) were deleted",
+             (long long)lo - 1);
     cr_assert(strstr(err, TOPIC "[0]") && strstr(err, "operator 'counts'") &&
                   strstr(err, "delivered up to offset 2") && strstr(err, want),
               "%s", err);

@@ -445,8 +445,9 @@ Test(group, a_fenced_static_member_stops_naming_the_cause) {
 Test(group, the_start_asks_for_the_metadata_once) {
     const char *topics[] = {"in:2", "in2:2", "in3:2", "out:2", "g.progress:2", NULL};
     cp_broker_start(topics);
-    procs[0] = start("g", "a", (const char *[]){"input.topics=in,in2,in3", "kafka.debug=metadata,admin",
-                                                "kafka.log_level=7", "log.level=debug", NULL});
+    procs[0] = start("g", "a",
+                     (const char *[]){"input.topics=in,in2,in3", "kafka.debug=metadata,admin",
+                                      "kafka.log_level=7", "log.level=debug", NULL});
     char *ea = NULL;
     for (int i = 0; i < 300 && !(ea && strstr(ea, "joining group")); i++) {
         free(ea);
