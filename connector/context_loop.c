@@ -588,6 +588,8 @@ static int batch_failed(lk_context_t *ctx, lk_err_t e, int64_t *backoff, lk_err_
         else
             memcpy(ctx->errstr, why, sizeof why);
     }
+    if (ctx->fatal) /* the first fatal error wins, code and message together */
+        e = ctx->fatal_err;
     if (atomic_load(&ctx->stop_now) || (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
         /* abandoned by an immediate stop: nothing of it was committed */
         lk__log(LK_LOG_NOTICE, "stopped; batch %llu abandoned (%s), it will be "
