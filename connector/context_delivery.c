@@ -96,9 +96,11 @@ void lk__ctx_report_progress(lk_context_t *ctx, uint64_t id, int64_t time_ms,
  * first retriable one is kept in *first for the backoff. @locality loop thread */
 static lk_err_t sink_failed(lk_context_t *ctx, lk_err_t e, const char *err, lk_err_t *first) {
     /* a corrupt checkpoint never heals by retrying, nor a handoff refused for state of
-     * another definition (LK_ERR_TOPOLOGY, DESIGN.md Scale-out) */
+     * another definition (LK_ERR_TOPOLOGY, DESIGN.md Scale-out), nor a changelog that lost
+     * what a task's restore must read (kafka_changelog.c), which on.data.loss=skip does
+     * not skip: the state would be wrong */
     if (e == LK_ERR_FENCED || e == LK_ERR_FATAL || e == LK_ERR_STATE || e == LK_ERR_CORRUPT ||
-        e == LK_ERR_TOPOLOGY) {
+        e == LK_ERR_TOPOLOGY || e == LK_ERR_DATA_LOSS) {
         lk__metrics_sink(ctx->metrics, e, err);
         /* the first fatal error wins, code and message together */
         if (!ctx->fatal) {

@@ -286,6 +286,134 @@ static lk_err_t check_task_topic(lk__group_t *g, const struct rd_kafka_metadata 
                                   GROUP_TIMEOUT_MS, again, errstr, errstr_size);
 }
 
+/* Whether a topic's cleanup.policy value keeps each key's last record forever: exactly
+ * "compact" (Kafka lists the policies comma-separated: "compact,delete" deletes by time
+ * too). */
+static int policy_compact(const char *v) {
+    while (*v == ' ')
+        v++;
+    size_t n = strlen(v);
+    while (n && v[n - 1] == ' ')
+        n--;
+    return n == 7 && !memcmp(v, "compact", 7);
+}
+
+/* The cleanup.policy of the changelog and progress topics that exist (in md) must be
+ * compact: a changelog whose records are deleted by time cannot restore a task's state
+ * (kafka_changelog.c refuses a partition whose log start moved, but only at a handoff,
+ * after the topic lost data), and a progress topic's last record is a task's handoff.
+ * One DescribeConfigs request for all of them, checked before anything is created. It
+ * goes to the broker that answered the metadata: any broker answers topic configs, and
+ * librdkafka's mock cluster (2.0.2), which names no controller and does not implement
+ * DescribeConfigs, then answers "unsupported" at once instead of the request waiting
+ * GROUP_TIMEOUT_MS for a controller; unsupported, the check is logged as not made and
+ * the start goes on. Refused: LK_ERR_CONF_INVALID naming the topic, its policy and the
+ * fix; a failed request LK_ERR_KAFKA (retried by join_with_retry). */
+static lk_err_t check_policies(lk__group_t *g, const struct rd_kafka_metadata *md,
+                               char *errstr, size_t errstr_size) {
+    rd_kafka_ConfigResource_t **rs = calloc(g->ntt ? g->ntt : 1, sizeof *rs);
+    if (!rs)
+        return lk__err(LK_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < g->ntt; i++)
+        if (g->tts[i].kind != TT_REPARTITION && partition_count(md, g->tts[i].topic) > 0)
+            rs[n++] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, g->tts[i].topic);
+    if (!n) {
+        free(rs);
+        return LK_OK;
+    }
+    char kerr[512];
+    rd_kafka_queue_t *q = rd_kafka_queue_new(g->rk);
+    rd_kafka_AdminOptions_t *opt =
+        rd_kafka_AdminOptions_new(g->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+    (void)rd_kafka_AdminOptions_set_request_timeout(opt, GROUP_TIMEOUT_MS, kerr, sizeof kerr);
+    if (md->orig_broker_id >= 0)
+        (void)rd_kafka_AdminOptions_set_broker(opt, md->orig_broker_id, kerr, sizeof kerr);
+    int64_t t0 = lk__mono_ns();
+    rd_kafka_DescribeConfigs(g->rk, rs, n, opt, q);
+    rd_kafka_event_t *ev = NULL;
+    /* in steps, so that a stop request ends the wait */
+    for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS + 200;
+         !ev && !stop_asked(g) && lk__mono_ms() < until;)
+        ev = rd_kafka_queue_poll(q, METADATA_STEP_MS);
+    rd_kafka_resp_err_t ke = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+    lk_err_t e = LK_OK;
+    if (ke == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE ||
+        ke == RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION) {
+        lk__log(LK_LOG_INFO, "group.mode=consumer: the cleanup.policy of %s%s could not be "
+                "checked (%s: the cluster does not answer DescribeConfigs, e.g. librdkafka's "
+                "mock cluster); going on", rd_kafka_ConfigResource_name(rs[0]),
+                n > 1 ? " and the other changelog/progress topics" : "",
+                ev ? rd_kafka_event_error_string(ev) : rd_kafka_err2str(ke));
+    } else if (ke) {
+        e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "describing the configs of %s%s: %s",
+                    rd_kafka_ConfigResource_name(rs[0]), n > 1 ? " and others" : "",
+                    stop_asked(g) ? "stop requested"
+                    : ev          ? rd_kafka_event_error_string(ev)
+                                  : rd_kafka_err2str(ke));
+    } else {
+        size_t cnt;
+        const rd_kafka_ConfigResource_t **res = rd_kafka_DescribeConfigs_result_resources(
+            rd_kafka_event_DescribeConfigs_result(ev), &cnt);
+        for (size_t i = 0; i < cnt && !e; i++) {
+            const char *topic = rd_kafka_ConfigResource_name(res[i]);
+            rd_kafka_resp_err_t re = rd_kafka_ConfigResource_error(res[i]);
+            if (re == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+                re == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED) {
+                lk__log(LK_LOG_WARNING, "group.mode=consumer: the cleanup.policy of %s could "
+                        "not be checked (%s): allow DescribeConfigs on it; it must be "
+                        "compact", topic, rd_kafka_err2str(re));
+                continue;
+            }
+            if (re) {
+                e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "describing the configs of %s: %s",
+                            topic, rd_kafka_ConfigResource_error_string(res[i])
+                                       ? rd_kafka_ConfigResource_error_string(res[i])
+                                       : rd_kafka_err2str(re));
+                break;
+            }
+            size_t nc;
+            const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(res[i], &nc);
+            const char *policy = NULL;
+            for (size_t j = 0; j < nc && !policy; j++)
+                if (!strcmp(rd_kafka_ConfigEntry_name(ce[j]), "cleanup.policy"))
+                    policy = rd_kafka_ConfigEntry_value(ce[j]);
+            if (policy && policy_compact(policy))
+                continue;
+            int changelog = 0;
+            for (size_t j = 0; j < g->ntt; j++)
+                if (!strcmp(g->tts[j].topic, topic))
+                    changelog = g->tts[j].kind == TT_CHANGELOG;
+            e = lk__err(LK_ERR_CONF_INVALID, errstr, errstr_size,
+                        "group.mode=consumer: %s %s has cleanup.policy=%s, not compact: %s; "
+                        "nothing was created or modified. Make it compact (kafka-configs.sh "
+                        "--bootstrap-server <broker> --alter --entity-type topics "
+                        "--entity-name %s --add-config cleanup.policy=compact) and start "
+                        "again",
+                        changelog ? "changelog topic" : "progress topic", topic,
+                        policy ? policy : "(not reported)",
+                        changelog ? "records deleted by time take keys of the operator's "
+                                    "state with them, so a task's state could not be "
+                                    "restored at a handoff"
+                                  : "a task's last progress record, deleted by time, is "
+                                    "its position and output fence at a handoff",
+                        topic);
+        }
+    }
+    if (!ke && !e)
+        lk__log(LK_LOG_DEBUG, "group.mode=consumer: cleanup.policy of %zu existing "
+                "changelog/progress topic%s checked in one DescribeConfigs request (%.1f ms)",
+                n, n == 1 ? "" : "s", (double)(lk__mono_ns() - t0) / 1e6);
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opt);
+    rd_kafka_queue_destroy(q);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_ConfigResource_destroy(rs[i]);
+    free(rs);
+    return e;
+}
+
 /* The stages (one per lk_repartition after the first) and the topics with one partition
  * per task (*tts, malloc'ed): every stage's progress topic, every repartition topic, every
  * stateful operator's changelog. The names must be valid topic names (249 characters). */
@@ -719,6 +847,8 @@ static lk_err_t join(lk__group_t *g, char *errstr, size_t errstr_size) {
     lk_err_t e = all_metadata(g, &md, errstr, errstr_size);
     if (!e)
         e = count_tasks(g, md, errstr, errstr_size);
+    if (!e) /* before anything is created */
+        e = check_policies(g, md, errstr, errstr_size);
     /* again: another member created it first (replicas started together), and a broker
      * lists a new topic in its metadata only once the topic's partitions have leaders,
      * tens to hundreds of milliseconds later on a real broker: polled until then, bounded

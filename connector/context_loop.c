@@ -530,9 +530,10 @@ static int stop_now_requested(const void *o) {
 }
 
 static int retriable(const lk_context_t *ctx, lk_err_t e) {
-    /* with on.data.loss=skip, input deleted after planning is skipped when re-planned */
-    return e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT || e == LK_ERR_IO ||
-           (e == LK_ERR_DATA_LOSS && ctx->skip_loss);
+    /* with on.data.loss=skip, input deleted after planning is skipped when re-planned;
+     * a fatal error (a sink's data loss among them) is never retried */
+    return !ctx->fatal && (e == LK_ERR_KAFKA || e == LK_ERR_TIMED_OUT || e == LK_ERR_IO ||
+                           (e == LK_ERR_DATA_LOSS && ctx->skip_loss));
 }
 
 /* ---- the loop, as phases ---- */
@@ -587,6 +588,8 @@ static int batch_failed(lk_context_t *ctx, lk_err_t e, int64_t *backoff, lk_err_
         else
             memcpy(ctx->errstr, why, sizeof why);
     }
+    if (ctx->fatal) /* the first fatal error wins, code and message together */
+        e = ctx->fatal_err;
     if (atomic_load(&ctx->stop_now) || (atomic_load(&ctx->stop_graceful) && retriable(ctx, e))) {
         /* abandoned by an immediate stop: nothing of it was committed */
         lk__log(LK_LOG_NOTICE, "stopped; batch %llu abandoned (%s), it will be "

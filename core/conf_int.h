@@ -95,9 +95,10 @@ typedef enum {
       "Where to start a topic that has no offsets in the checkpoint. Partitions added "    \
       "later to a topic already being read always start at the earliest offset.")          \
     X(ON_DATA_LOSS, "on.data.loss", LK__S_LIB, LK__PT_ENUM, "fail", 0, 0, "fail|skip", 0,  \
-      "When offsets to read no longer exist in Kafka (retention deleted them): 'fail' "    \
-      "stops with an error; 'skip' logs, counts (accumulator lockstep.data.loss.skipped) " \
-      "and continues at the earliest offset.")                                             \
+      "When input offsets to read no longer exist in Kafka (retention deleted them): "     \
+      "'fail' stops with an error; 'skip' logs, counts (accumulator "                      \
+      "lockstep.data.loss.skipped) and continues at the earliest offset. A changelog "     \
+      "that lost records a task's restore needs always stops (group.mode=consumer).")      \
     X(FETCH_TIMEOUT_MS, "fetch.timeout.ms", LK__S_LIB, LK__PT_INT, "30000", 100, 86400000, \
       NULL, 0,                                                                             \
       "Longest wait for a batch's planned ranges before the batch is abandoned and "       \

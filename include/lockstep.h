@@ -64,7 +64,7 @@ LK_EXPORT const char *lk_version_str(void);
     X(TOPOLOGY, 14, "Pipeline topology does not match the checkpoint")                 \
     X(KAFKA, 15, "Kafka client error")                                                 \
     X(FENCED, 16, "Fenced by a newer instance with the same transactional.id")         \
-    X(DATA_LOSS, 17, "Input offsets no longer exist in Kafka (data loss)")             \
+    X(DATA_LOSS, 17, "Offsets to read no longer exist in Kafka (data loss)")           \
     X(STATE, 18, "Operation not allowed in the current state")                         \
     X(TIMED_OUT, 19, "Timed out")                                                      \
     X(TOO_LARGE, 20, "Value too large")
@@ -794,13 +794,15 @@ LK_EXPORT lk_context_t *lk_context_get_or_create(const lk_conf_t *conf, lk_defin
  * @returns LK_OK after a stop (graceful or not); otherwise the error that stopped the
  *          application (message via lk_context_errstr()). group.mode=consumer also
  *          returns its refusals at the start: LK_ERR_CONF_INVALID (input topics not
- *          co-partitioned, a member with other input.topics), LK_ERR_TOPOLOGY (the
- *          progress topic's partition count is not the input's); LK_ERR_TOPOLOGY when
- *          a task taken over holds state another process wrote under another
- *          definition of a stateful operator (kind, state schema version, window) or of
- *          an operator this pipeline lacks (nothing restored or written); and
- *          LK_ERR_FENCED when another process joined the group with this
- *          group.instance.id.
+ *          co-partitioned, a member with other input.topics, an existing changelog or
+ *          progress topic whose cleanup.policy is not compact), LK_ERR_TOPOLOGY (the
+ *          progress topic's partition count is not the input's; a task taken over holds
+ *          state another process wrote under another definition of a stateful operator
+ *          (kind, state schema version, window) or of an operator this pipeline lacks:
+ *          nothing restored or written); LK_ERR_FENCED when another process joined the
+ *          group with this group.instance.id; and LK_ERR_DATA_LOSS when a task's keyed
+ *          state cannot be restored exactly from its changelog partition (records
+ *          deleted, or the topic recreated; on.data.loss does not apply).
  */
 LK_EXPORT lk_err_t lk_context_run(lk_context_t *ctx);
 

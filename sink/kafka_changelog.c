@@ -17,7 +17,11 @@
  *
  * Every record is an absolute write (a value, or a delete), so applying a suffix of the
  * partition in order over a state that already holds some of it ends in the same state:
- * a position recorded too early only costs reading more. A broker shows read_committed
+ * a position recorded too early only costs reading more. A partition that no longer holds
+ * what the plan must read is refused (check_range: LK_ERR_DATA_LOSS, the handoff's
+ * transaction aborted): a log start past 0 (records deleted: a compacted topic never
+ * moves it) for a full restore or past a tail's position, a tail's position past the end
+ * (the topic recreated). A broker shows read_committed
  * readers only committed records, one attempt per batch; the mock cluster also shows
  * aborted attempts (docs/DESIGN.md, "The mock cluster's limits"): a batch met in a second
  * attempt starts the operator's restore again in full, reading twice, and applies only
@@ -188,6 +192,55 @@ static lk_err_t replay(lk__sink_t *s, const lk__sink_member_t *m, lk__store_txn_
     return e;
 }
 
+/* Whether changelog partition [lo, end) of member m holds what a restore must read from
+ * start (full: all of it; a tail: from the position recorded with batch `after`, its
+ * fence; `known`: recorded). A gap is refused (LK_ERR_DATA_LOSS; the caller returns it,
+ * so the handoff's transaction is aborted and nothing is modified): applied over a gap,
+ * the state would silently miss keys, or stay at an older batch, and be delivered on.
+ * On a compacted topic Kafka never moves the log start (the cleaner keeps the segments'
+ * base offsets), so lo > 0 means records were deleted. */
+static lk_err_t check_range(const lk__sink_t *s, const lk__sink_member_t *m, int full,
+                            uint64_t after, int known, int64_t start, int64_t lo, int64_t end,
+                            char *errstr, size_t errstr_size) {
+    char why[640];
+    const char *deleted = "deleted (the retention of a topic with cleanup.policy=delete, or "
+                          "DeleteRecords; compaction never moves the log start)";
+    if (full && lo > 0)
+        lk__fmt(why, sizeof why, "a full restore reads it from offset 0, but its log starts "
+                "at offset %lld: records 0..%lld were %s, and keys whose last value was among "
+                "them would be lost", (long long)lo, (long long)lo - 1, deleted);
+    else if (!full && !known && lo > 0)
+        lk__fmt(why, sizeof why, "this checkpoint's state is at batch %llu, whose changelog "
+                "position was not recorded (an older version delivered it), so the tail "
+                "reads from offset 0, but its log starts at offset %lld: records 0..%lld were "
+                "%s", (unsigned long long)after, (long long)lo, (long long)lo - 1, deleted);
+    else if (!full && start < lo)
+        lk__fmt(why, sizeof why, "this checkpoint's state is at batch %llu, delivered up to "
+                "offset %lld, but the log starts at offset %lld: records %lld..%lld (changes "
+                "after batch %llu) were %s", (unsigned long long)after, (long long)start,
+                (long long)lo, (long long)start, (long long)lo - 1, (unsigned long long)after,
+                deleted);
+    else if (!full && start > end)
+        lk__fmt(why, sizeof why, "this checkpoint's state is at batch %llu, delivered up to "
+                "offset %lld, past the partition's end %lld: the topic was deleted and "
+                "recreated (or truncated) since, so the changes after batch %llu are not in "
+                "it and the state would stay at batch %llu", (unsigned long long)after,
+                (long long)start, (long long)end, (unsigned long long)after,
+                (unsigned long long)after);
+    else
+        return LK_OK;
+    return lk__err(LK_ERR_DATA_LOSS, errstr, errstr_size,
+                   "cannot restore the state of operator '%s' from its changelog "
+                   "%s[%d] (log start %lld, end %lld): %s. The state cannot be restored "
+                   "exactly from this changelog; nothing was modified. Run the task where "
+                   "its checkpoint is current (the process that ran it last, its "
+                   "checkpoint.dir intact), or reset the application (a new app.id, or a "
+                   "new uid for the operator, whose state then starts empty); keep the "
+                   "changelog topics at cleanup.policy=compact",
+                   m->changelog_of, m->target, s->task, (long long)lo, (long long)end,
+                   why);
+}
+
 lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t, char *errstr,
                            size_t errstr_size) {
     lk__kafka_sink_t *k = s->impl;
@@ -227,7 +280,10 @@ lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t
         if (ke)
             return lk__err(LK_ERR_KAFKA, errstr, errstr_size, "offsets of %s[%d]: %s",
                            m->target, s->task, rd_kafka_err2str(ke));
-        int64_t start = plan.start > lo ? plan.start : lo; /* compaction / retention */
+        if ((e = check_range(s, m, plan.full, plan.after, fo >= 0, plan.start, lo, end,
+                             errstr, errstr_size)))
+            return e;
+        int64_t start = plan.start;
         uint64_t read, applied;
         int64_t m0 = lk__mono_ns();
         lk__changelog_attempts_t attempts = {0};
@@ -245,7 +301,12 @@ lk_err_t lk__kafka_restore(lk__sink_t *s, lk__store_t *store, lk__store_txn_t *t
             uint64_t more = 0, ignored;
             lk__changelog_attempts_free(&attempts);
             plan = (lk__changelog_plan_t){.full = 1};
-            start = lo;
+            start = 0;
+            /* a tail over a log that starts later: in full, those records are needed */
+            if ((e = check_range(s, m, 1, 0, 1, start, lo, end, errstr, errstr_size))) {
+                lk__changelog_attempts_free(&attempts);
+                return e;
+            }
             if (!(e = lk__store_state_clear(t, db, &more, errstr, errstr_size)))
                 e = replay(s, m, t, db, start, end, 0, COLLECT, &attempts, &conflict, &read,
                            &ignored, errstr, errstr_size);

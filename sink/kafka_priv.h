@@ -110,7 +110,8 @@ void lk__kafka_real_offsets_io(lk__kafka_sink_t *k, lk__kafka_offsets_io_t *io);
 typedef struct {
     int full;       /* clear the state, read from the partition's start */
     uint64_t after; /* apply only records of batches after this one (full: 0) */
-    int64_t start;  /* the offset to read from (before the log start: the log start) */
+    int64_t start;  /* the offset to read from: 0, or a tail's recorded position; a log
+                     * starting later, or ending before it, is refused (kafka_changelog.c) */
 } lk__changelog_plan_t;
 /** The plan, from the checkpoint's last committed batch and the member's fence (found or
  * not: its batch, the changelog position recorded with it (-1: none) and its age in ms):

@@ -45,6 +45,12 @@ read_committed by an independent consumer, every expected record once and nothin
   group-refusal         group.mode=consumer with input topics of different partition
                         counts is refused at start naming each topic and its count;
                         nothing is created: no checkpoint.dir, no progress topic, no output
+  group-changelog-policy  group.mode=consumer (the built-in wordcount) with its changelog
+                        topic made beforehand with cleanup.policy=delete, then
+                        compact,delete: refused at start naming the topic, its policy and
+                        the kafka-configs.sh fix; nothing is created and the policy is left
+                        as it was; made compact, the check runs (DescribeConfigs) and the
+                        group joins
   group-repartition     group.mode=consumer, the pipeline map -> lk_repartition "by-key" ->
                         Kafka (--repartition-plugin: tests/mock/plugins/repartition_copy.c)
                         in two processes fed while they run: lockstep creates
@@ -650,6 +656,55 @@ def group_refusal(s):
     check(not s.kafka.read(dst), "output written despite the refusal")
 
 
+def group_changelog_policy(s):
+    src, dst = s.topic("in", 2), s.topic("out", 2)
+    s.kafka.produce(src, records("r", 10, 2))
+    app_id = f"{s.tag}-g"
+    changelog = f"{app_id}.word-counts.changelog"  # the built-in wordcount's state
+    s.kafka.create_topic(changelog, 2, {"cleanup.policy": "delete"})
+    a = group_member(s, app_id, "a", {"pipeline": "wordcount", "input.topics": src,
+                                      "output.topic": dst})
+    made = [f"{app_id}.progress", f"{app_id}.by-word.progress",
+            f"{app_id}.by-word.repartition"]
+    for policy in ("delete", "compact,delete"):
+        if policy != "delete":
+            s.kafka.alter_topic_config(changelog, {"cleanup.policy": policy})
+        a.start()
+        rc = a.wait_exit(60)
+        err = a.stderr().split("---- start")[-1]
+        check(rc in (1, 2), f"exit {rc} for a changelog topic of cleanup.policy={policy}; "
+                            f"{a.tail()}")
+        check(f"changelog topic {changelog} has cleanup.policy={policy}, not compact" in err
+              and f"--entity-name {changelog} --add-config cleanup.policy=compact" in err
+              and "kafka-configs.sh" in err,
+              f"the refusal does not name the topic, its policy and the fix; {a.tail()}")
+        check("Sanitizer" not in err and "runtime error" not in err, a.tail())
+        check(not os.path.exists(a.dir), f"checkpoint.dir {a.dir} was created")
+        topics = s.kafka.admin.list_topics(timeout=10).topics
+        check(not [t for t in made if t in topics],
+              f"created despite the refusal: {[t for t in made if t in topics]}")
+        check(s.kafka.topic_config(changelog, "cleanup.policy") == policy,
+              f"{changelog}'s cleanup.policy was modified")
+        check(not s.kafka.read(dst), "output written despite the refusal")
+    # the fix the message names: the check runs on the broker (not "could not be
+    # checked") and passes, and the start goes on. The stage-1 progress topic (compact,
+    # checked in the same request) and the repartition topic are made beforehand: a
+    # first start that creates the repartition topic itself can be assigned before its
+    # consumer sees that topic and refuse the assignment (a start race not checked here)
+    s.kafka.alter_topic_config(changelog, {"cleanup.policy": "compact"})
+    s.kafka.create_topic(made[0], 2, {"cleanup.policy": "compact"})
+    s.kafka.create_topic(made[2], 2, {"cleanup.policy": "delete"})
+    mark = len(a.stderr())
+    a.start()
+    wait_for("the group joined", lambda: "joining group" in a.stderr()[mark:], 60)
+    err = a.stderr()[mark:]
+    check("could not be checked" not in err and "not compact" not in err,
+          f"the policy check did not run or refused compacted topics; {a.tail()}")
+    check(made[1] in s.kafka.admin.list_topics(timeout=10).topics,
+          f"{made[1]} was not created; {a.tail()}")
+    a.stop()
+
+
 def murmur2(key):
     """The Java client's Utils.murmur2 of key (bytes), as an unsigned 32-bit value."""
     m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
@@ -864,6 +919,7 @@ SCENARIOS = {
     "txn-timeout-above-max": txn_timeout_above_max,
     "group-zombie": group_zombie,
     "group-refusal": group_refusal,
+    "group-changelog-policy": group_changelog_policy,
     "group-repartition": group_repartition,
 }
 

@@ -8,7 +8,12 @@
  *   - records past the handoff's batch, of another writer, and without provenance are not
  *     applied;
  *   - a tail reads from the position recorded with the checkpoint's last delivery and
- *     applies what came after it.
+ *     applies what came after it;
+ *   - a partition that no longer holds what the restore must read is refused, nothing
+ *     modified: records deleted before a full restore's or a tail's start (the mock
+ *     keeps about 5 MiB per partition and deletes the oldest records past it: the log
+ *     start moves as it would with retention or DeleteRecords, which the mock does not
+ *     implement), and a tail's position past the end (the topic recreated).
  */
 #define _GNU_SOURCE
 #include "mockutil.h"
@@ -16,6 +21,7 @@
 #include "testutil.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,20 +56,23 @@ static void put(const char *key, const char *v, uint64_t batch, const char *atte
 }
 
 /* Restore "counts" of a checkpoint in tu_dir at the handoff of batch upto; the
- * checkpoint delivered batch `delivered` (0: new) with position `pos`. */
-static lk__restore_report_t restore(uint64_t upto, uint64_t delivered, int64_t pos,
-                                    lk__store_t **store_out, lk__state_db_t *db) {
+ * checkpoint delivered batch `delivered` (0: new) with position `pos`, and its state
+ * holds key "local". Committed if it succeeds, aborted (as the handoff does) if not:
+ * the error, its message in err. */
+static lk_err_t try_restore(uint64_t upto, uint64_t delivered, int64_t pos,
+                            lk__store_t **store_out, lk__state_db_t *db,
+                            lk__restore_report_t *rep, char *err, size_t err_size) {
     lk__store_t *s = tu_open(tu_dir, APP);
     CHECK(lk__store_state_open(s, "counts", db, ES));
-    lk__store_txn_t *t;
+    lk__store_txn_t *t = tu_begin(s, 1);
+    CHECK(lk__store_state_put(t, *db, "local", 5, "x", 1, 1, ES));
     if (delivered) {
         lk__range_t r = {"in", 0, 0, 1};
         lk__batch_rec_t b = {.id = delivered, .batch_time_ms = 1, .nranges = 1, .ranges = &r};
-        t = tu_begin(s, 1);
         CHECK(lk__store_batch_put(t, &b, ES));
         CHECK(lk__store_fence_put_offset(t, "counts", delivered, pos, ES));
-        tu_commit(t);
     }
+    tu_commit(t);
     lk_conf_t *conf = mu_conf(&mu_cl, APP, tu_dir);
     lk__sink_t *k = lk__sink_new(&lk__sink_kafka_ops, "counts", TOPIC, NULL, APP);
     cr_assert_not_null(k);
@@ -72,12 +81,25 @@ static lk__restore_report_t restore(uint64_t upto, uint64_t delivered, int64_t p
     k->handoff_batch = upto;
     CHECK(k->ops->open(k, conf, ES));
     t = tu_begin(s, 1);
-    CHECK(lk__kafka_restore(k, s, t, ES));
-    tu_commit(t);
-    lk__restore_report_t rep = k->restore;
+    err[0] = 0;
+    lk_err_t e = lk__kafka_restore(k, s, t, err, err_size);
+    if (e)
+        lk__store_txn_abort(t);
+    else
+        tu_commit(t);
+    *rep = k->restore;
     lk__sink_destroy(k);
     lk_conf_destroy(conf);
     *store_out = s;
+    return e;
+}
+
+static lk__restore_report_t restore(uint64_t upto, uint64_t delivered, int64_t pos,
+                                    lk__store_t **store_out, lk__state_db_t *db) {
+    lk__restore_report_t rep;
+    char err[2048];
+    lk_err_t e = try_restore(upto, delivered, pos, store_out, db, &rep, err, sizeof err);
+    cr_assert_eq(e, LK_OK, "%s (%s)", err, lk_err_name(e));
     return rep;
 }
 
@@ -193,4 +215,103 @@ Test(changelog_restore, a_changelog_record_never_goes_to_the_dead_letter_topic) 
     }
     lk__sink_destroy(k);
     lk_conf_destroy(conf);
+}
+
+/* The value of key "local", which try_restore put in the checkpoint's state: kept when a
+ * refused restore modified nothing (a full restore clears it first). */
+static void assert_untouched(lk__store_t *s, lk__state_db_t db) {
+    int found;
+    cr_assert_str_eq(value_of(s, db, "local", &found), "x", "a refused restore modified state");
+    cr_assert(found);
+}
+
+/* Past the mock's ~5 MiB per partition: the oldest records are deleted and the log start
+ * moves past offset `past` (the filler has no provenance: never applied). */
+static int64_t delete_records_up_to(int64_t past) {
+    static char big[10000];
+    memset(big, 'y', sizeof big - 1);
+    for (int i = 0; i < 800; i++)
+        mu_produce(&mu_cl, TOPIC, 0, "pad", big);
+    mu_flush(&mu_cl);
+    int64_t lo, hi;
+    cr_assert_eq(rd_kafka_query_watermark_offsets(mu_cl.producer, TOPIC, 0, &lo, &hi, 5000), 0);
+    cr_assert_gt(lo, past, "the mock's retention must have deleted offsets up to %lld (log "
+                 "start %lld)", (long long)past, (long long)lo);
+    return lo;
+}
+
+/* Before the fix the restore read from the log start: key "a" (offset 0, deleted) was
+ * lost without a word and the state went on without it. */
+Test(changelog_restore, a_full_restore_refuses_a_log_that_lost_its_start) {
+    mu_topic(&mu_cl, TOPIC, 1);
+    put("a", "1", 1, "aaaaaaaaaaaaaaaa", "counts");
+    mu_flush(&mu_cl);
+    int64_t lo = delete_records_up_to(0);
+    lk__store_t *s;
+    lk__state_db_t db;
+    lk__restore_report_t r;
+    char err[2048], want[128];
+    lk_err_t e = try_restore(1, 0, -1, &s, &db, &r, err, sizeof err);
+    cr_assert_eq(e, LK_ERR_DATA_LOSS, "%s (%s)", err, lk_err_name(e));
+    snprintf(want, sizeof want, "log starts at offset %lld", (long long)lo);
+    cr_assert(strstr(err, TOPIC "[0]") && strstr(err, "operator 'counts'") &&
+                  strstr(err, "a full restore") && strstr(err, want) &&
+                  strstr(err, "cannot be restored exactly") && strstr(err, "new app.id") &&
+                  strstr(err, "nothing was modified"),
+              "%s", err);
+    assert_untouched(s, db);
+    lk__store_close(s);
+}
+
+/* Before the fix the tail read from the log start, past the records of batch 3 that the
+ * state never got, and the state stayed at batch 2. */
+Test(changelog_restore, a_tail_refuses_a_log_that_lost_records_after_its_position) {
+    mu_topic(&mu_cl, TOPIC, 1);
+    put("a", "1", 1, "aaaaaaaaaaaaaaaa", "counts");
+    put("b", "2", 2, "bbbbbbbbbbbbbbbb", "counts");
+    put("a", "3", 3, "cccccccccccccccc", "counts"); /* offset 2: the tail's first */
+    mu_flush(&mu_cl);
+    int64_t lo = delete_records_up_to(2);
+    lk__store_t *s;
+    lk__state_db_t db;
+    lk__restore_report_t r;
+    char err[2048], want[160];
+    lk_err_t e = try_restore(3, 2, 2, &s, &db, &r, err, sizeof err);
+    cr_assert_eq(e, LK_ERR_DATA_LOSS, "%s (%s)", err, lk_err_name(e));
+    snprintf(want, sizeof want, "records 2..%lld (changes after batch 2) were deleted",
+             (long long)lo - 1);
+    cr_assert(strstr(err, TOPIC "[0]") && strstr(err, "operator 'counts'") &&
+                  strstr(err, "delivered up to offset 2") && strstr(err, want),
+              "%s", err);
+    assert_untouched(s, db);
+    lk__store_close(s);
+}
+
+/* The topic deleted and recreated: the position recorded with the checkpoint's last
+ * delivery is past the new partition's end. Before the fix the tail read nothing and the
+ * state stayed at batch 5, without a word. At the end exactly, nothing is missing. */
+Test(changelog_restore, a_tail_refuses_a_position_past_the_end) {
+    mu_topic(&mu_cl, TOPIC, 1);
+    put("a", "1", 1, "aaaaaaaaaaaaaaaa", "counts");
+    put("b", "1", 2, "bbbbbbbbbbbbbbbb", "counts");
+    mu_flush(&mu_cl);
+    lk__store_t *s;
+    lk__state_db_t db;
+    lk__restore_report_t r;
+    char err[2048];
+    lk_err_t e = try_restore(7, 5, 10, &s, &db, &r, err, sizeof err);
+    cr_assert_eq(e, LK_ERR_DATA_LOSS, "%s (%s)", err, lk_err_name(e));
+    cr_assert(strstr(err, TOPIC "[0]") && strstr(err, "operator 'counts'") &&
+                  strstr(err, "delivered up to offset 10, past the partition's end 2") &&
+                  strstr(err, "recreated"),
+              "%s", err);
+    assert_untouched(s, db);
+    lk__store_close(s);
+    /* a checkpoint whose last delivery ended at the end: a tail with nothing to read */
+    lk__store_t *s2;
+    e = try_restore(2, 2, 2, &s2, &db, &r, err, sizeof err);
+    cr_assert_eq(e, LK_OK, "%s (%s)", err, lk_err_name(e));
+    cr_assert_not(r.full);
+    cr_assert_eq(r.read, 0);
+    lk__store_close(s2);
 }

@@ -437,14 +437,17 @@ Test(group, a_fenced_static_member_stops_naming_the_cause) {
 }
 
 /* The start reads the metadata it needs in one request (review: one request of every
- * topic's metadata per input topic, and one more for the progress topic: 4 here). Counted
- * from librdkafka's debug log of the membership consumer, before the process joins (the
- * tasks' clients start after it). */
+ * topic's metadata per input topic, and one more for the progress topic: 4 here), and the
+ * cleanup.policy of the topics that exist in one DescribeConfigs request, which the mock
+ * answers at once as unsupported (logged, not an error). Counted from librdkafka's debug
+ * log of the membership consumer, before the process joins (the tasks' clients start
+ * after it). */
 Test(group, the_start_asks_for_the_metadata_once) {
     const char *topics[] = {"in:2", "in2:2", "in3:2", "out:2", "g.progress:2", NULL};
     cp_broker_start(topics);
-    procs[0] = start("g", "a", (const char *[]){"input.topics=in,in2,in3", "kafka.debug=metadata",
-                                                "kafka.log_level=7", "log.level=debug", NULL});
+    procs[0] = start("g", "a",
+                     (const char *[]){"input.topics=in,in2,in3", "kafka.debug=metadata,admin",
+                                      "kafka.log_level=7", "log.level=debug", NULL});
     char *ea = NULL;
     for (int i = 0; i < 300 && !(ea && strstr(ea, "joining group")); i++) {
         free(ea);
@@ -461,6 +464,12 @@ Test(group, the_start_asks_for_the_metadata_once) {
         requests += why && (!eol || why < eol);
     }
     cr_assert_eq(requests, 1, "%d metadata requests of the application before joining", requests);
+    int describe = 0;
+    for (const char *q = ea; (q = strstr(q, "DESCRIBECONFIGS worker called in state "
+                                            "initializing")); q++)
+        describe++;
+    cr_assert_eq(describe, 1, "%d DescribeConfigs requests before joining", describe);
+    cr_assert(strstr(ea, "the cleanup.policy of g.progress could not be checked"), "%s", ea);
     free(ea);
     stop_gracefully(0, "a");
 }
