@@ -858,7 +858,14 @@ static lk_err_t join(lk__group_t *g, char *errstr, size_t errstr_size) {
     for (size_t i = 0; i < g->ntt && !e; i++) {
         int again = 1;
         for (int64_t until = lk__mono_ms() + GROUP_TIMEOUT_MS; !e && again;) {
+            int listed = partition_count(md, g->tts[i].topic) == g->ntasks;
             e = check_task_topic(g, md, &g->tts[i], &again, errstr, errstr_size);
+            /* made just now, here: polled too until the metadata lists it. The group
+             * leader assigns only the topics its metadata lists; a repartition topic
+             * subscribed before it is listed is left out of the assignment, and
+             * check_copartitioned refuses the start (seen once in two runs on a real
+             * broker) */
+            again |= !e && !listed;
             if (!e && again) {
                 if (lk__mono_ms() >= until)
                     break;
@@ -869,8 +876,8 @@ static lk_err_t join(lk__group_t *g, char *errstr, size_t errstr_size) {
             }
         }
         if (!e && again)
-            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created by another member "
-                        "but not visible in the metadata", g->tts[i].topic);
+            e = lk__err(LK_ERR_KAFKA, errstr, errstr_size, "%s: created but not listed in "
+                        "the metadata after %d s", g->tts[i].topic, GROUP_TIMEOUT_MS / 1000);
     }
     if (md)
         rd_kafka_metadata_destroy(md);
