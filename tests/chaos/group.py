@@ -7,7 +7,7 @@ group.mode=consumer` processes of one application (`pipeline=copy`,
 `output.partition=keep`, the same app.id, a checkpoint.dir each) sharing its 6 tasks
 through the consumer group `<app.id>`. The runner kills them with SIGKILL (--kills,
 default 100: half at random instants, half aimed at a phase some task of the process
-reports: processing, committing, delivering, in turn) and restarts each at once; a
+reports: processing, committing, processing, delivering, in turn) and restarts each at once; a
 fourth process joins a third of the way through and one leaves gracefully (SIGTERM,
 exit 0) two thirds of the way. Every kill, start and graceful stop makes the group
 rebalance, so tasks move between processes (a handoff: the new owner continues from the
@@ -707,7 +707,11 @@ class Runner:
         time.sleep(1)
         for s in self.slots.values():
             self.start(s)
-        plan = ["random", "processing", "random", "committing", "random", "delivering"]
+        # half random; of the aimed, processing twice as often: the shortest phase on a
+        # loaded machine (an aimed kill that misses it is aimed again but counts, so in
+        # a 60-kill CI run one aimed in six let processing fall to 9.7% of the kills)
+        plan = ["random", "processing", "random", "committing", "random", "delivering",
+                "random", "processing"]
         t0 = time.time()
         for i in range(a.kills):
             if i == a.kills // 3:
