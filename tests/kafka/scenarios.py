@@ -538,14 +538,7 @@ def group_zombie(s):
         # watermark, else woken and tried again (well within the session timeout)
         dp = int(mine)
         for attempt in range(80):
-            fd = os.open(phase, os.O_RDONLY)
-            deadline = time.monotonic() + 10
-            try:
-                while time.monotonic() < deadline and \
-                        PHASE_DELIVERING not in os.pread(fd, 2, 0):
-                    time.sleep(0.0002)
-            finally:
-                os.close(fd)
+            wait_phase(phase, PHASE_DELIVERING, 10)
             time.sleep(random.uniform(0.001, 0.004))
             os.kill(a.proc.pid, signal.SIGSTOP)
             # a moment for the markers of a commit a already sent (the coordinator writes
@@ -633,6 +626,18 @@ def open_transaction_in(s, topic, p):
 # the delivering phases of a phase file's bytes 0 (batch loop) and 1 (delivery thread):
 # LK__PH_DELIVERING and LK__PH_DELIVERING_COMMIT (core/util_int.h)
 PHASE_DELIVERING = (6).to_bytes(1, "little")
+
+
+def wait_phase(path, phase, seconds):
+    """Until the process's phase file (2 bytes: the loop's and the delivery's phase)
+    shows phase, polled every 0.2 ms (a delivery lasts milliseconds), at most seconds."""
+    fd = os.open(path, os.O_RDONLY)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and phase not in os.pread(fd, 2, 0):
+            time.sleep(0.0002)
+    finally:
+        os.close(fd)
 
 
 def group_refusal(s):
@@ -819,14 +824,7 @@ def group_repartition(s):
             for attempt in range(100):
                 # stopped right after one of its tasks reports delivering (the phase
                 # file: process-wide, so a stage-1 or a stage-2 task)
-                fd = os.open(phases[who], os.O_RDONLY)
-                deadline = time.monotonic() + 5
-                try:
-                    while time.monotonic() < deadline and \
-                            PHASE_DELIVERING not in os.pread(fd, 2, 0):
-                        time.sleep(0.0002)
-                finally:
-                    os.close(fd)
+                wait_phase(phases[who], PHASE_DELIVERING, 5)
                 time.sleep(random.uniform(0.002, 0.02))
                 os.kill(victim.proc.pid, signal.SIGSTOP)
                 if stuck_transaction(s, rep, 2, readers):
